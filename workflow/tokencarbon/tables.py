@@ -1,0 +1,104 @@
+"""Schemas of every table tokencarbon writes, written once and checked where tables are read.
+
+docs/data.md documents each column; SI units, with the unit in the column name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokencarbon.errors import SchemaError
+
+# Workload sample: one row per request a model will serve.
+WORKLOAD = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+    ]
+)
+
+# One row per measured static batch of one cell.
+BATCHES = pa.schema(
+    [
+        ("batch_index", pa.int64()),
+        ("n_requests", pa.int64()),
+        ("input_tokens", pa.int64()),  # real prompt tokens, padding excluded
+        ("output_tokens", pa.int64()),  # generated tokens summed over requests
+        ("padded_input_len", pa.int64()),
+        ("max_output_tokens", pa.int64()),
+        ("start_ns", pa.int64()),  # time.monotonic_ns()
+        ("first_token_ns", pa.int64()),  # end of prefill: first token of every request exists
+        ("end_ns", pa.int64()),
+        ("start_wall_ns", pa.int64()),  # time.time_ns(), to align with power samples and traces
+        ("first_token_wall_ns", pa.int64()),
+        ("end_wall_ns", pa.int64()),
+    ]
+)
+
+# One row per power sample of the sidecar (or an imported nvidia-smi log).
+POWER = pa.schema(
+    [
+        ("t_wall_ns", pa.int64()),
+        ("phase", pa.string()),  # "idle" (before the cell) or "run"
+        ("source", pa.string()),  # "nvml", "modeled_cpu", "nvidia_smi_csv"
+        ("modeled", pa.bool_()),  # True when power is an estimate, not a reading
+        ("device_index", pa.int64()),
+        ("power_w", pa.float64()),  # instant power
+        ("power_avg_w", pa.float64()),  # driver's 1 s average, NaN where absent
+        ("energy_counter_j", pa.float64()),  # cumulative energy counter, NaN where absent
+        ("util_pct", pa.float64()),
+        ("mem_used_bytes", pa.float64()),
+        ("temperature_c", pa.float64()),
+        ("sm_clock_mhz", pa.float64()),
+        ("mem_clock_mhz", pa.float64()),
+        ("throttle_reasons", pa.int64()),  # NVML clocks-event bitmask, -1 where absent
+    ]
+)
+
+CELL_KEYS = [("platform", pa.string()), ("model", pa.string()), ("batch_size", pa.int64())]
+
+
+def with_cell_keys(schema: pa.Schema) -> pa.Schema:
+    """The aggregated form of a per-cell table: cell keys first."""
+    return pa.schema(CELL_KEYS + list(zip(schema.names, schema.types)))
+
+
+def check(df: pd.DataFrame, schema: pa.Schema, where: str | Path) -> pd.DataFrame:
+    """Return df with its columns in schema order; raise SchemaError naming `where` otherwise."""
+    missing = [n for n in schema.names if n not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"{where}: missing column(s) {missing}; expected columns {schema.names}"
+        )
+    out = df[schema.names]
+    try:
+        table = pa.Table.from_pandas(out, schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise SchemaError(f"{where}: columns do not match their schema ({exc})") from exc
+    return table.to_pandas()
+
+
+def read(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
+    """Read a Parquet table and check it against its schema."""
+    path = Path(path)
+    try:
+        df = pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
+    return check(df, schema, path)
+
+
+def write(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> None:
+    """Check df against schema, then write it atomically (a temp file renamed into place)."""
+    path = Path(path)
+    df = check(df, schema, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), tmp)
+    tmp.replace(path)
