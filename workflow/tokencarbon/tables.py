@@ -20,6 +20,7 @@ WORKLOAD = pa.schema(
         ("prompt", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
+        ("prompt_token_ids", pa.list_(pa.int64())),  # the prompt as the family tokenizer encodes it
     ]
 )
 
@@ -58,6 +59,29 @@ POWER = pa.schema(
         ("sm_clock_mhz", pa.float64()),
         ("mem_clock_mhz", pa.float64()),
         ("throttle_reasons", pa.int64()),  # NVML clocks-event bitmask, -1 where absent
+    ]
+)
+
+# One row per cell (aggregated from each cell's meta.json).
+CELLS = pa.schema(
+    [
+        ("platform", pa.string()),
+        ("model", pa.string()),
+        ("batch_size", pa.int64()),
+        ("architecture", pa.string()),
+        ("dtype", pa.string()),
+        ("backend", pa.string()),
+        ("device_name", pa.string()),
+        ("n_requests", pa.int64()),
+        ("n_batches", pa.int64()),
+        ("warmup_batches", pa.int64()),
+        ("window_start_wall_ns", pa.int64()),  # first measured batch's start
+        ("window_end_wall_ns", pa.int64()),  # last measured batch's end
+        ("idle_power_w", pa.float64()),  # mean power over the idle samples before the cell
+        ("power_source", pa.string()),
+        ("power_interval_s", pa.float64()),
+        ("peak_memory_bytes", pa.float64()),  # device peak allocated (CUDA) or process RSS peak (CPU)
+        ("git_commit", pa.string()),
     ]
 )
 

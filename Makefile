@@ -1,0 +1,34 @@
+# Two commands on a fresh machine with Python >= 3.11 and make: `make run`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch (see DEVELOPERS.md: an unpinned torch pulls a multi-GB CUDA build).
+TORCH ?= torch==2.13.0
+CORES ?= 1
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint report clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+report: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all
+	$(BIN)/snakemake --report report.html
+
+clean:
+	rm -rf results logs .snakemake report.html

@@ -1,0 +1,25 @@
+# tokencarbon: energy and carbon per token of LLM inference, as one DAG.
+# Stages live in workflow/rules/<stage>.smk; the logic in the package workflow/tokencarbon.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/engine.smk"
+include: "workflow/rules/probe.smk"
+include: "workflow/rules/inference.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,57 @@
+# Workload stage: ShareGPT-format conversations -> filtered pool per family -> seeded sample per model.
+
+
+rule generate_synthetic_sharegpt:
+    input:
+        code=WORKLOAD_CODE,
+    output:
+        "results/dataset/synthetic_sharegpt.json",
+    params:
+        conversations=config["workload"]["synthetic_conversations"],
+        seed=config["seed"],
+    log:
+        "logs/generate_synthetic_sharegpt.log",
+    script:
+        "../scripts/generate_synthetic_sharegpt.py"
+
+
+rule train_tokenizer:
+    input:
+        corpus="results/dataset/synthetic_sharegpt.json",
+        code=WORKLOAD_CODE,
+    output:
+        directory("results/tokenizer/builtin"),
+    params:
+        vocab_size=config["workload"]["builtin_vocab_size"],
+    log:
+        "logs/train_tokenizer.log",
+    script:
+        "../scripts/train_tokenizer.py"
+
+
+rule filter_sharegpt:
+    input:
+        unpack(filter_inputs),
+    output:
+        "results/dataset/{family}.parquet",
+    params:
+        spec=filter_params,
+    log:
+        "logs/filter_sharegpt/{family}.log",
+    script:
+        "../scripts/filter_sharegpt.py"
+
+
+rule sample_workload:
+    input:
+        pool=family_pool,
+        code=WORKLOAD_CODE,
+    output:
+        "results/workload/{model}.parquet",
+    params:
+        num_prompts=config["workload"]["num_prompts"],
+        seed=config["seed"],
+    log:
+        "logs/sample_workload/{model}.log",
+    script:
+        "../scripts/sample_workload.py"

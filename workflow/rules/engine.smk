@@ -1,0 +1,32 @@
+# Engine stage, per (platform, model): what a cell loads. The backend is chosen by config
+# (backend.name); each backend has its own rule and output folder, so switching reruns cleanly.
+
+
+rule build_torch_engine:
+    input:
+        arch=architecture_file,
+        code=ENGINE_CODE,
+    output:
+        "results/engines/{platform}/{model}/torch/manifest.json",
+    params:
+        model=engine_params,
+    log:
+        "logs/build_torch_engine/{platform}/{model}.log",
+    script:
+        "../scripts/build_torch_engine.py"
+
+
+rule build_trtllm_engine:
+    input:
+        arch=architecture_file,
+        code=[f"{PKG}/backends/tensorrt_llm.py"],
+    output:
+        manifest="results/engines/{platform}/{model}/tensorrt_llm/manifest.json",
+        engine=directory("results/engines/{platform}/{model}/tensorrt_llm/engine"),
+    params:
+        model=engine_params,
+        build=trtllm_build_params,
+    log:
+        "logs/build_trtllm_engine/{platform}/{model}.log",
+    script:
+        "../scripts/build_trtllm_engine.py"

@@ -1,0 +1,23 @@
+# Cells, per (platform, model, batch): the workload in static batches of that size, with the power
+# sidecar sampling alongside. Cells never read the probe's output (it would tie every cell to it).
+
+
+rule run_cell:
+    input:
+        engine=engine_manifest,
+        workload="results/workload/{model}.parquet",
+        code=CELL_CODE,
+    output:
+        batches="results/cells/{platform}/{model}/bs{batch}/batches.parquet",
+        power="results/cells/{platform}/{model}/bs{batch}/power.parquet",
+        meta="results/cells/{platform}/{model}/bs{batch}/meta.json",
+    params:
+        model=engine_params,
+        platform=cell_platform_params,
+        run=run_params,
+    resources:
+        gpu=gpu_count,
+    log:
+        "logs/run_cell/{platform}/{model}/bs{batch}.log",
+    script:
+        "../scripts/run_cell.py"

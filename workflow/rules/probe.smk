@@ -1,0 +1,19 @@
+# OOM probe, per (platform, model): the largest batch that runs the workload's longest prompt plus
+# longest output. A checkpoint: the sweep's input function (common.smk: batch_sizes) is its only reader.
+
+
+checkpoint probe_max_batch:
+    input:
+        engine=engine_manifest,
+        workload="results/workload/{model}.parquet",
+        code=ENGINE_CODE + [f"{PKG}/probe.py"],
+    output:
+        "results/probe/{platform}/{model}.json",
+    params:
+        model=engine_params,
+        platform=cell_platform_params,
+        limits=probe_limits,
+    log:
+        "logs/probe_max_batch/{platform}/{model}.log",
+    script:
+        "../scripts/probe_max_batch.py"

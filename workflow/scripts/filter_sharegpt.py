@@ -1,0 +1,22 @@
+"""Adapter for rule filter_sharegpt (workflow/rules/dataset.smk)."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+from tokencarbon import tables
+from tokencarbon.tokenizer import load_tokenizer
+from tokencarbon.workload import build_pool
+
+spec = snakemake.params.spec
+source = snakemake.input.get("source", spec["source"])
+tokenizer = load_tokenizer(snakemake.input.get("tokenizer", spec["tokenizer"]))
+pool = build_pool(
+    source,
+    tokenizer,
+    min_tokens=spec["min_tokens"],
+    max_tokens=spec["max_tokens"],
+    split=spec["split"],
+)
+tables.write(pool, snakemake.output[0], tables.WORKLOAD)
+print(f"{len(pool)} prompts within [{spec['min_tokens']}, {spec['max_tokens']}] tokens", file=sys.stderr)

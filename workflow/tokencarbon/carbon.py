@@ -1,0 +1,427 @@
+"""Grid carbon intensity (constant or an Electricity Maps trace), its alignment with measured power,
+PUE, and the amortised embodied carbon of the hardware.
+
+Times are UTC nanoseconds since the epoch, energy is in joules; joules become kWh only in energy_kwh().
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from tokencarbon.errors import ConfigError, InputError, SchemaError
+
+J_PER_KWH = 3.6e6
+NS_PER_S = 1_000_000_000
+NS_PER_HOUR = 3600 * NS_PER_S
+# The study's Wisconsin value from Electricity Maps (Lim, Pan, Zhou 2024).
+DEFAULT_INTENSITY_G_PER_KWH = 413.0
+# A year of 365 days, as in the worked example of the GSF Software Carbon Intensity specification.
+S_PER_YEAR = 365 * 86400
+
+# Where a trace does not cover part of a window:
+#   "previous": the last value before the uncovered part carries forward (also past the trace's end);
+#               nothing fills a window that starts before the trace's first row.
+#   "nearest":  each uncovered instant takes the value of the closest covered row (a gap splits at
+#               its midpoint; before the first row the first value, after the last row the last).
+FILL_POLICIES = ("previous", "nearest")
+BASES = ("direct", "lifecycle")
+
+# Electricity Maps export headers, matched case-insensitively: the older portal export and the newer one.
+_TIME_COLUMN = "Datetime (UTC)"
+_ZONE_COLUMNS = ("Zone Id", "Zone id")
+_INTENSITY_COLUMNS = {
+    "direct": ("Carbon Intensity gCO₂eq/kWh (direct)", "Carbon intensity gCO₂eq/kWh (direct)"),
+    "lifecycle": ("Carbon Intensity gCO₂eq/kWh (LCA)", "Carbon intensity gCO₂eq/kWh (Life cycle)"),
+}
+_HEADER_VARIANTS = (
+    "older export: 'Datetime (UTC)', 'Zone Id', 'Carbon Intensity gCO₂eq/kWh (direct)', "
+    "'Carbon Intensity gCO₂eq/kWh (LCA)'; newer export: 'Datetime (UTC)', 'Zone id', "
+    "'Carbon intensity gCO₂eq/kWh (direct)', 'Carbon intensity gCO₂eq/kWh (Life cycle)'"
+)
+_FAR_PAST_NS = np.iinfo(np.int64).min
+_FAR_FUTURE_NS = np.iinfo(np.int64).max
+
+
+def energy_kwh(energy_j: float | np.ndarray) -> float | np.ndarray:
+    """The one place joules become kilowatt-hours."""
+    return energy_j / J_PER_KWH
+
+
+def utc(t_ns: int) -> str:
+    return pd.Timestamp(int(t_ns), unit="ns", tz="UTC").isoformat()
+
+
+class IntensitySegments(NamedTuple):
+    """A window cut where the intensity changes: segment k is [edges_ns[k], edges_ns[k+1])."""
+
+    edges_ns: np.ndarray  # int64, n + 1 values
+    intensity_g_per_kwh: np.ndarray  # float64, n values
+    filled: np.ndarray  # bool, n values: True where a fill policy supplied the value
+
+
+def _check_window(start_ns: int, end_ns: int) -> None:
+    if not end_ns > start_ns:
+        raise InputError(
+            f"time window {utc(start_ns)} to {utc(end_ns)} ({start_ns} to {end_ns} ns): "
+            "the end must be later than the start"
+        )
+
+
+def _check_fill(fill: str | None) -> None:
+    if fill is not None and fill not in FILL_POLICIES:
+        raise ConfigError(f"carbon fill policy {fill!r}: use null (no fill) or one of {FILL_POLICIES}")
+
+
+@dataclass(frozen=True)
+class ConstantIntensity:
+    """One intensity for all time (the study's setting)."""
+
+    intensity_g_per_kwh: float = DEFAULT_INTENSITY_G_PER_KWH
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.intensity_g_per_kwh) and self.intensity_g_per_kwh >= 0):
+            raise ConfigError(
+                f"carbon intensity_g_per_kwh {self.intensity_g_per_kwh!r}: "
+                "must be a finite number >= 0 (gCO2/kWh)"
+            )
+
+    def segments(self, start_ns: int, end_ns: int, fill: str | None = None) -> IntensitySegments:
+        _check_window(start_ns, end_ns)
+        _check_fill(fill)
+        return IntensitySegments(
+            np.array([start_ns, end_ns], dtype=np.int64),
+            np.array([self.intensity_g_per_kwh]),
+            np.array([False]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class IntensityTrace:
+    """A grid intensity trace: row i holds intensity_g_per_kwh[i] over [start_ns[i], end_ns[i])."""
+
+    path: str
+    zone_id: str
+    basis: str
+    period: str  # "3600 s" for a regular trace, "1 month" (or "12 months") for a calendar one
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    intensity_g_per_kwh: np.ndarray
+
+    def _pieces(self, fill: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The trace's rows plus, under a fill policy, pieces covering its gaps and both ends."""
+        starts, ends, values = self.start_ns, self.end_ns, self.intensity_g_per_kwh
+        if fill is None:
+            return starts, ends, values, np.zeros(len(starts), dtype=bool)
+        gap = np.flatnonzero(ends[:-1] < starts[1:])  # a gap follows row gap[k]
+        gap_lo, gap_hi = ends[gap], starts[gap + 1]
+        if fill == "previous":
+            extra = [(gap_lo, gap_hi, values[gap])]
+            extra.append(([ends[-1]], [_FAR_FUTURE_NS], [values[-1]]))
+        else:
+            mid = gap_lo + (gap_hi - gap_lo) // 2
+            extra = [(gap_lo, mid, values[gap]), (mid, gap_hi, values[gap + 1])]
+            extra.append(([_FAR_PAST_NS], [starts[0]], [values[0]]))
+            extra.append(([ends[-1]], [_FAR_FUTURE_NS], [values[-1]]))
+        lo = np.concatenate([starts] + [np.asarray(e[0], dtype=np.int64) for e in extra])
+        hi = np.concatenate([ends] + [np.asarray(e[1], dtype=np.int64) for e in extra])
+        val = np.concatenate([values] + [np.asarray(e[2], dtype=float) for e in extra])
+        filled = np.arange(len(lo)) >= len(starts)
+        keep = hi > lo
+        order = np.argsort(lo[keep], kind="stable")
+        return lo[keep][order], hi[keep][order], val[keep][order], filled[keep][order]
+
+    def segments(self, start_ns: int, end_ns: int, fill: str | None = None) -> IntensitySegments:
+        _check_window(start_ns, end_ns)
+        _check_fill(fill)
+        lo, hi, val, filled = self._pieces(fill)
+        inside = (hi > start_ns) & (lo < end_ns)
+        lo = np.clip(lo[inside], start_ns, end_ns)
+        hi = np.clip(hi[inside], start_ns, end_ns)
+        # Pieces never overlap, so the window is covered exactly when they join end to start.
+        bounds = np.concatenate([[start_ns], hi])
+        nexts = np.concatenate([lo, [end_ns]])
+        holes = [(a, b) for a, b in zip(bounds, nexts) if b > a]
+        if holes:
+            shown = "; ".join(f"{utc(a)} to {utc(b)}" for a, b in holes[:3])
+            more = f" and {len(holes) - 3} more" if len(holes) > 3 else ""
+            raise InputError(
+                f"{self.path}: the intensity trace (zone {self.zone_id}, {self.period} rows from "
+                f"{utc(self.start_ns[0])} to {utc(self.end_ns[-1])}) does not cover {shown}{more} "
+                f"(UTC) of the window {utc(start_ns)} to {utc(end_ns)}; give a trace that covers it, "
+                f"or set the fill policy (config carbon.fill) to one of {FILL_POLICIES}"
+            )
+        return IntensitySegments(np.concatenate([lo, [end_ns]]), val[inside], filled[inside])
+
+
+IntensitySource = ConstantIntensity | IntensityTrace
+
+
+def _find_column(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    wanted = {n.lower() for n in names}
+    return next((c for c in df.columns if c.strip().lower() in wanted), None)
+
+
+def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
+    """Read an Electricity Maps CSV export (older or newer header, any regular or calendar period).
+
+    A blank intensity cell is a gap, like a missing row.
+    """
+    path = Path(path)
+    if basis not in BASES:
+        raise ConfigError(f"carbon basis {basis!r}: use one of {BASES}")
+    try:
+        df = pd.read_csv(path, encoding="utf-8-sig", dtype=str)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: intensity trace not found") from exc
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: not a readable UTF-8 CSV intensity trace ({exc})") from exc
+    time_col = _find_column(df, (_TIME_COLUMN,))
+    zone_col = _find_column(df, _ZONE_COLUMNS)
+    value_col = _find_column(df, _INTENSITY_COLUMNS[basis])
+    wanted = {"time": time_col, "zone id": zone_col, f"{basis} intensity": value_col}
+    missing = [name for name, col in wanted.items() if col is None]
+    if missing:
+        raise InputError(
+            f"{path}: no {' or '.join(missing)} column among the columns found {list(df.columns)}; "
+            f"accepted Electricity Maps headers: {_HEADER_VARIANTS}"
+        )
+    raw = df[value_col].str.strip()
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna() & (raw != "")
+    if bad.any() or (values < 0).any():
+        row = int(np.flatnonzero(bad | (values < 0))[0])
+        raise InputError(
+            f"{path}: line {row + 2}, column {value_col!r}: {df[value_col].iloc[row]!r} is not an "
+            "intensity in gCO2eq/kWh (a number >= 0, or blank for a missing value)"
+        )
+    try:
+        times = pd.to_datetime(df[time_col], utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"{path}: column {time_col!r} holds a value that is not a date-time such as "
+            f"'2023-01-01 00:00:00' ({exc})"
+        ) from exc
+    zones = sorted(df[zone_col].dropna().unique())
+    if len(zones) != 1:
+        raise InputError(f"{path}: column {zone_col!r} holds zones {zones}; a trace must hold exactly one")
+    keep = values.notna().to_numpy()
+    start_ns = times.dt.as_unit("ns").astype("int64").to_numpy()[keep]
+    order = np.argsort(start_ns, kind="stable")
+    start_ns, intensity = start_ns[order], values.to_numpy(dtype=float)[keep][order]
+    if len(start_ns) < 2:
+        raise InputError(f"{path}: {len(start_ns)} row(s) with an intensity; at least 2 give the period")
+    dup = np.flatnonzero(np.diff(start_ns) == 0)
+    if len(dup):
+        raise InputError(f"{path}: time {utc(start_ns[dup[0]])} appears twice; each row needs its own time")
+    end_ns, period = _row_ends(start_ns)
+    for a in (start_ns, end_ns, intensity):
+        a.flags.writeable = False
+    return IntensityTrace(str(path), zones[0], basis, period, start_ns, end_ns, intensity)
+
+
+def _row_ends(start_ns: np.ndarray) -> tuple[np.ndarray, str]:
+    """Each row lasts one period: the shortest step between rows (longer steps are gaps).
+
+    Rows all at midnight on the 1st, at least 28 days apart, are calendar months (or multiples).
+    """
+    step_ns = int(np.diff(start_ns).min())
+    t = pd.DatetimeIndex(start_ns.astype("datetime64[ns]"))
+    if step_ns >= 28 * 86400 * NS_PER_S and (t == t.to_period("M").to_timestamp()).all():
+        months = int(np.diff(t.year * 12 + t.month).min())
+        ends = (t + pd.DateOffset(months=months)).as_unit("ns").asi8
+        return ends.astype(np.int64), f"{months} month{'s' if months > 1 else ''}"
+    return start_ns + step_ns, f"{step_ns / NS_PER_S:g} s"
+
+
+@dataclass(frozen=True)
+class CarbonSegment:
+    """One piece of a window at a single intensity (an hour of an hourly trace, clipped to the window)."""
+
+    start_ns: int
+    end_ns: int
+    energy_j: float
+    intensity_g_per_kwh: float
+    filled: bool
+    carbon_g: float
+
+
+@dataclass(frozen=True)
+class CarbonRecord:
+    """Operational carbon of a window: device energy x intensity x PUE."""
+
+    energy_j: float  # device energy, before PUE
+    energy_kwh: float
+    intensity_g_per_kwh: float  # mean over the window weighted by energy
+    pue: float
+    carbon_g: float
+    filled_s: float  # seconds of the window whose intensity a fill policy supplied
+    segments: tuple[CarbonSegment, ...]  # empty when no time window was given
+
+
+def _check_pue(pue: float) -> None:
+    if not (math.isfinite(pue) and pue >= 1.0):
+        raise ConfigError(f"carbon pue {pue!r}: must be >= 1.0 (facility energy / IT energy)")
+
+
+def _record(segs: IntensitySegments, energy_j: np.ndarray, pue: float) -> CarbonRecord:
+    carbon_g = energy_kwh(energy_j) * segs.intensity_g_per_kwh * pue
+    widths_ns = np.diff(segs.edges_ns)
+    total_j = float(energy_j.sum())
+    # With no energy the energy-weighted mean is undefined; the time-weighted one is then reported.
+    weights = energy_j if total_j > 0 else widths_ns.astype(float)
+    parts = tuple(
+        CarbonSegment(int(a), int(b), float(e), float(i), bool(f), float(c))
+        for a, b, e, i, f, c in zip(
+            segs.edges_ns[:-1], segs.edges_ns[1:], energy_j, segs.intensity_g_per_kwh, segs.filled, carbon_g
+        )
+    )
+    return CarbonRecord(
+        energy_j=total_j,
+        energy_kwh=energy_kwh(total_j),
+        intensity_g_per_kwh=float(np.average(segs.intensity_g_per_kwh, weights=weights)),
+        pue=pue,
+        carbon_g=float(carbon_g.sum()),
+        filled_s=float(widths_ns[segs.filled].sum() / NS_PER_S),
+        segments=parts,
+    )
+
+
+def _cumulative_energy_j(t_ns: np.ndarray, y: np.ndarray, at_ns: np.ndarray, energy_from: str) -> np.ndarray:
+    """Energy from the first sample to each of at_ns, exact for power linear between samples."""
+    t_s = (t_ns - t_ns[0]) / NS_PER_S
+    x_s = (at_ns - t_ns[0]) / NS_PER_S
+    if energy_from == "counter":
+        return np.interp(x_s, t_s, y - y[0])
+    cum_j = np.concatenate([[0.0], np.cumsum(np.diff(t_s) * (y[:-1] + y[1:]) / 2)])
+    i = np.clip(np.searchsorted(t_s, x_s, side="right") - 1, 0, len(t_s) - 2)
+    power_at_w = np.interp(x_s, t_s, y)
+    return cum_j[i] + (x_s - t_s[i]) * (y[i] + power_at_w) / 2
+
+
+def operational_carbon(
+    samples: pd.DataFrame,
+    start_ns: int,
+    end_ns: int,
+    intensity: IntensitySource,
+    pue: float = 1.0,
+    fill: str | None = None,
+    energy_from: str = "power",
+    where: str | Path = "power samples",
+) -> CarbonRecord:
+    """Carbon of the energy drawn in [start_ns, end_ns) (wall-clock UTC ns), interval by interval.
+
+    samples has t_wall_ns and power_w (energy_from="power": trapezoid integration) or
+    energy_counter_j (energy_from="counter": the cumulative counter, linear between samples);
+    with a device_index column each device is integrated alone and the energies summed. Energy is
+    interpolated at the window edges and at every intensity change inside the window, so each
+    interval's energy meets its own intensity. `where` names the samples' file in errors.
+    """
+    _check_pue(pue)
+    column = {"power": "power_w", "counter": "energy_counter_j"}.get(energy_from)
+    if column is None:
+        raise ConfigError(f"energy_from {energy_from!r}: use 'power' (integrate power_w) or 'counter'")
+    missing = [c for c in ("t_wall_ns", column) if c not in samples.columns]
+    if missing:
+        raise SchemaError(f"{where}: missing column(s) {missing}; energy_from={energy_from!r} needs t_wall_ns and {column}")
+    segs = intensity.segments(start_ns, end_ns, fill)
+    devices = samples.groupby("device_index") if "device_index" in samples.columns else [(0, samples)]
+    cumulative_j = np.zeros(len(segs.edges_ns))
+    for device, df in devices:
+        df = df.sort_values("t_wall_ns")
+        t_ns = df["t_wall_ns"].to_numpy(dtype=np.int64)
+        y = df[column].to_numpy(dtype=float)
+        if len(t_ns) < 2 or t_ns[0] > start_ns or t_ns[-1] < end_ns:
+            span = f"{utc(t_ns[0])} to {utc(t_ns[-1])}" if len(t_ns) else "no samples"
+            raise InputError(
+                f"{where}: device {device} has {len(t_ns)} sample(s) ({span}), which must span the "
+                f"window {utc(start_ns)} to {utc(end_ns)} with at least 2 samples"
+            )
+        if not np.isfinite(y).all() or (np.diff(t_ns) <= 0).any():
+            raise InputError(
+                f"{where}: device {device}: {column} has missing values or t_wall_ns repeats a time; "
+                "each sample needs its own time and a finite value"
+                + (" (energy_from='power' integrates power_w instead)" if energy_from == "counter" else "")
+            )
+        cumulative_j += _cumulative_energy_j(t_ns, y, segs.edges_ns, energy_from)
+    return _record(segs, np.diff(cumulative_j), pue)
+
+
+def carbon_from_energy(
+    energy_j: float,
+    intensity: IntensitySource,
+    pue: float = 1.0,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    fill: str | None = None,
+) -> CarbonRecord:
+    """Carbon of an energy known only as a total: energy_j x intensity x PUE.
+
+    With a window, the energy is spread evenly over it (constant power), so a trace can be used.
+    """
+    _check_pue(pue)
+    if not (math.isfinite(energy_j) and energy_j >= 0):
+        raise InputError(f"energy_j {energy_j!r}: must be a finite number of joules >= 0")
+    if start_ns is None or end_ns is None:
+        if not isinstance(intensity, ConstantIntensity):
+            raise ConfigError(
+                f"{intensity.path}: an intensity trace needs the run's time window (start_ns, end_ns)"
+            )
+        kwh, g_per_kwh = energy_kwh(energy_j), intensity.intensity_g_per_kwh
+        return CarbonRecord(energy_j, kwh, g_per_kwh, pue, kwh * g_per_kwh * pue, 0.0, ())
+    segs = intensity.segments(start_ns, end_ns, fill)
+    share = np.diff(segs.edges_ns) / (end_ns - start_ns)
+    return _record(segs, energy_j * share, pue)
+
+
+def intensity_for_day(
+    intensity: IntensitySource, day: str | dt.date | None = None, fill: str | None = None
+) -> pd.Series:
+    """The 24 hourly intensities (time-weighted means) of one UTC day, indexed by hour_utc 0-23.
+
+    day is a date or "YYYY-MM-DD"; None takes the first day of a trace.
+    """
+    if day is None:
+        if not isinstance(intensity, IntensityTrace):
+            raise ConfigError("intensity_for_day: a constant intensity needs an explicit day")
+        day_ns = int(pd.Timestamp(int(intensity.start_ns[0]), unit="ns").normalize().value)
+    else:
+        try:
+            day_ns = int(pd.Timestamp(dt.date.fromisoformat(str(day))).as_unit("ns").value)
+        except ValueError as exc:
+            raise ConfigError(f"carbon trace_day {day!r}: use a UTC day written YYYY-MM-DD") from exc
+    segs = intensity.segments(day_ns, day_ns + 24 * NS_PER_HOUR, fill)
+    hourly = []
+    for hour in range(24):
+        a, b = day_ns + hour * NS_PER_HOUR, day_ns + (hour + 1) * NS_PER_HOUR
+        widths = np.clip(segs.edges_ns[1:], a, b) - np.clip(segs.edges_ns[:-1], a, b)
+        hourly.append(float(np.sum(widths * segs.intensity_g_per_kwh) / np.sum(widths)))
+    name = intensity.zone_id if isinstance(intensity, IntensityTrace) else "constant"
+    return pd.Series(hourly, index=pd.RangeIndex(24, name="hour_utc"), name=name)
+
+
+def embodied_carbon_g(
+    embodied_kg_co2e: float, lifetime_years: float, duration_s: float, utilisation_share: float = 1.0
+) -> float:
+    """A device's manufacturing footprint amortised linearly over its service life.
+
+    The share charged to a run is duration / lifetime x the share of the device the run holds: ACT's
+    CF = OP_CF + (T / LT) x E_CF (Gupta et al., ISCA 2022), LLMCarbon's embodied term
+    t_i / lifetime_i x CO2eq_chip_i (Faiz et al., ICLR 2024) and the GSF Software Carbon Intensity's
+    M = TE x (TiR / EL) x RS, whose example (1000 kg, 4 years, 1 hour -> about 28 g) uses 365-day years.
+    """
+    if not (math.isfinite(embodied_kg_co2e) and embodied_kg_co2e >= 0):
+        raise ConfigError(f"embodied_kg_co2e {embodied_kg_co2e!r}: must be a finite number >= 0 (kgCO2e)")
+    if not (math.isfinite(lifetime_years) and lifetime_years > 0):
+        raise ConfigError(f"lifetime_years {lifetime_years!r}: must be a finite number > 0")
+    if not 0 < utilisation_share <= 1:
+        raise ConfigError(f"utilisation_share {utilisation_share!r}: must lie in (0, 1]")
+    if not (math.isfinite(duration_s) and duration_s >= 0):
+        raise InputError(f"duration_s {duration_s!r}: must be a finite number of seconds >= 0")
+    return embodied_kg_co2e * 1000.0 * duration_s / (lifetime_years * S_PER_YEAR) * utilisation_share

@@ -1,0 +1,141 @@
+"""One cell: a model on a platform at one batch size, its batches timed and its power sampled.
+
+Order of events: check the hardware, load the engine, run the warm-up batch(es), sample idle power
+for a few seconds, start the power sidecar, run every measured batch, stop the sidecar, then write
+batches.parquet, power.parquet and meta.json, each atomically and meta.json last: a cell killed
+part-way leaves no file that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from tokencarbon import tables
+from tokencarbon.errors import ConfigError
+from tokencarbon.files import write_json
+from tokencarbon.hardware import check_platform, detect, software_versions
+from tokencarbon.models import load_architecture
+
+
+def group_batches(workload: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
+    """The workload in order, cut into static batches of batch_size (the last may be smaller)."""
+    return [workload.iloc[i : i + batch_size] for i in range(0, len(workload), batch_size)]
+
+
+def power_source_spec(platform: dict[str, Any]) -> dict[str, Any]:
+    if platform["kind"] == "cpu":
+        return {"kind": "modeled_cpu", "tdp_w": platform["tdp_w"], "target_pid": os.getpid()}
+    # CUDA_VISIBLE_DEVICES (set by the scheduler or a lease) makes the cell's GPU device 0.
+    return {"kind": "nvml", "device_index": 0}
+
+
+def run_cell(
+    *,
+    model: dict[str, Any],
+    platform: dict[str, Any],
+    run: dict[str, Any],
+    batch_size: int,
+    workload: pd.DataFrame,
+    out_batches: str | Path,
+    out_power: str | Path,
+    out_meta: str | Path,
+) -> None:
+    from tokencarbon.backends.torch_backend import TorchEngine
+    from tokencarbon.power.sidecar import PowerSidecar, measure_idle
+
+    if run["backend"] != "torch":
+        raise ConfigError(
+            f"config key backend.name: cells for backend {run['backend']!r} are run by "
+            "tokencarbon.backends.tensorrt_llm (not available in this build); use 'torch'"
+        )
+    hardware = detect(platform["kind"])
+    check_platform(platform, hardware)
+    arch = load_architecture(model["architecture"])
+    too_large = [
+        max(ids) for ids in workload["prompt_token_ids"] if len(ids) and max(ids) >= arch.vocab_size
+    ]
+    if too_large:
+        raise ConfigError(
+            f"model {model['name']!r}: the workload holds token id {max(too_large)}, outside "
+            f"{arch.name}'s vocabulary of {arch.vocab_size}; use a tokenizer whose vocabulary fits "
+            "(families.<family>.tokenizer, or workload.builtin_vocab_size)"
+        )
+
+    device = "cpu" if platform["kind"] == "cpu" else "cuda"
+    engine = TorchEngine(
+        arch,
+        model["dtype"],
+        device,
+        seed=model["seed"],
+        checkpoint=model["checkpoint"],
+        cuda_graphs=run["cuda_graphs"],
+    )
+    batches = group_batches(workload, batch_size)
+
+    def run_one(batch: pd.DataFrame):
+        return engine.run_batch(
+            [list(ids) for ids in batch["prompt_token_ids"]], [int(n) for n in batch["output_tokens"]]
+        )
+
+    for _ in range(run["warmup_batches"]):
+        run_one(batches[0])
+
+    source = power_source_spec(platform)
+    interval_s = platform["power_interval_s"]
+    idle_samples, idle_power_w = measure_idle(source, platform["idle_s"], interval_s)
+
+    power_path = Path(out_power)
+    run_samples_path = power_path.with_name(".run_power.parquet")
+    shutil.rmtree(run_samples_path.with_name(run_samples_path.name + ".parts"), ignore_errors=True)
+    results = []
+    with PowerSidecar(source, run_samples_path, interval_s, phase="run"):
+        for batch in tqdm(batches, desc=f"{model['name']} bs{batch_size}", file=sys.stderr):
+            results.append(run_one(batch))
+    run_samples = tables.read(run_samples_path, tables.POWER)
+    run_samples_path.unlink()
+
+    rows = [{"batch_index": i, **_batch_record(r)} for i, r in enumerate(results)]
+    tables.write(pd.DataFrame(rows), out_batches, tables.BATCHES)
+    tables.write(pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER)
+    write_json(
+        out_meta,
+        {
+            "platform": platform["name"],
+            "model": model["name"],
+            "batch_size": batch_size,
+            "architecture": arch.name,
+            "dtype": model["dtype"],
+            "backend": run["backend"],
+            "device_name": hardware["device_name"],
+            "n_requests": len(workload),
+            "n_batches": len(results),
+            "warmup_batches": run["warmup_batches"],
+            "window_start_wall_ns": results[0].start_wall_ns,
+            "window_end_wall_ns": results[-1].end_wall_ns,
+            "idle_power_w": idle_power_w,
+            "power_source": source["kind"],
+            "power_interval_s": interval_s,
+            "peak_memory_bytes": float(engine.peak_memory_bytes()),
+            "git_commit": software_versions()["git_commit"],
+            "hardware": hardware,
+            "versions": software_versions(),
+            "config": {"model": model, "platform": platform, "run": run},
+            "seeds": {"weights": model["seed"]},
+            "n_power_samples": {"idle": len(idle_samples), "run": len(run_samples)},
+            "finished_wall_ns": time.time_ns(),
+        },
+    )
+
+
+def _batch_record(result: Any) -> dict[str, int]:
+    record = asdict(result)
+    return {name: int(record[name]) for name in tables.BATCHES.names if name != "batch_index"}

@@ -1,0 +1,106 @@
+"""Config checks the JSON schema cannot express, and the per-job config slices rules pass as params.
+
+The schema (workflow/schemas/config.schema.yaml) checks types and keys; here we check names against
+resources/ and cross-key consistency, and cut the plain-builtin slices each job depends on, so that
+changing one key reruns only the jobs that read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokencarbon.errors import ConfigError
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise ConfigError naming the key path for names and combinations the schema cannot check."""
+    from tokencarbon.models import available_architectures, load_architecture
+    from tokencarbon.platforms import load_platforms
+
+    known_platforms = sorted(load_platforms())
+    for name in config["platforms"]:
+        if name not in known_platforms:
+            raise ConfigError(
+                f"config key platforms.{name}: unknown platform {name!r}; valid platforms "
+                f"(resources/platforms.csv): {', '.join(known_platforms)}"
+            )
+    for name, family in config["families"].items():
+        if family["min_tokens"] > family["max_tokens"]:
+            raise ConfigError(
+                f"config key families.{name}: min_tokens {family['min_tokens']} is larger than "
+                f"max_tokens {family['max_tokens']}; need min_tokens <= max_tokens"
+            )
+    archs = available_architectures()
+    for name, model in config["models"].items():
+        if model["architecture"] not in archs:
+            raise ConfigError(
+                f"config key models.{name}.architecture: unknown architecture "
+                f"{model['architecture']!r}; valid architectures (resources/models): {', '.join(archs)}"
+            )
+        if model["family"] not in config["families"]:
+            raise ConfigError(
+                f"config key models.{name}.family: {model['family']!r} is not a key of families; "
+                f"valid families: {', '.join(config['families'])}"
+            )
+        arch = load_architecture(model["architecture"])
+        longest = 2 * config["families"][model["family"]]["max_tokens"]
+        if longest > arch.max_positions:
+            raise ConfigError(
+                f"config key families.{model['family']}.max_tokens: a request may need "
+                f"{longest} positions (prompt + answer), more than {model['architecture']}'s "
+                f"max_positions {arch.max_positions}; lower max_tokens to at most "
+                f"{arch.max_positions // 2}"
+            )
+    if config["carbon"]["source"] == "trace" and not config["carbon"]["trace"]:
+        raise ConfigError(
+            "config key carbon.trace: carbon.source is 'trace' but no trace file is given; set "
+            "carbon.trace to an Electricity Maps CSV export or carbon.source to 'constant'"
+        )
+    batches = config["sweep"]["batch_sizes"]
+    if batches != "auto" and max(batches) > config["sweep"]["max_batch"]:
+        raise ConfigError(
+            f"config key sweep.batch_sizes: {max(batches)} exceeds sweep.max_batch "
+            f"{config['sweep']['max_batch']}; raise max_batch or drop that batch size"
+        )
+
+
+def auto_batch_sizes(max_ok: int) -> list[int]:
+    """Powers of two up to the probed maximum batch, plus the maximum itself."""
+    sizes = []
+    b = 1
+    while b <= max_ok:
+        sizes.append(b)
+        b *= 2
+    if sizes[-1] != max_ok:
+        sizes.append(max_ok)
+    return sizes
+
+
+def model_slice(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """What the engine, probe and cells of `model` depend on (plain builtins)."""
+    m = config["models"][model]
+    return {
+        "name": model,
+        "architecture": m["architecture"],
+        "dtype": m["dtype"],
+        "checkpoint": m["checkpoint"],
+        "seed": config["seed"],
+    }
+
+
+def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
+    """What a cell needs of its platform: the spec row (to check hardware, model CPU power)."""
+    from tokencarbon.platforms import get_platform
+
+    p = get_platform(platform)
+    interval = config["power"]["interval_s"]
+    if interval is None:
+        interval = 0.1 if p.kind == "cpu" else 0.05
+    return {
+        "name": platform,
+        "kind": p.kind,
+        "device_name_pattern": p.device_name_pattern,
+        "tdp_w": float(p.tdp_w),
+        "power_interval_s": float(interval),
+        "idle_s": float(config["power"]["idle_s"]),
+    }

@@ -1,0 +1,36 @@
+"""The record every power source returns, and how a list of them becomes a POWER table."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from tokencarbon.tables import POWER
+
+
+@dataclass(frozen=True)
+class PowerSample:
+    """One reading of one device; NaN (or -1 for throttle_reasons) where the source lacks a field."""
+
+    t_wall_ns: int
+    source: str
+    modeled: bool
+    device_index: int
+    power_w: float
+    power_avg_w: float = math.nan
+    energy_counter_j: float = math.nan
+    util_pct: float = math.nan
+    mem_used_bytes: float = math.nan
+    temperature_c: float = math.nan
+    sm_clock_mhz: float = math.nan
+    mem_clock_mhz: float = math.nan
+    throttle_reasons: int = -1
+
+
+def samples_table(samples: list[PowerSample], phase: str) -> pa.Table:
+    """The POWER table of these samples, every row tagged with `phase` ("idle" or "run")."""
+    rows = [dataclasses.asdict(s) | {"phase": phase} for s in samples]
+    return pa.Table.from_pylist(rows, schema=POWER)

@@ -1,0 +1,73 @@
+"""Modeled CPU power: TDP x CPU utilisation of the measured process tree (an estimate, labelled so)."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+from tokencarbon.errors import ConfigError
+from tokencarbon.power.base import PowerSample
+
+
+class ModeledCpuSource:
+    """Estimate the CPU power drawn by one process and its children as tdp_w x utilisation.
+
+    This is a model, not a reading: there is no RAPL energy counter here (no /sys/class/powercap
+    access in containers and CI, and none at all on many cloud VMs), so the only signal is how
+    busy the measured process tree keeps the CPUs. Utilisation is the tree's psutil cpu_percent
+    summed over processes, divided by the logical CPU count and capped at 1; power is that share
+    of the package TDP. It ignores idle/uncore power and frequency scaling, so it is 0 W for an
+    idle process and TDP only when the tree saturates every logical CPU. Every sample says
+    modeled=True and carries no energy counter, so energy downstream is integrated and flagged.
+    """
+
+    source = "modeled_cpu"
+
+    def __init__(self, tdp_w: float, target_pid: int) -> None:
+        try:
+            self._root = psutil.Process(target_pid)
+        except psutil.Error as exc:
+            raise ConfigError(
+                f"modeled_cpu power source: target_pid={target_pid} is not a running process ({exc})"
+            ) from exc
+        self.tdp_w = float(tdp_w)
+        self._n_cpus = psutil.cpu_count(logical=True) or 1
+        # psutil measures cpu_percent since the previous call on the same Process object, so the
+        # objects persist between samples; the first call on each only sets its baseline.
+        self._procs: dict[int, psutil.Process] = {}
+        self._tree_cpu_percent()
+
+    def _tree_cpu_percent(self) -> tuple[float, float]:
+        """Summed cpu_percent (100 = one logical CPU) and RSS bytes of the root and its children."""
+        try:
+            current = [self._root, *self._root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            current = []
+        alive = {p.pid: self._procs.get(p.pid, p) for p in current}
+        self._procs = alive
+        cpu_percent, rss_bytes = 0.0, 0.0
+        for proc in alive.values():
+            try:
+                with proc.oneshot():
+                    cpu_percent += proc.cpu_percent(interval=None)
+                    rss_bytes += proc.memory_info().rss
+            except psutil.Error:
+                continue  # exited between listing and reading: its last interval is lost
+        return cpu_percent, rss_bytes
+
+    def read(self) -> PowerSample:
+        cpu_percent, rss_bytes = self._tree_cpu_percent()
+        utilisation = min(cpu_percent / (100.0 * self._n_cpus), 1.0)
+        return PowerSample(
+            t_wall_ns=time.time_ns(),
+            source=self.source,
+            modeled=True,
+            device_index=-1,
+            power_w=self.tdp_w * utilisation,
+            util_pct=100.0 * utilisation,
+            mem_used_bytes=rss_bytes,
+        )
+
+    def close(self) -> None:
+        self._procs = {}
