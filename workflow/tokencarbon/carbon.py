@@ -76,7 +76,9 @@ def _check_window(start_ns: int, end_ns: int) -> None:
 
 def _check_fill(fill: str | None) -> None:
     if fill is not None and fill not in FILL_POLICIES:
-        raise ConfigError(f"carbon fill policy {fill!r}: use null (no fill) or one of {FILL_POLICIES}")
+        raise ConfigError(
+            f"carbon fill policy {fill!r}: use null (no fill) or one of {FILL_POLICIES}"
+        )
 
 
 @dataclass(frozen=True)
@@ -210,17 +212,27 @@ def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
         ) from exc
     zones = sorted(df[zone_col].dropna().unique())
     if len(zones) != 1:
-        raise InputError(f"{path}: column {zone_col!r} holds zones {zones}; a trace must hold exactly one")
-    keep = values.notna().to_numpy()
-    start_ns = times.dt.as_unit("ns").astype("int64").to_numpy()[keep]
+        raise InputError(
+            f"{path}: column {zone_col!r} holds zones {zones}; a trace must hold exactly one"
+        )
+    start_ns = times.dt.as_unit("ns").astype("int64").to_numpy()
     order = np.argsort(start_ns, kind="stable")
-    start_ns, intensity = start_ns[order], values.to_numpy(dtype=float)[keep][order]
+    start_ns, intensity = start_ns[order], values.to_numpy(dtype=float)[order]
     if len(start_ns) < 2:
-        raise InputError(f"{path}: {len(start_ns)} row(s) with an intensity; at least 2 give the period")
+        raise InputError(
+            f"{path}: {len(start_ns)} row(s); at least 2 are needed to give the period"
+        )
     dup = np.flatnonzero(np.diff(start_ns) == 0)
     if len(dup):
-        raise InputError(f"{path}: time {utc(start_ns[dup[0]])} appears twice; each row needs its own time")
+        raise InputError(
+            f"{path}: time {utc(start_ns[dup[0]])} appears twice; each row needs its own time"
+        )
+    # The period comes from every row; only then do blank rows drop out, leaving gaps.
     end_ns, period = _row_ends(start_ns)
+    keep = ~np.isnan(intensity)
+    if not keep.any():
+        raise InputError(f"{path}: column {value_col!r} is blank in every row")
+    start_ns, end_ns, intensity = start_ns[keep], end_ns[keep], intensity[keep]
     for a in (start_ns, end_ns, intensity):
         a.flags.writeable = False
     return IntensityTrace(str(path), zones[0], basis, period, start_ns, end_ns, intensity)
@@ -279,7 +291,12 @@ def _record(segs: IntensitySegments, energy_j: np.ndarray, pue: float) -> Carbon
     parts = tuple(
         CarbonSegment(int(a), int(b), float(e), float(i), bool(f), float(c))
         for a, b, e, i, f, c in zip(
-            segs.edges_ns[:-1], segs.edges_ns[1:], energy_j, segs.intensity_g_per_kwh, segs.filled, carbon_g
+            segs.edges_ns[:-1],
+            segs.edges_ns[1:],
+            energy_j,
+            segs.intensity_g_per_kwh,
+            segs.filled,
+            carbon_g,
         )
     )
     return CarbonRecord(
@@ -293,7 +310,9 @@ def _record(segs: IntensitySegments, energy_j: np.ndarray, pue: float) -> Carbon
     )
 
 
-def _cumulative_energy_j(t_ns: np.ndarray, y: np.ndarray, at_ns: np.ndarray, energy_from: str) -> np.ndarray:
+def _cumulative_energy_j(
+    t_ns: np.ndarray, y: np.ndarray, at_ns: np.ndarray, energy_from: str
+) -> np.ndarray:
     """Energy from the first sample to each of at_ns, exact for power linear between samples."""
     t_s = (t_ns - t_ns[0]) / NS_PER_S
     x_s = (at_ns - t_ns[0]) / NS_PER_S
@@ -326,12 +345,18 @@ def operational_carbon(
     _check_pue(pue)
     column = {"power": "power_w", "counter": "energy_counter_j"}.get(energy_from)
     if column is None:
-        raise ConfigError(f"energy_from {energy_from!r}: use 'power' (integrate power_w) or 'counter'")
+        raise ConfigError(
+            f"energy_from {energy_from!r}: use 'power' (integrate power_w) or 'counter'"
+        )
     missing = [c for c in ("t_wall_ns", column) if c not in samples.columns]
     if missing:
-        raise SchemaError(f"{where}: missing column(s) {missing}; energy_from={energy_from!r} needs t_wall_ns and {column}")
+        raise SchemaError(
+            f"{where}: missing column(s) {missing}; energy_from={energy_from!r} needs t_wall_ns and {column}"
+        )
     segs = intensity.segments(start_ns, end_ns, fill)
-    devices = samples.groupby("device_index") if "device_index" in samples.columns else [(0, samples)]
+    devices = (
+        samples.groupby("device_index") if "device_index" in samples.columns else [(0, samples)]
+    )
     cumulative_j = np.zeros(len(segs.edges_ns))
     for device, df in devices:
         df = df.sort_values("t_wall_ns")
@@ -347,7 +372,11 @@ def operational_carbon(
             raise InputError(
                 f"{where}: device {device}: {column} has missing values or t_wall_ns repeats a time; "
                 "each sample needs its own time and a finite value"
-                + (" (energy_from='power' integrates power_w instead)" if energy_from == "counter" else "")
+                + (
+                    " (energy_from='power' integrates power_w instead)"
+                    if energy_from == "counter"
+                    else ""
+                )
             )
         cumulative_j += _cumulative_energy_j(t_ns, y, segs.edges_ns, energy_from)
     return _record(segs, np.diff(cumulative_j), pue)
@@ -395,7 +424,9 @@ def intensity_for_day(
         try:
             day_ns = int(pd.Timestamp(dt.date.fromisoformat(str(day))).as_unit("ns").value)
         except ValueError as exc:
-            raise ConfigError(f"carbon trace_day {day!r}: use a UTC day written YYYY-MM-DD") from exc
+            raise ConfigError(
+                f"carbon trace_day {day!r}: use a UTC day written YYYY-MM-DD"
+            ) from exc
     segs = intensity.segments(day_ns, day_ns + 24 * NS_PER_HOUR, fill)
     hourly = []
     for hour in range(24):
@@ -407,7 +438,10 @@ def intensity_for_day(
 
 
 def embodied_carbon_g(
-    embodied_kg_co2e: float, lifetime_years: float, duration_s: float, utilisation_share: float = 1.0
+    embodied_kg_co2e: float,
+    lifetime_years: float,
+    duration_s: float,
+    utilisation_share: float = 1.0,
 ) -> float:
     """A device's manufacturing footprint amortised linearly over its service life.
 
@@ -417,11 +451,15 @@ def embodied_carbon_g(
     M = TE x (TiR / EL) x RS, whose example (1000 kg, 4 years, 1 hour -> about 28 g) uses 365-day years.
     """
     if not (math.isfinite(embodied_kg_co2e) and embodied_kg_co2e >= 0):
-        raise ConfigError(f"embodied_kg_co2e {embodied_kg_co2e!r}: must be a finite number >= 0 (kgCO2e)")
+        raise ConfigError(
+            f"embodied_kg_co2e {embodied_kg_co2e!r}: must be a finite number >= 0 (kgCO2e)"
+        )
     if not (math.isfinite(lifetime_years) and lifetime_years > 0):
         raise ConfigError(f"lifetime_years {lifetime_years!r}: must be a finite number > 0")
     if not 0 < utilisation_share <= 1:
         raise ConfigError(f"utilisation_share {utilisation_share!r}: must lie in (0, 1]")
     if not (math.isfinite(duration_s) and duration_s >= 0):
         raise InputError(f"duration_s {duration_s!r}: must be a finite number of seconds >= 0")
-    return embodied_kg_co2e * 1000.0 * duration_s / (lifetime_years * S_PER_YEAR) * utilisation_share
+    return (
+        embodied_kg_co2e * 1000.0 * duration_s / (lifetime_years * S_PER_YEAR) * utilisation_share
+    )
