@@ -1,6 +1,5 @@
 """Carbon: intensity traces (both Electricity Maps headers, real exports), hour alignment,
-fill, PUE, embodied amortisation. Every expected value is worked out by hand in the comment beside it.
-"""
+fill, PUE, embodied amortisation. Each expected value is worked out by hand beside it."""
 
 from pathlib import Path
 
@@ -272,7 +271,7 @@ def test_blank_cell_is_a_gap_and_text_is_an_error(tmp_path):
     with pytest.raises(InputError, match="01:00:00\\+00:00 to 2023-01-01T01:30:00"):
         operational_carbon(STEADY_100W, t("00:30"), t("01:30"), trace)
     text = write_trace(
-        tmp_path / "text.csv", NEWER_HEADER, [*TWO_HOURS, ("2023-01-01 02:00:00", "n/a", 1)]
+        tmp_path / "text.csv", NEWER_HEADER, [*TWO_HOURS, ("2023-01-01 02:00:00", "4o0", 1)]
     )
-    with pytest.raises(InputError, match="line 4.*'n/a'"):
+    with pytest.raises(InputError, match="line 4.*'4o0'"):
         load_trace(text)

@@ -1,7 +1,7 @@
 """Grid carbon intensity (constant or an Electricity Maps trace), its alignment with measured power,
 PUE, and the amortised embodied carbon of the hardware.
 
-Times are UTC nanoseconds since the epoch, energy is in joules; joules become kWh only in energy_kwh().
+Times are UTC nanoseconds since the epoch, energy is in joules; only energy_kwh() makes kWh.
 """
 
 from __future__ import annotations
@@ -26,19 +26,22 @@ DEFAULT_INTENSITY_G_PER_KWH = 413.0
 S_PER_YEAR = 365 * 86400
 
 # Where a trace does not cover part of a window:
-#   "previous": the last value before the uncovered part carries forward (also past the trace's end);
+#   "previous": the last value before the uncovered part carries forward (past the trace's end too);
 #               nothing fills a window that starts before the trace's first row.
 #   "nearest":  each uncovered instant takes the value of the closest covered row (a gap splits at
 #               its midpoint; before the first row the first value, after the last row the last).
 FILL_POLICIES = ("previous", "nearest")
 BASES = ("direct", "lifecycle")
 
-# Electricity Maps export headers, matched case-insensitively: the older portal export and the newer one.
+# Electricity Maps export headers, matched case-insensitively: the older export, then the newer.
 _TIME_COLUMN = "Datetime (UTC)"
 _ZONE_COLUMNS = ("Zone Id", "Zone id")
 _INTENSITY_COLUMNS = {
     "direct": ("Carbon Intensity gCO₂eq/kWh (direct)", "Carbon intensity gCO₂eq/kWh (direct)"),
-    "lifecycle": ("Carbon Intensity gCO₂eq/kWh (LCA)", "Carbon intensity gCO₂eq/kWh (Life cycle)"),
+    "lifecycle": (
+        "Carbon Intensity gCO₂eq/kWh (LCA)",
+        "Carbon intensity gCO₂eq/kWh (Life cycle)",
+    ),
 }
 _HEADER_VARIANTS = (
     "older export: 'Datetime (UTC)', 'Zone Id', 'Carbon Intensity gCO₂eq/kWh (direct)', "
@@ -123,14 +126,13 @@ class IntensityTrace:
             return starts, ends, values, np.zeros(len(starts), dtype=bool)
         gap = np.flatnonzero(ends[:-1] < starts[1:])  # a gap follows row gap[k]
         gap_lo, gap_hi = ends[gap], starts[gap + 1]
+        after = ([ends[-1]], [_FAR_FUTURE_NS], [values[-1]])
         if fill == "previous":
-            extra = [(gap_lo, gap_hi, values[gap])]
-            extra.append(([ends[-1]], [_FAR_FUTURE_NS], [values[-1]]))
+            extra = [(gap_lo, gap_hi, values[gap]), after]
         else:
             mid = gap_lo + (gap_hi - gap_lo) // 2
-            extra = [(gap_lo, mid, values[gap]), (mid, gap_hi, values[gap + 1])]
-            extra.append(([_FAR_PAST_NS], [starts[0]], [values[0]]))
-            extra.append(([ends[-1]], [_FAR_FUTURE_NS], [values[-1]]))
+            before = ([_FAR_PAST_NS], [starts[0]], [values[0]])
+            extra = [(gap_lo, mid, values[gap]), (mid, gap_hi, values[gap + 1]), before, after]
         lo = np.concatenate([starts] + [np.asarray(e[0], dtype=np.int64) for e in extra])
         hi = np.concatenate([ends] + [np.asarray(e[1], dtype=np.int64) for e in extra])
         val = np.concatenate([values] + [np.asarray(e[2], dtype=float) for e in extra])
@@ -156,8 +158,8 @@ class IntensityTrace:
             raise InputError(
                 f"{self.path}: the intensity trace (zone {self.zone_id}, {self.period} rows from "
                 f"{utc(self.start_ns[0])} to {utc(self.end_ns[-1])}) does not cover {shown}{more} "
-                f"(UTC) of the window {utc(start_ns)} to {utc(end_ns)}; give a trace that covers it, "
-                f"or set the fill policy (config carbon.fill) to one of {FILL_POLICIES}"
+                f"(UTC) of the window {utc(start_ns)} to {utc(end_ns)}; give a trace that "
+                f"covers it, or set the fill policy (config carbon.fill) to one of {FILL_POLICIES}"
             )
         return IntensitySegments(np.concatenate([lo, [end_ns]]), val[inside], filled[inside])
 
@@ -254,7 +256,7 @@ def _row_ends(start_ns: np.ndarray) -> tuple[np.ndarray, str]:
 
 @dataclass(frozen=True)
 class CarbonSegment:
-    """One piece of a window at a single intensity (an hour of an hourly trace, clipped to the window)."""
+    """A piece of a window at one intensity (an hour of an hourly trace, clipped to the window)."""
 
     start_ns: int
     end_ns: int
@@ -351,7 +353,8 @@ def operational_carbon(
     missing = [c for c in ("t_wall_ns", column) if c not in samples.columns]
     if missing:
         raise SchemaError(
-            f"{where}: missing column(s) {missing}; energy_from={energy_from!r} needs t_wall_ns and {column}"
+            f"{where}: missing column(s) {missing}; energy_from={energy_from!r} needs "
+            f"t_wall_ns and {column}"
         )
     segs = intensity.segments(start_ns, end_ns, fill)
     devices = (
@@ -370,13 +373,9 @@ def operational_carbon(
             )
         if not np.isfinite(y).all() or (np.diff(t_ns) <= 0).any():
             raise InputError(
-                f"{where}: device {device}: {column} has missing values or t_wall_ns repeats a time; "
-                "each sample needs its own time and a finite value"
-                + (
-                    " (energy_from='power' integrates power_w instead)"
-                    if energy_from == "counter"
-                    else ""
-                )
+                f"{where}: device {device}: {column} has missing values or t_wall_ns repeats a "
+                "time; each sample needs its own time and a finite value (energy_from='power' "
+                "integrates power_w, energy_from='counter' differences energy_counter_j)"
             )
         cumulative_j += _cumulative_energy_j(t_ns, y, segs.edges_ns, energy_from)
     return _record(segs, np.diff(cumulative_j), pue)
@@ -400,7 +399,8 @@ def carbon_from_energy(
     if start_ns is None or end_ns is None:
         if not isinstance(intensity, ConstantIntensity):
             raise ConfigError(
-                f"{intensity.path}: an intensity trace needs the run's time window (start_ns, end_ns)"
+                f"{intensity.path}: an intensity trace needs the run's time window "
+                "(start_ns, end_ns)"
             )
         kwh, g_per_kwh = energy_kwh(energy_j), intensity.intensity_g_per_kwh
         return CarbonRecord(energy_j, kwh, g_per_kwh, pue, kwh * g_per_kwh * pue, 0.0, ())
@@ -448,7 +448,8 @@ def embodied_carbon_g(
     The share charged to a run is duration / lifetime x the share of the device the run holds: ACT's
     CF = OP_CF + (T / LT) x E_CF (Gupta et al., ISCA 2022), LLMCarbon's embodied term
     t_i / lifetime_i x CO2eq_chip_i (Faiz et al., ICLR 2024) and the GSF Software Carbon Intensity's
-    M = TE x (TiR / EL) x RS, whose example (1000 kg, 4 years, 1 hour -> about 28 g) uses 365-day years.
+    M = TE x (TiR / EL) x RS, whose worked example (1000 kg, 4 years, 1 hour -> about 28 g) uses
+    365-day years.
     """
     if not (math.isfinite(embodied_kg_co2e) and embodied_kg_co2e >= 0):
         raise ConfigError(
