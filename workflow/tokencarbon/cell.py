@@ -103,7 +103,15 @@ def run_cell(
     run_samples = tables.read(run_samples_path, tables.POWER)
     run_samples_path.unlink()
 
-    rows = [{"batch_index": i, **_batch_record(r)} for i, r in enumerate(results)]
+    rows = [
+        {
+            "batch_index": i,
+            **_batch_record(r),
+            "prompt_lens": [len(ids) for ids in batch["prompt_token_ids"]],
+            "output_lens": [int(n) for n in batch["output_tokens"]],
+        }
+        for i, (r, batch) in enumerate(zip(results, batches))
+    ]
     tables.write(pd.DataFrame(rows), out_batches, tables.BATCHES)
     tables.write(pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER)
     write_json(
@@ -138,4 +146,5 @@ def run_cell(
 
 def _batch_record(result: Any) -> dict[str, int]:
     record = asdict(result)
-    return {name: int(record[name]) for name in tables.BATCHES.names if name != "batch_index"}
+    skip = {"batch_index", "prompt_lens", "output_lens"}
+    return {name: int(record[name]) for name in tables.BATCHES.names if name not in skip}

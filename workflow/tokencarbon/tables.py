@@ -39,6 +39,8 @@ BATCHES = pa.schema(
         ("start_wall_ns", pa.int64()),  # time.time_ns(), to align with power samples and traces
         ("first_token_wall_ns", pa.int64()),
         ("end_wall_ns", pa.int64()),
+        ("prompt_lens", pa.list_(pa.int64())),  # per request, real tokens (for FLOPs and bytes)
+        ("output_lens", pa.list_(pa.int64())),  # per request, tokens generated
     ]
 )
 
@@ -82,6 +84,48 @@ CELLS = pa.schema(
         ("power_interval_s", pa.float64()),
         ("peak_memory_bytes", pa.float64()),  # device peak allocated (CUDA) or process RSS peak (CPU)
         ("git_commit", pa.string()),
+    ]
+)
+
+# One row per cell: energy, carbon, per-token figures and utilisation (tokencarbon.metrics).
+METRICS = pa.schema(
+    [
+        ("platform", pa.string()),
+        ("model", pa.string()),
+        ("batch_size", pa.int64()),
+        ("architecture", pa.string()),
+        ("dtype", pa.string()),
+        ("n_requests", pa.int64()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("window_s", pa.float64()),  # sum of measured batch durations (first start to last end)
+        ("n_power_samples", pa.int64()),
+        ("energy_method", pa.string()),  # "counter" (NVML), "integrated" or "modeled"
+        ("energy_j", pa.float64()),  # the primary measurement: counter where present
+        ("energy_counter_j", pa.float64()),
+        ("energy_integrated_j", pa.float64()),
+        ("energy_relative_difference", pa.float64()),  # |counter - integrated| / counter
+        ("qa_flags", pa.string()),  # ";"-joined, empty when none
+        ("idle_power_w", pa.float64()),
+        ("idle_energy_j", pa.float64()),
+        ("above_idle_energy_j", pa.float64()),
+        ("intensity_g_per_kwh", pa.float64()),  # energy-weighted mean over the window
+        ("pue", pa.float64()),
+        ("operational_g", pa.float64()),  # energy x PUE x intensity
+        ("embodied_g", pa.float64()),  # device manufacturing carbon amortised over the window
+        ("carbon_g", pa.float64()),  # operational + embodied
+        ("j_per_token", pa.float64()),  # energy_j / output_tokens
+        ("g_per_token", pa.float64()),  # operational_g / output_tokens (the study's carbon per token)
+        ("g_per_token_with_embodied", pa.float64()),
+        ("tokens_per_s", pa.float64()),  # output tokens / window_s
+        ("s_per_token_user", pa.float64()),  # the study's user-perceived latency: mean over batches of
+        # batch time / generated tokens per request (prefill included)
+        ("ttft_s", pa.float64()),  # mean time to first token (end of prefill)
+        ("tpot_s", pa.float64()),  # mean time per output token after the first
+        ("flops", pa.float64()),  # analytical FLOPs over the real tokens of every batch
+        ("mfu", pa.float64()),  # flops / (window_s x dense peak FLOP/s of the dtype)
+        ("bytes_moved", pa.float64()),  # weights + KV cache read per step, summed
+        ("mbu", pa.float64()),  # bytes_moved / (window_s x peak memory bandwidth)
     ]
 )
 

@@ -60,8 +60,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         tok = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"tokenizer {str(name_or_path)!r} cannot be loaded ({exc}); offline, only a local "
-            "tokenizer directory or a model id already in the Hugging Face cache works"
+            f"tokenizer {str(name_or_path)!r}: not a local tokenizer directory nor a model id in the "
+            f"Hugging Face cache ({exc}); offline, only those two work"
         ) from exc
     if tok.pad_token is None:
         if tok.eos_token is None:

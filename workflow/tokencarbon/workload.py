@@ -129,17 +129,22 @@ def extract_pairs(conversations: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["request_id", "prompt", "answer"], dtype=str)
 
 
-def count_tokens(texts: list[str], tokenizer) -> list[int]:
-    """Number of tokens of each text under a Hugging Face tokenizer, without special tokens (BOS)."""
+def token_ids(texts: list[str], tokenizer) -> list[list[int]]:
+    """Each text encoded by a Hugging Face tokenizer, without special tokens (no BOS): the text's
+    own tokens, which is what prompt_tokens and output_tokens count."""
     if not texts:
         return []
-    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-    return [len(x) for x in ids]
+    return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def count_tokens(texts: list[str], tokenizer) -> list[int]:
+    """Number of tokens of each text, as `token_ids` encodes it."""
+    return [len(ids) for ids in token_ids(texts, tokenizer)]
 
 
 def filter_pool(
     pairs: pd.DataFrame,
-    prompt_tokens: list[int],
+    prompt_token_ids: list[list[int]],
     output_tokens: list[int],
     *,
     min_tokens: int,
@@ -147,8 +152,8 @@ def filter_pool(
     source: str,
 ) -> pd.DataFrame:
     """Keep the pairs whose prompt and answer both have min_tokens..max_tokens tokens (inclusive);
-    return them as a WORKLOAD table, output_tokens being the answer's length (what a request will
-    generate).
+    return them as a WORKLOAD table: prompt_token_ids the encoded prompt, prompt_tokens its length,
+    output_tokens the answer's length (the number of tokens the request will generate).
 
     vLLM instead prunes prompt < 4 or answer < 4 tokens, prompt > 1024 and prompt + answer > 2048,
     counting with special tokens; one pair of bounds on each side is what the study's filter
@@ -159,32 +164,50 @@ def filter_pool(
             f"token bounds min_tokens={min_tokens}, max_tokens={max_tokens}: expected "
             "1 <= min_tokens <= max_tokens (a request generates at least one token)"
         )
-    if not len(pairs) == len(prompt_tokens) == len(output_tokens):
+    if not len(pairs) == len(prompt_token_ids) == len(output_tokens):
         raise ValueError(
-            f"{len(pairs)} pairs but {len(prompt_tokens)} prompt and {len(output_tokens)} output token counts"
+            f"{len(pairs)} pairs but {len(prompt_token_ids)} encoded prompts and "
+            f"{len(output_tokens)} output token counts"
         )
-    prompt_n = np.asarray(prompt_tokens, dtype=np.int64)
+    prompt_n = np.array([len(ids) for ids in prompt_token_ids], dtype=np.int64)
     output_n = np.asarray(output_tokens, dtype=np.int64)
     keep = (prompt_n >= min_tokens) & (prompt_n <= max_tokens) & (output_n >= min_tokens) & (output_n <= max_tokens)
     if not keep.any():
         why = (
-            "no conversation has a first user turn answered by the assistant (at least 2 turns needed)"
+            " (no conversation has a first user turn answered by the assistant: 2 turns at least)"
             if len(pairs) == 0
-            else f"none has both prompt and answer within [{min_tokens}, {max_tokens}] tokens"
+            else ""
         )
         raise InputError(
-            f"{source}: no request left after filtering: {len(pairs)} prompt/answer pairs, {why}; "
-            "widen the token bounds or use a dataset of multi-turn conversations"
+            f"{source}: no request left: none of {len(pairs)} prompt/answer pairs{why} has both prompt "
+            f"and answer within [{min_tokens}, {max_tokens}] tokens; widen the token bounds or use a "
+            "dataset of multi-turn conversations"
         )
+    kept = np.flatnonzero(keep)
     pool = pd.DataFrame(
         {
-            "request_id": pairs["request_id"].to_numpy()[keep],
-            "prompt": pairs["prompt"].to_numpy()[keep],
-            "prompt_tokens": prompt_n[keep],
-            "output_tokens": output_n[keep],
+            "request_id": pairs["request_id"].to_numpy()[kept],
+            "prompt": pairs["prompt"].to_numpy()[kept],
+            "prompt_tokens": prompt_n[kept],
+            "output_tokens": output_n[kept],
+            "prompt_token_ids": [list(prompt_token_ids[i]) for i in kept],
         }
     )
     return tables.check(pool, tables.WORKLOAD, source)
+
+
+def build_pool(source: str, tokenizer, *, min_tokens: int, max_tokens: int, split: str = "train") -> pd.DataFrame:
+    """The filtered pool of one tokenizer family: load `source`, pair first prompts with their
+    answers, encode both, keep those within the token bounds (see the functions above)."""
+    pairs = extract_pairs(load_sharegpt(source, split=split))
+    return filter_pool(
+        pairs,
+        token_ids(list(pairs["prompt"]), tokenizer),
+        count_tokens(list(pairs["answer"]), tokenizer),
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        source=source,
+    )
 
 
 def sample_workload(pool: pd.DataFrame, n: int, seed: int, source: str) -> pd.DataFrame:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import psutil
 
 from tokencarbon.errors import ConfigError
 from tokencarbon.power.base import PowerSample
+
+# CPU times advance in clock ticks (10 ms on Linux); a utilisation over less than two ticks is
+# mostly rounding, so a read that soon after the previous one repeats it.
+_MIN_SPAN_S = 2.0 / os.sysconf("SC_CLK_TCK")
 
 
 class ModeledCpuSource:
@@ -37,6 +42,7 @@ class ModeledCpuSource:
         # objects persist between samples; the first call on each only sets its baseline.
         self._procs: dict[int, psutil.Process] = {}
         self._tree_cpu_percent()
+        self._last = (time.monotonic(), 0.0, 0.0)  # (when, utilisation, rss_bytes)
 
     def _tree_cpu_percent(self) -> tuple[float, float]:
         """Summed cpu_percent (100 = one logical CPU) and RSS bytes of the root and its children."""
@@ -57,8 +63,11 @@ class ModeledCpuSource:
         return cpu_percent, rss_bytes
 
     def read(self) -> PowerSample:
-        cpu_percent, rss_bytes = self._tree_cpu_percent()
-        utilisation = min(cpu_percent / (100.0 * self._n_cpus), 1.0)
+        now = time.monotonic()
+        if now - self._last[0] >= _MIN_SPAN_S:
+            cpu_percent, rss_bytes = self._tree_cpu_percent()
+            self._last = (now, min(cpu_percent / (100.0 * self._n_cpus), 1.0), rss_bytes)
+        _, utilisation, rss_bytes = self._last
         return PowerSample(
             t_wall_ns=time.time_ns(),
             source=self.source,

@@ -6,7 +6,7 @@
 
 The sidecar writes a Parquet part into <out>.parts/ about every second and merges the parts into
 <out> when stopped; `read_samples(out, allow_partial=True)` reads the parts of a run that died.
-It stops when asked, on SIGTERM, or when its parent dies (its stdin closes), never orphaned.
+It stops when asked or when its parent dies (its stdin closes), so it is never orphaned.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import math
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from tokencarbon import errors
 from tokencarbon.energy import cell_energy
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.power import DEFAULT_INTERVAL_S, check_spec, open_source, samples_table
-from tokencarbon.tables import POWER, check
+from tokencarbon.tables import POWER, check, read
 
 PHASES = ("idle", "run")
 _START_TIMEOUT_S = 120.0  # a cold start imports pandas and pyarrow, slow on a loaded CI runner
@@ -155,8 +154,6 @@ def read_samples(out_path: str | Path, allow_partial: bool = False) -> pd.DataFr
     """The POWER samples a sidecar wrote to out_path; with allow_partial, a dead sidecar's parts."""
     out_path = Path(out_path)
     if out_path.exists():
-        from tokencarbon.tables import read
-
         return read(out_path, POWER)
     parts = sorted(parts_dir(out_path).glob("part-*.parquet"))
     if not parts:
@@ -204,7 +201,6 @@ def _sample(
     """The child's loop: sample on an absolute schedule until stopped; return the sample count."""
     source = open_source(spec, target_pid)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     parts = parts_dir(out_path)
     parts.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,157 @@
+"""Analytical FLOPs and bytes: hand computations, calflops' published Llama-2-7B figure, and
+calflops run on real transformers models."""
+
+import pytest
+import torch
+import transformers
+from calflops import calculate_flops
+
+from tokencarbon.errors import ConfigError
+from tokencarbon.flops import (
+    batch_decode_flops,
+    batch_flops,
+    batch_prefill_flops,
+    decode_step_bytes,
+    decode_step_flops,
+    prefill_bytes,
+    prefill_flops,
+    request_flops,
+)
+from tokencarbon.models import load_architecture
+
+TINY = load_architecture("tiny-llama")
+# Hand numbers for tiny-llama used below (h=256, L=4, heads=4, kv_dim=128, I=688, V=4096):
+#   matmul params 3,948,544 = body 2,899,968 + lm_head 1,048,576 (see test_models)
+#   attention per attended position, all layers: 4 * 256 * 4 = 4,096 FLOPs
+#   K+V per position, fp16: 2 * 4 * 128 * 2 B = 2,048 B ; weights fp16: 4,999,424 * 2 = 9,998,848 B
+
+
+def test_llama2_7b_matches_calflops_published_figure():
+    # calflops README, "Large Language Model" table: llama2-7b, input (1,128):
+    # fwd FLOPs 1700.06 G, fwd MACs 850 G. calflops counts the full T^2 score matrix
+    # (torch.matmul in eager attention), logits at every position, no embedding.
+    arch = load_architecture("llama-2-7b")
+    ours = prefill_flops(arch, 128, causal=False, logits="all")
+    # By hand: 2 * 6,607,077,376 matmul params * 128 = 1,691,411,808,256
+    #        + 4 * 4096 * 32 layers * 128^2           =     8,589,934,592
+    #        = 1,700,001,742,848
+    assert ours == 1_700_001_742_848
+    assert ours == pytest.approx(1700.06e9, rel=1e-3)
+    # The exact residual: calflops also counts 1 FLOP per element of F.silu (T x I per layer)
+    # and F.softmax (heads x T x T per layer): 32 * (128*11008 + 32*128*128) = 61,865,984,
+    # giving 1,700,063,608,832 = 1700.06 G to the README's two decimals.
+    residual = 32 * (128 * 11008 + 32 * 128 * 128)
+    assert round((ours + residual) / 1e9, 2) == 1700.06
+    # MACs are matmuls only: half our count, 850.0009 G, printed "850".
+    assert round(ours / 2 / 1e9) == 850
+
+
+def _hf_model(arch, device):
+    if arch.family == "llama":
+        config = transformers.LlamaConfig(
+            hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers,
+            num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads,
+            intermediate_size=arch.intermediate_size, vocab_size=arch.vocab_size,
+            max_position_embeddings=arch.max_positions, tie_word_embeddings=False,
+        )  # fmt: skip
+        cls = transformers.LlamaForCausalLM
+    else:
+        config = transformers.GPT2Config(
+            n_embd=arch.hidden_size, n_layer=arch.num_layers, n_head=arch.num_heads,
+            n_inner=arch.intermediate_size, vocab_size=arch.vocab_size,
+            n_positions=arch.max_positions, bos_token_id=0, eos_token_id=0,
+        )  # fmt: skip
+        cls = transformers.GPT2LMHeadModel
+    # eager attention materialises QK^T with torch.matmul, which calflops intercepts.
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    with torch.device(device):
+        return cls(config).eval()
+
+
+def _calflops(model, seq_len, device):
+    input_ids = torch.zeros((1, seq_len), dtype=torch.long, device=device)
+    flops, macs, _ = calculate_flops(
+        model, kwargs={"input_ids": input_ids},
+        print_results=False, print_detailed=False, output_as_string=False,
+    )  # fmt: skip
+    return flops, macs
+
+
+def test_calflops_on_meta_llama2_7b_reproduces_the_published_run():
+    # The README's own measurement, redone: calflops over transformers' Llama-2-7B built on the
+    # meta device (shapes only, no weights), 128 tokens.
+    arch = load_architecture("llama-2-7b")
+    flops, macs = _calflops(_hf_model(arch, "meta"), 128, "meta")
+    ours = prefill_flops(arch, 128, causal=False, logits="all")
+    assert 2 * macs == ours
+    assert flops == ours + 32 * (128 * 11008 + 32 * 128 * 128)  # silu + softmax, see above
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_calflops_cross_check_on_real_cpu_forward(name):
+    # A real forward pass on CPU with random weights (GQA on tiny-llama, fused-qkv Conv1D with
+    # biases on tiny-gpt2). calflops MACs are exactly our matmuls; its FLOPs add elementwise ops.
+    arch = load_architecture(name)
+    seq_len = 64
+    flops, macs = _calflops(_hf_model(arch, "cpu"), seq_len, "cpu")
+    ours = prefill_flops(arch, seq_len, causal=False, logits="all")
+    assert 2 * macs == ours
+    assert flops == pytest.approx(ours, rel=0.01)
+    # The residual by hand (L=4, T=64, heads=4, h=256): softmax 4 * 4*64*64 = 65,536, plus
+    #   llama: F.silu 4 * 64*688 = 176,128                                  -> 241,664
+    #   gpt2: F.layer_norm 5 FLOPs/element, 9 norms: 9 * 5*64*256 = 737,280; addmm adds one
+    #         bias vector per call: 4 * (768 + 256 + 1024 + 256) = 9,216    -> 812,032
+    expected_residual = {"tiny-llama": 65_536 + 176_128, "tiny-gpt2": 65_536 + 737_280 + 9_216}
+    assert flops - ours == expected_residual[name]
+
+
+def test_prefill_flops_by_hand():
+    # T=4, causal, last-position logits:
+    #   body 2 * 2,899,968 * 4 = 23,199,744 ; lm_head 2 * 1,048,576 = 2,097,152
+    #   attention: token i attends to i+1 -> 1+2+3+4 = 10 positions * 4,096 = 40,960
+    assert prefill_flops(TINY, 4) == 23_199_744 + 2_097_152 + 40_960
+    # all logits: lm_head x4 ; full attention: 16 positions
+    assert prefill_flops(TINY, 4, causal=False, logits="all") == 23_199_744 + 4 * 2_097_152 + 16 * 4_096
+
+
+def test_decode_step_flops_by_hand():
+    # 2 * 3,948,544 + 10 attended positions * 4,096 = 7,897,088 + 40,960
+    assert decode_step_flops(TINY, 10) == 7_938_048
+
+
+def test_request_flops_by_hand():
+    # P=4, N=3: prefill (25,337,856) yields token 1; decode steps attend to 5 and 6 positions:
+    #   2 * 7,897,088 + 11 * 4,096 = 15,794,176 + 45,056 = 15,839,232
+    assert request_flops(TINY, 4, 3) == 25_337_856 + 15_839_232
+    assert request_flops(TINY, 4, 1) == 25_337_856  # one output token: prefill only
+
+
+def test_batch_flops_sum_real_tokens_only():
+    # Requests (P=4, N=3) and (P=2, N=1); the second is padded to 4 in a static batch but
+    # counts only its own tokens: prefill T=2 = 2*2,899,968*2 + 2,097,152 + 3*4,096 = 13,709,312.
+    prompt_lens, output_lens = [4, 2], [3, 1]
+    assert batch_flops(TINY, prompt_lens, output_lens) == 41_177_088 + 13_709_312
+    assert batch_prefill_flops(TINY, prompt_lens) == 25_337_856 + 13_709_312
+    assert batch_decode_flops(TINY, prompt_lens, output_lens) == 15_839_232
+    with pytest.raises(ConfigError, match="2 prompt lengths but 1 output lengths"):
+        batch_decode_flops(TINY, prompt_lens, [3])
+
+
+def test_decode_step_bytes_by_hand():
+    # Contexts 10 and 3: read 13 cached positions, write 2 new ones -> 15 * 2,048 = 30,720
+    assert decode_step_bytes(TINY, [10, 3], "float16") == 9_998_848 + 30_720
+
+
+def test_prefill_bytes_by_hand():
+    # Weights once + K/V of the 4 + 2 real prompt tokens: 9,998,848 + 6 * 2,048
+    assert prefill_bytes(TINY, [4, 2], "float16") == 10_011_136
+
+
+def test_bad_lengths_rejected():
+    with pytest.raises(ConfigError, match="prompt_len=0"):
+        prefill_flops(TINY, 0)
+    with pytest.raises(ConfigError, match="context_len=0"):
+        decode_step_bytes(TINY, [5, 0], "float16")
+    with pytest.raises(ConfigError, match="logits='first'"):
+        prefill_flops(TINY, 4, logits="first")

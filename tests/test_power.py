@@ -1,0 +1,285 @@
+"""Power sources: the nvidia-smi CSV importer on real logs, the modeled CPU source, NVML."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pynvml
+import pytest
+
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
+from tokencarbon.power import check_spec, describe_gpu, open_source, read_nvidia_smi_csv
+from tokencarbon.power.modeled import ModeledCpuSource
+from tokencarbon.power.nvml import NvmlSource
+from tokencarbon.tables import POWER
+
+MIB = 1024 * 1024
+
+
+def gpu_present() -> bool:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    try:
+        return pynvml.nvmlDeviceGetCount() > 0
+    finally:
+        pynvml.nvmlShutdown()
+
+
+GPU = gpu_present()
+
+
+# --- nvidia-smi CSV logs (real files, values read off them with sed/awk) ---------------------
+
+
+def test_nvidia_smi_50ms_log(shared_data):
+    df = read_nvidia_smi_csv(shared_data / "nvidia-smi" / "power_50ms.csv", tz="Europe/Berlin")
+    assert list(df.columns) == POWER.names
+    assert len(df) == 73  # 74 lines, one header
+    # First line "2024/10/30 18:42:33.189, 22.89 W". Berlin is on CET (UTC+1) after 27 Oct 2024,
+    # so 17:42:33.189 UTC; `date -u -d '2024-10-30 17:42:33' +%s` = 1730310153.
+    assert df["t_wall_ns"].iloc[0] == 1_730_310_153_189_000_000
+    assert df["power_w"].iloc[0] == 22.89
+    # Last line "2024/10/30 18:42:36.813, 22.63 W": 1730313756 - 3600 s, .813.
+    assert df["t_wall_ns"].iloc[-1] == 1_730_310_156_813_000_000
+    assert df["power_w"].iloc[-1] == 22.63
+    assert df["power_w"].min() == 20.92  # line 40
+    assert df["power_w"].max() == 23.00  # line 5
+    assert (df["source"] == "nvidia_smi_csv").all() and not df["modeled"].any()
+    assert (df["phase"] == "run").all()
+    assert df["energy_counter_j"].isna().all() and df["util_pct"].isna().all()
+    assert (df["device_index"] == -1).all() and (df["throttle_reasons"] == -1).all()
+
+
+def test_nvidia_smi_100ms_log(shared_data):
+    df = read_nvidia_smi_csv(shared_data / "nvidia-smi" / "power_100ms.csv", tz="Europe/Berlin")
+    assert len(df) == 163
+    # "2025/04/24 16:02:12.560, 21.76 W": Berlin is on CEST (UTC+2) in April, so 14:02:12.560
+    # UTC; `date -u -d '2025-04-24 14:02:12' +%s` = 1745503332.
+    assert df["t_wall_ns"].iloc[0] == 1_745_503_332_560_000_000
+    # Last "16:02:28.841, 57.84 W": 16.281 s after the first.
+    assert df["t_wall_ns"].iloc[-1] - df["t_wall_ns"].iloc[0] == 16_281_000_000
+    assert df["power_w"].iloc[-1] == 57.84
+    assert (df["power_w"].min(), df["power_w"].max()) == (21.76, 66.98)  # lines 2 and 24
+    assert np.diff(df["t_wall_ns"]).max() == 112_000_000  # SOURCES.md: largest gap 112 ms
+
+
+def test_nvidia_smi_multicolumn_log(shared_data):
+    df = read_nvidia_smi_csv(shared_data / "nvidia-smi" / "rtx4090_multicolumn_1s.csv", tz="UTC")
+    assert len(df) == 2619
+    # "2026/01/03 15:36:53.507, NVIDIA GeForce RTX 4090, 1 %, 2 %, 1129 MiB, 33.09 W";
+    # `date -u -d '2026-01-03 15:36:53' +%s` = 1767454613.
+    first = df.iloc[0]
+    assert first["t_wall_ns"] == 1_767_454_613_507_000_000
+    assert (first["util_pct"], first["power_w"]) == (1.0, 33.09)
+    assert first["mem_used_bytes"] == 1129 * MIB  # 1,183,842,304 B
+    # Last "2026/01/03 16:24:53.961, ..., 3 %, 4 %, 1141 MiB, 34.15 W"; 1767457493 s.
+    last = df.iloc[-1]
+    assert last["t_wall_ns"] == 1_767_457_493_961_000_000
+    assert (last["util_pct"], last["mem_used_bytes"], last["power_w"]) == (3.0, 1141 * MIB, 34.15)
+    assert (df["power_w"].min(), df["power_w"].max()) == (33.09, 332.92)  # lines 2 and 236
+    # Largest gap: lines 646 -> 647, 15:48:40.525 -> 15:48:47.836 = 7.311 s.
+    assert np.diff(df["t_wall_ns"]).max() == 7_311_000_000
+    # utilization.memory and name have no POWER column; nothing else was invented.
+    assert df["temperature_c"].isna().all() and df["sm_clock_mhz"].isna().all()
+
+
+def write_log(tmp_path, text: str):
+    path = tmp_path / "smi.csv"
+    path.write_text(text)
+    return path
+
+
+def test_nvidia_smi_all_known_columns_and_missing_values(tmp_path):
+    path = write_log(
+        tmp_path,
+        "timestamp, index, power.draw [W], power.draw.instant [W], power.draw.average [W], "
+        "temperature.gpu, clocks.current.sm [MHz], clocks.current.memory [MHz], "
+        "clocks_event_reasons.active, memory.used [MiB], utilization.gpu [%]\n"
+        "2025/01/15 12:00:00.000, 0, 70.10 W, 71.50 W, 69.00 W, 35, 1980 MHz, 2619 MHz, "
+        "0x0000000000000005, 512 MiB, 97 %\n"
+        "2025/01/15 12:00:00.100, 0, [N/A], [Not Supported], [N/A], [N/A], [N/A], [N/A], "
+        "[Not Supported], [N/A], [N/A]\n",
+    )
+    df = read_nvidia_smi_csv(path, tz="UTC")
+    row = df.iloc[0]
+    assert row["t_wall_ns"] == 1_736_942_400_000_000_000  # date -u -d '2025-01-15 12:00' +%s
+    assert row["power_w"] == 71.50  # power.draw.instant wins over power.draw (a 1 s average)
+    assert row["power_avg_w"] == 69.00
+    assert (row["temperature_c"], row["sm_clock_mhz"], row["mem_clock_mhz"]) == (35, 1980, 2619)
+    assert row["throttle_reasons"] == 5  # GpuIdle (0x1) | SwPowerCap (0x4)
+    assert row["mem_used_bytes"] == 536_870_912  # 512 x 1,048,576
+    assert (row["util_pct"], row["device_index"]) == (97.0, 0)
+    missing = df.iloc[1]
+    assert missing["t_wall_ns"] - row["t_wall_ns"] == 100_000_000
+    for column in ["power_w", "power_avg_w", "temperature_c", "sm_clock_mhz", "mem_used_bytes"]:
+        assert math.isnan(missing[column]), column
+    assert missing["throttle_reasons"] == -1
+
+
+def test_nvidia_smi_nounits_format(tmp_path):
+    # --format=csv,nounits keeps the unit in the header only.
+    path = write_log(tmp_path, "timestamp, power.draw [W]\n2025/01/15 12:00:00.000, 70.10\n")
+    assert read_nvidia_smi_csv(path, tz="UTC")["power_w"].tolist() == [70.10]
+
+
+def test_nvidia_smi_missing_power_column_names_file_and_columns(tmp_path):
+    path = write_log(tmp_path, "timestamp, utilization.gpu [%]\n2025/01/15 12:00:00.000, 3 %\n")
+    with pytest.raises(InputError) as exc:
+        read_nvidia_smi_csv(path, tz="UTC")
+    assert str(path) in str(exc.value)
+    assert "'timestamp', 'utilization.gpu [%]'" in str(exc.value)
+    assert "power.draw" in str(exc.value)
+
+
+def test_nvidia_smi_wrong_units_and_values(tmp_path):
+    bad_value_unit = "timestamp, power.draw [W]\n2025/01/15 12:00:00.000, 70100 mW\n"
+    with pytest.raises(InputError, match=r"line 2: value '70100 mW' is not a number in W"):
+        read_nvidia_smi_csv(write_log(tmp_path, bad_value_unit), tz="UTC")
+    bad_header_unit = "timestamp, power.draw [W], memory.used [MB]\n2025/01/15 12:00:00.000, 1 W, 2 MB\n"
+    with pytest.raises(InputError, match=r"'memory.used \[MB\]' has unit 'MB'; expected 'MiB'"):
+        read_nvidia_smi_csv(write_log(tmp_path, bad_header_unit), tz="UTC")
+    bad_time = "timestamp, power.draw [W]\n15.01.2025 12:00, 1 W\n"
+    with pytest.raises(InputError, match="YYYY/MM/DD HH:MM:SS.mmm"):
+        read_nvidia_smi_csv(write_log(tmp_path, bad_time), tz="UTC")
+
+
+def test_nvidia_smi_time_zone(tmp_path):
+    path = write_log(tmp_path, "timestamp, power.draw [W]\n2025/03/30 02:30:00.000, 1 W\n")
+    with pytest.raises(ConfigError, match="'Mars/Olympus'"):
+        read_nvidia_smi_csv(path, tz="Mars/Olympus")
+    # Berlin clocks jump from 02:00 to 03:00 on 30 March 2025: 02:30 never happened there.
+    with pytest.raises(InputError, match="Europe/Berlin"):
+        read_nvidia_smi_csv(path, tz="Europe/Berlin")
+    # ...but it did in New York (EDT, UTC-4): 06:30 UTC; date -u -d '2025-03-30 06:30' = 1743316200.
+    assert read_nvidia_smi_csv(path, tz="America/New_York")["t_wall_ns"].iloc[0] == (
+        1_743_316_200_000_000_000
+    )
+
+
+def test_nvidia_smi_several_gpus_need_the_index_column(tmp_path):
+    rows = "2025/01/15 12:00:00.000, {}70 W\n2025/01/15 12:00:00.000, {}80 W\n"
+    with pytest.raises(InputError, match="line 3.*'index' column"):
+        read_nvidia_smi_csv(write_log(tmp_path, "timestamp, power.draw [W]\n" + rows.format("", "")), "UTC")
+    path = write_log(tmp_path, "timestamp, index, power.draw [W]\n" + rows.format("0, ", "1, "))
+    df = read_nvidia_smi_csv(path, "UTC")
+    assert df["device_index"].tolist() == [0, 1] and df["power_w"].tolist() == [70.0, 80.0]
+
+
+# --- source specs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"kind": "rapl"}, r"'kind' must be one of \['modeled_cpu', 'nvml'\]"),
+        ({"kind": "nvml"}, r"takes exactly the keys \['device_index', 'kind'\]"),
+        ({"kind": "nvml", "device_index": 0, "tdp_w": 5}, "takes exactly the keys"),
+        ({"kind": "nvml", "device_index": -1}, "device_index must be an int >= 0"),
+        ({"kind": "modeled_cpu", "tdp_w": 0}, "tdp_w must be a number of W > 0"),
+        ({"kind": "modeled_cpu", "tdp_w": "65"}, "tdp_w must be a number of W > 0"),
+    ],
+)
+def test_bad_specs_are_refused(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        check_spec(spec)
+
+
+# --- modeled CPU -----------------------------------------------------------------------------
+
+
+def test_modeled_cpu_counts_the_process_tree():
+    # A child of this process spins one logical CPU; this process sleeps. The tree's utilisation
+    # is then one CPU of n: 100/n %, and power tdp_w/n.
+    n_cpus = psutil.cpu_count(logical=True)
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # let the child exist before the source lists the tree
+        source = open_source({"kind": "modeled_cpu", "tdp_w": 100.0}, target_pid=os.getpid())
+        time.sleep(0.5)
+        sample = source.read()
+    finally:
+        child.kill()
+        child.wait()
+    # Lower bound one half: a busy CI runner may share the core; upper bound: the child is one
+    # thread, and this process, asleep, adds about nothing (0.3 of a CPU allows interpreter noise).
+    assert 0.5 * 100 / n_cpus <= sample.util_pct <= 1.3 * 100 / n_cpus
+    assert sample.power_w == pytest.approx(100.0 * sample.util_pct / 100)
+    assert sample.modeled and sample.source == "modeled_cpu" and sample.device_index == -1
+    assert math.isnan(sample.energy_counter_j)
+    assert sample.mem_used_bytes > psutil.Process().memory_info().rss  # this process + child
+    source.close()
+
+
+def test_modeled_cpu_unknown_pid():
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait()
+    with pytest.raises(ConfigError, match=f"target_pid={dead_pid.pid} is not a running process"):
+        ModeledCpuSource(65.0, dead_pid.pid)
+
+
+# --- NVML ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(GPU, reason="checks the error where no NVIDIA driver is installed")
+def test_nvml_without_driver_names_nvml_and_device():
+    with pytest.raises(HardwareMismatchError, match=r"NVML .* device_index=0 .*modeled_cpu"):
+        NvmlSource(0)
+    with pytest.raises(HardwareMismatchError, match=r"NVML .* device_index=3"):
+        describe_gpu(3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="no NVIDIA GPU and driver")
+def test_describe_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    info = describe_gpu(0)
+    assert "NVIDIA" in info["name"] and info["uuid"].startswith("GPU-")
+    assert info["driver_version"].split(".")[0].isdigit()
+    # Board power limits run from ~70 W (T4) to 1000 W (B200); an H100 SXM's is 700 W.
+    assert 50 <= info["power_limit_w"] <= 1200
+    assert 500 <= info["max_sm_clock_mhz"] <= 3500 and info["max_mem_clock_mhz"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="no NVIDIA GPU and driver")
+def test_nvml_samples(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    limit_w = describe_gpu(0)["power_limit_w"]
+    source = NvmlSource(0)
+    first = source.read()
+    time.sleep(1.0)
+    second = source.read()
+    source.close()
+    for s in (first, second):
+        assert s.source == "nvml" and not s.modeled and s.device_index == 0
+        assert 10 < s.power_w <= 1.1 * limit_w and 10 < s.power_avg_w <= 1.1 * limit_w
+        assert 0 <= s.util_pct <= 100 and s.mem_used_bytes > 0
+        assert 5 <= s.temperature_c <= 100 and s.sm_clock_mhz > 0 and s.mem_clock_mhz > 0
+        assert s.throttle_reasons >= 0
+    # The counter (mJ -> J) over ~1 s of a near-idle GPU matches power x time: it steps every
+    # ~100 ms, so its delta is off by up to 0.1 s of power at each end, and idle power wanders;
+    # 30 % covers both, while a mJ/J mix-up (x1000) or a wrong device cannot pass.
+    elapsed_s = (second.t_wall_ns - first.t_wall_ns) / 1e9
+    mean_w = (first.power_avg_w + second.power_avg_w) / 2
+    delta_j = second.energy_counter_j - first.energy_counter_j
+    assert delta_j == pytest.approx(mean_w * elapsed_s, rel=0.3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="no NVIDIA GPU and driver")
+def test_cuda_visible_devices_maps_to_nvml(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    uuid = describe_gpu(0)["uuid"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", uuid[:12])  # CUDA accepts a UUID prefix
+    assert describe_gpu(0)["uuid"] == uuid
+    with pytest.raises(HardwareMismatchError, match="device_index=1 does not exist"):
+        describe_gpu(1)  # one device visible
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "64")
+    with pytest.raises(HardwareMismatchError, match="'64' in CUDA_VISIBLE_DEVICES='64'"):
+        describe_gpu(0)

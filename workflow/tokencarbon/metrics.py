@@ -1,0 +1,127 @@
+"""Per-cell metrics: energy (counter and integral), carbon, per-token figures, MFU and MBU.
+
+docs/metrics.md gives every formula and how ours differs from the study's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tokencarbon import flops
+from tokencarbon.carbon import embodied_carbon_g, operational_carbon
+from tokencarbon.energy import cell_energy
+from tokencarbon.models import Architecture
+from tokencarbon.platforms import Platform, peak_bandwidth_bytes_per_s, peak_flops
+
+
+def batch_work(arch: Architecture, batch: pd.Series, dtype: str) -> tuple[float, float]:
+    """(FLOPs, bytes) a static batch must do/move for its real tokens (flops.py conventions).
+
+    Decode step k (1..max_out-1) reads every weight once and the cache of each request still
+    generating (output_len > k), whose context is prompt_len + k.
+    """
+    prompt_lens = [int(p) for p in batch["prompt_lens"]]
+    output_lens = [int(n) for n in batch["output_lens"]]
+    work_flops = flops.batch_flops(arch, prompt_lens, output_lens)
+    moved = float(flops.prefill_bytes(arch, prompt_lens, dtype))
+    for k in range(1, max(output_lens)):
+        active = [p + k for p, n in zip(prompt_lens, output_lens) if n > k]
+        moved += flops.decode_step_bytes(arch, active, dtype)
+    return work_flops, moved
+
+
+def latency_metrics(batches: pd.DataFrame) -> dict[str, float]:
+    """The study's user-perceived s/token and our TTFT / TPOT, averaged over batches."""
+    duration_s = (batches["end_ns"] - batches["start_ns"]) / 1e9
+    prefill_s = (batches["first_token_ns"] - batches["start_ns"]) / 1e9
+    decode_s = (batches["end_ns"] - batches["first_token_ns"]) / 1e9
+    steps = batches["max_output_tokens"] - 1
+    tpot = (decode_s[steps > 0] / steps[steps > 0]).mean() if (steps > 0).any() else float("nan")
+    return {
+        # Lim et al.: a batch's latency divided by the tokens each of its requests generated.
+        "s_per_token_user": float((duration_s / batches["max_output_tokens"]).mean()),
+        "ttft_s": float(prefill_s.mean()),
+        "tpot_s": float(tpot),
+    }
+
+
+def cell_metrics(
+    cell: dict[str, Any],
+    batches: pd.DataFrame,
+    power: pd.DataFrame,
+    arch: Architecture,
+    platform: Platform,
+    intensity: Any,
+    *,
+    pue: float,
+    fill: str | None,
+) -> dict[str, Any]:
+    """One METRICS row for a cell, from its batches and its power samples (both phases)."""
+    start_ns, end_ns = int(cell["window_start_wall_ns"]), int(cell["window_end_wall_ns"])
+    run = power[power["phase"] == "run"]
+    energy = cell_energy(run, start_ns, end_ns, float(cell["idle_power_w"]))
+    has_counter = energy.method == "counter"
+    carbon = operational_carbon(
+        run, start_ns, end_ns, intensity, pue=pue, fill=fill,
+        energy_from="counter" if has_counter else "power",
+        where=f"power samples of {cell['platform']}/{cell['model']}/bs{cell['batch_size']}",
+    )
+    embodied_g = embodied_carbon_g(platform.embodied_kg_co2e, platform.lifetime_years, energy.window_s)
+    work = [batch_work(arch, b, cell["dtype"]) for _, b in batches.iterrows()]
+    total_flops = float(sum(f for f, _ in work))
+    total_bytes = float(sum(b for _, b in work))
+    busy_s = float(((batches["end_ns"] - batches["start_ns"]) / 1e9).sum())
+    out_tokens = int(batches["output_tokens"].sum())
+    return {
+        "platform": cell["platform"],
+        "model": cell["model"],
+        "batch_size": int(cell["batch_size"]),
+        "architecture": cell["architecture"],
+        "dtype": cell["dtype"],
+        "n_requests": int(cell["n_requests"]),
+        "input_tokens": int(batches["input_tokens"].sum()),
+        "output_tokens": out_tokens,
+        "window_s": energy.window_s,
+        "n_power_samples": energy.n_samples,
+        "energy_method": energy.method,
+        "energy_j": energy.energy_j,
+        "energy_counter_j": energy.energy_counter_j,
+        "energy_integrated_j": energy.energy_integrated_j,
+        "energy_relative_difference": energy.relative_difference,
+        "qa_flags": ";".join(energy.qa_flags),
+        "idle_power_w": float(cell["idle_power_w"]),
+        "idle_energy_j": energy.idle_energy_j,
+        "above_idle_energy_j": energy.above_idle_energy_j,
+        "intensity_g_per_kwh": carbon.intensity_g_per_kwh,
+        "pue": pue,
+        "operational_g": carbon.carbon_g,
+        "embodied_g": embodied_g,
+        "carbon_g": carbon.carbon_g + embodied_g,
+        "j_per_token": energy.energy_j / out_tokens,
+        "g_per_token": carbon.carbon_g / out_tokens,
+        "g_per_token_with_embodied": (carbon.carbon_g + embodied_g) / out_tokens,
+        "tokens_per_s": out_tokens / energy.window_s,
+        **latency_metrics(batches),
+        "flops": total_flops,
+        # Utilisation over the time the device was busy with batches (gaps between batches excluded).
+        "mfu": total_flops / (busy_s * peak_flops(platform, cell["dtype"])),
+        "bytes_moved": total_bytes,
+        "mbu": total_bytes / (busy_s * peak_bandwidth_bytes_per_s(platform)),
+    }
+
+
+def all_metrics(cells: pd.DataFrame, batches: pd.DataFrame, power: pd.DataFrame,
+                archs: dict[str, Architecture], platforms: dict[str, Platform], intensity: Any,
+                *, pue: float, fill: str | None) -> pd.DataFrame:
+    keys = ["platform", "model", "batch_size"]
+    b_groups = dict(tuple(batches.groupby(keys)))
+    p_groups = dict(tuple(power.groupby(keys)))
+    rows = []
+    for cell in cells.to_dict("records"):
+        key = tuple(cell[k] for k in keys)
+        rows.append(cell_metrics(cell, b_groups[key], p_groups[key], archs[cell["architecture"]],
+                                 platforms[cell["platform"]], intensity, pue=pue, fill=fill))
+    return pd.DataFrame(rows)

@@ -1,0 +1,139 @@
+"""OOM probe: the largest static batch a model serves on a device, found by real runs of the
+workload's longest prompt and longest output (doubling, then bisection)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from tokencarbon.backends.torch_backend import TorchEngine
+from tokencarbon.errors import ConfigError
+from tokencarbon.models import activation_bytes, kv_cache_bytes, weight_bytes
+
+BYTES_PER_GB = 1e9
+# On CPU the budget check decides what fits; the real run only has to show that the batch executes,
+# so it runs the full longest prompt but this many decode steps, keeping the default workflow fast.
+CPU_DECODE_STEPS = 4
+
+
+class OutOfMemory(Exception):
+    """A batch does not fit in the device's (possibly capped) memory."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    max_ok: int  # largest batch that ran
+    min_failed: int | None  # smallest batch that did not fit; None when `limit` itself ran
+    tried: list[tuple[int, bool]]  # (batch, fitted), in the order tried
+
+
+def probe_max_batch(try_batch: Callable[[int], None], *, start: int = 1, limit: int) -> ProbeResult:
+    """Double from `start` until a batch fails or `limit` runs, then bisect between the last batch
+    that ran and the first that failed. try_batch(b) raises OutOfMemory when b does not fit."""
+    if not 1 <= start <= limit:
+        raise ConfigError(f"OOM probe: start {start} and limit {limit} need 1 <= start <= limit")
+    tried: list[tuple[int, bool]] = []
+    last_error = ""
+
+    def fits(batch: int) -> bool:
+        nonlocal last_error
+        try:
+            try_batch(batch)
+            ok = True
+        except OutOfMemory as exc:
+            ok, last_error = False, str(exc)
+        tried.append((batch, ok))
+        return ok
+
+    ok_batch, failed_batch = 0, None  # 0: no batch known to fit yet
+    batch = start
+    while True:
+        if not fits(batch):
+            failed_batch = batch
+            break
+        ok_batch = batch
+        if batch == limit:
+            break
+        batch = min(2 * batch, limit)
+    if failed_batch is not None:
+        while failed_batch - ok_batch > 1:
+            mid = (ok_batch + failed_batch) // 2
+            if fits(mid):
+                ok_batch = mid
+            else:
+                failed_batch = mid
+    if ok_batch == 0:
+        raise ConfigError(
+            f"OOM probe: even batch 1 does not fit ({last_error}); use a platform with more memory "
+            "(or a larger memory_limit_gb), shorter prompts/outputs, or drop this model there"
+        )
+    return ProbeResult(max_ok=ok_batch, min_failed=failed_batch, tried=tried)
+
+
+def make_try_batch(
+    engine: TorchEngine, *, prompt_len: int, output_len: int, memory_limit_gb: float | None
+) -> Callable[[int], None]:
+    """try_batch(b) for probe_max_batch: runs b requests of prompt_len + output_len tokens on the
+    engine (weights stay loaded; each try allocates and then frees its own KV cache).
+
+    CUDA: a real run, capped by torch.cuda.set_per_process_memory_fraction when memory_limit_gb is
+    set (the cap covers torch's allocations, not the CUDA context); torch's OutOfMemoryError becomes
+    OutOfMemory. CPU: weights + KV cache + prefill activations (tokencarbon.models) are checked
+    against memory_limit_gb (default: the machine's RAM) before a short real run.
+    """
+    arch, dtype, device = engine.arch, engine.dtype, engine.device
+
+    def prompts(batch: int) -> list[list[int]]:
+        return [[(i % (arch.vocab_size - 1)) + 1 for i in range(prompt_len)]] * batch
+
+    if device.type == "cuda":
+        if memory_limit_gb is not None:
+            total_bytes = torch.cuda.get_device_properties(device).total_memory
+            limit_bytes = memory_limit_gb * BYTES_PER_GB
+            if limit_bytes > total_bytes:
+                raise ConfigError(
+                    f"memory_limit_gb {memory_limit_gb} exceeds the device's "
+                    f"{total_bytes / BYTES_PER_GB:.1f} GB; use at most that, or null"
+                )
+            torch.cuda.set_per_process_memory_fraction(limit_bytes / total_bytes, device)
+
+        def try_batch(batch: int) -> None:
+            error = ""
+            try:
+                engine.run_batch(prompts(batch), [output_len] * batch)
+            except torch.cuda.OutOfMemoryError as exc:
+                error = str(exc).splitlines()[
+                    0
+                ]  # only the text: the exception's frames hold tensors
+            engine.release()
+            if error:
+                raise OutOfMemory(f"batch {batch}: {error}")
+
+        return try_batch
+
+    if memory_limit_gb is None:
+        budget_bytes = psutil.virtual_memory().total
+    else:
+        budget_bytes = memory_limit_gb * BYTES_PER_GB
+    decode_len = min(output_len, CPU_DECODE_STEPS)
+
+    def try_batch(batch: int) -> None:
+        need_bytes = (
+            weight_bytes(arch, dtype)
+            + kv_cache_bytes(arch, batch, prompt_len + output_len, dtype)
+            + activation_bytes(arch, batch, prompt_len, dtype)
+        )
+        if need_bytes > budget_bytes:
+            raise OutOfMemory(
+                f"batch {batch} needs {need_bytes} bytes (weights + KV cache + activations) > "
+                f"budget {budget_bytes:.0f} bytes"
+            )
+        try:
+            engine.run_batch(prompts(batch), [decode_len] * batch)
+        finally:
+            engine.release()
+
+    return try_batch
