@@ -171,3 +171,12 @@ def test_every_model_cites_a_source(repo):
     for name in ALL:
         raw = json.loads((repo / "resources" / "models" / f"{name}.json").read_text())
         assert len(raw["source"]) > 40, name
+
+
+def test_non_integer_size_named(tmp_path, monkeypatch, repo):
+    raw = json.loads((repo / "resources" / "models" / "tiny-llama.json").read_text())
+    raw.update(name="stringy", hidden_size="256")
+    _write_models(tmp_path, "stringy", json.dumps(raw))
+    monkeypatch.setenv("TOKENCARBON_RESOURCES", str(tmp_path))
+    with pytest.raises(InputError, match=r"hidden_size='256'; must be a positive integer"):
+        load_architecture("stringy")

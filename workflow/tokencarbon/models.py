@@ -82,6 +82,10 @@ def load_architecture(name: str) -> Architecture:
     for key, allowed in _ALLOWED.items():
         if raw[key] not in allowed:
             raise InputError(f"{path}: {key}={raw[key]!r}; valid: {list(allowed)}")
+    for f in fields(Architecture):
+        value = raw[f.name]
+        if f.type == "int" and (type(value) is not int or value < 1):
+            raise InputError(f"{path}: {f.name}={value!r}; must be a positive integer")
     if raw["name"] != name:
         raise InputError(f"{path}: name={raw['name']!r} must equal the file stem {name!r}")
     arch = Architecture(**{k: raw[k] for k in names})

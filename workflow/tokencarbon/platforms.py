@@ -107,11 +107,6 @@ def get_platform(name: str, memory_limit_gb: float | None = None) -> Platform:
     return dataclasses.replace(platform, memory_limit_gb=memory_limit_gb)
 
 
-def matches_device(platform: Platform, device_name: str) -> bool:
-    """Whether a detected device name (torch.cuda.get_device_name / NVML) is this platform's hardware."""
-    return re.search(platform.device_name_pattern, device_name) is not None
-
-
 def peak_flops(platform: Platform, dtype: str) -> float:
     """Dense peak FLOP/s for matmuls in dtype (float32: fp32 units, not TF32; see _DTYPE_PEAK)."""
     if dtype not in _DTYPE_PEAK:
