@@ -10,6 +10,7 @@ from tokencarbon import tables
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.tokenizer import load_tokenizer, train_builtin_tokenizer
 from tokencarbon.workload import (
+    build_pool,
     count_tokens,
     extract_pairs,
     filter_pool,
@@ -20,17 +21,18 @@ from tokencarbon.workload import (
 )
 
 
-def words(texts) -> list[int]:
-    """A tokenizer a reader can run in their head: one token per whitespace-separated word."""
-    return [len(t.split()) for t in texts]
+def word_ids(texts) -> list[list[int]]:
+    """A tokenizer a reader can run in their head: one token per whitespace-separated word, its id
+    the word's position."""
+    return [list(range(len(t.split()))) for t in texts]
 
 
 def pool_of(source: str, min_tokens: int, max_tokens: int):
     pairs = extract_pairs(load_sharegpt(source))
     return filter_pool(
         pairs,
-        words(pairs["prompt"]),
-        words(pairs["answer"]),
+        word_ids(pairs["prompt"]),
+        [len(ids) for ids in word_ids(pairs["answer"])],
         min_tokens=min_tokens,
         max_tokens=max_tokens,
         source=source,
@@ -70,11 +72,17 @@ def test_fastchat_token_bounds(fastchat):
     assert len(pool) == 167
     assert set(pool["prompt"]) == {"What is up?"}
     assert set(pool["prompt_tokens"]) == {3} and set(pool["output_tokens"]) == {7}
+    assert all(list(ids) == [0, 1, 2] for ids in pool["prompt_token_ids"])
     assert list(pool.columns) == tables.WORKLOAD.names
     # Only 4 first prompts reach 8 words: "Can you tell me a little bit about yourself?" (9 words)
     # in identity_18, 19, 21, 22, answered in 15, 16, 21 and 17 words (counted by hand):
     # [8, 21] keeps all four, [8, 20] drops identity_21's 21-word answer.
-    assert list(pool_of(fastchat, 8, 21)["request_id"]) == ["identity_18", "identity_19", "identity_21", "identity_22"]
+    assert list(pool_of(fastchat, 8, 21)["request_id"]) == [
+        "identity_18",
+        "identity_19",
+        "identity_21",
+        "identity_22",
+    ]
     narrow = pool_of(fastchat, 8, 20)
     assert list(narrow["request_id"]) == ["identity_18", "identity_19", "identity_22"]
     assert list(narrow["output_tokens"]) == [15, 16, 17]
@@ -84,8 +92,17 @@ def test_sharegpt_v3_first5(first5):
     records = load_sharegpt(first5)
     pairs = extract_pairs(records)
     # 5 records of 10, 2, 2, 8 and 6 turns, each opening human -> gpt: 5 pairs, in file order.
-    assert list(pairs["request_id"]) == ["QWJhYvA_0", "i6IyJda_0", "A5AbcES_0", "hRPPgZT_0", "hRPPgZT_8"]
-    assert pairs.iloc[1].prompt == "How to tell if a customer segment is well segmented? In 3 bullet points."
+    assert list(pairs["request_id"]) == [
+        "QWJhYvA_0",
+        "i6IyJda_0",
+        "A5AbcES_0",
+        "hRPPgZT_0",
+        "hRPPgZT_8",
+    ]
+    assert (
+        pairs.iloc[1].prompt
+        == "How to tell if a customer segment is well segmented? In 3 bullet points."
+    )
     # First prompt / first answer in words (`jq -r ... | wc -w`): QWJhYvA_0 29/202, i6IyJda_0 14/58,
     # A5AbcES_0 40/245, hRPPgZT_0 56/80, hRPPgZT_8 5/286.
     # [10, 250]: hRPPgZT_8's 5-word prompt and 286-word answer are out -> 4 left.
@@ -113,14 +130,19 @@ def test_single_turn_file_leaves_nothing(shared_data):
 
 def test_bounds_that_keep_nothing_name_source_bounds_and_pair_count(first5):
     with pytest.raises(InputError) as err:
-        pool_of(first5, 300, 400)  # the longest first prompt has 56 words
+        pool_of(first5, 60, 300)
     msg = str(err.value)
-    assert first5 in msg and "[300, 400]" in msg and "none of 5 prompt/answer pairs" in msg
+    # Word counts as in test_sharegpt_v3_first5: the longest prompt has 56 words, so no prompt is in
+    # [60, 300]; the answers 202, 245, 80 and 286 are (58 is not): 0 prompts, 4 answers.
+    assert first5 in msg and "[60, 300] tokens" in msg and "none of 5 prompt/answer pairs" in msg
+    assert "(0 prompts and 4 answers are)" in msg and "widen the token bounds" in msg
 
 
 @pytest.mark.parametrize("low, high", [(0, 10), (10, 9)])
 def test_bad_bounds(first5, low, high):
-    with pytest.raises(ConfigError, match=rf"min_tokens={low}, max_tokens={high}.*1 <= min_tokens <= max_tokens"):
+    with pytest.raises(
+        ConfigError, match=rf"min_tokens={low}, max_tokens={high}.*1 <= min_tokens <= max_tokens"
+    ):
         pool_of(first5, low, high)
 
 
@@ -133,22 +155,37 @@ def turn(role: str, value: str) -> dict:
 
 def test_pairing_follows_roles_not_positions():
     convs = [
-        {"id": "sys", "conversations": [turn("system", "be brief"), turn("human", "q1"), turn("gpt", "a1")]},
-        {"id": "two_humans", "conversations": [turn("human", "q2"), turn("human", "q2b"), turn("gpt", "a2")]},
-        {"id": "gpt_first", "conversations": [turn("gpt", "hello"), turn("user", "q3"), turn("assistant", "a3")]},
+        {
+            "id": "sys",
+            "conversations": [turn("system", "be brief"), turn("human", "q1"), turn("gpt", "a1")],
+        },
+        {
+            "id": "two_humans",
+            "conversations": [turn("human", "q2"), turn("human", "q2b"), turn("gpt", "a2")],
+        },
+        {
+            "id": "gpt_first",
+            "conversations": [turn("gpt", "hello"), turn("user", "q3"), turn("assistant", "a3")],
+        },
         {"id": "one_turn", "conversations": [turn("human", "q4")]},
         {"id": "no_answer", "conversations": [turn("gpt", "hi"), turn("human", "q5")]},
         {"conversations": [turn("Human", "q6"), turn("ChatGPT", "a6")]},  # no id: its index, 5
         {"id": 7, "conversations": [turn("human", "q7"), turn("bard", "a7")]},
+        {
+            "id": "sys",
+            "conversations": [turn("human", "q8"), turn("gpt", "a8")],
+        },  # repeats record 0's id
     ]
     pairs = extract_pairs(convs)
     # sys: first human turn is 1, answered by 2. two_humans: human followed by human, dropped.
-    # gpt_first: user turn 1, assistant turn 2. one_turn: < 2 turns. no_answer: the human turn is last.
+    # gpt_first: user turn 1, assistant turn 2. one_turn: < 2 turns. no_answer: the human turn is
+    # last. Record 5 has no id: "5". Record 7 reuses "sys": "sys#7".
     assert pairs.values.tolist() == [
         ["sys", "q1", "a1"],
         ["gpt_first", "q3", "a3"],
         ["5", "q6", "a6"],
         ["7", "q7", "a7"],
+        ["sys#7", "q8", "a8"],
     ]
 
 
@@ -170,7 +207,7 @@ def test_count_tokens_without_special_tokens(builtin):
     assert count_tokens([], builtin) == []
 
 
-def test_filter_through_the_builtin_tokenizer(builtin):
+def test_build_pool_through_the_builtin_tokenizer(builtin, tmp_path):
     w, _ = synthetic_vocabulary()
 
     def text(n: int) -> str:
@@ -182,18 +219,23 @@ def test_filter_through_the_builtin_tokenizer(builtin):
         {"id": "c", "conversations": [turn("human", text(6)), turn("gpt", text(13))]},
         {"id": "d", "conversations": [turn("human", text(9))]},
     ]
-    pairs = extract_pairs(convs)
-    pool = filter_pool(
-        pairs,
-        count_tokens(list(pairs["prompt"]), builtin),
-        count_tokens(list(pairs["answer"]), builtin),
-        min_tokens=4,
-        max_tokens=12,
-        source="hand-made",
-    )
+    source = tmp_path / "hand.json"
+    source.write_text(json.dumps(convs), encoding="utf-8")
+    pool = build_pool(str(source), builtin, min_tokens=4, max_tokens=12)
     # One token per word. a: 5 and 12, inside [4, 12]. b: prompt 3 < 4. c: answer 13 > 12.
     # d: one turn, never a pair.
-    assert pool.values.tolist() == [["a", text(5), 5, 12]]
+    assert pool[["request_id", "prompt", "prompt_tokens", "output_tokens"]].values.tolist() == [
+        ["a", text(5), 5, 12]
+    ]
+    # Each word is its "Ġ"-prefixed BPE token, no BOS in front.
+    expected_ids = [builtin.convert_tokens_to_ids("Ġ" + w[i]) for i in range(5)]
+    assert list(pool["prompt_token_ids"][0]) == expected_ids
+
+
+def test_build_pool_single_turn_file(builtin, shared_data):
+    source = str(shared_data / "sharegpt" / "ShareGPT_V3_filtered_500.json")
+    with pytest.raises(InputError, match="none of 0 prompt/answer pairs"):
+        build_pool(source, builtin, min_tokens=4, max_tokens=1024)
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -238,28 +280,49 @@ def write(tmp_path: Path, content) -> str:
     return str(path)
 
 
-GOOD = {"id": "ok", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+GOOD = {
+    "id": "ok",
+    "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+}
 
 
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ('[{"id": "x", "conversations": [}', ["not valid JSON", "line 1 column 33", '"conversations"']),
+        # The "}" is the 32nd character, where a value should start.
+        (
+            '[{"id": "x", "conversations": [}',
+            ["not valid JSON", "line 1 column 32", '"conversations"'],
+        ),
         ({"conversations": []}, ["top level is a JSON dict", "expected a list of"]),
         ([GOOD, "hello"], ["record 1 is a str", "'conversations' list"]),
-        ([GOOD, {"id": "r1"}], ["record 1 (id 'r1') has no 'conversations'", "expected a list of turns"]),
-        ([{"conversations": "hi"}], ["record 0 has 'conversations' of type str", "expected a list of turns"]),
-        ([{"id": "r0", "conversations": ["hi"]}], ["record 0 (id 'r0'), turn 0 is a str", "{'from': str, 'value': str}"]),
-        ([{"id": "r0", "conversations": [{"value": "q"}]}], ["record 0 (id 'r0'), turn 0: 'from' is missing", "expected a string"]),
         (
-            [GOOD, {"id": "r1", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}],
+            [GOOD, {"id": "r1"}],
+            ["record 1 (id 'r1') has no 'conversations'", "expected a list of turns"],
+        ),
+        (
+            [{"conversations": "hi"}],
+            ["record 0 has 'conversations' of type str", "expected a list of turns"],
+        ),
+        (
+            [{"id": "r0", "conversations": ["hi"]}],
+            ["record 0 (id 'r0'), turn 0 is a str", "{'from': str, 'value': str}"],
+        ),
+        (
+            [{"id": "r0", "conversations": [{"value": "q"}]}],
+            ["record 0 (id 'r0'), turn 0: 'from' is missing", "expected a string"],
+        ),
+        (
+            [
+                GOOD,
+                {"id": "r1", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]},
+            ],
             ["record 1 (id 'r1'), turn 1: 'value' is missing", "expected a string"],
         ),
         (
             [{"id": "r0", "conversations": [{"from": "human", "value": 42}]}],
             ["record 0 (id 'r0'), turn 0: 'value' is a int", "expected a string"],
         ),
-        ([GOOD, GOOD], ["record 1 (id 'ok') repeats the id of record 0", "unique"]),
     ],
 )
 def test_bad_file_names_file_record_turn_and_what_is_expected(tmp_path, content, expected):
@@ -301,8 +364,17 @@ def test_hf_local_folder(tmp_path, hf_cache, first5):
     # Same 5 records as the file itself, via Arrow: same first exchanges.
     assert len(records) == 5
     pairs = extract_pairs(records)
-    assert list(pairs["request_id"]) == ["QWJhYvA_0", "i6IyJda_0", "A5AbcES_0", "hRPPgZT_0", "hRPPgZT_8"]
-    assert pairs.iloc[1].prompt == "How to tell if a customer segment is well segmented? In 3 bullet points."
+    assert list(pairs["request_id"]) == [
+        "QWJhYvA_0",
+        "i6IyJda_0",
+        "A5AbcES_0",
+        "hRPPgZT_0",
+        "hRPPgZT_8",
+    ]
+    assert (
+        pairs.iloc[1].prompt
+        == "How to tell if a customer segment is well segmented? In 3 bullet points."
+    )
 
 
 def test_hf_bad_record_names_the_dataset(tmp_path, hf_cache):

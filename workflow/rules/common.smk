@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from tokencarbon.config import (
     auto_batch_sizes,
     check_config,
+    coerce_cli_strings,
     model_slice,
     platform_slice,
 )
@@ -18,11 +19,16 @@ from tokencarbon.errors import ConfigError
 
 
 def _validate_config():
+    import yaml
+
+    schema = yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
+    config.update(coerce_cli_strings(dict(config), schema))
     try:
         validate(config, schema="../schemas/config.schema.yaml")
     except WorkflowError as exc:
-        cause = next((a for a in exc.args if hasattr(a, "absolute_path")), None)
-        if cause is None:
+        # snakemake.utils.validate raises inside its `except ValidationError` block
+        cause = exc.__context__
+        if not hasattr(cause, "absolute_path"):
             raise
         key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
         raise ConfigError(

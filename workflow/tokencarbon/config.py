@@ -12,6 +12,42 @@ from typing import Any
 from tokencarbon.errors import ConfigError
 
 
+def _types(schema: dict[str, Any]) -> set[str]:
+    alternatives = schema.get("oneOf", []) + schema.get("anyOf", []) + [schema]
+    out: set[str] = set()
+    for alt in alternatives:
+        t = alt.get("type", [])
+        out |= {t} if isinstance(t, str) else set(t)
+    return out
+
+
+def coerce_cli_strings(instance: Any, schema: dict[str, Any]) -> Any:
+    """Turn the strings Snakemake's --config leaves in nested values into the schema's types.
+
+    `--config carbon='{"pue": 1.2}'` is parsed by Snakemake with YAML's BaseLoader, so nested
+    scalars arrive as strings ('1.2'); where the schema does not allow a string, parse them as YAML.
+    """
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            k: coerce_cli_strings(v, props.get(k, extra if isinstance(extra, dict) else {}))
+            for k, v in instance.items()
+        }
+    if isinstance(instance, list):
+        array = next((a for a in schema.get("oneOf", []) + [schema] if "items" in a), {})
+        return [coerce_cli_strings(v, array.get("items", {})) for v in instance]
+    if isinstance(instance, str) and _types(schema) and "string" not in _types(schema):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(instance)
+        except yaml.YAMLError:
+            return instance
+        return instance if isinstance(parsed, str) else coerce_cli_strings(parsed, schema)
+    return instance
+
+
 def check_config(config: dict[str, Any]) -> None:
     """Raise ConfigError naming the key path for names and combinations the schema cannot check."""
     from tokencarbon.models import available_architectures, load_architecture

@@ -40,7 +40,9 @@ def _load_json(path: Path) -> list:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read as UTF-8 text ({exc}); expected a ShareGPT JSON file") from exc
+        raise InputError(
+            f"{path}: cannot be read as UTF-8 text ({exc}); expected a ShareGPT JSON file"
+        ) from exc
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -49,7 +51,9 @@ def _load_json(path: Path) -> list:
             f"expected {SHAREGPT_SHAPE}"
         ) from exc
     if not isinstance(records, list):
-        raise InputError(f"{path}: the top level is a JSON {type(records).__name__}, expected {SHAREGPT_SHAPE}")
+        raise InputError(
+            f"{path}: the top level is a JSON {type(records).__name__}, expected {SHAREGPT_SHAPE}"
+        )
     return records
 
 
@@ -66,7 +70,6 @@ def _load_hf(dataset_id: str, split: str, where: str) -> list:
 
 
 def _validate(records: list, where: str) -> None:
-    seen_ids: dict[str, int] = {}
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise InputError(
@@ -75,16 +78,16 @@ def _validate(records: list, where: str) -> None:
             )
         rid = record.get("id")
         label = f"record {i}" if rid is None else f"record {i} (id {rid!r})"
-        if rid is not None:
-            if str(rid) in seen_ids:
-                raise InputError(
-                    f"{where}: {label} repeats the id of record {seen_ids[str(rid)]}; ids must be unique"
-                )
-            seen_ids[str(rid)] = i
         turns = record.get("conversations")
         if not isinstance(turns, list):
-            got = "has no 'conversations'" if turns is None else f"has 'conversations' of type {type(turns).__name__}"
-            raise InputError(f"{where}: {label} {got}; expected a list of turns {{'from': str, 'value': str}}")
+            got = (
+                "has no 'conversations'"
+                if turns is None
+                else f"has 'conversations' of type {type(turns).__name__}"
+            )
+            raise InputError(
+                f"{where}: {label} {got}; expected a list of turns {{'from': str, 'value': str}}"
+            )
         for j, turn in enumerate(turns):
             if not isinstance(turn, dict):
                 raise InputError(
@@ -93,8 +96,14 @@ def _validate(records: list, where: str) -> None:
                 )
             for key in ("from", "value"):
                 if not isinstance(turn.get(key), str):
-                    got = "is missing" if turn.get(key) is None else f"is a {type(turn[key]).__name__}"
-                    raise InputError(f"{where}: {label}, turn {j}: {key!r} {got}; expected a string")
+                    got = (
+                        "is missing"
+                        if turn.get(key) is None
+                        else f"is a {type(turn[key]).__name__}"
+                    )
+                    raise InputError(
+                        f"{where}: {label}, turn {j}: {key!r} {got}; expected a string"
+                    )
 
 
 def extract_pairs(conversations: list[dict]) -> pd.DataFrame:
@@ -112,9 +121,11 @@ def extract_pairs(conversations: list[dict]) -> pd.DataFrame:
       alternate from "human", the two rules pick the same pairs.
     - Token bounds and sampling are separate steps here (`filter_pool`, `sample_workload`); see
       there for how they differ from vLLM's.
-    request_id is the record's "id", or its index in the file where it has none.
+    request_id is the record's "id", or its index in the file where it has none, made unique by
+    appending "#<index>" to an id an earlier record already holds.
     """
     rows = []
+    used: set[str] = set()
     for i, record in enumerate(conversations):
         turns = record["conversations"]
         if len(turns) < 2:
@@ -124,8 +135,10 @@ def extract_pairs(conversations: list[dict]) -> pd.DataFrame:
             continue
         if turns[first + 1]["from"].lower() not in ASSISTANT_ROLES:
             continue
-        rid = record.get("id")
-        rows.append((str(i) if rid is None else str(rid), turns[first]["value"], turns[first + 1]["value"]))
+        rid = str(i) if record.get("id") is None else str(record["id"])
+        rid = f"{rid}#{i}" if rid in used else rid
+        used.add(rid)
+        rows.append((rid, turns[first]["value"], turns[first + 1]["value"]))
     return pd.DataFrame(rows, columns=["request_id", "prompt", "answer"], dtype=str)
 
 
@@ -171,17 +184,21 @@ def filter_pool(
         )
     prompt_n = np.array([len(ids) for ids in prompt_token_ids], dtype=np.int64)
     output_n = np.asarray(output_tokens, dtype=np.int64)
-    keep = (prompt_n >= min_tokens) & (prompt_n <= max_tokens) & (output_n >= min_tokens) & (output_n <= max_tokens)
+    prompt_ok = (prompt_n >= min_tokens) & (prompt_n <= max_tokens)
+    output_ok = (output_n >= min_tokens) & (output_n <= max_tokens)
+    keep = prompt_ok & output_ok
     if not keep.any():
-        why = (
-            " (no conversation has a first user turn answered by the assistant: 2 turns at least)"
-            if len(pairs) == 0
-            else ""
-        )
+        bounds = f"[{min_tokens}, {max_tokens}] tokens"
+        if len(pairs) == 0:
+            raise InputError(
+                f"{source}: no request left: no conversation has a first user turn answered by the "
+                f"assistant (2 turns at least), so none of 0 prompt/answer pairs is within {bounds}; "
+                "use a dataset of multi-turn conversations"
+            )
         raise InputError(
-            f"{source}: no request left: none of {len(pairs)} prompt/answer pairs{why} has both prompt "
-            f"and answer within [{min_tokens}, {max_tokens}] tokens; widen the token bounds or use a "
-            "dataset of multi-turn conversations"
+            f"{source}: no request left: none of {len(pairs)} prompt/answer pairs has both prompt "
+            f"and answer within {bounds} ({prompt_ok.sum()} prompts and {output_ok.sum()} answers "
+            "are); widen the token bounds"
         )
     kept = np.flatnonzero(keep)
     pool = pd.DataFrame(
@@ -196,7 +213,9 @@ def filter_pool(
     return tables.check(pool, tables.WORKLOAD, source)
 
 
-def build_pool(source: str, tokenizer, *, min_tokens: int, max_tokens: int, split: str = "train") -> pd.DataFrame:
+def build_pool(
+    source: str, tokenizer, *, min_tokens: int, max_tokens: int, split: str = "train"
+) -> pd.DataFrame:
     """The filtered pool of one tokenizer family: load `source`, pair first prompts with their
     answers, encode both, keep those within the token bounds (see the functions above)."""
     pairs = extract_pairs(load_sharegpt(source, split=split))
@@ -301,7 +320,12 @@ def synthetic_conversations(n: int, seed: int) -> list[dict]:
         turns = []
         for t in range(n_turns):
             if t % 2 == 0:
-                turns.append({"from": "human", "value": text(max(1, round(rng.lognormal(_PROMPT_MU, PROMPT_SIGMA))))})
+                turns.append(
+                    {
+                        "from": "human",
+                        "value": text(max(1, round(rng.lognormal(_PROMPT_MU, PROMPT_SIGMA)))),
+                    }
+                )
             else:
                 turns.append({"from": "gpt", "value": text(answer_words())})
         conversations.append({"id": f"synthetic_{i}", "conversations": turns})

@@ -50,7 +50,7 @@ class Norm(nn.Module):
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE in the rotate-half layout of Hugging Face Llama checkpoints."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return x * cos + torch.cat((x2, -x1), dim=-1) * sin
 
 
 class Attention(nn.Module):

@@ -186,7 +186,10 @@ def measure_idle(
 
 
 def _say(message: dict) -> None:
-    print(json.dumps(message), flush=True)
+    try:
+        print(json.dumps(message), flush=True)
+    except BrokenPipeError:  # the parent is gone; what was sampled is on disk all the same
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _write_part(samples: list, phase: str, parts: Path, index: int) -> None:

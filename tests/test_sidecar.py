@@ -1,0 +1,185 @@
+"""The power sidecar process, run for real: modeled CPU power here, NVML on a GPU machine."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pynvml
+import pytest
+
+from tokencarbon.energy import cell_energy
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
+from tokencarbon.power.sidecar import PowerSidecar, measure_idle, parts_dir, read_samples
+
+TDP_W = 65.0
+CPU = {"kind": "modeled_cpu", "tdp_w": TDP_W}
+ONE_CPU_W = TDP_W / psutil.cpu_count(logical=True)  # modeled power of one busy logical CPU
+
+
+def gpu_present() -> bool:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    try:
+        return pynvml.nvmlDeviceGetCount() > 0
+    finally:
+        pynvml.nvmlShutdown()
+
+
+GPU = gpu_present()
+
+
+def burn(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_modeled_sidecar_sees_a_burning_process(tmp_path):
+    idle, idle_power_w = measure_idle(CPU, seconds=0.5, interval_s=0.1)
+    assert (idle["phase"] == "idle").all()
+
+    out = tmp_path / "power.parquet"
+    sidecar = PowerSidecar(CPU, out, interval_s=0.1)  # measures this process
+    sidecar.start()
+    started = time.monotonic()
+    burn(1.0)
+    duration_s = time.monotonic() - started
+    n_samples = sidecar.stop()
+    samples = read_samples(out)
+    assert len(samples) == n_samples
+    assert not parts_dir(out).exists()  # merged and cleaned up
+
+    # One sample before start() returns, one per 0.1 s slot while running, one at stop:
+    # duration / 0.1 + 2 (= 12 for 1.0 s). Slot counting is exact to +-1 at the window edges;
+    # one more allows a slot skipped by a sidecar starved on a loaded 2-core runner.
+    assert abs(n_samples - (duration_s / 0.1 + 2)) <= 2
+    t_s = (samples["t_wall_ns"] - samples["t_wall_ns"].iloc[0]).to_numpy() / 1e9
+    assert (np.diff(t_s) > 0).all()
+    # Slots sit on an absolute 0.1 s grid from the first sample (the last, at stop, does not):
+    # every sample is within 30 ms of its slot, however many slots went before (no drift).
+    slots = np.round(t_s[:-1] / 0.1)
+    assert np.abs(t_s[:-1] - 0.1 * slots).max() < 0.03
+    assert (np.diff(slots) >= 1).all()
+
+    assert samples["modeled"].all() and (samples["source"] == "modeled_cpu").all()
+    assert (samples["phase"] == "run").all() and samples["energy_counter_j"].isna().all()
+    assert samples["power_w"].between(0, TDP_W).all()
+    # Burning one thread is one logical CPU: ONE_CPU_W. Half of it allows a shared CI core;
+    # asleep, this process used next to nothing: under a quarter of it.
+    burning_w = samples["power_w"].iloc[1:-1].median()
+    assert burning_w >= 0.5 * ONE_CPU_W
+    assert 0 <= idle_power_w < 0.25 * ONE_CPU_W
+
+    record = cell_energy(
+        samples, int(samples["t_wall_ns"].iloc[0]), int(samples["t_wall_ns"].iloc[-1]), idle_power_w
+    )
+    assert record.method == "modeled" and "modeled" in record.qa_flags
+
+
+def test_killed_sidecar_leaves_readable_parts(tmp_path):
+    out = tmp_path / "power.parquet"
+    sidecar = PowerSidecar(CPU, out, interval_s=0.05, flush_s=0.2)
+    sidecar.start()
+    time.sleep(1.0)
+    os.kill(sidecar.pid, signal.SIGKILL)
+    with pytest.raises(TokencarbonError, match="exit code -9"):
+        sidecar.stop()
+
+    assert not out.exists()
+    parts = sorted(parts_dir(out).glob("part-*.parquet"))
+    # Parts every 0.2 s over ~1 s: about 5; at least 3 even if the first flush came late.
+    assert len(parts) >= 3
+    with pytest.raises(InputError, match="allow_partial=True"):
+        read_samples(out)
+    samples = read_samples(out, allow_partial=True)
+    # At least 0.6 s of 0.05 s samples were flushed before the kill: >= 12.
+    assert len(samples) >= 12
+    assert (np.diff(samples["t_wall_ns"]) > 0).all() and (samples["phase"] == "run").all()
+
+
+def test_sidecar_stops_and_merges_when_its_parent_dies(tmp_path):
+    # The parent starts a sidecar and exits without stopping it: the sidecar sees its stdin
+    # close, takes a last sample and merges, instead of sampling on as an orphan.
+    out = tmp_path / "power.parquet"
+    parent = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, os, sys\n"
+            "from tokencarbon.power.sidecar import PowerSidecar\n"
+            f"s = PowerSidecar({CPU!r}, {str(out)!r}, interval_s=0.05)\n"
+            "s.start()\n"
+            "print(s.pid, flush=True)\n"
+            "os._exit(0)\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sidecar_pid = int(parent.stdout)
+    deadline = time.monotonic() + 30
+    while not exited(sidecar_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exited(sidecar_pid)
+    assert len(read_samples(out)) >= 2  # the first sample and the last
+
+
+def exited(pid: int) -> bool:
+    # An orphan that exits stays a zombie until init reaps it, which can take seconds.
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_sidecar_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="phase='warmup'"):
+        PowerSidecar(CPU, tmp_path / "p.parquet", phase="warmup")
+    with pytest.raises(ConfigError, match="interval_s=0"):
+        PowerSidecar(CPU, tmp_path / "p.parquet", interval_s=0)
+    with pytest.raises(ConfigError, match="'kind' must be one of"):
+        PowerSidecar({"kind": "rapl"}, tmp_path / "p.parquet")
+
+
+@pytest.mark.skipif(GPU, reason="checks the error where no NVIDIA driver is installed")
+def test_sidecar_raises_the_error_of_its_source(tmp_path):
+    # NVML fails inside the sidecar process; start() raises the same error class here.
+    with pytest.raises(HardwareMismatchError, match="NVML"):
+        PowerSidecar({"kind": "nvml", "device_index": 0}, tmp_path / "p.parquet").start()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="no NVIDIA GPU and driver")
+def test_nvml_sidecar_under_load(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    spec = {"kind": "nvml", "device_index": 0}
+    _, idle_power_w = measure_idle(spec, seconds=1.0)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    out = tmp_path / "power.parquet"
+    with PowerSidecar(spec, out) as sidecar:  # 0.05 s default on GPU
+        torch.cuda.synchronize()
+        start_ns = time.time_ns()
+        while time.time_ns() - start_ns < 3e9:
+            for _ in range(20):
+                a @ a
+            torch.cuda.synchronize()
+        end_ns = time.time_ns()
+    samples = read_samples(out)
+    record = cell_energy(samples, start_ns, end_ns, idle_power_w)
+    print(json.dumps(record.__dict__ | {"idle_power_w": idle_power_w, "pid": sidecar.pid}))
+    # 3 s at 0.05 s: 60 samples in the window, give or take the edges.
+    assert 55 <= record.n_samples <= 62
+    assert record.method == "counter"
+    # Matrix products draw several times idle power on any data-centre GPU.
+    assert record.energy_j / record.window_s > 2 * idle_power_w
+    # Counter and integrated instant power agree on a steady 3 s load (5 % is the QA flag).
+    assert abs(record.relative_difference) < 0.05

@@ -1,0 +1,47 @@
+"""The study's figures and tables: plain data in (DataFrames, architectures, platforms, a Series),
+a matplotlib Figure, a DataFrame or Markdown text out; save() writes a figure as PNG and PDF."""
+
+import matplotlib
+
+# Headless on CI and cluster nodes; must happen before seaborn imports pyplot.
+matplotlib.use("Agg")
+
+from tokencarbon.figures.analytic import (  # noqa: E402
+    fig1_flops_vs_seqlen,
+    fig2a_memory_vs_seqlen,
+    fig2b_gpu_generations,
+    fig6a_intensity_day,
+)
+from tokencarbon.figures.common import save  # noqa: E402
+from tokencarbon.figures.measured import (  # noqa: E402
+    family_models,
+    fig4_throughput_latency,
+    fig5_mfu_batch1,
+    fig6_power_over_time,
+    fig7_carbon_per_token,
+)
+from tokencarbon.figures.summary import (  # noqa: E402
+    max_batch_markdown,
+    max_batch_table,
+    summary_markdown,
+    write_max_batch_csv,
+    write_max_batch_markdown,
+)
+
+__all__ = [
+    "family_models",
+    "fig1_flops_vs_seqlen",
+    "fig2a_memory_vs_seqlen",
+    "fig2b_gpu_generations",
+    "fig4_throughput_latency",
+    "fig5_mfu_batch1",
+    "fig6_power_over_time",
+    "fig6a_intensity_day",
+    "fig7_carbon_per_token",
+    "max_batch_markdown",
+    "max_batch_table",
+    "save",
+    "summary_markdown",
+    "write_max_batch_csv",
+    "write_max_batch_markdown",
+]

@@ -1,0 +1,114 @@
+"""What every figure shares: the theme, input checks that name the figure, the one place units are
+converted for display, and save() (PNG + PDF, each written atomically)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from tokencarbon.errors import ConfigError, InputError, SchemaError
+
+PNG_DPI = 200
+# Display units: data stay SI (tables.py); these are the only conversions the figures make.
+BYTES_PER_GB = 1e9  # decimal, as datasheets state memory (platforms.csv)
+FLOPS_PER_TFLOPS = 1e12
+MG_PER_G = 1e3
+PCT_PER_FRACTION = 100.0
+NS_PER_S = 1e9
+# An axis whose values span more than this factor is drawn on a log scale.
+LOG_SPAN = 20.0
+
+
+def themed(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw inside one theme without touching the caller's global matplotlib settings."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs) -> Figure:
+        with (
+            sns.axes_style("whitegrid"),
+            sns.plotting_context("notebook", font_scale=1.0),
+            sns.color_palette("colorblind"),
+        ):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def new_figure(width_in: float = 7.5, height_in: float = 5.0) -> Figure:
+    """A Figure outside pyplot's registry, so figures made in a loop are freed with their owner."""
+    return Figure(figsize=(width_in, height_in), layout="constrained")
+
+
+def require_rows(df: pd.DataFrame, figure: str, what: str) -> None:
+    if df.empty:
+        raise InputError(f"{figure}: no rows {what}; nothing to draw")
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str], figure: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"{figure}: input table lacks column(s) {missing}; it needs {list(columns)} "
+            "(tokencarbon.tables schemas)"
+        )
+
+
+def select_models(
+    df: pd.DataFrame, models: Sequence[str] | None, columns: Sequence[str], figure: str
+) -> pd.DataFrame:
+    """The rows of the given models (all rows when models is None), checked to be non-empty."""
+    require_columns(df, columns, figure)
+    if models is not None:
+        df = df[df["model"].isin(list(models))]
+    require_rows(
+        df, figure, "in the input" if models is None else f"for the model subset {list(models)}"
+    )
+    return df
+
+
+def require_one_row_per_cell(df: pd.DataFrame, figure: str) -> None:
+    keys = ["platform", "model", "batch_size"]
+    dup = df[df.duplicated(keys, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        raise InputError(
+            f"{figure}: cell (platform={first['platform']}, model={first['model']}, "
+            f"batch_size={first['batch_size']}) appears more than once; the metrics table must "
+            "hold one row per cell"
+        )
+
+
+def log_scale_if_wide(ax: Axes, axis: str, values: Iterable[float]) -> None:
+    values = [v for v in values if v > 0]
+    if values and max(values) / min(values) > LOG_SPAN:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+
+
+def save(fig: Figure, stem_path: str | Path) -> tuple[Path, Path]:
+    """Write <stem>.png (PNG_DPI) and <stem>.pdf, each to a temp name renamed into place."""
+    stem = Path(stem_path)
+    if stem.suffix.lower() in (".png", ".pdf"):
+        raise ConfigError(
+            f"save: {stem} ends in {stem.suffix}; pass the stem without extension "
+            f"(e.g. {stem.with_suffix('')}), both .png and .pdf are written"
+        )
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    # A fixed (absent) creation date keeps PDFs byte-identical across reruns of the same data.
+    for fmt, options in (("png", {"dpi": PNG_DPI}), ("pdf", {"metadata": {"CreationDate": None}})):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            fig.savefig(tmp, format=fmt, **options)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+    return written[0], written[1]
