@@ -120,7 +120,9 @@ def fig2a_memory_vs_seqlen(
         df, x="seq_len", y="value", hue="model", palette=colours, marker="o", estimator=None, ax=ax
     )
     for arch in archs:
-        ax.axhline(weight_bytes(arch, dtype) / BYTES_PER_GB, color=colours[arch.name], ls="--", lw=1)
+        ax.axhline(
+            weight_bytes(arch, dtype) / BYTES_PER_GB, color=colours[arch.name], ls="--", lw=1
+        )
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.4", ls="--", lw=1))
     labels.append("weights only (dashed)")
@@ -167,12 +169,16 @@ def fig2b_gpu_generations(platforms: Sequence[Platform]) -> Figure:
     )
     require_rows(df, figure, "of kind 'gpu' in the platforms given")
     df = df.sort_values(["release_year", "platform"])
+    # Platforms of one year (A100 40 GB and 80 GB) would hide each other: spread them a little.
+    rank = df.groupby("release_year").cumcount()
+    spread = rank - df.groupby("release_year")["platform"].transform("size").sub(1) / 2
+    df["year"] = df["release_year"] + 0.15 * spread
     fig = new_figure(13.0, 4.5)
     axes = fig.subplots(1, len(_GENERATION_PANELS), sharex=True)
     for ax, (col, label) in zip(axes, _GENERATION_PANELS):
         sns.scatterplot(
             df.dropna(subset=[col]),
-            x="release_year",
+            x="year",
             y=col,
             hue="platform",
             style="platform",
@@ -213,7 +219,8 @@ def fig6a_intensity_day(intensity_g_per_kwh: pd.Series, day: str | None = None) 
     sns.lineplot(x=x, y=y, drawstyle="steps-post", estimator=None, ax=ax)
     zone = intensity_g_per_kwh.name or "unnamed zone"
     if values.nunique() == 1:
-        ax.set_ylim(0, values.iloc[0] * 1.25)
+        ax.set_ylim(0, values.iloc[0] * 1.25)  # a flat line needs the zero to be read
+    if zone == "constant":  # carbon.intensity_for_day's name for a ConstantIntensity
         ax.text(
             0.5,
             0.5,

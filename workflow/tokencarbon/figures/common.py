@@ -22,6 +22,8 @@ FLOPS_PER_TFLOPS = 1e12
 MG_PER_G = 1e3
 PCT_PER_FRACTION = 100.0
 NS_PER_S = 1e9
+# A legend beside the axes, where it cannot hide bars or lines.
+OUTSIDE_RIGHT = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
 # An axis whose values span more than this factor is drawn on a log scale.
 LOG_SPAN = 20.0
 

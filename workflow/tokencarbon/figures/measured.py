@@ -14,6 +14,7 @@ from tokencarbon.errors import InputError
 from tokencarbon.figures.common import (
     MG_PER_G,
     NS_PER_S,
+    OUTSIDE_RIGHT,
     PCT_PER_FRACTION,
     log_scale_if_wide,
     new_figure,
@@ -35,7 +36,9 @@ def family_models(metrics: pd.DataFrame, family: str) -> list[str]:
     for the models= subsets of figures 4 and 6 (4a/6b: llama, 4b/6c: gpt2)."""
     require_columns(metrics, ["model", "architecture"], "family_models")
     pairs = metrics[["model", "architecture"]].drop_duplicates()
-    return sorted(m for m, a in pairs.itertuples(index=False) if load_architecture(a).family == family)
+    return sorted(
+        m for m, a in pairs.itertuples(index=False) if load_architecture(a).family == family
+    )
 
 
 @themed
@@ -73,6 +76,7 @@ def fig4_throughput_latency(
             textcoords="offset points",
             fontsize="x-small",
         )
+    sns.move_legend(ax, **OUTSIDE_RIGHT)
     log_scale_if_wide(ax, "x", df["s_per_token_user"])
     log_scale_if_wide(ax, "y", df["tokens_per_s"])
     ax.set_xlabel("user-perceived latency (s/token)")
@@ -95,17 +99,17 @@ def fig5_mfu_batch1(metrics: pd.DataFrame) -> Figure:
     require_one_row_per_cell(df, figure)
     df["mfu_pct"] = df["mfu"] * PCT_PER_FRACTION
     df = df.sort_values(["model", "platform"])
-    fig = new_figure()
+    fig = new_figure(4.5 + 0.9 * len(df), 5.0)
     ax = fig.subplots()
     sns.barplot(df, x="model", y="mfu_pct", hue="platform", errorbar=None, ax=ax)
     for bars in ax.containers:
-        ax.bar_label(bars, fmt="{:.2f} %", fontsize="small", padding=2)
+        ax.bar_label(bars, fmt="{:.2f}", fontsize="x-small", padding=2)
     ax.axhline(STUDY_MFU_BATCH1_PCT, color="0.3", ls="--", lw=1, label="study at batch 1: ~2 %")
-    ax.legend(title="platform")
+    ax.legend(title="platform", **OUTSIDE_RIGHT)
     ax.margins(y=0.15)
     ax.set_xlabel("model")
     ax.set_ylabel("model FLOPs utilisation, MFU (%)")
-    ax.set_title("MFU at batch 1")
+    ax.set_title("MFU at batch 1 (bar labels in %)")
     return fig
 
 
@@ -164,7 +168,9 @@ def fig6_power_over_time(
         ax.legend(title="batch size (modeled)" if modeled else "batch size", fontsize="small")
         ax.set_xlabel("time since cell start (s)")
         ax.set_ylabel("power (W)")
-        ax.set_title(f"{model} on {platform}" + (" (modeled power, not a reading)" if modeled else ""))
+        ax.set_title(
+            f"{model} on {platform}" + (" (modeled power, not a reading)" if modeled else "")
+        )
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(title)
@@ -208,7 +214,11 @@ def fig7_carbon_per_token(
         [
             pd.DataFrame({"pair": pairs["pair"], "batch": "batch 1", "mg": pairs["g_per_token_1"]}),
             pd.DataFrame(
-                {"pair": pairs["pair"], "batch": "largest measured batch", "mg": pairs["g_per_token_max"]}
+                {
+                    "pair": pairs["pair"],
+                    "batch": "largest measured batch",
+                    "mg": pairs["g_per_token_max"],
+                }
             ),
         ]
     )
@@ -226,7 +236,9 @@ def fig7_carbon_per_token(
         ax=ax,
     )
     log_scale_if_wide(ax, "y", bars["mg"])
-    ax.bar_label(ax.containers[1], labels=[f"bs {b}" for b in pairs["batch_size_max"]], fontsize="small")
+    ax.bar_label(
+        ax.containers[1], labels=[f"bs {b}" for b in pairs["batch_size_max"]], fontsize="small"
+    )
     for i, pair in pairs.iterrows():
         ratio = pair["g_per_token_1"] / pair["g_per_token_max"]
         ax.annotate(
@@ -238,7 +250,7 @@ def fig7_carbon_per_token(
             fontweight="bold",
         )
     ax.margins(y=0.2)
-    ax.legend(title="batch size")
+    ax.legend(title="batch size", **OUTSIDE_RIGHT)
     ax.set_xlabel("model / platform")
     ax.set_ylabel("operational carbon per output token (mgCO2e)")
     ax.set_title(f"{title}\n(bold: batch 1 / largest batch)")

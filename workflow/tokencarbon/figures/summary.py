@@ -20,7 +20,9 @@ PROBE_KEYS = ("platform", "model", "max_ok", "min_failed", "memory_limit_gb")
 STUDY = {"carbon_ratio": "~11x", "latency_ratio": "~2x", "mfu_batch1": "~2 %"}
 
 
-def _probe_frame(probe_rows: Sequence[Mapping], models: Sequence[str] | None, what: str) -> pd.DataFrame:
+def _probe_frame(
+    probe_rows: Sequence[Mapping], models: Sequence[str] | None, what: str
+) -> pd.DataFrame:
     for i, row in enumerate(probe_rows):
         missing = [k for k in PROBE_KEYS if k not in row]
         if missing:
@@ -48,7 +50,9 @@ def _probe_frame(probe_rows: Sequence[Mapping], models: Sequence[str] | None, wh
     return df
 
 
-def max_batch_table(probe_rows: Sequence[Mapping], models: Sequence[str] | None = None) -> pd.DataFrame:
+def max_batch_table(
+    probe_rows: Sequence[Mapping], models: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Largest batch that ran (max_ok): rows model, columns platform; <NA> where not probed.
     models picks the table's rows (the study's table 3: Llama-2, table 4: GPT-2)."""
     df = _probe_frame(probe_rows, models, "max_batch_table")
@@ -86,7 +90,9 @@ def max_batch_markdown(
         for r in df.itertuples()
     }
     rows = [[m] + [cells.get((m, p), "—") for p in platforms] for m in sorted(df["model"].unique())]
-    note = "\nN+: batch N ran and no larger batch was tried (the sweep's limit), so no OOM was seen.\n"
+    note = (
+        "\nN+: batch N ran and no larger batch was tried (the sweep's limit), so no OOM was seen.\n"
+    )
     return f"### {title}\n\n" + _markdown_table(header, rows) + note
 
 
@@ -105,7 +111,15 @@ def summary_markdown(metrics: pd.DataFrame, probe_rows: Sequence[Mapping]) -> st
     what = "summary_markdown"
     require_columns(
         metrics,
-        ["platform", "model", "batch_size", "g_per_token", "s_per_token_user", "mfu", "energy_method"],
+        [
+            "platform",
+            "model",
+            "batch_size",
+            "g_per_token",
+            "s_per_token_user",
+            "mfu",
+            "energy_method",
+        ],
         what,
     )
     pairs = batch1_vs_max(metrics, what)

@@ -1,0 +1,467 @@
+"""Figures and tables: each drawn from small hand-built tables (checked against tokencarbon.tables
+schemas); asserted values are worked out by hand beside each assertion."""
+
+import math
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from tokencarbon import tables
+from tokencarbon.carbon import ConstantIntensity, intensity_for_day, load_trace
+from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.figures import (
+    family_models,
+    fig1_flops_vs_seqlen,
+    fig2a_memory_vs_seqlen,
+    fig2b_gpu_generations,
+    fig4_throughput_latency,
+    fig5_mfu_batch1,
+    fig6_power_over_time,
+    fig6a_intensity_day,
+    fig7_carbon_per_token,
+    max_batch_markdown,
+    max_batch_table,
+    save,
+    summary_markdown,
+    write_max_batch_csv,
+)
+from tokencarbon.models import Architecture, load_architecture
+from tokencarbon.platforms import get_platform, load_platforms
+
+# A GPT-2-shaped toy small enough to count by hand: h=64, 2 layers, 4 heads (no GQA), I=256,
+# vocab 1000, 256 positions, tied embeddings.
+TOY = Architecture(
+    "toy", "gpt2", 64, 2, 4, 4, 256, 1000, 256, True, "gelu_new", "layernorm", 1e-5, None
+)
+
+
+def _blank(schema: pa.Schema) -> dict:
+    """A row of neutral values for every column, so a test spells out only the columns it uses."""
+    return {
+        f.name: (
+            ""
+            if pa.types.is_string(f.type)
+            else False if pa.types.is_boolean(f.type) else 0 if pa.types.is_integer(f.type) else 0.0
+        )
+        for f in schema
+    }
+
+
+def metrics(rows: list[dict]) -> pd.DataFrame:
+    base = _blank(tables.METRICS) | {"dtype": "float16", "energy_method": "counter"}
+    df = pd.DataFrame([base | r for r in rows], columns=tables.METRICS.names)
+    return tables.check(df, tables.METRICS, "test metrics")
+
+
+def power(rows: list[dict]) -> pd.DataFrame:
+    schema = tables.with_cell_keys(tables.POWER)
+    df = pd.DataFrame([_blank(schema) | r for r in rows], columns=schema.names)
+    return tables.check(df, schema, "test power")
+
+
+def legend_texts(legend) -> list[str]:
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def data_lines(ax) -> list:
+    """Lines that carry data: seaborn also adds empty ones as legend proxies."""
+    return [line for line in ax.lines if len(line.get_xdata())]
+
+
+def points(ax) -> int:
+    return sum(len(line.get_xdata()) for line in data_lines(ax))
+
+
+# --- fig1, fig2a, fig2b: from architectures and the platform table ---------------------------
+
+
+def test_fig1_plots_one_point_per_model_and_allowed_length_with_hand_counted_tflops():
+    fig = fig1_flops_vs_seqlen([TOY, load_architecture("llama-2-7b")], [128, 256, 1024])
+    ax = fig.axes[0]
+    # TOY (256 positions) takes 128 and 256; llama-2-7b (4096) all three: 2 + 3 points.
+    assert points(ax) == 5
+    toy = next(line for line in ax.lines if len(line.get_xdata()) == 2)
+    # Forward pass at T=128, full score matrix, logits everywhere (the defaults):
+    #   matmuls without lm_head: 2 layers x (4 x 64^2 attention + 2 x 64 x 256 MLP) = 98,304
+    #   body 2 x 98,304 x 128 = 25,165,824; lm_head 2 x 64 x 1000 x 128 = 16,384,000;
+    #   attention 4 x 64 x 2 layers x 128^2 = 8,388,608; total 49,938,432 FLOPs = 4.9938432e-5 TFLOPs
+    assert toy.get_ydata()[0] == pytest.approx(4.9938432e-5, rel=1e-12)
+    assert ax.get_xlabel() == "sequence length (tokens)"
+    assert "(TFLOPs)" in ax.get_ylabel()
+    assert legend_texts(ax.get_legend()) == ["toy", "llama-2-7b"]
+    assert ax.get_title()
+
+
+def test_fig2a_draws_weights_plus_cache_the_weights_level_and_a_capped_platform():
+    capped = get_platform("a100-sxm4-80gb", memory_limit_gb=40)
+    fig = fig2a_memory_vs_seqlen([TOY], [128, 256], [capped])
+    ax = fig.axes[0]
+    data = next(line for line in ax.lines if len(line.get_xdata()) == 2)
+    # fp16 weights: 162,304 matmul params + 2 layers x 832 biases/norms + final norm 128
+    #   + positions 256 x 64 = 16,384 (token embedding tied to lm_head, counted once) = 180,480
+    #   params x 2 bytes = 360,960 B. KV cache at 128: 2 x 2 layers x 64 x 128 x 2 B = 65,536 B.
+    #   (360,960 + 65,536) / 1e9 = 4.26496e-4 GB
+    assert data.get_ydata()[0] == pytest.approx(4.26496e-4, rel=1e-12)
+    levels = [
+        line.get_ydata()[0] for line in ax.lines if len(line.get_xdata()) == 2 and line is not data
+    ]
+    assert pytest.approx(3.6096e-4, rel=1e-12) in levels  # weights only: 360,960 B
+    assert 40 in levels  # the 40 GB cap, not the card's 80 GB
+    assert "a100-sxm4-80gb (capped): 40 GB" in texts(ax)
+    assert ax.get_ylabel() == "weights + KV cache (GB)"
+    assert legend_texts(ax.get_legend()) == ["toy", "weights only (dashed)"]
+
+
+def test_fig2b_shows_gpu_rows_only_with_datasheet_peaks():
+    fig = fig2b_gpu_generations(list(load_platforms().values()))
+    fp16, memory, bandwidth = fig.axes
+    # platforms.csv holds 5 GPUs (V100S, A100 40/80 GB, H100, H200) and the cpu row.
+    assert sum(len(c.get_offsets()) for c in fp16.collections) == 5
+    heights = sorted(y for c in fp16.collections for _, y in c.get_offsets())
+    # Dense fp16 tensor peaks from the datasheets: V100S 130, A100 312 (x2), H100/H200 989.4.
+    assert heights == pytest.approx([130, 312, 312, 989.4, 989.4])
+    assert "(TFLOPS)" in fp16.get_ylabel() and "(GB)" in memory.get_ylabel()
+    assert "(GB/s)" in bandwidth.get_ylabel() and fp16.get_xlabel() == "release year"
+    names = legend_texts(fig.legends[0])
+    assert "h100-sxm-80gb" in names and "cpu" not in names and len(names) == 5
+
+
+# --- fig4, fig5, fig7: from the METRICS table -------------------------------------------------
+
+LLAMA_CELLS = [
+    {
+        "model": "llama-2-7b",
+        "architecture": "llama-2-7b",
+        "platform": "h100-sxm-80gb",
+        "batch_size": b,
+        "tokens_per_s": tps,
+        "s_per_token_user": lat,
+    }
+    for b, tps, lat in [(1, 50.0, 0.020), (4, 180.0, 0.022), (16, 600.0, 0.027)]
+]
+GPT2_CELLS = [
+    {
+        "model": "gpt2",
+        "architecture": "gpt2",
+        "platform": "h100-sxm-80gb",
+        "batch_size": b,
+        "tokens_per_s": tps,
+        "s_per_token_user": lat,
+    }
+    for b, tps, lat in [(1, 300.0, 0.003), (8, 2000.0, 0.004)]
+]
+
+
+def test_family_models_reads_the_family_from_the_architecture():
+    df = metrics(LLAMA_CELLS + GPT2_CELLS)
+    # resources/models: llama-2-7b is family "llama", gpt2 is family "gpt2".
+    assert family_models(df, "llama") == ["llama-2-7b"]
+    assert family_models(df, "gpt2") == ["gpt2"]
+
+
+def test_fig4_draws_every_cell_labelled_with_its_batch_size():
+    df = metrics(LLAMA_CELLS + GPT2_CELLS)
+    ax = fig4_throughput_latency(df, title="all models").axes[0]
+    assert points(ax) == 5  # 3 llama cells + 2 gpt2 cells
+    assert sorted(texts(ax)) == ["1", "1", "16", "4", "8"]
+    legend = legend_texts(ax.get_legend())
+    assert {"llama-2-7b", "gpt2", "h100-sxm-80gb"} <= set(legend)
+    assert ax.get_xlabel() == "user-perceived latency (s/token)"
+    assert ax.get_ylabel() == "throughput (output tokens/s)"
+
+
+def test_fig4_subset_keeps_only_the_named_models():
+    df = metrics(LLAMA_CELLS + GPT2_CELLS)
+    ax = fig4_throughput_latency(df, models=["gpt2"], title="GPT-2").axes[0]
+    assert points(ax) == 2
+    line = next(line for line in ax.lines if len(line.get_xdata()) == 2)
+    assert list(line.get_xdata()) == [0.003, 0.004]  # batch 1 then batch 8, as given
+    assert ax.get_title().startswith("GPT-2")
+
+
+def test_fig5_draws_one_bar_per_batch1_cell_in_percent():
+    df = metrics(
+        [
+            {"model": "m1", "platform": "pA", "batch_size": 1, "mfu": 0.021},
+            {"model": "m1", "platform": "pB", "batch_size": 1, "mfu": 0.035},
+            {"model": "m2", "platform": "pA", "batch_size": 1, "mfu": 0.010},
+            {"model": "m2", "platform": "pA", "batch_size": 8, "mfu": 0.300},  # not batch 1
+        ]
+    )
+    ax = fig5_mfu_batch1(df).axes[0]
+    heights = sorted(
+        b.get_height() for c in ax.containers for b in c if not math.isnan(b.get_height())
+    )
+    assert heights == pytest.approx([1.0, 2.1, 3.5])  # 0.010, 0.021, 0.035 as %
+    assert ax.get_ylabel() == "model FLOPs utilisation, MFU (%)"
+    assert {"pA", "pB"} <= set(legend_texts(ax.get_legend()))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["m1", "m2"]
+
+
+CARBON_CELLS = [
+    {
+        "model": "llama-2-7b",
+        "platform": "a100-sxm4-40gb",
+        "batch_size": 1,
+        "g_per_token": 2.2e-3,
+        "s_per_token_user": 0.020,
+        "mfu": 0.021,
+    },
+    {
+        "model": "llama-2-7b",
+        "platform": "a100-sxm4-40gb",
+        "batch_size": 4,
+        "g_per_token": 6.0e-4,
+        "s_per_token_user": 0.030,
+        "mfu": 0.07,
+    },
+    {
+        "model": "llama-2-7b",
+        "platform": "a100-sxm4-40gb",
+        "batch_size": 16,
+        "g_per_token": 2.0e-4,
+        "s_per_token_user": 0.050,
+        "mfu": 0.2,
+    },
+    {
+        "model": "gpt2",
+        "platform": "a100-sxm4-40gb",
+        "batch_size": 1,
+        "g_per_token": 1.0e-4,
+        "s_per_token_user": 0.004,
+        "mfu": 0.005,
+        "energy_method": "modeled",
+    },
+    {
+        "model": "gpt2",
+        "platform": "a100-sxm4-40gb",
+        "batch_size": 8,
+        "g_per_token": 4.0e-5,
+        "s_per_token_user": 0.006,
+        "mfu": 0.03,
+        "energy_method": "modeled",
+    },
+]
+
+
+def test_fig7_compares_batch1_with_the_largest_batch_and_writes_the_ratio():
+    ax = fig7_carbon_per_token(metrics(CARBON_CELLS)).axes[0]
+    heights = sorted(b.get_height() for c in ax.containers for b in c)
+    # mg per token: gpt2 0.1 (bs 1) and 0.04 (bs 8); llama 2.2 (bs 1) and 0.2 (bs 16); bs 4 unused.
+    assert heights == pytest.approx([0.04, 0.1, 0.2, 2.2])
+    # llama 2.2e-3 / 2.0e-4 = 11.0; gpt2 1.0e-4 / 4.0e-5 = 2.5
+    assert "11.0x" in texts(ax) and "2.5x" in texts(ax)
+    assert {"bs 16", "bs 8"} <= set(texts(ax))
+    assert ax.get_ylabel() == "operational carbon per output token (mgCO2e)"
+    assert legend_texts(ax.get_legend()) == ["batch 1", "largest measured batch"]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["gpt2\na100-sxm4-40gb", "llama-2-7b\na100-sxm4-40gb"]
+
+
+def test_fig7_without_batch1_names_the_pair():
+    rows = [r for r in CARBON_CELLS if not (r["model"] == "gpt2" and r["batch_size"] == 1)]
+    with pytest.raises(InputError, match=r"gpt2 on a100-sxm4-40gb has no batch-1 cell.*\[8\]"):
+        fig7_carbon_per_token(metrics(rows))
+
+
+# --- fig6: intensity of a day, power over time -----------------------------------------------
+
+
+def test_fig6a_draws_the_hours_of_a_real_trace(shared_data):
+    trace = load_trace(shared_data / "electricitymaps" / "US-MIDW-MISO_2023_hourly.csv")
+    ax = fig6a_intensity_day(intensity_for_day(trace, "2023-01-01"), "2023-01-01").axes[0]
+    (line,) = data_lines(ax)
+    assert len(line.get_xdata()) == 25  # 24 hours + the point closing the last hour's step
+    # Direct intensities of 2023-01-01 00:00-03:00 UTC, read off lines 2-5 of the CSV.
+    assert list(line.get_ydata()[:4]) == pytest.approx([489.46, 467.13, 466.52, 463.48])
+    assert ax.get_xlabel() == "hour of day (UTC)"
+    assert ax.get_ylabel() == "carbon intensity (gCO2/kWh)"
+    assert "US-MIDW-MISO" in ax.get_title() and "2023-01-01" in ax.get_title()
+
+
+def test_fig6a_constant_intensity_is_a_flat_line_with_a_note():
+    ax = fig6a_intensity_day(intensity_for_day(ConstantIntensity(413.0), "2024-05-01")).axes[0]
+    (line,) = data_lines(ax)
+    assert set(line.get_ydata()) == {413.0}
+    assert any("constant intensity 413 gCO2/kWh" in t for t in texts(ax))
+
+
+T0 = 1_700_000_000 * 10**9
+TENTH_S = 100_000_000
+
+
+def _cell_samples(model: str, batch: int, start_ns: int) -> list[dict]:
+    """2 idle samples, then 3 run samples, 0.1 s apart."""
+    return [
+        {
+            "platform": "cpu",
+            "model": model,
+            "batch_size": batch,
+            "t_wall_ns": start_ns + k * TENTH_S,
+            "phase": "idle" if k < 2 else "run",
+            "source": "modeled_cpu",
+            "modeled": True,
+            "power_w": 3.0 + k,
+            "throttle_reasons": -1,
+        }
+        for k in range(5)
+    ]
+
+
+def test_fig6_power_over_time_starts_each_cell_at_its_first_run_sample():
+    df = power(
+        _cell_samples("tiny-llama", 1, T0)
+        + _cell_samples("tiny-llama", 4, T0 + 60 * 10**9)
+        + _cell_samples("tiny-gpt2", 1, T0 + 120 * 10**9)
+    )
+    fig = fig6_power_over_time(df, title="CPU power")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [
+        "tiny-gpt2 on cpu (modeled power, not a reading)",
+        "tiny-llama on cpu (modeled power, not a reading)",
+    ]
+    llama = panels[1]
+    assert points(llama) == 10  # two cells of 5 samples
+    # Idle samples at -0.2 and -0.1 s, run samples at 0, 0.1, 0.2 s, in each cell.
+    assert len(data_lines(llama)) == 2
+    for line in data_lines(llama):
+        assert list(line.get_xdata()) == pytest.approx([-0.2, -0.1, 0.0, 0.1, 0.2])
+    assert legend_texts(llama.get_legend()) == ["1", "4"]
+    assert llama.get_legend().get_title().get_text() == "batch size (modeled)"
+    assert llama.get_xlabel() == "time since cell start (s)" and llama.get_ylabel() == "power (W)"
+    assert fig._suptitle.get_text() == "CPU power"
+
+
+def test_fig6_cell_without_run_samples_is_an_error():
+    rows = [r for r in _cell_samples("tiny-llama", 2, T0) if r["phase"] == "idle"]
+    with pytest.raises(InputError, match="batch_size=2.*no samples with phase 'run'"):
+        fig6_power_over_time(power(rows))
+
+
+# --- tables 3/4 and the summary --------------------------------------------------------------
+
+PROBES = [
+    {
+        "platform": "a100-sxm4-40gb",
+        "model": "llama-2-7b",
+        "max_ok": 12,
+        "min_failed": 13,
+        "memory_limit_gb": None,
+    },
+    {
+        "platform": "a100-sxm4-40gb",
+        "model": "llama-2-13b",
+        "max_ok": 6,
+        "min_failed": 7,
+        "memory_limit_gb": None,
+    },
+    {
+        "platform": "h100-sxm-80gb",
+        "model": "llama-2-7b",
+        "max_ok": 1024,
+        "min_failed": None,
+        "memory_limit_gb": 40.0,
+    },
+    {
+        "platform": "a100-sxm4-40gb",
+        "model": "gpt2",
+        "max_ok": 512,
+        "min_failed": 600,
+        "memory_limit_gb": None,
+    },
+]
+LLAMA = ["llama-2-7b", "llama-2-13b"]
+
+
+def test_max_batch_table_holds_the_probe_values():
+    table = max_batch_table(PROBES, models=LLAMA)
+    assert list(table.index) == ["llama-2-13b", "llama-2-7b"]
+    assert list(table.columns) == ["a100-sxm4-40gb", "h100-sxm-80gb"]
+    assert table.loc["llama-2-7b", "a100-sxm4-40gb"] == 12
+    assert table.loc["llama-2-13b", "a100-sxm4-40gb"] == 6
+    assert table.loc["llama-2-7b", "h100-sxm-80gb"] == 1024
+    assert pd.isna(table.loc["llama-2-13b", "h100-sxm-80gb"])  # not probed
+    assert list(max_batch_table(PROBES, models=["gpt2"]).columns) == ["a100-sxm4-40gb"]
+
+
+def test_max_batch_csv_and_markdown(tmp_path):
+    path = tmp_path / "tables" / "table3_max_batch.csv"
+    write_max_batch_csv(PROBES, path, models=LLAMA)
+    assert path.read_text() == (
+        "model,a100-sxm4-40gb,h100-sxm-80gb\nllama-2-13b,6,\nllama-2-7b,12,1024\n"
+    )
+    assert [p.name for p in path.parent.iterdir()] == ["table3_max_batch.csv"]
+    md = max_batch_markdown(PROBES, models=LLAMA, title="Table 3")
+    assert "| model | a100-sxm4-40gb | h100-sxm-80gb (capped at 40 GB) |" in md
+    assert "| llama-2-7b | 12 | 1024+ |" in md  # 1024+: no OOM seen up to the limit
+    assert "| llama-2-13b | 6 | — |" in md
+
+
+def test_probe_row_without_a_key_is_named():
+    with pytest.raises(InputError, match=r"probe result 0 \(pA/m\) lacks key\(s\) \['min_failed'"):
+        max_batch_table([{"platform": "pA", "model": "m", "max_ok": 1, "memory_limit_gb": None}])
+
+
+def test_summary_markdown_recomputes_the_ratios_beside_the_study():
+    md = summary_markdown(metrics(CARBON_CELLS), PROBES)
+    # llama: carbon 2.2e-3 / 2.0e-4 = 11.0x; latency 0.050 / 0.020 = 2.50x; MFU 0.021 = 2.10 %;
+    # 2.2e-3 g = 2.2 mg and 2.0e-4 g = 0.2 mg per token.
+    assert (
+        "| llama-2-7b | a100-sxm4-40gb | 16 | 2.2 | 0.2 | 11.0x | 2.50x | 2.10 % | counter |" in md
+    )
+    # gpt2: 1.0e-4 / 4.0e-5 = 2.5x; 0.006 / 0.004 = 1.50x; 0.005 = 0.50 %; power modeled.
+    assert "| gpt2 | a100-sxm4-40gb | 8 | 0.1 | 0.04 | 2.5x | 1.50x | 0.50 % | modeled |" in md
+    assert "study ~11x" in md and "study ~2x" in md and "study ~2 %" in md
+    assert "| llama-2-7b | 512" not in md and "| gpt2 | 512 | — |" in md  # the probe table
+
+
+# --- empty inputs and save -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("figure", "draw"),
+    [
+        ("fig1_flops_vs_seqlen", lambda: fig1_flops_vs_seqlen([])),
+        ("fig1_flops_vs_seqlen", lambda: fig1_flops_vs_seqlen([TOY], [512, 1024])),
+        ("fig2a_memory_vs_seqlen", lambda: fig2a_memory_vs_seqlen([])),
+        ("fig2b_gpu_generations", lambda: fig2b_gpu_generations([load_platforms()["cpu"]])),
+        ("fig4_throughput_latency", lambda: fig4_throughput_latency(metrics([]))),
+        (
+            "fig4_throughput_latency",
+            lambda: fig4_throughput_latency(metrics(LLAMA_CELLS), models=["gpt2"]),
+        ),
+        ("fig5_mfu_batch1", lambda: fig5_mfu_batch1(metrics(LLAMA_CELLS[1:]))),
+        ("fig6_power_over_time", lambda: fig6_power_over_time(power([]))),
+        ("fig6a_intensity_day", lambda: fig6a_intensity_day(pd.Series([], dtype=float))),
+        ("fig7_carbon_per_token", lambda: fig7_carbon_per_token(metrics([]))),
+        ("max_batch_table", lambda: max_batch_table([])),
+        ("summary_markdown", lambda: summary_markdown(metrics([]), [])),
+    ],
+)
+def test_no_rows_is_an_error_naming_the_figure(figure, draw):
+    with pytest.raises(InputError, match=figure):
+        draw()
+
+
+def test_save_writes_png_and_pdf_atomically(tmp_path):
+    fig = fig1_flops_vs_seqlen([TOY], [128, 256])
+    png, pdf = save(fig, tmp_path / "figures" / "fig1_flops_vs_seqlen")
+    assert sorted(p.name for p in png.parent.iterdir()) == [
+        "fig1_flops_vs_seqlen.pdf",
+        "fig1_flops_vs_seqlen.png",
+    ]
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    # IHDR width and height: the default 7.5 x 5 in figure at 200 dpi = 1500 x 1000 px.
+    assert int.from_bytes(head[16:20], "big") == 1500 and int.from_bytes(head[20:24], "big") == 1000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+
+
+def test_save_refuses_a_stem_with_an_extension(tmp_path):
+    with pytest.raises(ConfigError, match="without extension"):
+        save(fig1_flops_vs_seqlen([TOY], [128]), tmp_path / "fig1.png")
