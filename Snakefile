@@ -17,6 +17,8 @@ include: "workflow/rules/engine.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/inference.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

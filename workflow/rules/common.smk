@@ -50,6 +50,18 @@ BACKEND = config["backend"]["name"]
 PKG = "workflow/tokencarbon"
 WORKLOAD_CODE = [f"{PKG}/workload.py", f"{PKG}/tokenizer.py"]
 ENGINE_CODE = [f"{PKG}/models.py", f"{PKG}/backends/torch_backend.py"]
+METRICS_CODE = [
+    f"{PKG}/metrics.py",
+    f"{PKG}/energy.py",
+    f"{PKG}/carbon.py",
+    f"{PKG}/flops.py",
+    f"{PKG}/platforms.py",
+    "resources/platforms.csv",
+]
+FIGURE_CODE = [
+    f"{PKG}/figures/{name}.py"
+    for name in ["__init__", "common", "analytic", "measured", "summary", "render"]
+]
 CELL_CODE = ENGINE_CODE + [
     f"{PKG}/cell.py",
     f"{PKG}/hardware.py",
@@ -175,9 +187,75 @@ def all_cell_files(wildcards):
     }
 
 
+def carbon_params(wildcards=None):
+    """The carbon slice: only metrics, figure 6a and what depends on them read it."""
+    return dict(config["carbon"])
+
+
+def metrics_inputs(wildcards):
+    if config["carbon"]["source"] == "trace":
+        return {"trace": config["carbon"]["trace"]}
+    return {}
+
+
+def fig6a_inputs(wildcards):
+    if config["carbon"]["source"] == "trace":
+        return {"trace": config["carbon"]["trace"]}
+    return {"cells": "results/tables/cells.parquet"}
+
+
+def arch_family(model):
+    import json as _json
+
+    arch = config["models"][model]["architecture"]
+    return _json.loads(Path(f"resources/models/{arch}.json").read_text())["family"]
+
+
+def models_of(family):
+    """Configured models of an architecture family ("llama" or "gpt2")."""
+    return [m for m in MODELS if arch_family(m) == family]
+
+
+def analytic_architectures():
+    """The study's architectures plus the configured ones, for the analytic figures 1 and 2a."""
+    study = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-2-13b"]
+    configured = [config["models"][m]["architecture"] for m in MODELS]
+    return sorted(set(study) | set(configured))
+
+
+def analytic_architecture_files(wildcards):
+    return [f"resources/models/{a}.json" for a in analytic_architectures()]
+
+
+def platform_limits():
+    return {p: config["platforms"][p]["memory_limit_gb"] for p in PLATFORMS}
+
+
+def probe_files(family):
+    models = MODELS if family is None else models_of(family)
+    return [f"results/probe/{p}/{m}.json" for p in PLATFORMS for m in models]
+
+
 def all_targets():
-    return [f"results/workload/{m}.parquet" for m in MODELS] + [
-        "results/tables/batches.parquet",
-        "results/tables/power.parquet",
-        "results/tables/cells.parquet",
+    figures = [
+        "fig1_flops_vs_seqlen",
+        "fig2a_memory_vs_seqlen",
+        "fig2b_gpu_generations",
+        "fig5_mfu_batch1",
+        "fig6a_intensity_day",
+        "fig7_carbon_per_token",
     ]
+    tabulated = []
+    if models_of("llama"):
+        figures += ["fig4a_throughput_latency", "fig6b_power_over_time"]
+        tabulated.append("table3_max_batch")
+    if models_of("gpt2"):
+        figures += ["fig4b_throughput_latency", "fig6c_power_over_time"]
+        tabulated.append("table4_max_batch")
+    return (
+        [f"results/workload/{m}.parquet" for m in MODELS]
+        + [f"results/tables/{t}.parquet" for t in ["batches", "power", "cells", "metrics"]]
+        + [f"results/figures/{f}.{ext}" for f in figures for ext in ["png", "pdf"]]
+        + [f"results/tables/{t}.{ext}" for t in tabulated for ext in ["csv", "md"]]
+        + ["results/summary.md"]
+    )

@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ def group_batches(workload: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]
 
 def power_source_spec(platform: dict[str, Any]) -> dict[str, Any]:
     if platform["kind"] == "cpu":
-        return {"kind": "modeled_cpu", "tdp_w": platform["tdp_w"], "target_pid": os.getpid()}
+        return {"kind": "modeled_cpu", "tdp_w": platform["tdp_w"]}
     # CUDA_VISIBLE_DEVICES (set by the scheduler or a lease) makes the cell's GPU device 0.
     return {"kind": "nvml", "device_index": 0}
 
@@ -50,7 +49,7 @@ def run_cell(
     out_meta: str | Path,
 ) -> None:
     from tokencarbon.backends.torch_backend import TorchEngine
-    from tokencarbon.power.sidecar import PowerSidecar, measure_idle
+    from tokencarbon.power.sidecar import PowerSidecar, measure_idle, parts_dir, read_samples
 
     if run["backend"] != "torch":
         raise ConfigError(
@@ -95,14 +94,16 @@ def run_cell(
 
     power_path = Path(out_power)
     run_samples_path = power_path.with_name(".run_power.parquet")
-    shutil.rmtree(run_samples_path.with_name(run_samples_path.name + ".parts"), ignore_errors=True)
     results = []
-    with PowerSidecar(source, run_samples_path, interval_s, phase="run"):
+    # The sidecar samples this process's CPU use (modeled) or the cell's GPU (NVML).
+    with PowerSidecar(source, run_samples_path, interval_s, phase="run", target_pid=os.getpid()):
         for batch in tqdm(batches, desc=f"{model['name']} bs{batch_size}", file=sys.stderr):
             results.append(run_one(batch))
-    run_samples = tables.read(run_samples_path, tables.POWER)
+    run_samples = read_samples(run_samples_path)
     run_samples_path.unlink()
+    shutil.rmtree(parts_dir(run_samples_path), ignore_errors=True)
 
+    versions = software_versions()
     rows = [
         {
             "batch_index": i,
@@ -133,9 +134,9 @@ def run_cell(
             "power_source": source["kind"],
             "power_interval_s": interval_s,
             "peak_memory_bytes": float(engine.peak_memory_bytes()),
-            "git_commit": software_versions()["git_commit"],
+            "git_commit": versions["git_commit"],
             "hardware": hardware,
-            "versions": software_versions(),
+            "versions": versions,
             "config": {"model": model, "platform": platform, "run": run},
             "seeds": {"weights": model["seed"]},
             "n_power_samples": {"idle": len(idle_samples), "run": len(run_samples)},
@@ -145,6 +146,5 @@ def run_cell(
 
 
 def _batch_record(result: Any) -> dict[str, int]:
-    record = asdict(result)
     skip = {"batch_index", "prompt_lens", "output_lens"}
-    return {name: int(record[name]) for name in tables.BATCHES.names if name not in skip}
+    return {name: int(getattr(result, name)) for name in tables.BATCHES.names if name not in skip}
