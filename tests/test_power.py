@@ -141,7 +141,9 @@ def test_nvidia_smi_wrong_units_and_values(tmp_path):
     bad_value_unit = "timestamp, power.draw [W]\n2025/01/15 12:00:00.000, 70100 mW\n"
     with pytest.raises(InputError, match=r"line 2: value '70100 mW' is not a number in W"):
         read_nvidia_smi_csv(write_log(tmp_path, bad_value_unit), tz="UTC")
-    bad_header_unit = "timestamp, power.draw [W], memory.used [MB]\n2025/01/15 12:00:00.000, 1 W, 2 MB\n"
+    bad_header_unit = (
+        "timestamp, power.draw [W], memory.used [MB]\n2025/01/15 12:00:00.000, 1 W, 2 MB\n"
+    )
     with pytest.raises(InputError, match=r"'memory.used \[MB\]' has unit 'MB'; expected 'MiB'"):
         read_nvidia_smi_csv(write_log(tmp_path, bad_header_unit), tz="UTC")
     bad_time = "timestamp, power.draw [W]\n15.01.2025 12:00, 1 W\n"
@@ -165,7 +167,9 @@ def test_nvidia_smi_time_zone(tmp_path):
 def test_nvidia_smi_several_gpus_need_the_index_column(tmp_path):
     rows = "2025/01/15 12:00:00.000, {}70 W\n2025/01/15 12:00:00.000, {}80 W\n"
     with pytest.raises(InputError, match="line 3.*'index' column"):
-        read_nvidia_smi_csv(write_log(tmp_path, "timestamp, power.draw [W]\n" + rows.format("", "")), "UTC")
+        read_nvidia_smi_csv(
+            write_log(tmp_path, "timestamp, power.draw [W]\n" + rows.format("", "")), "UTC"
+        )
     path = write_log(tmp_path, "timestamp, index, power.draw [W]\n" + rows.format("0, ", "1, "))
     df = read_nvidia_smi_csv(path, "UTC")
     assert df["device_index"].tolist() == [0, 1] and df["power_w"].tolist() == [70.0, 80.0]

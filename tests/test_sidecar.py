@@ -165,7 +165,7 @@ def test_nvml_sidecar_under_load(tmp_path):
     _, idle_power_w = measure_idle(spec, seconds=1.0)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     out = tmp_path / "power.parquet"
-    with PowerSidecar(spec, out) as sidecar:  # 0.05 s default on GPU
+    with PowerSidecar(spec, out):  # 0.05 s default on GPU
         torch.cuda.synchronize()
         start_ns = time.time_ns()
         while time.time_ns() - start_ns < 3e9:
@@ -175,11 +175,18 @@ def test_nvml_sidecar_under_load(tmp_path):
         end_ns = time.time_ns()
     samples = read_samples(out)
     record = cell_energy(samples, start_ns, end_ns, idle_power_w)
-    print(json.dumps(record.__dict__ | {"idle_power_w": idle_power_w, "pid": sidecar.pid}))
+    span = cell_energy(
+        samples, int(samples["t_wall_ns"].iloc[0]), int(samples["t_wall_ns"].iloc[-1]), 0.0
+    )
+    print(json.dumps({"load": record.__dict__, "span": span.__dict__, "idle_w": idle_power_w}))
     # 3 s at 0.05 s: 60 samples in the window, give or take the edges.
     assert 55 <= record.n_samples <= 62
     assert record.method == "counter"
     # Matrix products draw several times idle power on any data-centre GPU.
     assert record.energy_j / record.window_s > 2 * idle_power_w
-    # Counter and integrated instant power agree on a steady 3 s load (5 % is the QA flag).
-    assert abs(record.relative_difference) < 0.05
+    # Over the whole sampled span, ramps included, the counter and integrated instant power
+    # agreed to 0.6 % on an H200 (driver 580). Inside the load window the integral read 2-4 %
+    # low there: instant power trails the counter by tens of ms at a load step, which a window
+    # starting on the step cuts off, hence the looser bound.
+    assert abs(span.relative_difference) < 0.05
+    assert abs(record.relative_difference) < 0.10

@@ -53,7 +53,9 @@ def hf_model(arch, path):
     # either: make every tensor distinct.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            is_norm = p.dim() == 1 and ("norm" in name or ".ln_" in name or name.startswith("transformer.ln_f"))
+            is_norm = p.dim() == 1 and (
+                "norm" in name or ".ln_" in name or name.startswith("transformer.ln_f")
+            )
             p.copy_(1 + 0.1 * torch.randn_like(p) if is_norm else 0.02 * torch.randn_like(p))
     model.save_pretrained(path)
     return model
@@ -188,7 +190,9 @@ def test_errors_name_the_fault(tmp_path):
     with pytest.raises(ConfigError, match="dtype 'float64'"):
         build_model(arch, "float64", "cpu", seed=0)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 512}))
-    with pytest.raises(ConfigError, match="n_embd=512 but architecture 'tiny-gpt2' has hidden_size=256"):
+    with pytest.raises(
+        ConfigError, match="n_embd=512 but architecture 'tiny-gpt2' has hidden_size=256"
+    ):
         build_model(arch, "float32", "cpu", seed=0, checkpoint=str(tmp_path))
 
 
@@ -206,7 +210,10 @@ def test_cuda_graph_decode_matches_eager(name):
     # the next batch with the same (batch, cache) shape replays the same graph on new inputs
     graph = graphed._graph
     prompts = [[9, 9, 9], [1], [2, 3]]
-    assert graphed.run_batch(prompts, [4, 4, 4]).token_ids == eager.run_batch(prompts, [4, 4, 4]).token_ids
+    assert (
+        graphed.run_batch(prompts, [4, 4, 4]).token_ids
+        == eager.run_batch(prompts, [4, 4, 4]).token_ids
+    )
     assert graphed._graph is graph
 
 
@@ -216,7 +223,10 @@ def test_compiled_decode_matches_eager():
     arch = load_architecture("tiny-llama")
     compiled = TorchEngine(arch, "float32", "cuda", seed=0, compile_decode=True)
     eager = TorchEngine(arch, "float32", "cuda", seed=0, cuda_graphs=False)
-    assert compiled.run_batch(PROMPTS, OUTPUTS).token_ids == eager.run_batch(PROMPTS, OUTPUTS).token_ids
+    assert (
+        compiled.run_batch(PROMPTS, OUTPUTS).token_ids
+        == eager.run_batch(PROMPTS, OUTPUTS).token_ids
+    )
 
 
 @gpu

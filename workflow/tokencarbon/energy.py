@@ -48,7 +48,8 @@ def _series(
     devices = samples[["source", "device_index"]].drop_duplicates()
     if len(devices) > 1:
         raise InputError(
-            f"power samples hold {len(devices)} devices {devices.to_records(index=False).tolist()}; "
+            f"power samples hold {len(devices)} devices "
+            f"{devices.to_records(index=False).tolist()}; "
             f"energy is computed per device, select one (source, device_index) first"
         )
     s = samples[np.isfinite(samples[column])].sort_values("t_wall_ns")

@@ -3,6 +3,7 @@ workload's longest prompt and longest output (doubling, then bisection)."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,7 +99,8 @@ def make_try_batch(
                     f"memory_limit_gb {memory_limit_gb} exceeds the device's "
                     f"{total_bytes / BYTES_PER_GB:.1f} GB; use at most that, or null"
                 )
-            torch.cuda.set_per_process_memory_fraction(limit_bytes / total_bytes, device)
+            index = torch.cuda.current_device() if device.index is None else device.index
+            torch.cuda.set_per_process_memory_fraction(limit_bytes / total_bytes, index)
 
         def try_batch(batch: int) -> None:
             error = ""
@@ -109,6 +111,8 @@ def make_try_batch(
                     0
                 ]  # only the text: the exception's frames hold tensors
             engine.release()
+            gc.collect()
+            torch.cuda.empty_cache()  # each try starts from the weights alone
             if error:
                 raise OutOfMemory(f"batch {batch}: {error}")
 

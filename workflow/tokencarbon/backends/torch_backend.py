@@ -4,7 +4,6 @@ on CUDA the decode step is replayed as a CUDA graph, with no host sync per token
 
 from __future__ import annotations
 
-import gc
 import json
 import resource
 import time
@@ -50,7 +49,7 @@ class Norm(nn.Module):
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE in the rotate-half layout of Hugging Face Llama checkpoints."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((x2, -x1), dim=-1) * sin
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class Attention(nn.Module):
@@ -409,11 +408,15 @@ class TorchEngine:
         self.pad_token_id = pad_token_id
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.model = build_model(arch, dtype, self.device, seed, checkpoint)
+        self.compile_decode = compile_decode
         self._step_fn = self._decode_step
         if compile_decode:
             self._step_fn = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True)
         self._shape: tuple[int, int] | None = None  # (batch, cache_len) of the allocated cache
         self._graph: torch.cuda.CUDAGraph | None = None
+        # One stream for every warm-up and capture: cuBLAS keeps a workspace per stream, so a new
+        # stream per batch shape would hold on to another 32 MiB each time.
+        self._capture_stream = torch.cuda.Stream(self.device) if self.graphs else None
 
     # Static decode state (shape (batch, cache_len)), read and written in place by _decode_step:
     #   _token [B, 1] token fed next; _pos [B, 1] its position; _slot [1] its cache slot;
@@ -435,7 +438,7 @@ class TorchEngine:
         self._pad, self._out = new(batch), new(batch, cache_len)
         self._key_slots = torch.arange(cache_len, device=self.device)
         self._shape = (batch, cache_len)
-        if self._step_fn is not self._decode_step:
+        if self.compile_decode:
             for t in [self._token, self._pos, self._slot, self._pad, self._out, self._key_slots]:
                 torch._dynamo.mark_static_address(t)
         if self.graphs:
@@ -444,28 +447,26 @@ class TorchEngine:
     def _capture(self) -> None:
         # Warm-up and capture run on junk state: the cache slots they write are either overwritten
         # by the batch's prefill and decode or hidden by its mask, and run_batch resets the state.
-        stream = torch.cuda.Stream(self.device)
+        stream = self._capture_stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream), torch.no_grad():
             for _ in range(GRAPH_WARMUP_STEPS):
                 self._step_fn()
                 self._slot.zero_()
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        if self._step_fn is self._decode_step:
+        if not self.compile_decode:
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph), torch.no_grad():
+            with torch.cuda.graph(self._graph, stream=stream), torch.no_grad():
                 self._decode_step()
 
     def release(self) -> None:
-        """Free the KV cache, decode state and captured graph (the weights stay loaded)."""
+        """Drop the KV cache, decode state and captured graph (the weights stay loaded); their
+        memory goes back to torch's caching allocator, for the next shape to reuse."""
         self._graph = None
         for layer in self.model.layers:
             layer.attn.k_cache = layer.attn.v_cache = None
         self._token = self._pos = self._slot = self._pad = self._out = self._key_slots = None
         self._shape = None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def _decode_step(self) -> None:
         """One token for every request, reading and writing only the static state: a CUDA graph

@@ -45,21 +45,15 @@ def check_spec(spec: Mapping) -> dict:
     """A copy of `spec` if it names a known source with exactly its keys; ConfigError otherwise."""
     kind = spec.get("kind") if isinstance(spec, Mapping) else None
     if kind not in _KEYS:
-        raise ConfigError(
-            f"power source spec {spec!r}: 'kind' must be one of {sorted(_KEYS)}"
-        )
+        raise ConfigError(f"power source spec {spec!r}: 'kind' must be one of {sorted(_KEYS)}")
     if set(spec) != _KEYS[kind]:
         raise ConfigError(
             f"power source spec {dict(spec)!r}: kind {kind!r} takes exactly the keys "
             f"{sorted(_KEYS[kind])}"
         )
     if kind == "nvml" and not (isinstance(spec["device_index"], int) and spec["device_index"] >= 0):
-        raise ConfigError(
-            f"power source spec {dict(spec)!r}: device_index must be an int >= 0"
-        )
-    if kind == "modeled_cpu" and not (
-        isinstance(spec["tdp_w"], int | float) and spec["tdp_w"] > 0
-    ):
+        raise ConfigError(f"power source spec {dict(spec)!r}: device_index must be an int >= 0")
+    if kind == "modeled_cpu" and not (isinstance(spec["tdp_w"], int | float) and spec["tdp_w"] > 0):
         raise ConfigError(f"power source spec {dict(spec)!r}: tdp_w must be a number of W > 0")
     return dict(spec)
 

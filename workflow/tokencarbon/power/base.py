@@ -13,7 +13,7 @@ from tokencarbon.tables import POWER
 
 @dataclass(frozen=True)
 class PowerSample:
-    """One reading of one device; NaN (or -1 for throttle_reasons) where the source lacks a field."""
+    """One reading of one device; NaN (-1 for throttle_reasons) where the source lacks a field."""
 
     t_wall_ns: int
     source: str

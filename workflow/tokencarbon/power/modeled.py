@@ -1,4 +1,4 @@
-"""Modeled CPU power: TDP x CPU utilisation of the measured process tree (an estimate, labelled so)."""
+"""Modeled CPU power: TDP x CPU utilisation of the measured process tree, an estimate."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ _MIN_SPAN_S = 2.0 / os.sysconf("SC_CLK_TCK")
 class ModeledCpuSource:
     """Estimate the CPU power drawn by one process and its children as tdp_w x utilisation.
 
-    This is a model, not a reading: there is no RAPL energy counter here (no /sys/class/powercap
-    access in containers and CI, and none at all on many cloud VMs), so the only signal is how
-    busy the measured process tree keeps the CPUs. Utilisation is the tree's psutil cpu_percent
+    This is a model, not a reading: there is no RAPL energy counter to read (no
+    /sys/class/powercap in this project's containers and CI, root-only since 2020 where it exists,
+    absent on many cloud VMs), so the only signal is how busy the measured process tree keeps
+    the CPUs. Utilisation is the tree's psutil cpu_percent
     summed over processes, divided by the logical CPU count and capped at 1; power is that share
     of the package TDP. It ignores idle/uncore power and frequency scaling, so it is 0 W for an
     idle process and TDP only when the tree saturates every logical CPU. Every sample says
@@ -34,7 +35,8 @@ class ModeledCpuSource:
             self._root = psutil.Process(target_pid)
         except psutil.Error as exc:
             raise ConfigError(
-                f"modeled_cpu power source: target_pid={target_pid} is not a running process ({exc})"
+                f"modeled_cpu power source: target_pid={target_pid} is not a running process "
+                f"({exc})"
             ) from exc
         self.tdp_w = float(tdp_w)
         self._n_cpus = psutil.cpu_count(logical=True) or 1

@@ -120,7 +120,9 @@ def read_nvidia_smi_csv(path: str | Path, tz: str) -> pd.DataFrame:
     df["energy_counter_j"] = np.nan
     df["device_index"] = df["device_index"].fillna(-1).astype("int64")
     throttle = next((headers[n][0] for n in _THROTTLE if n in headers), None)
-    df["throttle_reasons"] = _bitmasks(raw[throttle], f"{path}, column {throttle!r}") if throttle else -1
+    df["throttle_reasons"] = (
+        _bitmasks(raw[throttle], f"{path}, column {throttle!r}") if throttle else -1
+    )
 
     for device, t_ns in df.groupby("device_index")["t_wall_ns"]:
         steps = np.diff(t_ns.to_numpy())

@@ -149,7 +149,7 @@ class NvmlSource:
 
 
 def describe_gpu(device_index: int) -> dict:
-    """Name, UUID, driver, enforced power limit and max clocks of one GPU, for a cell's meta.json."""
+    """Name, UUID, driver, power limit, max clocks and memory of one GPU, for meta.json."""
     _init(device_index)
     try:
         h = _handle(device_index)

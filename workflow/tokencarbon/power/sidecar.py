@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -51,7 +51,9 @@ class PowerSidecar:
     """Start with start() (or `with`), stop with stop(), which returns the number of samples.
 
     The first sample is taken before start() returns and a last one when stop() is called, so
-    any window between the two is bracketed by samples.
+    any window between the two is bracketed by samples. interval_s defaults per source kind
+    (DEFAULT_INTERVAL_S); target_pid (default: the caller) is the process tree a modeled_cpu
+    source measures.
     """
 
     def __init__(
@@ -65,7 +67,9 @@ class PowerSidecar:
     ) -> None:
         self.spec = check_spec(source_spec)
         self.out_path = Path(out_path)
-        self.interval_s = DEFAULT_INTERVAL_S[self.spec["kind"]] if interval_s is None else interval_s
+        self.interval_s = (
+            DEFAULT_INTERVAL_S[self.spec["kind"]] if interval_s is None else interval_s
+        )
         if not self.interval_s > 0 or not flush_s > 0:
             raise ConfigError(
                 f"power sidecar: interval_s={interval_s!r} and flush_s={flush_s!r} must be > 0 s"
@@ -93,7 +97,9 @@ class PowerSidecar:
         # The child imports the same tokencarbon as this process, installed or not.
         package_root = str(Path(tokencarbon.__file__).resolve().parents[1])
         env = os.environ | {
-            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [package_root, os.environ.get("PYTHONPATH")])
+            )
         }
         args = [
             sys.executable, "-m", "tokencarbon.power.sidecar",
@@ -113,13 +119,14 @@ class PowerSidecar:
     def stop(self) -> int:
         """Take a last sample, merge the parts into out_path; return the number of samples."""
         if self._proc is None:
-            raise TokencarbonError(f"power sidecar for {self.out_path} was never started")
+            raise TokencarbonError(f"power sidecar for {self.out_path} is not running")
         try:
             self._proc.stdin.close()  # the child's signal to stop
         except BrokenPipeError:
             pass  # it died already; _message reports how
         n_samples = self._message(_STOP_TIMEOUT_S, "stop")["n_samples"]
         self._proc.wait()
+        self._proc = None
         return n_samples
 
     def _message(self, timeout_s: float, when: str) -> dict:
@@ -161,7 +168,8 @@ def read_samples(out_path: str | Path, allow_partial: bool = False) -> pd.DataFr
     if not allow_partial:
         raise InputError(
             f"{out_path} does not exist but {parts_dir(out_path)} holds {len(parts)} part(s) of "
-            f"a sidecar that never finished (crashed or killed); pass allow_partial=True to read them"
+            f"a sidecar that never finished (crashed or killed); pass allow_partial=True to read "
+            f"them"
         )
     table = pa.concat_tables(pq.read_table(p, schema=POWER) for p in parts)
     return check(table.to_pandas(), POWER, parts_dir(out_path))
@@ -185,13 +193,6 @@ def measure_idle(
     return samples, record.energy_j / record.window_s
 
 
-def _say(message: dict) -> None:
-    try:
-        print(json.dumps(message), flush=True)
-    except BrokenPipeError:  # the parent is gone; what was sampled is on disk all the same
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
 def _write_part(samples: list, phase: str, parts: Path, index: int) -> None:
     tmp = parts / f"part-{index:06d}.parquet.tmp"
     pq.write_table(samples_table(samples, phase), tmp)
@@ -199,7 +200,13 @@ def _write_part(samples: list, phase: str, parts: Path, index: int) -> None:
 
 
 def _sample(
-    spec: dict, out_path: Path, interval_s: float, flush_s: float, phase: str, target_pid: int
+    spec: dict,
+    out_path: Path,
+    interval_s: float,
+    flush_s: float,
+    phase: str,
+    target_pid: int,
+    say: Callable[[dict], None],
 ) -> int:
     """The child's loop: sample on an absolute schedule until stopped; return the sample count."""
     source = open_source(spec, target_pid)
@@ -213,7 +220,7 @@ def _sample(
     t0 = time.monotonic() + interval_s  # one interval in, so a modeled first sample spans one
     stop.wait(interval_s)
     buffer = [source.read()]
-    _say({"ready": True})
+    say({"ready": True})
     n_samples, n_parts, last_flush = 1, 0, time.monotonic()
     while True:
         now = time.monotonic()
@@ -246,12 +253,22 @@ def main() -> int:
     parser.add_argument("--phase", required=True, choices=PHASES)
     parser.add_argument("--target-pid", required=True, type=int)
     a = parser.parse_args()
+    # The protocol keeps the real stdout; whatever a library prints goes to stderr, the log.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+    def say(message: dict) -> None:
+        try:
+            print(json.dumps(message), file=protocol, flush=True)
+        except BrokenPipeError:  # the parent is gone; what was sampled is on disk all the same
+            os.dup2(os.open(os.devnull, os.O_WRONLY), protocol.fileno())
+
     try:
-        n_samples = _sample(a.spec, a.out, a.interval_s, a.flush_s, a.phase, a.target_pid)
+        n_samples = _sample(a.spec, a.out, a.interval_s, a.flush_s, a.phase, a.target_pid, say)
     except TokencarbonError as exc:
-        _say({"error": type(exc).__name__, "message": str(exc)})
+        say({"error": type(exc).__name__, "message": str(exc)})
         return 1
-    _say({"n_samples": n_samples})
+    say({"n_samples": n_samples})
     return 0
 
 
