@@ -1,0 +1,157 @@
+"""The workflow run by Snakemake itself in a temporary directory: what reruns after a config change,
+what one figure target builds, and a cell killed mid-run. Marked slow; run by `make test`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+pytestmark = pytest.mark.slow
+
+# A small grid: two tiny models, short prompts, an explicit sweep, short idle sampling.
+SMALL = {
+    "platforms": {"cpu": {"memory_limit_gb": 0.06}},
+    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
+    "models": {
+        "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
+        "tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"},
+    },
+    "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
+    "sweep": {"batch_sizes": [1, 2], "max_batch": 8},
+    "power": {"interval_s": 0.05, "idle_s": 0.2},
+}
+
+
+def make_project(tmp: Path, config: dict) -> Path:
+    """A working copy of the workflow: code and resources linked, config written fresh."""
+    for name in ["Snakefile", "workflow", "resources", "profiles"]:
+        (tmp / name).symlink_to(REPO / name)
+    (tmp / "config").mkdir()
+    (tmp / "config/config.yaml").write_text(yaml.safe_dump(config))
+    return tmp
+
+
+def snakemake(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        SNAKEMAKE + ["--cores", "2", *args], cwd=project, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def planned_jobs(project: Path, *args: str) -> dict[str, int]:
+    """Jobs a dry run plans, by rule (Snakemake's 'Job stats' table)."""
+    out = snakemake(project, "--dry-run", *args)
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m[0] != "total"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    project = make_project(tmp_path_factory.mktemp("wf"), SMALL)
+    snakemake(project, "all")
+    return project
+
+
+def test_all_builds_every_table_and_figure(built):
+    cells = pd.read_parquet(built / "results/tables/cells.parquet")
+    # 2 models x batch sizes [1, 2] on one platform = 4 cells
+    assert sorted(zip(cells.model, cells.batch_size)) == [
+        ("tiny-gpt2", 1), ("tiny-gpt2", 2), ("tiny-llama", 1), ("tiny-llama", 2)
+    ]
+    batches = pd.read_parquet(built / "results/tables/batches.parquet")
+    # 4 prompts: 4 batches at bs1, 2 at bs2, per model
+    assert len(batches) == 2 * (4 + 2)
+    for fig in ["fig1_flops_vs_seqlen", "fig4a_throughput_latency", "fig6c_power_over_time", "fig7_carbon_per_token"]:
+        assert (built / f"results/figures/{fig}.png").stat().st_size > 10_000
+    assert "tiny-llama" in (built / "results/summary.md").read_text()
+
+
+def test_nothing_to_do_when_nothing_changed(built):
+    assert planned_jobs(built, "all") == {}
+
+
+def test_changing_carbon_intensity_reruns_no_cell_probe_or_engine(built):
+    jobs = planned_jobs(built, "all", "--config", 'carbon={"intensity_g_per_kwh": 250}')
+    assert jobs.get("compute_metrics") == 1
+    for rule in ["run_cell", "probe_max_batch", "build_torch_engine", "aggregate_cells", "filter_sharegpt"]:
+        assert rule not in jobs, jobs
+
+
+def test_adding_one_batch_size_runs_exactly_one_new_cell(built):
+    jobs = planned_jobs(
+        built, "all", "--config", 'sweep={"batch_sizes": [1, 2, 3]}', 'models={"tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"}}'
+    )
+    assert jobs["run_cell"] == 1, jobs
+    assert "build_torch_engine" not in jobs and "probe_max_batch" not in jobs
+
+
+def test_changing_one_models_dtype_reruns_only_that_model(built):
+    config = yaml.safe_load((built / "config/config.yaml").read_text())
+    config["models"]["tiny-gpt2"]["dtype"] = "bfloat16"
+    (built / "config/other.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(built, "--dry-run", "all", "--configfile", "config/other.yaml")
+    text = out.stdout + out.stderr
+    cells = set(re.findall(r"results/cells/cpu/([\w-]+)/bs\d+/meta.json", text.split("Job stats", 1)[0]))
+    engines = set(re.findall(r"output: results/engines/cpu/([\w-]+)/torch/manifest.json", text))
+    assert cells == {"tiny-gpt2"} and engines == {"tiny-gpt2"}, (cells, engines)
+
+
+def test_one_figure_target_builds_only_its_upstream(built, tmp_path):
+    project = make_project(tmp_path, SMALL)
+    jobs = planned_jobs(project, "results/figures/fig2b_gpu_generations.png")
+    assert jobs == {"plot_fig2b": 1}  # analytic: no workload, no cell
+    jobs = planned_jobs(project, "results/figures/fig7_carbon_per_token.png")
+    assert jobs["run_cell"] == 4 and jobs["compute_metrics"] == 1 and jobs["plot_fig7"] == 1
+    for unrelated in ["plot_fig1", "plot_fig5", "tabulate_table3", "summarize_headlines"]:
+        assert unrelated not in jobs
+
+
+def test_auto_sweep_reads_the_probe(tmp_path):
+    config = dict(SMALL, models={"tiny-llama": SMALL["models"]["tiny-llama"]},
+                  sweep={"batch_sizes": "auto", "max_batch": 4})
+    project = make_project(tmp_path, config)
+    snakemake(project, "results/tables/cells.parquet")
+    probe = yaml.safe_load((project / "results/probe/cpu/tiny-llama.json").read_text())
+    assert probe["max_ok"] == 4 and probe["min_failed"] is None  # the 0.06 GB cap admits 4 at these lengths
+    cells = pd.read_parquet(project / "results/tables/cells.parquet")
+    assert sorted(cells.batch_size) == [1, 2, 4]
+
+
+def test_killed_cell_is_rerun_cleanly(tmp_path):
+    config = dict(SMALL, models={"tiny-llama": SMALL["models"]["tiny-llama"]},
+                  workload=dict(SMALL["workload"], num_prompts=24), power={"interval_s": 0.05, "idle_s": 0.1})
+    project = make_project(tmp_path, config)
+    cell = project / "results/cells/cpu/tiny-llama/bs1"
+    snakemake(project, "results/workload/tiny-llama.parquet", "results/engines/cpu/tiny-llama/torch/manifest.json")
+    proc = subprocess.Popen(
+        SNAKEMAKE + ["--cores", "1", str(cell.relative_to(project) / "meta.json")],
+        cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not list(cell.glob(".run_power.parquet.parts/part-*.parquet")):  # mid-run: samples flowing
+        assert proc.poll() is None and time.time() < deadline, "the cell ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for name in ["batches.parquet", "power.parquet", "meta.json"]:
+        assert not (cell / name).exists(), f"{name} of a killed cell looks finished"
+    snakemake(project, str(cell.relative_to(project) / "meta.json"))
+    meta = yaml.safe_load((cell / "meta.json").read_text())
+    assert meta["n_batches"] == 24 and not (cell / ".run_power.parquet.parts").exists()
