@@ -53,9 +53,7 @@ def hf_model(arch, path):
     # either: make every tensor distinct.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            is_norm = p.dim() == 1 and (
-                "norm" in name or ".ln_" in name or name.startswith("transformer.ln_f")
-            )
+            is_norm = p.dim() == 1 and ("norm" in name or ".ln_" in name)
             p.copy_(1 + 0.1 * torch.randn_like(p) if is_norm else 0.02 * torch.randn_like(p))
     model.save_pretrained(path)
     return model

@@ -6,13 +6,23 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import psutil
 import torch
 
 from tokencarbon.backends.torch_backend import TorchEngine
 from tokencarbon.errors import ConfigError
-from tokencarbon.models import activation_bytes, kv_cache_bytes, weight_bytes
+from tokencarbon.files import write_json
+from tokencarbon.hardware import check_platform, detect
+from tokencarbon.models import (
+    activation_bytes,
+    kv_cache_bytes,
+    load_architecture,
+    weight_bytes,
+)
 
 BYTES_PER_GB = 1e9
 # On CPU the budget check decides what fits; the real run only has to show that the batch executes,
@@ -107,9 +117,8 @@ def make_try_batch(
             try:
                 engine.run_batch(prompts(batch), [output_len] * batch)
             except torch.cuda.OutOfMemoryError as exc:
-                error = str(exc).splitlines()[
-                    0
-                ]  # only the text: the exception's frames hold tensors
+                # keep only the text: the exception's frames hold the tensors to be freed
+                error = str(exc).splitlines()[0]
             engine.release()
             gc.collect()
             torch.cuda.empty_cache()  # each try starts from the weights alone
@@ -141,3 +150,46 @@ def make_try_batch(
             engine.release()
 
     return try_batch
+
+
+def run_probe(
+    *,
+    model: dict[str, Any],
+    platform: dict[str, Any],
+    limits: dict[str, Any],
+    workload: pd.DataFrame,
+    out_path: str | Path,
+) -> dict[str, Any]:
+    """Probe `model` on `platform` at the workload's longest prompt and longest output, up to
+    limits["max_batch"] under limits["memory_limit_gb"]; write the result as JSON (atomically)."""
+    check_platform(platform, detect(platform["kind"]))
+    arch = load_architecture(model["architecture"])
+    prompt_len = max(len(ids) for ids in workload["prompt_token_ids"])
+    # Every request fits the model's positions, but the longest prompt and the longest output may
+    # belong to different requests; the probe's uniform batch stays inside the positions.
+    output_len = min(int(workload["output_tokens"].max()), arch.max_positions - prompt_len)
+    device = "cpu" if platform["kind"] == "cpu" else "cuda"
+    engine = TorchEngine(
+        arch, model["dtype"], device, seed=model["seed"], checkpoint=model["checkpoint"]
+    )
+    try_batch = make_try_batch(
+        engine,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        memory_limit_gb=limits["memory_limit_gb"],
+    )
+    result = probe_max_batch(try_batch, limit=limits["max_batch"])
+    record = {
+        "platform": platform["name"],
+        "model": model["name"],
+        "max_ok": result.max_ok,
+        "min_failed": result.min_failed,
+        "memory_limit_gb": limits["memory_limit_gb"],
+        "max_batch": limits["max_batch"],
+        "prompt_len": prompt_len,
+        "output_len": output_len,
+        "device": device,
+        "tried": [[batch, ok] for batch, ok in result.tried],
+    }
+    write_json(out_path, record)
+    return record
