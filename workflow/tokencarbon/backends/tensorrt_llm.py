@@ -1,43 +1,105 @@
-"""TensorRT-LLM engine stage, as the study built its engines: checkpoint conversion + trtllm-build.
+"""TensorRT-LLM backend: engines built as the study built them (checkpoint conversion or a config for
+random weights, then trtllm-build), and a runner serving one batch at a time through the Executor.
 
-Everything up to the library boundary lives here as plain data (the TRT-LLM checkpoint config for
-dummy weights, the command lines), so it is tested without TensorRT-LLM; running it needs
-`tensorrt_llm` installed and a GPU. README.md states which parts have run on hardware.
+Everything up to the library boundary is plain data and pure functions (the checkpoint config, the
+command lines, the engine limits, the mapping from streamed responses to a BatchResult), tested
+without TensorRT-LLM; the library calls are the thin layer in build_engine and TrtllmEngine.
+docs/tensorrt_llm.md says what has run on hardware (nothing yet) and how to run it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterable, Sequence, TextIO
 
-from tokencarbon.errors import ConfigError
+from tokencarbon.backends import BatchResult
+from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.files import write_json
 from tokencarbon.models import Architecture, load_architecture
 
-# TRT-LLM's model classes for our two families (tensorrt_llm.models).
+# TRT-LLM checkpoint `architecture` per family: keys of tensorrt_llm.models.MODEL_MAP, which picks
+# the config class (LLaMAConfig, GPTConfig) whose defaults fill every key we leave out.
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPTForCausalLM"}
-_CONVERTERS = {
+# Converters live in the TensorRT-LLM source tree (not in the pip wheel), relative to its root.
+CONVERTERS = {
     "llama": "examples/models/core/llama/convert_checkpoint.py",
     "gpt2": "examples/models/core/gpt/convert_checkpoint.py",
 }
+TRTLLM_ROOT_ENV = "TRTLLM_ROOT"
+DTYPES = ("float16", "bfloat16", "float32")
+_BUILD_REQUIRED = ("max_batch_size", "max_input_len", "max_output_len")
+_BUILD_OPTIONAL = ("max_num_tokens", "weight_only_int4")
+# A token id no vocabulary reaches: as end_id it never matches, so EOS never ends a request
+# (gptManagerBenchmark's --eos_id -1 does the same) and each request runs to its own max_tokens.
+NEVER_END_ID = -1
 
 
-def require_tensorrt_llm() -> None:
-    if importlib.util.find_spec("tensorrt_llm") is None or shutil.which("trtllm-build") is None:
+def require_tensorrt_llm(build: bool = False) -> None:
+    """ConfigError unless the tensorrt_llm package (and, to build, the trtllm-build command) exist."""
+    missing = []
+    if importlib.util.find_spec("tensorrt_llm") is None:
+        missing.append("the tensorrt_llm package")
+    if build and shutil.which("trtllm-build") is None:
+        missing.append("the trtllm-build command")
+    if missing:
         raise ConfigError(
-            "config key backend.name: 'tensorrt_llm' needs the tensorrt_llm package and the "
-            "trtllm-build command (pip install tensorrt-llm on a CUDA machine); neither is installed "
-            "here. Use backend.name: torch, or install TensorRT-LLM"
+            f"config key backend.name: 'tensorrt_llm' needs {' and '.join(missing)}, not found "
+            "here. Use backend.name: torch, or run on a CUDA machine with TensorRT-LLM installed "
+            "(docs/tensorrt_llm.md)"
+        )
+
+
+# ---------------------------------------------------------------- engine build
+
+
+def _check_build(arch: Architecture, build: dict[str, Any], dtype: str) -> None:
+    unknown = set(build) - set(_BUILD_REQUIRED) - set(_BUILD_OPTIONAL)
+    missing = [k for k in _BUILD_REQUIRED if k not in build]
+    if unknown or missing:
+        raise ConfigError(
+            f"TensorRT-LLM build parameters: unknown {sorted(unknown)}, missing {missing}; "
+            f"required {list(_BUILD_REQUIRED)}, optional {list(_BUILD_OPTIONAL)}"
+        )
+    for key in _BUILD_REQUIRED + ("max_num_tokens",):
+        value = build.get(key, 1)
+        if type(value) is not int or value < 1:
+            raise ConfigError(
+                f"TensorRT-LLM build parameter {key}={value!r}; must be an integer >= 1"
+            )
+    if type(build.get("weight_only_int4", False)) is not bool:
+        raise ConfigError(
+            f"TensorRT-LLM build parameter weight_only_int4={build['weight_only_int4']!r}; "
+            "must be true or false"
+        )
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}; TensorRT-LLM engines here take {list(DTYPES)}")
+    if build.get("weight_only_int4") and dtype == "float32":
+        raise ConfigError(
+            "weight_only_int4 with dtype float32: int4 weight-only GEMMs take float16 or bfloat16 "
+            "activations; use one of those"
+        )
+    seq_len = build["max_input_len"] + build["max_output_len"]
+    if seq_len > arch.max_positions:
+        raise ConfigError(
+            f"TensorRT-LLM build: max_input_len {build['max_input_len']} + max_output_len "
+            f"{build['max_output_len']} = {seq_len} exceeds {arch.name}'s max_positions "
+            f"{arch.max_positions}; lower the family's max_tokens"
         )
 
 
 def pretrained_config(
     arch: Architecture, dtype: str, weight_only_int4: bool = False
 ) -> dict[str, Any]:
-    """A TRT-LLM checkpoint config.json: trtllm-build --model_config builds it with random weights."""
+    """A TRT-LLM checkpoint config.json: `trtllm-build --model_config` builds it with random weights
+    (TRT-LLM fills every weight it is not given, Parameter.xavier_init). Keys follow
+    tensorrt_llm.models.PretrainedConfig and examples/generate_checkpoint_config.py."""
     config = {
         "architecture": _ARCHITECTURES[arch.family],
         "dtype": dtype,
@@ -48,17 +110,17 @@ def pretrained_config(
         "num_key_value_heads": arch.num_kv_heads,
         "intermediate_size": arch.intermediate_size,
         "max_position_embeddings": arch.max_positions,
-        "hidden_act": arch.activation if arch.family == "llama" else "gelu",
+        "hidden_act": arch.activation,  # "silu" and "gelu_new", as convert_checkpoint.py writes them
         "norm_epsilon": arch.norm_eps,
-        "position_embedding_type": (
-            "rope_gpt_neox" if arch.family == "llama" else "learned_absolute"
-        ),
-        "share_embedding_table": arch.tied_embeddings,
         "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+        # W4A16 is what convert_checkpoint.py --use_weight_only --weight_only_precision int4 sets.
         "quantization": {"quant_algo": "W4A16" if weight_only_int4 else None},
     }
-    if arch.rope_theta is not None:
-        config["rotary_base"] = arch.rope_theta
+    if arch.family == "llama":
+        config |= {"position_embedding_type": "rope_gpt_neox", "rotary_base": arch.rope_theta}
+    else:
+        # generate_checkpoint_config.py writes bias=False unless told; GPT-2 has biases everywhere.
+        config |= {"position_embedding_type": "learned_absolute", "bias": True}
     return config
 
 
@@ -70,9 +132,10 @@ def convert_command(
     trtllm_root: str,
     weight_only_int4: bool = False,
 ) -> list[str]:
+    """The family's convert_checkpoint.py: a Hugging Face directory -> a TRT-LLM checkpoint."""
     cmd = [
-        "python",
-        str(Path(trtllm_root) / _CONVERTERS[arch.family]),
+        sys.executable,
+        str(Path(trtllm_root) / CONVERTERS[arch.family]),
         "--model_dir",
         checkpoint,
         "--output_dir",
@@ -88,9 +151,12 @@ def convert_command(
 def build_command(
     source: dict[str, str], engine_dir: str, build: dict[str, Any], dtype: str
 ) -> list[str]:
-    """trtllm-build from a converted checkpoint ({'checkpoint_dir': ...}) or a config ({'model_config': ...})."""
+    """trtllm-build from a converted checkpoint ({'checkpoint_dir': ...}) or a config
+    ({'model_config': ...}). Paged KV cache, packed (unpadded) input and context FMHA, which the
+    Executor's in-flight batching needs, are trtllm-build's defaults; the int4 weight-only GEMM
+    plugin is switched on by the builder from the checkpoint's quant_algo."""
     ((flag, path),) = source.items()
-    return [
+    cmd = [
         "trtllm-build",
         f"--{flag}",
         path,
@@ -107,6 +173,46 @@ def build_command(
         "--gpt_attention_plugin",
         dtype,
     ]
+    if "max_num_tokens" in build:
+        cmd += ["--max_num_tokens", str(build["max_num_tokens"])]
+    return cmd
+
+
+def build_steps(
+    model: dict[str, Any],
+    build: dict[str, Any],
+    *,
+    work_dir: str,
+    engine_dir: str,
+    trtllm_root: str | None,
+) -> tuple[dict[str, Any] | None, list[list[str]]]:
+    """What build_engine does, as data: the checkpoint config to write to work_dir/config.json
+    (None when a real checkpoint is converted into work_dir instead) and the commands to run."""
+    arch = load_architecture(model["architecture"])
+    dtype = model["dtype"]
+    _check_build(arch, build, dtype)
+    int4 = bool(build.get("weight_only_int4", False))
+    if not model["checkpoint"]:
+        source = {"model_config": str(Path(work_dir) / "config.json")}
+        return pretrained_config(arch, dtype, int4), [
+            build_command(source, engine_dir, build, dtype)
+        ]
+    if trtllm_root is None:
+        raise ConfigError(
+            f"model {model['name']!r}: converting checkpoint {model['checkpoint']} needs the "
+            f"TensorRT-LLM source tree (its examples/ are not in the pip wheel): set "
+            f"{TRTLLM_ROOT_ENV} to a checkout of the tag matching the installed tensorrt_llm"
+        )
+    script = Path(trtllm_root) / CONVERTERS[arch.family]
+    if not script.is_file():
+        raise ConfigError(
+            f"{TRTLLM_ROOT_ENV}={trtllm_root}: no {CONVERTERS[arch.family]} there; point it at a "
+            "TensorRT-LLM checkout whose examples/models/core/ holds the converters"
+        )
+    return None, [
+        convert_command(arch, model["checkpoint"], work_dir, dtype, trtllm_root, int4),
+        build_command({"checkpoint_dir": work_dir}, engine_dir, build, dtype),
+    ]
 
 
 def build_engine(
@@ -117,27 +223,31 @@ def build_engine(
     manifest_path: str,
     log: TextIO,
 ) -> None:
-    require_tensorrt_llm()
-    import tensorrt_llm  # noqa: F401  (present: require_tensorrt_llm checked)
+    """Run build_steps; the engine appears under engine_dir only once trtllm-build has finished,
+    and the manifest (what was built, with which TensorRT-LLM) is written last."""
+    require_tensorrt_llm(build=True)
+    import tensorrt_llm  # present: require_tensorrt_llm checked
 
-    arch = load_architecture(model["architecture"])
-    work = Path(engine_dir).with_name("checkpoint")
-    work.mkdir(parents=True, exist_ok=True)
-    if model["checkpoint"]:
-        root = Path(tensorrt_llm.__file__).parents[1]
-        subprocess.run(
-            convert_command(arch, model["checkpoint"], str(work), model["dtype"], str(root)),
-            check=True,
-            stdout=log,
-            stderr=log,
-        )
-        source = {"checkpoint_dir": str(work)}
-    else:
-        write_json(work / "config.json", pretrained_config(arch, model["dtype"]))
-        source = {"model_config": str(work / "config.json")}
-    subprocess.run(
-        build_command(source, engine_dir, build, model["dtype"]), check=True, stdout=log, stderr=log
+    engine = Path(engine_dir)
+    work = engine.with_name("checkpoint")
+    staging = engine.with_name(f".{engine.name}.tmp")
+    root = os.environ.get(TRTLLM_ROOT_ENV)
+    config, commands = build_steps(
+        model, build, work_dir=str(work), engine_dir=str(staging), trtllm_root=root
     )
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    work.mkdir(parents=True)
+    if config is not None:
+        write_json(work / "config.json", config)
+    env = dict(os.environ)
+    if root:  # the GPT converter imports `examples._deprecation` from the source root
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    for cmd in commands:
+        print("$ " + " ".join(cmd), file=log, flush=True)
+        subprocess.run(cmd, check=True, stdout=log, stderr=log, env=env)
+    shutil.rmtree(engine, ignore_errors=True)
+    staging.rename(engine)
     write_json(
         manifest_path,
         {
@@ -146,5 +256,185 @@ def build_engine(
             "engine_dir": engine_dir,
             "build": build,
             "dtype": model["dtype"],
+            "weights": "checkpoint" if model["checkpoint"] else "random (TensorRT-LLM xavier_init)",
+            "tensorrt_llm_version": tensorrt_llm.__version__,
+            "commands": commands,
         },
     )
+
+
+# ---------------------------------------------------------------- runner: pure part
+
+
+def engine_limits(engine_dir: str | Path) -> dict[str, int]:
+    """max_batch_size, max_input_len, max_seq_len and vocab_size from the config.json trtllm-build
+    writes next to rank0.engine ({"version", "pretrained_config", "build_config"})."""
+    path = Path(engine_dir) / "config.json"
+    if not path.is_file():
+        raise InputError(f"{path}: missing; expected an engine directory written by trtllm-build")
+    try:
+        config = json.loads(path.read_text())
+        build, pretrained = config["build_config"], config["pretrained_config"]
+        return {
+            "max_batch_size": int(build["max_batch_size"]),
+            "max_input_len": int(build["max_input_len"]),
+            "max_seq_len": int(build["max_seq_len"]),
+            "vocab_size": int(pretrained["vocab_size"]),
+        }
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise InputError(
+            f"{path}: not a trtllm-build engine config ({e!r}); expected build_config.max_batch_size, "
+            "max_input_len, max_seq_len and pretrained_config.vocab_size"
+        ) from e
+
+
+def check_batch(
+    prompts: Sequence[Sequence[int]], output_lengths: Sequence[int], limits: dict[str, int]
+) -> None:
+    """InputError unless the batch fits the engine in one go: a request the engine cannot take
+    would be queued or rejected by the Executor, and the batch would no longer be one batch."""
+    if not prompts or len(prompts) != len(output_lengths):
+        raise InputError(
+            f"batch of {len(prompts)} prompts and {len(output_lengths)} output lengths; "
+            "expected one output length per prompt, at least one request"
+        )
+    if len(prompts) > limits["max_batch_size"]:
+        raise InputError(
+            f"batch of {len(prompts)} requests exceeds the engine's max_batch_size "
+            f"{limits['max_batch_size']}; rebuild the engine with a larger one"
+        )
+    for i, (prompt, n_out) in enumerate(zip(prompts, output_lengths)):
+        if not prompt or n_out < 1:
+            raise InputError(
+                f"request {i}: {len(prompt)} prompt tokens, {n_out} output tokens; both must be >= 1"
+            )
+        if len(prompt) > limits["max_input_len"] or len(prompt) + n_out > limits["max_seq_len"]:
+            raise InputError(
+                f"request {i}: {len(prompt)} prompt + {n_out} output tokens; the engine takes at "
+                f"most {limits['max_input_len']} prompt and {limits['max_seq_len']} total tokens"
+            )
+        if min(prompt) < 0 or max(prompt) >= limits["vocab_size"]:
+            raise InputError(f"request {i}: token ids must lie in [0, {limits['vocab_size']})")
+
+
+def batch_result(
+    request_ids: Sequence[int],
+    prompts: Sequence[Sequence[int]],
+    output_lengths: Sequence[int],
+    start_ns: int,
+    start_wall_ns: int,
+    received: Iterable[tuple[int, int, Sequence[Any]]],
+) -> BatchResult:
+    """The BatchResult of one batch from the streamed Executor responses.
+
+    request_ids[i] is the Executor's id of request i. `received` holds, per await_responses() call,
+    (time.monotonic_ns(), time.time_ns(), responses) taken as the call returned. A response (the
+    binding's Response) has request_id, has_error(), error_msg and result, whose output_token_ids
+    holds per beam the tokens new since the last response (streaming) and is_final marks the last.
+    first_token is when the last request to get its first token got it; end is when the last
+    request finished; token counts are the requests' own, with no padding in either direction.
+    """
+    index = {rid: i for i, rid in enumerate(request_ids)}
+    n = len(request_ids)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    first: list[tuple[int, int] | None] = [None] * n
+    final: list[tuple[int, int] | None] = [None] * n
+    for t_ns, t_wall_ns, responses in received:
+        for response in responses:
+            if response.request_id not in index:
+                raise TokencarbonError(
+                    f"TensorRT-LLM response for request id {response.request_id}, not one of this "
+                    f"batch's {list(request_ids)}"
+                )
+            i = index[response.request_id]
+            if response.has_error():
+                raise TokencarbonError(f"TensorRT-LLM request {i} failed: {response.error_msg}")
+            beams = response.result.output_token_ids
+            if len(beams) != 1:
+                raise TokencarbonError(
+                    f"TensorRT-LLM request {i}: {len(beams)} beams in a response; greedy decoding "
+                    "returns exactly one"
+                )
+            if beams[0] and first[i] is None:
+                first[i] = (t_ns, t_wall_ns)
+            tokens[i].extend(beams[0])
+            if response.result.is_final:
+                final[i] = (t_ns, t_wall_ns)
+    for i, want in enumerate(output_lengths):
+        if final[i] is None or len(tokens[i]) != want:
+            raise TokencarbonError(
+                f"TensorRT-LLM request {i}: {len(tokens[i])} tokens, "
+                f"{'finished' if final[i] else 'never finished'}; expected exactly its output "
+                f"length {want} (end_id {NEVER_END_ID} so EOS never stops it early)"
+            )
+    first_token_ns, first_token_wall_ns = max(first)  # type: ignore[type-var]  (all set: checked)
+    end_ns, end_wall_ns = max(final)  # type: ignore[type-var]
+    return BatchResult(
+        n_requests=n,
+        input_tokens=sum(len(p) for p in prompts),
+        output_tokens=sum(output_lengths),
+        # Packed input: nothing is padded; the field keeps its meaning of the batch's longest prompt.
+        padded_input_len=max(len(p) for p in prompts),
+        max_output_tokens=max(output_lengths),
+        start_ns=start_ns,
+        first_token_ns=first_token_ns,
+        end_ns=end_ns,
+        start_wall_ns=start_wall_ns,
+        first_token_wall_ns=first_token_wall_ns,
+        end_wall_ns=end_wall_ns,
+        token_ids=tuple(tuple(t) for t in tokens),
+    )
+
+
+# ---------------------------------------------------------------- runner: library calls
+
+
+class TrtllmEngine:
+    """Serves static batches on a trtllm-build engine through TensorRT-LLM's Executor (the C++
+    runtime under ModelRunnerCpp and the LLM API): every request of a batch is enqueued at once
+    with its own max_tokens, greedy, EOS ignored, streamed so that each request's first token is
+    timed; the next batch starts when every request of this one has finished."""
+
+    def __init__(
+        self, engine_dir: str | Path, kv_cache_free_gpu_memory_fraction: float | None = None
+    ):
+        """kv_cache_free_gpu_memory_fraction: share of the GPU memory free after loading the
+        engine that the paged KV cache takes (None: TensorRT-LLM's default, 0.9)."""
+        require_tensorrt_llm()
+        self.limits = engine_limits(engine_dir)
+        import tensorrt_llm.bindings.executor as trtllm
+
+        self._trtllm = trtllm
+        config = trtllm.ExecutorConfig(
+            max_beam_width=1,
+            kv_cache_config=trtllm.KvCacheConfig(
+                free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction
+            ),
+        )
+        self.executor = trtllm.Executor(Path(engine_dir), trtllm.ModelType.DECODER_ONLY, config)
+        self._greedy = trtllm.SamplingConfig(beam_width=1, top_k=1)
+
+    def run_batch(self, prompts: list[list[int]], output_lengths: list[int]) -> BatchResult:
+        check_batch(prompts, output_lengths, self.limits)
+        requests = [
+            # Positional: the second parameter is max_new_tokens up to 0.12, max_tokens after.
+            self._trtllm.Request(
+                list(prompt),
+                n_out,
+                streaming=True,
+                end_id=NEVER_END_ID,
+                sampling_config=self._greedy,
+            )
+            for prompt, n_out in zip(prompts, output_lengths)
+        ]
+        start_ns, start_wall_ns = time.monotonic_ns(), time.time_ns()
+        request_ids = self.executor.enqueue_requests(requests)
+        received, pending = [], set(request_ids)
+        while pending:
+            responses = self.executor.await_responses()
+            received.append((time.monotonic_ns(), time.time_ns(), responses))
+            pending -= {r.request_id for r in responses if r.has_error() or r.result.is_final}
+        return batch_result(request_ids, prompts, output_lengths, start_ns, start_wall_ns, received)
+
+    def close(self) -> None:
+        self.executor.shutdown()

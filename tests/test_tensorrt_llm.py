@@ -1,0 +1,398 @@
+"""The TensorRT-LLM backend up to the library boundary: checkpoint config, command lines, engine
+limits, batch checks and the mapping from streamed Executor responses to a BatchResult. The
+expected values are written out by hand from the published model configs and TensorRT-LLM's own
+scripts (paths and flags below), never taken from this code's output. TensorRT-LLM is not
+installed here, so selecting the backend must fail with a ConfigError; those tests skip where it
+is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from tokencarbon.backends import BatchResult
+from tokencarbon.backends.tensorrt_llm import (
+    TrtllmEngine,
+    batch_result,
+    build_command,
+    build_engine,
+    build_steps,
+    check_batch,
+    convert_command,
+    engine_limits,
+    pretrained_config,
+    require_tensorrt_llm,
+)
+from tokencarbon.errors import ConfigError, InputError, TokencarbonError
+from tokencarbon.models import load_architecture
+
+trtllm_absent = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt_llm") is not None, reason="TensorRT-LLM is installed here"
+)
+
+BUILD = {"max_batch_size": 64, "max_input_len": 1000, "max_output_len": 1000}
+
+
+def model(arch: str, checkpoint: str | None = None, dtype: str = "float16") -> dict:
+    return {"name": arch, "architecture": arch, "dtype": dtype, "checkpoint": checkpoint, "seed": 0}
+
+
+# ---------------------------------------------------------------- checkpoint config
+
+
+def test_llama_2_7b_config_matches_the_published_architecture():
+    config = pretrained_config(load_architecture("llama-2-7b"), "float16")
+    # meta-llama/Llama-2-7b-hf config.json: hidden_size 4096, 32 layers, 32 heads (no GQA),
+    # intermediate 11008, vocab 32000, max_position_embeddings 4096, rms_norm_eps 1e-5,
+    # rope_theta 10000, hidden_act silu. TRT-LLM's Llama uses GPT-NeoX-style RoPE.
+    assert config == {
+        "architecture": "LlamaForCausalLM",
+        "dtype": "float16",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 11008,
+        "max_position_embeddings": 4096,
+        "hidden_act": "silu",
+        "norm_epsilon": 1e-5,
+        "position_embedding_type": "rope_gpt_neox",
+        "rotary_base": 10000.0,
+        "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+        "quantization": {"quant_algo": None},
+    }
+
+
+def test_gpt2_xl_config_matches_the_published_architecture_with_int4_weights():
+    config = pretrained_config(load_architecture("gpt2-xl"), "float16", weight_only_int4=True)
+    # openai-community/gpt2-xl config.json: n_embd 1600, n_layer 48, n_head 25, n_inner null
+    # (= 4 x 1600 = 6400), vocab 50257, n_positions 1024, layer_norm_epsilon 1e-5, gelu_new.
+    # convert_checkpoint.py --use_weight_only --weight_only_precision int4 sets quant_algo W4A16.
+    assert config == {
+        "architecture": "GPTForCausalLM",
+        "dtype": "float16",
+        "vocab_size": 50257,
+        "hidden_size": 1600,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 25,
+        "num_key_value_heads": 25,
+        "intermediate_size": 6400,
+        "max_position_embeddings": 1024,
+        "hidden_act": "gelu_new",
+        "norm_epsilon": 1e-5,
+        "position_embedding_type": "learned_absolute",
+        "bias": True,
+        "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+        "quantization": {"quant_algo": "W4A16"},
+    }
+
+
+# ---------------------------------------------------------------- command lines
+
+
+def test_convert_commands_use_each_familys_script_and_the_int4_flags():
+    llama, gpt2 = load_architecture("llama-2-13b"), load_architecture("gpt2")
+    # Paths and flags of NVIDIA/TensorRT-LLM examples/models/core/{llama,gpt}/convert_checkpoint.py.
+    assert convert_command(llama, "/ckpt/13b", "/out", "float16", "/src/TensorRT-LLM") == [
+        sys.executable,
+        "/src/TensorRT-LLM/examples/models/core/llama/convert_checkpoint.py",
+        "--model_dir",
+        "/ckpt/13b",
+        "--output_dir",
+        "/out",
+        "--dtype",
+        "float16",
+    ]
+    assert convert_command(gpt2, "/g", "/o", "bfloat16", "/trt", weight_only_int4=True) == [
+        sys.executable,
+        "/trt/examples/models/core/gpt/convert_checkpoint.py",
+        "--model_dir",
+        "/g",
+        "--output_dir",
+        "/o",
+        "--dtype",
+        "bfloat16",
+        "--use_weight_only",
+        "--weight_only_precision",
+        "int4",
+    ]
+
+
+def test_build_command_sets_limits_and_plugins():
+    cmd = build_command({"model_config": "/w/config.json"}, "/e", BUILD, "float16")
+    # max_seq_len = prompt + output = 1000 + 1000 = 2000 (trtllm-build's --max_seq_len counts both)
+    assert cmd == [
+        "trtllm-build",
+        "--model_config",
+        "/w/config.json",
+        "--output_dir",
+        "/e",
+        "--max_batch_size",
+        "64",
+        "--max_input_len",
+        "1000",
+        "--max_seq_len",
+        "2000",
+        "--gemm_plugin",
+        "float16",
+        "--gpt_attention_plugin",
+        "float16",
+    ]
+    with_tokens = build_command(
+        {"checkpoint_dir": "/c"}, "/e", BUILD | {"max_num_tokens": 16384}, "bfloat16"
+    )
+    assert with_tokens[1:3] == ["--checkpoint_dir", "/c"]
+    assert with_tokens[-2:] == ["--max_num_tokens", "16384"]
+
+
+def test_build_steps_for_random_weights_write_a_config_and_build_from_it():
+    config, commands = build_steps(
+        model("gpt2"),
+        {
+            "max_batch_size": 8,
+            "max_input_len": 500,
+            "max_output_len": 500,
+            "weight_only_int4": True,
+        },
+        work_dir="/w",
+        engine_dir="/e",
+        trtllm_root=None,  # no conversion: the source tree is not needed
+    )
+    assert config["architecture"] == "GPTForCausalLM"
+    assert config["quantization"] == {"quant_algo": "W4A16"}
+    assert len(commands) == 1
+    # 500 + 500 = 1000 <= GPT-2's 1024 positions
+    assert commands[0][:3] == ["trtllm-build", "--model_config", "/w/config.json"]
+    assert commands[0][commands[0].index("--max_seq_len") + 1] == "1000"
+
+
+def test_build_steps_for_a_checkpoint_convert_then_build(tmp_path):
+    script = tmp_path / "examples/models/core/llama/convert_checkpoint.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("")
+    config, commands = build_steps(
+        model("llama-2-7b", checkpoint="/hf/llama-2-7b"),
+        BUILD,
+        work_dir="/w",
+        engine_dir="/e",
+        trtllm_root=str(tmp_path),
+    )
+    assert config is None
+    assert commands[0][1:4] == [str(script), "--model_dir", "/hf/llama-2-7b"]
+    assert commands[1][:3] == ["trtllm-build", "--checkpoint_dir", "/w"]
+
+
+def test_build_steps_reject_what_trtllm_build_would_fail_on(tmp_path):
+    gpt2 = model("gpt2")
+    with pytest.raises(ConfigError, match="1000 \\+ max_output_len 1000 = 2000 exceeds gpt2's"):
+        build_steps(gpt2, BUILD, work_dir="/w", engine_dir="/e", trtllm_root=None)
+    small = {"max_batch_size": 4, "max_input_len": 100, "max_output_len": 100}
+    with pytest.raises(ConfigError, match="int4 .* float16 or bfloat16"):
+        build_steps(
+            model("gpt2", dtype="float32"),
+            small | {"weight_only_int4": True},
+            work_dir="/w",
+            engine_dir="/e",
+            trtllm_root=None,
+        )
+    with pytest.raises(
+        ConfigError, match="unknown \\['max_beam'\\].*missing \\['max_batch_size'\\]"
+    ):
+        build_steps(
+            gpt2,
+            {"max_input_len": 1, "max_output_len": 1, "max_beam": 2},
+            work_dir="/w",
+            engine_dir="/e",
+            trtllm_root=None,
+        )
+    with pytest.raises(ConfigError, match="max_batch_size=0"):
+        build_steps(
+            gpt2, small | {"max_batch_size": 0}, work_dir="/w", engine_dir="/e", trtllm_root=None
+        )
+    ckpt = model("gpt2", checkpoint="/hf/gpt2")
+    with pytest.raises(ConfigError, match="TRTLLM_ROOT"):
+        build_steps(ckpt, small, work_dir="/w", engine_dir="/e", trtllm_root=None)
+    with pytest.raises(ConfigError, match="no examples/models/core/gpt/convert_checkpoint.py"):
+        build_steps(ckpt, small, work_dir="/w", engine_dir="/e", trtllm_root=str(tmp_path))
+
+
+# ---------------------------------------------------------------- backend selection
+
+
+@trtllm_absent
+def test_selecting_the_backend_without_tensorrt_llm_is_a_config_error(tmp_path):
+    with pytest.raises(
+        ConfigError, match="backend.name: 'tensorrt_llm' needs the tensorrt_llm package"
+    ):
+        require_tensorrt_llm()
+    with pytest.raises(ConfigError, match="backend.name"):
+        TrtllmEngine(tmp_path)
+    manifest = tmp_path / "manifest.json"
+    with pytest.raises(ConfigError, match="backend.name"):
+        build_engine(
+            model("gpt2"),
+            {"max_batch_size": 4, "max_input_len": 100, "max_output_len": 100},
+            engine_dir=str(tmp_path / "engine"),
+            manifest_path=str(manifest),
+            log=io.StringIO(),
+        )
+    assert not manifest.exists() and not (tmp_path / "engine").exists()
+
+
+# ---------------------------------------------------------------- engine limits and batch checks
+
+
+def write_engine_config(path, **build):
+    # The layout trtllm-build's Engine.save writes (tensorrt_llm/builder.py, EngineConfig.to_dict).
+    config = {
+        "version": "0.0.0",
+        "pretrained_config": {"architecture": "GPTForCausalLM", "vocab_size": 50257},
+        "build_config": {"max_batch_size": 4, "max_input_len": 10, "max_seq_len": 16} | build,
+    }
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_engine_limits_read_the_built_engines_config(tmp_path):
+    write_engine_config(tmp_path, max_num_tokens=8192)
+    limits = engine_limits(tmp_path)
+    assert limits == {
+        "max_batch_size": 4,
+        "max_input_len": 10,
+        "max_seq_len": 16,
+        "vocab_size": 50257,
+    }
+    with pytest.raises(InputError, match="config.json: missing"):
+        engine_limits(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text(json.dumps({"build_config": {}}))
+    with pytest.raises(InputError, match="not a trtllm-build engine config"):
+        engine_limits(tmp_path)
+
+
+def test_check_batch_keeps_every_request_inside_the_engine():
+    limits = {"max_batch_size": 2, "max_input_len": 10, "max_seq_len": 16, "vocab_size": 100}
+    check_batch([[1] * 10, [99]], [6, 15], limits)  # 10 + 6 = 16 and 1 + 15 = 16: both fit
+    with pytest.raises(InputError, match="3 requests exceeds the engine's max_batch_size 2"):
+        check_batch([[1], [2], [3]], [1, 1, 1], limits)
+    with pytest.raises(InputError, match="request 1: 10 prompt \\+ 7 output tokens"):
+        check_batch([[1], [1] * 10], [1, 7], limits)  # 10 + 7 = 17 > 16
+    with pytest.raises(InputError, match="request 0: 11 prompt"):
+        check_batch([[1] * 11], [1], limits)
+    with pytest.raises(InputError, match="request 0: token ids must lie in \\[0, 100\\)"):
+        check_batch([[100]], [1], limits)
+    with pytest.raises(InputError, match="request 0: 1 prompt tokens, 0 output"):
+        check_batch([[5]], [0], limits)
+    with pytest.raises(InputError, match="one output length per prompt"):
+        check_batch([[5]], [1, 2], limits)
+
+
+# ---------------------------------------------------------------- responses -> BatchResult
+
+
+# Stand-ins shaped like tensorrt_llm.bindings.executor.Response and Result as the Executor
+# examples read them (examples/bindings/executor/example_advanced.py): response.request_id,
+# response.has_error(), response.error_msg, response.result.output_token_ids (one list per beam;
+# in streaming mode only the tokens new since the last response), response.result.is_final.
+@dataclass
+class Result:
+    output_token_ids: list[list[int]]
+    is_final: bool = False
+
+
+@dataclass
+class Response:
+    request_id: int
+    result: Result | None = None
+    error_msg: str = ""
+
+    def has_error(self) -> bool:
+        return bool(self.error_msg)
+
+
+@dataclass
+class Stream:
+    """Responses as await_responses() returns them, with the clocks read as each call returned."""
+
+    received: list = field(default_factory=list)
+
+    def add(self, t_ns: int, *responses: Response) -> Stream:
+        self.received.append((t_ns, 1_700_000_000_000_000_000 + t_ns, list(responses)))
+        return self
+
+
+def tok(request_id: int, *ids: int, final: bool = False) -> Response:
+    return Response(request_id, Result([list(ids)], final))
+
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8]]
+
+
+def test_streamed_tokens_map_to_counts_and_timing_points():
+    # Executor ids 7 and 9 for requests 0 and 1; request 0 wants 2 tokens, request 1 wants 3.
+    stream = (
+        Stream()
+        .add(100, tok(7, 11), tok(9, 21))  # both first tokens arrive in one call at t=100
+        .add(150, tok(7, 12, final=True), tok(9, 22))
+        .add(230, tok(9, 23, final=True))
+    )
+    r = batch_result([7, 9], PROMPTS, [2, 3], 40, 1_700_000_000_000_000_040, stream.received)
+    assert r == BatchResult(
+        n_requests=2,
+        input_tokens=8,  # 3 + 5 real prompt tokens
+        output_tokens=5,  # 2 + 3, each request's own length
+        padded_input_len=5,  # the longer prompt
+        max_output_tokens=3,
+        start_ns=40,
+        first_token_ns=100,
+        end_ns=230,
+        start_wall_ns=1_700_000_000_000_000_040,
+        first_token_wall_ns=1_700_000_000_000_000_100,
+        end_wall_ns=1_700_000_000_000_000_230,
+        token_ids=((11, 12), (21, 22, 23)),
+    )
+
+
+def test_first_token_waits_for_the_last_request_to_get_its_first():
+    # Request 1's prompt is prefilled an iteration later (max_num_tokens splits the context phase):
+    # request 0 already has two tokens when request 1 gets its first at t=160.
+    stream = (
+        Stream()
+        .add(100, tok(0, 11))
+        .add(130, tok(0, 12))
+        .add(160, tok(0, 13, final=True), tok(1, 21))
+        .add(200, tok(1, 22, final=True))
+    )
+    r = batch_result([0, 1], PROMPTS, [3, 2], 50, 0, stream.received)
+    assert (r.first_token_ns, r.end_ns) == (160, 200)
+    assert r.token_ids == ((11, 12, 13), (21, 22))
+
+
+def test_responses_with_several_tokens_and_empty_ones_are_counted_by_their_tokens():
+    # An empty response before the first token must not stand for the first token.
+    stream = Stream().add(90, tok(3)).add(120, tok(3, 1, 2)).add(170, tok(3, 3, 4, final=True))
+    r = batch_result([3], [[5, 6]], [4], 0, 0, stream.received)
+    assert (r.first_token_ns, r.end_ns, r.output_tokens) == (120, 170, 4)
+    assert r.token_ids == ((1, 2, 3, 4),)
+
+
+def test_broken_streams_are_errors_naming_the_request():
+    ok = Stream().add(100, tok(0, 1, final=True))
+    with pytest.raises(TokencarbonError, match="request 1: 0 tokens, never finished"):
+        batch_result([0, 1], PROMPTS, [1, 1], 0, 0, ok.received)
+    short = Stream().add(100, tok(0, 1, final=True))
+    with pytest.raises(TokencarbonError, match="request 0: 1 tokens, finished; expected .* 2"):
+        batch_result([0], [[1]], [2], 0, 0, short.received)
+    failed = Stream().add(100, Response(0, error_msg="out of KV cache blocks"))
+    with pytest.raises(TokencarbonError, match="request 0 failed: out of KV cache blocks"):
+        batch_result([0], [[1]], [1], 0, 0, failed.received)
+    stranger = Stream().add(100, tok(42, 1, final=True))
+    with pytest.raises(TokencarbonError, match="request id 42, not one of this batch's \\[0\\]"):
+        batch_result([0], [[1]], [1], 0, 0, stranger.received)
+    beams = Stream().add(100, Response(0, Result([[1], [2]], True)))
+    with pytest.raises(TokencarbonError, match="2 beams"):
+        batch_result([0], [[1]], [1], 0, 0, beams.received)
