@@ -95,10 +95,16 @@ def test_changing_carbon_intensity_reruns_no_cell_probe_or_engine(built):
 
 
 def test_adding_one_batch_size_runs_exactly_one_new_cell(built):
-    jobs = planned_jobs(
-        built, "all", "--config", 'sweep={"batch_sizes": [1, 2, 3]}', 'models={"tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"}}'
-    )
-    assert jobs["run_cell"] == 1, jobs
+    # One model, so one new batch size is one new cell (dropping a model from the config reruns
+    # nothing of the other: its cells' params are its own slice).
+    config = yaml.safe_load((built / "config/config.yaml").read_text())
+    del config["models"]["tiny-gpt2"]
+    config["sweep"]["batch_sizes"] = [1, 2, 3]
+    (built / "config/one_more.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(built, "--dry-run", "all", "--configfile", "config/one_more.yaml")
+    text = out.stdout + out.stderr
+    assert re.findall(r"output: (results/cells/\S+)/batches.parquet", text) == ["results/cells/cpu/tiny-llama/bs3"]
+    jobs = planned_jobs(built, "all", "--configfile", "config/one_more.yaml")
     assert "build_torch_engine" not in jobs and "probe_max_batch" not in jobs
 
 
@@ -108,7 +114,7 @@ def test_changing_one_models_dtype_reruns_only_that_model(built):
     (built / "config/other.yaml").write_text(yaml.safe_dump(config))
     out = snakemake(built, "--dry-run", "all", "--configfile", "config/other.yaml")
     text = out.stdout + out.stderr
-    cells = set(re.findall(r"results/cells/cpu/([\w-]+)/bs\d+/meta.json", text.split("Job stats", 1)[0]))
+    cells = set(re.findall(r"output: results/cells/cpu/([\w-]+)/bs\d+/batches.parquet", text))
     engines = set(re.findall(r"output: results/engines/cpu/([\w-]+)/torch/manifest.json", text))
     assert cells == {"tiny-gpt2"} and engines == {"tiny-gpt2"}, (cells, engines)
 
@@ -136,7 +142,7 @@ def test_auto_sweep_reads_the_probe(tmp_path):
 
 def test_killed_cell_is_rerun_cleanly(tmp_path):
     config = dict(SMALL, models={"tiny-llama": SMALL["models"]["tiny-llama"]},
-                  workload=dict(SMALL["workload"], num_prompts=24), power={"interval_s": 0.05, "idle_s": 0.1})
+                  workload=dict(SMALL["workload"], num_prompts=24, synthetic_conversations=2000), power={"interval_s": 0.05, "idle_s": 0.1})
     project = make_project(tmp_path, config)
     cell = project / "results/cells/cpu/tiny-llama/bs1"
     snakemake(project, "results/workload/tiny-llama.parquet", "results/engines/cpu/tiny-llama/torch/manifest.json")
@@ -152,6 +158,9 @@ def test_killed_cell_is_rerun_cleanly(tmp_path):
     proc.wait()
     for name in ["batches.parquet", "power.parquet", "meta.json"]:
         assert not (cell / name).exists(), f"{name} of a killed cell looks finished"
+    # What a user does after a killed run: release Snakemake's lock, then run again; the profile's
+    # rerun-incomplete reruns the cell Snakemake had marked as started.
+    snakemake(project, "--unlock")
     snakemake(project, str(cell.relative_to(project) / "meta.json"))
     meta = yaml.safe_load((cell / "meta.json").read_text())
     assert meta["n_batches"] == 24 and not (cell / ".run_power.parquet.parts").exists()

@@ -19,7 +19,16 @@ from tokencarbon.errors import ConfigError
 
 
 def _validate_config():
+    import copy
+
     import yaml
+
+    if workflow.overwrite_configfiles:
+        # A --configfile is a whole study (config/paper.yaml): it replaces the embedded default
+        # rather than being merged into it (which would add the default's tiny models to it).
+        # --config key=value still updates single keys on top of it.
+        config.clear()
+        config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
     schema = yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
     config.update(coerce_cli_strings(dict(config), schema))
@@ -68,6 +77,7 @@ CELL_CODE = ENGINE_CODE + [
     f"{PKG}/power/sidecar.py",
     f"{PKG}/power/nvml.py",
     f"{PKG}/power/modeled.py",
+    f"{PKG}/lease.py",
 ]
 
 

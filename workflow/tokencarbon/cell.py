@@ -47,6 +47,7 @@ def run_cell(
     out_batches: str | Path,
     out_power: str | Path,
     out_meta: str | Path,
+    gpu_lease: dict[str, Any] | None = None,
 ) -> None:
     from tokencarbon.backends.torch_backend import TorchEngine
     from tokencarbon.power.sidecar import PowerSidecar, measure_idle, parts_dir, read_samples
@@ -136,6 +137,7 @@ def run_cell(
             "peak_memory_bytes": float(engine.peak_memory_bytes()),
             "git_commit": versions["git_commit"],
             "hardware": hardware,
+            "gpu_lease": gpu_lease,
             "versions": versions,
             "config": {"model": model, "platform": platform, "run": run},
             "seeds": {"weights": model["seed"]},

@@ -152,7 +152,7 @@ def summary_markdown(metrics: pd.DataFrame, probe_rows: Sequence[Mapping]) -> st
     parts = [
         "# Results summary\n",
         "Batch 1 against the largest batch measured for each model and platform, recomputed from "
-        "results/tables/carbon.parquet, beside Lim, Pan, Zhou 2024 (TensorRT-LLM on V100/A100: "
+        "results/tables/metrics.parquet, beside Lim, Pan, Zhou 2024 (TensorRT-LLM on V100/A100: "
         "batch 1 -> largest batch cut carbon per token ~11x for ~2x the latency per token; "
         "MFU ~2 % at batch 1). Carbon is operational (energy x PUE x grid intensity). Ratios: "
         "carbon = batch 1 / largest batch; latency = largest batch / batch 1.\n",
