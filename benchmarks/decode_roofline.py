@@ -361,8 +361,12 @@ def plan(args: argparse.Namespace) -> tuple[torch.device, str, list[Case], list[
         if unknown:
             raise ConfigError(f"--cases {unknown}: unknown; valid: {list(by_name)}")
         cases = [by_name[n] for n in args.cases]
+    elif device.type == "cuda":
+        cases = catalogue if args.smoke else default_cases(device, dtype)
+    elif args.smoke:
+        cases = catalogue
     else:
-        cases = catalogue if args.smoke or device.type != "cuda" else default_cases(device, dtype)
+        raise ConfigError("no CUDA device: pass --smoke (tiny models on CPU) or name --cases")
     modes = args.modes or (["graph", "compile"] if device.type == "cuda" else ["eager"])
     if device.type != "cuda" and set(modes) - {"eager"}:
         raise ConfigError(f"--modes {modes}: graph and compile need a CUDA device; valid: eager")
