@@ -164,3 +164,13 @@ def test_killed_cell_is_rerun_cleanly(tmp_path):
     snakemake(project, str(cell.relative_to(project) / "meta.json"))
     meta = yaml.safe_load((cell / "meta.json").read_text())
     assert meta["n_batches"] == 24 and not (cell / ".run_power.parquet.parts").exists()
+
+
+def test_report_holds_every_figure_with_its_caption(built):
+    snakemake(built, "--report", "report.html")
+    html = (built / "report.html").read_text(errors="replace")
+    for name in ["fig1_flops_vs_seqlen", "fig2b_gpu_generations", "fig4a_throughput_latency",
+                 "fig6a_intensity_day", "fig7_carbon_per_token", "table3_max_batch"]:
+        assert name in html, name
+    caption = (REPO / "workflow/report/fig7_carbon_per_token.rst").read_text().split()[:6]
+    assert " ".join(caption) in html
