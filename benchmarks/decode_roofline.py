@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +50,10 @@ class Case:
     output_len: int
     target: float | None = None  # tok/s, in target_metric
     target_metric: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_len < 2:  # a decode step time needs at least one decode step
+            raise ConfigError(f"case {self.name}: output_len={self.output_len}; must be >= 2")
 
 
 GPU_CASES = [
@@ -310,9 +315,11 @@ def profile_decode(
         "note": (
             "the profiler recorded no kernel in these decode steps"
             if not rows
-            else "fractional calls per step: the profiler dropped events, shares are approximate"
-            if any(r["calls_per_step"] % 1 for r in rows)
-            else None
+            else (
+                "fractional calls per step: the profiler dropped events, shares are approximate"
+                if any(r["calls_per_step"] % 1 for r in rows)
+                else None
+            )
         ),
     }
 
@@ -339,14 +346,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny models, no targets (runs on CPU)")
     p.add_argument("--device", help="cuda or cpu (default: cuda where torch sees one)")
     p.add_argument("--cases", nargs="+", help="case names (default: all that fit the device)")
-    p.add_argument("--modes", nargs="+", choices=list(MODES), help="default: graph compile on CUDA, eager on CPU")
-    p.add_argument("--compile-max-batch", type=int, default=1, help="mode compile only up to this batch (compiling a 7B shape takes 15-60 s)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        help="default: graph compile on CUDA, eager on CPU",
+    )
+    p.add_argument(
+        "--compile-max-batch",
+        type=int,
+        default=1,
+        help="mode compile only up to this batch (compiling a 7B shape takes 15-60 s)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed batches per case")
-    p.add_argument("--copy-gib", type=float, help="copy size for the bandwidth (default 4, smoke 0.25)")
-    p.add_argument("--profile", nargs="+", default=[], metavar="CASE:MODE", help="profile the decode steps of these cells")
+    p.add_argument(
+        "--copy-gib", type=float, help="copy size for the bandwidth (default 4, smoke 0.25)"
+    )
+    p.add_argument(
+        "--profile",
+        nargs="+",
+        default=[],
+        metavar="CASE:MODE",
+        help="profile the decode steps of these cells",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", help="default: $OUT, else benchmarks/results")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def plan(args: argparse.Namespace) -> tuple[torch.device, str, list[Case], list[str], set]:
@@ -383,8 +408,15 @@ def plan(args: argparse.Namespace) -> tuple[torch.device, str, list[Case], list[
 
 
 def run_model(
-    arch: Architecture, cases: list[Case], mode: str, device, dtype, args, bandwidth, profiling
-):
+    arch: Architecture,
+    cases: list[Case],
+    mode: str,
+    device: torch.device,
+    dtype: str,
+    args: argparse.Namespace,
+    bandwidth: dict,
+    profiling: bool,
+) -> Iterator[tuple[dict, dict | None]]:
     """Yield (result, profile or None) per case: one engine per model and mode, cases in order of
     batch; with `profiling`, each case is profiled right after it is measured. Any error is
     yielded as that case's result: one run on a GPU machine must bring back every case that
@@ -418,13 +450,26 @@ def run_model(
     free_device_memory(device)
 
 
-def by_model_and_mode(cases: list[Case], modes: list[str]) -> list[tuple[str, str, list[Case]]]:
-    """(model, mode, its cases): the cells one engine serves, in the order they run."""
-    groups = []
-    for mode in modes:
-        for model in dict.fromkeys(c.model for c in cases):
-            groups.append((mode, model, [c for c in cases if c.model == model]))
-    return groups
+def planned_runs(
+    cases: list[Case], modes: list[str], profiles: set, compile_max_batch: int
+) -> list[tuple[str, str, list[Case], bool]]:
+    """(mode, model, its cases, profiling) per engine, in the order they run. Profiles come last,
+    in engines of their own: once the profiler has attached to the CUDA driver it stays loaded,
+    and no measurement should run beside it."""
+    runs = []
+    for profiling in (False, True):
+        for mode in modes:
+            for model in dict.fromkeys(c.model for c in cases):
+                todo = [
+                    c
+                    for c in cases
+                    if c.model == model
+                    and (mode != "compile" or c.batch <= compile_max_batch)
+                    and (not profiling or (c.name, mode) in profiles)
+                ]
+                if todo:
+                    runs.append((mode, model, todo, profiling))
+    return runs
 
 
 def table(results: list[dict]) -> str:
@@ -472,17 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         "profiles": [],
     }
     write_json(path, record)
-    # Profiles run last, in engines of their own: once the profiler has attached to the CUDA
-    # driver it stays loaded, and no measurement should run beside it.
-    runs = [(mode, model, group, False) for mode, model, group in by_model_and_mode(cases, modes)]
-    runs += [
-        (mode, model, [c for c in group if (c.name, mode) in profiles], True)
-        for mode, model, group in by_model_and_mode(cases, modes)
-    ]
-    for mode, model, group, profiling in runs:
-        todo = [c for c in group if mode != "compile" or c.batch <= args.compile_max_batch]
-        if not todo:
-            continue
+    for mode, model, todo, profiling in planned_runs(
+        cases, modes, profiles, args.compile_max_batch
+    ):
         arch = load_architecture(model)
         for result, prof in run_model(arch, todo, mode, device, dtype, args, bandwidth, profiling):
             if profiling:
@@ -492,13 +529,16 @@ def main(argv: list[str] | None = None) -> int:
                 log(table([result]).splitlines()[1])
             write_json(path, record)  # after every case: a run cut short keeps what it did
     for prof in record["profiles"]:
+        if "error" in prof:
+            print(f"\nprofile {prof['case']} {prof['mode']}: ERROR {prof['error']}")
+            continue
         print(f"\nprofile {prof['case']} {prof['mode']}: {prof['busy_us_per_step']:.0f} us of "
               f"kernels in a {prof['step_us_unprofiled']:.0f} us step "
               f"({prof['n_kernels_per_step']:.0f} kernels)\n{prof['table']}")  # fmt: skip
     print(f"\ndecode roofline on {record['machine']['device_name']} ({dtype}); copy bandwidth "
           f"{bandwidth['copy']['bytes_per_s'] / 1e9:.0f} GB/s; record {path}")  # fmt: skip
     print(table(record["results"]))
-    return 1 if any("error" in r for r in record["results"]) else 0
+    return 1 if any("error" in r for r in record["results"] + record["profiles"]) else 0
 
 
 if __name__ == "__main__":

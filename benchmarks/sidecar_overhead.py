@@ -38,11 +38,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt-len", type=int, help="default 128 (smoke: 32)")
     p.add_argument("--output-len", type=int, help="default 128 (smoke: 32)")
-    p.add_argument("--window-s", type=float, help="workload per repetition, default 11 s (smoke: 2 s)")
-    p.add_argument("--interval-s", type=float, help="sampling interval (default: 0.05 s NVML, 0.1 s modeled)")
+    p.add_argument(
+        "--window-s", type=float, help="workload per repetition, default 11 s (smoke: 2 s)"
+    )
+    p.add_argument(
+        "--interval-s", type=float, help="sampling interval (default: 0.05 s NVML, 0.1 s modeled)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", help="default: $OUT, else benchmarks/results")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def repetition(
@@ -173,7 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     log(f"sidecar_overhead: {case.model} bs{case.batch} on {device}, {n_batches} batches "
         f"(~{window_s:.0f} s) per repetition, order {ORDER}, {spec} every {interval_s} s")  # fmt: skip
 
-    reps = []
+    reps: list[dict] = []
+    record = {
+        "benchmark": "sidecar_overhead",
+        "smoke": args.smoke,
+        "machine": describe_machine(device),
+        "cell": {k: getattr(case, k) for k in ("model", "batch", "prompt_len", "output_len")}
+        | {"dtype": dtype, "decode": "graph" if cuda else "eager"},
+        "power_source": spec,
+        "interval_s": interval_s,
+        "order": ORDER,
+        "repetitions": reps,
+        "summary": None,
+    }
     with tempfile.TemporaryDirectory(prefix="sidecar-overhead-") as tmp:
         for i, state in enumerate(ORDER):
             sidecar = (
@@ -184,20 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             reps.append(repetition(engine, case, prompts, n_batches, sidecar))
             log(f"rep {i} sidecar {state}: {reps[-1]['tok_per_s']:.1f} tok/s over "
                 f"{reps[-1]['window_s']:.1f} s")  # fmt: skip
-    summary = summarise(reps)
-    record = {
-        "benchmark": "sidecar_overhead",
-        "smoke": args.smoke,
-        "machine": describe_machine(device),
-        "cell": {"model": case.model, "batch": case.batch, "prompt_len": case.prompt_len,
-                 "output_len": case.output_len, "dtype": dtype, "decode": "graph" if cuda else "eager"},
-        "power_source": spec,
-        "interval_s": interval_s,
-        "order": ORDER,
-        "repetitions": reps,
-        "summary": summary,
-    }  # fmt: skip
-    write_json(path, record)
+            if {r["sidecar"] for r in reps} == {"on", "off"}:
+                record["summary"] = summarise(reps)
+            write_json(path, record)  # after every repetition: a run cut short keeps what it did
+    summary = record["summary"]
     print(f"\nsidecar overhead on {record['machine']['device_name']}: {case.model} bs{case.batch}, "
           f"{n_batches} batches per repetition; record {path}")  # fmt: skip
     print(table(reps, summary))

@@ -137,7 +137,8 @@ NodeName=$NODE NodeAddr=127.0.0.1 $hw Gres=gpu:h100:1 State=UNKNOWN
 PartitionName=main Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
-    printf '%s\nNodeName=%s Name=gpu Type=h100 Count=1\n' "$MARK" "$NODE" >"$GRES_CONF"
+    # gres/gpu wants a device file; /dev/null stands in for /dev/nvidia0.
+    printf '%s\nNodeName=%s Name=gpu Type=h100 File=/dev/null\n' "$MARK" "$NODE" >"$GRES_CONF"
     chmod 0644 "$CONF" "$GRES_CONF"
 }
 

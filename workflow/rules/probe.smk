@@ -6,13 +6,15 @@ checkpoint probe_max_batch:
     input:
         engine=engine_manifest,
         workload="results/workload/{model}.parquet",
-        code=ENGINE_CODE + [f"{PKG}/probe.py", f"{PKG}/hardware.py"],
+        code=ENGINE_CODE + [f"{PKG}/probe.py", f"{PKG}/hardware.py", f"{PKG}/lease.py"],
     output:
         "results/probe/{platform}/{model}.json",
     params:
         model=engine_params,
         platform=cell_platform_params,
         limits=probe_limits,
+    resources:
+        gpu=gpu_count,
     log:
         "logs/probe_max_batch/{platform}/{model}.log",
     script:
