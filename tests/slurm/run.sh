@@ -85,7 +85,7 @@ find_plugin() {
         fi
         export PYTHONPATH=$PLUGIN_SITE${PYTHONPATH:+:$PYTHONPATH}
     fi
-    log "$("$PYTHON" -m pip show snakemake-executor-plugin-slurm | grep -m1 Version)"
+    log "$("$PYTHON" -m pip show snakemake-executor-plugin-slurm | sed -n 's/^Version: /plugin version /p')"
 }
 
 write_config() {
@@ -191,7 +191,7 @@ check_gpu_cell() {
     local cell=results/cells/h100-sxm-80gb/tiny-llama/bs1
     if (cd "$WORK/slurm" && smk --workflow-profile profiles/slurm \
         --slurm-init-seconds-before-status-checks "$STATUS_S" \
-        --config 'platforms={"h100-sxm-80gb": {}}' "$cell/meta.json" >"$WORK/gpu.log" 2>&1); then
+        "$cell/meta.json" --config 'platforms={"h100-sxm-80gb": {}}' >"$WORK/gpu.log" 2>&1); then
         echo "the H100 cell ran on a machine with no H100" >&2
         return 1
     fi
