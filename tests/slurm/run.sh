@@ -15,7 +15,7 @@ CONF=/etc/slurm/slurm.conf
 GRES_CONF=/etc/slurm/gres.conf
 MARK="# written by tokencarbon tests/slurm/run.sh, rewritten on each run"
 # Seconds before the plugin's first status check (default 40): the small grid's jobs take ~10 s.
-STATUS_S=2
+STATUS_S=7
 NODE=$(hostname -s)
 WORK=$(mktemp -d /tmp/tokencarbon-slurm.XXXXXX)
 started=$SECONDS
@@ -24,8 +24,13 @@ failed=0
 
 log() { echo "[slurm test $((SECONDS - started))s] $*"; }
 
-# Stops what this script started, by the PIDs it recorded: jobs first, then slurmd, slurmctld, munged.
+# Stops what this script started, by the PIDs it recorded: the local run and the SLURM jobs first,
+# then slurmd, slurmctld, munged.
 stop_daemons() {
+    if [ -f "$STATE/pids/local-run" ]; then
+        kill -- "-$(cat "$STATE/pids/local-run")" 2>/dev/null || true
+        rm -f "$STATE/pids/local-run"
+    fi
     if [ -f "$STATE/pids/slurmctld" ] && kill -0 "$(cat "$STATE/pids/slurmctld")" 2>/dev/null; then
         squeue -h -o %i -t PENDING,RUNNING 2>/dev/null | xargs -r scancel 2>/dev/null || true
     fi
@@ -49,7 +54,7 @@ finish() {
     if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
         failed=1  # the cluster could not be set up
     fi
-    log "logs kept in $WORK"
+    if [ "$failed" -eq 0 ]; then rm -rf "$WORK"; else log "logs kept in $WORK"; fi
     echo "slurm test runtime: $((SECONDS - started)) s"
     echo "slurm test: $passed passed, $failed failed"
     [ "$failed" -eq 0 ]
@@ -173,12 +178,18 @@ smk() { "$PYTHON" -m snakemake "$@"; }
 check_cpu_workflow() {
     "$PYTHON" tests/slurm/check.py make "$WORK/local"
     "$PYTHON" tests/slurm/check.py make "$WORK/slurm"
-    log "local run (snakemake --cores 2 all)"
-    (cd "$WORK/local" && smk --cores 2 all >"$WORK/local.log" 2>&1)
-    log "SLURM run (snakemake --workflow-profile profiles/slurm all)"
+    # The local run alongside: the SLURM run spends most of its time waiting between status checks.
+    log "local run (snakemake --cores 1 all) and SLURM run (snakemake --workflow-profile profiles/slurm all)"
+    # In a session of its own, so that a failed test stops it and every job it started at once.
+    (cd "$WORK/local" && exec setsid "$PYTHON" -m snakemake --cores 1 all >"$WORK/local.log" 2>&1) &
+    echo $! >"$STATE/pids/local-run"
     (cd "$WORK/slurm" && smk --workflow-profile profiles/slurm \
         --slurm-init-seconds-before-status-checks "$STATUS_S" all >"$WORK/slurm.log" 2>&1) ||
         { tail -40 "$WORK/slurm.log"; return 1; }
+    log "SLURM run done"
+    wait "$(cat "$STATE/pids/local-run")" || { tail -40 "$WORK/local.log"; return 1; }
+    rm "$STATE/pids/local-run"
+    log "local run done"
     squeue -h --states=all -o '%i|%T|%k' >"$WORK/squeue.txt"
     "$PYTHON" tests/slurm/check.py evidence "$WORK/slurm.log" "$STATE/log/slurmctld.log" \
         "$WORK/squeue.txt" "$WORK/local.log"

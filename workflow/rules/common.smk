@@ -158,6 +158,7 @@ def run_params(wildcards):
     return {
         "backend": BACKEND,
         "cuda_graphs": backend["cuda_graphs"],
+        "compile_decode": backend["compile_decode"],
         "warmup_batches": backend["warmup_batches"],
     }
 

@@ -78,6 +78,7 @@ def run_cell(
         seed=model["seed"],
         checkpoint=model["checkpoint"],
         cuda_graphs=run["cuda_graphs"],
+        compile_decode=run["compile_decode"] and device == "cuda",
     )
     batches = group_batches(workload, batch_size)
 
