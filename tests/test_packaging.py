@@ -50,3 +50,24 @@ def test_rules_are_verb_noun_and_each_has_a_log():
             assert "_" in name, f"{smk.name}: rule {name} is not verb_noun"
             assert re.search(r"^    log:", block, flags=re.M), f"{smk.name}: rule {name} has no log"
             assert "lambda" not in block, f"{smk.name}: rule {name} uses a lambda (use common.smk)"
+
+
+def test_rule_conda_env_lists_the_same_dependencies():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = yaml.safe_load((REPO / "workflow/envs/tokencarbon.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(r for r in pip if not r.startswith("-e")) == sorted(wanted)
+
+
+def test_snakemake_lint_and_snakefmt_are_clean():
+    import subprocess
+    import sys
+
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout[-2000:]
+    fmt = subprocess.run(
+        [str(Path(sys.executable).with_name("snakefmt")), "--check", "Snakefile", "workflow/rules"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert fmt.returncode == 0, fmt.stderr[-2000:]

@@ -12,5 +12,7 @@ rule aggregate_cells:
         cells="results/tables/cells.parquet",
     log:
         "logs/aggregate_cells.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     script:
         "../scripts/aggregate_cells.py"

@@ -30,7 +30,9 @@ def _validate_config():
         config.clear()
         config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
-    schema = yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(
+        (Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text()
+    )
     config.update(coerce_cli_strings(dict(config), schema))
     try:
         validate(config, schema="../schemas/config.schema.yaml")
@@ -194,7 +196,11 @@ def all_cell_dirs(wildcards):
 def all_cell_files(wildcards):
     return {
         name: [f"{d}/{name}.{ext}" for d in all_cell_dirs(wildcards)]
-        for name, ext in [("batches", "parquet"), ("power", "parquet"), ("meta", "json")]
+        for name, ext in [
+            ("batches", "parquet"),
+            ("power", "parquet"),
+            ("meta", "json"),
+        ]
     }
 
 
@@ -229,7 +235,14 @@ def models_of(family):
 
 def analytic_architectures():
     """The study's architectures plus the configured ones, for the analytic figures 1 and 2a."""
-    study = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-2-13b"]
+    study = [
+        "gpt2",
+        "gpt2-medium",
+        "gpt2-large",
+        "gpt2-xl",
+        "llama-2-7b",
+        "llama-2-13b",
+    ]
     configured = [config["models"][m]["architecture"] for m in MODELS]
     return sorted(set(study) | set(configured))
 
@@ -265,7 +278,10 @@ def all_targets():
         tabulated.append("table4_max_batch")
     return (
         [f"results/workload/{m}.parquet" for m in MODELS]
-        + [f"results/tables/{t}.parquet" for t in ["batches", "power", "cells", "metrics"]]
+        + [
+            f"results/tables/{t}.parquet"
+            for t in ["batches", "power", "cells", "metrics"]
+        ]
         + [f"results/figures/{f}.{ext}" for f in figures for ext in ["png", "pdf"]]
         + [f"results/tables/{t}.{ext}" for t in tabulated for ext in ["csv", "md"]]
         + ["results/summary.md"]

@@ -6,11 +6,13 @@ rule generate_synthetic_sharegpt:
         code=WORKLOAD_CODE,
     output:
         "results/dataset/synthetic_sharegpt.json",
+    log:
+        "logs/generate_synthetic_sharegpt.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         conversations=config["workload"]["synthetic_conversations"],
         seed=config["seed"],
-    log:
-        "logs/generate_synthetic_sharegpt.log",
     script:
         "../scripts/generate_synthetic_sharegpt.py"
 
@@ -21,10 +23,12 @@ rule train_tokenizer:
         code=WORKLOAD_CODE,
     output:
         directory("results/tokenizer/builtin"),
-    params:
-        vocab_size=config["workload"]["builtin_vocab_size"],
     log:
         "logs/train_tokenizer.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        vocab_size=config["workload"]["builtin_vocab_size"],
     script:
         "../scripts/train_tokenizer.py"
 
@@ -34,10 +38,12 @@ rule filter_sharegpt:
         unpack(filter_inputs),
     output:
         "results/dataset/{family}.parquet",
-    params:
-        spec=filter_params,
     log:
         "logs/filter_sharegpt/{family}.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        spec=filter_params,
     script:
         "../scripts/filter_sharegpt.py"
 
@@ -48,10 +54,12 @@ rule sample_workload:
         code=WORKLOAD_CODE,
     output:
         "results/workload/{model}.parquet",
+    log:
+        "logs/sample_workload/{model}.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         num_prompts=config["workload"]["num_prompts"],
         seed=config["seed"],
-    log:
-        "logs/sample_workload/{model}.log",
     script:
         "../scripts/sample_workload.py"

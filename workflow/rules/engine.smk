@@ -8,10 +8,12 @@ rule build_torch_engine:
         code=ENGINE_CODE,
     output:
         "results/engines/{platform}/{model}/torch/manifest.json",
-    params:
-        model=engine_params,
     log:
         "logs/build_torch_engine/{platform}/{model}.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        model=engine_params,
     script:
         "../scripts/build_torch_engine.py"
 
@@ -23,10 +25,12 @@ rule build_trtllm_engine:
     output:
         manifest="results/engines/{platform}/{model}/tensorrt_llm/manifest.json",
         engine=directory("results/engines/{platform}/{model}/tensorrt_llm/engine"),
+    log:
+        "logs/build_trtllm_engine/{platform}/{model}.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         model=engine_params,
         build=trtllm_build_params,
-    log:
-        "logs/build_trtllm_engine/{platform}/{model}.log",
     script:
         "../scripts/build_trtllm_engine.py"

@@ -12,13 +12,16 @@ rule plot_fig1:
             category="Figures",
         ),
         pdf="results/figures/fig1_flops_vs_seqlen.pdf",
+    log:
+        "logs/plot_fig1.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         figure="fig1_flops_vs_seqlen",
         architectures=analytic_architectures(),
-    log:
-        "logs/plot_fig1.log",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig2a:
     input:
@@ -32,14 +35,17 @@ rule plot_fig2a:
             category="Figures",
         ),
         pdf="results/figures/fig2a_memory_vs_seqlen.pdf",
+    log:
+        "logs/plot_fig2a.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         figure="fig2a_memory_vs_seqlen",
         architectures=analytic_architectures(),
         platforms=platform_limits(),
-    log:
-        "logs/plot_fig2a.log",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig2b:
     input:
@@ -52,13 +58,15 @@ rule plot_fig2b:
             category="Figures",
         ),
         pdf="results/figures/fig2b_gpu_generations.pdf",
-    params:
-        figure="fig2b_gpu_generations",
-
     log:
         "logs/plot_fig2b.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        figure="fig2b_gpu_generations",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig4a:
     input:
@@ -71,14 +79,17 @@ rule plot_fig4a:
             category="Figures",
         ),
         pdf="results/figures/fig4a_throughput_latency.pdf",
+    log:
+        "logs/plot_fig4a.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         figure="fig4a_throughput_latency",
         family="llama",
         models=models_of("llama"),
-    log:
-        "logs/plot_fig4a.log",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig4b:
     input:
@@ -91,14 +102,17 @@ rule plot_fig4b:
             category="Figures",
         ),
         pdf="results/figures/fig4b_throughput_latency.pdf",
+    log:
+        "logs/plot_fig4b.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         figure="fig4b_throughput_latency",
         family="gpt2",
         models=models_of("gpt2"),
-    log:
-        "logs/plot_fig4b.log",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig5:
     input:
@@ -111,13 +125,15 @@ rule plot_fig5:
             category="Figures",
         ),
         pdf="results/figures/fig5_mfu_batch1.pdf",
-    params:
-        figure="fig5_mfu_batch1",
-
     log:
         "logs/plot_fig5.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        figure="fig5_mfu_batch1",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig6a:
     input:
@@ -130,13 +146,16 @@ rule plot_fig6a:
             category="Figures",
         ),
         pdf="results/figures/fig6a_intensity_day.pdf",
+    log:
+        "logs/plot_fig6a.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         figure="fig6a_intensity_day",
         carbon=carbon_params(),
-    log:
-        "logs/plot_fig6a.log",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig6b:
     input:
@@ -149,14 +168,17 @@ rule plot_fig6b:
             category="Figures",
         ),
         pdf="results/figures/fig6b_power_over_time.pdf",
+    log:
+        "logs/plot_fig6b.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         figure="fig6b_power_over_time",
         family="llama",
         models=models_of("llama"),
-    log:
-        "logs/plot_fig6b.log",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig6c:
     input:
@@ -169,14 +191,17 @@ rule plot_fig6c:
             category="Figures",
         ),
         pdf="results/figures/fig6c_power_over_time.pdf",
+    log:
+        "logs/plot_fig6c.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     params:
         figure="fig6c_power_over_time",
         family="gpt2",
         models=models_of("gpt2"),
-    log:
-        "logs/plot_fig6c.log",
     script:
         "../scripts/render_figure.py"
+
 
 rule plot_fig7:
     input:
@@ -189,11 +214,12 @@ rule plot_fig7:
             category="Figures",
         ),
         pdf="results/figures/fig7_carbon_per_token.pdf",
-    params:
-        figure="fig7_carbon_per_token",
-
     log:
         "logs/plot_fig7.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        figure="fig7_carbon_per_token",
     script:
         "../scripts/render_figure.py"
 
@@ -209,10 +235,12 @@ rule tabulate_table3:
             category="Tables",
         ),
         md="results/tables/table3_max_batch.md",
-    params:
-        title="Table 3: maximum batch size before out-of-memory, Llama-2 family",
     log:
         "logs/tabulate_table3.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        title="Table 3: maximum batch size before out-of-memory, Llama-2 family",
     script:
         "../scripts/tabulate_max_batch.py"
 
@@ -228,10 +256,12 @@ rule tabulate_table4:
             category="Tables",
         ),
         md="results/tables/table4_max_batch.md",
-    params:
-        title="Table 4: maximum batch size before out-of-memory, GPT-2 family",
     log:
         "logs/tabulate_table4.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        title="Table 4: maximum batch size before out-of-memory, GPT-2 family",
     script:
         "../scripts/tabulate_max_batch.py"
 
@@ -245,5 +275,7 @@ rule summarize_headlines:
         "results/summary.md",
     log:
         "logs/summarize_headlines.log",
+    conda:
+        "../envs/tokencarbon.yaml"
     script:
         "../scripts/summarize_headlines.py"

@@ -11,13 +11,15 @@ rule run_cell:
         batches="results/cells/{platform}/{model}/bs{batch}/batches.parquet",
         power="results/cells/{platform}/{model}/bs{batch}/power.parquet",
         meta="results/cells/{platform}/{model}/bs{batch}/meta.json",
+    log:
+        "logs/run_cell/{platform}/{model}/bs{batch}.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    resources:
+        gpu=gpu_count,
     params:
         model=engine_params,
         platform=cell_platform_params,
         run=run_params,
-    resources:
-        gpu=gpu_count,
-    log:
-        "logs/run_cell/{platform}/{model}/bs{batch}.log",
     script:
         "../scripts/run_cell.py"

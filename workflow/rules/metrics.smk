@@ -11,9 +11,11 @@ rule compute_metrics:
         code=METRICS_CODE,
     output:
         "results/tables/metrics.parquet",
-    params:
-        carbon=carbon_params,
     log:
         "logs/compute_metrics.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        carbon=carbon_params,
     script:
         "../scripts/compute_metrics.py"

@@ -9,13 +9,15 @@ checkpoint probe_max_batch:
         code=ENGINE_CODE + [f"{PKG}/probe.py", f"{PKG}/hardware.py", f"{PKG}/lease.py"],
     output:
         "results/probe/{platform}/{model}.json",
+    log:
+        "logs/probe_max_batch/{platform}/{model}.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    resources:
+        gpu=gpu_count,
     params:
         model=engine_params,
         platform=cell_platform_params,
         limits=probe_limits,
-    resources:
-        gpu=gpu_count,
-    log:
-        "logs/probe_max_batch/{platform}/{model}.log",
     script:
         "../scripts/probe_max_batch.py"
