@@ -174,3 +174,12 @@ def test_report_holds_every_figure_with_its_caption(built):
         assert name in html, name
     caption = (REPO / "workflow/report/fig7_carbon_per_token.rst").read_text().split()[:6]
     assert " ".join(caption) in html
+
+
+def test_tensorrt_llm_backend_selects_its_engine_rule(tmp_path):
+    project = make_project(tmp_path, dict(SMALL, backend={"name": "tensorrt_llm"}))
+    jobs = planned_jobs(project, "results/engines/cpu/tiny-llama/tensorrt_llm/manifest.json")
+    assert jobs == {"build_trtllm_engine": 1}
+    out = snakemake(project, "--dry-run", "results/tables/cells.parquet")
+    assert "results/engines/cpu/tiny-llama/tensorrt_llm/manifest.json" in out.stdout + out.stderr
+    assert "torch/manifest.json" not in out.stdout + out.stderr

@@ -1,0 +1,45 @@
+"""A cell refuses to run on hardware that is not its platform."""
+
+import pytest
+
+from tokencarbon.config import platform_slice
+from tokencarbon.errors import HardwareMismatchError
+from tokencarbon.hardware import check_platform, detect, git_commit
+
+CONFIG = {"power": {"interval_s": None, "idle_s": 1.0}}
+
+
+def test_h100_platform_accepts_the_name_nvml_reports_on_an_h100():
+    # "NVIDIA H100 80GB HBM3" is what nvidia-smi printed on the H100 used for docs/results.md.
+    check_platform(platform_slice(CONFIG, "h100-sxm-80gb"), {"device_name": "NVIDIA H100 80GB HBM3"})
+
+
+@pytest.mark.parametrize(
+    "platform, device",
+    [("h100-sxm-80gb", "NVIDIA H200"), ("a100-sxm4-40gb", "NVIDIA A100-SXM4-80GB"), ("h200-141gb", "NVIDIA H100 80GB HBM3")],
+)
+def test_a_different_gpu_is_refused_naming_both(platform, device):
+    with pytest.raises(HardwareMismatchError) as err:
+        check_platform(platform_slice(CONFIG, platform), {"device_name": device})
+    assert platform in str(err.value) and device in str(err.value)
+
+
+def test_a_gpu_platform_without_a_gpu_is_refused():
+    with pytest.raises(HardwareMismatchError, match="no CUDA device is visible"):
+        check_platform(platform_slice(CONFIG, "h100-sxm-80gb"), {"device_name": None})
+
+
+def test_cpu_platform_runs_here_and_records_the_cpu():
+    hw = detect("cpu")
+    check_platform(platform_slice(CONFIG, "cpu"), hw)
+    assert hw["cpu_logical_cores"] >= 1 and hw["device_name"]
+
+
+def test_platform_slice_defaults_the_sidecar_interval_by_kind():
+    assert platform_slice(CONFIG, "cpu")["power_interval_s"] == 0.1
+    assert platform_slice(CONFIG, "h200-141gb")["power_interval_s"] == 0.05
+
+
+def test_git_commit_names_this_checkout():
+    commit = git_commit()
+    assert commit == "unknown" or len(commit.split("+")[0]) == 40
