@@ -21,7 +21,7 @@ PLATFORM = Platform(
     platform="toyplat", kind="cpu", device_name_pattern=".*", peak_tflops_fp32=1e-8,
     peak_tflops_tf32=None, peak_tflops_fp16=None, peak_tflops_bf16=None, peak_tflops_int8=None,
     memory_gb=1.0, memory_gb_per_s=2e-5, tdp_w=100.0, release_year=2024, embodied_kg_co2e=1000.0,
-    lifetime_years=1.0, source="test",
+    lifetime_years=1.0, logical_cpus=2, source="test",
 )
 T0 = 1_700_000_000_000_000_000  # wall clock of the batch start (ns)
 S = 1_000_000_000

@@ -200,7 +200,7 @@ def test_bad_specs_are_refused(spec, message):
 def test_modeled_cpu_counts_the_process_tree():
     # A child of this process spins one logical CPU; this process sleeps. The tree's utilisation
     # is then one CPU of n: 100/n %, and power tdp_w/n.
-    n_cpus = psutil.cpu_count(logical=True)
+    n_cpus = len(os.sched_getaffinity(os.getpid()))  # the CPUs the measured process may use
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.2)  # let the child exist before the source lists the tree
@@ -210,9 +210,10 @@ def test_modeled_cpu_counts_the_process_tree():
     finally:
         child.kill()
         child.wait()
-    # Lower bound one half: a busy CI runner may share the core; upper bound: the child is one
+    # Lower bound 0.3 of a CPU: a busy runner may share the core (0.42 was seen under load), yet a
+    # tree without the child (this process asleep) reads about 0; upper bound: the child is one
     # thread, and this process, asleep, adds about nothing (0.3 of a CPU allows interpreter noise).
-    assert 0.5 * 100 / n_cpus <= sample.util_pct <= 1.3 * 100 / n_cpus
+    assert 0.3 * 100 / n_cpus <= sample.util_pct <= 1.3 * 100 / n_cpus
     assert sample.power_w == pytest.approx(100.0 * sample.util_pct / 100)
     assert sample.modeled and sample.source == "modeled_cpu" and sample.device_index == -1
     assert math.isnan(sample.energy_counter_j)

@@ -14,6 +14,7 @@ from tokencarbon.config import (
     coerce_cli_strings,
     model_slice,
     platform_slice,
+    probe_platform_slice,
 )
 from tokencarbon.errors import ConfigError
 
@@ -59,9 +60,10 @@ BACKEND = config["backend"]["name"]
 # Package modules each stage's results depend on: Snakemake's code trigger sees only the script
 # adapters, so the modules they import are listed as inputs (style.md).
 PKG = "workflow/tokencarbon"
-WORKLOAD_CODE = [f"{PKG}/workload.py", f"{PKG}/tokenizer.py"]
+WORKLOAD_CODE = [f"{PKG}/workload.py", f"{PKG}/tokenizer.py", f"{PKG}/tables.py"]
 ENGINE_CODE = [f"{PKG}/models.py", f"{PKG}/backends/torch_backend.py"]
 METRICS_CODE = [
+    f"{PKG}/tables.py",
     f"{PKG}/metrics.py",
     f"{PKG}/energy.py",
     f"{PKG}/carbon.py",
@@ -74,6 +76,7 @@ FIGURE_CODE = [
     for name in ["__init__", "common", "analytic", "measured", "summary", "render"]
 ]
 CELL_CODE = ENGINE_CODE + [
+    f"{PKG}/tables.py",
     f"{PKG}/cell.py",
     f"{PKG}/hardware.py",
     f"{PKG}/power/sidecar.py",
@@ -101,6 +104,14 @@ def tokenizer_spec(family):
 
 def workload_source():
     return config["workload"]["source"]
+
+
+def tokenizer_corpus(wildcards):
+    """The builtin tokenizer learns the text it will count: the synthetic corpus or the source file."""
+    source = workload_source()
+    return (
+        "results/dataset/synthetic_sharegpt.json" if source == "synthetic" else source
+    )
 
 
 def filter_inputs(wildcards):
@@ -169,6 +180,10 @@ def gpu_count(wildcards):
     return 0 if platform_slice(config, wildcards.platform)["kind"] == "cpu" else 1
 
 
+def probe_platform_params(wildcards):
+    return probe_platform_slice(wildcards.platform)
+
+
 def probe_limits(wildcards):
     limit = config["platforms"][wildcards.platform]["memory_limit_gb"]
     return {"memory_limit_gb": limit, "max_batch": config["sweep"]["max_batch"]}
@@ -205,7 +220,11 @@ def all_cell_files(wildcards):
 
 
 def carbon_params(wildcards=None):
-    """The carbon slice: only metrics, figure 6a and what depends on them read it."""
+    """The carbon slice metrics read (trace_day only concerns figure 6a)."""
+    return {k: v for k, v in config["carbon"].items() if k != "trace_day"}
+
+
+def fig6a_params():
     return dict(config["carbon"])
 
 
@@ -218,14 +237,16 @@ def metrics_inputs(wildcards):
 def fig6a_inputs(wildcards):
     if config["carbon"]["source"] == "trace":
         return {"trace": config["carbon"]["trace"]}
+    if config["carbon"]["trace_day"]:
+        return {}
+    # A constant intensity drawn for the day the cells ran (their first window).
     return {"cells": "results/tables/cells.parquet"}
 
 
 def arch_family(model):
-    import json as _json
+    from tokencarbon.models import load_architecture
 
-    arch = config["models"][model]["architecture"]
-    return _json.loads(Path(f"resources/models/{arch}.json").read_text())["family"]
+    return load_architecture(config["models"][model]["architecture"]).family
 
 
 def models_of(family):

@@ -19,7 +19,7 @@ rule generate_synthetic_sharegpt:
 
 rule train_tokenizer:
     input:
-        corpus="results/dataset/synthetic_sharegpt.json",
+        corpus=tokenizer_corpus,
         code=WORKLOAD_CODE,
     output:
         directory("results/tokenizer/builtin"),

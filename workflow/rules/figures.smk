@@ -152,7 +152,7 @@ rule plot_fig6a:
         "../envs/tokencarbon.yaml"
     params:
         figure="fig6a_intensity_day",
-        carbon=carbon_params(),
+        carbon=fig6a_params(),
     script:
         "../scripts/render_figure.py"
 

@@ -17,7 +17,8 @@ checkpoint probe_max_batch:
         gpu=gpu_count,
     params:
         model=engine_params,
-        platform=cell_platform_params,
+        platform=probe_platform_params,
         limits=probe_limits,
+        backend=BACKEND,
     script:
         "../scripts/probe_max_batch.py"

@@ -8,10 +8,16 @@ import contextlib
 import os
 
 from tokencarbon import tables
+from tokencarbon.errors import ConfigError
 from tokencarbon.lease import apply, lease_gpu
 from tokencarbon.probe import run_probe
 
 platform = snakemake.params.platform
+if snakemake.params.backend != "torch":
+    raise ConfigError(
+        f"config key backend.name: the OOM probe drives the torch backend only, not "
+        f"{snakemake.params.backend!r}; give sweep.batch_sizes as a list for this backend"
+    )
 with contextlib.ExitStack() as stack:
     if platform["kind"] == "gpu":
         # Like a cell, the probe takes a GPU of its own before CUDA starts (tokencarbon/lease.py).

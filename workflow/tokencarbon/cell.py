@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tokencarbon import tables
-from tokencarbon.errors import ConfigError
+from tokencarbon.errors import ConfigError, HardwareMismatchError
 from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect, software_versions
 from tokencarbon.models import load_architecture
@@ -28,6 +28,20 @@ from tokencarbon.models import load_architecture
 def group_batches(workload: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
     """The workload in order, cut into static batches of batch_size (the last may be smaller)."""
     return [workload.iloc[i : i + batch_size] for i in range(0, len(workload), batch_size)]
+
+
+def pin_to_logical_cpus(n: int) -> None:
+    """Run on the platform's n logical CPUs, as its TDP and peak FLOP/s describe (platforms.csv)."""
+    import torch
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < n:
+        raise HardwareMismatchError(
+            f"platform 'cpu' describes {n} logical CPUs (resources/platforms.csv, logical_cpus) but "
+            f"this process may use only {len(allowed)}: {allowed}"
+        )
+    os.sched_setaffinity(0, allowed[:n])
+    torch.set_num_threads(n)
 
 
 def power_source_spec(platform: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +85,8 @@ def run_cell(
         )
 
     device = "cpu" if platform["kind"] == "cpu" else "cuda"
+    if device == "cpu":
+        pin_to_logical_cpus(platform["logical_cpus"])
     engine = TorchEngine(
         arch,
         model["dtype"],

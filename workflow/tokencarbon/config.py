@@ -87,6 +87,13 @@ def check_config(config: dict[str, Any]) -> None:
                 f"max_positions {arch.max_positions}; lower max_tokens to at most "
                 f"{arch.max_positions // 2}"
             )
+    for name, family in config["families"].items():
+        if family["tokenizer"] == "builtin" and config["workload"]["source"].startswith("hf:"):
+            raise ConfigError(
+                f"config key families.{name}.tokenizer: 'builtin' trains on the workload's text, "
+                f"which an 'hf:' source ({config['workload']['source']}) does not give as a file; "
+                "use a local Hugging Face tokenizer directory or a cached id"
+            )
     if config["carbon"]["source"] == "trace" and not config["carbon"]["trace"]:
         raise ConfigError(
             "config key carbon.trace: carbon.source is 'trace' but no trace file is given; set "
@@ -124,6 +131,14 @@ def model_slice(config: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
+def probe_platform_slice(platform: str) -> dict[str, Any]:
+    """What the OOM probe needs of its platform: only enough to check the hardware."""
+    from tokencarbon.platforms import get_platform
+
+    p = get_platform(platform)
+    return {"name": platform, "kind": p.kind, "device_name_pattern": p.device_name_pattern}
+
+
 def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
     """What a cell needs of its platform: the spec row (to check hardware, model CPU power)."""
     from tokencarbon.platforms import get_platform
@@ -133,9 +148,8 @@ def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
     if interval is None:
         interval = 0.1 if p.kind == "cpu" else 0.05
     return {
-        "name": platform,
-        "kind": p.kind,
-        "device_name_pattern": p.device_name_pattern,
+        **probe_platform_slice(platform),
+        "logical_cpus": p.logical_cpus,
         "tdp_w": float(p.tdp_w),
         "power_interval_s": float(interval),
         "idle_s": float(config["power"]["idle_s"]),

@@ -134,3 +134,41 @@ def cell_energy(
         idle_energy_j=idle_energy_j,
         above_idle_energy_j=energy_j - idle_energy_j,
     )
+
+
+def windows_energy(
+    samples: pd.DataFrame, windows: list[tuple[int, int]], idle_power_w: float
+) -> EnergyRecord:
+    """cell_energy summed over disjoint windows (a cell's batches): the time between batches,
+    where an engine allocates caches or captures graphs, is not part of the measured work."""
+    parts = [cell_energy(samples, start, end, idle_power_w) for start, end in windows]
+    window_s = sum(p.window_s for p in parts)
+    counter_j = sum(p.energy_counter_j for p in parts)  # NaN if any window lacks a counter
+    integrated_j = sum(p.energy_integrated_j for p in parts)
+    n_samples = sum(p.n_samples for p in parts)
+    method = parts[0].method
+    has_counter = not np.isnan(counter_j)
+    relative_difference = (
+        (integrated_j - counter_j) / counter_j if has_counter and counter_j > 0 else float("nan")
+    )
+    flags = []
+    if abs(relative_difference) > MAX_RELATIVE_DIFFERENCE:
+        flags.append("counter_vs_integral_gt_5pct")
+    if n_samples < MIN_SAMPLES:
+        flags.append("fewer_than_10_samples")
+    if method == "modeled":
+        flags.append("modeled")
+    energy_j = counter_j if method == "counter" else integrated_j
+    idle_energy_j = idle_power_w * window_s
+    return EnergyRecord(
+        window_s=window_s,
+        n_samples=n_samples,
+        energy_counter_j=counter_j,
+        energy_integrated_j=integrated_j,
+        energy_j=energy_j,
+        method=method,
+        relative_difference=relative_difference,
+        qa_flags=tuple(flags),
+        idle_energy_j=idle_energy_j,
+        above_idle_energy_j=energy_j - idle_energy_j,
+    )

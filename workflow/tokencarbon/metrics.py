@@ -12,7 +12,7 @@ import pandas as pd
 
 from tokencarbon import flops
 from tokencarbon.carbon import embodied_carbon_g, operational_carbon
-from tokencarbon.energy import cell_energy
+from tokencarbon.energy import windows_energy
 from tokencarbon.models import Architecture
 from tokencarbon.platforms import Platform, peak_bandwidth_bytes_per_s, peak_flops
 
@@ -60,20 +60,29 @@ def cell_metrics(
     fill: str | None,
 ) -> dict[str, Any]:
     """One METRICS row for a cell, from its batches and its power samples (both phases)."""
-    start_ns, end_ns = int(cell["window_start_wall_ns"]), int(cell["window_end_wall_ns"])
+    # Energy, carbon and rates count the batches' own time: engine set-up between batches
+    # (cache allocation, graph capture or compilation for a new shape) is excluded.
+    windows = [(int(s), int(e)) for s, e in zip(batches["start_wall_ns"], batches["end_wall_ns"])]
     run = power[power["phase"] == "run"]
-    energy = cell_energy(run, start_ns, end_ns, float(cell["idle_power_w"]))
-    has_counter = energy.method == "counter"
-    carbon = operational_carbon(
-        run, start_ns, end_ns, intensity, pue=pue, fill=fill,
-        energy_from="counter" if has_counter else "power",
-        where=f"power samples of {cell['platform']}/{cell['model']}/bs{cell['batch_size']}",
+    energy = windows_energy(run, windows, float(cell["idle_power_w"]))
+    where = f"power samples of {cell['platform']}/{cell['model']}/bs{cell['batch_size']}"
+    carbons = [
+        operational_carbon(
+            run, s, e, intensity, pue=pue, fill=fill,
+            energy_from="counter" if energy.method == "counter" else "power", where=where,
+        )
+        for s, e in windows
+    ]
+    operational_g = sum(c.carbon_g for c in carbons)
+    carbon_energy_j = sum(c.energy_j for c in carbons)
+    intensity_g_per_kwh = (
+        sum(c.intensity_g_per_kwh * c.energy_j for c in carbons) / carbon_energy_j
+        if carbon_energy_j > 0 else float(np.mean([c.intensity_g_per_kwh for c in carbons]))
     )
     embodied_g = embodied_carbon_g(platform.embodied_kg_co2e, platform.lifetime_years, energy.window_s)
     work = [batch_work(arch, b, cell["dtype"]) for _, b in batches.iterrows()]
     total_flops = float(sum(f for f, _ in work))
     total_bytes = float(sum(b for _, b in work))
-    busy_s = float(((batches["end_ns"] - batches["start_ns"]) / 1e9).sum())
     out_tokens = int(batches["output_tokens"].sum())
     return {
         "platform": cell["platform"],
@@ -95,21 +104,20 @@ def cell_metrics(
         "idle_power_w": float(cell["idle_power_w"]),
         "idle_energy_j": energy.idle_energy_j,
         "above_idle_energy_j": energy.above_idle_energy_j,
-        "intensity_g_per_kwh": carbon.intensity_g_per_kwh,
+        "intensity_g_per_kwh": intensity_g_per_kwh,
         "pue": pue,
-        "operational_g": carbon.carbon_g,
+        "operational_g": operational_g,
         "embodied_g": embodied_g,
-        "carbon_g": carbon.carbon_g + embodied_g,
+        "carbon_g": operational_g + embodied_g,
         "j_per_token": energy.energy_j / out_tokens,
-        "g_per_token": carbon.carbon_g / out_tokens,
-        "g_per_token_with_embodied": (carbon.carbon_g + embodied_g) / out_tokens,
+        "g_per_token": operational_g / out_tokens,
+        "g_per_token_with_embodied": (operational_g + embodied_g) / out_tokens,
         "tokens_per_s": out_tokens / energy.window_s,
         **latency_metrics(batches),
         "flops": total_flops,
-        # Utilisation over the time the device was busy with batches (gaps between batches excluded).
-        "mfu": total_flops / (busy_s * peak_flops(platform, cell["dtype"])),
+        "mfu": total_flops / (energy.window_s * peak_flops(platform, cell["dtype"])),
         "bytes_moved": total_bytes,
-        "mbu": total_bytes / (busy_s * peak_bandwidth_bytes_per_s(platform)),
+        "mbu": total_bytes / (energy.window_s * peak_bandwidth_bytes_per_s(platform)),
     }
 
 

@@ -30,11 +30,19 @@ class Platform:
     release_year: int
     embodied_kg_co2e: float
     lifetime_years: float
+    # CPU platforms: the logical CPUs the row's TDP and peaks describe; a cell is pinned to them.
+    logical_cpus: int | None
     source: str
     memory_limit_gb: float | None = None  # set from config: caps usable memory below memory_gb
 
 
-_OPTIONAL = {"peak_tflops_tf32", "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_int8"}
+_OPTIONAL = {
+    "peak_tflops_tf32",
+    "peak_tflops_fp16",
+    "peak_tflops_bf16",
+    "peak_tflops_int8",
+    "logical_cpus",
+}
 _TEXT = {"platform", "kind", "device_name_pattern", "source"}
 _COLUMNS = [f.name for f in dataclasses.fields(Platform) if f.name != "memory_limit_gb"]
 
@@ -58,12 +66,17 @@ def _parse(path: Path, row: dict[str, str], line: int) -> Platform:
             values[col] = None
         else:
             try:
-                values[col] = int(raw) if col == "release_year" else float(raw)
+                values[col] = int(raw) if col in ("release_year", "logical_cpus") else float(raw)
             except ValueError:
                 raise InputError(
                     f"{path} line {line}, column {col}: {raw!r} is not a number"
                     + ("" if col not in _OPTIONAL else " (leave empty where the unit is absent)")
                 ) from None
+    if values["kind"] == "cpu" and not (values["logical_cpus"] or 0) >= 1:
+        raise InputError(
+            f"{path} line {line}, column logical_cpus: a cpu platform needs the number of logical "
+            "CPUs its TDP and peaks describe (an integer >= 1)"
+        )
     if values["kind"] not in ("cpu", "gpu"):
         raise InputError(f"{path} line {line}, column kind: {values['kind']!r}; valid: 'cpu', 'gpu'")
     try:

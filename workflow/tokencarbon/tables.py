@@ -98,13 +98,13 @@ METRICS = pa.schema(
         ("n_requests", pa.int64()),
         ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
-        ("window_s", pa.float64()),  # sum of measured batch durations (first start to last end)
+        ("window_s", pa.float64()),  # sum of the measured batches' durations (set-up between excluded)
         ("n_power_samples", pa.int64()),
         ("energy_method", pa.string()),  # "counter" (NVML), "integrated" or "modeled"
         ("energy_j", pa.float64()),  # the primary measurement: counter where present
         ("energy_counter_j", pa.float64()),
         ("energy_integrated_j", pa.float64()),
-        ("energy_relative_difference", pa.float64()),  # |counter - integrated| / counter
+        ("energy_relative_difference", pa.float64()),  # (integrated - counter) / counter
         ("qa_flags", pa.string()),  # ";"-joined, empty when none
         ("idle_power_w", pa.float64()),
         ("idle_energy_j", pa.float64()),

@@ -29,13 +29,7 @@ from tokencarbon.figures import (
 from tokencarbon.models import load_architecture
 from tokencarbon.platforms import get_platform, load_platforms
 
-# The study's models: the analytic figures 1 and 2a always show them, beside the configured ones.
-STUDY_ARCHITECTURES = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-2-13b"]
 FAMILY_TITLES = {"llama": "Llama-architecture models", "gpt2": "GPT-2-architecture models"}
-
-
-def models_of_family(model_archs: Mapping[str, str], family: str) -> list[str]:
-    return sorted(m for m, a in model_archs.items() if load_architecture(a).family == family)
 
 
 def read_probes(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -39,7 +39,12 @@ class ModeledCpuSource:
                 f"({exc})"
             ) from exc
         self.tdp_w = float(tdp_w)
-        self._n_cpus = psutil.cpu_count(logical=True) or 1
+        # Utilisation is relative to the CPUs the measured process may run on (a cpu-platform cell
+        # pins itself to the platform's logical CPUs), not to every CPU of the host.
+        try:
+            self._n_cpus = len(os.sched_getaffinity(target_pid)) or 1
+        except (AttributeError, OSError):
+            self._n_cpus = psutil.cpu_count(logical=True) or 1
         # psutil measures cpu_percent since the previous call on the same Process object, so the
         # objects persist between samples; the first call on each only sets its baseline.
         self._procs: dict[int, psutil.Process] = {}
@@ -52,7 +57,9 @@ class ModeledCpuSource:
             current = [self._root, *self._root.children(recursive=True)]
         except psutil.NoSuchProcess:
             current = []
-        alive = {p.pid: self._procs.get(p.pid, p) for p in current}
+        # The sampler itself (the sidecar, a child of the measured process) is not the workload.
+        sampler = os.getpid() if os.getpid() != self._root.pid else None
+        alive = {p.pid: self._procs.get(p.pid, p) for p in current if p.pid != sampler}
         self._procs = alive
         cpu_percent, rss_bytes = 0.0, 0.0
         for proc in alive.values():
