@@ -173,3 +173,28 @@ def test_cell_energy_modeled():
     assert record.method == "modeled"
     assert record.energy_j == pytest.approx(80.0)  # 40 W x 2 s
     assert record.qa_flags == ("modeled",)
+
+
+def test_windows_energy_skips_the_time_between_batches():
+    # 100 W in the batches [0, 1] s and [2, 3] s; 500 W while the engine sets up in between
+    # (samples at 1.1..1.9 s). Energy of the two batches: 100 J + 100 J = 200 J, not the
+    # 100 + 100 + ~420 J of the whole span. Counter: the running integral of that power.
+    import numpy as np
+    import pandas as pd
+
+    from tokencarbon.energy import windows_energy
+
+    t_s = np.round(np.arange(0, 31) * 0.1, 1)
+    power_w = np.where((t_s > 1.0) & (t_s < 2.0), 500.0, 100.0)
+    counter_j = np.concatenate([[0.0], np.cumsum(np.diff(t_s) * (power_w[1:] + power_w[:-1]) / 2)])
+    samples = pd.DataFrame({
+        "t_wall_ns": (t_s * 1e9).round().astype("int64"), "source": "nvml", "device_index": 0,
+        "modeled": False, "power_w": power_w, "energy_counter_j": counter_j,
+    })
+    record = windows_energy(samples, [(0, 1_000_000_000), (2_000_000_000, 3_000_000_000)], idle_power_w=50.0)
+    assert record.window_s == pytest.approx(2.0)
+    assert record.energy_counter_j == pytest.approx(200.0)
+    assert record.energy_integrated_j == pytest.approx(200.0)
+    assert record.method == "counter" and record.energy_j == pytest.approx(200.0)
+    assert record.idle_energy_j == pytest.approx(100.0)  # 50 W x 2 s
+    assert record.n_samples == 22  # 11 samples in each window, edges included

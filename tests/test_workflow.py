@@ -183,3 +183,18 @@ def test_tensorrt_llm_backend_selects_its_engine_rule(tmp_path):
     out = snakemake(project, "--dry-run", "results/tables/cells.parquet")
     assert "results/engines/cpu/tiny-llama/tensorrt_llm/manifest.json" in out.stdout + out.stderr
     assert "torch/manifest.json" not in out.stdout + out.stderr
+
+
+def test_bad_source_fails_its_job_and_leaves_no_output(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": "x", "conversations": [{"from": "human"}]}]')  # a turn without "value"
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p", dict(SMALL, workload=dict(SMALL["workload"], source=str(bad))))
+    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", "results/dataset/tiny.parquet"], cwd=project,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    # The builtin tokenizer learns the source's text, so its job is the first to read the file.
+    log = (project / "logs/train_tokenizer.log").read_text()
+    assert str(bad) in log and "value" in log
+    assert not list((project / "results").rglob("*.parquet"))
+    assert not (project / "results/tokenizer/builtin").exists()
