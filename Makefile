@@ -7,7 +7,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint report clean
+.PHONY: run test test-slurm lint report clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+SLURM_STAMP := $(VENV)/.installed-slurm
+
+$(SLURM_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[dev,slurm]"
+	touch $(SLURM_STAMP)
+
+# A real one-node SLURM cluster on this machine (needs root and Debian's apt; docs/slurm.md).
+test-slurm: $(SLURM_STAMP)
+	PYTHON=$(BIN)/python bash tests/slurm/run.sh
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

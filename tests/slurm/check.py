@@ -7,6 +7,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pyarrow.parquet as pq
 
@@ -19,7 +20,7 @@ SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log
 LOCAL = re.compile(r"^local(?:rule|checkpoint) (\w+):", re.M)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"FAIL: {message}", file=sys.stderr)
     sys.exit(1)
 
@@ -59,8 +60,8 @@ def submitted(snakemake_log: Path) -> list[tuple[str, str]]:
 
 
 def evidence(snakemake_log: Path, slurmctld_log: Path, squeue_out: Path, local_log: Path) -> None:
-    """Every job but `all` went through sbatch and ended COMPLETED with exit 0 in slurmctld's own
-    records; the rules and job counts are the local run's."""
+    """Every job but `all` went through sbatch, ended COMPLETED with exit 0 in slurmctld's own
+    records, and got what profiles/slurm asks; the rules and job counts are the local run's."""
     jobs = submitted(snakemake_log)
     ran_here = LOCAL.findall(snakemake_log.read_text())
     if ran_here != ["all"]:
@@ -69,15 +70,21 @@ def evidence(snakemake_log: Path, slurmctld_log: Path, squeue_out: Path, local_l
     if sorted(rule for _, rule in jobs) != local_rules:
         fail(f"{snakemake_log}: submitted rules {sorted(r for _, r in jobs)}, the local run ran {local_rules}")
     ctld = slurmctld_log.read_text()
-    # squeue --states=all keeps finished jobs for MinJobAge: "<id>|<state>|<comment>"
-    states = dict(line.split("|", 2)[:2] for line in squeue_out.read_text().split())
+    # squeue --states=all keeps finished jobs for MinJobAge: id|state|comment|partition|cpus|mem|limit
+    queue = {row[0]: row[1:] for row in (line.split("|") for line in squeue_out.read_text().split())}
     for job_id, rule in jobs:
         if not re.search(rf"_job_complete: JobId={job_id} WEXITSTATUS 0\b", ctld):
             fail(f"{slurmctld_log}: no 'WEXITSTATUS 0' for SLURM job {job_id} (rule {rule})")
-        if states.get(job_id) != "COMPLETED":
-            fail(f"{squeue_out}: SLURM job {job_id} (rule {rule}) is {states.get(job_id)!r}, not COMPLETED")
+        state, comment, partition, cpus, mem, limit = queue.get(job_id, ["missing"] * 6)
+        # profiles/slurm on the cpu platform: cells and probes 2 CPUs, every other job 1; all
+        # 4000 MB and 30 min on the default partition (named main in run.sh's slurm.conf)
+        on_platform = rule in ("run_cell", "probe_max_batch")
+        wanted = ["COMPLETED", f"rule_{rule}", "main", "2" if on_platform else "1", "4000M", "30:00"]
+        got = [state, comment.split("_wildcards_")[0], partition, cpus, mem, limit]
+        if got != wanted:
+            fail(f"{squeue_out}: SLURM job {job_id} (rule {rule}) has {got}, expected {wanted}")
     n_cells = sum(rule == "run_cell" for _, rule in jobs)
-    print(f"{len(jobs)} SLURM jobs COMPLETED with exit 0, {n_cells} of them cells")
+    print(f"{len(jobs)} SLURM jobs COMPLETED with exit 0 and the profile's resources, {n_cells} of them cells")
 
 
 def gpu_cell(snakemake_log: Path, scontrol_out: Path, cell_log: Path) -> None:
@@ -87,7 +94,8 @@ def gpu_cell(snakemake_log: Path, scontrol_out: Path, cell_log: Path) -> None:
     if len(jobs) != 1:
         fail(f"{snakemake_log}: expected one run_cell submission, found SLURM jobs {jobs}")
     job = scontrol_out.read_text()
-    for wanted in ["Partition=gpu", "TresPerJob=gres:gpu:h100:1"]:
+    # profiles/slurm on h100-sxm-80gb: 2 CPUs, 64000 MB (= 62.5 GiB), 240 min, one H100
+    for wanted in ["Partition=gpu", "TRES=cpu=2,mem=62.50G,", "TimeLimit=04:00:00", "TresPerJob=gres:gpu:h100:1"]:
         if wanted not in job:
             fail(f"{scontrol_out}: SLURM job {jobs[0]} lacks {wanted}:\n{job}")
     if "HardwareMismatchError" not in cell_log.read_text():

@@ -30,7 +30,11 @@ log() { echo "[slurm test $((SECONDS - started))s] $*"; }
 stop_all() {
     local pid name
     if [ -f "$STATE/pids/check" ]; then
-        kill -- "-$(cat "$STATE/pids/check")" 2>/dev/null || true
+        pid=$(cat "$STATE/pids/check")
+        # Snakemake answers SIGTERM by waiting for its running jobs: SIGKILL after a grace period.
+        kill -- "-$pid" 2>/dev/null
+        for _ in $(seq 10); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.3; done
+        kill -9 -- "-$pid" 2>/dev/null
         rm -f "$STATE/pids/check"
     fi
     if [ -f "$STATE/pids/slurmctld" ] && kill -0 "$(cat "$STATE/pids/slurmctld")" 2>/dev/null; then
@@ -45,7 +49,7 @@ stop_all() {
         if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
             kill "$pid"
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-            kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+            kill -9 "$pid" 2>/dev/null
         fi
         rm -f "$STATE/pids/$name"
     done
@@ -110,7 +114,8 @@ write_config() {
     done
     # The node as slurmd sees it (CPUs, sockets, cores, memory), so slurmd accepts the config.
     hw=$(slurmd -C | head -1 | sed 's/^NodeName=[^ ]* //')
-    mem_mb=$(sed 's/.*RealMemory=\([0-9]*\).*/\1/' <<<"$hw")
+    mem_mb=${hw##*RealMemory=}
+    mem_mb=${mem_mb%% *}
     # profiles/slurm asks 64000 MB for a GPU cell; the stand-in GPU node declares at least that
     # (config_overrides: slurmd takes the declared node as it is). CPU jobs ask for 4000 MB each.
     hw=${hw/RealMemory=$mem_mb/RealMemory=$((mem_mb > 64000 ? mem_mb : 64000))}
@@ -155,7 +160,7 @@ EOF
 
 start_daemons() {
     local socket=$STATE/munge/munge.socket
-    if [ -d "$STATE/pids" ]; then stop_all; fi
+    if [ -d "$STATE/pids" ]; then stop_all || true; fi
     rm -rf "$STATE"
     mkdir -p "$STATE"/{ctld,spool,run,log,pids}
     # munged wants its key readable by the munge user alone and its folders writable by no one else.
@@ -192,7 +197,7 @@ check_cpu_workflow() {
     log "SLURM run done"
     wait "$local_run" || { tail -40 "$WORK/local.log"; return 1; }
     log "local run done"
-    squeue -h --states=all -o '%i|%T|%k' >"$WORK/squeue.txt"
+    squeue -h --states=all -o '%i|%T|%k|%P|%C|%m|%l' >"$WORK/squeue.txt"
     "$PYTHON" tests/slurm/check.py evidence "$WORK/slurm.log" "$STATE/log/slurmctld.log" \
         "$WORK/squeue.txt" "$WORK/local.log"
     "$PYTHON" tests/slurm/check.py compare "$WORK/local" "$WORK/slurm"
