@@ -97,21 +97,15 @@ def energy_from_power(samples: pd.DataFrame, start_ns: int, end_ns: int) -> floa
     return float(np.trapezoid(p_all, t_all))
 
 
-def cell_energy(
-    samples: pd.DataFrame, start_ns: int, end_ns: int, idle_power_w: float
+def _record(
+    window_s: float, n_samples: int, counter_j: float, integrated_j: float, modeled: bool,
+    idle_power_w: float,
 ) -> EnergyRecord:
-    """Both energy measurements of [start_ns, end_ns], the one to use, QA flags and idle split."""
-    window_s = (end_ns - start_ns) / 1e9
-    counter_j = energy_from_counter(samples, start_ns, end_ns)
-    integrated_j = energy_from_power(samples, start_ns, end_ns)
-    t_ns = samples["t_wall_ns"]
-    n_samples = int(((t_ns >= start_ns) & (t_ns <= end_ns) & np.isfinite(samples["power_w"])).sum())
-    modeled = bool(samples["modeled"].any())
+    """The measurements of a window with the one to use, the QA flags and the idle split."""
     has_counter = not np.isnan(counter_j)
     relative_difference = (
         (integrated_j - counter_j) / counter_j if has_counter and counter_j > 0 else float("nan")
     )
-
     flags = []
     if abs(relative_difference) > MAX_RELATIVE_DIFFERENCE:  # False for NaN
         flags.append("counter_vs_integral_gt_5pct")
@@ -136,39 +130,33 @@ def cell_energy(
     )
 
 
+def cell_energy(
+    samples: pd.DataFrame, start_ns: int, end_ns: int, idle_power_w: float
+) -> EnergyRecord:
+    """Both energy measurements of [start_ns, end_ns], the one to use, QA flags and idle split."""
+    t_ns = samples["t_wall_ns"]
+    n_samples = int(((t_ns >= start_ns) & (t_ns <= end_ns) & np.isfinite(samples["power_w"])).sum())
+    return _record(
+        (end_ns - start_ns) / 1e9,
+        n_samples,
+        energy_from_counter(samples, start_ns, end_ns),
+        energy_from_power(samples, start_ns, end_ns),
+        bool(samples["modeled"].any()),
+        idle_power_w,
+    )
+
+
 def windows_energy(
     samples: pd.DataFrame, windows: list[tuple[int, int]], idle_power_w: float
 ) -> EnergyRecord:
     """cell_energy summed over disjoint windows (a cell's batches): the time between batches,
     where an engine allocates caches or captures graphs, is not part of the measured work."""
     parts = [cell_energy(samples, start, end, idle_power_w) for start, end in windows]
-    window_s = sum(p.window_s for p in parts)
-    counter_j = sum(p.energy_counter_j for p in parts)  # NaN if any window lacks a counter
-    integrated_j = sum(p.energy_integrated_j for p in parts)
-    n_samples = sum(p.n_samples for p in parts)
-    method = parts[0].method
-    has_counter = not np.isnan(counter_j)
-    relative_difference = (
-        (integrated_j - counter_j) / counter_j if has_counter and counter_j > 0 else float("nan")
-    )
-    flags = []
-    if abs(relative_difference) > MAX_RELATIVE_DIFFERENCE:
-        flags.append("counter_vs_integral_gt_5pct")
-    if n_samples < MIN_SAMPLES:
-        flags.append("fewer_than_10_samples")
-    if method == "modeled":
-        flags.append("modeled")
-    energy_j = counter_j if method == "counter" else integrated_j
-    idle_energy_j = idle_power_w * window_s
-    return EnergyRecord(
-        window_s=window_s,
-        n_samples=n_samples,
-        energy_counter_j=counter_j,
-        energy_integrated_j=integrated_j,
-        energy_j=energy_j,
-        method=method,
-        relative_difference=relative_difference,
-        qa_flags=tuple(flags),
-        idle_energy_j=idle_energy_j,
-        above_idle_energy_j=energy_j - idle_energy_j,
+    return _record(
+        sum(p.window_s for p in parts),
+        sum(p.n_samples for p in parts),
+        sum(p.energy_counter_j for p in parts),  # NaN if any window lacks a counter
+        sum(p.energy_integrated_j for p in parts),
+        any(p.method == "modeled" for p in parts),
+        idle_power_w,
     )
