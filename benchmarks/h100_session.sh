@@ -15,7 +15,7 @@ run() {  # run NAME CAP_S COMMAND...
     echo "$name: exit $? after $((SECONDS - t0)) s"
 }
 run grid "${GRID_CAP_S:-230}" python3 -m snakemake --cores 8 all --configfile config/h100-reduced.yaml
-tar czf "$OUT/grid.tar.gz" results/tables results/figures results/summary.md results/probe logs 2>/dev/null
+tar czf "$OUT/grid.tar.gz" results/tables results/figures results/summary.md logs 2>/dev/null
 run decode "${DECODE_CAP_S:-150}" python3 benchmarks/decode_roofline.py --cases 7b-bs1 13b-bs1 7b-bs64 7b-bs256 \
     --modes graph compile --compile-max-batch 1
 run gpu_tests "${TESTS_CAP_S:-70}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/

@@ -80,7 +80,7 @@ def test_defaults_fill_missing_sections():
     validate(config, schema=str(REPO / "workflow/schemas/config.schema.yaml"))
     assert config["carbon"]["intensity_g_per_kwh"] == 413
     assert config["families"]["tiny"]["max_tokens"] == 1000
-    assert config["platforms"] == {"cpu": {"memory_limit_gb": None}}
+    assert config["platforms"] == {"cpu": {"memory_limit_gb": None, "import_only": False}}
 
 
 @pytest.mark.parametrize(

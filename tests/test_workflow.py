@@ -134,7 +134,7 @@ def test_auto_sweep_reads_the_probe(tmp_path):
                   sweep={"batch_sizes": "auto", "max_batch": 4})
     project = make_project(tmp_path, config)
     snakemake(project, "results/tables/cells.parquet")
-    probe = yaml.safe_load((project / "results/probe/cpu/tiny-llama.json").read_text())
+    probe = yaml.safe_load((project / "results/cells/cpu/tiny-llama/probe.json").read_text())
     assert probe["max_ok"] == 4 and probe["min_failed"] is None  # the 0.06 GB cap admits 4 at these lengths
     cells = pd.read_parquet(project / "results/tables/cells.parquet")
     assert sorted(cells.batch_size) == [1, 2, 4]
@@ -198,3 +198,26 @@ def test_bad_source_fails_its_job_and_leaves_no_output(tmp_path):
     assert str(bad) in log and "value" in log
     assert not list((project / "results").rglob("*.parquet"))
     assert not (project / "results/tokenizer/builtin").exists()
+
+
+def test_cells_measured_elsewhere_merge_without_rerunning(built, tmp_path):
+    # Another machine's cells (here: `built`'s) copied in, their platform marked import_only.
+    config = dict(SMALL, platforms={"cpu": {"import_only": True}})
+    project = make_project(tmp_path, config)
+    shutil.copytree(built / "results/cells", project / "results/cells")
+    jobs = planned_jobs(project, "all")
+    for rule in ["run_cell", "probe_max_batch", "build_torch_engine"]:
+        assert rule not in jobs, jobs
+    assert jobs["aggregate_cells"] == 1 and jobs["compute_metrics"] == 1
+    snakemake(project, "all")
+    here = pd.read_parquet(project / "results/tables/cells.parquet")
+    there = pd.read_parquet(built / "results/tables/cells.parquet")
+    pd.testing.assert_frame_equal(here, there)
+
+
+def test_an_imported_platform_without_cells_is_a_clear_error(tmp_path):
+    project = make_project(tmp_path, dict(SMALL, platforms={"cpu": {"import_only": True}}))
+    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", "--dry-run", "all"], cwd=project,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "platforms.cpu.import_only: no cells of" in proc.stdout + proc.stderr

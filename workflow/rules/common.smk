@@ -53,6 +53,11 @@ def _validate_config():
 _validate_config()
 
 PLATFORMS = sorted(config["platforms"])
+# Platforms measured on another machine: their cells are copied in, never run here.
+IMPORTED = [p for p in PLATFORMS if config["platforms"][p]["import_only"]]
+MEASURED = [p for p in PLATFORMS if p not in IMPORTED]
+# A pattern no platform name matches when every platform is imported.
+MEASURED_PATTERN = "|".join(MEASURED) or "(?!)"
 MODELS = sorted(config["models"])
 FAMILIES = sorted({config["models"][m]["family"] for m in MODELS})
 BACKEND = config["backend"]["name"]
@@ -189,8 +194,25 @@ def probe_limits(wildcards):
     return {"memory_limit_gb": limit, "max_batch": config["sweep"]["max_batch"]}
 
 
+def imported_batch_sizes(platform, model):
+    """The cells another machine measured, as copied into results/cells/<platform>/<model>/."""
+    found = sorted(
+        int(p.parent.name[2:])
+        for p in Path(f"results/cells/{platform}/{model}").glob("bs*/meta.json")
+    )
+    if not found:
+        raise ConfigError(
+            f"config key platforms.{platform}.import_only: no cells of {model} under "
+            f"results/cells/{platform}/{model}/bs*/; copy that folder from the machine that "
+            f"measured them, or set import_only to false to run them here"
+        )
+    return found
+
+
 def batch_sizes(platform, model):
     """The sweep: explicit, or read from the OOM probe (the only reader of the checkpoint)."""
+    if platform in IMPORTED:
+        return imported_batch_sizes(platform, model)
     sizes = config["sweep"]["batch_sizes"]
     if sizes != "auto":
         return sorted(sizes)
@@ -278,7 +300,7 @@ def platform_limits():
 
 def probe_files(family):
     models = MODELS if family is None else models_of(family)
-    return [f"results/probe/{p}/{m}.json" for p in PLATFORMS for m in models]
+    return [f"results/cells/{p}/{m}/probe.json" for p in PLATFORMS for m in models]
 
 
 def all_targets():

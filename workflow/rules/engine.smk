@@ -10,6 +10,8 @@ rule build_torch_engine:
         "results/engines/{platform}/{model}/torch/manifest.json",
     log:
         "logs/build_torch_engine/{platform}/{model}.log",
+    wildcard_constraints:
+        platform=MEASURED_PATTERN,
     conda:
         "../envs/tokencarbon.yaml"
     params:
@@ -27,6 +29,8 @@ rule build_trtllm_engine:
         engine=directory("results/engines/{platform}/{model}/tensorrt_llm/engine"),
     log:
         "logs/build_trtllm_engine/{platform}/{model}.log",
+    wildcard_constraints:
+        platform=MEASURED_PATTERN,
     conda:
         "../envs/tokencarbon.yaml"
     params:

@@ -13,6 +13,8 @@ rule run_cell:
         meta="results/cells/{platform}/{model}/bs{batch}/meta.json",
     log:
         "logs/run_cell/{platform}/{model}/bs{batch}.log",
+    wildcard_constraints:
+        platform=MEASURED_PATTERN,
     conda:
         "../envs/tokencarbon.yaml"
     resources:

@@ -8,9 +8,11 @@ checkpoint probe_max_batch:
         workload="results/workload/{model}.parquet",
         code=ENGINE_CODE + [f"{PKG}/probe.py", f"{PKG}/hardware.py", f"{PKG}/lease.py"],
     output:
-        "results/probe/{platform}/{model}.json",
+        "results/cells/{platform}/{model}/probe.json",
     log:
         "logs/probe_max_batch/{platform}/{model}.log",
+    wildcard_constraints:
+        platform=MEASURED_PATTERN,
     conda:
         "../envs/tokencarbon.yaml"
     resources:
