@@ -465,3 +465,19 @@ def test_save_writes_png_and_pdf_atomically(tmp_path):
 def test_save_refuses_a_stem_with_an_extension(tmp_path):
     with pytest.raises(ConfigError, match="without extension"):
         save(fig1_flops_vs_seqlen([TOY], [128]), tmp_path / "fig1.png")
+
+
+def test_carbon_optimal_batch_under_a_latency_slo():
+    import pandas as pd
+
+    from tokencarbon.figures import carbon_optimal_batches
+
+    # bs1: 2.0e-3 g/token at 0.02 s/token; bs4: 5.0e-4 at 0.05; bs16: 2.0e-4 at 0.12.
+    metrics = pd.DataFrame({
+        "platform": "p", "model": "m", "batch_size": [1, 4, 16],
+        "g_per_token": [2.0e-3, 5.0e-4, 2.0e-4], "s_per_token_user": [0.02, 0.05, 0.12],
+    })
+    best = carbon_optimal_batches(metrics, [0.01, 0.02, 0.05, 0.1, 0.2])
+    # 0.01: nothing is that fast; 0.02: only bs1; 0.05 and 0.1: bs4 (bs16 too slow); 0.2: bs16.
+    assert best["batch_size"].tolist() == [pd.NA, 1, 4, 4, 16]
+    assert best["g_per_token"].iloc[2] == 5.0e-4

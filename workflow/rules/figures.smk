@@ -277,5 +277,7 @@ rule summarize_headlines:
         "logs/summarize_headlines.log",
     conda:
         "../envs/tokencarbon.yaml"
+    params:
+        slos_s_per_token=config["summary"]["latency_slos_s_per_token"],
     script:
         "../scripts/summarize_headlines.py"

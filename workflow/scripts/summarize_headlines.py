@@ -10,4 +10,5 @@ from tokencarbon.figures.render import read_probes
 from tokencarbon.files import write_text
 
 metrics = tables.read(snakemake.input.metrics, tables.METRICS)
-write_text(snakemake.output[0], summary_markdown(metrics, read_probes(snakemake.input.probes)))
+probes = read_probes(snakemake.input.probes)
+write_text(snakemake.output[0], summary_markdown(metrics, probes, snakemake.params.slos_s_per_token))

@@ -21,6 +21,7 @@ from tokencarbon.figures.measured import (  # noqa: E402
     fig7_carbon_per_token,
 )
 from tokencarbon.figures.summary import (  # noqa: E402
+    carbon_optimal_batches,
     max_batch_markdown,
     max_batch_table,
     summary_markdown,
@@ -29,6 +30,7 @@ from tokencarbon.figures.summary import (  # noqa: E402
 )
 
 __all__ = [
+    "carbon_optimal_batches",
     "family_models",
     "fig1_flops_vs_seqlen",
     "fig2a_memory_vs_seqlen",

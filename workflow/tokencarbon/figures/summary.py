@@ -105,7 +105,52 @@ def write_max_batch_markdown(
     write_text(path, max_batch_markdown(probe_rows, models, title))
 
 
-def summary_markdown(metrics: pd.DataFrame, probe_rows: Sequence[Mapping]) -> str:
+def carbon_optimal_batches(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> pd.DataFrame:
+    """Per (model, platform) and latency SLO: the measured batch size with the least carbon per
+    token among those whose user-perceived latency (s_per_token_user) meets the SLO; batch_size
+    <NA> where no measured batch meets it."""
+    require_columns(
+        metrics, ["platform", "model", "batch_size", "g_per_token", "s_per_token_user"],
+        "carbon_optimal_batches",
+    )
+    rows = []
+    for (model, platform), cells in metrics.groupby(["model", "platform"]):
+        for slo in slos_s_per_token:
+            ok = cells[cells["s_per_token_user"] <= slo]
+            best = ok.loc[ok["g_per_token"].idxmin()] if len(ok) else None
+            rows.append({
+                "model": model,
+                "platform": platform,
+                "slo_s_per_token": float(slo),
+                "batch_size": pd.NA if best is None else int(best["batch_size"]),
+                "g_per_token": float("nan") if best is None else float(best["g_per_token"]),
+                "s_per_token_user": float("nan") if best is None else float(best["s_per_token_user"]),
+            })
+    return pd.DataFrame(rows).astype({"batch_size": "Int64"})
+
+
+def _slo_markdown(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> str:
+    best = carbon_optimal_batches(metrics, slos_s_per_token)
+    header = ["model", "platform", "latency SLO (s/token)", "carbon-optimal batch",
+              "mgCO2e/token there", "s/token there"]
+    rows = [
+        [r.model, r.platform, f"{r.slo_s_per_token:g}",
+         "none meets it" if pd.isna(r.batch_size) else str(r.batch_size),
+         "" if pd.isna(r.batch_size) else f"{r.g_per_token * MG_PER_G:.3g}",
+         "" if pd.isna(r.batch_size) else f"{r.s_per_token_user:.3g}"]
+        for r in best.itertuples()
+    ]
+    return "\n".join([
+        "### Carbon-optimal batch under a latency SLO\n",
+        "Among the measured batch sizes whose user-perceived latency per token meets the SLO, the "
+        "one with the least operational carbon per token.\n",
+        _markdown_table(header, rows),
+    ])
+
+
+def summary_markdown(
+    metrics: pd.DataFrame, probe_rows: Sequence[Mapping], slos_s_per_token: Sequence[float] = ()
+) -> str:
     """results/summary.md: per (model, platform) the carbon-per-token and latency ratios of batch 1
     to the largest measured batch and the MFU at batch 1, each beside the study's value."""
     what = "summary_markdown"
@@ -158,6 +203,8 @@ def summary_markdown(metrics: pd.DataFrame, probe_rows: Sequence[Mapping]) -> st
         "carbon = batch 1 / largest batch; latency = largest batch / batch 1.\n",
         _markdown_table(header, rows),
     ]
+    if slos_s_per_token:
+        parts.append(_slo_markdown(metrics, slos_s_per_token))
     if probe_rows:
         parts.append(max_batch_markdown(probe_rows))
     return "\n".join(parts)
