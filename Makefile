@@ -1,7 +1,9 @@
 # Two commands on a fresh machine with Python >= 3.11 and make: `make run`, `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of torch (see DEVELOPERS.md: an unpinned torch pulls a multi-GB CUDA build).
+# torch first, pinned: on this project's machines pip takes 2.13.0's CPU build from local disk; an
+# unpinned torch pulls a multi-GB CUDA build. Elsewhere, for the CPU build from PyTorch's index:
+#   make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 CORES ?= 1
 BIN := $(VENV)/bin
@@ -12,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
@@ -30,7 +32,7 @@ $(SLURM_STAMP): $(STAMP) pyproject.toml
 
 # A real one-node SLURM cluster on this machine (needs root and Debian's apt; docs/slurm.md).
 test-slurm: $(SLURM_STAMP)
-	PYTHON=$(BIN)/python bash tests/slurm/run.sh
+	PYTHON=$(abspath $(BIN))/python bash tests/slurm/run.sh
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

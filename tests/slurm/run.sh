@@ -6,6 +6,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+# Checks run in other folders: a relative interpreter path must not depend on where they run.
+case $PYTHON in */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;; esac
 # The `slurm` extra's pins in pyproject.toml (tests/test_slurm_profile.py checks they agree).
 PLUGINS=(snakemake-executor-plugin-slurm==2.8.0 snakemake-executor-plugin-slurm-jobstep==0.6.1)
 PLUGIN_SITE=/var/cache/tokencarbon-slurm/site # used only where the venv lacks the plugin
@@ -65,7 +67,8 @@ finish() {
     if [ "$failed" -eq 0 ]; then rm -rf "$WORK"; else log "logs kept in $WORK and $STATE/log"; fi
     echo "slurm test runtime: $((SECONDS - started)) s"
     echo "slurm test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
+    # An EXIT trap keeps the script's earlier status unless it exits explicitly.
+    if [ "$failed" -eq 0 ]; then exit 0; else exit 1; fi
 }
 trap finish EXIT
 trap 'log "interrupted"; exit 130' INT TERM
