@@ -68,8 +68,9 @@ def run_cell(
 
     if run["backend"] != "torch":
         raise ConfigError(
-            f"config key backend.name: cells for backend {run['backend']!r} are run by "
-            "tokencarbon.backends.tensorrt_llm (not available in this build); use 'torch'"
+            f"config key backend.name: cells run the torch backend only; the TensorRT-LLM runner "
+            f"(tokencarbon.backends.tensorrt_llm.TrtllmEngine) is not wired into cells yet, so "
+            f"{run['backend']!r} cannot be measured; use 'torch'"
         )
     hardware = detect(platform["kind"])
     check_platform(platform, hardware)
