@@ -221,3 +221,17 @@ def test_an_imported_platform_without_cells_is_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "platforms.cpu.import_only: no cells of" in proc.stdout + proc.stderr
+
+
+def test_dtype_change_under_auto_sweep_reruns_only_that_models_probe(tmp_path):
+    config = dict(SMALL, sweep={"batch_sizes": "auto", "max_batch": 2})
+    project = make_project(tmp_path, config)
+    snakemake(project, "results/tables/cells.parquet")
+    changed = yaml.safe_load((project / "config/config.yaml").read_text())
+    changed["models"]["tiny-llama"]["dtype"] = "bfloat16"
+    (project / "config/changed.yaml").write_text(yaml.safe_dump(changed))
+    out = snakemake(project, "--dry-run", "results/tables/cells.parquet", "--configfile", "config/changed.yaml")
+    text = out.stdout + out.stderr
+    probes = set(re.findall(r"output: results/cells/cpu/([\w-]+)/probe.json", text))
+    engines = set(re.findall(r"output: results/engines/cpu/([\w-]+)/torch/manifest.json", text))
+    assert probes == {"tiny-llama"} and engines == {"tiny-llama"}, (probes, engines)
