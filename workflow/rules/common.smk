@@ -135,7 +135,8 @@ def filter_params(wildcards):
     family = config["families"][wildcards.family]
     return {
         "source": workload_source(),
-        "split": config["workload"]["split"],
+        # the split only means something for an "hf:" dataset; elsewhere it must not rerun the filter
+        "split": config["workload"]["split"] if workload_source().startswith("hf:") else None,
         "tokenizer": family["tokenizer"],
         "min_tokens": family["min_tokens"],
         "max_tokens": family["max_tokens"],

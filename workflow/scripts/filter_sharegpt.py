@@ -16,7 +16,7 @@ pool = build_pool(
     tokenizer,
     min_tokens=spec["min_tokens"],
     max_tokens=spec["max_tokens"],
-    split=spec["split"],
+    split=spec["split"] or "train",
 )
 tables.write(pool, snakemake.output[0], tables.WORKLOAD)
 print(f"{len(pool)} prompts within [{spec['min_tokens']}, {spec['max_tokens']}] tokens", file=sys.stderr)
