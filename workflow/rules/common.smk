@@ -136,7 +136,9 @@ def filter_params(wildcards):
     return {
         "source": workload_source(),
         # the split only means something for an "hf:" dataset; elsewhere it must not rerun the filter
-        "split": config["workload"]["split"] if workload_source().startswith("hf:") else None,
+        "split": (
+            config["workload"]["split"] if workload_source().startswith("hf:") else None
+        ),
         "tokenizer": family["tokenizer"],
         "min_tokens": family["min_tokens"],
         "max_tokens": family["max_tokens"],
