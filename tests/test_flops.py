@@ -3,8 +3,8 @@ calflops run on real transformers models."""
 
 import pytest
 import torch
-import transformers
 from calflops import calculate_flops
+from helpers import hf_model
 
 from tokencarbon.errors import ConfigError
 from tokencarbon.flops import (
@@ -46,29 +46,6 @@ def test_llama2_7b_matches_calflops_published_figure():
     assert round(ours / 2 / 1e9) == 850
 
 
-def _hf_model(arch, device):
-    if arch.family == "llama":
-        config = transformers.LlamaConfig(
-            hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers,
-            num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads,
-            intermediate_size=arch.intermediate_size, vocab_size=arch.vocab_size,
-            max_position_embeddings=arch.max_positions, tie_word_embeddings=False,
-        )  # fmt: skip
-        cls = transformers.LlamaForCausalLM
-    else:
-        config = transformers.GPT2Config(
-            n_embd=arch.hidden_size, n_layer=arch.num_layers, n_head=arch.num_heads,
-            n_inner=arch.intermediate_size, vocab_size=arch.vocab_size,
-            n_positions=arch.max_positions, bos_token_id=0, eos_token_id=0,
-        )  # fmt: skip
-        cls = transformers.GPT2LMHeadModel
-    # eager attention materialises QK^T with torch.matmul, which calflops intercepts.
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    with torch.device(device):
-        return cls(config).eval()
-
-
 def _calflops(model, seq_len, device):
     input_ids = torch.zeros((1, seq_len), dtype=torch.long, device=device)
     flops, macs, _ = calculate_flops(
@@ -82,7 +59,7 @@ def test_calflops_on_meta_llama2_7b_reproduces_the_published_run():
     # The README's own measurement, redone: calflops over transformers' Llama-2-7B built on the
     # meta device (shapes only, no weights), 128 tokens.
     arch = load_architecture("llama-2-7b")
-    flops, macs = _calflops(_hf_model(arch, "meta"), 128, "meta")
+    flops, macs = _calflops(hf_model(arch, "meta", attn_implementation="eager"), 128, "meta")
     ours = prefill_flops(arch, 128, causal=False, logits="all")
     assert 2 * macs == ours
     assert flops == ours + 32 * (128 * 11008 + 32 * 128 * 128)  # silu + softmax, see above
@@ -94,7 +71,7 @@ def test_calflops_cross_check_on_real_cpu_forward(name):
     # biases on tiny-gpt2). calflops MACs are exactly our matmuls; its FLOPs add elementwise ops.
     arch = load_architecture(name)
     seq_len = 64
-    flops, macs = _calflops(_hf_model(arch, "cpu"), seq_len, "cpu")
+    flops, macs = _calflops(hf_model(arch, "cpu", attn_implementation="eager"), seq_len, "cpu")
     ours = prefill_flops(arch, seq_len, causal=False, logits="all")
     assert 2 * macs == ours
     assert flops == pytest.approx(ours, rel=0.01)

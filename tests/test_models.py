@@ -3,8 +3,7 @@
 import json
 
 import pytest
-import torch
-import transformers
+from helpers import hf_model
 
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.models import (
@@ -53,31 +52,11 @@ def test_param_count_matches_published(name, expected):
     assert param_count(load_architecture(name)) == expected
 
 
-def _hf_model_on_meta(arch):
-    if arch.family == "llama":
-        config = transformers.LlamaConfig(
-            hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers,
-            num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads,
-            intermediate_size=arch.intermediate_size, vocab_size=arch.vocab_size,
-            max_position_embeddings=arch.max_positions, tie_word_embeddings=False,
-        )  # fmt: skip
-        cls = transformers.LlamaForCausalLM
-    else:
-        config = transformers.GPT2Config(
-            n_embd=arch.hidden_size, n_layer=arch.num_layers, n_head=arch.num_heads,
-            n_inner=arch.intermediate_size, vocab_size=arch.vocab_size,
-            n_positions=arch.max_positions, bos_token_id=0, eos_token_id=0,
-        )  # fmt: skip
-        cls = transformers.GPT2LMHeadModel
-    with torch.device("meta"):  # shapes only: Llama-2-13B builds in milliseconds
-        return cls(config)
-
-
 @pytest.mark.parametrize("name", ALL)
 def test_param_count_matches_transformers_model(name):
     # An independent implementation: transformers' own modules built from our JSON numbers.
     arch = load_architecture(name)
-    model = _hf_model_on_meta(arch)
+    model = hf_model(arch, "meta")
     assert param_count(arch) == sum(p.numel() for p in model.parameters())
 
 

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import psutil
-import pynvml
 import pytest
+from helpers import gpu_present
 
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
 from tokencarbon.power import check_spec, describe_gpu, open_source, read_nvidia_smi_csv
@@ -18,17 +18,6 @@ from tokencarbon.power.nvml import NvmlSource
 from tokencarbon.tables import POWER
 
 MIB = 1024 * 1024
-
-
-def gpu_present() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    try:
-        return pynvml.nvmlDeviceGetCount() > 0
-    finally:
-        pynvml.nvmlShutdown()
 
 
 GPU = gpu_present()

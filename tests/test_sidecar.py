@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import psutil
-import pynvml
 import pytest
+from helpers import gpu_present
 
 from tokencarbon.energy import cell_energy
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
@@ -18,18 +18,7 @@ from tokencarbon.power.sidecar import PowerSidecar, measure_idle, parts_dir, rea
 
 TDP_W = 65.0
 CPU = {"kind": "modeled_cpu", "tdp_w": TDP_W}
-ONE_CPU_W = TDP_W / psutil.cpu_count(logical=True)  # modeled power of one busy logical CPU
-
-
-def gpu_present() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    try:
-        return pynvml.nvmlDeviceGetCount() > 0
-    finally:
-        pynvml.nvmlShutdown()
+ONE_CPU_W = TDP_W / len(os.sched_getaffinity(0))  # modeled power of one busy allowed logical CPU
 
 
 GPU = gpu_present()
