@@ -3,7 +3,7 @@
 # install step (../shared/device/README.md): nvidia-smi, the GPU tests, decode_roofline.py and
 # sidecar_overhead.py. Records and logs land in $OUT (benchmarks/results without it); a compact
 # summary comes last. Each step has a time cap, so the whole stays under ~9.5 minutes even when
-# one hangs; a typical H100 run takes ~6.
+# one hangs (not yet run as a whole: the H100 call of 2026-11-26 ran h100_session.sh instead).
 #
 #   bash benchmarks/gpu_suite.sh
 set -uo pipefail

@@ -62,6 +62,24 @@ def planned_jobs(project: Path, *args: str) -> dict[str, int]:
     return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m[0] != "total"}
 
 
+def planned_outputs(project: Path, pattern: str, *args: str) -> set[str]:
+    """The `pattern` group of every job output a dry run plans (e.g. the models of planned cells)."""
+    out = snakemake(project, "--dry-run", *args)
+    return set(re.findall(r"output: " + pattern, out.stdout + out.stderr))
+
+
+def write_config(project: Path, name: str, edit) -> str:
+    """A variant of the project's config: `edit` changes a copy, written to config/<name>."""
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    edit(config)
+    (project / "config" / name).write_text(yaml.safe_dump(config))
+    return f"config/{name}"
+
+
+CELL_OUT = r"results/cells/cpu/([\w-]+)/bs\d+/batches.parquet"
+ENGINE_OUT = r"results/engines/cpu/([\w-]+)/torch/manifest.json"
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     project = make_project(tmp_path_factory.mktemp("wf"), SMALL)
@@ -97,26 +115,23 @@ def test_changing_carbon_intensity_reruns_no_cell_probe_or_engine(built):
 def test_adding_one_batch_size_runs_exactly_one_new_cell(built):
     # One model, so one new batch size is one new cell (dropping a model from the config reruns
     # nothing of the other: its cells' params are its own slice).
-    config = yaml.safe_load((built / "config/config.yaml").read_text())
-    del config["models"]["tiny-gpt2"]
-    config["sweep"]["batch_sizes"] = [1, 2, 3]
-    (built / "config/one_more.yaml").write_text(yaml.safe_dump(config))
-    out = snakemake(built, "--dry-run", "all", "--configfile", "config/one_more.yaml")
-    text = out.stdout + out.stderr
-    assert re.findall(r"output: (results/cells/\S+)/batches.parquet", text) == ["results/cells/cpu/tiny-llama/bs3"]
-    jobs = planned_jobs(built, "all", "--configfile", "config/one_more.yaml")
+    def one_model_one_more_batch(config):
+        del config["models"]["tiny-gpt2"]
+        config["sweep"]["batch_sizes"] = [1, 2, 3]
+
+    variant = write_config(built, "one_more.yaml", one_model_one_more_batch)
+    cells = planned_outputs(built, r"(results/cells/\S+)/batches.parquet", "all", "--configfile", variant)
+    assert cells == {"results/cells/cpu/tiny-llama/bs3"}
+    jobs = planned_jobs(built, "all", "--configfile", variant)
+    assert jobs["run_cell"] == 1
     assert "build_torch_engine" not in jobs and "probe_max_batch" not in jobs
 
 
 def test_changing_one_models_dtype_reruns_only_that_model(built):
-    config = yaml.safe_load((built / "config/config.yaml").read_text())
-    config["models"]["tiny-gpt2"]["dtype"] = "bfloat16"
-    (built / "config/other.yaml").write_text(yaml.safe_dump(config))
-    out = snakemake(built, "--dry-run", "all", "--configfile", "config/other.yaml")
-    text = out.stdout + out.stderr
-    cells = set(re.findall(r"output: results/cells/cpu/([\w-]+)/bs\d+/batches.parquet", text))
-    engines = set(re.findall(r"output: results/engines/cpu/([\w-]+)/torch/manifest.json", text))
-    assert cells == {"tiny-gpt2"} and engines == {"tiny-gpt2"}, (cells, engines)
+    variant = write_config(built, "other.yaml", lambda c: c["models"]["tiny-gpt2"].update(dtype="bfloat16"))
+    args = ("all", "--configfile", variant)
+    assert planned_outputs(built, CELL_OUT, *args) == {"tiny-gpt2"}
+    assert planned_outputs(built, ENGINE_OUT, *args) == {"tiny-gpt2"}
 
 
 def test_one_figure_target_builds_only_its_upstream(built, tmp_path):
@@ -224,14 +239,9 @@ def test_an_imported_platform_without_cells_is_a_clear_error(tmp_path):
 
 
 def test_dtype_change_under_auto_sweep_reruns_only_that_models_probe(tmp_path):
-    config = dict(SMALL, sweep={"batch_sizes": "auto", "max_batch": 2})
-    project = make_project(tmp_path, config)
+    project = make_project(tmp_path, dict(SMALL, sweep={"batch_sizes": "auto", "max_batch": 2}))
     snakemake(project, "results/tables/cells.parquet")
-    changed = yaml.safe_load((project / "config/config.yaml").read_text())
-    changed["models"]["tiny-llama"]["dtype"] = "bfloat16"
-    (project / "config/changed.yaml").write_text(yaml.safe_dump(changed))
-    out = snakemake(project, "--dry-run", "results/tables/cells.parquet", "--configfile", "config/changed.yaml")
-    text = out.stdout + out.stderr
-    probes = set(re.findall(r"output: results/cells/cpu/([\w-]+)/probe.json", text))
-    engines = set(re.findall(r"output: results/engines/cpu/([\w-]+)/torch/manifest.json", text))
-    assert probes == {"tiny-llama"} and engines == {"tiny-llama"}, (probes, engines)
+    variant = write_config(project, "changed.yaml", lambda c: c["models"]["tiny-llama"].update(dtype="bfloat16"))
+    args = ("results/tables/cells.parquet", "--configfile", variant)
+    assert planned_outputs(project, r"results/cells/cpu/([\w-]+)/probe.json", *args) == {"tiny-llama"}
+    assert planned_outputs(project, ENGINE_OUT, *args) == {"tiny-llama"}

@@ -88,21 +88,17 @@ def test_fastchat_token_bounds(fastchat):
     assert list(narrow["output_tokens"]) == [15, 16, 17]
 
 
+# sharegpt_v3_first5.json's ids in file order (SOURCES.md lists them), and its second first prompt.
+FIRST5_IDS = ["QWJhYvA_0", "i6IyJda_0", "A5AbcES_0", "hRPPgZT_0", "hRPPgZT_8"]
+FIRST5_SECOND_PROMPT = "How to tell if a customer segment is well segmented? In 3 bullet points."
+
+
 def test_sharegpt_v3_first5(first5):
     records = load_sharegpt(first5)
     pairs = extract_pairs(records)
     # 5 records of 10, 2, 2, 8 and 6 turns, each opening human -> gpt: 5 pairs, in file order.
-    assert list(pairs["request_id"]) == [
-        "QWJhYvA_0",
-        "i6IyJda_0",
-        "A5AbcES_0",
-        "hRPPgZT_0",
-        "hRPPgZT_8",
-    ]
-    assert (
-        pairs.iloc[1].prompt
-        == "How to tell if a customer segment is well segmented? In 3 bullet points."
-    )
+    assert list(pairs["request_id"]) == FIRST5_IDS
+    assert pairs.iloc[1].prompt == FIRST5_SECOND_PROMPT
     # First prompt / first answer in words (`jq -r ... | wc -w`): QWJhYvA_0 29/202, i6IyJda_0 14/58,
     # A5AbcES_0 40/245, hRPPgZT_0 56/80, hRPPgZT_8 5/286.
     # [10, 250]: hRPPgZT_8's 5-word prompt and 286-word answer are out -> 4 left.
@@ -364,17 +360,8 @@ def test_hf_local_folder(tmp_path, hf_cache, first5):
     # Same 5 records as the file itself, via Arrow: same first exchanges.
     assert len(records) == 5
     pairs = extract_pairs(records)
-    assert list(pairs["request_id"]) == [
-        "QWJhYvA_0",
-        "i6IyJda_0",
-        "A5AbcES_0",
-        "hRPPgZT_0",
-        "hRPPgZT_8",
-    ]
-    assert (
-        pairs.iloc[1].prompt
-        == "How to tell if a customer segment is well segmented? In 3 bullet points."
-    )
+    assert list(pairs["request_id"]) == FIRST5_IDS
+    assert pairs.iloc[1].prompt == FIRST5_SECOND_PROMPT
 
 
 def test_hf_bad_record_names_the_dataset(tmp_path, hf_cache):
