@@ -89,9 +89,12 @@ def test_cpu_memory_cap_admits_exactly_five():
     ran = []
     run_batch = engine.run_batch
 
-    def recording_run_batch(prompts, output_lengths):
-        ran.append((len(prompts), len(prompts[0]), output_lengths[0]))
-        return run_batch(prompts, output_lengths)
+    def recording_run_batch(prompts, output_lengths, *, reserve_output_len=0):
+        ran.append((len(prompts), len(prompts[0]), output_lengths[0], reserve_output_len))
+        out = run_batch(prompts, output_lengths, reserve_output_len=reserve_output_len)
+        # the cache really holds prompt + full output: 16 + 8 = 24 -> one 64-slot block
+        assert engine.model.layers[0].attn.k_cache.shape[2] == 64
+        return out
 
     engine.run_batch = recording_run_batch
     try_batch = make_try_batch(engine, prompt_len=16, output_len=8, memory_limit_gb=0.0215)
@@ -100,8 +103,8 @@ def test_cpu_memory_cap_admits_exactly_five():
     assert result.tried == [(1, True), (2, True), (4, True), (8, False), (6, False), (5, True)]
     assert (result.max_ok, result.min_failed) == (5, 6)
     # batches over budget never run; those within it really ran: the full 16-token prompt and
-    # min(8, CPU_DECODE_STEPS = 4) output tokens
-    assert ran == [(1, 16, 4), (2, 16, 4), (4, 16, 4), (5, 16, 4)]
+    # min(8, PROBE_DECODE_STEPS = 4) output tokens, with the cache reserved for all 8
+    assert ran == [(1, 16, 4, 8), (2, 16, 4, 8), (4, 16, 4, 8), (5, 16, 4, 8)]
     assert engine.model.layers[0].attn.k_cache is None  # each try frees its KV cache
 
 

@@ -238,3 +238,18 @@ def test_half_precision_runs(dtype):
     assert [len(t) for t in r.token_ids] == OUTPUTS
     assert r.start_ns <= r.first_token_ns <= r.end_ns
     assert engine.peak_memory_bytes() > 0
+
+
+def test_reserve_output_len_sizes_the_cache_without_changing_tokens():
+    # The OOM probe reserves the full output length but decodes a few steps.
+    # 3 prompt tokens + 100 reserved = 103 -> two 64-slot blocks = 128 slots (unreserved: 3 + 10
+    # = 13 -> 64); greedy tokens do not depend on how many masked slots the cache holds.
+    arch = load_architecture("tiny-llama")
+    engine = TorchEngine(arch, "float32", "cpu", seed=0)
+    reserved = engine.run_batch([[6, 5, 4]], [10], reserve_output_len=100)
+    assert engine.model.layers[0].attn.k_cache.shape[2] == 128
+    plain = TorchEngine(arch, "float32", "cpu", seed=0).run_batch([[6, 5, 4]], [10])
+    assert reserved.token_ids == plain.token_ids
+    assert reserved.output_tokens == 10  # only the decoded tokens count
+    with pytest.raises(InputError, match="max_positions"):  # 3 + 510 > tiny-llama's 512
+        engine.run_batch([[6, 5, 4]], [10], reserve_output_len=510)

@@ -25,9 +25,10 @@ from tokencarbon.models import (
 )
 
 BYTES_PER_GB = 1e9
-# On CPU the budget check decides what fits; the real run only has to show that the batch executes,
-# so it runs the full longest prompt but this many decode steps, keeping the default workflow fast.
-CPU_DECODE_STEPS = 4
+# A try runs the full longest prompt with the KV cache reserved for the full longest output, then
+# this many decode steps: decode replays static buffers (a CUDA graph on GPU), so the peak is reached
+# by then, and a 13B try at 1000 output tokens takes a second instead of 12.
+PROBE_DECODE_STEPS = 4
 
 
 class OutOfMemory(Exception):
@@ -96,6 +97,7 @@ def make_try_batch(
     against memory_limit_gb (default: the machine's RAM) before a short real run.
     """
     arch, dtype, device = engine.arch, engine.dtype, engine.device
+    decode_len = min(output_len, PROBE_DECODE_STEPS)
 
     def prompts(batch: int) -> list[list[int]]:
         return [[(i % (arch.vocab_size - 1)) + 1 for i in range(prompt_len)]] * batch
@@ -115,7 +117,9 @@ def make_try_batch(
         def try_batch(batch: int) -> None:
             error = ""
             try:
-                engine.run_batch(prompts(batch), [output_len] * batch)
+                engine.run_batch(
+                    prompts(batch), [decode_len] * batch, reserve_output_len=output_len
+                )
             except torch.cuda.OutOfMemoryError as exc:
                 # keep only the text: the exception's frames hold the tensors to be freed
                 error = str(exc).splitlines()[0]
@@ -131,7 +135,6 @@ def make_try_batch(
         budget_bytes = psutil.virtual_memory().total
     else:
         budget_bytes = memory_limit_gb * BYTES_PER_GB
-    decode_len = min(output_len, CPU_DECODE_STEPS)
 
     def try_batch(batch: int) -> None:
         need_bytes = (
@@ -145,7 +148,7 @@ def make_try_batch(
                 f"budget {budget_bytes:.0f} bytes"
             )
         try:
-            engine.run_batch(prompts(batch), [decode_len] * batch)
+            engine.run_batch(prompts(batch), [decode_len] * batch, reserve_output_len=output_len)
         finally:
             engine.release()
 

@@ -517,11 +517,21 @@ class TorchEngine:
                 raise InputError(f"request {i}: token ids must lie in [0, {self.arch.vocab_size})")
 
     @torch.no_grad()
-    def run_batch(self, prompts: list[list[int]], output_lengths: list[int]) -> BatchResult:
-        self._check(prompts, output_lengths)
+    def run_batch(
+        self,
+        prompts: list[list[int]],
+        output_lengths: list[int],
+        *,
+        reserve_output_len: int = 0,
+    ) -> BatchResult:
+        """reserve_output_len: size the KV cache for at least this many output tokens (the OOM
+        probe reserves the full output length but decodes only a few steps: decode replays
+        static buffers, so the batch's peak memory is reached after its first steps)."""
+        self._check(prompts, [max(n, reserve_output_len) for n in output_lengths])
         n, lens = len(prompts), [len(p) for p in prompts]
         padded_len, max_out = max(lens), max(output_lengths)
-        cache_len = -(-(padded_len + max_out) // CACHE_ALIGN) * CACHE_ALIGN
+        reserved = max(max_out, reserve_output_len)
+        cache_len = -(-(padded_len + reserved) // CACHE_ALIGN) * CACHE_ALIGN
         self._allocate(n, cache_len)
 
         tokens = torch.tensor(

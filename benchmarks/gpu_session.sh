@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One call on a GPU machine (the session's GPU time is short), from the repository root:
+#
+#   bash benchmarks/gpu_session.sh STEP...     steps: grid oom lease decode profile tests sidecar
+#
+# grid:    this card's platform of config/gpu-study.yaml through Snakemake, every visible GPU
+#          leased to concurrent cells (--resources gpu=N); its cells, probes and logs come back as
+#          $OUT/cells-<platform>.tar.gz, to merge with the other card's (docs/results.md)
+# oom:     benchmarks/oom_table.py (Llama-2-7B/13B at 1000/1000 under a 40 GB cap and the whole card)
+# lease:   benchmarks/lease_check.py on the grid's cells (which GPU each cell leased and sampled)
+# decode:  benchmarks/decode_roofline.py, every case in graph mode, compile at batch 1
+# profile: decode_roofline.py's kernel profile of the batch-1 and batch-256 graph steps
+# tests:   pytest -m gpu;   sidecar: benchmarks/sidecar_overhead.py
+# Each step is capped (CAP_<STEP>_S); logs and records land in $OUT (at most 8 files come back, so
+# the step logs travel inside one tarball).
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/workflow PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+OUT=${OUT:-benchmarks/results/session}
+mkdir -p "$OUT" session-logs
+
+name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+ngpu=$(nvidia-smi -L | wc -l)
+case "$name" in
+    *H100*80GB*) platform=h100-sxm-80gb ;;
+    *H200*) platform=h200-141gb ;;
+    *) echo "no platform of config/gpu-study.yaml matches '$name'" >&2; exit 2 ;;
+esac
+nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit,memory.total --format=csv \
+    | tee "$OUT/nvidia-smi.txt"
+echo "platform $platform, $ngpu GPU(s)"
+
+step() {  # step NAME COMMAND...: capped by CAP_<NAME>_S, logged to session-logs/NAME.log
+    local name=$1 cap_var="CAP_${1^^}_S" t0=$SECONDS
+    shift
+    timeout -k 10 "${!cap_var:-300}" "$@" > "session-logs/$name.log" 2>&1
+    echo "$name: exit $? after $((SECONDS - t0)) s"
+}
+
+for s in "$@"; do
+    case "$s" in
+    grid)
+        targets=()
+        for m in gpt2 llama-2-7b llama-2-13b; do
+            targets+=("results/cells/$platform/$m/probe.json")
+            for b in 1 4 16; do targets+=("results/cells/$platform/$m/bs$b/meta.json"); done
+        done
+        # targets first: --config takes every word after it
+        step grid python3 -m snakemake "${targets[@]}" --cores 16 --resources gpu="$ngpu" \
+            --configfile config/gpu-study.yaml \
+            --config "platforms={\"$platform\": {\"import_only\": false}}"
+        tail -4 session-logs/grid.log
+        ;;
+    oom) step oom python3 benchmarks/oom_table.py --memory-limit-gb 40 none ;;
+    lease) step lease python3 benchmarks/lease_check.py "results/cells/$platform" \
+        --out "$OUT/$platform-x$ngpu-lease.json"; cat session-logs/lease.log ;;
+    decode) step decode python3 benchmarks/decode_roofline.py --modes graph compile \
+        --compile-max-batch 1 ;;
+    profile) step profile python3 benchmarks/decode_roofline.py --cases 7b-bs1 7b-bs256 \
+        --modes graph --repeats 2 --profile 7b-bs1:graph 7b-bs256:graph --out-dir "$OUT/profile" ;;
+    tests) step tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/ ;;
+    sidecar) step sidecar python3 benchmarks/sidecar_overhead.py ;;
+    *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar)" >&2 ;;
+    esac
+done
+tar czf "$OUT/cells-$platform.tar.gz" session-logs $(ls -d "results/cells/$platform" logs 2>/dev/null)
+for f in session-logs/*.log; do echo "== $f"; tail -n 15 "$f" | cut -c1-300; done
