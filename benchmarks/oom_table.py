@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             log(f"  max batch {result.max_ok} (first failure {result.min_failed})")
-        del engine
+        del engine, try_batch  # the closure holds the engine: both go before the next model
         free_device_memory(device)
     record = {
         "benchmark": "oom_table",
