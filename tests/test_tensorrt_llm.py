@@ -1,19 +1,23 @@
 """The TensorRT-LLM backend up to the library boundary: checkpoint config, command lines, engine
-limits, batch checks and the mapping from streamed Executor responses to a BatchResult. The
-expected values are written out by hand from the published model configs and TensorRT-LLM's own
-scripts (paths and flags below), never taken from this code's output. TensorRT-LLM is not
-installed here, so selecting the backend must fail with a ConfigError; those tests skip where it
-is installed."""
+limits, batch checks, a cell's choice and checks of its engine, the auto-sweep rule, and the
+mapping from streamed Executor responses to a BatchResult. The expected values are written out by
+hand from the published model configs and TensorRT-LLM's own scripts (paths and flags below), never
+taken from this code's output. TensorRT-LLM is not installed here, so selecting the backend must
+fail with a ConfigError; those tests skip where it is installed."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 from tokencarbon.backends import BatchResult
 from tokencarbon.backends.tensorrt_llm import (
@@ -24,11 +28,14 @@ from tokencarbon.backends.tensorrt_llm import (
     build_steps,
     check_batch,
     convert_command,
+    engine_for_cell,
     engine_limits,
     pretrained_config,
     require_tensorrt_llm,
 )
-from tokencarbon.errors import ConfigError, InputError, TokencarbonError
+from tokencarbon.cell import run_cell
+from tokencarbon.config import check_config, platform_slice
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
 from tokencarbon.models import load_architecture
 
 trtllm_absent = pytest.mark.skipif(
@@ -289,6 +296,225 @@ def test_check_batch_keeps_every_request_inside_the_engine():
         check_batch([[5]], [0], limits)
     with pytest.raises(InputError, match="one output length per prompt"):
         check_batch([[5]], [1, 2], limits)
+
+
+# ---------------------------------------------------------------- a cell's engine
+
+# The real spec row: device_name_pattern "H100.*80GB HBM3" (resources/platforms.csv).
+H100 = platform_slice({"power": {"interval_s": None, "idle_s": 1.0}}, "h100-sxm-80gb")
+GPT2 = model("gpt2")
+TRT_RUN = {
+    "backend": "tensorrt_llm",
+    "cuda_graphs": True,
+    "compile_decode": False,
+    "warmup_batches": 1,
+}
+
+
+def write_manifest(tmp_path: Path, **changes) -> Path:
+    """An engine folder (max_batch_size 4, max_input_len 10, max_seq_len 16) and the manifest
+    build_engine writes for it, with `changes` applied (None deletes a key)."""
+    engine = tmp_path / "engine"
+    engine.mkdir(exist_ok=True)
+    write_engine_config(engine)
+    manifest = {
+        "backend": "tensorrt_llm",
+        "model": "gpt2",
+        "engine_dir": str(engine),
+        "build": {"max_batch_size": 4, "max_input_len": 10, "max_output_len": 6},
+        "dtype": "float16",
+        "weights": "random (TensorRT-LLM xavier_init)",
+        "tensorrt_llm_version": "0.12.0",
+        "device_name": "NVIDIA H100 80GB HBM3",  # torch.cuda.get_device_name on an H100 SXM
+        "commands": [["trtllm-build"]],
+    }
+    for key, value in changes.items():
+        if value is None:
+            del manifest[key]
+        else:
+            manifest[key] = value
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def fits(manifest: Path, **cell) -> dict:
+    args = {"batch_size": 4, "longest_prompt": 10, "longest_output": 6} | cell
+    return engine_for_cell(manifest, model=GPT2, platform=H100, **args)
+
+
+def test_engine_for_cell_takes_the_limits_from_the_built_engine(tmp_path):
+    manifest = write_manifest(tmp_path)
+    # Every limit reached exactly: batch 4 = max_batch_size, prompt 10 = max_input_len and
+    # output 6 = max_seq_len 16 - max_input_len 10 (trtllm-build's --max_seq_len = input + output).
+    assert fits(manifest) == {
+        "manifest": str(manifest),
+        "engine_dir": str(tmp_path / "engine"),
+        "max_batch_size": 4,
+        "max_input_len": 10,
+        "max_seq_len": 16,
+        "max_output_len": 6,
+        "vocab_size": 50257,
+        "tensorrt_llm_version": "0.12.0",
+        "built_on": "NVIDIA H100 80GB HBM3",
+    }
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        ({"model": "gpt2-xl"}, InputError, "model 'gpt2-xl', but this cell runs model 'gpt2'"),
+        ({"dtype": "bfloat16"}, InputError, "dtype 'bfloat16', but this cell runs dtype 'float16'"),
+        (
+            {"backend": "torch"},
+            InputError,
+            "backend 'torch', but this cell runs backend 'tensorrt_llm'",
+        ),
+        ({"device_name": None}, InputError, "no ['device_name'] in the engine manifest"),
+        (
+            {"device_name": "NVIDIA A100-SXM4-80GB"},
+            HardwareMismatchError,
+            "built on 'NVIDIA A100-SXM4-80GB', not on a GPU of platform 'h100-sxm-80gb'",
+        ),
+        # An H100 PCIe (80GB HBM2e) is not the SXM card the platform's pattern describes.
+        ({"device_name": "NVIDIA H100 PCIe"}, HardwareMismatchError, "'H100.*80GB HBM3'"),
+    ],
+)
+def test_an_engine_of_another_model_dtype_or_gpu_is_refused_naming_the_manifest(
+    tmp_path, changes, error, message
+):
+    manifest = write_manifest(tmp_path, **changes)
+    with pytest.raises(error) as err:
+        fits(manifest)
+    assert message in str(err.value) and str(manifest) in str(err.value)
+
+
+def test_an_unreadable_manifest_is_an_input_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="manifest.json: unreadable engine manifest"):
+        fits(tmp_path / "manifest.json")
+
+
+@pytest.mark.parametrize(
+    "cell, message, key",
+    [
+        (
+            {"batch_size": 5},
+            "batch size 5 exceeds the engine's max_batch_size 4",
+            "sweep.max_batch",
+        ),
+        (
+            {"longest_prompt": 11},
+            "longest prompt (11 tokens) exceeds the engine's max_input_len 10",
+            "families.<family>.max_tokens",
+        ),
+        (  # 16 - 10 = 6 output tokens at most
+            {"longest_output": 7},
+            "longest output (7 tokens) exceeds the engine's max_output_len 6",
+            "families.<family>.max_tokens",
+        ),
+    ],
+)
+def test_a_cell_larger_than_its_engine_names_the_config_key_to_raise(tmp_path, cell, message, key):
+    manifest = write_manifest(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        fits(manifest, **cell)
+    assert message in str(err.value) and key in str(err.value)
+    assert str(tmp_path / "engine" / "config.json") in str(err.value)
+
+
+def workload(prompts: list[list[int]], outputs: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in range(len(prompts))],
+            "prompt": ["x"] * len(prompts),
+            "prompt_tokens": [len(p) for p in prompts],
+            "output_tokens": outputs,
+            "prompt_token_ids": prompts,
+        }
+    )
+
+
+def cell(tmp_path: Path, manifest: Path, work: pd.DataFrame, **changes) -> None:
+    out = tmp_path / "cell"
+    args = {"model": GPT2, "platform": H100, "run": TRT_RUN, "batch_size": 2} | changes
+    run_cell(
+        **args,
+        workload=work,
+        engine_manifest=manifest,
+        out_batches=out / "batches.parquet",
+        out_power=out / "power.parquet",
+        out_meta=out / "meta.json",
+    )
+
+
+# Longest prompt 10 tokens (the second), longest output 6 (the first): the engine's limits exactly.
+FITS = workload([[464, 2068, 7586], [1] * 10, [15496, 11]], [6, 2, 1])
+
+
+@trtllm_absent
+def test_a_cell_on_tensorrt_llm_checks_its_engine_then_needs_the_package(tmp_path):
+    manifest = write_manifest(tmp_path)
+    with pytest.raises(
+        ConfigError, match="backend.name: 'tensorrt_llm' needs the tensorrt_llm package"
+    ):
+        cell(tmp_path, manifest, FITS)
+    assert not (tmp_path / "cell").exists()  # no output, not even its folder
+
+
+@pytest.mark.parametrize(
+    "work, changes, message",
+    [
+        # 11 prompt tokens > max_input_len 10; 7 output tokens > 16 - 10 = 6
+        (workload([[1] * 11], [1]), {}, "longest prompt (11 tokens)"),
+        (workload([[1], [2]], [7, 1]), {}, "longest output (7 tokens)"),
+        (FITS, {"batch_size": 8}, "batch size 8 exceeds the engine's max_batch_size 4"),
+        (
+            FITS,
+            {"model": model("gpt2", dtype="float32")},
+            "dtype 'float16', but this cell runs dtype 'float32'",
+        ),
+        (
+            FITS,
+            {"platform": platform_slice({"power": {"interval_s": None, "idle_s": 1.0}}, "cpu")},
+            "'tensorrt_llm' runs on GPU platforms only",
+        ),
+    ],
+)
+def test_a_cell_on_tensorrt_llm_refuses_an_engine_that_does_not_fit_before_any_output(
+    tmp_path, work, changes, message
+):
+    with pytest.raises((ConfigError, InputError)) as err:
+        cell(tmp_path, write_manifest(tmp_path), work, **changes)
+    assert message in str(err.value)
+    assert not (tmp_path / "cell").exists()
+
+
+# ---------------------------------------------------------------- sweep.batch_sizes: auto
+
+
+def validated_config(**changes) -> dict:
+    from snakemake.utils import validate
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config/config.yaml").read_text()) | changes
+    validate(config, schema=str(repo / "workflow/schemas/config.schema.yaml"))
+    return config
+
+
+def test_auto_batch_sizes_with_tensorrt_llm_ask_for_a_list():
+    config = validated_config(backend={"name": "tensorrt_llm"})
+    assert config["sweep"]["batch_sizes"] == "auto"  # config/config.yaml's default
+    with pytest.raises(ConfigError, match="sweep.batch_sizes: 'auto' .* torch backend only"):
+        check_config(config)
+    listed = copy.deepcopy(config)
+    listed["sweep"]["batch_sizes"] = [1, 2, 4]
+    check_config(listed)
+    # Cells copied from another machine need no probe: 'auto' is fine when nothing is measured here.
+    imported = copy.deepcopy(config)
+    imported["platforms"] = {"cpu": {"import_only": True}}
+    check_config(imported)
+    check_config(validated_config())  # torch keeps 'auto'
 
 
 # ---------------------------------------------------------------- responses -> BatchResult

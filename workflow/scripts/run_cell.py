@@ -27,6 +27,7 @@ with contextlib.ExitStack() as stack:
         run=snakemake.params.run,
         batch_size=int(snakemake.wildcards.batch),
         workload=tables.read(snakemake.input.workload, tables.WORKLOAD),
+        engine_manifest=snakemake.input.engine,
         out_batches=snakemake.output.batches,
         out_power=snakemake.output.power,
         out_meta=snakemake.output.meta,

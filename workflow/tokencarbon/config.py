@@ -105,6 +105,17 @@ def check_config(config: dict[str, Any]) -> None:
             f"config key sweep.batch_sizes: {max(batches)} exceeds sweep.max_batch "
             f"{config['sweep']['max_batch']}; raise max_batch or drop that batch size"
         )
+    measured = [name for name, p in config["platforms"].items() if not p["import_only"]]
+    if config["backend"]["name"] == "tensorrt_llm" and batches == "auto" and measured:
+        # The probe finds the largest batch the torch backend fits; a TensorRT-LLM engine's memory
+        # is another matter (its KV cache is sized up front, and a batch that does not fit is
+        # queued, not refused), so no batch size is guessed from it.
+        raise ConfigError(
+            "config key sweep.batch_sizes: 'auto' takes the batch sizes from the OOM probe, which "
+            "runs the torch backend only, and backend.name is 'tensorrt_llm'; list the batch sizes "
+            f"to measure, each at most sweep.max_batch {config['sweep']['max_batch']} (the "
+            "max_batch_size every engine is built with), e.g. [1, 2, 4, 8]"
+        )
 
 
 def auto_batch_sizes(max_ok: int) -> list[int]:

@@ -2,8 +2,9 @@
 random weights, then trtllm-build), and a runner serving one batch at a time through the Executor.
 
 Everything up to the library boundary is plain data and pure functions (the checkpoint config, the
-command lines, the engine limits, the mapping from streamed responses to a BatchResult), tested
-without TensorRT-LLM; the library calls are the thin layer in build_engine and TrtllmEngine.
+command lines, the engine limits, the cell's checks of its engine, the mapping from streamed
+responses to a BatchResult), tested without TensorRT-LLM; the library calls are the thin layer in
+build_engine and TrtllmEngine.
 docs/tensorrt_llm.md says what has run on hardware (nothing yet) and how to run it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +22,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
 from tokencarbon.backends import BatchResult
-from tokencarbon.errors import ConfigError, InputError, TokencarbonError
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
 from tokencarbon.files import write_json
+from tokencarbon.hardware import detect
 from tokencarbon.models import Architecture, load_architecture
 
 # TRT-LLM checkpoint `architecture` per family: keys of tensorrt_llm.models.MODEL_MAP, which picks
@@ -224,7 +227,7 @@ def build_engine(
     log: TextIO,
 ) -> None:
     """Run build_steps; the engine appears under engine_dir only once trtllm-build has finished,
-    and the manifest (what was built, with which TensorRT-LLM) is written last."""
+    and the manifest (what was built, on which GPU, with which TensorRT-LLM) is written last."""
     require_tensorrt_llm(build=True)
     import tensorrt_llm  # present: require_tensorrt_llm checked
 
@@ -258,6 +261,8 @@ def build_engine(
             "dtype": model["dtype"],
             "weights": "checkpoint" if model["checkpoint"] else "random (TensorRT-LLM xavier_init)",
             "tensorrt_llm_version": tensorrt_llm.__version__,
+            # trtllm-build tunes the engine for the GPU it runs on; cells check it is their platform's.
+            "device_name": detect("gpu")["device_name"],
             "commands": commands,
         },
     )
@@ -286,6 +291,81 @@ def engine_limits(engine_dir: str | Path) -> dict[str, int]:
             f"{path}: not a trtllm-build engine config ({e!r}); expected build_config.max_batch_size, "
             "max_input_len, max_seq_len and pretrained_config.vocab_size"
         ) from e
+
+
+_MANIFEST_KEYS = ("backend", "model", "dtype", "device_name", "engine_dir", "tensorrt_llm_version")
+
+
+def engine_for_cell(
+    manifest_path: str | Path,
+    *,
+    model: dict[str, Any],
+    platform: dict[str, Any],
+    batch_size: int,
+    longest_prompt: int,
+    longest_output: int,
+) -> dict[str, Any]:
+    """The engine a cell runs on, from the manifest build_engine wrote: checked to be this model's
+    engine in this dtype, built on this platform's GPU, and large enough for every batch of the
+    cell. Returns what meta.json records of it: manifest, engine_dir, the engine's limits
+    (max_output_len = max_seq_len - max_input_len, as build_command sets them), the TensorRT-LLM
+    version and the GPU it was built on."""
+    path = Path(manifest_path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(
+            f"{path}: unreadable engine manifest ({e}); rebuild it with rule build_trtllm_engine"
+        ) from e
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise InputError(
+            f"{path}: no {missing} in the engine manifest; expected the keys {list(_MANIFEST_KEYS)} "
+            "that rule build_trtllm_engine writes; rebuild the engine"
+        )
+    expected = {"backend": "tensorrt_llm", "model": model["name"], "dtype": model["dtype"]}
+    for key, value in expected.items():
+        if manifest[key] != value:
+            raise InputError(
+                f"{path}: {key} {manifest[key]!r}, but this cell runs {key} {value!r}; rebuild the "
+                f"engine for model {model['name']!r} (rule build_trtllm_engine)"
+            )
+    built_on = manifest["device_name"]
+    if built_on is None or not re.search(platform["device_name_pattern"], built_on):
+        raise HardwareMismatchError(
+            f"{path}: the engine was built on {built_on!r}, not on a GPU of platform "
+            f"{platform['name']!r} (device name matching {platform['device_name_pattern']!r}); "
+            "a TensorRT engine is built for one GPU: rebuild it on this platform's machine"
+        )
+    engine_dir = manifest["engine_dir"]
+    limits = engine_limits(engine_dir)
+    limits["max_output_len"] = limits["max_seq_len"] - limits["max_input_len"]
+    where = f"{Path(engine_dir) / 'config.json'}"
+    if batch_size > limits["max_batch_size"]:
+        raise ConfigError(
+            f"batch size {batch_size} exceeds the engine's max_batch_size "
+            f"{limits['max_batch_size']} ({where}); engines are built with max_batch_size = config "
+            f"key sweep.max_batch: raise sweep.max_batch to at least {batch_size} (the engine is "
+            f"rebuilt) or drop {batch_size} from sweep.batch_sizes"
+        )
+    for what, longest, limit in [
+        ("prompt", longest_prompt, "max_input_len"),
+        ("output", longest_output, "max_output_len"),
+    ]:
+        if longest > limits[limit]:
+            raise ConfigError(
+                f"the workload's longest {what} ({longest} tokens) exceeds the engine's {limit} "
+                f"{limits[limit]} ({where}); engines are built with max_input_len = max_output_len "
+                f"= config key families.<family>.max_tokens of model {model['name']!r}'s family: "
+                f"raise it to at least {longest} (the engine is rebuilt)"
+            )
+    return {
+        "manifest": str(path),
+        "engine_dir": engine_dir,
+        **limits,
+        "tensorrt_llm_version": manifest["tensorrt_llm_version"],
+        "built_on": built_on,
+    }
 
 
 def check_batch(
@@ -413,6 +493,7 @@ class TrtllmEngine:
         )
         self.executor = trtllm.Executor(Path(engine_dir), trtllm.ModelType.DECODER_ONLY, config)
         self._greedy = trtllm.SamplingConfig(beam_width=1, top_k=1)
+        self._peak_gpu_bytes = 0
 
     def run_batch(self, prompts: list[list[int]], output_lengths: list[int]) -> BatchResult:
         check_batch(prompts, output_lengths, self.limits)
@@ -434,7 +515,22 @@ class TrtllmEngine:
             responses = self.executor.await_responses()
             received.append((time.monotonic_ns(), time.time_ns(), responses))
             pending -= {r.request_id for r in responses if r.has_error() or r.result.is_final}
-        return batch_result(request_ids, prompts, output_lengths, start_ns, start_wall_ns, received)
+        result = batch_result(
+            request_ids, prompts, output_lengths, start_ns, start_wall_ns, received
+        )
+        # Read after the batch's end is stamped: the stats of every iteration since the last call
+        # (the Executor keeps the latest 1000, ExecutorConfig.iter_stats_max_iterations).
+        for stats in self.executor.get_latest_iteration_stats():
+            self._peak_gpu_bytes = max(self._peak_gpu_bytes, stats.gpu_mem_usage)
+        return result
+
+    def peak_memory_bytes(self) -> int:
+        """The most GPU memory TensorRT-LLM's runtime counted as allocated (IterationStats
+        gpu_mem_usage, its MemoryCounters: the KV cache pool, sized up front to
+        kv_cache_free_gpu_memory_fraction of the free memory, and the runtime's buffers), over the
+        batches run so far. Not torch's max_memory_allocated: docs/tensorrt_llm.md says how they
+        differ."""
+        return self._peak_gpu_bytes
 
     def close(self) -> None:
         self.executor.shutdown()
