@@ -9,7 +9,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slurm lint report clean
+.PHONY: run test test-slurm gpu-study lint report clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ $(SLURM_STAMP): $(STAMP) pyproject.toml
 # A real one-node SLURM cluster on this machine (needs root and Debian's apt; docs/slurm.md).
 test-slurm: $(SLURM_STAMP)
 	PYTHON=$(abspath $(BIN))/python bash tests/slurm/run.sh
+
+# Tables and figures of the GPU study from its committed H100/H200 cells (docs/results.md).
+gpu-study: $(STAMP)
+	SNAKEMAKE=$(abspath $(BIN))/snakemake bash benchmarks/gpu_study.sh
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
