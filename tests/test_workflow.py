@@ -200,6 +200,17 @@ def test_tensorrt_llm_backend_selects_its_engine_rule(tmp_path):
     assert "torch/manifest.json" not in out.stdout + out.stderr
 
 
+def test_tensorrt_llm_all_needs_no_torch_probe(tmp_path):
+    # The probe drives the torch backend: with TensorRT-LLM, `all` plans no probe and no max-batch
+    # tables (their source), but every cell, figure and the summary.
+    config = dict(SMALL, backend={"name": "tensorrt_llm"})
+    jobs = planned_jobs(make_project(tmp_path, config), "all")
+    assert "probe_max_batch" not in jobs
+    assert "tabulate_table3" not in jobs and "tabulate_table4" not in jobs
+    n_cells = len(SMALL["models"]) * len(SMALL["sweep"]["batch_sizes"])
+    assert jobs["run_cell"] == n_cells and jobs["summarize_headlines"] == 1
+
+
 def test_bad_source_fails_its_job_and_leaves_no_output(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"id": "x", "conversations": [{"from": "human"}]}]')  # a turn without "value"

@@ -302,8 +302,11 @@ def platform_limits():
 
 
 def probe_files(family):
+    """OOM-probe results for tables 3/4 and the summary. The probe drives the torch backend, so
+    with another backend only imported platforms (measured with torch elsewhere) have one."""
     models = MODELS if family is None else models_of(family)
-    return [f"results/cells/{p}/{m}/probe.json" for p in PLATFORMS for m in models]
+    platforms = PLATFORMS if BACKEND == "torch" else IMPORTED
+    return [f"results/cells/{p}/{m}/probe.json" for p in platforms for m in models]
 
 
 def all_targets():
@@ -318,10 +321,12 @@ def all_targets():
     tabulated = []
     if models_of("llama"):
         figures += ["fig4a_throughput_latency", "fig6b_power_over_time"]
-        tabulated.append("table3_max_batch")
+        if probe_files("llama"):
+            tabulated.append("table3_max_batch")
     if models_of("gpt2"):
         figures += ["fig4b_throughput_latency", "fig6c_power_over_time"]
-        tabulated.append("table4_max_batch")
+        if probe_files("gpt2"):
+            tabulated.append("table4_max_batch")
     return (
         [f"results/workload/{m}.parquet" for m in MODELS]
         + [
