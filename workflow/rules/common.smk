@@ -302,8 +302,8 @@ def platform_limits():
 
 
 def probe_files(family):
-    """OOM-probe results for tables 3/4 and the summary. The probe drives the torch backend, so
-    with another backend only imported platforms (measured with torch elsewhere) have one."""
+    """OOM-probe results for tables 3/4 and the summary. The probe drives the torch
+    backend: with another, only imported platforms (probed elsewhere) have one."""
     models = MODELS if family is None else models_of(family)
     platforms = PLATFORMS if BACKEND == "torch" else IMPORTED
     return [f"results/cells/{p}/{m}/probe.json" for p in platforms for m in models]
