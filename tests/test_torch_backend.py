@@ -102,6 +102,34 @@ def test_batched_greedy_tokens_match_transformers_generate(checkpoint):
         assert list(got) == want
 
 
+def test_key_buckets_by_hand():
+    engine = TorchEngine(load_architecture("tiny-llama"), "float32", "cpu", seed=0)
+    engine._allocate(1, 128)  # 128 / 8 buckets = 16 -> rounded up to one 64-slot block
+    assert [engine.key_bucket(s) for s in (0, 63, 64, 127)] == [64, 64, 128, 128]
+    engine._allocate(1, 2048)  # 2048 / 8 = 256 slots per bucket
+    assert [engine.key_bucket(s) for s in (0, 255, 256, 1000, 2047)] == [256, 256, 512, 1024, 2048]
+
+
+def test_decode_across_key_buckets_matches_transformers_generate(checkpoint):
+    # 7 padded prompt slots + 90 outputs -> a 128-slot cache in two 64-slot key buckets: steps
+    # feeding slots 7..63 attend over 64 slots, later ones over 128; tokens as transformers'.
+    arch, hf, path = checkpoint
+    engine = TorchEngine(arch, "float32", "cpu", seed=0, checkpoint=str(path))
+    outputs = [90, 40, 70]
+    result = engine.run_batch(PROMPTS, outputs)
+    assert engine._shape == (3, 128)
+    for prompt, n_out, got in zip(PROMPTS, outputs, result.token_ids):
+        want = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=n_out,
+            min_new_tokens=n_out,
+            do_sample=False,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
+        assert list(got) == want
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_padded_batch_equals_each_request_alone(name):
     # tiny-gpt2's max_positions is 512: 500 padded prompt tokens + 20 decode steps = 520, so the
@@ -201,18 +229,22 @@ def test_cuda_graph_decode_matches_eager(name):
     arch = load_architecture(name)
     graphed = TorchEngine(arch, "float32", "cuda", seed=0, cuda_graphs=True)
     eager = TorchEngine(arch, "float32", "cuda", seed=0, cuda_graphs=False)
-    assert graphed._graph is None and eager.graphs is False
+    assert graphed._graphs == {} and eager.graphs is False
     want = eager.run_batch(PROMPTS, OUTPUTS).token_ids
     assert graphed.run_batch(PROMPTS, OUTPUTS).token_ids == want
-    assert graphed._graph is not None  # the decode steps above were graph replays
+    assert list(graphed._graphs) == [64]  # the decode steps above were replays of one graph
     # the next batch with the same (batch, cache) shape replays the same graph on new inputs
-    graph = graphed._graph
+    graph = graphed._graphs[64]
     prompts = [[9, 9, 9], [1], [2, 3]]
     assert (
         graphed.run_batch(prompts, [4, 4, 4]).token_ids
         == eager.run_batch(prompts, [4, 4, 4]).token_ids
     )
-    assert graphed._graph is graph
+    assert graphed._graphs[64] is graph
+    # 7 + 90 slots: a 128-slot cache, key buckets 64 and 128, one graph each, sharing one pool
+    outputs = [90, 40, 70]
+    assert graphed.run_batch(PROMPTS, outputs).token_ids == eager.run_batch(PROMPTS, outputs).token_ids
+    assert sorted(graphed._graphs) == [64, 128]
 
 
 @gpu

@@ -27,6 +27,10 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 CACHE_ALIGN = 64
 # Warm-up calls before capture (cuBLAS and SDPA pick and allocate their kernels outside the graph).
 GRAPH_WARMUP_STEPS = 3
+# A decode step attends over the cache's first `keys` slots, the bucket (a multiple of CACHE_ALIGN,
+# at most this many per cache) holding every filled slot: at large batch attention reads the cache,
+# and a static cache read whole is mostly empty early in a batch. One CUDA graph per bucket.
+MAX_KEY_BUCKETS = 8
 INIT_STD = 0.02
 # Prefill attention backends: not cuDNN, which builds a plan for every new shape (50 ms to 1 s on an
 # H200, inside the timed prefill) while prefill shapes change with every batch. Decode keeps cuDNN:
@@ -74,7 +78,12 @@ class Attention(nn.Module):
         self.register_buffer("v_cache", None, persistent=False)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor, slot: Tensor | None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        mask: Tensor,
+        slot: Tensor | None,
+        keys: int | None = None,
     ):
         b, s, _ = x.shape
         qkv = self.qkv(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, heads, S, head_dim]
@@ -85,10 +94,10 @@ class Attention(nn.Module):
         if slot is None:  # prefill: the prompt fills cache slots [0, S) and attends within itself
             self.k_cache[:, :, :s] = k
             self.v_cache[:, :, :s] = v
-        else:  # decode: one token at cache slot `slot` attends over the whole cache
+        else:  # decode: one token at cache slot `slot` attends over cache slots [0, keys)
             self.k_cache.index_copy_(2, slot, k)
             self.v_cache.index_copy_(2, slot, v)
-            k, v = self.k_cache, self.v_cache
+            k, v = self.k_cache[:, :, :keys], self.v_cache[:, :, :keys]
         # Grouped-query attention without copying K/V: each KV head's query heads are folded into
         # the query length (the mask was repeated to match in Decoder.forward).
         group = self.n_heads // self.n_kv_heads
@@ -123,9 +132,14 @@ class Block(nn.Module):
         self.mlp_norm, self.mlp = Norm(arch), MLP(arch)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor, slot: Tensor | None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        mask: Tensor,
+        slot: Tensor | None,
+        keys: int | None = None,
     ):
-        x = x + self.attn(self.attn_norm(x), rope, mask, slot)
+        x = x + self.attn(self.attn_norm(x), rope, mask, slot, keys)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -159,11 +173,17 @@ class Decoder(nn.Module):
         self.rope_sin = angles.sin().to(self.embed.weight.dtype)
 
     def forward(
-        self, tokens: Tensor, positions: Tensor, mask: Tensor, slot: Tensor | None = None
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        mask: Tensor,
+        slot: Tensor | None = None,
+        keys: int | None = None,
     ) -> Tensor:
         """Logits [B, vocab] of the last position only. tokens, positions: [B, S] (positions counted
         from each request's first real token); mask: additive [B, 1, S, keys]; slot: None for a
-        prefill into cache slots [0, S), else the cache slot of a one-token decode step."""
+        prefill into cache slots [0, S), else the cache slot of a one-token decode step, which
+        attends over cache slots [0, keys) (None: the whole cache)."""
         x = self.embed(tokens)
         rope = None
         if self.pos_embed is not None:
@@ -174,7 +194,7 @@ class Decoder(nn.Module):
         if group > 1:
             mask = mask.repeat(1, 1, group, 1)
         for layer in self.layers:
-            x = layer(x, rope, mask, slot)
+            x = layer(x, rope, mask, slot, keys)
         return self.lm_head(self.norm(x[:, -1]))
 
 
@@ -415,7 +435,9 @@ class TorchEngine:
         if compile_decode:
             self._step_fn = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True)
         self._shape: tuple[int, int] | None = None  # (batch, cache_len) of the allocated cache
-        self._graph: torch.cuda.CUDAGraph | None = None
+        # Manual capture: one graph per key bucket of the allocated cache, captured when a batch
+        # first needs it (before its timed window), sharing one memory pool.
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         # One stream for every warm-up and capture: cuBLAS keeps a workspace per stream, so a new
         # stream per batch shape would hold on to another 32 MiB each time.
         self._capture_stream = torch.cuda.Stream(self.device) if self.graphs else None
@@ -443,10 +465,19 @@ class TorchEngine:
         if self.compile_decode:
             for t in [self._token, self._pos, self._slot, self._pad, self._out, self._key_slots]:
                 torch._dynamo.mark_static_address(t)
-        if self.graphs:
-            self._capture()
+            self._capture(None)
 
-    def _capture(self) -> None:
+    def key_bucket(self, slot: int) -> int | None:
+        """Cache slots a decode step feeding the token at `slot` attends over: the smallest multiple
+        of the bucket size above `slot` (buckets: CACHE_ALIGN multiples, at most MAX_KEY_BUCKETS
+        per cache). None (the whole cache) under compile_decode: one compiled shape per cache."""
+        if self.compile_decode:
+            return None
+        cache_len = self._shape[1]
+        size = -(-cache_len // MAX_KEY_BUCKETS // CACHE_ALIGN) * CACHE_ALIGN
+        return min(cache_len, (slot // size + 1) * size)
+
+    def _capture(self, keys: int | None) -> None:
         # Warm-up and capture run on junk state: the cache slots they write are either overwritten
         # by the batch's prefill and decode or hidden by its mask, and run_batch resets the state.
         stream = self._capture_stream
@@ -460,29 +491,34 @@ class TorchEngine:
             tuning = config.patch(coordinate_descent_tuning=True)
         with torch.cuda.stream(stream), torch.no_grad(), tuning:
             for _ in range(GRAPH_WARMUP_STEPS):
-                self._step_fn()
+                self._step_fn(keys)
                 self._slot.zero_()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if not self.compile_decode:
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph, stream=stream), torch.no_grad():
-                self._decode_step()
+            graph = torch.cuda.CUDAGraph()
+            # One pool for all buckets: graphs replay one at a time and keep nothing in the pool
+            # past their step (the state they carry over lives in the static buffers).
+            pool = next(iter(self._graphs.values())).pool() if self._graphs else None
+            with torch.cuda.graph(graph, pool=pool, stream=stream), torch.no_grad():
+                self._decode_step(keys)
+            self._graphs[keys] = graph
 
     def release(self) -> None:
-        """Drop the KV cache, decode state and captured graph (the weights stay loaded); their
+        """Drop the KV cache, decode state and captured graphs (the weights stay loaded); their
         memory goes back to torch's caching allocator, for the next shape to reuse."""
-        self._graph = None
+        self._graphs = {}
         for layer in self.model.layers:
             layer.attn.k_cache = layer.attn.v_cache = None
         self._token = self._pos = self._slot = self._pad = self._out = self._key_slots = None
         self._shape = None
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, keys: int | None = None) -> None:
         """One token for every request, reading and writing only the static state: a CUDA graph
-        replays it with no host work and no sync."""
-        allowed = (self._key_slots >= self._pad[:, None]) & (self._key_slots <= self._slot)
+        replays it with no host work and no sync. It attends over cache slots [0, keys)."""
+        key_slots = self._key_slots[:keys]
+        allowed = (key_slots >= self._pad[:, None]) & (key_slots <= self._slot)
         mask = _additive(allowed[:, None, None, :], TORCH_DTYPES[self.dtype])
-        next_token = self.model(self._token, self._pos, mask, self._slot).argmax(
+        next_token = self.model(self._token, self._pos, mask, self._slot, keys).argmax(
             dim=-1, keepdim=True
         )
         self._token.copy_(next_token)
@@ -533,6 +569,14 @@ class TorchEngine:
         reserved = max(max_out, reserve_output_len)
         cache_len = -(-(padded_len + reserved) // CACHE_ALIGN) * CACHE_ALIGN
         self._allocate(n, cache_len)
+        # decode step i feeds the token at slot padded_len + i
+        step_keys = [self.key_bucket(padded_len + i) for i in range(max_out - 1)]
+        if self.graphs and not self.compile_decode:
+            needed = set(step_keys)
+            if reserved > max_out:  # the probe: also the last bucket the reserved output reaches,
+                needed.add(self.key_bucket(padded_len + reserved - 2))  # for its memory peak
+            for keys in sorted(needed - set(self._graphs)):
+                self._capture(keys)
 
         tokens = torch.tensor(
             [[self.pad_token_id] * (padded_len - k) + p for p, k in zip(prompts, lens)],
@@ -559,11 +603,11 @@ class TorchEngine:
         self._slot.fill_(padded_len)
         self._sync()
         first_token_ns, first_token_wall_ns = time.monotonic_ns(), time.time_ns()
-        for _ in range(max_out - 1):
-            if self._graph is not None:
-                self._graph.replay()
+        for keys in step_keys:
+            if self._graphs:
+                self._graphs[keys].replay()
             else:
-                self._step_fn()
+                self._step_fn(keys)
         self._sync()
         end_ns, end_wall_ns = time.monotonic_ns(), time.time_ns()
 
