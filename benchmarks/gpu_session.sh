@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_session.sh STEP...     steps: grid oom lease decode profile tests sidecar
 #
-# grid:    this card's platform of config/gpu-study.yaml through Snakemake, every visible GPU
+# grid:    this card's platform of config/$STUDY.yaml (default gpu-study) through Snakemake, every visible GPU
 #          leased to concurrent cells (--resources gpu=N); its cells, probes and logs come back as
 #          $OUT/cells-<platform>.tar.gz, to merge with the other card's (docs/results.md)
 # oom:     benchmarks/oom_table.py (Llama-2-7B/13B at 1000/1000 under a 40 GB cap and the whole card)
@@ -17,6 +17,7 @@ set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/workflow PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results/session}
+STUDY=${STUDY:-gpu-study}
 mkdir -p "$OUT" session-logs
 
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
@@ -24,7 +25,7 @@ ngpu=$(nvidia-smi -L | wc -l)
 case "$name" in
     *H100*80GB*) platform=h100-sxm-80gb ;;
     *H200*) platform=h200-141gb ;;
-    *) echo "no platform of config/gpu-study.yaml matches '$name'" >&2; exit 2 ;;
+    *) echo "no platform of config/$STUDY.yaml matches '$name'" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit,memory.total --format=csv \
     | tee "$OUT/nvidia-smi.txt"
@@ -40,14 +41,16 @@ step() {  # step NAME COMMAND...: capped by CAP_<NAME>_S, logged to session-logs
 for s in "$@"; do
     case "$s" in
     grid)
-        targets=()
-        for m in gpt2 llama-2-7b llama-2-13b; do
-            targets+=("results/cells/$platform/$m/probe.json")
-            for b in 1 4 16; do targets+=("results/cells/$platform/$m/bs$b/meta.json"); done
-        done
+        # every model's probe and cells of this platform (the config lists its batch sizes)
+        mapfile -t targets < <(python3 -c 'import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+for m in c["models"]:
+    print(f"results/cells/{sys.argv[2]}/{m}/probe.json")
+    for b in c["sweep"]["batch_sizes"]:
+        print(f"results/cells/{sys.argv[2]}/{m}/bs{b}/meta.json")' "config/$STUDY.yaml" "$platform")
         # targets first: --config takes every word after it
         step grid python3 -m snakemake "${targets[@]}" --cores 16 --resources gpu="$ngpu" \
-            --configfile config/gpu-study.yaml \
+            --configfile "config/$STUDY.yaml" \
             --config "platforms={\"$platform\": {\"import_only\": false}}"
         tail -4 session-logs/grid.log
         ;;
@@ -63,5 +66,5 @@ for s in "$@"; do
     *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar)" >&2 ;;
     esac
 done
-tar czf "$OUT/cells-$platform.tar.gz" session-logs $(ls -d "results/cells/$platform" logs 2>/dev/null)
+tar czf "$OUT/cells-$STUDY-$platform.tar.gz" session-logs $(ls -d "results/cells/$platform" logs 2>/dev/null)
 for f in session-logs/*.log; do echo "== $f"; tail -n 15 "$f" | cut -c1-300; done
