@@ -36,7 +36,7 @@ test-slurm: $(SLURM_STAMP)
 
 # Tables and figures of the GPU study from its committed H100/H200 cells (docs/results.md).
 gpu-study: $(STAMP)
-	SNAKEMAKE=$(abspath $(BIN))/snakemake bash benchmarks/gpu_study.sh
+	SNAKEMAKE=$(abspath $(BIN))/snakemake bash benchmarks/gpu_study.sh gpu-study gpu-large-batch
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
