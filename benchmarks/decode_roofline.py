@@ -77,17 +77,23 @@ def cache_len(prompt_len: int, output_len: int) -> int:
     return -(-(prompt_len + output_len) // CACHE_ALIGN) * CACHE_ALIGN
 
 
-def step_bytes(arch: Architecture, case: Case, dtype: str) -> tuple[float, int]:
-    """(useful, read) bytes of the mean decode step. useful is what MBU counts (flops.
-    decode_step_bytes: every weight, each request's cache up to its context P + k, and the new K/V)
-    averaged over steps k = 1..N-1; read adds what the static cache makes the step read besides:
-    the masked slots beyond each context, up to the cache length."""
+def step_bytes(engine: TorchEngine, case: Case) -> tuple[float, float]:
+    """(useful, read) bytes of the mean decode step, on an engine that has just run the case. useful
+    is what MBU counts (flops.decode_step_bytes: every weight, each request's cache up to its
+    context P + k, and the new K/V) averaged over steps k = 1..N-1; read is what the step attends
+    over instead: every weight, each request's cache up to the step's key bucket (the whole cache
+    under compile_decode), and the new K/V."""
+    arch, dtype = engine.arch, engine.dtype
     useful = statistics.fmean(
         decode_step_bytes(arch, [case.prompt_len + k] * case.batch, dtype)
         for k in range(1, case.output_len)
     )
     cache = cache_len(case.prompt_len, case.output_len)
-    read = weight_bytes(arch, dtype) + kv_cache_bytes(arch, case.batch, cache + 1, dtype)
+    # step k feeds the token at slot P + k - 1
+    keys = [engine.key_bucket(case.prompt_len + k - 1) or cache for k in range(1, case.output_len)]
+    read = weight_bytes(arch, dtype) + statistics.fmean(
+        kv_cache_bytes(arch, case.batch, n + 1, dtype) for n in keys
+    )
     return useful, read
 
 
@@ -206,7 +212,7 @@ def measure(
         case.output_len - 1
     )
     batch_s = statistics.median((r.end_ns - r.start_ns) / 1e9 for r in runs)
-    useful_bytes, read_bytes = step_bytes(arch, case, dtype)
+    useful_bytes, read_bytes = step_bytes(engine, case)
     result = {
         "case": case.name,
         "mode": mode,

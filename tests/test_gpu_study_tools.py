@@ -104,3 +104,21 @@ def test_committed_study_tables_match_their_cells():
     meta = json.loads((cell / "meta.json").read_text())
     assert meta["device_name"] == "NVIDIA H100 80GB HBM3"
     assert meta["gpu_lease"]["gpu_uuid"] == meta["hardware"]["gpu"]["uuid"]
+
+
+def test_decode_roofline_read_bytes_follow_the_key_buckets():
+    # tiny-llama fp32: 19,997,696 B of weights; K+V per cache slot and request 2 x 4 layers x 128
+    # x 4 B = 4,096 B. 32 prompt + 96 output tokens -> a 128-slot cache in 64-slot buckets: steps
+    # k = 1..95 feed slots 31 + k; slots 32..63 (32 steps) attend over 64 slots, 64..126 (63 steps)
+    # over 128; each also writes its new K/V (+1 slot).
+    # read = 19,997,696 + 4,096 x (32 x 65 + 63 x 129) / 95 = 19,997,696 + 4,096 x 10,207 / 95
+    decode_roofline = _load("decode_roofline")
+    from tokencarbon.backends.torch_backend import TorchEngine
+    from tokencarbon.models import load_architecture
+
+    engine = TorchEngine(load_architecture("tiny-llama"), "float32", "cpu", seed=0)
+    case = decode_roofline.Case("t", "tiny-llama", 1, 32, 96)
+    engine.run_batch([[1] * 32], [96])
+    useful, read = decode_roofline.step_bytes(engine, case)
+    assert read == pytest.approx(19_997_696 + 4_096 * 10_207 / 95)
+    assert useful < read  # masked slots inside the bucket are read but not counted
