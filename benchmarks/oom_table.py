@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_roofline import describe_machine, free_device_memory, gpu_slug, log, out_dir  # noqa: E402
 
 from tokencarbon.backends.torch_backend import CACHE_ALIGN, TorchEngine  # noqa: E402
+from tokencarbon.files import write_json  # noqa: E402
 from tokencarbon.models import (  # noqa: E402
     activation_bytes,
     kv_cache_bytes,
@@ -113,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": describe_machine(device),
         "results": rows,
     }
-    from tokencarbon.files import write_json
-
     path = out_dir(args.out_dir) / f"{gpu_slug(device)}-oom.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
