@@ -29,7 +29,7 @@ S = 1_000_000_000
 
 def _cell():
     cells = pd.DataFrame([{
-        "platform": "toyplat", "model": "toy-model", "batch_size": 1, "architecture": "toy",
+        "platform": "toyplat", "model": "toy-model", "mode": "static", "batch_size": 1, "architecture": "toy",
         "dtype": "float32", "backend": "torch", "device_name": "x", "n_requests": 1, "n_batches": 1,
         "warmup_batches": 1, "window_start_wall_ns": T0, "window_end_wall_ns": T0 + S,
         "idle_power_w": 40.0, "power_source": "nvml", "power_interval_s": 0.1,
@@ -37,7 +37,7 @@ def _cell():
     }])
     # One request: 4 prompt tokens, 3 output tokens; prefill ends at 0.25 s, the batch at 1 s.
     batches = pd.DataFrame([{
-        "platform": "toyplat", "model": "toy-model", "batch_size": 1, "batch_index": 0,
+        "platform": "toyplat", "model": "toy-model", "mode": "static", "batch_size": 1, "repeat": 0, "batch_index": 0,
         "n_requests": 1, "input_tokens": 4, "output_tokens": 3, "padded_input_len": 4,
         "max_output_tokens": 3, "start_ns": 0, "first_token_ns": S // 4, "end_ns": S,
         "start_wall_ns": T0, "first_token_wall_ns": T0 + S // 4, "end_wall_ns": T0 + S,
@@ -46,7 +46,7 @@ def _cell():
     # A steady 100 W from -0.5 s to 1.5 s, every 0.1 s, with a counter rising 100 J/s.
     t = T0 + np.arange(-5, 16) * (S // 10)
     power = pd.DataFrame({
-        "platform": "toyplat", "model": "toy-model", "batch_size": 1, "t_wall_ns": t,
+        "platform": "toyplat", "model": "toy-model", "mode": "static", "batch_size": 1, "t_wall_ns": t,
         "phase": "run", "source": "nvml", "modeled": False, "device_index": 0, "power_w": 100.0,
         "power_avg_w": np.nan, "energy_counter_j": 100.0 * (t - T0) / S + 5000.0, "util_pct": 0.0,
         "mem_used_bytes": 0.0, "temperature_c": 0.0, "sm_clock_mhz": 0.0, "mem_clock_mhz": 0.0,

@@ -22,10 +22,23 @@ def read_meta(path: str | Path) -> dict:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a readable cell meta.json ({exc})") from exc
+    # Cells measured before continuous batching existed are static batches.
+    meta.setdefault("mode", "static")
     missing = [k for k in tables.CELLS.names if k not in meta]
     if missing:
         raise InputError(f"{path}: cell meta.json lacks keys {missing}; rerun the cell")
     return meta
+
+
+def _read_batches(path: Path) -> pd.DataFrame:
+    """A cell's batches; cells measured before repeats existed ran their batches once (repeat 0)."""
+    import pyarrow.parquet as pq
+
+    if "repeat" not in pq.read_schema(path).names:
+        df = pq.read_table(path).to_pandas()
+        df.insert(0, "repeat", 0)
+        return tables.check(df, tables.BATCHES, path)
+    return tables.read(path, tables.BATCHES)
 
 
 def _keyed(df: pd.DataFrame, meta: dict) -> pd.DataFrame:
@@ -41,7 +54,7 @@ def aggregate(cell_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFra
     for d in map(Path, cell_dirs):
         meta = read_meta(d / "meta.json")
         cells.append({k: meta[k] for k in tables.CELLS.names})
-        batches.append(_keyed(tables.read(d / "batches.parquet", tables.BATCHES), meta))
+        batches.append(_keyed(_read_batches(d / "batches.parquet"), meta))
         power.append(_keyed(tables.read(d / "power.parquet", tables.POWER), meta))
     if not cells:
         raise InputError("no cells to aggregate: the sweep selected no (platform, model, batch)")

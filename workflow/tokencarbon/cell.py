@@ -151,6 +151,7 @@ def run_cell(
         versions = software_versions()
         rows = [
             {
+                "repeat": 0,
                 "batch_index": i,
                 **_batch_record(r),
                 "prompt_lens": [len(ids) for ids in batch["prompt_token_ids"]],
@@ -167,6 +168,7 @@ def run_cell(
             {
                 "platform": platform["name"],
                 "model": model["name"],
+                "mode": "static",
                 "batch_size": batch_size,
                 "architecture": arch.name,
                 "dtype": model["dtype"],
@@ -196,5 +198,5 @@ def run_cell(
 
 
 def _batch_record(result: Any) -> dict[str, int]:
-    skip = {"batch_index", "prompt_lens", "output_lens"}
+    skip = {"repeat", "batch_index", "prompt_lens", "output_lens"}
     return {name: int(getattr(result, name)) for name in tables.BATCHES.names if name not in skip}

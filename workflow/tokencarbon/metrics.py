@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tokencarbon import flops
+from tokencarbon import flops, tables
 from tokencarbon.carbon import embodied_carbon_g, operational_carbon
 from tokencarbon.energy import windows_energy
 from tokencarbon.models import Architecture
@@ -87,6 +87,7 @@ def cell_metrics(
     return {
         "platform": cell["platform"],
         "model": cell["model"],
+        "mode": cell["mode"],
         "batch_size": int(cell["batch_size"]),
         "architecture": cell["architecture"],
         "dtype": cell["dtype"],
@@ -124,7 +125,7 @@ def cell_metrics(
 def all_metrics(cells: pd.DataFrame, batches: pd.DataFrame, power: pd.DataFrame,
                 archs: dict[str, Architecture], platforms: dict[str, Platform], intensity: Any,
                 *, pue: float, fill: str | None) -> pd.DataFrame:
-    keys = ["platform", "model", "batch_size"]
+    keys = [name for name, _ in tables.CELL_KEYS]
     b_groups = dict(tuple(batches.groupby(keys)))
     p_groups = dict(tuple(power.groupby(keys)))
     rows = []

@@ -24,10 +24,14 @@ WORKLOAD = pa.schema(
     ]
 )
 
-# One row per measured static batch of one cell.
+# One row per measured window of one cell. A static cell (mode "static", bs{n}) has one row per
+# static batch of each repeat; a continuous-batching cell (mode "continuous", cb{n}) has one row per
+# repeat: the whole request set served as one window (start: the first arrival; first_token: the
+# first request's first token; end: the last request's last token; padded_input_len 0).
 BATCHES = pa.schema(
     [
-        ("batch_index", pa.int64()),
+        ("repeat", pa.int64()),  # 0-based repeat of the cell's measured work (run.repeats)
+        ("batch_index", pa.int64()),  # 0-based within its repeat
         ("n_requests", pa.int64()),
         ("input_tokens", pa.int64()),  # real prompt tokens, padding excluded
         ("output_tokens", pa.int64()),  # generated tokens summed over requests
@@ -41,6 +45,39 @@ BATCHES = pa.schema(
         ("end_wall_ns", pa.int64()),
         ("prompt_lens", pa.list_(pa.int64())),  # per request, real tokens (for FLOPs and bytes)
         ("output_lens", pa.list_(pa.int64())),  # per request, tokens generated
+    ]
+)
+
+# Continuous-batching cells: one row per request per repeat (requests.parquet).
+REQUESTS = pa.schema(
+    [
+        ("repeat", pa.int64()),
+        ("request_id", pa.string()),
+        ("input_tokens", pa.int64()),  # real prompt tokens
+        ("output_tokens", pa.int64()),  # tokens generated (exactly the reference output length)
+        ("arrival_ns", pa.int64()),  # time.monotonic_ns() when the request entered the queue
+        ("first_token_ns", pa.int64()),  # its first output token exists (end of its prefill)
+        ("finish_ns", pa.int64()),  # its last output token exists
+        ("arrival_wall_ns", pa.int64()),  # time.time_ns() at the same three points
+        ("first_token_wall_ns", pa.int64()),
+        ("finish_wall_ns", pa.int64()),
+    ]
+)
+
+# Continuous-batching cells: one row per engine step per repeat (steps.parquet), for sharing energy
+# among requests. Steps of a repeat tile its window: step k's energy window is
+# [start_wall_ns[k], start_wall_ns[k + 1]) and the last step's ends at the repeat's end.
+STEPS = pa.schema(
+    [
+        ("repeat", pa.int64()),
+        ("step_index", pa.int64()),
+        ("kind", pa.string()),  # "prefill", "decode" or "mixed"
+        ("start_ns", pa.int64()),  # time.monotonic_ns() when the step was launched
+        ("end_ns", pa.int64()),  # its results were on the host (synchronised)
+        ("start_wall_ns", pa.int64()),
+        ("end_wall_ns", pa.int64()),
+        ("request_ids", pa.list_(pa.string())),  # requests that had tokens in the step
+        ("request_tokens", pa.list_(pa.int64())),  # tokens each of them processed in the step
     ]
 )
 
@@ -69,7 +106,8 @@ CELLS = pa.schema(
     [
         ("platform", pa.string()),
         ("model", pa.string()),
-        ("batch_size", pa.int64()),
+        ("mode", pa.string()),  # "static" (bs{n}) or "continuous" (cb{n})
+        ("batch_size", pa.int64()),  # static: batch size; continuous: max_num_seqs
         ("architecture", pa.string()),
         ("dtype", pa.string()),
         ("backend", pa.string()),
@@ -92,6 +130,7 @@ METRICS = pa.schema(
     [
         ("platform", pa.string()),
         ("model", pa.string()),
+        ("mode", pa.string()),
         ("batch_size", pa.int64()),
         ("architecture", pa.string()),
         ("dtype", pa.string()),
@@ -129,7 +168,14 @@ METRICS = pa.schema(
     ]
 )
 
-CELL_KEYS = [("platform", pa.string()), ("model", pa.string()), ("batch_size", pa.int64())]
+# A cell is (platform, model, mode, batch_size); batch_size is max_num_seqs for continuous cells.
+CELL_KEYS = [
+    ("platform", pa.string()),
+    ("model", pa.string()),
+    ("mode", pa.string()),
+    ("batch_size", pa.int64()),
+]
+CELL_DIR_PREFIX = {"static": "bs", "continuous": "cb"}  # results/cells/{platform}/{model}/{prefix}{n}
 
 
 def with_cell_keys(schema: pa.Schema) -> pa.Schema:

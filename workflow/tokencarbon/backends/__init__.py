@@ -29,3 +29,72 @@ class Engine(Protocol):
     def run_batch(self, prompts: list[list[int]], output_lengths: list[int]) -> BatchResult: ...
 
     def peak_memory_bytes(self) -> int: ...
+
+
+# ---------------------------------------------------------------- continuous batching (cb cells)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a served request set: its prompt, the exact number of tokens it must
+    generate (EOS ignored, as in static cells) and when it arrives, in seconds after the start of
+    serving (0.0 for every request under offline arrivals)."""
+
+    request_id: str
+    prompt: tuple[int, ...]
+    output_len: int
+    arrival_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """Timing of one served request: tables.REQUESTS (monotonic and wall ns at three points)."""
+
+    request_id: str
+    input_tokens: int
+    output_tokens: int
+    arrival_ns: int
+    first_token_ns: int
+    finish_ns: int
+    arrival_wall_ns: int
+    first_token_wall_ns: int
+    finish_wall_ns: int
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One engine step: tables.STEPS. request_tokens[i] tokens of request_ids[i] went through it."""
+
+    step_index: int
+    kind: str  # "prefill", "decode" or "mixed"
+    start_ns: int
+    end_ns: int
+    start_wall_ns: int
+    end_wall_ns: int
+    request_ids: tuple[str, ...]
+    request_tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ServingResult:
+    """A request set served by continuous batching. start/end: monotonic and wall ns of the served
+    window (start: serving began, the clock of arrivals; end: the last token of the last request).
+    steps may be empty where the engine does not expose its steps (transformers' manager); energy
+    is then shared among requests as docs/metrics.md states."""
+
+    requests: tuple[RequestRecord, ...]
+    steps: tuple[StepRecord, ...]
+    start_ns: int
+    end_ns: int
+    start_wall_ns: int
+    end_wall_ns: int
+    token_ids: dict[str, tuple[int, ...]] | None = None  # per request id, not timed
+
+
+class ServingEngine(Protocol):
+    """What a continuous-batching cell calls: up to max_num_seqs requests in flight, a finished
+    request leaving and a waiting one joining at the next step."""
+
+    def serve(self, requests: list[Request]) -> ServingResult: ...
+
+    def peak_memory_bytes(self) -> int: ...

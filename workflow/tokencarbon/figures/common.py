@@ -76,13 +76,13 @@ def select_models(
 
 
 def require_one_row_per_cell(df: pd.DataFrame, figure: str) -> None:
-    keys = ["platform", "model", "batch_size"]
+    keys = ["platform", "model", "mode", "batch_size"]
     dup = df[df.duplicated(keys, keep=False)]
     if not dup.empty:
         first = dup.iloc[0]
         raise InputError(
             f"{figure}: cell (platform={first['platform']}, model={first['model']}, "
-            f"batch_size={first['batch_size']}) appears more than once; the metrics table must "
+            f"mode={first['mode']}, batch_size={first['batch_size']}) appears more than once; the metrics table must "
             "hold one row per cell"
         )
 
