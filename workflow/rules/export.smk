@@ -1,0 +1,1 @@
+# Results out: one JSON per cell and metrics.csv under results/export/ (docs/data.md).
