@@ -1,11 +1,47 @@
-"""Shared fixtures: the repository root and the real data files in ../shared/data."""
+"""Shared fixtures: the repository root and the real data files in ../shared/data.
 
+The real files (ShareGPT JSON, nvidia-smi logs, Electricity Maps traces) lie beside the checkout,
+never inside it. A user's clone usually has no ../shared: the tests that read it skip and say why.
+Under CI (environment CI=true, as GitHub Actions and GitLab set it) they are required: a missing
+../shared/data fails them, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+CI_ENV = "CI"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def ci_requires_shared_data(environ: Mapping[str, str]) -> bool:
+    """True where environ says this is CI: CI set to 1/true/yes/on (any case)."""
+    return environ.get(CI_ENV, "").strip().lower() in _TRUE
+
+
+def locate_shared_data(path: Path = SHARED_DATA, environ: Mapping[str, str] = os.environ) -> Path:
+    """`path` if it is a folder; otherwise fail the calling test under CI, skip it elsewhere.
+
+    Raises pytest's Failed (CI) or Skipped (not CI) outcome, each naming the folder and the other
+    case, so a skip on a user's machine and a failure on CI both say what to do.
+    """
+    if path.is_dir():
+        return path
+    if ci_requires_shared_data(environ):
+        pytest.fail(
+            f"{path} is missing and {CI_ENV}={environ[CI_ENV]!r}: under CI the tests that read real "
+            f"files from ../shared/data are required; put the shared/ folder beside the clone"
+        )
+    pytest.skip(
+        f"{path} is missing: this test reads real files from ../shared/data (ShareGPT, "
+        f"nvidia-smi logs, Electricity Maps traces) beside the clone; CI ({CI_ENV}=true) requires them"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +51,4 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    # CI clones main into a folder with a copy of shared/ beside it, as on a developer's machine.
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: tests read real files from ../shared/data")
-    return SHARED_DATA
+    return locate_shared_data()
