@@ -12,7 +12,8 @@ import pytest
 from helpers import gpu_present
 
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
-from tokencarbon.power import check_spec, describe_gpu, open_source, read_nvidia_smi_csv
+from tokencarbon.power import check_spec, describe_gpu, open_source
+from tokencarbon.power.nvidia_smi import import_nvidia_smi, read_nvidia_smi_csv
 from tokencarbon.power.modeled import ModeledCpuSource
 from tokencarbon.power.nvml import NvmlSource
 from tokencarbon.tables import POWER
@@ -24,25 +25,45 @@ GPU = gpu_present()
 
 
 # --- nvidia-smi CSV logs (real files, values read off them with sed/awk) ---------------------
+# power.draw is the driver's 1 s average on Ampere and newer (NVML nvmlDeviceGetPowerUsage), so it
+# lands in power_avg_w; power_w (instant power) comes only from power.draw.instant.
 
 
 def test_nvidia_smi_50ms_log(shared_data):
-    df = read_nvidia_smi_csv(shared_data / "nvidia-smi" / "power_50ms.csv", tz="Europe/Berlin")
+    log = import_nvidia_smi(shared_data / "nvidia-smi" / "power_50ms.csv", tz="Europe/Berlin")
+    df = log.samples
+    assert (log.power_field, log.power_kind, log.energy_from_average) == (
+        "power.draw",
+        "average",
+        True,
+    )
     assert list(df.columns) == POWER.names
     assert len(df) == 73  # 74 lines, one header
     # First line "2024/10/30 18:42:33.189, 22.89 W". Berlin is on CET (UTC+1) after 27 Oct 2024,
     # so 17:42:33.189 UTC; `date -u -d '2024-10-30 17:42:33' +%s` = 1730310153.
     assert df["t_wall_ns"].iloc[0] == 1_730_310_153_189_000_000
-    assert df["power_w"].iloc[0] == 22.89
+    assert df["power_avg_w"].iloc[0] == 22.89
     # Last line "2024/10/30 18:42:36.813, 22.63 W": 1730313756 - 3600 s, .813.
     assert df["t_wall_ns"].iloc[-1] == 1_730_310_156_813_000_000
-    assert df["power_w"].iloc[-1] == 22.63
-    assert df["power_w"].min() == 20.92  # line 40
-    assert df["power_w"].max() == 23.00  # line 5
+    assert df["power_avg_w"].iloc[-1] == 22.63
+    assert df["power_avg_w"].min() == 20.92  # line 40
+    assert df["power_avg_w"].max() == 23.00  # line 5
+    assert df["power_w"].isna().all()  # never passed off as instant power
     assert (df["source"] == "nvidia_smi_csv").all() and not df["modeled"].any()
     assert (df["phase"] == "run").all()
     assert df["energy_counter_j"].isna().all() and df["util_pct"].isna().all()
     assert (df["device_index"] == -1).all() and (df["throttle_reasons"] == -1).all()
+
+
+def test_nvidia_smi_power_draw_declared_instant(shared_data):
+    # On an A100 or older power.draw IS instant power (NVML docs); the caller says so.
+    log = import_nvidia_smi(
+        shared_data / "nvidia-smi" / "power_50ms.csv", tz="Europe/Berlin", power_draw="instant"
+    )
+    assert (log.power_field, log.power_kind) == ("power.draw", "instant")
+    assert log.samples["power_w"].iloc[0] == 22.89 and log.samples["power_avg_w"].isna().all()
+    with pytest.raises(ConfigError, match=r"power_draw='mean'.*\('average', 'instant'\)"):
+        import_nvidia_smi(shared_data / "nvidia-smi" / "power_50ms.csv", "UTC", power_draw="mean")
 
 
 def test_nvidia_smi_100ms_log(shared_data):
@@ -53,8 +74,8 @@ def test_nvidia_smi_100ms_log(shared_data):
     assert df["t_wall_ns"].iloc[0] == 1_745_503_332_560_000_000
     # Last "16:02:28.841, 57.84 W": 16.281 s after the first.
     assert df["t_wall_ns"].iloc[-1] - df["t_wall_ns"].iloc[0] == 16_281_000_000
-    assert df["power_w"].iloc[-1] == 57.84
-    assert (df["power_w"].min(), df["power_w"].max()) == (21.76, 66.98)  # lines 2 and 24
+    assert df["power_avg_w"].iloc[-1] == 57.84
+    assert (df["power_avg_w"].min(), df["power_avg_w"].max()) == (21.76, 66.98)  # lines 2, 24
     assert np.diff(df["t_wall_ns"]).max() == 112_000_000  # SOURCES.md: largest gap 112 ms
 
 
@@ -65,13 +86,17 @@ def test_nvidia_smi_multicolumn_log(shared_data):
     # `date -u -d '2026-01-03 15:36:53' +%s` = 1767454613.
     first = df.iloc[0]
     assert first["t_wall_ns"] == 1_767_454_613_507_000_000
-    assert (first["util_pct"], first["power_w"]) == (1.0, 33.09)
+    assert (first["util_pct"], first["power_avg_w"]) == (1.0, 33.09)
     assert first["mem_used_bytes"] == 1129 * MIB  # 1,183,842,304 B
     # Last "2026/01/03 16:24:53.961, ..., 3 %, 4 %, 1141 MiB, 34.15 W"; 1767457493 s.
     last = df.iloc[-1]
     assert last["t_wall_ns"] == 1_767_457_493_961_000_000
-    assert (last["util_pct"], last["mem_used_bytes"], last["power_w"]) == (3.0, 1141 * MIB, 34.15)
-    assert (df["power_w"].min(), df["power_w"].max()) == (33.09, 332.92)  # lines 2 and 236
+    assert (last["util_pct"], last["mem_used_bytes"], last["power_avg_w"]) == (
+        3.0,
+        1141 * MIB,
+        34.15,
+    )
+    assert (df["power_avg_w"].min(), df["power_avg_w"].max()) == (33.09, 332.92)  # lines 2, 236
     # Largest gap: lines 646 -> 647, 15:48:40.525 -> 15:48:47.836 = 7.311 s.
     assert np.diff(df["t_wall_ns"]).max() == 7_311_000_000
     # utilization.memory and name have no POWER column; nothing else was invented.
@@ -95,16 +120,18 @@ def test_nvidia_smi_all_known_columns_and_missing_values(tmp_path):
         "2025/01/15 12:00:00.100, 0, [N/A], [Not Supported], [N/A], [N/A], [N/A], [N/A], "
         "[Not Supported], [N/A], [N/A]\n",
     )
-    df = read_nvidia_smi_csv(path, tz="UTC")
-    row = df.iloc[0]
+    log = import_nvidia_smi(path, tz="UTC")
+    assert (log.power_field, log.power_kind) == ("power.draw.instant", "instant")
+    assert log.device == {"index": "0"} and log.devices == ({"index": "0"},)
+    row = log.samples.iloc[0]
     assert row["t_wall_ns"] == 1_736_942_400_000_000_000  # date -u -d '2025-01-15 12:00' +%s
-    assert row["power_w"] == 71.50  # power.draw.instant wins over power.draw (a 1 s average)
-    assert row["power_avg_w"] == 69.00
+    assert row["power_w"] == 71.50  # power.draw.instant, not power.draw
+    assert row["power_avg_w"] == 69.00  # power.draw.average, the explicit average
     assert (row["temperature_c"], row["sm_clock_mhz"], row["mem_clock_mhz"]) == (35, 1980, 2619)
     assert row["throttle_reasons"] == 5  # GpuIdle (0x1) | SwPowerCap (0x4)
     assert row["mem_used_bytes"] == 536_870_912  # 512 x 1,048,576
     assert (row["util_pct"], row["device_index"]) == (97.0, 0)
-    missing = df.iloc[1]
+    missing = log.samples.iloc[1]
     assert missing["t_wall_ns"] - row["t_wall_ns"] == 100_000_000
     for column in ["power_w", "power_avg_w", "temperature_c", "sm_clock_mhz", "mem_used_bytes"]:
         assert math.isnan(missing[column]), column
@@ -113,7 +140,9 @@ def test_nvidia_smi_all_known_columns_and_missing_values(tmp_path):
 
 def test_nvidia_smi_nounits_format(tmp_path):
     # --format=csv,nounits keeps the unit in the header only.
-    path = write_log(tmp_path, "timestamp, power.draw [W]\n2025/01/15 12:00:00.000, 70.10\n")
+    path = write_log(
+        tmp_path, "timestamp, power.draw.instant [W]\n2025/01/15 12:00:00.000, 70.10\n"
+    )
     assert read_nvidia_smi_csv(path, tz="UTC")["power_w"].tolist() == [70.10]
 
 
@@ -124,6 +153,10 @@ def test_nvidia_smi_missing_power_column_names_file_and_columns(tmp_path):
     assert str(path) in str(exc.value)
     assert "'timestamp', 'utilization.gpu [%]'" in str(exc.value)
     assert "power.draw" in str(exc.value)
+    # --format=csv,noheader: the first line holds values; say so.
+    path = write_log(tmp_path, "2025/01/15 12:00:00.000, 70 W\n2025/01/15 12:00:00.100, 71 W\n")
+    with pytest.raises(InputError, match="noheader"):
+        read_nvidia_smi_csv(path, tz="UTC")
 
 
 def test_nvidia_smi_wrong_units_and_values(tmp_path):
@@ -136,8 +169,37 @@ def test_nvidia_smi_wrong_units_and_values(tmp_path):
     with pytest.raises(InputError, match=r"'memory.used \[MB\]' has unit 'MB'; expected 'MiB'"):
         read_nvidia_smi_csv(write_log(tmp_path, bad_header_unit), tz="UTC")
     bad_time = "timestamp, power.draw [W]\n15.01.2025 12:00, 1 W\n"
-    with pytest.raises(InputError, match="YYYY/MM/DD HH:MM:SS.mmm"):
+    with pytest.raises(InputError, match="row 1: timestamp '15.01.2025 12:00' is not.*ISO-8601"):
         read_nvidia_smi_csv(write_log(tmp_path, bad_time), tz="UTC")
+
+
+def test_nvidia_smi_iso8601_timestamps(tmp_path):
+    # 13:00:00.250 at +01:00 and 12:00:00.350Z are 12:00:00.250 and .350 UTC (1736942400 s, as
+    # above); with offsets the zone argument is not needed.
+    path = write_log(
+        tmp_path,
+        "timestamp, power.draw.instant [W]\n"
+        "2025-01-15T13:00:00.250+01:00, 70 W\n2025-01-15T07:00:00.300-05:00, 71 W\n",
+    )
+    assert read_nvidia_smi_csv(path)["t_wall_ns"].tolist() == [
+        1_736_942_400_250_000_000,
+        1_736_942_400_300_000_000,
+    ]
+    path = write_log(tmp_path, "timestamp, power.draw [W]\n2025-01-15T12:00:00.350Z, 70 W\n")
+    assert read_nvidia_smi_csv(path)["t_wall_ns"].tolist() == [1_736_942_400_350_000_000]
+    # ISO-8601 without an offset is local time: 13:00 in Berlin (CET) is 12:00 UTC.
+    path = write_log(tmp_path, "timestamp, power.draw [W]\n2025-01-15 13:00:00.000, 70 W\n")
+    assert read_nvidia_smi_csv(path, "Europe/Berlin")["t_wall_ns"].tolist() == [
+        1_736_942_400_000_000_000
+    ]
+    with pytest.raises(ConfigError, match="carry no UTC offset.*'\\+01:00'"):
+        read_nvidia_smi_csv(path)
+    mixed = write_log(
+        tmp_path,
+        "timestamp, power.draw [W]\n2025-01-15T12:00:00Z, 70 W\n2025-01-15T12:00:01, 70 W\n",
+    )
+    with pytest.raises(InputError, match="row 1: '2025-01-15T12:00:00Z'.*row 2"):
+        read_nvidia_smi_csv(mixed, "UTC")
 
 
 def test_nvidia_smi_time_zone(tmp_path):
@@ -145,7 +207,7 @@ def test_nvidia_smi_time_zone(tmp_path):
     with pytest.raises(ConfigError, match="'Mars/Olympus'"):
         read_nvidia_smi_csv(path, tz="Mars/Olympus")
     # Berlin clocks jump from 02:00 to 03:00 on 30 March 2025: 02:30 never happened there.
-    with pytest.raises(InputError, match="Europe/Berlin"):
+    with pytest.raises(InputError, match="never happened in Europe/Berlin"):
         read_nvidia_smi_csv(path, tz="Europe/Berlin")
     # ...but it did in New York (EDT, UTC-4): 06:30 UTC; date -u -d '2025-03-30 06:30' = 1743316200.
     assert read_nvidia_smi_csv(path, tz="America/New_York")["t_wall_ns"].iloc[0] == (
@@ -153,15 +215,76 @@ def test_nvidia_smi_time_zone(tmp_path):
     )
 
 
-def test_nvidia_smi_several_gpus_need_the_index_column(tmp_path):
-    rows = "2025/01/15 12:00:00.000, {}70 W\n2025/01/15 12:00:00.000, {}80 W\n"
-    with pytest.raises(InputError, match="line 3.*'index' column"):
-        read_nvidia_smi_csv(
-            write_log(tmp_path, "timestamp, power.draw [W]\n" + rows.format("", "")), "UTC"
-        )
-    path = write_log(tmp_path, "timestamp, index, power.draw [W]\n" + rows.format("0, ", "1, "))
-    df = read_nvidia_smi_csv(path, "UTC")
-    assert df["device_index"].tolist() == [0, 1] and df["power_w"].tolist() == [70.0, 80.0]
+def test_nvidia_smi_repeated_dst_hour(tmp_path):
+    # Berlin turns clocks back from 03:00 CEST to 02:00 CET on 27 Oct 2024: 02:00-03:00 happens
+    # twice. A log wholly inside that hour cannot say which pass it is: refused, naming both
+    # fixed-offset zones that would settle it.
+    inside = (
+        "timestamp, power.draw [W]\n2024/10/27 02:30:00.000, 1 W\n2024/10/27 02:30:00.100, 1 W\n"
+    )
+    path = write_log(tmp_path, inside)
+    with pytest.raises(InputError) as err:
+        read_nvidia_smi_csv(path, tz="Europe/Berlin")
+    msg = str(err.value)
+    assert "row 1: '2024/10/27 02:30:00.000' lies in the hour repeated" in msg
+    assert "tz='+02:00'" in msg and "tz='+01:00'" in msg and "fixed-offset" in msg
+    # With the offset given: 02:30 at +01:00 = 01:30 UTC;
+    # date -u -d '2024-10-27 01:30' +%s = 1729992600.
+    assert read_nvidia_smi_csv(path, tz="+01:00")["t_wall_ns"].iloc[0] == 1_729_992_600_000_000_000
+    assert read_nvidia_smi_csv(path, tz="UTC+01:00")["t_wall_ns"].iloc[0] == (
+        1_729_992_600_000_000_000
+    )
+    # A log that steps back through the hour says which is which: 02:59:59.900 CEST (00:59:59.9
+    # UTC; date -u -d '2024-10-27 00:59:59' = 1729990799) then 02:00:00.000 CET (01:00:00 UTC).
+    crossing = (
+        "timestamp, power.draw [W]\n2024/10/27 02:59:59.900, 1 W\n2024/10/27 02:00:00.000, 1 W\n"
+    )
+    t = read_nvidia_smi_csv(write_log(tmp_path, crossing), tz="Europe/Berlin")["t_wall_ns"]
+    assert t.tolist() == [1_729_990_799_900_000_000, 1_729_990_800_000_000_000]
+
+
+TWO_GPUS = (
+    "timestamp, index, name, pci.bus_id, uuid, power.draw [W]\n"
+    "2025/01/15 12:00:00.000, 0, NVIDIA H100 80GB HBM3, 00000000:18:00.0, GPU-aaaa1111, 70 W\n"
+    "2025/01/15 12:00:00.000, 1, NVIDIA H100 80GB HBM3, 00000000:3B:00.0, GPU-bbbb2222, 80 W\n"
+    "2025/01/15 12:00:01.000, 0, NVIDIA H100 80GB HBM3, 00000000:18:00.0, GPU-aaaa1111, 72 W\n"
+    "2025/01/15 12:00:01.000, 1, NVIDIA H100 80GB HBM3, 00000000:3B:00.0, GPU-bbbb2222, 82 W\n"
+)
+
+
+def test_nvidia_smi_several_gpus_refused_naming_them(tmp_path):
+    path = write_log(tmp_path, TWO_GPUS)
+    with pytest.raises(InputError) as err:
+        read_nvidia_smi_csv(path, "UTC")
+    msg = str(err.value)
+    assert f"{path} holds 2 GPUs" in msg
+    label = "index 0 (name NVIDIA H100 80GB HBM3, pci.bus_id 00000000:18:00.0, uuid GPU-aaaa1111)"
+    assert label in msg
+    assert "index 1" in msg and "GPU-bbbb2222" in msg and "00000000:3B:00.0" in msg
+    assert "'index' or 'pci.bus_id' or 'uuid'" in msg and "--gpu 0" in msg
+    # Each way of naming GPU 1 gives its two rows: 80 W and 82 W.
+    for choice in [1, "1", "3b:00.0", "00000000:3B:00.0", "GPU-bbbb2222", "GPU-bbbb"]:
+        log = import_nvidia_smi(path, "UTC", gpu=choice)
+        assert log.samples["power_avg_w"].tolist() == [80.0, 82.0], choice
+        assert log.samples["device_index"].tolist() == [1, 1]
+        assert log.device["uuid"] == "GPU-bbbb2222"
+    assert len(log.devices) == 2
+    with pytest.raises(InputError, match="gpu=7 matches none of its GPUs: index 0"):
+        read_nvidia_smi_csv(path, "UTC", gpu=7)
+
+
+def test_nvidia_smi_several_gpus_without_a_device_column(tmp_path):
+    rows = "2025/01/15 12:00:00.000, 70 W\n2025/01/15 12:00:00.000, 80 W\n"
+    with pytest.raises(InputError, match="line 3.*appears 2 times.*--query-gpu=timestamp,index"):
+        read_nvidia_smi_csv(write_log(tmp_path, "timestamp, power.draw [W]\n" + rows), "UTC")
+    one = write_log(tmp_path, "timestamp, power.draw [W]\n2025/01/15 12:00:00.000, 70 W\n")
+    with pytest.raises(InputError, match="gpu=0 was chosen, but the log has no index"):
+        read_nvidia_smi_csv(one, "UTC", gpu=0)
+    backwards = (
+        "timestamp, power.draw [W]\n2025/01/15 12:00:01.000, 70 W\n2025/01/15 12:00:00.000, 70 W\n"
+    )
+    with pytest.raises(InputError, match="line 3.*does not come after"):
+        read_nvidia_smi_csv(write_log(tmp_path, backwards), "UTC")
 
 
 # --- source specs ----------------------------------------------------------------------------
