@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tokencarbon.workload import extract_pairs, synthetic_conversations, synthetic_vocabulary
+from tokencarbon.synthetic import synthetic_conversations, synthetic_vocabulary
+from tokencarbon.workload import extract_pairs
 
 N = 4000
 

@@ -6,7 +6,7 @@ import pytest
 
 from tokencarbon.errors import ConfigError
 from tokencarbon.tokenizer import load_tokenizer, train_builtin_tokenizer
-from tokencarbon.workload import synthetic_conversations, synthetic_vocabulary
+from tokencarbon.synthetic import synthetic_conversations, synthetic_vocabulary
 
 
 def corpus(n: int = 200, seed: int = 1) -> list[str]:

@@ -8,16 +8,16 @@ import pytest
 
 from tokencarbon import tables
 from tokencarbon.errors import ConfigError, InputError
-from tokencarbon.tokenizer import load_tokenizer, train_builtin_tokenizer
+from tokencarbon.synthetic import synthetic_conversations, synthetic_vocabulary
+from tokencarbon.tokenizer import load_tokenizer, max_token_bytes, train_builtin_tokenizer
 from tokencarbon.workload import (
     build_pool,
+    build_pool_report,
     count_tokens,
     extract_pairs,
     filter_pool,
     load_sharegpt,
     sample_workload,
-    synthetic_conversations,
-    synthetic_vocabulary,
 )
 
 
@@ -230,8 +230,104 @@ def test_build_pool_through_the_builtin_tokenizer(builtin, tmp_path):
 
 def test_build_pool_single_turn_file(builtin, shared_data):
     source = str(shared_data / "sharegpt" / "ShareGPT_V3_filtered_500.json")
-    with pytest.raises(InputError, match="none of 0 prompt/answer pairs"):
+    # 500 one-turn records (SOURCES.md): all dropped by the 2-turn rule, and the error says so.
+    with pytest.raises(InputError) as err:
         build_pool(source, builtin, min_tokens=4, max_tokens=1024)
+    msg = str(err.value)
+    assert f"{source}: read 500 conversations, dropped 500 (500 fewer than 2 turns), kept 0" in msg
+    assert "multi-turn" in msg
+
+
+def test_report_counts_read_dropped_by_reason_and_kept(builtin, tmp_path):
+    w, _ = synthetic_vocabulary()
+
+    def text(n: int) -> str:
+        return " ".join(w[i % 10] for i in range(n))
+
+    convs = [
+        {"id": "ok", "conversations": [turn("human", text(5)), turn("gpt", text(12))]},
+        {"id": "short", "conversations": [turn("human", text(3)), turn("gpt", text(8))]},
+        {"id": "long_answer", "conversations": [turn("human", text(6)), turn("gpt", text(13))]},
+        {"id": "one_turn", "conversations": [turn("human", text(9))]},
+        {"id": "unanswered", "conversations": [turn("gpt", "hi"), turn("human", text(5))]},
+        {"id": "empty", "conversations": [turn("human", text(5)), turn("gpt", "  ")]},
+        {"id": "long_prompt", "conversations": [turn("human", text(20)), turn("gpt", text(5))]},
+    ]
+    source = tmp_path / "hand.json"
+    source.write_text(json.dumps(convs), encoding="utf-8")
+    pool, report = build_pool_report(str(source), builtin, min_tokens=4, max_tokens=12)
+    # One token per word (as in test_build_pool_through_the_builtin_tokenizer): ok is kept; short
+    # has a 3-token prompt, long_answer a 13-token answer, long_prompt a 20-token prompt.
+    assert list(pool["request_id"]) == ["ok"]
+    assert (report.read, report.kept) == (7, 1)
+    assert report.dropped == {
+        "fewer than 2 turns": 1,
+        "no first user turn answered by the assistant": 1,
+        "empty prompt or answer": 1,
+        "prompt below min_tokens": 1,
+        "prompt above max_tokens": 1,
+        "answer above max_tokens": 1,
+    }
+    assert report.text().startswith(f"{source}: read 7 conversations, dropped 6 (1 fewer than 2")
+    assert report.text().endswith("kept 1")
+
+
+@pytest.fixture(scope="module")
+def alphabet_tokenizer(tmp_path_factory):
+    # Trained on one 16-letter word: BPE merges it into the single entry "Ġabcdefghijklmnop"
+    # ("Ġ", U+0120, is 2 UTF-8 bytes; 16 letters 1 each: 18 bytes), the longest in the vocabulary
+    # (the special tokens, e.g. "<|bos|>", have 7).
+    out = tmp_path_factory.mktemp("alpha") / "tok"
+    train_builtin_tokenizer(["abcdefghijklmnop"] * 50, 300, out)
+    return load_tokenizer(str(out))
+
+
+def test_max_token_bytes_is_the_longest_entry(alphabet_tokenizer):
+    assert max_token_bytes(alphabet_tokenizer) == 18
+    assert count_tokens(["abcdefghijklmnop"], alphabet_tokenizer) == [1]
+
+
+def test_max_token_bytes_none_where_an_unknown_token_could_swallow_text():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # WordPiece turns any unknown word, however long, into one [UNK]: no byte bound holds.
+    wp = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]")
+    assert max_token_bytes(tok) is None
+    assert count_tokens(["x" * 90], tok) == [1]  # 90 characters, one token
+
+
+def test_over_long_text_dropped_by_length_without_tokenizing(alphabet_tokenizer, tmp_path):
+    word = "abcdefghijklmnop"
+    # max_tokens 2: limit 18 x 2 = 36 bytes. Three words (3 x 16 + 2 spaces = 50 bytes) cannot be
+    # 2 tokens: dropped by length. Two words (33 bytes) are tokenized: 2 tokens, kept. A 10 MB
+    # prompt (625,000 words with spaces: 10,625,000 bytes) is dropped by length at once.
+    huge = " ".join([word] * 625_000)
+    assert len(huge.encode()) == 10_624_999  # 625,000 x 17 - 1
+    convs = [
+        {"id": "two", "conversations": [turn("human", f"{word} {word}"), turn("gpt", word)]},
+        {"id": "three", "conversations": [turn("human", " ".join([word] * 3)), turn("gpt", word)]},
+        {"id": "huge", "conversations": [turn("human", huge), turn("gpt", word)]},
+        {"id": "long_answer", "conversations": [turn("human", word), turn("gpt", huge)]},
+    ]
+    source = tmp_path / "huge.json"
+    source.write_text(json.dumps(convs), encoding="utf-8")
+    import time
+
+    t0 = time.monotonic()
+    pool, report = build_pool_report(str(source), alphabet_tokenizer, min_tokens=1, max_tokens=2)
+    elapsed_s = time.monotonic() - t0
+    assert list(pool["request_id"]) == ["two"] and list(pool["prompt_tokens"]) == [2]
+    assert report.dropped == {"prompt above max_tokens": 2, "answer above max_tokens": 1}
+    assert report.by_characters == 3 and report.max_token_bytes == 18
+    assert "3 of them from their length in bytes" in report.text()
+    # The issue measured 83 s and 2.9 GB for one such prompt through the tokenizer; the length
+    # check takes milliseconds. 20 s leaves room for reading the 21 MB file on a loaded runner.
+    assert elapsed_s < 20
+    # The bound is safe: the 3-word text really has 3 > 2 tokens.
+    assert count_tokens([" ".join([word] * 3)], alphabet_tokenizer) == [3]
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -374,6 +470,20 @@ def test_hf_bad_record_names_the_dataset(tmp_path, hf_cache):
     msg = str(err.value)
     assert f"dataset '{folder}' (split 'train')" in msg
     assert "record 1 (id 'r1'), turn 0: 'value' is missing" in msg
+
+
+def test_hf_files_disagreeing_on_a_column_type_are_named(tmp_path, hf_cache):
+    # datasets itself says only "An error occurred while generating the dataset".
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps([GOOD]), encoding="utf-8")
+    (folder / "b.json").write_text(json.dumps([GOOD | {"id": 5}]), encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        load_sharegpt(f"hf:{folder}")
+    msg = str(err.value)
+    assert f"dataset '{folder}' (split 'train')" in msg
+    assert "disagree on the type of column 'id': string in a.json, integer in b.json" in msg
+    assert "An error occurred" not in msg
 
 
 def test_hf_missing_dataset_and_split(tmp_path, hf_cache, first5):

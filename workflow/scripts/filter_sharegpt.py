@@ -6,12 +6,12 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 from tokencarbon import tables
 from tokencarbon.tokenizer import load_tokenizer
-from tokencarbon.workload import build_pool
+from tokencarbon.workload import build_pool_report
 
 spec = snakemake.params.spec
 source = snakemake.input.get("source", spec["source"])
 tokenizer = load_tokenizer(snakemake.input.get("tokenizer", spec["tokenizer"]))
-pool = build_pool(
+pool, report = build_pool_report(
     source,
     tokenizer,
     min_tokens=spec["min_tokens"],
@@ -19,4 +19,5 @@ pool = build_pool(
     split=spec["split"] or "train",
 )
 tables.write(pool, snakemake.output[0], tables.WORKLOAD)
-print(f"{len(pool)} prompts within [{spec['min_tokens']}, {spec['max_tokens']}] tokens", file=sys.stderr)
+# Read, dropped by reason, kept: the log says what the token bounds and the 2-turn rule did.
+print(report.text(), file=sys.stderr)

@@ -6,7 +6,7 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 from tokencarbon.files import write_text
-from tokencarbon.workload import synthetic_conversations
+from tokencarbon.synthetic import synthetic_conversations
 
 conversations = synthetic_conversations(snakemake.params.conversations, snakemake.params.seed)
 write_text(snakemake.output[0], json.dumps(conversations, ensure_ascii=False))

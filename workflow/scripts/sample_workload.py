@@ -12,3 +12,8 @@ sample = sample_workload(
     pool, snakemake.params.num_prompts, snakemake.params.seed, source=snakemake.input.pool
 )
 tables.write(sample, snakemake.output[0], tables.WORKLOAD)
+print(
+    f"{snakemake.input.pool}: sampled {len(sample)} of {len(pool)} requests "
+    f"(seed {snakemake.params.seed})",
+    file=sys.stderr,
+)

@@ -72,3 +72,50 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
+
+
+def max_token_bytes(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest piece of text one token can stand for, in UTF-8 bytes; None where no bound holds.
+
+    This is what lets the workload drop an over-long text without tokenizing it: a token stands
+    for a contiguous piece of the (normalized) text no longer than its vocabulary entry, so a text
+    of more than max_token_bytes x n UTF-8 bytes has more than n tokens. Entry lengths are taken
+    as UTF-8 bytes of the entry as stored, which never undercounts: a byte-level entry ("Ġthe")
+    stores one character per byte, a SentencePiece entry ("▁the") its normalized text, a byte
+    fallback entry ("<0xE2>") six characters for one byte; added tokens match their own text.
+
+    It holds only where no token can swallow an unbounded run of text, i.e. where no <unk> is ever
+    produced: a BPE model whose alphabet covers every byte (a ByteLevel pre-tokenizer, as GPT-2,
+    Llama 3, Qwen and the built-in tokenizer have) or with byte_fallback (Llama 2, Mistral).
+    WordPiece maps a whole unknown word to [UNK], and Unigram models may too: None for those, and
+    for tokenizers without a Rust backend, so callers tokenize everything.
+    """
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        return None
+
+    def has_byte_level(node) -> bool:
+        if not node:
+            return False
+        if node.get("type") == "ByteLevel":
+            return True
+        return any(has_byte_level(n) for n in node.get("pretokenizers", []))
+
+    if not (model.get("byte_fallback") or has_byte_level(spec.get("pre_tokenizer"))):
+        return None
+    entries = list(backend.get_vocab(with_added_tokens=True))
+    return max(len(e.encode("utf-8")) for e in entries)
+
+
+def normalized_bytes(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """UTF-8 length of `text` after the tokenizer's normalizer (what max_token_bytes bounds)."""
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    if normalizer is not None:
+        text = normalizer.normalize_str(text)
+    return len(text.encode("utf-8"))

@@ -1,10 +1,14 @@
 """The workload stage: load ShareGPT conversations, pair each first prompt with its answer, keep
-pairs within token bounds, draw a seeded sample; and a synthetic ShareGPT-like generator."""
+pairs within token bounds (counting what was read, dropped and why), draw a seeded sample.
+
+The synthetic ShareGPT-like generator lives in tokencarbon.synthetic (re-exported here).
+"""
 
 from __future__ import annotations
 
 import json
-import math
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ import pandas as pd
 
 from tokencarbon import tables
 from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.synthetic import synthetic_conversations, synthetic_vocabulary  # noqa: F401
 
 HUMAN_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard"}
@@ -67,6 +72,76 @@ def _load_hf(dataset_id: str, split: str, where: str) -> list:
             f"{where} cannot be loaded ({exc}); expected a Hugging Face dataset id in the local cache "
             f"or a local folder of ShareGPT JSON files, with a split named {split!r}"
         ) from exc
+    except datasets.exceptions.DatasetGenerationError as exc:
+        # The library says only "An error occurred while generating the dataset"; its cause (an
+        # Arrow schema mismatch) names neither file nor column. Find them where we can.
+        folder = Path(dataset_id)
+        conflict = _json_type_conflict(folder) if folder.is_dir() else None
+        if conflict:
+            raise InputError(f"{where}: {conflict}") from exc
+        cause = exc.__cause__ or exc.__context__
+        raise InputError(
+            f"{where}: the datasets library could not build it ({exc}: "
+            f"{str(cause).splitlines()[0] if cause else 'no cause given'}); every file of a "
+            f"dataset must hold records of one shape ({SHAREGPT_SHAPE})"
+        ) from exc
+
+
+_JSON_TYPE = {str: "string", bool: "boolean", int: "integer", float: "number", list: "list",
+              dict: "object"}  # fmt: skip
+
+
+def _json_types(value, path: str, out: dict[str, set[str]]) -> None:
+    """Collect the JSON type of `value` at `path`, and of what it holds (lists as path[])."""
+    if value is None:
+        return
+    out.setdefault(path, set()).add(_JSON_TYPE.get(type(value), type(value).__name__))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _json_types(item, f"{path}.{key}" if path else str(key), out)
+    elif isinstance(value, list):
+        for item in value:
+            _json_types(item, f"{path}[]", out)
+
+
+def _json_type_conflict(folder: Path) -> str | None:
+    """Which files of a folder of JSON / JSON Lines files disagree on a column's type, in words;
+    None when they agree (or none can be read: then the library's own error stands)."""
+    per_file: dict[str, dict[str, set[str]]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix not in (".json", ".jsonl") or any(p.startswith(".") for p in path.parts):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        types: dict[str, set[str]] = {}
+        for record in data if isinstance(data, list) else [data]:
+            if isinstance(record, dict):
+                for key, value in record.items():
+                    _json_types(value, str(key), types)
+        per_file[str(path.relative_to(folder))] = types
+    columns = sorted({c for types in per_file.values() for c in types})
+    for column in columns:
+        seen = {f: t[column] for f, t in per_file.items() if column in t}
+        mixed_in_one = {f: t for f, t in seen.items() if len(t) > 1}
+        if mixed_in_one:
+            f, t = next(iter(mixed_in_one.items()))
+            return (
+                f"column {column!r} holds {' and '.join(sorted(t))} values within {folder / f}; "
+                f"write it as one type in every record"
+            )
+        if len({next(iter(t)) for t in seen.values()}) > 1:
+            listing = ", ".join(f"{next(iter(t))} in {f}" for f, t in seen.items())
+            return (
+                f"the JSON files of {folder} disagree on the type of column {column!r}: "
+                f"{listing}; write it as one type in every file (e.g. every 'id' as a string)"
+            )
+    return None
 
 
 def _validate(records: list, where: str) -> None:
@@ -106,6 +181,40 @@ def _validate(records: list, where: str) -> None:
                     )
 
 
+# Why extract_pairs drops a conversation (PoolReport counts them under these names).
+DROP_FEWER_THAN_2_TURNS = "fewer than 2 turns"
+DROP_NO_ANSWERED_USER_TURN = "no first user turn answered by the assistant"
+
+
+def _first_exchange(turns: list[dict]) -> tuple[str, str] | str:
+    """(prompt, answer) of a conversation's first exchange, or why it has none."""
+    if len(turns) < 2:
+        return DROP_FEWER_THAN_2_TURNS
+    first = next((j for j, t in enumerate(turns) if t["from"].lower() in HUMAN_ROLES), None)
+    if first is None or first + 1 >= len(turns):
+        return DROP_NO_ANSWERED_USER_TURN
+    if turns[first + 1]["from"].lower() not in ASSISTANT_ROLES:
+        return DROP_NO_ANSWERED_USER_TURN
+    return turns[first]["value"], turns[first + 1]["value"]
+
+
+def extract_pairs_counted(conversations: list[dict]) -> tuple[pd.DataFrame, Counter]:
+    """extract_pairs, and how many conversations were dropped for each reason (DROP_*)."""
+    rows = []
+    dropped: Counter = Counter()
+    used: set[str] = set()
+    for i, record in enumerate(conversations):
+        exchange = _first_exchange(record["conversations"])
+        if isinstance(exchange, str):
+            dropped[exchange] += 1
+            continue
+        rid = str(i) if record.get("id") is None else str(record["id"])
+        rid = f"{rid}#{i}" if rid in used else rid
+        used.add(rid)
+        rows.append((rid, *exchange))
+    return pd.DataFrame(rows, columns=["request_id", "prompt", "answer"], dtype=str), dropped
+
+
 def extract_pairs(conversations: list[dict]) -> pd.DataFrame:
     """One (request_id, prompt, answer) row per conversation that opens with a user turn answered
     by the assistant.
@@ -124,22 +233,7 @@ def extract_pairs(conversations: list[dict]) -> pd.DataFrame:
     request_id is the record's "id", or its index in the file where it has none, made unique by
     appending "#<index>" to an id an earlier record already holds.
     """
-    rows = []
-    used: set[str] = set()
-    for i, record in enumerate(conversations):
-        turns = record["conversations"]
-        if len(turns) < 2:
-            continue
-        first = next((j for j, t in enumerate(turns) if t["from"].lower() in HUMAN_ROLES), None)
-        if first is None or first + 1 >= len(turns):
-            continue
-        if turns[first + 1]["from"].lower() not in ASSISTANT_ROLES:
-            continue
-        rid = str(i) if record.get("id") is None else str(record["id"])
-        rid = f"{rid}#{i}" if rid in used else rid
-        used.add(rid)
-        rows.append((rid, turns[first]["value"], turns[first + 1]["value"]))
-    return pd.DataFrame(rows, columns=["request_id", "prompt", "answer"], dtype=str)
+    return extract_pairs_counted(conversations)[0]
 
 
 def token_ids(texts: list[str], tokenizer) -> list[list[int]]:
@@ -213,20 +307,146 @@ def filter_pool(
     return tables.check(pool, tables.WORKLOAD, source)
 
 
+@dataclass(frozen=True)
+class PoolReport:
+    """What the workload filter read, dropped (by reason) and kept, for the stage's log.
+
+    dropped maps a reason to a count of conversations; reasons are DROP_FEWER_THAN_2_TURNS,
+    DROP_NO_ANSWERED_USER_TURN, "empty prompt or answer", and the token bounds ("prompt below
+    min_tokens", "prompt above max_tokens", "answer below min_tokens", "answer above max_tokens";
+    a pair is counted under the first that applies). by_characters: of the "above max_tokens"
+    drops, those made from the text's length alone, without tokenizing it (see build_pool).
+    """
+
+    source: str
+    read: int
+    kept: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    by_characters: int = 0
+    max_token_bytes: int | None = None
+
+    def text(self) -> str:
+        reasons = ", ".join(f"{n} {why}" for why, n in self.dropped.items() if n) or "none"
+        note = (
+            f" ({self.by_characters} of them from their length in bytes, over "
+            f"{self.max_token_bytes} bytes per token x max_tokens, without tokenizing)"
+            if self.by_characters
+            else ""
+        )
+        return (
+            f"{self.source}: read {self.read} conversations, dropped "
+            f"{sum(self.dropped.values())} ({reasons}){note}, kept {self.kept}"
+        )
+
+
+DROP_EMPTY = "empty prompt or answer"
+
+
+def _bound_reasons(prompt_n: np.ndarray, output_n: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Per pair, the first token bound it breaks ("" where within bounds)."""
+    reasons = np.full(len(prompt_n), "", dtype=object)
+    for mask, why in reversed(
+        [
+            (prompt_n < lo, "prompt below min_tokens"),
+            (prompt_n > hi, "prompt above max_tokens"),
+            (output_n < lo, "answer below min_tokens"),
+            (output_n > hi, "answer above max_tokens"),
+        ]
+    ):
+        reasons[mask] = why
+    return reasons
+
+
+def build_pool_report(
+    source: str, tokenizer, *, min_tokens: int, max_tokens: int, split: str = "train"
+) -> tuple[pd.DataFrame, PoolReport]:
+    """The filtered pool of one tokenizer family, and what was read, dropped and kept.
+
+    Load `source`, pair first prompts with their answers, drop empty ones, then keep the pairs whose
+    prompt and answer both have min_tokens..max_tokens tokens (filter_pool). A text longer than
+    tokenizer.max_token_bytes(tokenizer) x max_tokens UTF-8 bytes (after the tokenizer's
+    normalizer) has more than max_tokens tokens, since no token stands for more text than that; such
+    a pair is dropped without tokenizing it (one 10 MB prompt would otherwise take minutes and GBs
+    to tokenize only to be dropped). Tokenizers for which that bound does not hold (WordPiece,
+    Unigram, slow ones) tokenize everything. Raises InputError when nothing is kept, with the
+    report.
+    """
+    from tokencarbon.tokenizer import max_token_bytes, normalized_bytes
+
+    if not 1 <= min_tokens <= max_tokens:
+        raise ConfigError(
+            f"token bounds min_tokens={min_tokens}, max_tokens={max_tokens}: expected "
+            "1 <= min_tokens <= max_tokens (a request generates at least one token)"
+        )
+    conversations = load_sharegpt(source, split=split)
+    pairs, dropped = extract_pairs_counted(conversations)
+    order = (DROP_FEWER_THAN_2_TURNS, DROP_NO_ANSWERED_USER_TURN)
+    dropped = Counter({k: dropped[k] for k in order})
+    empty = ((pairs["prompt"].str.strip() == "") | (pairs["answer"].str.strip() == "")).to_numpy()
+    dropped[DROP_EMPTY] = int(empty.sum())
+    per_token = max_token_bytes(tokenizer)
+    too_long = np.zeros(len(pairs), dtype=bool)
+    too_long_reason = np.full(len(pairs), "", dtype=object)
+    if per_token is not None:
+        limit = per_token * max_tokens
+
+        def over(text: str) -> bool:
+            # len(text) <= its UTF-8 bytes <= 4 len(text): only texts near the limit are normalized.
+            return len(text) > limit or (
+                4 * len(text) > limit and normalized_bytes(tokenizer, text) > limit
+            )
+
+        for i, (prompt, answer) in enumerate(zip(pairs["prompt"], pairs["answer"])):
+            if empty[i]:
+                continue
+            if over(prompt):
+                too_long[i], too_long_reason[i] = True, "prompt above max_tokens"
+            elif over(answer):
+                too_long[i], too_long_reason[i] = True, "answer above max_tokens"
+    rest = pairs[~empty & ~too_long].reset_index(drop=True)
+    prompt_ids = token_ids(list(rest["prompt"]), tokenizer)
+    output_n = np.asarray(count_tokens(list(rest["answer"]), tokenizer), dtype=np.int64)
+    prompt_n = np.array([len(ids) for ids in prompt_ids], dtype=np.int64)
+    reasons = np.concatenate(
+        [_bound_reasons(prompt_n, output_n, min_tokens, max_tokens), too_long_reason[too_long]]
+    )
+    for why in (
+        "prompt below min_tokens", "prompt above max_tokens",
+        "answer below min_tokens", "answer above max_tokens",
+    ):  # fmt: skip
+        dropped[why] = int((reasons == why).sum())
+    kept = int((reasons == "").sum())
+    report = PoolReport(
+        source=source,
+        read=len(conversations),
+        kept=kept,
+        dropped={k: v for k, v in dropped.items() if v},
+        by_characters=int(too_long.sum()),
+        max_token_bytes=per_token,
+    )
+    if kept == 0:
+        raise InputError(
+            f"no request left within [{min_tokens}, {max_tokens}] tokens: {report.text()}; "
+            + (
+                "use a dataset of multi-turn conversations (a user turn answered by the assistant)"
+                if len(pairs) == 0
+                else "widen the token bounds or use another dataset"
+            )
+        )
+    pool = filter_pool(
+        rest, prompt_ids, list(output_n), min_tokens=min_tokens, max_tokens=max_tokens,
+        source=source,
+    )  # fmt: skip
+    return pool, report
+
+
 def build_pool(
     source: str, tokenizer, *, min_tokens: int, max_tokens: int, split: str = "train"
 ) -> pd.DataFrame:
-    """The filtered pool of one tokenizer family: load `source`, pair first prompts with their
-    answers, encode both, keep those within the token bounds (see the functions above)."""
-    pairs = extract_pairs(load_sharegpt(source, split=split))
-    return filter_pool(
-        pairs,
-        token_ids(list(pairs["prompt"]), tokenizer),
-        count_tokens(list(pairs["answer"]), tokenizer),
-        min_tokens=min_tokens,
-        max_tokens=max_tokens,
-        source=source,
-    )
+    """The filtered pool of build_pool_report, without the report."""
+    return build_pool_report(
+        source, tokenizer, min_tokens=min_tokens, max_tokens=max_tokens, split=split
+    )[0]
 
 
 def sample_workload(pool: pd.DataFrame, n: int, seed: int, source: str) -> pd.DataFrame:
@@ -245,88 +465,3 @@ def sample_workload(pool: pd.DataFrame, n: int, seed: int, source: str) -> pd.Da
         )
     order = np.random.default_rng(seed).permutation(len(pool))[:n]
     return tables.check(pool.iloc[order].reset_index(drop=True), tables.WORKLOAD, source)
-
-
-# --- Synthetic ShareGPT-like conversations -----------------------------------------------------
-#
-# Lengths of a prompt and of an answer, in words (one word is one token of a BPE tokenizer trained
-# on this text), are lognormal. Means: Kwon et al., "Efficient Memory Management for Large Language
-# Model Serving with PagedAttention" (vLLM), SOSP 2023, Fig. 11a legend: ShareGPT input mean
-# 161.31 tokens, output mean 337.99 tokens; §6.1 agrees ("8.4x longer input prompts and 5.8x longer
-# outputs" than Alpaca's 19.31 and 58.45: 161.31/19.31 = 8.35, 337.99/58.45 = 5.78).
-# The paper prints no spread, so sigma (the standard deviation of ln length) comes from real ShareGPT
-# V3 records in ../shared/data/sharegpt: 1.20 for prompts, over the 500 first prompts of
-# ShareGPT_V3_filtered_500.json (ln word count: 1.204; a low estimate, as that sample dropped
-# over-long prompts), and 0.50 for answers, over the 14 ChatGPT answers of sharegpt_v3_first5.json
-# (0.506; few answers, from 5 conversations).
-# A lognormal of mean m has mu = ln(m) - sigma^2/2.
-PROMPT_MEAN_TOKENS = 161.31
-ANSWER_MEAN_TOKENS = 337.99
-PROMPT_SIGMA = 1.2
-ANSWER_SIGMA = 0.5
-# Variety the 2-turn rule and the token bounds must cope with, as in real ShareGPT dumps.
-ONE_TURN_FRACTION = 0.02  # a question never answered: the 2-turn rule drops it
-EMPTY_ANSWER_FRACTION = 0.01  # an answer of 0 words
-SHORT_ANSWER_FRACTION = 0.01  # an answer of 1, 2 or 3 words (mean 2)
-# The lognormal answers are made longer so that all answers together keep the cited mean:
-# (1 - 0.01 - 0.01) * m + 0.01 * 2 = 337.99  ->  m = 344.87.
-_ANSWER_LN_MEAN = (ANSWER_MEAN_TOKENS - 2 * SHORT_ANSWER_FRACTION) / (
-    1 - EMPTY_ANSWER_FRACTION - SHORT_ANSWER_FRACTION
-)
-_PROMPT_MU = math.log(PROMPT_MEAN_TOKENS) - PROMPT_SIGMA**2 / 2
-_ANSWER_MU = math.log(_ANSWER_LN_MEAN) - ANSWER_SIGMA**2 / 2
-
-VOCAB_WORDS = 2000
-VOCAB_SEED = 20240101  # fixed: every run and every seed share one vocabulary
-
-
-def synthetic_vocabulary() -> tuple[list[str], np.ndarray]:
-    """The fixed synthetic vocabulary: VOCAB_WORDS pseudo-words of 1-4 consonant-vowel syllables
-    (letters b d f g k l m n p r s t v and a e i o u only), and Zipf word frequencies (1/rank)."""
-    rng = np.random.default_rng(VOCAB_SEED)
-    syllables = [c + v for c in "bdfgklmnprstv" for v in "aeiou"]
-    words: dict[str, None] = {}  # insertion-ordered set
-    while len(words) < VOCAB_WORDS:
-        words["".join(rng.choice(syllables, size=int(rng.integers(1, 5))))] = None
-    weights = 1.0 / np.arange(1, VOCAB_WORDS + 1)
-    return list(words), weights / weights.sum()
-
-
-def synthetic_conversations(n: int, seed: int) -> list[dict]:
-    """n seeded ShareGPT-format conversations, "human" first and alternating with "gpt": 2, 4 or 6
-    turns (equally likely), except ONE_TURN_FRACTION of one human turn. Each human turn has
-    round(lognormal) words (at least 1) of the prompt distribution above, each answer the answer
-    distribution, save EMPTY_ANSWER_FRACTION empty and SHORT_ANSWER_FRACTION 1-3-word answers."""
-    words, p = synthetic_vocabulary()
-    vocab = np.array(words)
-    cdf = np.cumsum(p)
-    rng = np.random.default_rng(seed)
-
-    def text(n_words: int) -> str:
-        idx = np.minimum(np.searchsorted(cdf, rng.random(n_words)), len(vocab) - 1)
-        return " ".join(vocab[idx])
-
-    def answer_words() -> int:
-        u = rng.random()
-        if u < EMPTY_ANSWER_FRACTION:
-            return 0
-        if u < EMPTY_ANSWER_FRACTION + SHORT_ANSWER_FRACTION:
-            return int(rng.integers(1, 4))
-        return max(1, round(rng.lognormal(_ANSWER_MU, ANSWER_SIGMA)))
-
-    conversations = []
-    for i in range(n):
-        n_turns = 1 if rng.random() < ONE_TURN_FRACTION else int(rng.choice([2, 4, 6]))
-        turns = []
-        for t in range(n_turns):
-            if t % 2 == 0:
-                turns.append(
-                    {
-                        "from": "human",
-                        "value": text(max(1, round(rng.lognormal(_PROMPT_MU, PROMPT_SIGMA)))),
-                    }
-                )
-            else:
-                turns.append({"from": "gpt", "value": text(answer_words())})
-        conversations.append({"id": f"synthetic_{i}", "conversations": turns})
-    return conversations
