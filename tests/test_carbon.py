@@ -12,7 +12,7 @@ from tokencarbon.carbon import (
     embodied_carbon_g,
     intensity_for_day,
     load_trace,
-    operational_carbon,
+    window_carbon,
 )
 from tokencarbon.errors import ConfigError, InputError
 
@@ -45,13 +45,22 @@ def write_trace(path: Path, header: str, rows: list[tuple[str, float, float]]) -
 
 
 def power(points: list[tuple[int, float]], device: int = 0) -> pd.DataFrame:
+    """POWER-like samples of one NVML device without a counter (power integrated)."""
     return pd.DataFrame(
         {
             "t_wall_ns": [p[0] for p in points],
             "power_w": [p[1] for p in points],
+            "energy_counter_j": float("nan"),
+            "source": "nvml",
+            "modeled": False,
             "device_index": device,
         }
     )
+
+
+def operational_carbon(samples, start_ns, end_ns, intensity, pue=1.0, fill=None, **kw):
+    """Carbon of a window through the one path metrics takes: energy.py's energies per segment."""
+    return window_carbon(samples, start_ns, end_ns, intensity, pue=pue, fill=fill, **kw)[1]
 
 
 TWO_HOURS = [("2023-01-01 00:00:00", 200, 250), ("2023-01-01 01:00:00", 400, 450)]
@@ -110,17 +119,21 @@ def test_energy_counter_and_several_devices(tmp_path):
     # Counter readings (J): 5,000 at 00:30; 125,000 at 00:50; 365,000 at 01:10; 485,000 at 01:30.
     # Linear between readings: at 01:00 (halfway 00:50-01:10) 125,000 + 120,000 = 245,000 J.
     # Hour 0: 240,000 J = 0.0667 kWh x 200 = 13.33 g; hour 1: 240,000 J x 400 = 26.67 g. Total 40 g.
-    counter = pd.DataFrame(
-        {
-            "t_wall_ns": [t("00:30"), t("00:50"), t("01:10"), t("01:30")],
-            "energy_counter_j": [5_000.0, 125_000.0, 365_000.0, 485_000.0],
-        }
-    )
-    record = operational_carbon(counter, t("00:30"), t("01:30"), trace, energy_from="counter")
+    # Power reads a steady 200 W (the counter's mean), so the counter is plausible and used.
+    counter = power([(t("00:30"), 200.0), (t("00:50"), 200.0), (t("01:10"), 200.0),
+                     (t("01:30"), 200.0)]).assign(
+        energy_counter_j=[5_000.0, 125_000.0, 365_000.0, 485_000.0]
+    )  # fmt: skip
+    energy, record = window_carbon(counter, t("00:30"), t("01:30"), trace)
+    assert energy.method == "counter"
     assert record.carbon_g == pytest.approx(40.0)
-    # Two devices each at a steady 100 W: twice the 30 g of one.
+    # Two devices each at a steady 100 W: refused (summing them silently gave +68 % on a 4-GPU node
+    # with three idle GPUs); choosing one gives that device's 30 g.
     two = pd.concat([STEADY_100W, STEADY_100W.assign(device_index=1)])
-    assert operational_carbon(two, t("00:30"), t("01:30"), trace).carbon_g == pytest.approx(60.0)
+    with pytest.raises(InputError, match="2 devices"):
+        operational_carbon(two, t("00:30"), t("01:30"), trace)
+    one = operational_carbon(two, t("00:30"), t("01:30"), trace, device=("nvml", 1))
+    assert one.carbon_g == pytest.approx(30.0)
 
 
 def test_energy_only_total_over_a_trace(tmp_path):
@@ -240,7 +253,7 @@ def test_window_outside_the_trace(tmp_path):
 def test_bad_inputs_are_named():
     with pytest.raises(ConfigError, match="pue"):
         carbon_from_energy(1.0, ConstantIntensity(), pue=0.9)
-    with pytest.raises(InputError, match="must span the window"):
+    with pytest.raises(InputError, match="sampling must start before the window"):
         operational_carbon(STEADY_100W, t("00:00"), t("01:30"), ConstantIntensity())
 
 
@@ -275,3 +288,70 @@ def test_blank_cell_is_a_gap_and_text_is_an_error(tmp_path):
     )
     with pytest.raises(InputError, match="line 4.*'4o0'"):
         load_trace(text)
+
+
+def test_carbon_takes_segment_energies_from_energy(tmp_path):
+    from tokencarbon.carbon import operational_carbon as carbon_of_segments
+
+    trace = load_trace(write_trace(tmp_path / "trace.csv", OLDER_HEADER, TWO_HOURS))
+    segs = trace.segments(t("00:30"), t("01:30"))
+    # 0.1 kWh (360 kJ) in the 00:30-01:00 piece at 200, 0.05 kWh (180 kJ) in 01:00-01:30 at 400:
+    # 20 + 20 = 40 g; x PUE 1.5 = 60 g. Energy-weighted mean 40 / 0.15 = 266.67 g/kWh.
+    record = carbon_of_segments(segs, [360_000.0, 180_000.0], pue=1.5)
+    assert record.carbon_g == pytest.approx(60.0)
+    assert record.intensity_g_per_kwh == pytest.approx(40 / 0.15)
+    with pytest.raises(InputError, match="one energy per segment"):
+        carbon_of_segments(segs, [1.0], pue=1.0)
+    with pytest.raises(InputError, match="finite number >= 0"):
+        carbon_of_segments(segs, [float("nan"), 1.0], pue=1.0)
+
+
+def test_fill_far_from_the_trace_is_refused_unless_asked(tmp_path):
+    # Issue 10 §5: "nearest" gave cells run in 2026 the last hour of a 2023 trace, unflagged.
+    trace = load_trace(write_trace(tmp_path / "trace.csv", OLDER_HEADER, TWO_HOURS))  # 00:00-02:00
+    late = power([(t("10:00", "2026-03-01"), 100.0), (t("10:30", "2026-03-01"), 100.0)])
+    window = (t("10:00", "2026-03-01"), t("10:30", "2026-03-01"))
+    with pytest.raises(InputError, match=r"lies up to \d+ s from the intensity trace.*max_fill_s"):
+        operational_carbon(late, *window, trace, fill="nearest")
+    # Asked for (no limit): the last hour's 400 g/kWh, 100 W x 1800 s = 0.05 kWh -> 20 g,
+    # the whole 1800 s filled.
+    record = operational_carbon(late, *window, trace, fill="nearest", max_fill_s=None)
+    assert record.carbon_g == pytest.approx(20.0) and record.filled_s == pytest.approx(1800.0)
+    # Within the tolerance: 02:00-02:45 under "previous" lies at most 2700 s from the 01:00 row's
+    # end (02:00)... i.e. 45 min = 2700 s <= 3600 s, accepted; with max_fill_s 1800 refused.
+    near = power([(t("01:45"), 100.0), (t("02:45"), 100.0)])
+    record = operational_carbon(near, t("01:45"), t("02:45"), trace, fill="previous")
+    assert record.max_fill_distance_s == pytest.approx(2700.0)
+    assert record.filled_s == pytest.approx(2700.0)
+    with pytest.raises(InputError, match="2700 s"):
+        operational_carbon(near, t("01:45"), t("02:45"), trace, fill="previous", max_fill_s=1800)
+    with pytest.raises(ConfigError, match="max_fill_s"):
+        trace.segments(t("01:45"), t("02:45"), "previous", max_fill_s=float("nan"))
+
+
+def test_nearest_fill_distance_is_measured_to_the_row_used(tmp_path):
+    # GAPPY misses 02:00-03:00. "nearest" splits it at 02:30: 02:00-02:30 takes the 01:00 row
+    # (its end 02:00, at most 1800 s away), 02:30-03:00 takes the 03:00 row (at most 1800 s).
+    trace = load_trace(write_trace(tmp_path / "gappy.csv", OLDER_HEADER, GAPPY))
+    segs = trace.segments(t("01:30"), t("03:30"), "nearest")
+    assert segs.fill_distance_s.tolist() == [0.0, 1800.0, 1800.0, 0.0]
+    # "previous" carries the 01:00 row over the whole gap: 03:00 is 3600 s from 02:00.
+    segs = trace.segments(t("01:30"), t("03:30"), "previous")
+    assert segs.fill_distance_s.max() == 3600.0
+
+
+def test_off_grid_row_empty_time_and_infinite_value_are_named(tmp_path):
+    # An hourly trace with one extra row at 02:30: steps 3600, 3600, 1800, 1800, 3600 s; the most
+    # common (3600 s) is the period and line 5 (the 02:30 row) is named, not a coverage error.
+    rows = [(f"2023-01-01 {h}:00", 100, 100) for h in ("00:00", "01:00", "02:00", "02:30",
+                                                       "03:00", "04:00")]  # fmt: skip
+    with pytest.raises(InputError, match=r"line 5 \(2023-01-01T02:30:00\+00:00\) is off the "
+                                         r"trace's grid of 3600 s rows"):
+        load_trace(write_trace(tmp_path / "offgrid.csv", OLDER_HEADER, rows))
+    empty = write_trace(tmp_path / "empty.csv", OLDER_HEADER, [*TWO_HOURS, ("", 1, 1)])
+    with pytest.raises(InputError, match="line 4, column 'Datetime \\(UTC\\)' is empty"):
+        load_trace(empty)
+    for text in ("inf", "NaN", "-5"):
+        bad = write_trace(tmp_path / "bad.csv", OLDER_HEADER, [*TWO_HOURS, ("2023-01-01 02:00:00", text, 1)])
+        with pytest.raises(InputError, match=f"line 4.*'{text}' is not an intensity"):
+            load_trace(bad)

@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokencarbon.energy import cell_energy, energy_from_counter, energy_from_power
+from tokencarbon.energy import cell_energy, window_energy
+
+
+def energy_from_power(samples, start_ns, end_ns):
+    return window_energy(samples, start_ns, end_ns).energy_integrated_j
+
+
+def energy_from_counter(samples, start_ns, end_ns):
+    return window_energy(samples, start_ns, end_ns).energy_counter_j
 from tokencarbon.errors import InputError
 from tokencarbon.tables import POWER, check
 
@@ -89,12 +97,6 @@ def test_counter_delta_with_edges_between_samples():
 
 def test_counter_absent_is_nan():
     assert math.isnan(energy_from_counter(frame(STEP_T, STEP_W), ns(0), ns(4)))
-
-
-def test_counter_that_falls_is_refused():
-    samples = frame([0, 1, 2], [100.0] * 3, counter_j=[5000.0, 10.0, 110.0])
-    with pytest.raises(InputError, match="decreases"):
-        energy_from_counter(samples, ns(0), ns(2))
 
 
 def test_window_outside_the_samples_is_refused():
@@ -198,3 +200,154 @@ def test_windows_energy_skips_the_time_between_batches():
     assert record.method == "counter" and record.energy_j == pytest.approx(200.0)
     assert record.idle_energy_j == pytest.approx(100.0)  # 50 W x 2 s
     assert record.n_samples == 22  # 11 samples in each window, edges included
+
+
+# --- Issue 10 §3: a counter is used only where it is plausible; one contract for bad power samples.
+
+# 1 s at a steady 100 W sampled every 0.1 s (11 samples at 0.0 .. 1.0 s): the integral is 100 J.
+T11 = [0.1 * i for i in range(11)]
+W100 = [100.0] * 11
+
+
+def test_frozen_counter_falls_back_to_the_integral_with_a_flag():
+    # The counter answers but never advances (5000 J throughout): 0 J would be taken as the
+    # energy (carbon 0, J/token 0). Expected: the integral, 100 W x 1 s = 100 J, flagged.
+    record = window_energy(frame(T11, W100, counter_j=[5000.0] * 11), ns(0), ns(1))
+    assert record.energy_counter_j == 0.0  # as read
+    assert record.method == "integrated"
+    assert record.energy_j == pytest.approx(100.0)
+    assert "counter_frozen" in record.qa_flags
+    assert math.isnan(record.relative_difference)
+
+
+def test_falling_counter_reading_falls_back_to_the_integral():
+    # Counter rising 100 J/s from 5000 J, one reading of 150 J at 0.5 s: 5000, 5010, .., 5040,
+    # 150, 5060, .. 5100. Expected: the integral (100 J) with a flag, no exception.
+    counter = [5000.0 + 100.0 * t for t in T11]
+    counter[5] = 150.0
+    record = window_energy(frame(T11, W100, counter_j=counter), ns(0), ns(1))
+    assert record.method == "integrated" and record.energy_j == pytest.approx(100.0)
+    assert "counter_decreasing" in record.qa_flags
+    # The kind beyond the case: a counter reset (driver reload) half way, 5050 -> 0 J and on.
+    reset = [5000.0 + 100.0 * t if t < 0.55 else 100.0 * (t - 0.6) for t in T11]
+    record = window_energy(frame(T11, W100, counter_j=reset), ns(0), ns(1))
+    assert record.energy_j == pytest.approx(100.0) and "counter_decreasing" in record.qa_flags
+
+
+def test_jumping_counter_falls_back_to_the_integral():
+    # From 0.5 s on the counter reads 1e6 J higher: the interval [0.4, 0.5] s holds 1e6 + 10 J,
+    # i.e. 1e7 W against a highest reading of 100 W (> 5 x 100 W). Integral 100 J, flagged.
+    counter = [5000.0 + 100.0 * t + (1e6 if t > 0.45 else 0.0) for t in T11]
+    record = window_energy(frame(T11, W100, counter_j=counter), ns(0), ns(1))
+    assert record.method == "integrated" and record.energy_j == pytest.approx(100.0)
+    assert "counter_jump" in record.qa_flags
+    # A counter advancing in bursts (0, 20 J every other 0.1 s: 200 W over 0.1 s, 2x the
+    # reading, as an NVML counter updating every ~100 ms does) is not a jump: counter 100 J kept.
+    bursts = [5000.0 + 20.0 * (i // 2) for i in range(11)]  # 5000, 5000, 5020, 5020, .., 5100
+    record = window_energy(frame(T11, W100, counter_j=bursts), ns(0), ns(1))
+    assert record.method == "counter" and record.energy_j == pytest.approx(100.0)
+    assert record.qa_flags == ()
+
+
+def test_counter_with_a_missing_reading_is_still_used():
+    # A NaN counter reading at 0.5 s: interpolation between 5040 (0.4 s) and 5060 (0.6 s) bridges
+    # it; delta 5100 - 5000 = 100 J, flagged.
+    counter = [5000.0 + 100.0 * t for t in T11]
+    counter[5] = np.nan
+    record = window_energy(frame(T11, W100, counter_j=counter), ns(0), ns(1))
+    assert record.method == "counter" and record.energy_j == pytest.approx(100.0)
+    assert record.qa_flags == ("counter_nonfinite_dropped",)
+
+
+def test_counter_not_spanning_the_window_falls_back():
+    # Counter readings only from 0.3 s on (NaN before): the counter cannot give [0, 1] s.
+    counter = [np.nan] * 3 + [5000.0 + 100.0 * t for t in T11[3:]]
+    record = window_energy(frame(T11, W100, counter_j=counter), ns(0), ns(1))
+    assert record.method == "integrated" and record.energy_j == pytest.approx(100.0)
+    assert "counter_incomplete" in record.qa_flags
+
+
+def test_bad_power_samples_are_dropped_and_flagged():
+    # A NaN at 0.5 s and a negative reading at 0.7 s in the steady 100 W second: both dropped,
+    # the trapezoid bridges 0.4-0.6 and 0.6-0.8 at 100 W: still 100 J, flagged.
+    power = list(W100)
+    power[5], power[7] = np.nan, -3.0
+    record = window_energy(frame(T11, power), ns(0), ns(1))
+    assert record.energy_j == pytest.approx(100.0)
+    assert record.n_samples == 9  # 11 samples, 2 dropped
+    assert record.qa_flags == ("power_invalid_dropped", "fewer_than_10_samples")
+    # A bad sample outside the window's span does not flag it: NaN at 3.0 s, window [0, 1].
+    power = [100.0] * 31
+    power[30] = np.nan
+    record = window_energy(frame([0.1 * i for i in range(31)], power), ns(0), ns(1))
+    assert record.qa_flags == ()
+
+
+def test_power_gap_is_flagged():
+    # Samples every 0.1 s except a 2 s hole between 1.0 and 3.0 s: 2 s > 1 s and > 5 x 0.1 s.
+    t_s = [0.1 * i for i in range(11)] + [3.0 + 0.1 * i for i in range(11)]
+    record = window_energy(frame(t_s, [100.0] * 22), ns(0), ns(4))
+    assert "power_gap" in record.qa_flags
+    assert record.energy_j == pytest.approx(400.0)  # 100 W throughout
+
+
+def test_repeated_time_is_refused():
+    with pytest.raises(InputError, match="appears twice"):
+        window_energy(frame([0.0, 1.0, 1.0, 2.0], [10.0] * 4), ns(0), ns(2))
+
+
+def test_one_device_is_chosen_or_the_samples_are_refused():
+    # Device 0 at 100 W, device 1 at 300 W over [0, 1] s.
+    two = pd.concat([frame(T11, W100), frame(T11, [300.0] * 11, device_index=1)])
+    with pytest.raises(InputError, match=r"2 devices \[\('nvml', 0\), \('nvml', 1\)\]"):
+        window_energy(two, ns(0), ns(1))
+    assert window_energy(two, ns(0), ns(1), device=("nvml", 1)).energy_j == pytest.approx(300.0)
+    with pytest.raises(InputError, match=r"device \('nvml', 7\) is not among"):
+        window_energy(two, ns(0), ns(1), device=("nvml", 7))
+
+
+def test_segments_at_cut_points_sum_to_the_window():
+    # The step series (100 W before 2 s, 200 W from 2 s, samples every 0.5 s) cut at 1 s and 2 s:
+    # [0,1] 100 J; [1,2]: [1,1.5] 50 + [1.5,2] 0.5 x 150 = 75 -> 125 J; [2,4] 400 J. Sum 625 J.
+    record = window_energy(frame(STEP_T, STEP_W), ns(0), ns(4), cuts_ns=[ns(1), ns(2)])
+    assert record.segment_energy_j == pytest.approx((100.0, 125.0, 400.0))
+    # The same through a counter (the running integral of a steady 150 W): 150 / 150 / 300 J.
+    samples = frame(T21, [150.0] * 21, counter_j=[150.0 * t for t in T21])
+    record = window_energy(samples, ns(0), ns(2), cuts_ns=[ns(1), ns(1.5)])
+    assert record.method == "counter"
+    assert record.segment_energy_j == pytest.approx((150.0, 75.0, 75.0))
+    with pytest.raises(InputError, match="cut points"):
+        window_energy(samples, ns(0), ns(2), cuts_ns=[ns(1.5), ns(1)])
+
+
+def test_idle_power_from_idle_samples():
+    from tokencarbon.energy import idle_power
+
+    # 40 W for 2 s (21 samples), counter rising 40 J/s: 80 J / 2 s = 40 W, no flag.
+    idle = frame(T21, [40.0] * 21, counter_j=[40.0 * t for t in T21])
+    power_w, record = idle_power(idle)
+    assert power_w == pytest.approx(40.0) and record.qa_flags == ()
+    # The idle window's own flags are returned: a frozen counter -> the integral, 40 W, flagged.
+    frozen = frame(T21, [40.0] * 21, counter_j=[7.0] * 21)
+    power_w, record = idle_power(frozen)
+    assert power_w == pytest.approx(40.0) and record.qa_flags == ("counter_frozen",)
+    with pytest.raises(InputError, match="at least 2"):
+        idle_power(frame([0.0], [40.0]))
+
+
+def test_combined_windows_one_counter_rejected_is_mixed():
+    from tokencarbon.energy import combine
+
+    # Window A [0, 1] s: counter at 100 J/s -> counter 100 J. Window B [2, 3] s: counter frozen
+    # -> integral 100 J. Combined: 200 J, method "mixed", flagged; relative difference over A only.
+    t_s = [0.1 * i for i in range(31)]
+    counter = [100.0 * t if t <= 1.05 else 100.0 for t in t_s]
+    samples = frame(t_s, [100.0] * 31, counter_j=counter)
+    a = window_energy(samples, ns(0), ns(1))
+    b = window_energy(samples, ns(2), ns(3))
+    assert (a.method, b.method) == ("counter", "integrated")
+    both = combine([a, b], idle_power_w=10.0)
+    assert both.method == "mixed" and both.energy_j == pytest.approx(200.0)
+    assert both.qa_flags == ("counter_frozen",)
+    assert both.relative_difference == pytest.approx(0.0, abs=1e-9)
+    assert both.idle_energy_j == pytest.approx(20.0)  # 10 W x 2 s

@@ -5,7 +5,7 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 from tokencarbon import tables
-from tokencarbon.carbon import ConstantIntensity, load_trace
+from tokencarbon.carbon import DEFAULT_MAX_FILL_S, ConstantIntensity, load_trace
 from tokencarbon.metrics import all_metrics
 from tokencarbon.models import load_architecture
 from tokencarbon.platforms import load_platforms
@@ -25,5 +25,7 @@ metrics = all_metrics(
     intensity,
     pue=carbon["pue"],
     fill=carbon["fill"],
+    # carbon.max_fill_s (seconds, null = no limit); the default until the config schema has it.
+    max_fill_s=carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
 )
 tables.write(metrics, snakemake.output[0], tables.METRICS)

@@ -1,7 +1,10 @@
 """Grid carbon intensity (constant or an Electricity Maps trace), its alignment with measured power,
 PUE, and the amortised embodied carbon of the hardware.
 
-Times are UTC nanoseconds since the epoch, energy is in joules; only energy_kwh() makes kWh.
+Carbon never integrates power itself: energies come from tokencarbon.energy (the one integrator),
+cut at the instants where the intensity changes, as Zeus's carbon monitor takes its energy
+monitor's numbers. Times are UTC nanoseconds since the epoch, energy is in joules; only
+units.energy_kwh() makes kWh.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from tokencarbon.errors import ConfigError, InputError, SchemaError
+from tokencarbon.energy import EnergyRecord, window_energy
+from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.units import G_PER_KG, NS_PER_HOUR, NS_PER_S, S_PER_DAY, S_PER_YEAR, energy_kwh
 
-J_PER_KWH = 3.6e6
-NS_PER_S = 1_000_000_000
-NS_PER_HOUR = 3600 * NS_PER_S
 # The study's Wisconsin value from Electricity Maps (Lim, Pan, Zhou 2024).
 DEFAULT_INTENSITY_G_PER_KWH = 413.0
-# A year of 365 days, as in the worked example of the GSF Software Carbon Intensity specification.
-S_PER_YEAR = 365 * 86400
+# Config carbon.max_fill_s: how far (s) a filled instant may lie from the trace row whose value the
+# fill policy gives it. One hour lets "previous" bridge one missing hourly row, or a run end a few
+# minutes after an export's last hour; a 2026 run against a 2023 trace is refused. None: no limit
+# (the user asks for that fill, knowingly).
+DEFAULT_MAX_FILL_S: float | None = 3600.0
 
 # Where a trace does not cover part of a window:
 #   "previous": the last value before the uncovered part carries forward (past the trace's end too);
@@ -52,11 +57,6 @@ _FAR_PAST_NS = np.iinfo(np.int64).min
 _FAR_FUTURE_NS = np.iinfo(np.int64).max
 
 
-def energy_kwh(energy_j: float | np.ndarray) -> float | np.ndarray:
-    """The one place joules become kilowatt-hours."""
-    return energy_j / J_PER_KWH
-
-
 def utc(t_ns: int) -> str:
     return pd.Timestamp(int(t_ns), unit="ns", tz="UTC").isoformat()
 
@@ -67,6 +67,9 @@ class IntensitySegments(NamedTuple):
     edges_ns: np.ndarray  # int64, n + 1 values
     intensity_g_per_kwh: np.ndarray  # float64, n values
     filled: np.ndarray  # bool, n values: True where a fill policy supplied the value
+    # float64, n values: the farthest (s) the segment lies from the trace row whose value it was
+    # given; 0 where not filled
+    fill_distance_s: np.ndarray
 
 
 def _check_window(start_ns: int, end_ns: int) -> None:
@@ -97,13 +100,20 @@ class ConstantIntensity:
                 "must be a finite number >= 0 (gCO2/kWh)"
             )
 
-    def segments(self, start_ns: int, end_ns: int, fill: str | None = None) -> IntensitySegments:
+    def segments(
+        self,
+        start_ns: int,
+        end_ns: int,
+        fill: str | None = None,
+        max_fill_s: float | None = DEFAULT_MAX_FILL_S,
+    ) -> IntensitySegments:
         _check_window(start_ns, end_ns)
         _check_fill(fill)
         return IntensitySegments(
             np.array([start_ns, end_ns], dtype=np.int64),
             np.array([self.intensity_g_per_kwh]),
             np.array([False]),
+            np.array([0.0]),
         )
 
 
@@ -119,32 +129,60 @@ class IntensityTrace:
     end_ns: np.ndarray
     intensity_g_per_kwh: np.ndarray
 
-    def _pieces(self, fill: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The trace's rows plus, under a fill policy, pieces covering its gaps and both ends."""
+    def _pieces(self, fill: str | None) -> tuple[np.ndarray, ...]:
+        """The trace's rows plus, under a fill policy, pieces covering its gaps and both ends.
+
+        (lo_ns, hi_ns, intensity, filled, source_ns): source_ns is the edge of the row whose value
+        a filled piece carries (the distance a filled instant lies from its data).
+        """
         starts, ends, values = self.start_ns, self.end_ns, self.intensity_g_per_kwh
         if fill is None:
-            return starts, ends, values, np.zeros(len(starts), dtype=bool)
+            n = len(starts)
+            return starts, ends, values, np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
         gap = np.flatnonzero(ends[:-1] < starts[1:])  # a gap follows row gap[k]
         gap_lo, gap_hi = ends[gap], starts[gap + 1]
-        after = ([ends[-1]], [_FAR_FUTURE_NS], [values[-1]])
+        after = ([ends[-1]], [_FAR_FUTURE_NS], [values[-1]], [ends[-1]])
         if fill == "previous":
-            extra = [(gap_lo, gap_hi, values[gap]), after]
+            extra = [(gap_lo, gap_hi, values[gap], gap_lo), after]
         else:
             mid = gap_lo + (gap_hi - gap_lo) // 2
-            before = ([_FAR_PAST_NS], [starts[0]], [values[0]])
-            extra = [(gap_lo, mid, values[gap]), (mid, gap_hi, values[gap + 1]), before, after]
+            before = ([_FAR_PAST_NS], [starts[0]], [values[0]], [starts[0]])
+            extra = [
+                (gap_lo, mid, values[gap], gap_lo),
+                (mid, gap_hi, values[gap + 1], gap_hi),
+                before,
+                after,
+            ]
         lo = np.concatenate([starts] + [np.asarray(e[0], dtype=np.int64) for e in extra])
         hi = np.concatenate([ends] + [np.asarray(e[1], dtype=np.int64) for e in extra])
         val = np.concatenate([values] + [np.asarray(e[2], dtype=float) for e in extra])
+        src = np.concatenate([starts] + [np.asarray(e[3], dtype=np.int64) for e in extra])
         filled = np.arange(len(lo)) >= len(starts)
         keep = hi > lo
         order = np.argsort(lo[keep], kind="stable")
-        return lo[keep][order], hi[keep][order], val[keep][order], filled[keep][order]
+        return tuple(a[keep][order] for a in (lo, hi, val, filled, src))
 
-    def segments(self, start_ns: int, end_ns: int, fill: str | None = None) -> IntensitySegments:
+    def segments(
+        self,
+        start_ns: int,
+        end_ns: int,
+        fill: str | None = None,
+        max_fill_s: float | None = DEFAULT_MAX_FILL_S,
+    ) -> IntensitySegments:
+        """The window cut where the intensity changes (IntensitySegments).
+
+        Raises InputError where the trace leaves part of the window uncovered and no fill policy
+        is set, or where a filled instant lies more than max_fill_s from the row whose value it
+        takes (max_fill_s None: no limit).
+        """
         _check_window(start_ns, end_ns)
         _check_fill(fill)
-        lo, hi, val, filled = self._pieces(fill)
+        if max_fill_s is not None and not (math.isfinite(max_fill_s) and max_fill_s >= 0):
+            raise ConfigError(
+                f"carbon max_fill_s {max_fill_s!r}: must be a number of seconds >= 0, or null "
+                "for no limit"
+            )
+        lo, hi, val, filled, src = self._pieces(fill)
         inside = (hi > start_ns) & (lo < end_ns)
         lo = np.clip(lo[inside], start_ns, end_ns)
         hi = np.clip(hi[inside], start_ns, end_ns)
@@ -156,12 +194,33 @@ class IntensityTrace:
             shown = "; ".join(f"{utc(a)} to {utc(b)}" for a, b in holes[:3])
             more = f" and {len(holes) - 3} more" if len(holes) > 3 else ""
             raise InputError(
-                f"{self.path}: the intensity trace (zone {self.zone_id}, {self.period} rows from "
-                f"{utc(self.start_ns[0])} to {utc(self.end_ns[-1])}) does not cover {shown}{more} "
-                f"(UTC) of the window {utc(start_ns)} to {utc(end_ns)}; give a trace that "
-                f"covers it, or set the fill policy (config carbon.fill) to one of {FILL_POLICIES}"
+                f"{self.path}: the intensity trace ({self._described()}) does not cover "
+                f"{shown}{more} (UTC) of the window {utc(start_ns)} to {utc(end_ns)}; give a "
+                f"trace that covers it, or set the fill policy (config carbon.fill) to one of "
+                f"{FILL_POLICIES}"
             )
-        return IntensitySegments(np.concatenate([lo, [end_ns]]), val[inside], filled[inside])
+        filled, src = filled[inside], src[inside]
+        # The farthest instant of a filled piece from its source edge is one of its own ends.
+        distance_s = np.where(
+            filled, np.maximum(np.abs(lo - src), np.abs(hi - src)) / NS_PER_S, 0.0
+        )
+        if max_fill_s is not None and len(distance_s) and distance_s.max() > max_fill_s:
+            k = int(np.argmax(distance_s))
+            raise InputError(
+                f"{self.path}: the window {utc(start_ns)} to {utc(end_ns)} lies up to "
+                f"{distance_s[k]:.0f} s from the intensity trace ({self._described()}): "
+                f"{utc(lo[k])} to {utc(hi[k])} would take {val[inside][k]:g} gCO2eq/kWh by fill "
+                f"policy {fill!r}, more than carbon.max_fill_s = {max_fill_s:g} s; give a trace "
+                "that covers the run, or raise carbon.max_fill_s (null: no limit) if that fill "
+                "is what you want"
+            )
+        return IntensitySegments(np.concatenate([lo, [end_ns]]), val[inside], filled, distance_s)
+
+    def _described(self) -> str:
+        return (
+            f"zone {self.zone_id}, {self.period} rows from {utc(self.start_ns[0])} to "
+            f"{utc(self.end_ns[-1])}"
+        )
 
 
 IntensitySource = ConstantIntensity | IntensityTrace
@@ -181,7 +240,11 @@ def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
     if basis not in BASES:
         raise ConfigError(f"carbon basis {basis!r}: use one of {BASES}")
     try:
-        df = pd.read_csv(path, encoding="utf-8-sig", dtype=str)
+        # Only a blank cell is missing: pandas' default would also read "NaN", "N/A", "null" as
+        # missing, turning a broken value into a silent gap.
+        df = pd.read_csv(
+            path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_values=[""]
+        )
     except FileNotFoundError as exc:
         raise InputError(f"{path}: intensity trace not found") from exc
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -198,12 +261,13 @@ def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
         )
     raw = df[value_col].str.strip()
     values = pd.to_numeric(raw, errors="coerce")
-    bad = values.isna() & raw.notna() & (raw != "")
-    if bad.any() or (values < 0).any():
-        row = int(np.flatnonzero(bad | (values < 0))[0])
+    # "NaN", "inf" or text is an error naming its line; only a blank cell is a missing value.
+    bad = (values.isna() & raw.notna() & (raw != "")) | np.isinf(values) | (values < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"{path}: line {row + 2}, column {value_col!r}: {df[value_col].iloc[row]!r} is not an "
-            "intensity in gCO2eq/kWh (a number >= 0, or blank for a missing value)"
+            "intensity in gCO2eq/kWh (a finite number >= 0, or blank for a missing value)"
         )
     try:
         times = pd.to_datetime(df[time_col], utc=True, format="ISO8601")
@@ -212,6 +276,12 @@ def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
             f"{path}: column {time_col!r} holds a value that is not a date-time such as "
             f"'2023-01-01 00:00:00' ({exc})"
         ) from exc
+    if times.isna().any():
+        row = int(np.flatnonzero(times.isna())[0])
+        raise InputError(
+            f"{path}: line {row + 2}, column {time_col!r} is empty; every row needs its UTC time "
+            "such as '2023-01-01 00:00:00'"
+        )
     zones = sorted(df[zone_col].dropna().unique())
     if len(zones) != 1:
         raise InputError(
@@ -230,7 +300,7 @@ def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
             f"{path}: time {utc(start_ns[dup[0]])} appears twice; each row needs its own time"
         )
     # The period comes from every row; only then do blank rows drop out, leaving gaps.
-    end_ns, period = _row_ends(start_ns)
+    end_ns, period = _row_ends(start_ns, path, order + 2)
     keep = ~np.isnan(intensity)
     if not keep.any():
         raise InputError(f"{path}: column {value_col!r} is blank in every row")
@@ -240,17 +310,30 @@ def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
     return IntensityTrace(str(path), zones[0], basis, period, start_ns, end_ns, intensity)
 
 
-def _row_ends(start_ns: np.ndarray) -> tuple[np.ndarray, str]:
-    """Each row lasts one period: the shortest step between rows (longer steps are gaps).
+def _row_ends(start_ns: np.ndarray, path: Path, lines: np.ndarray) -> tuple[np.ndarray, str]:
+    """Each row lasts one period: the most common step between rows (longer steps are gaps).
 
     Rows all at midnight on the 1st, at least 28 days apart, are calendar months (or multiples).
+    A row off the grid of the first row and the period (an hourly trace with a row at 00:30) is an
+    error naming its line: taking the shortest step as the period would turn every hour into a
+    half-hour row followed by a gap, and report coverage errors that point elsewhere.
     """
-    step_ns = int(np.diff(start_ns).min())
+    steps = np.diff(start_ns)
     t = pd.DatetimeIndex(start_ns.astype("datetime64[ns]"))
-    if step_ns >= 28 * 86400 * NS_PER_S and (t == t.to_period("M").to_timestamp()).all():
+    if steps.min() >= 28 * S_PER_DAY * NS_PER_S and (t == t.to_period("M").to_timestamp()).all():
         months = int(np.diff(t.year * 12 + t.month).min())
         ends = (t + pd.DateOffset(months=months)).as_unit("ns").asi8
         return ends.astype(np.int64), f"{months} month{'s' if months > 1 else ''}"
+    values, counts = np.unique(steps, return_counts=True)
+    step_ns = int(values[np.argmax(counts)])  # the most common; the shortest among equals
+    off = np.flatnonzero((start_ns - start_ns[0]) % step_ns != 0)
+    if len(off):
+        row = int(off[0])
+        raise InputError(
+            f"{path}: line {lines[row]} ({utc(start_ns[row])}) is off the trace's grid of "
+            f"{step_ns / NS_PER_S:g} s rows starting {utc(start_ns[0])} (most rows are that far "
+            "apart); remove or correct that row"
+        )
     return start_ns + step_ns, f"{step_ns / NS_PER_S:g} s"
 
 
@@ -277,6 +360,7 @@ class CarbonRecord:
     carbon_g: float
     filled_s: float  # seconds of the window whose intensity a fill policy supplied
     segments: tuple[CarbonSegment, ...]  # empty when no time window was given
+    max_fill_distance_s: float = 0.0  # farthest a filled instant lies from its trace row
 
 
 def _check_pue(pue: float) -> None:
@@ -284,101 +368,80 @@ def _check_pue(pue: float) -> None:
         raise ConfigError(f"carbon pue {pue!r}: must be >= 1.0 (facility energy / IT energy)")
 
 
-def _record(segs: IntensitySegments, energy_j: np.ndarray, pue: float) -> CarbonRecord:
-    carbon_g = energy_kwh(energy_j) * segs.intensity_g_per_kwh * pue
-    widths_ns = np.diff(segs.edges_ns)
+def operational_carbon(
+    segments: IntensitySegments, energy_j: np.ndarray | list[float], pue: float = 1.0
+) -> CarbonRecord:
+    """Carbon of a window cut into intensity segments, given each segment's energy in J.
+
+    energy_j[k] is the device energy of [edges_ns[k], edges_ns[k+1]) from tokencarbon.energy
+    (window_energy(..., cuts_ns=segments.edges_ns[1:-1]).segment_energy_j): carbon integrates
+    nothing itself. carbon_g = sum_k energy_kwh(energy_j[k]) x intensity[k] x PUE.
+    Raises InputError where energies are not finite and >= 0 or do not match the segments.
+    """
+    _check_pue(pue)
+    energy_j = np.asarray(energy_j, dtype=float)
+    if energy_j.shape != segments.intensity_g_per_kwh.shape:
+        raise InputError(
+            f"{len(energy_j)} segment energies for {len(segments.intensity_g_per_kwh)} intensity "
+            "segments; give one energy per segment"
+        )
+    if not (np.isfinite(energy_j).all() and (energy_j >= 0).all()):
+        raise InputError(
+            f"segment energies {energy_j.tolist()} J: each must be a finite number >= 0"
+        )
+    carbon_g = energy_kwh(energy_j) * segments.intensity_g_per_kwh * pue
+    widths_ns = np.diff(segments.edges_ns)
     total_j = float(energy_j.sum())
     # With no energy the energy-weighted mean is undefined; the time-weighted one is then reported.
     weights = energy_j if total_j > 0 else widths_ns.astype(float)
     parts = tuple(
         CarbonSegment(int(a), int(b), float(e), float(i), bool(f), float(c))
         for a, b, e, i, f, c in zip(
-            segs.edges_ns[:-1],
-            segs.edges_ns[1:],
+            segments.edges_ns[:-1],
+            segments.edges_ns[1:],
             energy_j,
-            segs.intensity_g_per_kwh,
-            segs.filled,
+            segments.intensity_g_per_kwh,
+            segments.filled,
             carbon_g,
         )
     )
     return CarbonRecord(
         energy_j=total_j,
         energy_kwh=energy_kwh(total_j),
-        intensity_g_per_kwh=float(np.average(segs.intensity_g_per_kwh, weights=weights)),
+        intensity_g_per_kwh=float(np.average(segments.intensity_g_per_kwh, weights=weights)),
         pue=pue,
         carbon_g=float(carbon_g.sum()),
-        filled_s=float(widths_ns[segs.filled].sum() / NS_PER_S),
+        filled_s=float(widths_ns[segments.filled].sum() / NS_PER_S),
         segments=parts,
+        max_fill_distance_s=float(segments.fill_distance_s.max(initial=0.0)),
     )
 
 
-def _cumulative_energy_j(
-    t_ns: np.ndarray, y: np.ndarray, at_ns: np.ndarray, energy_from: str
-) -> np.ndarray:
-    """Energy from the first sample to each of at_ns, exact for power linear between samples."""
-    t_s = (t_ns - t_ns[0]) / NS_PER_S
-    x_s = (at_ns - t_ns[0]) / NS_PER_S
-    if energy_from == "counter":
-        return np.interp(x_s, t_s, y - y[0])
-    cum_j = np.concatenate([[0.0], np.cumsum(np.diff(t_s) * (y[:-1] + y[1:]) / 2)])
-    i = np.clip(np.searchsorted(t_s, x_s, side="right") - 1, 0, len(t_s) - 2)
-    power_at_w = np.interp(x_s, t_s, y)
-    return cum_j[i] + (x_s - t_s[i]) * (y[i] + power_at_w) / 2
-
-
-def operational_carbon(
+def window_carbon(
     samples: pd.DataFrame,
     start_ns: int,
     end_ns: int,
     intensity: IntensitySource,
+    *,
     pue: float = 1.0,
     fill: str | None = None,
-    energy_from: str = "power",
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
+    idle_power_w: float = float("nan"),
+    device: tuple[str, int] | None = None,
     where: str | Path = "power samples",
-) -> CarbonRecord:
-    """Carbon of the energy drawn in [start_ns, end_ns) (wall-clock UTC ns), interval by interval.
+) -> tuple[EnergyRecord, CarbonRecord]:
+    """Energy (tokencarbon.energy.window_energy) and operational carbon of one window.
 
-    samples has t_wall_ns and power_w (energy_from="power": trapezoid integration) or
-    energy_counter_j (energy_from="counter": the cumulative counter, linear between samples);
-    with a device_index column each device is integrated alone and the energies summed. Energy is
-    interpolated at the window edges and at every intensity change inside the window, so each
-    interval's energy meets its own intensity. `where` names the samples' file in errors.
+    The window is cut where the intensity changes; each piece's energy, by the method the energy
+    module chose for the window (counter where plausible, else the integral), meets its own
+    intensity. Errors as window_energy and IntensitySource.segments.
     """
-    _check_pue(pue)
-    column = {"power": "power_w", "counter": "energy_counter_j"}.get(energy_from)
-    if column is None:
-        raise ConfigError(
-            f"energy_from {energy_from!r}: use 'power' (integrate power_w) or 'counter'"
-        )
-    missing = [c for c in ("t_wall_ns", column) if c not in samples.columns]
-    if missing:
-        raise SchemaError(
-            f"{where}: missing column(s) {missing}; energy_from={energy_from!r} needs "
-            f"t_wall_ns and {column}"
-        )
-    segs = intensity.segments(start_ns, end_ns, fill)
-    devices = (
-        samples.groupby("device_index") if "device_index" in samples.columns else [(0, samples)]
-    )
-    cumulative_j = np.zeros(len(segs.edges_ns))
-    for device, df in devices:
-        df = df.sort_values("t_wall_ns")
-        t_ns = df["t_wall_ns"].to_numpy(dtype=np.int64)
-        y = df[column].to_numpy(dtype=float)
-        if len(t_ns) < 2 or t_ns[0] > start_ns or t_ns[-1] < end_ns:
-            span = f"{utc(t_ns[0])} to {utc(t_ns[-1])}" if len(t_ns) else "no samples"
-            raise InputError(
-                f"{where}: device {device} has {len(t_ns)} sample(s) ({span}), which must span the "
-                f"window {utc(start_ns)} to {utc(end_ns)} with at least 2 samples"
-            )
-        if not np.isfinite(y).all() or (np.diff(t_ns) <= 0).any():
-            raise InputError(
-                f"{where}: device {device}: {column} has missing values or t_wall_ns repeats a "
-                "time; each sample needs its own time and a finite value (energy_from='power' "
-                "integrates power_w, energy_from='counter' differences energy_counter_j)"
-            )
-        cumulative_j += _cumulative_energy_j(t_ns, y, segs.edges_ns, energy_from)
-    return _record(segs, np.diff(cumulative_j), pue)
+    segs = intensity.segments(start_ns, end_ns, fill, max_fill_s)
+    energy = window_energy(
+        samples, start_ns, end_ns, idle_power_w,
+        cuts_ns=segs.edges_ns[1:-1], device=device, where=str(where),
+    )  # fmt: skip
+    return energy, operational_carbon(segs, np.array(energy.segment_energy_j), pue)
 
 
 def carbon_from_energy(
@@ -388,6 +451,7 @@ def carbon_from_energy(
     start_ns: int | None = None,
     end_ns: int | None = None,
     fill: str | None = None,
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
 ) -> CarbonRecord:
     """Carbon of an energy known only as a total: energy_j x intensity x PUE.
 
@@ -404,13 +468,16 @@ def carbon_from_energy(
             )
         kwh, g_per_kwh = energy_kwh(energy_j), intensity.intensity_g_per_kwh
         return CarbonRecord(energy_j, kwh, g_per_kwh, pue, kwh * g_per_kwh * pue, 0.0, ())
-    segs = intensity.segments(start_ns, end_ns, fill)
+    segs = intensity.segments(start_ns, end_ns, fill, max_fill_s)
     share = np.diff(segs.edges_ns) / (end_ns - start_ns)
-    return _record(segs, energy_j * share, pue)
+    return operational_carbon(segs, energy_j * share, pue)
 
 
 def intensity_for_day(
-    intensity: IntensitySource, day: str | dt.date | None = None, fill: str | None = None
+    intensity: IntensitySource,
+    day: str | dt.date | None = None,
+    fill: str | None = None,
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
 ) -> pd.Series:
     """The 24 hourly intensities (time-weighted means) of one UTC day, indexed by hour_utc 0-23.
 
@@ -427,7 +494,7 @@ def intensity_for_day(
             raise ConfigError(
                 f"carbon trace_day {day!r}: use a UTC day written YYYY-MM-DD"
             ) from exc
-    segs = intensity.segments(day_ns, day_ns + 24 * NS_PER_HOUR, fill)
+    segs = intensity.segments(day_ns, day_ns + 24 * NS_PER_HOUR, fill, max_fill_s)
     hourly = []
     for hour in range(24):
         a, b = day_ns + hour * NS_PER_HOUR, day_ns + (hour + 1) * NS_PER_HOUR
@@ -462,5 +529,5 @@ def embodied_carbon_g(
     if not (math.isfinite(duration_s) and duration_s >= 0):
         raise InputError(f"duration_s {duration_s!r}: must be a finite number of seconds >= 0")
     return (
-        embodied_kg_co2e * 1000.0 * duration_s / (lifetime_years * S_PER_YEAR) * utilisation_share
+        embodied_kg_co2e * G_PER_KG * duration_s / (lifetime_years * S_PER_YEAR) * utilisation_share
     )

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from tokencarbon import flops, tables
-from tokencarbon.carbon import embodied_carbon_g, operational_carbon
-from tokencarbon.energy import windows_energy
+from tokencarbon.carbon import DEFAULT_MAX_FILL_S, embodied_carbon_g, window_carbon
+from tokencarbon.energy import combine, idle_power, select_device
 from tokencarbon.models import Architecture
 from tokencarbon.platforms import Platform, peak_bandwidth_bytes_per_s, peak_flops
 
@@ -48,6 +48,24 @@ def latency_metrics(batches: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def _cell_name(cell: dict[str, Any]) -> str:
+    prefix = tables.CELL_DIR_PREFIX.get(cell["mode"], cell["mode"])
+    return f"{cell['platform']}/{cell['model']}/{prefix}{cell['batch_size']}"
+
+
+def _idle(cell: dict[str, Any], power: pd.DataFrame, where: str) -> tuple[float, list[str]]:
+    """Idle power (W) from the cell's phase "idle" samples, with that window's flags as idle_<flag>.
+
+    A cell without idle samples (written before they were kept) falls back to the idle power its
+    meta.json recorded, flagged "idle_power_from_meta".
+    """
+    idle = power[power["phase"] == "idle"]
+    if len(idle) < 2:
+        return float(cell["idle_power_w"]), ["idle_power_from_meta"]
+    idle_power_w, record = idle_power(idle, where=f"{where} (phase idle)")
+    return idle_power_w, [f"idle_{f}" for f in record.qa_flags]
+
+
 def cell_metrics(
     cell: dict[str, Any],
     batches: pd.DataFrame,
@@ -58,27 +76,41 @@ def cell_metrics(
     *,
     pue: float,
     fill: str | None,
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
 ) -> dict[str, Any]:
-    """One METRICS row for a cell, from its batches and its power samples (both phases)."""
+    """One METRICS row for a cell, from its batches and its power samples (both phases).
+
+    Raises InputError where the power samples hold several devices (the cell measured one), do not
+    span a batch, or the intensity trace does not cover a batch (within carbon.max_fill_s under a
+    fill policy). A counter that is not plausible over a window never raises: that window's energy
+    is the integral, flagged (tokencarbon.energy).
+    """
+    where = f"power samples of {_cell_name(cell)}"
+    select_device(power, None, where)
+    idle_power_w, idle_flags = _idle(cell, power, where)
     # Energy, carbon and rates count the batches' own time: engine set-up between batches
     # (cache allocation, graph capture or compilation for a new shape) is excluded.
     windows = [(int(s), int(e)) for s, e in zip(batches["start_wall_ns"], batches["end_wall_ns"])]
     run = power[power["phase"] == "run"]
-    energy = windows_energy(run, windows, float(cell["idle_power_w"]))
-    where = f"power samples of {cell['platform']}/{cell['model']}/bs{cell['batch_size']}"
-    carbons = [
-        operational_carbon(
-            run, s, e, intensity, pue=pue, fill=fill,
-            energy_from="counter" if energy.method == "counter" else "power", where=where,
+    parts = [
+        window_carbon(
+            run, s, e, intensity, pue=pue, fill=fill, max_fill_s=max_fill_s,
+            idle_power_w=idle_power_w, where=where,
         )
         for s, e in windows
-    ]
+    ]  # fmt: skip
+    energy = combine([p[0] for p in parts], idle_power_w)
+    carbons = [p[1] for p in parts]
     operational_g = sum(c.carbon_g for c in carbons)
     carbon_energy_j = sum(c.energy_j for c in carbons)
     intensity_g_per_kwh = (
         sum(c.intensity_g_per_kwh * c.energy_j for c in carbons) / carbon_energy_j
         if carbon_energy_j > 0 else float(np.mean([c.intensity_g_per_kwh for c in carbons]))
     )
+    filled_share = sum(c.filled_s for c in carbons) / energy.window_s
+    flags = list(energy.qa_flags) + idle_flags
+    if filled_share > 0:
+        flags.append("intensity_filled")
     embodied_g = embodied_carbon_g(platform.embodied_kg_co2e, platform.lifetime_years, energy.window_s)
     work = [batch_work(arch, b, cell["dtype"]) for _, b in batches.iterrows()]
     total_flops = float(sum(f for f, _ in work))
@@ -101,11 +133,12 @@ def cell_metrics(
         "energy_counter_j": energy.energy_counter_j,
         "energy_integrated_j": energy.energy_integrated_j,
         "energy_relative_difference": energy.relative_difference,
-        "qa_flags": ";".join(energy.qa_flags),
-        "idle_power_w": float(cell["idle_power_w"]),
+        "qa_flags": ";".join(flags),
+        "idle_power_w": idle_power_w,
         "idle_energy_j": energy.idle_energy_j,
         "above_idle_energy_j": energy.above_idle_energy_j,
         "intensity_g_per_kwh": intensity_g_per_kwh,
+        "filled_share": filled_share,
         "pue": pue,
         "operational_g": operational_g,
         "embodied_g": embodied_g,
@@ -124,7 +157,9 @@ def cell_metrics(
 
 def all_metrics(cells: pd.DataFrame, batches: pd.DataFrame, power: pd.DataFrame,
                 archs: dict[str, Architecture], platforms: dict[str, Platform], intensity: Any,
-                *, pue: float, fill: str | None) -> pd.DataFrame:
+                *, pue: float, fill: str | None,
+                max_fill_s: float | None = DEFAULT_MAX_FILL_S) -> pd.DataFrame:
+    """METRICS rows of every cell (cells: CELLS; batches, power: aggregated, cell keys in front)."""
     keys = [name for name, _ in tables.CELL_KEYS]
     b_groups = dict(tuple(batches.groupby(keys)))
     p_groups = dict(tuple(power.groupby(keys)))
@@ -132,5 +167,6 @@ def all_metrics(cells: pd.DataFrame, batches: pd.DataFrame, power: pd.DataFrame,
     for cell in cells.to_dict("records"):
         key = tuple(cell[k] for k in keys)
         rows.append(cell_metrics(cell, b_groups[key], p_groups[key], archs[cell["architecture"]],
-                                 platforms[cell["platform"]], intensity, pue=pue, fill=fill))
+                                 platforms[cell["platform"]], intensity, pue=pue, fill=fill,
+                                 max_fill_s=max_fill_s))
     return pd.DataFrame(rows)

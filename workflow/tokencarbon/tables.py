@@ -145,10 +145,11 @@ METRICS = pa.schema(
         ("energy_integrated_j", pa.float64()),
         ("energy_relative_difference", pa.float64()),  # (integrated - counter) / counter
         ("qa_flags", pa.string()),  # ";"-joined, empty when none
-        ("idle_power_w", pa.float64()),
+        ("idle_power_w", pa.float64()),  # from the cell's phase "idle" samples (energy.idle_power)
         ("idle_energy_j", pa.float64()),
         ("above_idle_energy_j", pa.float64()),
         ("intensity_g_per_kwh", pa.float64()),  # energy-weighted mean over the window
+        ("filled_share", pa.float64()),  # share of window_s whose intensity a fill policy supplied
         ("pue", pa.float64()),
         ("operational_g", pa.float64()),  # energy x PUE x intensity
         ("embodied_g", pa.float64()),  # device manufacturing carbon amortised over the window
