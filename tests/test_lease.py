@@ -1,4 +1,5 @@
-"""GPU leases: distinct devices for concurrent cells, freed on SIGKILL, a clear error on timeout."""
+"""Leases: distinct GPUs and disjoint (or serialised) CPUs for concurrent cells, freed on SIGKILL, a
+clear error on timeout; a cell that dies with the Snakemake that started it."""
 
 import json
 import os
@@ -15,7 +16,12 @@ from tokencarbon.lease import (
     _nvml_uuids,
     _parse_visible,
     apply,
+    cell_leases,
+    cuda_device_nvml_index,
+    default_lock_dir,
+    lease_cpus,
     lease_gpu,
+    supervisor_chain,
     visible_gpu_indices,
 )
 
@@ -241,3 +247,220 @@ def test_applied_lease_is_cuda_device_0_and_nvml_device_0(tmp_path, view):
     assert cuda_count == 1 and nvml_uuid == gpu["gpu_uuid"]
     assert gpu["gpu_uuid"].endswith(cuda_uuid)  # torch prints the UUID without "GPU-"
     assert error == "TokencarbonError"  # CUDA was initialised by then
+
+
+def test_cuda_device_maps_through_the_one_parser(view):
+    uuids = ["GPU-0f1e-aa", "GPU-7c2d-bb", "GPU-7c2e-cc"]
+    assert cuda_device_nvml_index(1, uuids) == 1  # no CUDA_VISIBLE_DEVICES: NVML's own order
+    view.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-0f1e")
+    assert [cuda_device_nvml_index(i, uuids) for i in (0, 1)] == [2, 0]
+    with pytest.raises(HardwareMismatchError, match=r"device_index=2 does not exist.*\[2, 0\]"):
+        cuda_device_nvml_index(2, uuids)
+    view.setenv("CUDA_VISIBLE_DEVICES", "64")
+    with pytest.raises(HardwareMismatchError, match="'64' in CUDA_VISIBLE_DEVICES='64'"):
+        cuda_device_nvml_index(0, uuids)
+
+
+def test_nothing_else_parses_cuda_visible_devices():
+    # lease.py is the one parser; everything else may only read or set the variable whole.
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "workflow" / "tokencarbon"
+    for path in package.rglob("*.py"):
+        if path.name == "lease.py":
+            continue
+        for line in path.read_text().splitlines():
+            if "CUDA_VISIBLE_DEVICES" in line:
+                assert ".split" not in line and "isdigit" not in line, f"{path}: {line.strip()}"
+
+
+def test_default_lock_dir_is_per_user_or_the_override(view):
+    view.delenv("TOKENCARBON_LEASE_DIR", raising=False)
+    assert str(default_lock_dir()) == f"/tmp/tokencarbon-leases-{os.getuid()}"
+    view.setenv("TOKENCARBON_LEASE_DIR", "/somewhere/else")
+    assert str(default_lock_dir()) == "/somewhere/else"
+
+
+# ---------------------------------------------------------------- CPU leases
+
+
+def test_two_cpu_leases_take_disjoint_cpus_where_enough_are_allowed(tmp_path):
+    # 4 allowed CPUs, two cells of 2: the first takes the lowest two, the second the next two.
+    with lease_cpus(tmp_path, 2, cell="a", allowed=[0, 1, 2, 3], timeout_s=0) as a:
+        with lease_cpus(tmp_path, 2, cell="b", allowed=[0, 1, 2, 3], timeout_s=0) as b:
+            assert (a.cpus, b.cpus) == ((0, 1), (2, 3))
+            holder = json.loads((tmp_path / "cpu2.lock").read_text())
+            assert holder["cell"] == "b" and holder["pid"] == os.getpid()
+            assert a.record() == {"cpus": [0, 1]}
+    assert not a.held and not b.held
+
+
+def test_cpu_lease_waits_for_a_holder_then_names_it(tmp_path):
+    held = lease_cpus(tmp_path, 1, cell="orphan", allowed=[0, 1], timeout_s=0)
+    start = time.monotonic()
+    with pytest.raises(LeaseTimeoutError) as caught:
+        lease_cpus(tmp_path, 2, cell="rerun", allowed=[0, 1], timeout_s=0.3, poll_s=0.05)
+    assert 0.3 <= time.monotonic() - start < 5
+    message = str(caught.value)
+    assert "fewer than 2 of the logical CPUs [0, 1] free after waiting 0.3 s" in message
+    assert f'cpu0.lock held by {{"pid": {os.getpid()}, "cell": "orphan"' in message
+    assert "end it by its pid" in message
+    # The failed attempt left nothing held: the free CPU is still free.
+    with lease_cpus(tmp_path, 1, allowed=[0, 1], timeout_s=0) as other:
+        assert other.cpus == (1,)
+    held.release()
+
+
+def test_cpu_lease_needs_enough_allowed_cpus(tmp_path):
+    with pytest.raises(HardwareMismatchError, match=r"describes 3 logical CPUs .* only 2: \[0, 1\]"):
+        lease_cpus(tmp_path, 3, allowed=[0, 1], timeout_s=0)
+    with pytest.raises(ConfigError, match="n=0 logical CPUs"):
+        lease_cpus(tmp_path, 0, allowed=[0, 1], timeout_s=0)
+
+
+def test_cpu_lease_of_a_sigkilled_orphan_frees_at_once(tmp_path):
+    child = run_child(
+        """
+        import sys, time
+        from tokencarbon.lease import lease_cpus
+        lease = lease_cpus(sys.argv[1], 2, cell="orphan", allowed=[0, 1], timeout_s=0)
+        print(lease.cpus, flush=True)
+        time.sleep(60)
+        """,
+        str(tmp_path),
+    )
+    try:
+        assert child.stdout.readline().strip() == "(0, 1)"
+        with pytest.raises(LeaseTimeoutError, match=rf'"pid": {child.pid}, "cell": "orphan"'):
+            lease_cpus(tmp_path, 1, allowed=[0, 1], timeout_s=0)
+    finally:
+        child.kill()
+        child.wait()
+    with lease_cpus(tmp_path, 2, allowed=[0, 1], timeout_s=0) as lease:
+        assert lease.cpus == (0, 1)
+
+
+def test_concurrent_cpu_cells_of_two_cpus_on_two_never_overlap(tmp_path):
+    # The --cores 2 case: 3 cells each needing both CPUs of a 2-CPU machine run one at a time.
+    code = """
+        import json, sys, time
+        from tokencarbon.lease import lease_cpus
+        print("ready", flush=True)
+        sys.stdin.readline()
+        with lease_cpus(sys.argv[1], 2, cell=sys.argv[2], allowed=[0, 1], timeout_s=30, poll_s=0.01) as lease:
+            start_ns = time.monotonic_ns()
+            time.sleep(0.4)
+            end_ns = time.monotonic_ns()
+        print(json.dumps([list(lease.cpus), start_ns, end_ns]), flush=True)
+        """
+    children = [run_child(code, str(tmp_path), f"cell{i}") for i in range(3)]
+    for child in children:
+        assert child.stdout.readline().strip() == "ready"
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    spans = []
+    for child in children:
+        out, _ = child.communicate(timeout=60)
+        assert child.returncode == 0
+        spans.append(json.loads(out))
+    assert all(cpus == [0, 1] for cpus, _, _ in spans)
+    ordered = sorted((s, e) for _, s, e in spans)
+    for (_, prev_end), (next_start, _) in zip(ordered, ordered[1:]):
+        assert next_start >= prev_end  # one holder of the CPUs at a time
+    # 3 holds of 0.4 s one after another take at least 1.2 s.
+    assert (ordered[-1][1] - ordered[0][0]) / 1e9 >= 1.2
+
+
+def test_cell_lease_pins_every_thread_to_the_leased_cpus(tmp_path):
+    # In a child: pinning changes the process. A thread started BEFORE the lease must move too.
+    child = run_child(
+        """
+        import json, os, sys, threading, time
+        from tokencarbon.lease import cell_leases
+        early = threading.Thread(target=time.sleep, args=(5,), daemon=True)
+        early.start()
+        platform = {"name": "cpu", "kind": "cpu", "logical_cpus": 1}
+        with cell_leases(platform, cell="c", lock_dir=sys.argv[1], timeout_s=0) as record:
+            tasks = {}
+            for task in os.listdir("/proc/self/task"):
+                tasks[task] = sorted(os.sched_getaffinity(int(task)))
+            print(json.dumps([record, tasks, early.native_id]), flush=True)
+        """,
+        str(tmp_path),
+    )
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    record, tasks, early_tid = json.loads(out)
+    first = min(os.sched_getaffinity(0))  # the lowest CPU this test may use
+    assert record == {"cpus": [first]}
+    assert str(early_tid) in tasks and all(cpus == [first] for cpus in tasks.values())
+
+
+# ---------------------------------------------------------------- dying with the supervisor
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_supervisor_chain_skips_a_shell_between(tmp_path):
+    # python (this test) -> bash -> python: the chain is [bash, this process]. Snakemake 9's
+    # `bash -c "set -euo pipefail; python script"` execs python in bash 5.2, but older shells, a
+    # conda activation or a wrapper prefix leave a shell between; "; exit $?" keeps one here.
+    out = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail; {sys.executable} -c '"
+         "from tokencarbon.lease import supervisor_chain; "
+         "print([p.name() for p in supervisor_chain()], supervisor_chain()[-1].pid)'; exit $?"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+    assert out[-1] == str(os.getpid())
+    assert "bash" in out[0]
+
+
+def test_a_cell_dies_when_its_supervisor_is_sigkilled(tmp_path):
+    # supervisor (python) -> bash -> cell (python). SIGKILL the supervisor only: the bash between
+    # them lives on, so neither PR_SET_PDEATHSIG nor a pipe would reach the cell; its watch does.
+    cell_code = (
+        "import os, sys, time\n"
+        "from tokencarbon.lease import die_with_supervisor\n"
+        "watched = die_with_supervisor()\n"
+        "open(sys.argv[1], 'w').write(' '.join(map(str, [os.getpid(), *watched])))\n"
+        "time.sleep(60)\n"
+    )
+    (tmp_path / "cell.py").write_text(cell_code)
+    pid_file = tmp_path / "pids"
+    supervisor = run_child(
+        """
+        import subprocess, sys
+        subprocess.run(["bash", "-c", f"{sys.executable} {sys.argv[1]} {sys.argv[2]}; exit $?"])
+        """,
+        str(tmp_path / "cell.py"),
+        str(pid_file),
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and supervisor.poll() is None
+        time.sleep(0.05)
+    cell_pid, bash_pid, watched_supervisor = map(int, pid_file.read_text().split())
+    assert watched_supervisor == supervisor.pid and _alive(cell_pid) and _alive(bash_pid)
+    supervisor.kill()  # SIGKILL: no cleanup, no signal to its children
+    supervisor.wait()
+    deadline = time.monotonic() + 10
+    while _alive(cell_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(cell_pid), "the cell outlived its SIGKILLed supervisor"
+
+
+def test_supervisor_chain_of_a_direct_child_is_its_parent():
+    out = subprocess.run(
+        [sys.executable, "-c", "from tokencarbon.lease import supervisor_chain; "
+         "print([p.pid for p in supervisor_chain()])"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(out) == [os.getpid()]

@@ -89,3 +89,19 @@ class ModeledCpuSource:
 
     def close(self) -> None:
         self._procs = {}
+
+
+def cpu_state(cpus: list[int]) -> dict:
+    """Current frequency (MHz) of each of `cpus`, from cpufreq in /sys where the kernel exposes
+    it, else psutil's (one value for all on many VMs); taken at the start and end of a cell's
+    window (meta.json), beside the modeled power, which does not follow the frequency."""
+    freqs: dict[str, float | None] = {}
+    fallback = psutil.cpu_freq()
+    for cpu in cpus:
+        path = f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq"
+        try:
+            with open(path, encoding="ascii") as f:
+                freqs[str(cpu)] = int(f.read().strip()) / 1000.0  # kHz -> MHz
+        except (OSError, ValueError):
+            freqs[str(cpu)] = None if fallback is None else float(fallback.current)
+    return {"t_wall_ns": time.time_ns(), "cpu_freq_mhz": freqs}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 
 import pynvml
 
 from tokencarbon.errors import HardwareMismatchError
+from tokencarbon.lease import cuda_device_nvml_index
 from tokencarbon.power.base import PowerSample
 
 _MILLI = 1e-3  # NVML reports power in mW and energy in mJ
@@ -38,38 +38,13 @@ def _init(device_index: int) -> None:
 
 
 def _handle(device_index: int):
-    """The NVML handle of CUDA device `device_index`, honouring CUDA_VISIBLE_DEVICES.
-
-    NVML numbers every GPU of the host in PCI order, whatever CUDA_VISIBLE_DEVICES says; CUDA
-    numbers only the visible ones, in the listed order. Entries are NVML indices or (prefixes of)
-    GPU UUIDs. Without CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA orders unlisted GPUs fastest first,
-    which equals PCI order on the single-model nodes this project measures.
-    """
+    """The NVML handle of CUDA device `device_index`, honouring CUDA_VISIBLE_DEVICES (parsed by
+    tokencarbon.lease, the project's one parser of it)."""
     uuids = [
         pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
         for i in range(pynvml.nvmlDeviceGetCount())
     ]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    entries = [e.strip() for e in visible.split(",")] if visible is not None else uuids
-    where = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "NVML"
-    if not 0 <= device_index < len(entries) or entries[device_index] in ("", "-1"):
-        raise HardwareMismatchError(
-            f"GPU device_index={device_index} does not exist: {where} lists {len(entries)} "
-            f"device(s) {entries}; expected 0 <= device_index < {len(entries)}"
-        )
-    entry = entries[device_index]
-    matches = (
-        [i for i, u in enumerate(uuids) if u.startswith(entry)]
-        if entry.startswith("GPU-")
-        else [int(entry)] if entry.isdigit() and int(entry) < len(uuids) else []
-    )
-    if len(matches) != 1:
-        raise HardwareMismatchError(
-            f"GPU device_index={device_index} is {entry!r} in {where}, which names no single GPU "
-            f"NVML sees (GPU indices 0..{len(uuids) - 1}, UUIDs {uuids}); MIG instances are "
-            f"not supported"
-        )
-    return pynvml.nvmlDeviceGetHandleByIndex(matches[0])
+    return pynvml.nvmlDeviceGetHandleByIndex(cuda_device_nvml_index(device_index, uuids))
 
 
 def _field_w(field) -> float:
@@ -164,3 +139,55 @@ def describe_gpu(device_index: int) -> dict:
         }
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_state(device_index: int) -> dict:
+    """The state that decides how fast and how hot one GPU runs, now: enforced power limit (W),
+    SM and memory clocks (MHz), temperature (C), performance state, clocks-event (throttle)
+    reasons bitmask and its set names; taken at the start and end of a cell's measured window
+    (meta.json), so a window that began cold or ended throttled is visible. A reading the device
+    does not support is None."""
+    _init(device_index)
+    try:
+        h = _handle(device_index)
+        readers = {
+            "power_limit_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) * _MILLI,
+            "sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+            "temperature_c": lambda: pynvml.nvmlDeviceGetTemperature(
+                h, pynvml.NVML_TEMPERATURE_GPU
+            ),
+            "pstate": lambda: pynvml.nvmlDeviceGetPerformanceState(h),
+            "throttle_reasons": lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
+        }
+        state: dict = {"t_wall_ns": time.time_ns()}
+        for name, reader in readers.items():
+            try:
+                state[name] = reader()
+            except pynvml.NVMLError:
+                state[name] = None
+        state["throttle_reason_names"] = throttle_reason_names(state["throttle_reasons"])
+        return state
+    finally:
+        pynvml.nvmlShutdown()
+
+
+# NVML's clocks-event reason bits (nvml.h, nvmlClocksEventReason*), by the name nvml.h gives.
+_REASONS = {
+    "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
+    "applications_clocks_setting": pynvml.nvmlClocksEventReasonApplicationsClocksSetting,
+    "sw_power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
+    "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
+    "sync_boost": pynvml.nvmlClocksEventReasonSyncBoost,
+    "sw_thermal_slowdown": pynvml.nvmlClocksEventReasonSwThermalSlowdown,
+    "hw_thermal_slowdown": pynvml.nvmlClocksEventReasonHwThermalSlowdown,
+    "hw_power_brake_slowdown": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
+    "display_clock_setting": pynvml.nvmlClocksEventReasonDisplayClockSetting,
+}
+
+
+def throttle_reason_names(bitmask: int | None) -> list[str] | None:
+    """The names of the reason bits set in an NVML clocks-event bitmask; None for None or -1."""
+    if bitmask is None or bitmask < 0:
+        return None
+    return [name for name, bit in _REASONS.items() if bitmask & bit]

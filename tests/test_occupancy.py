@@ -1,0 +1,121 @@
+"""Foreign use of a cell's devices: /proc/stat arithmetic by hand, a real burner process on the
+cell's CPU counted as foreign while the cell's own work is not, and (GPU) NVML's process list."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from helpers import gpu_present
+
+from tokencarbon.occupancy import CpuWatch, GpuWatch, read_cpu_busy_s
+
+# Burn a fixed amount of CPU time (not wall time: on a loaded machine a wall-time loop gets a
+# share of the CPU only), or run for a wall-clock limit, whichever comes first.
+BURN = (
+    "import time\nend = time.monotonic() + 30\n"
+    "while time.process_time() < {s} and time.monotonic() < end: pass\n"
+)
+
+
+def test_proc_stat_busy_seconds_by_hand(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  300 40 60 800 100 10 10 14 0 0\n"
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        "cpu0 100 20 30 400 50 5 5 7 0 0\n"
+        "cpu3 200 20 30 400 50 5 5 7 9 0\n"
+        "intr 12345 0 0\n"
+    )
+    # busy = user + nice + system + irq + softirq, in ticks of 1/100 s (USER_HZ on Linux):
+    # cpu0: 100 + 20 + 30 + 5 + 5 = 160 ticks = 1.60 s; cpu3: 200 + 20 + 30 + 5 + 5 = 260 = 2.60 s
+    # (idle, iowait, steal and guest, which is already inside user, are not counted).
+    assert os.sysconf("SC_CLK_TCK") == 100
+    assert read_cpu_busy_s(stat) == {0: pytest.approx(1.60), 3: pytest.approx(2.60)}
+    assert read_cpu_busy_s(tmp_path / "absent") == {}
+
+
+def _pinned_child(code: str, cpu: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )  # fmt: skip
+
+
+def test_a_burner_on_the_cells_cpu_is_foreign_and_named():
+    cpu = min(os.sched_getaffinity(0))
+    burner = _pinned_child(BURN.format(s=10.0), cpu)
+    # The "cell": pinned to the same CPU, idle during its window, so all busy time but its own
+    # tick or two belongs to others: the burner (about 2 s of the window) and whatever else this
+    # shared machine runs there.
+    cell = _pinned_child(
+        """
+        import json, time
+        from tokencarbon.occupancy import CpuWatch
+        watch = CpuWatch([%d])
+        watch.start()
+        time.sleep(2.0)
+        print(json.dumps(watch.stop()))
+        """
+        % cpu,
+        cpu,
+    )
+    out, _ = cell.communicate(timeout=60)
+    burner.kill()
+    burner.wait()
+    record = json.loads(out)
+    assert record["cpus"] == [cpu] and record["window_s"] == pytest.approx(2.0, abs=0.5)
+    # The burner alone keeps the CPU busy for most of the window it shares with others (the
+    # scheduler splits the CPU among runnable processes), so at least a third of it is foreign.
+    assert record["foreign_cpu_share"] > 0.33
+    assert record["foreign_cpu_s"] <= record["cpus_busy_s"] + 1e-9
+    assert burner.pid in [p["pid"] for p in record["foreign_processes"]]
+    assert record["own_cpu_s"] < 0.5  # the cell slept
+
+
+def test_the_cells_own_work_and_children_are_not_foreign():
+    cpu = min(os.sched_getaffinity(0))
+    cell = _pinned_child(
+        """
+        import json, subprocess, sys, time
+        from tokencarbon.occupancy import CpuWatch
+        watch = CpuWatch([%d])
+        watch.start()
+        begin = time.process_time()
+        while time.process_time() - begin < 1.0:
+            pass
+        # a child (as the power sidecar is) burning 1 s more, waited for
+        subprocess.run([sys.executable, "-c", %r])
+        print(json.dumps(watch.stop()))
+        """
+        % (cpu, BURN.format(s=1.0)),
+        cpu,
+    )
+    out, _ = cell.communicate(timeout=60)
+    record = json.loads(out)
+    # 1 s of CPU of its own loop plus 1 s of its child's (which also spends some starting up):
+    # 2.0 s at least, less a few ticks of 10 ms of accounting.
+    assert record["own_cpu_s"] > 1.9
+    assert cell.pid not in [p["pid"] for p in record["foreign_processes"]]
+    assert record["foreign_cpu_s"] <= record["cpus_busy_s"] - record["own_cpu_s"] + 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_present(), reason="no NVIDIA GPU and driver")
+def test_another_process_on_the_gpu_is_counted():
+    watch = GpuWatch(0, interval_s=0.2)
+    watch.start()
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import torch, time; x = torch.ones(1 << 20, device='cuda'); "
+         "print('up', flush=True); time.sleep(3)"],
+        stdout=subprocess.PIPE, text=True,
+        env=os.environ | {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")},
+    )  # fmt: skip
+    assert other.stdout.readline().strip() == "up"
+    time.sleep(1.0)
+    record = watch.stop()
+    other.wait()
+    assert record["foreign_gpu_processes"] >= 1 and record["error"] is None

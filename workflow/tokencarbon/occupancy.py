@@ -1,0 +1,228 @@
+"""What else ran on a cell's devices while it measured: other processes' CPU time on its pinned
+CPUs, and other processes on its GPU (NVML's process lists). A lease keeps other cells off the
+devices; this catches everything else (another user's job, a stray process), so a disturbed
+measurement is flagged instead of trusted.
+
+    watch = CpuWatch(cpus); watch.start()  ...  foreign = watch.stop()   # dict for meta.json
+    watch = GpuWatch(nvml_index); watch.start()  ...  foreign = watch.stop()
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pynvml
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# /proc/stat fields after the cpu label: user nice system idle iowait irq softirq steal guest
+# guest_nice. Busy = user + nice + system + irq + softirq (guest time is already inside user;
+# idle, iowait and steal are not this machine's CPUs working).
+_BUSY_FIELDS = (0, 1, 2, 5, 6)
+# Foreign processes named in meta.json: the largest consumers, above this much CPU time.
+TOP_FOREIGN = 5
+MIN_NAMED_CPU_S = 0.01
+
+
+def read_cpu_busy_s(path: str | Path = "/proc/stat") -> dict[int, float]:
+    """Busy seconds since boot of each logical CPU, from /proc/stat (Linux); {} where absent.
+
+    Ticks are USER_HZ (os.sysconf("SC_CLK_TCK"), 100 on Linux), so each value moves in 10 ms steps.
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    busy = {}
+    for line in lines:
+        label, *fields = line.split()
+        if label.startswith("cpu") and label[3:].isdigit():
+            ticks = [int(fields[i]) for i in _BUSY_FIELDS if i < len(fields)]
+            busy[int(label[3:])] = sum(ticks) / _CLK_TCK
+    return busy
+
+
+def tree_cpu_s(pid: int | None = None) -> tuple[float, set[int]]:
+    """CPU seconds (user + system) used so far by process `pid` (default: this one), its waited-for
+    children and every live descendant, and the pids of that tree."""
+    root = psutil.Process(pid)
+    total, pids = 0.0, {root.pid}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue  # exited meanwhile; its time is in its parent's children_* once waited
+        total += t.user + t.system + t.children_user + t.children_system
+        pids.add(proc.pid)
+    return total, pids
+
+
+def _process_cpu_s(cpus: set[int], exclude: set[int]) -> dict[tuple[int, float], tuple[str, float]]:
+    """(pid, start time) -> (name, CPU seconds) of every process that may run on `cpus`."""
+    out = {}
+    for proc in psutil.process_iter(["name", "cpu_times", "cpu_affinity", "create_time"]):
+        info = proc.info
+        if proc.pid in exclude or info["cpu_times"] is None:
+            continue
+        affinity = info["cpu_affinity"]
+        if affinity is not None and not cpus.intersection(affinity):
+            continue
+        t = info["cpu_times"]
+        out[(proc.pid, info["create_time"] or 0.0)] = (info["name"] or "?", t.user + t.system)
+    return out
+
+
+@dataclass(frozen=True)
+class _CpuSnapshot:
+    t_ns: int
+    busy_s: dict[int, float]
+    own_s: float
+    procs: dict[tuple[int, float], tuple[str, float]]
+
+
+class CpuWatch:
+    """Foreign CPU use of `cpus` (this process's leased, pinned CPUs) between start() and stop().
+
+    foreign CPU seconds = busy seconds of those CPUs (/proc/stat) - CPU seconds of this process's
+    own tree (itself, its sidecar, any workers); share = foreign / (window x number of CPUs), so
+    0.5 means another process kept one of two CPUs busy all along. Both counts move in ticks of
+    10 ms per CPU, so a share below ~0.01 is rounding. Also names the largest other consumers
+    among processes allowed on those CPUs (processes of other containers are not visible, but
+    their time is in the busy count all the same).
+    """
+
+    def __init__(self, cpus: Sequence[int]) -> None:
+        self.cpus = sorted(cpus)
+        self._start: _CpuSnapshot | None = None
+
+    def _snapshot(self) -> _CpuSnapshot:
+        own_s, own_pids = tree_cpu_s()
+        procs = _process_cpu_s(set(self.cpus), own_pids)
+        busy = read_cpu_busy_s()
+        return _CpuSnapshot(time.monotonic_ns(), busy, own_s, procs)
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> dict[str, Any]:
+        """{"foreign_cpu_share", "foreign_cpu_s", "cpus_busy_s", "own_cpu_s", "window_s", "cpus",
+        "foreign_processes": [{"pid", "name", "cpu_s"}...]}; share NaN where /proc/stat lacks one
+        of the CPUs (a virtualised /proc), with "unavailable" saying why."""
+        start, end = self._start, self._snapshot()
+        window_s = (end.t_ns - start.t_ns) / 1e9
+        own_s = end.own_s - start.own_s
+        named = []
+        for key, (name, cpu_s) in end.procs.items():
+            before = start.procs.get(key, (name, 0.0))[1]
+            if cpu_s - before >= MIN_NAMED_CPU_S:
+                named.append({"pid": key[0], "name": name, "cpu_s": round(cpu_s - before, 3)})
+        named.sort(key=lambda p: -p["cpu_s"])
+        record: dict[str, Any] = {
+            "cpus": self.cpus,
+            "window_s": window_s,
+            "own_cpu_s": own_s,
+            "foreign_processes": named[:TOP_FOREIGN],
+        }
+        missing = [c for c in self.cpus if c not in start.busy_s or c not in end.busy_s]
+        if missing or window_s <= 0:
+            return record | {
+                "foreign_cpu_share": math.nan,
+                "foreign_cpu_s": math.nan,
+                "cpus_busy_s": math.nan,
+                "unavailable": f"/proc/stat has no line for CPU(s) {missing}"
+                if missing
+                else "empty window",
+            }
+        busy_s = sum(end.busy_s[c] - start.busy_s[c] for c in self.cpus)
+        # Per-process times and per-CPU ticks are counted differently; a foreign share a tick
+        # below zero is rounding, not a negative neighbour.
+        foreign_s = max(busy_s - own_s, 0.0)
+        return record | {
+            "foreign_cpu_share": foreign_s / (window_s * len(self.cpus)),
+            "foreign_cpu_s": foreign_s,
+            "cpus_busy_s": busy_s,
+        }
+
+
+def gpu_process_pids(nvml_index: int) -> dict[int, float]:
+    """pid -> used GPU memory in bytes (NaN where NVML withholds it) of every compute or graphics
+    process NVML lists on GPU `nvml_index` (NVML must be initialised)."""
+    handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
+    out: dict[int, float] = {}
+    for lister in (
+        pynvml.nvmlDeviceGetComputeRunningProcesses,
+        pynvml.nvmlDeviceGetGraphicsRunningProcesses,
+    ):
+        try:
+            procs = lister(handle)
+        except pynvml.NVMLError:
+            continue
+        for p in procs:
+            memory = p.usedGpuMemory
+            out[int(p.pid)] = math.nan if memory is None else float(memory)
+    return out
+
+
+class GpuWatch:
+    """Other processes on GPU `nvml_index` between start() and stop(), polled every interval_s
+    from a daemon thread (NVML's process lists are snapshots, so a process that comes and goes
+    between two polls is missed: 1 s catches any that holds the GPU for a batch or more).
+
+    "Other" = not this process's tree. Inside a container NVML may report the host's pids, which
+    match none of ours: then this process itself shows up as one unknown pid, so where this
+    process's pid never appears the count leaves one pid out and says so (pids_mapped False).
+    """
+
+    def __init__(self, nvml_index: int, interval_s: float = 1.0) -> None:
+        self.nvml_index = nvml_index
+        self.interval_s = interval_s
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: str | None = None
+
+    def _poll(self) -> None:
+        try:
+            for pid, memory in gpu_process_pids(self.nvml_index).items():
+                self._seen[pid] = max(memory, self._seen.get(pid, -math.inf))
+        except pynvml.NVMLError as exc:
+            self._error = str(exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._poll()
+
+    def start(self) -> None:
+        pynvml.nvmlInit()
+        self._poll()
+        self._thread = threading.Thread(target=self._run, name="gpu-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, Any]:
+        """{"foreign_gpu_processes": count, "processes": [{"pid", "used_gpu_memory_bytes",
+        "own"}], "pids_mapped": bool, "error": NVML error text or None}."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._poll()
+        pynvml.nvmlShutdown()
+        _, own = tree_cpu_s()
+        mapped = bool(own & set(self._seen)) or not self._seen
+        foreign = [pid for pid in self._seen if pid not in own]
+        count = len(foreign) if mapped else max(len(foreign) - 1, 0)
+        return {
+            "foreign_gpu_processes": count,
+            "processes": [
+                {"pid": pid, "used_gpu_memory_bytes": memory, "own": pid in own}
+                for pid, memory in sorted(self._seen.items())
+            ],
+            "pids_mapped": mapped,
+            "error": self._error,
+        }
