@@ -46,7 +46,12 @@ _FIXED_BIASES = {
     "mistral": {"qkv_bias": False, "attn_out_bias": False, "mlp_bias": False},
 }
 # Keys a llama3 rope scaling needs (transformers' modeling_rope_utils._compute_llama3_parameters).
-_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+_LLAMA3_ROPE_KEYS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
 
 
 def _is_int(v: Any) -> bool:
@@ -62,7 +67,8 @@ class Architecture:
     """The numbers that fix a decoder's shapes. Every field is type-checked on construction
     (ConfigError naming the field, its value and what is valid): booleans must be true/false, sizes
     positive integers. Fields after `rope_theta` are optional; None means "what the family or
-    model_type implies" and is replaced by that value, so an instance always holds concrete values."""
+    model_type implies" and is replaced by that value, so an instance always holds concrete values.
+    """
 
     name: str
     family: str  # layout: "llama" or "gpt2" (MODEL_TYPES)
@@ -87,7 +93,8 @@ class Architecture:
     # "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     # "original_max_position_embeddings": 8192}; None: plain RoPE.
     rope_scaling: dict[str, Any] | None = None
-    sliding_window: int | None = None  # attention window in tokens (Mistral-7B-v0.1: 4096); None: full
+    # Attention window in tokens on every layer (Mistral-7B-v0.1: 4096); None: full attention.
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         def fail(field: str, what: str) -> None:
@@ -103,26 +110,41 @@ class Architecture:
         for key in ("family", "activation", "norm"):
             if getattr(self, key) not in _ALLOWED[key]:
                 fail(key, f"valid: {list(_ALLOWED[key])}")
-        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                    "intermediate_size", "vocab_size", "max_positions"):  # fmt: skip
+        for key in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_positions",
+        ):
             if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
                 fail(key, "must be a positive integer")
         if type(self.tied_embeddings) is not bool:
             fail("tied_embeddings", "must be a boolean (JSON true or false)")
         if not _is_number(self.norm_eps) or not 0 < self.norm_eps < 1:
             fail("norm_eps", "must be a number in (0, 1)")
-        if self.rope_theta is not None and (not _is_number(self.rope_theta) or self.rope_theta <= 0):
+        if self.rope_theta is not None and (
+            not _is_number(self.rope_theta) or self.rope_theta <= 0
+        ):
             fail("rope_theta", "must be a positive number, or null for learned positions")
 
         if self.model_type is None:
             fill("model_type", self.family)
-        if self.model_type not in MODEL_TYPES:
+        if not isinstance(self.model_type, str) or self.model_type not in MODEL_TYPES:
             fail("model_type", f"valid: {list(MODEL_TYPES)} (Hugging Face model_type)")
         if MODEL_TYPES[self.model_type] != self.family:
-            fail("family", f"model_type {self.model_type!r} has the {MODEL_TYPES[self.model_type]!r} layout")
+            fail(
+                "family",
+                f"model_type {self.model_type!r} has the {MODEL_TYPES[self.model_type]!r} layout",
+            )
         if (self.activation, self.norm) != _FAMILY_LAYERS[self.family]:
-            fail("activation", f"with norm={self.norm!r}: the {self.family!r} family uses "
-                 f"activation/norm {_FAMILY_LAYERS[self.family]}")  # fmt: skip
+            fail(
+                "activation",
+                f"with norm={self.norm!r}: the {self.family!r} family uses "
+                f"activation/norm {_FAMILY_LAYERS[self.family]}",
+            )
 
         fixed = _FIXED_BIASES.get(self.model_type, {})
         for key in ("qkv_bias", "attn_out_bias", "mlp_bias"):
@@ -136,8 +158,11 @@ class Architecture:
             if key in fixed and value != fixed[key]:
                 fail(key, f"transformers' {self.model_type} builds {key}={fixed[key]}")
         if self.model_type == "llama" and self.qkv_bias != self.attn_out_bias:
-            fail("attn_out_bias", f"Llama's attention_bias sets q, k, v and o together "
-                 f"(qkv_bias={self.qkv_bias})")  # fmt: skip
+            fail(
+                "attn_out_bias",
+                f"Llama's attention_bias sets q, k, v and o together "
+                f"(qkv_bias={self.qkv_bias})",
+            )
 
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
@@ -146,12 +171,15 @@ class Architecture:
         if not _is_int(self.head_dim) or self.head_dim < 1:
             fail("head_dim", "must be a positive integer or omitted")
         if self.family == "gpt2" and self.head_dim * self.num_heads != self.hidden_size:
-            fail("head_dim", f"GPT-2 heads split hidden_size: {self.hidden_size} // {self.num_heads}")
+            fail(
+                "head_dim", f"GPT-2 heads split hidden_size: {self.hidden_size} // {self.num_heads}"
+            )
         if self.num_heads % self.num_kv_heads:
             fail("num_kv_heads", f"must divide num_heads {self.num_heads}")
-        if self.family == "llama" and (self.rope_theta is None or self.head_dim % 2):
-            fail("rope_theta", f"the llama family needs a RoPE base and an even head_dim "
-                 f"({self.head_dim})")  # fmt: skip
+        if self.family == "llama" and self.rope_theta is None:
+            fail("rope_theta", "the llama family needs a RoPE base (a positive number)")
+        if self.family == "llama" and self.head_dim % 2:
+            fail("head_dim", "RoPE rotates pairs of dimensions: head_dim must be even")
         if self.family == "gpt2" and self.rope_theta is not None:
             fail("rope_theta", "must be null: GPT-2 has learned positions")
         self._check_rope_scaling(fail)
@@ -170,13 +198,16 @@ class Architecture:
         if not isinstance(rs, dict) or not isinstance(rs.get("rope_type"), str):
             fail("rope_scaling", 'must be null or an object with a "rope_type" string')
         if rs["rope_type"] == "default" or "rope_theta" in rs:
-            fail("rope_scaling", 'holds scaling only: plain RoPE is null, the base is rope_theta')
+            fail("rope_scaling", "holds scaling only: plain RoPE is null, the base is rope_theta")
         for key, value in rs.items():
             scalar = _is_number(value) or isinstance(value, (str, bool))
             numbers = isinstance(value, list) and all(_is_number(v) for v in value)
             if not isinstance(key, str) or not (scalar or numbers):
-                fail("rope_scaling", f"key {key!r}: values must be numbers, strings, booleans "
-                     "or lists of numbers")  # fmt: skip
+                fail(
+                    "rope_scaling",
+                    f"key {key!r}: values must be numbers, strings, booleans "
+                    "or lists of numbers",
+                )
         if rs["rope_type"] == "llama3":
             bad = [k for k in _LLAMA3_ROPE_KEYS if not _is_number(rs.get(k)) or rs[k] <= 0]
             if bad:
@@ -207,7 +238,9 @@ def architecture_from_dict(raw: Any, where: str) -> Architecture:
 
     Raises InputError naming `where`, an unknown or missing key, or the field at fault."""
     if not isinstance(raw, dict):
-        raise InputError(f"{where}: expected an object of architecture fields, got {type(raw).__name__}")
+        raise InputError(
+            f"{where}: expected an object of architecture fields, got {type(raw).__name__}"
+        )
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; valid keys: {_KEYS}")
@@ -410,6 +443,44 @@ def architecture_from_config(checkpoint: str | Path, name: str | None = None) ->
     return architecture_from_hf_config(
         config, name or Path(str(checkpoint)).name, f"checkpoint {str(checkpoint)!r}"
     )
+
+
+def to_hf_config(arch: Architecture, **extra: Any):
+    """A transformers config holding arch's numbers (AutoConfig.for_model(arch.model_type, ...)),
+    the inverse of architecture_from_hf_config: what the transformers backend builds a model with
+    seeded dummy weights from. extra: further config keys (bos/eos/pad token ids, dtype)."""
+    import transformers
+
+    if arch.family == "gpt2":
+        kwargs = dict(
+            n_embd=arch.hidden_size, n_layer=arch.num_layers, n_head=arch.num_heads,
+            n_inner=arch.intermediate_size, vocab_size=arch.vocab_size,
+            n_positions=arch.max_positions, tie_word_embeddings=arch.tied_embeddings,
+            activation_function=arch.activation, layer_norm_epsilon=arch.norm_eps,
+        )  # fmt: skip
+    else:
+        kwargs = dict(
+            hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers,
+            num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads,
+            head_dim=arch.head_dim, intermediate_size=arch.intermediate_size,
+            vocab_size=arch.vocab_size, max_position_embeddings=arch.max_positions,
+            tie_word_embeddings=arch.tied_embeddings, hidden_act=arch.activation,
+            rms_norm_eps=arch.norm_eps,
+        )  # fmt: skip
+        if int(transformers.__version__.split(".")[0]) >= 5:  # RoPE base and scaling in one dict
+            scaling = arch.rope_scaling or {"rope_type": "default"}
+            kwargs["rope_parameters"] = {**scaling, "rope_theta": arch.rope_theta}
+        else:
+            kwargs |= dict(rope_theta=arch.rope_theta, rope_scaling=arch.rope_scaling)
+        if arch.model_type == "llama":
+            kwargs |= dict(attention_bias=arch.qkv_bias, mlp_bias=arch.mlp_bias)
+        elif arch.model_type == "mistral":
+            kwargs["sliding_window"] = arch.sliding_window
+        elif arch.model_type == "qwen2":  # max_window_layers 0: the window on every layer
+            window = arch.sliding_window
+            kwargs |= dict(use_sliding_window=window is not None, sliding_window=window)
+            kwargs |= dict(max_window_layers=0 if window is not None else arch.num_layers)
+    return transformers.AutoConfig.for_model(arch.model_type, **kwargs, **extra)
 
 
 def _same(a: Any, b: Any) -> bool:
