@@ -343,18 +343,32 @@ _HF_KEYS = {
 def read_checkpoint_config(checkpoint: str | Path):
     """transformers' config of a checkpoint, read offline: a local Hugging Face model directory
     (config.json) or a hub id already in the local Hugging Face cache. Raises ConfigError naming
-    the checkpoint when transformers cannot read it without the network."""
+    the checkpoint when transformers cannot read it without the network (missing directory or
+    config.json, invalid JSON, a value of the wrong type, a model_type transformers does not know,
+    an id not in the cache)."""
     from transformers import AutoConfig  # imported here: seconds, and only checkpoints need it
 
     spec = str(checkpoint)
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(
+            f"checkpoint {spec!r}: the directory has no config.json; a Hugging Face model "
+            "directory (save_pretrained's output) holds config.json and *.safetensors"
+        )
+    if spec.startswith(("/", ".", "~")) and not path.exists():
+        raise ConfigError(
+            f"checkpoint {spec!r}: no such directory; give a local Hugging Face model directory "
+            "or a hub id already in the local Hugging Face cache"
+        )
     try:
         return AutoConfig.from_pretrained(spec, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # transformers raises OSError, ValueError, its validation errors...
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
         raise ConfigError(
-            f"checkpoint {spec!r}: transformers cannot read its config.json offline ({reason}); "
-            "give a local Hugging Face model directory holding config.json, or a hub id already "
-            "in the local Hugging Face cache (download it first, e.g. `hf download <id>`)"
+            f"checkpoint {spec!r}: transformers cannot read its config.json offline "
+            f"({type(e).__name__}: {reason}); give a local Hugging Face model directory holding "
+            "config.json, or a hub id already in the local Hugging Face cache (download it "
+            "first, e.g. `hf download <id>`)"
         ) from None
 
 
