@@ -103,8 +103,20 @@ def test_memory_limit():
         get_platform("h100-sxm-80gb", memory_limit_gb=100)
 
 
-# Device names as nvidia-smi / torch.cuda.get_device_name report them; "NVIDIA H100 80GB HBM3"
-# was read off an H100 SXM, the rest are NVIDIA's product names as the driver spells them.
+# Device names as the NVIDIA driver reports them (nvidia-smi's Name, NVML's nvmlDeviceGetName,
+# torch.cuda.get_device_name), each from a real record:
+#   "NVIDIA H100 80GB HBM3", "NVIDIA H200": this project's cells (benchmarks/results/gpu-study/
+#     tables/cells.parquet, device_name), also thamada/nvidia-smi nvsim/H100SXMx8_deviceQuery.py;
+#   "NVIDIA GH200 480GB": mredenti/PowerCapping configuration/OpenCL_benchmark.md (driver
+#     555.42.06, 97280 MB VRAM: the superchip's 96 GB HBM3 GPU);
+#   "NVIDIA A100-PCIE-40GB": HPE-Japan-Presales/e-learning gpu/a100/mgmt_on_ubuntu22.04.4lts.md
+#     (nvidia-smi 555.42.02);
+#   "Tesla V100-SXM2-32GB": jdh4/job_data_2023 README.md;
+#   RunPod's GPU type ids, which are the driver's names: "NVIDIA A100 80GB PCIe",
+#     "NVIDIA A100-SXM4-80GB", "NVIDIA H100 PCIe" (pulumiverse/katwalk doc/runpod/README.md),
+#     "NVIDIA H100 NVL", "NVIDIA H800" (SubModel/docs references/gpu-types.md), and
+#     "NVIDIA A100-SXM4-40GB", "NVIDIA H200 NVL" (RunPod API schema gpuTypeIds).
+# "Tesla V100S-PCIE-32GB" follows the V100 PCIe's "Tesla V100-PCIE-32GB" (an NVSMI log's Product Name).
 # hardware.check_platform applies the pattern with re.search, as _matching does.
 def _matching(device_name):
     gpus = [p for p in load_platforms().values() if p.kind == "gpu"]
@@ -119,10 +131,16 @@ def _matching(device_name):
         ("NVIDIA A100-SXM4-80GB", "a100-sxm4-80gb"),
         ("NVIDIA H100 80GB HBM3", "h100-sxm-80gb"),
         ("NVIDIA H200", "h200-141gb"),
-        ("NVIDIA H100 PCIe", None),
-        ("NVIDIA H100 NVL", None),
-        ("NVIDIA H200 NVL", None),
+        # Other products must match no row: another memory, bandwidth, TDP or counter scope.
+        ("NVIDIA GH200 480GB", None),  # 96 GB at ~4 TB/s; the counter covers the superchip
+        ("NVIDIA H200 NVL", None),  # 600 W PCIe card
+        ("NVIDIA H100 PCIe", None),  # 2 TB/s HBM2e, 350 W
+        ("NVIDIA H100 NVL", None),  # 94 GB, 400 W
+        ("NVIDIA H800", None),
+        ("NVIDIA A100-PCIE-40GB", None),  # 250 W
+        ("NVIDIA A100 80GB PCIe", None),  # 300 W, 1935 GB/s
         ("Tesla V100-SXM2-32GB", None),
+        ("Tesla V100-PCIE-32GB", None),  # the V100 without S: 900 GB/s
     ],
 )
 def test_device_name_matches_exactly_one_gpu_platform(device_name, platform):
@@ -166,3 +184,153 @@ def test_missing_column_named(tmp_path):
     path.write_text("platform,kind\ncpu,cpu\n")
     with pytest.raises(InputError, match=r"missing column.*device_name_pattern"):
         load_platforms(path)
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("peak_tflops_fp32", "-19.5", "'-19.5' must be > 0"),
+        ("peak_tflops_fp16", "0", "'0' must be > 0"),
+        ("peak_tflops_bf16", "nan", "'nan' must be a finite number"),
+        ("tdp_w", "0", "'0' must be > 0"),
+        ("memory_gb_per_s", "inf", "'inf' must be a finite number"),
+        ("memory_gb", "-40", "'-40' must be > 0"),
+        ("embodied_kg_co2e", "0", "'0' must be > 0"),
+        ("embodied_kg_co2e_high", "1", "1.0 is below the low bound embodied_kg_co2e 22.6"),
+        ("host_embodied_kg_co2e", "-3", "'-3' must be > 0"),
+        ("lifetime_years", "0", "'0' must be > 0"),
+        ("release_year", "20", "'20' must be a year between 1990 and 2100"),
+        ("release_year", "2020.5", "'2020.5' is not an integer"),
+        ("logical_cpus", "0", "'0' must be an integer >= 1"),
+        ("embodied_high_source", "", "empty; every row needs one"),
+    ],
+)
+def test_bad_values_name_file_line_and_column(tmp_path, column, value, message):
+    # Issue 10 §8: a negative peak gave a negative MFU with exit 0; a zero one ZeroDivisionError.
+    path = _table_with(tmp_path, column, value)  # line 3 is v100s-pcie-32gb
+    with pytest.raises(InputError, match=re.escape(f"{path} line 3, column {column}: {message}")):
+        load_platforms(path)
+
+
+def test_embodied_range_low_and_high_with_sources():
+    # Low: LLMCarbon dies + memory (above). High: the H100's PCF, 164 kgCO2e per GPU cradle to
+    # gate; others scaled by the H100's ratio 164 / 46.7 = 3.5118: A100 40GB 29.2 x 3.5118 =
+    # 102.54 -> 102.5; H200 71.1 x 3.5118 = 249.69 -> 249.7; cpu 3.4 x 3.5118 = 11.94 -> 11.9.
+    expected_high = {"h100-sxm-80gb": 164.0, "a100-sxm4-40gb": 102.5, "h200-141gb": 249.7,
+                     "cpu": 11.9, "v100s-pcie-32gb": 79.4, "a100-sxm4-80gb": 158.7}  # fmt: skip
+    for name, high in expected_high.items():
+        p = get_platform(name)
+        assert p.embodied_range_kg_co2e == (p.embodied_kg_co2e, high), name
+        assert len(p.embodied_high_source) > 80 and "cradle to gate" in p.embodied_high_source
+    assert "PCF" in get_platform("h100-sxm-80gb").embodied_high_source
+    # A host share, where given, is added to the high bound only: 164 + 40 = 204.
+    import dataclasses
+
+    h100 = dataclasses.replace(get_platform("h100-sxm-80gb"), host_embodied_kg_co2e=40.0)
+    assert h100.embodied_range_kg_co2e == (46.7, 204.0)
+
+
+# --- resolve_platform: the row describes the detected device, or the run fails naming it.
+
+def _epyc_table(tmp_path):
+    """The real table with the cpu row pinned to the CPU it was written for (as the lead will)."""
+    return load_platforms(_table_with_row(tmp_path, "cpu", "device_name_pattern",
+                                          "^AMD EPYC 7763 64-Core Processor$"))
+
+
+def _table_with_row(tmp_path, platform, column, value):
+    with open(resources_dir() / "platforms.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if row["platform"] == platform:
+            row[column] = value
+    path = tmp_path / "platforms.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+# This machine and CI report "Intel(R) Xeon(R) Processor" (/proc/cpuinfo model name, 2 logical
+# CPUs); GitHub-hosted runners "AMD EPYC 7763 64-Core Processor" (lscpu, as quoted in many CI logs).
+XEON = "Intel(R) Xeon(R) Processor"
+
+
+def test_cpu_row_on_its_own_cpu_is_the_datasheet(tmp_path):
+    from tokencarbon.platforms import resolve_platform
+
+    p = resolve_platform("cpu", "AMD EPYC 7763 64-Core Processor", platforms=_epyc_table(tmp_path))
+    assert p.spec_source == "datasheet" and p.tdp_w == 4.375
+
+
+def test_cpu_row_on_another_cpu_fails_naming_it(tmp_path):
+    from tokencarbon.errors import HardwareMismatchError
+    from tokencarbon.platforms import resolve_platform
+
+    with pytest.raises(HardwareMismatchError) as err:
+        resolve_platform("cpu", XEON, platforms=_epyc_table(tmp_path))
+    message = str(err.value)
+    assert XEON in message and "AMD EPYC 7763" in message
+    assert "platforms.cpu.spec" in message
+    assert "tdp_w, logical_cpus, peak_tflops_fp32, memory_gb_per_s" in message
+    # Half told is still refused, naming what is missing.
+    with pytest.raises(HardwareMismatchError, match=r"for peak_tflops_fp32, memory_gb_per_s"):
+        resolve_platform("cpu", XEON, {"tdp_w": 10.0, "logical_cpus": 2},
+                         platforms=_epyc_table(tmp_path))
+
+
+def test_cpu_row_describes_another_cpu_from_config_and_measurement(tmp_path):
+    from tokencarbon.platforms import resolve_platform
+
+    p = resolve_platform(
+        "cpu", XEON, overrides={"tdp_w": 10.0, "logical_cpus": 2},
+        measured={"peak_tflops_fp32": 0.2, "memory_gb_per_s": 12.5},
+        platforms=_epyc_table(tmp_path),
+    )  # fmt: skip
+    assert (p.tdp_w, p.logical_cpus, p.peak_tflops_fp32, p.memory_gb_per_s) == (10.0, 2, 0.2, 12.5)
+    assert p.peak_tflops_bf16 is None  # the row's bf16 peak described the EPYC
+    assert re.search(p.device_name_pattern, XEON) and not re.search(p.device_name_pattern, "Intel")
+    assert p.spec_source == (
+        "datasheet; row of another device (cpu): memory_gb, embodied_kg_co2e, "
+        "embodied_kg_co2e_high, lifetime_years; measured: peak_tflops_fp32, memory_gb_per_s; "
+        "config: tdp_w, logical_cpus"
+    )
+    # Config beats a measurement of the same field: 0.3 from config, not 0.2 measured.
+    p = resolve_platform("cpu", XEON, {"tdp_w": 10, "logical_cpus": 2, "peak_tflops_fp32": 0.3,
+                                       "memory_gb_per_s": 5}, {"peak_tflops_fp32": 0.2},
+                         platforms=_epyc_table(tmp_path))  # fmt: skip
+    assert p.peak_tflops_fp32 == 0.3 and "measured" not in p.spec_source
+
+
+def test_gpu_row_never_describes_another_gpu():
+    from tokencarbon.errors import HardwareMismatchError
+    from tokencarbon.platforms import resolve_platform
+
+    with pytest.raises(HardwareMismatchError, match=r"'NVIDIA GH200 480GB'.*add a row"):
+        resolve_platform("h200-141gb", "NVIDIA GH200 480GB", {"tdp_w": 900})
+    with pytest.raises(HardwareMismatchError, match="platforms matching it: h100-sxm-80gb"):
+        resolve_platform("h200-141gb", "NVIDIA H100 80GB HBM3")
+    with pytest.raises(HardwareMismatchError, match="None"):
+        resolve_platform("h100-sxm-80gb", None)
+    # On its own GPU an override is applied and labelled (a power-capped card: 500 W).
+    p = resolve_platform("h100-sxm-80gb", "NVIDIA H100 80GB HBM3", {"tdp_w": 500})
+    assert p.tdp_w == 500 and p.spec_source == "datasheet; config: tdp_w"
+
+
+def test_bad_overrides_and_measurements_are_named():
+    from tokencarbon.platforms import resolve_platform
+
+    h100 = "NVIDIA H100 80GB HBM3"
+    with pytest.raises(ConfigError, match=r"platforms.h100-sxm-80gb.spec.tdp: not a platform spec"):
+        resolve_platform("h100-sxm-80gb", h100, {"tdp": 500})
+    with pytest.raises(ConfigError, match=r"spec.peak_tflops_fp32: -1 must be > 0"):
+        resolve_platform("h100-sxm-80gb", h100, {"peak_tflops_fp32": -1})
+    with pytest.raises(ConfigError, match=r"spec.logical_cpus: 1.5 must be an integer"):
+        resolve_platform("h100-sxm-80gb", h100, {"logical_cpus": 1.5})
+    with pytest.raises(InputError, match=r"measured peaks of platform 'h100-sxm-80gb'.tdp_w"):
+        resolve_platform("h100-sxm-80gb", h100, measured={"tdp_w": 5})
+    with pytest.raises(ConfigError, match="embodied_kg_co2e_high 10.0 is below"):
+        resolve_platform("h100-sxm-80gb", h100, {"embodied_kg_co2e_high": 10})
+    with pytest.raises(ConfigError, match=r"memory_limit_gb=90"):
+        resolve_platform("h100-sxm-80gb", h100, memory_limit_gb=90)

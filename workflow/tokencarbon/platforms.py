@@ -1,23 +1,28 @@
-"""Hardware platforms (resources/platforms.csv): datasheet peaks, memory, TDP and embodied carbon,
-and the peak FLOP/s and bytes/s that MFU and MBU divide by."""
+"""Hardware platforms (resources/platforms.csv): datasheet peaks, memory, TDP and embodied carbon
+(a low and a high bound), the peak FLOP/s and bytes/s that MFU and MBU divide by, and
+resolve_platform: the row made to describe the detected device (config overrides, measured peaks)
+or a refusal naming what was detected."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
 from tokencarbon.models import DTYPE_BYTES, resources_dir
+from tokencarbon.units import BYTES_PER_GB, FLOPS_PER_TFLOPS
 
 
 @dataclass(frozen=True)
 class Platform:
     platform: str
     kind: str  # "cpu" | "gpu"
-    device_name_pattern: str  # regex searched in the detected device name
+    device_name_pattern: str  # regex searched in the detected device name (anchored: ^...$)
     # Dense peaks in TFLOP/s (TOP/s for int8) as datasheets state them; None = no such unit.
     peak_tflops_fp32: float
     peak_tflops_tf32: float | None
@@ -28,23 +33,58 @@ class Platform:
     memory_gb_per_s: float
     tdp_w: float
     release_year: int
+    # Embodied carbon, low bound: dies + memory only (LLMCarbon's method), kgCO2e per device.
     embodied_kg_co2e: float
     lifetime_years: float
     # CPU platforms: the logical CPUs the row's TDP and peaks describe; a cell is pinned to them.
     logical_cpus: int | None
     source: str
     memory_limit_gb: float | None = None  # set from config: caps usable memory below memory_gb
+    # Embodied carbon, high bound: a vendor product carbon footprint (cradle to gate) where one is
+    # published, else the method embodied_high_source names. kgCO2e per device.
+    embodied_kg_co2e_high: float | None = None
+    embodied_high_source: str = ""
+    # Optional per-device share of the host server (CPUs, chassis, ...), added to the high bound.
+    host_embodied_kg_co2e: float | None = None
+    # Where the numbers come from: "datasheet" (this table, for the detected device), or that
+    # followed by the fields config ("config: ...") or a measurement ("measured: ...") supplied.
+    spec_source: str = "datasheet"
+
+    @property
+    def embodied_range_kg_co2e(self) -> tuple[float, float]:
+        """(low, high) embodied kgCO2e per device: dies + memory; PCF (+ host share if set)."""
+        high = self.embodied_kg_co2e_high
+        high = self.embodied_kg_co2e if high is None else high
+        return self.embodied_kg_co2e, high + (self.host_embodied_kg_co2e or 0.0)
 
 
+_COLUMNS = [
+    "platform", "kind", "device_name_pattern", "peak_tflops_fp32", "peak_tflops_tf32",
+    "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_int8", "memory_gb", "memory_gb_per_s",
+    "tdp_w", "release_year", "embodied_kg_co2e", "embodied_kg_co2e_high", "host_embodied_kg_co2e",
+    "lifetime_years", "logical_cpus", "source", "embodied_high_source",
+]  # fmt: skip
 _OPTIONAL = {
     "peak_tflops_tf32",
     "peak_tflops_fp16",
     "peak_tflops_bf16",
     "peak_tflops_int8",
     "logical_cpus",
+    "host_embodied_kg_co2e",
 }
-_TEXT = {"platform", "kind", "device_name_pattern", "source"}
-_COLUMNS = [f.name for f in dataclasses.fields(Platform) if f.name != "memory_limit_gb"]
+_TEXT = {"platform", "kind", "device_name_pattern", "source", "embodied_high_source"}
+_INTEGER = {"release_year", "logical_cpus"}
+# Fields config may override for a platform, and those a measurement may supply (tokencarbon.peak).
+SPEC_FIELDS = (
+    "peak_tflops_fp32", "peak_tflops_tf32", "peak_tflops_fp16", "peak_tflops_bf16",
+    "peak_tflops_int8", "memory_gb", "memory_gb_per_s", "tdp_w", "logical_cpus",
+    "embodied_kg_co2e", "embodied_kg_co2e_high", "host_embodied_kg_co2e", "lifetime_years",
+)  # fmt: skip
+MEASURABLE_FIELDS = ("peak_tflops_fp32", "peak_tflops_fp16", "peak_tflops_bf16", "memory_gb_per_s")
+# What a cpu row must be told (config or measurement) to describe a CPU it was not written for:
+# modeled power needs TDP and the CPUs it covers, MFU a peak, MBU a bandwidth.
+REQUIRED_FOR_OTHER_CPU = ("tdp_w", "logical_cpus", "peak_tflops_fp32", "memory_gb_per_s")
+_RELEASE_YEARS = (1990, 2100)
 
 # float32 means plain fp32 FMA units, not TF32 tensor cores: torch keeps
 # torch.backends.cuda.matmul.allow_tf32 off by default, so fp32 matmuls run at the fp32 peak.
@@ -56,29 +96,55 @@ _DTYPE_PEAK = {
 assert set(_DTYPE_PEAK) == set(DTYPE_BYTES)
 
 
+def _number_problem(col: str, value: float) -> str | None:
+    """Why value is not valid for col, or None."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if col == "release_year":
+        lo, hi = _RELEASE_YEARS
+        return None if lo <= value <= hi else f"must be a year between {lo} and {hi}"
+    if col == "logical_cpus":
+        return None if value >= 1 else "must be an integer >= 1"
+    return None if value > 0 else "must be > 0"
+
+
 def _parse(path: Path, row: dict[str, str], line: int) -> Platform:
     values: dict[str, object] = {}
     for col in _COLUMNS:
         raw = (row.get(col) or "").strip()
         if col in _TEXT:
             values[col] = raw
-        elif raw == "" and col in _OPTIONAL:
+            continue
+        if raw == "" and col in _OPTIONAL:
             values[col] = None
-        else:
-            try:
-                values[col] = int(raw) if col in ("release_year", "logical_cpus") else float(raw)
-            except ValueError:
-                raise InputError(
-                    f"{path} line {line}, column {col}: {raw!r} is not a number"
-                    + ("" if col not in _OPTIONAL else " (leave empty where the unit is absent)")
-                ) from None
-    if values["kind"] == "cpu" and not (values["logical_cpus"] or 0) >= 1:
+            continue
+        try:
+            value = int(raw) if col in _INTEGER else float(raw)
+        except ValueError:
+            kind = "an integer" if col in _INTEGER else "a number"
+            raise InputError(
+                f"{path} line {line}, column {col}: {raw!r} is not {kind}"
+                + ("" if col not in _OPTIONAL else " (leave empty where the unit is absent)")
+            ) from None
+        problem = _number_problem(col, value)
+        if problem:
+            raise InputError(f"{path} line {line}, column {col}: {raw!r} {problem}")
+        values[col] = value
+    if values["kind"] not in ("cpu", "gpu"):
+        raise InputError(f"{path} line {line}, column kind: {values['kind']!r}; valid: 'cpu', 'gpu'")
+    if values["kind"] == "cpu" and values["logical_cpus"] is None:
         raise InputError(
             f"{path} line {line}, column logical_cpus: a cpu platform needs the number of logical "
             "CPUs its TDP and peaks describe (an integer >= 1)"
         )
-    if values["kind"] not in ("cpu", "gpu"):
-        raise InputError(f"{path} line {line}, column kind: {values['kind']!r}; valid: 'cpu', 'gpu'")
+    if values["embodied_kg_co2e_high"] < values["embodied_kg_co2e"]:  # type: ignore[operator]
+        raise InputError(
+            f"{path} line {line}, column embodied_kg_co2e_high: {values['embodied_kg_co2e_high']} "
+            f"is below the low bound embodied_kg_co2e {values['embodied_kg_co2e']}"
+        )
+    for col in ("source", "embodied_high_source", "device_name_pattern"):
+        if not values[col]:
+            raise InputError(f"{path} line {line}, column {col}: empty; every row needs one")
     try:
         re.compile(str(values["device_name_pattern"]))
     except re.error as e:
@@ -130,8 +196,124 @@ def peak_flops(platform: Platform, dtype: str) -> float:
         raise ConfigError(
             f"platform {platform.platform!r} has no {dtype} units; valid dtypes there: {supported}"
         )
-    return tflops * 1e12
+    return tflops * FLOPS_PER_TFLOPS
 
 
 def peak_bandwidth_bytes_per_s(platform: Platform) -> float:
-    return platform.memory_gb_per_s * 1e9  # datasheet GB/s are decimal
+    return platform.memory_gb_per_s * BYTES_PER_GB  # datasheet GB/s are decimal
+
+
+def _matches(platform: Platform, device_name: str | None) -> bool:
+    return device_name is not None and re.search(platform.device_name_pattern, device_name) is not None
+
+
+def _check_spec(values: Mapping[str, object], allowed: tuple[str, ...], where: str, error) -> None:
+    for key, value in values.items():
+        if key not in allowed:
+            raise error(f"{where}.{key}: not a platform spec field; valid: {', '.join(allowed)}")
+        number = float(value)  # type: ignore[arg-type]
+        problem = _number_problem(key, number)
+        if problem is None and key == "logical_cpus" and number != int(number):
+            problem = "must be an integer >= 1"
+        if problem:
+            raise error(f"{where}.{key}: {value!r} {problem}")
+
+
+def resolve_platform(
+    name: str,
+    detected_device_name: str | None,
+    overrides: Mapping[str, float] | None = None,
+    measured: Mapping[str, float] | None = None,
+    *,
+    memory_limit_gb: float | None = None,
+    platforms: Mapping[str, Platform] | None = None,
+) -> Platform:
+    """The platform row `name` made to describe the detected device, or an error naming it.
+
+    detected_device_name: the device as hardware.detect() reports it (CPU model name from
+    /proc/cpuinfo, or torch.cuda.get_device_name / NVML for a GPU); None when no device of the
+    kind is visible. overrides: config values for SPEC_FIELDS (key path platforms.<name>.spec),
+    highest precedence. measured: tokencarbon.peak's numbers for MEASURABLE_FIELDS, below config,
+    above the datasheet. Precedence: config > measured > datasheet; spec_source says which field
+    came from where, e.g. "datasheet; config: tdp_w, logical_cpus; measured: peak_tflops_fp32".
+
+    When the device matches the row's device_name_pattern, the row (with any overrides and
+    measurements) is returned. When it does not:
+    - a gpu row raises HardwareMismatchError naming the device and the rows that would match it
+      (a GPU without its own row needs one in resources/platforms.csv: peaks, memory, embodied);
+    - a cpu row is returned for the detected CPU only if config or a measurement supplies every
+      REQUIRED_FOR_OTHER_CPU field; its pattern becomes the detected name (anchored), its
+      fp16/bf16/tf32/int8 peaks are dropped unless supplied (they described another CPU), and
+      spec_source lists the fields still taken from the row ("row of another device: ...").
+      Otherwise HardwareMismatchError names the detected CPU, the row's CPU and the keys to set.
+    Raises ConfigError for an unknown name or a bad override, InputError for a bad measurement.
+    """
+    table = platforms if platforms is not None else load_platforms()
+    if name not in table:
+        raise ConfigError(f"platform {name!r}; valid: {', '.join(table)}")
+    base = table[name]
+    overrides = dict(overrides or {})
+    measured = dict(measured or {})
+    _check_spec(overrides, SPEC_FIELDS, f"config key platforms.{name}.spec", ConfigError)
+    _check_spec(measured, MEASURABLE_FIELDS, f"measured peaks of platform {name!r}", InputError)
+    matches = _matches(base, detected_device_name)
+    source: dict[str, str] = {}
+    values: dict[str, object] = {}
+    if not matches:
+        others = [
+            p.platform for p in table.values()
+            if p.kind == base.kind and _matches(p, detected_device_name)
+        ]  # fmt: skip
+        hint = f"; platforms matching it: {', '.join(others)}" if others else ""
+        if base.kind == "gpu" or detected_device_name is None:
+            raise HardwareMismatchError(
+                f"platform {name!r} expects a device matching {base.device_name_pattern!r} "
+                f"(resources/platforms.csv), but this machine's device is "
+                f"{detected_device_name!r}{hint}; configure the platform this machine is, or add "
+                "a row for this device to resources/platforms.csv"
+            )
+        missing = [f for f in REQUIRED_FOR_OTHER_CPU if f not in overrides and f not in measured]
+        if missing:
+            raise HardwareMismatchError(
+                f"platform {name!r} describes the CPU {base.device_name_pattern!r} "
+                f"(resources/platforms.csv), but this machine's CPU is "
+                f"{detected_device_name!r}{hint}; to measure it here give config "
+                f"platforms.{name}.spec the values of this CPU for {', '.join(missing)} "
+                f"(peak_tflops_fp32 and memory_gb_per_s may be measured instead), or run on "
+                "the CPU the row describes"
+            )
+        for f in ("peak_tflops_tf32", "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_int8"):
+            values[f] = None
+        values["device_name_pattern"] = f"^{re.escape(detected_device_name)}$"
+        inherited = [
+            f for f in ("memory_gb", "embodied_kg_co2e", "embodied_kg_co2e_high", "lifetime_years")
+            if f not in overrides
+        ]  # fmt: skip
+        source.update({f: f"row of another device ({base.platform})" for f in inherited})
+    for key, value in measured.items():
+        values[key] = float(value)
+        source[key] = "measured"
+    for key, value in overrides.items():
+        values[key] = int(value) if key == "logical_cpus" else float(value)
+        source[key] = "config"
+    platform = dataclasses.replace(base, **values)  # type: ignore[arg-type]
+    low, high = platform.embodied_kg_co2e, platform.embodied_kg_co2e_high
+    if high is not None and high < low:
+        raise ConfigError(
+            f"config key platforms.{name}.spec: embodied_kg_co2e_high {high} is below "
+            f"embodied_kg_co2e {low}"
+        )
+    if source:
+        by_origin: dict[str, list[str]] = {}
+        for key, origin in source.items():
+            by_origin.setdefault(origin, []).append(key)
+        parts = [f"{origin}: {', '.join(keys)}" for origin, keys in by_origin.items()]
+        platform = dataclasses.replace(platform, spec_source="; ".join(["datasheet", *parts]))
+    if memory_limit_gb is not None:
+        if not 0 < memory_limit_gb <= platform.memory_gb:
+            raise ConfigError(
+                f"memory_limit_gb={memory_limit_gb} for platform {name!r}; "
+                f"must be > 0 and <= its {platform.memory_gb} GB"
+            )
+        platform = dataclasses.replace(platform, memory_limit_gb=memory_limit_gb)
+    return platform
