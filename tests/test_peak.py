@@ -1,0 +1,34 @@
+"""Measured CPU peaks: plausible magnitudes, and usable by resolve_platform as 'measured'."""
+
+import pytest
+
+from tokencarbon.errors import ConfigError
+from tokencarbon.peak import measure_cpu_peaks
+
+
+def test_measured_peaks_lie_within_what_a_cpu_can_do():
+    peaks = measure_cpu_peaks(1, repeats=2)
+    assert set(peaks) == {"peak_tflops_fp32", "memory_gb_per_s"}
+    # Upper bound for one logical CPU: AVX-512, 2 FMA units x 16 fp32 lanes x 2 FLOP = 64 FLOP per
+    # cycle at 5 GHz = 0.32 TFLOP/s; lower: 1 GFLOP/s (a 1024^3 matmul in 2 s). A unit slip by
+    # 1e3 (GFLOP vs TFLOP, ms vs s) lands outside.
+    assert 0.001 < peaks["peak_tflops_fp32"] < 0.32
+    # Copy: between 0.1 GB/s and 1000 GB/s (beyond any DRAM of a CPU socket).
+    assert 0.1 < peaks["memory_gb_per_s"] < 1000
+
+
+def test_measured_peaks_describe_this_cpu_for_resolve_platform():
+    from tokencarbon.hardware import cpu_model_name
+    from tokencarbon.platforms import resolve_platform
+
+    measured = measure_cpu_peaks(1, repeats=1)
+    p = resolve_platform("cpu", cpu_model_name(), {"tdp_w": 10.0, "logical_cpus": 1}, measured)
+    assert p.peak_tflops_fp32 == measured["peak_tflops_fp32"]
+    assert "measured: peak_tflops_fp32, memory_gb_per_s" in p.spec_source
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ConfigError, match="int8"):
+        measure_cpu_peaks(1, dtypes=("int8",), repeats=1)
+    with pytest.raises(ConfigError, match="logical_cpus 0"):
+        measure_cpu_peaks(0)
