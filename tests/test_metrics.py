@@ -7,7 +7,10 @@ import pytest
 from tokencarbon import tables
 from tokencarbon.carbon import ConstantIntensity
 from tokencarbon.errors import InputError
-from tokencarbon.metrics import all_metrics
+from tokencarbon.metrics import MetricsSettings, all_metrics, compute_all
+
+# The toy windows last a second: no steady-state minimum, so its flag does not crowd the others.
+NO_MIN = MetricsSettings(min_steady_s=0.0)
 from tokencarbon.models import Architecture
 from tokencarbon.platforms import Platform
 
@@ -28,8 +31,19 @@ T0 = 1_700_000_000_000_000_000  # wall clock of the batch start (ns)
 S = 1_000_000_000
 
 
+def _defaults(schema, rows):
+    """rows with every other column of schema at a neutral value of its type (CELLS grows)."""
+    import pyarrow as pa
+
+    def neutral(t):
+        return "" if pa.types.is_string(t) else 1 if pa.types.is_integer(t) else 0.0
+
+    return pd.DataFrame([{n: r.get(n, neutral(t)) for n, t in zip(schema.names, schema.types)}
+                         for r in rows])  # fmt: skip
+
+
 def _cell():
-    cells = pd.DataFrame([{
+    cells = _defaults(tables.CELLS, [{
         "platform": "toyplat", "model": "toy-model", "mode": "static", "batch_size": 1, "architecture": "toy",
         "dtype": "float32", "backend": "torch", "device_name": "x", "n_requests": 1, "n_batches": 1,
         "warmup_batches": 1, "window_start_wall_ns": T0, "window_end_wall_ns": T0 + S,
@@ -71,7 +85,7 @@ def _cell():
 def row():
     cells, batches, power = _cell()
     df = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": PLATFORM},
-                     ConstantIntensity(413.0), pue=1.0, fill=None)
+                     ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN)
     tables.check(df, tables.METRICS, "metrics")
     return df.iloc[0]
 
@@ -107,17 +121,30 @@ def test_energy_carbon_and_per_token_by_hand(row):
     assert row["g_per_token"] == pytest.approx(100 / 3.6e6 * 413 / 3)
     assert row["tokens_per_s"] == pytest.approx(3.0)
     assert row["n_power_samples"] == 11  # samples at 0.0, 0.1, ..., 1.0 s
+    # Embodied range: low 1000 kg over a year, 1 s of it: 1e6 g / 31,536,000 = 0.0317098 g;
+    # the high bound is unset on this platform, so equal to the low one. Per token: / 3.
+    assert row["embodied_g_per_token_low"] == pytest.approx(1e6 / (365 * 86400) / 3)
+    assert row["embodied_g_high"] == pytest.approx(row["embodied_g"])
+    # One repeat: no interval, no CV, no flag; one request: j_per_request = 100 J.
+    assert row["n_repeats"] == 1 and np.isnan(row["j_per_token_ci_low"])
+    assert np.isnan(row["j_per_token_cv"]) and row["j_per_request"] == pytest.approx(100.0)
+    assert row["spec_source"] == "datasheet"
 
 
 def test_latency_by_hand(row):
     assert row["s_per_token_user"] == pytest.approx(1 / 3)  # 1 s batch, 3 tokens per request
     assert row["ttft_s"] == pytest.approx(0.25)
     assert row["tpot_s"] == pytest.approx(0.75 / 2)  # 2 decode steps after the first token
+    # One request: every percentile is its value.
+    assert (row["ttft_p50_s"], row["ttft_p99_s"]) == pytest.approx((0.25, 0.25))
+    assert (row["tpot_p90_s"], row["e2e_p50_s"]) == pytest.approx((0.375, 1.0))
 
 
-def _metrics(cells, batches, power, intensity=ConstantIntensity(413.0), **kw):
-    df = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": PLATFORM}, intensity,
-                     pue=1.0, fill=kw.pop("fill", None), **kw)
+def _metrics(cells, batches, power, intensity=ConstantIntensity(413.0), platform=PLATFORM, **kw):
+    kw.setdefault("settings", NO_MIN)
+    df, repeats = compute_all(cells, batches, power, {"toy": ARCH}, {"toyplat": platform},
+                              intensity, pue=1.0, fill=kw.pop("fill", None), **kw)
+    tables.check(repeats, tables.METRICS_REPEATS, "metrics_repeats")
     return tables.check(df, tables.METRICS, "metrics")
 
 
@@ -186,3 +213,220 @@ def test_filled_share_and_flag(tmp_path):
     # The batch ends 22:13:21, 801 s after the trace's end: over a 600 s tolerance it is refused.
     with pytest.raises(InputError, match="lies up to 801 s .*max_fill_s = 600"):
         _metrics(cells, batches, power, trace, fill="previous", max_fill_s=600.0)
+
+
+def _build(specs, power_at, mode="static", batch_size=1, throttle_at=lambda t: -1, n_requests=1):
+    """A cell of windows specs [(repeat, batch_index, start_s, duration_s, output_tokens)], one
+    request of 4 prompt tokens per window (output = its tokens), power power_at(t_s) W sampled
+    every 0.1 s from 1 s before the first window to 1 s after the last, no counter; no idle."""
+    keys = {"platform": "toyplat", "model": "toy-model", "mode": mode, "batch_size": batch_size}
+    end_s = max(s + d for _, _, s, d, _ in specs)
+    cells = _defaults(tables.CELLS, [{
+        **keys, "architecture": "toy", "dtype": "float32", "n_requests": n_requests,
+        "idle_power_w": 0.0, "window_start_wall_ns": T0, "window_end_wall_ns": T0 + round(end_s * S),
+    }])  # fmt: skip
+    rows = []
+    for rep, i, start_s, dur_s, out in specs:
+        a, b = round(start_s * S), round((start_s + dur_s) * S)
+        rows.append({**keys, "repeat": rep, "batch_index": i, "n_requests": 1, "input_tokens": 4,
+                     "output_tokens": out, "padded_input_len": 4, "max_output_tokens": out,
+                     "start_ns": a, "first_token_ns": a + (b - a) // 4, "end_ns": b,
+                     "start_wall_ns": T0 + a, "first_token_wall_ns": T0 + a + (b - a) // 4,
+                     "end_wall_ns": T0 + b, "prompt_lens": [4], "output_lens": [out]})  # fmt: skip
+    t_s = np.round(np.arange(-10, round(end_s * 10) + 11) / 10, 1)
+    power = pd.DataFrame({
+        **keys, "t_wall_ns": T0 + np.round(t_s * S).astype(np.int64), "phase": "run",
+        "source": "nvml", "modeled": False, "device_index": 0,
+        "power_w": [float(power_at(t)) for t in t_s], "power_avg_w": np.nan,
+        "energy_counter_j": np.nan, "util_pct": 0.0, "mem_used_bytes": 0.0, "temperature_c": 0.0,
+        "sm_clock_mhz": 0.0, "mem_clock_mhz": 0.0,
+        "throttle_reasons": [int(throttle_at(t)) for t in t_s],
+    })  # fmt: skip
+    return (
+        tables.check(cells, tables.CELLS, "cells"),
+        tables.check(pd.DataFrame(rows), tables.with_cell_keys(tables.BATCHES), "batches"),
+        tables.check(power, tables.with_cell_keys(tables.POWER), "power"),
+    )
+
+
+def test_embodied_range_per_token_by_hand():
+    import dataclasses
+
+    # High bound 3000 kg + a 500 kg host share = 3500 kg over one year; the window is 1 s with 3
+    # tokens: 3.5e6 g / 31,536,000 s = 0.1109842 g; per token 0.0369947 g. Low: 1000 kg ->
+    # 0.0317098 g; per token 0.0105699 g.
+    platform = dataclasses.replace(PLATFORM, embodied_kg_co2e_high=3000.0, host_embodied_kg_co2e=500.0)
+    row = _metrics(*_cell(), platform=platform).iloc[0]
+    assert row["embodied_g_high"] == pytest.approx(3.5e6 / 31_536_000)
+    assert row["embodied_g_per_token_high"] == pytest.approx(3.5e6 / 31_536_000 / 3)
+    assert row["embodied_g_per_token_low"] == pytest.approx(1e6 / 31_536_000 / 3)
+    assert row["carbon_g"] == pytest.approx(row["operational_g"] + 1e6 / 31_536_000)
+
+
+def test_repeats_intervals_and_cv_by_hand():
+    # Three repeats of one 1 s batch of 3 tokens, at 100, 110 and 120 W (repeat r runs at 10 r s;
+    # power changes at 10 r + 5 s, outside every window): J/token 100/3, 110/3, 120/3.
+    power_at = lambda t: 100.0 if t < 5 else 110.0 if t < 15 else 120.0  # noqa: E731
+    cell = _build([(r, 0, 10.0 * r, 1.0, 3) for r in range(3)], power_at)
+    df, repeats = compute_all(*cell, {"toy": ARCH}, {"toyplat": PLATFORM}, ConstantIntensity(413.0),
+                              pue=1.0, fill=None, settings=NO_MIN)  # fmt: skip
+    assert repeats["energy_j"].tolist() == pytest.approx([100.0, 110.0, 120.0])
+    assert repeats["j_per_token"].tolist() == pytest.approx([100 / 3, 110 / 3, 120 / 3])
+    row = df.iloc[0]
+    assert row["n_repeats"] == 3 and row["j_per_token"] == pytest.approx(330 / 9)
+    # Exact bootstrap of the mean over the 27 resamples of (100, 110, 120) J: sums 300 + 10 k with
+    # k tens drawn, counts by k = 0..6: 1, 3, 6, 7, 6, 3, 1. Sorted: index 0 -> 300, 1-3 -> 310,
+    # ..., 23-25 -> 350, 26 -> 360. Positions 0.65 and 25.35: 306.5 and 353.5, means 102.1667
+    # and 117.8333 J, per 3 tokens 34.0556 and 39.2778 J/token.
+    assert row["j_per_token_ci_low"] == pytest.approx(306.5 / 3 / 3)
+    assert row["j_per_token_ci_high"] == pytest.approx(353.5 / 3 / 3)
+    # g/token scales by 413 / 3.6e6: the same positions.
+    assert row["g_per_token_ci_low"] == pytest.approx(306.5 / 9 * 413 / 3.6e6)
+    # Every repeat makes 3 tokens in 1 s and 1/3 s per token: degenerate intervals.
+    assert (row["tokens_per_s_ci_low"], row["tokens_per_s_ci_high"]) == pytest.approx((3.0, 3.0))
+    assert row["s_per_token_user_ci_high"] == pytest.approx(1 / 3)
+    # CV: sd of 100, 110, 120 is 10 (ddof 1), mean 110: 0.0909 > 0.05 -> flagged.
+    assert row["j_per_token_cv"] == pytest.approx(10 / 110)
+    assert "j_per_token_cv_high" in row["qa_flags"].split(";")
+    relaxed = _metrics(*cell, settings=MetricsSettings(min_steady_s=0.0, max_j_per_token_cv=0.1))
+    assert "j_per_token_cv_high" not in relaxed.iloc[0]["qa_flags"]
+
+
+def test_steady_state_of_static_batches_by_hand():
+    # One repeat, four 1 s batches of 3 tokens at 0, 2, 4, 6 s drawing 50, 100, 100, 100 W
+    # (power steps at 1.5, 3.5, 5.5 s, between batches). Median batch power 100 W; the transient
+    # is the first batch (50 < 0.9 x 100). Steady: 3 batches, 3 s, 300 J, 9 tokens -> 33.33
+    # J/token, 3 tokens/s; the whole cell: 350 J / 12 tokens = 29.17 J/token.
+    power_at = lambda t: 50.0 if t < 1.5 else 100.0  # noqa: E731
+    cell = _build([(0, i, 2.0 * i, 1.0, 3) for i in range(4)], power_at)
+    row = _metrics(*cell).iloc[0]
+    assert row["j_per_token"] == pytest.approx(350 / 12)
+    assert row["steady_window_s"] == pytest.approx(3.0)
+    assert row["j_per_token_steady"] == pytest.approx(300 / 9)
+    assert row["tokens_per_s_steady"] == pytest.approx(3.0)
+    assert "steady_window_short" not in row["qa_flags"]
+    # Under ML.ENERGY's 20 s minimum the cell is flagged, its steady figures still given.
+    row = _metrics(*cell, settings=MetricsSettings()).iloc[0]
+    assert "steady_window_short" in row["qa_flags"] and row["steady_window_s"] == 3.0
+    # HW thermal slowdown (NVML 0x40) during the last batch (6-7 s): it leaves the steady part:
+    # 2 batches, 200 J, 6 tokens; the power cap bit (0x4) alone in batch 2 does not.
+    throttle = lambda t: 0x40 if 6 <= t <= 7 else 0x4 if 4 <= t <= 5 else 0  # noqa: E731
+    row = _metrics(*_build([(0, i, 2.0 * i, 1.0, 3) for i in range(4)], power_at,
+                           throttle_at=throttle)).iloc[0]  # fmt: skip
+    assert row["steady_window_s"] == pytest.approx(2.0)
+    assert row["j_per_token_steady"] == pytest.approx(200 / 6)
+    assert "throttled" in row["qa_flags"].split(";")
+
+
+def _continuous_cell(with_steps=True):
+    """One repeat of a cb2 cell over [0, 1] s at a steady 100 W (no counter), two requests:
+    r0 (3 prompt, 4 output tokens), r1 (2 prompt, 3 output), both arriving at 0. Steps at 0,
+    0.25, 0.5, 0.75 s: prefill (r0 3 tokens, r1 2), decode (1, 1), decode (1, 1), decode (r0 1).
+    r0's first token at 0.25 s, finish 1.0 s; r1's first 0.25 s, finish 0.75 s."""
+    cells, batches, power = _build([(0, 0, 0.0, 1.0, 7)], lambda t: 100.0, mode="continuous",
+                                   batch_size=2, n_requests=2)  # fmt: skip
+    batches = batches.assign(n_requests=2, input_tokens=5, max_output_tokens=4, padded_input_len=0,
+                             first_token_ns=S // 4, first_token_wall_ns=T0 + S // 4,
+                             prompt_lens=[[3, 2]], output_lens=[[4, 3]])  # fmt: skip
+    keys = {"platform": "toyplat", "model": "toy-model", "mode": "continuous", "batch_size": 2}
+    q = S // 4
+    requests = pd.DataFrame([
+        {**keys, "repeat": 0, "request_id": "r0", "input_tokens": 3, "output_tokens": 4,
+         "arrival_ns": 0, "first_token_ns": q, "finish_ns": 4 * q, "arrival_wall_ns": T0,
+         "first_token_wall_ns": T0 + q, "finish_wall_ns": T0 + 4 * q},
+        {**keys, "repeat": 0, "request_id": "r1", "input_tokens": 2, "output_tokens": 3,
+         "arrival_ns": 0, "first_token_ns": q, "finish_ns": 3 * q, "arrival_wall_ns": T0,
+         "first_token_wall_ns": T0 + q, "finish_wall_ns": T0 + 3 * q},
+    ])  # fmt: skip
+    steps = pd.DataFrame([
+        {**keys, "repeat": 0, "step_index": k, "kind": kind, "start_ns": k * q,
+         "end_ns": (k + 1) * q, "start_wall_ns": T0 + k * q, "end_wall_ns": T0 + (k + 1) * q,
+         "request_ids": ids, "request_tokens": toks}
+        for k, (kind, ids, toks) in enumerate([
+            ("prefill", ["r0", "r1"], [3, 2]), ("decode", ["r0", "r1"], [1, 1]),
+            ("decode", ["r0", "r1"], [1, 1]), ("decode", ["r0"], [1])])
+    ])  # fmt: skip
+    requests = tables.check(requests, tables.with_cell_keys(tables.REQUESTS), "requests")
+    steps = tables.check(steps if with_steps else steps.iloc[:0],
+                         tables.with_cell_keys(tables.STEPS), "steps")  # fmt: skip
+    return cells, batches, power, requests, steps
+
+
+def test_continuous_cell_latency_energy_per_request_and_steady_state_by_hand():
+    cells, batches, power, requests, steps = _continuous_cell()
+    row = _metrics(cells, batches, power, requests=requests, steps=steps).iloc[0]
+    assert row["energy_j"] == pytest.approx(100.0) and row["j_per_token"] == pytest.approx(100 / 7)
+    # TTFT 0.25 s for both; TPOT r0 (1.0 - 0.25) / 3 = 0.25, r1 (0.75 - 0.25) / 2 = 0.25.
+    assert (row["ttft_p50_s"], row["ttft_p99_s"], row["tpot_p90_s"]) == pytest.approx((0.25,) * 3)
+    # E2E 1.0 and 0.75 s: p50 0.875; p90 0.75 + 0.9 x 0.25 = 0.975; p99 0.75 + 0.99 x 0.25 = 0.9975.
+    assert (row["e2e_p50_s"], row["e2e_p90_s"], row["e2e_p99_s"]) == pytest.approx(
+        (0.875, 0.975, 0.9975))
+    # s/token for the user: mean of 1.0 / 4 and 0.75 / 3 = 0.25.
+    assert row["s_per_token_user"] == pytest.approx(0.25)
+    # Each step's tile holds 25 J: step 0 shared 3:2 (15, 10), steps 1-2 halved, step 3 all r0:
+    # r0 15 + 12.5 + 12.5 + 25 = 65 J, r1 10 + 12.5 + 12.5 = 35 J; mean 50 J.
+    assert row["j_per_request"] == pytest.approx(50.0)
+    # Steady: steps with 2 (= max_num_seqs) requests: 0, 1, 2 -> 0.75 s, 75 J; tokens produced:
+    # 2 per step (both first tokens at the end of the prefill) -> 6: 12.5 J/token, 8 tokens/s.
+    assert row["steady_window_s"] == pytest.approx(0.75)
+    assert row["j_per_token_steady"] == pytest.approx(12.5)
+    assert row["tokens_per_s_steady"] == pytest.approx(8.0)
+    # Bytes by the steps: weights 4704 B x 4 steps = 18,816; K/V positions (64 B each): step 0
+    # 3 + 2 = 5; step 1 (3 + 2) + (2 + 2) = 9; step 2 (4 + 2) + (3 + 2) = 11; step 3 5 + 2 = 7;
+    # 32 x 64 = 2048. Total 20,864 B.
+    assert row["bytes_moved"] == 18_816 + 2_048
+
+
+def test_step_energy_attribution_sums_to_the_cell_energy():
+    from tokencarbon.metrics import attribute_step_energy
+
+    _, _, _, requests, steps = _continuous_cell()
+    per_request = attribute_step_energy(steps, np.array([25.0, 25.0, 25.0, 25.0]), requests)
+    assert per_request.to_dict() == pytest.approx({"r0": 65.0, "r1": 35.0})
+    assert per_request.sum() == pytest.approx(100.0)
+    # A step with no request (the engine waiting) is shared by tokens in the repeat: r0 3 + 4 = 7,
+    # r1 2 + 3 = 5: 12 J -> 7 and 5; the sum is still every tile's energy.
+    idle = pd.concat([steps, steps.iloc[[0]].assign(step_index=4, request_ids=[[]],
+                                                     request_tokens=[[]])])  # fmt: skip
+    per_request = attribute_step_energy(idle, np.array([25.0, 25.0, 25.0, 25.0, 12.0]), requests)
+    assert per_request.to_dict() == pytest.approx({"r0": 72.0, "r1": 40.0})
+
+
+def test_continuous_cell_without_steps_falls_back_flagged():
+    # No steps recorded: the repeat's 100 J shared by tokens (r0 7, r1 5 of 12): mean 50 J still,
+    # flagged; bytes from the static schedule, flagged.
+    cells, batches, power, requests, steps = _continuous_cell(with_steps=False)
+    row = _metrics(cells, batches, power, requests=requests, steps=steps).iloc[0]
+    assert row["j_per_request"] == pytest.approx(50.0)
+    flags = row["qa_flags"].split(";")
+    assert "no_steps_energy_by_tokens" in flags and "bytes_from_static_schedule" in flags
+    assert row["s_per_token_user"] == pytest.approx(0.25)
+
+
+def test_metrics_settings_are_checked():
+    assert MetricsSettings.from_params({"max_j_per_token_cv": 0.1}).max_j_per_token_cv == 0.1
+    assert MetricsSettings.from_params(None) == MetricsSettings()
+    from tokencarbon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="metrics.cv_bound: unknown"):
+        MetricsSettings.from_params({"cv_bound": 0.1})
+    with pytest.raises(ConfigError, match="metrics.confidence: 1.5"):
+        MetricsSettings.from_params({"confidence": 1.5})
+    with pytest.raises(ConfigError, match="metrics.max_j_per_token_cv: nan"):
+        MetricsSettings.from_params({"max_j_per_token_cv": float("nan")})
+
+
+def test_cell_platforms_resolved_for_their_devices():
+    from tokencarbon.errors import HardwareMismatchError
+    from tokencarbon.metrics import resolve_cell_platforms
+
+    cells = _defaults(tables.CELLS, [
+        {"platform": "h100-sxm-80gb", "device_name": "NVIDIA H100 80GB HBM3"},
+        {"platform": "h100-sxm-80gb", "device_name": "NVIDIA H100 80GB HBM3"},
+    ])  # fmt: skip
+    p = resolve_cell_platforms(cells, {"h100-sxm-80gb": {"tdp_w": 500}})["h100-sxm-80gb"]
+    assert p.tdp_w == 500 and p.spec_source == "datasheet; config: tdp_w"
+    # A GH200's cells labelled h200-141gb are refused before any number is computed.
+    gh = _defaults(tables.CELLS, [{"platform": "h200-141gb", "device_name": "NVIDIA GH200 480GB"}])
+    with pytest.raises(HardwareMismatchError, match="GH200"):
+        resolve_cell_platforms(gh)

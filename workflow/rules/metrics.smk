@@ -1,5 +1,7 @@
-# Metrics: energy (counter and integral), carbon (constant or hourly trace, PUE, embodied),
-# per-token figures, MFU and MBU, one row per cell (docs/metrics.md gives the formulas).
+# Metrics: energy (counter and integral), carbon (constant or hourly trace, PUE, embodied range),
+# per-token figures, MFU and MBU, one row per cell and one per repeat of each cell, with bootstrap
+# intervals over repeats (docs/metrics.md gives the formulas). Continuous cells' requests and
+# steps tables come in through metrics_inputs (common.smk) as inputs named requests and steps.
 
 
 rule compute_metrics:
@@ -10,12 +12,17 @@ rule compute_metrics:
         cells="results/tables/cells.parquet",
         code=METRICS_CODE,
     output:
-        "results/tables/metrics.parquet",
+        metrics="results/tables/metrics.parquet",
+        repeats="results/tables/metrics_repeats.parquet",
     log:
         "logs/compute_metrics.log",
     conda:
         "../envs/tokencarbon.yaml"
     params:
         carbon=carbon_params,
+        # config `metrics` (tokencarbon.metrics.MetricsSettings), defaults until the schema has it
+        metrics=config.get("metrics", {}),
+        # per platform, config overrides of its spec row (platforms.<name>.spec), if any
+        platform_specs={n: p.get("spec") or {} for n, p in config["platforms"].items()},
     script:
         "../scripts/compute_metrics.py"

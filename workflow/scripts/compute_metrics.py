@@ -6,9 +6,8 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 from tokencarbon import tables
 from tokencarbon.carbon import DEFAULT_MAX_FILL_S, ConstantIntensity, load_trace
-from tokencarbon.metrics import all_metrics
+from tokencarbon.metrics import MetricsSettings, compute_all, resolve_cell_platforms
 from tokencarbon.models import load_architecture
-from tokencarbon.platforms import load_platforms
 
 carbon = snakemake.params.carbon
 if carbon["source"] == "trace":
@@ -16,16 +15,24 @@ if carbon["source"] == "trace":
 else:
     intensity = ConstantIntensity(carbon["intensity_g_per_kwh"])
 cells = tables.read(snakemake.input.cells, tables.CELLS)
-metrics = all_metrics(
+serving = {
+    name: tables.read(getattr(snakemake.input, name), tables.with_cell_keys(schema))
+    for name, schema in (("requests", tables.REQUESTS), ("steps", tables.STEPS))
+    if hasattr(snakemake.input, name)
+}
+metrics, repeats = compute_all(
     cells,
     tables.read(snakemake.input.batches, tables.with_cell_keys(tables.BATCHES)),
     tables.read(snakemake.input.power, tables.with_cell_keys(tables.POWER)),
     {a: load_architecture(a) for a in cells["architecture"].unique()},
-    load_platforms(),
+    resolve_cell_platforms(cells, snakemake.params.platform_specs),
     intensity,
     pue=carbon["pue"],
     fill=carbon["fill"],
     # carbon.max_fill_s (seconds, null = no limit); the default until the config schema has it.
     max_fill_s=carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
+    settings=MetricsSettings.from_params(snakemake.params.metrics),
+    **serving,
 )
-tables.write(metrics, snakemake.output[0], tables.METRICS)
+tables.write(metrics, snakemake.output.metrics, tables.METRICS)
+tables.write(repeats, snakemake.output.repeats, tables.METRICS_REPEATS)

@@ -1,20 +1,82 @@
-"""Per-cell metrics: energy (counter and integral), carbon, per-token figures, MFU and MBU.
+"""Per-cell metrics: energy (counter and integral), carbon, per-token figures, MFU and MBU; per
+repeat (METRICS_REPEATS) and per cell with bootstrap intervals over repeats; steady-state figures;
+latency percentiles and energy per request, for static and continuous-batching cells.
 
 docs/metrics.md gives every formula and how ours differs from the study's.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from tokencarbon import flops, tables
-from tokencarbon.carbon import DEFAULT_MAX_FILL_S, embodied_carbon_g, window_carbon
-from tokencarbon.energy import combine, idle_power, select_device
-from tokencarbon.models import Architecture
-from tokencarbon.platforms import Platform, peak_bandwidth_bytes_per_s, peak_flops
+from tokencarbon.carbon import DEFAULT_MAX_FILL_S, embodied_carbon_g, operational_carbon
+from tokencarbon.energy import EnergyRecord, combine, idle_power, select_device, window_energy
+from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.models import Architecture, kv_cache_bytes, weight_bytes
+from tokencarbon.platforms import (
+    Platform,
+    peak_bandwidth_bytes_per_s,
+    peak_flops,
+    resolve_platform,
+)
+from tokencarbon.stats import bootstrap_ci, coefficient_of_variation
+from tokencarbon.units import NS_PER_S
+
+# NVML clocks-event reasons that slow the clocks below what the load asks for (nvml.h:
+# HwSlowdown 0x8, SwThermalSlowdown 0x20, HwThermalSlowdown 0x40, HwPowerBrakeSlowdown 0x80).
+# SwPowerCap (0x4) is left out: a loaded GPU at its power limit is in its steady state.
+THROTTLE_MASK = 0x8 | 0x20 | 0x40 | 0x80
+# A repeat's start-up transient: its leading static batches whose mean power is below this share
+# of the median batch's mean power in the repeat.
+TRANSIENT_POWER_SHARE = 0.9
+CI_METRICS = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user")
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Config `metrics` keys (params of compute_metrics), each with its default.
+
+    max_j_per_token_cv: QA flag j_per_token_cv_high above this CV of J/token over repeats.
+    min_steady_s: QA flag steady_window_short below this much steady state (ML.ENERGY's 20 s).
+    confidence, n_resamples, seed: the bootstrap intervals over repeats (tokencarbon.stats).
+    """
+
+    max_j_per_token_cv: float = 0.05
+    min_steady_s: float = 20.0
+    confidence: float = 0.95
+    n_resamples: int = 10_000
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> MetricsSettings:
+        """Settings from a config slice; unknown keys and bad values raise ConfigError."""
+        params = dict(params or {})
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(f"config key metrics.{unknown[0]}: unknown; valid: {sorted(known)}")
+        values = {k: v for k, v in params.items() if v is not None}
+        out = cls(**values)
+        checks = {
+            "max_j_per_token_cv": out.max_j_per_token_cv > 0,
+            "min_steady_s": out.min_steady_s >= 0,
+            "confidence": 0 < out.confidence < 1,
+            "n_resamples": out.n_resamples >= 1 and float(out.n_resamples).is_integer(),
+            "seed": float(out.seed).is_integer(),
+        }
+        for key, ok in checks.items():
+            value = getattr(out, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
+                raise ConfigError(f"config key metrics.{key}: {value!r} is not valid")
+        return out
 
 
 def batch_work(arch: Architecture, batch: pd.Series, dtype: str) -> tuple[float, float]:
@@ -33,11 +95,33 @@ def batch_work(arch: Architecture, batch: pd.Series, dtype: str) -> tuple[float,
     return work_flops, moved
 
 
+def steps_bytes(arch: Architecture, steps: pd.DataFrame, dtype: str) -> float:
+    """Bytes the engine steps of a continuous-batching repeat moved at least.
+
+    Per step: every weight once, and per request in it, its cache read and its new K/V written:
+    prior + 2 x tokens positions (a decode token's K/V written, then read back with the rest, as
+    flops.decode_step_bytes), or just the tokens for a request's first prefill chunk (nothing to
+    read yet, as flops.prefill_bytes). prior = the request's tokens in earlier steps. Sliding
+    windows are not applied (no model of ours has one in continuous cells).
+    """
+    prior: dict[str, int] = {}
+    moved = 0.0
+    per_weight = weight_bytes(arch, dtype)
+    for ids, toks in zip(steps["request_ids"], steps["request_tokens"]):
+        positions = 0
+        for rid, tok in zip(ids, toks):
+            p = prior.get(rid, 0)
+            positions += p + (2 * int(tok) if p > 0 else int(tok))
+            prior[rid] = p + int(tok)
+        moved += per_weight + kv_cache_bytes(arch, 1, positions, dtype)
+    return moved
+
+
 def latency_metrics(batches: pd.DataFrame) -> dict[str, float]:
     """The study's user-perceived s/token and our TTFT / TPOT, averaged over batches."""
-    duration_s = (batches["end_ns"] - batches["start_ns"]) / 1e9
-    prefill_s = (batches["first_token_ns"] - batches["start_ns"]) / 1e9
-    decode_s = (batches["end_ns"] - batches["first_token_ns"]) / 1e9
+    duration_s = (batches["end_ns"] - batches["start_ns"]) / NS_PER_S
+    prefill_s = (batches["first_token_ns"] - batches["start_ns"]) / NS_PER_S
+    decode_s = (batches["end_ns"] - batches["first_token_ns"]) / NS_PER_S
     steps = batches["max_output_tokens"] - 1
     tpot = (decode_s[steps > 0] / steps[steps > 0]).mean() if (steps > 0).any() else float("nan")
     return {
@@ -48,12 +132,198 @@ def latency_metrics(batches: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def _cell_name(cell: dict[str, Any]) -> str:
+def _percentiles(prefix: str, values: np.ndarray) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    return {
+        f"{prefix}_p{q}_s": float(np.percentile(values, q)) if len(values) else float("nan")
+        for q in PERCENTILES
+    }
+
+
+def static_request_latencies(batches: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per request of static batches (s): every request of a batch shares its batch's figures.
+
+    ttft = first_token - start; e2e = end - start (a static batch returns when its longest
+    request ends); tpot = (end - first_token) / (max_output_tokens - 1), NaN for 1-token batches.
+    """
+    n = batches["n_requests"].to_numpy(dtype=int)
+    ttft = (batches["first_token_ns"] - batches["start_ns"]).to_numpy() / NS_PER_S
+    e2e = (batches["end_ns"] - batches["start_ns"]).to_numpy() / NS_PER_S
+    steps = (batches["max_output_tokens"] - 1).to_numpy(dtype=float)
+    decode = (batches["end_ns"] - batches["first_token_ns"]).to_numpy() / NS_PER_S
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(steps > 0, decode / steps, np.nan)
+    return {"ttft": np.repeat(ttft, n), "tpot": np.repeat(tpot, n), "e2e": np.repeat(e2e, n)}
+
+
+def request_latencies(requests: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per request of a continuous-batching cell (s), from REQUESTS' monotonic times.
+
+    ttft = first_token - arrival; e2e = finish - arrival; tpot = (finish - first_token) /
+    (output_tokens - 1), NaN for 1-token requests.
+    """
+    arrival = requests["arrival_ns"].to_numpy()
+    first = requests["first_token_ns"].to_numpy()
+    finish = requests["finish_ns"].to_numpy()
+    out = requests["output_tokens"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(out > 1, (finish - first) / NS_PER_S / (out - 1), np.nan)
+    return {"ttft": (first - arrival) / NS_PER_S, "tpot": tpot, "e2e": (finish - arrival) / NS_PER_S}
+
+
+def step_tiles(steps: pd.DataFrame, start_ns: int, end_ns: int) -> np.ndarray:
+    """Edges of a repeat's step tiles: [start, s_1, ..., s_{n-1}, end] (n + 1 values).
+
+    Step k's energy window is [start_wall_ns[k], start_wall_ns[k+1]) (tables.STEPS); the first
+    tile starts at the repeat's window start, the last ends at its end. Raises InputError where
+    step starts do not increase strictly or leave the window.
+    """
+    starts = steps.sort_values("step_index")["start_wall_ns"].to_numpy(dtype=np.int64)
+    inner = starts[1:]
+    if (np.diff(starts) <= 0).any() or (len(inner) and (inner[0] <= start_ns or inner[-1] >= end_ns)):
+        raise InputError(
+            f"steps' start_wall_ns {starts[:5].tolist()}...: must increase strictly and lie inside "
+            f"the repeat's window [{start_ns}, {end_ns}] ns"
+        )
+    return np.concatenate([[start_ns], inner, [end_ns]]).astype(np.int64)
+
+
+def attribute_step_energy(
+    steps: pd.DataFrame, tile_energy_j: np.ndarray, requests: pd.DataFrame
+) -> pd.Series:
+    """Energy per request (J, indexed by request_id) of one repeat, summing to the tiles' energy.
+
+    Step k's tile energy is shared among the requests that had tokens in it in proportion to
+    request_tokens (a prefill chunk of 200 tokens takes 200 times a decode token's share). A tile
+    with no request (an engine waiting for arrivals) is shared among all requests in proportion
+    to their tokens in the repeat (input + output), as the idle time serves them all.
+    """
+    ordered = steps.sort_values("step_index")
+    ids = requests["request_id"].astype(str).tolist()
+    energy = pd.Series(0.0, index=ids)
+    idle_j = 0.0
+    for (rids, toks), e_j in zip(zip(ordered["request_ids"], ordered["request_tokens"]), tile_energy_j):
+        toks = np.asarray(toks, dtype=float)
+        if len(rids) == 0 or toks.sum() <= 0:
+            idle_j += e_j
+            continue
+        unknown = set(map(str, rids)) - set(ids)
+        if unknown:
+            raise InputError(f"steps name request(s) {sorted(unknown)[:3]} that REQUESTS lacks")
+        energy.loc[[str(r) for r in rids]] += e_j * toks / toks.sum()
+    if idle_j:
+        weight = (requests["input_tokens"] + requests["output_tokens"]).to_numpy(dtype=float)
+        energy += idle_j * weight / weight.sum()
+    return energy
+
+
+def _steady_static(
+    batches: pd.DataFrame, records: list[EnergyRecord], run: pd.DataFrame
+) -> np.ndarray:
+    """Boolean per window (batch): after its repeat's start-up transient and not throttled."""
+    duration_s = np.array([r.window_s for r in records])
+    mean_w = np.array([r.energy_j for r in records]) / duration_s
+    steady = np.zeros(len(batches), dtype=bool)
+    for _, idx in batches.groupby("repeat").indices.items():
+        idx = np.sort(idx)
+        level = np.median(mean_w[idx])
+        reached = np.flatnonzero(mean_w[idx] >= TRANSIENT_POWER_SHARE * level)
+        steady[idx[reached[0]:]] = True
+    return steady & ~_throttled_windows(batches, run)
+
+
+def _throttled_windows(batches: pd.DataFrame, run: pd.DataFrame) -> np.ndarray:
+    t = run["t_wall_ns"].to_numpy(dtype=np.int64)
+    reasons = run["throttle_reasons"].to_numpy(dtype=np.int64)
+    slowed = (reasons > 0) & ((reasons & THROTTLE_MASK) != 0)
+    out = []
+    for s, e in zip(batches["start_wall_ns"], batches["end_wall_ns"]):
+        inside = (t >= s) & (t <= e)
+        out.append(bool(slowed[inside].any()))
+    return np.array(out, dtype=bool)
+
+
+def _tokens_per_step(steps: pd.DataFrame, requests: pd.DataFrame) -> np.ndarray:
+    """Output tokens each step produced: a request yields one token in every step after which its
+    processed tokens reach its input length (the end of its prefill, then each decode step)."""
+    inputs = dict(zip(requests["request_id"].astype(str), requests["input_tokens"].astype(int)))
+    done: dict[str, int] = {}
+    produced = []
+    for rids, toks in zip(steps["request_ids"], steps["request_tokens"]):
+        n = 0
+        for rid, tok in zip(rids, toks):
+            rid = str(rid)
+            done[rid] = done.get(rid, 0) + int(tok)
+            n += done[rid] >= inputs.get(rid, 0)
+        produced.append(n)
+    return np.array(produced, dtype=float)
+
+
+@dataclass
+class _Window:
+    """One measured window (a static batch, or a continuous repeat) and what it measured."""
+
+    row: pd.Series
+    energy: EnergyRecord
+    operational_g: float
+    filled_s: float
+    intensity_energy_j: float  # sum of intensity x energy, for the energy-weighted mean
+    tile_energy_j: np.ndarray | None = None  # continuous: energy per step tile
+
+
+def _measure_window(
+    run: pd.DataFrame, row: pd.Series, intensity: Any, *, pue: float, fill: str | None,
+    max_fill_s: float | None, idle_power_w: float, where: str, tiles_ns: np.ndarray | None,
+) -> _Window:
+    """Energy from energy.py over the union of intensity and step cuts; carbon per intensity piece."""
+    start, end = int(row["start_wall_ns"]), int(row["end_wall_ns"])
+    segs = intensity.segments(start, end, fill, max_fill_s)
+    cuts = set(segs.edges_ns[1:-1].tolist())
+    if tiles_ns is not None:
+        cuts |= set(tiles_ns[1:-1].tolist())
+    cuts_ns = np.array(sorted(cuts), dtype=np.int64)
+    energy = window_energy(run, start, end, idle_power_w, cuts_ns=cuts_ns, where=where)
+    piece_start = np.concatenate([[start], cuts_ns])
+    pieces_j = np.array(energy.segment_energy_j)
+    # Every piece lies in one intensity segment and one step tile: sum the pieces of each.
+    seg_of = np.searchsorted(segs.edges_ns, piece_start, side="right") - 1
+    seg_j = np.bincount(seg_of, weights=pieces_j, minlength=len(segs.intensity_g_per_kwh))
+    carbon = operational_carbon(segs, np.clip(seg_j, 0.0, None), pue)
+    tile_j = None
+    if tiles_ns is not None:
+        tile_of = np.searchsorted(tiles_ns, piece_start, side="right") - 1
+        tile_j = np.bincount(tile_of, weights=pieces_j, minlength=len(tiles_ns) - 1)
+    return _Window(
+        row, energy, carbon.carbon_g, carbon.filled_s,
+        carbon.intensity_g_per_kwh * carbon.energy_j, tile_j,
+    )  # fmt: skip
+
+
+def _rates(windows: list[_Window], s_per_token_user: float) -> dict[str, Any]:
+    energy = combine([w.energy for w in windows])
+    out_tokens = int(sum(int(w.row["output_tokens"]) for w in windows))
+    operational_g = sum(w.operational_g for w in windows)
+    return {
+        "window_s": energy.window_s,
+        "output_tokens": out_tokens,
+        "n_requests": int(sum(int(w.row["n_requests"]) for w in windows)),
+        "energy_j": energy.energy_j,
+        "energy_method": energy.method,
+        "qa_flags": ";".join(energy.qa_flags),
+        "operational_g": operational_g,
+        "j_per_token": energy.energy_j / out_tokens,
+        "g_per_token": operational_g / out_tokens,
+        "tokens_per_s": out_tokens / energy.window_s,
+        "s_per_token_user": s_per_token_user,
+    }
+
+
+def _cell_name(cell: Mapping[str, Any]) -> str:
     prefix = tables.CELL_DIR_PREFIX.get(cell["mode"], cell["mode"])
     return f"{cell['platform']}/{cell['model']}/{prefix}{cell['batch_size']}"
 
 
-def _idle(cell: dict[str, Any], power: pd.DataFrame, where: str) -> tuple[float, list[str]]:
+def _idle(cell: Mapping[str, Any], power: pd.DataFrame, where: str) -> tuple[float, list[str]]:
     """Idle power (W) from the cell's phase "idle" samples, with that window's flags as idle_<flag>.
 
     A cell without idle samples (written before they were kept) falls back to the idle power its
@@ -66,8 +336,16 @@ def _idle(cell: dict[str, Any], power: pd.DataFrame, where: str) -> tuple[float,
     return idle_power_w, [f"idle_{f}" for f in record.qa_flags]
 
 
+@dataclass(frozen=True)
+class CellMetrics:
+    """A cell's METRICS row and its METRICS_REPEATS rows."""
+
+    row: dict[str, Any]
+    repeats: list[dict[str, Any]]
+
+
 def cell_metrics(
-    cell: dict[str, Any],
+    cell: Mapping[str, Any],
     batches: pd.DataFrame,
     power: pd.DataFrame,
     arch: Architecture,
@@ -77,46 +355,175 @@ def cell_metrics(
     pue: float,
     fill: str | None,
     max_fill_s: float | None = DEFAULT_MAX_FILL_S,
-) -> dict[str, Any]:
-    """One METRICS row for a cell, from its batches and its power samples (both phases).
+    requests: pd.DataFrame | None = None,
+    steps: pd.DataFrame | None = None,
+    settings: MetricsSettings = MetricsSettings(),
+) -> CellMetrics:
+    """The METRICS row and METRICS_REPEATS rows of one cell.
 
-    Raises InputError where the power samples hold several devices (the cell measured one), do not
-    span a batch, or the intensity trace does not cover a batch (within carbon.max_fill_s under a
-    fill policy). A counter that is not plausible over a window never raises: that window's energy
-    is the integral, flagged (tokencarbon.energy).
+    batches, power (both phases), requests and steps (continuous cells; None or empty otherwise):
+    the cell's rows of the aggregated tables. Raises InputError where the power samples hold
+    several devices (the cell measured one), do not span a window, or the intensity trace does not
+    cover a window (within carbon.max_fill_s under a fill policy). A counter that is not plausible
+    over a window never raises: that window's energy is the integral, flagged (tokencarbon.energy).
     """
     where = f"power samples of {_cell_name(cell)}"
     select_device(power, None, where)
     idle_power_w, idle_flags = _idle(cell, power, where)
-    # Energy, carbon and rates count the batches' own time: engine set-up between batches
-    # (cache allocation, graph capture or compilation for a new shape) is excluded.
-    windows = [(int(s), int(e)) for s, e in zip(batches["start_wall_ns"], batches["end_wall_ns"])]
     run = power[power["phase"] == "run"]
-    parts = [
-        window_carbon(
-            run, s, e, intensity, pue=pue, fill=fill, max_fill_s=max_fill_s,
-            idle_power_w=idle_power_w, where=where,
-        )
-        for s, e in windows
-    ]  # fmt: skip
-    energy = combine([p[0] for p in parts], idle_power_w)
-    carbons = [p[1] for p in parts]
-    operational_g = sum(c.carbon_g for c in carbons)
-    carbon_energy_j = sum(c.energy_j for c in carbons)
+    batches = batches.sort_values(["repeat", "batch_index"]).reset_index(drop=True)
+    continuous = cell["mode"] == "continuous"
+    requests = requests if requests is not None else pd.DataFrame()
+    steps = steps if steps is not None else pd.DataFrame()
+    flags: list[str] = []
+    windows = []
+    # Energy, carbon and rates count the windows' own time: engine set-up between static batches
+    # (cache allocation, graph capture or compilation for a new shape) is excluded.
+    for _, row in batches.iterrows():
+        tiles = None
+        if continuous and len(steps):
+            rep_steps = steps[steps["repeat"] == row["repeat"]]
+            if len(rep_steps):
+                tiles = step_tiles(rep_steps, int(row["start_wall_ns"]), int(row["end_wall_ns"]))
+        windows.append(_measure_window(
+            run, row, intensity, pue=pue, fill=fill, max_fill_s=max_fill_s,
+            idle_power_w=idle_power_w, where=where, tiles_ns=tiles,
+        ))  # fmt: skip
+    energy = combine([w.energy for w in windows], idle_power_w)
+    operational_g = sum(w.operational_g for w in windows)
     intensity_g_per_kwh = (
-        sum(c.intensity_g_per_kwh * c.energy_j for c in carbons) / carbon_energy_j
-        if carbon_energy_j > 0 else float(np.mean([c.intensity_g_per_kwh for c in carbons]))
+        sum(w.intensity_energy_j for w in windows) / energy.energy_j
+        if energy.energy_j > 0 else float("nan")
     )
-    filled_share = sum(c.filled_s for c in carbons) / energy.window_s
-    flags = list(energy.qa_flags) + idle_flags
+    if not math.isfinite(intensity_g_per_kwh):  # no energy: the time-weighted mean
+        segs = [intensity.segments(int(w.row["start_wall_ns"]), int(w.row["end_wall_ns"]), fill,
+                                   max_fill_s) for w in windows]  # fmt: skip
+        widths = np.concatenate([np.diff(s.edges_ns) for s in segs]).astype(float)
+        intensity_g_per_kwh = float(np.average(np.concatenate(
+            [s.intensity_g_per_kwh for s in segs]), weights=widths))  # fmt: skip
+    filled_share = sum(w.filled_s for w in windows) / energy.window_s
+    flags += list(energy.qa_flags) + idle_flags
     if filled_share > 0:
         flags.append("intensity_filled")
-    embodied_g = embodied_carbon_g(platform.embodied_kg_co2e, platform.lifetime_years, energy.window_s)
-    work = [batch_work(arch, b, cell["dtype"]) for _, b in batches.iterrows()]
-    total_flops = float(sum(f for f, _ in work))
-    total_bytes = float(sum(b for _, b in work))
+
+    # Latency: per request (continuous: REQUESTS; static: each request shares its batch's figures).
+    if continuous and len(requests):
+        lat = request_latencies(requests)
+        out = requests["output_tokens"].to_numpy(dtype=float)
+        s_per_token_user = float(np.mean(lat["e2e"] / out))
+        means = {"ttft_s": float(np.mean(lat["ttft"])), "tpot_s": float(np.nanmean(lat["tpot"]))
+                 if np.isfinite(lat["tpot"]).any() else float("nan")}  # fmt: skip
+    else:
+        if continuous:
+            flags.append("no_requests_latency_from_windows")
+        lat = static_request_latencies(batches)
+        study = latency_metrics(batches)
+        s_per_token_user = study["s_per_token_user"]
+        means = {"ttft_s": study["ttft_s"], "tpot_s": study["tpot_s"]}
+    percentiles = {
+        **_percentiles("ttft", lat["ttft"]),
+        **_percentiles("tpot", lat["tpot"]),
+        **_percentiles("e2e", lat["e2e"]),
+    }
+
+    # Energy per request: steps' tiles shared by tokens (continuous), else energy / requests.
+    n_request_runs = int(batches["n_requests"].sum())
+    if continuous and len(requests):
+        per_request = []
+        for w in windows:
+            rep = int(w.row["repeat"])
+            rep_requests = requests[requests["repeat"] == rep]
+            rep_steps = steps[steps["repeat"] == rep] if len(steps) else steps
+            if w.tile_energy_j is not None and len(rep_steps):
+                per_request.append(attribute_step_energy(rep_steps, w.tile_energy_j, rep_requests))
+            else:
+                weight = (rep_requests["input_tokens"] + rep_requests["output_tokens"]).to_numpy(float)
+                per_request.append(pd.Series(w.energy.energy_j * weight / weight.sum()))
+                if "no_steps_energy_by_tokens" not in flags:
+                    flags.append("no_steps_energy_by_tokens")
+        j_per_request = float(pd.concat(per_request).mean())
+    else:
+        j_per_request = energy.energy_j / n_request_runs
+
+    # Repeats: the same figures per repeat, and intervals over them.
+    repeat_rows = []
+    for rep, idx in batches.groupby("repeat").indices.items():
+        rep_windows = [windows[i] for i in sorted(idx)]
+        if continuous and len(requests):
+            r = requests[requests["repeat"] == rep]
+            rep_user = float(np.mean(request_latencies(r)["e2e"] / r["output_tokens"].to_numpy(float)))
+        else:
+            rep_user = latency_metrics(batches.iloc[sorted(idx)])["s_per_token_user"]
+        repeat_rows.append({
+            **{k: cell[k] for k, _ in tables.CELL_KEYS}, "repeat": int(rep),
+            **_rates(rep_windows, rep_user),
+        })  # fmt: skip
+    intervals: dict[str, float] = {}
+    for name in CI_METRICS:
+        low, high = bootstrap_ci(
+            [r[name] for r in repeat_rows], confidence=settings.confidence,
+            n_resamples=settings.n_resamples, seed=settings.seed,
+        )  # fmt: skip
+        intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"] = low, high
+    j_per_token_cv = coefficient_of_variation([r["j_per_token"] for r in repeat_rows])
+    if j_per_token_cv > settings.max_j_per_token_cv:  # False for NaN (one repeat)
+        flags.append("j_per_token_cv_high")
+
+    # Steady state: static batches after their repeat's transient, not throttled; continuous
+    # steps where the engine ran max_num_seqs requests (saturated), not throttled.
+    if any(_throttled_windows(batches, run)):
+        flags.append("throttled")
+    steady_j = steady_s = steady_tokens = 0.0
+    if continuous and len(steps) and len(requests):
+        for w in windows:
+            rep_steps = steps[steps["repeat"] == w.row["repeat"]].sort_values("step_index")
+            if w.tile_energy_j is None or not len(rep_steps):
+                continue
+            tiles = step_tiles(rep_steps, int(w.row["start_wall_ns"]), int(w.row["end_wall_ns"]))
+            saturated = rep_steps["request_ids"].map(len).to_numpy() >= int(cell["batch_size"])
+            throttled = _throttled_windows(
+                pd.DataFrame({"start_wall_ns": tiles[:-1], "end_wall_ns": tiles[1:]}), run
+            )
+            keep = saturated & ~throttled
+            produced = _tokens_per_step(rep_steps, requests[requests["repeat"] == w.row["repeat"]])
+            steady_j += float(w.tile_energy_j[keep].sum())
+            steady_s += float(np.diff(tiles)[keep].sum() / NS_PER_S)
+            steady_tokens += float(produced[keep].sum())
+    elif not continuous:
+        keep = _steady_static(batches, [w.energy for w in windows], run)
+        steady_j = float(sum(w.energy.energy_j for w, k in zip(windows, keep) if k))
+        steady_s = float(sum(w.energy.window_s for w, k in zip(windows, keep) if k))
+        steady_tokens = float(batches["output_tokens"].to_numpy()[keep].sum())
+    if steady_s < settings.min_steady_s:
+        flags.append("steady_window_short")
+    steady = {
+        "steady_window_s": steady_s,
+        "j_per_token_steady": steady_j / steady_tokens if steady_tokens > 0 else float("nan"),
+        "tokens_per_s_steady": steady_tokens / steady_s if steady_s > 0 else float("nan"),
+    }
+
+    # Embodied carbon: the device's share over the window, low (dies + memory) and high (PCF).
+    low_kg, high_kg = platform.embodied_range_kg_co2e
+    embodied_g = embodied_carbon_g(low_kg, platform.lifetime_years, energy.window_s)
+    embodied_g_high = embodied_carbon_g(high_kg, platform.lifetime_years, energy.window_s)
+
+    # Work: FLOPs per request; bytes by the engine's schedule (static batches or steps).
+    total_flops = total_bytes = 0.0
+    for _, b in batches.iterrows():
+        f, moved = batch_work(arch, b, cell["dtype"])
+        total_flops += f
+        if not (continuous and len(steps)):
+            total_bytes += moved
+    if continuous and len(steps):
+        total_bytes = sum(
+            steps_bytes(arch, s.sort_values("step_index"), cell["dtype"])
+            for _, s in steps.groupby("repeat")
+        )
+    elif continuous:
+        flags.append("bytes_from_static_schedule")
+
     out_tokens = int(batches["output_tokens"].sum())
-    return {
+    row = {
         "platform": cell["platform"],
         "model": cell["model"],
         "mode": cell["mode"],
@@ -124,6 +531,7 @@ def cell_metrics(
         "architecture": cell["architecture"],
         "dtype": cell["dtype"],
         "n_requests": int(cell["n_requests"]),
+        "n_repeats": len(repeat_rows),
         "input_tokens": int(batches["input_tokens"].sum()),
         "output_tokens": out_tokens,
         "window_s": energy.window_s,
@@ -133,7 +541,7 @@ def cell_metrics(
         "energy_counter_j": energy.energy_counter_j,
         "energy_integrated_j": energy.energy_integrated_j,
         "energy_relative_difference": energy.relative_difference,
-        "qa_flags": ";".join(flags),
+        "qa_flags": ";".join(dict.fromkeys(flags)),
         "idle_power_w": idle_power_w,
         "idle_energy_j": energy.idle_energy_j,
         "above_idle_energy_j": energy.above_idle_energy_j,
@@ -142,31 +550,113 @@ def cell_metrics(
         "pue": pue,
         "operational_g": operational_g,
         "embodied_g": embodied_g,
+        "embodied_g_high": embodied_g_high,
         "carbon_g": operational_g + embodied_g,
         "j_per_token": energy.energy_j / out_tokens,
         "g_per_token": operational_g / out_tokens,
         "g_per_token_with_embodied": (operational_g + embodied_g) / out_tokens,
+        "embodied_g_per_token_low": embodied_g / out_tokens,
+        "embodied_g_per_token_high": embodied_g_high / out_tokens,
         "tokens_per_s": out_tokens / energy.window_s,
-        **latency_metrics(batches),
+        "s_per_token_user": s_per_token_user,
+        **means,
+        **percentiles,
+        "j_per_request": j_per_request,
+        **intervals,
+        "j_per_token_cv": j_per_token_cv,
+        **steady,
         "flops": total_flops,
         "mfu": total_flops / (energy.window_s * peak_flops(platform, cell["dtype"])),
         "bytes_moved": total_bytes,
         "mbu": total_bytes / (energy.window_s * peak_bandwidth_bytes_per_s(platform)),
+        "spec_source": platform.spec_source,
     }
+    return CellMetrics(row, repeat_rows)
+
+
+def resolve_cell_platforms(
+    cells: pd.DataFrame,
+    specs: Mapping[str, Mapping[str, float]] | None = None,
+    measured: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, Platform]:
+    """Each platform's row resolved for the device its cells ran on (CELLS' device_name).
+
+    specs / measured: per platform name, config overrides (platforms.<name>.spec) and measured
+    peaks, as platforms.resolve_platform takes them. Raises HardwareMismatchError where a cell's
+    device is not its platform's and nothing describes it, InputError where cells of one platform
+    ran on devices that resolve to different numbers (merge such machines as separate platforms).
+    """
+    out: dict[str, Platform] = {}
+    for name, group in cells.groupby("platform"):
+        resolved = {
+            device: resolve_platform(
+                str(name), device or None, (specs or {}).get(name), (measured or {}).get(name)
+            )
+            for device in group["device_name"].unique()
+        }
+        distinct = {replace(p, device_name_pattern="") for p in resolved.values()}
+        if len(distinct) > 1:
+            raise InputError(
+                f"cells of platform {name!r} ran on devices {sorted(resolved)} whose specs "
+                "differ; give each machine its own platform in config"
+            )
+        out[str(name)] = next(iter(resolved.values()))
+    return out
+
+
+def _groups(df: pd.DataFrame | None, keys: list[str]) -> dict[tuple, pd.DataFrame]:
+    if df is None or not len(df):
+        return {}
+    return dict(tuple(df.groupby(keys)))
+
+
+def compute_all(
+    cells: pd.DataFrame,
+    batches: pd.DataFrame,
+    power: pd.DataFrame,
+    archs: Mapping[str, Architecture],
+    platforms: Mapping[str, Platform],
+    intensity: Any,
+    *,
+    pue: float,
+    fill: str | None,
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
+    requests: pd.DataFrame | None = None,
+    steps: pd.DataFrame | None = None,
+    settings: MetricsSettings = MetricsSettings(),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(METRICS, METRICS_REPEATS) of every cell.
+
+    cells: CELLS; batches, power, requests, steps: the aggregated tables (cell keys in front;
+    requests and steps may be None where no continuous cell exists). platforms: by platform name,
+    already resolved for the detected device (platforms.resolve_platform).
+    """
+    keys = [name for name, _ in tables.CELL_KEYS]
+    b_groups, p_groups = _groups(batches, keys), _groups(power, keys)
+    r_groups, s_groups = _groups(requests, keys), _groups(steps, keys)
+    rows, repeats = [], []
+    for cell in cells.to_dict("records"):
+        key = tuple(cell[k] for k in keys)
+        name = _cell_name(cell)
+        if key not in b_groups or key not in p_groups:
+            raise InputError(
+                f"cell {name}: no {'batches' if key not in b_groups else 'power samples'} in the "
+                "aggregated tables; re-run aggregate_cells"
+            )
+        result = cell_metrics(
+            cell, b_groups[key], p_groups[key], archs[cell["architecture"]],
+            platforms[cell["platform"]], intensity, pue=pue, fill=fill, max_fill_s=max_fill_s,
+            requests=r_groups.get(key), steps=s_groups.get(key), settings=settings,
+        )  # fmt: skip
+        rows.append(result.row)
+        repeats += result.repeats
+    return pd.DataFrame(rows), pd.DataFrame(repeats)
 
 
 def all_metrics(cells: pd.DataFrame, batches: pd.DataFrame, power: pd.DataFrame,
-                archs: dict[str, Architecture], platforms: dict[str, Platform], intensity: Any,
-                *, pue: float, fill: str | None,
-                max_fill_s: float | None = DEFAULT_MAX_FILL_S) -> pd.DataFrame:
-    """METRICS rows of every cell (cells: CELLS; batches, power: aggregated, cell keys in front)."""
-    keys = [name for name, _ in tables.CELL_KEYS]
-    b_groups = dict(tuple(batches.groupby(keys)))
-    p_groups = dict(tuple(power.groupby(keys)))
-    rows = []
-    for cell in cells.to_dict("records"):
-        key = tuple(cell[k] for k in keys)
-        rows.append(cell_metrics(cell, b_groups[key], p_groups[key], archs[cell["architecture"]],
-                                 platforms[cell["platform"]], intensity, pue=pue, fill=fill,
-                                 max_fill_s=max_fill_s))
-    return pd.DataFrame(rows)
+                archs: Mapping[str, Architecture], platforms: Mapping[str, Platform],
+                intensity: Any, *, pue: float, fill: str | None,
+                max_fill_s: float | None = DEFAULT_MAX_FILL_S, **kw: Any) -> pd.DataFrame:
+    """METRICS rows of every cell (compute_all without the per-repeat table)."""
+    return compute_all(cells, batches, power, archs, platforms, intensity, pue=pue, fill=fill,
+                       max_fill_s=max_fill_s, **kw)[0]

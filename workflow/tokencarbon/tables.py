@@ -135,12 +135,13 @@ METRICS = pa.schema(
         ("architecture", pa.string()),
         ("dtype", pa.string()),
         ("n_requests", pa.int64()),
+        ("n_repeats", pa.int64()),  # repeats measured (rows of METRICS_REPEATS)
         ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
-        ("window_s", pa.float64()),  # sum of the measured batches' durations (set-up between excluded)
+        ("window_s", pa.float64()),  # sum of the measured windows' durations (set-up between excluded)
         ("n_power_samples", pa.int64()),
-        ("energy_method", pa.string()),  # "counter" (NVML), "integrated" or "modeled"
-        ("energy_j", pa.float64()),  # the primary measurement: counter where present
+        ("energy_method", pa.string()),  # "counter" (NVML), "integrated", "modeled" or "mixed"
+        ("energy_j", pa.float64()),  # the primary measurement: counter where present and plausible
         ("energy_counter_j", pa.float64()),
         ("energy_integrated_j", pa.float64()),
         ("energy_relative_difference", pa.float64()),  # (integrated - counter) / counter
@@ -152,20 +153,69 @@ METRICS = pa.schema(
         ("filled_share", pa.float64()),  # share of window_s whose intensity a fill policy supplied
         ("pue", pa.float64()),
         ("operational_g", pa.float64()),  # energy x PUE x intensity
-        ("embodied_g", pa.float64()),  # device manufacturing carbon amortised over the window
-        ("carbon_g", pa.float64()),  # operational + embodied
+        ("embodied_g", pa.float64()),  # low bound (dies + memory) amortised over the window
+        ("embodied_g_high", pa.float64()),  # high bound (vendor PCF or scaled, + host share)
+        ("carbon_g", pa.float64()),  # operational + embodied (low)
         ("j_per_token", pa.float64()),  # energy_j / output_tokens
         ("g_per_token", pa.float64()),  # operational_g / output_tokens (the study's carbon per token)
         ("g_per_token_with_embodied", pa.float64()),
+        ("embodied_g_per_token_low", pa.float64()),
+        ("embodied_g_per_token_high", pa.float64()),
         ("tokens_per_s", pa.float64()),  # output tokens / window_s
         ("s_per_token_user", pa.float64()),  # the study's user-perceived latency: mean over batches of
-        # batch time / generated tokens per request (prefill included)
-        ("ttft_s", pa.float64()),  # mean time to first token (end of prefill)
+        # batch time / generated tokens per request (prefill included); continuous: mean over requests
+        # of (finish - arrival) / output_tokens
+        ("ttft_s", pa.float64()),  # mean time to first token
         ("tpot_s", pa.float64()),  # mean time per output token after the first
+        ("ttft_p50_s", pa.float64()),  # percentiles over requests
+        ("ttft_p90_s", pa.float64()),
+        ("ttft_p99_s", pa.float64()),
+        ("tpot_p50_s", pa.float64()),
+        ("tpot_p90_s", pa.float64()),
+        ("tpot_p99_s", pa.float64()),
+        ("e2e_p50_s", pa.float64()),
+        ("e2e_p90_s", pa.float64()),
+        ("e2e_p99_s", pa.float64()),
+        ("j_per_request", pa.float64()),  # mean energy per request (steps' energy shared by tokens)
+        ("j_per_token_ci_low", pa.float64()),  # bootstrap interval of the mean over repeats
+        ("j_per_token_ci_high", pa.float64()),
+        ("g_per_token_ci_low", pa.float64()),
+        ("g_per_token_ci_high", pa.float64()),
+        ("tokens_per_s_ci_low", pa.float64()),
+        ("tokens_per_s_ci_high", pa.float64()),
+        ("s_per_token_user_ci_low", pa.float64()),
+        ("s_per_token_user_ci_high", pa.float64()),
+        ("j_per_token_cv", pa.float64()),  # coefficient of variation of J/token over repeats
+        ("steady_window_s", pa.float64()),  # time in steady state (docs/metrics.md's rule)
+        ("j_per_token_steady", pa.float64()),
+        ("tokens_per_s_steady", pa.float64()),
         ("flops", pa.float64()),  # analytical FLOPs over the real tokens of every batch
         ("mfu", pa.float64()),  # flops / (window_s x dense peak FLOP/s of the dtype)
         ("bytes_moved", pa.float64()),  # weights + KV cache read per step, summed
         ("mbu", pa.float64()),  # bytes_moved / (window_s x peak memory bandwidth)
+        ("spec_source", pa.string()),  # platform numbers: "datasheet", or which came from config/measured
+    ]
+)
+
+# One row per repeat of each cell (tokencarbon.metrics): the figures the intervals are taken over.
+METRICS_REPEATS = pa.schema(
+    [
+        ("platform", pa.string()),
+        ("model", pa.string()),
+        ("mode", pa.string()),
+        ("batch_size", pa.int64()),
+        ("repeat", pa.int64()),
+        ("window_s", pa.float64()),
+        ("output_tokens", pa.int64()),
+        ("n_requests", pa.int64()),
+        ("energy_j", pa.float64()),
+        ("energy_method", pa.string()),
+        ("qa_flags", pa.string()),
+        ("operational_g", pa.float64()),
+        ("j_per_token", pa.float64()),
+        ("g_per_token", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("s_per_token_user", pa.float64()),
     ]
 )
 
