@@ -223,3 +223,43 @@ def test_bad_engine_settings_named(checkpoints):
     # a checkpoint that is not the architecture named: both values, before loading any weight
     with pytest.raises(ConfigError, match=r"hidden_size=64 in the checkpoint but hidden_size=256"):
         TransformersEngine(arch, "float32", "cpu", seed=0, checkpoint=str(checkpoints["llama"]))
+
+
+# ---------------------------------------------------------------- engine manifest
+
+
+def test_transformers_manifest_records_versions_class_and_counts(checkpoints):
+    from tokencarbon.engine import transformers_manifest
+
+    model = {"name": "q", "architecture": "auto", "dtype": "bfloat16", "seed": 0,
+             "checkpoint": str(checkpoints["qwen2"])}  # fmt: skip
+    manifest = transformers_manifest(model, {"attn_implementation": "eager"})
+    assert manifest["backend"] == "transformers"
+    assert manifest["transformers_version"] == transformers.__version__
+    assert manifest["torch_version"] == torch.__version__
+    assert manifest["model_class"] == "Qwen2ForCausalLM"
+    assert manifest["options"] == {"attn_implementation": "eager", "compile_decode": None,
+                                   "cuda_graphs": None}  # fmt: skip
+    # 70,208 parameters by hand (test_checkpoints.py), 2 bytes each in bfloat16
+    assert (manifest["param_count"], manifest["weight_bytes"]) == (70_208, 140_416)
+    assert manifest["architecture"]["name"] == "q" and manifest["architecture"]["qkv_bias"]
+    names = {f["name"] for f in manifest["checkpoint_files"]}
+    assert {"config.json", "model.safetensors"} <= names
+    json.dumps(manifest)  # plain builtins only
+
+
+def test_manifest_options_and_checkpoints_checked():
+    from tokencarbon.engine import torch_manifest, transformers_manifest
+
+    model = {"name": "t", "architecture": "tiny-llama", "dtype": "float32", "seed": 0,
+             "checkpoint": None}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['attention'\]; valid"):
+        transformers_manifest(model, {"attention": "sdpa"})
+    with pytest.raises(ConfigError, match=r"compile_decode='yes'; must be true, false or null"):
+        transformers_manifest(model, {"compile_decode": "yes"})
+    assert transformers_manifest(model)["model_class"] == "LlamaForCausalLM"
+    # the params may carry the resolved architecture itself
+    arch = torch_manifest(model)["architecture"]
+    assert torch_manifest(model | {"architecture": arch})["param_count"] == 4_999_424
+    with pytest.raises(ConfigError, match=r"'/nonexistent/ckpt'.*no such directory"):
+        torch_manifest(model | {"checkpoint": "/nonexistent/ckpt"})
