@@ -61,6 +61,7 @@ class PowerLog:
     power_kind: "instant" (in power_w) or "average" (a 1 s average, in power_avg_w only).
     device: identifying fields of the chosen GPU ({"index": "0", "uuid": ..., "name": ...}),
       empty when the log names none. devices: those of every GPU in the log.
+    source: the log's kind ("nvidia_smi_csv", "nvidia_smi_dmon", "dcgmi_dmon", "codecarbon").
     """
 
     samples: pd.DataFrame
@@ -70,6 +71,7 @@ class PowerLog:
     power_kind: str
     device: dict = field(default_factory=dict)
     devices: tuple = ()
+    notes: tuple[str, ...] = ()  # what the reader assumed (coarse timestamps, reconstructed times)
 
     @property
     def energy_from_average(self) -> bool:

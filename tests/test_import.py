@@ -1,0 +1,314 @@
+"""`tokencarbon import`: external power logs (real nvidia-smi logs from ../shared/data, and
+hand-made dmon, dcgmi and CodeCarbon logs) plus timing files become cells in the measured cells'
+schemas, with the energy an independent trapezoid over the raw rows gives."""
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import zoneinfo
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokencarbon import tables
+from tokencarbon.carbon import ConstantIntensity
+from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.importing import (
+    cell_measurement,
+    detect_format,
+    import_cells,
+    load_power_log,
+    read_timing,
+)
+
+SCRIPT = Path(sys.executable).with_name("tokencarbon")
+
+
+def tc(*args, cwd=None):
+    return subprocess.run(
+        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def raw_rows(path: Path, zone: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch s, W) straight from the CSV text, without tokencarbon: split on ', ', strptime."""
+    t, p = [], []
+    tz = zoneinfo.ZoneInfo(zone)
+    for line in path.read_text().splitlines()[1:]:
+        stamp, *_, power = line.split(", ")
+        local = dt.datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=tz)
+        t.append(local.timestamp())
+        p.append(float(power.removesuffix(" W")))
+    return np.array(t), np.array(p)
+
+
+def trapezoid_j(t: np.ndarray, p: np.ndarray, start: float, end: float) -> float:
+    """Trapezoid of power over [start, end], power interpolated linearly at the edges."""
+    inside = (t > start) & (t < end)
+    tt = np.concatenate([[start], t[inside], [end]])
+    pp = np.concatenate([[np.interp(start, t, p)], p[inside], [np.interp(end, t, p)]])
+    return float(np.sum(np.diff(tt) * (pp[1:] + pp[:-1]) / 2))
+
+
+def iso(epoch_s: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, dt.timezone(dt.timedelta(hours=2))).isoformat()
+
+
+def test_import_real_nvidia_smi_log_matches_an_independent_trapezoid(shared_data, tmp_path):
+    log_path = shared_data / "nvidia-smi" / "power_100ms.csv"
+    t, p = raw_rows(log_path, "Europe/Berlin")
+    # Windows on the log's own clock (written with +02:00 offsets, CEST): two of batch 4, and one
+    # of batch 1 exactly between the first two samples, worked by hand: lines 2-3 are 21.76 W at
+    # 16:02:12.560 and 21.96 W at 16:02:12.660, so (21.76 + 21.96) / 2 x 0.100 s = 2.186 J.
+    windows = [(t[0] + 0.44, t[0] + 2.94, 4), (t[0] + 7.44, t[0] + 14.69, 4), (t[0], t[1], 1)]
+    timing = tmp_path / "timing.csv"
+    timing.write_text(
+        "start,end,output_tokens,input_tokens,batch_size\n"
+        + "".join(f"{iso(s)},{iso(e)},{1000 * (k + 1)},{100 * (k + 1)},{b}\n"
+                  for k, (s, e, b) in enumerate(windows))  # fmt: skip
+    )
+    out = tc("import", "--power", log_path, "--tz", "Europe/Berlin", "--timing", timing,
+             "--model", "m7b", "--platform", "gpu-x", "--out", tmp_path / "cells", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["power_field"], report["power_kind"]) == ("power.draw", "average")
+    cells = {Path(c["directory"]).name: c for c in report["cells"]}
+    assert set(cells) == {"bs1", "bs4"}
+    assert cells["bs1"]["energy_j"] == pytest.approx(2.186, abs=1e-9)
+    want = trapezoid_j(t, p, *windows[0][:2]) + trapezoid_j(t, p, *windows[1][:2])
+    assert cells["bs4"]["energy_j"] == pytest.approx(want, rel=1e-9)
+    assert cells["bs4"]["tokens"] == 1000 + 2000
+    assert cells["bs4"]["j_per_token"] == pytest.approx(want / 3000, rel=1e-9)
+    for c in cells.values():  # energy from a 1 s average is said to be so
+        assert "integrated_from_1s_average" in c["qa_flags"] and c["energy_counter_j"] is None
+    # The cell tree is in the measured cells' schemas.
+    d = tmp_path / "cells" / "gpu-x" / "m7b" / "bs4"
+    batches = tables.read(d / "batches.parquet", tables.BATCHES)
+    power = tables.read(d / "power.parquet", tables.POWER)
+    meta = json.loads((d / "meta.json").read_text())
+    assert list(batches["output_tokens"]) == [1000, 2000]
+    assert list(batches["prompt_lens"].map(list)) == [[25] * 4, [50] * 4]  # 100 / 4, 200 / 4
+    assert list(batches["output_lens"].map(list)) == [[250] * 4, [500] * 4]
+    assert (power["phase"] == "run").all() and power["power_w"].isna().all()
+    assert power["t_wall_ns"].min() <= batches["start_wall_ns"].min()
+    assert power["t_wall_ns"].max() >= batches["end_wall_ns"].max()
+    assert meta["imported"]["power_field"] == "power.draw"
+    assert meta["imported"]["first_token_known"] is False
+    assert (meta["backend"], meta["n_batches"], meta["n_requests"]) == ("imported", 2, 8)
+    assert (meta["repeats"], meta["max_batch_requests"], meta["arrival"]) == (1, 4, "offline")
+    missing = [k for k in tables.CELLS.names if k not in meta]
+    assert not missing
+    # A finished cell is never replaced by accident.
+    again = tc("import", "--power", log_path, "--tz", "Europe/Berlin", "--timing", timing,
+               "--model", "m7b", "--platform", "gpu-x", "--out", tmp_path / "cells")  # fmt: skip
+    assert again.returncode == 2 and "already holds a finished cell" in again.stderr
+
+
+def test_import_real_50ms_log_in_python(shared_data, tmp_path):
+    log_path = shared_data / "nvidia-smi" / "power_50ms.csv"
+    t, p = raw_rows(log_path, "Europe/Berlin")
+    start, end = round(t[0] + 0.5, 3), round(t[-1] - 0.5, 3)  # 2.624 s inside the 3.624 s log
+    timing = tmp_path / "t.csv"
+    timing.write_text(f"start,end,output_tokens\n{start:.3f},{end:.3f},64\n")  # epoch seconds
+    log = load_power_log(log_path, tz="Europe/Berlin")
+    windows = read_timing(timing, model="m", platform="p", batch_size=2)
+    cells = import_cells(log, windows, tmp_path / "cells", timing_path=timing)
+    meas = cell_measurement(log, cells[0].windows, intensity=ConstantIntensity(100.0))
+    # rel 1e-7: the test's epoch seconds are floats (~0.2 us steps at 1.7e9 s); tokencarbon's ns.
+    assert meas.energy_j == pytest.approx(trapezoid_j(t, p, start, end), rel=1e-7)
+    # 100 g/kWh: g = J / 3.6e6 x 100.
+    assert meas.carbon_g == pytest.approx(meas.energy_j / 3.6e6 * 100)
+
+
+TWO_GPUS = (
+    "timestamp, index, name, pci.bus_id, uuid, power.draw [W]\n"
+    "2025/01/15 12:00:00.000, 0, NVIDIA H100 80GB HBM3, 00000000:18:00.0, GPU-aaaa1111, 70 W\n"
+    "2025/01/15 12:00:00.000, 1, NVIDIA H100 80GB HBM3, 00000000:3B:00.0, GPU-bbbb2222, 80 W\n"
+    "2025/01/15 12:00:01.000, 0, NVIDIA H100 80GB HBM3, 00000000:18:00.0, GPU-aaaa1111, 72 W\n"
+    "2025/01/15 12:00:01.000, 1, NVIDIA H100 80GB HBM3, 00000000:3B:00.0, GPU-bbbb2222, 82 W\n"
+)
+
+
+def test_two_gpu_log_refused_naming_the_devices_then_one_chosen(tmp_path):
+    log = tmp_path / "smi.csv"
+    log.write_text(TWO_GPUS)
+    timing = tmp_path / "t.csv"
+    timing.write_text("start,end,output_tokens\n2025-01-15T12:00:00Z,2025-01-15T12:00:01Z,10\n")
+    common = ["--timing", timing, "--tz", "UTC", "--model", "m", "--platform", "p",
+              "--batch-size", "1", "--out", tmp_path / "cells"]  # fmt: skip
+    out = tc("import", "--power", log, *common)
+    assert out.returncode == 2
+    assert "holds 2 GPUs" in out.stderr and "GPU-aaaa1111" in out.stderr
+    assert "index 1 (name NVIDIA H100 80GB HBM3, pci.bus_id 00000000:3B:00.0" in out.stderr
+    assert "--gpu 0" in out.stderr
+    assert not (tmp_path / "cells").exists()  # nothing written
+    out = tc("import", "--power", log, "--gpu", "1", *common, "--json")
+    assert out.returncode == 0, out.stderr
+    # GPU 1: 80 W -> 82 W over 1 s: (80 + 82) / 2 = 81 J.
+    assert json.loads(out.stdout)["cells"][0]["energy_j"] == pytest.approx(81.0)
+
+
+def test_window_outside_the_log_names_the_zone_mixup(shared_data, tmp_path):
+    # The log is local Berlin time (CEST, +02:00); a timing file in UTC written as if it were the
+    # log's wall clock lands 2 h late.
+    timing = tmp_path / "t.csv"
+    timing.write_text("start,end,output_tokens\n2025-04-24T16:02:14Z,2025-04-24T16:02:16Z,5\n")
+    out = tc("import", "--power", shared_data / "nvidia-smi" / "power_100ms.csv",
+             "--tz", "Europe/Berlin", "--timing", timing, "--model", "m", "--platform", "p",
+             "--batch-size", "1", "--out", tmp_path / "cells")  # fmt: skip
+    assert out.returncode == 2
+    assert "row 1: window [2025-04-24T16:02:14+00:00" in out.stderr
+    assert "about 2 h after the log" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("start,end\n1,2\n", r"missing \['output_tokens'\]"),
+        ("start,end,output_tokens,tokens\n1,2,3\n", r"unknown \['tokens'\]"),
+        ("start,end,output_tokens\n1736942400,1736942399,5\n", "row 1: end '1736942399' is not after"),
+        ("start,end,output_tokens\n1736942400,1736942401,2.5\n", "'output_tokens': '2.5' is not a whole"),
+        ("start,end,output_tokens\n1736942400,1736942402,5\n1736942401,1736942403,5\n",
+         "rows 1 and 2 of cell p/m/bs1 overlap"),
+        ("start,end,output_tokens\n2025-01-15 12:00,2025-01-15 12:01,5\n",
+         "carry no UTC offset"),
+    ],
+)  # fmt: skip
+def test_bad_timing_files(tmp_path, text, message):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises((InputError, ConfigError), match=message):
+        read_timing(path, model="m", platform="p", batch_size=1)
+
+
+def test_timing_names_become_folders(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("start,end,output_tokens,model\n1736942400,1736942401,5,../evil\n")
+    with pytest.raises(InputError, match="model '../evil': use letters"):
+        read_timing(path, platform="p", batch_size=1)
+
+
+# --- nvidia-smi dmon, dcgmi dmon, CodeCarbon (hand-made logs, hand-worked energies) ----------
+
+DMON = """#Date       Time        gpu    pwr  gtemp  mtemp     sm    mem   mclk   pclk
+#YYYYMMDD   HH:MM:SS    Idx      W      C      C      %      %    MHz    MHz
+ 20250115   12:00:00      0    100     35      -     97     50   2619   1980
+ 20250115   12:00:01      0    200     36      -     98     51   2619   1980
+#Date       Time        gpu    pwr  gtemp  mtemp     sm    mem   mclk   pclk
+#YYYYMMDD   HH:MM:SS    Idx      W      C      C      %      %    MHz    MHz
+ 20250115   12:00:02      0    300     37      -     99     52   2619   1980
+"""
+
+
+def test_nvidia_smi_dmon(tmp_path):
+    path = tmp_path / "dmon.log"
+    path.write_text(DMON)
+    assert detect_format(path) == "dmon"
+    log = load_power_log(path, tz="UTC")
+    s = log.samples
+    # 12:00:00 UTC on 15 Jan 2025 = 1736942400 s (date -u -d '2025-01-15 12:00' +%s).
+    assert s["t_wall_ns"].tolist() == [1_736_942_400_000_000_000 + k * 10**9 for k in range(3)]
+    assert s["power_avg_w"].tolist() == [100, 200, 300] and s["power_w"].isna().all()
+    assert s["temperature_c"].tolist() == [35, 36, 37] and s["sm_clock_mhz"].iloc[0] == 1980
+    assert "1 s resolution" in log.notes[0]
+    windows = read_timing_text(tmp_path, "1736942400,1736942402,10")
+    meas = cell_measurement(log, windows, intensity=ConstantIntensity(0.0))
+    # (100 + 200) / 2 x 1 s + (200 + 300) / 2 x 1 s = 150 + 250 = 400 J.
+    assert meas.energy_j == pytest.approx(400.0)
+    two = DMON + " 20250115   12:00:02      1    300     37      -     99     52   2619   1980\n"
+    path.write_text(two)
+    with pytest.raises(InputError, match="holds 2 GPUs: gpu 0, gpu 1.*--gpu 0"):
+        load_power_log(path, tz="UTC")
+    path.write_text("# gpu    pwr\n# Idx      W\n    0    100\n    0    200\n")  # no -o DT
+    with pytest.raises(InputError, match="no Date and Time; log with `nvidia-smi dmon -o DT`"):
+        load_power_log(path, "dmon", tz="UTC")
+
+
+def read_timing_text(tmp_path, row: str):
+    path = tmp_path / "timing.csv"
+    path.write_text(f"start,end,output_tokens\n{row}\n")
+    return read_timing(path, model="m", platform="p", batch_size=1)
+
+
+def test_dcgmi_dmon_with_time_prefixes_and_energy_counter(tmp_path):
+    # A wrapper put epoch seconds before each line. TOTEC (mJ) rises 10,000 mJ = 10 J per 0.1 s at
+    # a steady POWER of 100 W: both measurements give 20 J over 0.2 s.
+    lines = [
+        "1736942400.000 #Entity   POWER   TOTEC   GTEMP",
+        "1736942400.000 ID        W       mJ      C",
+    ]
+    for k in range(4):
+        lines.append(f"{1736942400 + k / 10:.3f} GPU 0     100.000 {1_000_000 + 10_000 * k} 35")
+    path = tmp_path / "dcgm.log"
+    path.write_text("\n".join(lines) + "\n")
+    assert detect_format(path) == "dcgmi"
+    log = load_power_log(path)
+    assert log.samples["energy_counter_j"].tolist() == [1000.0, 1010.0, 1020.0, 1030.0]
+    windows = read_timing_text(tmp_path, "1736942400.05,1736942400.25,10")
+    meas = cell_measurement(log, windows, intensity=ConstantIntensity(0.0))
+    assert meas.energy_method == "counter"
+    assert meas.energy_j == pytest.approx(20.0) and meas.energy_integrated_j == pytest.approx(20.0)
+
+
+def test_dcgmi_dmon_without_times(tmp_path):
+    path = tmp_path / "dcgm.log"
+    path.write_text(
+        "#Entity   POWER\nID        W\nGPU 0     50\nGPU 1     60\nGPU 0     70\nGPU 1     80\n"
+    )
+    with pytest.raises(InputError, match="holds 2 GPUs: GPU 0, GPU 1"):
+        load_power_log(path, "dcgmi", start="2025-01-15T12:00:00Z", delay_ms=500)
+    with pytest.raises(InputError, match="prints no times.*start.*delay_ms"):
+        load_power_log(path, "dcgmi", gpu="1")
+    log = load_power_log(path, "dcgmi", gpu="1", start="2025-01-15T12:00:00Z", delay_ms=500)
+    # GPU 1's samples k = 0, 1 at 12:00:00.0 and 12:00:00.5 UTC.
+    assert log.samples["t_wall_ns"].tolist() == [
+        1_736_942_400_000_000_000,
+        1_736_942_400_500_000_000,
+    ]
+    assert log.samples["power_avg_w"].tolist() == [60.0, 80.0]
+    assert "reconstructed" in log.notes[0]
+
+
+CODECARBON_HEADER = (
+    "timestamp,project_name,run_id,duration,emissions,emissions_rate,cpu_power,gpu_power,"
+    "ram_power,cpu_energy,gpu_energy,ram_energy,energy_consumed,gpu_count,gpu_model\n"
+)
+
+
+def test_codecarbon_runs(tmp_path):
+    # One run ending 11:31:35 UTC after 300 s with gpu_energy 0.0275 kWh = 99,000 J (330 W mean).
+    path = tmp_path / "emissions.csv"
+    path.write_text(
+        CODECARBON_HEADER
+        + "2024-05-27T11:31:35,cc,r1,300,0.01,0,42,330,31,0.003,0.0275,0.002,0.0325,1,1 x A100\n"
+    )
+    assert detect_format(path) == "codecarbon"
+    log = load_power_log(path, tz="UTC")
+    # date -u -d '2024-05-27 11:31:35' +%s = 1716809495; the run began 300 s before.
+    end_s = 1716809495
+    whole = read_timing_text(tmp_path, f"{end_s - 300},{end_s},100")
+    assert cell_measurement(log, whole, intensity=ConstantIntensity(0.0)).energy_j == pytest.approx(
+        99_000
+    )
+    # A 100 s window inside the run gets the run's mean power: 330 W x 100 s = 33,000 J.
+    part = read_timing_text(tmp_path, f"{end_s - 200},{end_s - 100},100")
+    assert cell_measurement(log, part, intensity=ConstantIntensity(0.0)).energy_j == pytest.approx(
+        33_000
+    )
+    assert "mean power" in log.notes[0]
+    path.write_text(
+        CODECARBON_HEADER
+        + "2024-05-27T11:31:35,cc,r1,300,0.01,0,42,330,31,0.003,0.0275,0.002,0.0325,2,2 x A100\n"
+    )
+    with pytest.raises(InputError, match="sum over 2 GPUs \\(2 x A100\\).*all_gpus=True"):
+        load_power_log(path, tz="UTC")
+    assert len(load_power_log(path, tz="UTC", all_gpus=True).samples) == 2
+
+
+def test_unknown_log_format(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("hello\n")
+    with pytest.raises(InputError, match="not a power log tokencarbon knows.*'hello'"):
+        load_power_log(path)

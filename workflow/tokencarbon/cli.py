@@ -1,0 +1,584 @@
+"""The `tokencarbon` command: run the study, measure any command, import measurements made
+elsewhere, check what this machine can measure. `tokencarbon <subcommand> --help` for each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tokencarbon.errors import TokencarbonError
+
+EXAMPLES = {
+    "run": """examples:
+  tokencarbon run                                  # the embedded default study (CPU, minutes)
+  tokencarbon run --configfile config/paper.yaml   # the study's grid (on its GPUs)
+  tokencarbon run -n                               # what would run (Snakemake's dry run)
+  tokencarbon run --config carbon='{"intensity_g_per_kwh": 250}'""",
+    "measure": """examples:
+  tokencarbon measure -- python generate.py                 # energy and carbon of a command
+  tokencarbon measure --tokens 51200 -- python bench.py      # plus J/token and gCO2/token
+  tokencarbon measure --trace DE_2023.csv --json -- ./serve  # hourly grid intensity, JSON out
+  tokencarbon measure --tdp-w 65 -- make -j4                 # modeled CPU at your CPU's TDP""",
+    "import": """examples:
+  tokencarbon import --power smi.csv --tz Europe/Berlin --timing windows.csv \\
+      --model llama-2-7b --platform a100-sxm4-40gb --architecture llama-2-7b --dtype float16
+  tokencarbon import --power smi.csv --gpu 1 --timing windows.csv   # a log of several GPUs
+  tokencarbon import --power emissions.csv --timing runs.csv --model m --platform p  # CodeCarbon
+  tokencarbon import --power dcgm.log --start 2025-01-15T12:00:00Z --delay-ms 100 --timing t.csv""",
+    "doctor": """examples:
+  tokencarbon doctor                            # this machine against config/config.yaml
+  tokencarbon doctor --configfile config/paper.yaml
+  tokencarbon doctor --json""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="tokencarbon",
+        description="Energy and carbon per token of LLM inference. The Snakemake workflow runs "
+        "a whole study; these commands cover what is not a study.",
+        epilog="Run `tokencarbon <command> --help` for each command's options and examples.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--version", action="version", version=f"tokencarbon {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="command", required=True)
+
+    r = sub.add_parser(
+        "run", help="run the Snakemake workflow in this checkout",
+        description="Run the workflow (Snakefile, config/config.yaml and profiles/default of the "
+        "checkout) with Snakemake; arguments after `run` go to Snakemake unchanged (--cores 1 "
+        "is added when no -c/--cores/-j is given). After a full run it builds the report and "
+        "prints where results/summary.md and the report are.",
+        epilog=EXAMPLES["run"], formatter_class=fmt,
+    )  # fmt: skip
+    r.add_argument("--directory", type=Path, default=None,
+                   help="the checkout (default: this folder if it holds a Snakefile, else the "
+                   "checkout tokencarbon is installed from)")  # fmt: skip
+    r.add_argument("--no-report", action="store_true", help="skip `snakemake --report`")
+    # Every other argument goes to Snakemake (parse_known_args in main).
+
+    m = sub.add_parser(
+        "measure", help="measure the energy and carbon of any command",
+        description="Run CMD with tokencarbon's power sidecar beside it: NVML (GPU 0 as "
+        "CUDA_VISIBLE_DEVICES numbers it) where a GPU is visible, else modeled CPU power (TDP x "
+        "CPU utilisation of CMD's process tree, labelled MODELED). Prints the energy (energy "
+        "counter and integral of power), operational carbon, and J/token and gCO2/token when "
+        "--tokens is given. Exits with CMD's exit code.",
+        epilog=EXAMPLES["measure"], formatter_class=fmt,
+    )  # fmt: skip
+    m.add_argument(
+        "--tokens", type=int, default=None, help="tokens CMD generated (per-token figures)"
+    )
+    _carbon_args(m)
+    m.add_argument(
+        "--tdp-w",
+        type=float,
+        default=None,
+        help="model CPU power at this TDP (W) even where a GPU is visible; default: "
+        "the platforms.csv 'cpu' row's TDP per logical CPU x the CPUs available",
+    )
+    m.add_argument("--interval-s", type=float, default=None, help="sampling interval (s)")
+    m.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    m.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to measure")
+
+    i = sub.add_parser(
+        "import", help="turn an external power log plus a timing file into cells",
+        description="Build cells (results/cells/<platform>/<model>/bs<n>/: batches.parquet, "
+        "power.parquet, meta.json, the measured cells' schemas) from a power log (an nvidia-smi "
+        "--query-gpu CSV with any columns, units or nounits, local or ISO-8601 times; CodeCarbon's "
+        "emissions.csv; `nvidia-smi dmon -o DT` or `dcgmi dmon` text) and a timing CSV (start, "
+        "end, output_tokens[, input_tokens, batch_size, n_requests, model, platform, first_token]; "
+        "docs/import.md). Prints each cell's energy, carbon and J/token. nvidia-smi's power.draw "
+        "is kept as the driver's 1 s average (flagged when integrated); power.draw.instant as "
+        "instant power.",
+        epilog=EXAMPLES["import"], formatter_class=fmt,
+    )  # fmt: skip
+    i.add_argument("--power", required=True, type=Path, help="the power log")
+    i.add_argument("--format", default="auto", choices=["auto", "nvidia-smi", "codecarbon",
+                   "dmon", "dcgmi"], help="the power log's kind (default: detected)")  # fmt: skip
+    i.add_argument("--timing", required=True, type=Path, help="the timing CSV")
+    i.add_argument("--tz", default=None,
+                   help="zone of zone-less times in the log and timing file: IANA name "
+                   "(Europe/Berlin) or fixed offset (+01:00)")  # fmt: skip
+    i.add_argument(
+        "--gpu", default=None, help="which GPU of a multi-GPU log: index, pci.bus_id or uuid"
+    )
+    i.add_argument("--power-draw", default="average", choices=["average", "instant"],
+                   help="what the log's power.draw / pwr / POWER is: 'average' (Ampere and newer "
+                   "except A100, the default) or 'instant' (A100, V100, T4 and older)")  # fmt: skip
+    i.add_argument("--component", default="gpu", choices=["gpu", "cpu", "ram", "total"],
+                   help="CodeCarbon: which energy column")  # fmt: skip
+    i.add_argument(
+        "--all-gpus",
+        action="store_true",
+        help="CodeCarbon: accept gpu_energy summed over several GPUs as one device",
+    )
+    i.add_argument("--run-id", default=None, help="CodeCarbon: keep one run_id")
+    i.add_argument("--start", default=None, help="dcgmi without time prefixes: first sample's time")
+    i.add_argument("--delay-ms", type=float, default=None, help="dcgmi: dmon's -d (ms)")
+    i.add_argument("--model", default=None, help="model of every window (else a 'model' column)")
+    i.add_argument("--platform", default=None, help="platform of every window (else a column)")
+    i.add_argument("--batch-size", type=int, default=None, help="batch size of every window")
+    i.add_argument(
+        "--architecture",
+        default=None,
+        help="resources/models/<name>.json of the model (for MFU/MBU in the workflow)",
+    )
+    i.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    i.add_argument(
+        "--idle",
+        nargs=2,
+        metavar=("START", "END"),
+        default=None,
+        help="a span of the log when the device ran nothing: idle power",
+    )
+    i.add_argument("--out", type=Path, default=Path("results/cells"), help="cells go here")
+    i.add_argument("--force", action="store_true", help="replace cells that already exist")
+    _carbon_args(i)
+    i.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    d = sub.add_parser(
+        "doctor", help="what this machine can measure, and whether the study can run here",
+        description="Lists the GPUs NVML sees, the CPU, the power sources available, which "
+        "platform rows of resources/platforms.csv match this hardware and why, and whether "
+        "each platform of the configured study can be measured here. Exits 1 when one cannot.",
+        epilog=EXAMPLES["doctor"], formatter_class=fmt,
+    )  # fmt: skip
+    d.add_argument(
+        "--configfile",
+        type=Path,
+        default=None,
+        help="the study's config (default: config/config.yaml of the checkout)",
+    )
+    d.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return p
+
+
+def _carbon_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--intensity",
+        type=float,
+        default=None,
+        help="grid carbon intensity, gCO2eq/kWh (default 413, the study's)",
+    )
+    g.add_argument("--trace", type=Path, default=None, help="an Electricity Maps CSV (hourly)")
+    p.add_argument(
+        "--basis",
+        default="direct",
+        choices=["direct", "lifecycle"],
+        help="trace column: direct or life-cycle intensity",
+    )
+    p.add_argument(
+        "--fill",
+        default=None,
+        choices=["previous", "nearest"],
+        help="fill hours the trace lacks (default: refuse)",
+    )
+    p.add_argument("--pue", type=float, default=1.0, help="power usage effectiveness (>= 1)")
+
+
+def _version() -> str:
+    import tokencarbon
+
+    return tokencarbon.__version__
+
+
+def _num(x: float | None, unit: str, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}g} {unit}"
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def checkout_dir(given: Path | None = None) -> Path:
+    """The workflow checkout: `given`, else the current folder if it holds a Snakefile, else the
+    checkout the package was installed from (an editable install). TokencarbonError otherwise."""
+    candidates = [given] if given is not None else [Path.cwd()]
+    if given is None:
+        import tokencarbon
+
+        candidates.append(Path(tokencarbon.__file__).resolve().parents[2])
+    for c in candidates:
+        if (c / "Snakefile").is_file() and (c / "workflow" / "rules").is_dir():
+            return c.resolve()
+    raise TokencarbonError(
+        f"no tokencarbon checkout (a Snakefile beside workflow/rules/) at "
+        f"{', '.join(str(c) for c in candidates)}; cd into the clone or pass --directory"
+    )
+
+
+_NO_RESULT = {"-n", "--dry-run", "--dryrun", "--lint", "--list-rules", "-l", "--summary",
+              "--detailed-summary", "--dag", "--rulegraph", "--filegraph", "--unlock",
+              "--report", "--help", "-h", "--version", "--cleanup-metadata", "--touch", "-t"}  # fmt: skip
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    root = checkout_dir(a.directory)
+    args = [x for x in a.snakemake_args if x != "--"]
+    has_cores = any(
+        x in ("-c", "--cores", "-j", "--jobs") or re.match(r"^(-c|-j)\d+$|^--(cores|jobs)=", x)
+        for x in args
+    )
+    cmd = [sys.executable, "-m", "snakemake", *([] if has_cores else ["--cores", "1"]), *args]
+    print(f"tokencarbon run: {shlex.join(cmd[2:])}  (in {root})", file=sys.stderr, flush=True)
+    code = subprocess.run(cmd, cwd=root).returncode
+    if code != 0 or any(x in _NO_RESULT for x in args):
+        return code
+    summary = root / "results" / "summary.md"
+    report = root / "results" / "report.html"
+    if not a.no_report:
+        config_args, taking = [], False  # the report must see the same study
+        for x in args:
+            if x in ("--configfile", "--configfiles", "--config"):
+                config_args.append(x)
+                taking = True
+            elif x.startswith(("--configfile=", "--configfiles=", "--config=")):
+                config_args.append(x)
+                taking = False
+            elif taking and not x.startswith("-"):
+                config_args.append(x)
+            else:
+                taking = False
+        rep = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--report", str(report), *config_args], cwd=root
+        )
+        if rep.returncode != 0:
+            print(f"tokencarbon run: the report failed (exit {rep.returncode})", file=sys.stderr)
+    print("")
+    print(f"summary: {summary}" if summary.exists() else "summary: not built by this run")
+    print(f"report:  {report}" if report.exists() else "report:  not built")
+    return 0
+
+
+# --- measure -----------------------------------------------------------------------------------
+
+
+def _intensity_kwargs(a: argparse.Namespace) -> dict:
+    return {"intensity_g_per_kwh": a.intensity, "trace": a.trace, "basis": a.basis,
+            "fill": a.fill, "pue": a.pue}  # fmt: skip
+
+
+def _describe(meas, extra: list[str]) -> str:
+    lines = [
+        f"device          {meas.device}",
+        f"window          {meas.time_s:.3f} s, {meas.n_samples} power samples",
+        f"energy          {_num(meas.energy_j, 'J')} ({meas.energy_method})"
+        + ("  MODELED, an estimate" if meas.modeled else ""),
+        f"  counter       {_num(meas.energy_counter_j, 'J')}",
+        f"  integral      {_num(meas.energy_integrated_j, 'J')}",
+        f"carbon          {_num(meas.carbon_g, 'gCO2eq')} at {meas.intensity_g_per_kwh:.4g} "
+        f"gCO2eq/kWh x PUE {meas.pue:g} (operational)",
+    ]
+    if meas.tokens:
+        lines.append(
+            f"per token       {_num(meas.j_per_token, 'J/token')}, "
+            f"{_num(meas.g_per_token, 'gCO2eq/token')} ({meas.tokens} tokens)"
+        )
+    lines.append(f"qa flags        {', '.join(meas.qa_flags) or 'none'}")
+    return "\n".join(extra + lines)
+
+
+def cmd_measure(a: argparse.Namespace) -> int:
+    from tokencarbon.monitor import Monitor
+
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        raise TokencarbonError("no command to measure: tokencarbon measure [options] -- CMD ...")
+    if a.tokens is not None and a.tokens <= 0:
+        raise TokencarbonError(f"--tokens {a.tokens}: a count of generated tokens must be > 0")
+    monitor = Monitor(tdp_w=a.tdp_w, interval_s=a.interval_s, **_intensity_kwargs(a))
+    try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        monitor.begin_window("command")
+        try:
+            code = subprocess.run(cmd).returncode
+        except OSError as exc:
+            raise TokencarbonError(f"cannot run {shlex.join(cmd)}: {exc}") from exc
+        meas = monitor.end_window("command", tokens=a.tokens)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        monitor.close()
+    # CPU seconds the kernel charged to the command's process tree (waited children only): an
+    # account independent of the sidecar's sampled utilisation.
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if a.json:
+        out = {"command": cmd, "exit_code": code, "command_cpu_s": cpu_s,
+               "interval_s": monitor.interval_s, **meas.to_dict()}  # fmt: skip
+        print(json.dumps(out, indent=2))
+    else:
+        print(_describe(meas, [f"command         {shlex.join(cmd)} (exit {code})"]))
+    return code
+
+
+# --- import ------------------------------------------------------------------------------------
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    from tokencarbon.carbon import ConstantIntensity, DEFAULT_INTENSITY_G_PER_KWH, load_trace
+    from tokencarbon.importing import (
+        cell_measurement,
+        import_cells,
+        load_power_log,
+        read_timing,
+    )
+    from tokencarbon.power.timestamps import parse_times
+
+    import pandas as pd
+
+    log = load_power_log(
+        a.power, a.format, tz=a.tz, gpu=a.gpu, power_draw=a.power_draw, component=a.component,
+        all_gpus=a.all_gpus, run_id=a.run_id, start=a.start, delay_ms=a.delay_ms,
+    )  # fmt: skip
+    timing = read_timing(
+        a.timing, a.tz, model=a.model, platform=a.platform, batch_size=a.batch_size
+    )
+    idle = None
+    if a.idle:
+        t = parse_times(pd.Series(a.idle), a.tz, "--idle")
+        idle = (int(t[0]), int(t[1]))
+    cells = import_cells(
+        log, timing, a.out, timing_path=a.timing, tz=a.tz, architecture=a.architecture,
+        dtype=a.dtype, idle=idle, force=a.force,
+    )  # fmt: skip
+    intensity = (
+        load_trace(a.trace, a.basis) if a.trace
+        else ConstantIntensity(DEFAULT_INTENSITY_G_PER_KWH if a.intensity is None else a.intensity)
+    )  # fmt: skip
+    results = []
+    for c in cells:
+        meas = cell_measurement(log, c.windows, intensity=intensity, pue=a.pue, fill=a.fill)
+        results.append((c, meas))
+    if a.json:
+        print(json.dumps({
+            "power_log": str(a.power), "power_field": log.power_field,
+            "power_kind": log.power_kind, "device": log.device, "notes": list(log.notes),
+            "cells": [{"directory": str(c.directory), "n_windows": len(c.windows), **m.to_dict()}
+                      for c, m in results],
+        }, indent=2))  # fmt: skip
+        return 0
+    print(
+        f"power log       {a.power}: {log.source}, {len(log.samples)} samples, energy from "
+        f"{log.power_field} ({log.power_kind}"
+        + (", the driver's 1 s average" if log.power_kind == "average" else "")
+        + ")"
+        + (f", device {log.device}" if log.device else "")
+    )
+    for note in log.notes:
+        print(f"note            {note}")
+    for c, meas in results:
+        print(f"\ncell            {c.directory} ({len(c.windows)} windows)")
+        print(_describe(meas, []))
+    return 0
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+def gpus() -> tuple[list[dict], str | None]:
+    """Every GPU NVML sees (all of the host's, whatever CUDA_VISIBLE_DEVICES says), or why none."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [], f"NVML unavailable ({exc}): no NVIDIA driver here"
+    try:
+        out = []
+        for k in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(k)
+            out.append({
+                "index": k, "name": pynvml.nvmlDeviceGetName(h),
+                "uuid": pynvml.nvmlDeviceGetUUID(h),
+                "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
+                "memory_total_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total,
+                "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
+            })  # fmt: skip
+        return out, None if out else "NVML runs but sees no GPU"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def diagnose(configfile: Path | None = None) -> dict:
+    """What `tokencarbon doctor` reports, as a dict (see its --help)."""
+    import yaml
+
+    from tokencarbon.hardware import cpu_model_name
+    from tokencarbon.platforms import load_platforms
+
+    found, why_no_gpu = gpus()
+    cpu = cpu_model_name()
+    n_cpus = len(os.sched_getaffinity(0))
+    rapl = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+    rapl_state = (
+        "readable" if rapl.exists() and os.access(rapl, os.R_OK)
+        else "present but not readable (root only)" if rapl.exists() else "absent"
+    )  # fmt: skip
+    sources = (["nvml (GPU energy counter and power readings)"] if found else []) + [
+        "modeled_cpu (an estimate: TDP x CPU utilisation of the measured process tree)"
+    ]
+    platforms = load_platforms()
+    matches = []
+    for name, p in platforms.items():
+        if p.kind == "gpu":
+            hits = [g for g in found if re.search(p.device_name_pattern, g["name"])]
+            for g in hits:
+                matches.append({"platform": name, "why": f"pattern {p.device_name_pattern!r} "
+                                f"matches GPU {g['index']} {g['name']!r}"})  # fmt: skip
+        elif re.search(p.device_name_pattern, cpu):
+            vendor = next((v for v in ("AMD", "Intel", "Arm", "Apple") if v in cpu), None)
+            described = next((v for v in ("AMD", "Intel", "Arm", "Apple") if v in p.source), None)
+            other = (
+                f"; NOTE: the row's numbers describe an {described} CPU, this one is {vendor}: its "
+                "TDP, peaks and bandwidth are not this CPU's"
+                if vendor and described and vendor != described
+                else ""
+            )
+            matches.append({
+                "platform": name,
+                "why": f"pattern {p.device_name_pattern!r} matches CPU {cpu!r}; the row describes "
+                f"{p.logical_cpus} logical CPUs at {p.tdp_w:g} W TDP ({p.source.split(':')[0]}), "
+                f"this process may use {n_cpus}{other}",
+            })  # fmt: skip
+    root = None
+    try:
+        root = checkout_dir()
+    except TokencarbonError:
+        pass
+    path = configfile or (root / "config" / "config.yaml" if root else None)
+    study: dict = {"config": str(path) if path else None, "platforms": [], "can_run": None}
+    if path is not None:
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            study["error"] = f"{path}: cannot be read ({exc})"
+            config = {}
+        verdicts = []
+        for name, spec in (config.get("platforms") or {}).items():
+            spec = spec or {}
+            p = platforms.get(name)
+            if p is None:
+                v = {
+                    "platform": name,
+                    "can_run": False,
+                    "why": f"unknown platform; rows of resources/platforms.csv: {', '.join(platforms)}",
+                }
+            elif spec.get("import_only") or spec.get("imported"):
+                v = {
+                    "platform": name,
+                    "can_run": True,
+                    "why": "measured elsewhere (import_only / imported): nothing runs here",
+                }
+            elif p.kind == "gpu":
+                hits = [g for g in found if re.search(p.device_name_pattern, g["name"])]
+                v = {
+                    "platform": name,
+                    "can_run": bool(hits),
+                    "why": (
+                        (
+                            f"GPU {hits[0]['index']} {hits[0]['name']!r} matches "
+                            f"{p.device_name_pattern!r}"
+                        )
+                        if hits
+                        else (
+                            f"needs a GPU matching {p.device_name_pattern!r}; "
+                            + (
+                                f"this machine has {[g['name'] for g in found]}"
+                                if found
+                                else why_no_gpu
+                            )
+                        )
+                    ),
+                }
+            else:
+                ok = n_cpus >= (p.logical_cpus or 1)
+                v = {
+                    "platform": name,
+                    "can_run": ok,
+                    "why": (
+                        f"CPU {cpu!r}, {n_cpus} logical CPUs available, the row needs "
+                        f"{p.logical_cpus}; power is modeled"
+                    ),
+                }
+            verdicts.append(v)  # fmt: skip
+        study["platforms"] = verdicts
+        study["can_run"] = bool(verdicts) and all(v["can_run"] for v in verdicts)
+    return {
+        "gpus": found,
+        "gpu_note": why_no_gpu,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cpu": {
+            "model": cpu,
+            "logical_cpus_available": n_cpus,
+            "logical_cpus_host": os.cpu_count(),
+        },
+        "rapl": rapl_state,
+        "power_sources": sources,
+        "platform_matches": matches,
+        "study": study,
+    }
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    report = diagnose(a.configfile)
+    study = report["study"]
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("GPUs (NVML)")
+        for g in report["gpus"]:
+            print(f"  {g['index']}: {g['name']} {g['uuid']} {g['pci_bus_id']}, "
+                  f"{g['memory_total_bytes'] / 1e9:.1f} GB, limit {g['power_limit_w']:.0f} W")  # fmt: skip
+        if report["gpu_note"]:
+            print(f"  none: {report['gpu_note']}")
+        if report["cuda_visible_devices"] is not None:
+            print(f"  CUDA_VISIBLE_DEVICES={report['cuda_visible_devices']!r}")
+        c = report["cpu"]
+        print(f"CPU\n  {c['model']}, {c['logical_cpus_available']} of {c['logical_cpus_host']} "
+              f"logical CPUs available; RAPL energy counter: {report['rapl']}")  # fmt: skip
+        print("power sources")
+        for s in report["power_sources"]:
+            print(f"  {s}")
+        print("platform rows matching this machine (resources/platforms.csv)")
+        for m in report["platform_matches"] or [{"platform": "none", "why": ""}]:
+            print(f"  {m['platform']}: {m['why']}")
+        print(f"configured study ({study['config']})")
+        if "error" in study:
+            print(f"  {study['error']}")
+        for v in study["platforms"]:
+            print(f"  {v['platform']}: {'can run here' if v['can_run'] else 'CANNOT run here'}"
+                  f" ({v['why']})")  # fmt: skip
+    return 0 if study["can_run"] in (True, None) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        args.snakemake_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    handlers = {"run": cmd_run, "measure": cmd_measure, "import": cmd_import, "doctor": cmd_doctor}
+    try:
+        return handlers[args.command](args)
+    except TokencarbonError as exc:
+        print(f"tokencarbon {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

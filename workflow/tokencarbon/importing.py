@@ -1,0 +1,503 @@
+"""Measurements made elsewhere -> cells: an external power log plus a timing file become
+results/cells/<platform>/<model>/bs<n>/{batches.parquet, power.parquet, meta.json}, in the same
+schemas (tokencarbon.tables) as measured cells, so metrics, tables, figures and export cover them.
+
+The timing file (CSV, one row per measured window; docs/import.md):
+
+    start,end,output_tokens,input_tokens,batch_size,model,platform
+    2025-04-24T16:02:13.000+02:00,2025-04-24T16:02:15.500+02:00,2048,512,8,llama-2-7b,h100-sxm-80gb
+
+start, end (required): wall times of the window, ISO-8601 (with an offset, or local in tz) or
+epoch seconds. output_tokens (required): tokens generated in the window. Optional: input_tokens,
+batch_size and n_requests (requests in the window; default batch_size), model, platform (or given
+once for the file), first_token (when every request of the window had its first token),
+max_output_tokens (the longest request's output; default output_tokens / n_requests, rounded up),
+repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tokencarbon import tables
+from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.power.nvidia_smi import PowerLog
+from tokencarbon.power.timestamps import parse_times
+
+FORMATS = ("nvidia-smi", "codecarbon", "dmon", "dcgmi")
+REQUIRED = ("start", "end", "output_tokens")
+OPTIONAL = (
+    "input_tokens", "batch_size", "n_requests", "model", "platform", "first_token",
+    "max_output_tokens", "repeat",
+)  # fmt: skip
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # usable as a path part and a wildcard
+_EPOCH_S = re.compile(r"^\d{9,11}(?:\.\d+)?$")
+BACKEND = "imported"
+
+
+def detect_format(path: str | Path) -> str:
+    """Which importer reads `path`, from its first lines; InputError naming what was seen."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = [line for _, line in zip(range(5), f)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read as a text power log ({exc})") from exc
+    text = "".join(head)
+    first = head[0].strip() if head else ""
+    if "project_name" in first and "energy_consumed" in first:
+        return "codecarbon"
+    if first.startswith("timestamp") or "power.draw" in first:
+        return "nvidia-smi"
+    if "#Entity" in text:
+        return "dcgmi"
+    if first.startswith("#") and re.search(r"(^#|\s)gpu\b", first):
+        return "dmon"
+    raise InputError(
+        f"{path}: not a power log tokencarbon knows; first line {first[:120]!r}. Known: an "
+        "nvidia-smi --query-gpu CSV (header 'timestamp, ... power.draw [W]'), CodeCarbon's "
+        "emissions.csv, `nvidia-smi dmon -o DT` and `dcgmi dmon` text logs"
+    )
+
+
+def load_power_log(
+    path: str | Path,
+    fmt: str = "auto",
+    *,
+    tz: str | None = None,
+    gpu: str | int | None = None,
+    power_draw: str = "average",
+    component: str = "gpu",
+    all_gpus: bool = False,
+    run_id: str | None = None,
+    start: str | None = None,
+    delay_ms: float | None = None,
+) -> PowerLog:
+    """One device's samples from any supported log (fmt "auto" detects it; see FORMATS).
+
+    tz, gpu, power_draw: as tokencarbon.power.nvidia_smi.import_nvidia_smi. component, all_gpus,
+    run_id: CodeCarbon only (tokencarbon.power.codecarbon). start, delay_ms: dcgmi logs without
+    time prefixes (tokencarbon.power.dmon). Raises InputError / ConfigError from the importers.
+    """
+    from tokencarbon.power.codecarbon import import_codecarbon
+    from tokencarbon.power.dmon import import_dcgmi_dmon, import_nvidia_smi_dmon
+    from tokencarbon.power.nvidia_smi import import_nvidia_smi
+
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "nvidia-smi":
+        return import_nvidia_smi(path, tz, gpu=gpu, power_draw=power_draw)
+    if fmt == "codecarbon":
+        return import_codecarbon(path, tz, component=component, run_id=run_id, all_gpus=all_gpus)
+    if fmt == "dmon":
+        return import_nvidia_smi_dmon(path, tz, gpu=gpu, power_draw=power_draw)
+    if fmt == "dcgmi":
+        return import_dcgmi_dmon(
+            path, tz, gpu=gpu, power_draw=power_draw, start=start, delay_ms=delay_ms
+        )
+    raise ConfigError(f"power log format {fmt!r}: one of {('auto',) + FORMATS}")
+
+
+# --- timing files ------------------------------------------------------------------------------
+
+
+def _times(raw: pd.Series, tz: str | None, where: str) -> np.ndarray:
+    """Epoch seconds (exactly, via Decimal) or text times -> int64 UTC ns."""
+    text = raw.astype(str).str.strip()
+    if text.str.match(_EPOCH_S).all():
+        return np.array([int(Decimal(v) * 10**9) for v in text], dtype=np.int64)
+    return parse_times(text, tz, where, local_format="%Y/%m/%d %H:%M:%S.%f")
+
+
+def _ints(raw: pd.Series, name: str, where: Path, minimum: int) -> np.ndarray:
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, v in enumerate(raw.astype(str).str.strip()):
+        try:
+            d = Decimal(v)
+            ok = d == d.to_integral_value() and d >= minimum
+        except InvalidOperation:
+            ok = False
+        if not ok:
+            raise InputError(
+                f"{where}, row {i + 1}, column {name!r}: {v!r} is not a whole number >= {minimum}"
+            )
+        out[i] = int(d)
+    return out
+
+
+def read_timing(
+    path: str | Path,
+    tz: str | None = None,
+    *,
+    model: str | None = None,
+    platform: str | None = None,
+    batch_size: int | None = None,
+) -> pd.DataFrame:
+    """The windows of a timing file (see the module docstring), one row each, checked.
+
+    Columns out: row (1-based data row), platform, model, batch_size, n_requests, repeat,
+    start_wall_ns, end_wall_ns, first_token_wall_ns (-1 where unknown), input_tokens (-1 where
+    unknown), output_tokens, max_output_tokens. model / platform / batch_size fill columns the
+    file lacks (a file column wins only where the argument is None). Raises InputError naming the
+    file, row and column; windows of one cell that overlap are refused.
+    """
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: not a readable timing CSV ({exc})") from exc
+    raw.columns = [c.strip() for c in raw.columns]
+    unknown = [c for c in raw.columns if c not in REQUIRED + OPTIONAL]
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if missing or unknown:
+        raise InputError(
+            f"{path}: timing columns "
+            + (f"missing {missing}" if missing else "")
+            + ("; " if missing and unknown else "")
+            + (f"unknown {unknown}" if unknown else "")
+            + f"; required {list(REQUIRED)}, optional {list(OPTIONAL)}"
+        )
+    if raw.empty:
+        raise InputError(f"{path}: a header but no windows")
+    out = pd.DataFrame({"row": np.arange(1, len(raw) + 1)})
+    for name, given in (("model", model), ("platform", platform)):
+        if given is not None:
+            out[name] = str(given)
+        elif name in raw.columns:
+            out[name] = raw[name].str.strip()
+        else:
+            raise InputError(
+                f"{path}: no {name!r} column; add one or give the {name} of every window "
+                f"(--{name})"
+            )
+        bad = ~out[name].str.match(_NAME)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(
+                f"{path}, row {i + 1}, {name} {out[name].iloc[i]!r}: use letters, digits, '.', "
+                "'_' and '-' only (it becomes a folder name)"
+            )
+    if batch_size is not None:
+        out["batch_size"] = int(batch_size)
+    elif "batch_size" in raw.columns:
+        out["batch_size"] = _ints(raw["batch_size"], "batch_size", path, 1)
+    else:
+        raise InputError(f"{path}: no 'batch_size' column; add one or give --batch-size")
+    out["n_requests"] = (
+        _ints(raw["n_requests"], "n_requests", path, 1)
+        if "n_requests" in raw.columns
+        else out["batch_size"].to_numpy()
+    )
+    out["repeat"] = _ints(raw["repeat"], "repeat", path, 0) if "repeat" in raw.columns else 0
+    out["start_wall_ns"] = _times(raw["start"], tz, f"{path}, column 'start'")
+    out["end_wall_ns"] = _times(raw["end"], tz, f"{path}, column 'end'")
+    out["first_token_wall_ns"] = (
+        _times(raw["first_token"], tz, f"{path}, column 'first_token'")
+        if "first_token" in raw.columns
+        else -1
+    )
+    out["output_tokens"] = _ints(raw["output_tokens"], "output_tokens", path, 1)
+    out["input_tokens"] = (
+        _ints(raw["input_tokens"], "input_tokens", path, 0) if "input_tokens" in raw.columns else -1
+    )
+    out["max_output_tokens"] = (
+        _ints(raw["max_output_tokens"], "max_output_tokens", path, 1)
+        if "max_output_tokens" in raw.columns
+        else -(-out["output_tokens"] // out["n_requests"])
+    )
+    bad = out["end_wall_ns"] <= out["start_wall_ns"]
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{path}, row {i + 1}: end {raw['end'].iloc[i]!r} is not after start")
+    if "first_token" in raw.columns:
+        ft = out["first_token_wall_ns"]
+        bad = (ft < out["start_wall_ns"]) | (ft > out["end_wall_ns"])
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{path}, row {i + 1}: first_token is not within [start, end]")
+    for key, cell in out.groupby(["platform", "model", "batch_size"]):
+        w = cell.sort_values("start_wall_ns")
+        overlap = np.flatnonzero(
+            w["start_wall_ns"].to_numpy()[1:] < w["end_wall_ns"].to_numpy()[:-1]
+        )
+        if len(overlap):
+            a, b = w["row"].iloc[overlap[0]], w["row"].iloc[overlap[0] + 1]
+            raise InputError(
+                f"{path}: rows {a} and {b} of cell {key[0]}/{key[1]}/bs{key[2]} overlap in time; "
+                "a cell's windows must be disjoint (their energies are summed)"
+            )
+    return out
+
+
+# --- cells --------------------------------------------------------------------------------------
+
+
+def _utc(t_ns: int) -> str:
+    return pd.Timestamp(int(t_ns), unit="ns", tz="UTC").isoformat()
+
+
+def check_coverage(log: PowerLog, windows: pd.DataFrame, timing_path: str | Path) -> None:
+    """Every window lies inside the log's span; otherwise InputError naming the row, both spans in
+    UTC, and, where the gap is close to whole hours, the likely time-zone mix-up."""
+    t = log.samples["t_wall_ns"].to_numpy()
+    first, last = int(t.min()), int(t.max())
+    for w in windows.itertuples():
+        if w.start_wall_ns >= first and w.end_wall_ns <= last:
+            continue
+        shift_ns = (w.start_wall_ns - first) if w.start_wall_ns < first else (w.end_wall_ns - last)
+        hours = shift_ns / 3.6e12
+        hint = ""
+        if abs(hours) >= 0.9 and abs(hours - round(hours)) < 0.1:
+            hint = (
+                f"; the window is about {abs(round(hours))} h "
+                f"{'before' if hours < 0 else 'after'} the log: are both read in the same zone "
+                "(tz of the log's local times, offsets of the timing file)?"
+            )
+        raise InputError(
+            f"{timing_path}, row {w.row}: window [{_utc(w.start_wall_ns)}, {_utc(w.end_wall_ns)}] "
+            f"is not inside the power log {log.path} [{_utc(first)}, {_utc(last)}]; the log must "
+            f"run from before each window to after it{hint}"
+        )
+
+
+def _split(total: int, n: int) -> list[int]:
+    """total as n whole parts differing by at most one (the larger first)."""
+    base, extra = divmod(int(total), n)
+    return [base + 1] * extra + [base] * (n - extra)
+
+
+def cell_batches(windows: pd.DataFrame) -> pd.DataFrame:
+    """A BATCHES table of one cell's windows. Per-request lengths are not in a timing file: the
+    window's totals are split evenly over its requests (for FLOPs and bytes); a window without
+    first_token has first_token = start (TTFT unknown; meta.json says so)."""
+    rows = []
+    for batch_index, w in enumerate(windows.sort_values(["repeat", "start_wall_ns"]).itertuples()):
+        first = w.first_token_wall_ns if w.first_token_wall_ns >= 0 else w.start_wall_ns
+        input_tokens = max(int(w.input_tokens), 0)
+        rows.append(
+            {
+                "repeat": int(w.repeat),
+                "batch_index": batch_index,
+                "n_requests": int(w.n_requests),
+                "input_tokens": input_tokens,
+                "output_tokens": int(w.output_tokens),
+                "padded_input_len": 0,
+                "max_output_tokens": int(w.max_output_tokens),
+                # No monotonic clock was recorded: the wall clock stands in for it.
+                "start_ns": int(w.start_wall_ns),
+                "first_token_ns": int(first),
+                "end_ns": int(w.end_wall_ns),
+                "start_wall_ns": int(w.start_wall_ns),
+                "first_token_wall_ns": int(first),
+                "end_wall_ns": int(w.end_wall_ns),
+                "prompt_lens": _split(input_tokens, int(w.n_requests)),
+                "output_lens": _split(int(w.output_tokens), int(w.n_requests)),
+            }
+        )
+    for _, rep in pd.DataFrame(rows).groupby("repeat"):
+        for k, i in enumerate(rep.index):
+            rows[i]["batch_index"] = k
+    return tables.check(pd.DataFrame(rows), tables.BATCHES, "imported windows")
+
+
+def cell_power(
+    log: PowerLog, windows: pd.DataFrame, idle: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """The POWER rows of one cell: run samples from the last before its first window to the first
+    after its last, and (given an idle window) the samples inside it as phase "idle"."""
+    s = log.samples.sort_values("t_wall_ns").reset_index(drop=True)
+    t = s["t_wall_ns"].to_numpy()
+    lo = max(int(np.searchsorted(t, windows["start_wall_ns"].min(), side="right")) - 1, 0)
+    hi = min(int(np.searchsorted(t, windows["end_wall_ns"].max(), side="left")), len(t) - 1)
+    run = s.iloc[lo : hi + 1].assign(phase="run")
+    parts = []
+    if idle is not None:
+        start, end = idle
+        inside = s[(s["t_wall_ns"] >= start) & (s["t_wall_ns"] <= end)]
+        if len(inside) < 2:
+            raise InputError(
+                f"{log.path}: the idle window [{_utc(start)}, {_utc(end)}] holds {len(inside)} "
+                "sample(s); idle power needs at least 2"
+            )
+        if end >= windows["start_wall_ns"].min() and start <= windows["end_wall_ns"].max():
+            raise InputError(
+                f"idle window [{_utc(start)}, {_utc(end)}] overlaps the measured windows; give a "
+                "time when the device ran nothing"
+            )
+        parts.append(inside.assign(phase="idle"))
+    parts.append(run)
+    return tables.check(pd.concat(parts, ignore_index=True), tables.POWER, log.path)
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImportedCell:
+    platform: str
+    model: str
+    batch_size: int
+    directory: Path
+    windows: pd.DataFrame  # read_timing rows of this cell
+
+
+def cell_directory(out_dir: str | Path, platform: str, model: str, batch_size: int) -> Path:
+    return Path(out_dir) / platform / model / f"{tables.CELL_DIR_PREFIX['static']}{batch_size}"
+
+
+def write_cell(
+    directory: str | Path,
+    log: PowerLog,
+    windows: pd.DataFrame,
+    *,
+    timing_path: str | Path,
+    tz: str | None,
+    architecture: str | None = None,
+    dtype: str | None = None,
+    idle: tuple[int, int] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write one cell (batches.parquet, power.parquet, then meta.json, each atomically) from the
+    windows of one (platform, model, batch_size). Refuses to replace a finished cell unless force.
+    """
+    from tokencarbon.energy import idle_power
+    from tokencarbon.files import write_json
+    from tokencarbon.hardware import git_commit
+
+    directory = Path(directory)
+    if (directory / "meta.json").exists() and not force:
+        raise InputError(
+            f"{directory} already holds a finished cell; a cell is never replaced by accident: "
+            "remove it, choose another --out, or pass --force"
+        )
+    platform, model, batch_size = (windows[c].iloc[0] for c in ("platform", "model", "batch_size"))
+    check_coverage(log, windows, timing_path)
+    batches = cell_batches(windows)
+    power = cell_power(log, windows, idle)
+    idle_power_w = math.nan
+    if idle is not None:
+        from tokencarbon.monitor import energy_samples
+
+        idle_rows, _ = energy_samples(power[power["phase"] == "idle"])
+        idle_power_w = idle_power(idle_rows, where=f"{log.path} (idle window)")[0]
+    t = log.samples["t_wall_ns"].to_numpy()
+    interval_s = float(np.median(np.diff(t)) / 1e9) if len(t) > 1 else math.nan
+    mem = power.loc[power["phase"] == "run", "mem_used_bytes"]
+    tables.write(batches, directory / "batches.parquet", tables.BATCHES)
+    tables.write(power, directory / "power.parquet", tables.POWER)
+    device_name = log.device.get("name") or log.device.get("entity") or "unknown (imported)"
+    write_json(
+        directory / "meta.json",
+        {
+            "platform": str(platform),
+            "model": str(model),
+            "mode": "static",
+            "batch_size": int(batch_size),
+            "architecture": architecture or "unknown",
+            "dtype": dtype or "unknown",
+            "backend": BACKEND,
+            "engine": None,
+            "device_name": device_name,
+            "arrival": "offline",
+            "request_rate_per_s": None,
+            # Requests of one repeat; windows per repeat (a timing file's repeats need not be
+            # alike: the largest counts are kept).
+            "n_requests": int(batches.groupby("repeat")["n_requests"].sum().max()),
+            "n_batches": int(batches.groupby("repeat").size().max()),
+            "repeats": int(batches["repeat"].nunique()),
+            "max_batch_requests": int(batches["n_requests"].max()),
+            "warmup_batches": 0,
+            "window_start_wall_ns": int(batches["start_wall_ns"].min()),
+            "window_end_wall_ns": int(batches["end_wall_ns"].max()),
+            "idle_power_w": None if math.isnan(idle_power_w) else idle_power_w,
+            "power_source": log.source,
+            "power_interval_s": interval_s,
+            "peak_memory_bytes": float(mem.max()) if mem.notna().any() else None,
+            "foreign_cpu_share": None,  # not measured: the log holds only the device's power
+            "foreign_gpu_processes": -1,
+            "git_commit": git_commit(),
+            "imported": {
+                "power_log": str(Path(log.path).resolve()),
+                "power_log_sha256": _sha256(log.path),
+                "power_field": log.power_field,
+                "power_kind": log.power_kind,
+                "device": log.device,
+                "devices_in_log": list(log.devices),
+                "notes": list(log.notes),
+                "timing": str(Path(timing_path).resolve()),
+                "timing_sha256": _sha256(timing_path),
+                "timing_rows": [int(r) for r in windows["row"]],
+                "tz": tz,
+                "first_token_known": bool((windows["first_token_wall_ns"] >= 0).all()),
+                "input_tokens_known": bool((windows["input_tokens"] >= 0).all()),
+                "per_request_lengths": "window totals split evenly over its requests",
+            },
+        },
+    )
+    return directory
+
+
+def import_cells(
+    log: PowerLog,
+    timing: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    timing_path: str | Path,
+    tz: str | None = None,
+    architecture: str | None = None,
+    dtype: str | None = None,
+    idle: tuple[int, int] | None = None,
+    force: bool = False,
+) -> list[ImportedCell]:
+    """Write one cell per (platform, model, batch_size) of the timing windows under out_dir
+    (results/cells layout). Every cell is checked (coverage, existing cells) before any is written.
+    """
+    groups = list(timing.groupby(["platform", "model", "batch_size"], sort=True))
+    for (platform, model, bs), windows in groups:
+        check_coverage(log, windows, timing_path)
+        d = cell_directory(out_dir, platform, model, int(bs))
+        if (d / "meta.json").exists() and not force:
+            raise InputError(
+                f"{d} already holds a finished cell; a cell is never replaced by accident: "
+                "remove it, choose another --out, or pass --force"
+            )
+    cells = []
+    for (platform, model, bs), windows in groups:
+        d = cell_directory(out_dir, platform, model, int(bs))
+        write_cell(
+            d, log, windows, timing_path=timing_path, tz=tz, architecture=architecture,
+            dtype=dtype, idle=idle, force=True,
+        )  # fmt: skip
+        cells.append(ImportedCell(str(platform), str(model), int(bs), d, windows))
+    return cells
+
+
+def cell_measurement(
+    log: PowerLog, windows: pd.DataFrame, *, intensity, pue: float = 1.0, fill=None
+) -> Any:
+    """The Measurement (tokencarbon.monitor) of one cell's windows: energy summed over them by
+    tokencarbon.energy, carbon by tokencarbon.carbon, per output token."""
+    from tokencarbon.monitor import measure_windows
+
+    spans = [(int(s), int(e)) for s, e in zip(windows["start_wall_ns"], windows["end_wall_ns"])]
+    first = windows.iloc[0]
+    key = f"{first['platform']}/{first['model']}/bs{first['batch_size']}"
+    return measure_windows(
+        log.samples, spans, name=key, device=str(log.device or log.path), intensity=intensity,
+        pue=pue, fill=fill, tokens=int(windows["output_tokens"].sum()),
+        where=f"{log.path} (cell {key})",
+    )  # fmt: skip

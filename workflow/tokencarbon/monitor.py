@@ -1,0 +1,364 @@
+"""Measure the energy and carbon of any code: begin/end windows in the manner of Zeus's monitor.
+
+    import tokencarbon
+
+    with tokencarbon.measure() as m:          # NVML where a GPU is visible, modeled CPU otherwise
+        outputs = model.generate(...)
+        m.tokens = n_generated                 # optional: J/token and gCO2/token
+    print(m.result.energy_j, m.result.carbon_g, m.result.j_per_token)
+
+    monitor = tokencarbon.Monitor()           # several windows over one sidecar
+    monitor.begin_window("prefill")
+    ...
+    record = monitor.end_window("prefill", tokens=128)
+    monitor.close()
+
+Power comes from tokencarbon's power sidecar (a separate process sampling into Parquet,
+tokencarbon.power.sidecar); energy and carbon from tokencarbon.energy / tokencarbon.carbon, the
+same functions the workflow's metrics use. Nothing is integrated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
+
+# How often the sidecar writes its samples to disk while running; end_window waits at most about
+# this long (plus one sampling interval) for the first sample after the window to be readable.
+FLUSH_S = 0.2
+_WAIT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one window cost, and how it was measured.
+
+    Times are UTC epoch ns (time.time_ns()); energy in J; carbon in gCO2eq.
+    source: "nvml" (an NVIDIA GPU: energy counter and power readings) or "modeled_cpu" (an
+      estimate: TDP x CPU utilisation of the measured process tree; modeled=True).
+    energy_j: the energy to use: the NVML counter delta where it is plausible, else the trapezoid
+      integral of power (energy_method says which; tokencarbon.energy decides).
+    energy_counter_j: the counter delta (NaN without a counter); energy_integrated_j: the integral.
+    qa_flags: tokencarbon.energy's flags ("modeled", "fewer_than_10_samples", ...).
+    carbon_g: operational carbon, energy x intensity x PUE (no embodied share).
+    tokens, j_per_token, g_per_token: NaN / None when no token count was given.
+    """
+
+    name: str
+    start_wall_ns: int
+    end_wall_ns: int
+    time_s: float
+    source: str
+    device: str
+    modeled: bool
+    n_samples: int
+    energy_j: float
+    energy_method: str
+    energy_counter_j: float
+    energy_integrated_j: float
+    qa_flags: tuple[str, ...]
+    intensity_g_per_kwh: float
+    pue: float
+    carbon_g: float
+    tokens: int | None = None
+    j_per_token: float = math.nan
+    g_per_token: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe values (NaN -> None, flags as a list)."""
+        out = asdict(self)
+        out["qa_flags"] = list(self.qa_flags)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in out.items()}  # fmt: skip
+
+
+def cpu_tdp_w(n_cpus: int | None = None) -> tuple[float, str]:
+    """The TDP the modeled CPU source multiplies utilisation by, and where it came from.
+
+    resources/platforms.csv's 'cpu' row gives tdp_w for its logical_cpus (a 2-vCPU slice of an
+    AMD EPYC 7763: 280 W / 64 cores, the row's source); scaled to the n_cpus this process may run
+    on (default: its CPU affinity). Pass tdp_w to Monitor / measure for the CPU you actually have.
+    """
+    from tokencarbon.platforms import get_platform
+
+    row = get_platform("cpu")
+    n = len(os.sched_getaffinity(0)) if n_cpus is None else n_cpus
+    per_cpu_w = row.tdp_w / row.logical_cpus
+    return per_cpu_w * n, (
+        f"{per_cpu_w:g} W per logical CPU (resources/platforms.csv row 'cpu': {row.tdp_w:g} W for "
+        f"{row.logical_cpus}) x {n} logical CPUs"
+    )
+
+
+def default_source(tdp_w: float | None = None) -> tuple[dict, str]:
+    """(power source spec, its description): NVML GPU 0 (as CUDA_VISIBLE_DEVICES numbers it) where
+    NVML sees a GPU and tdp_w is not given, else modeled CPU power at tdp_w (default:
+    cpu_tdp_w())."""
+    from tokencarbon.power.nvml import describe_gpu
+
+    try:
+        gpu = describe_gpu(0)
+    except HardwareMismatchError:  # no driver, no GPU, or none visible
+        gpu = None
+    if gpu is not None and tdp_w is None:
+        return {"kind": "nvml", "device_index": 0}, f"{gpu['name']} ({gpu['uuid']}), NVML"
+    if tdp_w is None:
+        tdp_w, why = cpu_tdp_w()
+    else:
+        why = "given"
+    from tokencarbon.hardware import cpu_model_name
+
+    return {"kind": "modeled_cpu", "tdp_w": float(tdp_w)}, (
+        f"{cpu_model_name()}, MODELED: {tdp_w:g} W TDP ({why}) x CPU utilisation of the measured "
+        f"process tree; an estimate, not a reading"
+    )
+
+
+def _intensity(intensity_g_per_kwh: float | None, trace: str | Path | None, basis: str):
+    from tokencarbon.carbon import DEFAULT_INTENSITY_G_PER_KWH, ConstantIntensity, load_trace
+
+    if trace is not None and intensity_g_per_kwh is not None:
+        raise ConfigError(
+            "give either intensity_g_per_kwh (a constant) or trace (an Electricity Maps CSV), "
+            "not both"
+        )
+    if trace is not None:
+        return load_trace(trace, basis)
+    value = DEFAULT_INTENSITY_G_PER_KWH if intensity_g_per_kwh is None else intensity_g_per_kwh
+    return ConstantIntensity(float(value))
+
+
+def _synchronize() -> None:
+    """Wait for queued CUDA work, as Zeus does at window edges: a kernel launched inside the window
+    must finish inside it. Only where torch is already imported and has initialised CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def energy_samples(samples: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The samples tokencarbon.energy integrates, and flags to add.
+
+    A source that gives only a 1 s average (nvidia-smi power.draw on Ampere and newer; CodeCarbon's
+    mean power) has power_w NaN and power_avg_w set. Where tokencarbon.energy integrates such
+    averages itself (it then defines AVERAGE_FLAG), the samples pass unchanged; otherwise the
+    average is offered as power_w and the window is flagged "integrated_from_1s_average".
+    """
+    from tokencarbon import energy
+
+    if samples["power_w"].notna().any() or not samples["power_avg_w"].notna().any():
+        return samples, ()
+    if hasattr(energy, "AVERAGE_FLAG"):
+        return samples, ()
+    return samples.assign(power_w=samples["power_avg_w"]), ("integrated_from_1s_average",)
+
+
+def measure_windows(
+    samples: pd.DataFrame,
+    windows: list[tuple[int, int]],
+    *,
+    name: str,
+    device: str,
+    intensity,
+    pue: float = 1.0,
+    fill: str | None = None,
+    tokens: int | None = None,
+    where: str = "power samples",
+) -> Measurement:
+    """A Measurement of disjoint windows [(start_ns, end_ns), ...] of one device's POWER samples:
+    per window tokencarbon.carbon.window_carbon (energy by tokencarbon.energy, carbon by intensity
+    segment), combined by tokencarbon.energy.combine; time_s is the windows' summed length."""
+    from tokencarbon.carbon import window_carbon
+    from tokencarbon.energy import combine
+
+    if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
+        raise ConfigError(f"tokens={tokens!r}: a count of generated tokens must be an int > 0")
+    if not windows:
+        raise ConfigError(f"{name}: no window to measure")
+    usable, extra = energy_samples(samples)
+    parts = [
+        window_carbon(usable, s, e, intensity, pue=pue, fill=fill, where=where) for s, e in windows
+    ]
+    energy = combine([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    carbon_g = sum(p[1].carbon_g for p in parts)
+    energies = [p[1].energy_j for p in parts]
+    intensities = [p[1].intensity_g_per_kwh for p in parts]
+    intensity_g_per_kwh = (
+        sum(i * e for i, e in zip(intensities, energies)) / sum(energies)
+        if sum(energies) > 0 else float(sum(intensities) / len(intensities))
+    )  # fmt: skip
+    return Measurement(
+        name=name,
+        start_wall_ns=int(min(s for s, _ in windows)),
+        end_wall_ns=int(max(e for _, e in windows)),
+        time_s=energy.window_s,
+        source=str(samples["source"].iloc[0]),
+        device=device,
+        modeled=bool(samples["modeled"].any()),
+        n_samples=energy.n_samples,
+        energy_j=energy.energy_j,
+        energy_method=energy.method,
+        energy_counter_j=energy.energy_counter_j,
+        energy_integrated_j=energy.energy_integrated_j,
+        qa_flags=tuple(energy.qa_flags) + extra,
+        intensity_g_per_kwh=intensity_g_per_kwh,
+        pue=pue,
+        carbon_g=carbon_g,
+        tokens=tokens,
+        j_per_token=energy.energy_j / tokens if tokens else math.nan,
+        g_per_token=carbon_g / tokens if tokens else math.nan,
+    )
+
+
+class Monitor:
+    """Power sampled from construction to close(); energy and carbon of named windows.
+
+    source: a power source spec ({"kind": "nvml", "device_index": 0} or {"kind": "modeled_cpu",
+      "tdp_w": 65.0}); default: default_source(tdp_w). interval_s: sampling interval (default per
+      source, tokencarbon.power.DEFAULT_INTERVAL_S). target_pid: the process tree a modeled CPU
+      source measures (default: this process and its children).
+    intensity_g_per_kwh (default 413, the study's) or trace (an Electricity Maps CSV, basis
+      "direct" or "lifecycle", fill as the workflow's carbon.fill); pue >= 1.
+    Raises ConfigError for bad arguments; the sidecar's own errors (no GPU for nvml, ...).
+    """
+
+    def __init__(
+        self,
+        source: Mapping | None = None,
+        *,
+        tdp_w: float | None = None,
+        interval_s: float | None = None,
+        target_pid: int | None = None,
+        intensity_g_per_kwh: float | None = None,
+        trace: str | Path | None = None,
+        basis: str = "direct",
+        fill: str | None = None,
+        pue: float = 1.0,
+    ) -> None:
+        from tokencarbon.power.sidecar import PowerSidecar
+
+        if source is None:
+            self.spec, self.device = default_source(tdp_w)
+        else:
+            self.spec, self.device = dict(source), str(dict(source))
+        self.intensity = _intensity(intensity_g_per_kwh, trace, basis)
+        self.fill, self.pue = fill, float(pue)
+        self._dir = Path(tempfile.mkdtemp(prefix="tokencarbon-measure-"))
+        self._out = self._dir / "power.parquet"
+        self._open: dict[str, int] = {}
+        self._sidecar = PowerSidecar(
+            self.spec, self._out, interval_s, phase="run", target_pid=target_pid, flush_s=FLUSH_S
+        )
+        try:
+            self._sidecar.start()
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self.interval_s = self._sidecar.interval_s
+        self._closed = False
+
+    def begin_window(self, name: str, sync: bool = True) -> None:
+        """Start window `name` (CUDA synchronised first when sync and torch uses CUDA)."""
+        if self._closed:
+            raise TokencarbonError("this Monitor is closed; make a new one")
+        if name in self._open:
+            raise ConfigError(f"window {name!r} is already open; end it before beginning it again")
+        if sync:
+            _synchronize()
+        self._open[name] = time.time_ns()
+
+    def end_window(self, name: str, tokens: int | None = None, sync: bool = True) -> Measurement:
+        """End window `name` and return what it cost (waits for the sidecar's next flush)."""
+        if name not in self._open:
+            raise ConfigError(
+                f"window {name!r} was never begun; open windows: {sorted(self._open)}"
+            )
+        if sync:
+            _synchronize()
+        end_ns = time.time_ns()
+        start_ns = self._open.pop(name)
+        samples = self._samples_after(end_ns)
+        return measure_windows(
+            samples, [(start_ns, end_ns)], name=name, device=self.device, intensity=self.intensity,
+            pue=self.pue, fill=self.fill, tokens=tokens, where=f"power samples of window {name!r}",
+        )  # fmt: skip
+
+    def _samples_after(self, end_ns: int) -> pd.DataFrame:
+        from tokencarbon.power.sidecar import read_samples
+
+        deadline = time.monotonic() + _WAIT_TIMEOUT_S
+        while True:
+            try:
+                samples = read_samples(self._out, allow_partial=True)
+            except InputError:  # no part written yet
+                samples = None
+            if samples is not None and int(samples["t_wall_ns"].max()) >= end_ns:
+                return samples
+            if time.monotonic() > deadline:
+                raise TokencarbonError(
+                    f"power sidecar {self.spec} wrote no sample after the window's end within "
+                    f"{_WAIT_TIMEOUT_S:g} s; is the machine overloaded?"
+                )
+            time.sleep(FLUSH_S / 2)
+
+    def close(self) -> None:
+        """Stop the sidecar and delete its samples (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sidecar.stop()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class Window:
+    """What `measure()` yields: set .tokens inside the block; .result is the Measurement after it
+    (its fields are also readable on the Window itself: m.energy_j)."""
+
+    def __init__(self, tokens: int | None) -> None:
+        self.tokens = tokens
+        self.result: Measurement | None = None
+
+    def __getattr__(self, item: str):
+        result = self.__dict__.get("result")
+        if result is None:
+            raise AttributeError(f"{item!r}: the measured block has not ended yet")
+        return getattr(result, item)
+
+
+@contextlib.contextmanager
+def measure(
+    name: str = "window", *, tokens: int | None = None, **monitor_kwargs
+) -> Iterator[Window]:
+    """Measure the enclosed block: `with tokencarbon.measure() as m: ...`, then m.result.
+
+    monitor_kwargs go to Monitor (source, tdp_w, interval_s, intensity_g_per_kwh, trace, basis,
+    fill, pue). The result is computed also when the block raises (the exception propagates).
+    """
+    window = Window(tokens)
+    with Monitor(**monitor_kwargs) as monitor:
+        monitor.begin_window(name)
+        try:
+            yield window
+        finally:
+            window.result = monitor.end_window(name, tokens=window.tokens)
