@@ -1,8 +1,11 @@
 """Analytical FLOPs and bytes: hand computations, calflops' published Llama-2-7B figure, and
 calflops run on real transformers models."""
 
+import dataclasses
+
 import pytest
 import torch
+import transformers
 from calflops import calculate_flops
 from helpers import hf_model
 
@@ -11,13 +14,14 @@ from tokencarbon.flops import (
     batch_decode_flops,
     batch_flops,
     batch_prefill_flops,
+    decode_flops,
     decode_step_bytes,
     decode_step_flops,
     prefill_bytes,
     prefill_flops,
     request_flops,
 )
-from tokencarbon.models import load_architecture
+from tokencarbon.models import Architecture, load_architecture, to_hf_config
 
 TINY = load_architecture("tiny-llama")
 # Hand numbers for tiny-llama used below (h=256, L=4, heads=4, kv_dim=128, I=688, V=4096):
@@ -89,7 +93,10 @@ def test_prefill_flops_by_hand():
     #   attention: token i attends to i+1 -> 1+2+3+4 = 10 positions * 4,096 = 40,960
     assert prefill_flops(TINY, 4) == 23_199_744 + 2_097_152 + 40_960
     # all logits: lm_head x4 ; full attention: 16 positions
-    assert prefill_flops(TINY, 4, causal=False, logits="all") == 23_199_744 + 4 * 2_097_152 + 16 * 4_096
+    assert (
+        prefill_flops(TINY, 4, causal=False, logits="all")
+        == 23_199_744 + 4 * 2_097_152 + 16 * 4_096
+    )
 
 
 def test_decode_step_flops_by_hand():
@@ -132,3 +139,62 @@ def test_bad_lengths_rejected():
         decode_step_bytes(TINY, [5, 0], "float16")
     with pytest.raises(ConfigError, match="logits='first'"):
         prefill_flops(TINY, 4, logits="first")
+
+
+# ---------------------------------------------------------------- GQA, biases, head_dim, windows
+
+# A Mistral-shaped toy: h=64, 2 layers, 4 heads of 16 (q_dim 64), 2 KV heads (kv_dim 32), I=96,
+# vocab 128, a sliding window of 4 positions.
+WINDOWED = Architecture(
+    "toy-mistral", "llama", 64, 2, 4, 2, 96, 128, 256, False, "silu", "rmsnorm", 1e-5, 1e4,
+    model_type="mistral", sliding_window=4,
+)  # fmt: skip
+# matmul params: per layer q, o 2*64*64 = 8,192; k, v 2*64*32 = 4,096; MLP 3*64*96 = 18,432
+#   -> 30,720; x2 = 61,440; lm_head 64*128 = 8,192 -> 69,632 (body 61,440)
+# attention per attended position, all layers: 4 * q_dim 64 * 2 = 512 FLOPs
+
+
+def test_sliding_window_caps_attended_positions_by_hand():
+    # Prefill T=6, causal: token i attends to min(i, 4): 1+2+3+4+4+4 = 18 positions (21 unwindowed)
+    assert prefill_flops(WINDOWED, 6) == 2 * 61_440 * 6 + 2 * 8_192 + 18 * 512
+    full = dataclasses.replace(WINDOWED, sliding_window=None)
+    assert prefill_flops(full, 6) == 2 * 61_440 * 6 + 2 * 8_192 + 21 * 512
+    # An eager kernel still computes the whole T x T score matrix (calflops' convention): 36
+    assert prefill_flops(WINDOWED, 6, causal=False) == 2 * 61_440 * 6 + 2 * 8_192 + 36 * 512
+    # Decode P=6, N=4: contexts 7, 8, 9 each attend to 4 -> 12 positions (24 unwindowed)
+    assert decode_flops(WINDOWED, 6, 4) == 3 * 2 * 69_632 + 12 * 512
+    assert decode_flops(full, 6, 4) == 3 * 2 * 69_632 + 24 * 512
+    # P=2, N=4: contexts 3, 4, 5 -> 3 + 4 + 4 = 11
+    assert decode_flops(WINDOWED, 2, 4) == 3 * 2 * 69_632 + 11 * 512
+    assert decode_step_flops(WINDOWED, 9) == 2 * 69_632 + 4 * 512
+    # Bytes: a step reads at most the window of K/V: contexts 9 and 3 read 4 + 3, write 2 new
+    # positions; K+V per position fp16: 2 * 2 layers * 32 * 2 B = 256 B; weights fp16:
+    # param_count = 69,632 + 2 layers * 2 norms * 64 + final 64 + embed 128*64 = 78,144 -> 156,288 B
+    assert decode_step_bytes(WINDOWED, [9, 3], "float16") == 156_288 + 9 * 256
+
+
+def test_explicit_head_dim_sets_the_attention_width():
+    # Mistral-Nemo style: head_dim 32 with hidden 64 and 4 heads: q_dim 128, kv_dim 64.
+    arch = dataclasses.replace(WINDOWED, head_dim=32, sliding_window=None)
+    assert (arch.q_dim, arch.kv_dim) == (128, 64)
+    # matmul params per layer: q, o 2*64*128 = 16,384; k, v 2*64*64 = 8,192; MLP 18,432 -> 43,008
+    # x2 = 86,016 + lm_head 8,192; attention 4 * 128 * 2 = 1,024 per attended position
+    assert decode_step_flops(arch, 10) == 2 * (86_016 + 8_192) + 10 * 1_024
+
+
+@pytest.mark.parametrize("name", ["qwen2", "mistral"])
+def test_calflops_cross_check_qwen2_biases_and_mistral(name):
+    # transformers' own Qwen2 (q/k/v biases: adds, not MACs) and Mistral classes on CPU: calflops'
+    # MACs are exactly our matmuls (the full T x T scores of eager attention, all logits).
+    arch = dataclasses.replace(WINDOWED, model_type=name, sliding_window=None, qkv_bias=None)
+    config = to_hf_config(arch)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    flops, macs = _calflops(model, 16, "cpu")
+    ours = prefill_flops(arch, 16, causal=False, logits="all")
+    assert 2 * macs == ours
+    # The rest of calflops' FLOPs by hand (L=2, T=16, heads=4, I=96): softmax 2 * 4*16*16 = 2,048,
+    #   F.silu 2 * 16*96 = 3,072. Qwen2's q/k/v biases add nothing: calflops counts F.linear as
+    #   2 x MACs whether or not it has a bias (as our convention leaves biases out).
+    assert flops - ours == 2_048 + 3_072
