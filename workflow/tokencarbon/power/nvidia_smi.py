@@ -3,7 +3,7 @@
 What `power.draw` means depends on the GPU. NVIDIA's NVML reference for nvmlDeviceGetPowerUsage
 (docs.nvidia.com/deploy/nvml-api, the call behind nvidia-smi's power.draw): "On Ampere (except
 GA100) or newer GPUs, the API returns power averaged over 1 sec interval. On GA100 and older
-architectures, instantaneous power is returned." `nvidia-smi --help-query-gpu` (drivers from 535 on)
+architectures, instantaneous power is returned." Newer drivers' `nvidia-smi --help-query-gpu`
 offers both explicitly: `power.draw.average` (the 1 s average) and `power.draw.instant`. So:
 
 - power.draw.instant -> POWER's power_w (instant power);
