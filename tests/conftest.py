@@ -44,6 +44,23 @@ def locate_shared_data(path: Path = SHARED_DATA, environ: Mapping[str, str] = os
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_lease_dir(tmp_path_factory):
+    """Device leases of this test session (and the Snakemake runs it starts, which inherit the
+    environment) in a folder of their own: cells of concurrent test sessions on one machine, or a
+    real study running beside the tests, then neither wait for nor block each other. Tests of
+    leasing itself pass their own lock directories."""
+    from tokencarbon.lease import LEASE_DIR_ENV
+
+    previous = os.environ.get(LEASE_DIR_ENV)
+    os.environ[LEASE_DIR_ENV] = str(tmp_path_factory.mktemp("leases"))
+    yield
+    if previous is None:
+        os.environ.pop(LEASE_DIR_ENV, None)
+    else:
+        os.environ[LEASE_DIR_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -112,8 +112,12 @@ CELLS = pa.schema(
         ("dtype", pa.string()),
         ("backend", pa.string()),
         ("device_name", pa.string()),
-        ("n_requests", pa.int64()),
-        ("n_batches", pa.int64()),
+        ("arrival", pa.string()),  # "offline" (static cells, offline cb) or "poisson"
+        ("request_rate_per_s", pa.float64()),  # Poisson arrivals' rate; NaN otherwise
+        ("n_requests", pa.int64()),  # requests in the workload, served once per repeat
+        ("n_batches", pa.int64()),  # measured windows per repeat: static batches; 1 for cb
+        ("repeats", pa.int64()),  # run.repeats: times the measured work ran, each its own window
+        ("max_batch_requests", pa.int64()),  # most requests served at once (below batch_size: unfilled)
         ("warmup_batches", pa.int64()),
         ("window_start_wall_ns", pa.int64()),  # first measured batch's start
         ("window_end_wall_ns", pa.int64()),  # last measured batch's end
@@ -121,6 +125,8 @@ CELLS = pa.schema(
         ("power_source", pa.string()),
         ("power_interval_s", pa.float64()),
         ("peak_memory_bytes", pa.float64()),  # device peak allocated (CUDA) or process RSS peak (CPU)
+        ("foreign_cpu_share", pa.float64()),  # other processes' CPU time / (window x pinned CPUs)
+        ("foreign_gpu_processes", pa.int64()),  # other processes on the cell's GPU; -1 not measured
         ("git_commit", pa.string()),
     ]
 )
