@@ -129,6 +129,11 @@ def test_continuous_batching_matches_static_tokens_and_records_times(checkpoints
     assert described["continuous"]["continuous_batching_config"]["max_requests_per_batch"] == 2
     assert described["continuous"]["attn_implementation"] in ("sdpa", "paged|sdpa")
     assert described["attn_implementation"] == "sdpa"
+    # On a CPU the paged cache is sized for the workload: 2 requests in flight of at most
+    # 6 + 5 = 11 tokens, one 256-token page each -> 2 pages, over the FIFO scheduler's 15 % free
+    # margin: ceil(2 / 0.85) + 1 = 4 blocks; a step holds at most max(256, longest prompt 6) tokens.
+    assert described["continuous"]["continuous_batching_config"]["num_blocks"] == 4
+    assert described["continuous"]["continuous_batching_config"]["max_batch_tokens"] == 256
     engine.close()
 
 

@@ -357,9 +357,11 @@ class TransformersEngine:
             **{k: v for k, v in wanted.items() if k in fields_}
         )
 
-    def _start_manager(self, requests: list[Request]):
-        if self._manager is not None:
-            return self._manager
+    def _manager_for(self, requests: list[Request]):
+        """transformers' ContinuousBatchingManager: created (and, on CUDA, warmed up: its CUDA
+        graphs captured) by the first call, outside any timed window; later calls get the same
+        manager back from init_continuous_batching (kept on the model by stop(keep_for_next_session
+        =True)), which also switches the model to its continuous-batching attention again."""
         generation = transformers.GenerationConfig(
             do_sample=False, num_beams=1, eos_token_id=-1, pad_token_id=self.pad_token_id,
             max_new_tokens=max(r.output_len for r in requests),
@@ -378,15 +380,20 @@ class TransformersEngine:
         except ImportError:
             pass
         manager = self.model.init_continuous_batching(**kwargs)
-        if self.device.type == "cuda" and hasattr(manager, "warmup"):
-            manager.warmup()  # CUDA graphs captured here, before any timed window
-        self._manager = manager
+        if manager is not self._manager:
+            if self.device.type == "cuda" and hasattr(manager, "warmup"):
+                manager.warmup()  # CUDA graphs captured here, before any timed window
+            self._manager = manager
+        return manager
+
+    def _record_manager(self, manager) -> None:
+        """What the manager ran with, once it has served: the attention implementation the model
+        used and the paged cache's sizes."""
         self._serving["attn_implementation"] = self.model.config._attn_implementation
         cache = getattr(getattr(manager, "batch_processor", None), "cache", None)
         for key in ("num_blocks", "block_size", "page_size", "max_batch_tokens"):
             if isinstance(getattr(cache, key, None), int):
                 self._serving[f"cache_{key}"] = getattr(cache, key)
-        return manager
 
     @torch.no_grad()
     def serve(self, requests: list[Request]) -> ServingResult:
@@ -401,7 +408,7 @@ class TransformersEngine:
                 "serve() needs an engine built with max_num_seqs (continuous batching)"
             )
         self._check_requests(requests)
-        manager = self._start_manager(requests)
+        manager = self._manager_for(requests)
         by_id = {r.request_id: r for r in requests}
         order = sorted(requests, key=lambda r: r.arrival_s)
         results: dict[str, Any] = {}
@@ -433,6 +440,7 @@ class TransformersEngine:
                     )
                 if out.is_finished():
                     results[out.request_id] = out
+            self._record_manager(manager)
         finally:
             manager.stop(block=True, keep_for_next_session=True)
 
@@ -525,8 +533,8 @@ class TransformersEngine:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
     def describe(self) -> dict[str, Any]:
-        """What ran, for meta.json: versions, model class, attention implementation (static and
-        continuous), compile setting, cache settings."""
+        """What ran, for meta.json: versions, model class, attention implementation (static and,
+        once serve() has run, continuous), compile setting, cache settings."""
         return {
             "backend": "transformers",
             "transformers_version": transformers.__version__,
