@@ -10,6 +10,7 @@ import zoneinfo
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tokencarbon import tables
@@ -148,6 +149,14 @@ def test_two_gpu_log_refused_naming_the_devices_then_one_chosen(tmp_path):
     assert out.returncode == 0, out.stderr
     # GPU 1: 80 W -> 82 W over 1 s: (80 + 82) / 2 = 81 J.
     assert json.loads(out.stdout)["cells"][0]["energy_j"] == pytest.approx(81.0)
+    # The log says the GPU is an H100: importing it as an A100 platform is refused.
+    wrong = [a if a != "p" else "a100-sxm4-40gb" for a in common]
+    out = tc("import", "--power", log, "--gpu", "1", *wrong)
+    assert out.returncode == 2
+    assert (
+        "device 'NVIDIA H100 80GB HBM3'" in out.stderr
+        and "not platform 'a100-sxm4-40gb'" in out.stderr
+    )
 
 
 def test_window_outside_the_log_names_the_zone_mixup(shared_data, tmp_path):
@@ -312,3 +321,61 @@ def test_unknown_log_format(tmp_path):
     path.write_text("hello\n")
     with pytest.raises(InputError, match="not a power log tokencarbon knows.*'hello'"):
         load_power_log(path)
+
+
+# --- through the workflow: imported cells aggregated, given metrics and exported --------------
+
+
+@pytest.mark.slow
+def test_imported_cells_through_metrics_and_export(tmp_path):
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ["Snakefile", "workflow", "resources", "profiles"]:
+        (project / name).symlink_to(repo / name)
+    (project / "config").mkdir()
+    config = {
+        "platforms": {"a100-sxm4-40gb": {"import_only": True}},
+        "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
+        "models": {"tiny-llama": {"architecture": "tiny-llama", "family": "tiny",
+                                  "dtype": "float16"}},  # fmt: skip
+    }
+    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
+    # A steady 150 W (instant power) sampled every 0.1 s for 10 s from 12:00:00 UTC; two windows
+    # of batch 4: [1 s, 3 s] and [5 s, 6 s] after the start: 150 W x 3 s = 450 J for 300 tokens,
+    # 1.5 J/token; carbon at 413 g/kWh: 450 / 3.6e6 x 413 = 0.051625 g.
+    log = tmp_path / "smi.csv"
+    log.write_text(
+        "timestamp, power.draw.instant [W]\n"
+        + "".join(f"2025-01-15T12:00:{k // 10:02d}.{k % 10}00Z, 150.00 W\n" for k in range(101))
+    )
+    timing = tmp_path / "timing.csv"
+    timing.write_text(
+        "start,end,output_tokens,input_tokens,batch_size\n"
+        "2025-01-15T12:00:01Z,2025-01-15T12:00:03Z,200,40,4\n"
+        "2025-01-15T12:00:05Z,2025-01-15T12:00:06Z,100,20,4\n"
+    )
+    out = tc("import", "--power", log, "--timing", timing, "--model", "tiny-llama",
+             "--platform", "a100-sxm4-40gb", "--architecture", "tiny-llama", "--dtype", "float16",
+             "--device-name", "NVIDIA A100-SXM4-40GB", "--out", project / "results" / "cells")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/export/metrics.csv"],
+        cwd=project, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # Nothing was measured here: only aggregation, metrics and export ran.
+    assert "run_cell" not in run.stdout + run.stderr
+    record = json.loads(
+        (project / "results/export/cells/a100-sxm4-40gb/tiny-llama/bs4.json").read_text()
+    )
+    assert record["energy"]["total_energy_joules"] == pytest.approx(450.0)
+    assert record["energy"]["energy_per_token_joules"] == pytest.approx(1.5)
+    assert record["carbon"]["operational_g"] == pytest.approx(450 / 3.6e6 * 413)
+    assert record["cell"]["backend"] == "imported"
+    assert record["provenance"]["imported"]["power_field"] == "power.draw.instant"
+    assert record["workload"]["total_output_tokens"] == 300
+    csv = pd.read_csv(project / "results/export/metrics.csv")
+    assert csv["energy_j"].tolist() == pytest.approx([450.0])

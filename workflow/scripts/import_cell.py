@@ -49,6 +49,7 @@ write_cell(
     architecture=spec["architecture"],
     dtype=spec["dtype"],
     idle=idle,
+    device_name=imported.get("device_name"),
     force=True,  # Snakemake removed the old outputs; this job owns the folder
 )
 print(

@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
         help="resources/models/<name>.json of the model (for MFU/MBU in the workflow)",
     )
     i.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    i.add_argument("--device-name", default=None,
+                   help="the device's name as the driver gives it (nvidia-smi -L), where the log "
+                   "has no name column; checked against the platform's row")  # fmt: skip
     i.add_argument(
         "--idle",
         nargs=2,
@@ -351,7 +354,7 @@ def cmd_import(a: argparse.Namespace) -> int:
         idle = (int(t[0]), int(t[1]))
     cells = import_cells(
         log, timing, a.out, timing_path=a.timing, tz=a.tz, architecture=a.architecture,
-        dtype=a.dtype, idle=idle, force=a.force,
+        dtype=a.dtype, idle=idle, device_name=a.device_name, force=a.force,
     )  # fmt: skip
     intensity = (
         load_trace(a.trace, a.basis) if a.trace
@@ -378,6 +381,14 @@ def cmd_import(a: argparse.Namespace) -> int:
     )
     for note in log.notes:
         print(f"note            {note}")
+    from tokencarbon.importing import UNKNOWN_DEVICE
+
+    meta0 = json.loads((cells[0].directory / "meta.json").read_text()) if cells else {}
+    if meta0.get("device_name") == UNKNOWN_DEVICE:
+        print(
+            "note            the log names no device: give --device-name for the workflow's "
+            "metrics to check the cells against their platform row"
+        )
     for c, meas in results:
         print(f"\ncell            {c.directory} ({len(c.windows)} windows)")
         print(_describe(meas, []))

@@ -346,6 +346,32 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+UNKNOWN_DEVICE = "unknown (imported)"
+
+
+def cell_device_name(log: PowerLog, platform: str, given: str | None = None) -> str:
+    """The device a cell of `platform` ran on: `given`, else the GPU name the log records
+    (nvidia-smi's `name` column, CodeCarbon's gpu_model without its "N x "), else UNKNOWN_DEVICE.
+
+    Metrics judge a cell against its platform row by this name (tokencarbon.platforms), so a known
+    name that does not match a platform row of resources/platforms.csv is refused here, naming
+    both; an unknown one is accepted (the workflow then asks for it, a bare import does not).
+    """
+    from tokencarbon.platforms import load_platforms
+
+    name = given or log.device.get("name") or log.device.get("gpu_model")
+    if name:
+        name = re.sub(r"^\d+ x ", "", str(name).strip())
+    row = load_platforms().get(platform)
+    if name and row is not None and not re.search(row.device_name_pattern, name):
+        raise InputError(
+            f"device {name!r} ({'--device-name' if given else log.path}) is not platform "
+            f"{platform!r}, whose rows match {row.device_name_pattern!r} (resources/platforms.csv); "
+            "choose the platform this device is, or add a row for it"
+        )
+    return name or UNKNOWN_DEVICE
+
+
 @dataclass(frozen=True)
 class ImportedCell:
     platform: str
@@ -369,10 +395,12 @@ def write_cell(
     architecture: str | None = None,
     dtype: str | None = None,
     idle: tuple[int, int] | None = None,
+    device_name: str | None = None,
     force: bool = False,
 ) -> Path:
     """Write one cell (batches.parquet, power.parquet, then meta.json, each atomically) from the
-    windows of one (platform, model, batch_size). Refuses to replace a finished cell unless force.
+    windows of one (platform, model, batch_size). device_name: see cell_device_name. Refuses to
+    replace a finished cell unless force.
     """
     from tokencarbon.energy import idle_power
     from tokencarbon.files import write_json
@@ -399,7 +427,7 @@ def write_cell(
     mem = power.loc[power["phase"] == "run", "mem_used_bytes"]
     tables.write(batches, directory / "batches.parquet", tables.BATCHES)
     tables.write(power, directory / "power.parquet", tables.POWER)
-    device_name = log.device.get("name") or log.device.get("entity") or "unknown (imported)"
+    device_name = cell_device_name(log, str(platform), device_name)
     write_json(
         directory / "meta.json",
         {
@@ -461,14 +489,17 @@ def import_cells(
     architecture: str | None = None,
     dtype: str | None = None,
     idle: tuple[int, int] | None = None,
+    device_name: str | None = None,
     force: bool = False,
 ) -> list[ImportedCell]:
     """Write one cell per (platform, model, batch_size) of the timing windows under out_dir
-    (results/cells layout). Every cell is checked (coverage, existing cells) before any is written.
+    (results/cells layout). Every cell is checked (coverage, device name, existing cells) before
+    any is written.
     """
     groups = list(timing.groupby(["platform", "model", "batch_size"], sort=True))
     for (platform, model, bs), windows in groups:
         check_coverage(log, windows, timing_path)
+        cell_device_name(log, str(platform), device_name)
         d = cell_directory(out_dir, platform, model, int(bs))
         if (d / "meta.json").exists() and not force:
             raise InputError(
@@ -480,7 +511,7 @@ def import_cells(
         d = cell_directory(out_dir, platform, model, int(bs))
         write_cell(
             d, log, windows, timing_path=timing_path, tz=tz, architecture=architecture,
-            dtype=dtype, idle=idle, force=True,
+            dtype=dtype, idle=idle, device_name=device_name, force=True,
         )  # fmt: skip
         cells.append(ImportedCell(str(platform), str(model), int(bs), d, windows))
     return cells

@@ -130,7 +130,11 @@ def import_codecarbon(
     return PowerLog(
         samples=check(df, POWER, path), path=str(path), source="codecarbon",
         power_field=f"{column} / duration", power_kind="average",
-        device={"component": component}, devices=({"component": component},),
+        device={"component": component}
+        | ({"gpu_model": str(raw["gpu_model"].iloc[0])}
+           if component == "gpu" and "gpu_model" in raw.columns and raw["gpu_model"].iloc[0]
+           else {}),
+        devices=({"component": component},),
         notes=(
             f"CodeCarbon keeps one {column} total per run: a window inside a run gets the run's "
             "mean power",
