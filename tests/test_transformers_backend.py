@@ -168,6 +168,9 @@ def test_dummy_weights_drawn_as_the_torch_backend_draws_them():
     assert engine.model.lm_head.weight.data_ptr() == engine.model.transformer.wte.weight.data_ptr()
     result = engine.run_batch([[1, 2, 3]], [2])
     assert isinstance(result, BatchResult) and len(result.token_ids[0]) == 2
+    # up to the last learned position (512 for tiny-gpt2): 510 prompt + 2 output tokens; the
+    # untimed warm-up of a new cache shape stays inside the position table too
+    assert len(engine.run_batch([[1] * 510], [2]).token_ids[0]) == 2
 
 
 # ---------------------------------------------------------------- bad inputs

@@ -41,6 +41,10 @@ CACHE_ALIGN = 256
 # Attention implementations of a static-batch model (transformers' attn_implementation names);
 # continuous batching runs them in their paged form (transformers picks "paged|<name>").
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+# New tokens of the untimed generate that meets a new static-cache shape first: torch.compile's
+# "reduce-overhead" mode compiles on the first decode step and records its CUDA graph on a later one,
+# so three decode steps leave the timed batches only graph replays.
+WARMUP_NEW_TOKENS = 4
 # How long serve() waits for the next finished request before it checks the manager is alive.
 RESULT_POLL_S = 1.0
 
@@ -168,7 +172,7 @@ class TransformersEngine:
     ):
         """compile_decode: let generate() compile the decode step of the static cache
         (torch.compile, CUDA graphs); None: transformers' own choice (on CUDA with a static cache,
-        yes). Each new cache shape is compiled by an untimed 2-token generate before the batch's
+        yes). Each new cache shape is compiled by an untimed short generate before the batch's
         timed window. max_cache_len: size every static cache for at least this many positions (the
         workload's longest prompt + output), so one cache shape, one compiled graph, serves every
         batch of a size. max_num_seqs: requests in flight under continuous batching. cuda_graphs:
@@ -272,7 +276,8 @@ class TransformersEngine:
         points: batch start (after a device sync), first token (the first stopping-criteria call,
         after a sync: prefill done), end (after a sync). reserve_output_len: size the static cache
         for at least this many output tokens (the OOM probe). A cache shape first seen is
-        compiled/allocated by an untimed 2-token generate before the timed window."""
+        allocated (and, on CUDA, its decode step compiled) by an untimed WARMUP_NEW_TOKENS-token
+        generate before the timed window."""
         self._check(prompts, [max(n, reserve_output_len) for n in output_lengths])
         n, lens = len(prompts), [len(p) for p in prompts]
         padded_len, max_out = max(lens), max(output_lengths)
@@ -283,9 +288,11 @@ class TransformersEngine:
         mask = torch.tensor(
             [[0] * (padded_len - k) + [1] * k for k in lens], device=self.device, dtype=torch.long
         )
-        cache, new = self._static_cache(n, padded_len + max(max_out, reserve_output_len))
+        # (never past the position table: GPT-2's is learned)
+        warmup = max(1, min(WARMUP_NEW_TOKENS, self.arch.max_positions - padded_len))
+        cache, new = self._static_cache(n, padded_len + max(max_out, reserve_output_len, warmup))
         if new:  # allocation and, on CUDA, the decode graph's compilation, outside the window
-            self._generate(tokens, mask, min(2, max_out), cache)
+            self._generate(tokens, mask, warmup, cache)
             cache.reset()
         first = _FirstToken(self._sync)
         self._sync()
