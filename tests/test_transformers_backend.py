@@ -271,3 +271,22 @@ def test_manifest_options_and_checkpoints_checked():
     assert torch_manifest(model | {"architecture": arch})["param_count"] == 4_999_424
     with pytest.raises(ConfigError, match=r"'/nonexistent/ckpt'.*no such directory"):
         torch_manifest(model | {"checkpoint": "/nonexistent/ckpt"})
+
+
+def test_engine_for_cell_takes_the_slices(checkpoints):
+    from tokencarbon.backends.transformers_backend import engine_for_cell
+
+    arch = architecture_from_config(checkpoints["mistral"])
+    model = {"dtype": "float32", "seed": 0, "checkpoint": str(checkpoints["mistral"])}
+    engine = engine_for_cell(arch, model, {"attn_implementation": "eager"}, "cpu")
+    assert engine.describe()["attn_implementation"] == "eager"
+    with pytest.raises(ConfigError, match=r"cuda_graphs=1; must be true, false or null"):
+        engine_for_cell(arch, model, {"cuda_graphs": 1}, "cpu")
+    # One static cache for the workload: tiny-llama (512 positions), batch of 3, prompts padded to
+    # 6, 5 outputs: 11 positions needed -> one 256-slot cache; with max_cache_len 300 -> 512.
+    tiny = load_architecture("tiny-llama")
+    dummy = {"dtype": "float32", "seed": 0, "checkpoint": None}
+    plain, sized = (engine_for_cell(tiny, dummy, None, "cpu", max_cache_len=m) for m in (None, 300))
+    plain.run_batch(PROMPTS, OUTPUTS)
+    sized.run_batch(PROMPTS, OUTPUTS)
+    assert (plain._cache_shape, sized._cache_shape) == ((3, 256), (3, 512))

@@ -559,3 +559,34 @@ class TransformersEngine:
             },
             "continuous": dict(self._serving, max_num_seqs=self.max_num_seqs),
         }
+
+
+def engine_for_cell(
+    arch: Architecture,
+    model: dict[str, Any],
+    options: dict[str, Any] | None,
+    device: str,
+    *,
+    max_num_seqs: int | None = None,
+    max_cache_len: int | None = None,
+) -> TransformersEngine:
+    """The engine a cell runs: model is the model slice (dtype, seed, checkpoint), options the
+    transformers backend options (engine.TRANSFORMERS_OPTIONS: attn_implementation,
+    compile_decode, cuda_graphs; checked, ConfigError naming a bad one). max_num_seqs for a
+    continuous cell; max_cache_len (the workload's longest prompt + output) for a static one.
+    Close it (engine.close()) when the cell ends: it stops transformers' manager thread."""
+    from tokencarbon.engine import transformers_options
+
+    opts = transformers_options(options)
+    return TransformersEngine(
+        arch,
+        model["dtype"],
+        device,
+        seed=model["seed"],
+        checkpoint=model["checkpoint"],
+        attn_implementation=opts["attn_implementation"],
+        compile_decode=opts["compile_decode"],
+        cuda_graphs=opts["cuda_graphs"],
+        max_num_seqs=max_num_seqs,
+        max_cache_len=max_cache_len,
+    )
