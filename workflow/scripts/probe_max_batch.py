@@ -4,26 +4,35 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
+from tokencarbon.lease import die_with_supervisor
+
+die_with_supervisor()  # no orphaned probe beside a rerun of it (tokencarbon/lease.py)
+
 import contextlib
-import os
 
 from tokencarbon import tables
 from tokencarbon.errors import ConfigError
-from tokencarbon.lease import apply, lease_gpu
+from tokencarbon.lease import cell_leases
 from tokencarbon.probe import run_probe
 
-platform = snakemake.params.platform
+platform = dict(snakemake.params.platform)
+if platform["kind"] == "cpu" and "logical_cpus" not in platform:
+    # The probe's params carry only what checks the hardware; the CPUs to lease come from the row.
+    from tokencarbon.platforms import get_platform
+
+    platform["logical_cpus"] = get_platform(platform["name"]).logical_cpus
 if snakemake.params.backend != "torch":
     raise ConfigError(
         f"config key backend.name: the OOM probe drives the torch backend only, not "
         f"{snakemake.params.backend!r}; give sweep.batch_sizes as a list for this backend"
     )
 with contextlib.ExitStack() as stack:
-    if platform["kind"] == "gpu":
-        # Like a cell, the probe takes a GPU of its own before CUDA starts (tokencarbon/lease.py).
-        cell = f"probe {platform['name']}/{snakemake.wildcards.model}"
-        lease = stack.enter_context(lease_gpu(f"/tmp/tokencarbon-gpu-leases-{os.getuid()}", cell=cell))
-        print(f"{cell}: leased GPU {apply(lease)}", file=sys.stderr)
+    # Like a cell, the probe leases its devices (a GPU before CUDA starts, or the platform's logical
+    # CPUs): it must not run on a device while a cell measures there.
+    cell = f"probe {platform['name']}/{snakemake.wildcards.model}"
+    stack.enter_context(
+        cell_leases(platform, cell=cell, log=lambda text: print(text, file=sys.stderr))
+    )
     result = run_probe(
         model=snakemake.params.model,
         platform=platform,

@@ -4,32 +4,30 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-import contextlib
-import os
+from tokencarbon.lease import die_with_supervisor
+
+# A SIGKILLed Snakemake must not leave its cell measuring, and holding its devices, as an orphan.
+watched = die_with_supervisor(
+    on_death=lambda pid: print(f"process {pid} that ran this cell exited: ending it", file=sys.stderr)
+)
+print(f"this cell ends when any of {watched} exits", file=sys.stderr)
 
 from tokencarbon import tables
 from tokencarbon.cell import run_cell
-from tokencarbon.lease import apply, lease_gpu
 
-platform = snakemake.params.platform
-cell = f"{platform['name']}/{snakemake.wildcards.model}/bs{snakemake.wildcards.batch}"
-with contextlib.ExitStack() as stack:
-    gpu = None
-    if platform["kind"] == "gpu":
-        # Concurrent cells on one node each take their own GPU; CUDA_VISIBLE_DEVICES is set
-        # before CUDA starts. The index is host-specific: it goes to the log and meta.json only.
-        lease = stack.enter_context(lease_gpu(f"/tmp/tokencarbon-gpu-leases-{os.getuid()}", cell=cell))
-        gpu = apply(lease)
-        print(f"{cell}: leased GPU {gpu}", file=sys.stderr)
-    run_cell(
-        model=snakemake.params.model,
-        platform=platform,
-        run=snakemake.params.run,
-        batch_size=int(snakemake.wildcards.batch),
-        workload=tables.read(snakemake.input.workload, tables.WORKLOAD),
-        engine_manifest=snakemake.input.engine,
-        out_batches=snakemake.output.batches,
-        out_power=snakemake.output.power,
-        out_meta=snakemake.output.meta,
-        gpu_lease=gpu,
-    )
+# The cell leases its devices itself (tokencarbon.lease: a GPU, or the platform's logical CPUs),
+# before CUDA starts; the lease goes to the log and meta.json, never to params.
+run_cell(
+    model=snakemake.params.model,
+    platform=snakemake.params.platform,
+    run=snakemake.params.run,
+    batch_size=int(snakemake.wildcards.batch),
+    serving=getattr(snakemake.params, "serving", None),  # absent: a static cell
+    workload=tables.read(snakemake.input.workload, tables.WORKLOAD),
+    engine_manifest=snakemake.input.engine,
+    out_batches=snakemake.output.batches,
+    out_power=snakemake.output.power,
+    out_meta=snakemake.output.meta,
+    out_requests=getattr(snakemake.output, "requests", None),
+    out_steps=getattr(snakemake.output, "steps", None),
+)

@@ -1,30 +1,45 @@
-"""One cell: a model on a platform at one batch size, its batches timed and its power sampled.
+"""One cell: a model on a platform at one batch size (static, bs{n}) or one max_num_seqs
+(continuous batching, cb{n}), its work timed and its power sampled.
 
-Order of events: check the workload and (TensorRT-LLM) the engine against the cell, check the
-hardware, load the engine of the configured backend, run the warm-up batch(es), sample idle power
-for a few seconds, start the power sidecar, run every measured batch, stop the sidecar, then write
-batches.parquet, power.parquet and meta.json, each atomically and meta.json last: a cell killed
-part-way leaves no file that looks finished. Only loading the engine differs between backends.
+Order of events: check the workload, the serving settings and (TensorRT-LLM) the engine against the
+cell; lease the devices it measures (tokencarbon.lease: a GPU, or the platform's logical CPUs, every
+thread pinned to them); check the hardware; load the engine; run the warm-up; sample idle power for a
+few seconds; start the power sidecar and the watch for other processes on the devices; run the
+measured work `run.repeats` times (static: every batch of the workload; continuous: the whole
+request set, served by the engine's serve()), each repeat its own window; stop both; then write
+batches.parquet (and, continuous, requests.parquet and steps.parquet), power.parquet and meta.json,
+each atomically and meta.json last: a cell killed part-way leaves no file that looks finished.
+Progress goes to the console (stdout, which Snakemake shows) and to the log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from tokencarbon import tables
-from tokencarbon.errors import ConfigError, HardwareMismatchError
+from tokencarbon.arrivals import arrival_times_s
+from tokencarbon.backends import Request, ServingResult
+from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect, software_versions
-from tokencarbon.models import load_architecture
+from tokencarbon.lease import CELL_LEASE_TIMEOUT_S, cell_leases
+from tokencarbon.models import resolve_architecture
+
+STATIC, CONTINUOUS = "static", "continuous"
+# Progress on the console: a line when a repeat starts and ends, and at most one per this many
+# seconds in between, so long cells show they are alive without burying Snakemake's messages.
+PROGRESS_INTERVAL_S = 10.0
 
 
 def group_batches(workload: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
@@ -32,18 +47,159 @@ def group_batches(workload: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]
     return [workload.iloc[i : i + batch_size] for i in range(0, len(workload), batch_size)]
 
 
-def pin_to_logical_cpus(n: int) -> None:
-    """Run on the platform's n logical CPUs, as its TDP and peak FLOP/s describe (platforms.csv)."""
-    import torch
-
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < n:
-        raise HardwareMismatchError(
-            f"platform 'cpu' describes {n} logical CPUs (resources/platforms.csv, logical_cpus) but "
-            f"this process may use only {len(allowed)}: {allowed}"
+def serving_settings(serving: Mapping[str, Any] | None, batch_size: int) -> dict[str, Any]:
+    """Params `serving` checked and completed: {"mode", "max_num_seqs", "arrival",
+    "request_rate_per_s", "seed"}. None (the params of cells made before continuous batching) and
+    {"mode": "static"} mean a static cell. A continuous cell's max_num_seqs is its batch_size (the
+    cb{n} of its folder). Raises ConfigError naming the key and the valid values."""
+    if serving is None:
+        serving = {"mode": STATIC}
+    if not isinstance(serving, Mapping):
+        raise ConfigError(f"params serving: {serving!r}; expected a mapping with a 'mode' key")
+    known = {"mode", "max_num_seqs", "arrival", "request_rate_per_s", "seed"}
+    unknown = sorted(set(serving) - known)
+    if unknown:
+        raise ConfigError(f"params serving: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    mode = serving.get("mode", STATIC)
+    if mode not in tables.CELL_DIR_PREFIX:
+        raise ConfigError(
+            f"serving.mode: {mode!r}; expected one of {sorted(tables.CELL_DIR_PREFIX)}"
         )
-    os.sched_setaffinity(0, allowed[:n])
-    torch.set_num_threads(n)
+    if mode == STATIC:
+        # every request of a batch is there when it starts: offline, in the serving sense
+        return {"mode": STATIC, "max_num_seqs": None, "arrival": "offline",
+                "request_rate_per_s": None, "seed": None}  # fmt: skip
+    max_num_seqs = serving.get("max_num_seqs", batch_size)
+    if max_num_seqs != batch_size:
+        raise ConfigError(
+            f"serving.max_num_seqs: {max_num_seqs!r} for the continuous cell cb{batch_size}; a "
+            f"continuous cell's max_num_seqs is its batch size ({batch_size})"
+        )
+    arrival = serving.get("arrival", "offline")
+    rate = serving.get("request_rate_per_s")
+    seed = serving.get("seed", 0)
+    arrival_times_s(0, arrival, rate, seed)  # checks the three keys
+    return {"mode": CONTINUOUS, "max_num_seqs": batch_size, "arrival": arrival,
+            "request_rate_per_s": rate, "seed": seed}  # fmt: skip
+
+
+def build_requests(workload: pd.DataFrame, settings: Mapping[str, Any]) -> list[Request]:
+    """The workload as the request set of a continuous cell, in workload order, with the arrival
+    times of settings (tokencarbon.arrivals)."""
+    times = arrival_times_s(
+        len(workload), settings["arrival"], settings["request_rate_per_s"], settings["seed"]
+    )
+    return [
+        Request(str(rid), tuple(int(t) for t in ids), int(n_out), float(at))
+        for rid, ids, n_out, at in zip(
+            workload["request_id"], workload["prompt_token_ids"], workload["output_tokens"], times
+        )
+    ]
+
+
+def check_serving_result(result: ServingResult, requests: Sequence[Request], where: str) -> None:
+    """Refuse a serving result whose records cannot be true: every request served exactly once
+    with its own prompt and output lengths; arrival <= first token <= finish, on both clocks;
+    nothing before the window's start or after its end; no arrival earlier than its schedule;
+    steps in order inside the window. Raises TokencarbonError naming the request or step."""
+    if not result.start_ns <= result.end_ns or not result.start_wall_ns <= result.end_wall_ns:
+        raise TokencarbonError(f"{where}: the serving window ends before it starts ({result})")
+    expected = {r.request_id: r for r in requests}
+    seen: set[str] = set()
+    for rec in result.requests:
+        req = expected.get(rec.request_id)
+        if req is None or rec.request_id in seen:
+            raise TokencarbonError(
+                f"{where}: request {rec.request_id!r} is "
+                f"{'served twice' if req is not None else 'not in the request set'}"
+            )
+        seen.add(rec.request_id)
+        if (rec.input_tokens, rec.output_tokens) != (len(req.prompt), req.output_len):
+            raise TokencarbonError(
+                f"{where}: request {rec.request_id!r} served {rec.input_tokens} prompt and "
+                f"{rec.output_tokens} output tokens; its request has {len(req.prompt)} and "
+                f"{req.output_len} (every request generates exactly its reference length)"
+            )
+        for clock, (a, f, e, start, end) in {
+            "monotonic": (rec.arrival_ns, rec.first_token_ns, rec.finish_ns,
+                          result.start_ns, result.end_ns),
+            "wall": (rec.arrival_wall_ns, rec.first_token_wall_ns, rec.finish_wall_ns,
+                     result.start_wall_ns, result.end_wall_ns),
+        }.items():  # fmt: skip
+            if not start <= a <= f <= e <= end:
+                raise TokencarbonError(
+                    f"{where}: request {rec.request_id!r}, {clock} clock: expected window start "
+                    f"{start} <= arrival {a} <= first token {f} <= finish {e} <= window end {end}"
+                )
+        # An arrival is when the request entered the queue: never before its schedule (1 ms of
+        # slack for reading the clock).
+        scheduled_ns = result.start_ns + round(req.arrival_s * 1e9)
+        if rec.arrival_ns < scheduled_ns - 1_000_000:
+            raise TokencarbonError(
+                f"{where}: request {rec.request_id!r} arrived at {rec.arrival_ns} ns, before its "
+                f"scheduled {req.arrival_s:.6f} s after the start ({scheduled_ns} ns)"
+            )
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise TokencarbonError(f"{where}: {len(missing)} request(s) never served: {missing[:5]}")
+    previous = result.start_wall_ns
+    for k, step in enumerate(result.steps):
+        if step.step_index != k or not previous <= step.start_wall_ns <= step.end_wall_ns:
+            raise TokencarbonError(
+                f"{where}: step {step.step_index} (position {k}) starts at {step.start_wall_ns} "
+                f"ns; steps must be numbered 0.. in order, each starting at or after the previous "
+                f"one ({previous}) and ending after it starts"
+            )
+        if step.end_wall_ns > result.end_wall_ns or len(step.request_ids) != len(step.request_tokens):
+            raise TokencarbonError(
+                f"{where}: step {k} ends after the window or lists {len(step.request_ids)} "
+                f"requests with {len(step.request_tokens)} token counts"
+            )
+        previous = step.start_wall_ns
+
+
+def max_concurrent_requests(result: ServingResult) -> int:
+    """The most requests served at once: the largest step where the engine reports steps, else
+    the most requests between their first token and finish at any one time (a lower bound: a
+    request is in flight from its prefill on)."""
+    if result.steps:
+        return max(len(step.request_ids) for step in result.steps)
+    events = sorted(
+        [(r.first_token_ns, 1) for r in result.requests]
+        + [(r.finish_ns, -1) for r in result.requests],
+        key=lambda e: (e[0], e[1]),  # a finish before a start at the same time
+    )
+    most = current = 0
+    for _, change in events:
+        current += change
+        most = max(most, current)
+    return most
+
+
+class Progress:
+    """Progress lines for the console and the log: `[tokencarbon] <cell> ...`.
+
+    A script job's stdout is Snakemake's own console (its stderr goes to the rule's log), so lines
+    printed to stdout show while Snakemake runs; each starts with the cell, to stay apart from
+    Snakemake's messages and from other cells' lines under --cores N. Lines between a repeat's start
+    and end come at most every interval_s.
+    """
+
+    def __init__(self, cell: str, stream=None, log=None, interval_s: float = PROGRESS_INTERVAL_S):
+        self.cell = cell
+        self.stream = sys.stdout if stream is None else stream
+        self.log = sys.stderr if log is None else log
+        self.interval_s = interval_s
+        self._last = -math.inf
+
+    def __call__(self, text: str, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        line = f"[tokencarbon] {self.cell}: {text}"
+        for stream in {id(self.stream): self.stream, id(self.log): self.log}.values():
+            print(line, file=stream, flush=True)
 
 
 def power_source_spec(platform: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +207,98 @@ def power_source_spec(platform: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "modeled_cpu", "tdp_w": platform["tdp_w"]}
     # CUDA_VISIBLE_DEVICES (set by the scheduler or a lease) makes the cell's GPU device 0.
     return {"kind": "nvml", "device_index": 0}
+
+
+def _device_state(platform: dict[str, Any], lease: dict[str, Any]) -> dict[str, Any]:
+    """Power limit, clocks and throttle reasons (GPU) or CPU frequencies, now."""
+    if platform["kind"] == "cpu":
+        from tokencarbon.power.modeled import cpu_state
+
+        return cpu_state(lease["cpus"])
+    from tokencarbon.power.nvml import gpu_state
+
+    return gpu_state(0)
+
+
+def _watch(platform: dict[str, Any], lease: dict[str, Any]):
+    from tokencarbon.occupancy import CpuWatch, GpuWatch
+
+    return CpuWatch(lease["cpus"]) if platform["kind"] == "cpu" else GpuWatch(lease["gpu_index"])
+
+
+def backend_options(run: dict[str, Any], engine_manifest: str | Path) -> dict[str, Any]:
+    """The engine stage's backend options (the transformers manifest's "options"); {} for others."""
+    if run["backend"] != "transformers":
+        return {}
+    import json
+
+    path = Path(engine_manifest)
+    try:
+        return dict(json.loads(path.read_text())["options"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{path}: not a transformers engine manifest with 'options' ({exc}); rebuild it "
+            "with the engine rule"
+        ) from exc
+
+
+def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len, stack):
+    if trt_engine is not None:
+        from tokencarbon.backends import tensorrt_llm as trtllm_backend
+
+        # The Executor holds the GPU and a worker thread until shut down, also on failure.
+        return stack.enter_context(
+            contextlib.closing(trtllm_backend.TrtllmEngine(trt_engine["engine_dir"]))
+        )
+    if run["backend"] == "transformers":
+        from tokencarbon.backends.transformers_backend import TransformersEngine
+
+        return TransformersEngine(
+            arch, model["dtype"], device, model["seed"], model["checkpoint"],
+            max_cache_len=max_cache_len, **options,
+        )  # fmt: skip
+    from tokencarbon.backends.torch_backend import TorchEngine
+
+    return TorchEngine(
+        arch,
+        model["dtype"],
+        device,
+        seed=model["seed"],
+        checkpoint=model["checkpoint"],
+        cuda_graphs=run["cuda_graphs"],
+        compile_decode=run["compile_decode"] and device == "cuda",
+    )
+
+
+def default_serving_engine(
+    arch, model: dict, run: dict, device: str, max_num_seqs: int, options: dict | None = None
+):
+    """The continuous-batching engine of run["backend"]: torch's TorchServingEngine
+    (tokencarbon.backends.serving) or transformers' (TransformersEngine with max_num_seqs, its
+    ContinuousBatchingManager) with the engine stage's options."""
+    if run["backend"] == "transformers":
+        from tokencarbon.backends.transformers_backend import TransformersEngine
+
+        return TransformersEngine(
+            arch, model["dtype"], device, model["seed"], model["checkpoint"],
+            max_num_seqs=max_num_seqs, **(options or {}),
+        )  # fmt: skip
+    if run["backend"] != "torch":
+        raise ConfigError(
+            f"backend.name: {run['backend']!r} has no continuous-batching engine wired into cells; "
+            "continuous cells (sweep.max_num_seqs) run with backend.name torch or transformers"
+        )
+    from tokencarbon.backends.serving import TorchServingEngine
+
+    return TorchServingEngine(
+        arch,
+        model["dtype"],
+        device,
+        seed=model["seed"],
+        checkpoint=model["checkpoint"],
+        max_num_seqs=max_num_seqs,
+        cuda_graphs=run["cuda_graphs"],
+    )
 
 
 def run_cell(
@@ -64,14 +312,47 @@ def run_cell(
     out_batches: str | Path,
     out_power: str | Path,
     out_meta: str | Path,
-    gpu_lease: dict[str, Any] | None = None,
-) -> None:
-    """engine_manifest: the engine stage's manifest. The tensorrt_llm backend runs the engine it
-    names; the torch backend builds its engine from `model` (its manifest is the same recipe)."""
+    serving: Mapping[str, Any] | None = None,
+    out_requests: str | Path | None = None,
+    out_steps: str | Path | None = None,
+    lock_dir: str | Path | None = None,
+    lease_timeout_s: float = CELL_LEASE_TIMEOUT_S,
+    serving_engine: Callable[..., Any] = default_serving_engine,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Measure one cell and write its files; returns what meta.json holds.
+
+    model, platform, run: the config slices of tokencarbon.config (run: backend, cuda_graphs,
+    compile_decode, warmup_batches, optional repeats >= 1, default 1). serving: params `serving`
+    (serving_settings); a continuous cell also needs out_requests and out_steps. engine_manifest:
+    the engine stage's manifest (the tensorrt_llm backend runs the engine it names; the torch
+    backend builds its engine from `model`, the manifest being the same recipe). serving_engine(
+    arch, model, run, device, max_num_seqs) makes the ServingEngine of a continuous cell.
+    lock_dir, lease_timeout_s: the device lease (tokencarbon.lease.cell_leases).
+
+    Raises ConfigError or InputError before any device work for bad settings or workloads,
+    HardwareMismatchError for the wrong hardware, LeaseTimeoutError when the devices stay taken.
+    """
     from tokencarbon.backends import tensorrt_llm as trtllm_backend
     from tokencarbon.power.sidecar import PowerSidecar, measure_idle, parts_dir, read_samples
 
-    arch = load_architecture(model["architecture"])
+    settings = serving_settings(serving, batch_size)
+    continuous = settings["mode"] == CONTINUOUS
+    repeats = run.get("repeats", 1)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"run.repeats: {repeats!r}; expected a whole number >= 1")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size {batch_size!r}; expected a whole number >= 1")
+    if continuous and (out_requests is None or out_steps is None):
+        raise ConfigError(
+            "a continuous cell writes requests.parquet and steps.parquet: pass out_requests and "
+            "out_steps"
+        )
+    if len(workload) == 0:
+        raise InputError("the workload holds no request; a cell needs at least one")
+    cell = f"{platform['name']}/{model['name']}/{tables.CELL_DIR_PREFIX[settings['mode']]}{batch_size}"
+    say = progress or Progress(cell)
+    arch = resolve_architecture(model)
     too_large = [
         max(ids) for ids in workload["prompt_token_ids"] if len(ids) and max(ids) >= arch.vocab_size
     ]
@@ -81,12 +362,22 @@ def run_cell(
             f"{arch.name}'s vocabulary of {arch.vocab_size}; use a tokenizer whose vocabulary fits "
             "(families.<family>.tokenizer, or workload.builtin_vocab_size)"
         )
+    if batch_size > len(workload):
+        say(
+            f"batch size {batch_size} > {len(workload)} requests: no batch holds {batch_size} "
+            "requests; meta.json and cells.parquet record max_batch_requests"
+        )
     trt_engine = None  # what meta.json records of a TensorRT-LLM engine
     if run["backend"] == "tensorrt_llm":
         if platform["kind"] != "gpu":
             raise ConfigError(
                 f"config key backend.name: 'tensorrt_llm' runs on GPU platforms only, and platform "
                 f"{platform['name']!r} is a CPU; measure it with backend.name: torch"
+            )
+        if continuous:
+            raise ConfigError(
+                "backend.name: 'tensorrt_llm' has no continuous-batching engine wired into cells; "
+                "continuous cells (sweep.max_num_seqs) run with backend.name: torch"
             )
         trt_engine = trtllm_backend.engine_for_cell(
             engine_manifest,
@@ -97,40 +388,42 @@ def run_cell(
             longest_output=int(workload["output_tokens"].max()),
         )
         trtllm_backend.require_tensorrt_llm()
-    hardware = detect(platform["kind"])
-    check_platform(platform, hardware)
+    requests = build_requests(workload, settings) if continuous else []
+    batches = [] if continuous else group_batches(workload, batch_size)
 
-    device = "cpu" if platform["kind"] == "cpu" else "cuda"
-    if device == "cpu":
-        pin_to_logical_cpus(platform["logical_cpus"])
     with contextlib.ExitStack() as stack:
-        if trt_engine is None:
-            from tokencarbon.backends.torch_backend import TorchEngine
+        lease = stack.enter_context(
+            cell_leases(platform, cell=cell, lock_dir=lock_dir, timeout_s=lease_timeout_s, log=say)
+        )
+        hardware = detect(platform["kind"])
+        check_platform(platform, hardware)
+        device = "cpu" if platform["kind"] == "cpu" else "cuda"
+        if device == "cpu":
+            import torch
 
-            engine = TorchEngine(
-                arch,
-                model["dtype"],
-                device,
-                seed=model["seed"],
-                checkpoint=model["checkpoint"],
-                cuda_graphs=run["cuda_graphs"],
-                compile_decode=run["compile_decode"] and device == "cuda",
-            )
+            torch.set_num_threads(len(lease["cpus"]))
+        options = backend_options(run, engine_manifest)
+        if continuous:
+            engine = serving_engine(arch, model, run, device, batch_size, options=options)
+            warm_set = [dataclasses.replace(r, arrival_s=0.0) for r in requests[:batch_size]]
+
+            def warm_up() -> None:
+                engine.serve(warm_set)
         else:
-            # The Executor holds the GPU and a worker thread until shut down, also on failure.
-            engine = stack.enter_context(
-                contextlib.closing(trtllm_backend.TrtllmEngine(trt_engine["engine_dir"]))
-            )
-        batches = group_batches(workload, batch_size)
+            longest = int((workload["prompt_token_ids"].map(len) + workload["output_tokens"]).max())
+            engine = _static_engine(arch, model, run, device, trt_engine, options, longest, stack)
 
-        def run_one(batch: pd.DataFrame):
-            return engine.run_batch(
-                [list(ids) for ids in batch["prompt_token_ids"]],
-                [int(n) for n in batch["output_tokens"]],
-            )
+            def run_one(batch: pd.DataFrame):
+                return engine.run_batch(
+                    [list(ids) for ids in batch["prompt_token_ids"]],
+                    [int(n) for n in batch["output_tokens"]],
+                )
+
+            def warm_up() -> None:
+                run_one(batches[0])
 
         for _ in range(run["warmup_batches"]):
-            run_one(batches[0])
+            warm_up()
 
         source = power_source_spec(platform)
         interval_s = platform["power_interval_s"]
@@ -138,63 +431,143 @@ def run_cell(
 
         power_path = Path(out_power)
         run_samples_path = power_path.with_name(".run_power.parquet")
-        results = []
+        batch_rows, request_rows, step_rows = [], [], []
+        most_at_once = 0
+        state_start = _device_state(platform, lease)
+        watch = _watch(platform, lease)
+        watch.start()
         # The sidecar samples this process's CPU use (modeled) or the cell's GPU (NVML).
-        pid = os.getpid()
-        with PowerSidecar(source, run_samples_path, interval_s, phase="run", target_pid=pid):
-            for batch in tqdm(batches, desc=f"{model['name']} bs{batch_size}", file=sys.stderr):
-                results.append(run_one(batch))
+        with PowerSidecar(
+            source, run_samples_path, interval_s, phase="run", target_pid=os.getpid()
+        ):
+            for repeat in range(repeats):
+                label = f"repeat {repeat + 1}/{repeats}"
+                start = time.monotonic()
+                if continuous:
+                    say(f"{label}: serving {len(requests)} requests ({settings['arrival']})")
+                    result = engine.serve(requests)
+                    check_serving_result(result, requests, f"{cell} {label}")
+                    batch_rows.append(_window_row(repeat, result, requests))
+                    request_rows += [
+                        {"repeat": repeat, **dataclasses.asdict(r)} for r in result.requests
+                    ]
+                    step_rows += [
+                        {"repeat": repeat, **dataclasses.asdict(s)} for s in result.steps
+                    ]
+                    most_at_once = max(most_at_once, max_concurrent_requests(result))
+                    tokens = sum(r.output_tokens for r in result.requests)
+                else:
+                    say(f"{label}: {len(batches)} batches of up to {batch_size}")
+                    tokens = 0
+                    for i, batch in enumerate(batches):
+                        r = run_one(batch)
+                        batch_rows.append(
+                            {
+                                "repeat": repeat,
+                                "batch_index": i,
+                                **_batch_record(r),
+                                "prompt_lens": [len(ids) for ids in batch["prompt_token_ids"]],
+                                "output_lens": [int(n) for n in batch["output_tokens"]],
+                            }
+                        )
+                        most_at_once = max(most_at_once, r.n_requests)
+                        tokens += r.output_tokens
+                        say(f"{label}: batch {i + 1}/{len(batches)}", force=False)
+                elapsed_s = time.monotonic() - start
+                say(f"{label} done: {tokens} output tokens in {elapsed_s:.1f} s "
+                    f"({tokens / elapsed_s:.1f} tok/s)")  # fmt: skip
+        foreign = watch.stop()
+        state_end = _device_state(platform, lease)
         run_samples = read_samples(run_samples_path)
         run_samples_path.unlink()
         shutil.rmtree(parts_dir(run_samples_path), ignore_errors=True)
 
+        foreign_cpu_share = foreign.get("foreign_cpu_share", math.nan)
+        foreign_gpu_processes = foreign.get("foreign_gpu_processes", -1)
+        if foreign_cpu_share > 0 or foreign_gpu_processes > 0:
+            say(
+                f"other processes ran on this cell's devices: foreign CPU share "
+                f"{foreign_cpu_share:.3f}, {foreign_gpu_processes} other GPU process(es); "
+                f"meta.json foreign_use names them"
+            )
         versions = software_versions()
-        rows = [
-            {
-                "repeat": 0,
-                "batch_index": i,
-                **_batch_record(r),
-                "prompt_lens": [len(ids) for ids in batch["prompt_token_ids"]],
-                "output_lens": [int(n) for n in batch["output_tokens"]],
-            }
-            for i, (r, batch) in enumerate(zip(results, batches))
-        ]
-        tables.write(pd.DataFrame(rows), out_batches, tables.BATCHES)
+        if continuous:
+            tables.write(pd.DataFrame(request_rows, columns=tables.REQUESTS.names), out_requests, tables.REQUESTS)
+            tables.write(pd.DataFrame(step_rows, columns=tables.STEPS.names), out_steps, tables.STEPS)
+        tables.write(pd.DataFrame(batch_rows), out_batches, tables.BATCHES)
         tables.write(
             pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER
         )
-        write_json(
-            out_meta,
-            {
-                "platform": platform["name"],
-                "model": model["name"],
-                "mode": "static",
-                "batch_size": batch_size,
-                "architecture": arch.name,
-                "dtype": model["dtype"],
-                "backend": run["backend"],
-                # tensorrt_llm: manifest, engine_dir, limits, version, build GPU; null for torch
-                "engine": trt_engine,
-                "device_name": hardware["device_name"],
-                "n_requests": len(workload),
-                "n_batches": len(results),
-                "warmup_batches": run["warmup_batches"],
-                "window_start_wall_ns": results[0].start_wall_ns,
-                "window_end_wall_ns": results[-1].end_wall_ns,
-                "idle_power_w": idle_power_w,
-                "power_source": source["kind"],
-                "power_interval_s": interval_s,
-                "peak_memory_bytes": float(engine.peak_memory_bytes()),
-                "git_commit": versions["git_commit"],
-                "hardware": hardware,
-                "gpu_lease": gpu_lease,
-                "versions": versions,
-                "config": {"model": model, "platform": platform, "run": run},
-                "seeds": {"weights": model["seed"]},
-                "n_power_samples": {"idle": len(idle_samples), "run": len(run_samples)},
-                "finished_wall_ns": time.time_ns(),
-            },
-        )
+        meta = {
+            "platform": platform["name"],
+            "model": model["name"],
+            "mode": settings["mode"],
+            "batch_size": batch_size,
+            "architecture": arch.name,
+            "dtype": model["dtype"],
+            "backend": run["backend"],
+            # tensorrt_llm: manifest, engine_dir, limits, version, build GPU; null for torch
+            "engine": trt_engine,
+            "device_name": hardware["device_name"],
+            "serving": settings,
+            "arrival": settings["arrival"],
+            "request_rate_per_s": (
+                math.nan if settings["request_rate_per_s"] is None
+                else float(settings["request_rate_per_s"])
+            ),  # fmt: skip
+            "n_requests": len(workload),
+            "n_batches": 1 if continuous else len(batches),
+            "repeats": repeats,
+            "max_batch_requests": most_at_once,
+            "warmup_batches": run["warmup_batches"],
+            "window_start_wall_ns": batch_rows[0]["start_wall_ns"],
+            "window_end_wall_ns": batch_rows[-1]["end_wall_ns"],
+            "idle_power_w": idle_power_w,
+            "power_source": source["kind"],
+            "power_interval_s": interval_s,
+            "peak_memory_bytes": float(engine.peak_memory_bytes()),
+            # what ran, where the engine says (transformers: versions, attention, cache settings)
+            "engine_description": engine.describe() if hasattr(engine, "describe") else None,
+            "git_commit": versions["git_commit"],
+            "hardware": hardware,
+            "gpu_lease": lease if platform["kind"] == "gpu" else None,
+            "cpu_lease": lease if platform["kind"] == "cpu" else None,
+            "foreign_cpu_share": foreign_cpu_share,
+            "foreign_gpu_processes": foreign_gpu_processes,
+            "foreign_use": foreign,
+            "device_state": {"start": state_start, "end": state_end},
+            "versions": versions,
+            "config": {"model": model, "platform": platform, "run": run, "serving": settings},
+            "seeds": {"weights": model["seed"], "arrivals": settings["seed"]},
+            "n_power_samples": {"idle": len(idle_samples), "run": len(run_samples)},
+            "finished_wall_ns": time.time_ns(),
+        }
+        write_json(out_meta, meta)
+        return meta
+
+
+def _window_row(repeat: int, result: ServingResult, requests: Sequence[Request]) -> dict[str, Any]:
+    """A continuous repeat as one BATCHES row: the whole request set as one window (start: serving
+    began, the clock of arrivals; first token: the first request's; end: the last token)."""
+    by_id = {r.request_id: r for r in result.requests}
+    first = min(result.requests, key=lambda r: r.first_token_ns)
+    return {
+        "repeat": repeat,
+        "batch_index": 0,
+        "n_requests": len(result.requests),
+        "input_tokens": sum(r.input_tokens for r in result.requests),
+        "output_tokens": sum(r.output_tokens for r in result.requests),
+        "padded_input_len": 0,
+        "max_output_tokens": max(r.output_tokens for r in result.requests),
+        "start_ns": result.start_ns,
+        "first_token_ns": first.first_token_ns,
+        "end_ns": result.end_ns,
+        "start_wall_ns": result.start_wall_ns,
+        "first_token_wall_ns": first.first_token_wall_ns,
+        "end_wall_ns": result.end_wall_ns,
+        "prompt_lens": [by_id[r.request_id].input_tokens for r in requests],
+        "output_lens": [by_id[r.request_id].output_tokens for r in requests],
+    }
 
 
 def _batch_record(result: Any) -> dict[str, int]:

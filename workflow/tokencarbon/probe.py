@@ -20,7 +20,7 @@ from tokencarbon.hardware import check_platform, detect
 from tokencarbon.models import (
     activation_bytes,
     kv_cache_bytes,
-    load_architecture,
+    resolve_architecture,
     weight_bytes,
 )
 
@@ -166,7 +166,7 @@ def run_probe(
     """Probe `model` on `platform` at the workload's longest prompt and longest output, up to
     limits["max_batch"] under limits["memory_limit_gb"]; write the result as JSON (atomically)."""
     check_platform(platform, detect(platform["kind"]))
-    arch = load_architecture(model["architecture"])
+    arch = resolve_architecture(model)
     prompt_len = max(len(ids) for ids in workload["prompt_token_ids"])
     # Every request fits the model's positions, but the longest prompt and the longest output may
     # belong to different requests; the probe's uniform batch stays inside the positions.
