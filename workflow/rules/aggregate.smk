@@ -5,7 +5,7 @@
 rule aggregate_cells:
     input:
         unpack(all_cell_files),
-        code=f"{PKG}/aggregate.py",
+        code=code_inputs("aggregate_cells"),
     output:
         batches="results/tables/batches.parquet",
         power="results/tables/power.parquet",

@@ -1,12 +1,32 @@
 # Config validation, wildcard constraints and input functions shared by every stage.
+import functools
 import json
+import os
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+# The package this workflow's jobs run: the one beside this Snakefile, for the DAG (sys.path) and
+# for every job (PYTHONPATH, inherited by script jobs, their subprocesses and cluster jobs, which
+# re-read this file), ahead of any installed copy: a venv shared by several checkouts, or a
+# non-editable install, still runs each checkout's own code and reads its own resources/.
+PKG_ROOT = Path(workflow.basedir) / "workflow"
+sys.path.insert(0, str(PKG_ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(PKG_ROOT)]
+    + [
+        p
+        for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if p and p != str(PKG_ROOT)
+    ]
+)
+
+
+envvars:
+    "PYTHONPATH",
+
 
 from tokencarbon.config import (
     auto_batch_sizes,
@@ -62,33 +82,47 @@ MODELS = sorted(config["models"])
 FAMILIES = sorted({config["models"][m]["family"] for m in MODELS})
 BACKEND = config["backend"]["name"]
 
-# Package modules each stage's results depend on: Snakemake's code trigger sees only the script
-# adapters, so the modules they import are listed as inputs (style.md).
-PKG = "workflow/tokencarbon"
-WORKLOAD_CODE = [f"{PKG}/workload.py", f"{PKG}/tokenizer.py", f"{PKG}/tables.py"]
-ENGINE_CODE = [f"{PKG}/models.py", f"{PKG}/backends/torch_backend.py"]
-METRICS_CODE = [
-    f"{PKG}/tables.py",
-    f"{PKG}/metrics.py",
-    f"{PKG}/energy.py",
-    f"{PKG}/carbon.py",
-    f"{PKG}/flops.py",
-    f"{PKG}/platforms.py",
-    "resources/platforms.csv",
-]
-FIGURE_CODE = [
-    f"{PKG}/figures/{name}.py"
-    for name in ["__init__", "common", "analytic", "measured", "summary", "render"]
-]
-CELL_CODE = ENGINE_CODE + [
-    f"{PKG}/tables.py",
-    f"{PKG}/cell.py",
-    f"{PKG}/hardware.py",
-    f"{PKG}/power/sidecar.py",
-    f"{PKG}/power/nvml.py",
-    f"{PKG}/power/modeled.py",
-    f"{PKG}/lease.py",
-]
+
+def workdir_path(path):
+    """`path` relative to the working directory where it lies inside it, else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@functools.cache
+def code_inputs(script):
+    """Package modules that workflow/scripts/<script>.py imports, transitively (an ast walk of its
+    imports: tokencarbon/codedeps.py), as a rule's inputs: Snakemake's code trigger sees only the
+    script, so these make a code change rerun exactly the jobs it can change (style.md).
+    """
+    from tokencarbon.codedeps import package_modules
+
+    return [
+        workdir_path(p)
+        for p in package_modules(
+            PKG_ROOT.parent / "workflow/scripts" / f"{script}.py", PKG_ROOT
+        )
+    ]
+
+
+def resource_file(*parts):
+    """A file under resources/ as jobs read it (tokencarbon.models.resources_dir: this workflow's
+    resources/, or $TOKENCARBON_RESOURCES), for rules that list it as an input."""
+    from tokencarbon.models import resources_dir
+
+    return workdir_path(resources_dir().joinpath(*parts))
+
+
+# Kept only while metrics.smk and figures.smk still name them; they are derived, not hand-kept.
+METRICS_CODE = code_inputs("compute_metrics") + [resource_file("platforms.csv")]
+FIGURE_CODE = sorted(
+    set(code_inputs("render_figure"))
+    | set(code_inputs("summarize_headlines"))
+    | set(code_inputs("tabulate_max_batch"))
+)
 
 
 wildcard_constraints:
@@ -120,7 +154,7 @@ def tokenizer_corpus(wildcards):
 
 
 def filter_inputs(wildcards):
-    inputs = {"code": WORKLOAD_CODE}
+    inputs = {"code": code_inputs("filter_sharegpt")}
     source = workload_source()
     if source == "synthetic":
         inputs["source"] = "results/dataset/synthetic_sharegpt.json"
@@ -154,7 +188,9 @@ def engine_manifest(wildcards):
 
 
 def architecture_file(wildcards):
-    return f"resources/models/{config['models'][wildcards.model]['architecture']}.json"
+    return resource_file(
+        "models", f"{config['models'][wildcards.model]['architecture']}.json"
+    )
 
 
 def trtllm_build_params(wildcards):
@@ -294,7 +330,7 @@ def analytic_architectures():
 
 
 def analytic_architecture_files(wildcards):
-    return [f"resources/models/{a}.json" for a in analytic_architectures()]
+    return [resource_file("models", f"{a}.json") for a in analytic_architectures()]
 
 
 def platform_limits():

@@ -3,7 +3,7 @@
 
 rule generate_synthetic_sharegpt:
     input:
-        code=WORKLOAD_CODE,
+        code=code_inputs("generate_synthetic_sharegpt"),
     output:
         "results/dataset/synthetic_sharegpt.json",
     log:
@@ -20,7 +20,7 @@ rule generate_synthetic_sharegpt:
 rule train_tokenizer:
     input:
         corpus=tokenizer_corpus,
-        code=WORKLOAD_CODE,
+        code=code_inputs("train_tokenizer"),
     output:
         directory("results/tokenizer/builtin"),
     log:
@@ -51,7 +51,7 @@ rule filter_sharegpt:
 rule sample_workload:
     input:
         pool=family_pool,
-        code=WORKLOAD_CODE,
+        code=code_inputs("sample_workload"),
     output:
         "results/workload/{model}.parquet",
     log:

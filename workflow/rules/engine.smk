@@ -5,7 +5,7 @@
 rule build_torch_engine:
     input:
         arch=architecture_file,
-        code=ENGINE_CODE,
+        code=code_inputs("build_torch_engine"),
     output:
         "results/engines/{platform}/{model}/torch/manifest.json",
     log:
@@ -23,7 +23,7 @@ rule build_torch_engine:
 rule build_trtllm_engine:
     input:
         arch=architecture_file,
-        code=[f"{PKG}/backends/tensorrt_llm.py"],
+        code=code_inputs("build_trtllm_engine"),
     output:
         manifest="results/engines/{platform}/{model}/tensorrt_llm/manifest.json",
         engine=directory("results/engines/{platform}/{model}/tensorrt_llm/engine"),

@@ -6,7 +6,7 @@ rule run_cell:
     input:
         engine=engine_manifest,
         workload="results/workload/{model}.parquet",
-        code=CELL_CODE,
+        code=code_inputs("run_cell"),
     output:
         batches="results/cells/{platform}/{model}/bs{batch}/batches.parquet",
         power="results/cells/{platform}/{model}/bs{batch}/power.parquet",

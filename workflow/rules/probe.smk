@@ -6,7 +6,7 @@ checkpoint probe_max_batch:
     input:
         engine=engine_manifest,
         workload="results/workload/{model}.parquet",
-        code=ENGINE_CODE + [f"{PKG}/probe.py", f"{PKG}/hardware.py", f"{PKG}/lease.py"],
+        code=code_inputs("probe_max_batch"),
     output:
         "results/cells/{platform}/{model}/probe.json",
     log:
