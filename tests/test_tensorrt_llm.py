@@ -300,8 +300,10 @@ def test_check_batch_keeps_every_request_inside_the_engine():
 
 # ---------------------------------------------------------------- a cell's engine
 
-# The real spec row: device_name_pattern "H100.*80GB HBM3" (resources/platforms.csv).
-H100 = platform_slice({"power": {"interval_s": None, "idle_s": 1.0}}, "h100-sxm-80gb")
+# The real spec row: device_name_pattern "^NVIDIA H100 80GB HBM3$" (resources/platforms.csv).
+H100 = platform_slice(
+    {"platforms": {"h100-sxm-80gb": {}}, "power": {"interval_s": None, "idle_s": 1.0}}, "h100-sxm-80gb"
+)
 GPT2 = model("gpt2")
 TRT_RUN = {
     "backend": "tensorrt_llm",
@@ -377,7 +379,7 @@ def test_engine_for_cell_takes_the_limits_from_the_built_engine(tmp_path):
             "built on 'NVIDIA A100-SXM4-80GB', not on a GPU of platform 'h100-sxm-80gb'",
         ),
         # An H100 PCIe (80GB HBM2e) is not the SXM card the platform's pattern describes.
-        ({"device_name": "NVIDIA H100 PCIe"}, HardwareMismatchError, "'H100.*80GB HBM3'"),
+        ({"device_name": "NVIDIA H100 PCIe"}, HardwareMismatchError, "'^NVIDIA H100 80GB HBM3$'"),
     ],
 )
 def test_an_engine_of_another_model_dtype_or_gpu_is_refused_naming_the_manifest(
@@ -476,7 +478,7 @@ def test_a_cell_on_tensorrt_llm_checks_its_engine_then_needs_the_package(tmp_pat
         ),
         (
             FITS,
-            {"platform": platform_slice({"power": {"interval_s": None, "idle_s": 1.0}}, "cpu")},
+            {"platform": platform_slice({"platforms": {"cpu": {}}, "power": {"interval_s": None, "idle_s": 1.0}}, "cpu")},
             "'tensorrt_llm' runs on GPU platforms only",
         ),
     ],
@@ -622,3 +624,19 @@ def test_broken_streams_are_errors_naming_the_request():
     beams = Stream().add(100, Response(0, Result([[1], [2]], True)))
     with pytest.raises(TokencarbonError, match="2 beams"):
         batch_result([0], [[1]], [1], 0, 0, beams.received)
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen2.5-7b", "mistral-7b"])
+def test_architectures_the_runner_would_misbuild_are_refused(name):
+    # Each differs from plain Llama in a way TensorRT-LLM's LLaMAConfig defaults would drop:
+    # llama3 RoPE scaling, q/k/v biases, a 4096-token sliding window.
+    arch = load_architecture(name)
+    with pytest.raises(ConfigError, match="maps only"):
+        pretrained_config(arch, "float16")
+    with pytest.raises(ConfigError, match="maps only"):
+        convert_command(arch, "/ckpt", "/out", "float16", "/trtllm")
+
+
+@pytest.mark.parametrize("name", ["llama-2-7b", "gpt2"])
+def test_study_architectures_still_map(name):
+    assert pretrained_config(load_architecture(name), "float16")["num_hidden_layers"] > 0

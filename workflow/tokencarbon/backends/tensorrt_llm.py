@@ -44,6 +44,25 @@ _BUILD_OPTIONAL = ("max_num_tokens", "weight_only_int4")
 NEVER_END_ID = -1
 
 
+def check_supported(arch: Architecture) -> None:
+    """ConfigError unless this runner maps the architecture faithfully: model types llama (no RoPE
+    scaling) and gpt2. A Qwen2 (q/k/v biases), Mistral (sliding window) or Llama-3.1 (llama3 RoPE
+    scaling) model built as plain Llama would measure another network."""
+    model_type = getattr(arch, "model_type", arch.family)
+    unsupported = (
+        model_type not in _ARCHITECTURES
+        or getattr(arch, "rope_scaling", None) is not None
+        or getattr(arch, "qkv_bias", False) and model_type != "gpt2"
+        or getattr(arch, "sliding_window", None) is not None
+    )
+    if unsupported:
+        raise ConfigError(
+            f"architecture {arch.name!r} (model_type {model_type!r}): the TensorRT-LLM runner maps "
+            f"only {sorted(_ARCHITECTURES)} without RoPE scaling, q/k/v biases (llama) or sliding "
+            "windows; measure it with backend.name torch or transformers"
+        )
+
+
 def require_tensorrt_llm(build: bool = False) -> None:
     """ConfigError unless the tensorrt_llm package (and, to build, the trtllm-build command) exist."""
     missing = []
@@ -103,6 +122,7 @@ def pretrained_config(
     """A TRT-LLM checkpoint config.json: `trtllm-build --model_config` builds it with random weights
     (TRT-LLM fills every weight it is not given, Parameter.xavier_init). Keys follow
     tensorrt_llm.models.PretrainedConfig and examples/generate_checkpoint_config.py."""
+    check_supported(arch)
     config = {
         "architecture": _ARCHITECTURES[arch.family],
         "dtype": dtype,
@@ -136,6 +156,7 @@ def convert_command(
     weight_only_int4: bool = False,
 ) -> list[str]:
     """The family's convert_checkpoint.py: a Hugging Face directory -> a TRT-LLM checkpoint."""
+    check_supported(arch)
     cmd = [
         sys.executable,
         str(Path(trtllm_root) / CONVERTERS[arch.family]),
