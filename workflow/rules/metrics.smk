@@ -26,3 +26,23 @@ rule compute_metrics:
         platform_specs={n: p.get("spec") or {} for n, p in config["platforms"].items()},
     script:
         "../scripts/compute_metrics.py"
+
+
+# Time-shift what-if (location-based): the study's measured energy started at every hour of
+# carbon.trace_day (or the trace's first day), best start, forecast-free policy; needs a trace.
+rule compute_timeshift:
+    input:
+        unpack(metrics_inputs),
+        metrics="results/tables/metrics.parquet",
+        cells="results/tables/cells.parquet",
+        code=METRICS_CODE,
+    output:
+        "results/tables/timeshift.parquet",
+    log:
+        "logs/compute_timeshift.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        carbon=fig6a_params,
+    script:
+        "../scripts/compute_timeshift.py"

@@ -225,6 +225,27 @@ METRICS_REPEATS = pa.schema(
     ]
 )
 
+# Time-shift what-if (tokencarbon.timeshift): one row per candidate start of a job on a chosen day.
+TIMESHIFT = pa.schema(
+    [
+        ("job", pa.string()),  # what was shifted: "study" (every cell back to back) or a cell
+        ("zone_id", pa.string()),  # the trace's zone; location-based intensity only
+        ("basis", pa.string()),  # "direct" or "lifecycle"
+        ("day", pa.string()),  # the UTC day whose hours are the candidate starts, YYYY-MM-DD
+        ("start_wall_ns", pa.int64()),
+        ("start_utc", pa.string()),  # ISO 8601
+        ("energy_j", pa.float64()),  # the job's measured energy (before PUE)
+        ("duration_s", pa.float64()),
+        ("pue", pa.float64()),
+        ("carbon_g", pa.float64()),  # operational carbon had the job started here
+        ("intensity_g_per_kwh", pa.float64()),  # energy-weighted over the job
+        ("saving_vs_actual_g", pa.float64()),  # carbon at the actual start - carbon here
+        ("is_actual", pa.bool_()),  # the job's actual start (placed on the day)
+        ("is_oracle_best", pa.bool_()),  # lowest carbon on the day: perfect foresight
+        ("is_policy", pa.bool_()),  # the forecast-free policy's start: best on the previous day
+    ]
+)
+
 # A cell is (platform, model, mode, batch_size); batch_size is max_num_seqs for continuous cells.
 CELL_KEYS = [
     ("platform", pa.string()),
