@@ -22,7 +22,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from tokencarbon import hardware
-from tokencarbon.backends.torch_backend import CACHE_ALIGN, TorchEngine
+from tokencarbon.backends.static import CACHE_ALIGN, TorchEngine
 from tokencarbon.errors import ConfigError
 from tokencarbon.files import write_json
 from tokencarbon.flops import decode_step_bytes

@@ -1,87 +1,26 @@
-"""The torch backend against Hugging Face transformers (same weights), and its batching, counting,
-dummy weights and timing points. CPU, float32, tiny architectures; GPU tests skip without CUDA."""
+"""backends/static.py: the static-batch engine against transformers' generate (same weights), its
+batching, counting, key buckets and timing points. CPU, float32, tiny architectures; GPU tests skip
+without CUDA."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-import transformers
+from hf_checkpoints import KINDS, OUTPUTS, PROMPTS, generate, save_checkpoint
 
-from tokencarbon.backends.torch_backend import TorchEngine, build_model
-from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.backends.static import TorchEngine
+from tokencarbon.errors import InputError
 from tokencarbon.models import load_architecture
-
-PROMPTS = [[5, 17, 300, 42, 9, 1000, 7], [3, 2, 4000, 11], [77]]
-OUTPUTS = [6, 3, 5]
 
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def hf_model(arch, path):
-    """A random transformers model of `arch`, saved to `path` with save_pretrained."""
-    if arch.family == "llama":
-        config = transformers.LlamaConfig(
-            hidden_size=arch.hidden_size,
-            num_hidden_layers=arch.num_layers,
-            num_attention_heads=arch.num_heads,
-            num_key_value_heads=arch.num_kv_heads,
-            intermediate_size=arch.intermediate_size,
-            vocab_size=arch.vocab_size,
-            max_position_embeddings=arch.max_positions,
-            rms_norm_eps=arch.norm_eps,
-            rope_theta=arch.rope_theta,
-            tie_word_embeddings=False,
-        )
-        cls = transformers.LlamaForCausalLM
-    else:
-        config = transformers.GPT2Config(
-            n_embd=arch.hidden_size,
-            n_layer=arch.num_layers,
-            n_head=arch.num_heads,
-            n_inner=arch.intermediate_size,
-            vocab_size=arch.vocab_size,
-            n_positions=arch.max_positions,
-            layer_norm_epsilon=arch.norm_eps,
-        )
-        cls = transformers.GPT2LMHeadModel
-    torch.manual_seed(1)
-    model = cls._from_config(config, attn_implementation="eager").eval()
-    # transformers initialises biases to 0 and norms to 1, which would hide a wrong mapping of
-    # either: make every tensor distinct.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm = p.dim() == 1 and ("norm" in name or ".ln_" in name)
-            p.copy_(1 + 0.1 * torch.randn_like(p) if is_norm else 0.02 * torch.randn_like(p))
-    model.save_pretrained(path)
-    return model
-
-
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+@pytest.fixture(scope="module", params=KINDS)
 def checkpoint(request, tmp_path_factory):
-    arch = load_architecture(request.param)
     path = tmp_path_factory.mktemp(request.param)
-    return arch, hf_model(arch, path), path
-
-
-def test_logits_match_transformers(checkpoint):
-    arch, hf, path = checkpoint
-    ours = build_model(arch, "float32", "cpu", seed=0, checkpoint=str(path))
-    for prompt in PROMPTS:
-        ids = torch.tensor([prompt])
-        n = len(prompt)
-        allowed = torch.ones(n, n, dtype=torch.bool).tril()
-        mask = torch.zeros(n, n).masked_fill(~allowed, float("-inf"))[None, None]
-        for layer in ours.layers:  # prefill writes the KV cache
-            shape = (1, arch.num_kv_heads, n, arch.head_dim)
-            layer.attn.k_cache, layer.attn.v_cache = torch.zeros(shape), torch.zeros(shape)
-        with torch.no_grad():
-            got = ours(ids, torch.arange(n)[None], mask)[0]
-            want = hf(ids).logits[0, -1]
-        # within 1e-4 of the largest logit: same math, float32 rounding only
-        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    arch, hf = save_checkpoint(request.param, path)
+    return arch, hf, path
 
 
 def test_batched_greedy_tokens_match_transformers_generate(checkpoint):
@@ -91,14 +30,7 @@ def test_batched_greedy_tokens_match_transformers_generate(checkpoint):
     engine = TorchEngine(arch, "float32", "cpu", seed=0, checkpoint=str(path))
     result = engine.run_batch(PROMPTS, OUTPUTS)
     for prompt, n_out, got in zip(PROMPTS, OUTPUTS, result.token_ids):
-        want = hf.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=n_out,
-            min_new_tokens=n_out,  # EOS ignored, as the engine does
-            do_sample=False,
-            pad_token_id=0,
-        )[0, len(prompt) :].tolist()
+        want = generate(hf, prompt, n_out)
         assert list(got) == want
 
 
@@ -119,14 +51,7 @@ def test_decode_across_key_buckets_matches_transformers_generate(checkpoint):
     result = engine.run_batch(PROMPTS, outputs)
     assert engine._shape == (3, 128)
     for prompt, n_out, got in zip(PROMPTS, outputs, result.token_ids):
-        want = hf.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=n_out,
-            min_new_tokens=n_out,
-            do_sample=False,
-            pad_token_id=0,
-        )[0, len(prompt) :].tolist()
+        want = generate(hf, prompt, n_out)
         assert list(got) == want
 
 
@@ -175,51 +100,10 @@ def test_timing_points_ordered():
     assert r.end_ns > r.start_ns  # a prefill and 7 decode steps take some time
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-def test_dummy_weights(name):
-    arch = load_architecture(name)
-    model = build_model(arch, "float32", "cpu", seed=7)
-    for pname, p in model.named_parameters():
-        if p.dim() == 2:  # every linear and embedding weight: N(0, 0.02), never zeros
-            # >= 131,072 samples (tiny-gpt2's 512 x 256 positions): the std's standard error is
-            # 0.02 / sqrt(2 x 131072) = 3.9e-5, so 5e-4 is about 13 standard errors.
-            assert abs(p.std().item() - 0.02) < 5e-4, pname
-            assert abs(p.mean().item()) < 5e-4, pname
-        elif pname.endswith("norm.weight"):
-            assert torch.all(p == 1), pname
-        else:  # biases (gpt2)
-            assert torch.all(p == 0), pname
-    n_params = sum(p.numel() for p in model.parameters())
-    # tiny-llama by hand: embed + lm_head 2 x 4096 x 256 = 2,097,152; per layer q 256x256,
-    # k and v 256x128 each, o 256x256, gate/up/down 3 x 256 x 688, two norms 2 x 256
-    # = 725,504, x 4 layers = 2,902,016; final norm 256 -> 4,999,424.
-    # tiny-gpt2: wte 4096x256 (tied) + wpe 512x256 = 1,179,648; per layer qkv 256x768 + 768,
-    # proj 256x256 + 256, fc 256x1024 + 1024, proj 1024x256 + 256, two LayerNorms 4 x 256
-    # = 789,760, x 4 = 3,159,040; final LayerNorm 512 -> 4,339,200.
-    assert n_params == {"tiny-llama": 4_999_424, "tiny-gpt2": 4_339_200}[name]
-    same = build_model(arch, "float32", "cpu", seed=7)
-    other = build_model(arch, "float32", "cpu", seed=8)
-    assert torch.equal(model.layers[0].attn.qkv.weight, same.layers[0].attn.qkv.weight)
-    assert not torch.equal(model.layers[0].attn.qkv.weight, other.layers[0].attn.qkv.weight)
-
-
-def test_tied_lm_head_is_the_embedding():
-    model = build_model(load_architecture("tiny-gpt2"), "float32", "cpu", seed=0)
-    assert model.lm_head.weight is model.embed.weight
-
-
-def test_errors_name_the_fault(tmp_path):
-    arch = load_architecture("tiny-gpt2")
-    engine = TorchEngine(arch, "float32", "cpu", seed=0)
+def test_errors_name_the_request():
+    engine = TorchEngine(load_architecture("tiny-gpt2"), "float32", "cpu", seed=0)
     with pytest.raises(InputError, match="request 1: 500 prompt \\+ 13 output tokens exceed"):
         engine.run_batch([[1], [1] * 500], [1, 13])  # 513 > max_positions 512
-    with pytest.raises(ConfigError, match="dtype 'float64'"):
-        build_model(arch, "float64", "cpu", seed=0)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 512}))
-    with pytest.raises(
-        ConfigError, match="n_embd=512 but architecture 'tiny-gpt2' has hidden_size=256"
-    ):
-        build_model(arch, "float32", "cpu", seed=0, checkpoint=str(tmp_path))
 
 
 @gpu

@@ -1,0 +1,73 @@
+"""The request checks every torch engine runs before any device work (static batches and continuous
+batching alike): one definition, so both refuse the same inputs with the same messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from tokencarbon.backends import Request
+from tokencarbon.errors import InputError
+from tokencarbon.models import Architecture
+
+
+def token_limit(arch: Architecture) -> tuple[int, str]:
+    """(most prompt + output tokens one request may hold, what sets that limit). The torch
+    backend attends over the whole context, so a sliding window caps it too (within the window
+    full attention is what the model computes)."""
+    if arch.sliding_window is not None and arch.sliding_window < arch.max_positions:
+        return arch.sliding_window, f"{arch.name}'s sliding_window {arch.sliding_window}"
+    return arch.max_positions, f"{arch.name}'s max_positions {arch.max_positions}"
+
+
+def check_batch(
+    arch: Architecture,
+    prompts: Sequence[Sequence[int]],
+    output_lengths: Sequence[int],
+    labels: Sequence[str] | None = None,
+) -> None:
+    """InputError naming the first bad request (labels[i], default "request i") unless there is at
+    least one request, one output length per prompt, every prompt and output length >= 1, every
+    request within token_limit(arch) and every token id in [0, vocab_size)."""
+    if not prompts or len(prompts) != len(output_lengths):
+        raise InputError(
+            f"batch of {len(prompts)} prompts and {len(output_lengths)} output lengths; "
+            "expected one output length per prompt, at least one request"
+        )
+    limit, what = token_limit(arch)
+    for i, (prompt, n_out) in enumerate(zip(prompts, output_lengths)):
+        label = labels[i] if labels is not None else f"request {i}"
+        if not prompt or n_out < 1:
+            raise InputError(
+                f"{label}: {len(prompt)} prompt tokens, {n_out} output tokens; both must be >= 1"
+            )
+        if len(prompt) + n_out > limit:
+            raise InputError(
+                f"{label}: {len(prompt)} prompt + {n_out} output tokens exceed {what}"
+            )
+        if min(prompt) < 0 or max(prompt) >= arch.vocab_size:
+            raise InputError(f"{label}: token ids must lie in [0, {arch.vocab_size})")
+
+
+def check_requests(arch: Architecture, requests: Sequence[Request]) -> None:
+    """check_batch over a served request set, plus: request ids unique, arrival_s finite and >= 0.
+    Errors name the request by its id."""
+    if not requests:
+        raise InputError("no requests to serve; expected at least one Request")
+    seen: set[str] = set()
+    for r in requests:
+        if r.request_id in seen:
+            raise InputError(f"request id {r.request_id!r} appears twice; ids must be unique")
+        seen.add(r.request_id)
+        arrival = r.arrival_s
+        if not (isinstance(arrival, (int, float)) and math.isfinite(arrival) and arrival >= 0):
+            raise InputError(
+                f"request {r.request_id!r}: arrival_s={r.arrival_s!r}; must be a finite number of "
+                "seconds >= 0 after the start of serving"
+            )
+    check_batch(
+        arch,
+        [r.prompt for r in requests],
+        [r.output_len for r in requests],
+        [f"request {r.request_id!r}" for r in requests],
+    )
