@@ -113,7 +113,7 @@ def test_decode_roofline_read_bytes_follow_the_key_buckets():
     # over 128; each also writes its new K/V (+1 slot).
     # read = 19,997,696 + 4,096 x (32 x 65 + 63 x 129) / 95 = 19,997,696 + 4,096 x 10,207 / 95
     decode_roofline = _load("decode_roofline")
-    from tokencarbon.backends.torch_backend import TorchEngine
+    from tokencarbon.backends.static import TorchEngine
     from tokencarbon.models import load_architecture
 
     engine = TorchEngine(load_architecture("tiny-llama"), "float32", "cpu", seed=0)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tokencarbon.backends.torch_backend import TorchEngine
+from tokencarbon.backends.static import TorchEngine
 from tokencarbon.errors import ConfigError
 from tokencarbon.models import load_architecture
 from tokencarbon.probe import OutOfMemory, make_try_batch, probe_max_batch, run_probe

@@ -257,7 +257,7 @@ def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len,
             arch, model["dtype"], device, model["seed"], model["checkpoint"],
             max_cache_len=max_cache_len, **options,
         )  # fmt: skip
-    from tokencarbon.backends.torch_backend import TorchEngine
+    from tokencarbon.backends.static import TorchEngine
 
     return TorchEngine(
         arch,

@@ -13,7 +13,7 @@ import pandas as pd
 import psutil
 import torch
 
-from tokencarbon.backends.torch_backend import TorchEngine
+from tokencarbon.backends.static import TorchEngine
 from tokencarbon.errors import ConfigError
 from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect
