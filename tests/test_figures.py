@@ -26,6 +26,7 @@ from tokencarbon.figures import (
     summary_markdown,
     write_max_batch_csv,
 )
+from tokencarbon.figures.layout import layout_problems
 from tokencarbon.models import Architecture, load_architecture
 from tokencarbon.platforms import get_platform, load_platforms
 
@@ -49,14 +50,14 @@ def _blank(schema: pa.Schema) -> dict:
 
 
 def metrics(rows: list[dict]) -> pd.DataFrame:
-    base = _blank(tables.METRICS) | {"dtype": "float16", "energy_method": "counter"}
+    base = _blank(tables.METRICS) | {"mode": "static", "dtype": "float16", "energy_method": "counter"}
     df = pd.DataFrame([base | r for r in rows], columns=tables.METRICS.names)
     return tables.check(df, tables.METRICS, "test metrics")
 
 
 def power(rows: list[dict]) -> pd.DataFrame:
     schema = tables.with_cell_keys(tables.POWER)
-    df = pd.DataFrame([_blank(schema) | r for r in rows], columns=schema.names)
+    df = pd.DataFrame([_blank(schema) | {"mode": "static"} | r for r in rows], columns=schema.names)
     return tables.check(df, schema, "test power")
 
 
@@ -112,9 +113,28 @@ def test_fig2a_draws_weights_plus_cache_the_weights_level_and_a_capped_platform(
     ]
     assert pytest.approx(3.6096e-4, rel=1e-12) in levels  # weights only: 360,960 B
     assert 40 in levels  # the 40 GB cap, not the card's 80 GB
-    assert "a100-sxm4-80gb (capped): 40 GB" in texts(ax)
+    assert "a100-sxm4-80gb capped at 40 GB" in texts(ax)
     assert ax.get_ylabel() == "weights + KV cache (GB)"
-    assert legend_texts(ax.get_legend()) == ["toy", "weights only (dashed)"]
+    assert legend_texts(ax.get_legend()) == [
+        "toy",
+        "weights only (dashed)",
+        "usable device memory (dotted)",
+    ]
+    assert ax.get_title() == "Inference memory vs sequence length (batch 1, float16)"
+
+
+def test_fig2a_names_each_models_dtype_when_they_differ():
+    # TOY in float32: 180,480 params x 4 B = 721,920 B = 7.2192e-4 GB of weights.
+    tiny = Architecture(
+        "tiny", "gpt2", 64, 2, 4, 4, 256, 1000, 256, True, "gelu_new", "layernorm", 1e-5, None
+    )
+    fig = fig2a_memory_vs_seqlen([TOY, tiny], [128], dtypes={"toy": "float32"})
+    ax = fig.axes[0]
+    assert "toy (float32)" in legend_texts(ax.get_legend())
+    assert "tiny (float16)" in legend_texts(ax.get_legend())
+    levels = [line.get_ydata()[0] for line in ax.lines if len(line.get_ydata()) == 2]
+    assert pytest.approx(7.2192e-4, rel=1e-12) in levels
+    assert "each model's dtype" in ax.get_title()
 
 
 def test_fig2b_shows_gpu_rows_only_with_datasheet_peaks():
@@ -171,7 +191,7 @@ def test_fig4_draws_every_cell_labelled_with_its_batch_size():
     assert sorted(texts(ax)) == ["1", "1", "16", "4", "8"]
     legend = legend_texts(ax.get_legend())
     assert {"llama-2-7b", "gpt2", "h100-sxm-80gb"} <= set(legend)
-    assert ax.get_xlabel() == "user-perceived latency (s/token)"
+    assert ax.get_xlabel() == "user-perceived latency (ms/token)"
     assert ax.get_ylabel() == "throughput (output tokens/s)"
 
 
@@ -180,7 +200,8 @@ def test_fig4_subset_keeps_only_the_named_models():
     ax = fig4_throughput_latency(df, models=["gpt2"], title="GPT-2").axes[0]
     assert points(ax) == 2
     line = next(line for line in ax.lines if len(line.get_xdata()) == 2)
-    assert list(line.get_xdata()) == [0.003, 0.004]  # batch 1 then batch 8, as given
+    # batch 1 then batch 8, as given; 0.003 and 0.004 s/token drawn in ms
+    assert list(line.get_xdata()) == pytest.approx([3.0, 4.0])
     assert ax.get_title().startswith("GPT-2")
 
 
@@ -199,8 +220,37 @@ def test_fig5_draws_one_bar_per_batch1_cell_in_percent():
     )
     assert heights == pytest.approx([1.0, 2.1, 3.5])  # 0.010, 0.021, 0.035 as %
     assert ax.get_ylabel() == "model FLOPs utilisation, MFU (%)"
-    assert {"pA", "pB"} <= set(legend_texts(ax.get_legend()))
+    # no FLOPs in these rows, so the peak cannot be recovered and the legend says so
+    assert {"pA\npeak unknown (MFU 0)", "pB\npeak unknown (MFU 0)"} <= set(legend_texts(ax.get_legend()))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["m1", "m2"]
+    assert ax.get_title().startswith("MFU at batch 1\n")
+
+
+def test_fig5_names_the_device_and_the_peak_it_divides_by():
+    # mfu = flops / (window_s x peak): 1e15 FLOPs over 10 s at MFU 0.1 -> peak 1e15 FLOP/s
+    # = 1,000 TFLOPS; at MFU 0.05 over 4 s, 2e14 FLOPs -> 1e15 FLOP/s again.
+    df = metrics(
+        [
+            {"model": "m1", "platform": "pA", "batch_size": 1, "mfu": 0.1, "flops": 1e15, "window_s": 10.0},
+            {"model": "m2", "platform": "pA", "batch_size": 1, "mfu": 0.05, "flops": 2e14, "window_s": 4.0},
+        ]
+    )
+    cells = pd.DataFrame({"platform": ["pA", "pA"], "device_name": ["NVIDIA H100 80GB HBM3"] * 2})
+    ax = fig5_mfu_batch1(df, cells=cells).axes[0]
+    assert "pA\nNVIDIA H100 80GB HBM3\npeak 1,000 TFLOPS float16" in legend_texts(ax.get_legend())
+
+
+def test_fig5_without_batch1_takes_the_smallest_batch_and_says_so():
+    df = metrics(
+        [
+            {"model": "m1", "platform": "pA", "batch_size": 2, "mfu": 0.04},
+            {"model": "m1", "platform": "pA", "batch_size": 8, "mfu": 0.30},
+        ]
+    )
+    ax = fig5_mfu_batch1(df).axes[0]
+    heights = [b.get_height() for c in ax.containers for b in c]
+    assert heights == pytest.approx([4.0])  # batch 2's 0.04, not batch 8's
+    assert "the smallest measured batch (2)" in ax.get_title()
 
 
 CARBON_CELLS = [
@@ -249,24 +299,49 @@ CARBON_CELLS = [
 ]
 
 
-def test_fig7_compares_batch1_with_the_largest_batch_and_writes_the_ratio():
-    ax = fig7_carbon_per_token(metrics(CARBON_CELLS)).axes[0]
+def _basis(rows: list[dict]) -> list[dict]:
+    """The carbon basis every cell of a study shares: 413 gCO2/kWh, PUE 1.2."""
+    return [{"intensity_g_per_kwh": 413.0, "pue": 1.2} | r for r in rows]
+
+
+def test_fig7_draws_the_carbon_ratio_beside_the_latency_ratio_on_a_linear_axis():
+    fig = fig7_carbon_per_token(metrics(_basis(CARBON_CELLS)))
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
     heights = sorted(b.get_height() for c in ax.containers for b in c)
-    # mg per token: gpt2 0.1 (bs 1) and 0.04 (bs 8); llama 2.2 (bs 1) and 0.2 (bs 16); bs 4 unused.
-    assert heights == pytest.approx([0.04, 0.1, 0.2, 2.2])
-    # llama 2.2e-3 / 2.0e-4 = 11.0; gpt2 1.0e-4 / 4.0e-5 = 2.5
-    assert "11.0x" in texts(ax) and "2.5x" in texts(ax)
-    assert {"bs 16", "bs 8"} <= set(texts(ax))
-    assert ax.get_ylabel() == "operational carbon per output token (mgCO2e)"
-    assert legend_texts(ax.get_legend()) == ["batch 1", "largest measured batch"]
+    # carbon, smallest / largest batch: llama 2.2e-3 / 2.0e-4 = 11.0, gpt2 1.0e-4 / 4.0e-5 = 2.5;
+    # latency, largest / smallest: llama 0.050 / 0.020 = 2.5, gpt2 0.006 / 0.004 = 1.5 (bs 4 unused).
+    assert heights == pytest.approx([1.5, 2.5, 2.5, 11.0])
+    assert {"11.0x", "2.5x", "1.5x"} <= set(texts_of_bar_labels(ax))
     ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks == ["gpt2\na100-sxm4-40gb", "llama-2-7b\na100-sxm4-40gb"]
+    # 2.2e-3 g = 2.2 mg, 2.0e-4 g = 0.2 mg; gpt2 0.1 and 0.04 mg, its energy modeled.
+    assert ticks == [
+        "gpt2\na100-sxm4-40gb (modeled)\nbs 1 → 8\n0.1 → 0.04 mg",
+        "llama-2-7b\na100-sxm4-40gb\nbs 1 → 16\n2.2 → 0.2 mg",
+    ]
+    title = fig.get_suptitle()
+    assert "413 gCO2/kWh" in title and "PUE 1.2" in title and "(modeled)" in title
+    assert layout_problems(fig) == []
 
 
-def test_fig7_without_batch1_names_the_pair():
-    rows = [r for r in CARBON_CELLS if not (r["model"] == "gpt2" and r["batch_size"] == 1)]
-    with pytest.raises(InputError, match=r"gpt2 on a100-sxm4-40gb has no batch-1 cell.*\[8\]"):
-        fig7_carbon_per_token(metrics(rows))
+def texts_of_bar_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def test_fig7_without_batch1_compares_the_smallest_batch_and_leaves_single_batches_out():
+    # gpt2 keeps only batch 8: no pair; llama without batch 1: 4 -> 16, 6.0e-4 / 2.0e-4 = 3.0x,
+    # latency 0.050 / 0.030 = 1.67x.
+    rows = [r for r in CARBON_CELLS if r["batch_size"] != 1]
+    ax = fig7_carbon_per_token(metrics(_basis(rows))).axes[0]
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["llama-2-7b"]
+    assert sorted(b.get_height() for c in ax.containers for b in c) == pytest.approx([5 / 3, 3.0])
+    assert "bs 4 → 16" in ax.get_xticklabels()[0].get_text()
+
+
+def test_fig7_with_one_batch_size_draws_a_note_not_a_crash():
+    rows = [r for r in CARBON_CELLS if r["batch_size"] == 16]
+    fig = fig7_carbon_per_token(metrics(_basis(rows)))
+    assert any("no ratio to draw" in t.get_text() for t in fig.axes[0].texts)
 
 
 # --- fig6: intensity of a day, power over time -----------------------------------------------
@@ -326,15 +401,38 @@ def test_fig6_power_over_time_starts_each_cell_at_its_first_run_sample():
         "tiny-llama on cpu (modeled power, not a reading)",
     ]
     llama = panels[1]
-    assert points(llama) == 10  # two cells of 5 samples
-    # Idle samples at -0.2 and -0.1 s, run samples at 0, 0.1, 0.2 s, in each cell.
+    # Modeled power has no idle reading: only the 3 run samples of each cell, at 0, 0.1, 0.2 s.
+    assert points(llama) == 6
     assert len(data_lines(llama)) == 2
     for line in data_lines(llama):
-        assert list(line.get_xdata()) == pytest.approx([-0.2, -0.1, 0.0, 0.1, 0.2])
+        assert list(line.get_xdata()) == pytest.approx([0.0, 0.1, 0.2])
+    assert not [p for p in llama.patches if p.get_visible()]  # no grey idle band
     assert legend_texts(llama.get_legend()) == ["1", "4"]
     assert llama.get_legend().get_title().get_text() == "batch size (modeled)"
     assert llama.get_xlabel() == "time since cell start (s)" and llama.get_ylabel() == "power (W)"
     assert fig._suptitle.get_text() == "CPU power"
+
+
+def test_fig6_measured_power_keeps_its_idle_band_and_ticks_each_batch_start():
+    rows = [r | {"modeled": False, "source": "nvml"} for r in _cell_samples("llama-2-7b", 2, T0)]
+    # Two batches of the cell, starting 0 s and 0.15 s after its first run sample (T0 + 0.2 s).
+    batches = pd.DataFrame(
+        {
+            "platform": "cpu",
+            "model": "llama-2-7b",
+            "mode": "static",
+            "batch_size": 2,
+            "start_wall_ns": [T0 + 2 * TENTH_S, T0 + 2 * TENTH_S + 150_000_000],
+        }
+    )
+    ax = fig6_power_over_time(power(rows), batches=batches).axes[0]
+    (line,) = [ln for ln in data_lines(ax) if ln.get_marker() != "|"]
+    assert list(line.get_xdata()) == pytest.approx([-0.2, -0.1, 0.0, 0.1, 0.2])
+    (band,) = ax.patches
+    assert band.get_x() == pytest.approx(-0.2) and band.get_width() == pytest.approx(0.2)
+    (ticks,) = [ln for ln in ax.lines if ln.get_marker() == "|"]
+    assert list(ticks.get_xdata()) == pytest.approx([0.0, 0.15])
+    assert "modeled" not in ax.get_title()
 
 
 def test_fig6_cell_without_run_samples_is_an_error():
@@ -412,10 +510,11 @@ def test_summary_markdown_recomputes_the_ratios_beside_the_study():
     # llama: carbon 2.2e-3 / 2.0e-4 = 11.0x; latency 0.050 / 0.020 = 2.50x; MFU 0.021 = 2.10 %;
     # 2.2e-3 g = 2.2 mg and 2.0e-4 g = 0.2 mg per token.
     assert (
-        "| llama-2-7b | a100-sxm4-40gb | 16 | 2.2 | 0.2 | 11.0x | 2.50x | 2.10 % | counter |" in md
+        "| llama-2-7b | a100-sxm4-40gb | 1 → 16 | 2.2 | 0.2 | 11.0x | 2.50x | 2.10 % | counter |"
+        in md
     )
     # gpt2: 1.0e-4 / 4.0e-5 = 2.5x; 0.006 / 0.004 = 1.50x; 0.005 = 0.50 %; power modeled.
-    assert "| gpt2 | a100-sxm4-40gb | 8 | 0.1 | 0.04 | 2.5x | 1.50x | 0.50 % | modeled |" in md
+    assert "| gpt2 | a100-sxm4-40gb | 1 → 8 | 0.1 | 0.04 | 2.5x | 1.50x | 0.50 % | modeled |" in md
     assert "study ~11x" in md and "study ~2x" in md and "study ~2 %" in md
     assert "| llama-2-7b | 512" not in md and "| gpt2 | 512 | — |" in md  # the probe table
 
@@ -435,7 +534,7 @@ def test_summary_markdown_recomputes_the_ratios_beside_the_study():
             "fig4_throughput_latency",
             lambda: fig4_throughput_latency(metrics(LLAMA_CELLS), models=["gpt2"]),
         ),
-        ("fig5_mfu_batch1", lambda: fig5_mfu_batch1(metrics(LLAMA_CELLS[1:]))),
+        ("fig5_mfu_batch1", lambda: fig5_mfu_batch1(metrics([]))),
         ("fig6_power_over_time", lambda: fig6_power_over_time(power([]))),
         ("fig6a_intensity_day", lambda: fig6a_intensity_day(pd.Series([], dtype=float))),
         ("fig7_carbon_per_token", lambda: fig7_carbon_per_token(metrics([]))),

@@ -1,13 +1,11 @@
-"""Adapter for the plot_fig* rules (workflow/rules/figures.smk)."""
+"""Adapter for the figures stage's rules (workflow/rules/figures.smk): builds the artifact named in
+params.artifact (tokencarbon.figures.registry) from the rule's inputs into its outputs."""
 
 import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from pathlib import Path
+from tokencarbon.figures.registry import build
 
-from tokencarbon.figures.render import render
-
-params = {k: v for k, v in snakemake.params.items()}
-inputs = {k: v for k, v in snakemake.input.items()}
-render(params.pop("figure"), inputs, params, Path(snakemake.output.png).with_suffix(""))
+params = dict(snakemake.params.items())
+build(params.pop("artifact"), dict(snakemake.input.items()), params, dict(snakemake.output.items()))

@@ -1,14 +1,11 @@
-"""Adapter for rule summarize_headlines (workflow/rules/figures.smk)."""
+"""Adapter for the figures stage's rules (workflow/rules/figures.smk): builds the artifact named in
+params.artifact (tokencarbon.figures.registry) from the rule's inputs into its outputs."""
 
 import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from tokencarbon import tables
-from tokencarbon.figures import summary_markdown
-from tokencarbon.figures.render import read_probes
-from tokencarbon.files import write_text
+from tokencarbon.figures.registry import build
 
-metrics = tables.read(snakemake.input.metrics, tables.METRICS)
-probes = read_probes(snakemake.input.probes)
-write_text(snakemake.output[0], summary_markdown(metrics, probes, snakemake.params.slos_s_per_token))
+params = dict(snakemake.params.items())
+build(params.pop("artifact"), dict(snakemake.input.items()), params, dict(snakemake.output.items()))

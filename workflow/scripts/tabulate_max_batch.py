@@ -1,12 +1,11 @@
-"""Adapter for rules tabulate_table3 and tabulate_table4 (workflow/rules/figures.smk)."""
+"""Adapter for the figures stage's rules (workflow/rules/figures.smk): builds the artifact named in
+params.artifact (tokencarbon.figures.registry) from the rule's inputs into its outputs."""
 
 import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from tokencarbon.figures import write_max_batch_csv, write_max_batch_markdown
-from tokencarbon.figures.render import read_probes
+from tokencarbon.figures.registry import build
 
-probes = read_probes(snakemake.input.probes)
-write_max_batch_csv(probes, snakemake.output.csv)
-write_max_batch_markdown(probes, snakemake.output.md, title=snakemake.params.title)
+params = dict(snakemake.params.items())
+build(params.pop("artifact"), dict(snakemake.input.items()), params, dict(snakemake.output.items()))

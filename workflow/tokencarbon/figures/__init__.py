@@ -1,5 +1,6 @@
-"""The study's figures and tables: plain data in (DataFrames, architectures, platforms, a Series),
-a matplotlib Figure, a DataFrame or Markdown text out; save() writes a figure as PNG and PDF."""
+"""The study's figures and tables and ours: plain data in (DataFrames, architectures, platforms, a
+Series), a matplotlib Figure, a table or a document out; save() writes a figure as PNG and PDF.
+registry.ARTIFACTS lists everything the figures stage makes (workflow/rules/figures.smk)."""
 
 import matplotlib
 
@@ -11,6 +12,11 @@ from tokencarbon.figures.analytic import (  # noqa: E402
     fig2a_memory_vs_seqlen,
     fig2b_gpu_generations,
     fig6a_intensity_day,
+)
+from tokencarbon.figures.carbon_analysis import (  # noqa: E402
+    carbon_optimal_points,
+    pareto_carbon_latency,
+    pareto_mask,
 )
 from tokencarbon.figures.common import save  # noqa: E402
 from tokencarbon.figures.measured import (  # noqa: E402
@@ -31,6 +37,7 @@ from tokencarbon.figures.summary import (  # noqa: E402
 
 __all__ = [
     "carbon_optimal_batches",
+    "carbon_optimal_points",
     "family_models",
     "fig1_flops_vs_seqlen",
     "fig2a_memory_vs_seqlen",
@@ -42,6 +49,8 @@ __all__ = [
     "fig7_carbon_per_token",
     "max_batch_markdown",
     "max_batch_table",
+    "pareto_carbon_latency",
+    "pareto_mask",
     "save",
     "summary_markdown",
     "write_max_batch_csv",

@@ -4,7 +4,7 @@ intensity (6a)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 import seaborn as sns
@@ -17,6 +17,7 @@ from tokencarbon.errors import InputError
 from tokencarbon.figures.common import (
     BYTES_PER_GB,
     FLOPS_PER_TFLOPS,
+    OUTSIDE_RIGHT,
     new_figure,
     require_rows,
     themed,
@@ -102,36 +103,50 @@ def fig2a_memory_vs_seqlen(
     platforms: Sequence[Platform] = (),
     *,
     dtype: str = "float16",
+    dtypes: Mapping[str, str] | None = None,
     batch: int = 1,
 ) -> Figure:
-    """Weights + KV cache (GB) vs sequence length per model; each model's weights-only level dashed,
-    each given platform's usable memory (memory_limit_gb when set) dotted."""
+    """Weights + KV cache (GB) vs sequence length per model, each in its dtype (dtypes: architecture
+    name -> dtype, `dtype` for the others); each model's weights-only level dashed, each given
+    platform's usable memory (memory_limit_gb when set) dotted and labelled at the right. The
+    title names the dtype, or says each model has its own (then the legend names each's)."""
     figure = "fig2a_memory_vs_seqlen"
+    dtype_of = {a.name: (dtypes or {}).get(a.name, dtype) for a in archs}
     df = _per_seq_len(
         archs,
         seq_lens,
         figure,
-        lambda a, t: (weight_bytes(a, dtype) + kv_cache_bytes(a, batch, t, dtype)) / BYTES_PER_GB,
+        lambda a, t: (weight_bytes(a, dtype_of[a.name]) + kv_cache_bytes(a, batch, t, dtype_of[a.name]))
+        / BYTES_PER_GB,
     )
-    colours = dict(zip([a.name for a in archs], sns.color_palette(n_colors=len(archs))))
-    fig = new_figure()
+    one_dtype = len(set(dtype_of.values())) == 1
+    label = {a.name: a.name if one_dtype else f"{a.name} ({dtype_of[a.name]})" for a in archs}
+    df["model"] = df["model"].map(label)
+    colours = dict(zip(label.values(), sns.color_palette(n_colors=len(archs))))
+    fig = new_figure(8.5, 5.0)
     ax = fig.subplots()
     sns.lineplot(
         df, x="seq_len", y="value", hue="model", palette=colours, marker="o", estimator=None, ax=ax
     )
     for arch in archs:
         ax.axhline(
-            weight_bytes(arch, dtype) / BYTES_PER_GB, color=colours[arch.name], ls="--", lw=1
+            weight_bytes(arch, dtype_of[arch.name]) / BYTES_PER_GB,
+            color=colours[label[arch.name]],
+            ls="--",
+            lw=1,
         )
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.4", ls="--", lw=1))
     labels.append("weights only (dashed)")
+    levels: dict[float, list[str]] = {}
     for p in platforms:
         usable_gb = p.memory_limit_gb if p.memory_limit_gb is not None else p.memory_gb
+        capped = f" capped at {usable_gb:g} GB" if p.memory_limit_gb is not None else f": {usable_gb:g} GB"
+        levels.setdefault(float(usable_gb), []).append(p.platform + capped)
+    for usable_gb, names in sorted(levels.items()):
         ax.axhline(usable_gb, color="0.2", ls=":", lw=1.5)
-        capped = " (capped)" if p.memory_limit_gb is not None else ""
         ax.annotate(
-            f"{p.platform}{capped}: {usable_gb:g} GB",
+            "; ".join(names),
             xy=(1, usable_gb),
             xycoords=("axes fraction", "data"),
             xytext=(-4, 3),
@@ -139,11 +154,19 @@ def fig2a_memory_vs_seqlen(
             ha="right",
             fontsize="small",
         )
-    ax.legend(handles, labels, title="model")
+    if levels:
+        handles.append(Line2D([], [], color="0.2", ls=":", lw=1.5))
+        labels.append("usable device memory (dotted)")
+    # Outside the axes: the platform labels sit at the right end of their lines, inside.
+    ax.legend(handles, labels, title="model", fontsize="small", **OUTSIDE_RIGHT)
     _seq_len_axis(ax, df["seq_len"])
     ax.set_yscale("log")
+    if levels:
+        top = max(levels) * 2.5  # room for the highest label above its line
+        ax.set_ylim(top=max(top, ax.get_ylim()[1]))
     ax.set_ylabel("weights + KV cache (GB)")
-    ax.set_title(f"Inference memory vs sequence length (batch {batch}, {dtype})")
+    which = dtype_of[archs[0].name] if one_dtype else "each model's dtype"
+    ax.set_title(f"Inference memory vs sequence length (batch {batch}, {which})")
     return fig
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from tokencarbon.errors import ConfigError, InputError, SchemaError
 
@@ -20,6 +21,7 @@ PNG_DPI = 200
 BYTES_PER_GB = 1e9  # decimal, as datasheets state memory (platforms.csv)
 FLOPS_PER_TFLOPS = 1e12
 MG_PER_G = 1e3
+MS_PER_S = 1e3
 PCT_PER_FRACTION = 100.0
 NS_PER_S = 1e9
 # A legend beside the axes, where it cannot hide bars or lines.
@@ -87,10 +89,33 @@ def require_one_row_per_cell(df: pd.DataFrame, figure: str) -> None:
         )
 
 
-def log_scale_if_wide(ax: Axes, axis: str, values: Iterable[float]) -> None:
+def log_scale_if_wide(ax: Axes, axis: str, values: Iterable[float]) -> bool:
+    """A log scale on `axis` ("x" or "y") where the positive values span more than LOG_SPAN;
+    returns whether it set one."""
     values = [v for v in values if v > 0]
     if values and max(values) / min(values) > LOG_SPAN:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        return True
+    return False
+
+
+def plain_number(value: float, _pos=None) -> str:
+    """A tick label without offset or scientific notation: 0.5, 20, 1,500, 12,000, 0.002."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def readable_axis(ax: Axes, axis: str, values: Iterable[float], nbins: int = 6) -> None:
+    """Log scale where the values are wide (log_scale_if_wide), ticks at 1-2-5 steps there, at
+    most `nbins` linear ticks otherwise; labels as plain numbers, never an offset ("+6.75e-4")."""
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if log_scale_if_wide(ax, axis, list(values)):
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        target.set_minor_locator(NullLocator())
+    else:
+        target.set_major_locator(MaxNLocator(nbins=nbins, min_n_ticks=3))
+    target.set_major_formatter(FuncFormatter(plain_number))
 
 
 def save(fig: Figure, stem_path: str | Path) -> tuple[Path, Path]:

@@ -1,23 +1,92 @@
-"""The study's tables 3 and 4 (largest batch before OOM per model and platform) and the results
-summary: our ratios batch 1 -> largest batch next to the study's."""
+"""The study's tables 3 and 4 (largest batch before OOM per model and platform), the metrics table
+for the report, and the results summary: our ratios smallest -> largest batch next to the study's,
+the carbon-optimal operating point under each latency SLO, notes on filled intensities, embodied
+carbon and flagged cells. Each is written as Markdown (or CSV) and as HTML for the report."""
 
 from __future__ import annotations
 
+import html
+import math
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from tokencarbon.errors import InputError
-from tokencarbon.figures.common import MG_PER_G, PCT_PER_FRACTION, require_columns
-from tokencarbon.figures.measured import batch1_vs_max
+from tokencarbon.figures.carbon_analysis import carbon_optimal_points
+from tokencarbon.figures.common import MG_PER_G, MS_PER_S, PCT_PER_FRACTION, require_columns
+from tokencarbon.figures.inputs import STATIC, has_columns
+from tokencarbon.figures.measured import batch1_vs_max, ratio_interval
 from tokencarbon.files import write_text
 
 PROBE_KEYS = ("platform", "model", "max_ok", "min_failed", "memory_limit_gb")
 # Lim, Pan, Zhou 2024 (TensorRT-LLM on V100/A100): batch 1 -> largest batch cuts carbon per token
 # about 11x for about 2x the latency per token; batch 1 reaches about 2 % MFU.
 STUDY = {"carbon_ratio": "~11x", "latency_ratio": "~2x", "mfu_batch1": "~2 %"}
+
+
+# ------------------------------------------------------------------ documents: Markdown and HTML
+
+
+@dataclass(frozen=True)
+class Table:
+    header: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+Block = tuple[str, object]  # ("h1" | "h3" | "p", text) or ("table", Table)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    parts = []
+    for kind, content in blocks:
+        if kind == "table":
+            parts.append(_markdown_table(content.header, content.rows))
+        else:
+            prefix = {"h1": "# ", "h3": "### ", "p": ""}[kind]
+            parts.append(f"{prefix}{content}\n")
+    return "\n".join(parts)
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>"
+
+
+STYLE = (
+    "body{font-family:sans-serif;margin:1.5em;max-width:80em}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+    "th,td{border:1px solid #bbb;padding:0.25em 0.6em;text-align:left}"
+    "th{background:#eee}td{font-variant-numeric:tabular-nums}"
+)
+
+
+def to_html(blocks: Sequence[Block], title: str) -> str:
+    """A self-contained HTML page of the blocks (what snakemake --report shows in a frame)."""
+    parts = []
+    for kind, content in blocks:
+        if kind == "table":
+            parts.append(_html_table(content))
+        else:
+            tag = {"h1": "h1", "h3": "h3", "p": "p"}[kind]
+            parts.append(f"<{tag}>{html.escape(str(content))}</{tag}>")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+# ------------------------------------------------------------------ tables 3 and 4
 
 
 def _probe_frame(
@@ -67,17 +136,15 @@ def write_max_batch_csv(
     write_text(path, max_batch_table(probe_rows, models).to_csv())
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
+N_PLUS_NOTE = "N+: batch N ran and no larger batch was tried (the sweep's limit), so no OOM was seen."
 
 
-def max_batch_markdown(
+def max_batch_blocks(
     probe_rows: Sequence[Mapping],
     models: Sequence[str] | None = None,
     title: str = "Largest batch before out-of-memory",
-) -> str:
-    """max_batch_table as Markdown; "N+" where batch N ran and no larger batch was tried (the
+) -> list[Block]:
+    """max_batch_table as blocks; "N+" where batch N ran and no larger batch was tried (the
     sweep's limit), and each platform's memory cap in its column header."""
     df = _probe_frame(probe_rows, models, "max_batch_markdown")
     platforms = sorted(df["platform"].unique())
@@ -90,10 +157,15 @@ def max_batch_markdown(
         for r in df.itertuples()
     }
     rows = [[m] + [cells.get((m, p), "—") for p in platforms] for m in sorted(df["model"].unique())]
-    note = (
-        "\nN+: batch N ran and no larger batch was tried (the sweep's limit), so no OOM was seen.\n"
-    )
-    return f"### {title}\n\n" + _markdown_table(header, rows) + note
+    return [("h3", title), ("table", Table(header, rows)), ("p", N_PLUS_NOTE)]
+
+
+def max_batch_markdown(
+    probe_rows: Sequence[Mapping],
+    models: Sequence[str] | None = None,
+    title: str = "Largest batch before out-of-memory",
+) -> str:
+    return to_markdown(max_batch_blocks(probe_rows, models, title))
 
 
 def write_max_batch_markdown(
@@ -105,106 +177,326 @@ def write_max_batch_markdown(
     write_text(path, max_batch_markdown(probe_rows, models, title))
 
 
-def carbon_optimal_batches(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> pd.DataFrame:
-    """Per (model, platform) and latency SLO: the measured batch size with the least carbon per
-    token among those whose user-perceived latency (s_per_token_user) meets the SLO; batch_size
-    <NA> where no measured batch meets it."""
-    require_columns(
-        metrics, ["platform", "model", "batch_size", "g_per_token", "s_per_token_user"],
-        "carbon_optimal_batches",
-    )
+def write_max_batch_tables(
+    probe_rows: Sequence[Mapping], outputs: Mapping[str, str], title: str
+) -> None:
+    """Table 3 or 4 as outputs["csv"], ["md"] and ["html"] (the probes given are the table's)."""
+    write_max_batch_csv(probe_rows, outputs["csv"])
+    blocks = max_batch_blocks(probe_rows, title=title)
+    write_text(outputs["md"], to_markdown(blocks))
+    write_text(outputs["html"], to_html(blocks, title))
+
+
+# ------------------------------------------------------------------ the metrics table
+
+
+def _fmt(value, scale: float = 1.0, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return f"{value * scale:.{digits}g}"
+    return str(value)
+
+
+def _with_interval(row, column: str, scale: float = 1.0) -> str:
+    """value, or "value [low, high]" where the row has a 95 % interval over repeats."""
+    text = _fmt(row.get(column), scale)
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    if text and row.get("n_repeats", 1) and row.get("n_repeats", 1) > 1 and pd.notna(low) and pd.notna(high):
+        text += f" [{_fmt(low, scale)}, {_fmt(high, scale)}]"
+    return text
+
+
+# (column, header with its display unit, scale from the table's SI unit, with interval)
+METRICS_TABLE = (
+    ("platform", "platform", None, False),
+    ("model", "model", None, False),
+    ("mode", "mode", None, False),
+    ("batch_size", "batch size / max_num_seqs", None, False),
+    ("n_repeats", "repeats", None, False),
+    ("energy_method", "energy from", None, False),
+    ("j_per_token", "J/token", 1.0, True),
+    ("g_per_token", "operational mgCO2e/token", MG_PER_G, True),
+    ("tokens_per_s", "output tokens/s", 1.0, True),
+    ("s_per_token_user", "user-perceived ms/token", MS_PER_S, True),
+    ("ttft_s", "mean TTFT (ms)", MS_PER_S, False),
+    ("tpot_s", "mean TPOT (ms)", MS_PER_S, False),
+    ("j_per_token_steady", "J/token, steady state", 1.0, False),
+    ("embodied_g_per_token_low", "embodied mgCO2e/token, low", MG_PER_G, False),
+    ("embodied_g_per_token_high", "embodied mgCO2e/token, high", MG_PER_G, False),
+    ("mfu", "MFU (%)", PCT_PER_FRACTION, False),
+    ("mbu", "MBU (%)", PCT_PER_FRACTION, False),
+    ("intensity_g_per_kwh", "gCO2/kWh", 1.0, False),
+    ("filled_share", "intensity filled (share)", 1.0, False),
+    ("pue", "PUE", 1.0, False),
+    ("qa_flags", "QA flags", None, False),
+)
+
+
+def metrics_table(metrics: pd.DataFrame) -> Table:
+    """The metrics table as the report shows it: one row per cell, the columns of METRICS_TABLE
+    that the table holds (older tables lack some), values in display units, intervals beside
+    their values as "value [low, high]"."""
+    present = [c for c in METRICS_TABLE if c[0] in metrics.columns]
+    sort = [c for c in ["platform", "model", "mode", "batch_size"] if c in metrics.columns]
     rows = []
-    for (model, platform), cells in metrics.groupby(["model", "platform"]):
-        for slo in slos_s_per_token:
-            ok = cells[cells["s_per_token_user"] <= slo]
-            best = ok.loc[ok["g_per_token"].idxmin()] if len(ok) else None
-            rows.append({
-                "model": model,
-                "platform": platform,
-                "slo_s_per_token": float(slo),
-                "batch_size": pd.NA if best is None else int(best["batch_size"]),
-                "g_per_token": float("nan") if best is None else float(best["g_per_token"]),
-                "s_per_token_user": float("nan") if best is None else float(best["s_per_token_user"]),
-            })
-    return pd.DataFrame(rows).astype({"batch_size": "Int64"})
+    for _, row in metrics.sort_values(sort).iterrows():
+        rows.append(
+            [
+                (_with_interval(row, col, scale) if ci else _fmt(row[col], scale))
+                if scale is not None
+                else _fmt(row[col])
+                for col, _, scale, ci in present
+            ]
+        )
+    return Table([h for _, h, _, _ in present], rows)
 
 
-def _slo_markdown(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> str:
-    best = carbon_optimal_batches(metrics, slos_s_per_token)
-    header = ["model", "platform", "latency SLO (s/token)", "carbon-optimal batch",
-              "mgCO2e/token there", "s/token there"]
-    rows = [
-        [r.model, r.platform, f"{r.slo_s_per_token:g}",
-         "none meets it" if pd.isna(r.batch_size) else str(r.batch_size),
-         "" if pd.isna(r.batch_size) else f"{r.g_per_token * MG_PER_G:.3g}",
-         "" if pd.isna(r.batch_size) else f"{r.s_per_token_user:.3g}"]
-        for r in best.itertuples()
+def write_metrics_html(metrics: pd.DataFrame, path: str | Path) -> None:
+    blocks: list[Block] = [
+        ("h1", "Metrics per cell"),
+        (
+            "p",
+            "Every cell of results/tables/metrics.parquet (docs/metrics.md gives each formula). "
+            "Intervals in brackets: bootstrap 95 % intervals over the cell's repeats.",
+        ),
+        ("table", metrics_table(metrics)),
     ]
-    return "\n".join([
-        "### Carbon-optimal batch under a latency SLO\n",
-        "Among the measured batch sizes whose user-perceived latency per token meets the SLO, the "
-        "one with the least operational carbon per token.\n",
-        _markdown_table(header, rows),
-    ])
+    write_text(path, to_html(blocks, "Metrics per cell"))
+
+
+# ------------------------------------------------------------------ the summary
+
+
+def carbon_optimal_batches(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> pd.DataFrame:
+    """carbon_optimal_points (kept under the name the summary used before continuous cells)."""
+    return carbon_optimal_points(metrics, slos_s_per_token)
+
+
+def _ratio_text(value: float, interval: pd.Series, digits: int) -> str:
+    text = f"{value:.{digits}f}x"
+    if pd.notna(interval["low"]) and pd.notna(interval["high"]):
+        text += f" [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+    return text
+
+
+def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
+    pairs = batch1_vs_max(metrics, "summary_markdown")
+    if pairs.empty:
+        return [
+            (
+                "p",
+                "No model and platform has two static batch sizes measured, so there is no "
+                "smallest-to-largest batch ratio to report.",
+            )
+        ]
+    carbon_ci = ratio_interval(pairs, "g_per_token", smaller_over_larger=True)
+    latency_ci = ratio_interval(pairs, "s_per_token_user", smaller_over_larger=False)
+    header = [
+        "model",
+        "platform",
+        "batches",
+        "mgCO2e/token at the smallest",
+        "at the largest",
+        f"carbon/token ratio (study {STUDY['carbon_ratio']})",
+        f"latency ratio, s/token (study {STUDY['latency_ratio']})",
+        f"MFU at the smallest (study {STUDY['mfu_batch1']})",
+        "energy",
+    ]
+    rows = []
+    for i, p in enumerate(pairs.itertuples()):
+        methods = sorted({getattr(p, "energy_method_1", ""), getattr(p, "energy_method_max", "")} - {""})
+        rows.append(
+            [
+                p.model,
+                p.platform,
+                f"{p.batch_size_1} → {p.batch_size_max}",
+                f"{p.g_per_token_1 * MG_PER_G:.3g}",
+                f"{p.g_per_token_max * MG_PER_G:.3g}",
+                _ratio_text(p.g_per_token_1 / p.g_per_token_max, carbon_ci.iloc[i], 1),
+                _ratio_text(p.s_per_token_user_max / p.s_per_token_user_1, latency_ci.iloc[i], 2),
+                f"{p.mfu_1 * PCT_PER_FRACTION:.2f} %" if hasattr(p, "mfu_1") else "",
+                # CPU runs have modeled power: the reader must see that next to the ratios.
+                "; ".join(methods),
+            ]
+        )
+    blocks: list[Block] = [("table", Table(header, rows))]
+    if (pairs["batch_size_1"] != 1).any():
+        blocks.append(
+            ("p", "Where batch 1 was not measured, the smallest measured batch stands in for it.")
+        )
+    if (carbon_ci["low"].notna() | latency_ci["low"].notna()).any():
+        blocks.append(
+            (
+                "p",
+                "Ratio intervals in brackets: from each cell's bootstrap 95 % interval over its "
+                "repeats, [low_a / high_b, high_a / low_b]; both cells lie inside their intervals "
+                "with probability >= 90 % (Bonferroni), so the ratio does too. A cell run once has "
+                "no interval.",
+            )
+        )
+    return blocks
+
+
+def _slo_blocks(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> list[Block]:
+    best = carbon_optimal_points(metrics, slos_s_per_token)
+    header = [
+        "model",
+        "platform",
+        "latency SLO (ms/token)",
+        "carbon-optimal operating point",
+        "mgCO2e/token there",
+        "ms/token there",
+    ]
+    rows = []
+    for r in best.itertuples():
+        if pd.isna(r.batch_size):
+            point, g, s = "none meets it", "", ""
+        else:
+            point = (
+                f"static batch {r.batch_size}"
+                if r.mode == STATIC
+                else f"continuous, max_num_seqs {r.batch_size}"
+            )
+            g, s = f"{r.g_per_token * MG_PER_G:.3g}", f"{r.s_per_token_user * MS_PER_S:.3g}"
+        rows.append([r.model, r.platform, f"{r.slo_s_per_token * MS_PER_S:g}", point, g, s])
+    return [
+        ("h3", "Carbon-optimal operating point under a latency SLO"),
+        (
+            "p",
+            "Among every measured cell (static batch sizes and continuous-batching max_num_seqs) "
+            "whose user-perceived latency per token meets the SLO, the one with the least "
+            "operational carbon per token; it lies on the Pareto front of the carbon-vs-latency "
+            "figure.",
+        ),
+        ("table", Table(header, rows)),
+    ]
+
+
+def _filled_blocks(metrics: pd.DataFrame) -> list[Block]:
+    if "filled_share" not in metrics.columns:
+        return []
+    filled = metrics[metrics["filled_share"] > 0]
+    if filled.empty:
+        return []
+    worst = filled.loc[filled["filled_share"].idxmax()]
+    return [
+        (
+            "p",
+            f"Filled intensity: for {len(filled)} of {len(metrics)} cells part of the window lies "
+            "where the carbon-intensity trace has no hour, and the configured carbon.fill "
+            f"supplied it from the trace's own hours (up to {worst['filled_share']:.0%} of a "
+            f"window: {worst['model']} on {worst['platform']}, batch {worst['batch_size']}). "
+            "Their carbon uses an intensity that was not measured for those hours.",
+        )
+    ]
+
+
+EMBODIED_BOUNDARY = (
+    "low: the device's dies and memory only (LLMCarbon's method); high: the vendor's product "
+    "carbon footprint, cradle to gate, where one is published; resources/platforms.csv names each "
+    "bound's source. Both are amortised over the device's service life and the window, and "
+    "neither is included in the operational figures above."
+)
+
+
+def _embodied_blocks(metrics: pd.DataFrame) -> list[Block]:
+    cols = ["embodied_g_per_token_low", "embodied_g_per_token_high"]
+    if not has_columns(metrics, cols) or metrics[cols].isna().all().all():
+        return []
+    pairs = batch1_vs_max(metrics, "summary_markdown")
+    rows = []
+    source = pairs if not pairs.empty else None
+    if source is not None:
+        for p in source.itertuples():
+            rows.append(
+                [
+                    p.model,
+                    p.platform,
+                    f"{p.embodied_g_per_token_low_1 * MG_PER_G:.3g}–{p.embodied_g_per_token_high_1 * MG_PER_G:.3g}",
+                    f"{p.embodied_g_per_token_low_max * MG_PER_G:.3g}–{p.embodied_g_per_token_high_max * MG_PER_G:.3g}",
+                ]
+            )
+    blocks: list[Block] = [("h3", "Embodied carbon per token (a range)")]
+    if rows:
+        blocks.append(
+            (
+                "table",
+                Table(
+                    ["model", "platform", "mgCO2e/token at the smallest batch", "at the largest"],
+                    rows,
+                ),
+            )
+        )
+    blocks.append(("p", "Boundary: " + EMBODIED_BOUNDARY))
+    return blocks
+
+
+def _flag_blocks(metrics: pd.DataFrame) -> list[Block]:
+    if "qa_flags" not in metrics.columns:
+        return []
+    flagged = metrics[metrics["qa_flags"].fillna("") != ""]
+    if flagged.empty:
+        return []
+    rows = [
+        [r.model, r.platform, getattr(r, "mode", STATIC), str(r.batch_size), r.qa_flags]
+        for r in flagged.sort_values(["model", "platform", "batch_size"]).itertuples()
+    ]
+    return [
+        ("h3", "Flagged cells"),
+        ("p", "These cells carry QA flags (docs/metrics.md explains each); read their numbers with care."),
+        ("table", Table(["model", "platform", "mode", "batch size", "QA flags"], rows)),
+    ]
+
+
+def summary_blocks(
+    metrics: pd.DataFrame, probe_rows: Sequence[Mapping], slos_s_per_token: Sequence[float] = ()
+) -> list[Block]:
+    """results/summary.md's content: per (model, platform) the carbon-per-token and latency ratios
+    of the smallest (batch 1) to the largest static batch and the MFU there, each beside the
+    study's value, with intervals where cells were repeated; the carbon-optimal operating point
+    under each SLO; notes on filled intensities, embodied carbon and flagged cells; the probes'
+    largest batches."""
+    what = "summary_markdown"
+    require_columns(metrics, ["platform", "model", "batch_size", "g_per_token", "s_per_token_user"], what)
+    if metrics.empty:
+        raise InputError(f"{what}: no rows in the metrics table; nothing to summarise")
+    blocks: list[Block] = [
+        ("h1", "Results summary"),
+        (
+            "p",
+            "The smallest (batch 1) against the largest static batch measured for each model and "
+            "platform, recomputed from results/tables/metrics.parquet, beside Lim, Pan, Zhou 2024 "
+            "(TensorRT-LLM on V100/A100: batch 1 -> largest batch cut carbon per token ~11x for "
+            "~2x the latency per token; MFU ~2 % at batch 1). Carbon is operational (energy x "
+            "PUE x grid intensity). Ratios: carbon = smallest / largest batch; latency = largest "
+            "/ smallest batch.",
+        ),
+    ]
+    blocks += _headline_blocks(metrics)
+    if slos_s_per_token:
+        blocks += _slo_blocks(metrics, slos_s_per_token)
+    blocks += _filled_blocks(metrics)
+    blocks += _embodied_blocks(metrics)
+    blocks += _flag_blocks(metrics)
+    if probe_rows:
+        blocks += max_batch_blocks(probe_rows)
+    return blocks
 
 
 def summary_markdown(
     metrics: pd.DataFrame, probe_rows: Sequence[Mapping], slos_s_per_token: Sequence[float] = ()
 ) -> str:
-    """results/summary.md: per (model, platform) the carbon-per-token and latency ratios of batch 1
-    to the largest measured batch and the MFU at batch 1, each beside the study's value."""
-    what = "summary_markdown"
-    require_columns(
-        metrics,
-        [
-            "platform",
-            "model",
-            "batch_size",
-            "g_per_token",
-            "s_per_token_user",
-            "mfu",
-            "energy_method",
-        ],
-        what,
-    )
-    pairs = batch1_vs_max(metrics, what)
-    header = [
-        "model",
-        "platform",
-        "largest batch measured",
-        "mgCO2e/token at batch 1",
-        "at largest batch",
-        f"carbon/token ratio (study {STUDY['carbon_ratio']})",
-        f"latency ratio, s/token (study {STUDY['latency_ratio']})",
-        f"MFU at batch 1 (study {STUDY['mfu_batch1']})",
-        "energy",
-    ]
-    rows = [
-        [
-            p.model,
-            p.platform,
-            str(p.batch_size_max),
-            f"{p.g_per_token_1 * MG_PER_G:.3g}",
-            f"{p.g_per_token_max * MG_PER_G:.3g}",
-            f"{p.g_per_token_1 / p.g_per_token_max:.1f}x",
-            f"{p.s_per_token_user_max / p.s_per_token_user_1:.2f}x",
-            f"{p.mfu_1 * PCT_PER_FRACTION:.2f} %",
-            # CPU runs have modeled power: the reader must see that next to the ratios.
-            "; ".join(sorted({p.energy_method_1, p.energy_method_max})),
-        ]
-        for p in pairs.itertuples()
-    ]
-    parts = [
-        "# Results summary\n",
-        "Batch 1 against the largest batch measured for each model and platform, recomputed from "
-        "results/tables/metrics.parquet, beside Lim, Pan, Zhou 2024 (TensorRT-LLM on V100/A100: "
-        "batch 1 -> largest batch cut carbon per token ~11x for ~2x the latency per token; "
-        "MFU ~2 % at batch 1). Carbon is operational (energy x PUE x grid intensity). Ratios: "
-        "carbon = batch 1 / largest batch; latency = largest batch / batch 1.\n",
-        _markdown_table(header, rows),
-    ]
-    if slos_s_per_token:
-        parts.append(_slo_markdown(metrics, slos_s_per_token))
-    if probe_rows:
-        parts.append(max_batch_markdown(probe_rows))
-    return "\n".join(parts)
+    return to_markdown(summary_blocks(metrics, probe_rows, slos_s_per_token))
+
+
+def write_summary(
+    metrics: pd.DataFrame,
+    probe_rows: Sequence[Mapping],
+    slos_s_per_token: Sequence[float],
+    outputs: Mapping[str, str],
+) -> None:
+    """outputs["md"] (results/summary.md) and outputs["html"] (the same, for the report)."""
+    blocks = summary_blocks(metrics, probe_rows, slos_s_per_token)
+    write_text(outputs["md"], to_markdown(blocks))
+    write_text(outputs["html"], to_html(blocks, "Results summary"))

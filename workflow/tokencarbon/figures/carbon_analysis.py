@@ -1,0 +1,198 @@
+"""Carbon analysis beyond the study's figures: every cell's carbon per token against its latency per
+token (static batches and continuous batching on one plot), their Pareto front, and the operating
+point recommended under each latency SLO."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from tokencarbon.errors import InputError
+from tokencarbon.figures.common import (
+    MG_PER_G,
+    MS_PER_S,
+    new_figure,
+    readable_axis,
+    require_columns,
+    require_one_row_per_cell,
+    require_rows,
+    themed,
+)
+from tokencarbon.figures.inputs import CONTINUOUS, STATIC, interval_errors
+from tokencarbon.figures.layout import declutter
+from tokencarbon.figures.measured import _carbon_basis, point_label
+
+CARBON = "g_per_token"  # operational carbon per output token (g)
+LATENCY = "s_per_token_user"  # user-perceived latency per output token (s), both modes
+POINT = ["platform", "model", "mode", "batch_size", CARBON, LATENCY]
+
+
+def _with_mode(df: pd.DataFrame) -> pd.DataFrame:
+    return df if "mode" in df.columns else df.assign(mode=STATIC)
+
+
+def pareto_mask(latency_s: Sequence[float], carbon_g: Sequence[float]) -> np.ndarray:
+    """True for the points no other point dominates, where a point dominates another when it is at
+    least as good on both (lower latency, lower carbon) and better on one. NaN points are never on
+    the front. Shape: (n,) bool for n points."""
+    lat = np.asarray(latency_s, dtype=float)
+    g = np.asarray(carbon_g, dtype=float)
+    ok = np.isfinite(lat) & np.isfinite(g)
+    front = np.zeros(len(lat), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = ok & (lat <= lat[i]) & (g <= g[i]) & ((lat < lat[i]) | (g < g[i]))
+        front[i] = not others.any()
+    return front
+
+
+def carbon_optimal_points(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> pd.DataFrame:
+    """Per (model, platform) and latency SLO: the cell, static batch or continuous max_num_seqs,
+    with the least carbon per token (g_per_token) among those whose user-perceived latency per
+    token (s_per_token_user) meets the SLO (<=). Columns: model, platform, slo_s_per_token, mode,
+    batch_size (<NA> where no cell meets the SLO), g_per_token, s_per_token_user. Ties on carbon
+    go to the lower latency. The chosen cell always lies on the Pareto front (pareto_mask)."""
+    require_columns(metrics, ["platform", "model", "batch_size", CARBON, LATENCY], "carbon_optimal_points")
+    metrics = _with_mode(metrics)
+    rows = []
+    for (model, platform), cells in metrics.groupby(["model", "platform"], sort=True):
+        for slo in slos_s_per_token:
+            ok = cells[cells[LATENCY] <= slo].dropna(subset=[CARBON])
+            best = ok.sort_values([CARBON, LATENCY]).iloc[0] if len(ok) else None
+            rows.append(
+                {
+                    "model": model,
+                    "platform": platform,
+                    "slo_s_per_token": float(slo),
+                    "mode": None if best is None else best["mode"],
+                    "batch_size": pd.NA if best is None else int(best["batch_size"]),
+                    CARBON: math.nan if best is None else float(best[CARBON]),
+                    LATENCY: math.nan if best is None else float(best[LATENCY]),
+                }
+            )
+    columns = ["model", "platform", "slo_s_per_token", "mode", "batch_size", CARBON, LATENCY]
+    return pd.DataFrame(rows, columns=columns).astype({"batch_size": "Int64"})
+
+
+MODE_STYLE = {
+    STATIC: {"marker": "o", "label": "static batches (batch size)"},
+    CONTINUOUS: {"marker": "s", "label": "continuous batching (cb<max_num_seqs>)"},
+}
+
+
+@themed
+def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[float] = ()) -> Figure:
+    """One panel per (model, platform): every cell's operational carbon per output token (mgCO2e)
+    against its user-perceived latency per output token (ms), static batches (circles) and
+    continuous-batching cells (squares) each joined in batch order, the Pareto front (cells no
+    other beats on both) as a grey step line, each latency SLO dotted and the cell recommended
+    under it (least carbon meeting it: carbon_optimal_points) starred. Error bars: bootstrap
+    95 % intervals where the table has them."""
+    figure = "pareto_carbon_latency"
+    require_columns(metrics, ["platform", "model", "batch_size", CARBON, LATENCY], figure)
+    df = _with_mode(metrics)
+    require_rows(df, figure, "in the metrics table")
+    require_one_row_per_cell(df, figure)
+    df = df.sort_values(["model", "platform", "mode", "batch_size"]).reset_index(drop=True)
+    df["ms"] = df[LATENCY] * MS_PER_S
+    df["mg"] = df[CARBON] * MG_PER_G
+    xerr = interval_errors(df, LATENCY, MS_PER_S)
+    yerr = interval_errors(df, CARBON, MG_PER_G)
+    best = carbon_optimal_points(df, slos_s_per_token)
+    panels = sorted(df.groupby(["model", "platform"]).groups)
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = new_figure(6.8 * ncols, 4.6 * nrows + 1.0)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    colours = dict(zip((STATIC, CONTINUOUS), sns.color_palette("colorblind", 2)))
+    labels = []
+    for ax, (model, platform) in zip(axes, panels):
+        d = df[(df["model"] == model) & (df["platform"] == platform)]
+        front = d[pareto_mask(d["ms"], d["mg"])].sort_values("ms")
+        if len(front):
+            ax.plot(front["ms"], front["mg"], drawstyle="steps-post", color="0.6", lw=5, alpha=0.4, zorder=1)
+        for mode, m in d.groupby("mode"):
+            ax.plot(m["ms"], m["mg"], color=colours[mode], marker=MODE_STYLE[mode]["marker"], lw=1.4, zorder=3)
+            if xerr is not None or yerr is not None:
+                idx = m.index.to_numpy()
+                ax.errorbar(
+                    m["ms"],
+                    m["mg"],
+                    xerr=None if xerr is None else [xerr[0][idx], xerr[1][idx]],
+                    yerr=None if yerr is None else [yerr[0][idx], yerr[1][idx]],
+                    fmt="none",
+                    ecolor=colours[mode],
+                    capsize=2,
+                    zorder=2,
+                )
+        readable_axis(ax, "x", d["ms"])
+        readable_axis(ax, "y", d["mg"])
+        ax.margins(x=0.08, y=0.12)
+        x0, x1 = ax.get_xlim()
+        b = best[(best["model"] == model) & (best["platform"] == platform)]
+        chosen_slos = {
+            key: ", ".join(f"{s * MS_PER_S:g}" for s in c["slo_s_per_token"])
+            for key, c in b.dropna(subset=["batch_size"]).groupby(["mode", "batch_size"])
+        }
+        beyond = []
+        for slo in sorted(set(b["slo_s_per_token"])):
+            slo_ms = slo * MS_PER_S
+            if x0 <= slo_ms <= x1:
+                ax.axvline(slo_ms, color="0.35", ls=":", lw=1.2, zorder=0)
+            elif slo_ms > x1:
+                beyond.append(f"{slo_ms:g}")
+        for r in d.itertuples():
+            key = (r.mode, r.batch_size)
+            text = point_label(r.mode, r.batch_size)
+            if key in chosen_slos:
+                ax.plot(r.ms, r.mg, marker="*", ms=16, color="gold", mec="0.2", ls="none", zorder=4)
+                text += f": best at SLO {chosen_slos[key]} ms"
+            # Labels of points in the right part of the panel extend leftwards, inside the axes.
+            right = ax.transAxes.inverted().transform(ax.transData.transform((r.ms, r.mg)))[0] > 0.6
+            labels.append(
+                ax.annotate(
+                    text,
+                    (r.ms, r.mg),
+                    xytext=(-6 if right else 6, 5),
+                    textcoords="offset points",
+                    ha="right" if right else "left",
+                    fontsize="x-small",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+                    zorder=5,
+                )
+            )
+        unmet = [f"{s * MS_PER_S:g}" for s in b.loc[b["batch_size"].isna(), "slo_s_per_token"]]
+        notes = []
+        if unmet:
+            notes.append(f"no cell meets SLO {', '.join(unmet)} ms")
+        if beyond:
+            notes.append(f"SLO {', '.join(beyond)} ms right of the axis")
+        if notes:
+            ax.text(0.01, 0.02, "; ".join(notes), transform=ax.transAxes, fontsize="x-small", va="bottom")
+        ax.set_xlabel("user-perceived latency (ms/token)")
+        ax.set_ylabel("carbon per token (mgCO2e)")
+        ax.set_title(f"{model} on {platform}", fontsize="medium")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    handles = [
+        Line2D([], [], color=colours[m], marker=MODE_STYLE[m]["marker"], label=MODE_STYLE[m]["label"])
+        for m in (STATIC, CONTINUOUS)
+        if m in set(df["mode"])
+    ]
+    handles += [
+        Line2D([], [], color="0.6", lw=5, alpha=0.4, label="Pareto front"),
+        Line2D([], [], color="0.35", ls=":", label="latency SLO"),
+        Line2D([], [], marker="*", ms=12, color="gold", mec="0.2", ls="none", label="least carbon meeting the SLO"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize="small")
+    bars = "; bars: 95 % intervals" if xerr is not None or yerr is not None else ""
+    fig.suptitle(f"Carbon per token vs latency per token, every cell\n{_carbon_basis(df)}{bars}")
+    if not panels:
+        raise InputError(f"{figure}: no (model, platform) to draw")
+    declutter(fig, labels)
+    return fig

@@ -1,0 +1,544 @@
+"""The one registry of what the figures stage makes: every figure, table and summary, with the data
+it reads, the config it depends on, how it is built, its caption and its report category.
+
+workflow/rules/figures.smk generates one rule per entry from ARTIFACTS and `all`'s targets from
+targets(); the adapter scripts call build(). Nothing else lists figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from tokencarbon.errors import ConfigError, InputError
+
+# The study's architectures (Lim, Pan, Zhou 2024, figures 1 and 2a), drawn beside the configured ones.
+STUDY_ARCHITECTURES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-2-13b")
+STUDY_DTYPE = "float16"  # the study ran fp16
+FAMILY_TITLES = {"llama": "Llama-architecture models", "gpt2": "GPT-2-architecture models"}
+
+METRICS = "results/tables/metrics.parquet"
+POWER = "results/tables/power.parquet"
+CELLS = "results/tables/cells.parquet"
+BATCHES = "results/tables/batches.parquet"
+
+# Report categories (snakemake --report): the headlines first, then the study's figures and tables.
+HEADLINES = "Headlines"
+STUDY_FIGURES = "Study figures"
+CARBON_ANALYSIS = "Carbon analysis"
+TABLES = "Tables"
+
+
+def _default_arch_family(config: Mapping[str, Any], model: str) -> str:
+    from tokencarbon.models import load_architecture
+
+    return load_architecture(config["models"][model]["architecture"]).family
+
+
+@dataclass(frozen=True)
+class Study:
+    """What the figure rules need to know of the configured study (a validated config, defaults
+    filled). The DAG's own answers can be passed in (figures.smk passes common.smk's), so that the
+    figures follow any change there; the defaults answer the same for today's config keys.
+
+    arch_family(model) -> "llama" | "gpt2"; probe_files(family or None) -> probe.json paths;
+    resource_file(*parts) -> path of a file under resources/.
+    """
+
+    config: Mapping[str, Any]
+    arch_family: Callable[[str], str] | None = None
+    probe_files: Callable[[str | None], list[str]] | None = None
+    resource_file: Callable[..., str] | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.config["models"])
+
+    @property
+    def platforms(self) -> list[str]:
+        return sorted(self.config["platforms"])
+
+    def family(self, model: str) -> str:
+        if self.arch_family is not None:
+            return self.arch_family(model)
+        return _default_arch_family(self.config, model)
+
+    def models_of(self, family: str) -> list[str]:
+        return [m for m in self.models if self.family(m) == family]
+
+    def probes(self, family: str | None) -> list[str]:
+        if self.probe_files is not None:
+            return list(self.probe_files(family))
+        models = self.models if family is None else self.models_of(family)
+        imported = [p for p in self.platforms if self.config["platforms"][p].get("import_only")]
+        platforms = self.platforms if self.config["backend"]["name"] == "torch" else imported
+        return [f"results/cells/{p}/{m}/probe.json" for p in platforms for m in models]
+
+    def resource(self, *parts: str) -> str:
+        if self.resource_file is not None:
+            return self.resource_file(*parts)
+        return str(Path("resources", *parts))
+
+    def configured_architectures(self) -> dict[str, str]:
+        """architecture -> dtype of the configured models whose architecture is named ("auto"
+        ones are read from a checkpoint and have no file here)."""
+        out = {}
+        for m in self.models:
+            arch = self.config["models"][m]["architecture"]
+            if arch != "auto":
+                out.setdefault(arch, self.config["models"][m].get("dtype", STUDY_DTYPE))
+        return out
+
+    def analytic_architectures(self) -> dict[str, str]:
+        """architecture -> dtype for figures 1 and 2a: the study's at fp16, the configured ones at
+        their configured dtype."""
+        return {a: STUDY_DTYPE for a in STUDY_ARCHITECTURES} | self.configured_architectures()
+
+    def platform_limits(self) -> dict[str, float | None]:
+        return {p: self.config["platforms"][p].get("memory_limit_gb") for p in self.platforms}
+
+    def slos(self) -> list[float]:
+        return [float(s) for s in self.config["summary"]["latency_slos_s_per_token"]]
+
+
+# (inputs, params) -> a Figure; (inputs, params, outputs) -> files written
+Draw = Callable[[Mapping[str, Any], Mapping[str, Any]], Figure]
+Build = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, str]], None]
+
+
+def _always(study: Study) -> bool:
+    return True
+
+
+def _nothing(study: Study) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One thing the figures stage makes: the rule that makes it, its outputs (key -> path), the
+    output the report shows, the script that runs it, and functions of the Study giving its data
+    inputs, its params (the config slice it reads) and whether `all` wants it."""
+
+    name: str
+    rule: str
+    script: str  # workflow/scripts/<script>.py
+    outputs: Mapping[str, str]
+    shown: str  # the key of the output shown in snakemake --report
+    caption: str  # workflow/report/<caption>
+    category: str
+    build: Build
+    inputs: Callable[[Study], dict[str, Any]] = _nothing
+    params: Callable[[Study], dict[str, Any]] = _nothing
+    wanted: Callable[[Study], bool] = _always
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _save_figure(draw: Draw) -> Build:
+    def build(inputs, params, outputs):
+        from tokencarbon.figures.common import save
+
+        save(draw(inputs, params), Path(outputs["png"]).with_suffix(""))
+
+    return build
+
+
+def figure(name: str, rule: str, draw: Draw, category: str = STUDY_FIGURES, **kw) -> Artifact:
+    """A figure: results/figures/<name>.png (shown) and .pdf, drawn by `draw`."""
+    return Artifact(
+        name=name,
+        rule=rule,
+        script="render_figure",
+        outputs={"png": f"results/figures/{name}.png", "pdf": f"results/figures/{name}.pdf"},
+        shown="png",
+        caption=f"{name}.rst",
+        category=category,
+        build=_save_figure(draw),
+        **kw,
+    )
+
+
+# ------------------------------------------------------------------ the figures' draw functions
+
+
+def _architectures(params):
+    from tokencarbon.models import load_architecture
+
+    return [load_architecture(a) for a in params["architectures"]]
+
+
+def _draw_fig1(inputs, params):
+    from tokencarbon.figures.analytic import fig1_flops_vs_seqlen
+
+    return fig1_flops_vs_seqlen(_architectures(params))
+
+
+def _draw_fig2a(inputs, params):
+    from tokencarbon.figures.analytic import fig2a_memory_vs_seqlen
+    from tokencarbon.platforms import get_platform, load_platforms
+
+    platforms = load_platforms(inputs["platforms"])
+    for p in params["platforms"]:
+        if p not in platforms:
+            raise InputError(f"fig2a: platform {p!r} is not a row of {inputs['platforms']}")
+    return fig2a_memory_vs_seqlen(
+        _architectures(params),
+        platforms=[get_platform(p, lim) for p, lim in params["platforms"].items()],
+        dtypes=params["architectures"],
+    )
+
+
+def _draw_fig2b(inputs, params):
+    from tokencarbon.figures.analytic import fig2b_gpu_generations
+    from tokencarbon.platforms import load_platforms
+
+    return fig2b_gpu_generations(list(load_platforms(inputs["platforms"]).values()))
+
+
+def _family_title(params, what):
+    title = FAMILY_TITLES.get(params.get("family"), "")
+    return f"{what}: {title}" if title else what
+
+
+def _draw_fig4(inputs, params):
+    from tokencarbon.figures.inputs import read_metrics
+    from tokencarbon.figures.measured import fig4_throughput_latency
+
+    return fig4_throughput_latency(
+        read_metrics(inputs["metrics"]),
+        models=params["models"],
+        title=_family_title(params, "Throughput vs user-perceived latency"),
+    )
+
+
+def _draw_fig5(inputs, params):
+    from tokencarbon.figures.inputs import read_cells, read_metrics
+    from tokencarbon.figures.measured import fig5_mfu_batch1
+
+    cells = read_cells(inputs["cells"]) if "cells" in inputs else None
+    return fig5_mfu_batch1(read_metrics(inputs["metrics"]), cells=cells)
+
+
+def intensity_series(carbon: Mapping[str, Any], cells_path: str | Path | None):
+    """Figure 6a's 24-hour intensity series and its day: the trace's configured day (its first
+    day when trace_day is null), or, for a constant intensity, trace_day when set, else the UTC
+    day the first cell ran (read from cells_path)."""
+    import pandas as pd
+
+    from tokencarbon.carbon import ConstantIntensity, intensity_for_day, load_trace
+    from tokencarbon.figures.inputs import read_cells
+
+    day = carbon.get("trace_day")
+    if carbon["source"] == "trace":
+        trace = load_trace(carbon["trace"], carbon["basis"])
+        series = intensity_for_day(trace, day, carbon["fill"])
+        if day is None:
+            day = str(pd.Timestamp(int(trace.start_ns[0]), unit="ns").date())
+        return series, day
+    if day is None:
+        if cells_path is None:
+            raise ConfigError(
+                "fig6a: carbon.source is constant and carbon.trace_day is null, and no cells "
+                "table was given to take the day from; set carbon.trace_day (YYYY-MM-DD)"
+            )
+        cells = read_cells(cells_path)
+        if cells.empty:
+            raise InputError(f"fig6a: {cells_path} holds no cells to take the day from")
+        day = str(pd.Timestamp(int(cells["window_start_wall_ns"].min()), unit="ns").date())
+    return intensity_for_day(ConstantIntensity(carbon["intensity_g_per_kwh"]), day), day
+
+
+def _draw_fig6a(inputs, params):
+    from tokencarbon.figures.analytic import fig6a_intensity_day
+
+    series, day = intensity_series(params["carbon"], inputs.get("cells"))
+    return fig6a_intensity_day(series, day)
+
+
+def _draw_fig6(inputs, params):
+    from tokencarbon.figures.inputs import read_batches, read_power
+    from tokencarbon.figures.measured import fig6_power_over_time
+
+    return fig6_power_over_time(
+        read_power(inputs["power"]),
+        models=params["models"],
+        title=_family_title(params, "Power over time"),
+        batches=read_batches(inputs["batches"]) if "batches" in inputs else None,
+    )
+
+
+def _draw_fig7(inputs, params):
+    from tokencarbon.figures.inputs import read_metrics
+    from tokencarbon.figures.measured import fig7_carbon_per_token
+
+    return fig7_carbon_per_token(read_metrics(inputs["metrics"]))
+
+
+def _draw_pareto(inputs, params):
+    from tokencarbon.figures.carbon_analysis import pareto_carbon_latency
+    from tokencarbon.figures.inputs import read_metrics
+
+    return pareto_carbon_latency(read_metrics(inputs["metrics"]), params["slos_s_per_token"])
+
+
+# ------------------------------------------------------------------ tables and the summary
+
+
+def _build_max_batch(inputs, params, outputs):
+    from tokencarbon.figures.inputs import mapping_paths, read_probes
+    from tokencarbon.figures.summary import write_max_batch_tables
+
+    write_max_batch_tables(
+        read_probes(mapping_paths(inputs, "probes")), outputs, title=params["title"]
+    )
+
+
+def _build_metrics_table(inputs, params, outputs):
+    from tokencarbon.figures.inputs import read_metrics
+    from tokencarbon.figures.summary import write_metrics_html
+
+    write_metrics_html(read_metrics(inputs["metrics"]), outputs["html"])
+
+
+def _build_summary(inputs, params, outputs):
+    from tokencarbon.figures.inputs import mapping_paths, read_metrics, read_probes
+    from tokencarbon.figures.summary import write_summary
+
+    write_summary(
+        read_metrics(inputs["metrics"]),
+        read_probes(mapping_paths(inputs, "probes")),
+        params["slos_s_per_token"],
+        outputs,
+    )
+
+
+# ------------------------------------------------------------------ inputs and params
+
+
+def _metrics(study):
+    return {"metrics": METRICS}
+
+
+def _family_models(family):
+    def params(study):
+        return {"family": family, "models": study.models_of(family)}
+
+    return params
+
+
+def _has_family(family):
+    def wanted(study):
+        return bool(study.models_of(family))
+
+    return wanted
+
+
+def _has_probes(family):
+    def wanted(study):
+        return bool(study.models_of(family)) and bool(study.probes(family))
+
+    return wanted
+
+
+def _arch_files(study):
+    return [study.resource("models", f"{a}.json") for a in study.analytic_architectures()]
+
+
+def _fig6a_inputs(study):
+    carbon = study.config["carbon"]
+    if carbon["source"] == "trace":
+        return {"trace": carbon["trace"]}
+    if carbon.get("trace_day"):
+        return {}
+    # A constant intensity drawn for the day the cells ran (their first window).
+    return {"cells": CELLS}
+
+
+def _max_batch_table(number: int, family: str, title: str) -> Artifact:
+    name = f"table{number}_max_batch"
+    return Artifact(
+        name=name,
+        rule=f"tabulate_table{number}",
+        script="tabulate_max_batch",
+        outputs={
+            "csv": f"results/tables/{name}.csv",
+            "md": f"results/tables/{name}.md",
+            "html": f"results/tables/{name}.html",
+        },
+        shown="html",
+        caption=f"{name}.rst",
+        category=TABLES,
+        build=_build_max_batch,
+        inputs=lambda study: {"probes": study.probes(family)},
+        params=lambda study: {"title": title},
+        wanted=_has_probes(family),
+    )
+
+
+ARTIFACTS: tuple[Artifact, ...] = (
+    Artifact(
+        name="summary",
+        rule="summarize_headlines",
+        script="summarize_headlines",
+        outputs={"md": "results/summary.md", "html": "results/summary.html"},
+        shown="html",
+        caption="summary.rst",
+        category=HEADLINES,
+        build=_build_summary,
+        inputs=lambda study: {"metrics": METRICS, "probes": study.probes(None)},
+        params=lambda study: {"slos_s_per_token": study.slos()},
+    ),
+    Artifact(
+        name="metrics_table",
+        rule="tabulate_metrics",
+        script="summarize_headlines",
+        outputs={"html": "results/tables/metrics.html"},
+        shown="html",
+        caption="metrics_table.rst",
+        category=HEADLINES,
+        build=_build_metrics_table,
+        inputs=_metrics,
+    ),
+    figure(
+        "fig1_flops_vs_seqlen",
+        "plot_fig1",
+        _draw_fig1,
+        inputs=lambda study: {"arch": _arch_files(study)},
+        params=lambda study: {"architectures": study.analytic_architectures()},
+    ),
+    figure(
+        "fig2a_memory_vs_seqlen",
+        "plot_fig2a",
+        _draw_fig2a,
+        inputs=lambda study: {
+            "arch": _arch_files(study),
+            "platforms": study.resource("platforms.csv"),
+        },
+        params=lambda study: {
+            "architectures": study.analytic_architectures(),
+            "platforms": study.platform_limits(),
+        },
+    ),
+    figure(
+        "fig2b_gpu_generations",
+        "plot_fig2b",
+        _draw_fig2b,
+        inputs=lambda study: {"platforms": study.resource("platforms.csv")},
+    ),
+    figure(
+        "fig4a_throughput_latency",
+        "plot_fig4a",
+        _draw_fig4,
+        inputs=_metrics,
+        params=_family_models("llama"),
+        wanted=_has_family("llama"),
+    ),
+    figure(
+        "fig4b_throughput_latency",
+        "plot_fig4b",
+        _draw_fig4,
+        inputs=_metrics,
+        params=_family_models("gpt2"),
+        wanted=_has_family("gpt2"),
+    ),
+    figure(
+        "fig5_mfu_batch1",
+        "plot_fig5",
+        _draw_fig5,
+        inputs=lambda study: {"metrics": METRICS, "cells": CELLS},
+    ),
+    figure(
+        "fig6a_intensity_day",
+        "plot_fig6a",
+        _draw_fig6a,
+        inputs=_fig6a_inputs,
+        params=lambda study: {"carbon": dict(study.config["carbon"])},
+    ),
+    figure(
+        "fig6b_power_over_time",
+        "plot_fig6b",
+        _draw_fig6,
+        inputs=lambda study: {"power": POWER, "batches": BATCHES},
+        params=_family_models("llama"),
+        wanted=_has_family("llama"),
+    ),
+    figure(
+        "fig6c_power_over_time",
+        "plot_fig6c",
+        _draw_fig6,
+        inputs=lambda study: {"power": POWER, "batches": BATCHES},
+        params=_family_models("gpt2"),
+        wanted=_has_family("gpt2"),
+    ),
+    figure("fig7_carbon_per_token", "plot_fig7", _draw_fig7, inputs=_metrics),
+    figure(
+        "pareto_carbon_latency",
+        "plot_pareto",
+        _draw_pareto,
+        category=CARBON_ANALYSIS,
+        inputs=_metrics,
+        params=lambda study: {"slos_s_per_token": study.slos()},
+    ),
+    _max_batch_table(3, "llama", "Table 3: maximum batch size before out-of-memory, Llama-2 family"),
+    _max_batch_table(4, "gpt2", "Table 4: maximum batch size before out-of-memory, GPT-2 family"),
+)
+
+BY_NAME: dict[str, Artifact] = {a.name: a for a in ARTIFACTS}
+if len(BY_NAME) != len(ARTIFACTS) or len({a.rule for a in ARTIFACTS}) != len(ARTIFACTS):
+    raise AssertionError("figures.registry: artifact names and rules must be unique")
+
+
+def get(name: str) -> Artifact:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown figure or table {name!r}; known: {sorted(BY_NAME)}") from None
+
+
+def targets(study: Study) -> list[str]:
+    """Every output path of the artifacts `all` wants for this study."""
+    return [p for a in ARTIFACTS if a.wanted(study) for p in a.outputs.values()]
+
+
+def build(
+    name: str,
+    inputs: Mapping[str, Any],
+    params: Mapping[str, Any],
+    outputs: Mapping[str, str],
+) -> None:
+    """Make artifact `name` from its inputs (key -> path or list of paths) and params into its
+    outputs (key -> path); what a rule's script calls."""
+    artifact = get(name)
+    missing = [k for k in artifact.outputs if k not in outputs]
+    if missing:
+        raise ConfigError(f"{name}: outputs {missing} not given; it writes {list(artifact.outputs)}")
+    artifact.build(inputs, params, outputs)
+
+
+def inputs_under(study_inputs: Mapping[str, Any], root: str | Path) -> dict[str, Any]:
+    """The same inputs with results/... paths moved under `root` (a committed study's folder
+    holding tables/ and cells/ as results/ does)."""
+
+    def move(p):
+        return str(Path(root) / Path(p).relative_to("results")) if str(p).startswith("results/") else p
+
+    return {
+        k: [move(p) for p in v] if isinstance(v, list | tuple) else move(v)
+        for k, v in study_inputs.items()
+    }
+
+
+__all__: Sequence[str] = [
+    "ARTIFACTS",
+    "Artifact",
+    "Study",
+    "build",
+    "get",
+    "inputs_under",
+    "intensity_series",
+    "targets",
+]
