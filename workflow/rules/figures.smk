@@ -7,18 +7,8 @@ FIGURE_STUDY = Study(
     config,
     arch_family=arch_family,
     probe_files=probe_files,
-    resource_file=globals().get("resource_file"),
+    resource_file=resource_file,
 )
-
-
-def figure_code(script):
-    """Package modules the script's results depend on: common.smk's code_inputs (derived from the
-    script's imports) where it exists; until then FIGURE_CODE and the registry's modules.
-    """
-    if "code_inputs" in globals():
-        return code_inputs(script)
-    modules = ["registry", "inputs", "layout", "carbon_analysis"]
-    return sorted(set(FIGURE_CODE) | {f"{PKG}/figures/{m}.py" for m in modules})
 
 
 def figure_targets():
@@ -44,7 +34,7 @@ for _artifact in ARTIFACTS:
             _artifact.rule
         input:
             **_artifact.inputs(FIGURE_STUDY),
-            code=figure_code(_artifact.script),
+            code=code_inputs(_artifact.script),
         output:
             **figure_outputs(_artifact),
         log:
