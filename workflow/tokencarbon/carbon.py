@@ -20,7 +20,15 @@ import pandas as pd
 
 from tokencarbon.energy import EnergyRecord, window_energy
 from tokencarbon.errors import ConfigError, InputError
-from tokencarbon.units import G_PER_KG, NS_PER_HOUR, NS_PER_S, S_PER_DAY, S_PER_YEAR, energy_kwh
+from tokencarbon.units import (
+    G_PER_KG,
+    NS_PER_HOUR,
+    NS_PER_S,
+    S_PER_DAY,
+    S_PER_HOUR,
+    S_PER_YEAR,
+    energy_kwh,
+)
 
 # The study's Wisconsin value from Electricity Maps (Lim, Pan, Zhou 2024).
 DEFAULT_INTENSITY_G_PER_KWH = 413.0
@@ -28,7 +36,7 @@ DEFAULT_INTENSITY_G_PER_KWH = 413.0
 # fill policy gives it. One hour lets "previous" bridge one missing hourly row, or a run end a few
 # minutes after an export's last hour; a 2026 run against a 2023 trace is refused. None: no limit
 # (the user asks for that fill, knowingly).
-DEFAULT_MAX_FILL_S: float | None = 3600.0
+DEFAULT_MAX_FILL_S: float | None = float(S_PER_HOUR)
 
 # Where a trace does not cover part of a window:
 #   "previous": the last value before the uncovered part carries forward (past the trace's end too);
