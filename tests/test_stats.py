@@ -57,3 +57,10 @@ def test_coefficient_of_variation():
     # CV = 2.6458 / 3 = 0.88192.
     assert coefficient_of_variation([1.0, 2.0, 6.0]) == pytest.approx(7**0.5 / 3)
     assert math.isnan(coefficient_of_variation([1.0]))
+
+
+def test_exact_only_up_to_n_resamples():
+    # 1, 2, 6 with n_resamples 20 (< 27): random draws, seeded, so no longer the exact interval.
+    low, high = bootstrap_ci([1.0, 2.0, 6.0], n_resamples=20, seed=0)
+    assert (low, high) == bootstrap_ci([1.0, 2.0, 6.0], n_resamples=20, seed=0)
+    assert (low, high) != pytest.approx((3.65 / 3, 15.4 / 3))

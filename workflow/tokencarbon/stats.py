@@ -14,9 +14,6 @@ from tokencarbon.errors import ConfigError
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
-# With n values there are n^n equally likely resamples; up to this many they are enumerated, so
-# the interval is the exact bootstrap one (n <= 5: 3125), not a random approximation of it.
-EXACT_MAX_RESAMPLES = 10_000
 
 
 def bootstrap_ci(
@@ -30,8 +27,9 @@ def bootstrap_ci(
     """Percentile-bootstrap interval (low, high) of statistic(values) at `confidence`.
 
     values: 1-D, one per repeat. statistic maps an array of shape (m, n) of resamples to m values
-    (default: the mean). The resamples are all n^n draws with replacement when n^n <=
-    EXACT_MAX_RESAMPLES, else n_resamples draws from numpy's PCG64 seeded with `seed`. The
+    (default: the mean). With n values there are n^n equally likely resamples: when n^n <=
+    n_resamples they are all enumerated, so the interval is the exact bootstrap one (n <= 5 at
+    the default 10,000), else n_resamples draws from numpy's PCG64 seeded with `seed`. The
     interval's ends are the (1 - confidence)/2 and (1 + confidence)/2 quantiles of the resampled
     statistics, numpy's "linear" quantile (Efron & Tibshirani 1993, ch. 13, percentile interval).
     (NaN, NaN) for fewer than 2 values: one repeat says nothing about its spread.
@@ -50,7 +48,7 @@ def bootstrap_ci(
     n = len(x)
     if n < 2:
         return float("nan"), float("nan")
-    if n**n <= EXACT_MAX_RESAMPLES:
+    if n**n <= n_resamples:
         index = np.array(list(itertools.product(range(n), repeat=n)))
     else:
         index = np.random.Generator(np.random.PCG64(seed)).integers(0, n, size=(n_resamples, n))
