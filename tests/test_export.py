@@ -54,6 +54,7 @@ def test_cell_json_fields_worked_by_hand(tmp_path):
     r = json.loads(written[0].read_text())
     assert (r["schema"], r["schema_version"]) == ("tokencarbon.cell", EXPORT_SCHEMA_VERSION)
     assert r["cell"]["gpu_model"] == "NVIDIA H100 80GB HBM3" and r["cell"]["max_num_seqs"] is None
+    assert (r["cell"]["num_gpus"], r["cell"]["device_kind"]) == (1, "gpu")
     assert r["energy"]["total_energy_joules"] == 7.2e6
     assert r["energy"]["energy_per_token_joules"] == 1800.0
     assert r["energy"]["energy_per_request_joules"] == pytest.approx(450_000.0)
@@ -84,6 +85,17 @@ def test_continuous_cell_and_imported_provenance(tmp_path):
     assert r["provenance"]["imported"]["power_kind"] == "average"
     # No device kind given: the optimum-benchmark block keeps only the total (100 J / 3.6e6).
     assert r["energy_kwh"]["gpu"] is None and r["energy_kwh"]["total"] == pytest.approx(100 / 3.6e6)
+
+
+def test_cpu_cell_is_no_gpu(tmp_path):
+    metrics, cells = tables_for(energy_j=3600.0, output_tokens=10, n_requests=1)
+    cells["device_name"] = "Intel(R) Xeon(R) Processor"
+    (path,) = export(metrics, cells, tmp_path, device_kinds={"h100-sxm-80gb": "cpu"})
+    r = json.loads(path.read_text())
+    assert (r["cell"]["num_gpus"], r["cell"]["gpu_model"]) == (0, None)
+    assert r["cell"]["device_name"] == "Intel(R) Xeon(R) Processor"
+    # 3600 J = 0.001 kWh, counted as CPU energy.
+    assert r["energy_kwh"]["cpu"] == pytest.approx(0.001) and r["energy_kwh"]["gpu"] is None
 
 
 def test_metrics_without_cells_refused(tmp_path):
