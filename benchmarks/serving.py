@@ -16,6 +16,7 @@ import gc
 import math
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections import defaultdict
@@ -438,8 +439,7 @@ def main(argv=None) -> int:
         todo = [c for c in todo if c.name in args.cases]
     suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
     path = Path(args.out) if args.out else out_dir(None) / f"{gpu_slug(device)}-serving{suffix}.json"
-    power_dir = path.parent / "power"
-    power_dir.mkdir(parents=True, exist_ok=True)
+    power_dir = Path(tempfile.mkdtemp(prefix="tokencarbon-serving-power-"))  # raw samples stay here
     n_max = max(c.n_requests for c in todo)
     sets = {}
     record = {
