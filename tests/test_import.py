@@ -183,6 +183,8 @@ def test_window_outside_the_log_names_the_zone_mixup(shared_data, tmp_path):
          "rows 1 and 2 of cell p/m/bs1 overlap"),
         ("start,end,output_tokens\n2025-01-15 12:00,2025-01-15 12:01,5\n",
          "carry no UTC offset"),
+        ("start,end,output_tokens,input_tokens,n_requests\n1736942400,1736942401,5,3,4\n",
+         "row 1: input_tokens 3 for 4 requests"),
     ],
 )  # fmt: skip
 def test_bad_timing_files(tmp_path, text, message):
@@ -379,3 +381,58 @@ def test_imported_cells_through_metrics_and_export(tmp_path):
     assert record["workload"]["total_output_tokens"] == 300
     csv = pd.read_csv(project / "results/export/metrics.csv")
     assert csv["energy_j"].tolist() == pytest.approx([450.0])
+
+
+@pytest.mark.slow
+def test_imported_platform_source_builds_its_cells_in_the_workflow(tmp_path):
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ["Snakefile", "workflow", "resources", "profiles"]:
+        (project / name).symlink_to(repo / name)
+    # Steady 200 W instant power on GPU 1 of a 2-GPU log, every 0.5 s for 10 s from 12:00:00 UTC
+    # (GPU 0 at 50 W); two windows of batch 2, [2 s, 4 s] and [6 s, 7 s]: 200 W x 3 s = 600 J for
+    # 120 tokens, 5 J/token.
+    rows = []
+    for k in range(21):
+        t = f"2025-01-15T12:00:{k // 2:02d}.{5 * (k % 2)}00Z"
+        rows.append(f"{t}, 0, NVIDIA A100-SXM4-40GB, 50.00 W\n")
+        rows.append(f"{t}, 1, NVIDIA A100-SXM4-40GB, 200.00 W\n")
+    (project / "smi.csv").write_text(
+        "timestamp, index, name, power.draw.instant [W]\n" + "".join(rows)
+    )
+    (project / "timing.csv").write_text(
+        "start,end,output_tokens,input_tokens\n"
+        "2025-01-15T12:00:02Z,2025-01-15T12:00:04Z,80,20\n"
+        "2025-01-15T12:00:06Z,2025-01-15T12:00:07Z,40,10\n"
+    )
+    config = {
+        "platforms": {
+            "a100-sxm4-40gb": {
+                "imported": {"power_log": "smi.csv", "timing": "timing.csv", "gpu": 1,
+                             "model": "tiny-llama", "batch_size": 2},
+            }
+        },
+        "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
+        "models": {"tiny-llama": {"architecture": "tiny-llama", "family": "tiny",
+                                  "dtype": "float16"}},
+    }  # fmt: skip
+    (project / "config").mkdir()
+    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/export/metrics.csv"],
+        cwd=project, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "import_cell" in run.stdout + run.stderr and "run_cell" not in run.stdout + run.stderr
+    meta = json.loads(
+        (project / "results/cells/a100-sxm4-40gb/tiny-llama/bs2/meta.json").read_text()
+    )
+    assert meta["imported"]["device"]["index"] == "1" and meta["dtype"] == "float16"
+    record = json.loads(
+        (project / "results/export/cells/a100-sxm4-40gb/tiny-llama/bs2.json").read_text()
+    )
+    assert record["energy"]["total_energy_joules"] == pytest.approx(600.0)
+    assert record["energy"]["energy_per_token_joules"] == pytest.approx(5.0)

@@ -1,15 +1,13 @@
 # Results out: one JSON per cell and metrics.csv under results/export/ (docs/export.md gives the
 # schema, versioned, its field names close to ML.ENERGY's and optimum-benchmark's results).
+# export_targets() lists the outputs for `all`; every cell's meta.json is an input (imported cells'
+# provenance goes into their JSON).
+import functools
 
+from tokencarbon import export as _export
 
-def export_targets():
-    """The export stage's outputs, for `all` (common.smk's all_targets adds them)."""
-    return ["results/export/metrics.csv", "results/export/cells"]
-
-
-def export_meta_files(wildcards):
-    """Every cell's meta.json (imported cells' provenance goes into their JSON)."""
-    return all_cell_files(wildcards)["meta"]
+export_targets = functools.partial(list, _export.EXPORT_TARGETS)
+export_meta_files = functools.partial(_export.meta_inputs, all_cell_files)
 
 
 rule export_results:

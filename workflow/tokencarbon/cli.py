@@ -383,6 +383,11 @@ def cmd_import(a: argparse.Namespace) -> int:
         print(f"note            {note}")
     from tokencarbon.importing import UNKNOWN_DEVICE
 
+    if (timing["input_tokens"] < 0).any():
+        print(
+            "note            the timing file gives no input_tokens: the workflow's FLOPs, MFU and "
+            "MBU cannot be computed for these cells"
+        )
     meta0 = json.loads((cells[0].directory / "meta.json").read_text()) if cells else {}
     if meta0.get("device_name") == UNKNOWN_DEVICE:
         print(

@@ -198,3 +198,12 @@ def export(
         written.append(path)
     write_text(out_dir / "metrics.csv", metrics.to_csv(index=False))
     return written
+
+
+# The export stage's outputs, for `all` (workflow/rules/export.smk).
+EXPORT_TARGETS = ("results/export/metrics.csv", "results/export/cells")
+
+
+def meta_inputs(all_cell_files, wildcards) -> list[str]:
+    """Every cell's meta.json, from the workflow's all_cell_files input function."""
+    return all_cell_files(wildcards)["meta"]

@@ -214,6 +214,15 @@ def read_timing(
         if "max_output_tokens" in raw.columns
         else -(-out["output_tokens"] // out["n_requests"])
     )
+    if "input_tokens" in raw.columns:
+        bad = out["input_tokens"] < out["n_requests"]
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(
+                f"{path}, row {i + 1}: input_tokens {int(out['input_tokens'].iloc[i])} for "
+                f"{int(out['n_requests'].iloc[i])} requests; every request has a prompt of at "
+                "least one token"
+            )
     bad = out["end_wall_ns"] <= out["start_wall_ns"]
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -277,8 +286,9 @@ def _split(total: int, n: int) -> list[int]:
 
 def cell_batches(windows: pd.DataFrame) -> pd.DataFrame:
     """A BATCHES table of one cell's windows. Per-request lengths are not in a timing file: the
-    window's totals are split evenly over its requests (for FLOPs and bytes); a window without
-    first_token has first_token = start (TTFT unknown; meta.json says so)."""
+    window's totals are split evenly over its requests (for FLOPs and bytes). A window without
+    input_tokens has input_tokens 0 and prompt_lens [] (unknown: no FLOPs can be counted); one
+    without first_token has first_token = start (TTFT unknown). meta.json says which."""
     rows = []
     for batch_index, w in enumerate(windows.sort_values(["repeat", "start_wall_ns"]).itertuples()):
         first = w.first_token_wall_ns if w.first_token_wall_ns >= 0 else w.start_wall_ns
@@ -299,7 +309,9 @@ def cell_batches(windows: pd.DataFrame) -> pd.DataFrame:
                 "start_wall_ns": int(w.start_wall_ns),
                 "first_token_wall_ns": int(first),
                 "end_wall_ns": int(w.end_wall_ns),
-                "prompt_lens": _split(input_tokens, int(w.n_requests)),
+                "prompt_lens": (
+                    _split(input_tokens, int(w.n_requests)) if w.input_tokens >= 0 else []
+                ),
                 "output_lens": _split(int(w.output_tokens), int(w.n_requests)),
             }
         )
@@ -532,3 +544,55 @@ def cell_measurement(
         pue=pue, fill=fill, tokens=int(windows["output_tokens"].sum()),
         where=f"{log.path} (cell {key})",
     )  # fmt: skip
+
+
+# --- the workflow's imported platforms (workflow/rules/imported.smk binds these to its config) ---
+
+
+def imported_platforms(config: dict) -> list[str]:
+    """Configured platforms whose cells come from an external log (platforms.<name>.imported)."""
+    return sorted(p for p, spec in config["platforms"].items() if (spec or {}).get("imported"))
+
+
+def imported_windows(config: dict, models: list[str], platform: str) -> pd.DataFrame:
+    """The timing file's windows of an imported platform, read when the DAG is built; ConfigError
+    naming the key where it names models the config lacks."""
+    spec = config["platforms"][platform]["imported"]
+    windows = read_timing(
+        spec["timing"],
+        spec.get("tz"),
+        model=spec.get("model"),
+        platform=platform,
+        batch_size=spec.get("batch_size"),
+    )
+    unknown = sorted(set(windows["model"]) - set(models))
+    if unknown:
+        raise ConfigError(
+            f"config key platforms.{platform}.imported.timing: {spec['timing']} names models "
+            f"{unknown} that are not keys of models ({', '.join(models)}); add them to models "
+            "(architecture and dtype) or fix the timing file"
+        )
+    return windows
+
+
+def imported_batch_sizes(config: dict, models: list[str], platform: str, model: str) -> list[int]:
+    """Batch sizes of `model` in an imported platform's timing file."""
+    windows = imported_windows(config, models, platform)
+    return sorted(int(b) for b in set(windows.loc[windows["model"] == model, "batch_size"]))
+
+
+def import_cell_inputs(config: dict, code: list[str], wildcards) -> dict:
+    """Rule import_cell's inputs: the platform's power log and timing file, and its code."""
+    spec = config["platforms"][wildcards.platform]["imported"]
+    return {"power_log": spec["power_log"], "timing": spec["timing"], "code": code}
+
+
+def import_cell_params(config: dict, wildcards) -> dict:
+    """What an imported cell depends on: the platform's imported slice and the model's
+    architecture and dtype (plain builtins)."""
+    model = config["models"][wildcards.model]
+    return {
+        "imported": dict(config["platforms"][wildcards.platform]["imported"]),
+        "architecture": model["architecture"],
+        "dtype": model["dtype"],
+    }
