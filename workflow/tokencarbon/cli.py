@@ -383,6 +383,14 @@ def cmd_import(a: argparse.Namespace) -> int:
         print(f"note            {note}")
     from tokencarbon.importing import UNKNOWN_DEVICE
 
+    from tokencarbon import energy
+
+    if log.power_kind == "average" and not hasattr(energy, "AVERAGE_FLAG"):
+        print(
+            "note            energy above is integrated from a 1 s average (flagged); the "
+            "workflow's compute_metrics does not integrate averages yet and would stop on these "
+            "cells"
+        )
     if (timing["input_tokens"] < 0).any():
         print(
             "note            the timing file gives no input_tokens: the workflow's FLOPs, MFU and "
