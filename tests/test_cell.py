@@ -17,7 +17,7 @@ import pytest
 
 from tokencarbon import tables
 from tokencarbon.backends import Request, RequestRecord, ServingResult, StepRecord
-from tokencarbon.backends.torch_backend import TorchEngine
+from tokencarbon.backends.static import TorchEngine
 from tokencarbon.cell import (
     Progress,
     check_serving_result,
@@ -298,3 +298,46 @@ def test_most_requests_at_once_from_steps_or_from_request_intervals():
     no_steps = [record("a", 1, 1, 0, 10, 20), record("b", 1, 1, 0, 15, 30), record("c", 1, 1, 0, 20, 25)]
     assert max_concurrent_requests(result(no_steps)) == 2
 
+
+
+def test_continuous_cell_on_the_torch_serving_engine(tmp_path):
+    # The real continuous-batching engine (tokencarbon.backends.serving): 5 requests, at most 2 in
+    # flight, all queued at t=0.
+    serving = {"mode": "continuous", "max_num_seqs": 2, "arrival": "offline",
+               "request_rate_per_s": None, "seed": 0}  # fmt: skip
+    from tokencarbon.cell import default_serving_engine
+
+    out, meta, _ = cell(tmp_path, work=workload(5), batch_size=2, serving=serving,
+                        serving_engine=default_serving_engine)  # fmt: skip
+    requests = tables.read(out / "requests.parquet", tables.REQUESTS)
+    steps = tables.read(out / "steps.parquet", tables.STEPS)
+    # outputs 2 + 3 + 4 + 5 + 6 = 20 tokens, each request exactly its own length
+    assert requests.sort_values("request_id")["output_tokens"].tolist() == [2, 3, 4, 5, 6]
+    assert ((requests["arrival_ns"] <= requests["first_token_ns"])
+            & (requests["first_token_ns"] <= requests["finish_ns"])).all()  # fmt: skip
+    assert (requests["arrival_ns"] == requests["arrival_ns"].iloc[0]).all()  # offline: all at t=0
+    # never more than max_num_seqs in a step, and at some step two at once
+    assert steps["request_ids"].map(len).max() == 2 == meta["max_batch_requests"]
+    assert meta["mode"] == "continuous" and meta["n_batches"] == 1
+
+
+def test_continuous_cell_on_transformers_continuous_batching(tmp_path):
+    # The transformers peer (its ContinuousBatchingManager), options from the engine manifest.
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"options": {"attn_implementation": "sdpa",
+                                                "compile_decode": None, "cuda_graphs": None}}))  # fmt: skip
+    serving = {"mode": "continuous", "max_num_seqs": 2, "arrival": "offline",
+               "request_rate_per_s": None, "seed": 0}  # fmt: skip
+    from tokencarbon.cell import default_serving_engine
+
+    out, meta, _ = cell(tmp_path, work=workload(3), batch_size=2, serving=serving,
+                        run=RUN | {"backend": "transformers", "warmup_batches": 0},
+                        engine_manifest=manifest, serving_engine=default_serving_engine)  # fmt: skip
+    requests = tables.read(out / "requests.parquet", tables.REQUESTS)
+    assert requests.sort_values("request_id")["output_tokens"].tolist() == [2, 3, 4]
+    assert ((requests["arrival_ns"] <= requests["first_token_ns"])
+            & (requests["first_token_ns"] <= requests["finish_ns"])).all()  # fmt: skip
+    # transformers exposes no steps: concurrency from the requests' intervals, at most 2
+    assert len(tables.read(out / "steps.parquet", tables.STEPS)) == 0
+    assert 1 <= meta["max_batch_requests"] <= 2
+    assert meta["engine_description"]["backend"] == "transformers"

@@ -251,12 +251,9 @@ def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len,
             contextlib.closing(trtllm_backend.TrtllmEngine(trt_engine["engine_dir"]))
         )
     if run["backend"] == "transformers":
-        from tokencarbon.backends.transformers_backend import TransformersEngine
+        from tokencarbon.backends.transformers_backend import engine_for_cell
 
-        return TransformersEngine(
-            arch, model["dtype"], device, model["seed"], model["checkpoint"],
-            max_cache_len=max_cache_len, **options,
-        )  # fmt: skip
+        return engine_for_cell(arch, model, options, device, max_cache_len=max_cache_len)
     from tokencarbon.backends.static import TorchEngine
 
     return TorchEngine(
@@ -277,12 +274,9 @@ def default_serving_engine(
     (tokencarbon.backends.serving) or transformers' (TransformersEngine with max_num_seqs, its
     ContinuousBatchingManager) with the engine stage's options."""
     if run["backend"] == "transformers":
-        from tokencarbon.backends.transformers_backend import TransformersEngine
+        from tokencarbon.backends.transformers_backend import engine_for_cell
 
-        return TransformersEngine(
-            arch, model["dtype"], device, model["seed"], model["checkpoint"],
-            max_num_seqs=max_num_seqs, **(options or {}),
-        )  # fmt: skip
+        return engine_for_cell(arch, model, options, device, max_num_seqs=max_num_seqs)
     if run["backend"] != "torch":
         raise ConfigError(
             f"backend.name: {run['backend']!r} has no continuous-batching engine wired into cells; "
@@ -422,6 +416,8 @@ def run_cell(
             def warm_up() -> None:
                 run_one(batches[0])
 
+        if hasattr(engine, "close"):  # transformers' manager thread stops, also on failure
+            stack.callback(engine.close)
         for _ in range(run["warmup_batches"]):
             warm_up()
 
