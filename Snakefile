@@ -5,6 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# First, before the config is read: the package path and the config files' YAML checks.
+include: "workflow/rules/setup.smk"
+
+
 configfile: "config/config.yaml"
 
 
@@ -12,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/imported.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/engine.smk"
 include: "workflow/rules/probe.smk"

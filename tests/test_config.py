@@ -1,15 +1,28 @@
 """Config validation: the schema's shape, its rejections with the key path, and name checks."""
 
 import copy
+import json
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import gpu_present
+from tiny_checkpoints import save_checkpoint
 
-from tokencarbon.config import auto_batch_sizes, check_config, model_slice
-from tokencarbon.errors import ConfigError
+from tokencarbon.config import (
+    auto_batch_sizes,
+    check_config,
+    check_hardware,
+    coerce_cli_strings,
+    load_yaml_strict,
+    model_slice,
+)
+from tokencarbon.errors import ConfigError, HardwareMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -25,12 +38,17 @@ def _walk(schema, path=""):
         yield from _walk(extra, f"{path}<name>.")
 
 
+# Keys with no default on purpose: a platform's spec overrides (absent = the row's value) and its
+# `imported` section (absent = measured here); their descriptions say so.
+NO_DEFAULT = re.compile(r"^platforms\.<name>\.(spec\.\w+|imported)$")
+
+
 def test_every_key_has_description_and_default_and_objects_are_closed():
     keys = list(_walk(SCHEMA))
-    assert len(keys) > 30  # the schema really was walked (it has 37 keys today)
+    assert len(keys) > 80  # the schema really was walked (it has 87 keys today)
     for path, sub in keys:
         assert "description" in sub, path
-        assert "default" in sub, path
+        assert "default" in sub or NO_DEFAULT.match(path), path
         if sub.get("type") == "object" and "properties" in sub:
             assert sub.get("additionalProperties") is False, path
 
@@ -80,7 +98,8 @@ def test_defaults_fill_missing_sections():
     validate(config, schema=str(REPO / "workflow/schemas/config.schema.yaml"))
     assert config["carbon"]["intensity_g_per_kwh"] == 413
     assert config["families"]["tiny"]["max_tokens"] == 1000
-    assert config["platforms"] == {"cpu": {"memory_limit_gb": None, "import_only": False}}
+    assert config["platforms"] == {"cpu": {"memory_limit_gb": None, "import_only": False, "spec": {}}}
+    assert config["run"] == {"repeats": 1} and config["sweep"]["max_num_seqs"] == []
 
 
 @pytest.mark.parametrize(
@@ -119,13 +138,41 @@ def _base() -> dict:
         (lambda c: c["families"]["tiny"].update(max_tokens=300), "lower max_tokens to at most 256"),
         (lambda c: c["carbon"].update(source="trace", trace=None), "carbon.trace"),
         (lambda c: c["sweep"].update(batch_sizes=[1, 64], max_batch=16), "sweep.batch_sizes: 64 exceeds sweep.max_batch 16"),
+        # issue 10 §7: config.yaml samples 16 prompts; a bs32 cell would run one batch of 16
+        (lambda c: c["sweep"].update(batch_sizes=[1, 32]), "sweep.batch_sizes: [32] exceed workload.num_prompts 16"),
+        (lambda c: c["sweep"].update(max_num_seqs=[4, 17, 64]), "sweep.max_num_seqs: [17, 64] exceed workload.num_prompts 16"),
+        # issue 10 §8: figures 5 and 7 and the summary compare against batch 1
+        (lambda c: c["sweep"].update(batch_sizes=[2, 4]), "sweep.batch_sizes: [2, 4] has no batch size 1"),
+        # NaN and infinity pass the schema's minimum (every comparison with NaN is false)
+        (lambda c: c["carbon"].update(pue=float("nan")), "config key carbon.pue: nan is not a finite number"),
+        (lambda c: c["carbon"].update(intensity_g_per_kwh=float("inf")), "config key carbon.intensity_g_per_kwh: inf is not a finite number"),
+        (lambda c: c["summary"].update(latency_slos_s_per_token=[0.1, float("nan")]), r"summary.latency_slos_s_per_token[1]: nan"),
+        (lambda c: c["platforms"]["cpu"]["spec"].update(tdp_w=float("inf")), "platforms.cpu.spec.tdp_w: inf"),
+        # the cpu row is an 8 GB slice (resources/platforms.csv)
+        (lambda c: c["platforms"]["cpu"].update(memory_limit_gb=9), "platforms.cpu.memory_limit_gb: 9 GB is more than the platform's 8.0 GB"),
+        (lambda c: c["platforms"]["cpu"]["spec"].update(memory_gb=16), None),  # a larger spec admits 9 GB below
+        (lambda c: c["platforms"]["cpu"]["spec"].update(embodied_kg_co2e_high=1.0), "embodied_kg_co2e_high 1.0 is below embodied_kg_co2e 3.4"),
+        (lambda c: c["models"].update({"tiny+llama": c["models"]["tiny-llama"]}), "models.tiny+llama: the name 'tiny+llama' becomes a path"),
+        (lambda c: c["families"].update({"my family": c["families"]["tiny"]}), "letters, digits, '.', '_' and '-'"),
+        (lambda c: c["backend"].update(name="tensorrt_llm"), "'tensorrt_llm' runs on GPUs only, and platform 'cpu'"),
+        (lambda c: c["backend"].update(name="transformers"), "sweep.batch_sizes: 'auto' takes its sizes from the OOM probe"),
+        (lambda c: c["sweep"].update(max_num_seqs="auto") or c["backend"].update(name="transformers") or c["sweep"].update(batch_sizes=[1]), "sweep.max_num_seqs: 'auto'"),
+        (lambda c: c["serving"].update(arrival="poisson"), "serving.request_rate_per_s: arrival 'poisson' needs a rate"),
+        (lambda c: c["carbon"].update(trace_day="2023-02-30"), "carbon.trace_day: '2023-02-30' is no calendar day"),
+        (lambda c: c["platforms"]["cpu"].update(import_only=True, imported={"power_log": "a", "timing": "b"}), "import_only (cells copied from another machine) and imported"),
     ],
 )
 def test_semantic_errors_name_key_and_valid_values(mutate, message):
     config = copy.deepcopy(_base())
     mutate(config)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    if message is None:
         check_config(config)
+        config["platforms"]["cpu"]["memory_limit_gb"] = 9
+        check_config(config)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    assert message in str(err.value)
 
 
 def test_unknown_platform_lists_the_valid_ones():
@@ -145,7 +192,227 @@ def test_auto_batch_sizes_are_powers_of_two_plus_the_maximum(max_ok, expected):
     assert auto_batch_sizes(max_ok) == expected
 
 
+@pytest.mark.parametrize(
+    "max_ok, cap, expected",
+    [
+        (32, 16, [1, 2, 4, 8, 16]),  # config.yaml: 16 prompts under a probe that fits 32
+        (22, 100, [1, 2, 4, 8, 16, 22]),  # the cap above the probe changes nothing
+        (1024, 100, [1, 2, 4, 8, 16, 32, 64, 100]),  # paper.yaml: not 128..1024 of 100 requests
+    ],
+)
+def test_auto_batch_sizes_stop_at_the_number_of_prompts(max_ok, cap, expected):
+    assert auto_batch_sizes(max_ok, cap) == expected
+
+
 def test_model_slice_is_plain_and_only_the_model():
     config = _base()
     s = model_slice(config, "tiny-llama")
     assert s == {"name": "tiny-llama", "architecture": "tiny-llama", "dtype": "float32", "checkpoint": None, "seed": 0}
+
+
+# --- config files: duplicate keys and syntax errors, named by file and line ----------------------
+
+
+def test_a_duplicate_key_is_refused_naming_file_and_both_lines(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("seed: 0\ncarbon:\n  pue: 1.2\n  source: constant\n  pue: 1.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_yaml_strict(path)
+    # the second `pue` is on line 5, the first on line 3
+    assert f"{path} line 5: key 'pue' appears twice in one mapping (first at line 3)" in str(err.value)
+
+
+def test_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("base: &b {pue: 1.2, source: constant}\ncarbon:\n  <<: *b\n  pue: 1.5\n")
+    assert load_yaml_strict(path)["carbon"] == {"pue": 1.5, "source": "constant"}
+
+
+def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("seed: 0\nmodels:\n  a: [1, 2\nfoo: 1\n")  # the flow list never closes
+    with pytest.raises(ConfigError) as err:
+        load_yaml_strict(path)
+    assert f"{path} line 4 column 4: YAML syntax error" in str(err.value)
+
+
+def _project(tmp_path: Path, config_text: str | None = None) -> Path:
+    """A working copy of the workflow with code and resources linked (as tests/test_workflow.py)."""
+    for name in ["Snakefile", "workflow", "resources", "profiles"]:
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "config").mkdir()
+    text = config_text if config_text is not None else (REPO / "config/config.yaml").read_text()
+    (tmp_path / "config/config.yaml").write_text(text)
+    return tmp_path
+
+
+def _dry_run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1", *args],
+        cwd=project, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_duplicate_keys_in_a_configfile_stop_snakemake_before_any_job(tmp_path):
+    project = _project(tmp_path)
+    text = (REPO / "config/config.yaml").read_text() + "seed: 1\n"
+    (project / "config/dup.yaml").write_text(text)
+    line = len(text.splitlines())
+    proc = _dry_run(project, "--configfile", "config/dup.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert f"config/dup.yaml line {line}: key 'seed' appears twice" in out, out[-2000:]
+
+
+def test_a_syntax_error_in_the_default_config_names_its_line(tmp_path):
+    project = _project(tmp_path, "seed: 0\nmodels:\n  a: [1, 2\nfoo: 1\n")
+    proc = _dry_run(project)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "config/config.yaml line 4 column 4: YAML syntax error" in out, out[-2000:]
+
+
+# --- --config values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("word", ["null", "~", "Null"])
+def test_null_on_the_command_line_is_null(word):
+    # Snakemake parses `--config carbon='{"fill": null, "trace": null}'` with YAML's BaseLoader,
+    # which keeps every scalar a string.
+    parsed = yaml.load(f'{{"fill": {word}, "trace": {word}, "pue": 1.5}}', Loader=yaml.BaseLoader)
+    assert parsed == {"fill": word, "trace": word, "pue": "1.5"}
+    coerced = coerce_cli_strings({"carbon": parsed}, SCHEMA)["carbon"]
+    assert coerced == {"fill": None, "trace": None, "pue": 1.5}
+
+
+def test_a_string_key_keeps_the_word_null():
+    # families.<name>.tokenizer allows no null: the text stays (and is then checked as a path)
+    out = coerce_cli_strings({"families": {"f": {"tokenizer": "null"}}}, SCHEMA)
+    assert out["families"]["f"]["tokenizer"] == "null"
+
+
+def test_null_fill_given_on_the_command_line_validates(tmp_path):
+    project = _project(tmp_path)
+    proc = _dry_run(project, "--config", 'carbon={"fill": null, "trace": null}')
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+
+# --- paths: a typo never reaches a job -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c, t: c["families"]["tiny"].update(tokenizer=str(t / "tokenizr")),
+         "config key families.tiny.tokenizer: '{t}/tokenizr' is no directory"),
+        (lambda c, t: c["families"]["tiny"].update(tokenizer="no-such-org/no-such-tokenizer"),
+         "config key families.tiny.tokenizer: 'no-such-org/no-such-tokenizer' is neither a local "
+         "directory nor a Hugging Face model id in the local cache"),
+        (lambda c, t: c["workload"].update(source=str(t / "sharegpt.jsn")),
+         "config key workload.source: no file '{t}/sharegpt.jsn'"),
+        (lambda c, t: c["workload"].update(source="hf:no-such-org/no-such-dataset")
+         or c["families"]["tiny"].update(tokenizer=str(t)),
+         "config key workload.source: 'no-such-org/no-such-dataset' is neither a local directory "
+         "nor a Hugging Face dataset id in the local cache"),
+        (lambda c, t: c["carbon"].update(source="trace", trace=str(t / "trace.cvs")),
+         "config key carbon.trace: no file '{t}/trace.cvs'"),
+        (lambda c, t: c["models"]["tiny-llama"].update(checkpoint=str(t / "ckpt")),
+         "checkpoint '{t}/ckpt': no such directory"),
+        (lambda c, t: c["platforms"]["cpu"].update(imported={"power_log": str(t / "smi.csv"),
+                                                             "timing": str(t / "t.csv")}),
+         "config key platforms.cpu.imported.power_log: no file '{t}/smi.csv'"),
+    ],
+)  # fmt: skip
+def test_every_configured_path_is_checked(tmp_path, mutate, message):
+    config = copy.deepcopy(_base())
+    mutate(config, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    assert message.format(t=tmp_path) in str(err.value)
+
+
+def test_a_tokenizer_typo_stops_the_dag_so_no_measured_output_is_deleted(tmp_path):
+    # Snakemake deletes a failed job's old outputs; refused at DAG build, no job starts.
+    project = _project(tmp_path)
+    proc = _dry_run(project, "--config", 'families={"tiny": {"tokenizer": "./tokenizr"}}')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "config key families.tiny.tokenizer: './tokenizr' is no directory" in out
+
+
+# --- hardware ------------------------------------------------------------------------------------
+
+XEON = {"cpu": "Intel(R) Xeon(R) Processor", "gpus": [], "gpu_note": "NVML unavailable"}
+
+
+def test_a_gpu_platform_without_a_visible_gpu_is_refused_naming_what_is_visible():
+    config = _validated("paper.yaml")
+    with pytest.raises(HardwareMismatchError) as err:
+        check_hardware(config, XEON)
+    text = str(err.value)
+    assert "platforms.h100-sxm-80gb: needs a GPU whose name matches '^NVIDIA H100 80GB HBM3$'" in text
+    assert "Visible here: CPU 'Intel(R) Xeon(R) Processor'; NVIDIA GPUs: none (NVML unavailable)" in text
+
+
+def test_the_platforms_gpu_among_the_visible_ones_passes_and_another_is_named():
+    config = _validated("paper.yaml")
+    # "NVIDIA H100 80GB HBM3": the name NVML gave on the H100 of docs/results.md
+    check_hardware(config, {"cpu": "x", "gpus": ["NVIDIA H200", "NVIDIA H100 80GB HBM3"]})
+    with pytest.raises(HardwareMismatchError) as err:
+        check_hardware(config, {"cpu": "x", "gpus": ["NVIDIA GH200 480GB"]})
+    assert "'NVIDIA GH200 480GB'" in str(err.value) and "h100-sxm-80gb" in str(err.value)
+
+
+def test_imported_platforms_are_not_checked_against_this_machine():
+    config = _validated("gpu-study.yaml")  # H100 and H200, both import_only
+    check_hardware(config, XEON)
+
+
+def test_the_gpu_configs_dry_run_stops_at_once_on_a_machine_without_that_gpu(tmp_path):
+    if gpu_present():
+        pytest.skip("a GPU is visible here; the refusal is for machines without one")
+    project = _project(tmp_path)
+    shutil.copy(REPO / "config/paper.yaml", project / "paper.yaml")
+    start = time.monotonic()
+    proc = _dry_run(project, "all", "--configfile", "paper.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "platforms.h100-sxm-80gb: needs a GPU" in out and "Visible here: CPU" in out, out[-2000:]
+    assert "Job stats" not in out
+    assert time.monotonic() - start < 120  # was: 3.5 minutes of dataset and tokenizer jobs first
+
+
+def test_tensorrt_llm_on_a_cpu_platform_is_a_config_error(tmp_path):
+    project = _project(tmp_path)
+    proc = _dry_run(project, "--config", 'backend={"name": "tensorrt_llm"}', 'sweep={"batch_sizes": [1, 2]}')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "'tensorrt_llm' runs on GPUs only, and platform 'cpu'" in out
+
+
+# --- architecture: auto, and a checkpoint that disagrees ------------------------------------------
+
+
+def test_auto_architecture_comes_from_the_checkpoint_and_reaches_the_params(tmp_path):
+    save_checkpoint(tmp_path / "ckpt", "qwen2")
+    config = copy.deepcopy(_base())
+    config["models"]["mine"] = {"architecture": "auto", "checkpoint": str(tmp_path / "ckpt"),
+                                "family": "tiny", "dtype": "float32"}  # fmt: skip
+    config["families"]["tiny"]["max_tokens"] = 128  # 2 x 128 = 256 = the checkpoint's positions
+    check_config(config)
+    arch = model_slice(config, "mine")["architecture"]
+    # tiny_checkpoints.LLAMA_SHAPE, qwen2 (tied embeddings, q/k/v biases)
+    assert (arch["hidden_size"], arch["num_layers"], arch["num_heads"], arch["num_kv_heads"]) == (64, 2, 4, 2)
+    assert (arch["vocab_size"], arch["max_positions"], arch["model_type"]) == (128, 256, "qwen2")
+    assert model_slice(config, "tiny-llama")["architecture"] == "tiny-llama"  # named: a file input
+
+
+def test_a_checkpoint_disagreeing_with_its_architecture_stops_the_dry_run_naming_both(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt", "llama")  # hidden_size 64
+    (tmp_path / "p").mkdir()
+    project = _project(tmp_path / "p")
+    override = f'models={{"tiny-llama": {{"architecture": "tiny-llama", "family": "tiny", "checkpoint": "{ckpt}"}}}}'
+    proc = _dry_run(project, "--config", override)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    tiny = json.loads((REPO / "resources/models/tiny-llama.json").read_text())
+    assert f"hidden_size=64 in the checkpoint but hidden_size={tiny['hidden_size']} in the architecture" in out, out[-2000:]

@@ -1,12 +1,19 @@
 """A cell refuses to run on hardware that is not its platform."""
 
+import subprocess
+
 import pytest
+from helpers import gpu_present
 
 from tokencarbon.config import platform_slice
 from tokencarbon.errors import HardwareMismatchError
-from tokencarbon.hardware import check_platform, detect, git_commit
+from tokencarbon.hardware import check_platform, detect, git_commit, visible_devices
 
-CONFIG = {"power": {"interval_s": None, "idle_s": 1.0}}
+# platform_slice reads platforms.<name> (spec overrides) and power; no overrides here.
+CONFIG = {
+    "platforms": {p: {} for p in ["cpu", "h100-sxm-80gb", "a100-sxm4-40gb", "h200-141gb"]},
+    "power": {"interval_s": None, "idle_s": 1.0},
+}
 
 
 def test_h100_platform_accepts_the_name_nvml_reports_on_an_h100():
@@ -43,3 +50,30 @@ def test_platform_slice_defaults_the_sidecar_interval_by_kind():
 def test_git_commit_names_this_checkout():
     commit = git_commit()
     assert commit == "unknown" or len(commit.split("+")[0]) == 40
+
+
+def test_visible_devices_names_this_cpu_and_starts_no_cuda():
+    import sys
+
+    seen = visible_devices()
+    # lscpu reads the same kernel table another way (its "Model name:" line)
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name:"))
+    assert seen["cpu"] == model
+    if not gpu_present():
+        assert seen["gpus"] == [] and seen["gpu_note"]
+    assert "torch" not in sys.modules or not __import__("torch").cuda.is_initialized()
+
+
+def test_a_gpu_row_is_never_taken_for_another_gpu_even_with_spec_overrides():
+    config = {"platforms": {"h100-sxm-80gb": {"spec": {"tdp_w": 700.0}}},
+              "power": {"interval_s": None, "idle_s": 1.0}}  # fmt: skip
+    platform = platform_slice(config, "h100-sxm-80gb")
+    assert platform["spec"] == {"tdp_w": 700.0} and platform["tdp_w"] == 700.0
+    with pytest.raises(HardwareMismatchError, match="NVIDIA H200"):
+        check_platform(platform, {"device_name": "NVIDIA H200"})
+
+
+def test_platform_slice_without_overrides_carries_no_spec():
+    # cells measured before platforms.<name>.spec existed keep their params (no rerun)
+    assert "spec" not in platform_slice(CONFIG, "cpu")

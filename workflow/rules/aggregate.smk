@@ -1,5 +1,5 @@
-# Aggregation: every cell of the configured platforms and models into three tables
-# (docs/data.md documents their columns).
+# Aggregation: every cell of the configured platforms and models into tables (docs/data.md
+# documents their columns); with continuous cells also their requests and steps.
 
 
 rule aggregate_cells:
@@ -7,9 +7,7 @@ rule aggregate_cells:
         unpack(all_cell_files),
         code=code_inputs("aggregate_cells"),
     output:
-        batches="results/tables/batches.parquet",
-        power="results/tables/power.parquet",
-        cells="results/tables/cells.parquet",
+        **aggregate_outputs(),
     log:
         "logs/aggregate_cells.log",
     conda:

@@ -1,42 +1,30 @@
-# Config validation, wildcard constraints and input functions shared by every stage.
+# Config validation, wildcard constraints and input functions shared by every stage. The package
+# path (PKG_ROOT) and the config files' YAML checks come first, in setup.smk.
 import functools
+import re
 import json
-import os
-import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# The package this workflow's jobs run: the one beside this Snakefile, for the DAG (sys.path) and
-# for every job (PYTHONPATH, inherited by script jobs, their subprocesses and cluster jobs, which
-# re-read this file), ahead of any installed copy: a venv shared by several checkouts, or a
-# non-editable install, still runs each checkout's own code and reads its own resources/.
-PKG_ROOT = Path(workflow.basedir) / "workflow"
-sys.path.insert(0, str(PKG_ROOT))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(PKG_ROOT)]
-    + [
-        p
-        for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        if p and p != str(PKG_ROOT)
-    ]
-)
-
-
-envvars:
-    "PYTHONPATH",
-
-
 from tokencarbon.config import (
+    CONTINUOUS,
+    STATIC,
     auto_batch_sizes,
     check_config,
+    check_hardware,
     coerce_cli_strings,
+    measured_platforms,
     model_slice,
     platform_slice,
     probe_platform_slice,
+    resolve_model_architecture,
+    run_slice,
+    serving_slice,
 )
 from tokencarbon.errors import ConfigError
+from tokencarbon.tables import CELL_DIR_PREFIX
 
 
 def _validate_config():
@@ -67,7 +55,7 @@ def _validate_config():
             f"invalid config at key {key}: {cause.message} "
             f"(schema: workflow/schemas/config.schema.yaml; keys: config/README.md)"
         ) from None
-    check_config(config)
+    check_config(config, workflow.basedir)
 
 
 _validate_config()
@@ -75,9 +63,11 @@ _validate_config()
 PLATFORMS = sorted(config["platforms"])
 # Platforms measured on another machine: their cells are copied in, never run here.
 IMPORTED = [p for p in PLATFORMS if config["platforms"][p]["import_only"]]
-MEASURED = [p for p in PLATFORMS if p not in IMPORTED]
+# Platforms whose cells rule import_cell (imported.smk) builds from an external power log.
+IMPORTED_SOURCE = [p for p in PLATFORMS if config["platforms"][p].get("imported")]
+MEASURED = measured_platforms(config)
 # A pattern no platform name matches when every platform is imported.
-MEASURED_PATTERN = "|".join(MEASURED) or "(?!)"
+MEASURED_PATTERN = "|".join(re.escape(p) for p in MEASURED) or "(?!)"
 MODELS = sorted(config["models"])
 FAMILIES = sorted({config["models"][m]["family"] for m in MODELS})
 BACKEND = config["backend"]["name"]
@@ -113,7 +103,7 @@ def resource_file(*parts):
     resources/, or $TOKENCARBON_RESOURCES), for rules that list it as an input."""
     from tokencarbon.models import resources_dir
 
-    return workdir_path(resources_dir().joinpath(*parts))
+    return workdir_path(resources_dir(workflow.basedir).joinpath(*parts))
 
 
 # Kept only while metrics.smk and figures.smk still name them; they are derived, not hand-kept.
@@ -126,10 +116,31 @@ FIGURE_CODE = sorted(
 
 
 wildcard_constraints:
-    platform="|".join(PLATFORMS),
-    model="|".join(MODELS),
-    family="|".join(FAMILIES),
+    platform="|".join(re.escape(p) for p in PLATFORMS),
+    model="|".join(re.escape(m) for m in MODELS),
+    family="|".join(re.escape(f) for f in FAMILIES),
     batch=r"\d+",
+
+
+@functools.cache
+def _hardware_checked():
+    """Each platform measured here is this machine's hardware (config.check_hardware), checked
+    once, while the DAG is built for a local run or a dry run (-n): before any job, but not for
+    --rulegraph or --report (no executor), nor on a cluster's submit host (jobs check themselves
+    on their node)."""
+    plugin = workflow.executor_plugin
+    if plugin is None or not workflow.local_exec or not workflow.is_main_process:
+        return
+    from tokencarbon.hardware import visible_devices
+
+    check_hardware(config, visible_devices())
+
+
+def measured_here(wildcards):
+    """No input: an input function every measuring job (engine, probe, cell) calls, so the DAG
+    refuses a platform that is not this machine before planning any job of it."""
+    _hardware_checked()
+    return []
 
 
 def family_of(model):
@@ -187,10 +198,31 @@ def engine_manifest(wildcards):
     return f"results/engines/{wildcards.platform}/{wildcards.model}/{BACKEND}/manifest.json"
 
 
+def model_architecture(model):
+    """The models.Architecture of a configured model (named, or `auto` from its checkpoint)."""
+    return resolve_model_architecture(config, model, workflow.basedir)
+
+
+def engine_inputs(wildcards):
+    """What an engine reads besides params: the architecture file of a named architecture, and a
+    local checkpoint's config and weights (a changed checkpoint reruns its engine)."""
+    _hardware_checked()
+    model = config["models"][wildcards.model]
+    inputs = {}
+    if model["architecture"] != "auto":
+        inputs["arch"] = resource_file("models", f"{model['architecture']}.json")
+    folder = Path(model["checkpoint"] or "").expanduser()
+    if model["checkpoint"] and folder.is_dir():
+        inputs["checkpoint"] = sorted(
+            str(p)
+            for p in folder.iterdir()
+            if p.suffix in {".json", ".safetensors", ".bin"}
+        )
+    return inputs
+
+
 def architecture_file(wildcards):
-    return resource_file(
-        "models", f"{config['models'][wildcards.model]['architecture']}.json"
-    )
+    return engine_inputs(wildcards).get("arch", [])
 
 
 def trtllm_build_params(wildcards):
@@ -202,8 +234,13 @@ def trtllm_build_params(wildcards):
     }
 
 
+def transformers_options(wildcards=None):
+    """The transformers backend's options (engine.TRANSFORMERS_OPTIONS), for its engine only."""
+    return dict(config["backend"]["transformers"])
+
+
 def engine_params(wildcards):
-    return model_slice(config, wildcards.model)
+    return model_slice(config, wildcards.model, workflow.basedir)
 
 
 def cell_platform_params(wildcards):
@@ -211,13 +248,11 @@ def cell_platform_params(wildcards):
 
 
 def run_params(wildcards):
-    backend = config["backend"]
-    return {
-        "backend": BACKEND,
-        "cuda_graphs": backend["cuda_graphs"],
-        "compile_decode": backend["compile_decode"],
-        "warmup_batches": backend["warmup_batches"],
-    }
+    return run_slice(config)
+
+
+def serving_params(wildcards):
+    return serving_slice(config, int(wildcards.batch))
 
 
 def gpu_count(wildcards):
@@ -225,7 +260,7 @@ def gpu_count(wildcards):
 
 
 def probe_platform_params(wildcards):
-    return probe_platform_slice(wildcards.platform)
+    return probe_platform_slice(wildcards.platform, config)
 
 
 def probe_limits(wildcards):
@@ -233,12 +268,19 @@ def probe_limits(wildcards):
     return {"memory_limit_gb": limit, "max_batch": config["sweep"]["max_batch"]}
 
 
-def imported_batch_sizes(platform, model):
+def copied_cell_sizes(platform, model, mode):
     """The cells another machine measured, as copied into results/cells/<platform>/<model>/."""
-    found = sorted(
-        int(p.parent.name[2:])
-        for p in Path(f"results/cells/{platform}/{model}").glob("bs*/meta.json")
+    prefix = CELL_DIR_PREFIX[mode]
+    return sorted(
+        int(p.parent.name[len(prefix) :])
+        for p in Path(f"results/cells/{platform}/{model}").glob(f"{prefix}*/meta.json")
+        if p.parent.name[len(prefix) :].isdigit()
     )
+
+
+def imported_batch_sizes(platform, model):
+    """The static cells another machine measured, as copied in (at least one is needed)."""
+    found = copied_cell_sizes(platform, model, STATIC)
     if not found:
         raise ConfigError(
             f"config key platforms.{platform}.import_only: no cells of {model} under "
@@ -248,36 +290,98 @@ def imported_batch_sizes(platform, model):
     return found
 
 
+def _probe(platform, model):
+    probe = checkpoints.probe_max_batch.get(platform=platform, model=model).output[0]
+    return json.loads(Path(probe).read_text())
+
+
 def batch_sizes(platform, model):
-    """The sweep: explicit, or read from the OOM probe (the only reader of the checkpoint)."""
+    """The static sweep: explicit, or read from the OOM probe (the only reader of the checkpoint)
+    and capped at workload.num_prompts (a larger batch never fills)."""
     if platform in IMPORTED:
         return imported_batch_sizes(platform, model)
+    if platform in IMPORTED_SOURCE:
+        return imported_source_batch_sizes(platform, model)  # imported.smk
     sizes = config["sweep"]["batch_sizes"]
     if sizes != "auto":
         return sorted(sizes)
-    probe = checkpoints.probe_max_batch.get(platform=platform, model=model).output[0]
-    return auto_batch_sizes(json.loads(Path(probe).read_text())["max_ok"])
+    cap = config["workload"]["num_prompts"]
+    return auto_batch_sizes(_probe(platform, model)["max_ok"], cap)
 
 
-def cell_dir(platform, model, batch):
-    return f"results/cells/{platform}/{model}/bs{batch}"
+def num_seqs(platform, model):
+    """The continuous sweep (sweep.max_num_seqs): explicit, or `auto` from the probe's
+    max_num_seqs (what fits the KV pool; its static max_ok where the probe has no such key),
+    capped at workload.num_prompts."""
+    if platform in IMPORTED:
+        return copied_cell_sizes(platform, model, CONTINUOUS)
+    if platform in IMPORTED_SOURCE:
+        return []
+    sizes = config["sweep"]["max_num_seqs"]
+    if sizes != "auto":
+        return sorted(sizes)
+    probe = _probe(platform, model)
+    cap = config["workload"]["num_prompts"]
+    return auto_batch_sizes(probe.get("max_num_seqs", probe["max_ok"]), cap)
 
 
-def all_cell_dirs(wildcards):
+def cell_dir(platform, model, batch, mode=STATIC):
+    return f"results/cells/{platform}/{model}/{CELL_DIR_PREFIX[mode]}{batch}"
+
+
+def cell_keys():
+    """(platform, model, mode, n) of every cell of the study."""
     return [
-        cell_dir(p, m, b) for p in PLATFORMS for m in MODELS for b in batch_sizes(p, m)
+        (p, m, mode, n)
+        for p in PLATFORMS
+        for m in MODELS
+        for mode, sizes in ((STATIC, batch_sizes), (CONTINUOUS, num_seqs))
+        for n in sizes(p, m)
     ]
 
 
+def all_cell_dirs(wildcards):
+    return [cell_dir(p, m, n, mode) for p, m, mode, n in cell_keys()]
+
+
 def all_cell_files(wildcards):
-    return {
-        name: [f"{d}/{name}.{ext}" for d in all_cell_dirs(wildcards)]
+    keys = cell_keys()
+    files = {
+        name: [f"{cell_dir(p, m, n, mode)}/{name}.{ext}" for p, m, mode, n in keys]
         for name, ext in [
             ("batches", "parquet"),
             ("power", "parquet"),
             ("meta", "json"),
         ]
     }
+    for name in ["requests", "steps"]:
+        files[name] = [
+            f"{cell_dir(p, m, n, mode)}/{name}.parquet"
+            for p, m, mode, n in keys
+            if mode == CONTINUOUS
+        ]
+    return files
+
+
+def has_continuous_cells():
+    """Whether the study has continuous cells (decidable without the probe's result: an `auto`
+    max_num_seqs always gives at least cb1)."""
+    return bool(config["sweep"]["max_num_seqs"]) or any(
+        copied_cell_sizes(p, m, CONTINUOUS) for p in IMPORTED for m in MODELS
+    )
+
+
+def aggregate_outputs():
+    """aggregate_cells' outputs: requests and steps only where there are continuous cells."""
+    outputs = {
+        "batches": "results/tables/batches.parquet",
+        "power": "results/tables/power.parquet",
+        "cells": "results/tables/cells.parquet",
+    }
+    if has_continuous_cells():
+        outputs["requests"] = "results/tables/requests.parquet"
+        outputs["steps"] = "results/tables/steps.parquet"
+    return outputs
 
 
 def carbon_params(wildcards=None):
@@ -285,14 +389,19 @@ def carbon_params(wildcards=None):
     return {k: v for k, v in config["carbon"].items() if k != "trace_day"}
 
 
-def fig6a_params():
+def fig6a_params(wildcards=None):
+    """The whole carbon slice (figure 6a and the time-shift what-if read trace_day too)."""
     return dict(config["carbon"])
 
 
 def metrics_inputs(wildcards):
+    inputs = {}
     if config["carbon"]["source"] == "trace":
-        return {"trace": config["carbon"]["trace"]}
-    return {}
+        inputs["trace"] = config["carbon"]["trace"]
+    if has_continuous_cells():
+        inputs["requests"] = "results/tables/requests.parquet"
+        inputs["steps"] = "results/tables/steps.parquet"
+    return inputs
 
 
 def fig6a_inputs(wildcards):
@@ -305,9 +414,7 @@ def fig6a_inputs(wildcards):
 
 
 def arch_family(model):
-    from tokencarbon.models import load_architecture
-
-    return load_architecture(config["models"][model]["architecture"]).family
+    return model_architecture(model).family
 
 
 def models_of(family):
@@ -316,7 +423,8 @@ def models_of(family):
 
 
 def analytic_architectures():
-    """The study's architectures plus the configured ones, for the analytic figures 1 and 2a."""
+    """The study's architectures plus the configured named ones (an `auto` one has no file in
+    resources/models), for the analytic figures 1 and 2a."""
     study = [
         "gpt2",
         "gpt2-medium",
@@ -326,7 +434,7 @@ def analytic_architectures():
         "llama-2-13b",
     ]
     configured = [config["models"][m]["architecture"] for m in MODELS]
-    return sorted(set(study) | set(configured))
+    return sorted(set(study) | set(configured) - {"auto"})
 
 
 def analytic_architecture_files(wildcards):
@@ -339,13 +447,42 @@ def platform_limits():
 
 def probe_files(family):
     """OOM-probe results for tables 3/4 and the summary. The probe drives the torch
-    backend: with another, only imported platforms (probed elsewhere) have one."""
+    backend: with another, only imported platforms (probed elsewhere) have one; platforms built
+    from an external power log have none."""
     models = MODELS if family is None else models_of(family)
-    platforms = PLATFORMS if BACKEND == "torch" else IMPORTED
+    platforms = [p for p in PLATFORMS if p not in IMPORTED_SOURCE]
+    if BACKEND != "torch":
+        platforms = [p for p in platforms if p in IMPORTED]
     return [f"results/cells/{p}/{m}/probe.json" for p in platforms for m in models]
 
 
-def all_targets():
+def table_targets():
+    """The aggregated and metrics tables `all` builds."""
+    tables = ["batches", "power", "cells", "metrics"]
+    if has_continuous_cells():
+        tables += ["requests", "steps"]
+    made = _rule_outputs()
+    if "metrics_repeats" in made:  # where the metrics stage makes them
+        tables.append("metrics_repeats")
+    if (
+        "timeshift" in made and config["carbon"]["source"] == "trace"
+    ):  # needs an hourly trace
+        tables.append("timeshift")
+    return [f"results/tables/{t}.parquet" for t in tables]
+
+
+def _rule_outputs():
+    """Stems of results/tables/*.parquet some rule of this workflow writes."""
+    return {
+        Path(str(f)).stem
+        for r in workflow.rules
+        for f in r.output
+        if str(f).startswith("results/tables/") and str(f).endswith(".parquet")
+    }
+
+
+def legacy_figure_targets():
+    """The figures as figures.smk listed them before its registry (figures.registry) existed."""
     figures = [
         "fig1_flops_vs_seqlen",
         "fig2a_memory_vs_seqlen",
@@ -364,12 +501,20 @@ def all_targets():
         if probe_files("gpt2"):
             tabulated.append("table4_max_batch")
     return (
-        [f"results/workload/{m}.parquet" for m in MODELS]
-        + [
-            f"results/tables/{t}.parquet"
-            for t in ["batches", "power", "cells", "metrics"]
-        ]
-        + [f"results/figures/{f}.{ext}" for f in figures for ext in ["png", "pdf"]]
+        [f"results/figures/{f}.{ext}" for f in figures for ext in ["png", "pdf"]]
         + [f"results/tables/{t}.{ext}" for t in tabulated for ext in ["csv", "md"]]
         + ["results/summary.md"]
+    )
+
+
+def all_targets():
+    """What `all` builds: every model's workload, the tables, the figures (figures.smk's
+    figure_targets, from its registry) and the export (export.smk's export_targets)."""
+    figures = globals().get("figure_targets", legacy_figure_targets)
+    export = globals().get("export_targets", list)
+    return (
+        [f"results/workload/{m}.parquet" for m in MODELS]
+        + table_targets()
+        + list(figures())
+        + list(export())
     )

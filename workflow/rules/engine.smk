@@ -4,7 +4,7 @@
 
 rule build_torch_engine:
     input:
-        arch=architecture_file,
+        unpack(engine_inputs),
         code=code_inputs("build_torch_engine"),
     output:
         "results/engines/{platform}/{model}/torch/manifest.json",
@@ -20,9 +20,28 @@ rule build_torch_engine:
         "../scripts/build_torch_engine.py"
 
 
+rule build_transformers_engine:
+    input:
+        unpack(engine_inputs),
+        code=code_inputs("build_transformers_engine"),
+    output:
+        "results/engines/{platform}/{model}/transformers/manifest.json",
+    log:
+        "logs/build_transformers_engine/{platform}/{model}.log",
+    wildcard_constraints:
+        platform=MEASURED_PATTERN,
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        model=engine_params,
+        options=transformers_options(),
+    script:
+        "../scripts/build_transformers_engine.py"
+
+
 rule build_trtllm_engine:
     input:
-        arch=architecture_file,
+        unpack(engine_inputs),
         code=code_inputs("build_trtllm_engine"),
     output:
         manifest="results/engines/{platform}/{model}/tensorrt_llm/manifest.json",

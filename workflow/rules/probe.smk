@@ -6,6 +6,7 @@ checkpoint probe_max_batch:
     input:
         engine=engine_manifest,
         workload="results/workload/{model}.parquet",
+        measured=measured_here,
         code=code_inputs("probe_max_batch"),
     output:
         "results/cells/{platform}/{model}/probe.json",

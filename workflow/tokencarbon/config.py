@@ -1,15 +1,85 @@
 """Config checks the JSON schema cannot express, and the per-job config slices rules pass as params.
 
-The schema (workflow/schemas/config.schema.yaml) checks types and keys; here we check names against
-resources/ and cross-key consistency, and cut the plain-builtin slices each job depends on, so that
-changing one key reruns only the jobs that read it.
+The schema (workflow/schemas/config.schema.yaml) checks types and keys; here, when the DAG is
+built (common.smk), we check the config files' YAML (syntax and duplicate keys, naming file and
+line), names against resources/, cross-key consistency, that every configured path exists, and
+that each platform measured here is the hardware visible here; and we cut the plain-builtin slices
+each job depends on, so that changing one key reruns only the jobs that read it. A bad value stops
+Snakemake before any job runs: a failed job would have its old outputs deleted by Snakemake, so a
+typo must never reach one (issue 10 §7).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import functools
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from tokencarbon.errors import ConfigError
+from tokencarbon.errors import ConfigError, HardwareMismatchError
+
+# Characters a model, family or platform name may use: it becomes a path component and a
+# Snakemake wildcard value, so no "/", no regex or glob characters, no spaces.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+STATIC, CONTINUOUS = "static", "continuous"
+_NULL_WORDS = {"null", "Null", "NULL", "~"}
+
+
+# ---------------------------------------------------------------- config files
+
+
+def _loader_for(path: str):
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """PyYAML keeps the last of two equal keys silently; this one refuses them."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may repeat keys
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(
+                        f"{path} line {line}: key {key!r} appears twice in one mapping (first at "
+                        f"line {seen[key]}); YAML would keep only the last silently: keep one"
+                    )
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
+def load_yaml_strict(path: str | Path) -> Any:
+    """A YAML file's content, refusing duplicate keys. Raises ConfigError naming the file and line
+    of a syntax error or of the second of two equal keys in one mapping."""
+    import yaml
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return yaml.load(text, Loader=_loader_for(str(path)))  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (e.context, e.problem) if p)
+        raise ConfigError(f"{path}{where}: YAML syntax error: {what}") from None
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """load_yaml_strict on each config file that exists (Snakemake names the missing ones)."""
+    for path in paths:
+        if Path(path).is_file():
+            load_yaml_strict(path)
+
+
+# ---------------------------------------------------------------- --config strings
 
 
 def _types(schema: dict[str, Any]) -> set[str]:
@@ -25,7 +95,8 @@ def coerce_cli_strings(instance: Any, schema: dict[str, Any]) -> Any:
     """Turn the strings Snakemake's --config leaves in nested values into the schema's types.
 
     `--config carbon='{"pue": 1.2}'` is parsed by Snakemake with YAML's BaseLoader, so nested
-    scalars arrive as strings ('1.2'); where the schema does not allow a string, parse them as YAML.
+    scalars arrive as strings ('1.2', 'null'); where the schema does not allow a string, parse them
+    as YAML; where it allows null, 'null' (or '~') is null, not a file or option named "null".
     """
     if isinstance(instance, dict):
         props = schema.get("properties", {})
@@ -37,6 +108,8 @@ def coerce_cli_strings(instance: Any, schema: dict[str, Any]) -> Any:
     if isinstance(instance, list):
         array = next((a for a in schema.get("oneOf", []) + [schema] if "items" in a), {})
         return [coerce_cli_strings(v, array.get("items", {})) for v in instance]
+    if isinstance(instance, str) and instance in _NULL_WORDS and "null" in _types(schema):
+        return None
     if isinstance(instance, str) and _types(schema) and "string" not in _types(schema):
         import yaml
 
@@ -48,120 +121,448 @@ def coerce_cli_strings(instance: Any, schema: dict[str, Any]) -> Any:
     return instance
 
 
-def check_config(config: dict[str, Any]) -> None:
-    """Raise ConfigError naming the key path for names and combinations the schema cannot check."""
-    from tokencarbon.models import available_architectures, load_architecture
+# ---------------------------------------------------------------- checks
+
+
+def _non_finite(value: Any, path: str) -> Iterable[tuple[str, float]]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{path}[{i}]")
+
+
+def _check_names(config: dict[str, Any]) -> None:
+    for section in ("platforms", "families", "models"):
+        for name in config[section]:
+            if not re.match(NAME_PATTERN, str(name)):
+                raise ConfigError(
+                    f"config key {section}.{name}: the name {name!r} becomes a path and a Snakemake "
+                    f"wildcard, so it may hold only {NAME_RULE}; rename it"
+                )
+
+
+def _local_path(spec: str) -> bool:
+    """Whether a tokenizer/checkpoint/dataset spec is meant as a local path (not a hub id)."""
+    return spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists()
+
+
+def _check_hub_or_path(spec: str, key: str, valid: str, repo_type: str = "model") -> None:
+    """A local directory, or a Hugging Face id already in the local cache (offline); `valid`
+    says what the key takes."""
+    path = Path(spec).expanduser()
+    if _local_path(spec):
+        if not path.is_dir():
+            raise ConfigError(
+                f"config key {key}: {spec!r} is no directory (resolved: {path.absolute()}); "
+                f"valid: {valid}"
+            )
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(spec, repo_type=repo_type, local_files_only=True)
+    except Exception as e:  # not an id, not cached: the message says what to give
+        flag = " --repo-type dataset" if repo_type == "dataset" else ""
+        raise ConfigError(
+            f"config key {key}: {spec!r} is neither a local directory nor a Hugging Face "
+            f"{repo_type} id in the local cache ({type(e).__name__}); valid: {valid} (download "
+            f"an id first: `hf download {spec}{flag}`)"
+        ) from None
+
+
+def _check_file(spec: str | None, key: str, what: str) -> None:
+    if spec is None:
+        return
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"config key {key}: no file {spec!r} (resolved: {path.absolute()}); give the path of "
+            f"{what}"
+        )
+
+
+def platform_overrides(config: dict[str, Any], name: str) -> dict[str, float]:
+    """The keys config sets in platforms.<name>.spec (None values dropped: the row's value)."""
+    spec = config["platforms"][name].get("spec") or {}
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def platform_spec(config: dict[str, Any], name: str):
+    """The platform's row of resources/platforms.csv with config's overrides applied, as a
+    platforms.Platform (no hardware detection: a cell resolves it against its device)."""
     from tokencarbon.platforms import load_platforms
 
-    known_platforms = sorted(load_platforms())
-    for name in config["platforms"]:
-        if name not in known_platforms:
+    row = load_platforms()[name]
+    overrides = platform_overrides(config, name)
+    spec = dataclasses.replace(
+        row, **{k: int(v) if k == "logical_cpus" else float(v) for k, v in overrides.items()}
+    )
+    if spec.embodied_kg_co2e_high is not None and spec.embodied_kg_co2e_high < spec.embodied_kg_co2e:
+        raise ConfigError(
+            f"config key platforms.{name}.spec: embodied_kg_co2e_high {spec.embodied_kg_co2e_high} "
+            f"is below embodied_kg_co2e {spec.embodied_kg_co2e}; the high bound must be >= the low"
+        )
+    return spec
+
+
+def measured_platforms(config: dict[str, Any]) -> list[str]:
+    """Platforms whose cells run on this machine: neither copied in (import_only) nor built from
+    an external log (imported)."""
+    return sorted(
+        n for n, p in config["platforms"].items() if not p["import_only"] and not p.get("imported")
+    )
+
+
+def _check_platforms(config: dict[str, Any]) -> None:
+    from tokencarbon.platforms import load_platforms
+
+    table = load_platforms()
+    known = sorted(table)
+    for name, p in config["platforms"].items():
+        if name not in table:
             raise ConfigError(
                 f"config key platforms.{name}: unknown platform {name!r}; valid platforms "
-                f"(resources/platforms.csv): {', '.join(known_platforms)}"
+                f"(resources/platforms.csv): {', '.join(known)}"
             )
+        if p["import_only"] and p.get("imported"):
+            raise ConfigError(
+                f"config key platforms.{name}: import_only (cells copied from another machine) and "
+                "imported (cells built here from an external power log) exclude each other; keep one"
+            )
+        imported = p.get("imported")
+        if imported:
+            _check_file(imported["power_log"], f"platforms.{name}.imported.power_log", "a power log")
+            _check_file(imported["timing"], f"platforms.{name}.imported.timing", "a timing CSV")
+        spec = platform_spec(config, name)
+        limit = p["memory_limit_gb"]
+        if limit is not None and limit > spec.memory_gb:
+            raise ConfigError(
+                f"config key platforms.{name}.memory_limit_gb: {limit} GB is more than the "
+                f"platform's {spec.memory_gb} GB; give at most {spec.memory_gb}, or null for the "
+                "whole device"
+            )
+        backend = config["backend"]["name"]
+        if backend == "tensorrt_llm" and spec.kind == "cpu" and name in measured_platforms(config):
+            raise ConfigError(
+                f"config key backend.name: 'tensorrt_llm' runs on GPUs only, and platform {name!r} "
+                "is a CPU measured here; use backend.name 'torch' or 'transformers' for it"
+            )
+
+
+def _check_families(config: dict[str, Any]) -> None:
+    source = config["workload"]["source"]
     for name, family in config["families"].items():
         if family["min_tokens"] > family["max_tokens"]:
             raise ConfigError(
                 f"config key families.{name}: min_tokens {family['min_tokens']} is larger than "
                 f"max_tokens {family['max_tokens']}; need min_tokens <= max_tokens"
             )
-    archs = available_architectures()
-    for name, model in config["models"].items():
-        if model["architecture"] not in archs:
-            raise ConfigError(
-                f"config key models.{name}.architecture: unknown architecture "
-                f"{model['architecture']!r}; valid architectures (resources/models): {', '.join(archs)}"
+        tokenizer = family["tokenizer"]
+        if tokenizer == "builtin":
+            if source.startswith("hf:"):
+                raise ConfigError(
+                    f"config key families.{name}.tokenizer: 'builtin' trains on the workload's "
+                    f"text, which an 'hf:' source ({source}) does not give as a file; use a local "
+                    "Hugging Face tokenizer directory or a cached id"
+                )
+        else:
+            _check_hub_or_path(
+                tokenizer,
+                f"families.{name}.tokenizer",
+                "'builtin', a local Hugging Face tokenizer directory, or a cached hub id",
             )
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(architecture: str, checkpoint: str | None, name: str, workflow_dir: str | None):
+    from tokencarbon.models import resolve_architecture
+
+    model = {"name": name, "architecture": architecture, "checkpoint": checkpoint}
+    return resolve_architecture(model, workflow_dir)
+
+
+def resolve_model_architecture(config: dict[str, Any], name: str, workflow_dir=None):
+    """models.<name>'s Architecture: a resources/models name (checked against its checkpoint's
+    config.json when one is set) or "auto" (read from the checkpoint). Cached per process."""
+    m = config["models"][name]
+    return _resolved(
+        m["architecture"], m["checkpoint"], name, None if workflow_dir is None else str(workflow_dir)
+    )
+
+
+def _check_models(config: dict[str, Any], workflow_dir) -> None:
+    for name, model in config["models"].items():
         if model["family"] not in config["families"]:
             raise ConfigError(
                 f"config key models.{name}.family: {model['family']!r} is not a key of families; "
                 f"valid families: {', '.join(config['families'])}"
             )
-        arch = load_architecture(model["architecture"])
+        arch = resolve_model_architecture(config, name, workflow_dir)
         longest = 2 * config["families"][model["family"]]["max_tokens"]
         if longest > arch.max_positions:
             raise ConfigError(
                 f"config key families.{model['family']}.max_tokens: a request may need "
-                f"{longest} positions (prompt + answer), more than {model['architecture']}'s "
-                f"max_positions {arch.max_positions}; lower max_tokens to at most "
+                f"{longest} positions (prompt + answer), more than {arch.name}'s "
+                f"max_positions {arch.max_positions} (model {name}); lower max_tokens to at most "
                 f"{arch.max_positions // 2}"
             )
-    for name, family in config["families"].items():
-        if family["tokenizer"] == "builtin" and config["workload"]["source"].startswith("hf:"):
+
+
+def _check_workload(config: dict[str, Any]) -> None:
+    source = config["workload"]["source"]
+    if source == "synthetic":
+        return
+    if source.startswith("hf:"):
+        _check_hub_or_path(
+            source.removeprefix("hf:"),
+            "workload.source",
+            "'synthetic', a ShareGPT JSON file, 'hf:<folder of ShareGPT JSON files>' or "
+            "'hf:<dataset id in the local cache>'",
+            repo_type="dataset",
+        )
+        return
+    _check_file(source, "workload.source", "a ShareGPT-format JSON file (or 'synthetic', or "
+                "'hf:<dataset id>')")  # fmt: skip
+
+
+def _check_carbon(config: dict[str, Any]) -> None:
+    carbon = config["carbon"]
+    if carbon["source"] == "trace":
+        if not carbon["trace"]:
             raise ConfigError(
-                f"config key families.{name}.tokenizer: 'builtin' trains on the workload's text, "
-                f"which an 'hf:' source ({config['workload']['source']}) does not give as a file; "
-                "use a local Hugging Face tokenizer directory or a cached id"
+                "config key carbon.trace: carbon.source is 'trace' but no trace file is given; set "
+                "carbon.trace to an Electricity Maps CSV export or carbon.source to 'constant'"
             )
-    if config["carbon"]["source"] == "trace" and not config["carbon"]["trace"]:
+        _check_file(carbon["trace"], "carbon.trace", "an Electricity Maps CSV export (hourly)")
+    if carbon["trace_day"] is not None:
+        try:
+            dt.date.fromisoformat(carbon["trace_day"])
+        except ValueError:
+            raise ConfigError(
+                f"config key carbon.trace_day: {carbon['trace_day']!r} is no calendar day; give "
+                "a UTC day as YYYY-MM-DD, or null"
+            ) from None
+
+
+def _check_sweep(config: dict[str, Any]) -> None:
+    sweep, backend = config["sweep"], config["backend"]["name"]
+    n_prompts = config["workload"]["num_prompts"]
+    batches, seqs = sweep["batch_sizes"], sweep["max_num_seqs"]
+    if batches != "auto":
+        if max(batches) > sweep["max_batch"]:
+            raise ConfigError(
+                f"config key sweep.batch_sizes: {max(batches)} exceeds sweep.max_batch "
+                f"{sweep['max_batch']}; raise max_batch or drop that batch size"
+            )
+        if 1 not in batches:
+            raise ConfigError(
+                f"config key sweep.batch_sizes: {sorted(batches)} has no batch size 1; figure 5 "
+                "(MFU at batch 1), figure 7 and the summary's headlines are measured against batch "
+                "1: add it"
+            )
+    for key, sizes, what in (
+        ("batch_sizes", batches, "batch"),
+        ("max_num_seqs", seqs, "concurrency"),
+    ):
+        if sizes == "auto":
+            continue
+        over = sorted(n for n in sizes if n > n_prompts)
+        if over:
+            raise ConfigError(
+                f"config key sweep.{key}: {over} exceed workload.num_prompts {n_prompts}; a cell "
+                f"labelled with a {what} it never reaches would measure the {n_prompts}-request "
+                f"case under another name: drop them, or raise num_prompts to {max(over)}"
+            )
+    measured = measured_platforms(config)
+    if measured and backend != "torch":
+        for key, sizes in (("batch_sizes", batches), ("max_num_seqs", seqs)):
+            if sizes == "auto":
+                # The probe finds what the torch engine fits; another backend's memory is another
+                # matter (TensorRT-LLM sizes its KV cache up front and queues what does not fit).
+                raise ConfigError(
+                    f"config key sweep.{key}: 'auto' takes its sizes from the OOM probe, which "
+                    f"runs the torch backend only, and backend.name is {backend!r}; list the sizes "
+                    f"to measure, each at most sweep.max_batch {sweep['max_batch']} (the "
+                    "max_batch_size every engine is built with), e.g. [1, 2, 4, 8]"
+                )
+    if backend == "tensorrt_llm" and seqs and measured:
         raise ConfigError(
-            "config key carbon.trace: carbon.source is 'trace' but no trace file is given; set "
-            "carbon.trace to an Electricity Maps CSV export or carbon.source to 'constant'"
+            "config key sweep.max_num_seqs: backend.name 'tensorrt_llm' has no continuous-batching "
+            "engine wired into cells; set max_num_seqs to [] or use backend.name 'torch' or "
+            "'transformers'"
         )
-    batches = config["sweep"]["batch_sizes"]
-    if batches != "auto" and max(batches) > config["sweep"]["max_batch"]:
+    serving = config["serving"]
+    if serving["arrival"] == "poisson" and serving["request_rate_per_s"] is None:
         raise ConfigError(
-            f"config key sweep.batch_sizes: {max(batches)} exceeds sweep.max_batch "
-            f"{config['sweep']['max_batch']}; raise max_batch or drop that batch size"
-        )
-    measured = [name for name, p in config["platforms"].items() if not p["import_only"]]
-    if config["backend"]["name"] == "tensorrt_llm" and batches == "auto" and measured:
-        # The probe finds the largest batch the torch backend fits; a TensorRT-LLM engine's memory
-        # is another matter (its KV cache is sized up front, and a batch that does not fit is
-        # queued, not refused), so no batch size is guessed from it.
-        raise ConfigError(
-            "config key sweep.batch_sizes: 'auto' takes the batch sizes from the OOM probe, which "
-            "runs the torch backend only, and backend.name is 'tensorrt_llm'; list the batch sizes "
-            f"to measure, each at most sweep.max_batch {config['sweep']['max_batch']} (the "
-            "max_batch_size every engine is built with), e.g. [1, 2, 4, 8]"
+            "config key serving.request_rate_per_s: arrival 'poisson' needs a rate (requests per "
+            "second, > 0); set it, or arrival to 'offline'"
         )
 
 
-def auto_batch_sizes(max_ok: int) -> list[int]:
-    """Powers of two up to the probed maximum batch, plus the maximum itself."""
+def check_config(config: dict[str, Any], workflow_dir: str | Path | None = None) -> None:
+    """Raise ConfigError naming the key path (and what would be valid) for what the schema cannot
+    check: non-finite numbers, names unfit for paths, unknown platforms and architectures, a
+    checkpoint disagreeing with its architecture, missing files and directories, cross-key
+    conflicts. workflow_dir: the workflow's folder (resources/ beside it). Hardware: check_hardware.
+    """
+    for path, value in _non_finite(config, ""):
+        raise ConfigError(
+            f"config key {path}: {value} is not a finite number; every number in the config must "
+            "be finite (config/README.md gives each key's range)"
+        )
+    _check_names(config)
+    _check_platforms(config)
+    _check_families(config)
+    _check_models(config, workflow_dir)
+    _check_workload(config)
+    _check_carbon(config)
+    _check_sweep(config)
+
+
+# ---------------------------------------------------------------- hardware
+
+
+def check_hardware(config: dict[str, Any], visible: Mapping[str, Any]) -> None:
+    """Raise HardwareMismatchError unless each platform measured here is a device visible here.
+
+    visible: hardware.visible_devices() ({"cpu": model name, "gpus": [NVML names], "gpu_note"}).
+    Each measured platform's row, with config's spec overrides, is resolved against the CPU or
+    each visible GPU (platforms.resolve_platform); the error names every platform that fits no
+    visible device and what is visible. import_only and imported platforms are not checked.
+    """
+    from tokencarbon.platforms import resolve_platform
+
+    problems = []
+    for name in measured_platforms(config):
+        overrides = platform_overrides(config, name)
+        limit = config["platforms"][name]["memory_limit_gb"]
+        spec = platform_spec(config, name)
+        if spec.kind == "cpu":
+            candidates = [visible["cpu"]]
+        elif not visible["gpus"]:
+            problems.append(
+                f"platforms.{name}: needs a GPU whose name matches {spec.device_name_pattern!r} "
+                "(resources/platforms.csv), and no GPU is visible"
+            )
+            continue
+        else:
+            candidates = list(visible["gpus"])
+        errors = []
+        for device in candidates:
+            try:
+                resolve_platform(name, device, overrides, memory_limit_gb=limit)
+                break
+            except (HardwareMismatchError, ConfigError) as e:
+                errors.append(str(e))
+        else:
+            problems.append(f"platforms.{name}: {errors[0]}" if len(errors) == 1 else
+                            f"platforms.{name}: no visible device fits it ({'; '.join(errors)})")  # fmt: skip
+    if problems:
+        gpus = ", ".join(repr(g) for g in visible["gpus"]) or f"none ({visible.get('gpu_note')})"
+        raise HardwareMismatchError(
+            "config: platform(s) measured here are not this machine's hardware, so no job is "
+            f"started. {' | '.join(problems)}. Visible here: CPU {visible['cpu']!r}; NVIDIA GPUs: "
+            f"{gpus}. Run on the machine each platform is, mark a platform measured elsewhere "
+            "import_only (its cells copied in), or measure platform 'cpu' here"
+        )
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def auto_batch_sizes(max_ok: int, cap: int | None = None) -> list[int]:
+    """Powers of two up to the probed maximum, plus the maximum itself; the maximum first capped
+    at `cap` (workload.num_prompts: a batch larger than the workload never fills)."""
+    top = max_ok if cap is None else min(max_ok, cap)
     sizes = []
     b = 1
-    while b <= max_ok:
+    while b <= top:
         sizes.append(b)
         b *= 2
-    if sizes[-1] != max_ok:
-        sizes.append(max_ok)
+    if sizes[-1] != top:
+        sizes.append(top)
     return sizes
 
 
-def model_slice(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """What the engine, probe and cells of `model` depend on (plain builtins)."""
+# ---------------------------------------------------------------- slices (params)
+
+
+def model_slice(config: dict[str, Any], model: str, workflow_dir=None) -> dict[str, Any]:
+    """What the engine, probe and cells of `model` depend on (plain builtins). An `auto`
+    architecture is passed resolved (models.architecture_to_dict), so a changed config.json is a
+    params change of every job that uses it."""
+    from tokencarbon.models import architecture_to_dict
+
     m = config["models"][model]
+    architecture = m["architecture"]
+    if architecture == "auto":
+        architecture = architecture_to_dict(resolve_model_architecture(config, model, workflow_dir))
     return {
         "name": model,
-        "architecture": m["architecture"],
+        "architecture": architecture,
         "dtype": m["dtype"],
         "checkpoint": m["checkpoint"],
         "seed": config["seed"],
     }
 
 
-def probe_platform_slice(platform: str) -> dict[str, Any]:
-    """What the OOM probe needs of its platform: only enough to check the hardware."""
+def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the OOM probe needs of its platform: enough to check the hardware (with config's spec
+    overrides, only where there are any, so that probes made without them are not rerun)."""
     from tokencarbon.platforms import get_platform
 
     p = get_platform(platform)
-    return {"name": platform, "kind": p.kind, "device_name_pattern": p.device_name_pattern}
+    out = {"name": platform, "kind": p.kind, "device_name_pattern": p.device_name_pattern}
+    overrides = platform_overrides(config, platform) if config is not None else {}
+    if overrides:
+        spec = platform_spec(config, platform)
+        out |= {"spec": overrides, "logical_cpus": spec.logical_cpus}
+    return out
 
 
 def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
-    """What a cell needs of its platform: the spec row (to check hardware, model CPU power)."""
-    from tokencarbon.platforms import get_platform
-
-    p = get_platform(platform)
+    """What a cell needs of its platform: the spec row with config's overrides (to check the
+    hardware, model CPU power, pin CPUs) and the sidecar's settings."""
+    spec = platform_spec(config, platform)
     interval = config["power"]["interval_s"]
     if interval is None:
-        interval = 0.1 if p.kind == "cpu" else 0.05
+        interval = 0.1 if spec.kind == "cpu" else 0.05
     return {
-        **probe_platform_slice(platform),
-        "logical_cpus": p.logical_cpus,
-        "tdp_w": float(p.tdp_w),
+        **probe_platform_slice(platform, config),
+        "logical_cpus": spec.logical_cpus,
+        "tdp_w": float(spec.tdp_w),
         "power_interval_s": float(interval),
         "idle_s": float(config["power"]["idle_s"]),
+    }
+
+
+def run_slice(config: dict[str, Any]) -> dict[str, Any]:
+    """What a cell runs with: the backend and its static-engine options, and run.repeats where it
+    is not 1 (so cells measured before repeats existed are not rerun by its default)."""
+    backend = config["backend"]
+    out = {
+        "backend": backend["name"],
+        "cuda_graphs": backend["cuda_graphs"],
+        "compile_decode": backend["compile_decode"],
+        "warmup_batches": backend["warmup_batches"],
+    }
+    if config["run"]["repeats"] != 1:
+        out["repeats"] = config["run"]["repeats"]
+    return out
+
+
+def serving_slice(config: dict[str, Any], max_num_seqs: int) -> dict[str, Any]:
+    """Params `serving` of the continuous cell cb<max_num_seqs> (cell.serving_settings reads it);
+    static cells have none, so a serving change never reruns them."""
+    s = config["serving"]
+    return {
+        "mode": CONTINUOUS,
+        "max_num_seqs": int(max_num_seqs),
+        "arrival": s["arrival"],
+        "request_rate_per_s": s["request_rate_per_s"] if s["arrival"] == "poisson" else None,
+        "seed": s["seed"] if s["arrival"] == "poisson" else 0,
     }

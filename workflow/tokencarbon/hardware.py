@@ -47,8 +47,45 @@ def detect(kind: str) -> dict[str, Any]:
     return info
 
 
+def visible_devices() -> dict[str, Any]:
+    """What this machine shows, without starting CUDA (the DAG's hardware check, issue 10 §4).
+
+    Returns {"cpu": the CPU model (/proc/cpuinfo), "gpus": NVML names of the GPUs this process may
+    use (CUDA_VISIBLE_DEVICES honoured, through lease.py's one parser; e.g. "NVIDIA H100 80GB
+    HBM3"), "gpu_note": why the list is empty, or None}. NVML is initialised and shut down here;
+    CUDA never is, so the Snakemake process stays free to fork jobs.
+    """
+    import pynvml
+
+    out: dict[str, Any] = {"cpu": cpu_model_name(), "gpus": [], "gpu_note": None}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        out["gpu_note"] = f"NVML unavailable: {e}"
+        return out
+    try:
+        from tokencarbon.lease import visible_gpu_indices
+
+        out["gpus"] = [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            for i in visible_gpu_indices()
+        ]
+        if not out["gpus"]:
+            out["gpu_note"] = "NVML sees no GPU this process may use (CUDA_VISIBLE_DEVICES?)"
+    finally:
+        pynvml.nvmlShutdown()
+    return out
+
+
 def check_platform(platform: dict[str, Any], hardware: dict[str, Any]) -> None:
-    """Raise HardwareMismatchError unless the detected device is the platform's."""
+    """Raise HardwareMismatchError unless the detected device is the platform's.
+
+    platform: a platform slice (config.platform_slice / probe_platform_slice; "spec" holds config's
+    overrides of the row, if any). The check is platforms.resolve_platform's: the row's device
+    name pattern, or, for a cpu row, config overrides that describe the detected CPU.
+    """
+    from tokencarbon.platforms import resolve_platform
+
     name = hardware.get("device_name")
     if name is None:
         raise HardwareMismatchError(
@@ -56,12 +93,9 @@ def check_platform(platform: dict[str, Any], hardware: dict[str, Any]) -> None:
             f"{platform['device_name_pattern']!r}, but no CUDA device is visible here; run its cells "
             "on such a machine, or measure platform 'cpu' here"
         )
-    if not re.search(platform["device_name_pattern"], name):
-        raise HardwareMismatchError(
-            f"platform {platform['name']!r} expects a device matching "
-            f"{platform['device_name_pattern']!r} (resources/platforms.csv), but this machine's "
-            f"device is {name!r}; configure the platform this machine is"
-        )
+    if re.search(platform["device_name_pattern"], name):
+        return
+    resolve_platform(platform["name"], name, platform.get("spec"))
 
 
 def software_versions() -> dict[str, str]:
