@@ -143,3 +143,62 @@ def test_cuda_probe_finds_a_real_oom_boundary():
             try_batch(result.min_failed)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+def test_serving_pool_probe_admits_exactly_four(tmp_path):
+    # tiny-llama float32, longest prompt 16 + longest output 8, as above. A serving engine of n
+    # slots holds, beside the 19,997,696 B of weights, per slot:
+    #   KV pool: 24 positions rounded up to a KV block of 64 -> 2 x 4 layers x 128 x 64 x 4 B
+    #     = 262,144 B
+    #   generated-token buffer: 64 positions x 8 B (int64) = 512 B
+    #   prefill: 2048 // 16 = 128 >= n prompts packed in one step, each 181,248 B of activations
+    #     (models.activation_bytes over 16 tokens, as in the static test above)
+    #   = 443,904 B per slot: need(n) = 19,997,696 + 443,904 n
+    #   n = 4: 21,773,312 B; n = 5: 22,217,216 B. A 0.022 GB (22,000,000 B) budget admits 4.
+    # The static probe under the same budget: need(b) = 19,997,696 + 279,552 b: b = 7 ->
+    # 21,954,560 fits, b = 8 -> 22,234,112 does not.
+    workload = pd.DataFrame(
+        {"prompt_token_ids": [[7] * 3, [8] * 16, [9] * 9], "output_tokens": [8, 2, 5]}
+    )
+    record = run_probe(
+        model={"name": "tl", "architecture": "tiny-llama", "dtype": "float32", "checkpoint": None,
+               "seed": 0},
+        platform={"name": "cpu", "kind": "cpu", "device_name_pattern": ".*"},
+        limits={"memory_limit_gb": 0.022, "max_batch": 64, "max_num_seqs": 64},
+        workload=workload,
+        out_path=tmp_path / "probe.json",
+    )  # fmt: skip
+    assert (record["max_ok"], record["min_failed"]) == (7, 8)
+    assert (record["max_num_seqs_ok"], record["max_num_seqs_min_failed"]) == (4, 5)
+    # 1, 2, 4 fit; 8 does not; bisect (4, 8): 6 does not, 5 does not
+    assert record["max_num_seqs_tried"] == [[1, True], [2, True], [4, True], [8, False],
+                                            [6, False], [5, False]]  # fmt: skip
+    assert record["max_num_seqs_limit"] == 64
+
+
+def test_serving_tries_really_serve_every_slot():
+    from tokencarbon.backends.serving import TorchServingEngine
+    from tokencarbon.probe import make_try_seqs
+
+    arch = load_architecture("tiny-llama")
+    served = []
+
+    def make_engine(n):
+        engine = TorchServingEngine(arch, "float32", "cpu", seed=0, max_num_seqs=n,
+                                    max_model_len=16 + 8)  # fmt: skip
+        serve = engine.serve
+
+        def recording_serve(requests):
+            result = serve(requests)
+            served.append((n, len(requests), {len(r.prompt) for r in requests},
+                           max(len(s.request_ids) for s in result.steps)))  # fmt: skip
+            return result
+
+        engine.serve = recording_serve
+        return engine
+
+    try_seqs = make_try_seqs(make_engine, arch=arch, dtype="float32", device="cpu",
+                             prompt_len=16, output_len=8, memory_limit_gb=None)  # fmt: skip
+    try_seqs(3)
+    # 3 slots, 3 requests of the 16-token prompt, all 3 in flight at once in some step
+    assert served == [(3, 3, {16}, 3)]

@@ -1,5 +1,6 @@
-"""OOM probe: the largest static batch a model serves on a device, found by real runs of the
-workload's longest prompt and longest output (doubling, then bisection)."""
+"""OOM probe: the largest static batch a model serves on a device, and (continuous batching) the
+largest max_num_seqs whose KV pool fits, each found by real runs of the workload's longest prompt
+and longest output (doubling, then bisection)."""
 
 from __future__ import annotations
 
@@ -103,16 +104,7 @@ def make_try_batch(
         return [[(i % (arch.vocab_size - 1)) + 1 for i in range(prompt_len)]] * batch
 
     if device.type == "cuda":
-        if memory_limit_gb is not None:
-            total_bytes = torch.cuda.get_device_properties(device).total_memory
-            limit_bytes = memory_limit_gb * BYTES_PER_GB
-            if limit_bytes > total_bytes:
-                raise ConfigError(
-                    f"memory_limit_gb {memory_limit_gb} exceeds the device's "
-                    f"{total_bytes / BYTES_PER_GB:.1f} GB; use at most that, or null"
-                )
-            index = torch.cuda.current_device() if device.index is None else device.index
-            torch.cuda.set_per_process_memory_fraction(limit_bytes / total_bytes, index)
+        _cap_cuda_memory(memory_limit_gb, device)
 
         def try_batch(batch: int) -> None:
             error = ""
@@ -155,6 +147,110 @@ def make_try_batch(
     return try_batch
 
 
+def _cap_cuda_memory(memory_limit_gb: float | None, device: torch.device) -> None:
+    """torch.cuda.set_per_process_memory_fraction for memory_limit_gb (None: no cap)."""
+    if memory_limit_gb is None:
+        return
+    total_bytes = torch.cuda.get_device_properties(device).total_memory
+    limit_bytes = memory_limit_gb * BYTES_PER_GB
+    if limit_bytes > total_bytes:
+        raise ConfigError(
+            f"memory_limit_gb {memory_limit_gb} exceeds the device's "
+            f"{total_bytes / BYTES_PER_GB:.1f} GB; use at most that, or null"
+        )
+    index = torch.cuda.current_device() if device.index is None else device.index
+    torch.cuda.set_per_process_memory_fraction(limit_bytes / total_bytes, index)
+
+
+def serving_pool_bytes(arch, dtype: str, max_num_seqs: int, prompt_len: int, output_len: int) -> int:
+    """What a TorchServingEngine of max_num_seqs slots holds beside its weights while serving
+    requests of prompt_len + output_len tokens: its KV pool (every slot sized for the longest
+    request, rounded up to KV_BLOCK positions, as serving.TorchServingEngine.cache_len_for does),
+    the generated-token buffer (int64, slots x positions) and the activations of its largest
+    prefill step (prompts packed up to MAX_PREFILL_TOKENS; a longer prompt alone;
+    models.activation_bytes per packed prompt, eager attention: an upper-end estimate)."""
+    from tokencarbon.backends.attention import KV_BLOCK
+    from tokencarbon.backends.serving import MAX_PREFILL_TOKENS
+
+    cache_len = -(-(prompt_len + output_len) // KV_BLOCK) * KV_BLOCK
+    packed = min(max_num_seqs, max(1, MAX_PREFILL_TOKENS // prompt_len))
+    return (
+        kv_cache_bytes(arch, max_num_seqs, cache_len, dtype)
+        + max_num_seqs * cache_len * 8
+        + activation_bytes(arch, packed, prompt_len, dtype)
+    )
+
+
+def make_try_seqs(
+    make_engine: Callable[[int], Any],
+    *,
+    arch,
+    dtype: str,
+    device: str,
+    prompt_len: int,
+    output_len: int,
+    memory_limit_gb: float | None,
+) -> Callable[[int], None]:
+    """try_seqs(n) for probe_max_batch, continuous batching: make_engine(n) builds a serving engine
+    of max_num_seqs n whose slots hold prompt_len + output_len tokens (TorchServingEngine with
+    max_model_len), which serves n requests of the longest prompt, all at t=0, PROBE_DECODE_STEPS
+    output tokens each: every slot busy, the pool allocated for the full output. Each try builds
+    its own engine (the pool's size is fixed at construction) and frees it.
+
+    CUDA: a real run under the memory cap; torch's OutOfMemoryError (building or serving) becomes
+    OutOfMemory. CPU: weights + serving_pool_bytes are checked against memory_limit_gb (default:
+    the machine's RAM) before a real run.
+    """
+    from tokencarbon.backends import Request
+
+    decode_len = min(output_len, PROBE_DECODE_STEPS)
+    prompt = tuple((i % (arch.vocab_size - 1)) + 1 for i in range(prompt_len))
+
+    def requests(n: int) -> list:
+        return [Request(f"probe{i}", prompt, decode_len, 0.0) for i in range(n)]
+
+    if torch.device(device).type == "cuda":
+        _cap_cuda_memory(memory_limit_gb, torch.device(device))
+
+        def try_seqs(n: int) -> None:
+            error, engine = "", None
+            try:
+                engine = make_engine(n)
+                engine.serve(requests(n))
+            except torch.cuda.OutOfMemoryError as exc:
+                error = str(exc).splitlines()[0]  # the text only: frames hold tensors
+            if engine is not None:
+                engine.release()
+            del engine
+            gc.collect()
+            torch.cuda.empty_cache()
+            if error:
+                raise OutOfMemory(f"max_num_seqs {n}: {error}")
+
+        return try_seqs
+
+    budget_bytes = (
+        psutil.virtual_memory().total if memory_limit_gb is None else memory_limit_gb * BYTES_PER_GB
+    )
+
+    def try_seqs(n: int) -> None:
+        need_bytes = weight_bytes(arch, dtype) + serving_pool_bytes(
+            arch, dtype, n, prompt_len, output_len
+        )
+        if need_bytes > budget_bytes:
+            raise OutOfMemory(
+                f"max_num_seqs {n} needs {need_bytes} bytes (weights + KV pool + token buffer + "
+                f"prefill activations) > budget {budget_bytes:.0f} bytes"
+            )
+        engine = make_engine(n)
+        try:
+            engine.serve(requests(n))
+        finally:
+            engine.release()
+
+    return try_seqs
+
+
 def run_probe(
     *,
     model: dict[str, Any],
@@ -164,7 +260,11 @@ def run_probe(
     out_path: str | Path,
 ) -> dict[str, Any]:
     """Probe `model` on `platform` at the workload's longest prompt and longest output, up to
-    limits["max_batch"] under limits["memory_limit_gb"]; write the result as JSON (atomically)."""
+    limits["max_batch"] under limits["memory_limit_gb"]; write the result as JSON (atomically).
+
+    With limits["max_num_seqs"] (an int: the continuous sweep's `auto` asks for it), also the
+    largest max_num_seqs up to that limit whose serving engine's KV pool fits (make_try_seqs):
+    keys max_num_seqs_ok, max_num_seqs_min_failed, max_num_seqs_limit, max_num_seqs_tried."""
     check_platform(platform, detect(platform["kind"]))
     arch = resolve_architecture(model)
     prompt_len = max(len(ids) for ids in workload["prompt_token_ids"])
@@ -194,5 +294,36 @@ def run_probe(
         "device": device,
         "tried": [[batch, ok] for batch, ok in result.tried],
     }
+    seqs_limit = limits.get("max_num_seqs")
+    if seqs_limit is not None:
+        engine.release()
+        del engine, try_batch
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        from tokencarbon.backends.serving import TorchServingEngine
+
+        def make_engine(n: int) -> TorchServingEngine:
+            return TorchServingEngine(
+                arch, model["dtype"], device, seed=model["seed"], checkpoint=model["checkpoint"],
+                max_num_seqs=n, max_model_len=prompt_len + output_len,
+            )  # fmt: skip
+
+        try_seqs = make_try_seqs(
+            make_engine,
+            arch=arch,
+            dtype=model["dtype"],
+            device=device,
+            prompt_len=prompt_len,
+            output_len=output_len,
+            memory_limit_gb=limits["memory_limit_gb"],
+        )
+        seqs = probe_max_batch(try_seqs, limit=seqs_limit)
+        record |= {
+            "max_num_seqs_ok": seqs.max_ok,
+            "max_num_seqs_min_failed": seqs.min_failed,
+            "max_num_seqs_limit": seqs_limit,
+            "max_num_seqs_tried": [[n, ok] for n, ok in seqs.tried],
+        }
     write_json(out_path, record)
     return record
