@@ -351,3 +351,31 @@ def test_combined_windows_one_counter_rejected_is_mixed():
     assert both.qa_flags == ("counter_frozen",)
     assert both.relative_difference == pytest.approx(0.0, abs=1e-9)
     assert both.idle_energy_j == pytest.approx(20.0)  # 10 W x 2 s
+
+
+def test_one_second_average_is_integrated_where_instant_power_is_absent():
+    from tokencarbon.energy import AVERAGE_FLAG, idle_power
+
+    assert AVERAGE_FLAG == "integrated_from_1s_average"  # the name importers print and probe for
+    # nvidia-smi power.draw on an H100 only: power_w NaN everywhere, power_avg_w the 100 W -> 200 W
+    # step of STEP_T/STEP_W. Same trapezoid as test_trapezoid_of_a_power_step: 150 + 75 + 400 = 625 J.
+    average = frame(STEP_T, [np.nan] * 9).assign(power_avg_w=STEP_W)
+    record = window_energy(average, ns(0), ns(4))
+    assert record.energy_j == pytest.approx(625.0) and record.method == "integrated"
+    assert record.qa_flags == (AVERAGE_FLAG, "fewer_than_10_samples")  # 9 samples in [0, 4]
+    assert record.n_samples == 9
+    # Edges between samples as in test_trapezoid_window_edges_between_samples: 550 J.
+    assert window_energy(average, ns(0.25), ns(3.75)).energy_j == pytest.approx(550.0)
+    # Idle power from averages: [0, 1.5] s at 100 W -> 150 J / 1.5 s = 100 W, the flag kept.
+    power_w, idle = idle_power(average.iloc[:4])
+    assert power_w == pytest.approx(100.0) and AVERAGE_FLAG in idle.qa_flags
+    # One finite instant reading anywhere: instant power is integrated, the averages ignored.
+    # The NaN readings are bridged (flagged) by the line from 0.0 s (100 W) to 4.0 s (200 W):
+    # 4 s x (100 + 200) / 2 = 600 J, not the averages' 625 J.
+    mixed = average.assign(power_w=[100.0] + [np.nan] * 7 + [200.0])
+    record = window_energy(mixed, ns(0), ns(4))
+    assert record.energy_j == pytest.approx(600.0)
+    assert AVERAGE_FLAG not in record.qa_flags and "power_invalid_dropped" in record.qa_flags
+    # Neither: the error names both columns.
+    with pytest.raises(InputError, match="no finite power_w \\(nor power_avg_w\\)"):
+        window_energy(frame(STEP_T, [np.nan] * 9), ns(0), ns(4))

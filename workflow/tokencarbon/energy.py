@@ -15,6 +15,8 @@ Contracts (docs/metrics.md):
   edges get). A missing reading ('[N/A]' in nvidia-smi, a failed NVML call) is routine, and losing a
   whole cell to one reading would be worse than a flagged bridge.
 - The counter is used only where it is plausible over the window; otherwise the integral, flagged.
+- Power is the instant power_w; a device with no finite power_w sample at all but a 1 s average
+  (power_avg_w) has the average integrated, every window flagged AVERAGE_FLAG.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ COUNTER_JUMP_FACTOR = 5.0
 # median intervals and more than MIN_GAP_S.
 GAP_FACTOR = 5.0
 MIN_GAP_S = 1.0
+
+# QA flag of a window whose power came from the driver's 1 s average (POWER's power_avg_w:
+# nvidia-smi power.draw on Ampere and newer, "the average power draw ... over the last second",
+# NVML nvmlDeviceGetPowerUsage) because the device has no finite instant power_w sample. An
+# average lags instant power by ~0.5 s: on the short windows of the committed H100/H200 cells it
+# read 3-13 % low (issue 10). Importers probe for this constant (hasattr) to know that energy
+# integrates such averages itself.
+AVERAGE_FLAG = "integrated_from_1s_average"
 
 # Flags that mean the counter was not used for the window (the integral was).
 COUNTER_REJECTED = ("counter_frozen", "counter_decreasing", "counter_jump", "counter_incomplete")
@@ -137,8 +147,21 @@ def _check_window(start_ns: int, end_ns: int, cuts_ns: np.ndarray) -> None:
         )
 
 
+def power_column(samples: pd.DataFrame) -> str:
+    """The POWER column integrated for one device's samples: "power_w" (instant power), or
+    "power_avg_w" (the driver's 1 s average) where no power_w sample is finite and some
+    power_avg_w sample is; such windows are flagged AVERAGE_FLAG. Samples with neither finite
+    power_w nor a power_avg_w column keep "power_w" (and its error: no finite sample)."""
+    if np.isfinite(samples["power_w"].to_numpy(dtype=float)).any():
+        return "power_w"
+    if "power_avg_w" in samples and np.isfinite(samples["power_avg_w"].to_numpy(dtype=float)).any():
+        return "power_avg_w"
+    return "power_w"
+
+
 def _power_series(samples: pd.DataFrame, start_ns: int, end_ns: int, where: str):
-    """(t_ns, power_w, flags) of the finite, non-negative samples; span checks."""
+    """(t_ns, power W, flags, sorted samples, column) of the finite, non-negative samples of the
+    column power_column picks; span checks."""
     s = samples.sort_values("t_wall_ns", kind="stable")
     t_all = s["t_wall_ns"].to_numpy(dtype=np.int64)
     if (np.diff(t_all) == 0).any():
@@ -146,27 +169,29 @@ def _power_series(samples: pd.DataFrame, start_ns: int, end_ns: int, where: str)
         raise InputError(
             f"{where}: t_wall_ns {dup} appears twice for one device; each sample needs its own time"
         )
-    p_all = s["power_w"].to_numpy(dtype=float)
+    column = power_column(s)
+    p_all = s[column].to_numpy(dtype=float)
     valid = np.isfinite(p_all) & (p_all >= 0)
-    flags = []
+    flags = [AVERAGE_FLAG] if column == "power_avg_w" else []
     span = _span(t_all, start_ns, end_ns)
     if not valid[span].all():
         flags.append("power_invalid_dropped")
     t_ns, p_w = t_all[valid], p_all[valid]
     if len(t_ns) == 0:
         raise InputError(
-            f"{where}: no finite power_w sample to integrate over [{start_ns}, {end_ns}] ns"
+            f"{where}: no finite power_w (nor power_avg_w) sample to integrate over "
+            f"[{start_ns}, {end_ns}] ns"
         )
     if t_ns[0] > start_ns or t_ns[-1] < end_ns:
         raise InputError(
-            f"{where}: power_w samples span [{t_ns[0]}, {t_ns[-1]}] ns but the energy window is "
+            f"{where}: {column} samples span [{t_ns[0]}, {t_ns[-1]}] ns but the energy window is "
             f"[{start_ns}, {end_ns}] ns; sampling must start before the window and stop after it"
         )
     span = _span(t_ns, start_ns, end_ns)
     gaps_s = np.diff(t_ns[span]) / NS_PER_S
     if len(gaps_s) and gaps_s.max() > max(MIN_GAP_S, GAP_FACTOR * np.median(gaps_s)):
         flags.append("power_gap")
-    return t_ns, p_w, flags, s
+    return t_ns, p_w, flags, s, column
 
 
 def _counter(
@@ -219,14 +244,15 @@ def window_energy(
     (segment_energy_j has len(cuts_ns) + 1 values). idle_power_w: for idle_energy_j =
     idle_power_w x window_s (NaN when unknown). Raises InputError when the finite power samples do
     not span the window, a time repeats, or several devices are present and `device` is None.
-    A counter that is frozen over the window (no advance while power is drawn), falls, jumps (an
+    Power is instant power_w; where the device has no finite power_w at all, its 1 s average
+    power_avg_w, flagged AVERAGE_FLAG ("integrated_from_1s_average"). A counter that is frozen over the window (no advance while power is drawn), falls, jumps (an
     interval above COUNTER_JUMP_FACTOR x the highest power reading) or does not span the window is
     not used: energy_j is the integral and qa_flags names the reason.
     """
     samples = select_device(samples, device, where)
     cuts = np.asarray(cuts_ns, dtype=np.int64)
     _check_window(start_ns, end_ns, cuts)
-    t_ns, p_w, flags, s = _power_series(samples, start_ns, end_ns, where)
+    t_ns, p_w, flags, s, column = _power_series(samples, start_ns, end_ns, where)
     edges_ns = np.concatenate([[start_ns], cuts, [end_ns]]).astype(np.int64)
     window_s = (end_ns - start_ns) / NS_PER_S
     t_s = (t_ns - start_ns) / NS_PER_S
@@ -255,7 +281,7 @@ def window_energy(
         rel = (integrated_j - counter_j) / counter_j
         if abs(rel) > MAX_RELATIVE_DIFFERENCE:
             flags.append("counter_vs_integral_gt_5pct")
-    n_samples = int((in_window & np.isfinite(s["power_w"]) & (s["power_w"] >= 0)).sum())
+    n_samples = int((in_window & np.isfinite(s[column]) & (s[column] >= 0)).sum())
     if n_samples < MIN_SAMPLES:
         flags.append("fewer_than_10_samples")
     if modeled:
