@@ -118,7 +118,9 @@ def request_set(
     }
 
 
-def cases(quick: bool, smoke: bool, n_full: int, n_static: int, n_hf: int) -> list[Case]:
+def cases(
+    quick: bool, smoke: bool, n_full: int, n_static: int, n_hf: int, n_llama2: int
+) -> list[Case]:
     if smoke:
         return [
             Case("cb4", "continuous", "tiny-llama", 4, 24),
@@ -126,16 +128,17 @@ def cases(quick: bool, smoke: bool, n_full: int, n_static: int, n_hf: int) -> li
             Case("bs1", "continuous", "tiny-llama", 1, 2, "decode rate at batch 1"),
         ]
     if quick:
-        n_full, n_static, n_hf = 256, 128, 0
+        n_full, n_static, n_hf, n_llama2 = 256, 128, 0, 128
+    # in order of priority: a run cut short keeps the first ones; transformers' engine last
     chosen = [
         Case("cb64", "continuous", "llama-3.1-8b", 64, n_full),
         Case("cb256", "continuous", "llama-3.1-8b", 256, max(n_full, 512)),
         Case("static64", "static", "llama-3.1-8b", 64, n_static),
         Case("static256", "static", "llama-3.1-8b", 256, n_static),
-        Case("hf-cb64", "transformers", "llama-3.1-8b", 64, n_hf),
-        Case("llama2-cb64", "continuous", "llama-2-7b", 64, n_full),
+        Case("llama2-cb64", "continuous", "llama-2-7b", 64, n_llama2),
         Case("bs1", "continuous", "llama-3.1-8b", 1, 4, "decode rate at batch 1"),
         Case("llama2-bs1", "continuous", "llama-2-7b", 1, 4, "decode rate at batch 1"),
+        Case("hf-cb64", "transformers", "llama-3.1-8b", 64, n_hf),
     ]
     return [c for c in chosen if c.n_requests > 0]
 
@@ -241,9 +244,9 @@ def run_case(case: Case, requests: list[Request], device, dtype, seed, power_dir
     if case.engine == "continuous":  # the pool, compiled layer and graph, and prefill kernels
         warm = reqs[: 2 * case.concurrency]
         engine.serve([dataclasses.replace(r, output_len=min(r.output_len, 8)) for r in warm])
-    elif case.engine == "static":
+    elif case.engine == "static":  # prefill kernels; each batch's graphs are captured untimed
         first = reqs[: case.concurrency]
-        engine.run_batch([list(r.prompt) for r in first], [r.output_len for r in first])
+        engine.run_batch([list(r.prompt) for r in first], [min(r.output_len, 8) for r in first])
     # transformers: its manager is created and warmed up (CUDA graphs) by serve() before its window
     record["setup_s"] = time.monotonic() - t0
     if device.type == "cuda":
@@ -422,8 +425,9 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: the code path only")
     p.add_argument("--cases", nargs="+", help="case names (default: all)")
     p.add_argument("--requests", type=int, default=2048, help="request set size (continuous)")
-    p.add_argument("--static-requests", type=int, default=512)
-    p.add_argument("--transformers-requests", type=int, default=128)
+    p.add_argument("--static-requests", type=int, default=256, help="the first n, static engine")
+    p.add_argument("--transformers-requests", type=int, default=128, help="the first n, transformers")
+    p.add_argument("--llama2-requests", type=int, default=512, help="the first n, Llama-2-7B")
     p.add_argument("--profile", action="store_true", help="kernel profile of the cb64 decode step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="record path (default: $OUT or benchmarks/results, h200-serving.json)")
@@ -434,7 +438,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = "float32" if args.smoke else "bfloat16"
-    todo = cases(args.quick, args.smoke, args.requests, args.static_requests, args.transformers_requests)
+    todo = cases(
+        args.quick, args.smoke, args.requests, args.static_requests,
+        args.transformers_requests, args.llama2_requests,
+    )  # fmt: skip
     if args.cases:
         todo = [c for c in todo if c.name in args.cases]
     suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
