@@ -403,6 +403,70 @@ def test_continuous_cell_without_steps_falls_back_flagged():
     assert row["s_per_token_user"] == pytest.approx(0.25)
 
 
+def test_imported_cell_without_inputs_first_token_or_instant_power_by_hand():
+    # The toy cell as `tokencarbon import` writes a timing file without input_tokens and
+    # first_token, its log holding only nvidia-smi power.draw (a 1 s average) and no counter:
+    # prompt_lens [] (input_tokens 0), first_token_ns = first_token_wall_ns = -1,
+    # power_w NaN and power_avg_w the same 100 W / 40 W.
+    from tokencarbon.energy import AVERAGE_FLAG
+    from tokencarbon.metrics import FIRST_TOKEN_UNKNOWN_FLAG, INPUT_TOKENS_UNKNOWN_FLAG
+
+    cells, batches, power = _cell()
+    batches = batches.assign(input_tokens=0, prompt_lens=[[]], first_token_ns=-1,
+                             first_token_wall_ns=-1)  # fmt: skip
+    power = power.assign(power_avg_w=power["power_w"], power_w=np.nan, energy_counter_j=np.nan)
+    row = _metrics(cells, batches, power).iloc[0]
+    # Energy: the average's trapezoid, 100 W x 1 s = 100 J; idle 80 J / 2 s = 40 W; both flagged.
+    assert row["energy_method"] == "integrated" and row["energy_j"] == pytest.approx(100.0)
+    assert row["idle_power_w"] == pytest.approx(40.0)
+    flags = row["qa_flags"].split(";")
+    for flag in (AVERAGE_FLAG, "idle_" + AVERAGE_FLAG, INPUT_TOKENS_UNKNOWN_FLAG,
+                 FIRST_TOKEN_UNKNOWN_FLAG):  # fmt: skip
+        assert flag in flags
+    # No prompt lengths: no FLOPs, no bytes, no MFU/MBU (not the 9,888 FLOPs of the known prompt).
+    for column in ("flops", "mfu", "bytes_moved", "mbu"):
+        assert np.isnan(row[column]), column
+    # No first token: TTFT/TPOT and their percentiles NaN (not 0 s and 1 s / 2); what needs only
+    # start and end stays: 1 s / 3 tokens per request, e2e 1 s; J/token 100 / 3.
+    for column in ("ttft_s", "tpot_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s"):
+        assert np.isnan(row[column]), column
+    assert row["s_per_token_user"] == pytest.approx(1 / 3) and row["e2e_p50_s"] == pytest.approx(1.0)
+    assert row["j_per_token"] == pytest.approx(100 / 3)
+
+
+def test_first_token_unknown_in_some_windows_or_requests_only():
+    from tokencarbon.metrics import latency_metrics, request_latencies, static_request_latencies
+
+    # Two static batches [0, 1] s and [2, 4] s of 3 tokens, first tokens at 0.25 s and unknown:
+    # TTFT the known batch's 0.25 s, TPOT its (1 - 0.25) / 2 = 0.375 s; s/token over both:
+    # (1/3 + 2/3) / 2 = 0.5. Per request (2 in each batch): ttft [0.25, 0.25, nan, nan].
+    batches = pd.DataFrame({
+        "n_requests": [2, 2], "max_output_tokens": [3, 3], "start_ns": [0, 2 * S],
+        "first_token_ns": [S // 4, -1], "end_ns": [S, 4 * S],
+        "first_token_wall_ns": [T0 + S // 4, -1],
+    })  # fmt: skip
+    lat = latency_metrics(batches)
+    assert (lat["ttft_s"], lat["tpot_s"], lat["s_per_token_user"]) == pytest.approx((0.25, 0.375, 0.5))
+    per_request = static_request_latencies(batches)
+    np.testing.assert_allclose(per_request["ttft"], [0.25, 0.25, np.nan, np.nan])
+    np.testing.assert_allclose(per_request["tpot"], [0.375, 0.375, np.nan, np.nan])
+    np.testing.assert_allclose(per_request["e2e"], [1.0, 1.0, 2.0, 2.0])
+    # Only the wall clock unknown is unknown too (the pair is written together).
+    assert np.isnan(latency_metrics(batches.assign(first_token_wall_ns=-1))["ttft_s"])
+    # A first token outside its batch is a broken record: refused, naming the row.
+    with pytest.raises(InputError, match=r"row 1: first_token_ns 5000000000 lies outside"):
+        latency_metrics(batches.assign(first_token_ns=[S // 4, 5 * S],
+                                       first_token_wall_ns=[T0 + S // 4, T0 + 5 * S]))
+    # Requests: r0 known (ttft 0.25 s, tpot (1 - 0.25) / 3 = 0.25 s), r1 unknown.
+    requests = pd.DataFrame({
+        "arrival_ns": [0, 0], "first_token_ns": [S // 4, -1], "finish_ns": [S, S],
+        "first_token_wall_ns": [T0 + S // 4, -1], "output_tokens": [4, 4],
+    })  # fmt: skip
+    lat = request_latencies(requests)
+    np.testing.assert_allclose(lat["ttft"], [0.25, np.nan])
+    np.testing.assert_allclose(lat["tpot"], [0.25, np.nan])
+
+
 def test_metrics_settings_are_checked():
     assert MetricsSettings.from_params({"max_j_per_token_cv": 0.1}).max_j_per_token_cv == 0.1
     assert MetricsSettings.from_params(None) == MetricsSettings()

@@ -38,6 +38,12 @@ THROTTLE_MASK = 0x8 | 0x20 | 0x40 | 0x80
 TRANSIENT_POWER_SHARE = 0.9
 CI_METRICS = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user")
 PERCENTILES = (50, 90, 99)
+# BATCHES / REQUESTS first_token_ns (and first_token_wall_ns) of a window or request whose first
+# token time is unknown (an imported timing file without it): TTFT and TPOT are NaN there.
+UNKNOWN_TIME_NS = -1
+# QA flags of cells with unknown parts (imported timing files).
+FIRST_TOKEN_UNKNOWN_FLAG = "first_token_unknown"
+INPUT_TOKENS_UNKNOWN_FLAG = "input_tokens_unknown"
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,23 @@ class MetricsSettings:
         return out
 
 
+def input_tokens_unknown(batch: pd.Series) -> bool:
+    """True where a BATCHES row's prompt lengths are unknown: prompt_lens [] with requests in it
+    (an imported timing window without input_tokens; tokencarbon.importing writes it so)."""
+    return len(batch["prompt_lens"]) == 0 and int(batch["n_requests"]) > 0
+
+
 def batch_work(arch: Architecture, batch: pd.Series, dtype: str) -> tuple[float, float]:
     """(FLOPs, bytes) a static batch must do/move for its real tokens (flops.py conventions).
 
     Decode step k (1..max_out-1) reads every weight once and the cache of each request still
-    generating (output_len > k), whose context is prompt_len + k.
+    generating (output_len > k), whose context is prompt_len + k. Where the prompt lengths are
+    unknown (input_tokens_unknown: prompt_lens []), both are NaN: no FLOPs without the prompts,
+    and a made-up length would give an MFU that looks measured. Raises ConfigError (flops.py)
+    where prompt_lens and output_lens disagree in length or hold a length below 1.
     """
+    if input_tokens_unknown(batch):
+        return float("nan"), float("nan")
     prompt_lens = [int(p) for p in batch["prompt_lens"]]
     output_lens = [int(n) for n in batch["output_lens"]]
     work_flops = flops.batch_flops(arch, prompt_lens, output_lens)
@@ -117,18 +134,53 @@ def steps_bytes(arch: Architecture, steps: pd.DataFrame, dtype: str) -> float:
     return moved
 
 
-def latency_metrics(batches: pd.DataFrame) -> dict[str, float]:
-    """The study's user-perceived s/token and our TTFT / TPOT, averaged over batches."""
+def first_token_known(times: pd.DataFrame) -> np.ndarray:
+    """Boolean per BATCHES or REQUESTS row: its first token time is known (first_token_ns and
+    first_token_wall_ns both not UNKNOWN_TIME_NS)."""
+    known = times["first_token_ns"].to_numpy(dtype=np.int64) != UNKNOWN_TIME_NS
+    if "first_token_wall_ns" in times:
+        known &= times["first_token_wall_ns"].to_numpy(dtype=np.int64) != UNKNOWN_TIME_NS
+    return known
+
+
+def _check_first_token(times: pd.DataFrame, start: str, end: str, where: str) -> np.ndarray:
+    """first_token_known, after checking that every known first token lies in [start, end].
+
+    Raises InputError naming the row otherwise (a first token before its window started or after
+    it ended is a broken record, not a latency)."""
+    known = first_token_known(times)
+    first = times["first_token_ns"].to_numpy(dtype=np.int64)
+    lo, hi = times[start].to_numpy(dtype=np.int64), times[end].to_numpy(dtype=np.int64)
+    bad = np.flatnonzero(known & ((first < lo) | (first > hi)))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(
+            f"{where}, row {i}: first_token_ns {int(first[i])} lies outside [{start} {int(lo[i])}, "
+            f"{end} {int(hi[i])}]; a first token time must be inside its window, or "
+            f"{UNKNOWN_TIME_NS} where unknown"
+        )
+    return known
+
+
+def latency_metrics(batches: pd.DataFrame, where: str = "batches") -> dict[str, float]:
+    """The study's user-perceived s/token and our TTFT / TPOT, averaged over batches (s).
+
+    TTFT and TPOT are means over the batches whose first token time is known (first_token_ns not
+    UNKNOWN_TIME_NS), NaN when none is; s_per_token_user needs only start and end. Raises
+    InputError where a known first token lies outside its batch.
+    """
+    known = _check_first_token(batches, "start_ns", "end_ns", where)
     duration_s = (batches["end_ns"] - batches["start_ns"]) / NS_PER_S
     prefill_s = (batches["first_token_ns"] - batches["start_ns"]) / NS_PER_S
     decode_s = (batches["end_ns"] - batches["first_token_ns"]) / NS_PER_S
     steps = batches["max_output_tokens"] - 1
-    tpot = (decode_s[steps > 0] / steps[steps > 0]).mean() if (steps > 0).any() else float("nan")
+    has_tpot = known & (steps > 0).to_numpy()
     return {
         # Lim et al.: a batch's latency divided by the tokens each of its requests generated.
         "s_per_token_user": float((duration_s / batches["max_output_tokens"]).mean()),
-        "ttft_s": float(prefill_s.mean()),
-        "tpot_s": float(tpot),
+        "ttft_s": float(prefill_s[known].mean()) if known.any() else float("nan"),
+        "tpot_s": float((decode_s[has_tpot] / steps[has_tpot]).mean())
+        if has_tpot.any() else float("nan"),
     }
 
 
@@ -140,35 +192,43 @@ def _percentiles(prefix: str, values: np.ndarray) -> dict[str, float]:
     }
 
 
-def static_request_latencies(batches: pd.DataFrame) -> dict[str, np.ndarray]:
+def static_request_latencies(batches: pd.DataFrame, where: str = "batches") -> dict[str, np.ndarray]:
     """Per request of static batches (s): every request of a batch shares its batch's figures.
 
     ttft = first_token - start; e2e = end - start (a static batch returns when its longest
     request ends); tpot = (end - first_token) / (max_output_tokens - 1), NaN for 1-token batches.
+    ttft and tpot are NaN for batches whose first token time is unknown (UNKNOWN_TIME_NS).
     """
+    known = _check_first_token(batches, "start_ns", "end_ns", where)
     n = batches["n_requests"].to_numpy(dtype=int)
-    ttft = (batches["first_token_ns"] - batches["start_ns"]).to_numpy() / NS_PER_S
+    ttft = np.where(
+        known, (batches["first_token_ns"] - batches["start_ns"]).to_numpy() / NS_PER_S, np.nan
+    )
     e2e = (batches["end_ns"] - batches["start_ns"]).to_numpy() / NS_PER_S
     steps = (batches["max_output_tokens"] - 1).to_numpy(dtype=float)
     decode = (batches["end_ns"] - batches["first_token_ns"]).to_numpy() / NS_PER_S
     with np.errstate(divide="ignore", invalid="ignore"):
-        tpot = np.where(steps > 0, decode / steps, np.nan)
+        tpot = np.where(known & (steps > 0), decode / steps, np.nan)
     return {"ttft": np.repeat(ttft, n), "tpot": np.repeat(tpot, n), "e2e": np.repeat(e2e, n)}
 
 
-def request_latencies(requests: pd.DataFrame) -> dict[str, np.ndarray]:
+def request_latencies(requests: pd.DataFrame, where: str = "requests") -> dict[str, np.ndarray]:
     """Per request of a continuous-batching cell (s), from REQUESTS' monotonic times.
 
     ttft = first_token - arrival; e2e = finish - arrival; tpot = (finish - first_token) /
-    (output_tokens - 1), NaN for 1-token requests.
+    (output_tokens - 1), NaN for 1-token requests. ttft and tpot are NaN for requests whose first
+    token time is unknown (UNKNOWN_TIME_NS). Raises InputError where a known first token lies
+    outside [arrival, finish].
     """
+    known = _check_first_token(requests, "arrival_ns", "finish_ns", where)
     arrival = requests["arrival_ns"].to_numpy()
     first = requests["first_token_ns"].to_numpy()
     finish = requests["finish_ns"].to_numpy()
     out = requests["output_tokens"].to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        tpot = np.where(out > 1, (finish - first) / NS_PER_S / (out - 1), np.nan)
-    return {"ttft": (first - arrival) / NS_PER_S, "tpot": tpot, "e2e": (finish - arrival) / NS_PER_S}
+        tpot = np.where(known & (out > 1), (finish - first) / NS_PER_S / (out - 1), np.nan)
+    ttft = np.where(known, (first - arrival) / NS_PER_S, np.nan)
+    return {"ttft": ttft, "tpot": tpot, "e2e": (finish - arrival) / NS_PER_S}
 
 
 def step_tiles(steps: pd.DataFrame, start_ns: int, end_ns: int) -> np.ndarray:
@@ -408,16 +468,20 @@ def cell_metrics(
 
     # Latency: per request (continuous: REQUESTS; static: each request shares its batch's figures).
     if continuous and len(requests):
-        lat = request_latencies(requests)
+        lat = request_latencies(requests, f"requests of {_cell_name(cell)}")
         out = requests["output_tokens"].to_numpy(dtype=float)
         s_per_token_user = float(np.mean(lat["e2e"] / out))
-        means = {"ttft_s": float(np.mean(lat["ttft"])), "tpot_s": float(np.nanmean(lat["tpot"]))
-                 if np.isfinite(lat["tpot"]).any() else float("nan")}  # fmt: skip
+        means = {name: float(np.nanmean(lat[key])) if np.isfinite(lat[key]).any() else float("nan")
+                 for name, key in (("ttft_s", "ttft"), ("tpot_s", "tpot"))}  # fmt: skip
+        if not first_token_known(requests).all():
+            flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
     else:
         if continuous:
             flags.append("no_requests_latency_from_windows")
-        lat = static_request_latencies(batches)
-        study = latency_metrics(batches)
+        lat = static_request_latencies(batches, f"batches of {_cell_name(cell)}")
+        study = latency_metrics(batches, f"batches of {_cell_name(cell)}")
+        if not first_token_known(batches).all():
+            flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
         s_per_token_user = study["s_per_token_user"]
         means = {"ttft_s": study["ttft_s"], "tpot_s": study["tpot_s"]}
     percentiles = {
@@ -509,6 +573,8 @@ def cell_metrics(
 
     # Work: FLOPs per request; bytes by the engine's schedule (static batches or steps).
     total_flops = total_bytes = 0.0
+    if any(input_tokens_unknown(b) for _, b in batches.iterrows()):
+        flags.append(INPUT_TOKENS_UNKNOWN_FLAG)  # FLOPs and MFU NaN (and MBU of static cells)
     for _, b in batches.iterrows():
         f, moved = batch_work(arch, b, cell["dtype"])
         total_flops += f
