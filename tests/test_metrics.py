@@ -494,3 +494,72 @@ def test_cell_platforms_resolved_for_their_devices():
     gh = _defaults(tables.CELLS, [{"platform": "h200-141gb", "device_name": "NVIDIA GH200 480GB"}])
     with pytest.raises(HardwareMismatchError, match="GH200"):
         resolve_cell_platforms(gh)
+
+
+def _by_hand_from_raw(cell_dir):
+    """Energy (J), output tokens, window (s), FLOPs and bytes of a committed Llama-2-7B fp16 cell,
+    straight from its batches.parquet and power.parquet, without tokencarbon's code.
+
+    Energy: NVML's counter linearly interpolated at each batch's wall-clock start and end, the
+    deltas summed (the counter is the primary figure where it advances steadily, as here).
+    Llama-2-7B (its config.json): hidden h = 4096, L = 32 layers, 32 KV heads, MLP 11008, vocab
+    32000, 6,738,415,616 parameters. Matmul weights without lm_head: 32 x (4 x 4096^2 + 3 x 4096
+    x 11008) = 6,476,005,376; lm_head 4096 x 32000 = 131,072,000.
+    FLOPs of a request of P prompt and N output tokens: prefill 2 x 6,476,005,376 x P + 2 x lm_head
+    (last position only) + 4 h L x P(P + 1)/2 (causal attention); decode steps k = 1..N-1:
+    2 x (6,476,005,376 + 131,072,000) + 4 h L (P + k) each.
+    Bytes of a static batch: prefill = weights (2 B x 6,738,415,616) + K/V of its prompt tokens
+    (2 x 32 x 4096 x 2 B = 524,288 B per position); decode step k = 1..max(N)-1: weights + per
+    request still generating (N > k) its cache P + k read and one new position written.
+    """
+    batches = pd.read_parquet(cell_dir / "batches.parquet")
+    power = pd.read_parquet(cell_dir / "power.parquet")
+    run = power[power["phase"] == "run"].sort_values("t_wall_ns")
+    t0 = int(run["t_wall_ns"].iloc[0])
+    t_s = (run["t_wall_ns"] - t0).to_numpy() / 1e9
+    counter = run["energy_counter_j"].to_numpy()
+    energy_j = sum(
+        np.interp((e - t0) / 1e9, t_s, counter) - np.interp((s - t0) / 1e9, t_s, counter)
+        for s, e in zip(batches["start_wall_ns"], batches["end_wall_ns"])
+    )
+    window_s = ((batches["end_wall_ns"] - batches["start_wall_ns"]) / 1e9).sum()
+    h, layers, matmul, lm_head = 4096, 32, 6_476_005_376, 131_072_000
+    weights_b, kv_b = 2 * 6_738_415_616, 524_288
+    flops = moved = 0
+    for prompts, outputs in zip(batches["prompt_lens"], batches["output_lens"]):
+        moved += weights_b + kv_b * int(sum(prompts))
+        for k in range(1, int(max(outputs))):
+            moved += weights_b + kv_b * sum(p + k + 1 for p, n in zip(prompts, outputs) if n > k)
+        for p, n in zip(map(int, prompts), map(int, outputs)):
+            flops += 2 * matmul * p + 2 * lm_head + 4 * h * layers * p * (p + 1) // 2
+            flops += (n - 1) * 2 * (matmul + lm_head) + 4 * h * layers * ((n - 1) * p + (n - 1) * n // 2)
+    return energy_j, int(batches["output_tokens"].sum()), window_s, flops, moved
+
+
+@pytest.mark.parametrize("study, batch_size, j_per_token", [
+    ("gpu-study", 1, 2.737757),  # docs/results.md and the README: 2.74 J/token, H100 bs1
+    ("gpu-large-batch", 64, 0.573948),
+])  # fmt: skip
+def test_committed_h100_cells_from_their_raw_samples(repo, study, batch_size, j_per_token):
+    # The committed H100 80GB Llama-2-7B cells (benchmarks/results/<study>/cells), through the
+    # pipeline's own aggregation and metrics, against _by_hand_from_raw. H100 SXM dense fp16
+    # peak 989.4 TFLOP/s, 3350 GB/s (resources/platforms.csv, NVIDIA's whitepaper).
+    from tokencarbon.aggregate import aggregate
+    from tokencarbon.metrics import resolve_cell_platforms
+    from tokencarbon.models import load_architecture
+
+    cell_dir = repo / f"benchmarks/results/{study}/cells/h100-sxm-80gb/llama-2-7b/bs{batch_size}"
+    t = aggregate([cell_dir])
+    row = all_metrics(
+        t.cells, t.batches, t.power, {"llama-2-7b": load_architecture("llama-2-7b")},
+        resolve_cell_platforms(t.cells), ConstantIntensity(413.0), pue=1.0, fill=None,
+    ).iloc[0]  # fmt: skip
+    energy_j, tokens, window_s, flops, moved = _by_hand_from_raw(cell_dir)
+    assert row["energy_method"] == "counter" and row["output_tokens"] == tokens
+    assert row["energy_j"] == pytest.approx(energy_j, rel=1e-9)
+    assert row["j_per_token"] == pytest.approx(energy_j / tokens, rel=1e-9)
+    assert energy_j / tokens == pytest.approx(j_per_token, abs=5e-7)
+    assert row["window_s"] == pytest.approx(window_s, rel=1e-12)
+    assert row["flops"] == flops and row["bytes_moved"] == moved
+    assert row["mfu"] == pytest.approx(flops / (window_s * 989.4e12), rel=1e-12)
+    assert row["mbu"] == pytest.approx(moved / (window_s * 3350e9), rel=1e-12)
