@@ -17,8 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from tokencarbon import tables
-from tokencarbon.errors import InputError
+from tokencarbon.errors import InputError, SchemaError
 from tokencarbon.figures.common import (
     OUTSIDE_RIGHT,
     PCT_PER_FRACTION,
@@ -28,6 +27,7 @@ from tokencarbon.figures.common import (
     save,
     themed,
 )
+from tokencarbon.figures.inputs import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD_GLOB = {"sidecar_overhead": "*-sidecar*.json", "decode_roofline": "*-decode*.json"}
@@ -198,7 +198,11 @@ def sidecar_windows(path: Path) -> pd.DataFrame:
 def cells_windows(path: Path) -> pd.DataFrame:
     """One row per cell of a metrics table (results/tables/metrics.parquet) that has an energy
     counter: its window and the counter vs integral difference."""
-    cells = tables.read(path, tables.METRICS)
+    cells = read_metrics(path)  # any tokencarbon version's table (the committed studies are older)
+    needed = ["platform", "window_s", "energy_counter_j", "energy_integrated_j"]
+    missing = [c for c in needed if c not in cells.columns]
+    if missing:
+        raise SchemaError(f"{path}: missing column(s) {missing}; the figure needs {needed}")
     df = cells[(cells["energy_counter_j"] > 0) & (cells["energy_integrated_j"] > 0)]  # NaN: none
     if df.empty:
         print(
@@ -407,15 +411,22 @@ def plot_counter_vs_integral(windows: pd.DataFrame, band: float, min_window_s: f
     return fig
 
 
+# Room for one case's three bars and its three-line tick label (inches), and the panels per row.
+DECODE_CASE_WIDTH_IN = 1.5
+DECODE_PANELS_PER_ROW = 2
+
+
 @themed
 def plot_decode_roofline(records: list[DecodeRecord]) -> Figure:
-    """Per record a panel: roofline, decode and output tok/s per (case, mode) on a log axis, the
-    decode share of the roofline under each case, each target on the bar of its metric."""
-    widths = [len(r.results) for r in records]
-    fig = new_figure(2.5 + 1.5 * sum(widths), 5.6)
-    axes = fig.subplots(
-        1, len(records), sharey=True, squeeze=False, gridspec_kw={"width_ratios": widths}
-    ).ravel()
+    """A grid, one panel per record (two per row, all as wide as the record with the most cases):
+    roofline, decode and output tok/s per (case, mode) on a log axis, the decode share of the
+    roofline under each case, each target on the bar of its metric. Panel titles are three short
+    lines (record, device, copy bandwidth), so neighbours cannot run into each other."""
+    ncols = min(DECODE_PANELS_PER_ROW, len(records))
+    nrows = math.ceil(len(records) / ncols)
+    panel_in = max(5.0, DECODE_CASE_WIDTH_IN * max(len(r.results) for r in records))
+    fig = new_figure(panel_in * ncols, 4.8 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     legend = {}
     for ax, rec in zip(axes, records):
         df = rec.results.assign(
@@ -458,12 +469,15 @@ def plot_decode_roofline(records: list[DecodeRecord]) -> Figure:
         ax.get_legend().remove()
         ax.set_xlabel("")
         ax.set_ylabel("tokens/s")
+        ax.tick_params(axis="x", labelsize="small")
         ax.set_title(
-            f"{rec.record}: {rec.device_name}\n"
+            f"{rec.record}\n{rec.device_name}\n"
             f"copy bandwidth {rec.copy_bytes_per_s / 1e9:,.0f} GB/s (read + written)",
             fontsize="medium",
         )
-    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend))
+    for ax in axes[len(records) :]:
+        ax.set_visible(False)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(3, len(legend)))
     return fig
 
 

@@ -2,10 +2,14 @@
 schemas); asserted values are worked out by hand beside each assertion."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
+import yaml
+from matplotlib.container import ErrorbarContainer
+from snakemake.utils import validate
 
 from tokencarbon import tables
 from tokencarbon.carbon import ConstantIntensity, intensity_for_day, load_trace
@@ -26,8 +30,19 @@ from tokencarbon.figures import (
     summary_markdown,
     write_max_batch_csv,
 )
+from tokencarbon.figures.carbon_analysis import (
+    carbon_optimal_points,
+    pareto_carbon_latency,
+    pareto_mask,
+    timeshift_day,
+)
+from tokencarbon.figures.common import new_figure
+from tokencarbon.figures.inputs import read_metrics
 from tokencarbon.figures.layout import layout_problems
+from tokencarbon.figures.registry import ARTIFACTS, Study, inputs_under, intensity_series, targets
+from tokencarbon.figures.summary import write_timeshift_tables
 from tokencarbon.models import Architecture, load_architecture
+from tokencarbon.timeshift import JobProfile, day_start_ns, timeshift
 from tokencarbon.platforms import get_platform, load_platforms
 
 # A GPT-2-shaped toy small enough to count by hand: h=64, 2 layers, 4 heads (no GQA), I=256,
@@ -580,3 +595,211 @@ def test_carbon_optimal_batch_under_a_latency_slo():
     # 0.01: nothing is that fast; 0.02: only bs1; 0.05 and 0.1: bs4 (bs16 too slow); 0.2: bs16.
     assert best["batch_size"].tolist() == [pd.NA, 1, 4, 4, 16]
     assert best["g_per_token"].iloc[2] == 5.0e-4
+
+
+# --- intervals, continuous cells, the Pareto front, the time shift ----------------------------
+
+
+def _repeated(rows: list[dict]) -> list[dict]:
+    """Cells repeated 3 times, each with the interval columns tokencarbon.metrics writes."""
+    return [{"n_repeats": 3} | r for r in rows]
+
+
+STATIC_AND_CONTINUOUS = _repeated(
+    [
+        # static: bs1 2.0 mg at 20 ms, bs8 0.5 mg at 40 ms; continuous cb8 0.3 mg at 25 ms
+        {"model": "m", "platform": "p", "mode": "static", "batch_size": 1, "g_per_token": 2.0e-3,
+         "s_per_token_user": 0.020, "tokens_per_s": 50.0,
+         "g_per_token_ci_low": 1.8e-3, "g_per_token_ci_high": 2.2e-3,
+         "s_per_token_user_ci_low": 0.019, "s_per_token_user_ci_high": 0.022},
+        {"model": "m", "platform": "p", "mode": "static", "batch_size": 8, "g_per_token": 5.0e-4,
+         "s_per_token_user": 0.040, "tokens_per_s": 200.0,
+         "g_per_token_ci_low": 4.0e-4, "g_per_token_ci_high": 6.0e-4,
+         "s_per_token_user_ci_low": 0.038, "s_per_token_user_ci_high": 0.041},
+        {"model": "m", "platform": "p", "mode": "continuous", "batch_size": 8, "g_per_token": 3.0e-4,
+         "s_per_token_user": 0.025, "tokens_per_s": 320.0,
+         "g_per_token_ci_low": 2.5e-4, "g_per_token_ci_high": 3.5e-4,
+         "s_per_token_user_ci_low": 0.024, "s_per_token_user_ci_high": 0.027},
+    ]
+)  # fmt: skip
+
+
+def test_pareto_mask_keeps_the_cells_nothing_beats_on_both():
+    # (latency, carbon): a (1, 5), b (2, 3), c (3, 4): c is beaten by b (2 <= 3, 3 <= 4);
+    # d (4, 1); e (2, 3) ties b exactly: neither beats the other, both stay; f NaN never.
+    mask = pareto_mask([1, 2, 3, 4, 2, float("nan")], [5, 3, 4, 1, 3, 1])
+    assert mask.tolist() == [True, True, False, True, True, False]
+
+
+def test_carbon_optimal_point_may_be_a_continuous_cell():
+    best = carbon_optimal_points(metrics(STATIC_AND_CONTINUOUS), [0.01, 0.02, 0.03, 0.05])
+    # 10 ms: nothing; 20 ms: only static bs1; 30 ms: bs1 (2.0 mg) or cb8 (0.3 mg) -> cb8;
+    # 50 ms: cb8 (0.3 mg) beats static bs8 (0.5 mg).
+    assert best["mode"].fillna("none").tolist() == ["none", "static", "continuous", "continuous"]
+    assert best["batch_size"].tolist() == [pd.NA, 1, 8, 8]
+
+
+def test_pareto_figure_draws_both_modes_intervals_and_the_slo_choices():
+    fig = pareto_carbon_latency(metrics(STATIC_AND_CONTINUOUS), [0.02, 0.03])
+    ax = fig.axes[0]
+    labels = texts(ax)
+    assert "1: best at SLO 20 ms" in labels and "cb8: best at SLO 30 ms" in labels and "8" in labels
+    stars = [ln for ln in ax.lines if ln.get_marker() == "*"]
+    # stars at (20 ms, 2.0 mg) and (25 ms, 0.3 mg)
+    points_xy = sorted((ln.get_xdata()[0], ln.get_ydata()[0]) for ln in stars)
+    assert [v for xy in points_xy for v in xy] == pytest.approx([20.0, 2.0, 25.0, 0.3])
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # one per mode
+    # carbon intervals in mg: static bs1 1.8-2.2, bs8 0.4-0.6, continuous cb8 0.25-0.35
+    y_bars = sorted(
+        tuple(round(v, 9) for v in seg[:, 1]) for c in bars for seg in c.lines[2][1].get_segments()
+    )
+    assert y_bars == [(0.25, 0.35), (0.4, 0.6), (1.8, 2.2)]
+    assert "bars: 95 % intervals" in fig.get_suptitle()
+    assert layout_problems(fig) == []
+
+
+def test_fig4_error_bars_only_where_cells_were_repeated():
+    once = [r | {"n_repeats": 1} for r in STATIC_AND_CONTINUOUS]
+    ax = fig4_throughput_latency(metrics(once)).axes[0]
+    assert not [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    ax = fig4_throughput_latency(metrics(STATIC_AND_CONTINUOUS)).axes[0]
+    assert [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert "cb8" in texts(ax)  # the continuous cell labelled with its max_num_seqs
+    assert "continuous batching" in legend_texts(ax.get_legend())
+
+
+def test_ratio_intervals_in_fig7_and_the_summary():
+    rows = [r for r in STATIC_AND_CONTINUOUS if r["mode"] == "static"]
+    # carbon ratio 2.0e-3 / 5.0e-4 = 4.0, interval [1.8e-3 / 6.0e-4, 2.2e-3 / 4.0e-4] = [3.0, 5.5];
+    # latency ratio 0.040 / 0.020 = 2.00, interval [0.038 / 0.022, 0.041 / 0.019] = [1.73, 2.16]
+    md = summary_markdown(metrics(rows), [])
+    assert "| 4.0x [3.0, 5.5] | 2.00x [1.73, 2.16] |" in md
+    assert "Bonferroni" in md
+    fig = fig7_carbon_per_token(metrics(rows))
+    (carbon, latency) = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert carbon.lines[2][0].get_segments()[0][:, 1] == pytest.approx([3.0, 5.5])
+
+
+def test_summary_names_the_operating_point_filled_intensity_embodied_range_and_flags():
+    rows = [
+        r | {"filled_share": share, "embodied_g_per_token_low": lo, "embodied_g_per_token_high": hi,
+             "qa_flags": flag}
+        for r, share, lo, hi, flag in zip(
+            STATIC_AND_CONTINUOUS,
+            [0.0, 0.25, 0.0],
+            [1.0e-4, 2.0e-5, 1.5e-5],
+            [3.0e-4, 6.0e-5, 4.5e-5],
+            ["", "", "j_per_token_cv_high"],
+        )
+    ]  # fmt: skip
+    md = summary_markdown(metrics(rows), [], [0.03])
+    # SLO 30 ms: cb8 at 0.3 mg and 25 ms
+    assert "| m | p | 30 | continuous, max_num_seqs 8 | 0.3 | 25 |" in md
+    assert "for 1 of 3 cells" in md and "up to 25% of a window" in md
+    # embodied at bs1 0.1-0.3 mg, at bs8 0.02-0.06 mg (g x 1000)
+    assert "| m | p | 0.1–0.3 | 0.02–0.06 |" in md and "Boundary:" in md
+    assert "| m | p | continuous | 8 | j_per_token_cv_high |" in md
+
+
+def test_summary_of_an_old_table_has_no_intervals_and_no_notes(repo):
+    m = read_metrics(repo / "benchmarks/results/gpu-study/tables/metrics.parquet")
+    assert set(m["mode"]) == {"static"} and "n_repeats" not in m.columns
+    md = summary_markdown(m, [], [0.008])
+    assert "[" not in md.split("### Carbon-optimal")[0]  # no interval invented
+    assert "Filled intensity" not in md and "Embodied carbon per token" not in md
+
+
+def test_timeshift_figure_and_table_on_the_real_miso_trace(shared_data, tmp_path):
+    trace = load_trace(shared_data / "electricitymaps" / "US-MIDW-MISO_2023_hourly.csv")
+    # 1 kWh over one hour: its carbon is that hour's direct intensity (CSV rows of 2023-07-15):
+    # 18:00 475.52 (actual), 09:00 424.02 (the day's lowest), 07:00 430.67 (the policy: 07:00
+    # was the lowest hour of 2023-07-14, 430.25).
+    shifts = timeshift(JobProfile.constant(3.6e6, 3600.0), trace, "2023-07-15",
+                       day_start_ns("2023-07-15") + 18 * 3600 * 10**9, job="study")  # fmt: skip
+    fig = timeshift_day(shifts, intensity_for_day(trace, "2023-07-15"))
+    marks = {ln.get_color(): (ln.get_xdata()[0], ln.get_ydata()[0]) for ln in fig.axes[1].lines
+             if ln.get_marker() == "D"}  # fmt: skip
+    flat = [v for xy in sorted(marks.values()) for v in xy]
+    assert flat == pytest.approx([7, 430.67, 9, 424.02, 18, 475.52])
+    legend = legend_texts(fig.legends[0])
+    # savings: 475.52 - 424.02 = 51.50 (51.50 / 475.52 = 10.8 %); 475.52 - 430.67 = 44.85
+    assert any("09:00: 424 gCO2e, saves 51.5 gCO2e (10.8%)" in t for t in legend)
+    assert layout_problems(fig) == []
+    outputs = {"csv": tmp_path / "timeshift.csv", "html": tmp_path / "timeshift.html"}
+    write_timeshift_tables(shifts, outputs)
+    html = outputs["html"].read_text()
+    assert "2023-07-15T09:00:00" in html and "best (oracle)" in html and "+51.5" in html
+    assert len(pd.read_csv(outputs["csv"])) == 24  # the actual start is on the hour
+
+
+def test_layout_check_finds_overlapping_and_clipped_text():
+    fig = new_figure(4, 3)
+    ax = fig.subplots()
+    ax.set_xticks([0.0, 0.001], labels=["0.000675", "0.000700"])  # two ticks 0.1 % apart
+    ax.set_xlim(0, 1)
+    ax.text(0.5, 0.5, "one", transform=ax.transAxes)
+    ax.text(0.5, 0.5, "two", transform=ax.transAxes)
+    fig.text(0.9, 0.5, "a long text running past the right edge")
+    problems = layout_problems(fig)
+    assert any("tick labels '0.000675' and '0.000700'" in p for p in problems)
+    assert any("'one'" in p and "'two'" in p for p in problems)
+    assert any("leaves the canvas" in p for p in problems)
+    clean = new_figure(4, 3)
+    clean.subplots().set_title("fine")
+    assert layout_problems(clean) == []
+
+
+def test_fig6a_with_trace_day_and_a_constant_intensity_needs_no_cells():
+    carbon = {"source": "constant", "intensity_g_per_kwh": 413.0, "trace_day": "2024-05-01"}
+    series, day = intensity_series(carbon, None)
+    assert day == "2024-05-01" and set(series) == {413.0}
+    with pytest.raises(ConfigError, match="carbon.trace_day"):
+        intensity_series(carbon | {"trace_day": None}, None)
+
+
+# --- the registry, and every figure on the committed GPU studies -----------------------------
+
+
+def study_of(repo: Path, config_file: str) -> Study:
+    config = yaml.safe_load((repo / config_file).read_text())
+    validate(config, str(repo / "workflow/schemas/config.schema.yaml"))  # fills the defaults
+    return Study(config)
+
+
+def test_registry_names_rules_captions_and_targets(repo):
+    assert len({a.rule for a in ARTIFACTS}) == len(ARTIFACTS)
+    for artifact in ARTIFACTS:
+        assert (repo / "workflow/report" / artifact.caption).is_file(), artifact.caption
+        assert (repo / "workflow/scripts" / f"{artifact.script}.py").is_file()
+        assert artifact.shown in artifact.outputs
+    study = study_of(repo, "config/gpu-large-batch.yaml")
+    got = targets(study)
+    # one Llama model, no GPT-2, constant intensity: no 4b/6c/table 4, no time shift
+    assert "results/figures/fig4a_throughput_latency.png" in got
+    assert "results/figures/fig4b_throughput_latency.png" not in got
+    assert "results/tables/table4_max_batch.html" not in got
+    assert "results/figures/timeshift_day.png" not in got
+    assert {"results/summary.md", "results/summary.html", "results/tables/metrics.html"} <= set(got)
+
+
+@pytest.mark.parametrize("study_name", ["gpu-study", "gpu-large-batch"])
+def test_every_figure_draws_cleanly_on_a_committed_gpu_study(repo, study_name, tmp_path):
+    study = study_of(repo, f"config/{study_name}.yaml")
+    root = repo / "benchmarks/results" / study_name
+    built = []
+    for artifact in ARTIFACTS:
+        if not artifact.wanted(study):
+            continue
+        outputs = {k: str(tmp_path / Path(p).name) for k, p in artifact.outputs.items()}
+        inputs = inputs_under(artifact.inputs(study), root)
+        if artifact.draw is not None:
+            fig = artifact.draw(inputs, artifact.params(study))
+            assert layout_problems(fig) == [], artifact.name
+            save(fig, Path(outputs["png"]).with_suffix(""))
+        else:
+            artifact.build(inputs, artifact.params(study), outputs)
+        built.append(artifact.name)
+        for path in outputs.values():
+            assert Path(path).stat().st_size > 0
+    assert "pareto_carbon_latency" in built and "summary" in built

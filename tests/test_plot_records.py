@@ -2,6 +2,7 @@
 beside each assertion), the figures written, and errors that name the file and field at fault."""
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import math
@@ -14,6 +15,7 @@ import pytest
 
 from tokencarbon import tables
 from tokencarbon.errors import InputError, SchemaError
+from tokencarbon.figures.layout import layout_problems
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "plot_records.py"
 _spec = importlib.util.spec_from_file_location("plot_records", SCRIPT)
@@ -77,7 +79,7 @@ def metrics_table(path: Path, rows: list[dict]) -> Path:
         f.name: "" if pa.types.is_string(f.type) else 0 if pa.types.is_integer(f.type) else 0.0
         for f in tables.METRICS
     }
-    tables.write(pd.DataFrame([blank | r for r in rows]), path, tables.METRICS)
+    tables.write(pd.DataFrame([blank | {"mode": "static"} | r for r in rows]), path, tables.METRICS)
     return path
 
 
@@ -203,6 +205,30 @@ def test_targets_sit_on_the_bar_of_their_metric(results):
         (175.0, pytest.approx(0.0, abs=1e-9)),
         (10000.0, pytest.approx(2 + 0.8 / 3, abs=1e-9)),
     ]
+
+
+def test_decode_figure_is_a_grid_of_one_panel_per_record_with_clean_text(results):
+    record = plot_records.decode_vs_roofline(results / "gpu-decode.json")
+    three = [record, dataclasses.replace(record, record="second"), dataclasses.replace(record, record="third")]
+    fig = plot_records.plot_decode_roofline(three)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    # 3 records, two per row: 2 rows x 2 columns, the fourth cell hidden
+    assert len(fig.axes) == 4 and len(panels) == 3
+    assert [ax.get_title().split("\n")[0] for ax in panels] == ["gpu-decode", "second", "third"]
+    rows = sorted({round(ax.get_position().y0, 6) for ax in panels})
+    assert len(rows) == 2
+    assert layout_problems(fig) == []
+
+
+def test_committed_records_draw_without_overlapping_text(repo):
+    results = repo / "benchmarks/results"
+    decodes = [plot_records.decode_vs_roofline(p) for p in plot_records.find_records(results, "decode_roofline")]
+    assert layout_problems(plot_records.plot_decode_roofline(decodes)) == []
+    overheads = [plot_records.sidecar_overhead(p) for p in plot_records.find_records(results, "sidecar_overhead")]
+    assert layout_problems(plot_records.plot_sidecar_overhead(overheads)) == []
+    # the committed study's metrics table predates `mode` and the interval columns: still read
+    windows = plot_records.cells_windows(results / "gpu-study/tables/metrics.parquet")
+    assert len(windows) == 18  # 2 GPUs x 3 models x 3 batch sizes, each with a counter
 
 
 def test_missing_record_names_the_file(tmp_path):

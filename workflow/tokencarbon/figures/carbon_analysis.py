@@ -1,6 +1,6 @@
 """Carbon analysis beyond the study's figures: every cell's carbon per token against its latency per
-token (static batches and continuous batching on one plot), their Pareto front, and the operating
-point recommended under each latency SLO."""
+token (static batches and continuous batching on one plot), their Pareto front, the operating
+point recommended under each latency SLO, and the time-shift what-if drawn on the day's intensity."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tokencarbon.errors import InputError
 from tokencarbon.figures.common import (
     MG_PER_G,
     MS_PER_S,
+    energy_text,
     new_figure,
     readable_axis,
     require_columns,
@@ -107,7 +108,7 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
     panels = sorted(df.groupby(["model", "platform"]).groups)
     ncols = min(2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = new_figure(6.8 * ncols, 4.6 * nrows + 1.0)
+    fig = new_figure(max(7.5, 6.8 * ncols), 4.6 * nrows + 1.2)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colours = dict(zip((STATIC, CONTINUOUS), sns.color_palette("colorblind", 2)))
     labels = []
@@ -189,10 +190,92 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
         Line2D([], [], color="0.35", ls=":", label="latency SLO"),
         Line2D([], [], marker="*", ms=12, color="gold", mec="0.2", ls="none", label="least carbon meeting the SLO"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize="small")
+    # Three legend columns need two panels' width; one panel takes two.
+    fig.legend(handles=handles, loc="outside lower center", ncols=3 if ncols > 1 else 2, fontsize="small")
     bars = "; bars: 95 % intervals" if xerr is not None or yerr is not None else ""
     fig.suptitle(f"Carbon per token vs latency per token, every cell\n{_carbon_basis(df)}{bars}")
     if not panels:
         raise InputError(f"{figure}: no (model, platform) to draw")
     declutter(fig, labels)
+    return fig
+
+
+# ------------------------------------------------------------------ the time-shift what-if
+
+PLACEMENTS = (  # (TIMESHIFT flag, label, colour index in the colorblind palette)
+    ("is_actual", "actual start", 3),
+    ("is_oracle_best", "best start (oracle: perfect foresight)", 2),
+    ("is_policy", "previous day's best hour (forecast-free)", 0),
+)
+NS_PER_HOUR = 3600 * 10**9
+
+
+def _hour_of_day(start_wall_ns: pd.Series, day_start_ns: int) -> pd.Series:
+    return (start_wall_ns - day_start_ns) / NS_PER_HOUR
+
+
+@themed
+def timeshift_day(timeshift: pd.DataFrame, intensity_g_per_kwh: pd.Series) -> Figure:
+    """Figure 6a's day with the job placed on it: top, the day's hourly grid intensity (gCO2/kWh,
+    carbon.intensity_for_day) with the job's span at its actual start, at the day's best start
+    (oracle) and at the forecast-free policy's start; below, the job's operational carbon had it
+    started at each hour (TIMESHIFT rows, tokencarbon.timeshift), the three starts marked and the
+    savings against the actual start written beside them. Location-based intensity only."""
+    figure = "timeshift_day"
+    columns = ["job", "zone_id", "basis", "day", "start_wall_ns", "duration_s", "carbon_g",
+               "saving_vs_actual_g", "is_actual", "is_oracle_best", "is_policy"]  # fmt: skip
+    require_columns(timeshift, columns, figure)
+    require_rows(timeshift, figure, "in the time-shift table")
+    jobs = sorted(timeshift["job"].unique())
+    if len(jobs) != 1:
+        raise InputError(f"{figure}: the time-shift table holds jobs {jobs}; draw one at a time")
+    for flag, _, _ in PLACEMENTS:
+        if timeshift[flag].sum() != 1:
+            raise InputError(f"{figure}: {timeshift[flag].sum()} rows have {flag}; exactly one must")
+    values = intensity_g_per_kwh.dropna()
+    if values.empty:
+        raise InputError(f"{figure}: the intensity series of the day has no values")
+    first = timeshift.iloc[0]
+    day_ns = int(pd.Timestamp(first["day"], tz="UTC").value)
+    df = timeshift.assign(hour=_hour_of_day(timeshift["start_wall_ns"], day_ns))
+    duration_h = float(first["duration_s"]) / 3600.0
+    scale, unit = (MG_PER_G, "mgCO2e") if df["carbon_g"].max() < 1.0 else (1.0, "gCO2e")
+    palette = sns.color_palette("colorblind", 4)
+    fig = new_figure(9.5, 7.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1.0, 1.2])
+    hours = [float(h) for h in values.index]
+    top.plot(hours + [hours[-1] + 1], list(values) + [values.iloc[-1]], drawstyle="steps-post", color="0.2")
+    top.set_ylabel("intensity (gCO2/kWh)")
+    # Spans narrower than a few minutes would vanish: drawn at least 5 minutes wide.
+    width_h = max(duration_h, 5 / 60)
+    for i, (flag, label, colour) in enumerate(PLACEMENTS):
+        row = df[df[flag]].iloc[0]
+        top.axvspan(row["hour"], row["hour"] + width_h, color=palette[colour], alpha=0.35, lw=0)
+        top.axvline(row["hour"], color=palette[colour], lw=1.5)
+    on_hour = df[(df["start_wall_ns"] - day_ns) % NS_PER_HOUR == 0]
+    bottom.plot(on_hour["hour"], on_hour["carbon_g"] * scale, marker="o", ms=4, color="0.45", lw=1)
+    handles = []
+    for flag, label, colour in PLACEMENTS:
+        row = df[df[flag]].iloc[0]
+        saving = float(row["saving_vs_actual_g"])
+        actual_g = float(df.loc[df["is_actual"], "carbon_g"].iloc[0])
+        hhmm = pd.Timestamp(int(row["start_wall_ns"]), unit="ns", tz="UTC").strftime("%H:%M")
+        text = f"{label}, {hhmm}: {row['carbon_g'] * scale:.3g} {unit}"
+        if flag != "is_actual":
+            pct = saving / actual_g if actual_g > 0 else math.nan
+            text += f", saves {saving * scale:.3g} {unit} ({pct:.1%})"
+        bottom.plot(row["hour"], row["carbon_g"] * scale, marker="D", ms=9, ls="none", color=palette[colour], mec="0.2")
+        handles.append(Line2D([], [], marker="D", ls="none", color=palette[colour], mec="0.2", label=text))
+    bottom.set_ylabel(f"job's operational carbon ({unit})")
+    bottom.set_xlabel("start hour of day (UTC)")
+    bottom.set_xlim(0, 24)
+    bottom.set_xticks(range(0, 25, 3))
+    fig.legend(handles=handles, loc="outside lower center", fontsize="small", ncols=1)
+    zone, basis = first["zone_id"], first["basis"]
+    fig.suptitle(
+        f"When would the job ({first['job']}: {first['duration_s'] / 60:.3g} min, "
+        f"{energy_text(timeshift['energy_j'].iloc[0])}) have emitted least?\n"
+        f"{zone}, {first['day']} (UTC), {basis} intensity, location-based",
+        fontsize="medium",
+    )
     return fig

@@ -24,6 +24,7 @@ MG_PER_G = 1e3
 MS_PER_S = 1e3
 PCT_PER_FRACTION = 100.0
 NS_PER_S = 1e9
+J_PER_WH = 3600.0
 # A legend beside the axes, where it cannot hide bars or lines.
 OUTSIDE_RIGHT = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
 # An axis whose values span more than this factor is drawn on a log scale.
@@ -104,6 +105,17 @@ def plain_number(value: float, _pos=None) -> str:
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.4g}"
+
+
+def energy_text(energy_j: float) -> str:
+    """An energy for a sentence, in J, Wh or kWh as its size suggests: 850 J, 12.5 Wh, 1.2 kWh."""
+    wh = energy_j / J_PER_WH
+    if wh >= 1000:
+        kwh = wh / 1000
+        return f"{plain_number(kwh) if kwh >= 1000 else f'{kwh:.3g}'} kWh"
+    if wh >= 1:
+        return f"{wh:.3g} Wh"
+    return f"{energy_j:.3g} J"
 
 
 def readable_axis(ax: Axes, axis: str, values: Iterable[float], nbins: int = 6) -> None:

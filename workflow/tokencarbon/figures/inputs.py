@@ -102,6 +102,11 @@ def read_batches(path: str | Path) -> pd.DataFrame:
     return read_table(path, tables.with_cell_keys(tables.BATCHES))
 
 
+def read_timeshift(path: str | Path) -> pd.DataFrame:
+    """results/tables/timeshift.parquet (tables.TIMESHIFT, tokencarbon.timeshift)."""
+    return tables.read(path, tables.TIMESHIFT)
+
+
 def read_cells(path: str | Path) -> pd.DataFrame:
     return read_table(path, tables.CELLS)
 

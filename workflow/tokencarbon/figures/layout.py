@@ -25,7 +25,7 @@ def _renderer(fig: Figure):
 
 
 def _overlap(a: Bbox, b: Bbox, gap: float) -> bool:
-    """Whether boxes a and b overlap or come closer than `gap` pixels on both axes."""
+    """Whether boxes a and b overlap, or come closer than `gap` pixels, on both axes."""
     return min(a.x1, b.x1) - max(a.x0, b.x0) > -gap and min(a.y1, b.y1) - max(a.y0, b.y0) > -gap
 
 
@@ -114,13 +114,14 @@ def layout_problems(fig: Figure) -> list[str]:
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
             (a, wa, ba), (b, wb, bb) = items[i], items[j]
-            if not _overlap(ba, bb, gap):
-                continue
             axis_a, axis_b = tick_axis.get(id(a)), tick_axis.get(id(b))
             if axis_a is not None and axis_a is axis_b:
-                problems.append(
-                    f"tick labels {a.get_text()!r} and {b.get_text()!r} of one axis overlap ({wa})"
-                )
-            else:
+                # Neighbouring labels of one axis must keep a space between them.
+                if _overlap(ba, bb, gap):
+                    problems.append(
+                        f"tick labels {a.get_text()!r} and {b.get_text()!r} of one axis overlap "
+                        f"or touch ({wa})"
+                    )
+            elif _overlap(ba, bb, 0.0):
                 problems.append(f"texts {a.get_text()!r} ({wa}) and {b.get_text()!r} ({wb}) overlap")
     return problems

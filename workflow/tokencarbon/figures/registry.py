@@ -8,7 +8,7 @@ targets(); the adapter scripts call build(). Nothing else lists figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ METRICS = "results/tables/metrics.parquet"
 POWER = "results/tables/power.parquet"
 CELLS = "results/tables/cells.parquet"
 BATCHES = "results/tables/batches.parquet"
+TIMESHIFT = "results/tables/timeshift.parquet"
 
 # Report categories (snakemake --report): the headlines first, then the study's figures and tables.
 HEADLINES = "Headlines"
@@ -135,7 +136,7 @@ class Artifact:
     inputs: Callable[[Study], dict[str, Any]] = _nothing
     params: Callable[[Study], dict[str, Any]] = _nothing
     wanted: Callable[[Study], bool] = _always
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    draw: Draw | None = None  # figures: the Figure build() saves, for tests and notebooks
 
 
 def _save_figure(draw: Draw) -> Build:
@@ -158,6 +159,7 @@ def figure(name: str, rule: str, draw: Draw, category: str = STUDY_FIGURES, **kw
         caption=f"{name}.rst",
         category=category,
         build=_save_figure(draw),
+        draw=draw,
         **kw,
     )
 
@@ -305,7 +307,7 @@ def _build_metrics_table(inputs, params, outputs):
 
 
 def _build_summary(inputs, params, outputs):
-    from tokencarbon.figures.inputs import mapping_paths, read_metrics, read_probes
+    from tokencarbon.figures.inputs import mapping_paths, read_metrics, read_probes, read_timeshift
     from tokencarbon.figures.summary import write_summary
 
     write_summary(
@@ -313,7 +315,37 @@ def _build_summary(inputs, params, outputs):
         read_probes(mapping_paths(inputs, "probes")),
         params["slos_s_per_token"],
         outputs,
+        timeshift=read_timeshift(inputs["timeshift"]) if "timeshift" in inputs else None,
     )
+
+
+def _require_trace(params, name):
+    if params["carbon"]["source"] != "trace":
+        raise ConfigError(
+            f"{name}: the time-shift what-if needs an hourly trace; set carbon.source: trace and "
+            "carbon.trace (a constant intensity is the same at every hour)"
+        )
+
+
+def _draw_timeshift(inputs, params):
+    from tokencarbon.carbon import intensity_for_day, load_trace
+    from tokencarbon.figures.carbon_analysis import timeshift_day
+    from tokencarbon.figures.inputs import read_timeshift
+
+    _require_trace(params, "timeshift_day")
+    carbon = params["carbon"]
+    shifts = read_timeshift(inputs["timeshift"])
+    day = shifts["day"].iloc[0] if len(shifts) else carbon.get("trace_day")
+    series = intensity_for_day(load_trace(inputs["trace"], carbon["basis"]), day, carbon["fill"])
+    return timeshift_day(shifts, series)
+
+
+def _build_timeshift_table(inputs, params, outputs):
+    from tokencarbon.figures.inputs import read_timeshift
+    from tokencarbon.figures.summary import write_timeshift_tables
+
+    _require_trace(params, "timeshift_table")
+    write_timeshift_tables(read_timeshift(inputs["timeshift"]), outputs)
 
 
 # ------------------------------------------------------------------ inputs and params
@@ -346,6 +378,27 @@ def _has_probes(family):
 
 def _arch_files(study):
     return [study.resource("models", f"{a}.json") for a in study.analytic_architectures()]
+
+
+def _uses_trace(study):
+    return study.config["carbon"]["source"] == "trace"
+
+
+def _timeshift_inputs(study):
+    if not _uses_trace(study):
+        return {}
+    return {"timeshift": TIMESHIFT, "trace": study.config["carbon"]["trace"]}
+
+
+def _summary_inputs(study):
+    inputs = {"metrics": METRICS, "probes": study.probes(None)}
+    if _uses_trace(study):
+        inputs["timeshift"] = TIMESHIFT
+    return inputs
+
+
+def _carbon(study):
+    return {"carbon": dict(study.config["carbon"])}
 
 
 def _fig6a_inputs(study):
@@ -389,7 +442,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
         caption="summary.rst",
         category=HEADLINES,
         build=_build_summary,
-        inputs=lambda study: {"metrics": METRICS, "probes": study.probes(None)},
+        inputs=_summary_inputs,
         params=lambda study: {"slos_s_per_token": study.slos()},
     ),
     Artifact(
@@ -482,6 +535,28 @@ ARTIFACTS: tuple[Artifact, ...] = (
         category=CARBON_ANALYSIS,
         inputs=_metrics,
         params=lambda study: {"slos_s_per_token": study.slos()},
+    ),
+    figure(
+        "timeshift_day",
+        "plot_timeshift",
+        _draw_timeshift,
+        category=CARBON_ANALYSIS,
+        inputs=_timeshift_inputs,
+        params=_carbon,
+        wanted=_uses_trace,
+    ),
+    Artifact(
+        name="timeshift_table",
+        rule="tabulate_timeshift",
+        script="summarize_headlines",
+        outputs={"csv": "results/tables/timeshift.csv", "html": "results/tables/timeshift.html"},
+        shown="html",
+        caption="timeshift_table.rst",
+        category=CARBON_ANALYSIS,
+        build=_build_timeshift_table,
+        inputs=_timeshift_inputs,
+        params=_carbon,
+        wanted=_uses_trace,
     ),
     _max_batch_table(3, "llama", "Table 3: maximum batch size before out-of-memory, Llama-2 family"),
     _max_batch_table(4, "gpt2", "Table 4: maximum batch size before out-of-memory, GPT-2 family"),

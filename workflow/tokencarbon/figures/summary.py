@@ -16,7 +16,13 @@ import pandas as pd
 
 from tokencarbon.errors import InputError
 from tokencarbon.figures.carbon_analysis import carbon_optimal_points
-from tokencarbon.figures.common import MG_PER_G, MS_PER_S, PCT_PER_FRACTION, require_columns
+from tokencarbon.figures.common import (
+    MG_PER_G,
+    MS_PER_S,
+    PCT_PER_FRACTION,
+    energy_text,
+    require_columns,
+)
 from tokencarbon.figures.inputs import STATIC, has_columns
 from tokencarbon.figures.measured import batch1_vs_max, ratio_interval
 from tokencarbon.files import write_text
@@ -265,6 +271,78 @@ def write_metrics_html(metrics: pd.DataFrame, path: str | Path) -> None:
     write_text(path, to_html(blocks, "Metrics per cell"))
 
 
+# ------------------------------------------------------------------ the time-shift table
+
+TIMESHIFT_MARKS = (
+    ("is_actual", "actual"),
+    ("is_oracle_best", "best (oracle)"),
+    ("is_policy", "policy: previous day's best"),
+)
+
+
+def _carbon_unit(carbon_g: pd.Series) -> tuple[float, str]:
+    return (MG_PER_G, "mgCO2e") if carbon_g.max() < 1.0 else (1.0, "gCO2e")
+
+
+def timeshift_table(timeshift: pd.DataFrame) -> Table:
+    """TIMESHIFT rows as a table: each candidate start, its carbon, the energy-weighted intensity,
+    the saving against the actual start, and which start is the actual, the oracle's, the policy's."""
+    require_columns(timeshift, ["start_utc", "carbon_g", "intensity_g_per_kwh", "saving_vs_actual_g"]
+                    + [flag for flag, _ in TIMESHIFT_MARKS], "timeshift_table")  # fmt: skip
+    scale, unit = _carbon_unit(timeshift["carbon_g"])
+    rows = [
+        [
+            r.start_utc,
+            f"{r.carbon_g * scale:.4g}",
+            f"{r.intensity_g_per_kwh:.1f}",
+            f"{r.saving_vs_actual_g * scale:+.3g}",
+            ", ".join(name for flag, name in TIMESHIFT_MARKS if getattr(r, flag)),
+        ]
+        for r in timeshift.sort_values("start_wall_ns").itertuples()
+    ]
+    header = ["start (UTC)", f"carbon ({unit})", "intensity (gCO2/kWh)",
+              f"saving vs actual ({unit})", "start"]  # fmt: skip
+    return Table(header, rows)
+
+
+def timeshift_sentences(timeshift: pd.DataFrame) -> list[str]:
+    """What the time-shift what-if found, in words: the actual start's carbon, the oracle's best
+    start and saving, the forecast-free policy's start and saving."""
+    scale, unit = _carbon_unit(timeshift["carbon_g"])
+    first = timeshift.iloc[0]
+
+    def at(flag):
+        row = timeshift[timeshift[flag]].iloc[0]
+        hhmm = pd.Timestamp(int(row["start_wall_ns"]), unit="ns", tz="UTC").strftime("%H:%M")
+        return row, hhmm
+
+    actual, actual_at = at("is_actual")
+    out = [
+        f"Time shift ({first['zone_id']}, {first['day']} UTC, {first['basis']} intensity, "
+        f"location-based): the {first['job']} ({first['duration_s'] / 60:.3g} min, "
+        f"{energy_text(first['energy_j'])} before PUE) started at {actual_at} emitted "
+        f"{actual['carbon_g'] * scale:.4g} {unit}."
+    ]
+    for flag, what in (("is_oracle_best", "The best start of the day, with perfect foresight"),
+                       ("is_policy", "Starting at the previous day's best hour, no forecast")):  # fmt: skip
+        row, hhmm = at(flag)
+        share = row["saving_vs_actual_g"] / actual["carbon_g"] if actual["carbon_g"] > 0 else math.nan
+        out.append(
+            f"{what}: {hhmm}, {row['carbon_g'] * scale:.4g} {unit}, saving "
+            f"{row['saving_vs_actual_g'] * scale:.3g} {unit} ({share:.1%})."
+        )
+    return out
+
+
+def write_timeshift_tables(timeshift: pd.DataFrame, outputs: Mapping[str, str]) -> None:
+    """The time-shift table as outputs["csv"] (every TIMESHIFT column) and outputs["html"]."""
+    write_text(outputs["csv"], timeshift.to_csv(index=False))
+    blocks: list[Block] = [("h1", "Time-shift what-if")]
+    blocks += [("p", s) for s in timeshift_sentences(timeshift)]
+    blocks.append(("table", timeshift_table(timeshift)))
+    write_text(outputs["html"], to_html(blocks, "Time-shift what-if"))
+
+
 # ------------------------------------------------------------------ the summary
 
 
@@ -450,7 +528,10 @@ def _flag_blocks(metrics: pd.DataFrame) -> list[Block]:
 
 
 def summary_blocks(
-    metrics: pd.DataFrame, probe_rows: Sequence[Mapping], slos_s_per_token: Sequence[float] = ()
+    metrics: pd.DataFrame,
+    probe_rows: Sequence[Mapping],
+    slos_s_per_token: Sequence[float] = (),
+    timeshift: pd.DataFrame | None = None,
 ) -> list[Block]:
     """results/summary.md's content: per (model, platform) the carbon-per-token and latency ratios
     of the smallest (batch 1) to the largest static batch and the MFU there, each beside the
@@ -477,6 +558,9 @@ def summary_blocks(
     if slos_s_per_token:
         blocks += _slo_blocks(metrics, slos_s_per_token)
     blocks += _filled_blocks(metrics)
+    if timeshift is not None and not timeshift.empty:
+        blocks.append(("h3", "Time-shift what-if"))
+        blocks += [("p", s) for s in timeshift_sentences(timeshift)]
     blocks += _embodied_blocks(metrics)
     blocks += _flag_blocks(metrics)
     if probe_rows:
@@ -485,9 +569,12 @@ def summary_blocks(
 
 
 def summary_markdown(
-    metrics: pd.DataFrame, probe_rows: Sequence[Mapping], slos_s_per_token: Sequence[float] = ()
+    metrics: pd.DataFrame,
+    probe_rows: Sequence[Mapping],
+    slos_s_per_token: Sequence[float] = (),
+    timeshift: pd.DataFrame | None = None,
 ) -> str:
-    return to_markdown(summary_blocks(metrics, probe_rows, slos_s_per_token))
+    return to_markdown(summary_blocks(metrics, probe_rows, slos_s_per_token, timeshift))
 
 
 def write_summary(
@@ -495,8 +582,9 @@ def write_summary(
     probe_rows: Sequence[Mapping],
     slos_s_per_token: Sequence[float],
     outputs: Mapping[str, str],
+    timeshift: pd.DataFrame | None = None,
 ) -> None:
     """outputs["md"] (results/summary.md) and outputs["html"] (the same, for the report)."""
-    blocks = summary_blocks(metrics, probe_rows, slos_s_per_token)
+    blocks = summary_blocks(metrics, probe_rows, slos_s_per_token, timeshift)
     write_text(outputs["md"], to_markdown(blocks))
     write_text(outputs["html"], to_html(blocks, "Results summary"))
