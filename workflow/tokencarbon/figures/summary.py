@@ -471,10 +471,13 @@ def _filled_blocks(metrics: pd.DataFrame) -> list[Block]:
 
 
 EMBODIED_BOUNDARY = (
-    "low: the device's dies and memory only (LLMCarbon's method); high: the vendor's product "
-    "carbon footprint, cradle to gate, where one is published; resources/platforms.csv names each "
-    "bound's source. Both are amortised over the device's service life and the window, and "
-    "neither is included in the operational figures above."
+    "low: the device's dies and memory only, estimated by LLMCarbon's method (die area x carbon "
+    "per area + memory GB x 0.4 kgCO2e/GB); high: the vendor's product carbon footprint, cradle "
+    "to gate (NVIDIA's HGX H100 PCF: 164 kgCO2e per H100), or where no vendor publishes one, the "
+    "low bound scaled by the H100's ratio of PCF to estimate; the host server is excluded unless "
+    "the config gives its share. resources/platforms.csv names each bound's source (columns source "
+    "and embodied_high_source; docs/metrics.md). Both are amortised over the device's service "
+    "life and the measured window, and neither is in the operational figures above."
 )
 
 
