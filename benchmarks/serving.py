@@ -1,7 +1,7 @@
 """Serving benchmark on one GPU: tokencarbon's continuous-batching engine (TorchServingEngine) beside
 its static engine and transformers' continuous batching, on one seeded request set with ShareGPT-like
 lengths; output tokens/s and J/token (NVML energy counter) over each whole run and its steady part,
-every ratio, and a kernel profile of the decode step. benchmarks/README.md says how to run it.
+every ratio, and a kernel profile of the decode step; docs/architecture.md records what it measured.
 
     python benchmarks/serving.py                  # the full record (one H200: about 8 minutes)
     python benchmarks/serving.py --quick          # a few hundred requests, with the profile
