@@ -2,6 +2,8 @@
 schemas); asserted values are worked out by hand beside each assertion."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -690,7 +692,7 @@ def test_summary_names_the_operating_point_filled_intensity_embodied_range_and_f
             [0.0, 0.25, 0.0],
             [1.0e-4, 2.0e-5, 1.5e-5],
             [3.0e-4, 6.0e-5, 4.5e-5],
-            ["", "", "j_per_token_cv_high"],
+            ["modeled", "", "modeled;j_per_token_cv_high"],
         )
     ]  # fmt: skip
     md = summary_markdown(metrics(rows), [], [0.03])
@@ -699,7 +701,9 @@ def test_summary_names_the_operating_point_filled_intensity_embodied_range_and_f
     assert "for 1 of 3 cells" in md and "up to 25% of a window" in md
     # embodied at bs1 0.1-0.3 mg, at bs8 0.02-0.06 mg (g x 1000)
     assert "| m | p | 0.1–0.3 | 0.02–0.06 |" in md and "Boundary:" in md
+    # "modeled" restates the energy column: only the warning is listed, only for its cell
     assert "| m | p | continuous | 8 | j_per_token_cv_high |" in md
+    assert "| m | p | static | 1 |" not in md.split("### Flagged cells")[1]
 
 
 def test_summary_of_an_old_table_has_no_intervals_and_no_notes(repo):
@@ -803,3 +807,76 @@ def test_every_figure_draws_cleanly_on_a_committed_gpu_study(repo, study_name, t
         for path in outputs.values():
             assert Path(path).stat().st_size > 0
     assert "pareto_carbon_latency" in built and "summary" in built
+
+
+# --- end to end: every figure on a default run, and the report (slow) -------------------------
+
+# The embedded default, made smaller: two tiny models on the CPU, 4 prompts, batch 1 and 2, each
+# cell repeated twice so that intervals exist.
+DEFAULT_SMALL = {
+    "platforms": {"cpu": {"memory_limit_gb": 0.06}},
+    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
+    "models": {
+        "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
+        "tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"},
+    },
+    "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
+    "sweep": {"batch_sizes": [1, 2], "max_batch": 8},
+    "power": {"interval_s": 0.05, "idle_s": 0.2},
+    "run": {"repeats": 2},
+    "summary": {"latency_slos_s_per_token": [0.001, 0.002, 0.005]},
+}
+
+
+def _snakemake(project: Path, *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=project, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, repo) -> Path:
+    project = tmp_path_factory.mktemp("figures-wf")
+    for name in ["Snakefile", "workflow", "resources", "profiles"]:
+        (project / name).symlink_to(repo / name)
+    (project / "config").mkdir()
+    (project / "config/config.yaml").write_text(yaml.safe_dump(DEFAULT_SMALL))
+    _snakemake(project, "all")
+    return project
+
+
+@pytest.mark.slow
+def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
+    config = yaml.safe_load((default_run / "config/config.yaml").read_text())
+    validate(config, str(repo / "workflow/schemas/config.schema.yaml"))
+    study = Study(config)
+    drawn = []
+    for artifact in ARTIFACTS:
+        if not artifact.wanted(study):
+            continue
+        for path in artifact.outputs.values():  # `all` built it
+            assert (default_run / path).stat().st_size > 0, path
+        if artifact.draw is not None:
+            inputs = inputs_under(artifact.inputs(study), default_run / "results")
+            fig = artifact.draw(inputs, artifact.params(study))
+            assert layout_problems(fig) == [], artifact.name
+            drawn.append(artifact.name)
+    assert {"fig7_carbon_per_token", "pareto_carbon_latency", "fig6c_power_over_time"} <= set(drawn)
+    # two repeats per cell: the summary states its ratios with intervals
+    summary = (default_run / "results/summary.md").read_text()
+    assert "Bonferroni" in summary and "modeled" in summary
+
+
+@pytest.mark.slow
+def test_report_shows_the_headlines_tables_and_figures(default_run):
+    _snakemake(default_run, "--report", "report.html")
+    html = (default_run / "report.html").read_text(errors="replace")
+    for name in ["summary.html", "metrics.html", "table3_max_batch.html", "table4_max_batch.html",
+                 "pareto_carbon_latency.png", "fig7_carbon_per_token.png"]:  # fmt: skip
+        assert name in html, name
+    for category in ["Headlines", "Study figures", "Carbon analysis", "Tables"]:
+        assert category in html, category
+    caption = (Path(__file__).resolve().parents[1] / "workflow/report/summary.rst").read_text()
+    assert " ".join(caption.split()[:8]) in html

@@ -513,16 +513,20 @@ def _embodied_blocks(metrics: pd.DataFrame) -> list[Block]:
     return blocks
 
 
+# Flags that restate how a cell was measured (its energy column says "modeled") rather than warn.
+DESCRIPTIVE_FLAGS = frozenset({"modeled"})
+
+
 def _flag_blocks(metrics: pd.DataFrame) -> list[Block]:
     if "qa_flags" not in metrics.columns:
         return []
-    flagged = metrics[metrics["qa_flags"].fillna("") != ""]
-    if flagged.empty:
+    rows = []
+    for r in metrics.sort_values(["model", "platform", "batch_size"]).itertuples():
+        flags = [f for f in str(r.qa_flags or "").split(";") if f and f not in DESCRIPTIVE_FLAGS]
+        if flags:
+            rows.append([r.model, r.platform, getattr(r, "mode", STATIC), str(r.batch_size), "; ".join(flags)])
+    if not rows:
         return []
-    rows = [
-        [r.model, r.platform, getattr(r, "mode", STATIC), str(r.batch_size), r.qa_flags]
-        for r in flagged.sort_values(["model", "platform", "batch_size"]).itertuples()
-    ]
     return [
         ("h3", "Flagged cells"),
         ("p", "These cells carry QA flags (docs/metrics.md explains each); read their numbers with care."),
