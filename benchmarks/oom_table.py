@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_roofline import describe_machine, free_device_memory, gpu_slug, log, out_dir  # noqa: E402
 
-from tokencarbon.backends.torch_backend import CACHE_ALIGN, TorchEngine  # noqa: E402
+from tokencarbon.backends.static import CACHE_ALIGN, TorchEngine  # noqa: E402
 from tokencarbon.files import write_json  # noqa: E402
 from tokencarbon.models import (  # noqa: E402
     activation_bytes,

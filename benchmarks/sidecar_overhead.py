@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from decode_roofline import Case, describe_machine, gpu_slug, log, out_dir, seeded_prompts
 
-from tokencarbon.backends.torch_backend import TorchEngine
+from tokencarbon.backends.static import TorchEngine
 from tokencarbon.energy import cell_energy
 from tokencarbon.files import write_json
 from tokencarbon.models import load_architecture

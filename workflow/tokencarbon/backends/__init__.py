@@ -24,7 +24,8 @@ class BatchResult:
 
 
 class Engine(Protocol):
-    """What a cell calls: torch_backend.TorchEngine and tensorrt_llm.TrtllmEngine."""
+    """What a cell calls: static.TorchEngine, transformers_backend.TransformersEngine and
+    tensorrt_llm.TrtllmEngine."""
 
     def run_batch(self, prompts: list[list[int]], output_lengths: list[int]) -> BatchResult: ...
 
