@@ -787,6 +787,20 @@ def test_registry_names_rules_captions_and_targets(repo):
     assert {"results/summary.md", "results/summary.html", "results/tables/metrics.html"} <= set(got)
 
 
+def test_snakemake_has_one_rule_per_registry_entry(repo, tmp_path):
+    for name in ["Snakefile", "workflow", "resources", "profiles", "config"]:
+        (tmp_path / name).symlink_to(repo / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = set(proc.stdout.split())
+    assert {a.rule for a in ARTIFACTS} <= listed
+    # the figure rules are generated, not written out: figures.smk names none of them
+    assert "plot_fig7" not in (repo / "workflow/rules/figures.smk").read_text()
+
+
 @pytest.mark.parametrize("study_name", ["gpu-study", "gpu-large-batch"])
 def test_every_figure_draws_cleanly_on_a_committed_gpu_study(repo, study_name, tmp_path):
     study = study_of(repo, f"config/{study_name}.yaml")
