@@ -42,7 +42,7 @@ from tokencarbon.figures.common import new_figure
 from tokencarbon.figures.inputs import read_metrics
 from tokencarbon.figures.layout import layout_problems
 from tokencarbon.figures.registry import ARTIFACTS, Study, inputs_under, intensity_series, targets
-from tokencarbon.figures.summary import write_timeshift_tables
+from tokencarbon.figures.summary import metrics_table, write_metrics_html, write_timeshift_tables
 from tokencarbon.models import Architecture, load_architecture
 from tokencarbon.timeshift import JobProfile, day_start_ns, timeshift
 from tokencarbon.platforms import get_platform, load_platforms
@@ -894,3 +894,23 @@ def test_report_shows_the_headlines_tables_and_figures(default_run):
         assert category in html, category
     caption = (Path(__file__).resolve().parents[1] / "workflow/report/summary.rst").read_text()
     assert " ".join(caption.split()[:8]) in html
+
+
+def test_metrics_table_in_display_units_with_intervals_and_only_present_columns(tmp_path):
+    row = {"model": "m", "platform": "p", "batch_size": 4, "n_repeats": 3,
+           "j_per_token": 0.5, "j_per_token_ci_low": 0.4, "j_per_token_ci_high": 0.6,
+           "g_per_token": 2.0e-4, "g_per_token_ci_low": 1.8e-4, "g_per_token_ci_high": 2.2e-4,
+           "s_per_token_user": 0.012, "s_per_token_user_ci_low": math.nan,
+           "s_per_token_user_ci_high": math.nan, "mfu": 0.0123, "qa_flags": "throttled"}  # fmt: skip
+    table = metrics_table(metrics([row]))
+    cells = dict(zip(table.header, table.rows[0]))
+    assert cells["J/token"] == "0.5 [0.4, 0.6]"
+    assert cells["operational mgCO2e/token"] == "0.2 [0.18, 0.22]"  # g x 1000
+    assert cells["user-perceived ms/token"] == "12"  # 0.012 s, no interval given
+    assert cells["MFU (%)"] == "1.23" and cells["QA flags"] == "throttled"
+    # an old table: only the columns it has
+    old = pd.DataFrame({"platform": ["p"], "model": ["m"], "batch_size": [1], "j_per_token": [2.0]})
+    assert metrics_table(old).header == ["platform", "model", "batch size / max_num_seqs", "J/token"]
+    write_metrics_html(metrics([row | {"model": "<m>"}]), tmp_path / "metrics.html")
+    html = (tmp_path / "metrics.html").read_text()
+    assert "<td>&lt;m&gt;</td>" in html and "<th>J/token</th>" in html
