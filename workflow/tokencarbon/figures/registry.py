@@ -85,12 +85,13 @@ class Study:
         return str(Path("resources", *parts))
 
     def configured_architectures(self) -> dict[str, str]:
-        """architecture -> dtype of the configured models whose architecture is named ("auto"
-        ones are read from a checkpoint and have no file here)."""
+        """architecture -> dtype of the configured models whose architecture is a resources/models
+        name (an "auto" one is read from a checkpoint, a dict one is given inline: neither has a
+        file here, so figures 1 and 2a draw the named ones only)."""
         out = {}
         for m in self.models:
             arch = self.config["models"][m]["architecture"]
-            if arch != "auto":
+            if isinstance(arch, str) and arch != "auto":
                 out.setdefault(arch, self.config["models"][m].get("dtype", STUDY_DTYPE))
         return out
 
