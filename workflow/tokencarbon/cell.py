@@ -40,6 +40,9 @@ STATIC, CONTINUOUS = "static", "continuous"
 # Progress on the console: a line when a repeat starts and ends, and at most one per this many
 # seconds in between, so long cells show they are alive without burying Snakemake's messages.
 PROGRESS_INTERVAL_S = 10.0
+# A console line when other processes took more than this share of the cell's CPUs (a few ticks of
+# kernel threads are always there); the QA flag's own threshold is metrics' (HA's).
+FOREIGN_NOTE_SHARE = 0.05
 
 
 def group_batches(workload: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
@@ -480,7 +483,7 @@ def run_cell(
 
         foreign_cpu_share = foreign.get("foreign_cpu_share", math.nan)
         foreign_gpu_processes = foreign.get("foreign_gpu_processes", -1)
-        if foreign_cpu_share > 0 or foreign_gpu_processes > 0:
+        if foreign_cpu_share > FOREIGN_NOTE_SHARE or foreign_gpu_processes > 0:
             say(
                 f"other processes ran on this cell's devices: foreign CPU share "
                 f"{foreign_cpu_share:.3f}, {foreign_gpu_processes} other GPU process(es); "
