@@ -19,6 +19,7 @@ from tokencarbon.figures.common import (
     MS_PER_S,
     energy_text,
     new_figure,
+    wrap_to_width,
     readable_axis,
     require_columns,
     require_one_row_per_cell,
@@ -193,7 +194,8 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
     # Three legend columns need two panels' width; one panel takes two.
     fig.legend(handles=handles, loc="outside lower center", ncols=3 if ncols > 1 else 2, fontsize="small")
     bars = "; bars: 95 % intervals" if xerr is not None or yerr is not None else ""
-    fig.suptitle(f"Carbon per token vs latency per token, every cell\n{_carbon_basis(df)}{bars}")
+    title = f"Carbon per token vs latency per token, every cell\n{_carbon_basis(df)}{bars}"
+    fig.suptitle(wrap_to_width(title, fig.get_figwidth() - 0.3, 14.4))  # "large" in the theme
     if not panels:
         raise InputError(f"{figure}: no (model, platform) to draw")
     declutter(fig, labels)
@@ -272,10 +274,10 @@ def timeshift_day(timeshift: pd.DataFrame, intensity_g_per_kwh: pd.Series) -> Fi
     bottom.set_xticks(range(0, 25, 3))
     fig.legend(handles=handles, loc="outside lower center", fontsize="small", ncols=1)
     zone, basis = first["zone_id"], first["basis"]
-    fig.suptitle(
+    title = (
         f"When would the job ({first['job']}: {first['duration_s'] / 60:.3g} min, "
         f"{energy_text(timeshift['energy_j'].iloc[0])}) have emitted least?\n"
-        f"{zone}, {first['day']} (UTC), {basis} intensity, location-based",
-        fontsize="medium",
+        f"{zone}, {first['day']} (UTC), {basis} intensity, location-based"
     )
+    fig.suptitle(wrap_to_width(title, fig.get_figwidth() - 0.3, 12.0), fontsize="medium")
     return fig

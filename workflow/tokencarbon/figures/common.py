@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -105,6 +106,20 @@ def plain_number(value: float, _pos=None) -> str:
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.4g}"
+
+
+# A character of DejaVu Sans (matplotlib's default) is about 0.6 em wide on average.
+EM_PER_CHAR = 0.6
+
+
+def wrap_to_width(text: str, width_in: float, fontsize_pt: float = 12.0) -> str:
+    """text with each of its lines wrapped (at spaces) to fit `width_in` inches at `fontsize_pt`,
+    for titles whose content (intensity, PUE, flags) varies with the data."""
+    chars = max(20, int(width_in * 72.0 / (EM_PER_CHAR * fontsize_pt)))
+    return "\n".join(
+        textwrap.fill(line, chars, break_on_hyphens=False) if line else line
+        for line in text.split("\n")
+    )
 
 
 def energy_text(energy_j: float) -> str:

@@ -32,6 +32,7 @@ from tokencarbon.figures.common import (
     require_rows,
     select_models,
     themed,
+    wrap_to_width,
 )
 from tokencarbon.figures.inputs import (
     CONTINUOUS,
@@ -149,7 +150,11 @@ def fig4_throughput_latency(
     ax.set_ylabel("throughput (output tokens/s)")
     numbers = "batch size" if modes == [STATIC] else "batch size; cb<n>: max_num_seqs n"
     bars = "; bars: 95 % interval" if xerr is not None or yerr is not None else ""
-    ax.set_title(f"{title}\n(numbers at the points: {numbers}{bars})", fontsize="medium")
+    # The legend takes about 2.5 in beside the axes.
+    ax.set_title(
+        wrap_to_width(f"{title}\n(numbers at the points: {numbers}{bars})", fig.get_figwidth() - 3.0, 12.0),
+        fontsize="medium",
+    )
     declutter(fig, labels)
     return fig
 
@@ -251,41 +256,42 @@ def fig6_power_over_time(
         )
     df["t_s"] = (df["t_wall_ns"] - df["start_ns"]) / NS_PER_S
     df["cell"] = [point_label(m, b) for m, b in zip(df["mode"], df["batch_size"])]
+    # One colour per cell label across all panels (static batch sizes first, then cb<n>), so one
+    # legend below the panels serves them all and covers no data.
+    keys = df[["mode", "batch_size", "cell"]].drop_duplicates()
+    keys = keys.assign(static_first=keys["mode"] != STATIC).sort_values(["static_first", "batch_size"])
+    order = list(keys["cell"])
+    palette = dict(zip(order, sns.color_palette("viridis", len(order))))
     panels = sorted(df.groupby(["model", "platform"]).groups)
     ncols = min(2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = new_figure(6.5 * ncols, 4.2 * nrows + 0.4)
+    fig = new_figure(6.5 * ncols, 4.2 * nrows + 1.0)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    any_modeled = False
     for ax, (model, platform) in zip(axes, panels):
         d = df[(df["model"] == model) & (df["platform"] == platform)]
         modeled = bool(d["modeled"].any())
+        any_modeled |= modeled
         if modeled:
             d = d[d["phase"] == "run"]
         d = d.sort_values(["mode", "batch_size", "device_index", "t_wall_ns"])
-        order = list(dict.fromkeys(d["cell"]))
         t_idle_s = d.loc[d["phase"] == "idle", "t_s"]
         if not t_idle_s.empty:
             ax.axvspan(t_idle_s.min(), 0, color="0.9", zorder=0)
             ax.text(t_idle_s.min(), 0.98, " idle", transform=ax.get_xaxis_transform(), va="top")
-        palette = dict(zip(order, sns.color_palette("viridis", len(order))))
         sns.lineplot(
             d,
             x="t_s",
             y="power_w",
             hue="cell",
-            hue_order=order,
+            hue_order=[c for c in order if c in set(d["cell"])],
             palette=palette,
             units="device_index",
             estimator=None,
             sort=False,
             lw=1.0,
+            legend=False,
             ax=ax,
-        )
-        legend_title = "batch size" if set(d["mode"]) == {STATIC} else "batch size / cb<n>"
-        ax.legend(
-            title=legend_title + (" (modeled)" if modeled else ""),
-            fontsize="small",
-            loc="lower right",
         )
         ax.set_ylim(bottom=0)
         if batches is not None:
@@ -295,6 +301,15 @@ def fig6_power_over_time(
         ax.set_title(f"{model} on {platform}" + (" (modeled power, not a reading)" if modeled else ""))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
+    legend_title = "batch size" if set(df["mode"]) == {STATIC} else "batch size / cb<max_num_seqs>"
+    fig.legend(
+        handles=[Line2D([], [], color=palette[c], lw=2) for c in order],
+        labels=order,
+        title=legend_title + (" (modeled)" if any_modeled else ""),
+        loc="outside lower center",
+        ncols=min(len(order), 8),
+        fontsize="small",
+    )
     fig.suptitle(title)
     return fig
 
@@ -449,10 +464,8 @@ def fig7_carbon_per_token(
     ax.set_xlabel("")
     ax.set_ylabel("ratio (x)")
     # Across the figure, not the axes: the legend beside the axes leaves them narrower than the text.
-    fig.suptitle(
-        f"{title}\n{_carbon_basis(metrics)}" + ("; bars: >= 90 % intervals" if has_bars else ""),
-        fontsize="medium",
-    )
+    text = f"{title}\n{_carbon_basis(metrics)}" + ("; bars: >= 90 % intervals" if has_bars else "")
+    fig.suptitle(wrap_to_width(text, fig.get_figwidth() - 0.3, 12.0), fontsize="medium")
     return fig
 
 
