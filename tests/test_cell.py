@@ -101,7 +101,9 @@ def cell(tmp_path: Path, *, work: pd.DataFrame, batch_size: int, run=RUN, servin
 
 def test_static_cell_with_two_repeats(tmp_path):
     # 5 requests at batch 2: batches of 2, 2, 1; run twice -> 6 rows.
+    allowed = os.sched_getaffinity(0)
     out, meta, console = cell(tmp_path, work=workload(5), batch_size=2, run=RUN | {"repeats": 2})
+    assert os.sched_getaffinity(0) == allowed  # pinned for the cell only
     batches = tables.read(out / "batches.parquet", tables.BATCHES)
     assert list(zip(batches["repeat"], batches["batch_index"], batches["n_requests"])) == [
         (0, 0, 2), (0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 1, 2), (1, 2, 1)

@@ -381,20 +381,23 @@ def test_cell_lease_pins_every_thread_to_the_leased_cpus(tmp_path):
         early = threading.Thread(target=time.sleep, args=(5,), daemon=True)
         early.start()
         platform = {"name": "cpu", "kind": "cpu", "logical_cpus": 1}
+        before = sorted(os.sched_getaffinity(0))
         with cell_leases(platform, cell="c", lock_dir=sys.argv[1], timeout_s=0) as record:
             tasks = {}
             for task in os.listdir("/proc/self/task"):
                 tasks[task] = sorted(os.sched_getaffinity(int(task)))
-            print(json.dumps([record, tasks, early.native_id]), flush=True)
+        after = sorted(os.sched_getaffinity(early.native_id))
+        print(json.dumps([record, tasks, early.native_id, before == after]), flush=True)
         """,
         str(tmp_path),
     )
     out, _ = child.communicate(timeout=60)
     assert child.returncode == 0
-    record, tasks, early_tid = json.loads(out)
+    record, tasks, early_tid, restored = json.loads(out)
     first = min(os.sched_getaffinity(0))  # the lowest CPU this test may use
     assert record == {"cpus": [first]}
     assert str(early_tid) in tasks and all(cpus == [first] for cpus in tasks.values())
+    assert restored  # after the block, every thread runs where it ran before
 
 
 # ---------------------------------------------------------------- dying with the supervisor

@@ -398,6 +398,7 @@ def run_cell(
         if device == "cpu":
             import torch
 
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(len(lease["cpus"]))
         options = backend_options(run, engine_manifest)
         if continuous:

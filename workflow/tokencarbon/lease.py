@@ -525,8 +525,9 @@ def cell_leases(
     """The devices a cell (or probe) of `platform` measures, leased and applied for the block.
 
     GPU platform: a GPU, made CUDA device 0 (call before CUDA starts); yields {"gpu_index",
-    "gpu_uuid"}. CPU platform: platform["logical_cpus"] CPUs, every thread pinned to them; yields
-    {"cpus": [...]}. log(text) receives the lease and any wait.
+    "gpu_uuid"}. CPU platform: platform["logical_cpus"] CPUs, every thread pinned to them for the
+    block (the previous CPUs restored after it); yields {"cpus": [...]}. log(text) receives the
+    lease and any wait.
     """
     lock_dir = default_lock_dir() if lock_dir is None else Path(lock_dir)
     say = log or (lambda text: None)
@@ -543,6 +544,10 @@ def cell_leases(
         timeout_s=timeout_s,
         on_wait=lambda holders: say(f"{cell}: waiting for CPUs: {holders}"),
     ) as lease:
+        before = os.sched_getaffinity(0)
         pin(lease.cpus)
         say(f"{cell}: leased CPUs {list(lease.cpus)} in {lock_dir}")
-        yield lease.record()
+        try:
+            yield lease.record()
+        finally:
+            pin(before)  # a process that goes on (a test, an API caller) gets its CPUs back
