@@ -1,5 +1,7 @@
 """Measured CPU peaks: plausible magnitudes, and usable by resolve_platform as 'measured'."""
 
+import dataclasses
+
 import pytest
 
 from tokencarbon.errors import ConfigError
@@ -32,3 +34,21 @@ def test_bad_arguments_are_named():
         measure_cpu_peaks(1, dtypes=("int8",), repeats=1)
     with pytest.raises(ConfigError, match="logical_cpus 0"):
         measure_cpu_peaks(0)
+
+
+def test_command_prints_config_lines_resolve_platform_accepts(capsys, tmp_path):
+    import yaml
+
+    from tokencarbon.hardware import cpu_model_name
+    from tokencarbon.peak import main
+    from tokencarbon.platforms import load_platforms, resolve_platform
+
+    assert main(["--logical-cpus", "1"]) == 0
+    spec = yaml.safe_load(capsys.readouterr().out)["platforms"]["cpu"]["spec"]
+    assert spec["logical_cpus"] == 1 and set(spec) == {"logical_cpus", "peak_tflops_fp32", "memory_gb_per_s"}
+    # With a TDP added (not measurable, so left to the user as a comment), the lines describe this
+    # CPU even where the cpu row names another one.
+    table = load_platforms()
+    other = {**table, "cpu": dataclasses.replace(table["cpu"], device_name_pattern="^No Such CPU$")}
+    p = resolve_platform("cpu", cpu_model_name(), {**spec, "tdp_w": 5.0}, platforms=other)
+    assert p.peak_tflops_fp32 == spec["peak_tflops_fp32"] and p.tdp_w == 5.0

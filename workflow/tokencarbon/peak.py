@@ -60,3 +60,32 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tokencarbon.peak [--logical-cpus N] [--platform NAME]`: measure this CPU's peaks
+    and print them as the config lines platforms.<NAME>.spec takes (resolve_platform's error for a
+    CPU its row does not describe points here). TDP is not measurable here: the lines say so."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m tokencarbon.peak", description=main.__doc__)
+    parser.add_argument("--logical-cpus", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads, the platform's logical_cpus (default: this process's CPUs)")  # fmt: skip
+    parser.add_argument("--platform", default="cpu", help="platform name in config (default: cpu)")
+    a = parser.parse_args(argv)
+    from tokencarbon.hardware import cpu_model_name
+
+    peaks = measure_cpu_peaks(a.logical_cpus)
+    print(f"# measured by tokencarbon.peak on {cpu_model_name()!r}, {a.logical_cpus} logical CPUs "
+          f"(best of {REPEATS}; what torch reaches, not a datasheet peak)")  # fmt: skip
+    print(f"platforms:\n  {a.platform}:\n    spec:")
+    print(f"      logical_cpus: {a.logical_cpus}")
+    for key, value in peaks.items():
+        print(f"      {key}: {value:.4g}")
+    print("      # tdp_w: W, the TDP share of these logical CPUs, from this CPU's datasheet (not measurable here)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

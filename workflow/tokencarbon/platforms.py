@@ -279,8 +279,9 @@ def resolve_platform(
                 f"(resources/platforms.csv), but this machine's CPU is "
                 f"{detected_device_name!r}{hint}; to measure it here give config "
                 f"platforms.{name}.spec the values of this CPU for {', '.join(missing)} "
-                f"(peak_tflops_fp32 and memory_gb_per_s may be measured instead), or run on "
-                "the CPU the row describes"
+                "(`python -m tokencarbon.peak --logical-cpus N` measures peak_tflops_fp32 and "
+                "memory_gb_per_s here and prints them as those config lines), or run on the CPU "
+                "the row describes"
             )
         for f in ("peak_tflops_tf32", "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_int8"):
             values[f] = None
