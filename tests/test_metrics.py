@@ -48,7 +48,7 @@ def _cell():
         "dtype": "float32", "backend": "torch", "device_name": "x", "n_requests": 1, "n_batches": 1,
         "warmup_batches": 1, "window_start_wall_ns": T0, "window_end_wall_ns": T0 + S,
         "idle_power_w": 39.0, "power_source": "nvml", "power_interval_s": 0.1,
-        "peak_memory_bytes": 0.0, "git_commit": "x",
+        "peak_memory_bytes": 0.0, "git_commit": "x", "foreign_gpu_processes": -1,
     }])
     # One request: 4 prompt tokens, 3 output tokens; prefill ends at 0.25 s, the batch at 1 s.
     batches = pd.DataFrame([{
@@ -224,6 +224,7 @@ def _build(specs, power_at, mode="static", batch_size=1, throttle_at=lambda t: -
     cells = _defaults(tables.CELLS, [{
         **keys, "architecture": "toy", "dtype": "float32", "n_requests": n_requests,
         "idle_power_w": 0.0, "window_start_wall_ns": T0, "window_end_wall_ns": T0 + round(end_s * S),
+        "foreign_gpu_processes": -1,
     }])  # fmt: skip
     rows = []
     for rep, i, start_s, dur_s, out in specs:
@@ -465,6 +466,19 @@ def test_first_token_unknown_in_some_windows_or_requests_only():
     lat = request_latencies(requests)
     np.testing.assert_allclose(lat["ttft"], [0.25, np.nan])
     np.testing.assert_allclose(lat["tpot"], [0.25, np.nan])
+
+
+def test_other_processes_on_the_cells_devices_are_flagged():
+    # CELLS foreign_cpu_share 0.52 (another process had about one of two pinned CPUs, as on this
+    # machine's shared CI runs) -> foreign_cpu_use; 0.05 (the bound) and NaN (not measured) -> none;
+    # 2 other GPU processes -> foreign_gpu_processes; -1 (not measured) -> none.
+    cells, batches, power = _cell()
+    cases = [(0.52, -1, "foreign_cpu_use"), (0.05, -1, ""), (float("nan"), -1, ""),
+             (0.0, 2, "foreign_gpu_processes"), (0.3, 1, "foreign_cpu_use;foreign_gpu_processes")]
+    for share, processes, expected in cases:
+        row = _metrics(cells.assign(foreign_cpu_share=share, foreign_gpu_processes=processes),
+                       batches, power).iloc[0]  # fmt: skip
+        assert row["qa_flags"] == expected, (share, processes)
 
 
 def test_metrics_settings_are_checked():

@@ -44,6 +44,13 @@ UNKNOWN_TIME_NS = -1
 # QA flags of cells with unknown parts (imported timing files).
 FIRST_TOKEN_UNKNOWN_FLAG = "first_token_unknown"
 INPUT_TOKENS_UNKNOWN_FLAG = "input_tokens_unknown"
+# QA flags of cells whose devices other processes used during the measured window (CELLS'
+# foreign_cpu_share, foreign_gpu_processes; tokencarbon.occupancy): their latency and throughput,
+# and any wall-socket or whole-device power, include that load. A share at or below 0.05 is the
+# bound under which cells print no note (cell.py; docs/data.md: below ~0.01 is tick rounding).
+MAX_FOREIGN_CPU_SHARE = 0.05
+FOREIGN_CPU_FLAG = "foreign_cpu_use"
+FOREIGN_GPU_FLAG = "foreign_gpu_processes"
 
 
 @dataclass(frozen=True)
@@ -396,6 +403,17 @@ def _idle(cell: Mapping[str, Any], power: pd.DataFrame, where: str) -> tuple[flo
     return idle_power_w, [f"idle_{f}" for f in record.qa_flags]
 
 
+def foreign_use_flags(cell: Mapping[str, Any]) -> list[str]:
+    """QA flags for other processes on the cell's devices during its window (CELLS row):
+    FOREIGN_CPU_FLAG above MAX_FOREIGN_CPU_SHARE, FOREIGN_GPU_FLAG for any other GPU process.
+    Not measured (NaN share, -1 processes, or columns absent in older tables): no flag."""
+    share = float(cell.get("foreign_cpu_share", math.nan))
+    processes = int(cell.get("foreign_gpu_processes", -1))
+    return ([FOREIGN_CPU_FLAG] if share > MAX_FOREIGN_CPU_SHARE else []) + (
+        [FOREIGN_GPU_FLAG] if processes > 0 else []
+    )
+
+
 @dataclass(frozen=True)
 class CellMetrics:
     """A cell's METRICS row and its METRICS_REPEATS rows."""
@@ -465,6 +483,7 @@ def cell_metrics(
     flags += list(energy.qa_flags) + idle_flags
     if filled_share > 0:
         flags.append("intensity_filled")
+    flags += foreign_use_flags(cell)
 
     # Latency: per request (continuous: REQUESTS; static: each request shares its batch's figures).
     if continuous and len(requests):
