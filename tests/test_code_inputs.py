@@ -267,3 +267,23 @@ def test_jobs_run_the_package_of_the_workflow_they_belong_to(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [line.split() for line in marker.read_text().splitlines() if ".snakemake/scripts/" in line]
     assert [file for _, file in jobs] == [str(init)]  # one job, which ran the copy's package
+
+
+@pytest.mark.slow
+def test_an_architecture_file_of_the_checkout_is_found_by_its_jobs(tmp_path):
+    # issue 11: a hand-written resources/models/<name>.json inside a checkout was accepted by the
+    # DAG and not found by the jobs, which read resources/ of the venv's install.
+    config = dict(TINY, models={"mine": {"architecture": "my-arch", "family": "tiny", "dtype": "float32"}})
+    project = copied_project(tmp_path, config)
+    (project / "resources").unlink()
+    shutil.copytree(REPO / "resources", project / "resources")
+    arch = json.loads((REPO / "resources/models/tiny-llama.json").read_text())
+    arch.update(name="my-arch", num_layers=3)
+    (project / "resources/models/my-arch.json").write_text(json.dumps(arch))
+    assert not (REPO / "resources/models/my-arch.json").exists()
+    target = "results/engines/cpu/mine/torch/manifest.json"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", target], cwd=project,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((project / target).read_text())
+    assert manifest["architecture"]["name"] == "my-arch" and manifest["architecture"]["num_layers"] == 3

@@ -158,6 +158,9 @@ def _base() -> dict:
         (lambda c: c["backend"].update(name="transformers"), "sweep.batch_sizes: 'auto' takes its sizes from the OOM probe"),
         (lambda c: c["sweep"].update(max_num_seqs="auto") or c["backend"].update(name="transformers") or c["sweep"].update(batch_sizes=[1]), "sweep.max_num_seqs: 'auto'"),
         (lambda c: c["serving"].update(arrival="poisson"), "serving.request_rate_per_s: arrival 'poisson' needs a rate"),
+        # an engine job failing on a typo would delete its manifest, and every cell would rerun
+        (lambda c: c["backend"].update(name="transformers", transformers={"attn_implementation": "spda"}) or c["sweep"].update(batch_sizes=[1]),
+         "backend.transformers.attn_implementation: 'spda' is no attention implementation"),
         (lambda c: c["carbon"].update(trace_day="2023-02-30"), "carbon.trace_day: '2023-02-30' is no calendar day"),
         (lambda c: c["platforms"]["cpu"].update(import_only=True, imported={"power_log": "a", "timing": "b"}), "import_only (cells copied from another machine) and imported"),
     ],

@@ -203,6 +203,18 @@ def model_architecture(model):
     return resolve_model_architecture(config, model, workflow.basedir)
 
 
+def architecture_params(wildcards=None):
+    """{architecture name: its fields (models.architecture_to_dict)} of every configured model, as
+    params for jobs that need architectures by the name the cells record (metrics, figures): an
+    `auto` architecture has no file in resources/models to load it from."""
+    from tokencarbon.models import architecture_to_dict
+
+    return {
+        model_architecture(m).name: architecture_to_dict(model_architecture(m))
+        for m in MODELS
+    }
+
+
 def engine_inputs(wildcards):
     """What an engine reads besides params: the architecture file of a named architecture, and a
     local checkpoint's config and weights (a changed checkpoint reruns its engine)."""
@@ -264,8 +276,16 @@ def probe_platform_params(wildcards):
 
 
 def probe_limits(wildcards):
+    """The probe's search bounds; with `max_num_seqs: auto` also the concurrency to search up
+    to (the sweep's cap: max_batch or num_prompts, whichever is smaller). Only then, so probes
+    made for a listed sweep keep their params."""
     limit = config["platforms"][wildcards.platform]["memory_limit_gb"]
-    return {"memory_limit_gb": limit, "max_batch": config["sweep"]["max_batch"]}
+    limits = {"memory_limit_gb": limit, "max_batch": config["sweep"]["max_batch"]}
+    if config["sweep"]["max_num_seqs"] == "auto":
+        limits["max_num_seqs"] = min(
+            config["sweep"]["max_batch"], config["workload"]["num_prompts"]
+        )
+    return limits
 
 
 def copied_cell_sizes(platform, model, mode):
@@ -310,9 +330,9 @@ def batch_sizes(platform, model):
 
 
 def num_seqs(platform, model):
-    """The continuous sweep (sweep.max_num_seqs): explicit, or `auto` from the probe's
-    max_num_seqs (what fits the KV pool; its static max_ok where the probe has no such key),
-    capped at workload.num_prompts."""
+    """The continuous sweep (sweep.max_num_seqs): explicit, or `auto`: powers of two up to the
+    probe's max_num_seqs_ok (the most requests whose serving engine's KV pool fits), capped at
+    workload.num_prompts, plus that maximum."""
     if platform in IMPORTED:
         return copied_cell_sizes(platform, model, CONTINUOUS)
     if platform in IMPORTED_SOURCE:
@@ -322,7 +342,13 @@ def num_seqs(platform, model):
         return sorted(sizes)
     probe = _probe(platform, model)
     cap = config["workload"]["num_prompts"]
-    return auto_batch_sizes(probe.get("max_num_seqs", probe["max_ok"]), cap)
+    if "max_num_seqs_ok" not in probe:
+        raise ConfigError(
+            f"config key sweep.max_num_seqs: 'auto' reads max_num_seqs_ok from the probe, and "
+            f"results/cells/{platform}/{model}/probe.json has none (probed without it); delete "
+            "that probe.json to probe again, or list max_num_seqs"
+        )
+    return auto_batch_sizes(probe["max_num_seqs_ok"], cap)
 
 
 def cell_dir(platform, model, batch, mode=STATIC):

@@ -395,12 +395,30 @@ def _check_sweep(config: dict[str, Any]) -> None:
             "engine wired into cells; set max_num_seqs to [] or use backend.name 'torch' or "
             "'transformers'"
         )
+    if backend == "transformers" and measured:
+        _check_attention(config["backend"]["transformers"]["attn_implementation"])
     serving = config["serving"]
     if serving["arrival"] == "poisson" and serving["request_rate_per_s"] is None:
         raise ConfigError(
             "config key serving.request_rate_per_s: arrival 'poisson' needs a rate (requests per "
             "second, > 0); set it, or arrival to 'offline'"
         )
+
+
+def _check_attention(name: str) -> None:
+    """backend.transformers.attn_implementation: "eager", an implementation transformers registers
+    (AttentionInterface: sdpa, flash_attention_2, flex_attention, ...; "paged|" variants), or a
+    kernels-hub id ("org/repo"), which only loading can check."""
+    from transformers import AttentionInterface
+
+    valid = sorted({"eager", *AttentionInterface().valid_keys()})
+    bare = name.removeprefix("paged|")
+    if "/" in bare or bare in valid or name in valid:
+        return
+    raise ConfigError(
+        f"config key backend.transformers.attn_implementation: {name!r} is no attention "
+        f"implementation of this transformers; valid: {', '.join(valid)} (or a kernels hub id)"
+    )
 
 
 def check_config(config: dict[str, Any], workflow_dir: str | Path | None = None) -> None:
