@@ -436,3 +436,78 @@ def test_imported_platform_source_builds_its_cells_in_the_workflow(tmp_path):
     )
     assert record["energy"]["total_energy_joules"] == pytest.approx(600.0)
     assert record["energy"]["energy_per_token_joules"] == pytest.approx(5.0)
+
+
+# --- imported cells through aggregate and metrics, in this process ---------------------------
+
+
+def test_power_draw_only_log_and_unknown_first_token_through_metrics(tmp_path):
+    """A log with only nvidia-smi `power.draw` (the driver's 1 s average) and two timing files,
+    one with first_token and one without, imported and given metrics like the workflow's
+    aggregate_cells + compute_metrics (one integrator path: tokencarbon.energy)."""
+    from tokencarbon.aggregate import aggregate
+    from tokencarbon.energy import AVERAGE_FLAG
+    from tokencarbon.metrics import FIRST_TOKEN_UNKNOWN_FLAG, compute_all, resolve_cell_platforms
+    from tokencarbon.models import load_architecture
+
+    # A constant 200 W average every 0.1 s for 10 s from 12:00:00 UTC; no power.draw.instant.
+    log_path = tmp_path / "smi.csv"
+    log_path.write_text(
+        "timestamp, power.draw [W]\n"
+        + "".join(f"2025-01-15T12:00:{k // 10:02d}.{k % 10}00Z, 200.00 W\n" for k in range(101))
+    )
+    # bs2 (first_token known): windows [1 s, 3 s] (first token at 1.5 s, 100 tokens, 50 per
+    # request) and [5 s, 6 s] (first token at 5.25 s, 40 tokens, 20 per request).
+    known = tmp_path / "known.csv"
+    known.write_text(
+        "start,end,first_token,output_tokens,input_tokens,batch_size\n"
+        "2025-01-15T12:00:01Z,2025-01-15T12:00:03Z,2025-01-15T12:00:01.5Z,100,20,2\n"
+        "2025-01-15T12:00:05Z,2025-01-15T12:00:06Z,2025-01-15T12:00:05.25Z,40,20,2\n"
+    )
+    # bs4 (no first_token column): windows [7 s, 8 s] and [8.5 s, 9 s], 80 and 40 tokens.
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text(
+        "start,end,output_tokens,input_tokens,batch_size\n"
+        "2025-01-15T12:00:07Z,2025-01-15T12:00:08Z,80,40,4\n"
+        "2025-01-15T12:00:08.5Z,2025-01-15T12:00:09Z,40,40,4\n"
+    )
+    log = load_power_log(log_path)
+    assert (log.power_field, log.power_kind) == ("power.draw", "average")
+    assert log.samples["power_w"].isna().all()
+    out = tmp_path / "cells"
+    dirs = []
+    for timing in (known, unknown):
+        windows = read_timing(timing, None, model="tiny-llama", platform="a100-sxm4-40gb")
+        dirs += [c.directory for c in import_cells(
+            log, windows, out, timing_path=timing, architecture="tiny-llama", dtype="float16",
+            device_name="NVIDIA A100-SXM4-40GB")]  # fmt: skip
+    unknown_batches = tables.read(dirs[1] / "batches.parquet", tables.BATCHES)
+    assert unknown_batches["first_token_ns"].tolist() == [-1, -1]  # not the start time
+    assert unknown_batches["first_token_wall_ns"].tolist() == [-1, -1]
+    assert json.loads((dirs[1] / "meta.json").read_text())["imported"]["first_token_known"] is False
+
+    t = aggregate(dirs)
+    metrics, _ = compute_all(
+        t.cells, t.batches, t.power, {"tiny-llama": load_architecture("tiny-llama")},
+        resolve_cell_platforms(t.cells), ConstantIntensity(413.0), pue=1.0, fill=None,
+    )  # fmt: skip
+    rows = {int(r["batch_size"]): r for r in metrics.to_dict("records")}
+    bs2, bs4 = rows[2], rows[4]
+    # Energy: the constant average x duration: 200 W x (2 s + 1 s) = 600 J; 200 W x 1.5 s = 300 J.
+    assert bs2["energy_j"] == pytest.approx(600.0) and bs4["energy_j"] == pytest.approx(300.0)
+    assert bs2["energy_method"] == bs4["energy_method"] == "integrated"
+    # J/token: 600 / 140 and 300 / 120 = 2.5.
+    assert bs2["j_per_token"] == pytest.approx(600 / 140)
+    assert bs4["j_per_token"] == pytest.approx(2.5)
+    for row in (bs2, bs4):
+        assert AVERAGE_FLAG in row["qa_flags"].split(";")
+    # bs2 keeps its TTFT: mean of 0.5 s and 0.25 s = 0.375 s; TPOT (2 - 0.5) / 49 and
+    # (1 - 0.25) / 19 averaged = (0.030612 + 0.039474) / 2 = 0.035043 s.
+    assert bs2["ttft_s"] == pytest.approx(0.375)
+    assert bs2["tpot_s"] == pytest.approx((1.5 / 49 + 0.75 / 19) / 2)
+    assert FIRST_TOKEN_UNKNOWN_FLAG not in bs2["qa_flags"].split(";")
+    # bs4: TTFT and TPOT unknown (NaN, flagged), not 0 s and a window / (max_output_tokens - 1);
+    # s/token per user still known: (1 s / 20 + 0.5 s / 10) / 2 = 0.05.
+    assert np.isnan(bs4["ttft_s"]) and np.isnan(bs4["tpot_s"]) and np.isnan(bs4["ttft_p50_s"])
+    assert FIRST_TOKEN_UNKNOWN_FLAG in bs4["qa_flags"].split(";")
+    assert bs4["s_per_token_user"] == pytest.approx(0.05)

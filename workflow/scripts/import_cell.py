@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from tokencarbon import energy
 from tokencarbon.errors import InputError
 from tokencarbon.importing import load_power_log, read_timing, write_cell
 from tokencarbon.power.timestamps import parse_times
@@ -30,14 +29,6 @@ log = load_power_log(
     start=imported.get("start"),
     delay_ms=imported.get("delay_ms"),
 )
-if log.power_kind == "average" and not hasattr(energy, "AVERAGE_FLAG"):
-    # Refused here, before compute_metrics would stop on it for every cell.
-    raise InputError(
-        f"{snakemake.input.power_log}: power comes only from {log.power_field}, a 1 s average, "
-        "which the workflow's metrics (tokencarbon.energy) do not integrate yet; log "
-        f"power.draw.instant, or set platforms.{platform}.imported.power_draw: instant where the "
-        "GPU is an A100 or older (its power.draw is instant power)"
-    )
 windows = read_timing(
     snakemake.input.timing,
     tz,

@@ -383,18 +383,15 @@ def cmd_import(a: argparse.Namespace) -> int:
         print(f"note            {note}")
     from tokencarbon.importing import UNKNOWN_DEVICE
 
-    from tokencarbon import energy
-
-    if log.power_kind == "average" and not hasattr(energy, "AVERAGE_FLAG"):
-        print(
-            "note            energy above is integrated from a 1 s average (flagged); the "
-            "workflow's compute_metrics does not integrate averages yet and would stop on these "
-            "cells"
-        )
     if (timing["input_tokens"] < 0).any():
         print(
             "note            the timing file gives no input_tokens: the workflow's FLOPs, MFU and "
-            "MBU cannot be computed for these cells"
+            "MBU of these cells are NaN (flagged input_tokens_unknown)"
+        )
+    if (timing["first_token_wall_ns"] < 0).any():
+        print(
+            "note            the timing file gives no first_token: the workflow's TTFT and TPOT of "
+            "these cells are NaN (flagged first_token_unknown)"
         )
     meta0 = json.loads((cells[0].directory / "meta.json").read_text()) if cells else {}
     if meta0.get("device_name") == UNKNOWN_DEVICE:

@@ -10,7 +10,8 @@ The timing file (CSV, one row per measured window; docs/import.md):
 start, end (required): wall times of the window, ISO-8601 (with an offset, or local in tz) or
 epoch seconds. output_tokens (required): tokens generated in the window. Optional: input_tokens,
 batch_size and n_requests (requests in the window; default batch_size), model, platform (or given
-once for the file), first_token (when every request of the window had its first token),
+once for the file), first_token (when every request of the window had its first token; without
+it the window's first token time is written as metrics.UNKNOWN_TIME_NS, -1: NaN TTFT and TPOT),
 max_output_tokens (the longest request's output; default output_tokens / n_requests, rounded up),
 repeat.
 """
@@ -288,10 +289,14 @@ def cell_batches(windows: pd.DataFrame) -> pd.DataFrame:
     """A BATCHES table of one cell's windows. Per-request lengths are not in a timing file: the
     window's totals are split evenly over its requests (for FLOPs and bytes). A window without
     input_tokens has input_tokens 0 and prompt_lens [] (unknown: no FLOPs can be counted); one
-    without first_token has first_token = start (TTFT unknown). meta.json says which."""
+    without first_token has first_token_ns = first_token_wall_ns = metrics.UNKNOWN_TIME_NS (-1),
+    which metrics reads as unknown (NaN TTFT and TPOT, flag first_token_unknown), never as a
+    latency. meta.json's imported.first_token_known / input_tokens_known say which."""
+    from tokencarbon.metrics import UNKNOWN_TIME_NS
+
     rows = []
     for batch_index, w in enumerate(windows.sort_values(["repeat", "start_wall_ns"]).itertuples()):
-        first = w.first_token_wall_ns if w.first_token_wall_ns >= 0 else w.start_wall_ns
+        first = w.first_token_wall_ns if w.first_token_wall_ns >= 0 else UNKNOWN_TIME_NS
         input_tokens = max(int(w.input_tokens), 0)
         rows.append(
             {
@@ -430,9 +435,7 @@ def write_cell(
     power = cell_power(log, windows, idle)
     idle_power_w = math.nan
     if idle is not None:
-        from tokencarbon.monitor import energy_samples
-
-        idle_rows, _ = energy_samples(power[power["phase"] == "idle"])
+        idle_rows = power[power["phase"] == "idle"]
         idle_power_w = idle_power(idle_rows, where=f"{log.path} (idle window)")[0]
     t = log.samples["t_wall_ns"].to_numpy()
     interval_s = float(np.median(np.diff(t)) / 1e9) if len(t) > 1 else math.nan

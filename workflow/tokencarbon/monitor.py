@@ -149,23 +149,6 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def energy_samples(samples: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """The samples tokencarbon.energy integrates, and flags to add.
-
-    A source that gives only a 1 s average (nvidia-smi power.draw on Ampere and newer; CodeCarbon's
-    mean power) has power_w NaN and power_avg_w set. Where tokencarbon.energy integrates such
-    averages itself (it then defines AVERAGE_FLAG), the samples pass unchanged; otherwise the
-    average is offered as power_w and the window is flagged "integrated_from_1s_average".
-    """
-    from tokencarbon import energy
-
-    if samples["power_w"].notna().any() or not samples["power_avg_w"].notna().any():
-        return samples, ()
-    if hasattr(energy, "AVERAGE_FLAG"):
-        return samples, ()
-    return samples.assign(power_w=samples["power_avg_w"]), ("integrated_from_1s_average",)
-
-
 def measure_windows(
     samples: pd.DataFrame,
     windows: list[tuple[int, int]],
@@ -188,9 +171,8 @@ def measure_windows(
         raise ConfigError(f"tokens={tokens!r}: a count of generated tokens must be an int > 0")
     if not windows:
         raise ConfigError(f"{name}: no window to measure")
-    usable, extra = energy_samples(samples)
     parts = [
-        window_carbon(usable, s, e, intensity, pue=pue, fill=fill, where=where) for s, e in windows
+        window_carbon(samples, s, e, intensity, pue=pue, fill=fill, where=where) for s, e in windows
     ]
     energy = combine([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     carbon_g = sum(p[1].carbon_g for p in parts)
@@ -213,7 +195,7 @@ def measure_windows(
         energy_method=energy.method,
         energy_counter_j=energy.energy_counter_j,
         energy_integrated_j=energy.energy_integrated_j,
-        qa_flags=tuple(energy.qa_flags) + extra,
+        qa_flags=tuple(energy.qa_flags),
         intensity_g_per_kwh=intensity_g_per_kwh,
         pue=pue,
         carbon_g=carbon_g,
