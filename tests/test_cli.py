@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("tokencarbon")
 
 
-def tc(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+def tc(
+    *args: str, cwd: Path = REPO, timeout: float = 300, cpus: set[int] | None = None
+) -> subprocess.CompletedProcess:
+    """The console script run as a user would; cpus: the CPUs it may use (as under taskset)."""
     assert SCRIPT.exists(), f"{SCRIPT} missing: reinstall the package (pip install -e .)"
     return subprocess.run(
-        [str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+        [str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+    )  # fmt: skip
 
 
 def test_help_lists_every_command():
@@ -83,7 +88,12 @@ def test_doctor_on_this_cpu_machine(tmp_path):
     report = json.loads(out.stdout)
     assert report["cpu"]["logical_cpus_available"] == len(os.sched_getaffinity(0))
     assert any(s.startswith("modeled_cpu") for s in report["power_sources"])
-    assert any(m["platform"] == "cpu" for m in report["platform_matches"])
+    from tokencarbon.platforms import get_platform
+
+    cpu_row_matches = bool(
+        re.search(get_platform("cpu").device_name_pattern, report["cpu"]["model"])
+    )
+    assert any(m["platform"] == "cpu" for m in report["platform_matches"]) == cpu_row_matches
     if not report["gpus"]:
         assert report["gpu_note"]  # says why there is none
         # A study of an H100 cannot run here, and doctor says why, naming the pattern.
@@ -91,15 +101,59 @@ def test_doctor_on_this_cpu_machine(tmp_path):
         config.write_text(yaml.safe_dump({"platforms": {"h100-sxm-80gb": {}, "cpu": {}}}))
         out = tc("doctor", "--configfile", str(config))
         assert out.returncode == 1
-        from tokencarbon.platforms import get_platform
-
         pattern = get_platform("h100-sxm-80gb").device_name_pattern
         assert f"h100-sxm-80gb: CANNOT run here (needs a GPU matching {pattern!r}" in out.stdout
-        assert "cpu: can run here" in out.stdout
     config = tmp_path / "unknown.yaml"
     config.write_text(yaml.safe_dump({"platforms": {"tpu-v9": {}}}))
     out = tc("doctor", "--configfile", str(config))
     assert out.returncode == 1 and "tpu-v9: CANNOT run here (unknown platform" in out.stdout
+
+
+def test_doctor_judges_the_cpu_default_as_its_cells_do(tmp_path):
+    # The default study (config/config.yaml: platform cpu) on this CPU machine: the cpu row
+    # (resources/platforms.csv: a 2-vCPU slice, logical_cpus 2) resolved against this CPU, and
+    # its 2 CPUs among those this process may use, as the cell's CPU lease requires. Run here
+    # with 2 CPUs allowed it can run; pinned to one CPU (CI's pytest process inherited such a
+    # pin from an earlier cell before 0a9a1c1) it cannot, and doctor says exactly why.
+    from tokencarbon.hardware import cpu_model_name
+    from tokencarbon.platforms import get_platform
+
+    row = get_platform("cpu")
+    assert row.logical_cpus == 2
+    allowed = sorted(os.sched_getaffinity(0))
+    out = tc("doctor")
+    report = json.loads(tc("doctor", "--json").stdout)
+    (verdict,) = [v for v in report["study"]["platforms"] if v["platform"] == "cpu"]
+    if not re.search(row.device_name_pattern, cpu_model_name()):
+        # A row anchored to another CPU (docs/metrics.md: EPYC 7763) needs this CPU's numbers in
+        # config: doctor names the keys, as the DAG build would.
+        assert out.returncode == 1 and verdict["can_run"] is False
+        assert "give config platforms.cpu.spec the values of this CPU" in verdict["why"]
+        return
+    if len(allowed) >= 2:
+        assert out.returncode == 0 and "cpu: can run here" in out.stdout, out.stdout
+        assert verdict["can_run"] is True and "the platform needs 2 (datasheet)" in verdict["why"]
+    else:
+        assert out.returncode == 1 and "may use only 1" in verdict["why"]
+    one = {allowed[0]}
+    out = tc("doctor", cpus=one)
+    assert out.returncode == 1, out.stdout
+    assert (
+        "cpu: CANNOT run here (CPU" in out.stdout
+        and "the platform needs 2 logical CPUs" in out.stdout
+        and f"this process may use only 1: [{allowed[0]}]" in out.stdout
+    ), out.stdout
+    # The config's spec is applied as cells apply it: a 1-CPU slice described there runs pinned.
+    config = tmp_path / "one-cpu.yaml"
+    config.write_text(yaml.safe_dump({"platforms": {"cpu": {"spec": {"logical_cpus": 1}}}}))
+    out = tc("doctor", "--configfile", str(config), cpus=one)
+    assert out.returncode == 0 and "cpu: can run here" in out.stdout, out.stdout
+    assert "config: logical_cpus" in out.stdout  # spec_source names where the 1 came from
+    # resolve_platform's own refusals reach the verdict: a memory limit above the row's 8 GB.
+    config.write_text(yaml.safe_dump({"platforms": {"cpu": {"memory_limit_gb": 100}}}))
+    out = tc("doctor", "--configfile", str(config))
+    assert out.returncode == 1
+    assert "cpu: CANNOT run here (memory_limit_gb=100 for platform 'cpu'" in out.stdout
 
 
 def test_run_dry_run_in_the_checkout():

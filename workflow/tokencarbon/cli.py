@@ -154,7 +154,10 @@ def _parser() -> argparse.ArgumentParser:
         "doctor", help="what this machine can measure, and whether the study can run here",
         description="Lists the GPUs NVML sees, the CPU, the power sources available, which "
         "platform rows of resources/platforms.csv match this hardware and why, and whether "
-        "each platform of the configured study can be measured here. Exits 1 when one cannot.",
+        "each platform of the configured study can be measured here, as its cells would judge it "
+        "(the row with the config's platforms.<name>.spec resolved against this device; a CPU "
+        "platform's logical_cpus among the CPUs this process may use), or why not. Exits 1 when "
+        "one cannot.",
         epilog=EXAMPLES["doctor"], formatter_class=fmt,
     )  # fmt: skip
     d.add_argument(
@@ -432,6 +435,60 @@ def gpus() -> tuple[list[dict], str | None]:
         pynvml.nvmlShutdown()
 
 
+def _verdict(name: str, spec: dict, row, found: list[dict], why_no_gpu: str | None, cpu: str):
+    """{"can_run", "why"} for a configured platform measured here: the check a cell makes before it
+    runs. The row resolved as the DAG build and each cell resolve it (platforms.resolve_platform,
+    with config's platforms.<name>.spec overrides and memory_limit_gb) against a visible GPU or this
+    CPU; a CPU platform also needs its logical_cpus among the CPUs this process may use (the lease
+    pins a cell to that many: lease.lease_cpus)."""
+    from tokencarbon.errors import ConfigError, HardwareMismatchError
+    from tokencarbon.platforms import resolve_platform
+
+    overrides = {k: v for k, v in (spec.get("spec") or {}).items() if v is not None}
+    limit = spec.get("memory_limit_gb")
+    if row.kind == "gpu":
+        if not found:
+            return {
+                "can_run": False,
+                "why": f"needs a GPU matching {row.device_name_pattern!r}; {why_no_gpu}",
+            }
+        errors = []
+        for g in found:
+            try:
+                resolve_platform(name, g["name"], overrides, memory_limit_gb=limit)
+                return {
+                    "can_run": True,
+                    "why": f"GPU {g['index']} {g['name']!r} matches {row.device_name_pattern!r}",
+                }
+            except (HardwareMismatchError, ConfigError) as exc:
+                errors.append(str(exc))
+        return {
+            "can_run": False,
+            "why": f"needs a GPU matching {row.device_name_pattern!r}; this machine has "
+            f"{[g['name'] for g in found]}: {errors[0]}",
+        }
+    try:
+        p = resolve_platform(name, cpu, overrides, memory_limit_gb=limit)
+    except (HardwareMismatchError, ConfigError) as exc:
+        return {"can_run": False, "why": str(exc)}
+    allowed = sorted(os.sched_getaffinity(0))
+    need = p.logical_cpus or 1
+    if len(allowed) < need:
+        return {
+            "can_run": False,
+            "why": f"CPU {cpu!r}: the platform needs {need} logical CPUs (logical_cpus of "
+            f"resources/platforms.csv, or config platforms.{name}.spec.logical_cpus) and a cell "
+            f"pins that many, but this process may use only {len(allowed)}: {allowed} "
+            "(taskset, a cgroup cpuset or the batch system's allocation); run where "
+            f"{need} are allowed, or describe this slice in platforms.{name}.spec",
+        }
+    return {
+        "can_run": True,
+        "why": f"CPU {cpu!r}, {len(allowed)} logical CPUs available, the platform needs {need} "
+        f"({p.spec_source}); power is modeled",
+    }
+
+
 def diagnose(configfile: Path | None = None) -> dict:
     """What `tokencarbon doctor` reports, as a dict (see its --help)."""
     import yaml
@@ -502,37 +559,8 @@ def diagnose(configfile: Path | None = None) -> dict:
                     "can_run": True,
                     "why": "measured elsewhere (import_only / imported): nothing runs here",
                 }
-            elif p.kind == "gpu":
-                hits = [g for g in found if re.search(p.device_name_pattern, g["name"])]
-                v = {
-                    "platform": name,
-                    "can_run": bool(hits),
-                    "why": (
-                        (
-                            f"GPU {hits[0]['index']} {hits[0]['name']!r} matches "
-                            f"{p.device_name_pattern!r}"
-                        )
-                        if hits
-                        else (
-                            f"needs a GPU matching {p.device_name_pattern!r}; "
-                            + (
-                                f"this machine has {[g['name'] for g in found]}"
-                                if found
-                                else why_no_gpu
-                            )
-                        )
-                    ),
-                }
             else:
-                ok = n_cpus >= (p.logical_cpus or 1)
-                v = {
-                    "platform": name,
-                    "can_run": ok,
-                    "why": (
-                        f"CPU {cpu!r}, {n_cpus} logical CPUs available, the row needs "
-                        f"{p.logical_cpus}; power is modeled"
-                    ),
-                }
+                v = {"platform": name, **_verdict(name, spec, p, found, why_no_gpu, cpu)}
             verdicts.append(v)  # fmt: skip
         study["platforms"] = verdicts
         study["can_run"] = bool(verdicts) and all(v["can_run"] for v in verdicts)
