@@ -24,28 +24,34 @@ ONE_CPU_W = TDP_W / len(os.sched_getaffinity(0))  # modeled power of one busy al
 GPU = gpu_present()
 
 
-def burn(seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        pass
-
-
 def test_modeled_sidecar_sees_a_burning_process(tmp_path):
     idle, idle_power_w = measure_idle(CPU, seconds=0.5, interval_s=0.1)
     assert (idle["phase"] == "idle").all()
 
+    # The measured process: a child of its own (a test runner's process tree holds whatever
+    # other tests left running), ready once imported, burning 1 s of wall time on "go", then
+    # printing the CPU seconds the kernel counted for the burn, then sleeping.
+    burner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+         "t0 = time.process_time()\nend = time.monotonic() + 1.0\n"
+         "while time.monotonic() < end: pass\n"
+         "print(time.process_time() - t0, flush=True)\ntime.sleep(60)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert burner.stdout.readline().strip() == "ready"
     out = tmp_path / "power.parquet"
-    sidecar = PowerSidecar(CPU, out, interval_s=0.1)  # measures this process
-    me = psutil.Process()
-    sidecar.start()
-    cpu_before = me.cpu_times()
-    started = time.monotonic()
-    burn(1.0)
-    duration_s = time.monotonic() - started
-    cpu_after = me.cpu_times()
-    n_samples = sidecar.stop()
-    # what the kernel counted for this process while it burned (the sidecar, a child, apart)
-    burned_cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    sidecar = PowerSidecar(CPU, out, interval_s=0.1, target_pid=burner.pid)
+    try:
+        sidecar.start()
+        started = time.monotonic()
+        burner.stdin.write("go\n")
+        burner.stdin.flush()
+        burned_cpu_s = float(burner.stdout.readline())
+        duration_s = time.monotonic() - started
+        n_samples = sidecar.stop()
+    finally:
+        burner.kill()
+        burner.wait()
     samples = read_samples(out)
     assert len(samples) == n_samples
     assert not parts_dir(out).exists()  # merged and cleaned up
@@ -72,7 +78,7 @@ def test_modeled_sidecar_sees_a_burning_process(tmp_path):
         samples, int(samples["t_wall_ns"].iloc[0]), int(samples["t_wall_ns"].iloc[-1]), idle_power_w
     )
     assert record.method == "modeled" and "modeled" in record.qa_flags
-    # Modeled energy = ONE_CPU_W x the CPU seconds this process burned, whatever share of a CPU a
+    # Modeled energy = ONE_CPU_W x the CPU seconds the burner used, whatever share of a CPU a
     # loaded machine gave it (judged against the kernel's count, not a fixed floor). Sampling
     # error: the trapezoid smears each edge of the burn over one 0.1 s interval (0.2 s of
     # ONE_CPU_W), and utilisation moves in 10 ms ticks per read (15 % covers both on ~1 s).
