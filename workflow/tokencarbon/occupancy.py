@@ -27,7 +27,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # idle, iowait and steal are not this machine's CPUs working).
 _BUSY_FIELDS = (0, 1, 2, 5, 6)
 # Foreign processes named in meta.json: the largest consumers, above this much CPU time.
-TOP_FOREIGN = 5
+TOP_FOREIGN = 10
 MIN_NAMED_CPU_S = 0.01
 
 
@@ -65,17 +65,22 @@ def tree_cpu_s(pid: int | None = None) -> tuple[float, set[int]]:
 
 
 def _process_cpu_s(cpus: set[int], exclude: set[int]) -> dict[tuple[int, float], tuple[str, float]]:
-    """(pid, start time) -> (name, CPU seconds) of every process that may run on `cpus`."""
+    """(pid, start time) -> (name, estimated CPU seconds on `cpus`) of every process that may run
+    there. Linux keeps no per-CPU time per process, so a process's time is weighted by the share of
+    its allowed CPUs that are in `cpus`: all of it for a process pinned there, half for one allowed
+    on two CPUs of which one is ours."""
     out = {}
     for proc in psutil.process_iter(["name", "cpu_times", "cpu_affinity", "create_time"]):
         info = proc.info
         if proc.pid in exclude or info["cpu_times"] is None:
             continue
-        affinity = info["cpu_affinity"]
-        if affinity is not None and not cpus.intersection(affinity):
+        affinity = info["cpu_affinity"] or sorted(cpus)  # unknown affinity: counted as ours
+        overlap = len(cpus.intersection(affinity))
+        if not overlap:
             continue
         t = info["cpu_times"]
-        out[(proc.pid, info["create_time"] or 0.0)] = (info["name"] or "?", t.user + t.system)
+        key = (proc.pid, info["create_time"] or 0.0)
+        out[key] = (info["name"] or "?", (t.user + t.system) * overlap / len(affinity))
     return out
 
 
@@ -113,7 +118,8 @@ class CpuWatch:
 
     def stop(self) -> dict[str, Any]:
         """{"foreign_cpu_share", "foreign_cpu_s", "cpus_busy_s", "own_cpu_s", "window_s", "cpus",
-        "foreign_processes": [{"pid", "name", "cpu_s"}...]}; share NaN where /proc/stat lacks one
+        "foreign_processes": [{"pid", "name", "cpu_s"}...]} (cpu_s: that process's estimated CPU
+        seconds on these CPUs, _process_cpu_s); share NaN where /proc/stat lacks one
         of the CPUs (a virtualised /proc), with "unavailable" saying why."""
         start, end = self._start, self._snapshot()
         window_s = (end.t_ns - start.t_ns) / 1e9
