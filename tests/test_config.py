@@ -303,6 +303,13 @@ def test_null_fill_given_on_the_command_line_validates(tmp_path):
 # --- paths: a typo never reaches a job -----------------------------------------------------------
 
 
+def _tokenizer_dir(tmp: Path) -> str:
+    """A folder the tokenizer check accepts (it looks for the files, it does not load them)."""
+    (tmp / "tok").mkdir(exist_ok=True)
+    (tmp / "tok/tokenizer.json").write_text("{}")
+    return str(tmp / "tok")
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -314,13 +321,13 @@ def test_null_fill_given_on_the_command_line_validates(tmp_path):
         (lambda c, t: c["workload"].update(source=str(t / "sharegpt.jsn")),
          "config key workload.source: no file '{t}/sharegpt.jsn'"),
         (lambda c, t: c["workload"].update(source="hf:no-such-org/no-such-dataset")
-         or c["families"]["tiny"].update(tokenizer=str(t)),
+         or c["families"]["tiny"].update(tokenizer=_tokenizer_dir(t)),
          "config key workload.source: 'no-such-org/no-such-dataset' is neither a local directory "
          "nor a Hugging Face dataset id in the local cache"),
         (lambda c, t: c["carbon"].update(source="trace", trace=str(t / "trace.cvs")),
          "config key carbon.trace: no file '{t}/trace.cvs'"),
         (lambda c, t: c["models"]["tiny-llama"].update(checkpoint=str(t / "ckpt")),
-         "checkpoint '{t}/ckpt': no such directory"),
+         "config key models.tiny-llama.checkpoint: '{t}/ckpt' is no directory"),
         (lambda c, t: c["platforms"]["cpu"].update(imported={"power_log": str(t / "smi.csv"),
                                                              "timing": str(t / "t.csv")}),
          "config key platforms.cpu.imported.power_log: no file '{t}/smi.csv'"),
@@ -332,6 +339,23 @@ def test_every_configured_path_is_checked(tmp_path, mutate, message):
     with pytest.raises(ConfigError) as err:
         check_config(config)
     assert message.format(t=tmp_path) in str(err.value)
+
+
+def test_a_directory_without_what_the_key_needs_is_refused(tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/README.md").write_text("not a tokenizer")
+    config = copy.deepcopy(_base())
+    config["families"]["tiny"]["tokenizer"] = str(tmp_path / "tok")
+    with pytest.raises(ConfigError, match="holds none of tokenizer.json, tokenizer_config.json"):
+        check_config(config)
+    ckpt = save_checkpoint(tmp_path / "ckpt", "llama", vocab_size=4096, max_position_embeddings=512)
+    for weights in ckpt.glob("*.safetensors"):
+        weights.unlink()  # config.json alone: the architecture reads, the weights would not load
+    config = copy.deepcopy(_base())
+    config["models"]["tiny-llama"]["checkpoint"] = str(ckpt)
+    config["models"]["tiny-llama"]["architecture"] = "auto"
+    with pytest.raises(ConfigError, match=r"models.tiny-llama.checkpoint: the directory .* holds none of \*.safetensors, \*.bin"):
+        check_config(config)
 
 
 def test_a_tokenizer_typo_stops_the_dag_so_no_measured_output_is_deleted(tmp_path):

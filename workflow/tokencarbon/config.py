@@ -27,6 +27,9 @@ from tokencarbon.errors import ConfigError, HardwareMismatchError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 STATIC, CONTINUOUS = "static", "continuous"
+# What AutoTokenizer reads from a local folder (fast tokenizer, or the slow ones' vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+WEIGHT_FILES = ("*.safetensors", "*.bin")
 _NULL_WORDS = {"null", "Null", "NULL", "~"}
 
 
@@ -150,14 +153,21 @@ def _local_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists()
 
 
-def _check_hub_or_path(spec: str, key: str, valid: str, repo_type: str = "model") -> None:
-    """A local directory, or a Hugging Face id already in the local cache (offline); `valid`
-    says what the key takes."""
+def _check_hub_or_path(
+    spec: str, key: str, valid: str, repo_type: str = "model", needs: tuple[str, ...] = ()
+) -> None:
+    """A local directory (holding one of the glob patterns `needs`, if given), or a Hugging Face
+    id already in the local cache (offline); `valid` says what the key takes."""
     path = Path(spec).expanduser()
     if _local_path(spec):
         if not path.is_dir():
             raise ConfigError(
                 f"config key {key}: {spec!r} is no directory (resolved: {path.absolute()}); "
+                f"valid: {valid}"
+            )
+        if needs and not any(any(path.glob(pattern)) for pattern in needs):
+            raise ConfigError(
+                f"config key {key}: the directory {spec!r} holds none of {', '.join(needs)}; "
                 f"valid: {valid}"
             )
         return
@@ -274,6 +284,7 @@ def _check_families(config: dict[str, Any]) -> None:
                 tokenizer,
                 f"families.{name}.tokenizer",
                 "'builtin', a local Hugging Face tokenizer directory, or a cached hub id",
+                needs=TOKENIZER_FILES,
             )
 
 
@@ -296,6 +307,14 @@ def resolve_model_architecture(config: dict[str, Any], name: str, workflow_dir=N
 
 def _check_models(config: dict[str, Any], workflow_dir) -> None:
     for name, model in config["models"].items():
+        if model["checkpoint"] and _local_path(model["checkpoint"]):
+            _check_hub_or_path(
+                model["checkpoint"],
+                f"models.{name}.checkpoint",
+                "a local Hugging Face model directory (config.json and weights), a cached hub "
+                "id, or null for dummy weights",
+                needs=WEIGHT_FILES,
+            )
         if model["family"] not in config["families"]:
             raise ConfigError(
                 f"config key models.{name}.family: {model['family']!r} is not a key of families; "
