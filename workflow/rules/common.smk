@@ -106,13 +106,8 @@ def resource_file(*parts):
     return workdir_path(resources_dir(workflow.basedir).joinpath(*parts))
 
 
-# Kept only while metrics.smk and figures.smk still name them; they are derived, not hand-kept.
+# Kept only while metrics.smk still names it (derived, not hand-kept): compute_metrics' imports.
 METRICS_CODE = code_inputs("compute_metrics") + [resource_file("platforms.csv")]
-FIGURE_CODE = sorted(
-    set(code_inputs("render_figure"))
-    | set(code_inputs("summarize_headlines"))
-    | set(code_inputs("tabulate_max_batch"))
-)
 
 
 wildcard_constraints:
@@ -231,10 +226,6 @@ def engine_inputs(wildcards):
             if p.suffix in {".json", ".safetensors", ".bin"}
         )
     return inputs
-
-
-def architecture_file(wildcards):
-    return engine_inputs(wildcards).get("arch", [])
 
 
 def trtllm_build_params(wildcards):
@@ -430,15 +421,6 @@ def metrics_inputs(wildcards):
     return inputs
 
 
-def fig6a_inputs(wildcards):
-    if config["carbon"]["source"] == "trace":
-        return {"trace": config["carbon"]["trace"]}
-    if config["carbon"]["trace_day"]:
-        return {}
-    # A constant intensity drawn for the day the cells ran (their first window).
-    return {"cells": "results/tables/cells.parquet"}
-
-
 def arch_family(model):
     return model_architecture(model).family
 
@@ -446,29 +428,6 @@ def arch_family(model):
 def models_of(family):
     """Configured models of an architecture family ("llama" or "gpt2")."""
     return [m for m in MODELS if arch_family(m) == family]
-
-
-def analytic_architectures():
-    """The study's architectures plus the configured named ones (an `auto` one has no file in
-    resources/models), for the analytic figures 1 and 2a."""
-    study = [
-        "gpt2",
-        "gpt2-medium",
-        "gpt2-large",
-        "gpt2-xl",
-        "llama-2-7b",
-        "llama-2-13b",
-    ]
-    configured = [config["models"][m]["architecture"] for m in MODELS]
-    return sorted(set(study) | set(configured) - {"auto"})
-
-
-def analytic_architecture_files(wildcards):
-    return [resource_file("models", f"{a}.json") for a in analytic_architectures()]
-
-
-def platform_limits():
-    return {p: config["platforms"][p]["memory_limit_gb"] for p in PLATFORMS}
 
 
 def probe_files(family):
@@ -507,40 +466,13 @@ def _rule_outputs():
     }
 
 
-def legacy_figure_targets():
-    """The figures as figures.smk listed them before its registry (figures.registry) existed."""
-    figures = [
-        "fig1_flops_vs_seqlen",
-        "fig2a_memory_vs_seqlen",
-        "fig2b_gpu_generations",
-        "fig5_mfu_batch1",
-        "fig6a_intensity_day",
-        "fig7_carbon_per_token",
-    ]
-    tabulated = []
-    if models_of("llama"):
-        figures += ["fig4a_throughput_latency", "fig6b_power_over_time"]
-        if probe_files("llama"):
-            tabulated.append("table3_max_batch")
-    if models_of("gpt2"):
-        figures += ["fig4b_throughput_latency", "fig6c_power_over_time"]
-        if probe_files("gpt2"):
-            tabulated.append("table4_max_batch")
-    return (
-        [f"results/figures/{f}.{ext}" for f in figures for ext in ["png", "pdf"]]
-        + [f"results/tables/{t}.{ext}" for t in tabulated for ext in ["csv", "md"]]
-        + ["results/summary.md"]
-    )
-
-
 def all_targets():
-    """What `all` builds: every model's workload, the tables, the figures (figures.smk's
-    figure_targets, from its registry) and the export (export.smk's export_targets)."""
-    figures = globals().get("figure_targets", legacy_figure_targets)
-    export = globals().get("export_targets", list)
+    """What `all` builds: every model's workload, the tables, the figures, tables and summary of
+    figures.smk's registry (figure_targets) and the export (export.smk's export_targets).
+    """
     return (
         [f"results/workload/{m}.parquet" for m in MODELS]
         + table_targets()
-        + list(figures())
-        + list(export())
+        + list(figure_targets())
+        + list(export_targets())
     )
