@@ -16,8 +16,8 @@ run_grid() {  # run_grid NAME CAP_S [--config ...]: all cells of the config in i
     mkdir -p "grid-$name/config"
     for f in Snakefile workflow resources profiles; do ln -sfn "$PWD/$f" "grid-$name/$f"; done
     cp config/h200-models.yaml "grid-$name/config/config.yaml"
-    (cd "grid-$name" && timeout -k 10 "$cap" python3 -m snakemake --cores 16 --resources gpu=1 \
-        results/tables/metrics.parquet "$@" > "../$name.log" 2>&1)
+    (cd "grid-$name" && timeout -k 10 "$cap" python3 -m snakemake \
+        results/tables/metrics.parquet --cores 16 --resources gpu=1 "$@" > "../$name.log" 2>&1)
     echo "grid $name: exit $? after $((SECONDS - t0)) s"; tail -5 "$name.log"
 }
 run_grid transformers "${CAP_TRANSFORMERS_S:-300}"
