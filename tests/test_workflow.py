@@ -314,32 +314,32 @@ def test_dtype_change_under_auto_sweep_reruns_only_that_models_probe(tmp_path):
     assert planned_outputs(project, ENGINE_OUT, *args) == {"tiny-llama"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compute_metrics loads architectures by name from resources/models, and an `auto` one "
-    "has no file there; requested of metrics.smk: pass common.smk's architecture_params()",
-)
+def readme_config(heading: str) -> str:
+    """The first ```yaml block after the line of config/README.md starting with `heading`."""
+    text = (REPO / "config/README.md").read_text()
+    after = text[text.index("\n" + heading) :]
+    return after.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
 def test_your_own_checkpoint_runs_the_whole_dag_on_the_first_try(tmp_path):
-    # issue 11: a checkpoint directory plus the short config of config/README.md ("Your own
-    # model"), with the transformers backend and `architecture: auto`. The checkpoint built here
-    # has no tokenizer files, so the family uses the workflow's own (vocabulary 2048 < 4096).
+    # issue 11: a checkpoint directory ./my-model plus config/README.md's "Your own model" config,
+    # run exactly as written there (read from the README, so the doc cannot drift from what runs):
+    # transformers backend, `architecture: auto`, the checkpoint's own tokenizer. The checkpoint is
+    # saved here with transformers; its tokenizer is a byte-level BPE (vocabulary 4096, the
+    # model's) trained on the synthetic corpus and saved into the same folder, as a hub download has.
     from tiny_checkpoints import save_checkpoint
 
-    ckpt = save_checkpoint(tmp_path / "my-model", "llama", vocab_size=4096, max_position_embeddings=512)
-    (tmp_path / "p").mkdir()
-    config = {
-        "platforms": {"cpu": {}},
-        "families": {"mine": {"tokenizer": "builtin", "max_tokens": 128}},
-        "models": {"my-model": {"architecture": "auto", "checkpoint": str(ckpt), "family": "mine",
-                                "dtype": "float32"}},
-        "workload": {"source": "synthetic", "num_prompts": 4, "synthetic_conversations": 600,
-                     "builtin_vocab_size": 2048},
-        "backend": {"name": "transformers"},
-        "sweep": {"batch_sizes": [1, 4]},
-        "power": {"interval_s": 0.05, "idle_s": 0.2},
-    }  # fmt: skip
-    project = make_project(tmp_path / "p", config)
-    snakemake(project, "all")
+    from tokencarbon.synthetic import synthetic_conversations
+    from tokencarbon.tokenizer import train_builtin_tokenizer
+
+    project = make_project(tmp_path, SMALL)  # config/config.yaml unused: --configfile replaces it
+    ckpt = save_checkpoint(project / "my-model", "llama", vocab_size=4096, max_position_embeddings=512)
+    texts = (t["value"] for c in synthetic_conversations(600, seed=1) for t in c["conversations"])
+    train_builtin_tokenizer(texts, 4096, tmp_path / "tok")
+    for f in (tmp_path / "tok").iterdir():
+        shutil.copy(f, ckpt / f.name)
+    (project / "my-model.yaml").write_text(readme_config("Your own model"))
+    snakemake(project, "all", "--configfile", "my-model.yaml", timeout=1200)
     manifest = yaml.safe_load((project / "results/engines/cpu/my-model/transformers/manifest.json").read_text())
     # tiny_checkpoints.LLAMA_SHAPE with vocab 4096, by hand: per layer q 64x64 + k, v 64x32 each +
     # o 64x64 = 12,288, MLP 3 x 64 x 96 = 18,432, 2 norms x 64 -> 30,848; x 2 layers = 61,696;
@@ -349,6 +349,10 @@ def test_your_own_checkpoint_runs_the_whole_dag_on_the_first_try(tmp_path):
     metrics = pd.read_parquet(project / "results/tables/metrics.parquet")
     assert sorted(metrics.batch_size) == [1, 4] and set(metrics.model) == {"my-model"}
     assert (metrics.j_per_token > 0).all()
+    # 16 prompts (the README's num_prompts) served in each cell, none lost
+    cells = pd.read_parquet(project / "results/tables/cells.parquet")
+    assert (cells.n_requests == 16).all()
+    assert (project / "results/summary.md").is_file()
 
 
 def test_trace_day_with_a_constant_intensity_draws_figure_6a(tmp_path):

@@ -106,10 +106,6 @@ def resource_file(*parts):
     return workdir_path(resources_dir(workflow.basedir).joinpath(*parts))
 
 
-# Kept only while metrics.smk still names it (derived, not hand-kept): compute_metrics' imports.
-METRICS_CODE = code_inputs("compute_metrics") + [resource_file("platforms.csv")]
-
-
 wildcard_constraints:
     platform="|".join(re.escape(p) for p in PLATFORMS),
     model="|".join(re.escape(m) for m in MODELS),

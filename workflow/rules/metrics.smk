@@ -10,7 +10,8 @@ rule compute_metrics:
         batches="results/tables/batches.parquet",
         power="results/tables/power.parquet",
         cells="results/tables/cells.parquet",
-        code=METRICS_CODE,
+        code=code_inputs("compute_metrics"),
+        platforms=resource_file("platforms.csv"),
     output:
         metrics="results/tables/metrics.parquet",
         repeats="results/tables/metrics_repeats.parquet",
@@ -20,10 +21,13 @@ rule compute_metrics:
         "../envs/tokencarbon.yaml"
     params:
         carbon=carbon_params,
-        # config `metrics` (tokencarbon.metrics.MetricsSettings), defaults until the schema has it
-        metrics=config.get("metrics", {}),
-        # per platform, config overrides of its spec row (platforms.<name>.spec), if any
-        platform_specs={n: p.get("spec") or {} for n, p in config["platforms"].items()},
+        # config `metrics` (tokencarbon.metrics.MetricsSettings; the schema fills its defaults)
+        metrics=config["metrics"],
+        # per platform, config overrides of its spec row (platforms.<name>.spec)
+        platform_specs={n: p["spec"] for n, p in config["platforms"].items()},
+        # {architecture name: fields} of every configured model: an `auto` one has no file in
+        # resources/models (cells of models not configured here are loaded from there by name)
+        architectures=architecture_params,
     script:
         "../scripts/compute_metrics.py"
 
@@ -35,7 +39,7 @@ rule compute_timeshift:
         unpack(metrics_inputs),
         metrics="results/tables/metrics.parquet",
         cells="results/tables/cells.parquet",
-        code=METRICS_CODE,
+        code=code_inputs("compute_timeshift"),
     output:
         "results/tables/timeshift.parquet",
     log:

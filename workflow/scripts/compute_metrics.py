@@ -7,7 +7,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 from tokencarbon import tables
 from tokencarbon.carbon import DEFAULT_MAX_FILL_S, ConstantIntensity, load_trace
 from tokencarbon.metrics import MetricsSettings, compute_all, resolve_cell_platforms
-from tokencarbon.models import load_architecture
+from tokencarbon.models import architecture_from_dict, load_architecture
 
 carbon = snakemake.params.carbon
 if carbon["source"] == "trace":
@@ -15,6 +15,17 @@ if carbon["source"] == "trace":
 else:
     intensity = ConstantIntensity(carbon["intensity_g_per_kwh"])
 cells = tables.read(snakemake.input.cells, tables.CELLS)
+# Configured models' architectures come as params (an `auto` one, read from its checkpoint, has
+# no file in resources/models); cells of models not configured here (copied in) by name.
+configured = snakemake.params.architectures
+archs = {
+    a: (
+        architecture_from_dict(configured[a], f"params architectures.{a} of compute_metrics")
+        if a in configured
+        else load_architecture(a)
+    )
+    for a in cells["architecture"].unique()
+}
 serving = {
     name: tables.read(getattr(snakemake.input, name), tables.with_cell_keys(schema))
     for name, schema in (("requests", tables.REQUESTS), ("steps", tables.STEPS))
@@ -24,7 +35,7 @@ metrics, repeats = compute_all(
     cells,
     tables.read(snakemake.input.batches, tables.with_cell_keys(tables.BATCHES)),
     tables.read(snakemake.input.power, tables.with_cell_keys(tables.POWER)),
-    {a: load_architecture(a) for a in cells["architecture"].unique()},
+    archs,
     resolve_cell_platforms(cells, snakemake.params.platform_specs),
     intensity,
     pue=carbon["pue"],
