@@ -1,7 +1,9 @@
 """Figures and tables: each drawn from small hand-built tables (checked against tokencarbon.tables
 schemas); asserted values are worked out by hand beside each assertion."""
 
+import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +43,14 @@ from tokencarbon.figures.carbon_analysis import (
 from tokencarbon.figures.common import new_figure
 from tokencarbon.figures.inputs import read_metrics
 from tokencarbon.figures.layout import layout_problems
-from tokencarbon.figures.registry import ARTIFACTS, Study, inputs_under, intensity_series, targets
+from tokencarbon.figures.registry import (
+    ARTIFACTS,
+    BY_NAME,
+    Study,
+    inputs_under,
+    intensity_series,
+    targets,
+)
 from tokencarbon.figures.summary import metrics_table, write_metrics_html, write_timeshift_tables
 from tokencarbon.models import Architecture, load_architecture
 from tokencarbon.timeshift import JobProfile, day_start_ns, timeshift
@@ -199,6 +208,24 @@ def test_family_models_reads_the_family_from_the_architecture():
     # resources/models: llama-2-7b is family "llama", gpt2 is family "gpt2".
     assert family_models(df, "llama") == ["llama-2-7b"]
     assert family_models(df, "gpt2") == ["gpt2"]
+
+
+def test_family_models_takes_auto_architectures_from_their_fields(tmp_path):
+    # An `auto` architecture is read from a checkpoint and named after its model: no file under
+    # resources/models holds it, so its fields (as common.smk's architecture_params() gives them)
+    # say its family; resources/models still answers for the named ones.
+    from tiny_checkpoints import save_checkpoint
+
+    from tokencarbon.models import architecture_from_config, architecture_to_dict
+
+    ckpt = save_checkpoint(tmp_path / "my-gpt2", "gpt2")
+    fields = {"my-gpt2": architecture_to_dict(architecture_from_config(ckpt, name="my-gpt2"))}
+    mine = [dict(c, model="my-gpt2", architecture="my-gpt2") for c in GPT2_CELLS]
+    df = metrics(LLAMA_CELLS + mine)
+    assert family_models(df, "gpt2", fields) == ["my-gpt2"]
+    assert family_models(df, "llama", fields) == ["llama-2-7b"]
+    with pytest.raises(InputError, match=r"model 'my-gpt2' has architecture 'my-gpt2'.*architecture_params"):
+        family_models(df, "gpt2")
 
 
 def test_fig4_draws_every_cell_labelled_with_its_batch_size():
@@ -790,6 +817,106 @@ def test_registry_names_rules_captions_and_targets(repo):
     assert {"results/summary.md", "results/summary.html", "results/tables/metrics.html"} <= set(got)
 
 
+def own_checkpoint_config(repo: Path, models: dict) -> dict:
+    """A study of models read from checkpoints (`architecture: auto`), defaults filled."""
+    config = {
+        "platforms": {"cpu": {}},
+        "families": {"mine": {"tokenizer": "builtin", "max_tokens": 64}},
+        "models": models,
+    }
+    validate(config, str(repo / "workflow/schemas/config.schema.yaml"))
+    return config
+
+
+def test_auto_architectures_are_drawn_in_figures_1_and_2a_and_split_by_family(repo, tmp_path):
+    # Issue 11: a model whose architecture is read from its checkpoint (`auto`) was left out of
+    # figures 1 and 2a (no resources/models file to load) and of the family split without the
+    # DAG's help. Two tiny transformers checkpoints (tests/tiny_checkpoints.py), one per family.
+    from tiny_checkpoints import save_checkpoint
+
+    llama = save_checkpoint(tmp_path / "my-llama", "llama")
+    gpt2 = save_checkpoint(tmp_path / "my-gpt2", "gpt2")
+    study = Study(own_checkpoint_config(repo, {
+        "my-llama": {"architecture": "auto", "checkpoint": str(llama), "family": "mine", "dtype": "float32"},
+        "my-gpt2": {"architecture": "auto", "checkpoint": str(gpt2), "family": "mine"},
+    }))  # fmt: skip
+    assert study.models_of("llama") == ["my-llama"] and study.models_of("gpt2") == ["my-gpt2"]
+    got = set(targets(study))
+    for name in ["fig4a", "fig4b", "fig6b", "fig6c"]:
+        assert any(f"results/figures/{name}_" in t for t in got), name
+
+    fig1 = BY_NAME["fig1_flops_vs_seqlen"]
+    params = fig1.params(study)
+    assert params["architectures"]["my-llama"] == "float32"
+    assert params["architectures"]["my-gpt2"] == "float16"  # the schema's default dtype
+    assert params["architecture_fields"]["my-llama"]["num_kv_heads"] == 2
+    assert set(params["architecture_fields"]) == {"my-llama", "my-gpt2"}
+    # the study's six architectures come from their files; the checkpoints' have none
+    files = fig1.inputs(study)["arch"]
+    assert len(files) == 6 and not any("my-" in f for f in files)
+
+    ax = fig1.draw(fig1.inputs(study), params).axes[0]
+    assert {"my-llama", "my-gpt2"} <= set(legend_texts(ax.get_legend()))
+    # my-llama (tiny_checkpoints.LLAMA_SHAPE: h 64, 2 layers, q 64 / kv 32 wide, MLP 96, vocab 128,
+    # 256 positions) at T=128, full score matrix, logits everywhere (fig1's defaults):
+    #   matmuls per layer q 64x64 + k, v 64x32 each + o 64x64 = 12,288, MLP 3 x 64 x 96 = 18,432;
+    #   body 2 x 2 layers x 30,720 x 128 = 15,728,640; lm_head 2 x 64 x 128 x 128 = 2,097,152;
+    #   attention 4 x 64 x 2 layers x 128^2 = 8,388,608; total 26,214,400 = 2.62144e-5 TFLOPs
+    first = [line.get_ydata()[0] for line in ax.lines if len(line.get_xdata()) == 2]
+    assert pytest.approx(2.62144e-5, rel=1e-12) in first
+
+    fig2a = BY_NAME["fig2a_memory_vs_seqlen"]
+    ax = fig2a.draw(fig2a.inputs(study), fig2a.params(study)).axes[0]
+    assert "my-llama (float32)" in legend_texts(ax.get_legend())
+    # 78,144 parameters (tiny_checkpoints.PARAMS, counted in test_checkpoints.py) x 4 B = 312,576 B;
+    # float32 KV cache at 128: 2 x 2 layers x 32 x 128 x 4 B = 65,536 B; 378,112 B = 3.78112e-4 GB
+    first = [line.get_ydata()[0] for line in ax.lines if len(line.get_xdata()) == 2]
+    assert pytest.approx(3.78112e-4, rel=1e-12) in first
+
+
+def test_two_architectures_of_one_name_are_refused_naming_both_models(repo, tmp_path):
+    # An `auto` architecture takes its model's name; a model named "gpt2" read from a 2-layer
+    # checkpoint is not resources/models/gpt2.json (12 layers), and one line per name cannot show both.
+    from tiny_checkpoints import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "gpt2", "gpt2")
+    study = Study(own_checkpoint_config(repo, {
+        "gpt2": {"architecture": "auto", "checkpoint": str(ckpt), "family": "mine"},
+        "theirs": {"architecture": "gpt2", "family": "mine"},
+    }))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"models\.gpt2\.architecture and models\.theirs\.architecture.*'gpt2'"):
+        study.analytic_architectures()
+
+
+def test_a_changed_checkpoint_redraws_figures_1_and_2a(repo, tmp_path):
+    # The DAG's own answer (common.smk's model_architecture) for an `auto` model: figures 1 and 2a
+    # run with it, and carry its fields as params, so a changed config.json redraws both.
+    from tiny_checkpoints import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "my-llama", "llama")
+    project = tmp_path / "p"
+    project.mkdir()
+    shutil.copy(repo / "Snakefile", project / "Snakefile")
+    for name in ["workflow", "resources", "profiles"]:  # copied: an edit elsewhere cannot replan
+        shutil.copytree(repo / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "config").mkdir()
+    config = {
+        "platforms": {"cpu": {}},
+        "families": {"mine": {"tokenizer": "builtin", "max_tokens": 64}},
+        "models": {"my-llama": {"architecture": "auto", "checkpoint": str(ckpt), "family": "mine"}},
+    }
+    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
+    figures = ["results/figures/fig1_flops_vs_seqlen.png", "results/figures/fig2a_memory_vs_seqlen.png"]
+    _snakemake(project, *figures)
+    assert "Nothing to be done" in _snakemake(project, "--dry-run", *figures)
+    config_json = ckpt / "config.json"
+    hf = json.loads(config_json.read_text())
+    hf["max_position_embeddings"] = 512  # RoPE: the weights do not change
+    config_json.write_text(json.dumps(hf))
+    out = _snakemake(project, "--dry-run", *figures)
+    assert "plot_fig1" in out and "plot_fig2a" in out and "params" in out
+
+
 def test_snakemake_has_one_rule_per_registry_entry(repo, tmp_path):
     for name in ["Snakefile", "workflow", "resources", "profiles", "config"]:
         (tmp_path / name).symlink_to(repo / name)
@@ -845,12 +972,14 @@ DEFAULT_SMALL = {
 }
 
 
-def _snakemake(project: Path, *args: str) -> None:
+def _snakemake(project: Path, *args: str) -> str:
+    """Runs Snakemake in project; its stdout and stderr."""
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=project, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from tokencarbon.figures.registry import ARTIFACTS, Study, targets
 FIGURE_STUDY = Study(
     config,
     arch_family=arch_family,
+    model_architecture=model_architecture,
     probe_files=probe_files,
     resource_file=resource_file,
 )

@@ -8,7 +8,8 @@ carry bootstrap intervals of repeated cells, continuous-batching cells where the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from tokencarbon.errors import InputError
+from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.figures.common import (
     FLOPS_PER_TFLOPS,
     MG_PER_G,
@@ -43,7 +44,7 @@ from tokencarbon.figures.inputs import (
     one_value,
 )
 from tokencarbon.figures.layout import declutter
-from tokencarbon.models import load_architecture
+from tokencarbon.models import Architecture, load_architecture
 
 CELL = ["platform", "model", "mode", "batch_size"]
 # Lim, Pan, Zhou 2024 (TensorRT-LLM, V100/A100): batch 1 reaches about 2 % MFU.
@@ -56,14 +57,38 @@ MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">")
 MODE_DASHES = {STATIC: "-", CONTINUOUS: "--"}
 
 
-def family_models(metrics: pd.DataFrame, family: str) -> list[str]:
+def family_models(
+    metrics: pd.DataFrame,
+    family: str,
+    architectures: Mapping[str, Architecture | Mapping[str, Any]] | None = None,
+) -> list[str]:
     """Model names in a METRICS table whose architecture is of `family` ("llama" or "gpt2"),
-    for the models= subsets of figures 4 and 6 (4a/6b: llama, 4b/6c: gpt2)."""
+    for the models= subsets of figures 4 and 6 (4a/6b: llama, 4b/6c: gpt2).
+
+    architectures: name -> models.Architecture or its fields (models.architecture_to_dict; the
+    workflow's architecture_params() gives these for every configured model), looked up first;
+    names not in it are read from resources/models. An `auto` architecture (read from a
+    checkpoint, named after its model) or one given inline has no file there: pass it here.
+    Raises InputError naming the model and architecture that neither holds."""
     require_columns(metrics, ["model", "architecture"], "family_models")
+    given = dict(architectures or {})
     pairs = metrics[["model", "architecture"]].drop_duplicates()
-    return sorted(
-        m for m, a in pairs.itertuples(index=False) if load_architecture(a).family == family
-    )
+
+    def family_of(model: str, name: str) -> str:
+        if name in given:
+            arch = given[name]
+            return arch.family if isinstance(arch, Architecture) else arch["family"]
+        try:
+            return load_architecture(name).family
+        except ConfigError as e:
+            raise InputError(
+                f"family_models: model {model!r} has architecture {name!r}, which is neither in "
+                f"the architectures given ({sorted(given) or 'none'}) nor a file of "
+                f"resources/models ({e}); pass its fields (an `auto` or inline architecture: "
+                "the workflow's architecture_params())"
+            ) from None
+
+    return sorted(m for m, a in pairs.itertuples(index=False) if family_of(m, a) == family)
 
 
 def platform_colours(platforms: Sequence[str]) -> dict[str, tuple]:

@@ -8,13 +8,14 @@ targets(); the adapter scripts call build(). Nothing else lists figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.models import Architecture
 
 # The study's architectures (Lim, Pan, Zhou 2024, figures 1 and 2a), drawn beside the configured ones.
 STUDY_ARCHITECTURES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-2-13b")
@@ -34,10 +35,10 @@ CARBON_ANALYSIS = "Carbon analysis"
 TABLES = "Tables"
 
 
-def _default_arch_family(config: Mapping[str, Any], model: str) -> str:
-    from tokencarbon.models import load_architecture
-
-    return load_architecture(config["models"][model]["architecture"]).family
+def _is_resource_name(architecture: Any) -> bool:
+    """Whether a config `architecture` value names a resources/models file (not `auto`, not a dict
+    of fields)."""
+    return isinstance(architecture, str) and architecture != "auto"
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,21 @@ class Study:
     filled). The DAG's own answers can be passed in (figures.smk passes common.smk's), so that the
     figures follow any change there; the defaults answer the same for today's config keys.
 
-    arch_family(model) -> "llama" | "gpt2"; probe_files(family or None) -> probe.json paths;
-    resource_file(*parts) -> path of a file under resources/.
+    model_architecture(model) -> models.Architecture (a resources/models name, `auto` read from the
+    model's checkpoint, or fields given inline); arch_family(model) -> "llama" | "gpt2";
+    probe_files(family or None) -> probe.json paths; resource_file(*parts) -> path of a file under
+    resources/.
     """
 
     config: Mapping[str, Any]
     arch_family: Callable[[str], str] | None = None
     probe_files: Callable[[str | None], list[str]] | None = None
     resource_file: Callable[..., str] | None = None
+    model_architecture: Callable[[str], Architecture] | None = None
+    # architectures resolved so far (an `auto` one reads its checkpoint's config.json)
+    _resolved: dict[str, Architecture] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def models(self) -> list[str]:
@@ -63,10 +71,23 @@ class Study:
     def platforms(self) -> list[str]:
         return sorted(self.config["platforms"])
 
+    def architecture(self, model: str) -> Architecture:
+        """The configured model's Architecture: model_architecture(model) when given, else
+        models.resolve_architecture of its config entry (ConfigError naming the key at fault)."""
+        if model not in self._resolved:
+            if self.model_architecture is not None:
+                arch = self.model_architecture(model)
+            else:
+                from tokencarbon.models import resolve_architecture
+
+                arch = resolve_architecture(dict(self.config["models"][model], name=model))
+            self._resolved[model] = arch
+        return self._resolved[model]
+
     def family(self, model: str) -> str:
         if self.arch_family is not None:
             return self.arch_family(model)
-        return _default_arch_family(self.config, model)
+        return self.architecture(model).family
 
     def models_of(self, family: str) -> list[str]:
         return [m for m in self.models if self.family(m) == family]
@@ -85,20 +106,53 @@ class Study:
         return str(Path("resources", *parts))
 
     def configured_architectures(self) -> dict[str, str]:
-        """architecture -> dtype of the configured models whose architecture is a resources/models
-        name (an "auto" one is read from a checkpoint, a dict one is given inline: neither has a
-        file here, so figures 1 and 2a draw the named ones only)."""
-        out = {}
+        """architecture name -> dtype of every configured model (the first model's dtype where
+        two share an architecture). An `auto` architecture is named after its model.
+
+        Raises ConfigError when two models give one name to different architectures (figures 1
+        and 2a draw one line per name)."""
+        out: dict[str, str] = {}
+        first: dict[str, str] = {}
         for m in self.models:
-            arch = self.config["models"][m]["architecture"]
-            if isinstance(arch, str) and arch != "auto":
-                out.setdefault(arch, self.config["models"][m].get("dtype", STUDY_DTYPE))
+            arch = self.architecture(m)
+            if arch.name in first and self.architecture(first[arch.name]) != arch:
+                raise ConfigError(
+                    f"config keys models.{first[arch.name]}.architecture and "
+                    f"models.{m}.architecture: two different architectures are both named "
+                    f"{arch.name!r}; rename one of the models (an `auto` architecture takes its "
+                    "model's name)"
+                )
+            first.setdefault(arch.name, m)
+            out.setdefault(arch.name, self.config["models"][m].get("dtype", STUDY_DTYPE))
         return out
 
+    def inline_architectures(self) -> dict[str, dict[str, Any]]:
+        """name -> fields (models.architecture_to_dict) of the configured architectures that have
+        no file under resources/models: `auto` ones (read from a checkpoint) and ones given as
+        fields. Figures 1 and 2a take these from their params; a change of the checkpoint's
+        config.json changes the params and so redraws them."""
+        from tokencarbon.models import architecture_to_dict
+
+        return {
+            self.architecture(m).name: architecture_to_dict(self.architecture(m))
+            for m in self.models
+            if not _is_resource_name(self.config["models"][m]["architecture"])
+        }
+
     def analytic_architectures(self) -> dict[str, str]:
-        """architecture -> dtype for figures 1 and 2a: the study's at fp16, the configured ones at
-        their configured dtype."""
+        """architecture name -> dtype for figures 1 and 2a: the study's at fp16, the configured
+        ones (named, `auto` or inline) at their configured dtype; a configured architecture
+        named as one of the study's replaces it."""
         return {a: STUDY_DTYPE for a in STUDY_ARCHITECTURES} | self.configured_architectures()
+
+    def architecture_files(self) -> list[str]:
+        """resources/models files of the analytic architectures that are read from a file."""
+        inline = self.inline_architectures()
+        return [
+            self.resource("models", f"{a}.json")
+            for a in self.analytic_architectures()
+            if a not in inline
+        ]
 
     def platform_limits(self) -> dict[str, float | None]:
         return {p: self.config["platforms"][p].get("memory_limit_gb") for p in self.platforms}
@@ -169,9 +223,18 @@ def figure(name: str, rule: str, draw: Draw, category: str = STUDY_FIGURES, **kw
 
 
 def _architectures(params):
-    from tokencarbon.models import load_architecture
+    """params["architectures"] (name -> dtype) as Architectures: those in
+    params["architecture_fields"] (auto or inline, name -> fields) from there, the others from
+    resources/models."""
+    from tokencarbon.models import architecture_from_dict, load_architecture
 
-    return [load_architecture(a) for a in params["architectures"]]
+    fields = params.get("architecture_fields", {})
+    return [
+        architecture_from_dict(fields[a], f"params architecture_fields[{a!r}]")
+        if a in fields
+        else load_architecture(a)
+        for a in params["architectures"]
+    ]
 
 
 def _draw_fig1(inputs, params):
@@ -378,7 +441,14 @@ def _has_probes(family):
 
 
 def _arch_files(study):
-    return [study.resource("models", f"{a}.json") for a in study.analytic_architectures()]
+    return study.architecture_files()
+
+
+def _analytic_params(study):
+    return {
+        "architectures": study.analytic_architectures(),
+        "architecture_fields": study.inline_architectures(),
+    }
 
 
 def _uses_trace(study):
@@ -462,7 +532,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
         "plot_fig1",
         _draw_fig1,
         inputs=lambda study: {"arch": _arch_files(study)},
-        params=lambda study: {"architectures": study.analytic_architectures()},
+        params=_analytic_params,
     ),
     figure(
         "fig2a_memory_vs_seqlen",
@@ -472,10 +542,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
             "arch": _arch_files(study),
             "platforms": study.resource("platforms.csv"),
         },
-        params=lambda study: {
-            "architectures": study.analytic_architectures(),
-            "platforms": study.platform_limits(),
-        },
+        params=lambda study: _analytic_params(study) | {"platforms": study.platform_limits()},
     ),
     figure(
         "fig2b_gpu_generations",
