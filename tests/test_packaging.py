@@ -1,6 +1,8 @@
 """The two-command set-up stays true: pins, environment.yml in step with pyproject.toml, layout."""
 
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -36,11 +38,51 @@ def test_snakefile_holds_only_the_top_level():
         assert needed in text
 
 
-def test_ci_runs_the_readme_test_command():
-    assert "make test" in (REPO / "README.md").read_text()
-    assert "make run" in (REPO / "README.md").read_text()
-    # .ci/run runs it with environment settings in front (CI=true: shared-data tests required).
-    assert re.search(r"^(?:\w+=\S+ )*make test$", (REPO / ".ci/run").read_text(), flags=re.M)
+def readme_quick_start_command(word: str) -> list[str]:
+    """The quick-start command of README.md whose second word is `word` (`make test`), as argv."""
+    text = (REPO / "README.md").read_text()
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in quick.splitlines() if line.startswith("    ")]
+    found = [c for c in commands if len(c) > 1 and c[1] == word]
+    assert len(found) == 1, f"README.md quick start: one `{word}` command expected, got {found}"
+    return found[0]
+
+
+# A stand-in for make on PATH: records where and how .ci/run called it (the real `make test` is
+# the whole suite, this test among it). Fields: cwd, CI (or "unset"), HEAD there, ../shared exists.
+MAKE_RECORDER = """#!/usr/bin/env bash
+printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$PWD" "${CI-unset}" "$(git rev-parse HEAD 2>/dev/null)" \\
+  "$([ -e ../shared ] && echo yes || echo no)" "$*" >> "$MAKE_RECORD"
+"""
+
+
+def test_ci_runs_the_readme_test_command(tmp_path):
+    # The contract (.ci/run's header): README's test command in this checkout with CI=true (the
+    # shared-data tests are required), then in a fresh `git clone` of it with CI unset and no
+    # shared/ beside it (what a user gets). .ci/run runs for real, with make recorded, not run.
+    test_command = readme_quick_start_command("test")
+    assert readme_quick_start_command("run")[0] == test_command[0]  # both through one tool
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorder = bin_dir / test_command[0]
+    recorder.write_text(MAKE_RECORDER)
+    recorder.chmod(0o755)
+    record = tmp_path / "calls.tsv"
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", MAKE_RECORD=str(record), TMPDIR=str(tmp_path))
+    proc = subprocess.run(["bash", str(REPO / ".ci/run")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    calls = [line.split("\t") for line in record.read_text().splitlines()]
+    wanted = " ".join(test_command[1:])
+    here = [c for c in calls if c[4] == wanted and Path(c[0]) == REPO]
+    assert [c[1] for c in here] == ["true"], calls
+    clone = [c for c in calls if c[4] == wanted and Path(c[0]) != REPO]
+    assert len(clone) == 1, calls
+    cwd, ci, clone_head, shared_beside, _ = clone[0]
+    assert Path(cwd).is_relative_to(tmp_path)  # a fresh folder (TMPDIR), removed afterwards
+    assert (ci, clone_head, shared_beside) == ("unset", head, "no")
+    assert not Path(cwd).exists()
 
 
 def test_rules_are_verb_noun_and_each_has_a_log():
