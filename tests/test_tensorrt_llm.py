@@ -505,18 +505,37 @@ def validated_config(**changes) -> dict:
 
 
 def test_auto_batch_sizes_with_tensorrt_llm_ask_for_a_list():
-    config = validated_config(backend={"name": "tensorrt_llm"})
-    assert config["sweep"]["batch_sizes"] == "auto"  # config/config.yaml's default
-    with pytest.raises(ConfigError, match="sweep.batch_sizes: 'auto' .* torch backend only"):
+    # TensorRT-LLM runs on GPUs only (config.py refuses a CPU measured here first), so the study
+    # is on an H100; the default's continuous cells are off (no TensorRT-LLM serving engine).
+    config = validated_config(
+        backend={"name": "tensorrt_llm"},
+        platforms={"h100-sxm-80gb": {}},
+        sweep={"batch_sizes": "auto", "max_batch": 32, "max_num_seqs": []},
+    )
+    # The substance: the key, why 'auto' cannot be (the OOM probe runs the torch engine, not the
+    # configured backend), and what is valid (listed sizes up to max_batch, which every engine is
+    # built with).
+    with pytest.raises(ConfigError) as refused:
         check_config(config)
+    message = str(refused.value)
+    assert message.startswith("config key sweep.batch_sizes: 'auto'")
+    assert "OOM probe" in message and "torch backend only" in message
+    assert "'tensorrt_llm'" in message and "list the sizes" in message
+    assert "at most sweep.max_batch 32" in message
     listed = copy.deepcopy(config)
     listed["sweep"]["batch_sizes"] = [1, 2, 4]
     check_config(listed)
     # Cells copied from another machine need no probe: 'auto' is fine when nothing is measured here.
     imported = copy.deepcopy(config)
-    imported["platforms"] = {"cpu": {"import_only": True}}
+    imported["platforms"]["h100-sxm-80gb"]["import_only"] = True
     check_config(imported)
     check_config(validated_config())  # torch keeps 'auto'
+
+
+def test_tensorrt_llm_on_a_cpu_measured_here_is_refused_naming_the_platform():
+    config = validated_config(backend={"name": "tensorrt_llm"})  # the default: platform cpu
+    with pytest.raises(ConfigError, match=r"backend\.name: 'tensorrt_llm' runs on GPUs only.*'cpu'.*'torch' or 'transformers'"):
+        check_config(config)
 
 
 # ---------------------------------------------------------------- responses -> BatchResult
