@@ -286,10 +286,10 @@ def test_check_batch_keeps_every_request_inside_the_engine():
     check_batch([[1] * 10, [99]], [6, 15], limits)  # 10 + 6 = 16 and 1 + 15 = 16: both fit
     with pytest.raises(InputError, match="3 requests exceeds the engine's max_batch_size 2"):
         check_batch([[1], [2], [3]], [1, 1, 1], limits)
-    with pytest.raises(InputError, match="request 1: 10 prompt \\+ 7 output tokens"):
+    with pytest.raises(InputError, match="request 1: 10 prompt \\+ 7 output tokens exceed the engine's max_seq_len 16"):
         check_batch([[1], [1] * 10], [1, 7], limits)  # 10 + 7 = 17 > 16
-    with pytest.raises(InputError, match="request 0: 11 prompt"):
-        check_batch([[1] * 11], [1], limits)
+    with pytest.raises(InputError, match="request 0: 11 prompt tokens exceed the engine's max_input_len 10"):
+        check_batch([[1] * 11], [1], limits)  # 11 + 1 = 12 fits max_seq_len 16; the prompt does not fit 10
     with pytest.raises(InputError, match="request 0: token ids must lie in \\[0, 100\\)"):
         check_batch([[100]], [1], limits)
     with pytest.raises(InputError, match="request 0: 1 prompt tokens, 0 output"):

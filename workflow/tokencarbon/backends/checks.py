@@ -1,5 +1,6 @@
-"""The request checks every torch engine runs before any device work (static batches and continuous
-batching alike): one definition, so both refuse the same inputs with the same messages."""
+"""The request checks every engine runs before any device work: torch's static batches and
+continuous batching against the architecture, TensorRT-LLM's runner against its built engine's
+limits. One definition, so all refuse the same inputs with the same messages."""
 
 from __future__ import annotations
 
@@ -20,33 +21,55 @@ def token_limit(arch: Architecture) -> tuple[int, str]:
     return arch.max_positions, f"{arch.name}'s max_positions {arch.max_positions}"
 
 
-def check_batch(
-    arch: Architecture,
+def check_prompts(
     prompts: Sequence[Sequence[int]],
     output_lengths: Sequence[int],
+    *,
+    max_tokens: int,
+    limit_source: str,
+    vocab_size: int,
     labels: Sequence[str] | None = None,
 ) -> None:
     """InputError naming the first bad request (labels[i], default "request i") unless there is at
     least one request, one output length per prompt, every prompt and output length >= 1, every
-    request within token_limit(arch) and every token id in [0, vocab_size)."""
+    request's prompt + output tokens at most max_tokens (limit_source says what sets it, e.g.
+    "llama-2-7b's max_positions 4096") and every token id in [0, vocab_size)."""
     if not prompts or len(prompts) != len(output_lengths):
         raise InputError(
             f"batch of {len(prompts)} prompts and {len(output_lengths)} output lengths; "
             "expected one output length per prompt, at least one request"
         )
-    limit, what = token_limit(arch)
     for i, (prompt, n_out) in enumerate(zip(prompts, output_lengths)):
         label = labels[i] if labels is not None else f"request {i}"
         if not prompt or n_out < 1:
             raise InputError(
                 f"{label}: {len(prompt)} prompt tokens, {n_out} output tokens; both must be >= 1"
             )
-        if len(prompt) + n_out > limit:
+        if len(prompt) + n_out > max_tokens:
             raise InputError(
-                f"{label}: {len(prompt)} prompt + {n_out} output tokens exceed {what}"
+                f"{label}: {len(prompt)} prompt + {n_out} output tokens exceed {limit_source}"
             )
-        if min(prompt) < 0 or max(prompt) >= arch.vocab_size:
-            raise InputError(f"{label}: token ids must lie in [0, {arch.vocab_size})")
+        if min(prompt) < 0 or max(prompt) >= vocab_size:
+            raise InputError(f"{label}: token ids must lie in [0, {vocab_size})")
+
+
+def check_batch(
+    arch: Architecture,
+    prompts: Sequence[Sequence[int]],
+    output_lengths: Sequence[int],
+    labels: Sequence[str] | None = None,
+) -> None:
+    """check_prompts against the architecture: at most token_limit(arch) tokens per request, token
+    ids below arch.vocab_size."""
+    limit, what = token_limit(arch)
+    check_prompts(
+        prompts,
+        output_lengths,
+        max_tokens=limit,
+        limit_source=what,
+        vocab_size=arch.vocab_size,
+        labels=labels,
+    )
 
 
 def check_requests(arch: Architecture, requests: Sequence[Request]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
 from tokencarbon.backends import BatchResult
+from tokencarbon.backends.checks import check_prompts
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
 from tokencarbon.files import write_json
 from tokencarbon.hardware import detect
@@ -393,29 +394,29 @@ def check_batch(
     prompts: Sequence[Sequence[int]], output_lengths: Sequence[int], limits: dict[str, int]
 ) -> None:
     """InputError unless the batch fits the engine in one go: a request the engine cannot take
-    would be queued or rejected by the Executor, and the batch would no longer be one batch."""
-    if not prompts or len(prompts) != len(output_lengths):
-        raise InputError(
-            f"batch of {len(prompts)} prompts and {len(output_lengths)} output lengths; "
-            "expected one output length per prompt, at least one request"
-        )
+    would be queued or rejected by the Executor, and the batch would no longer be one batch.
+
+    The request checks every engine runs (backends.checks.check_prompts) against the engine's
+    max_seq_len and vocab_size (engine_limits), then the engine's own: at most max_batch_size
+    requests, each prompt at most max_input_len tokens."""
+    check_prompts(
+        prompts,
+        output_lengths,
+        max_tokens=limits["max_seq_len"],
+        limit_source=f"the engine's max_seq_len {limits['max_seq_len']}",
+        vocab_size=limits["vocab_size"],
+    )
     if len(prompts) > limits["max_batch_size"]:
         raise InputError(
             f"batch of {len(prompts)} requests exceeds the engine's max_batch_size "
             f"{limits['max_batch_size']}; rebuild the engine with a larger one"
         )
-    for i, (prompt, n_out) in enumerate(zip(prompts, output_lengths)):
-        if not prompt or n_out < 1:
+    for i, prompt in enumerate(prompts):
+        if len(prompt) > limits["max_input_len"]:
             raise InputError(
-                f"request {i}: {len(prompt)} prompt tokens, {n_out} output tokens; both must be >= 1"
+                f"request {i}: {len(prompt)} prompt tokens exceed the engine's max_input_len "
+                f"{limits['max_input_len']}; rebuild the engine with a larger one"
             )
-        if len(prompt) > limits["max_input_len"] or len(prompt) + n_out > limits["max_seq_len"]:
-            raise InputError(
-                f"request {i}: {len(prompt)} prompt + {n_out} output tokens; the engine takes at "
-                f"most {limits['max_input_len']} prompt and {limits['max_seq_len']} total tokens"
-            )
-        if min(prompt) < 0 or max(prompt) >= limits["vocab_size"]:
-            raise InputError(f"request {i}: token ids must lie in [0, {limits['vocab_size']})")
 
 
 def batch_result(
