@@ -105,17 +105,26 @@ def test_the_cells_own_work_and_children_are_not_foreign():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_present(), reason="no NVIDIA GPU and driver")
-def test_another_process_on_the_gpu_is_counted():
+def test_another_process_on_the_gpu_is_counted(tmp_path):
+    # The other process must not be in this process's tree (a cell's own children, such as its
+    # sidecar, are its own): a shell starts it in the background and exits, so it is reparented.
+    # (Seen on an H200: a plain child was counted as this process's own and the test failed.)
     watch = GpuWatch(0, interval_s=0.2)
     watch.start()
-    other = subprocess.Popen(
-        [sys.executable, "-c", "import torch, time; x = torch.ones(1 << 20, device='cuda'); "
-         "print('up', flush=True); time.sleep(3)"],
-        stdout=subprocess.PIPE, text=True,
+    ready = tmp_path / "up"
+    code = (
+        "import pathlib, sys, time, torch; x = torch.ones(1 << 20, device='cuda'); "
+        "torch.cuda.synchronize(); pathlib.Path(sys.argv[1]).touch(); time.sleep(3)"
+    )
+    subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -c "{code}" "{ready}" >/dev/null 2>&1 &'],
+        check=True,
         env=os.environ | {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")},
-    )  # fmt: skip
-    assert other.stdout.readline().strip() == "up"
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), "the other process never put its tensor on the GPU"
     time.sleep(1.0)
     record = watch.stop()
-    other.wait()
     assert record["foreign_gpu_processes"] >= 1 and record["error"] is None
