@@ -232,6 +232,27 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, serving, run, messag
     assert not (tmp_path / "cell").exists() and not (tmp_path / "leases").exists()
 
 
+def test_a_cell_on_a_cpu_its_row_does_not_describe_is_refused_before_measuring(tmp_path):
+    # issue 10 §4: the cpu row's slice (no config spec) on another CPU than the EPYC 7763 it
+    # describes stops after the lease, before the engine loads, naming the detected CPU; with the
+    # default config's spec (measure, logical_cpus, an assumed tdp_w) it would run.
+    import re
+
+    from tokencarbon.config import platform_slice
+    from tokencarbon.errors import HardwareMismatchError
+    from tokencarbon.hardware import check_platform, cpu_model_name, detect
+
+    power = {"interval_s": 0.05, "idle_s": 0.2}
+    bare = platform_slice({"platforms": {"cpu": {}}, "power": power}, "cpu") | {"logical_cpus": 1}
+    if re.search(bare["device_name_pattern"], cpu_model_name()):
+        pytest.skip("this is the CPU the cpu row describes")
+    with pytest.raises(HardwareMismatchError, match=re.escape(repr(cpu_model_name()))):
+        cell(tmp_path, work=workload(2), batch_size=1, platform=bare)
+    assert not (tmp_path / "cell").exists() or not any((tmp_path / "cell").iterdir())
+    spec = {"measure": True, "logical_cpus": 1, "tdp_w": 4.375}
+    check_platform(platform_slice({"platforms": {"cpu": {"spec": spec}}, "power": power}, "cpu"), detect("cpu"))
+
+
 def test_serving_settings_of_old_and_new_params():
     assert serving_settings(None, 4)["mode"] == "static"
     assert serving_settings({"mode": "continuous"}, 4) == {

@@ -443,3 +443,64 @@ def test_a_checkpoint_disagreeing_with_its_architecture_stops_the_dry_run_naming
     assert proc.returncode != 0 and "Job stats" not in out
     tiny = json.loads((REPO / "resources/models/tiny-llama.json").read_text())
     assert f"hidden_size=64 in the checkpoint but hidden_size={tiny['hidden_size']} in the architecture" in out, out[-2000:]
+
+
+# --- the cpu platform on any CPU (issue 10 §4) ----------------------------------------------------
+
+
+def test_the_default_describes_any_cpu_and_a_bare_cpu_row_is_refused_naming_the_cpu():
+    config = _validated("config.yaml")  # spec: measure, logical_cpus 2, an assumed tdp_w
+    check_hardware(config, XEON)
+    check_hardware(config, {**XEON, "cpu": "AMD EPYC 9654 96-Core Processor"})
+    bare = _validated("config.yaml")
+    bare["platforms"]["cpu"]["spec"] = {}
+    with pytest.raises(HardwareMismatchError) as err:
+        check_hardware(bare, XEON)
+    text = str(err.value)
+    assert "this machine's CPU is 'Intel(R) Xeon(R) Processor'" in text
+    assert "platforms.cpu.spec the values of this CPU for tdp_w, logical_cpus, peak_tflops_fp32, memory_gb_per_s" in text
+    assert "`measure: true`" in text
+    # the CPU the row was written for needs nothing
+    check_hardware(bare, {**XEON, "cpu": "AMD EPYC 7763 64-Core Processor"})
+
+
+def test_a_bare_cpu_platform_on_another_cpu_stops_the_dry_run_naming_it(tmp_path):
+    from tokencarbon.hardware import cpu_model_name
+
+    cpu = cpu_model_name()
+    if cpu == "AMD EPYC 7763 64-Core Processor":
+        pytest.skip("this is the CPU the cpu row describes")
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    del config["platforms"]["cpu"]["spec"]
+    proc = _dry_run(_project(tmp_path, yaml.safe_dump(config)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert f"this machine's CPU is {cpu!r}" in out and "platforms.cpu.spec" in out
+
+
+def test_measure_is_refused_where_this_machine_did_not_run_the_cells_or_is_no_cpu():
+    config = _validated("gpu-study.yaml")  # H100 and H200, import_only
+    config["platforms"]["h100-sxm-80gb"]["spec"] = {"measure": True}
+    with pytest.raises(ConfigError, match=r"platforms.h100-sxm-80gb.spec.measure: the cells .* ran on another machine \(import_only\)"):
+        check_config(config)
+    config = _validated("paper.yaml")
+    config["platforms"]["h100-sxm-80gb"]["spec"] = {"measure": True}
+    with pytest.raises(ConfigError, match=r"platforms.h100-sxm-80gb.spec.measure: measures a CPU.* is a gpu"):
+        check_config(config)
+
+
+def test_the_measurement_depends_only_on_its_platform():
+    # rule measure_platform's params: changing power, models or the sweep never re-measures
+    from tokencarbon.config import measure_slice, platforms_to_measure
+
+    config = _validated("config.yaml")
+    assert platforms_to_measure(config) == ["cpu"]
+    before = measure_slice(config, "cpu")
+    assert before == {"name": "cpu", "kind": "cpu", "device_name_pattern": "^AMD EPYC 7763 64-Core Processor$",
+                      "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}, "logical_cpus": 2}  # fmt: skip
+    config["power"]["idle_s"] = 5.0
+    config["models"]["tiny-llama"]["dtype"] = "bfloat16"
+    config["sweep"]["max_num_seqs"] = []
+    assert measure_slice(config, "cpu") == before
+    config["platforms"]["cpu"]["spec"]["measure"] = False
+    assert platforms_to_measure(config) == []

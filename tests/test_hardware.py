@@ -1,8 +1,10 @@
 """A cell refuses to run on hardware that is not its platform."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 from helpers import gpu_present
 
 from tokencarbon.config import platform_slice
@@ -36,10 +38,28 @@ def test_a_gpu_platform_without_a_gpu_is_refused():
         check_platform(platform_slice(CONFIG, "h100-sxm-80gb"), {"device_name": None})
 
 
-def test_cpu_platform_runs_here_and_records_the_cpu():
+EPYC = "AMD EPYC 7763 64-Core Processor"  # the CPU the cpu row of resources/platforms.csv describes
+
+
+def test_the_default_cpu_platform_runs_on_this_cpu_and_the_bare_row_only_on_its_own():
+    # issue 10 §4: config/config.yaml's cpu platform (spec: measure, logical_cpus, an assumed
+    # tdp_w) describes any CPU; the bare row only the EPYC 7763, any other refused naming it.
     hw = detect("cpu")
-    check_platform(platform_slice(CONFIG, "cpu"), hw)
     assert hw["cpu_logical_cores"] >= 1 and hw["device_name"]
+    default = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
+    platform = platform_slice({**CONFIG, "platforms": default["platforms"]}, "cpu")
+    assert platform["spec"]["measure"] is True and (platform["tdp_w"], platform["logical_cpus"]) == (4.375, 2)
+    check_platform(platform, hw)
+    if hw["device_name"] == EPYC:
+        check_platform(platform_slice(CONFIG, "cpu"), hw)
+        return
+    with pytest.raises(HardwareMismatchError) as err:
+        check_platform(platform_slice(CONFIG, "cpu"), hw)
+    assert repr(hw["device_name"]) in str(err.value) and "measure: true" in str(err.value)
+    # told only a TDP, the row still lacks the CPUs it covers and the peaks: named
+    told = platform_slice({**CONFIG, "platforms": {"cpu": {"spec": {"tdp_w": 6.0}}}}, "cpu")
+    with pytest.raises(HardwareMismatchError, match="for logical_cpus, peak_tflops_fp32, memory_gb_per_s"):
+        check_platform(told, hw)
 
 
 def test_platform_slice_defaults_the_sidecar_interval_by_kind():

@@ -1,5 +1,7 @@
 """Per-cell metrics of a synthetic cell whose every figure is worked out by hand."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -508,6 +510,52 @@ def test_cell_platforms_resolved_for_their_devices():
     gh = _defaults(tables.CELLS, [{"platform": "h200-141gb", "device_name": "NVIDIA GH200 480GB"}])
     with pytest.raises(HardwareMismatchError, match="GH200"):
         resolve_cell_platforms(gh)
+
+
+XEON = "Intel(R) Xeon(R) Processor"  # this machine's and CI's CPU, not the cpu row's EPYC 7763
+
+
+def _measurement(share):
+    """A record as rule measure_platform writes it (tokencarbon.peak.measure_platform)."""
+    return {"platform": "cpu", "device_name": XEON, "foreign_cpu_share": share,
+            "measured": {"peak_tflops_fp32": 0.25, "peak_tflops_bf16": 1.0, "memory_gb_per_s": 40.0}}  # fmt: skip
+
+
+def test_cpu_cells_take_the_platforms_measured_peaks_labelled():
+    # issue 10 §4: cells of the cpu platform on a Xeon, spec.measure in config, the peaks from the
+    # measurement; TDP and CPUs from config.
+    from tokencarbon.metrics import PEAKS_UNDER_LOAD_FLAG, resolve_cell_platforms
+
+    cells = _defaults(tables.CELLS, [{"platform": "cpu", "device_name": XEON}])
+    spec = {"cpu": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}
+    p = resolve_cell_platforms(cells, spec, measurements={"cpu": _measurement(0.01)})["cpu"]
+    assert (p.peak_tflops_fp32, p.peak_tflops_bf16, p.memory_gb_per_s, p.tdp_w) == (0.25, 1.0, 40.0, 4.375)
+    assert "measured: peak_tflops_fp32, peak_tflops_bf16, memory_gb_per_s; config: tdp_w, logical_cpus" in p.spec_source
+    assert p.qa_flags == ()  # 0.01 <= 0.05: no flag
+    # measured while others used 0.72 of the CPUs (seen here): every cell of the platform flagged
+    p = resolve_cell_platforms(cells, spec, measurements={"cpu": _measurement(0.72)})["cpu"]
+    assert p.qa_flags == (PEAKS_UNDER_LOAD_FLAG,)
+
+
+def test_a_measurement_missing_or_of_another_cpu_is_refused():
+    from tokencarbon.metrics import resolve_cell_platforms
+
+    cells = _defaults(tables.CELLS, [{"platform": "cpu", "device_name": "AMD EPYC 9654 96-Core Processor"}])
+    spec = {"cpu": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}
+    with pytest.raises(InputError, match=r"measured on 'Intel\(R\) Xeon\(R\) Processor'.*ran on \['AMD EPYC 9654"):
+        resolve_cell_platforms(cells, spec, measurements={"cpu": _measurement(0.0)})
+    with pytest.raises(InputError, match=r"platforms.cpu.spec.measure is true, and no measurement"):
+        resolve_cell_platforms(cells, spec)
+
+
+def test_a_platform_flag_reaches_every_metrics_row():
+    from tokencarbon.metrics import PEAKS_UNDER_LOAD_FLAG
+
+    cells, batches, power = _cell()
+    flagged = replace(PLATFORM, qa_flags=(PEAKS_UNDER_LOAD_FLAG,))
+    df = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": flagged},
+                     ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN)  # fmt: skip
+    assert df.iloc[0]["qa_flags"] == PEAKS_UNDER_LOAD_FLAG  # the toy cell has no other flag
 
 
 def _by_hand_from_raw(cell_dir):

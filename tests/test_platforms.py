@@ -1,11 +1,12 @@
 """Platform table against NVIDIA datasheets, and its loader's checks."""
 
 import csv
+import math
 import re
 
 import pytest
 
-from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
 from tokencarbon.models import resources_dir
 from tokencarbon.platforms import (
     get_platform,
@@ -334,3 +335,67 @@ def test_bad_overrides_and_measurements_are_named():
         resolve_platform("h100-sxm-80gb", h100, {"embodied_kg_co2e_high": 10})
     with pytest.raises(ConfigError, match=r"memory_limit_gb=90"):
         resolve_platform("h100-sxm-80gb", h100, memory_limit_gb=90)
+
+
+def test_the_cpu_row_is_anchored_to_the_cpu_it_was_written_for():
+    # issue 10 §4: the row's numbers are an EPYC 7763 slice's; any other CPU is refused bare.
+    from tokencarbon.errors import HardwareMismatchError
+    from tokencarbon.platforms import resolve_platform
+
+    assert get_platform("cpu").device_name_pattern == "^AMD EPYC 7763 64-Core Processor$"
+    assert resolve_platform("cpu", "AMD EPYC 7763 64-Core Processor").spec_source == "datasheet"
+    for other in (XEON, "AMD EPYC 7763 64-Core Processor (2 sockets)", "AMD EPYC 9654 96-Core Processor"):
+        with pytest.raises(HardwareMismatchError, match=re.escape(repr(other))):
+            resolve_platform("cpu", other)
+
+
+def test_measure_makes_the_row_describe_another_cpu_labelled_measured(tmp_path):
+    from tokencarbon.platforms import resolve_platform
+
+    table = _epyc_table(tmp_path)
+    spec = {"measure": True, "tdp_w": 6.25, "logical_cpus": 2}
+    # Before the measurement (DAG build, a cell's check) the measured fields count as supplied and
+    # are NaN, labelled pending: nothing can divide by the EPYC's peak for this CPU.
+    p = resolve_platform("cpu", XEON, spec, platforms=table)
+    assert math.isnan(p.peak_tflops_fp32) and math.isnan(p.memory_gb_per_s)
+    assert "measured (pending): peak_tflops_fp32, memory_gb_per_s; config: tdp_w, logical_cpus" in p.spec_source
+    # With the measurement: its numbers (bf16 too, measured), TDP and CPUs from config, labelled.
+    measured = {"peak_tflops_fp32": 0.29, "peak_tflops_bf16": 1.2, "memory_gb_per_s": 51.0}
+    p = resolve_platform("cpu", XEON, spec, measured, platforms=table)
+    assert (p.peak_tflops_fp32, p.peak_tflops_bf16, p.memory_gb_per_s) == (0.29, 1.2, 51.0)
+    assert (p.tdp_w, p.logical_cpus, p.peak_tflops_fp16) == (6.25, 2, None)
+    assert p.spec_source == (
+        "datasheet; row of another device (cpu): memory_gb, embodied_kg_co2e, "
+        "embodied_kg_co2e_high, lifetime_years; measured: peak_tflops_fp32, peak_tflops_bf16, "
+        "memory_gb_per_s; config: tdp_w, logical_cpus"
+    )
+    # On the row's own CPU a measurement replaces the datasheet's 0.0784 TFLOP/s, labelled.
+    p = resolve_platform("cpu", "AMD EPYC 7763 64-Core Processor", {"measure": True}, measured,
+                         platforms=table)  # fmt: skip
+    assert p.peak_tflops_fp32 == 0.29 and p.tdp_w == 4.375
+    assert p.spec_source == "datasheet; measured: peak_tflops_fp32, peak_tflops_bf16, memory_gb_per_s"
+    # measure: false is no measurement
+    with pytest.raises(HardwareMismatchError, match="peak_tflops_fp32, memory_gb_per_s"):
+        resolve_platform("cpu", XEON, {**spec, "measure": False}, platforms=table)
+
+
+def test_measure_without_a_tdp_names_what_only_config_can_give(tmp_path):
+    from tokencarbon.platforms import resolve_platform
+
+    with pytest.raises(HardwareMismatchError) as err:
+        resolve_platform("cpu", XEON, {"measure": True}, platforms=_epyc_table(tmp_path))
+    message = str(err.value)
+    assert repr(XEON) in message and "for tdp_w, logical_cpus" in message
+    assert "a TDP is not measurable" in message and "peak_tflops_fp32" not in message
+
+
+def test_bad_measure_settings_and_measurements_are_named(tmp_path):
+    from tokencarbon.platforms import resolve_platform
+
+    spec = {"measure": True, "tdp_w": 6.25, "logical_cpus": 2}
+    with pytest.raises(InputError, match=r"measured peaks of platform 'cpu' lack memory_gb_per_s"):
+        resolve_platform("cpu", XEON, spec, {"peak_tflops_fp32": 0.29}, platforms=_epyc_table(tmp_path))
+    with pytest.raises(ConfigError, match=r"platforms.h100-sxm-80gb.spec.measure: measures a CPU"):
+        resolve_platform("h100-sxm-80gb", "NVIDIA H100 80GB HBM3", {"measure": True})
+    with pytest.raises(ConfigError, match=r"spec.measure: 'yes'; valid: true or false"):
+        resolve_platform("cpu", XEON, {**spec, "measure": "yes"}, platforms=_epyc_table(tmp_path))

@@ -22,9 +22,12 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 pytestmark = pytest.mark.slow
 
+# The default config's cpu platform (config/config.yaml): this CPU's peaks measured, 2 logical CPUs,
+# an assumed TDP share; the cpu row alone describes only an AMD EPYC 7763.
+MEASURED_CPU = {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}
 # A small grid: two tiny models, short prompts, an explicit sweep, short idle sampling.
 SMALL = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06}},
+    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": MEASURED_CPU}},
     "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
     "models": {
         "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
@@ -283,18 +286,41 @@ def test_bad_source_fails_its_job_and_leaves_no_output(tmp_path):
 
 
 def test_cells_measured_elsewhere_merge_without_rerunning(built, tmp_path):
-    # Another machine's cells (here: `built`'s) copied in, their platform marked import_only.
-    config = dict(SMALL, platforms={"cpu": {"import_only": True}})
+    # Another machine's cells (here: `built`'s) copied in, their platform marked import_only, with
+    # that machine's measured peaks (results/platforms/cpu/spec.json) and its TDP and CPUs in spec.
+    spec = {"tdp_w": MEASURED_CPU["tdp_w"], "logical_cpus": MEASURED_CPU["logical_cpus"]}
+    config = dict(SMALL, platforms={"cpu": {"import_only": True, "spec": spec}})
     project = make_project(tmp_path, config)
     shutil.copytree(built / "results/cells", project / "results/cells")
+    if built_on_the_cpu_row(built):
+        return  # the EPYC the row describes needs no measurement; the rest is for any other CPU
+    # Without the measurement the copied cells' CPU is not described: refused at DAG build,
+    # naming the device and what to copy.
+    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", "--dry-run", "all"], cwd=project,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "platforms.cpu: its copied cells (results/cells/cpu/) ran on" in out and "spec.json" in out
+    shutil.copytree(built / "results/platforms", project / "results/platforms")
     jobs = planned_jobs(project, "all")
-    for rule in ["run_cell", "probe_max_batch", "build_torch_engine"]:
+    for rule in ["run_cell", "probe_max_batch", "build_torch_engine", "measure_platform"]:
         assert rule not in jobs, jobs
     assert jobs["aggregate_cells"] == 1 and jobs["compute_metrics"] == 1
     snakemake(project, "all")
     here = pd.read_parquet(project / "results/tables/cells.parquet")
     there = pd.read_parquet(built / "results/tables/cells.parquet")
     pd.testing.assert_frame_equal(here, there)
+    # the same peaks, labelled alike: MFU, MBU and spec_source equal the measuring machine's
+    cols = ["model", "mode", "batch_size", "mfu", "mbu", "spec_source", "qa_flags"]
+    here = pd.read_parquet(project / "results/tables/metrics.parquet")[cols]
+    there = pd.read_parquet(built / "results/tables/metrics.parquet")[cols]
+    pd.testing.assert_frame_equal(here, there)
+
+
+def built_on_the_cpu_row(project: Path) -> bool:
+    """Whether the cells were measured on the CPU resources/platforms.csv's cpu row describes."""
+    cells = pd.read_parquet(project / "results/tables/cells.parquet")
+    return bool(cells.device_name.eq("AMD EPYC 7763 64-Core Processor").all())
 
 
 def test_an_imported_platform_without_cells_is_a_clear_error(tmp_path):
@@ -353,6 +379,18 @@ def test_your_own_checkpoint_runs_the_whole_dag_on_the_first_try(tmp_path):
     cells = pd.read_parquet(project / "results/tables/cells.parquet")
     assert (cells.n_requests == 16).all()
     assert (project / "results/summary.md").is_file()
+    # issue 10 §4: this CPU described by the README's spec, every number labelled where it came from
+    assert set(metrics.spec_source) == {
+        "datasheet; row of another device (cpu): memory_gb, embodied_kg_co2e, embodied_kg_co2e_high, "
+        "lifetime_years; measured: peak_tflops_fp32, peak_tflops_fp16, peak_tflops_bf16, "
+        "memory_gb_per_s; config: tdp_w, logical_cpus"
+    } or cells.device_name.eq("AMD EPYC 7763 64-Core Processor").all()
+    measured = yaml.safe_load((project / "results/platforms/cpu/spec.json").read_text())
+    assert measured["device_name"] == cells.device_name.iloc[0] and measured["logical_cpus"] == 2
+    # measuring again reruns metrics and what reads them, never a cell
+    jobs = planned_jobs(project, "all", "--configfile", "my-model.yaml", "--forcerun", "measure_platform")
+    assert jobs["measure_platform"] == 1 and jobs["compute_metrics"] == 1
+    assert not {"run_cell", "run_continuous_cell", "build_transformers_engine"} & set(jobs), jobs
 
 
 def test_trace_day_with_a_constant_intensity_draws_figure_6a(tmp_path):

@@ -13,10 +13,13 @@ from tokencarbon.config import (
     STATIC,
     auto_batch_sizes,
     check_config,
+    check_copied_cells,
     check_hardware,
     coerce_cli_strings,
+    measure_slice,
     measured_platforms,
     model_slice,
+    platforms_to_measure,
     platform_slice,
     probe_platform_slice,
     resolve_model_architecture,
@@ -68,6 +71,9 @@ IMPORTED_SOURCE = [p for p in PLATFORMS if config["platforms"][p].get("imported"
 MEASURED = measured_platforms(config)
 # A pattern no platform name matches when every platform is imported.
 MEASURED_PATTERN = "|".join(re.escape(p) for p in MEASURED) or "(?!)"
+# Platforms whose peaks rule measure_platform measures here (platforms.<name>.spec.measure).
+MEASURE = platforms_to_measure(config)
+MEASURE_PATTERN = "|".join(re.escape(p) for p in MEASURE) or "(?!)"
 MODELS = sorted(config["models"])
 FAMILIES = sorted({config["models"][m]["family"] for m in MODELS})
 BACKEND = config["backend"]["name"]
@@ -258,6 +264,10 @@ def gpu_count(wildcards):
     return 0 if platform_slice(config, wildcards.platform)["kind"] == "cpu" else 1
 
 
+def measure_params(wildcards):
+    return measure_slice(config, wildcards.platform)
+
+
 def probe_platform_params(wildcards):
     return probe_platform_slice(wildcards.platform, config)
 
@@ -405,6 +415,32 @@ def carbon_params(wildcards=None):
 def fig6a_params(wildcards=None):
     """The whole carbon slice (figure 6a and the time-shift what-if read trace_day too)."""
     return dict(config["carbon"])
+
+
+def copied_measurement(platform):
+    """results/platforms/<platform>/spec.json of an import_only platform, where the machine that
+    measured its cells (spec.measure) had it copied in beside them; else None."""
+    path = Path(f"results/platforms/{platform}/spec.json")
+    return str(path) if platform in IMPORTED and path.is_file() else None
+
+
+def measurement_files(wildcards=None):
+    """The platform measurements compute_metrics reads (only it: cells never take them, so a
+    re-measurement reruns no cell): rule measure_platform's (spec.measure), and those copied in
+    with import_only platforms' cells, which are checked here, at DAG build, against the devices
+    the copied cells ran on (config.check_copied_cells)."""
+    from tokencarbon.peak import read_measurement
+
+    for p in IMPORTED:
+        copied = copied_measurement(p)
+        measured = read_measurement(copied, p)["measured"] if copied else None
+        devices = [
+            json.loads(meta.read_text())["device_name"]
+            for meta in Path(f"results/cells/{p}").glob("*/*/meta.json")
+        ]
+        check_copied_cells(config, p, devices, measured)
+    copied = [c for c in map(copied_measurement, IMPORTED) if c]
+    return [f"results/platforms/{p}/spec.json" for p in MEASURE] + copied
 
 
 def metrics_inputs(wildcards):

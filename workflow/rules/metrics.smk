@@ -10,6 +10,8 @@ rule compute_metrics:
         batches="results/tables/batches.parquet",
         power="results/tables/power.parquet",
         cells="results/tables/cells.parquet",
+        # peaks rule measure_platform measured (platforms.<name>.spec.measure), if any
+        measurements=measurement_files,
         code=code_inputs("compute_metrics"),
         platforms=resource_file("platforms.csv"),
     output:

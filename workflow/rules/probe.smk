@@ -25,3 +25,26 @@ checkpoint probe_max_batch:
         backend=BACKEND,
     script:
         "../scripts/probe_max_batch.py"
+
+
+# A cpu platform's peaks measured on this machine (platforms.<name>.spec.measure: fp32/fp16/bf16
+# matmul and copy bandwidth, tokencarbon.peak), on its leased CPUs, with every core Snakemake has
+# (no other job of the workflow beside it; a few seconds). Only compute_metrics reads the result:
+# a re-measurement reruns metrics and figures, never a cell (docs/metrics.md).
+rule measure_platform:
+    input:
+        measured=measured_here,
+        code=code_inputs("measure_platform"),
+    output:
+        "results/platforms/{platform}/spec.json",
+    log:
+        "logs/measure_platform/{platform}.log",
+    wildcard_constraints:
+        platform=MEASURE_PATTERN,
+    conda:
+        "../envs/tokencarbon.yaml"
+    threads: workflow.cores
+    params:
+        platform=measure_params,
+    script:
+        "../scripts/measure_platform.py"

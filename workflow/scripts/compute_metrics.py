@@ -4,10 +4,13 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
+from pathlib import Path
+
 from tokencarbon import tables
 from tokencarbon.carbon import DEFAULT_MAX_FILL_S, ConstantIntensity, load_trace
 from tokencarbon.metrics import MetricsSettings, compute_all, resolve_cell_platforms
 from tokencarbon.models import architecture_from_dict, load_architecture
+from tokencarbon.peak import read_measurement
 
 carbon = snakemake.params.carbon
 if carbon["source"] == "trace":
@@ -26,6 +29,12 @@ archs = {
     )
     for a in cells["architecture"].unique()
 }
+# Peaks measured on this machine (rule measure_platform), by the platform each file names.
+paths = getattr(snakemake.input, "measurements", [])
+measurements = {
+    Path(path).parent.name: read_measurement(path, Path(path).parent.name)
+    for path in ([paths] if isinstance(paths, str) else paths)
+}
 serving = {
     name: tables.read(getattr(snakemake.input, name), tables.with_cell_keys(schema))
     for name, schema in (("requests", tables.REQUESTS), ("steps", tables.STEPS))
@@ -36,7 +45,7 @@ metrics, repeats = compute_all(
     tables.read(snakemake.input.batches, tables.with_cell_keys(tables.BATCHES)),
     tables.read(snakemake.input.power, tables.with_cell_keys(tables.POWER)),
     archs,
-    resolve_cell_platforms(cells, snakemake.params.platform_specs),
+    resolve_cell_platforms(cells, snakemake.params.platform_specs, measurements=measurements),
     intensity,
     pue=carbon["pue"],
     fill=carbon["fill"],

@@ -195,19 +195,32 @@ def _check_file(spec: str | None, key: str, what: str) -> None:
         )
 
 
-def platform_overrides(config: dict[str, Any], name: str) -> dict[str, float]:
-    """The keys config sets in platforms.<name>.spec (None values dropped: the row's value)."""
+def platform_overrides(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The keys config sets in platforms.<name>.spec (None values dropped: the row's value),
+    `measure` included: what platforms.resolve_platform takes as overrides."""
     spec = config["platforms"][name].get("spec") or {}
     return {k: v for k, v in spec.items() if v is not None}
 
 
+def measures_platform(config: dict[str, Any], name: str) -> bool:
+    """Whether config asks for platform `name`'s peaks to be measured on this machine
+    (platforms.<name>.spec.measure: rule measure_platform)."""
+    return bool(platform_overrides(config, name).get("measure", False))
+
+
+def platforms_to_measure(config: dict[str, Any]) -> list[str]:
+    """Platforms measured here whose peaks rule measure_platform measures (spec.measure)."""
+    return [n for n in measured_platforms(config) if measures_platform(config, n)]
+
+
 def platform_spec(config: dict[str, Any], name: str):
     """The platform's row of resources/platforms.csv with config's overrides applied, as a
-    platforms.Platform (no hardware detection: a cell resolves it against its device)."""
-    from tokencarbon.platforms import load_platforms
+    platforms.Platform (no hardware detection: a cell resolves it against its device; fields a
+    measurement gives keep the row's value here)."""
+    from tokencarbon.platforms import load_platforms, split_measure
 
     row = load_platforms()[name]
-    overrides = platform_overrides(config, name)
+    overrides, _ = split_measure(platform_overrides(config, name))
     spec = dataclasses.replace(
         row, **{k: int(v) if k == "logical_cpus" else float(v) for k, v in overrides.items()}
     )
@@ -248,6 +261,21 @@ def _check_platforms(config: dict[str, Any]) -> None:
             _check_file(imported["power_log"], f"platforms.{name}.imported.power_log", "a power log")
             _check_file(imported["timing"], f"platforms.{name}.imported.timing", "a timing CSV")
         spec = platform_spec(config, name)
+        if measures_platform(config, name):
+            if p["import_only"] or p.get("imported"):
+                raise ConfigError(
+                    f"config key platforms.{name}.spec.measure: the cells of platform {name!r} "
+                    f"ran on another machine ({'import_only' if p['import_only'] else 'imported'}), "
+                    "so this machine's peaks would not describe them; give that machine's numbers "
+                    f"in platforms.{name}.spec (its results/platforms/{name}/spec.json holds them "
+                    "where it measured them), or drop measure"
+                )
+            if spec.kind != "cpu":
+                raise ConfigError(
+                    f"config key platforms.{name}.spec.measure: measures a CPU's matmul peak and "
+                    f"copy bandwidth (tokencarbon.peak), and platform {name!r} is a {spec.kind}; "
+                    "give its numbers in platforms.<name>.spec instead, or drop measure"
+                )
         limit = p["memory_limit_gb"]
         if limit is not None and limit > spec.memory_gb:
             raise ConfigError(
@@ -508,6 +536,30 @@ def check_hardware(config: dict[str, Any], visible: Mapping[str, Any]) -> None:
         )
 
 
+def check_copied_cells(
+    config: dict[str, Any], name: str, devices: Iterable[str], measured: Mapping[str, float] | None
+) -> None:
+    """Raise ConfigError unless import_only platform `name` describes every device its copied
+    cells ran on (their meta.json device_name), as compute_metrics will resolve it: config's spec
+    and, where copied in with the cells, the other machine's measurement (results/platforms/
+    <name>/spec.json, its "measured" peaks). Called when the DAG is built, so a cpu platform
+    measured on another CPU fails before any job, naming the device and the keys to give."""
+    from tokencarbon.platforms import resolve_platform
+
+    overrides = platform_overrides(config, name)
+    for device in sorted(set(devices)):
+        try:
+            resolve_platform(name, device, overrides, measured)
+        except (HardwareMismatchError, ConfigError) as e:
+            raise ConfigError(
+                f"config key platforms.{name}: its copied cells (results/cells/{name}/) ran on "
+                f"{device!r}, which the platform does not describe here: {e}. For cells measured "
+                f"with spec.measure elsewhere, copy that machine's results/platforms/{name}/"
+                f"spec.json beside them (its peaks are used) and give its tdp_w and logical_cpus "
+                f"in platforms.{name}.spec"
+            ) from None
+
+
 # ---------------------------------------------------------------- sweeps
 
 
@@ -559,6 +611,13 @@ def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) ->
         spec = platform_spec(config, platform)
         out |= {"spec": overrides, "logical_cpus": spec.logical_cpus}
     return out
+
+
+def measure_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
+    """What rule measure_platform needs of its platform: the hardware check's fields (config's
+    spec, `measure` included) and the logical CPUs to lease and measure on. Neither power nor
+    models: changing them never re-measures."""
+    return {**probe_platform_slice(platform, config), "logical_cpus": platform_spec(config, platform).logical_cpus}
 
 
 def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from tokencarbon.energy import EnergyRecord, combine, idle_power, select_device,
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.models import Architecture, kv_cache_bytes, weight_bytes
 from tokencarbon.platforms import (
+    MEASURE_KEY,
     Platform,
     peak_bandwidth_bytes_per_s,
     peak_flops,
@@ -51,6 +52,10 @@ INPUT_TOKENS_UNKNOWN_FLAG = "input_tokens_unknown"
 MAX_FOREIGN_CPU_SHARE = 0.05
 FOREIGN_CPU_FLAG = "foreign_cpu_use"
 FOREIGN_GPU_FLAG = "foreign_gpu_processes"
+# QA flag of every cell of a platform whose measured peaks (rule measure_platform) were measured
+# while other processes used more than MAX_FOREIGN_CPU_SHARE of its CPUs: the peaks are low, so
+# MFU and MBU read high.
+PEAKS_UNDER_LOAD_FLAG = "peaks_measured_under_load"
 
 
 @dataclass(frozen=True)
@@ -484,6 +489,7 @@ def cell_metrics(
     if filled_share > 0:
         flags.append("intensity_filled")
     flags += foreign_use_flags(cell)
+    flags += list(platform.qa_flags)  # e.g. peaks measured under load (resolve_cell_platforms)
 
     # Latency: per request (continuous: REQUESTS; static: each request shares its batch's figures).
     if continuous and len(requests):
@@ -661,22 +667,49 @@ def cell_metrics(
 
 def resolve_cell_platforms(
     cells: pd.DataFrame,
-    specs: Mapping[str, Mapping[str, float]] | None = None,
+    specs: Mapping[str, Mapping[str, Any]] | None = None,
     measured: Mapping[str, Mapping[str, float]] | None = None,
+    measurements: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Platform]:
     """Each platform's row resolved for the device its cells ran on (CELLS' device_name).
 
-    specs / measured: per platform name, config overrides (platforms.<name>.spec) and measured
-    peaks, as platforms.resolve_platform takes them. Raises HardwareMismatchError where a cell's
-    device is not its platform's and nothing describes it, InputError where cells of one platform
-    ran on devices that resolve to different numbers (merge such machines as separate platforms).
+    specs / measured: per platform name, config's platforms.<name>.spec (`measure` included) and
+    measured peaks, as platforms.resolve_platform takes them. measurements: per platform, the
+    record rule measure_platform wrote (tokencarbon.peak.read_measurement): its "measured" peaks
+    are used, its device must be each cell's device, and a foreign CPU share above
+    MAX_FOREIGN_CPU_SHARE during it puts PEAKS_UNDER_LOAD_FLAG on every cell of the platform.
+    Raises HardwareMismatchError where a cell's device is not its platform's and nothing describes
+    it, InputError where cells of one platform ran on devices that resolve to different numbers
+    (merge such machines as separate platforms), where a spec asks for a measurement none is given
+    for, or where the measurement was made on another device than the cells.
     """
     out: dict[str, Platform] = {}
     for name, group in cells.groupby("platform"):
-        resolved = {
-            device: resolve_platform(
-                str(name), device or None, (specs or {}).get(name), (measured or {}).get(name)
+        name = str(name)
+        spec = (specs or {}).get(name) or {}
+        peaks = (measured or {}).get(name)
+        record = (measurements or {}).get(name)
+        flags: tuple[str, ...] = ()
+        if record is not None:
+            peaks = record["measured"]
+            others = sorted(set(group["device_name"]) - {record["device_name"]})
+            if others:
+                raise InputError(
+                    f"platform {name!r}: its peaks were measured on {record['device_name']!r} "
+                    f"(results/platforms/{name}/spec.json), and its cells ran on {others}; measure "
+                    "on the machine of the cells (delete that spec.json there), or give each "
+                    "machine its own platform in config"
+                )
+            if record.get("foreign_cpu_share", 0.0) > MAX_FOREIGN_CPU_SHARE:
+                flags = (PEAKS_UNDER_LOAD_FLAG,)
+        elif spec.get(MEASURE_KEY) and peaks is None:
+            raise InputError(
+                f"config key platforms.{name}.spec.measure is true, and no measurement of platform "
+                f"{name!r} was given (rule measure_platform's results/platforms/{name}/spec.json); "
+                "MFU and MBU would have no peak to divide by"
             )
+        resolved = {
+            device: replace(resolve_platform(name, device or None, spec, peaks), qa_flags=flags)
             for device in group["device_name"].unique()
         }
         distinct = {replace(p, device_name_pattern="") for p in resolved.values()}
@@ -685,7 +718,7 @@ def resolve_cell_platforms(
                 f"cells of platform {name!r} ran on devices {sorted(resolved)} whose specs "
                 "differ; give each machine its own platform in config"
             )
-        out[str(name)] = next(iter(resolved.values()))
+        out[name] = next(iter(resolved.values()))
     return out
 
 

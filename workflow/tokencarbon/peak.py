@@ -7,9 +7,12 @@ higher than against a datasheet peak, which is why spec_source labels it.
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
+from typing import Any
 
-from tokencarbon.errors import ConfigError
+from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.units import BYTES_PER_GB, FLOPS_PER_TFLOPS
 
 # A 1024^3 fp32 matmul is 2.1 GFLOP: long enough to time (>= ~10 ms on a core), short enough to
@@ -17,6 +20,9 @@ from tokencarbon.units import BYTES_PER_GB, FLOPS_PER_TFLOPS
 MATMUL_N = 1024
 COPY_BYTES = 64 * 2**20
 REPEATS = 5
+# What rule measure_platform measures: every dtype a model may run in (platforms._DTYPE_PEAK), so
+# that no model's dtype is left without a peak and adding a model never re-measures.
+MEASURED_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def measure_cpu_peaks(
@@ -54,6 +60,87 @@ def measure_cpu_peaks(
         return out
     finally:
         torch.set_num_threads(previous)
+
+
+def measure_platform(
+    platform: dict[str, Any],
+    out: str | Path,
+    *,
+    lock_dir: str | Path | None = None,
+    repeats: int = REPEATS,
+    dtypes: tuple[str, ...] = MEASURED_DTYPES,
+) -> dict[str, Any]:
+    """Rule measure_platform: this machine's peaks for a cpu platform with spec.measure, written
+    to `out` (JSON, atomically) and returned.
+
+    platform: config.measure_slice ({"name", "kind", "device_name_pattern", "spec",
+    "logical_cpus"}). The platform's logical CPUs are leased as a cell leases them (never beside a
+    cell on the same CPUs) and the detected CPU is checked as a cell checks it; then
+    measure_cpu_peaks on that many threads, with the foreign CPU use of those CPUs meanwhile
+    (occupancy.CpuWatch). Returns {"platform", "device_name", "logical_cpus", "cpus", "measured":
+    {MEASURABLE_FIELDS: TFLOP/s or GB/s}, "foreign_cpu_share", "foreign_use", "method",
+    "versions", "measured_wall_ns"}. Raises HardwareMismatchError for another CPU, ConfigError for a
+    platform that is no CPU, LeaseTimeoutError while the CPUs stay taken.
+    """
+    import torch
+
+    from tokencarbon.files import write_json
+    from tokencarbon.hardware import check_platform, detect
+    from tokencarbon.lease import cell_leases
+    from tokencarbon.occupancy import CpuWatch
+
+    if platform["kind"] != "cpu":
+        raise ConfigError(
+            f"platform {platform['name']!r} is a {platform['kind']}: tokencarbon.peak measures CPUs"
+        )
+    name = platform["name"]
+    with cell_leases(platform, cell=f"{name}/measure_platform", lock_dir=lock_dir, log=print) as lease:
+        hardware = detect("cpu")
+        check_platform(platform, hardware)
+        watch = CpuWatch(lease["cpus"])
+        watch.start()
+        measured = measure_cpu_peaks(len(lease["cpus"]), dtypes, repeats)
+        foreign = watch.stop()
+    record = {
+        "platform": name,
+        "device_name": hardware["device_name"],
+        "logical_cpus": len(lease["cpus"]),
+        "cpus": list(lease["cpus"]),
+        "measured": measured,
+        "foreign_cpu_share": foreign.get("foreign_cpu_share", math.nan),
+        "foreign_use": foreign,
+        "method": (
+            f"tokencarbon.peak: best of {repeats} {MATMUL_N}^3 torch.mm per dtype "
+            f"({', '.join(dtypes)}; 2 n^3 FLOPs) and a {COPY_BYTES} B copy (2 x bytes moved), "
+            f"on {len(lease['cpus'])} torch threads pinned to the leased CPUs"
+        ),
+        "versions": {"torch": torch.__version__},
+        "measured_wall_ns": time.time_ns(),
+    }
+    write_json(out, record)
+    print(f"[tokencarbon] {name}: measured on {hardware['device_name']!r}, CPUs {record['cpus']}: "
+          + ", ".join(f"{k} {v:.4g}" for k, v in measured.items())
+          + f" (foreign CPU share {record['foreign_cpu_share']:.3f})")  # fmt: skip
+    return record
+
+
+def read_measurement(path: str | Path, platform: str) -> dict[str, Any]:
+    """A spec.json that measure_platform wrote, checked: its platform is `platform` and it holds a
+    device name and the measured fields. Raises InputError naming the file and what to do."""
+    import json
+
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read a platform measurement ({e}); delete it to measure again") from None
+    missing = [k for k in ("platform", "device_name", "measured") if k not in record]
+    if missing or record.get("platform") != platform or not isinstance(record.get("measured"), dict):
+        raise InputError(
+            f"{path}: not a measurement of platform {platform!r} by rule measure_platform "
+            f"(missing {missing}, platform {record.get('platform')!r}); delete it to measure again"
+        )
+    return record
 
 
 def _timed(fn) -> float:

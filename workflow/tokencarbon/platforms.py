@@ -49,6 +49,9 @@ class Platform:
     # Where the numbers come from: "datasheet" (this table, for the detected device), or that
     # followed by the fields config ("config: ...") or a measurement ("measured: ...") supplied.
     spec_source: str = "datasheet"
+    # QA flags every cell measured on this platform carries (metrics: e.g. peaks measured under
+    # load); set by metrics.resolve_cell_platforms, never read from the table.
+    qa_flags: tuple[str, ...] = ()
 
     @property
     def embodied_range_kg_co2e(self) -> tuple[float, float]:
@@ -81,6 +84,12 @@ SPEC_FIELDS = (
     "embodied_kg_co2e", "embodied_kg_co2e_high", "host_embodied_kg_co2e", "lifetime_years",
 )  # fmt: skip
 MEASURABLE_FIELDS = ("peak_tflops_fp32", "peak_tflops_fp16", "peak_tflops_bf16", "memory_gb_per_s")
+# config platforms.<name>.spec.measure: true asks rule measure_platform (tokencarbon.peak) for these
+# on this machine; every measurement holds at least the first two (fp32 peak and bandwidth).
+MEASURE_KEY = "measure"
+MEASURED_ALWAYS = ("peak_tflops_fp32", "memory_gb_per_s")
+# spec_source's label of measured fields whose measurement has not run yet (their values NaN).
+PENDING = "measured (pending)"
 # What a cpu row must be told (config or measurement) to describe a CPU it was not written for:
 # modeled power needs TDP and the CPUs it covers, MFU a peak, MBU a bandwidth.
 REQUIRED_FOR_OTHER_CPU = ("tdp_w", "logical_cpus", "peak_tflops_fp32", "memory_gb_per_s")
@@ -207,6 +216,13 @@ def _matches(platform: Platform, device_name: str | None) -> bool:
     return device_name is not None and re.search(platform.device_name_pattern, device_name) is not None
 
 
+def split_measure(overrides: Mapping[str, object] | None) -> tuple[dict[str, object], bool]:
+    """Config's platforms.<name>.spec split into (the numbers it overrides, measure flag)."""
+    values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    measure = values.pop(MEASURE_KEY, False)
+    return values, measure
+
+
 def _check_spec(values: Mapping[str, object], allowed: tuple[str, ...], where: str, error) -> None:
     for key, value in values.items():
         if key not in allowed:
@@ -232,10 +248,15 @@ def resolve_platform(
 
     detected_device_name: the device as hardware.detect() reports it (CPU model name from
     /proc/cpuinfo, or torch.cuda.get_device_name / NVML for a GPU); None when no device of the
-    kind is visible. overrides: config values for SPEC_FIELDS (key path platforms.<name>.spec),
-    highest precedence. measured: tokencarbon.peak's numbers for MEASURABLE_FIELDS, below config,
-    above the datasheet. Precedence: config > measured > datasheet; spec_source says which field
-    came from where, e.g. "datasheet; config: tdp_w, logical_cpus; measured: peak_tflops_fp32".
+    kind is visible. overrides: config's platforms.<name>.spec: values for SPEC_FIELDS, highest
+    precedence, and optionally `measure: true` (cpu rows only): MEASURED_ALWAYS and any other
+    MEASURABLE_FIELDS come from this machine's measurement (rule measure_platform). measured:
+    that measurement's numbers (tokencarbon.peak), below config, above the datasheet; with
+    `measure` and measured None the measurement is still to run: those fields count as supplied
+    (a DAG-build or cell check) and are NaN, labelled "measured (pending)", so nothing can divide
+    by another device's peak. Precedence: config > measured > datasheet; spec_source says which
+    field came from where, e.g. "datasheet; config: tdp_w, logical_cpus; measured:
+    peak_tflops_fp32".
 
     When the device matches the row's device_name_pattern, the row (with any overrides and
     measurements) is returned. When it does not:
@@ -246,16 +267,37 @@ def resolve_platform(
       fp16/bf16/tf32/int8 peaks are dropped unless supplied (they described another CPU), and
       spec_source lists the fields still taken from the row ("row of another device: ...").
       Otherwise HardwareMismatchError names the detected CPU, the row's CPU and the keys to set.
-    Raises ConfigError for an unknown name or a bad override, InputError for a bad measurement.
+    Raises ConfigError for an unknown name or a bad override (`measure` on a gpu row included),
+    InputError for a bad measurement (one of `measure` lacking a MEASURED_ALWAYS field too).
     """
     table = platforms if platforms is not None else load_platforms()
     if name not in table:
         raise ConfigError(f"platform {name!r}; valid: {', '.join(table)}")
     base = table[name]
-    overrides = dict(overrides or {})
+    overrides, measure = split_measure(overrides)
+    if measure not in (True, False):
+        raise ConfigError(
+            f"config key platforms.{name}.spec.{MEASURE_KEY}: {measure!r}; valid: true or false"
+        )
+    if measure and base.kind != "cpu":
+        raise ConfigError(
+            f"config key platforms.{name}.spec.{MEASURE_KEY}: measures a CPU's matmul peak and "
+            f"copy bandwidth (tokencarbon.peak), and platform {name!r} is a {base.kind}; give its "
+            "numbers in platforms.<name>.spec instead, or drop measure"
+        )
+    pending = measure and measured is None
     measured = dict(measured or {})
     _check_spec(overrides, SPEC_FIELDS, f"config key platforms.{name}.spec", ConfigError)
     _check_spec(measured, MEASURABLE_FIELDS, f"measured peaks of platform {name!r}", InputError)
+    lacking = [f for f in MEASURED_ALWAYS if measure and not pending and f not in measured]
+    if lacking:
+        raise InputError(
+            f"measured peaks of platform {name!r} lack {', '.join(lacking)}; a measurement "
+            f"(rule measure_platform, results/platforms/{name}/spec.json) holds "
+            f"{', '.join(MEASURED_ALWAYS)}: delete that file to measure again"
+        )
+    if pending:
+        measured = {f: math.nan for f in MEASURED_ALWAYS}
     matches = _matches(base, detected_device_name)
     source: dict[str, str] = {}
     values: dict[str, object] = {}
@@ -274,14 +316,28 @@ def resolve_platform(
             )
         missing = [f for f in REQUIRED_FOR_OTHER_CPU if f not in overrides and f not in measured]
         if missing:
+            measurable = [f for f in missing if f in MEASURED_ALWAYS]
+            told = [f for f in missing if f not in MEASURED_ALWAYS]
             raise HardwareMismatchError(
                 f"platform {name!r} describes the CPU {base.device_name_pattern!r} "
                 f"(resources/platforms.csv), but this machine's CPU is "
                 f"{detected_device_name!r}{hint}; to measure it here give config "
-                f"platforms.{name}.spec the values of this CPU for {', '.join(missing)} "
-                "(`python -m tokencarbon.peak --logical-cpus N` measures peak_tflops_fp32 and "
-                "memory_gb_per_s here and prints them as those config lines), or run on the CPU "
-                "the row describes"
+                f"platforms.{name}.spec the values of this CPU for {', '.join(missing)}"
+                + (
+                    f" (or `measure: true` there for {', '.join(measurable)}: rule "
+                    "measure_platform measures them on this machine, labelled measured"
+                    + (f"; {', '.join(told)} still from config: a TDP is not measurable" if told else "")
+                    + "; `python -m tokencarbon.peak --logical-cpus N` prints them as config lines)"
+                    if measurable
+                    else ""
+                )
+                + (
+                    " (tdp_w: W, the TDP share of those logical CPUs from this CPU's datasheet; "
+                    "a TDP is not measurable)"
+                    if "tdp_w" in missing and not measurable
+                    else ""
+                )
+                + ", or run on the CPU the row describes"
             )
         for f in ("peak_tflops_tf32", "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_int8"):
             values[f] = None
@@ -291,11 +347,13 @@ def resolve_platform(
             if f not in overrides
         ]  # fmt: skip
         source.update({f: f"row of another device ({base.platform})" for f in inherited})
-    for key, value in measured.items():
-        values[key] = float(value)
-        source[key] = "measured"
-    for key, value in overrides.items():
-        values[key] = int(value) if key == "logical_cpus" else float(value)
+    # in the tables' column order, whatever order a file or config gave them in
+    for key in sorted(measured, key=MEASURABLE_FIELDS.index):
+        values[key] = float(measured[key])  # type: ignore[arg-type]
+        source[key] = PENDING if pending else "measured"
+    for key in sorted(overrides, key=SPEC_FIELDS.index):
+        value = overrides[key]
+        values[key] = int(value) if key == "logical_cpus" else float(value)  # type: ignore[arg-type]
         source[key] = "config"
     platform = dataclasses.replace(base, **values)  # type: ignore[arg-type]
     low, high = platform.embodied_kg_co2e, platform.embodied_kg_co2e_high
