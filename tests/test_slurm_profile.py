@@ -81,13 +81,33 @@ def test_profile_repeats_the_default_profile():
     assert "resources" not in slurm
 
 
+def rules_on_their_platform() -> set[str]:
+    """Rules whose jobs run on their platform's hardware: those taking common.smk's measured_here
+    input (the hardware check every measuring job makes: cells, probe, platform measurement), and
+    the TensorRT-LLM engine build (it compiles for the GPU it runs on)."""
+    smk = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    blocks = re.split(r"^(?:rule|checkpoint) (\w+):", smk, flags=re.M)[1:]
+    rules = dict(zip(blocks[::2], blocks[1::2]))
+    return {r for r, body in rules.items() if "measured=measured_here" in body} | {"build_trtllm_engine"}
+
+
 def test_set_resources_name_rules_that_exist():
     # Snakemake ignores set-resources of an unknown rule: a typo would silently drop the GPU request.
     smk = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     defined = set(re.findall(r"^(?:rule|checkpoint) (\w+):", smk, flags=re.M))
     named = set(yaml.safe_load(PROFILE.read_text())["set-resources"])
-    assert named == {"run_cell", "probe_max_batch", "build_trtllm_engine"}
     assert named <= defined, named - defined
+
+
+def test_every_rule_on_its_platform_gets_the_cells_resources():
+    # A rule missing here gets default-resources: no --gpus, so a GPU cell (run_continuous_cell
+    # before it was added) would land on a node without its GPU and fail its hardware check.
+    on_platform = rules_on_their_platform()
+    assert {"run_cell", "run_continuous_cell", "probe_max_batch", "measure_platform"} <= on_platform
+    assert set(yaml.safe_load(PROFILE.read_text())["set-resources"]) == on_platform
+    for rule in on_platform:
+        for platform in platforms():
+            assert resources_on(rule, platform) == resources_on("run_cell", platform), (rule, platform)
 
 
 def test_cpu_cell_is_a_cpu_job():
@@ -98,7 +118,7 @@ def test_cpu_cell_is_a_cpu_job():
 
 
 def test_h100_cell_asks_one_h100_on_the_gpu_partition():
-    for rule in ["run_cell", "probe_max_batch", "build_trtllm_engine"]:
+    for rule in ["run_cell", "run_continuous_cell", "probe_max_batch", "build_trtllm_engine"]:
         res = resources_on(rule, "h100-sxm-80gb")
         # the plugin turns gpu=1, gpu_model=h100 into `sbatch --gpus=h100:1`
         assert (res["gpu"], res["gpu_model"], res["slurm_partition"]) == (1, "h100", "gpu"), rule
