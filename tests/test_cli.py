@@ -110,31 +110,32 @@ def test_doctor_on_this_cpu_machine(tmp_path):
 
 
 def test_doctor_judges_the_cpu_default_as_its_cells_do(tmp_path):
-    # The default study (config/config.yaml: platform cpu) on this CPU machine: the cpu row
-    # (resources/platforms.csv: a 2-vCPU slice, logical_cpus 2) resolved against this CPU, and
-    # its 2 CPUs among those this process may use, as the cell's CPU lease requires. Run here
-    # with 2 CPUs allowed it can run; pinned to one CPU (CI's pytest process inherited such a
-    # pin from an earlier cell before 0a9a1c1) it cannot, and doctor says exactly why.
+    # The cpu row of resources/platforms.csv describes one EPYC 7763 core pair; any other CPU
+    # runs only with its numbers in config (platforms.cpu.spec), as the DAG build requires. The
+    # default config gives them (measure: true for the peaks, logical_cpus 2, an assumed tdp_w),
+    # so on any CPU with 2 CPUs allowed the default can run; without a spec it cannot, and doctor
+    # names the keys. Pinned to one CPU it cannot either (a cell pins logical_cpus), and says why.
     from tokencarbon.hardware import cpu_model_name
     from tokencarbon.platforms import get_platform
 
     row = get_platform("cpu")
-    assert row.logical_cpus == 2
+    on_the_rows_cpu = re.search(row.device_name_pattern, cpu_model_name()) is not None
     allowed = sorted(os.sched_getaffinity(0))
     out = tc("doctor")
     report = json.loads(tc("doctor", "--json").stdout)
     (verdict,) = [v for v in report["study"]["platforms"] if v["platform"] == "cpu"]
-    if not re.search(row.device_name_pattern, cpu_model_name()):
-        # A row anchored to another CPU (docs/metrics.md: EPYC 7763) needs this CPU's numbers in
-        # config: doctor names the keys, as the DAG build would.
-        assert out.returncode == 1 and verdict["can_run"] is False
-        assert "give config platforms.cpu.spec the values of this CPU" in verdict["why"]
-        return
     if len(allowed) >= 2:
         assert out.returncode == 0 and "cpu: can run here" in out.stdout, out.stdout
-        assert verdict["can_run"] is True and "the platform needs 2 (datasheet)" in verdict["why"]
+        assert verdict["can_run"] is True and "config: tdp_w, logical_cpus" in verdict["why"]
     else:
         assert out.returncode == 1 and "may use only 1" in verdict["why"]
+    config = tmp_path / "study.yaml"
+    if not on_the_rows_cpu:
+        config.write_text(yaml.safe_dump({"platforms": {"cpu": {}}}))
+        out = tc("doctor", "--configfile", str(config))
+        assert out.returncode == 1 and "cpu: CANNOT run here" in out.stdout, out.stdout
+        assert "give config platforms.cpu.spec the values of this CPU" in out.stdout
+        assert cpu_model_name() in out.stdout
     one = {allowed[0]}
     out = tc("doctor", cpus=one)
     assert out.returncode == 1, out.stdout
@@ -144,13 +145,14 @@ def test_doctor_judges_the_cpu_default_as_its_cells_do(tmp_path):
         and f"this process may use only 1: [{allowed[0]}]" in out.stdout
     ), out.stdout
     # The config's spec is applied as cells apply it: a 1-CPU slice described there runs pinned.
-    config = tmp_path / "one-cpu.yaml"
-    config.write_text(yaml.safe_dump({"platforms": {"cpu": {"spec": {"logical_cpus": 1}}}}))
+    spec = {"measure": True, "tdp_w": 4.375}
+    config.write_text(yaml.safe_dump({"platforms": {"cpu": {"spec": spec | {"logical_cpus": 1}}}}))
     out = tc("doctor", "--configfile", str(config), cpus=one)
     assert out.returncode == 0 and "cpu: can run here" in out.stdout, out.stdout
-    assert "config: logical_cpus" in out.stdout  # spec_source names where the 1 came from
+    assert "config: tdp_w, logical_cpus" in out.stdout  # spec_source names where the 1 came from
     # resolve_platform's own refusals reach the verdict: a memory limit above the row's 8 GB.
-    config.write_text(yaml.safe_dump({"platforms": {"cpu": {"memory_limit_gb": 100}}}))
+    platform = {"memory_limit_gb": 100, "spec": spec | {"logical_cpus": 2}}
+    config.write_text(yaml.safe_dump({"platforms": {"cpu": platform}}))
     out = tc("doctor", "--configfile", str(config))
     assert out.returncode == 1
     assert "cpu: CANNOT run here (memory_limit_gb=100 for platform 'cpu'" in out.stdout

@@ -125,7 +125,7 @@ def test_modulefinder_and_the_ast_walk_agree_on_every_script():
 # --- through Snakemake -------------------------------------------------------------------------
 
 TINY = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06}},
+    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}},
     "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
     "models": {
         "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},

@@ -24,7 +24,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.slow
 
 CONFIG = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06}},
+    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}},
     "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
     "models": {"tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"}},
     "workload": {"num_prompts": 16, "synthetic_conversations": 2000, "builtin_vocab_size": 2048},

@@ -958,7 +958,7 @@ def test_every_figure_draws_cleanly_on_a_committed_gpu_study(repo, study_name, t
 # The embedded default, made smaller: two tiny models on the CPU, 4 prompts, batch 1 and 2, each
 # cell repeated twice so that intervals exist.
 DEFAULT_SMALL = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06}},
+    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}},
     "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
     "models": {
         "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
