@@ -956,7 +956,7 @@ def test_every_figure_draws_cleanly_on_a_committed_gpu_study(repo, study_name, t
 # --- end to end: every figure on a default run, and the report (slow) -------------------------
 
 # The embedded default, made smaller: two tiny models on the CPU, 4 prompts, batch 1 and 2, each
-# cell repeated twice so that intervals exist.
+# cell repeated three times (issue 14: the CPU default with run.repeats 3) so that intervals exist.
 DEFAULT_SMALL = {
     "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}},
     "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
@@ -967,7 +967,7 @@ DEFAULT_SMALL = {
     "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
     "sweep": {"batch_sizes": [1, 2], "max_batch": 8},
     "power": {"interval_s": 0.05, "idle_s": 0.2},
-    "run": {"repeats": 2},
+    "run": {"repeats": 3},
     "summary": {"latency_slos_s_per_token": [0.001, 0.002, 0.005]},
 }
 
@@ -1010,7 +1010,24 @@ def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
             assert layout_problems(fig) == [], artifact.name
             drawn.append(artifact.name)
     assert {"fig7_carbon_per_token", "pareto_carbon_latency", "fig6c_power_over_time"} <= set(drawn)
-    # two repeats per cell: the summary states its ratios with intervals
+    # three repeats per cell: every cell has its intervals, each around its own mean
+    import pandas as pd
+
+    metrics = pd.read_parquet(default_run / "results/tables/metrics.parquet")
+    repeats = pd.read_parquet(default_run / "results/tables/metrics_repeats.parquet")
+    assert (metrics["n_repeats"] == 3).all()
+    keys = ["platform", "model", "mode", "batch_size"]
+    per_cell = repeats.groupby(keys).agg(["mean", "min", "max"])
+    for column in ["j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user"]:
+        m = metrics.set_index(keys)
+        low, high = m[f"{column}_ci_low"], m[f"{column}_ci_high"]
+        stats = per_cell[column].loc[m.index]
+        # a percentile interval of the mean of 3 repeats lies within their range and holds their
+        # mean (the resample of the sample itself)
+        assert (low <= stats["mean"] + 1e-12).all() and (stats["mean"] <= high + 1e-12).all(), column
+        assert (low >= stats["min"] - 1e-12).all() and (high <= stats["max"] + 1e-12).all(), column
+        assert (low < high).any(), column
+    # the summary states its ratios with intervals
     summary = (default_run / "results/summary.md").read_text()
     assert "Bonferroni" in summary and "modeled" in summary
 
