@@ -41,9 +41,9 @@ def check_prompts(
         )
     for i, (prompt, n_out) in enumerate(zip(prompts, output_lengths)):
         label = labels[i] if labels is not None else f"request {i}"
-        if not prompt or n_out < 1:
+        if not prompt or type(n_out) is not int or n_out < 1:
             raise InputError(
-                f"{label}: {len(prompt)} prompt tokens, {n_out} output tokens; both must be >= 1"
+                f"{label}: {len(prompt)} prompt tokens, {n_out!r} output tokens; both must be >= 1"
             )
         if len(prompt) + n_out > max_tokens:
             raise InputError(
@@ -72,9 +72,12 @@ def check_batch(
     )
 
 
-def check_requests(arch: Architecture, requests: Sequence[Request]) -> None:
+def check_requests(
+    arch: Architecture, requests: Sequence[Request], limit: tuple[int, str] | None = None
+) -> None:
     """check_batch over a served request set, plus: request ids unique, arrival_s finite and >= 0.
-    Errors name the request by its id."""
+    Errors name the request by its id. limit: (max prompt + output tokens, what sets it); default
+    token_limit(arch) (an engine that runs sliding windows itself passes the max_positions)."""
     if not requests:
         raise InputError("no requests to serve; expected at least one Request")
     seen: set[str] = set()
@@ -88,9 +91,12 @@ def check_requests(arch: Architecture, requests: Sequence[Request]) -> None:
                 f"request {r.request_id!r}: arrival_s={r.arrival_s!r}; must be a finite number of "
                 "seconds >= 0 after the start of serving"
             )
-    check_batch(
-        arch,
+    max_tokens, limit_source = limit if limit is not None else token_limit(arch)
+    check_prompts(
         [r.prompt for r in requests],
         [r.output_len for r in requests],
-        [f"request {r.request_id!r}" for r in requests],
+        max_tokens=max_tokens,
+        limit_source=limit_source,
+        vocab_size=arch.vocab_size,
+        labels=[f"request {r.request_id!r}" for r in requests],
     )

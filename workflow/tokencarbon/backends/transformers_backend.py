@@ -30,7 +30,8 @@ import transformers
 from torch import nn
 
 from tokencarbon.backends import BatchResult, Request, RequestRecord, ServingResult
-from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.backends.checks import check_prompts, check_requests
+from tokencarbon.errors import ConfigError
 from tokencarbon.models import Architecture, check_checkpoint_matches, to_hf_config
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -210,26 +211,16 @@ class TransformersEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _limit(self) -> tuple[int, str]:
+        # transformers runs a sliding window itself: a request may fill max_positions.
+        return self.arch.max_positions, f"{self.arch.name}'s max_positions {self.arch.max_positions}"
+
     def _check(self, prompts: list[list[int]], output_lengths: list[int], labels=None) -> None:
-        if not prompts or len(prompts) != len(output_lengths):
-            raise InputError(
-                f"batch of {len(prompts)} prompts and {len(output_lengths)} output lengths; "
-                "expected one output length per prompt, at least one request"
-            )
-        for i, (prompt, n_out) in enumerate(zip(prompts, output_lengths)):
-            label = labels[i] if labels else f"request {i}"
-            if not prompt or type(n_out) is not int or n_out < 1:
-                raise InputError(
-                    f"{label}: {len(prompt)} prompt tokens, {n_out!r} output tokens; "
-                    "both must be >= 1"
-                )
-            if len(prompt) + n_out > self.arch.max_positions:
-                raise InputError(
-                    f"{label}: {len(prompt)} prompt + {n_out} output tokens exceed "
-                    f"{self.arch.name}'s max_positions {self.arch.max_positions}"
-                )
-            if min(prompt) < 0 or max(prompt) >= self.arch.vocab_size:
-                raise InputError(f"{label}: token ids must lie in [0, {self.arch.vocab_size})")
+        max_tokens, limit_source = self._limit()
+        check_prompts(
+            prompts, output_lengths, max_tokens=max_tokens, limit_source=limit_source,
+            vocab_size=self.arch.vocab_size, labels=labels,
+        )  # fmt: skip
 
     def _generation_config(self, new_tokens: int) -> transformers.GenerationConfig:
         config = transformers.GenerationConfig(
@@ -502,27 +493,7 @@ class TransformersEngine:
         )
 
     def _check_requests(self, requests: list[Request]) -> None:
-        if not requests:
-            raise InputError("no requests to serve; expected at least one Request")
-        seen: set[str] = set()
-        for r in requests:
-            if r.request_id in seen:
-                raise InputError(f"request id {r.request_id!r} appears twice; ids must be unique")
-            seen.add(r.request_id)
-            if not (
-                type(r.arrival_s) in (int, float)
-                and math.isfinite(r.arrival_s)
-                and r.arrival_s >= 0
-            ):
-                raise InputError(
-                    f"request {r.request_id!r}: arrival_s={r.arrival_s!r}; must be a finite "
-                    "number of seconds >= 0 after the start of serving"
-                )
-        self._check(
-            [list(r.prompt) for r in requests],
-            [r.output_len for r in requests],
-            [f"request {r.request_id!r}" for r in requests],
-        )
+        check_requests(self.arch, requests, limit=self._limit())
 
     def close(self) -> None:
         """Stop transformers' manager thread and free its paged cache."""
