@@ -109,6 +109,13 @@ def test_another_process_on_the_gpu_is_counted(tmp_path):
     # The other process must not be in this process's tree (a cell's own children, such as its
     # sidecar, are its own): a shell starts it in the background and exits, so it is reparented.
     # (Seen on an H200: a plain child was counted as this process's own and the test failed.)
+    # This process holds a CUDA context as a cell does: where NVML lists no pid of ours, GpuWatch
+    # takes one unknown pid for ours (containers that report host pids), so without it the other
+    # process would be taken for this one (seen on an H200 too).
+    import torch
+
+    torch.ones(1, device="cuda")
+    torch.cuda.synchronize()
     watch = GpuWatch(0, interval_s=0.2)
     watch.start()
     ready = tmp_path / "up"
@@ -127,4 +134,5 @@ def test_another_process_on_the_gpu_is_counted(tmp_path):
     assert ready.exists(), "the other process never put its tensor on the GPU"
     time.sleep(1.0)
     record = watch.stop()
-    assert record["foreign_gpu_processes"] >= 1 and record["error"] is None
+    assert record["pids_mapped"] and record["error"] is None, record
+    assert record["foreign_gpu_processes"] >= 1, record
