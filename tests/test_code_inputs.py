@@ -143,7 +143,7 @@ from pathlib import Path
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import OutputSettings, ResourceSettings
 with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-    wf = api.workflow(resource_settings=ResourceSettings(), snakefile=Path("Snakefile"), workdir=Path("."))
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile"), workdir=Path("."))
     print(json.dumps({r.name: Path(r.script).stem for r in wf._workflow.rules if r.script}))
 """
 

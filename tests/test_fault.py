@@ -122,9 +122,12 @@ def test_snakemake_sigkilled_mid_cell_leaves_no_orphan_and_the_rerun_is_true(bui
     rerun = s_per_token(cell)
     mean = sum(reference) / len(reference)
     spread = max(reference) - min(reference)
-    # Equal to the undisturbed run within its spread (with a floor of 10 % of its mean: two
-    # repeats are a small sample of the spread), or flagged as disturbed by other processes.
-    within = all(abs(r - mean) <= max(2 * spread, 0.10 * mean) for r in rerun)
+    # Equal to the undisturbed run within its spread, or flagged as disturbed by other processes.
+    # Two repeats in one process understate the spread between processes: on this project's 2-core
+    # VMs a rerun with no foreign CPU use measured 14 % slower than its reference (2026-11-30), so
+    # the floor is 25 % of the mean. The fault this guards against is far outside it: the orphan
+    # measuring beside the rerun made it 6.5x slower (10.7 vs 1.65 ms/token, issue 10 §7).
+    within = all(abs(r - mean) <= max(2 * spread, 0.25 * mean) for r in rerun)
     flagged = meta["foreign_cpu_share"] > FLAG_SHARE
     assert within or flagged, (reference, rerun, meta["foreign_cpu_share"], meta["foreign_use"])
     assert meta["n_batches"] == 16 and meta["repeats"] == 2 and meta["cpu_lease"]["cpus"]

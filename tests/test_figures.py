@@ -1017,8 +1017,9 @@ def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
     repeats = pd.read_parquet(default_run / "results/tables/metrics_repeats.parquet")
     assert (metrics["n_repeats"] == 3).all()
     keys = ["platform", "model", "mode", "batch_size"]
-    per_cell = repeats.groupby(keys).agg(["mean", "min", "max"])
-    for column in ["j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user"]:
+    numeric = ["j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user"]
+    per_cell = repeats.groupby(keys)[numeric].agg(["mean", "min", "max"])
+    for column in numeric:
         m = metrics.set_index(keys)
         low, high = m[f"{column}_ci_low"], m[f"{column}_ci_high"]
         stats = per_cell[column].loc[m.index]
