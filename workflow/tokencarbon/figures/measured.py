@@ -55,6 +55,9 @@ STUDY_CARBON_RATIO = 11.0
 STUDY_LATENCY_RATIO = 2.0
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">")
 MODE_DASHES = {STATIC: "-", CONTINUOUS: "--"}
+# Figure 4c's reference lines (unquantized siblings): drawn under the quantized models, faded.
+REFERENCE_ALPHA = 0.4
+REFERENCE_LW = 1.0
 
 
 def family_models(
@@ -112,23 +115,37 @@ def fig4_throughput_latency(
     *,
     models: Sequence[str] | None = None,
     title: str = "Throughput vs latency",
+    references: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> Figure:
     """Output tokens/s vs user-perceived ms/token, one line per (platform: colour, model: marker,
     mode: solid static / dashed continuous) through its batch sizes (max_num_seqs), each point
     labelled with its batch size (cb<n> for continuous). Error bars: bootstrap 95 % intervals where
-    the table has them. models picks a subset (4a, 4b)."""
+    the table has them. models picks a subset (4a, 4b; 4c: the quantized models).
+
+    references: models drawn beside `models` as faded, thinner lines (figure 4c: each quantized
+    model's unquantized sibling), named "(reference)" in the legend; the figure needs rows of
+    `models` itself. labels: model -> legend text (4c: the model with its weights, e.g.
+    "llama-2-7b-wq4 (int4 g128, torchao 0.18.0)"); the model's name where absent."""
     figure = "fig4_throughput_latency"
-    df = select_models(_with_mode(metrics), models, CELL + ["tokens_per_s", "s_per_token_user"], figure)
+    columns = CELL + ["tokens_per_s", "s_per_token_user"]
+    references = [r for r in references if models is None or r not in models]
+    if references:
+        select_models(metrics, models, columns, figure)  # the figure's own models have rows
+    wanted = None if models is None else list(models) + list(references)
+    df = select_models(_with_mode(metrics), wanted, columns, figure)
     require_one_row_per_cell(df, figure)
     df = df.sort_values(CELL).reset_index(drop=True)
     df["ms_per_token"] = df["s_per_token_user"] * MS_PER_S
     colours = platform_colours(df["platform"])
     markers = dict(zip(sorted(df["model"].unique()), MARKERS * 3))
-    fig = new_figure(8.5, 5.2)
+    faded = set(references) & set(df["model"])
+    names = {m: (labels or {}).get(m, m) + (" (reference)" if m in faded else "") for m in markers}
+    fig = new_figure(8.5 if not labels else 10.0, 5.2)
     ax = fig.subplots()
     xerr = interval_errors(df, "s_per_token_user", MS_PER_S)
     yerr = interval_errors(df, "tokens_per_s")
-    labels = []
+    point_labels = []
     for (platform, model, mode), d in df.groupby(["platform", "model", "mode"], sort=True):
         ax.plot(
             d["ms_per_token"],
@@ -137,7 +154,9 @@ def fig4_throughput_latency(
             marker=markers[model],
             ls=MODE_DASHES[mode],
             mfc=colours[platform] if mode == STATIC else "white",
-            lw=1.6,
+            lw=REFERENCE_LW if model in faded else 1.6,
+            alpha=REFERENCE_ALPHA if model in faded else 1.0,
+            zorder=1.5 if model in faded else 2.0,
         )
         if xerr is not None or yerr is not None:
             idx = d.index.to_numpy()
@@ -152,17 +171,24 @@ def fig4_throughput_latency(
                 capsize=2,
             )
         for row in d.itertuples():
-            labels.append(
+            point_labels.append(
                 ax.annotate(
                     point_label(mode, row.batch_size),
                     (row.ms_per_token, row.tokens_per_s),
                     xytext=(4, 4),
                     textcoords="offset points",
                     fontsize="x-small",
+                    alpha=REFERENCE_ALPHA if model in faded else 1.0,
                 )
             )
     handles = [Patch(color=colours[p], label=p) for p in colours]
-    handles += [Line2D([], [], color="0.3", marker=markers[m], ls="none", label=m) for m in markers]
+    handles += [
+        Line2D(
+            [], [], color="0.3", marker=markers[m], ls="none", label=names[m],
+            alpha=REFERENCE_ALPHA if m in faded else 1.0,
+        )  # fmt: skip
+        for m in markers
+    ]
     modes = sorted(df["mode"].unique())
     if len(modes) > 1 or modes != [STATIC]:
         handles += [
@@ -175,12 +201,17 @@ def fig4_throughput_latency(
     ax.set_ylabel("throughput (output tokens/s)")
     numbers = "batch size" if modes == [STATIC] else "batch size; cb<n>: max_num_seqs n"
     bars = "; bars: 95 % interval" if xerr is not None or yerr is not None else ""
-    # The legend takes about 2.5 in beside the axes.
+    reference = "; faded: unquantized reference" if faded else ""
+    # The legend takes about 2.5 in beside the axes (labels with weights: about 4 in).
     ax.set_title(
-        wrap_to_width(f"{title}\n(numbers at the points: {numbers}{bars})", fig.get_figwidth() - 3.0, 12.0),
+        wrap_to_width(
+            f"{title}\n(numbers at the points: {numbers}{bars}{reference})",
+            fig.get_figwidth() - (3.0 if not labels else 4.5),
+            12.0,
+        ),
         fontsize="medium",
     )
-    declutter(fig, labels)
+    declutter(fig, point_labels)
     return fig
 
 

@@ -154,6 +154,46 @@ class Study:
             if a not in inline
         ]
 
+    def quantization(self, model: str) -> tuple[str, int | None]:
+        """(scheme, group size or None) of the model's config `quantization` ("none" default;
+        quantized.config_quantization)."""
+        from tokencarbon.figures.quantized import config_quantization
+
+        return config_quantization(self.config["models"][model])
+
+    def quantized_models(self) -> list[str]:
+        """Configured models with quantized weights (quantization other than "none")."""
+        from tokencarbon.figures.quantized import is_quantized_scheme
+
+        return [m for m in self.models if is_quantized_scheme(self.quantization(m)[0])]
+
+    def unquantized_siblings(self) -> list[str]:
+        """Configured unquantized models of the same architecture (name) as a quantized one:
+        figure 4c's reference lines."""
+        quantized = self.quantized_models()
+        architectures = {self.architecture(m).name for m in quantized}
+        return [
+            m
+            for m in self.models
+            if m not in quantized and self.architecture(m).name in architectures
+        ]
+
+    def model_info(self, models: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """model -> {architecture (name), dtype, quantization (scheme), quant_group_size (None
+        where not given)} from the config, for the models given (all by default): what Tables 3
+        and 4 order their rows by and name weights with where a probe result predates the
+        quantization keys (summary.ModelInfo)."""
+        out = {}
+        for m in self.models if models is None else models:
+            scheme, group = self.quantization(m)
+            out[m] = {
+                "architecture": self.architecture(m).name,
+                "dtype": self.config["models"][m].get("dtype", STUDY_DTYPE),
+                "quantization": scheme,
+                "quant_group_size": group,
+            }
+        return out
+
     def platform_limits(self) -> dict[str, float | None]:
         return {p: self.config["platforms"][p].get("memory_limit_gb") for p in self.platforms}
 
@@ -281,6 +321,32 @@ def _draw_fig4(inputs, params):
     )
 
 
+def _draw_fig4c(inputs, params):
+    """Figure 4c: throughput against user-perceived latency of the quantized models
+    (params["models"]), their unquantized siblings (params["references"]) faded beside them;
+    legend names with the weights that ran (the metrics' quantization columns), else the
+    config's (params["model_info"])."""
+    from tokencarbon.figures.inputs import read_metrics
+    from tokencarbon.figures.measured import fig4_throughput_latency
+    from tokencarbon.figures.quantized import is_quantized, metrics_weights_labels, weights_label
+
+    metrics = read_metrics(inputs["metrics"])
+    info = params["model_info"]
+    weights = {
+        m: weights_label(i["quantization"], i["quant_group_size"], "", i["dtype"])
+        for m, i in info.items()
+    }
+    ran = metrics[is_quantized(metrics).to_numpy()]
+    weights |= metrics_weights_labels(ran) if not ran.empty else {}
+    return fig4_throughput_latency(
+        metrics,
+        models=params["models"],
+        references=params["references"],
+        labels={m: f"{m} ({w})" for m, w in weights.items()},
+        title="Throughput vs user-perceived latency: weight-quantized models",
+    )
+
+
 def _draw_fig5(inputs, params):
     from tokencarbon.figures.inputs import read_cells, read_metrics
     from tokencarbon.figures.measured import fig5_mfu_batch1
@@ -359,7 +425,10 @@ def _build_max_batch(inputs, params, outputs):
     from tokencarbon.figures.summary import write_max_batch_tables
 
     write_max_batch_tables(
-        read_probes(mapping_paths(inputs, "probes")), outputs, title=params["title"]
+        read_probes(mapping_paths(inputs, "probes")),
+        outputs,
+        title=params["title"],
+        model_info=params.get("model_info"),
     )
 
 
@@ -380,6 +449,7 @@ def _build_summary(inputs, params, outputs):
         params["slos_s_per_token"],
         outputs,
         timeshift=read_timeshift(inputs["timeshift"]) if "timeshift" in inputs else None,
+        model_info=params.get("model_info"),
     )
 
 
@@ -440,6 +510,20 @@ def _has_probes(family):
     return wanted
 
 
+def _has_quantized(study):
+    return bool(study.quantized_models())
+
+
+def _fig4c_params(study):
+    models = study.quantized_models()
+    references = study.unquantized_siblings()
+    return {
+        "models": models,
+        "references": references,
+        "model_info": study.model_info(models + references),
+    }
+
+
 def _arch_files(study):
     return study.architecture_files()
 
@@ -498,7 +582,7 @@ def _max_batch_table(number: int, family: str, title: str) -> Artifact:
         category=TABLES,
         build=_build_max_batch,
         inputs=lambda study: {"probes": study.probes(family)},
-        params=lambda study: {"title": title},
+        params=lambda study: {"title": title, "model_info": study.model_info(study.models_of(family))},
         wanted=_has_probes(family),
     )
 
@@ -514,7 +598,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
         category=HEADLINES,
         build=_build_summary,
         inputs=_summary_inputs,
-        params=lambda study: {"slos_s_per_token": study.slos()},
+        params=lambda study: {"slos_s_per_token": study.slos(), "model_info": study.model_info()},
     ),
     Artifact(
         name="metrics_table",
@@ -565,6 +649,14 @@ ARTIFACTS: tuple[Artifact, ...] = (
         inputs=_metrics,
         params=_family_models("gpt2"),
         wanted=_has_family("gpt2"),
+    ),
+    figure(
+        "fig4c_throughput_latency",
+        "plot_fig4c",
+        _draw_fig4c,
+        inputs=_metrics,
+        params=_fig4c_params,
+        wanted=_has_quantized,
     ),
     figure(
         "fig5_mfu_batch1",

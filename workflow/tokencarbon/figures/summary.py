@@ -25,9 +25,35 @@ from tokencarbon.figures.common import (
 )
 from tokencarbon.figures.inputs import STATIC, has_columns
 from tokencarbon.figures.measured import batch1_vs_max, ratio_interval
+from tokencarbon.figures.quantized import (
+    NONE,
+    QUANT_COLUMNS,
+    SCHEME_ORDER,
+    WEIGHTS_NOTE,
+    is_quantized,
+    is_quantized_scheme,
+    natural_key,
+    quantized_comparison,
+    unpaired_quantized,
+    weights_label,
+)
 from tokencarbon.files import write_text
 
 PROBE_KEYS = ("platform", "model", "max_ok", "min_failed", "memory_limit_gb")
+# model -> what the config says of it (registry.Study.model_info): architecture (name), dtype,
+# quantization (scheme, "none" for unquantized) and quant_group_size (None: not given).
+ModelInfo = Mapping[str, Mapping[str, object]]
+# The study's cards whose memory a cap emulates (Lim, Pan, Zhou 2024, Table 3: V100 32GB and
+# A100 40GB), keyed by the cap in GB (platforms.<name>.memory_limit_gb).
+STUDY_CAP_CARDS = {32.0: "V100 32GB", 40.0: "A100 40GB"}
+# The study's Table 3 (TensorRT-LLM, 1000 input / 1000 output tokens), as issue 16 and
+# benchmarks/oom_table.py quote it: largest batch before out-of-memory.
+STUDY_TABLE3 = (
+    "Study (Lim, Pan, Zhou 2024, Table 3, TensorRT-LLM, 1000 input / 1000 output tokens): on the "
+    "V100 32GB Llama-2-7B 14 and Llama-2-13B 4, with 4-bit weight-only quantization (WQ4bit) 22 "
+    "and 12; on the A100 40GB Llama-2-7B 22 and Llama-2-13B 8."
+)
+STUDY_TABLE3_ARCHITECTURES = frozenset({"llama-2-7b", "llama-2-13b"})
 # Lim, Pan, Zhou 2024 (TensorRT-LLM on V100/A100): batch 1 -> largest batch cuts carbon per token
 # about 11x for about 2x the latency per token; batch 1 reaches about 2 % MFU.
 STUDY = {"carbon_ratio": "~11x", "latency_ratio": "~2x", "mfu_batch1": "~2 %"}
@@ -98,6 +124,8 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
 def _probe_frame(
     probe_rows: Sequence[Mapping], models: Sequence[str] | None, what: str
 ) -> pd.DataFrame:
+    """The probe results as rows of PROBE_KEYS and QUANT_COLUMNS (NA in results written before
+    quantization existed)."""
     for i, row in enumerate(probe_rows):
         missing = [k for k in PROBE_KEYS if k not in row]
         if missing:
@@ -110,7 +138,10 @@ def _probe_frame(
                 f"{what}: probe result {i} ({row['platform']}/{row['model']}): max_ok="
                 f"{row['max_ok']!r}; must be an integer >= 1"
             )
-    df = pd.DataFrame(list(probe_rows), columns=list(PROBE_KEYS))
+    keys = list(PROBE_KEYS) + list(QUANT_COLUMNS)
+    # NA where a result predates quantization: what ran is then the config's (model_info)
+    df = pd.DataFrame([{k: r.get(k) for k in keys} for r in probe_rows], columns=keys)
+    df["quant_group_size"] = df["quant_group_size"].astype("Int64")
     if models is not None:
         df = df[df["model"].isin(list(models))]
     if df.empty:
@@ -125,36 +156,122 @@ def _probe_frame(
     return df
 
 
+def _ran_with(row, given: Mapping[str, object]) -> tuple:
+    """(scheme, group size, library) of one probe result: as it recorded them, or where it
+    predates them (NA) the config's (model_info: scheme and group size; library unknown)."""
+    if isinstance(row["quantization"], str):
+        return row["quantization"], row["quant_group_size"], row["quant_library"] or ""
+    return given.get("quantization", NONE), given.get("quant_group_size"), ""
+
+
+def _scheme(df: pd.DataFrame, model: str, info: ModelInfo | None) -> str:
+    """The model's quantization scheme over its probe results ("none" unless one is quantized)."""
+    given = (info or {}).get(model, {})
+    schemes = [_ran_with(r, given)[0] for _, r in df[df["model"] == model].iterrows()]
+    return next((s for s in schemes if is_quantized_scheme(s)), NONE)
+
+
+def model_weights(df: pd.DataFrame, info: ModelInfo | None = None) -> dict[str, str]:
+    """model -> quantized.weights_label of each model in a probe frame (_probe_frame): the
+    quantization that ran (scheme, group size, library; the config's where a result predates
+    those keys), else the config's dtype ("unquantized" where unknown). Platforms that recorded
+    different libraries are all named, " / "-joined."""
+    out = {}
+    for model, rows in df.groupby("model", sort=False):
+        given = (info or {}).get(model, {})
+        labels: list[str] = []
+        for _, r in rows.iterrows():
+            label = weights_label(*_ran_with(r, given), dtype=given.get("dtype"))
+            if label not in labels:
+                labels.append(label)
+        out[model] = " / ".join(labels)
+    return out
+
+
+def _quantized_models(df: pd.DataFrame, info: ModelInfo | None) -> set[str]:
+    return {m for m in df["model"].unique() if is_quantized_scheme(_scheme(df, m, info))}
+
+
+def model_order(df: pd.DataFrame, info: ModelInfo | None) -> list[str]:
+    """The table's rows in the study's order: without model_info sorted by name (as before
+    quantization); with it, by architecture (digits by value: llama-2-7b before llama-2-13b),
+    each unquantized model first, then its quantized siblings (int8, then int4)."""
+    models = sorted(df["model"].unique())
+    if info is None:
+        return models
+
+    def key(model):
+        given = info.get(model, {})
+        scheme = _scheme(df, model, info)
+        return (
+            natural_key(given.get("architecture", model)),
+            SCHEME_ORDER.get(scheme, len(SCHEME_ORDER)),
+            natural_key(model),
+        )
+
+    return sorted(models, key=key)
+
+
 def max_batch_table(
-    probe_rows: Sequence[Mapping], models: Sequence[str] | None = None
+    probe_rows: Sequence[Mapping],
+    models: Sequence[str] | None = None,
+    model_info: ModelInfo | None = None,
 ) -> pd.DataFrame:
     """Largest batch that ran (max_ok): rows model, columns platform; <NA> where not probed.
-    models picks the table's rows (the study's table 3: Llama-2, table 4: GPT-2)."""
+    models picks the table's rows (the study's table 3: Llama-2, table 4: GPT-2). With
+    model_info (registry.Study.model_info) the rows follow the study's order (model_order); where
+    any model is quantized, a first column `weights` names each model's weights (model_weights:
+    "int4 g128, torchao 0.18.0", "bfloat16")."""
     df = _probe_frame(probe_rows, models, "max_batch_table")
     table = df.pivot(index="model", columns="platform", values="max_ok").astype("Int64")
     table.columns.name = None
+    table = table.loc[model_order(df, model_info), sorted(table.columns, key=natural_key)]
+    if _quantized_models(df, model_info):
+        weights = model_weights(df, model_info)
+        table.insert(0, "weights", [weights[m] for m in table.index])
     return table
 
 
 def write_max_batch_csv(
-    probe_rows: Sequence[Mapping], path: str | Path, models: Sequence[str] | None = None
+    probe_rows: Sequence[Mapping],
+    path: str | Path,
+    models: Sequence[str] | None = None,
+    model_info: ModelInfo | None = None,
 ) -> None:
-    write_text(path, max_batch_table(probe_rows, models).to_csv())
+    write_text(path, max_batch_table(probe_rows, models, model_info).to_csv())
 
 
 N_PLUS_NOTE = "N+: batch N ran and no larger batch was tried (the sweep's limit), so no OOM was seen."
+
+
+def _cap_note(df: pd.DataFrame) -> str | None:
+    """Which of the study's cards the table's caps emulate (STUDY_CAP_CARDS), or None."""
+    caps = sorted({float(c) for c in df["memory_limit_gb"] if pd.notna(c)} & set(STUDY_CAP_CARDS))
+    if not caps:
+        return None
+    named = ", ".join(f"{c:g} GB its {STUDY_CAP_CARDS[c]}" for c in caps)
+    return (
+        f"A memory cap (platforms.<name>.memory_limit_gb) emulates a smaller card on a larger one, "
+        f"as the study's cards: {named}."
+    )
 
 
 def max_batch_blocks(
     probe_rows: Sequence[Mapping],
     models: Sequence[str] | None = None,
     title: str = "Largest batch before out-of-memory",
+    model_info: ModelInfo | None = None,
 ) -> list[Block]:
     """max_batch_table as blocks; "N+" where batch N ran and no larger batch was tried (the
-    sweep's limit), and each platform's memory cap in its column header."""
+    sweep's limit), and each platform's memory cap in its column header (a capped platform per
+    card emulated: e.g. 32 GB for the study's V100 32GB beside 40 GB for its A100 40GB, each its
+    own column). Where any model is quantized, a `weights` column (model_weights) and a note on
+    the schemes; where the rows include the study's Llama-2-7B/13B architectures and a model is
+    quantized, the study's own Table 3 values in a note."""
     df = _probe_frame(probe_rows, models, "max_batch_markdown")
-    platforms = sorted(df["platform"].unique())
-    header = ["model"]
+    platforms = sorted(df["platform"].unique(), key=natural_key)
+    quantized = _quantized_models(df, model_info)
+    header = ["model"] + (["weights"] if quantized else [])
     for p in platforms:
         caps = sorted({c for c in df.loc[df["platform"] == p, "memory_limit_gb"] if pd.notna(c)})
         header.append(p + (f" (capped at {', '.join(f'{c:g}' for c in caps)} GB)" if caps else ""))
@@ -162,16 +279,30 @@ def max_batch_blocks(
         (r.model, r.platform): f"{r.max_ok}" + ("+" if pd.isna(r.min_failed) else "")
         for r in df.itertuples()
     }
-    rows = [[m] + [cells.get((m, p), "—") for p in platforms] for m in sorted(df["model"].unique())]
-    return [("h3", title), ("table", Table(header, rows)), ("p", N_PLUS_NOTE)]
+    weights = model_weights(df, model_info) if quantized else {}
+    rows = [
+        [m] + ([weights[m]] if quantized else []) + [cells.get((m, p), "—") for p in platforms]
+        for m in model_order(df, model_info)
+    ]
+    blocks: list[Block] = [("h3", title), ("table", Table(header, rows)), ("p", N_PLUS_NOTE)]
+    cap_note = _cap_note(df)
+    if cap_note:
+        blocks.append(("p", cap_note))
+    if quantized:
+        blocks.append(("p", WEIGHTS_NOTE))
+        architectures = {str(v.get("architecture")) for v in (model_info or {}).values()}
+        if architectures & STUDY_TABLE3_ARCHITECTURES:
+            blocks.append(("p", STUDY_TABLE3))
+    return blocks
 
 
 def max_batch_markdown(
     probe_rows: Sequence[Mapping],
     models: Sequence[str] | None = None,
     title: str = "Largest batch before out-of-memory",
+    model_info: ModelInfo | None = None,
 ) -> str:
-    return to_markdown(max_batch_blocks(probe_rows, models, title))
+    return to_markdown(max_batch_blocks(probe_rows, models, title, model_info))
 
 
 def write_max_batch_markdown(
@@ -179,16 +310,21 @@ def write_max_batch_markdown(
     path: str | Path,
     models: Sequence[str] | None = None,
     title: str = "Largest batch before out-of-memory",
+    model_info: ModelInfo | None = None,
 ) -> None:
-    write_text(path, max_batch_markdown(probe_rows, models, title))
+    write_text(path, max_batch_markdown(probe_rows, models, title, model_info))
 
 
 def write_max_batch_tables(
-    probe_rows: Sequence[Mapping], outputs: Mapping[str, str], title: str
+    probe_rows: Sequence[Mapping],
+    outputs: Mapping[str, str],
+    title: str,
+    model_info: ModelInfo | None = None,
 ) -> None:
-    """Table 3 or 4 as outputs["csv"], ["md"] and ["html"] (the probes given are the table's)."""
-    write_max_batch_csv(probe_rows, outputs["csv"])
-    blocks = max_batch_blocks(probe_rows, title=title)
+    """Table 3 or 4 as outputs["csv"], ["md"] and ["html"] (the probes given are the table's;
+    model_info: registry.Study.model_info of its models, for the study's row order and weights)."""
+    write_max_batch_csv(probe_rows, outputs["csv"], model_info=model_info)
+    blocks = max_batch_blocks(probe_rows, title=title, model_info=model_info)
     write_text(outputs["md"], to_markdown(blocks))
     write_text(outputs["html"], to_html(blocks, title))
 
@@ -523,6 +659,79 @@ def _embodied_blocks(metrics: pd.DataFrame) -> list[Block]:
     return blocks
 
 
+def _point_text(point: str, batch_q: int, batch_u: int) -> str:
+    if point == "smallest":
+        return "batch 1" if batch_q == 1 else f"smallest common batch ({batch_q})"
+    return f"largest batch ({batch_u} → {batch_q})"
+
+
+def quantization_blocks(metrics: pd.DataFrame) -> list[Block]:
+    """summary.md's quantized-vs-unquantized comparison (quantized.quantized_comparison): per
+    quantized model, unquantized sibling (same architecture) and platform, operational carbon
+    per output token (mgCO2e/token) and energy per output token (J/token) at batch 1 and at each
+    model's largest static batch, with the ratios quantized / unquantized. [] where the metrics
+    hold no quantized model (a table without a `quantization` column holds none)."""
+    if metrics.empty or not is_quantized(metrics).any():
+        return []
+    require_columns(metrics, ["architecture", "j_per_token"], "summary_markdown (quantization)")
+    pairs = quantized_comparison(metrics)
+    blocks: list[Block] = [
+        ("h3", "Weight-quantized against unquantized models"),
+        (
+            "p",
+            "Each quantized model beside the unquantized model of the same architecture on the "
+            "same platform (static batches): at batch 1 (the smallest batch both measured) and at "
+            "each one's largest batch (batch sizes unquantized → quantized; quantized weights "
+            "leave memory for more requests, Table 3). Ratios are quantized / unquantized: below "
+            "1x the quantized model costs less per token. The study (Lim, Pan, Zhou 2024) "
+            "measured Llama-2-7B and -13B with TensorRT-LLM's 4-bit weight-only quantization "
+            "(WQ4bit, figure 4c).",
+        ),
+    ]
+    if not pairs.empty:
+        header = [
+            "quantized model (weights)",
+            "unquantized",
+            "platform",
+            "at",
+            "mgCO2e/token unquantized",
+            "quantized",
+            "carbon ratio",
+            "J/token unquantized",
+            "quantized",
+            "energy ratio",
+            "energy",
+        ]
+        rows = [
+            [
+                f"{r.model_q} ({r.weights_q})",
+                r.model_u,
+                r.platform,
+                _point_text(r.point, r.batch_q, r.batch_u),
+                f"{r.g_per_token_u * MG_PER_G:.3g}",
+                f"{r.g_per_token_q * MG_PER_G:.3g}",
+                f"{r.g_per_token_ratio:.2f}x",
+                f"{r.j_per_token_u:.3g}",
+                f"{r.j_per_token_q:.3g}",
+                f"{r.j_per_token_ratio:.2f}x",
+                r.energy_method,
+            ]
+            for r in pairs.itertuples()
+        ]
+        blocks.append(("table", Table(header, rows)))
+    unpaired = unpaired_quantized(metrics)
+    if unpaired:
+        named = ", ".join(f"{m} on {p}" for m, p in unpaired)
+        blocks.append(
+            (
+                "p",
+                f"No unquantized model of the same architecture was measured beside {named}; "
+                "configure one (the same architecture without quantization) to compare.",
+            )
+        )
+    return blocks
+
+
 # Flags that restate how a cell was measured (its energy column says "modeled") rather than warn.
 DESCRIPTIVE_FLAGS = frozenset({"modeled"})
 
@@ -549,12 +758,15 @@ def summary_blocks(
     probe_rows: Sequence[Mapping],
     slos_s_per_token: Sequence[float] = (),
     timeshift: pd.DataFrame | None = None,
+    model_info: ModelInfo | None = None,
 ) -> list[Block]:
     """results/summary.md's content: per (model, platform) the carbon-per-token and latency ratios
     of the smallest (batch 1) to the largest static batch and the MFU there, each beside the
-    study's value, with intervals where cells were repeated; the carbon-optimal operating point
-    under each SLO; notes on filled intensities, embodied carbon and flagged cells; the probes'
-    largest batches."""
+    study's value, with intervals where cells were repeated; quantized models against their
+    unquantized siblings (quantization_blocks, where any model is quantized); the carbon-optimal
+    operating point under each SLO; notes on filled intensities, embodied carbon and flagged
+    cells; the probes' largest batches (model_info: registry.Study.model_info, for their order
+    and weights)."""
     what = "summary_markdown"
     require_columns(metrics, ["platform", "model", "batch_size", "g_per_token", "s_per_token_user"], what)
     if metrics.empty:
@@ -572,6 +784,7 @@ def summary_blocks(
         ),
     ]
     blocks += _headline_blocks(metrics)
+    blocks += quantization_blocks(metrics)
     if slos_s_per_token:
         blocks += _slo_blocks(metrics, slos_s_per_token)
     blocks += _filled_blocks(metrics)
@@ -581,7 +794,7 @@ def summary_blocks(
     blocks += _embodied_blocks(metrics)
     blocks += _flag_blocks(metrics)
     if probe_rows:
-        blocks += max_batch_blocks(probe_rows)
+        blocks += max_batch_blocks(probe_rows, model_info=model_info)
     return blocks
 
 
@@ -590,8 +803,9 @@ def summary_markdown(
     probe_rows: Sequence[Mapping],
     slos_s_per_token: Sequence[float] = (),
     timeshift: pd.DataFrame | None = None,
+    model_info: ModelInfo | None = None,
 ) -> str:
-    return to_markdown(summary_blocks(metrics, probe_rows, slos_s_per_token, timeshift))
+    return to_markdown(summary_blocks(metrics, probe_rows, slos_s_per_token, timeshift, model_info))
 
 
 def write_summary(
@@ -600,8 +814,9 @@ def write_summary(
     slos_s_per_token: Sequence[float],
     outputs: Mapping[str, str],
     timeshift: pd.DataFrame | None = None,
+    model_info: ModelInfo | None = None,
 ) -> None:
     """outputs["md"] (results/summary.md) and outputs["html"] (the same, for the report)."""
-    blocks = summary_blocks(metrics, probe_rows, slos_s_per_token, timeshift)
+    blocks = summary_blocks(metrics, probe_rows, slos_s_per_token, timeshift, model_info)
     write_text(outputs["md"], to_markdown(blocks))
     write_text(outputs["html"], to_html(blocks, "Results summary"))
