@@ -126,7 +126,8 @@ def fig4_throughput_latency(
     references: models drawn beside `models` as faded, thinner lines (figure 4c: each quantized
     model's unquantized sibling), named "(reference)" in the legend; the figure needs rows of
     `models` itself. labels: model -> legend text (4c: the model with its weights, e.g.
-    "llama-2-7b-wq4 (int4 g128, torchao 0.18.0)"); the model's name where absent."""
+    "llama-2-7b-wq4 (int4 g128, torchao 0.18.0)"); where absent the model's name, and
+    "<name> (reference)" for a reference."""
     figure = "fig4_throughput_latency"
     columns = CELL + ["tokens_per_s", "s_per_token_user"]
     references = [r for r in references if models is None or r not in models]
@@ -140,7 +141,8 @@ def fig4_throughput_latency(
     colours = platform_colours(df["platform"])
     markers = dict(zip(sorted(df["model"].unique()), MARKERS * 3))
     faded = set(references) & set(df["model"])
-    names = {m: (labels or {}).get(m, m) + (" (reference)" if m in faded else "") for m in markers}
+    labels = dict(labels or {})
+    names = {m: labels.get(m, m + (" (reference)" if m in faded else "")) for m in markers}
     fig = new_figure(8.5 if not labels else 10.0, 5.2)
     ax = fig.subplots()
     xerr = interval_errors(df, "s_per_token_user", MS_PER_S)

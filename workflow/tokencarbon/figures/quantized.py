@@ -37,9 +37,9 @@ SCHEME_SHORT = {"int4_weight_only": "int4", "int8_weight_only": "int8"}
 SCHEME_ORDER = {NONE: 0, "int8_weight_only": 1, "int4_weight_only": 2}
 WEIGHTS_NOTE = (
     "Weights: the unquantized model's dtype, or a weight-only quantization: int8 (8-bit integer "
-    "weights) or int4 gN (4-bit integer weights with a scale and a zero point per group of N "
-    "weights), and the library that quantized them; activations and arithmetic stay in the "
-    "model's dtype."
+    "weights, a scale per output channel) or int4 gN (4-bit integer weights with a scale and a "
+    "zero point per group of N weights), and the library that quantized them; activations and "
+    "arithmetic stay in the model's dtype."
 )
 
 

@@ -342,7 +342,10 @@ def _draw_fig4c(inputs, params):
         metrics,
         models=params["models"],
         references=params["references"],
-        labels={m: f"{m} ({w})" for m, w in weights.items()},
+        labels={
+            m: f"{m} ({w}, unquantized reference)" if m in params["references"] else f"{m} ({w})"
+            for m, w in weights.items()
+        },
         title="Throughput vs user-perceived latency: weight-quantized models",
     )
 

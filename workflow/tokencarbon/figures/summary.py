@@ -249,10 +249,10 @@ def _cap_note(df: pd.DataFrame) -> str | None:
     caps = sorted({float(c) for c in df["memory_limit_gb"] if pd.notna(c)} & set(STUDY_CAP_CARDS))
     if not caps:
         return None
-    named = ", ".join(f"{c:g} GB its {STUDY_CAP_CARDS[c]}" for c in caps)
+    named = "; ".join(f"{c:g} GB stands for the study's {STUDY_CAP_CARDS[c]}" for c in caps)
     return (
-        f"A memory cap (platforms.<name>.memory_limit_gb) emulates a smaller card on a larger one, "
-        f"as the study's cards: {named}."
+        "A memory cap (platforms.<name>.memory_limit_gb) emulates a smaller card on a larger "
+        f"one: {named}."
     )
 
 
