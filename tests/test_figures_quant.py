@@ -288,3 +288,30 @@ def test_table3_and_summary_artifacts_build_from_the_registry(repo, tmp_path):
     assert "| llama-2-7b-wq4 (int4 g128, torchao 0.18.0) | llama-2-7b | a100-sxm4-40gb | batch 1 " in md
     assert "| llama-2-7b | float16 | 14 | 22 |" in md  # the probes' table, in the study's order
     assert "<h3>Weight-quantized against unquantized models</h3>" in Path(outputs["html"]).read_text()
+
+
+def test_two_capped_variants_of_one_card_are_two_columns_and_two_fig2a_levels(repo):
+    # The study's V100 32GB and A100 40GB emulated on one H200 by two capped platforms naming the
+    # same row of resources/platforms.csv (`hardware:`, a key the config schema does not take yet:
+    # set here after validation, as the core would pass it).
+    config = study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-7b-wq4")})
+    config["platforms"] = {
+        "h200-32gb": {"hardware": "h200-141gb", "memory_limit_gb": 32.0},
+        "h200-40gb": {"hardware": "h200-141gb", "memory_limit_gb": 40.0},
+    }
+    study = Study(config)
+    assert study.platform_hardware() == {"h200-32gb": "h200-141gb", "h200-40gb": "h200-141gb"}
+    fig2a = BY_NAME["fig2a_memory_vs_seqlen"]
+    fig = fig2a.draw(fig2a.inputs(study), fig2a.params(study))
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert any("h200-32gb capped at 32 GB" in t for t in labels)
+    assert any("h200-40gb capped at 40 GB" in t for t in labels)
+    assert layout_problems(fig) == []
+    probes = [p for p in PROBES if p["model"] in ("llama-2-7b", "llama-2-7b-wq4")]
+    md = max_batch_markdown(probes, model_info=study.model_info())
+    assert "| model | weights | h200-32gb (capped at 32 GB) | h200-40gb (capped at 40 GB) |" in md
+    # float16 14 at 32 GB and 22 at 40 GB; int4 22 and 30 (PROBES)
+    assert "| llama-2-7b | float16 | 14 | 22 |" in md
+    assert "| llama-2-7b-wq4 | int4 g128, torchao 0.18.0 | 22 | 30 |" in md
+    # without `hardware`, fig2a's params are as before (no rerun of figure 2a)
+    assert "platform_hardware" not in fig2a.params(Study(study_config(repo, MODELS)))

@@ -197,6 +197,18 @@ class Study:
     def platform_limits(self) -> dict[str, float | None]:
         return {p: self.config["platforms"][p].get("memory_limit_gb") for p in self.platforms}
 
+    def platform_hardware(self) -> dict[str, str]:
+        """platform name -> its row of resources/platforms.csv, for platforms whose config entry
+        names another row (`hardware: <row>`: two capped variants of one card, e.g. h200-32gb and
+        h200-40gb emulating the study's V100 32GB and A100 40GB on one H200). Empty while every
+        platform is named after its row (the only form config/config.schema.yaml accepts today)."""
+        out = {}
+        for p in self.platforms:
+            row = self.config["platforms"][p].get("hardware")
+            if row and row != p:
+                out[p] = row
+        return out
+
     def slos(self) -> list[float]:
         return [float(s) for s in self.config["summary"]["latency_slos_s_per_token"]]
 
@@ -287,13 +299,19 @@ def _draw_fig2a(inputs, params):
     from tokencarbon.figures.analytic import fig2a_memory_vs_seqlen
     from tokencarbon.platforms import get_platform, load_platforms
 
+    import dataclasses
+
     platforms = load_platforms(inputs["platforms"])
+    rows = params.get("platform_hardware", {})  # name -> row where a platform names another row
     for p in params["platforms"]:
-        if p not in platforms:
-            raise InputError(f"fig2a: platform {p!r} is not a row of {inputs['platforms']}")
+        if rows.get(p, p) not in platforms:
+            raise InputError(f"fig2a: platform {rows.get(p, p)!r} is not a row of {inputs['platforms']}")
     return fig2a_memory_vs_seqlen(
         _architectures(params),
-        platforms=[get_platform(p, lim) for p, lim in params["platforms"].items()],
+        platforms=[
+            dataclasses.replace(get_platform(rows.get(p, p), lim), platform=p)
+            for p, lim in params["platforms"].items()
+        ],
         dtypes=params["architectures"],
     )
 
@@ -629,7 +647,9 @@ ARTIFACTS: tuple[Artifact, ...] = (
             "arch": _arch_files(study),
             "platforms": study.resource("platforms.csv"),
         },
-        params=lambda study: _analytic_params(study) | {"platforms": study.platform_limits()},
+        params=lambda study: _analytic_params(study)
+        | {"platforms": study.platform_limits()}
+        | ({"platform_hardware": hw} if (hw := study.platform_hardware()) else {}),
     ),
     figure(
         "fig2b_gpu_generations",
