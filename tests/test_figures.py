@@ -963,6 +963,9 @@ DEFAULT_SMALL = {
     "models": {
         "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
         "tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"},
+        # issue 16: the default's quantized model (int8 weight-only has a CPU kernel) draws fig 4c
+        "tiny-llama-int8": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32",
+                            "quantization": "int8_weight_only"},  # fmt: skip
     },
     "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
     "sweep": {"batch_sizes": [1, 2], "max_batch": 8},
@@ -1009,7 +1012,12 @@ def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
             fig = artifact.draw(inputs, artifact.params(study))
             assert layout_problems(fig) == [], artifact.name
             drawn.append(artifact.name)
-    assert {"fig7_carbon_per_token", "pareto_carbon_latency", "fig6c_power_over_time"} <= set(drawn)
+    assert {"fig7_carbon_per_token", "pareto_carbon_latency", "fig6c_power_over_time",
+            "fig4c_throughput_latency"} <= set(drawn)  # fmt: skip
+    # the int8 model beside its unquantized sibling, in Table 3 and the summary
+    table3 = (default_run / "results/tables/table3_max_batch.md").read_text()
+    assert "| model | weights |" in table3 and "| tiny-llama-int8 | int8, torchao " in table3
+    assert "| tiny-llama-int8 (int8, torchao " in (default_run / "results/summary.md").read_text()
     # three repeats per cell: every cell has its intervals, each around its own mean
     import pandas as pd
 
