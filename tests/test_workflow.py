@@ -168,6 +168,19 @@ def test_changing_one_models_dtype_reruns_only_that_model(built):
     assert planned_outputs(built, ENGINE_OUT, *args) == {"tiny-gpt2"}
 
 
+def test_quantizing_one_model_reruns_only_that_model_and_none_keeps_every_job(built):
+    # models.<name>.quantization enters the model's slice (config.model_slice) only where set: an
+    # explicit none plans nothing; int8 re-plans that model's engine, probe and cells alone.
+    none = write_config(built, "none.yaml", lambda c: c["models"]["tiny-llama"].update(quantization="none"))
+    assert planned_jobs(built, "all", "--configfile", none) == {}
+    int8 = write_config(
+        built, "int8.yaml", lambda c: c["models"]["tiny-llama"].update(quantization="int8_weight_only")
+    )
+    args = ("all", "--configfile", int8)
+    assert planned_outputs(built, CELL_OUT, *args) == {"tiny-llama"}
+    assert planned_outputs(built, ENGINE_OUT, *args) == {"tiny-llama"}
+
+
 def test_one_figure_target_builds_only_its_upstream(built, tmp_path):
     project = make_project(tmp_path, SMALL)
     jobs = planned_jobs(project, "results/figures/fig2b_gpu_generations.png")

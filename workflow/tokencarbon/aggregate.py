@@ -29,6 +29,10 @@ _ADDED_LATER = {
     "repeats": 1,
     "foreign_cpu_share": math.nan,
     "foreign_gpu_processes": -1,
+    # weight-only quantization (issue 16): cells before it ran unquantized weights
+    "quantization": "none",
+    "quant_group_size": None,
+    "quant_library": "",
 }
 # ... and one read from the cell's own batches.parquet: its largest batch.
 _FROM_BATCHES = "max_batch_requests"

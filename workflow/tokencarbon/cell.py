@@ -35,6 +35,8 @@ from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect, software_versions
 from tokencarbon.lease import CELL_LEASE_TIMEOUT_S, cell_leases
 from tokencarbon.models import resolve_architecture
+from tokencarbon.quantization import of_model
+from tokencarbon.quantization import record as quantization_record
 
 STATIC, CONTINUOUS = "static", "continuous"
 # Progress on the console: a line when a repeat starts and ends, and at most one per this many
@@ -267,6 +269,7 @@ def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len,
         checkpoint=model["checkpoint"],
         cuda_graphs=run["cuda_graphs"],
         compile_decode=run["compile_decode"] and device == "cuda",
+        quantization=of_model(model),
     )
 
 
@@ -295,6 +298,7 @@ def default_serving_engine(
         checkpoint=model["checkpoint"],
         max_num_seqs=max_num_seqs,
         cuda_graphs=run["cuda_graphs"],
+        quantization=of_model(model),
     )
 
 
@@ -350,6 +354,13 @@ def run_cell(
     cell = f"{platform['name']}/{model['name']}/{tables.CELL_DIR_PREFIX[settings['mode']]}{batch_size}"
     say = progress or Progress(cell)
     arch = resolve_architecture(model)
+    quantization = of_model(model)
+    if quantization.quantized and run["backend"] == "tensorrt_llm":
+        raise ConfigError(
+            f"models.{model['name']}.quantization: {quantization.label()!r} is applied through "
+            "torchao, which the tensorrt_llm backend does not run; use backend.name torch or "
+            "transformers"
+        )
     too_large = [
         max(ids) for ids in workload["prompt_token_ids"] if len(ids) and max(ids) >= arch.vocab_size
     ]
@@ -505,6 +516,8 @@ def run_cell(
             "batch_size": batch_size,
             "architecture": arch.name,
             "dtype": model["dtype"],
+            # weight-only quantization: scheme, group size (null: none/int8), "torchao 0.18.0"
+            **quantization_record(quantization),
             "backend": run["backend"],
             # tensorrt_llm: manifest, engine_dir, limits, version, build GPU; null for torch
             "engine": trt_engine,

@@ -349,6 +349,7 @@ def _check_models(config: dict[str, Any], workflow_dir) -> None:
                 f"valid families: {', '.join(config['families'])}"
             )
         arch = resolve_model_architecture(config, name, workflow_dir)
+        _check_quantization(config, name, arch)
         longest = 2 * config["families"][model["family"]]["max_tokens"]
         if longest > arch.max_positions:
             raise ConfigError(
@@ -356,6 +357,49 @@ def _check_models(config: dict[str, Any], workflow_dir) -> None:
                 f"{longest} positions (prompt + answer), more than {arch.name}'s "
                 f"max_positions {arch.max_positions} (model {name}); lower max_tokens to at most "
                 f"{arch.max_positions // 2}"
+            )
+
+
+def _check_quantization(config: dict[str, Any], name: str, arch) -> None:
+    """models.<name>.quantization: a scheme torchao runs for this model, dtype, backend and every
+    platform measured here (tokencarbon.quantization). int4_weight_only needs dtype bfloat16 and
+    GPU platforms (torchao 0.18's tinygemm kernel is CUDA- and bf16-only); the tensorrt_llm backend
+    runs no torchao scheme; transformers' GPT-2 holds its projections in Conv1D modules, which
+    torchao's nn.Linear filter passes over."""
+    from tokencarbon.quantization import INT4, INT8, parse_quantization
+
+    model, key = config["models"][name], f"models.{name}.quantization"
+    q = parse_quantization(model.get("quantization"), key)
+    if not q.quantized:
+        return
+    backend = config["backend"]["name"]
+    if backend == "tensorrt_llm":
+        raise ConfigError(
+            f"config key {key}: {q.label()!r} is applied through torchao, which the tensorrt_llm "
+            "backend does not run; use backend.name 'torch' or 'transformers', or quantization "
+            "'none'"
+        )
+    if backend == "transformers" and arch.family == "gpt2":
+        raise ConfigError(
+            f"config key {key}: {q.label()!r} on GPT-2 ({arch.name}) with the transformers backend: "
+            "transformers' GPT-2 holds attention and MLP weights in Conv1D modules, which torchao "
+            "does not quantize (its filter takes nn.Linear); use backend.name 'torch' for it, or "
+            "quantization 'none'"
+        )
+    if q.scheme == INT4:
+        if model["dtype"] != "bfloat16":
+            raise ConfigError(
+                f"config key {key}: {q.label()!r} with models.{name}.dtype {model['dtype']!r}; "
+                "torchao's int4 tinygemm kernel (tile_packed_to_4d) takes bfloat16 weights only: "
+                f"set models.{name}.dtype to bfloat16, or use quantization {INT8!r} (any dtype)"
+            )
+        cpus = [p for p in measured_platforms(config) if platform_spec(config, p).kind == "cpu"]
+        if cpus:
+            raise ConfigError(
+                f"config key {key}: {q.label()!r}, and platform(s) {cpus} measured here are CPUs; "
+                "torchao 0.18 has no CPU kernel for int4 weight-only (tinygemm needs CUDA, compute "
+                "capability >= 8.0; its other int4 formats need CUDA too): measure this model on "
+                f"GPU platforms only, or use quantization {INT8!r} on the CPU"
             )
 
 
@@ -583,20 +627,28 @@ def auto_batch_sizes(max_ok: int, cap: int | None = None) -> list[int]:
 def model_slice(config: dict[str, Any], model: str, workflow_dir=None) -> dict[str, Any]:
     """What the engine, probe and cells of `model` depend on (plain builtins). An `auto`
     architecture is passed resolved (models.architecture_to_dict), so a changed config.json is a
-    params change of every job that uses it."""
+    params change of every job that uses it. A weight-only quantization other than none is
+    included as {"scheme", "group_size"} (quantization.Quantization.to_dict), so changing it
+    re-plans the model's engine, probe and cells."""
     from tokencarbon.models import architecture_to_dict
+    from tokencarbon.quantization import parse_quantization
 
     m = config["models"][model]
     architecture = m["architecture"]
     if architecture == "auto":
         architecture = architecture_to_dict(resolve_model_architecture(config, model, workflow_dir))
-    return {
+    out = {
         "name": model,
         "architecture": architecture,
         "dtype": m["dtype"],
         "checkpoint": m["checkpoint"],
         "seed": config["seed"],
     }
+    # Only where set: jobs of unquantized models keep the params they were planned with.
+    quantization = parse_quantization(m.get("quantization"), f"models.{model}.quantization")
+    if quantization.quantized:
+        out["quantization"] = quantization.to_dict()
+    return out
 
 
 def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) -> dict[str, Any]:

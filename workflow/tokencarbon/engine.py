@@ -15,6 +15,7 @@ from typing import Any
 
 from tokencarbon.errors import ConfigError
 from tokencarbon.models import param_count, resolve_architecture, weight_bytes
+from tokencarbon.quantization import of_model, record
 
 DUMMY_WEIGHTS = "dummy: N(0, 0.02) linear/embedding, norm 1"
 # Options of the transformers backend (TransformersEngine keywords) a config may set, and defaults:
@@ -55,6 +56,7 @@ def checkpoint_files(checkpoint: str) -> list[dict[str, Any]]:
 
 def _common(model: dict[str, Any], backend: str) -> dict[str, Any]:
     arch = resolve_architecture(model)
+    quantization = of_model(model)
     return {
         "backend": backend,
         "model": model["name"],
@@ -65,7 +67,8 @@ def _common(model: dict[str, Any], backend: str) -> dict[str, Any]:
         "checkpoint": model["checkpoint"],
         "checkpoint_files": checkpoint_files(model["checkpoint"]) if model["checkpoint"] else [],
         "param_count": param_count(arch),
-        "weight_bytes": weight_bytes(arch, model["dtype"]),
+        "weight_bytes": weight_bytes(arch, model["dtype"], quantization),
+        **record(quantization),
     }
 
 

@@ -15,6 +15,9 @@ Conventions (one multiply-accumulate = 2 FLOPs):
   from the last position's logits) and N - 1 decode steps; decode step k (k = 1..N-1) feeds
   token P + k - 1 (0-based), which attends to context_len = P + k positions, itself included.
 - Only real tokens count: padding in a static batch is wasted work, not useful FLOPs.
+- Weight-only quantization (models.<name>.quantization) changes the bytes, not the FLOPs: the
+  weights are dequantized (or multiplied by an int4/int8 kernel) against activations in dtype, so
+  every multiply-accumulate of the model remains; bytes count the weights as stored.
 """
 
 from __future__ import annotations
@@ -128,14 +131,23 @@ def _check_same_length(prompt_lens: Sequence[int], output_lens: Sequence[int]) -
         )
 
 
-def prefill_bytes(arch: Architecture, prompt_lens: Sequence[int], dtype: str) -> int:
-    """Bytes a batch's prefill must move at least: every weight once, plus the K/V of every
-    real prompt token written to the cache. Activations are assumed to stay on chip."""
-    return weight_bytes(arch, dtype) + kv_cache_bytes(arch, 1, sum(prompt_lens), dtype)
+def prefill_bytes(
+    arch: Architecture, prompt_lens: Sequence[int], dtype: str, quantization=None
+) -> int:
+    """Bytes a batch's prefill must move at least: every weight once, as stored (weight_bytes:
+    a weight-only quantization's int4/int8 values and scales; None: unquantized), plus the K/V
+    (in dtype) of every real prompt token written to the cache. Activations are assumed to stay
+    on chip."""
+    return weight_bytes(arch, dtype, quantization) + kv_cache_bytes(
+        arch, 1, sum(prompt_lens), dtype
+    )
 
 
-def decode_step_bytes(arch: Architecture, context_lens: Sequence[int], dtype: str) -> int:
-    """Bytes one decode step of a batch must move at least: every weight once (weight_bytes,
+def decode_step_bytes(
+    arch: Architecture, context_lens: Sequence[int], dtype: str, quantization=None
+) -> int:
+    """Bytes one decode step of a batch must move at least: every weight once as stored
+    (weight_bytes with the model's weight-only quantization, None: unquantized;
     the usual MBU convention, though only the batch's rows of an untied embedding are gathered),
     each request's cache of context_len positions read (the new token's K/V written first, then
     read back with the rest, at most a sliding window of it) and the new K/V written, 1 position
@@ -143,4 +155,4 @@ def decode_step_bytes(arch: Architecture, context_lens: Sequence[int], dtype: st
     for c in context_lens:
         _check_len("context_len", c, 1)
     positions = sum(_attended(arch, c, c) for c in context_lens) + len(context_lens)
-    return weight_bytes(arch, dtype) + kv_cache_bytes(arch, 1, positions, dtype)
+    return weight_bytes(arch, dtype, quantization) + kv_cache_bytes(arch, 1, positions, dtype)

@@ -414,11 +414,15 @@ def write_cell(
     idle: tuple[int, int] | None = None,
     device_name: str | None = None,
     force: bool = False,
+    quantization: Any = None,
 ) -> Path:
     """Write one cell (batches.parquet, power.parquet, then meta.json, each atomically) from the
-    windows of one (platform, model, batch_size). device_name: see cell_device_name. Refuses to
-    replace a finished cell unless force.
+    windows of one (platform, model, batch_size). device_name: see cell_device_name. quantization:
+    the model's weight-only scheme as config gives it (models.<name>.quantization; None: none),
+    recorded in meta.json as a measured cell records it. Refuses to replace a finished cell unless
+    force.
     """
+    from tokencarbon.quantization import parse_quantization, record
     from tokencarbon.energy import idle_power
     from tokencarbon.files import write_json
     from tokencarbon.hardware import git_commit
@@ -452,6 +456,7 @@ def write_cell(
             "batch_size": int(batch_size),
             "architecture": architecture or "unknown",
             "dtype": dtype or "unknown",
+            **record(parse_quantization(quantization, f"models.{model}.quantization")),
             "backend": BACKEND,
             "engine": None,
             "device_name": device_name,
@@ -592,10 +597,13 @@ def import_cell_inputs(config: dict, code: list[str], wildcards) -> dict:
 
 def import_cell_params(config: dict, wildcards) -> dict:
     """What an imported cell depends on: the platform's imported slice and the model's
-    architecture and dtype (plain builtins)."""
+    architecture, dtype and (where set) quantization (plain builtins)."""
     model = config["models"][wildcards.model]
-    return {
+    out = {
         "imported": dict(config["platforms"][wildcards.platform]["imported"]),
         "architecture": model["architecture"],
         "dtype": model["dtype"],
     }
+    if model.get("quantization") not in (None, "none"):  # only where set: older params stay
+        out["quantization"] = model["quantization"]
+    return out

@@ -20,6 +20,7 @@ from tokencarbon.carbon import DEFAULT_MAX_FILL_S, embodied_carbon_g, operationa
 from tokencarbon.energy import EnergyRecord, combine, idle_power, select_device, window_energy
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.models import Architecture, kv_cache_bytes, weight_bytes
+from tokencarbon.quantization import from_columns
 from tokencarbon.platforms import (
     MEASURE_KEY,
     Platform,
@@ -103,12 +104,15 @@ def input_tokens_unknown(batch: pd.Series) -> bool:
     return len(batch["prompt_lens"]) == 0 and int(batch["n_requests"]) > 0
 
 
-def batch_work(arch: Architecture, batch: pd.Series, dtype: str) -> tuple[float, float]:
+def batch_work(
+    arch: Architecture, batch: pd.Series, dtype: str, quantization=None
+) -> tuple[float, float]:
     """(FLOPs, bytes) a static batch must do/move for its real tokens (flops.py conventions).
 
     Decode step k (1..max_out-1) reads every weight once and the cache of each request still
     generating (output_len > k), whose context is prompt_len + k. Where the prompt lengths are
     unknown (input_tokens_unknown: prompt_lens []), both are NaN: no FLOPs without the prompts,
+    quantization: the model's weight-only quantization (weights counted as stored; None: none).
     and a made-up length would give an MFU that looks measured. Raises ConfigError (flops.py)
     where prompt_lens and output_lens disagree in length or hold a length below 1.
     """
@@ -117,17 +121,20 @@ def batch_work(arch: Architecture, batch: pd.Series, dtype: str) -> tuple[float,
     prompt_lens = [int(p) for p in batch["prompt_lens"]]
     output_lens = [int(n) for n in batch["output_lens"]]
     work_flops = flops.batch_flops(arch, prompt_lens, output_lens)
-    moved = float(flops.prefill_bytes(arch, prompt_lens, dtype))
+    moved = float(flops.prefill_bytes(arch, prompt_lens, dtype, quantization))
     for k in range(1, max(output_lens)):
         active = [p + k for p, n in zip(prompt_lens, output_lens) if n > k]
-        moved += flops.decode_step_bytes(arch, active, dtype)
+        moved += flops.decode_step_bytes(arch, active, dtype, quantization)
     return work_flops, moved
 
 
-def steps_bytes(arch: Architecture, steps: pd.DataFrame, dtype: str) -> float:
+def steps_bytes(
+    arch: Architecture, steps: pd.DataFrame, dtype: str, quantization=None
+) -> float:
     """Bytes the engine steps of a continuous-batching repeat moved at least.
 
-    Per step: every weight once, and per request in it, its cache read and its new K/V written:
+    Per step: every weight once as stored (weight_bytes with `quantization`), and per request
+    in it, its cache read and its new K/V written:
     prior + 2 x tokens positions (a decode token's K/V written, then read back with the rest, as
     flops.decode_step_bytes), or just the tokens for a request's first prefill chunk (nothing to
     read yet, as flops.prefill_bytes). prior = the request's tokens in earlier steps. Sliding
@@ -135,7 +142,7 @@ def steps_bytes(arch: Architecture, steps: pd.DataFrame, dtype: str) -> float:
     """
     prior: dict[str, int] = {}
     moved = 0.0
-    per_weight = weight_bytes(arch, dtype)
+    per_weight = weight_bytes(arch, dtype, quantization)
     for ids, toks in zip(steps["request_ids"], steps["request_tokens"]):
         positions = 0
         for rid, tok in zip(ids, toks):
@@ -452,6 +459,7 @@ def cell_metrics(
     """
     where = f"power samples of {_cell_name(cell)}"
     select_device(power, None, where)
+    quantization = from_columns(cell.get("quantization"), cell.get("quant_group_size"))
     idle_power_w, idle_flags = _idle(cell, power, where)
     run = power[power["phase"] == "run"]
     batches = batches.sort_values(["repeat", "batch_index"]).reset_index(drop=True)
@@ -601,13 +609,13 @@ def cell_metrics(
     if any(input_tokens_unknown(b) for _, b in batches.iterrows()):
         flags.append(INPUT_TOKENS_UNKNOWN_FLAG)  # FLOPs and MFU NaN (and MBU of static cells)
     for _, b in batches.iterrows():
-        f, moved = batch_work(arch, b, cell["dtype"])
+        f, moved = batch_work(arch, b, cell["dtype"], quantization)
         total_flops += f
         if not (continuous and len(steps)):
             total_bytes += moved
     if continuous and len(steps):
         total_bytes = sum(
-            steps_bytes(arch, s.sort_values("step_index"), cell["dtype"])
+            steps_bytes(arch, s.sort_values("step_index"), cell["dtype"], quantization)
             for _, s in steps.groupby("repeat")
         )
     elif continuous:
@@ -621,6 +629,9 @@ def cell_metrics(
         "batch_size": int(cell["batch_size"]),
         "architecture": cell["architecture"],
         "dtype": cell["dtype"],
+        "quantization": quantization.scheme,
+        "quant_group_size": quantization.group_size,
+        "quant_library": cell.get("quant_library") or "",
         "n_requests": int(cell["n_requests"]),
         "n_repeats": len(repeat_rows),
         "input_tokens": int(batches["input_tokens"].sum()),

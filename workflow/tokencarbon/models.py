@@ -614,8 +614,69 @@ def _dtype_bytes(dtype: str) -> int:
     return DTYPE_BYTES[dtype]
 
 
-def weight_bytes(arch: Architecture, dtype: str) -> int:
-    return param_count(arch) * _dtype_bytes(dtype)
+def linear_shapes(arch: Architecture) -> list[tuple[int, int]]:
+    """(out_features N, in_features K) of every nn.Linear the torch backend builds
+    (backends/model.py), lm_head last, a tied lm_head left out (it is the embedding): per layer the
+    fused qkv (N = q_dim + 2 kv_dim, K = hidden), the attention output (hidden, q_dim), the MLP's
+    up projection (llama: gate and up fused, N = 2 x intermediate; gpt2: N = intermediate) and
+    down projection (hidden, intermediate). Their N x K sum to matmul_param_count, less a tied
+    head. transformers builds q, k, v, gate and up separately: the same bytes under every scheme
+    whenever q_dim, kv_dim and intermediate_size are multiples of 8 (int4 pads N to 8 per
+    linear), as in every architecture of resources/models."""
+    h, i = arch.hidden_size, arch.intermediate_size
+    up = 2 * i if arch.family == "llama" else i
+    layer = [(arch.q_dim + 2 * arch.kv_dim, h), (h, arch.q_dim), (up, h), (h, i)]
+    head = [] if arch.tied_embeddings else [(arch.vocab_size, h)]
+    return layer * arch.num_layers + head
+
+
+def _ceil_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def quantized_linear_bytes(n: int, k: int, dtype: str, quantization) -> int:
+    """Bytes torchao 0.18 stores for one N x K nn.Linear weight under `quantization`
+    (tokencarbon.quantization.Quantization):
+    - none: N x K x dtype bytes;
+    - int8_weight_only (Int8Tensor, PerRow): qdata N x K int8 + scale [N, 1] float32 + zero_point
+      [N, 1] int8 (stored though symmetric): N x K + 5 N;
+    - int4_weight_only, group g (Int4TilePackedTo4dTensor.from_hp): K' = K padded to a multiple of
+      1024, N' = N padded to a multiple of 8; qdata int32 [N'/8, K'/128, 32, 4] = N' x K' / 2 bytes
+      (two 4-bit values a byte); scale_and_zero bf16 [K'/g, N', 2] = 4 N' K' / g bytes. A weight
+      whose K is not a multiple of g is left unquantized by torchao (N x K x dtype bytes).
+    A bias stays in dtype (counted by param_count, not here)."""
+    from tokencarbon.quantization import INT4, INT4_K_MULTIPLE, INT4_N_MULTIPLE, INT8
+
+    element = _dtype_bytes(dtype)
+    if quantization.scheme == INT8:
+        return n * k + n * (4 + 1)
+    if quantization.scheme == INT4:
+        g = quantization.group_size
+        if k % g:
+            return n * k * element
+        n_pad, k_pad = _ceil_to(n, INT4_N_MULTIPLE), _ceil_to(k, INT4_K_MULTIPLE)
+        return n_pad * k_pad // 2 + (k_pad // g) * n_pad * 2 * 2
+    return n * k * element
+
+
+def weight_bytes(arch: Architecture, dtype: str, quantization=None) -> int:
+    """Bytes the model's weights occupy as stored: param_count x dtype bytes unquantized; under a
+    weight-only quantization (tokencarbon.quantization.Quantization; None: none) every linear of
+    linear_shapes as quantized_linear_bytes counts it, and the rest (embeddings, GPT-2's position
+    table, norms, biases, a tied lm_head) in dtype. Raises ConfigError for an unknown dtype, or
+    int4_weight_only with a dtype other than bfloat16 (tinygemm takes bf16 only).
+
+    Llama-2-7B bf16: 13,476,831,232 B; int4 group 128: 3,790,512,128 B (tests/test_quantization.py
+    by hand)."""
+    element = _dtype_bytes(dtype)
+    if quantization is None or not quantization.quantized:
+        return param_count(arch) * element
+    from tokencarbon.quantization import check_supported
+
+    check_supported(quantization, dtype, "cuda", where=f"architecture {arch.name!r}")
+    shapes = linear_shapes(arch)
+    rest = param_count(arch) - sum(n * k for n, k in shapes)
+    return rest * element + sum(quantized_linear_bytes(n, k, dtype, quantization) for n, k in shapes)
 
 
 def kv_cache_bytes(arch: Architecture, batch: int, seq_len: int, dtype: str) -> int:

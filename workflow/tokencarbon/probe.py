@@ -24,6 +24,8 @@ from tokencarbon.models import (
     resolve_architecture,
     weight_bytes,
 )
+from tokencarbon.quantization import NONE, Quantization, of_model
+from tokencarbon.quantization import record as quantization_record
 
 BYTES_PER_GB = 1e9
 # A try runs the full longest prompt with the KV cache reserved for the full longest output, then
@@ -94,10 +96,12 @@ def make_try_batch(
 
     CUDA: a real run, capped by torch.cuda.set_per_process_memory_fraction when memory_limit_gb is
     set (the cap covers torch's allocations, not the CUDA context); torch's OutOfMemoryError becomes
-    OutOfMemory. CPU: weights + KV cache + prefill activations (tokencarbon.models) are checked
-    against memory_limit_gb (default: the machine's RAM) before a short real run.
+    OutOfMemory. CPU: weights as stored (models.weight_bytes with the engine's quantization) + KV
+    cache + prefill activations (tokencarbon.models) are checked against memory_limit_gb (default:
+    the machine's RAM) before a short real run.
     """
     arch, dtype, device = engine.arch, engine.dtype, engine.device
+    quantization = engine.quantization
     decode_len = min(output_len, PROBE_DECODE_STEPS)
 
     def prompts(batch: int) -> list[list[int]]:
@@ -130,7 +134,7 @@ def make_try_batch(
 
     def try_batch(batch: int) -> None:
         need_bytes = (
-            weight_bytes(arch, dtype)
+            weight_bytes(arch, dtype, quantization)
             + kv_cache_bytes(arch, batch, prompt_len + output_len, dtype)
             + activation_bytes(arch, batch, prompt_len, dtype)
         )
@@ -190,6 +194,7 @@ def make_try_seqs(
     prompt_len: int,
     output_len: int,
     memory_limit_gb: float | None,
+    quantization: Quantization = NONE,
 ) -> Callable[[int], None]:
     """try_seqs(n) for probe_max_batch, continuous batching: make_engine(n) builds a serving engine
     of max_num_seqs n whose slots hold prompt_len + output_len tokens (TorchServingEngine with
@@ -198,8 +203,9 @@ def make_try_seqs(
     its own engine (the pool's size is fixed at construction) and frees it.
 
     CUDA: a real run under the memory cap; torch's OutOfMemoryError (building or serving) becomes
-    OutOfMemory. CPU: weights + serving_pool_bytes are checked against memory_limit_gb (default:
-    the machine's RAM) before a real run.
+    OutOfMemory. CPU: weights as stored (models.weight_bytes with `quantization`) +
+    serving_pool_bytes are checked against memory_limit_gb (default: the machine's RAM) before a
+    real run.
     """
     from tokencarbon.backends import Request
 
@@ -234,7 +240,7 @@ def make_try_seqs(
     )
 
     def try_seqs(n: int) -> None:
-        need_bytes = weight_bytes(arch, dtype) + serving_pool_bytes(
+        need_bytes = weight_bytes(arch, dtype, quantization) + serving_pool_bytes(
             arch, dtype, n, prompt_len, output_len
         )
         if need_bytes > budget_bytes:
@@ -272,9 +278,11 @@ def run_probe(
     # belong to different requests; the probe's uniform batch stays inside the positions.
     output_len = min(int(workload["output_tokens"].max()), arch.max_positions - prompt_len)
     device = "cpu" if platform["kind"] == "cpu" else "cuda"
+    quantization = of_model(model)
     engine = TorchEngine(
-        arch, model["dtype"], device, seed=model["seed"], checkpoint=model["checkpoint"]
-    )
+        arch, model["dtype"], device, seed=model["seed"], checkpoint=model["checkpoint"],
+        quantization=quantization,
+    )  # fmt: skip
     try_batch = make_try_batch(
         engine,
         prompt_len=prompt_len,
@@ -293,6 +301,9 @@ def run_probe(
         "output_len": output_len,
         "device": device,
         "tried": [[batch, ok] for batch, ok in result.tried],
+        **quantization_record(quantization),
+        # the weights as stored, which the CPU check reserves (models.weight_bytes)
+        "weight_bytes": weight_bytes(arch, model["dtype"], quantization),
     }
     seqs_limit = limits.get("max_num_seqs")
     if seqs_limit is not None:
@@ -306,7 +317,7 @@ def run_probe(
         def make_engine(n: int) -> TorchServingEngine:
             return TorchServingEngine(
                 arch, model["dtype"], device, seed=model["seed"], checkpoint=model["checkpoint"],
-                max_num_seqs=n, max_model_len=prompt_len + output_len,
+                max_num_seqs=n, max_model_len=prompt_len + output_len, quantization=quantization,
             )  # fmt: skip
 
         try_seqs = make_try_seqs(
@@ -317,6 +328,7 @@ def run_probe(
             prompt_len=prompt_len,
             output_len=output_len,
             memory_limit_gb=limits["memory_limit_gb"],
+            quantization=quantization,
         )
         seqs = probe_max_batch(try_seqs, limit=seqs_limit)
         record |= {

@@ -110,6 +110,9 @@ CELLS = pa.schema(
         ("batch_size", pa.int64()),  # static: batch size; continuous: max_num_seqs
         ("architecture", pa.string()),
         ("dtype", pa.string()),
+        ("quantization", pa.string()),  # weight-only scheme: "none", "int4_weight_only", ...
+        ("quant_group_size", pa.int64()),  # int4's group size; null for none and int8 (per row)
+        ("quant_library", pa.string()),  # "torchao 0.18.0"; "" for none
         ("backend", pa.string()),
         ("device_name", pa.string()),
         ("arrival", pa.string()),  # "offline" (static cells, offline cb) or "poisson"
@@ -140,6 +143,9 @@ METRICS = pa.schema(
         ("batch_size", pa.int64()),
         ("architecture", pa.string()),
         ("dtype", pa.string()),
+        ("quantization", pa.string()),  # as CELLS: the model's weight-only scheme, "none" default
+        ("quant_group_size", pa.int64()),  # null for none and int8
+        ("quant_library", pa.string()),
         ("n_requests", pa.int64()),
         ("n_repeats", pa.int64()),  # repeats measured (rows of METRICS_REPEATS)
         ("input_tokens", pa.int64()),
@@ -253,7 +259,9 @@ CELL_KEYS = [
     ("mode", pa.string()),
     ("batch_size", pa.int64()),
 ]
-CELL_DIR_PREFIX = {"static": "bs", "continuous": "cb"}  # results/cells/{platform}/{model}/{prefix}{n}
+CELL_DIR_PREFIX = {"static": "bs", "continuous": "cb"}
+# Integer columns that may be null (read as pandas' nullable Int64).
+NULLABLE_INT_COLUMNS = ("quant_group_size",)  # results/cells/{platform}/{model}/{prefix}{n}
 
 
 def with_cell_keys(schema: pa.Schema) -> pa.Schema:
@@ -273,7 +281,11 @@ def check(df: pd.DataFrame, schema: pa.Schema, where: str | Path) -> pd.DataFram
         table = pa.Table.from_pandas(out, schema=schema, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
         raise SchemaError(f"{where}: columns do not match their schema ({exc})") from exc
-    return table.to_pandas()
+    result = table.to_pandas()
+    for name in NULLABLE_INT_COLUMNS:  # integers with nulls stay integers (pandas Int64), not floats
+        if name in result.columns:
+            result[name] = result[name].astype("Int64")
+    return result
 
 
 def read(path: str | Path, schema: pa.Schema) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tokencarbon.backends.checkpoint import read_checkpoint
 from tokencarbon.errors import ConfigError
 from tokencarbon.models import Architecture
+from tokencarbon.quantization import NONE, Quantization, check_supported, quantize_module
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INIT_STD = 0.02
@@ -230,11 +231,17 @@ def build_model(
     device: str | torch.device,
     seed: int,
     checkpoint: str | None = None,
+    quantization: Quantization = NONE,
 ) -> Decoder:
     """The decoder on `device` in `dtype`: seeded dummy weights (linear and embedding N(0, 0.02),
-    norm weights 1, biases 0), or a local Hugging Face checkpoint directory."""
+    norm weights 1, biases 0), or a local Hugging Face checkpoint directory. quantization: a
+    weight-only scheme applied after the weights are drawn or loaded, as to a real checkpoint
+    (tokencarbon.quantization.quantize_module: torchao quantize_ on every nn.Linear but a tied
+    lm_head). Raises ConfigError for a dtype, architecture or scheme this backend cannot build
+    here (int4 needs bfloat16 on CUDA)."""
     check_arch(arch, dtype)
     device = torch.device(device)
+    check_supported(quantization, dtype, device.type)
     with torch.device("meta"):  # no memory until the weights are materialised on the device
         model = Decoder(arch).to(TORCH_DTYPES[dtype])
     if checkpoint is None:
@@ -246,7 +253,9 @@ def build_model(
         model.load_state_dict(state, strict=True, assign=True)
         model.tie()
     model.set_rope()
-    return model.requires_grad_(False).eval()
+    model.requires_grad_(False).eval()
+    quantize_module(model, quantization)
+    return model
 
 
 @torch.no_grad()

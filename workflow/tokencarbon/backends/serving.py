@@ -35,6 +35,7 @@ from tokencarbon.backends.checks import check_requests
 from tokencarbon.backends.model import TORCH_DTYPES, Block, Decoder, build_model, rotate
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.models import Architecture
+from tokencarbon.quantization import NONE, Quantization
 
 # Default prefill token budget: one prefill step of 2,048 tokens is about 33 TFLOP for an 8B model
 # (2 x 8.0e9 x 2048), some 50 ms on an H200 - the longest a running request waits between two
@@ -112,6 +113,7 @@ class TorchServingEngine:
         prefill_min_seqs: int | None = None,
         cuda_graphs: bool = True,
         compile_layers: bool | None = None,
+        quantization: Quantization = NONE,
     ):
         """max_num_seqs: requests in flight at most (slots of the KV pool). max_model_len: prompt +
         output tokens of the longest request a slot holds; None sizes the pool at each serve() for
@@ -120,7 +122,9 @@ class TorchServingEngine:
         wait than slots are free, admit only once this many slots are free, so one prefill step
         carries several prompts (default max(1, max_num_seqs // 16)). cuda_graphs: on CUDA,
         replay the decode step as one graph. compile_layers: compile the decode layer with
-        torch.compile (default: on CUDA; required there for flex decoding's fused kernel)."""
+        torch.compile (default: on CUDA; required there for flex decoding's fused kernel).
+        quantization: weight-only scheme applied to the weights once drawn or loaded (build_model;
+        tokencarbon.quantization); int4_weight_only needs dtype bfloat16 on CUDA (ConfigError)."""
         self.arch, self.dtype, self.device = arch, dtype, torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
@@ -148,7 +152,8 @@ class TorchServingEngine:
             )
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.compile_layers = self.device.type == "cuda" if compile_layers is None else compile_layers
-        self.model: Decoder = build_model(arch, dtype, self.device, seed, checkpoint)
+        self.quantization = quantization
+        self.model: Decoder = build_model(arch, dtype, self.device, seed, checkpoint, quantization)
         self._layer_fn = decode_layer
         if self.compile_layers:
             config = torch._dynamo.config

@@ -19,6 +19,7 @@ from tokencarbon.backends.checks import check_batch
 from tokencarbon.backends.model import TORCH_DTYPES, build_model
 from tokencarbon.errors import ConfigError
 from tokencarbon.models import Architecture
+from tokencarbon.quantization import NONE, Quantization
 
 # KV cache length is rounded up to this: aligned masks keep SDPA's fused kernels from padding a
 # copy every call, and batches of similar length reuse one cache and one captured graph.
@@ -56,12 +57,15 @@ class TorchEngine:
         pad_token_id: int = 0,
         cuda_graphs: bool = True,
         compile_decode: bool = False,
+        quantization: Quantization = NONE,
     ):
         """cuda_graphs: on CUDA, replay the decode step as a graph. compile_decode: get that graph
         from torch.compile(mode="reduce-overhead") instead of a manual capture. Compiling costs
         15-60 s per batch shape for Llama-2-7B, inside the cell, so manual capture is the default.
         Measured on an H100, Llama-2-7B bf16, batch 1, 128-token prompt: manual 151 tok/s,
-        compiled 187 tok/s (the fusion of the small elementwise kernels makes the difference)."""
+        compiled 187 tok/s (the fusion of the small elementwise kernels makes the difference).
+        quantization: weight-only scheme applied to the weights once drawn or loaded (build_model;
+        tokencarbon.quantization); int4_weight_only needs dtype bfloat16 on CUDA (ConfigError)."""
         self.arch, self.dtype, self.device = arch, dtype, torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
@@ -75,7 +79,8 @@ class TorchEngine:
             )
         self.pad_token_id = pad_token_id
         self.graphs = cuda_graphs and self.device.type == "cuda"
-        self.model = build_model(arch, dtype, self.device, seed, checkpoint)
+        self.quantization = quantization
+        self.model = build_model(arch, dtype, self.device, seed, checkpoint, quantization)
         self.compile_decode = compile_decode
         self._step_fn = self._decode_step
         if compile_decode:

@@ -12,8 +12,20 @@ weights, served two ways with the records the torch engines write:
   arrival times; first-token and finish times from the per-token timestamps transformers records.
   transformers does not expose its steps, so ServingResult.steps is empty.
 
+Weight-only quantization (models.<name>.quantization; tokencarbon.quantization) goes through
+transformers' torchao integration where transformers loads the weights: a checkpoint is loaded with
+from_pretrained(quantization_config=transformers.TorchAoConfig(<torchao config>,
+modules_to_not_convert=[...])) on the target device (transformers 5.x quantizes each nn.Linear
+weight as it is loaded; its default would also leave an untied lm_head unquantized, so the list is
+given: only a tied lm_head is kept, as the torch backend does). Dummy weights (from_config) are
+drawn first and then quantized with torchao's quantize_ (quantization.quantize_module), as
+TorchAoConfig does not apply to from_config. Both use the same torchao config: Int4WeightOnlyConfig
+(tile_packed_to_4d, CUDA bf16) or Int8WeightOnlyConfig (per row). GPT-2's Conv1D projections are
+no nn.Linear: the DAG refuses a quantized GPT-2 on this backend (config._check_quantization).
+
 describe() says what ran: transformers and torch versions, the attention implementation the model
-used, whether the decode step was compiled (CUDA graphs), the continuous-batching settings.
+used, whether the decode step was compiled (CUDA graphs), the continuous-batching settings, the
+quantization.
 """
 
 from __future__ import annotations
@@ -33,6 +45,14 @@ from tokencarbon.backends import BatchResult, Request, RequestRecord, ServingRes
 from tokencarbon.backends.checks import check_prompts, check_requests
 from tokencarbon.errors import ConfigError
 from tokencarbon.models import Architecture, check_checkpoint_matches, to_hf_config
+from tokencarbon.quantization import (
+    NONE,
+    Quantization,
+    check_supported,
+    quantize_module,
+    record,
+    torchao_config,
+)
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INIT_STD = 0.02  # as the torch backend's dummy weights: N(0, 0.02) linear and embedding weights
@@ -66,13 +86,16 @@ def load_model(
     seed: int,
     checkpoint: str | None = None,
     attn_implementation: str = "sdpa",
+    quantization: Quantization = NONE,
 ) -> transformers.PreTrainedModel:
     """The model on `device` in `dtype`, eval mode, no gradients: the checkpoint (a local Hugging
     Face directory or a cached hub id, offline; its config must match `arch`, else ConfigError
     naming both values), or transformers' class for arch.model_type built from to_hf_config(arch)
     with seeded dummy weights drawn as the torch backend draws them: every linear, Conv1D and
     embedding weight N(0, 0.02) from one torch.Generator(seed) on the device, biases 0, norm
-    weights 1 (norm biases 0)."""
+    weights 1 (norm biases 0). quantization: weight-only, through TorchAoConfig for a checkpoint,
+    quantize_ after drawing for dummy weights (module docstring); ConfigError where torchao has no
+    kernel for the dtype and device (int4: bfloat16 on CUDA only)."""
     if dtype not in TORCH_DTYPES:
         raise ConfigError(f"dtype {dtype!r}; valid: {list(TORCH_DTYPES)}")
     if attn_implementation not in ATTENTION:
@@ -83,19 +106,37 @@ def load_model(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(device)!r}: torch sees no CUDA device; use 'cpu' or a GPU")
+    check_supported(quantization, dtype, device.type)
     kwargs = dict(dtype=TORCH_DTYPES[dtype], attn_implementation=attn_implementation)
     if checkpoint:
         check_checkpoint_matches(arch, checkpoint)
+        if quantization.quantized:
+            # quantized as loaded, on the device (tinygemm packs int4 on CUDA)
+            kwargs |= dict(quantization_config=_torchao_config(arch, quantization),
+                           device_map=str(device))  # fmt: skip
         model = transformers.AutoModelForCausalLM.from_pretrained(
             checkpoint, local_files_only=True, **kwargs
-        ).to(device)
+        )
+        if not quantization.quantized:
+            model = model.to(device)
     else:
         # no bos/eos/pad ids: dummy weights have no special tokens (and EOS is never honoured)
         config = to_hf_config(arch, bos_token_id=None, eos_token_id=None, pad_token_id=None)
         with device:
             model = transformers.AutoModelForCausalLM.from_config(config, **kwargs)
         _init_dummy(model, seed)
+        quantize_module(model, quantization)
     return model.requires_grad_(False).eval()
+
+
+def _torchao_config(arch: Architecture, quantization: Quantization):
+    """transformers.TorchAoConfig for from_pretrained: torchao_config(quantization) on every
+    nn.Linear but a tied lm_head (modules_to_not_convert given, so transformers' default of also
+    skipping an untied lm_head does not apply)."""
+    return transformers.TorchAoConfig(
+        torchao_config(quantization),
+        modules_to_not_convert=["lm_head"] if arch.tied_embeddings else [],
+    )
 
 
 @torch.no_grad()
@@ -170,6 +211,7 @@ class TransformersEngine:
         max_cache_len: int | None = None,
         max_num_seqs: int | None = None,
         cuda_graphs: bool | None = None,
+        quantization: Quantization = NONE,
     ):
         """compile_decode: let generate() compile the decode step of the static cache
         (torch.compile, CUDA graphs); None: transformers' own choice (on CUDA with a static cache,
@@ -177,7 +219,8 @@ class TransformersEngine:
         timed window. max_cache_len: size every static cache for at least this many positions (the
         workload's longest prompt + output), so one cache shape, one compiled graph, serves every
         batch of a size. max_num_seqs: requests in flight under continuous batching. cuda_graphs:
-        ContinuousBatchingConfig.use_cuda_graph (None: transformers decides; on CUDA, yes)."""
+        ContinuousBatchingConfig.use_cuda_graph (None: transformers decides; on CUDA, yes).
+        quantization: weight-only scheme (load_model; tokencarbon.quantization)."""
         self.arch, self.dtype, self.device = arch, dtype, torch.device(device)
         if not 0 <= pad_token_id < arch.vocab_size:
             raise ConfigError(
@@ -190,7 +233,10 @@ class TransformersEngine:
         self.pad_token_id, self.max_num_seqs = pad_token_id, max_num_seqs
         self.compile_decode, self.cuda_graphs = compile_decode, cuda_graphs
         self.max_cache_len = max_cache_len
-        self.model = load_model(arch, dtype, self.device, seed, checkpoint, attn_implementation)
+        self.quantization = quantization
+        self.model = load_model(
+            arch, dtype, self.device, seed, checkpoint, attn_implementation, quantization
+        )
         self.checkpoint = checkpoint
         self.attn_implementation = self.model.config._attn_implementation
         # generate() fills unset values from the model's generation config (a checkpoint's
@@ -529,6 +575,12 @@ class TransformersEngine:
                 "compile_decode": self.compile_decode,
             },
             "continuous": dict(self._serving, max_num_seqs=self.max_num_seqs),
+            **record(self.quantization),
+            "quantization_path": (
+                None if not self.quantization.quantized
+                else "TorchAoConfig (from_pretrained)" if self.checkpoint
+                else "torchao quantize_ after drawing (from_config)"
+            ),  # fmt: skip
         }
 
 
@@ -541,12 +593,13 @@ def engine_for_cell(
     max_num_seqs: int | None = None,
     max_cache_len: int | None = None,
 ) -> TransformersEngine:
-    """The engine a cell runs: model is the model slice (dtype, seed, checkpoint), options the
-    transformers backend options (engine.TRANSFORMERS_OPTIONS: attn_implementation,
+    """The engine a cell runs: model is the model slice (dtype, seed, checkpoint, quantization),
+    options the transformers backend options (engine.TRANSFORMERS_OPTIONS: attn_implementation,
     compile_decode, cuda_graphs; checked, ConfigError naming a bad one). max_num_seqs for a
     continuous cell; max_cache_len (the workload's longest prompt + output) for a static one.
     Close it (engine.close()) when the cell ends: it stops transformers' manager thread."""
     from tokencarbon.engine import transformers_options
+    from tokencarbon.quantization import of_model
 
     opts = transformers_options(options)
     return TransformersEngine(
@@ -560,4 +613,5 @@ def engine_for_cell(
         cuda_graphs=opts["cuda_graphs"],
         max_num_seqs=max_num_seqs,
         max_cache_len=max_cache_len,
+        quantization=of_model(model),
     )
