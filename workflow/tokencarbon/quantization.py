@@ -34,7 +34,7 @@ SCHEMES = (NONE_SCHEME, INT4, INT8)
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # Int4WeightOnlyConfig's documented choices
 INT4_DEFAULT_GROUP_SIZE = 128  # torchao's default, and gpt-fast's int4 Llama-2-7B
 # tinygemm's layout (int4_tile_packed_to_4d_tensor.py, Int4TilePackedTo4dTensor.from_hp): in_features
-# padded to a multiple of 1024 (inner_k_tiles 8 x 16 x 8), out_features to one of 8 (ntile, CUDA).
+# padded to a multiple of 1024 (find_multiple(K, 1024)), out_features to one of 8 (ntile on CUDA).
 INT4_K_MULTIPLE, INT4_N_MULTIPLE = 1024, 8
 LIBRARY = "torchao"
 VALID = (
