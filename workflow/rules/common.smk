@@ -268,6 +268,16 @@ def measure_params(wildcards):
     return measure_slice(config, wildcards.platform)
 
 
+def measure_threads(wildcards):
+    """measure_platform's threads: every core of a local run (--cores), so that no other job of
+    the workflow runs beside the measurement; a cluster executor gives no --cores (each job has
+    its own node slice), so there the platform's logical CPUs, what it measures on."""
+    try:
+        return workflow.cores
+    except WorkflowError:  # no --cores: a cluster executor
+        return measure_slice(config, wildcards.platform)["logical_cpus"]
+
+
 def probe_platform_params(wildcards):
     return probe_platform_slice(wildcards.platform, config)
 

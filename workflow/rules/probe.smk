@@ -29,7 +29,7 @@ checkpoint probe_max_batch:
 
 # A cpu platform's peaks measured on this machine (platforms.<name>.spec.measure: fp32/fp16/bf16
 # matmul and copy bandwidth, tokencarbon.peak), on its leased CPUs, with every core Snakemake has
-# (no other job of the workflow beside it; a few seconds). Only compute_metrics reads the result:
+# locally (no other job of the workflow beside it; a few seconds; measure_threads). Only compute_metrics reads the result:
 # a re-measurement reruns metrics and figures, never a cell (docs/metrics.md).
 rule measure_platform:
     input:
@@ -43,7 +43,7 @@ rule measure_platform:
         platform=MEASURE_PATTERN,
     conda:
         "../envs/tokencarbon.yaml"
-    threads: workflow.cores
+    threads: measure_threads
     params:
         platform=measure_params,
     script:
