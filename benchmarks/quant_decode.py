@@ -87,13 +87,10 @@ def measure_case(
     step_s = statistics.median((r.end_ns - r.first_token_ns) / 1e9 for r in runs) / (
         plan.output_len - 1
     )
-    # MBU's bytes per step: flops.decode_step_bytes with the stored (quantized) weight bytes
-    # in place of the dtype's (its cache part is the same for both schemes).
+    # MBU's bytes per step: flops.decode_step_bytes, the weights as stored (quantized) + the cache
     stored = weight_bytes(arch, plan.dtype, q)
     useful = statistics.fmean(
-        decode_step_bytes(arch, [plan.prompt_len + k] * batch, plan.dtype)
-        - weight_bytes(arch, plan.dtype)
-        + stored
+        decode_step_bytes(arch, [plan.prompt_len + k] * batch, plan.dtype, q)
         for k in range(1, plan.output_len)
     )
     return {
@@ -162,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     monitor = Monitor(source, interval_s=0.1 if cuda else None)
     try:
         for q in plan.schemes:
-            engine, t0 = None, time.monotonic()
+            engine, t0, graphs = None, time.monotonic(), cuda
             try:
                 engine = TorchEngine(arch, plan.dtype, device, args.seed, quantization=q)
                 build_s = time.monotonic() - t0
@@ -173,11 +170,24 @@ def main(argv: list[str] | None = None) -> int:
                             engine, plan, q, batch, args.repeats, monitor, record["bandwidth"],
                             args.seed,
                         )  # fmt: skip
-                        r.update(engine_build_s=build_s, allocated_after_build_bytes=allocated)
                     except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
                         traceback.print_exc()
                         r = {"case": f"{q.label()}-bs{batch}", "scheme": q.scheme, "batch": batch,
                              "error": error_text(exc)}  # fmt: skip
+                        if graphs:  # once per scheme: the same case without CUDA graphs
+                            engine.release()
+                            graphs = False
+                            engine = TorchEngine(
+                                arch, plan.dtype, device, args.seed, quantization=q,
+                                cuda_graphs=False,
+                            )  # fmt: skip
+                            record["results"].append(r)
+                            r = measure_case(
+                                engine, plan, q, batch, args.repeats, monitor,
+                                record["bandwidth"], args.seed,
+                            )  # fmt: skip
+                    r.update(engine_build_s=build_s, allocated_after_build_bytes=allocated,
+                             cuda_graphs=graphs)  # fmt: skip
                     record["results"].append(r)
                     log(f"{r['case']}: " + (r.get("error") or
                         f"{r['decode_tok_per_s']:.1f} tok/s, {r['j_per_token']:.4f} J/token"))  # fmt: skip
