@@ -138,8 +138,10 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SlurmdParameters=config_overrides
 ReturnToService=2
-# squeue keeps a finished job 300 s: the plugin's squeue status checks need >= 3 x their first wait.
-MinJobAge=300
+# squeue keeps a finished job an hour: the plugin's squeue status checks need >= 3 x their first wait,
+# and check_cpu_workflow reads every job of the run from squeue after it ends (a run on a loaded
+# 2-core machine took 658 s, and its first jobs had left squeue at MinJobAge=300).
+MinJobAge=3600
 # No slurmdbd: sacct has nothing to read, as on clusters without accounting.
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
