@@ -53,6 +53,7 @@ from tokencarbon.figures.registry import (
 )
 from tokencarbon.figures.summary import metrics_table, write_metrics_html, write_timeshift_tables
 from tokencarbon.models import Architecture, load_architecture
+from tokencarbon.quantization import Quantization
 from tokencarbon.timeshift import JobProfile, day_start_ns, timeshift
 from tokencarbon.platforms import get_platform, load_platforms
 
@@ -160,7 +161,28 @@ def test_fig2a_names_each_models_dtype_when_they_differ():
     assert "tiny (float16)" in legend_texts(ax.get_legend())
     levels = [line.get_ydata()[0] for line in ax.lines if len(line.get_ydata()) == 2]
     assert pytest.approx(7.2192e-4, rel=1e-12) in levels
-    assert "each model's dtype" in ax.get_title()
+    assert "float" not in ax.get_title()  # the legend names each model's dtype, the title none
+
+
+def test_fig2a_draws_a_quantized_model_at_its_stored_weight_bytes():
+    # llama-2-7b int4 group 128 as torchao stores it: 3,790,512,128 B (tests/test_quantization.py
+    # works it out), so its weights-only level is 3.790512128 GB and at 128 tokens, batch 1, its
+    # bf16 cache adds 2 (K, V) x 32 layers x 4096 x 128 x 2 B = 67,108,864 B.
+    arch = load_architecture("llama-2-7b")
+    q = Quantization("int4_weight_only", 128)
+    fig = fig2a_memory_vs_seqlen(
+        [arch], [128], dtypes={"llama-2-7b": "float16"},
+        quantized={"llama-2-7b-wq4": ("llama-2-7b", "bfloat16", q)},
+    )  # fmt: skip
+    ax = fig.axes[0]
+    assert "llama-2-7b-wq4 (int4 g128)" in legend_texts(ax.get_legend())
+    levels = [line.get_ydata()[0] for line in ax.lines if len(line.get_ydata()) == 2]
+    assert pytest.approx(3.790512128, rel=1e-12) in levels
+    assert pytest.approx(13.476831232, rel=1e-12) in levels  # fp16: 6,738,415,616 params x 2 B
+    points = [y for line in ax.lines if len(line.get_ydata()) == 1 for y in line.get_ydata()]
+    assert pytest.approx(3.790512128 + 0.067108864, rel=1e-12) in points
+    with pytest.raises(InputError, match="names architecture 'gpt2'"):
+        fig2a_memory_vs_seqlen([arch], [128], quantized={"x": ("gpt2", "bfloat16", q)})
 
 
 def test_fig2b_shows_gpu_rows_only_with_datasheet_peaks():

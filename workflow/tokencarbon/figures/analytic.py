@@ -23,6 +23,8 @@ from tokencarbon.figures.common import (
     themed,
 )
 from tokencarbon.models import Architecture, kv_cache_bytes, weight_bytes
+from tokencarbon.figures.quantized import weights_label
+from tokencarbon.quantization import NONE, Quantization
 from tokencarbon.platforms import Platform
 
 # The study's range: 128 tokens up to Llama-2's 4096 positions (GPT-2 stops at its 1024).
@@ -105,36 +107,51 @@ def fig2a_memory_vs_seqlen(
     dtype: str = "float16",
     dtypes: Mapping[str, str] | None = None,
     batch: int = 1,
+    quantized: Mapping[str, tuple[str, str, Quantization]] | None = None,
 ) -> Figure:
     """Weights + KV cache (GB) vs sequence length per model, each in its dtype (dtypes: architecture
     name -> dtype, `dtype` for the others); each model's weights-only level dashed, each given
     platform's usable memory (memory_limit_gb when set) dotted and labelled at the right. The
-    title names the dtype, or says each model has its own (then the legend names each's)."""
+    title names the dtype where all share one, else the legend names each model's.
+    quantized: model name -> (architecture name among archs, dtype, Quantization): one more line
+    per weight-only quantized model, its weights as stored (models.weight_bytes) and its cache in
+    dtype. Raises InputError for an architecture not among archs."""
     figure = "fig2a_memory_vs_seqlen"
+    _per_seq_len(archs, seq_lens, figure, lambda a, t: 0.0)  # the checks: some, distinct, fitting
     dtype_of = {a.name: (dtypes or {}).get(a.name, dtype) for a in archs}
-    df = _per_seq_len(
-        archs,
-        seq_lens,
-        figure,
-        lambda a, t: (weight_bytes(a, dtype_of[a.name]) + kv_cache_bytes(a, batch, t, dtype_of[a.name]))
-        / BYTES_PER_GB,
-    )
-    one_dtype = len(set(dtype_of.values())) == 1
-    label = {a.name: a.name if one_dtype else f"{a.name} ({dtype_of[a.name]})" for a in archs}
-    df["model"] = df["model"].map(label)
-    colours = dict(zip(label.values(), sns.color_palette(n_colors=len(archs))))
+    by_name = {a.name: a for a in archs}
+    # (label, architecture, dtype, quantization) per line: the architectures, then quantized models
+    lines = [(a.name, a, dtype_of[a.name], NONE) for a in archs]
+    for model, (arch_name, q_dtype, q) in (quantized or {}).items():
+        if arch_name not in by_name:
+            raise InputError(
+                f"{figure}: quantized model {model!r} names architecture {arch_name!r}, not one of "
+                f"{sorted(by_name)}"
+            )
+        lines.append((model, by_name[arch_name], q_dtype, q))
+    one_dtype = len({d for _, _, d, _ in lines}) == 1
+    frames = []
+    for name, arch, d, q in lines:
+        df = _per_seq_len(
+            [arch], seq_lens, figure,
+            lambda a, t, d=d, q=q: (weight_bytes(a, d, q) + kv_cache_bytes(a, batch, t, d))
+            / BYTES_PER_GB,
+        )  # fmt: skip
+        if q.quantized:  # "llama-2-7b-wq4 (int4 g128)": int4/int8 weights, activations in dtype
+            df["model"] = f"{name} ({weights_label(q.scheme, q.group_size)})"
+        else:
+            df["model"] = name if one_dtype else f"{name} ({d})"
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    labels_in_order = list(dict.fromkeys(df["model"]))
+    colours = dict(zip(labels_in_order, sns.color_palette(n_colors=len(labels_in_order))))
     fig = new_figure(8.5, 5.0)
     ax = fig.subplots()
     sns.lineplot(
         df, x="seq_len", y="value", hue="model", palette=colours, marker="o", estimator=None, ax=ax
     )
-    for arch in archs:
-        ax.axhline(
-            weight_bytes(arch, dtype_of[arch.name]) / BYTES_PER_GB,
-            color=colours[label[arch.name]],
-            ls="--",
-            lw=1,
-        )
+    for label, (_, arch, d, q) in zip(labels_in_order, lines):
+        ax.axhline(weight_bytes(arch, d, q) / BYTES_PER_GB, color=colours[label], ls="--", lw=1)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.4", ls="--", lw=1))
     labels.append("weights only (dashed)")
@@ -165,8 +182,9 @@ def fig2a_memory_vs_seqlen(
         top = max(levels) * 2.5  # room for the highest label above its line
         ax.set_ylim(top=max(top, ax.get_ylim()[1]))
     ax.set_ylabel("weights + KV cache (GB)")
-    which = dtype_of[archs[0].name] if one_dtype else "each model's dtype"
-    ax.set_title(f"Inference memory vs sequence length (batch {batch}, {which})")
+    # one dtype: named here; several: the legend names each model's
+    which = f", {lines[0][2]}" if one_dtype else ""
+    ax.set_title(f"Inference memory vs sequence length (batch {batch}{which})")
     return fig
 
 

@@ -44,16 +44,13 @@ WEIGHTS_NOTE = (
 
 
 def config_quantization(entry: Mapping[str, Any]) -> tuple[str, int | None]:
-    """(scheme, group size or None) of a config model entry's `quantization` key: absent or
-    "none" -> ("none", None); a scheme name -> (it, None: the library's default group size, which
-    the tables record); {scheme, group_size} -> both."""
-    value = entry.get("quantization", NONE)
-    if value is None:
-        return NONE, None
-    if isinstance(value, Mapping):
-        group = value.get("group_size")
-        return str(value.get("scheme", NONE)), None if group is None else int(group)
-    return str(value), None
+    """(scheme, group size or None) of a config model entry's `quantization` key, as
+    tokencarbon.quantization parses it: absent or "none" -> ("none", None); "int4_weight_only" ->
+    its default group size (128); {scheme, group_size} -> both. Raises ConfigError as it does."""
+    from tokencarbon.quantization import of_model
+
+    q = of_model(entry)
+    return q.scheme, q.group_size
 
 
 def is_quantized_scheme(scheme: Any) -> bool:

@@ -161,6 +161,20 @@ class Study:
 
         return config_quantization(self.config["models"][model])
 
+    def quantized_fig2a(self) -> dict[str, dict[str, Any]]:
+        """Figure 2a's quantized lines: model -> {architecture (name), dtype, quantization
+        (Quantization.to_dict)} for each quantized model (none: {}, so figure 2a's params and
+        outputs stay as before)."""
+        from tokencarbon.quantization import of_model
+
+        out = {}
+        for m in self.quantized_models():
+            info = self.model_info([m])[m]
+            q = of_model({**self.config["models"][m], "name": m})
+            out[m] = {"architecture": info["architecture"], "dtype": info["dtype"],
+                      "quantization": q.to_dict()}  # fmt: skip
+        return out
+
     def quantized_models(self) -> list[str]:
         """Configured models with quantized weights (quantization other than "none")."""
         from tokencarbon.figures.quantized import is_quantized_scheme
@@ -298,6 +312,7 @@ def _draw_fig1(inputs, params):
 def _draw_fig2a(inputs, params):
     from tokencarbon.figures.analytic import fig2a_memory_vs_seqlen
     from tokencarbon.platforms import get_platform, load_platforms
+    from tokencarbon.quantization import parse_quantization
 
     import dataclasses
 
@@ -306,6 +321,10 @@ def _draw_fig2a(inputs, params):
     for p in params["platforms"]:
         if rows.get(p, p) not in platforms:
             raise InputError(f"fig2a: platform {rows.get(p, p)!r} is not a row of {inputs['platforms']}")
+    quantized = {
+        m: (v["architecture"], v["dtype"], parse_quantization(v["quantization"], f"params quantized[{m!r}]"))
+        for m, v in params.get("quantized", {}).items()
+    }  # fmt: skip
     return fig2a_memory_vs_seqlen(
         _architectures(params),
         platforms=[
@@ -313,6 +332,7 @@ def _draw_fig2a(inputs, params):
             for p, lim in params["platforms"].items()
         ],
         dtypes=params["architectures"],
+        quantized=quantized,
     )
 
 
@@ -649,7 +669,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
         },
         params=lambda study: _analytic_params(study)
         | {"platforms": study.platform_limits()}
-        | ({"platform_hardware": hw} if (hw := study.platform_hardware()) else {}),
+        | ({"platform_hardware": hw} if (hw := study.platform_hardware()) else {})
+        | ({"quantized": q} if (q := study.quantized_fig2a()) else {}),
     ),
     figure(
         "fig2b_gpu_generations",
