@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pyarrow.parquet as pq
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_workflow import SMALL, make_project  # noqa: E402  (the same small grid as the DAG tests)
@@ -59,6 +60,16 @@ def submitted(snakemake_log: Path) -> list[tuple[str, str]]:
     return SUBMITTED.findall(snakemake_log.read_text())
 
 
+def _profile_cpus() -> dict[str, int]:
+    """rule -> cpus_per_task as profiles/slurm/config.yaml's set-resources gives it (a number)."""
+    profile = Path(__file__).resolve().parents[2] / "profiles/slurm/config.yaml"
+    resources = yaml.safe_load(profile.read_text())["set-resources"]
+    return {r: int(v["cpus_per_task"]) for r, v in resources.items() if "cpus_per_task" in v}
+
+
+PROFILE_CPUS = _profile_cpus()
+
+
 def evidence(snakemake_log: Path, slurmctld_log: Path, squeue_out: Path, local_log: Path) -> None:
     """Every job but `all` went through sbatch, ended COMPLETED with exit 0 in slurmctld's own
     records, and got what profiles/slurm asks; the rules and job counts are the local run's."""
@@ -76,10 +87,11 @@ def evidence(snakemake_log: Path, slurmctld_log: Path, squeue_out: Path, local_l
         if not re.search(rf"_job_complete: JobId={job_id} WEXITSTATUS 0\b", ctld):
             fail(f"{slurmctld_log}: no 'WEXITSTATUS 0' for SLURM job {job_id} (rule {rule})")
         state, comment, partition, cpus, mem, limit = queue.get(job_id, ["missing"] * 6)
-        # profiles/slurm on the cpu platform: cells and probes 2 CPUs, every other job 1; all
-        # 4000 MB and 30 min on the default partition (named main in run.sh's slurm.conf)
-        on_platform = rule in ("run_cell", "probe_max_batch")
-        wanted = ["COMPLETED", f"rule_{rule}", "main", "2" if on_platform else "1", "4000M", "30:00"]
+        # profiles/slurm on the cpu platform: the rules it gives cpus_per_task (cells, probes,
+        # measure_platform: 2), every other job 1; all 4000 MB and 30 min on the default
+        # partition (named main in run.sh's slurm.conf)
+        cpus = str(PROFILE_CPUS.get(rule, 1))
+        wanted = ["COMPLETED", f"rule_{rule}", "main", cpus, "4000M", "30:00"]
         got = [state, comment.split("_wildcards_")[0], partition, cpus, mem, limit]
         if got != wanted:
             fail(f"{squeue_out}: SLURM job {job_id} (rule {rule}) has {got}, expected {wanted}")
