@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 from snakemake.utils import validate
 
@@ -23,20 +22,10 @@ from tokencarbon.figures.quantized import (
 )
 from tokencarbon.figures.registry import BY_NAME, Study, targets
 from tokencarbon.figures.summary import max_batch_markdown, quantization_blocks
+from test_figures import _blank  # a row of neutral values per column (tests/ is on sys.path)
 
 INT4 = {"quantization": "int4_weight_only", "quant_group_size": 128, "quant_library": "torchao 0.18.0"}
 NONE = {"quantization": "none", "quant_group_size": None, "quant_library": ""}
-
-
-def _blank(schema: pa.Schema) -> dict:
-    return {
-        f.name: (
-            ""
-            if pa.types.is_string(f.type)
-            else False if pa.types.is_boolean(f.type) else 0 if pa.types.is_integer(f.type) else 0.0
-        )
-        for f in schema
-    }
 
 
 def metrics(rows: list[dict]) -> pd.DataFrame:

@@ -27,8 +27,7 @@ from typing import Any
 import pandas as pd
 
 from tokencarbon.figures.inputs import STATIC
-
-NONE = "none"
+from tokencarbon.quantization import NONE_SCHEME as NONE  # "none": the one place it is named
 QUANT_COLUMNS = ("quantization", "quant_group_size", "quant_library")
 # How a scheme is named in tables and legends (the weights' integer width; weight-only: activations
 # and arithmetic stay in the model's dtype).
