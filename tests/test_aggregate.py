@@ -60,7 +60,8 @@ def continuous_cell(root: Path, with_requests: bool = True) -> Path:
     d.mkdir(parents=True)
     meta = OLD_META | {"mode": "continuous", "arrival": "poisson", "request_rate_per_s": 4.0,
                        "n_batches": 1, "repeats": 2, "max_batch_requests": 2,
-                       "foreign_cpu_share": 0.125, "foreign_gpu_processes": -1}  # fmt: skip
+                       "foreign_cpu_share": 0.125, "cpu_steal_share": 0.0625,
+                       "foreign_gpu_processes": -1}  # fmt: skip
     (d / "meta.json").write_text(json.dumps(meta))
     tables.write(pd.DataFrame([batch_row(0, 0, 3, 200), batch_row(1, 0, 3, 300)]),
                  d / "batches.parquet", tables.BATCHES)  # fmt: skip
@@ -90,10 +91,12 @@ def test_old_and_continuous_cells_merge_with_keys_in_front(tmp_path):
     assert cells.loc["static", "repeats"] == 1 and cells.loc["static", "arrival"] == "offline"
     assert cells.loc["static", "max_batch_requests"] == 2
     assert math.isnan(cells.loc["static", "foreign_cpu_share"])
+    assert math.isnan(cells.loc["static", "cpu_steal_share"])
     assert cells.loc["static", "foreign_gpu_processes"] == -1
     assert math.isnan(cells.loc["static", "request_rate_per_s"])
     assert cells.loc["continuous", "request_rate_per_s"] == 4.0
     assert cells.loc["continuous", "foreign_cpu_share"] == 0.125
+    assert cells.loc["continuous", "cpu_steal_share"] == 0.0625
     # batches: 2 old rows (repeat 0 filled in) + 2 continuous rows (one per repeat)
     assert list(out.batches.columns[:4]) == ["platform", "model", "mode", "batch_size"]
     assert list(zip(out.batches["mode"], out.batches["batch_size"], out.batches["repeat"])) == [

@@ -119,6 +119,7 @@ def test_static_cell_with_two_repeats(tmp_path):
     # The lease: one logical CPU, the lowest this process may use; the cell's own threads ran there.
     assert meta["cpu_lease"] == {"cpus": [min(os.sched_getaffinity(0))]} and meta["gpu_lease"] is None
     assert 0.0 <= meta["foreign_cpu_share"] <= 1.0 and meta["foreign_gpu_processes"] == -1
+    assert 0.0 <= meta["cpu_steal_share"] <= 1.0  # this machine is a VM; bare metal reads 0
     assert set(meta["device_state"]) == {"start", "end"}
     assert "cpu_freq_mhz" in meta["device_state"]["start"]
     power = tables.read(out / "power.parquet", tables.POWER)

@@ -1,7 +1,8 @@
 """Faults of a real Snakemake run (slow): Snakemake SIGKILLed mid-cell, then --unlock and the rerun
 its lock message suggests; and two CPU cells under --cores 2. Issue 10 §7: a cell dies with its
 Snakemake (no orphan measuring beside the rerun), the rerun's numbers equal an undisturbed run's
-within the run-to-run spread or the cell is flagged, and cells never share CPUs at the same time."""
+within the spread between processes or the cell is flagged (foreign CPU use, steal), and cells
+never share CPUs at the same time."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ CONFIG = {
     "workload": {"num_prompts": 16, "synthetic_conversations": 2000, "builtin_vocab_size": 2048},
     "sweep": {"batch_sizes": [1, 2], "max_batch": 8},
     "power": {"interval_s": 0.05, "idle_s": 0.2},
-    # Two repeats in one process give the run-to-run spread without a second run.
+    # Two repeats in one process: each cell's time per token is their mean.
     "run": {"repeats": 2},
 }
 CELL = "results/cells/cpu/tiny-llama/bs1"
@@ -89,7 +90,7 @@ def test_snakemake_sigkilled_mid_cell_leaves_no_orphan_and_the_rerun_is_true(bui
     where, env = built
     cell = where / CELL
     target = f"{CELL}/meta.json"
-    # An undisturbed run: its two repeats give the run-to-run spread on this machine.
+    # An undisturbed run: the reference time per token on this machine.
     snakemake(where, env, target, "--forcerun", "run_cell")
     reference = s_per_token(cell)
 
@@ -120,16 +121,19 @@ def test_snakemake_sigkilled_mid_cell_leaves_no_orphan_and_the_rerun_is_true(bui
     snakemake(where, env, target)
     meta = json.loads((cell / "meta.json").read_text())
     rerun = s_per_token(cell)
-    mean = sum(reference) / len(reference)
-    spread = max(reference) - min(reference)
-    # Equal to the undisturbed run within its spread, or flagged as disturbed by other processes.
-    # Two repeats in one process understate the spread between processes: on this project's 2-core
-    # VMs a rerun with no foreign CPU use measured 14 % slower than its reference (2026-11-30), so
-    # the floor is 25 % of the mean. The fault this guards against is far outside it: the orphan
-    # measuring beside the rerun made it 6.5x slower (10.7 vs 1.65 ms/token, issue 10 §7).
-    within = all(abs(r - mean) <= max(2 * spread, 0.25 * mean) for r in rerun)
-    flagged = meta["foreign_cpu_share"] > FLAG_SHARE
-    assert within or flagged, (reference, rerun, meta["foreign_cpu_share"], meta["foreign_use"])
+    # The rerun's time per token equal to the undisturbed run's within a factor of 2, or the cell
+    # flagged as disturbed (other processes on its CPUs, or the hypervisor's steal). Between two
+    # processes these 2-core VMs disagree far more than two repeats in one process do, both ways
+    # and with neither flag: CI measured a rerun's repeats 19 % and 57 % slower than the reference
+    # (foreign share 0.001, 2026-12-01), this machine a reference 1.25x slower than its rerun
+    # (foreign 0.001, steal 0.0006, the same day). The fault this guards against is far outside a
+    # factor of 2: the orphan measuring beside the rerun made it 6.5x slower (10.7 vs 1.65
+    # ms/token, issue 10 §7).
+    ratio = (sum(rerun) / len(rerun)) / (sum(reference) / len(reference))
+    within = 0.5 <= ratio <= 2.0
+    flagged = meta["foreign_cpu_share"] > FLAG_SHARE or meta["cpu_steal_share"] > FLAG_SHARE
+    assert within or flagged, (reference, rerun, meta["foreign_cpu_share"],
+                               meta["cpu_steal_share"], meta["foreign_use"])  # fmt: skip
     assert meta["n_batches"] == 16 and meta["repeats"] == 2 and meta["cpu_lease"]["cpus"]
 
 

@@ -483,6 +483,18 @@ def test_other_processes_on_the_cells_devices_are_flagged():
         assert row["qa_flags"] == expected, (share, processes)
 
 
+def test_hypervisor_steal_on_the_cells_cpus_is_flagged():
+    # CELLS cpu_steal_share: 0.2 s stolen of a 1 s window on two CPUs = 0.1 -> cpu_steal; the bound
+    # 0.05 itself and NaN (GPU cells, older cells) -> none; with foreign use too -> both, in order.
+    cells, batches, power = _cell()
+    cases = [(0.0, 0.10, "cpu_steal"), (0.0, 0.05, ""), (0.0, float("nan"), ""),
+             (0.52, 0.10, "foreign_cpu_use;cpu_steal")]  # fmt: skip
+    for share, steal, expected in cases:
+        row = _metrics(cells.assign(foreign_cpu_share=share, cpu_steal_share=steal),
+                       batches, power).iloc[0]  # fmt: skip
+        assert row["qa_flags"] == expected, (share, steal)
+
+
 def test_metrics_settings_are_checked():
     assert MetricsSettings.from_params({"max_j_per_token_cv": 0.1}).max_j_per_token_cv == 0.1
     assert MetricsSettings.from_params(None) == MetricsSettings()

@@ -2,6 +2,7 @@
 cell's CPU counted as foreign while the cell's own work is not, and (GPU) NVML's process list."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,14 @@ import time
 import pytest
 from helpers import gpu_present
 
-from tokencarbon.occupancy import CpuWatch, GpuWatch, read_cpu_busy_s
+from tokencarbon.occupancy import (
+    CpuSnapshot,
+    CpuWatch,
+    GpuWatch,
+    cpu_use,
+    read_cpu_busy_s,
+    read_cpu_steal_s,
+)
 
 # Burn a fixed amount of CPU time (not wall time: on a loaded machine a wall-time loop gets a
 # share of the CPU only), or run for a wall-clock limit, whichever comes first.
@@ -36,6 +44,37 @@ def test_proc_stat_busy_seconds_by_hand(tmp_path):
     assert os.sysconf("SC_CLK_TCK") == 100
     assert read_cpu_busy_s(stat) == {0: pytest.approx(1.60), 3: pytest.approx(2.60)}
     assert read_cpu_busy_s(tmp_path / "absent") == {}
+    # steal, the eighth field: cpu0 7 ticks = 0.07 s, cpu3 7 ticks = 0.07 s
+    assert read_cpu_steal_s(stat) == {0: pytest.approx(0.07), 3: pytest.approx(0.07)}
+    assert read_cpu_steal_s(tmp_path / "absent") == {}
+
+
+def test_steal_and_foreign_use_over_a_window_by_hand(tmp_path):
+    # Two readings of a 2-CPU /proc/stat 2 s apart. CPU 0: busy 100 -> 220 ticks, steal 150 -> 190;
+    # CPU 1: busy 100 -> 180, steal 10 -> 10. Busy 120 + 80 ticks = 2.0 s, of which the cell's own
+    # tree used 0.5 s: foreign 1.5 s of 2 s x 2 CPUs = 0.375. Steal 40 ticks = 0.4 s: share 0.1.
+    # A process (pid 7) other than the cell's used 1.2 -> 1.5 s: named with 0.3 s.
+    readings = []
+    for t_ns, text, own_s, other_s in [
+        (5_000_000_000, "cpu0 100 0 0 0 0 0 0 150 0 0\ncpu1 100 0 0 0 0 0 0 10 0 0\n", 3.0, 1.2),
+        (7_000_000_000, "cpu0 220 0 0 0 0 0 0 190 0 0\ncpu1 180 0 0 0 0 0 0 10 0 0\n", 3.5, 1.5),
+    ]:
+        stat = tmp_path / f"stat{t_ns}"
+        stat.write_text(text)
+        readings.append(CpuSnapshot(t_ns, read_cpu_busy_s(stat), read_cpu_steal_s(stat), own_s,
+                                    {(7, 0.0): ("burner", other_s)}))  # fmt: skip
+    record = cpu_use(*readings, cpus=[1, 0])
+    assert record["cpus"] == [0, 1] and record["window_s"] == pytest.approx(2.0)
+    assert record["cpus_busy_s"] == pytest.approx(2.0) and record["own_cpu_s"] == pytest.approx(0.5)
+    assert record["foreign_cpu_s"] == pytest.approx(1.5)
+    assert record["foreign_cpu_share"] == pytest.approx(0.375)
+    assert record["cpu_steal_s"] == pytest.approx(0.4)
+    assert record["cpu_steal_share"] == pytest.approx(0.1)
+    assert record["foreign_processes"] == [{"pid": 7, "name": "burner", "cpu_s": 0.3}]
+    # A CPU /proc/stat does not list (a virtualised /proc): every share NaN, saying why.
+    gone = cpu_use(*readings, cpus=[0, 2])
+    assert math.isnan(gone["cpu_steal_share"]) and math.isnan(gone["foreign_cpu_share"])
+    assert "[2]" in gone["unavailable"]
 
 
 def _pinned_child(code: str, cpu: int) -> subprocess.Popen:

@@ -28,6 +28,7 @@ _ADDED_LATER = {
     "request_rate_per_s": math.nan,
     "repeats": 1,
     "foreign_cpu_share": math.nan,
+    "cpu_steal_share": math.nan,
     "foreign_gpu_processes": -1,
     # weight-only quantization (issue 16): cells before it ran unquantized weights
     "quantization": "none",
@@ -66,7 +67,7 @@ def read_meta(path: str | Path) -> dict:
     missing = [k for k in tables.CELLS.names if k not in meta]
     if missing:
         raise InputError(f"{path}: cell meta.json lacks keys {missing}; rerun the cell")
-    for key in ("request_rate_per_s", "foreign_cpu_share"):  # JSON null: not applicable
+    for key in ("request_rate_per_s", "foreign_cpu_share", "cpu_steal_share"):  # null: not applicable
         if meta[key] is None:
             meta[key] = math.nan
     return meta

@@ -43,7 +43,8 @@ STATIC, CONTINUOUS = "static", "continuous"
 # seconds in between, so long cells show they are alive without burying Snakemake's messages.
 PROGRESS_INTERVAL_S = 10.0
 # A console line when other processes took more than this share of the cell's CPUs (a few ticks of
-# kernel threads are always there); the QA flag's own threshold is metrics' (HA's).
+# kernel threads are always there), or the hypervisor stole more than it; the QA flags' own
+# thresholds are metrics'.
 FOREIGN_NOTE_SHARE = 0.05
 
 
@@ -494,6 +495,7 @@ def run_cell(
         shutil.rmtree(parts_dir(run_samples_path), ignore_errors=True)
 
         foreign_cpu_share = foreign.get("foreign_cpu_share", math.nan)
+        cpu_steal_share = foreign.get("cpu_steal_share", math.nan)
         foreign_gpu_processes = foreign.get("foreign_gpu_processes", -1)
         if foreign_cpu_share > FOREIGN_NOTE_SHARE or foreign_gpu_processes > 0:
             say(
@@ -501,6 +503,9 @@ def run_cell(
                 f"{foreign_cpu_share:.3f}, {foreign_gpu_processes} other GPU process(es); "
                 f"meta.json foreign_use names them"
             )
+        if cpu_steal_share > FOREIGN_NOTE_SHARE:
+            say(f"the hypervisor gave this cell's CPUs to other guests for a share of "
+                f"{cpu_steal_share:.3f} of its window (steal time): its timings include that")  # fmt: skip
         versions = software_versions()
         if continuous:
             tables.write(pd.DataFrame(request_rows, columns=tables.REQUESTS.names), out_requests, tables.REQUESTS)
@@ -546,6 +551,7 @@ def run_cell(
             "gpu_lease": lease if platform["kind"] == "gpu" else None,
             "cpu_lease": lease if platform["kind"] == "cpu" else None,
             "foreign_cpu_share": foreign_cpu_share,
+            "cpu_steal_share": cpu_steal_share,
             "foreign_gpu_processes": foreign_gpu_processes,
             "foreign_use": foreign,
             "device_state": {"start": state_start, "end": state_end},

@@ -476,6 +476,7 @@ def write_cell(
             "power_interval_s": interval_s,
             "peak_memory_bytes": float(mem.max()) if mem.notna().any() else None,
             "foreign_cpu_share": None,  # not measured: the log holds only the device's power
+            "cpu_steal_share": None,
             "foreign_gpu_processes": -1,
             "git_commit": git_commit(),
             "imported": {

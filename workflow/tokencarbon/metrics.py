@@ -53,6 +53,10 @@ INPUT_TOKENS_UNKNOWN_FLAG = "input_tokens_unknown"
 MAX_FOREIGN_CPU_SHARE = 0.05
 FOREIGN_CPU_FLAG = "foreign_cpu_use"
 FOREIGN_GPU_FLAG = "foreign_gpu_processes"
+# ... and of CPU cells on a virtual machine whose hypervisor ran other guests on their CPUs (CELLS'
+# cpu_steal_share, steal time / (window x pinned CPUs)) for more than the same share of the window.
+MAX_CPU_STEAL_SHARE = 0.05
+CPU_STEAL_FLAG = "cpu_steal"
 # QA flag of every cell of a platform whose measured peaks (rule measure_platform) were measured
 # while other processes used more than MAX_FOREIGN_CPU_SHARE of its CPUs: the peaks are low, so
 # MFU and MBU read high.
@@ -417,12 +421,16 @@ def _idle(cell: Mapping[str, Any], power: pd.DataFrame, where: str) -> tuple[flo
 
 def foreign_use_flags(cell: Mapping[str, Any]) -> list[str]:
     """QA flags for other processes on the cell's devices during its window (CELLS row):
-    FOREIGN_CPU_FLAG above MAX_FOREIGN_CPU_SHARE, FOREIGN_GPU_FLAG for any other GPU process.
-    Not measured (NaN share, -1 processes, or columns absent in older tables): no flag."""
+    FOREIGN_CPU_FLAG above MAX_FOREIGN_CPU_SHARE, CPU_STEAL_FLAG above MAX_CPU_STEAL_SHARE of
+    hypervisor steal, FOREIGN_GPU_FLAG for any other GPU process. Not measured (NaN shares, -1
+    processes, or columns absent in older tables): no flag."""
     share = float(cell.get("foreign_cpu_share", math.nan))
+    steal = float(cell.get("cpu_steal_share", math.nan))
     processes = int(cell.get("foreign_gpu_processes", -1))
-    return ([FOREIGN_CPU_FLAG] if share > MAX_FOREIGN_CPU_SHARE else []) + (
-        [FOREIGN_GPU_FLAG] if processes > 0 else []
+    return (
+        ([FOREIGN_CPU_FLAG] if share > MAX_FOREIGN_CPU_SHARE else [])
+        + ([CPU_STEAL_FLAG] if steal > MAX_CPU_STEAL_SHARE else [])
+        + ([FOREIGN_GPU_FLAG] if processes > 0 else [])
     )
 
 
@@ -688,7 +696,8 @@ def resolve_cell_platforms(
     measured peaks, as platforms.resolve_platform takes them. measurements: per platform, the
     record rule measure_platform wrote (tokencarbon.peak.read_measurement): its "measured" peaks
     are used, its device must be each cell's device, and a foreign CPU share above
-    MAX_FOREIGN_CPU_SHARE during it puts PEAKS_UNDER_LOAD_FLAG on every cell of the platform.
+    MAX_FOREIGN_CPU_SHARE (or steal above MAX_CPU_STEAL_SHARE) during it puts
+    PEAKS_UNDER_LOAD_FLAG on every cell of the platform.
     Raises HardwareMismatchError where a cell's device is not its platform's and nothing describes
     it, InputError where cells of one platform ran on devices that resolve to different numbers
     (merge such machines as separate platforms), where a spec asks for a measurement none is given
@@ -711,7 +720,8 @@ def resolve_cell_platforms(
                     "on the machine of the cells (delete that spec.json there), or give each "
                     "machine its own platform in config"
                 )
-            if record.get("foreign_cpu_share", 0.0) > MAX_FOREIGN_CPU_SHARE:
+            if (record.get("foreign_cpu_share", 0.0) > MAX_FOREIGN_CPU_SHARE
+                    or (record.get("cpu_steal_share") or 0.0) > MAX_CPU_STEAL_SHARE):  # fmt: skip
                 flags = (PEAKS_UNDER_LOAD_FLAG,)
         elif spec.get(MEASURE_KEY) and peaks is None:
             raise InputError(

@@ -78,7 +78,8 @@ def measure_platform(
     cell on the same CPUs) and the detected CPU is checked as a cell checks it; then
     measure_cpu_peaks on that many threads, with the foreign CPU use of those CPUs meanwhile
     (occupancy.CpuWatch). Returns {"platform", "device_name", "logical_cpus", "cpus", "measured":
-    {MEASURABLE_FIELDS: TFLOP/s or GB/s}, "foreign_cpu_share", "foreign_use", "method",
+    {MEASURABLE_FIELDS: TFLOP/s or GB/s}, "foreign_cpu_share", "cpu_steal_share", "foreign_use",
+    "method",
     "versions", "measured_wall_ns"}. Raises HardwareMismatchError for another CPU, ConfigError for a
     platform that is no CPU, LeaseTimeoutError while the CPUs stay taken.
     """
@@ -108,6 +109,7 @@ def measure_platform(
         "cpus": list(lease["cpus"]),
         "measured": measured,
         "foreign_cpu_share": foreign.get("foreign_cpu_share", math.nan),
+        "cpu_steal_share": foreign.get("cpu_steal_share", math.nan),
         "foreign_use": foreign,
         "method": (
             f"tokencarbon.peak: best of {repeats} {MATMUL_N}^3 torch.mm per dtype "
@@ -120,7 +122,8 @@ def measure_platform(
     write_json(out, record)
     print(f"[tokencarbon] {name}: measured on {hardware['device_name']!r}, CPUs {record['cpus']}: "
           + ", ".join(f"{k} {v:.4g}" for k, v in measured.items())
-          + f" (foreign CPU share {record['foreign_cpu_share']:.3f})")  # fmt: skip
+          + f" (foreign CPU share {record['foreign_cpu_share']:.3f}, "
+          + f"steal {record['cpu_steal_share']:.3f})")  # fmt: skip
     return record
 
 

@@ -129,6 +129,7 @@ CELLS = pa.schema(
         ("power_interval_s", pa.float64()),
         ("peak_memory_bytes", pa.float64()),  # device peak allocated (CUDA) or process RSS peak (CPU)
         ("foreign_cpu_share", pa.float64()),  # other processes' CPU time / (window x pinned CPUs)
+        ("cpu_steal_share", pa.float64()),  # hypervisor steal on the pinned CPUs / (window x CPUs)
         ("foreign_gpu_processes", pa.int64()),  # other processes on the cell's GPU; -1 not measured
         ("git_commit", pa.string()),
     ]
