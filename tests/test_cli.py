@@ -107,6 +107,19 @@ def test_doctor_on_this_cpu_machine(tmp_path):
     config.write_text(yaml.safe_dump({"platforms": {"tpu-v9": {}}}))
     out = tc("doctor", "--configfile", str(config))
     assert out.returncode == 1 and "tpu-v9: CANNOT run here (unknown platform" in out.stdout
+    # a capped variant is judged as its row (platforms.<name>.hardware), under its own name: an
+    # H200 capped at 40 GB cannot run on this machine (no GPU, or not an H200), and says so by the
+    # row's pattern; a variant naming no row is refused naming that row
+    config = tmp_path / "variants.yaml"
+    config.write_text(yaml.safe_dump({"platforms": {
+        "h200-40gb": {"hardware": "h200-141gb", "memory_limit_gb": 40},
+        "h200-typo": {"hardware": "h200-141"},
+    }}))  # fmt: skip
+    out = tc("doctor", "--configfile", str(config))
+    assert out.returncode == 1
+    if not report["gpus"]:
+        assert "h200-40gb: CANNOT run here (needs a GPU matching '^NVIDIA H200$'" in out.stdout
+    assert "h200-typo: CANNOT run here (unknown row 'h200-141' in hardware" in out.stdout
 
 
 def test_doctor_judges_the_cpu_default_as_its_cells_do(tmp_path):

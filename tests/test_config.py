@@ -21,6 +21,8 @@ from tokencarbon.config import (
     coerce_cli_strings,
     load_yaml_strict,
     model_slice,
+    platform_slice,
+    probe_platform_slice,
 )
 from tokencarbon.errors import ConfigError, HardwareMismatchError
 
@@ -98,7 +100,9 @@ def test_defaults_fill_missing_sections():
     validate(config, schema=str(REPO / "workflow/schemas/config.schema.yaml"))
     assert config["carbon"]["intensity_g_per_kwh"] == 413
     assert config["families"]["tiny"]["max_tokens"] == 1000
-    assert config["platforms"] == {"cpu": {"memory_limit_gb": None, "import_only": False, "spec": {}}}
+    assert config["platforms"] == {
+        "cpu": {"hardware": None, "memory_limit_gb": None, "import_only": False, "spec": {}}
+    }
     assert config["run"] == {"repeats": 1} and config["sweep"]["max_num_seqs"] == []
 
 
@@ -163,6 +167,11 @@ def _base() -> dict:
          "backend.transformers.attn_implementation: 'spda' is no attention implementation"),
         (lambda c: c["carbon"].update(trace_day="2023-02-30"), "carbon.trace_day: '2023-02-30' is no calendar day"),
         (lambda c: c["platforms"]["cpu"].update(import_only=True, imported={"power_log": "a", "timing": "b"}), "import_only (cells copied from another machine) and imported"),
+        # a variant of a card names its row (platforms.<name>.hardware)
+        (lambda c: c["platforms"].update({"cpu-capped": {**c["platforms"]["cpu"], "hardware": "cpu-x"}}), "platforms.cpu-capped.hardware: unknown row 'cpu-x'; valid rows"),
+        (lambda c: c["platforms"].update({"cpu-capped": {**c["platforms"]["cpu"], "hardware": None}}), "a platform named otherwise (a capped variant of a card) names its row in platforms.cpu-capped.hardware"),
+        (lambda c: c["platforms"].update({"cpu-capped": {**c["platforms"]["cpu"], "hardware": "cpu", "memory_limit_gb": 9}}), "platforms.cpu-capped.memory_limit_gb: 9 GB is more than the platform's 8.0 GB"),
+        (lambda c: c["platforms"].update({"cpu-log": {**c["platforms"]["cpu"], "hardware": "cpu", "imported": {"power_log": "a", "timing": "b"}}}), "platforms.cpu-log.hardware: imported cells are judged by the device"),
     ],
 )
 def test_semantic_errors_name_key_and_valid_values(mutate, message):
@@ -388,6 +397,47 @@ def test_the_platforms_gpu_among_the_visible_ones_passes_and_another_is_named():
     with pytest.raises(HardwareMismatchError) as err:
         check_hardware(config, {"cpu": "x", "gpus": ["NVIDIA GH200 480GB"]})
     assert "'NVIDIA GH200 480GB'" in str(err.value) and "h100-sxm-80gb" in str(err.value)
+
+
+def _h200_whole_and_capped() -> dict:
+    """config/paper-h200.yaml with a second platform: the same card capped at 40 GB (the study's
+    Table 4 column), named h200-40gb, its row h200-141gb."""
+    config = _validated("paper-h200.yaml")
+    config["platforms"]["h200-40gb"] = {"hardware": "h200-141gb", "memory_limit_gb": 40.0,
+                                        "import_only": False, "spec": {}}  # fmt: skip
+    check_config(config)
+    return config
+
+
+def test_a_capped_variant_of_a_card_is_that_cards_row_under_its_own_name():
+    config = _h200_whole_and_capped()
+    # Both are the H200 that NVML names "NVIDIA H200"; an A100 is neither, and the error names the
+    # variant by its own config key.
+    check_hardware(config, {"cpu": "x", "gpus": ["NVIDIA H200"]})
+    with pytest.raises(HardwareMismatchError) as err:
+        check_hardware(config, {"cpu": "x", "gpus": ["NVIDIA A100-SXM4-40GB"]})
+    assert "platforms.h200-40gb:" in str(err.value) and "platforms.h200-141gb:" in str(err.value)
+    # The cells' and probes' params: the variant's name, its row, the row's device pattern and TDP
+    # (resources/platforms.csv: ^NVIDIA H200$, 700 W); the whole card's params have no
+    # `hardware`, so its existing jobs are not replanned.
+    capped = platform_slice(config, "h200-40gb")
+    assert capped["name"] == "h200-40gb" and capped["hardware"] == "h200-141gb"
+    assert capped["device_name_pattern"] == "^NVIDIA H200$" and capped["tdp_w"] == 700.0
+    assert "hardware" not in probe_platform_slice("h200-141gb", config)
+
+
+def test_a_variants_cells_take_the_rows_numbers_for_mfu():
+    import pandas as pd
+
+    from tokencarbon.metrics import resolve_cell_platforms
+
+    cells = pd.DataFrame([{"platform": "h200-40gb", "device_name": "NVIDIA H200"}])
+    p = resolve_cell_platforms(cells, rows={"h200-40gb": "h200-141gb"})["h200-40gb"]
+    # the H200 row: 989.4 dense fp16 TFLOP/s, 4800 GB/s, 141 GB; named as the cells are
+    assert p.platform == "h200-40gb" and p.peak_tflops_fp16 == 989.4
+    assert p.memory_gb_per_s == 4800 and p.memory_gb == 141
+    with pytest.raises(ConfigError, match="platform 'h200-40gb'; valid rows"):
+        resolve_cell_platforms(cells)
 
 
 def test_imported_platforms_are_not_checked_against_this_machine():

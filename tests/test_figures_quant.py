@@ -281,8 +281,7 @@ def test_table3_and_summary_artifacts_build_from_the_registry(repo, tmp_path):
 
 def test_two_capped_variants_of_one_card_are_two_columns_and_two_fig2a_levels(repo):
     # The study's V100 32GB and A100 40GB emulated on one H200 by two capped platforms naming the
-    # same row of resources/platforms.csv (`hardware:`, a key the config schema does not take yet:
-    # set here after validation, as the core would pass it).
+    # same row of resources/platforms.csv (config key platforms.<name>.hardware).
     config = study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-7b-wq4")})
     config["platforms"] = {
         "h200-32gb": {"hardware": "h200-141gb", "memory_limit_gb": 32.0},

@@ -3,6 +3,7 @@ what one figure target builds, and a cell killed mid-run. Marked slow; run by `m
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -206,6 +207,31 @@ def test_auto_sweep_reads_the_probe(tmp_path):
     top = probe["max_num_seqs_ok"]
     expected = sorted({2**k for k in range(3) if 2**k <= top} | {top})
     assert sorted(cells.loc[cells["mode"] == "continuous", "batch_size"]) == expected
+
+
+def test_a_capped_variant_of_a_platform_is_its_own_column_of_cells_and_probes(tmp_path):
+    # The study's Table 4 (max batch with and without a 40 GB cap) on one card: platform cpu and
+    # cpu-30mb, the same row of resources/platforms.csv (`hardware: cpu`) capped at 0.03 GB. Peaks
+    # given in config (this CPU is not the cpu row's EPYC), so no measurement runs.
+    spec = {"logical_cpus": 2, "tdp_w": 4.375, "peak_tflops_fp32": 0.25, "memory_gb_per_s": 40.0}
+    platforms = {"cpu": {"memory_limit_gb": 0.06, "spec": spec},
+                 "cpu-30mb": {"hardware": "cpu", "memory_limit_gb": 0.03, "spec": spec}}  # fmt: skip
+    config = dict(SMALL, platforms=platforms, models={"tiny-llama": SMALL["models"]["tiny-llama"]})
+    project = make_project(tmp_path, config)
+    cells = planned_outputs(project, r"results/cells/([\w-]+)/tiny-llama/bs\d+/batches.parquet", "all")
+    assert cells == {"cpu", "cpu-30mb"}  # each platform's cells under its own name
+    snakemake(project, *(f"results/cells/{p}/tiny-llama/probe.json" for p in platforms))
+    whole, capped = (json.loads((project / f"results/cells/{p}/tiny-llama/probe.json").read_text())
+                     for p in platforms)  # fmt: skip
+    # tiny-llama in float32 (resources/models/tiny-llama.json): embeddings and head 2 x 4096 x 256,
+    # per layer q,o 256 x 256, k,v 256 x 128, gate,up,down 256 x 688, two norms of 256; four layers
+    # and a final norm: 2,097,152 + 4 x 725,504 + 256 = 4,999,424 parameters x 4 B = 19,997,696 B.
+    assert whole["weight_bytes"] == capped["weight_bytes"] == 19_997_696
+    assert (whole["platform"], whole["memory_limit_gb"]) == ("cpu", 0.06)
+    assert (capped["platform"], capped["memory_limit_gb"]) == ("cpu-30mb", 0.03)
+    # per sequence the same bytes on both: the capped budget (30 MB less the weights, 10.0 MB)
+    # is a quarter of the whole one's (40.0 MB), so it admits fewer sequences
+    assert 1 <= capped["max_ok"] < whole["max_ok"]
 
 
 def test_killed_cell_is_rerun_cleanly(tmp_path):

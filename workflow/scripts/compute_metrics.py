@@ -45,7 +45,8 @@ metrics, repeats = compute_all(
     tables.read(snakemake.input.batches, tables.with_cell_keys(tables.BATCHES)),
     tables.read(snakemake.input.power, tables.with_cell_keys(tables.POWER)),
     archs,
-    resolve_cell_platforms(cells, snakemake.params.platform_specs, measurements=measurements),
+    resolve_cell_platforms(cells, snakemake.params.platform_specs, measurements=measurements,
+                           rows=snakemake.params.platform_rows),  # fmt: skip
     intensity,
     pue=carbon["pue"],
     fill=carbon["fill"],

@@ -20,7 +20,7 @@ if platform["kind"] == "cpu" and "logical_cpus" not in platform:
     # The probe's params carry only what checks the hardware; the CPUs to lease come from the row.
     from tokencarbon.platforms import get_platform
 
-    platform["logical_cpus"] = get_platform(platform["name"]).logical_cpus
+    platform["logical_cpus"] = get_platform(platform.get("hardware", platform["name"])).logical_cpus
 if snakemake.params.backend != "torch":
     raise ConfigError(
         f"config key backend.name: the OOM probe drives the torch backend only, not "

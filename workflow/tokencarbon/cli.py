@@ -455,7 +455,7 @@ def _verdict(name: str, spec: dict, row, found: list[dict], why_no_gpu: str | No
         errors = []
         for g in found:
             try:
-                resolve_platform(name, g["name"], overrides, memory_limit_gb=limit)
+                resolve_platform(name, g["name"], overrides, memory_limit_gb=limit, row=row.platform)
                 return {
                     "can_run": True,
                     "why": f"GPU {g['index']} {g['name']!r} matches {row.device_name_pattern!r}",
@@ -468,7 +468,7 @@ def _verdict(name: str, spec: dict, row, found: list[dict], why_no_gpu: str | No
             f"{[g['name'] for g in found]}: {errors[0]}",
         }
     try:
-        p = resolve_platform(name, cpu, overrides, memory_limit_gb=limit)
+        p = resolve_platform(name, cpu, overrides, memory_limit_gb=limit, row=row.platform)
     except (HardwareMismatchError, ConfigError) as exc:
         return {"can_run": False, "why": str(exc)}
     allowed = sorted(os.sched_getaffinity(0))
@@ -546,12 +546,14 @@ def diagnose(configfile: Path | None = None) -> dict:
         verdicts = []
         for name, spec in (config.get("platforms") or {}).items():
             spec = spec or {}
-            p = platforms.get(name)
+            row = spec.get("hardware") or name  # a variant names its row (config.platform_row)
+            p = platforms.get(row)
             if p is None:
+                what = f"unknown row {row!r} in hardware" if row != name else "unknown platform"
                 v = {
                     "platform": name,
                     "can_run": False,
-                    "why": f"unknown platform; rows of resources/platforms.csv: {', '.join(platforms)}",
+                    "why": f"{what}; rows of resources/platforms.csv: {', '.join(platforms)}",
                 }
             elif spec.get("import_only") or spec.get("imported"):
                 v = {

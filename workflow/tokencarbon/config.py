@@ -213,13 +213,20 @@ def platforms_to_measure(config: dict[str, Any]) -> list[str]:
     return [n for n in measured_platforms(config) if measures_platform(config, n)]
 
 
+def platform_row(config: dict[str, Any], name: str) -> str:
+    """The row of resources/platforms.csv that configured platform `name` is: its
+    platforms.<name>.hardware where given (a variant of a card, e.g. h200-40gb, a memory-capped
+    H200 beside the whole one), else `name` itself."""
+    return config["platforms"][name].get("hardware") or name
+
+
 def platform_spec(config: dict[str, Any], name: str):
     """The platform's row of resources/platforms.csv with config's overrides applied, as a
     platforms.Platform (no hardware detection: a cell resolves it against its device; fields a
     measurement gives keep the row's value here)."""
     from tokencarbon.platforms import load_platforms, split_measure
 
-    row = load_platforms()[name]
+    row = load_platforms()[platform_row(config, name)]
     overrides, _ = split_measure(platform_overrides(config, name))
     spec = dataclasses.replace(
         row, **{k: int(v) if k == "logical_cpus" else float(v) for k, v in overrides.items()}
@@ -246,10 +253,23 @@ def _check_platforms(config: dict[str, Any]) -> None:
     table = load_platforms()
     known = sorted(table)
     for name, p in config["platforms"].items():
-        if name not in table:
+        row = p.get("hardware")
+        if row is not None and row not in table:
+            raise ConfigError(
+                f"config key platforms.{name}.hardware: unknown row {row!r}; valid rows "
+                f"(resources/platforms.csv): {', '.join(known)}"
+            )
+        if row is None and name not in table:
             raise ConfigError(
                 f"config key platforms.{name}: unknown platform {name!r}; valid platforms "
-                f"(resources/platforms.csv): {', '.join(known)}"
+                f"(resources/platforms.csv): {', '.join(known)}; a platform named otherwise (a "
+                f"capped variant of a card) names its row in platforms.{name}.hardware"
+            )
+        if row is not None and p.get("imported"):
+            raise ConfigError(
+                f"config key platforms.{name}.hardware: imported cells are judged by the device "
+                "their power log names, against the platform named as a row of "
+                "resources/platforms.csv; name the platform after its row there and drop hardware"
             )
         if p["import_only"] and p.get("imported"):
             raise ConfigError(
@@ -563,7 +583,8 @@ def check_hardware(config: dict[str, Any], visible: Mapping[str, Any]) -> None:
         errors = []
         for device in candidates:
             try:
-                resolve_platform(name, device, overrides, memory_limit_gb=limit)
+                resolve_platform(name, device, overrides, memory_limit_gb=limit,
+                                 row=platform_row(config, name))  # fmt: skip
                 break
             except (HardwareMismatchError, ConfigError) as e:
                 errors.append(str(e))
@@ -593,7 +614,7 @@ def check_copied_cells(
     overrides = platform_overrides(config, name)
     for device in sorted(set(devices)):
         try:
-            resolve_platform(name, device, overrides, measured)
+            resolve_platform(name, device, overrides, measured, row=platform_row(config, name))
         except (HardwareMismatchError, ConfigError) as e:
             raise ConfigError(
                 f"config key platforms.{name}: its copied cells (results/cells/{name}/) ran on "
@@ -653,11 +674,15 @@ def model_slice(config: dict[str, Any], model: str, workflow_dir=None) -> dict[s
 
 def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the OOM probe needs of its platform: enough to check the hardware (with config's spec
-    overrides, only where there are any, so that probes made without them are not rerun)."""
+    overrides, and the row a variant names in `hardware`, each only where there is one, so that
+    probes made without them are not rerun)."""
     from tokencarbon.platforms import get_platform
 
-    p = get_platform(platform)
+    row = platform_row(config, platform) if config is not None else platform
+    p = get_platform(row)
     out = {"name": platform, "kind": p.kind, "device_name_pattern": p.device_name_pattern}
+    if row != platform:
+        out["hardware"] = row
     overrides = platform_overrides(config, platform) if config is not None else {}
     if overrides:
         spec = platform_spec(config, platform)

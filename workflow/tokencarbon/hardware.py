@@ -81,7 +81,7 @@ def check_platform(platform: dict[str, Any], hardware: dict[str, Any]) -> None:
     """Raise HardwareMismatchError unless the detected device is the platform's.
 
     platform: a platform slice (config.platform_slice / probe_platform_slice; "spec" holds config's
-    overrides of the row, if any). The check is platforms.resolve_platform's: the row's device
+    overrides of the row, "hardware" the row a variant names, if any). The check is platforms.resolve_platform's: the row's device
     name pattern, or, for a cpu row, config overrides that describe the detected CPU.
     """
     from tokencarbon.platforms import resolve_platform
@@ -95,7 +95,7 @@ def check_platform(platform: dict[str, Any], hardware: dict[str, Any]) -> None:
         )
     if re.search(platform["device_name_pattern"], name):
         return
-    resolve_platform(platform["name"], name, platform.get("spec"))
+    resolve_platform(platform["name"], name, platform.get("spec"), row=platform.get("hardware"))
 
 
 def software_versions() -> dict[str, str]:

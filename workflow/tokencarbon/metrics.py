@@ -689,9 +689,12 @@ def resolve_cell_platforms(
     specs: Mapping[str, Mapping[str, Any]] | None = None,
     measured: Mapping[str, Mapping[str, float]] | None = None,
     measurements: Mapping[str, Mapping[str, Any]] | None = None,
+    rows: Mapping[str, str] | None = None,
 ) -> dict[str, Platform]:
     """Each platform's row resolved for the device its cells ran on (CELLS' device_name).
 
+    rows: per platform named otherwise than its row of resources/platforms.csv, that row (config's
+    platforms.<name>.hardware: a capped variant of a card); others are their own row.
     specs / measured: per platform name, config's platforms.<name>.spec (`measure` included) and
     measured peaks, as platforms.resolve_platform takes them. measurements: per platform, the
     record rule measure_platform wrote (tokencarbon.peak.read_measurement): its "measured" peaks
@@ -730,7 +733,10 @@ def resolve_cell_platforms(
                 "MFU and MBU would have no peak to divide by"
             )
         resolved = {
-            device: replace(resolve_platform(name, device or None, spec, peaks), qa_flags=flags)
+            device: replace(
+                resolve_platform(name, device or None, spec, peaks, row=(rows or {}).get(name)),
+                qa_flags=flags,
+            )
             for device in group["device_name"].unique()
         }
         distinct = {replace(p, device_name_pattern="") for p in resolved.values()}

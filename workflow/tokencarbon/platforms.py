@@ -243,8 +243,14 @@ def resolve_platform(
     *,
     memory_limit_gb: float | None = None,
     platforms: Mapping[str, Platform] | None = None,
+    row: str | None = None,
 ) -> Platform:
     """The platform row `name` made to describe the detected device, or an error naming it.
+
+    row: the row of resources/platforms.csv that configured platform `name` is, where config names
+    another (platforms.<name>.hardware: two capped variants of one card, e.g. h200-40gb with
+    memory_limit_gb 40 beside h200-141gb); None: the row named `name`. The result's `platform`
+    is `name`, its numbers the row's.
 
     detected_device_name: the device as hardware.detect() reports it (CPU model name from
     /proc/cpuinfo, or torch.cuda.get_device_name / NVML for a GPU); None when no device of the
@@ -271,9 +277,11 @@ def resolve_platform(
     InputError for a bad measurement (one of `measure` lacking a MEASURED_ALWAYS field too).
     """
     table = platforms if platforms is not None else load_platforms()
-    if name not in table:
-        raise ConfigError(f"platform {name!r}; valid: {', '.join(table)}")
-    base = table[name]
+    key = row or name
+    if key not in table:
+        where = f"config key platforms.{name}.hardware: row {key!r}" if row else f"platform {name!r}"
+        raise ConfigError(f"{where}; valid rows of resources/platforms.csv: {', '.join(table)}")
+    base = table[key]
     overrides, measure = split_measure(overrides)
     if measure not in (True, False):
         raise ConfigError(
@@ -375,4 +383,4 @@ def resolve_platform(
                 f"must be > 0 and <= its {platform.memory_gb} GB"
             )
         platform = dataclasses.replace(platform, memory_limit_gb=memory_limit_gb)
-    return platform
+    return dataclasses.replace(platform, platform=name) if key != name else platform

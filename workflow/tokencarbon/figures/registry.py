@@ -213,15 +213,13 @@ class Study:
 
     def platform_hardware(self) -> dict[str, str]:
         """platform name -> its row of resources/platforms.csv, for platforms whose config entry
-        names another row (`hardware: <row>`: two capped variants of one card, e.g. h200-32gb and
-        h200-40gb emulating the study's V100 32GB and A100 40GB on one H200). Empty while every
-        platform is named after its row (the only form config/config.schema.yaml accepts today)."""
-        out = {}
-        for p in self.platforms:
-            row = self.config["platforms"][p].get("hardware")
-            if row and row != p:
-                out[p] = row
-        return out
+        names another row (`hardware: <row>`: capped variants of one card, e.g. h200-32gb and
+        h200-40gb emulating the study's V100 32GB and A100 40GB on one H200; config.platform_row).
+        Empty while every platform is named after its row."""
+        from tokencarbon.config import platform_row
+
+        rows = {p: platform_row(self.config, p) for p in self.platforms}
+        return {p: row for p, row in rows.items() if row != p}
 
     def slos(self) -> list[float]:
         return [float(s) for s in self.config["summary"]["latency_slos_s_per_token"]]
