@@ -28,7 +28,11 @@ rule compute_metrics:
         # per platform, config overrides of its spec row (platforms.<name>.spec)
         platform_specs={n: p["spec"] for n, p in config["platforms"].items()},
         # per platform named otherwise than its row (platforms.<name>.hardware), that row
-        platform_rows={n: p["hardware"] for n, p in config["platforms"].items() if p.get("hardware")},
+        platform_rows={
+            n: p["hardware"]
+            for n, p in config["platforms"].items()
+            if p.get("hardware")
+        },
         # {architecture name: fields} of every configured model: an `auto` one has no file in
         # resources/models (cells of models not configured here are loaded from there by name)
         architectures=architecture_params,
