@@ -527,9 +527,9 @@ def test_cell_platforms_resolved_for_their_devices():
 XEON = "Intel(R) Xeon(R) Processor"  # this machine's and CI's CPU, not the cpu row's EPYC 7763
 
 
-def _measurement(share):
+def _measurement(share, steal=0.0):
     """A record as rule measure_platform writes it (tokencarbon.peak.measure_platform)."""
-    return {"platform": "cpu", "device_name": XEON, "foreign_cpu_share": share,
+    return {"platform": "cpu", "device_name": XEON, "foreign_cpu_share": share, "cpu_steal_share": steal,
             "measured": {"peak_tflops_fp32": 0.25, "peak_tflops_bf16": 1.0, "memory_gb_per_s": 40.0}}  # fmt: skip
 
 
@@ -547,6 +547,11 @@ def test_cpu_cells_take_the_platforms_measured_peaks_labelled():
     # measured while others used 0.72 of the CPUs (seen here): every cell of the platform flagged
     p = resolve_cell_platforms(cells, spec, measurements={"cpu": _measurement(0.72)})["cpu"]
     assert p.qa_flags == (PEAKS_UNDER_LOAD_FLAG,)
+    # no other process, but the hypervisor took 0.1 of the CPUs (steal): flagged too; 0.05 is not
+    p = resolve_cell_platforms(cells, spec, measurements={"cpu": _measurement(0.0, 0.1)})["cpu"]
+    assert p.qa_flags == (PEAKS_UNDER_LOAD_FLAG,)
+    p = resolve_cell_platforms(cells, spec, measurements={"cpu": _measurement(0.0, 0.05)})["cpu"]
+    assert p.qa_flags == ()
 
 
 def test_a_measurement_missing_or_of_another_cpu_is_refused():

@@ -20,6 +20,7 @@ from tokencarbon.config import (
     measured_platforms,
     model_slice,
     platforms_to_measure,
+    platform_row,
     platform_slice,
     probe_platform_slice,
     resolve_model_architecture,

@@ -27,12 +27,8 @@ rule compute_metrics:
         metrics=config["metrics"],
         # per platform, config overrides of its spec row (platforms.<name>.spec)
         platform_specs={n: p["spec"] for n, p in config["platforms"].items()},
-        # per platform named otherwise than its row (platforms.<name>.hardware), that row
-        platform_rows={
-            n: p["hardware"]
-            for n, p in config["platforms"].items()
-            if p.get("hardware")
-        },
+        # per platform, its row of resources/platforms.csv (platforms.<name>.hardware, or its name)
+        platform_rows={n: platform_row(config, n) for n in config["platforms"]},
         # {architecture name: fields} of every configured model: an `auto` one has no file in
         # resources/models (cells of models not configured here are loaded from there by name)
         architectures=architecture_params,

@@ -543,10 +543,12 @@ def diagnose(configfile: Path | None = None) -> dict:
         except (OSError, yaml.YAMLError) as exc:
             study["error"] = f"{path}: cannot be read ({exc})"
             config = {}
+        from tokencarbon.config import platform_row
+
         verdicts = []
         for name, spec in (config.get("platforms") or {}).items():
             spec = spec or {}
-            row = spec.get("hardware") or name  # a variant names its row (config.platform_row)
+            row = platform_row(config, name)
             p = platforms.get(row)
             if p is None:
                 what = f"unknown row {row!r} in hardware" if row != name else "unknown platform"

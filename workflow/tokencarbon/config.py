@@ -216,8 +216,9 @@ def platforms_to_measure(config: dict[str, Any]) -> list[str]:
 def platform_row(config: dict[str, Any], name: str) -> str:
     """The row of resources/platforms.csv that configured platform `name` is: its
     platforms.<name>.hardware where given (a variant of a card, e.g. h200-40gb, a memory-capped
-    H200 beside the whole one), else `name` itself."""
-    return config["platforms"][name].get("hardware") or name
+    H200 beside the whole one), else `name` itself. Takes a config before validation too (a
+    platform given as null, as `tokencarbon doctor` reads the YAML)."""
+    return (config["platforms"][name] or {}).get("hardware") or name
 
 
 def platform_spec(config: dict[str, Any], name: str):

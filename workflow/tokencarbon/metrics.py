@@ -693,8 +693,8 @@ def resolve_cell_platforms(
 ) -> dict[str, Platform]:
     """Each platform's row resolved for the device its cells ran on (CELLS' device_name).
 
-    rows: per platform named otherwise than its row of resources/platforms.csv, that row (config's
-    platforms.<name>.hardware: a capped variant of a card); others are their own row.
+    rows: per platform, its row of resources/platforms.csv (config.platform_row: the row a capped
+    variant names in platforms.<name>.hardware); a platform absent there is its own row.
     specs / measured: per platform name, config's platforms.<name>.spec (`measure` included) and
     measured peaks, as platforms.resolve_platform takes them. measurements: per platform, the
     record rule measure_platform wrote (tokencarbon.peak.read_measurement): its "measured" peaks
@@ -723,8 +723,9 @@ def resolve_cell_platforms(
                     "on the machine of the cells (delete that spec.json there), or give each "
                     "machine its own platform in config"
                 )
-            if (record.get("foreign_cpu_share", 0.0) > MAX_FOREIGN_CPU_SHARE
-                    or (record.get("cpu_steal_share") or 0.0) > MAX_CPU_STEAL_SHARE):  # fmt: skip
+            # null where not measured (a record written before steal was recorded: absent)
+            foreign, steal = (record.get(k) for k in ("foreign_cpu_share", "cpu_steal_share"))
+            if (foreign or 0.0) > MAX_FOREIGN_CPU_SHARE or (steal or 0.0) > MAX_CPU_STEAL_SHARE:
                 flags = (PEAKS_UNDER_LOAD_FLAG,)
         elif spec.get(MEASURE_KEY) and peaks is None:
             raise InputError(
