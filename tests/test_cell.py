@@ -55,7 +55,7 @@ class OneAtATimeEngine:
     arrival order, each waiting for its arrival, then run to completion by TorchEngine.run_batch
     (real tokens, real timings). Two steps per request: its prefill and its decode."""
 
-    def __init__(self, arch, model, run, device, max_num_seqs, options=None):
+    def __init__(self, arch, model, run, device, max_num_seqs, options=None, max_model_len=None):
         assert max_num_seqs == 1
         self.engine = TorchEngine(arch, model["dtype"], device, seed=model["seed"])
 
@@ -365,3 +365,75 @@ def test_continuous_cell_on_transformers_continuous_batching(tmp_path):
     assert len(tables.read(out / "steps.parquet", tables.STEPS)) == 0
     assert 1 <= meta["max_batch_requests"] <= 2
     assert meta["engine_description"]["backend"] == "transformers"
+
+
+def test_token_digest_by_hand():
+    import hashlib
+
+    from tokencarbon.cell import token_digest
+
+    # requests [1, 2] and [3]: "1,2;3"
+    assert token_digest([[1, 2], [3]]) == hashlib.sha256(b"1,2;3").hexdigest()
+    assert token_digest([[1], [2, 3]]) != token_digest([[1, 2], [3]])  # the split is part of it
+    assert token_digest(None) is None
+
+
+def test_cell_records_its_tokens_timeline_and_short_warmup(tmp_path):
+    # The digest is of the tokens the engine generated: the same requests run directly on a
+    # TorchEngine of the same seed give the same digest (each batch of 2 in workload order).
+    from tokencarbon.cell import token_digest
+    from tokencarbon.models import load_architecture
+
+    work = workload(4)
+    _, meta, _ = cell(tmp_path / "a", work=work, batch_size=2)
+    engine = TorchEngine(load_architecture("tiny-llama"), "float32", "cpu", seed=0)
+    direct = []
+    for i in (0, 2):
+        rows = work.iloc[i : i + 2]
+        r = engine.run_batch([list(p) for p in rows["prompt_token_ids"]],
+                             [int(n) for n in rows["output_tokens"]])  # fmt: skip
+        direct += list(r.token_ids)
+    assert meta["token_digests"] == [token_digest(direct)]
+    # A warm-up of 8 tokens per request, or none, leaves the measured tokens as they were.
+    assert meta["warmup"] == {"passes": 1, "output_tokens": 8}
+    _, cold, _ = cell(tmp_path / "b", work=work, batch_size=2, run=RUN | {"warmup_batches": 0})
+    assert cold["token_digests"] == meta["token_digests"]
+    # The timeline: phases in order, consecutive, and fixed = all but measured and idle.
+    timeline = meta["timeline"]
+    names = [p["phase"] for p in timeline["phases"]]
+    assert names[-3:] == ["sidecar_stop", "finish", "write"] or names[-2:] == ["finish", "write"]
+    expected = ["checks", "lease", "hardware_check", "sidecar_start", "engine_build", "warmup",
+                "idle_window", "measured", "sidecar_stop", "finish"]  # fmt: skip
+    assert [n for n in names if n in expected] == expected
+    for before, after in zip(timeline["phases"], timeline["phases"][1:]):
+        assert before["end_wall_ns"] <= after["start_wall_ns"]
+    total = sum(p["seconds"] for p in timeline["phases"])
+    assert timeline["fixed_s"] == pytest.approx(total - timeline["measured_s"] - timeline["idle_s"])
+    assert timeline["idle_s"] >= PLATFORM["idle_s"]  # the idle window slept idle_s
+    assert meta["compile_cache"] is None  # no cache_root outside the workflow
+
+
+def test_shared_idle_window_is_reused_and_stated(tmp_path):
+    # power.idle_share_s > 0: the second cell on the same CPUs reuses the first's idle window.
+    platform = PLATFORM | {"idle_share_s": 600.0}
+    root = tmp_path / "cache"
+    out1, first, _ = cell(tmp_path / "a", work=workload(2), batch_size=2, platform=platform,
+                          cache_root=root)  # fmt: skip
+    out2, second, _ = cell(tmp_path / "b", work=workload(2), batch_size=2, platform=platform,
+                           cache_root=root)  # fmt: skip
+    assert first["idle_window"]["shared"] is False and first["idle_shared"] is False
+    assert second["idle_shared"] is True
+    assert second["idle_window"]["from_cell"] == "cpu/tiny-llama/bs2"
+    assert 0 <= second["idle_window"]["age_s"] < 600
+    idle1 = tables.read(out1 / "power.parquet", tables.POWER).query("phase == 'idle'")
+    idle2 = tables.read(out2 / "power.parquet", tables.POWER).query("phase == 'idle'")
+    assert idle2["t_wall_ns"].tolist() == idle1["t_wall_ns"].tolist()
+    assert second["idle_power_w"] == first["idle_power_w"]
+    # the reused window lies before the second cell's own run samples
+    run2 = tables.read(out2 / "power.parquet", tables.POWER).query("phase == 'run'")
+    assert idle2["t_wall_ns"].max() < run2["t_wall_ns"].min()
+    # the timeline shows no idle sleep in the second cell
+    assert second["timeline"]["idle_s"] < PLATFORM["idle_s"]
+    # sharing needs the study's cache folder
+    with pytest.raises(ConfigError, match="idle_share_s"):
+        cell(tmp_path / "c", work=workload(2), batch_size=2, platform=platform)

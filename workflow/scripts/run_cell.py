@@ -1,6 +1,11 @@
 """Adapter for rule run_cell (workflow/rules/inference.smk)."""
 
+import time
+
+script_start_wall_ns = time.time_ns()  # the cell's timeline: Python and Snakemake's preamble end
+
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
@@ -30,4 +35,8 @@ run_cell(
     out_meta=snakemake.output.meta,
     out_requests=getattr(snakemake.output, "requests", None),
     out_steps=getattr(snakemake.output, "steps", None),
+    # results/cells/<platform>/<model>/<cell>/meta.json -> results/.cache: compilation caches and
+    # shared idle windows survive between the study's jobs
+    cache_root=Path(snakemake.output.meta).parents[4] / ".cache",
+    script_start_wall_ns=script_start_wall_ns,
 )

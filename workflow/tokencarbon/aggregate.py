@@ -34,6 +34,8 @@ _ADDED_LATER = {
     "quantization": "none",
     "quant_group_size": None,
     "quant_library": "",
+    # shared idle windows (issue 19): every earlier cell sampled its own
+    "idle_shared": False,
 }
 # ... and one read from the cell's own batches.parquet: its largest batch.
 _FROM_BATCHES = "max_batch_requests"

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,9 +27,11 @@ from typing import Any
 
 import pandas as pd
 
-from tokencarbon import tables
+from tokencarbon import idle_share, tables
 from tokencarbon.arrivals import arrival_times_s
 from tokencarbon.backends import Request, ServingResult
+from tokencarbon.compile_cache import configure as configure_compile_cache
+from tokencarbon.energy import idle_power
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect, software_versions
@@ -37,6 +39,7 @@ from tokencarbon.lease import CELL_LEASE_TIMEOUT_S, cell_leases
 from tokencarbon.models import resolve_architecture
 from tokencarbon.quantization import of_model
 from tokencarbon.quantization import record as quantization_record
+from tokencarbon.timeline import Timeline
 
 STATIC, CONTINUOUS = "static", "continuous"
 # Progress on the console: a line when a repeat starts and ends, and at most one per this many
@@ -275,11 +278,18 @@ def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len,
 
 
 def default_serving_engine(
-    arch, model: dict, run: dict, device: str, max_num_seqs: int, options: dict | None = None
+    arch,
+    model: dict,
+    run: dict,
+    device: str,
+    max_num_seqs: int,
+    options: dict | None = None,
+    max_model_len: int | None = None,
 ):
     """The continuous-batching engine of run["backend"]: torch's TorchServingEngine
-    (tokencarbon.backends.serving) or transformers' (TransformersEngine with max_num_seqs, its
-    ContinuousBatchingManager) with the engine stage's options."""
+    (tokencarbon.backends.serving; max_model_len: prompt + output tokens of the cell's longest
+    request, so its cache is sized once, before the warm-up) or transformers' (TransformersEngine
+    with max_num_seqs, its ContinuousBatchingManager) with the engine stage's options."""
     if run["backend"] == "transformers":
         from tokencarbon.backends.transformers_backend import engine_for_cell
 
@@ -298,6 +308,7 @@ def default_serving_engine(
         seed=model["seed"],
         checkpoint=model["checkpoint"],
         max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
         cuda_graphs=run["cuda_graphs"],
         quantization=of_model(model),
     )
@@ -321,6 +332,8 @@ def run_cell(
     lease_timeout_s: float = CELL_LEASE_TIMEOUT_S,
     serving_engine: Callable[..., Any] = default_serving_engine,
     progress: Progress | None = None,
+    cache_root: str | Path | None = None,
+    script_start_wall_ns: int | None = None,
 ) -> dict[str, Any]:
     """Measure one cell and write its files; returns what meta.json holds.
 
@@ -330,13 +343,18 @@ def run_cell(
     the engine stage's manifest (the tensorrt_llm backend runs the engine it names; the torch
     backend builds its engine from `model`, the manifest being the same recipe). serving_engine(
     arch, model, run, device, max_num_seqs) makes the ServingEngine of a continuous cell.
-    lock_dir, lease_timeout_s: the device lease (tokencarbon.lease.cell_leases).
+    lock_dir, lease_timeout_s: the device lease (tokencarbon.lease.cell_leases). cache_root: the
+    study's cache folder (results/.cache: compilation caches, tokencarbon.compile_cache; shared
+    idle windows, tokencarbon.idle_share); None leaves torch's caches as they are and needs
+    platform["idle_share_s"] to be 0. script_start_wall_ns: when the job's script began, for the
+    timeline meta.json records (tokencarbon.timeline).
 
     Raises ConfigError or InputError before any device work for bad settings or workloads,
     HardwareMismatchError for the wrong hardware, LeaseTimeoutError when the devices stay taken.
     """
+    timeline = Timeline(script_start_wall_ns)
     from tokencarbon.backends import tensorrt_llm as trtllm_backend
-    from tokencarbon.power.sidecar import PowerSidecar, measure_idle, parts_dir, read_samples
+    from tokencarbon.power.sidecar import PowerSidecar
 
     settings = serving_settings(serving, batch_size)
     continuous = settings["mode"] == CONTINUOUS
@@ -399,59 +417,75 @@ def run_cell(
         trtllm_backend.require_tensorrt_llm()
     requests = build_requests(workload, settings) if continuous else []
     batches = [] if continuous else group_batches(workload, batch_size)
+    # The longest request (prompt + output) sizes the engines' caches up front, so the warm-up
+    # allocates and captures what the measured work uses.
+    longest = int((workload["prompt_token_ids"].map(len) + workload["output_tokens"]).max())
+    share_s = float(platform.get("idle_share_s", 0.0))
+    if share_s > 0 and cache_root is None:
+        raise ConfigError(
+            f"power.idle_share_s: {share_s} shares idle windows through the study's cache folder; "
+            "pass cache_root (the workflow passes results/.cache), or set it to 0"
+        )
+    timeline.since_last("checks")
 
     with contextlib.ExitStack() as stack:
-        lease = stack.enter_context(
-            cell_leases(platform, cell=cell, lock_dir=lock_dir, timeout_s=lease_timeout_s, log=say)
-        )
-        hardware = detect(platform["kind"])
-        check_platform(platform, hardware)
+        with timeline.phase("lease"):
+            lease = stack.enter_context(
+                cell_leases(platform, cell=cell, lock_dir=lock_dir, timeout_s=lease_timeout_s, log=say)
+            )
+        with timeline.phase("hardware_check"):
+            hardware = detect(platform["kind"])
+            check_platform(platform, hardware)
+            compile_cache = (
+                None if cache_root is None
+                else configure_compile_cache(Path(cache_root) / "compile", hardware["device_name"])
+            )  # fmt: skip
         device = "cpu" if platform["kind"] == "cpu" else "cuda"
-        if device == "cpu":
-            import torch
-
-            stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(len(lease["cpus"]))
-        options = backend_options(run, engine_manifest)
-        if continuous:
-            engine = serving_engine(arch, model, run, device, batch_size, options=options)
-            warm_set = [dataclasses.replace(r, arrival_s=0.0) for r in requests[:batch_size]]
-
-            def warm_up() -> None:
-                engine.serve(warm_set)
-        else:
-            longest = int((workload["prompt_token_ids"].map(len) + workload["output_tokens"]).max())
-            engine = _static_engine(arch, model, run, device, trt_engine, options, longest, stack)
-
-            def run_one(batch: pd.DataFrame):
-                return engine.run_batch(
-                    [list(ids) for ids in batch["prompt_token_ids"]],
-                    [int(n) for n in batch["output_tokens"]],
-                )
-
-            def warm_up() -> None:
-                run_one(batches[0])
-
-        if hasattr(engine, "close"):  # transformers' manager thread stops, also on failure
-            stack.callback(engine.close)
-        for _ in range(run["warmup_batches"]):
-            warm_up()
-
         source = power_source_spec(platform)
         interval_s = platform["power_interval_s"]
-        idle_samples, idle_power_w = measure_idle(source, platform["idle_s"], interval_s)
+        with timeline.phase("sidecar_start"):
+            # One sidecar for the idle and the run windows, started now so that its start-up (a
+            # Python process importing pyarrow and opening NVML) overlaps the engine's build. It
+            # samples the cell's process tree (modeled CPU) or the cell's GPU (NVML).
+            sidecar = PowerSidecar(
+                source, Path(out_power).with_name(".power.parquet"), interval_s,
+                target_pid=os.getpid(),
+            )  # fmt: skip
+            sidecar.launch()
+            stack.callback(sidecar.kill)  # a cell failing part-way leaves no sampler behind
+        with timeline.phase("engine_build"):
+            if device == "cpu":
+                import torch
 
-        power_path = Path(out_power)
-        run_samples_path = power_path.with_name(".run_power.parquet")
+                stack.callback(torch.set_num_threads, torch.get_num_threads())
+                torch.set_num_threads(len(lease["cpus"]))
+            options = backend_options(run, engine_manifest)
+            if continuous:
+                engine = serving_engine(
+                    arch, model, run, device, batch_size, options=options, max_model_len=longest
+                )
+            else:
+                engine = _static_engine(arch, model, run, device, trt_engine, options, longest, stack)
+            if hasattr(engine, "close"):  # transformers' manager thread stops, also on failure
+                stack.callback(engine.close)
+        with timeline.phase("warmup"):
+            warmup = warm_up(engine, run, requests, batches, batch_size)
+
+        with timeline.phase("idle_window"):
+            device_key = idle_share.device_key(platform["name"], lease)
+            shared = idle_share.lookup(cache_root, device_key, share_s) if share_s > 0 else None
+            if shared is None:
+                sidecar.begin("idle")
+                time.sleep(platform["idle_s"])
+
         batch_rows, request_rows, step_rows = [], [], []
+        generated: list[list] = []  # per repeat: the token ids of each request, in workload order
         most_at_once = 0
         state_start = _device_state(platform, lease)
         watch = _watch(platform, lease)
         watch.start()
-        # The sidecar samples this process's CPU use (modeled) or the cell's GPU (NVML).
-        with PowerSidecar(
-            source, run_samples_path, interval_s, phase="run", target_pid=os.getpid()
-        ):
+        with timeline.phase("measured"):
+            sidecar.begin("run")
             for repeat in range(repeats):
                 label = f"repeat {repeat + 1}/{repeats}"
                 start = time.monotonic()
@@ -468,11 +502,14 @@ def run_cell(
                     ]
                     most_at_once = max(most_at_once, max_concurrent_requests(result))
                     tokens = sum(r.output_tokens for r in result.requests)
+                    ids = result.token_ids
+                    generated.append(None if ids is None else [ids[r.request_id] for r in requests])
                 else:
                     say(f"{label}: {len(batches)} batches of up to {batch_size}")
                     tokens = 0
+                    generated.append([])
                     for i, batch in enumerate(batches):
-                        r = run_one(batch)
+                        r = run_static_batch(engine, batch)
                         batch_rows.append(
                             {
                                 "repeat": repeat,
@@ -484,15 +521,29 @@ def run_cell(
                         )
                         most_at_once = max(most_at_once, r.n_requests)
                         tokens += r.output_tokens
+                        if generated[-1] is not None and getattr(r, "token_ids", None):
+                            generated[-1] += list(r.token_ids)
+                        else:
+                            generated[-1] = None
                         say(f"{label}: batch {i + 1}/{len(batches)}", force=False)
                 elapsed_s = time.monotonic() - start
                 say(f"{label} done: {tokens} output tokens in {elapsed_s:.1f} s "
                     f"({tokens / elapsed_s:.1f} tok/s)")  # fmt: skip
-        foreign = watch.stop()
-        state_end = _device_state(platform, lease)
-        run_samples = read_samples(run_samples_path)
-        run_samples_path.unlink()
-        shutil.rmtree(parts_dir(run_samples_path), ignore_errors=True)
+        with timeline.phase("sidecar_stop"):
+            sidecar.stop()
+            samples = sidecar.collect()
+        with timeline.phase("finish"):
+            foreign = watch.stop()
+            state_end = _device_state(platform, lease)
+            if shared is None:
+                idle_samples = samples[samples["phase"] == "idle"]
+                if share_s > 0:
+                    idle_share.store(cache_root, device_key, idle_samples, cell)
+            else:
+                idle_samples = shared[0]
+            run_samples = samples[samples["phase"] == "run"]
+            idle_power_w, _ = idle_power(idle_samples, where=f"{cell} idle window")
+            versions = software_versions()
 
         foreign_cpu_share = foreign.get("foreign_cpu_share", math.nan)
         cpu_steal_share = foreign.get("cpu_steal_share", math.nan)
@@ -506,14 +557,14 @@ def run_cell(
         if cpu_steal_share > FOREIGN_NOTE_SHARE:
             say(f"the hypervisor gave this cell's CPUs to other guests for a share of "
                 f"{cpu_steal_share:.3f} of its window (steal time): its timings include that")  # fmt: skip
-        versions = software_versions()
-        if continuous:
-            tables.write(pd.DataFrame(request_rows, columns=tables.REQUESTS.names), out_requests, tables.REQUESTS)
-            tables.write(pd.DataFrame(step_rows, columns=tables.STEPS.names), out_steps, tables.STEPS)
-        tables.write(pd.DataFrame(batch_rows), out_batches, tables.BATCHES)
-        tables.write(
-            pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER
-        )
+        with timeline.phase("write"):
+            if continuous:
+                tables.write(pd.DataFrame(request_rows, columns=tables.REQUESTS.names), out_requests, tables.REQUESTS)
+                tables.write(pd.DataFrame(step_rows, columns=tables.STEPS.names), out_steps, tables.STEPS)
+            tables.write(pd.DataFrame(batch_rows), out_batches, tables.BATCHES)
+            tables.write(
+                pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER
+            )
         meta = {
             "platform": platform["name"],
             "model": model["name"],
@@ -538,9 +589,14 @@ def run_cell(
             "repeats": repeats,
             "max_batch_requests": most_at_once,
             "warmup_batches": run["warmup_batches"],
+            # what the warm-up ran: passes and output tokens per request (None: whole outputs)
+            "warmup": warmup,
             "window_start_wall_ns": batch_rows[0]["start_wall_ns"],
             "window_end_wall_ns": batch_rows[-1]["end_wall_ns"],
             "idle_power_w": idle_power_w,
+            "idle_shared": shared is not None,
+            # own or shared idle window (power.idle_share_s; tokencarbon.idle_share)
+            "idle_window": idle_share.describe(shared and shared[1], platform["idle_s"], share_s),
             "power_source": source["kind"],
             "power_interval_s": interval_s,
             "peak_memory_bytes": float(engine.peak_memory_bytes()),
@@ -559,10 +615,80 @@ def run_cell(
             "config": {"model": model, "platform": platform, "run": run, "serving": settings},
             "seeds": {"weights": model["seed"], "arrivals": settings["seed"]},
             "n_power_samples": {"idle": len(idle_samples), "run": len(run_samples)},
+            # per repeat, a digest of the tokens generated (None where the engine does not return
+            # them): equal digests, equal outputs (token_digest)
+            "token_digests": [token_digest(g) for g in generated],
+            # the compilation cache this cell used (tokencarbon.compile_cache)
+            "compile_cache": compile_cache,
+            # where the job's time went, phase by phase (tokencarbon.timeline)
+            "timeline": timeline.record(),
             "finished_wall_ns": time.time_ns(),
         }
         write_json(out_meta, meta)
         return meta
+
+
+# Output tokens per request in the warm-up of the engines that reach their steady kernels within
+# a few steps (the torch engines): the prefill and 7 decode steps, with the cache sized and the
+# decode graphs captured (3 more eager steps each) for the measured work's full lengths. Running
+# whole outputs warmed nothing more and cost up to a whole batch of decode (issue 19: up to 22 s
+# of a cell on an H100).
+WARMUP_OUTPUT_TOKENS = 8
+
+
+def token_digest(token_ids: Sequence[Sequence[int]] | None) -> str | None:
+    """SHA-256 (hex) of the generated tokens of a repeat, request by request in workload order:
+    each request's ids as decimal text joined by ',', requests joined by ';' (None: the engine
+    returned no token ids). Two runs that generated the same tokens have the same digest."""
+    if token_ids is None:
+        return None
+    text = ";".join(",".join(str(int(t)) for t in ids) for ids in token_ids)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def run_static_batch(engine, batch: pd.DataFrame):
+    """One static batch of the workload (its rows' prompts and output lengths) on `engine`."""
+    return engine.run_batch(
+        [list(ids) for ids in batch["prompt_token_ids"]],
+        [int(n) for n in batch["output_tokens"]],
+    )
+
+
+def warm_up(engine, run: dict[str, Any], requests: Sequence[Request],
+            batches: Sequence[pd.DataFrame], batch_size: int) -> dict[str, Any]:  # fmt: skip
+    """Run run["warmup_batches"] warm-up passes before the idle and measured windows; return what
+    meta.json records: {"passes", "output_tokens" (per request; None: whole outputs)}.
+
+    Continuous: the first min(max_num_seqs, n) requests, all at t=0; static: the first batch. The
+    torch engines (TorchEngine, TorchServingEngine) run each request's first WARMUP_OUTPUT_TOKENS
+    tokens, with the cache sized for the full lengths (the static engine's reserve_output_len; the
+    serving engine's max_model_len, set at construction) so every graph the measured work replays
+    is captured here; other engines (transformers, TensorRT-LLM) run the whole outputs."""
+    from tokencarbon.backends.static import TorchEngine
+
+    passes = int(run["warmup_batches"])
+    short = isinstance(engine, TorchEngine) or type(engine).__name__ == "TorchServingEngine"
+    cap = WARMUP_OUTPUT_TOKENS if short else None
+    for _ in range(passes):
+        if requests:
+            warm_set = [
+                dataclasses.replace(
+                    r, arrival_s=0.0, output_len=r.output_len if cap is None else min(cap, r.output_len)
+                )
+                for r in requests[:batch_size]
+            ]
+            engine.serve(warm_set)
+        elif short:
+            first = batches[0]
+            outputs = [int(n) for n in first["output_tokens"]]
+            engine.run_batch(
+                [list(ids) for ids in first["prompt_token_ids"]],
+                [min(cap, n) for n in outputs],
+                reserve_output_len=max(outputs),
+            )
+        else:
+            run_static_batch(engine, batches[0])
+    return {"passes": passes, "output_tokens": cap}
 
 
 def _window_row(repeat: int, result: ServingResult, requests: Sequence[Request]) -> dict[str, Any]:

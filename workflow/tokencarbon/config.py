@@ -705,13 +705,17 @@ def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
     interval = config["power"]["interval_s"]
     if interval is None:
         interval = 0.1 if spec.kind == "cpu" else 0.05
-    return {
+    out = {
         **probe_platform_slice(platform, config),
         "logical_cpus": spec.logical_cpus,
         "tdp_w": float(spec.tdp_w),
         "power_interval_s": float(interval),
         "idle_s": float(config["power"]["idle_s"]),
     }
+    # only where set, so cells measured before the key existed keep their params
+    if config["power"].get("idle_share_s", 0):
+        out["idle_share_s"] = float(config["power"]["idle_share_s"])
+    return out
 
 
 def run_slice(config: dict[str, Any]) -> dict[str, Any]:

@@ -478,6 +478,7 @@ def write_cell(
             "foreign_cpu_share": None,  # not measured: the log holds only the device's power
             "cpu_steal_share": None,
             "foreign_gpu_processes": -1,
+            "idle_shared": False,  # no idle window: the log is the device's power only
             "git_commit": git_commit(),
             "imported": {
                 "power_log": str(Path(log.path).resolve()),

@@ -57,6 +57,9 @@ FOREIGN_GPU_FLAG = "foreign_gpu_processes"
 # cpu_steal_share, steal time / (window x pinned CPUs)) for more than the same share of the window.
 MAX_CPU_STEAL_SHARE = 0.05
 CPU_STEAL_FLAG = "cpu_steal"
+# The cell's idle window was an earlier cell's on the same device (power.idle_share_s): its idle
+# power is that window's, not sampled after this cell's own warm-up (tokencarbon.idle_share).
+IDLE_SHARED_FLAG = "idle_shared"
 # QA flag of every cell of a platform whose measured peaks (rule measure_platform) were measured
 # while other processes used more than MAX_FOREIGN_CPU_SHARE of its CPUs: the peaks are low, so
 # MFU and MBU read high.
@@ -416,7 +419,9 @@ def _idle(cell: Mapping[str, Any], power: pd.DataFrame, where: str) -> tuple[flo
     if len(idle) < 2:
         return float(cell["idle_power_w"]), ["idle_power_from_meta"]
     idle_power_w, record = idle_power(idle, where=f"{where} (phase idle)")
-    return idle_power_w, [f"idle_{f}" for f in record.qa_flags]
+    value = cell.get("idle_shared", False)  # missing (NA) in tables of older cells: not shared
+    shared = [IDLE_SHARED_FLAG] if value is not None and not pd.isna(value) and bool(value) else []
+    return idle_power_w, [f"idle_{f}" for f in record.qa_flags] + shared
 
 
 def foreign_use_flags(cell: Mapping[str, Any]) -> list[str]:

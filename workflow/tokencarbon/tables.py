@@ -125,6 +125,7 @@ CELLS = pa.schema(
         ("window_start_wall_ns", pa.int64()),  # first measured batch's start
         ("window_end_wall_ns", pa.int64()),  # last measured batch's end
         ("idle_power_w", pa.float64()),  # mean power over the idle samples before the cell
+        ("idle_shared", pa.bool_()),  # idle window reused from an earlier cell (power.idle_share_s)
         ("power_source", pa.string()),
         ("power_interval_s", pa.float64()),
         ("peak_memory_bytes", pa.float64()),  # device peak allocated (CUDA) or process RSS peak (CPU)

@@ -146,13 +146,21 @@ def rope_inv_freq(arch: Architecture, device: torch.device | str = "cpu") -> Ten
     return torch.where(medium, smoothed, scaled)
 
 
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    """An nn.Embedding whose weight is left uninitialised (build_model draws or loads every weight
+    afterwards). Passing the weight skips Embedding's own normal_ init, which on the meta device
+    runs through torch's Python reference kernels and imports torch._dynamo: about 1 s of every
+    cell's start on a CPU (measured with -X importtime), for values that are overwritten anyway."""
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+
+
 class Decoder(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
         self.arch = arch
-        self.embed = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.embed = _embedding(arch.vocab_size, arch.hidden_size)
         self.pos_embed = (
-            nn.Embedding(arch.max_positions, arch.hidden_size) if arch.family == "gpt2" else None
+            _embedding(arch.max_positions, arch.hidden_size) if arch.family == "gpt2" else None
         )
         self.layers = nn.ModuleList(Block(arch) for _ in range(arch.num_layers))
         self.norm = Norm(arch)

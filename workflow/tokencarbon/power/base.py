@@ -30,7 +30,12 @@ class PowerSample:
     throttle_reasons: int = -1
 
 
-def samples_table(samples: list[PowerSample], phase: str) -> pa.Table:
-    """The POWER table of these samples, every row tagged with `phase` ("idle" or "run")."""
-    rows = [dataclasses.asdict(s) | {"phase": phase} for s in samples]
+def samples_table(samples: list[PowerSample], phase: str | list[str]) -> pa.Table:
+    """The POWER table of these samples, every row tagged with `phase` ("idle" or "run"), or row i
+    with phase[i] when a list of the samples' length is given. Raises ValueError for a list of
+    another length."""
+    phases = [phase] * len(samples) if isinstance(phase, str) else list(phase)
+    if len(phases) != len(samples):
+        raise ValueError(f"samples_table: {len(samples)} samples but {len(phases)} phases")
+    rows = [dataclasses.asdict(s) | {"phase": p} for s, p in zip(samples, phases)]
     return pa.Table.from_pylist(rows, schema=POWER)

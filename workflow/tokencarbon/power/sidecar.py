@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import select
 import shutil
 import subprocess
@@ -54,6 +55,14 @@ class PowerSidecar:
     any window between the two is bracketed by samples. interval_s defaults per source kind
     (DEFAULT_INTERVAL_S); target_pid (default: the caller) is the process tree a modeled_cpu
     source measures.
+
+    One process can also sample several phases of a cell, its start paid while the caller does
+    other work: launch() starts the process without waiting (it imports and opens its source in
+    the background, then polls the source without keeping the samples: standby); begin("idle")
+    waits until it is ready and starts keeping samples tagged "idle" (the first taken before
+    begin() returns); begin("run") closes the idle phase with a last idle sample and opens the run
+    phase with a first run sample; stop() closes the last phase. collect() then returns every kept
+    sample (both phases) and removes the sidecar's files.
     """
 
     def __init__(
@@ -80,6 +89,8 @@ class PowerSidecar:
         self.target_pid = os.getpid() if target_pid is None else target_pid
         self.flush_s = flush_s
         self._proc: subprocess.Popen | None = None
+        self._ready = False
+        self._phase: str | None = None  # the phase being kept, None in standby
 
     @property
     def pid(self) -> int:
@@ -88,7 +99,8 @@ class PowerSidecar:
             raise TokencarbonError("power sidecar is not started")
         return self._proc.pid
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start the sidecar process in standby and return at once (no sample kept yet)."""
         if self._proc is not None:
             raise TokencarbonError(f"power sidecar for {self.out_path} is already started")
         # A previous run's output or parts must never be merged with, or mistaken for, this run's.
@@ -107,27 +119,73 @@ class PowerSidecar:
             "--out", str(self.out_path),
             "--interval-s", repr(self.interval_s),
             "--flush-s", repr(self.flush_s),
-            "--phase", self.phase,
             "--target-pid", str(self.target_pid),
         ]  # fmt: skip
         # stderr is inherited, so the child's tracebacks land in the rule's log.
         self._proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
         )
-        self._message(_START_TIMEOUT_S, "start")
+        self._ready, self._phase = False, None
+
+    def begin(self, phase: str) -> None:
+        """Keep samples tagged `phase` from now on ("idle" or "run"): closes the phase being kept
+        with a last sample of it, takes the new phase's first sample, then returns. Launches the
+        process first if launch() was not called. Raises ConfigError for an unknown phase,
+        TokencarbonError (or the child's own error class) when the sidecar failed."""
+        if phase not in PHASES:
+            raise ConfigError(f"power sidecar: phase={phase!r}; expected one of {PHASES}")
+        if self._proc is None:
+            self.launch()
+        if not self._ready:
+            self._message(_START_TIMEOUT_S, "start")
+            self._ready = True
+        try:
+            self._proc.stdin.write(f"begin {phase}\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died; _message reports how
+        self._message(_START_TIMEOUT_S, f"begin {phase}")
+        self._phase = phase
+
+    def start(self) -> None:
+        """launch() and begin(self.phase): sampling, the first sample taken, when it returns."""
+        self.launch()
+        self.begin(self.phase)
 
     def stop(self) -> int:
         """Take a last sample, merge the parts into out_path; return the number of samples."""
         if self._proc is None:
             raise TokencarbonError(f"power sidecar for {self.out_path} is not running")
         try:
+            if not self._ready:  # stopped in standby: it still reports, once ready
+                self._message(_START_TIMEOUT_S, "start")
             self._proc.stdin.close()  # the child's signal to stop
         except BrokenPipeError:
             pass  # it died already; _message reports how
-        n_samples = self._message(_STOP_TIMEOUT_S, "stop")["n_samples"]
-        self._proc.wait()
-        self._proc = None
+        try:
+            n_samples = self._message(_STOP_TIMEOUT_S, "stop")["n_samples"]
+            self._proc.wait()
+        finally:
+            self._proc, self._phase = None, None
         return n_samples
+
+    def collect(self) -> pd.DataFrame:
+        """After stop(): every sample kept (POWER rows, phases as tagged), and the sidecar's
+        files removed. Raises InputError when there is nothing to read."""
+        if self._proc is not None:
+            raise TokencarbonError(f"power sidecar for {self.out_path}: stop() before collect()")
+        samples = read_samples(self.out_path) if self.out_path.exists() else _empty_samples()
+        self.out_path.unlink(missing_ok=True)
+        shutil.rmtree(parts_dir(self.out_path), ignore_errors=True)
+        return samples
+
+    def kill(self) -> None:
+        """End the process now, keeping nothing more (its parts stay readable with
+        read_samples(out_path, allow_partial=True)); for a caller that fails part-way."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
 
     def _message(self, timeout_s: float, when: str) -> dict:
         """The child's next protocol line; raise the child's own error class if it reports one."""
@@ -155,6 +213,10 @@ class PowerSidecar:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _empty_samples() -> pd.DataFrame:
+    return POWER.empty_table().to_pandas()
 
 
 def read_samples(out_path: str | Path, allow_partial: bool = False) -> pd.DataFrame:
@@ -193,9 +255,9 @@ def measure_idle(
     return samples, record.energy_j / record.window_s
 
 
-def _write_part(samples: list, phase: str, parts: Path, index: int) -> None:
+def _write_part(samples: list, phases: list[str], parts: Path, index: int) -> None:
     tmp = parts / f"part-{index:06d}.parquet.tmp"
-    pq.write_table(samples_table(samples, phase), tmp)
+    pq.write_table(samples_table(samples, phases), tmp)
     tmp.replace(parts / f"part-{index:06d}.parquet")  # a part is whole or absent
 
 
@@ -204,44 +266,85 @@ def _sample(
     out_path: Path,
     interval_s: float,
     flush_s: float,
-    phase: str,
     target_pid: int,
     say: Callable[[dict], None],
 ) -> int:
-    """The child's loop: sample on an absolute schedule until stopped; return the sample count."""
+    """The child's loop: standby until the first "begin <phase>" line on stdin, then sample on an
+    absolute schedule, each sample tagged with the phase begun last, until stdin closes; return
+    the number of samples kept."""
     source = open_source(spec, target_pid)
-    stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    opened = time.monotonic()
+    commands: queue.SimpleQueue[str] = queue.SimpleQueue()
+    wake, stopped = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        for line in sys.stdin:
+            commands.put(line.strip())
+            wake.set()
+        stopped.set()
+        wake.set()
+
+    threading.Thread(target=listen, daemon=True).start()
     parts = parts_dir(out_path)
     parts.mkdir(parents=True, exist_ok=True)
+    say({"ready": True})
+
+    phase: str | None = None  # None: standby, polling without keeping
+    samples: list = []
+    phases: list[str] = []
+    n_samples, n_parts, last_flush = 0, 0, time.monotonic()
+
+    def keep(tag: str) -> None:
+        nonlocal n_samples
+        samples.append(source.read())
+        phases.append(tag)
+        n_samples += 1
 
     # Slots at t0 + k * interval on the monotonic clock: the cost of a poll never accumulates as
     # drift, and a slot missed while starved is skipped, not made up in a burst.
-    t0 = time.monotonic() + interval_s  # one interval in, so a modeled first sample spans one
-    stop.wait(interval_s)
-    buffer = [source.read()]
-    say({"ready": True})
-    n_samples, n_parts, last_flush = 1, 0, time.monotonic()
+    t0 = time.monotonic()
     while True:
         now = time.monotonic()
         next_slot = t0 + interval_s * math.floor((now - t0) / interval_s + 1)
-        if stop.wait(next_slot - now):
+        wake.wait(max(0.0, next_slot - now))
+        wake.clear()
+        began = not commands.empty()
+        while not commands.empty():
+            command = commands.get()
+            verb, _, tag = command.partition(" ")
+            if verb != "begin" or tag not in PHASES:
+                raise ConfigError(f"power sidecar: command {command!r}; expected 'begin <phase>'")
+            # A modeled first sample spans at least one interval since the source opened.
+            time.sleep(max(0.0, opened + interval_s - time.monotonic()))
+            if phase is not None:
+                keep(phase)  # closes the phase being kept
+            phase = tag
+            keep(phase)  # opens the new one
+            t0 = time.monotonic()
+            say({"began": phase})
+        if stopped.is_set():
             break
-        buffer.append(source.read())
-        n_samples += 1
-        if time.monotonic() - last_flush >= flush_s:
-            _write_part(buffer, phase, parts, n_parts)
-            buffer, n_parts, last_flush = [], n_parts + 1, time.monotonic()
-    buffer.append(source.read())  # brackets the end of the caller's last window
-    _write_part(buffer, phase, parts, n_parts)
+        if not began and time.monotonic() >= next_slot:
+            if phase is None:
+                source.read()  # standby: keeps a modeled source's utilisation span short
+            else:
+                keep(phase)
+        if samples and time.monotonic() - last_flush >= flush_s:
+            _write_part(samples, phases, parts, n_parts)
+            samples, phases, n_parts, last_flush = [], [], n_parts + 1, time.monotonic()
+    if phase is not None:
+        keep(phase)  # brackets the end of the caller's last window
+    if samples:
+        _write_part(samples, phases, parts, n_parts)
     source.close()
 
     tables = [pq.read_table(p, schema=POWER) for p in sorted(parts.glob("part-*.parquet"))]
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    pq.write_table(pa.concat_tables(tables), tmp)
-    tmp.replace(out_path)
+    if tables:
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        pq.write_table(pa.concat_tables(tables), tmp)
+        tmp.replace(out_path)
     shutil.rmtree(parts)
-    return n_samples + 1
+    return n_samples
 
 
 def main() -> int:
@@ -250,7 +353,6 @@ def main() -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--interval-s", required=True, type=float)
     parser.add_argument("--flush-s", required=True, type=float)
-    parser.add_argument("--phase", required=True, choices=PHASES)
     parser.add_argument("--target-pid", required=True, type=int)
     a = parser.parse_args()
     # The protocol keeps the real stdout; whatever a library prints goes to stderr, the log.
@@ -264,7 +366,7 @@ def main() -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), protocol.fileno())
 
     try:
-        n_samples = _sample(a.spec, a.out, a.interval_s, a.flush_s, a.phase, a.target_pid, say)
+        n_samples = _sample(a.spec, a.out, a.interval_s, a.flush_s, a.target_pid, say)
     except TokencarbonError as exc:
         say({"error": type(exc).__name__, "message": str(exc)})
         return 1
