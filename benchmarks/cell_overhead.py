@@ -5,9 +5,10 @@ process start to its exit, against its measured windows.
         --label after --targets results/cells/cpu/tiny-llama/bs4/meta.json \
                                 results/cells/cpu/tiny-llama/cb4/meta.json
 
-For each target the script first runs Snakemake once to make what the cell needs (workload,
-engine manifest; timed as "setup"), then forces the target's own job `--passes` times (each
-pass re-runs only that cell, `snakemake --force <target>`). Before a "cold" pass the study's
+For each target the script first runs Snakemake once to make what the cells need and not the cells
+(`--omit-from` the cell rules: dataset, workload, engine manifest; timed as "setup"; --setup-from
+copies those results from another checkout instead, so a before/after pair shares one workload),
+then runs the target's own job `--passes` times (`snakemake --force <target>`: only that cell). Before a "cold" pass the study's
 compilation cache (results/.cache/compile) is removed; later passes find it warm. While Snakemake
 runs, a thread polls its process tree every 10 ms for the job's script process (Snakemake writes
 it as .snakemake/scripts/tmp*.run_cell.py), taking its start from the kernel (/proc) and its end
@@ -173,6 +174,8 @@ def main() -> int:
     p.add_argument("--passes", type=int, default=2, help="runs per cell; the first is cold")
     p.add_argument("--cores", type=int, default=1)
     p.add_argument("--snakemake", default=shutil.which("snakemake") or "snakemake")
+    p.add_argument("--setup-from", type=Path, default=None,
+                   help="a checkout whose results/{dataset,tokenizer,workload,engines} to copy")
     a = p.parse_args()
 
     repo = a.repo.resolve()
@@ -191,10 +194,21 @@ def main() -> int:
         "passes": a.passes,
         "cells": [],
     }
-    # Setup: everything the cells need, without the cells (their inputs' targets are unknown
-    # here, so the cells themselves are made once and then forced in the passes below).
-    setup_s, _ = snakemake(repo, [*common, *a.targets], a.snakemake)
+    # Setup: everything the cells need, not the cells.
+    if a.setup_from is not None:
+        for part in ("dataset", "tokenizer", "workload", "engines"):
+            src = a.setup_from.resolve() / "results" / part
+            if src.exists():
+                shutil.copytree(src, repo / "results" / part, dirs_exist_ok=True)
+    setup_s, _ = snakemake(  # targets first: --configfile and --config take every word after them
+        repo, [*a.targets, *common, "--omit-from", "run_cell", "run_continuous_cell"], a.snakemake
+    )
     record["setup_s"] = setup_s
+
+    def save() -> None:  # after every job: a run stopped part-way keeps what it measured
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(record, indent=2) + "\n")
+
     for target in a.targets:
         cell_dir = repo / Path(target).parent
         for n in range(a.passes):
@@ -202,17 +216,17 @@ def main() -> int:
             if cold:
                 shutil.rmtree(repo / "results" / ".cache" / "compile", ignore_errors=True)
             seconds, jobs = snakemake(
-                repo, [*common, "--force", target], a.snakemake, marker="run_cell.py"
+                repo, [target, "--force", *common], a.snakemake, marker="run_cell.py"
             )
             if len(jobs) != 1:
                 raise SystemExit(f"{target}: expected one cell job, saw {len(jobs)}: {jobs}")
             facts = cell_facts(cell_dir, next(iter(jobs.values())))
             facts |= {"pass": n, "cache": "cold" if cold else "warm", "snakemake_s": seconds}
             record["cells"].append(facts)
+            save()
             print(json.dumps({k: facts[k] for k in ("cell", "pass", "job_s", "before_window_s",
                   "measured_span_s", "fixed_s", "j_per_token")}), flush=True)  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(record, indent=2) + "\n")
+    save()
     return 0
 
 

@@ -11,6 +11,9 @@
 # decode:  benchmarks/decode_roofline.py, every case in graph mode, compile at batch 1
 # profile: decode_roofline.py's kernel profile of the batch-1 and batch-256 graph steps
 # tests:   pytest -m gpu;   sidecar: benchmarks/sidecar_overhead.py
+# overhead: benchmarks/cell_overhead.py on Llama-2-7B bs8 and cb32 of config/paper-h200.yaml (this
+#          card as its platform, one repeat): the previous commit's workflow first where a copy of
+#          it lies in .before/ (one pass), then this tree (a cold and a warm compilation cache)
 # Each step is capped (CAP_<STEP>_S); logs and records land in $OUT (at most 8 files come back, so
 # the step logs travel inside one tarball).
 set -uo pipefail
@@ -63,7 +66,30 @@ for m in c["models"]:
         --modes graph --repeats 2 --profile 7b-bs1:graph 7b-bs256:graph --out-dir "$OUT/profile" ;;
     tests) step tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/ ;;
     sidecar) step sidecar python3 benchmarks/sidecar_overhead.py ;;
-    *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar)" >&2 ;;
+    overhead)
+        python3 - "$platform" > /tmp/overhead.yaml <<'PY'
+import sys, yaml
+c = yaml.safe_load(open("config/paper-h200.yaml"))
+c["platforms"] = {sys.argv[1]: {}}
+c["models"] = {"llama-2-7b": c["models"]["llama-2-7b"]}
+c["run"]["repeats"] = 1
+c["sweep"] |= {"batch_sizes": [1, 8], "max_num_seqs": [32]}
+print(yaml.safe_dump(c))
+PY
+        targets=("results/cells/$platform/llama-2-7b/bs8/meta.json"
+                 "results/cells/$platform/llama-2-7b/cb32/meta.json")
+        if [ -d .before ]; then
+            step overhead_before python3 benchmarks/cell_overhead.py --repo .before --label before \
+                --passes 1 --cores 16 --configfile /tmp/overhead.yaml \
+                --out "$OUT/$platform-cell-overhead-before.json" --targets "${targets[@]}"
+            tail -3 session-logs/overhead_before.log
+        fi
+        step overhead python3 benchmarks/cell_overhead.py --label after --passes 2 --cores 16 \
+            --configfile /tmp/overhead.yaml --out "$OUT/$platform-cell-overhead-after.json" \
+            --targets "${targets[@]}"
+        tail -5 session-logs/overhead.log
+        ;;
+    *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead)" >&2 ;;
     esac
 done
 tar czf "$OUT/cells-$STUDY-$platform.tar.gz" session-logs $(ls -d "results/cells/$platform" logs 2>/dev/null)

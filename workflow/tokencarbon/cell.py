@@ -3,13 +3,18 @@
 
 Order of events: check the workload, the serving settings and (TensorRT-LLM) the engine against the
 cell; lease the devices it measures (tokencarbon.lease: a GPU, or the platform's logical CPUs, every
-thread pinned to them); check the hardware; load the engine; run the warm-up; sample idle power for a
-few seconds; start the power sidecar and the watch for other processes on the devices; run the
-measured work `run.repeats` times (static: every batch of the workload; continuous: the whole
-request set, served by the engine's serve()), each repeat its own window; stop both; then write
-batches.parquet (and, continuous, requests.parquet and steps.parquet), power.parquet and meta.json,
-each atomically and meta.json last: a cell killed part-way leaves no file that looks finished.
-Progress goes to the console (stdout, which Snakemake shows) and to the log.
+thread pinned to them); check the hardware and point torch's compilation caches at the study's
+results/.cache (tokencarbon.compile_cache); launch the power sidecar, whose start-up then overlaps
+the engine's build; build the engine; warm it up (the torch engines: 8 tokens per request with the
+cache and graphs sized for the full lengths); sample idle power for `idle_s`, or reuse the idle
+window the device sampled less than `idle_share_s` before (tokencarbon.idle_share); watch for
+other processes on the devices; run the measured work `run.repeats` times (static: every batch of
+the workload; continuous: the whole request set, served by the engine's serve()), each repeat its
+own window; stop both; then write batches.parquet (and, continuous, requests.parquet and
+steps.parquet), power.parquet and meta.json, each atomically and meta.json last: a cell killed
+part-way leaves no file that looks finished. meta.json's "timeline" says how long each of these
+steps took (tokencarbon.timeline). Progress goes to the console (stdout, which Snakemake shows)
+and to the log.
 """
 
 from __future__ import annotations

@@ -191,9 +191,11 @@ class TorchEngine:
         *,
         reserve_output_len: int = 0,
     ) -> BatchResult:
-        """reserve_output_len: size the KV cache for at least this many output tokens (the OOM
-        probe reserves the full output length but decodes only a few steps: decode replays
-        static buffers, so the batch's peak memory is reached after its first steps)."""
+        """reserve_output_len: size the KV cache, and capture the decode graphs, for at least this
+        many output tokens (the OOM probe reserves the full output length but decodes only a few
+        steps: decode replays static buffers, so the batch's peak memory is reached after its first
+        steps; a cell's warm-up does the same for its first batch, so that batch's measured run
+        captures nothing)."""
         check_batch(self.arch, prompts, [max(n, reserve_output_len) for n in output_lengths])
         n, lens = len(prompts), [len(p) for p in prompts]
         padded_len, max_out = max(lens), max(output_lengths)
@@ -203,9 +205,9 @@ class TorchEngine:
         # decode step i feeds the token at slot padded_len + i
         step_keys = [self.key_bucket(padded_len + i) for i in range(max_out - 1)]
         if self.graphs and not self.compile_decode:
-            needed = set(step_keys)
-            if reserved > max_out:  # the probe: also the last bucket the reserved output reaches,
-                needed.add(self.key_bucket(padded_len + reserved - 2))  # for its memory peak
+            # With a reservation (the OOM probe, a cell's warm-up), every bucket the reserved output
+            # reaches: the probe's memory peak, and no capture left for the measured batch.
+            needed = {self.key_bucket(padded_len + i) for i in range(max(max_out, reserved) - 1)}
             for keys in sorted(needed - set(self._graphs)):
                 self._capture(keys)
 
