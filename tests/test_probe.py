@@ -154,9 +154,7 @@ def test_a_limit_that_fits_ends_the_search():
 
 def test_size_one_failing_is_a_clear_error():
     with pytest.raises(ConfigError, match="even batch 1 does not fit \\(1 too big\\)"):
-        calibrated_search(
-            curve(lambda b: 0, lambda b: False), LINEAR, budget_bytes=50, limit=8
-        )
+        calibrated_search(curve(lambda b: 0, lambda b: False), LINEAR, budget_bytes=50, limit=8)
 
 
 def test_other_errors_are_not_swallowed():
@@ -172,7 +170,9 @@ def test_other_errors_are_not_swallowed():
 # tiny-llama (resources/models/tiny-llama.json: hidden 256, 4 layers, 4 heads of 64, 2 KV heads
 # -> KV width 128, intermediate 688, vocab 4096) with 4096 positions, so that one request's KV
 # cache (16 MiB at 4096 positions) dwarfs everything the model leaves out.
-TL4K = dataclasses.replace(load_architecture("tiny-llama"), name="tiny-llama-4k", max_positions=4096)
+TL4K = dataclasses.replace(
+    load_architecture("tiny-llama"), name="tiny-llama-4k", max_positions=4096
+)
 # weights: embed + lm_head 2 x 4096 x 256 = 2,097,152; per layer q 65,536 + k 32,768 + v 32,768
 # + o 65,536 + gate/up/down 3 x 256 x 688 = 528,384 + 2 norms 512 = 725,504, x 4 = 2,902,016;
 # final norm 256 -> 4,999,424 parameters x 4 B = 19,997,696 B. RoPE cos and sin:

@@ -148,7 +148,9 @@ def static_memory_model(
     return MemoryModel(engine_fixed_bytes(arch, dtype, quantization), lambda b: b * per_request)
 
 
-def serving_pool_bytes(arch, dtype: str, max_num_seqs: int, prompt_len: int, output_len: int) -> int:
+def serving_pool_bytes(
+    arch, dtype: str, max_num_seqs: int, prompt_len: int, output_len: int
+) -> int:
     """What a TorchServingEngine of max_num_seqs slots holds beside its weights while serving
     requests of prompt_len + output_len tokens: its KV pool (every slot sized for the longest
     request, rounded up to KV_BLOCK positions, as serving.TorchServingEngine.cache_len_for does),
@@ -440,6 +442,16 @@ def probe_max_batch(try_batch: Callable[[int], None], *, start: int = 1, limit: 
 # ---------------------------------------------------------------- measuring real tries
 
 
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """exc and the exceptions it was raised from or during (torch.compile wraps an error raised
+    while compiling in its own), each once."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:500]
@@ -464,7 +476,7 @@ class CudaMeter:
 
     @staticmethod
     def is_oom(exc: BaseException) -> bool:
-        return isinstance(exc, torch.cuda.OutOfMemoryError)
+        return any(isinstance(e, torch.cuda.OutOfMemoryError) for e in _chain(exc))
 
     def cleanup(self, failed: bool = False) -> None:
         gc.collect()
@@ -510,12 +522,17 @@ class CpuMeter:
 
     @staticmethod
     def is_oom(exc: BaseException) -> bool:
-        if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-            return True
-        text = str(exc)
-        return isinstance(exc, RuntimeError) and any(
-            s in text for s in ("can't allocate memory", "not enough memory", "std::bad_alloc")
-        )
+        """MemoryError (Python), torch.OutOfMemoryError, or torch's CPU allocator refusing
+        ("DefaultCPUAllocator: can't allocate memory"), anywhere in exc's chain."""
+        for e in _chain(exc):
+            if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+                return True
+            text = str(e)
+            if isinstance(e, RuntimeError) and any(
+                s in text for s in ("can't allocate memory", "not enough memory", "std::bad_alloc")
+            ):
+                return True
+        return False
 
     def cleanup(self, failed: bool = False) -> None:
         # Freed tensors are returned at once (CPU_WORKER_ENV); only a failure's traceback may
