@@ -59,14 +59,14 @@ def sizes(search):
 
 
 def test_a_right_prediction_is_confirmed_in_four_tries():
-    # peaks follow the model exactly: calibration at 1 and 30 // 4 = 7 fits fixed 100, 10 per
+    # peaks follow the model exactly: calibration at 1 and 30 // 2 = 15 fits fixed 100, 10 per
     # request; predicted 30 runs (400 bytes), 31 (410) fails
     search = calibrated_search(
         curve(lambda b: 100 + 10 * b, lambda b: 100 + 10 * b <= 400), LINEAR,
         budget_bytes=400, limit=1000,
     )  # fmt: skip
     assert sizes(search) == [
-        (1, True, "calibration"), (7, True, "calibration"),
+        (1, True, "calibration"), (15, True, "calibration"),
         (30, True, "confirmation"), (31, False, "confirmation"),
     ]  # fmt: skip
     assert (search.model_predicted, search.predicted, search.max_ok, search.min_failed) == (
@@ -78,7 +78,7 @@ def test_a_right_prediction_is_confirmed_in_four_tries():
 
 def test_the_calibration_replaces_the_models_bytes_by_measured_ones():
     # the real engine needs 60 fixed and 12 per request (the model says 100 and 10): peaks 72 at
-    # 1 and 144 at 7 give scale 72 / 60 = 1.2 and fixed 72 - 12 = 60; (400 - 60) / 12 = 28.3
+    # 1 and 240 at 15 give scale 168 / 140 = 1.2 and fixed 72 - 12 = 60; (400 - 60) / 12 = 28.3
     search = calibrated_search(
         curve(lambda b: 60 + 12 * b, lambda b: 60 + 12 * b <= 400), LINEAR,
         budget_bytes=400, limit=1000,
@@ -86,7 +86,7 @@ def test_the_calibration_replaces_the_models_bytes_by_measured_ones():
     assert search.model_predicted == 30 and search.predicted == 28
     assert search.calibration.scale == pytest.approx(1.2)
     assert search.calibration.fixed_bytes == pytest.approx(60)
-    assert [t.size for t in search.tries] == [1, 7, 28, 29] and search.confirmed
+    assert [t.size for t in search.tries] == [1, 15, 28, 29] and search.confirmed
 
 
 def test_a_prediction_one_too_high_steps_down_to_the_truth():
@@ -102,13 +102,13 @@ def test_a_prediction_one_too_high_steps_down_to_the_truth():
 
 def test_a_prediction_three_too_high_gallops_down_then_bisects():
     # 25 unseen bytes: 100 + 10 b + 25 <= 400 up to b = 27. 30 fails, 29 (1 below) fails, 27 (2
-    # below 29) runs, then bisection of (27, 29): 28 fails
+    # below 29; above the middle (15 + 29) // 2 = 22) runs, then bisection of (27, 29): 28 fails
     search = calibrated_search(
         curve(lambda b: 100 + 10 * b, lambda b: 100 + 10 * b + 25 <= 400), LINEAR,
         budget_bytes=400, limit=1000,
     )  # fmt: skip
     assert [(t.size, t.fits) for t in search.tries] == [
-        (1, True), (7, True), (30, False), (29, False), (27, True), (28, False),
+        (1, True), (15, True), (30, False), (29, False), (27, True), (28, False),
     ]  # fmt: skip
     assert (search.max_ok, search.min_failed) == (27, 28)
 
@@ -122,7 +122,7 @@ def test_a_prediction_too_low_climbs_then_bisects():
         budget_bytes=400, limit=1000,
     )  # fmt: skip
     assert [(t.size, t.fits) for t in search.tries] == [
-        (1, True), (7, True), (26, True), (27, True), (28, True), (30, True), (34, False),
+        (1, True), (15, True), (26, True), (27, True), (28, True), (30, True), (34, False),
         (32, False), (31, False),
     ]  # fmt: skip
     assert (search.predicted, search.max_ok, search.min_failed) == (26, 30, 31)
@@ -144,11 +144,11 @@ def test_a_refit_from_a_fitting_try_finds_the_limit():
 
 
 def test_a_limit_that_fits_ends_the_search():
-    # the cap 20 is below the model's limit: calibration at 1 and 20 // 4 = 5, then 20 runs
+    # the cap 20 is below the model's limit: calibration at 1 and 20 // 2 = 10, then 20 runs
     search = calibrated_search(
         curve(lambda b: 100 + 10 * b, lambda b: True), LINEAR, budget_bytes=10**6, limit=20
     )
-    assert [(t.size, t.fits) for t in search.tries] == [(1, True), (5, True), (20, True)]
+    assert [(t.size, t.fits) for t in search.tries] == [(1, True), (10, True), (20, True)]
     assert (search.max_ok, search.min_failed, search.confirmed) == (20, None, True)
 
 
@@ -256,7 +256,7 @@ def test_the_predicted_limit_runs_and_one_more_fails_under_a_real_cap(capped):
     assert static["memory_model"] == {
         "fixed_bytes": TL4K_FIXED, "bytes_per_request_at_1": TL4K_REQUEST, "predicted": 5,
     }  # fmt: skip
-    # calibration: batches 1 and 2 (a quarter of 5, at least 2), measured bytes per request
+    # calibration: batches 1 and 2 (half of 5), measured bytes per request
     # within 5 % of the model's (the KV cache is 99 % of them)
     assert static["calibration"]["sizes"] == [1, 2]
     assert static["calibration"]["bytes_per_request_at_1"] == pytest.approx(TL4K_REQUEST, rel=0.05)
@@ -268,11 +268,14 @@ def test_the_predicted_limit_runs_and_one_more_fails_under_a_real_cap(capped):
     assert five["fits"] and five["error"] is None and five["peak_bytes"] <= 113_000_000
     assert "can't allocate memory" in six["error"]
     assert (record["max_ok"], record["min_failed"]) == (5, 6)
-    # the continuous probe: one engine of 5 slots serves 5 requests, one of 6 fails
+    # the continuous probe, in a fresh worker (the failed try left the first one unusable):
+    # engines of 1 and 2 slots calibrate (builds are cheap on the CPU), one of 5 slots serves 5
+    # requests at once, one of 6 fails
+    assert cap["workers_started"] == 2
     cont = record["continuous"]
     assert cont["memory_model"]["predicted"] == 5 and cont["predicted"] == 5 and cont["confirmed"]
-    assert record["max_num_seqs_tried"] == [[5, True], [6, False]]
-    assert "can't allocate memory" in cont["tries"][1]["error"]
+    assert record["max_num_seqs_tried"] == [[1, True], [2, True], [5, True], [6, False]]
+    assert "can't allocate memory" in cont["tries"][3]["error"]
     assert (record["max_num_seqs_ok"], record["max_num_seqs_min_failed"]) == (5, 6)
     assert record["max_num_seqs_limit"] == 64 and record["reused_from"] is None
 

@@ -256,10 +256,12 @@ def largest_fitting(need: Callable[[int], float], budget_bytes: float, limit: in
 
 
 def calibration_sizes(model_predicted: int, limit: int) -> tuple[int, ...]:
-    """Sizes the calibration tries: 1, and a quarter of the memory model's limit (at least 2, at
-    most `limit`): far enough from 1 that the allocator's rounding is small beside the slope,
-    small enough to fit when the model is off by a factor of up to 4."""
-    second = min(limit, max(2, min(model_predicted, limit) // 4))
+    """Sizes the calibration tries: 1, and half the memory model's limit (at least 2, at most
+    `limit`). Far enough from 1 that what only a batch of 1 allocates (measured on the CPU: 1.5 MB
+    more than the line through larger batches of int8 tiny-llama) and the allocator's rounding
+    are small beside the slope; inside the real limit wherever the model is the upper end it is
+    meant to be (it counts eager attention's scores, which SDPA's kernels do not allocate)."""
+    second = min(limit, max(2, min(model_predicted, limit) // 2))
     return (1,) if second <= 1 else (1, second)
 
 
@@ -299,15 +301,16 @@ def calibrated_search(
 ) -> Search:
     """The largest size in [1, limit] whose real try fits, from a prediction.
 
-    1. calibrate: tries at calibration_sizes (1 and about a quarter of the model's limit); their
-       peaks fit the calibration (fit_calibration), else `prior` (default: the model itself).
+    1. calibrate: tries at calibration_sizes (1 and half the model's limit); their peaks fit the
+       calibration (fit_calibration), else `prior` (default: the model itself).
     2. predicted = the largest size the calibration fits in budget_bytes (below any calibration
        size that failed); tries there (must fit) and at predicted + 1 (must fail, unless
        predicted == limit).
     3. If either disagrees, a short search from there. Upward (nothing failed yet): the next try
        is the prediction of the calibration refitted through every peak so far, or, where that
        says no more fits, 1, 2, 4, ... above the last fit. Downward from a failed prediction: 1,
-       2, 4, ... below it. Between a fit at or above the prediction and a failure: bisection.
+       2, 4, ... below it, but not past the middle down to the largest fit. Between a fit at or
+       above the prediction and a failure: bisection.
        Every try lies strictly between the largest size that fit and the smallest that failed.
 
     measure(size) returns a Try (fits or not); any other error propagates. Raises ConfigError when
@@ -366,8 +369,8 @@ def calibrated_search(
             nxt = min(nxt, limit)
         elif lo >= predicted:
             nxt = (lo + hi) // 2
-        else:
-            nxt, down = max(lo + 1, hi - down), down * 2
+        else:  # galloping down, never past the middle of (lo, hi)
+            nxt, down = max(hi - down, (lo + hi) // 2), down * 2
         phase = "confirmation" if size == predicted and nxt == predicted + 1 else "search"
         size = nxt
     if lo == 0:
@@ -763,22 +766,38 @@ _WORKER_ERRORS = {
 class WorkerTrials:
     """LocalTrials run by a CPU worker process under setrlimit(RLIMIT_DATA) = its baseline +
     budget_bytes (_worker_main; CPU_WORKER_ENV). The worker inherits this thread's CPU affinity
-    (a leased probe's pinned CPUs) and uses this process's torch thread count. A context manager:
-    the worker ends with the block. Raises ProbeError if it dies, with its exit status."""
+    (a leased probe's pinned CPUs) and uses this process's torch thread count.
+
+    A try that ran out of memory leaves its worker unusable: measured here, each failed static try
+    of tiny-llama left 5-7 MB in the worker's data segment for good, so later tries failed where a
+    fresh worker's fit. The next try after a failure therefore runs in a new worker (with the
+    static engine rebuilt where static tries go on): every try starts from the same state.
+    info: the first worker's setup reply, with workers_started and start_s (all workers).
+    A context manager: the worker ends with the block. Raises ProbeError if one dies, with its
+    exit status."""
 
     mechanism = CpuMeter.mechanism
 
     def __init__(self, setup: ProbeSetup, *, budget_bytes: int, serving: bool):
+        self._init = {"setup": setup.to_dict(), "budget_bytes": int(budget_bytes),
+                      "threads": torch.get_num_threads(), "serving": serving}  # fmt: skip
+        self._proc: subprocess.Popen | None = None
+        self._static_open = self._dirty = False
+        self.info: dict[str, Any] = {}
+        self.peak_measured = True
+        self._start()
+
+    def _start(self) -> None:
         package_parent = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ, **CPU_WORKER_ENV)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_parent, os.environ.get("PYTHONPATH")) if p
         )
-        t0 = time.monotonic()
         try:  # the worker's messages go where this process's do (a job's log)
             stderr = sys.stderr.fileno()
         except (AttributeError, OSError, ValueError):
             stderr = None
+        t0 = time.monotonic()
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from tokencarbon.probe import _worker_main; _worker_main()"],
             stdin=subprocess.PIPE,
@@ -788,16 +807,25 @@ class WorkerTrials:
             text=True,
         )
         try:
-            self.info = self._call(
-                {"setup": setup.to_dict(), "budget_bytes": int(budget_bytes),
-                 "threads": torch.get_num_threads(), "serving": serving}
-            )  # fmt: skip
+            reply = self._call(self._init)
         except BaseException:
             self.close()
             raise
-        self.info["start_s"] = time.monotonic() - t0
-        self.info["env"] = dict(CPU_WORKER_ENV)
-        self.peak_measured = True
+        seconds = time.monotonic() - t0
+        if not self.info:
+            self.info = {**reply, "env": dict(CPU_WORKER_ENV), "workers_started": 0, "start_s": 0}
+        self.info["workers_started"] += 1
+        self.info["start_s"] = round(self.info["start_s"] + seconds, 3)
+        self._dirty = False
+
+    def _fresh(self) -> None:
+        """A new worker in place of one a failed try left unusable, its static engine rebuilt."""
+        if not self._dirty:
+            return
+        self.close()
+        self._start()
+        if self._static_open:
+            self._call({"op": "open_static"})
 
     def __enter__(self) -> WorkerTrials:
         return self
@@ -807,7 +835,7 @@ class WorkerTrials:
 
     def close(self) -> None:
         proc = self._proc
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
             try:
@@ -841,15 +869,23 @@ class WorkerTrials:
         return reply
 
     def open_static(self) -> float:
-        return self._call({"op": "open_static"})["seconds"]
+        self._fresh()
+        seconds = self._call({"op": "open_static"})["seconds"]
+        self._static_open = True
+        return seconds
 
     def close_static(self) -> None:
-        self._call({"op": "close_static"})
+        if self._static_open and not self._dirty:
+            self._call({"op": "close_static"})
+        self._static_open = False
 
     def _try(self, op: str, size: int) -> Try:
+        self._fresh()
         reply = self._call({"op": op, "size": size})
         self.peak_measured = reply.pop("peak_measured")
-        return Try(**reply)
+        t = Try(**reply)
+        self._dirty = not t.fits
+        return t
 
     def static(self, batch: int) -> Try:
         return self._try("static", batch)
@@ -1120,12 +1156,16 @@ def _measure(
         if seqs_limit is not None:
             if method == "calibrated":
                 # The static tries measured the engine's fixed memory (weights, tables, workspaces):
-                # the serving prediction starts from it; the first engine that fits refits it.
+                # the serving prediction starts from it; each engine that fits refits it. On CUDA
+                # every engine build compiles its decode step (seconds), so no calibration
+                # builds there; on the CPU (eager, no compilation) builds are cheap, and its eager
+                # decode attention needs more per slot than the pool (measured: twice, at 64 + 64
+                # tokens), so two small builds calibrate first.
                 fixed = max(float(serving_model.fixed_bytes), static.calibration.fixed_bytes)
                 prior = Calibration(fixed, 1.0, (), "static calibration's fixed bytes")
                 seqs = calibrated_search(
                     trials.serving, serving_model, budget_bytes=budget, limit=seqs_limit,
-                    calibrate=False, prior=prior, what="max_num_seqs",
+                    calibrate=setup.device == "cpu", prior=prior, what="max_num_seqs",
                 )  # fmt: skip
                 out |= {
                     "max_num_seqs_ok": seqs.max_ok,
@@ -1149,6 +1189,8 @@ def _measure(
                     "continuous": {"tries": [t.to_dict() for t in tries],
                                    "seconds": round(sum(t.seconds for t in tries), 3)},
                 }  # fmt: skip
+        if isinstance(trials, WorkerTrials):
+            out["cap"].update(trials.info)  # with every worker this probe started
         if getattr(trials, "peak_measured", True) is False:
             out["cap"]["note"] = "/proc/self/clear_refs not writable: peaks unmeasured"
     out["measure_s"] = round(time.monotonic() - t_start, 3)
