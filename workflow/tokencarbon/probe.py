@@ -667,6 +667,10 @@ class LocalTrials:
             peak, reserved = self.meter.peaks()
             if engine is not None:
                 engine.release()
+                if engine.compile_layers:
+                    # the next engine has another max_num_seqs, so another compiled decode step:
+                    # nothing of this one's (its guards name this engine's modules) may stay
+                    torch._dynamo.reset()
             del engine
             self.meter.cleanup(failed=True)  # the engine's modules: collect before the next build
         return Try(n, error is None, time.monotonic() - t0, peak, reserved, error, build_s=build_s)
@@ -1036,10 +1040,6 @@ class ProbeCache:
 
 
 # ---------------------------------------------------------------- the probe
-
-
-# Keys of a probe.json that name the job rather than describe the measurement.
-_IDENTITY = ("platform", "model")
 
 
 def _search_record(search: Search, model: MemoryModel, unit: str) -> dict[str, Any]:
