@@ -13,7 +13,9 @@ seconds.
 Real tries: on CUDA in this process, under torch.cuda.set_per_process_memory_fraction when a cap is
 set. On the CPU in a worker process (`python -c ... _worker_main`) whose data segment is capped
 with setrlimit(RLIMIT_DATA) at its baseline (the interpreter and torch, measured before the weights
-are built) plus the budget, so that torch's allocations really fail past it.
+are built) plus the budget, so that torch's allocations really fail past it; a try after a failed
+one runs in a fresh worker. At the boundary the CPU's outcome can vary by a request between runs
+where a request is about a megabyte (threads' temporary buffers overlap differently each time).
 
 A probe's result depends only on its key (probe_key: hardware and cap, architecture, dtype,
 quantization, prompt/output lengths, limits, engine and probe code); run_probe with a cache_dir
@@ -1018,9 +1020,15 @@ class ProbeCache:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
+        """Held while probing (or reading) this key. Where the file system refuses locks (some
+        network mounts), probes of one key may both run; each still writes whole files."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError:
+                yield
+                return
             try:
                 yield
             finally:
