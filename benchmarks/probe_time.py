@@ -16,7 +16,15 @@ whole card (no memory cap) unless --memory-limit-gb. torch.compile's inductor ca
 The record (written after every model, so a timeout keeps what finished): per model the process's
 wall time (start to exit: interpreter, imports, CUDA start, probe), the probe's own time, the
 static engine build, seconds per phase (calibration, confirmation, search) of the static tries
-and of the serving-engine builds, each with the sizes tried, and the limits found.
+and of the serving-engine builds (engine_builds_s: their constructors; the rest of a build's
+seconds is torch.compile, graph capture and serving), each with the sizes tried, the limits found,
+and each model's whole probe.json.
+
+Expected on one H100, not yet measured: 10-30 s per model with the new probe (a process start of
+a few seconds; the static confirmation's prefill of the predicted batch, e.g. ~58 x 1000 tokens
+for Llama-2-7B; one cold torch.compile per serving engine, and a second engine only where the
+limit is below max_num_seqs 100), about 3 minutes for the six. The search before calibration
+took 45-70 s per model in issue 19's run: time it on two models (--models llama-2-7b gpt2-xl).
 """
 
 from __future__ import annotations
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-seqs", type=int, default=100, help="0: no continuous probe")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny models, a 0.05 GB cap")
     p.add_argument("--inductor-cache", help="TORCHINDUCTOR_CACHE_DIR; default: a fresh folder")
-    p.add_argument("--timeout-s", type=float, default=300.0, help="per model")
+    p.add_argument("--timeout-s", type=float, default=150.0, help="per model")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--probe-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

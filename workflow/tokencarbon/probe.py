@@ -40,9 +40,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import psutil
 import torch
 
@@ -62,6 +61,9 @@ from tokencarbon.models import (
 )
 from tokencarbon.quantization import NONE, Quantization, of_model, parse_quantization
 from tokencarbon.quantization import record as quantization_record
+
+if TYPE_CHECKING:  # the CPU worker imports this module: no pandas there (0.3 s)
+    import pandas as pd
 
 BYTES_PER_GB = 1e9
 # A try runs the full longest prompt with the KV cache reserved for the full longest output, then
