@@ -18,7 +18,7 @@ from tokencarbon.backends.static import TorchEngine
 from tokencarbon.errors import ConfigError
 from tokencarbon.flops import decode_step_bytes
 from tokencarbon.models import load_architecture, param_count, weight_bytes
-from tokencarbon.probe import OutOfMemory, make_try_batch, make_try_seqs, serving_pool_bytes
+from tokencarbon.probe import serving_memory_model, serving_pool_bytes, static_memory_model
 from tokencarbon.quantization import (
     NONE,
     Quantization,
@@ -142,36 +142,25 @@ def test_mbu_bytes_follow_the_quantization():
 
 
 def test_the_probe_reserves_the_quantized_weights():
-    # The CPU check of the continuous probe (and the serving pool sizing) adds the weights as
-    # stored to the pool: for int4 Llama-2-7B the budget just above 3,790,512,128 B + pool fits
-    # max_num_seqs 1 and just below it does not; the message names the bytes needed.
+    # The continuous probe's memory model adds the weights as stored to the pool: for int4
+    # Llama-2-7B 3,790,512,128 B, plus the RoPE cos and sin tables (2 x 4096 positions x 128
+    # x 2 B = 2,097,152), whatever the pool.
     arch = load_architecture("llama-2-7b")
+    model = serving_memory_model(arch, "bfloat16", 1000, 1000, INT4_G128)
     pool = serving_pool_bytes(arch, "bfloat16", 1, 1000, 1000)
-    need = 3_790_512_128 + pool
-    too_small = make_try_seqs(
-        lambda n: pytest.fail("the check comes first"), arch=arch, dtype="bfloat16",
-        device="cpu", prompt_len=1000, output_len=1000, memory_limit_gb=(need - 1) / 1e9,
-        quantization=INT4_G128,
-    )  # fmt: skip
-    with pytest.raises(OutOfMemory, match=f"max_num_seqs 1 needs {need} bytes"):
-        too_small(1)
+    assert model.need(1) == 3_790_512_128 + 2_097_152 + pool
 
 
 def test_the_static_probe_reserves_the_int8_tiny_llama_weights():
     # tiny-llama int8, float32: linears 3,948,544 int8 values + 5 x 13,696 rows = 68,480;
     # embedding 4096 x 256 and 9 norms of 256 in float32: 4,203,520 -> 8,220,544 B (unquantized:
-    # 4,999,424 parameters x 4 = 19,997,696 B). Batch 1 of 10 + 6 tokens: KV cache 2 x 4 x 128
-    # x 16 x 4 = 65,536 B; prefill activations (models.activation_bytes, eager) 10 x 256 x 2 +
-    # max(10 x 512 + 2 x 4 x 100 + 10 x 256, 3 x 10 x 688) + 4096 = 5,120 + 20,640 + 4,096 =
-    # 29,856 elements x 4 = 119,424 B.
+    # 4,999,424 parameters x 4 = 19,997,696 B). The static probe's fixed bytes add the RoPE
+    # tables: 2 x 512 positions x 64 x 4 B = 262,144.
     weights = 3_948_544 + 68_480 + 4_203_520
     assert weights == 8_220_544
-    engine = TorchEngine(load_architecture("tiny-llama"), "float32", "cpu", seed=0, quantization=INT8)
-    need = weights + 65_536 + 119_424
-    try_batch = make_try_batch(engine, prompt_len=10, output_len=6, memory_limit_gb=(need - 1) / 1e9)
-    with pytest.raises(OutOfMemory, match=f"batch 1 needs {need} bytes"):
-        try_batch(1)
-    make_try_batch(engine, prompt_len=10, output_len=6, memory_limit_gb=(need + 1) / 1e9)(1)  # fits
+    arch = load_architecture("tiny-llama")
+    assert static_memory_model(arch, "float32", 10, 6, INT8).fixed_bytes == weights + 262_144
+    assert static_memory_model(arch, "float32", 10, 6).fixed_bytes == 19_997_696 + 262_144
 
 
 # ---------------------------------------------------------------- measured on the CPU

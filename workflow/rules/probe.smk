@@ -1,5 +1,7 @@
 # OOM probe, per (platform, model): the largest batch that runs the workload's longest prompt plus
 # longest output. A checkpoint: the sweep's input function (common.smk: batch_sizes) is its only reader.
+# A probe of an equal key measured before (results/.cache/probe, not an output) is reused; the job
+# still writes its own probe.json, saying reused_from (docs/architecture.md).
 
 
 checkpoint probe_max_batch:

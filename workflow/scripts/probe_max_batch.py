@@ -15,6 +15,9 @@ from tokencarbon.errors import ConfigError
 from tokencarbon.lease import cell_leases
 from tokencarbon.probe import run_probe
 
+# Under the working directory, beside the results it serves; `make clean` removes it with them.
+PROBE_CACHE = "results/.cache/probe"
+
 platform = dict(snakemake.params.platform)
 if platform["kind"] == "cpu" and "logical_cpus" not in platform:
     # The probe's params carry only what checks the hardware; the CPUs to lease come from the row.
@@ -39,5 +42,13 @@ with contextlib.ExitStack() as stack:
         limits=snakemake.params.limits,
         workload=tables.read(snakemake.input.workload, tables.WORKLOAD),
         out_path=snakemake.output[0],
+        # A probe of the same key (hardware, cap, architecture, dtype, lengths, limits, code) that
+        # ran before, for any model or config of this working directory, is reused from here.
+        cache_dir=PROBE_CACHE,
+        log=lambda text: print(text, file=sys.stderr),
     )
-print(f"max batch {result['max_ok']}, first failure {result['min_failed']}", file=sys.stderr)
+print(
+    f"max batch {result['max_ok']}, first failure {result['min_failed']}"
+    + (f"; reused from {result['reused_from']['cache']}" if result["reused_from"] else ""),
+    file=sys.stderr,
+)

@@ -697,7 +697,8 @@ def activation_bytes(arch: Architecture, batch: int, seq_len: int, dtype: str) -
           MLP:       llama gate, up and act(gate)*up (3 x B x T x I); gpt2 fc and gelu (2 x B x T x I)
       + logits of the last position only       B x vocab
     Intermediates of earlier layers are freed, so only one layer counts. A fused/flash attention
-    kernel needs less; this is an upper-end estimate for the CPU memory check.
+    kernel needs less; this is an upper-end estimate, the OOM probe's before its calibration
+    (probe.static_memory_model).
     """
     b, t, h = batch, seq_len, arch.hidden_size
     residual = 2 * b * t * h
