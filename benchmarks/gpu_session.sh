@@ -12,8 +12,8 @@
 # profile: decode_roofline.py's kernel profile of the batch-1 and batch-256 graph steps
 # tests:   pytest -m gpu;   sidecar: benchmarks/sidecar_overhead.py
 # overhead: benchmarks/cell_overhead.py on Llama-2-7B bs8 and cb32 of config/paper-h200.yaml (this
-#          card as its platform, one repeat): the previous commit's workflow first where a copy of
-#          it lies in .before/ (one pass), then this tree (a cold and a warm compilation cache)
+#          card as its platform, one repeat): this tree (a cold and a warm compilation cache), then
+#          the previous commit's workflow where a copy of it lies in .before/ (one pass)
 # Each step is capped (CAP_<STEP>_S); logs and records land in $OUT (at most 8 files come back, so
 # the step logs travel inside one tarball).
 set -uo pipefail
@@ -78,16 +78,18 @@ print(yaml.safe_dump(c))
 PY
         targets=("results/cells/$platform/llama-2-7b/bs8/meta.json"
                  "results/cells/$platform/llama-2-7b/cb32/meta.json")
-        if [ -d .before ]; then
-            step overhead_before python3 benchmarks/cell_overhead.py --repo .before --label before \
-                --passes 1 --cores 16 --configfile /tmp/overhead.yaml \
-                --out "$OUT/$platform-cell-overhead-before.json" --targets "${targets[@]}"
-            tail -3 session-logs/overhead_before.log
-        fi
+        # this tree first (a cold and a warm compilation cache), then the previous commit's
+        # workflow in .before/ on the same workload (copied: --setup-from)
         step overhead python3 benchmarks/cell_overhead.py --label after --passes 2 --cores 16 \
             --configfile /tmp/overhead.yaml --out "$OUT/$platform-cell-overhead-after.json" \
             --targets "${targets[@]}"
         tail -5 session-logs/overhead.log
+        if [ -d .before ]; then
+            step overhead_before python3 benchmarks/cell_overhead.py --repo .before --label before \
+                --setup-from . --passes 1 --cores 16 --configfile /tmp/overhead.yaml \
+                --out "$OUT/$platform-cell-overhead-before.json" --targets "${targets[@]}"
+            tail -3 session-logs/overhead_before.log
+        fi
         ;;
     *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead)" >&2 ;;
     esac
