@@ -11,6 +11,7 @@
 # decode:  benchmarks/decode_roofline.py, every case in graph mode, compile at batch 1
 # profile: decode_roofline.py's kernel profile of the batch-1 and batch-256 graph steps
 # tests:   pytest -m gpu;   sidecar: benchmarks/sidecar_overhead.py
+# probe:   benchmarks/probe_time.py, the six study models (probe_bisect: the search before, Llama-2-7B)
 # overhead: benchmarks/cell_overhead.py on Llama-2-7B bs8 and cb32 of config/paper-h200.yaml (this
 #          card as its platform, one repeat): this tree (a cold and a warm compilation cache), then
 #          the previous commit's workflow where a copy of it lies in .before/ (one pass)
@@ -91,7 +92,10 @@ PY
             tail -3 session-logs/overhead_before.log
         fi
         ;;
-    *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead)" >&2 ;;
+    probe) step probe python3 benchmarks/probe_time.py "$OUT/$platform-probe-time.json" --timeout-s 60 ;;
+    probe_bisect) step probe_bisect python3 benchmarks/probe_time.py \
+        "$OUT/$platform-probe-time-bisect.json" --method bisect --models llama-2-7b --timeout-s 75 ;;
+    *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead probe probe_bisect)" >&2 ;;
     esac
 done
 tar czf "$OUT/cells-$STUDY-$platform.tar.gz" session-logs $(ls -d "results/cells/$platform" logs 2>/dev/null)
