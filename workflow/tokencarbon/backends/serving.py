@@ -351,11 +351,12 @@ class _Uploader:
 
 
 class _Clock:
-    """Step timestamps. CUDA: an event before and after each step's work on the stream, turned into
-    host monotonic and wall ns at the end through two anchors (an event the host waited for at the
-    start and at the end of serving; times between are mapped linearly, which also absorbs the drift
-    between the device's and the host's clocks). CPU: the host's clocks around the (synchronous)
-    step."""
+    """Step timestamps. CUDA: an event before and after each step's work on the stream, read as
+    milliseconds after a start anchor once the step is done (read() drops the event), and turned
+    into host monotonic and wall ns at the end through two anchors (an event the host waited for at
+    the start and at the end of serving; times between are mapped linearly, which also absorbs the
+    drift between the device's and the host's clocks). CPU: the host's clocks around the
+    (synchronous) step."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -374,15 +375,20 @@ class _Clock:
         return (before + after) // 2, (wall_before + wall_after) // 2, event
 
     def mark(self):
-        """A point on the stream (CUDA) or now (CPU)."""
+        """A point on the stream (CUDA: an event) or now (CPU: monotonic and wall ns)."""
         if not self.cuda:
             return time.monotonic_ns(), time.time_ns()
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
 
+    def read(self, mark):
+        """A mark as it is kept: CUDA, milliseconds after the start anchor (the event must be
+        done); CPU, as it is."""
+        return self._a0.elapsed_time(mark) if self.cuda else mark
+
     def resolve(self, marks: list) -> list[tuple[int, int]]:
-        """(monotonic ns, wall ns) of each mark; on CUDA, waits for the device first."""
+        """(monotonic ns, wall ns) of each mark or read() value; on CUDA, waits for the device."""
         if not self.cuda:
             return marks
         end_ns, end_wall_ns, a1 = self._anchor()
@@ -391,7 +397,7 @@ class _Clock:
         wall_scale = (end_wall_ns - self.start_wall_ns) / (span_ms * 1e6) if span_ms > 0 else 1.0
         out = []
         for m in marks:
-            ns = self._a0.elapsed_time(m) * 1e6
+            ns = (m if isinstance(m, float) else self._a0.elapsed_time(m)) * 1e6
             out.append(
                 (self.start_ns + round(ns * scale), self.start_wall_ns + round(ns * wall_scale))
             )
@@ -478,7 +484,9 @@ class PagedEngine:
 
     # ------------------------------------------------------------ pool
 
-    def _make_pool(self, num_blocks: int, source: str) -> None:
+    def _make_pool(self, num_blocks: int, source: str, capture: bool = True) -> None:
+        """A pool of num_blocks blocks, its allocator and decode buffers (and graphs, captured
+        when `capture` and the engine replays graphs)."""
         self.release()
         self.pool = KVPool(
             self.arch, len(self.model.layers), num_blocks, self.block_size,
@@ -497,7 +505,7 @@ class PagedEngine:
                 next_tok=torch.zeros(rows, **new),
                 row0=torch.zeros(rows, **new),
             )
-        if self.graphs:
+        if self.graphs and capture:
             self._graph_pool = torch.cuda.graph_pool_handle()
             for bucket in self._buckets.values():
                 self._capture(bucket)
@@ -531,7 +539,7 @@ class PagedEngine:
         chunk = min(tokens, self.max_model_len)
         n_chunks = -(-tokens // chunk)
         blocks = n_chunks * blocks_for(chunk, self.block_size)
-        self._make_pool(blocks, "profile")
+        self._make_pool(blocks, "profile", capture=False)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         self._profile_step(n_chunks, chunk)
@@ -771,10 +779,12 @@ class PagedEngine:
             chunk_ids = [ids[r] for r, _, _ in step.chunks]
             tokens = [1] * len(dec_ids) + [m for _, _, m in step.chunks]
             new = [1] * len(dec_ids) + [int(e) for e in ends]
-            steps.append((step.kind, dec_ids + chunk_ids, tokens, new, start, end))
+            steps.append([step.kind, dec_ids + chunk_ids, tokens, new, start, end])
             sched.launched(step, k)
             if clock.cuda and k >= STEPS_AHEAD:
-                steps[k - STEPS_AHEAD][5].synchronize()  # at most STEPS_AHEAD steps queued
+                done = steps[k - STEPS_AHEAD]
+                done[5].synchronize()  # at most STEPS_AHEAD steps queued beyond the one running
+                done[4], done[5] = clock.read(done[4]), clock.read(done[5])
         times = clock.resolve([m for s in steps for m in (s[4], s[5])])
         leaks = sched.leaks()
         if leaks:
