@@ -78,9 +78,10 @@ PREEMPTION_MODE = "recompute"
 STEPS_AHEAD = 2
 # Decode graphs: one per row bucket. Rows beyond those running are idle (no keys, writes to the
 # scratch block) but still go through every matmul; below ~300 rows an H100's bf16 matmuls are
-# bound by the weight read (989 TFLOP/s / 3.35 TB/s), so idle rows are nearly free there and
-# buckets below 128 would only add compile and capture time.
-DECODE_BUCKET_FLOOR = (128, 256)
+# bound by the weight read (989 TFLOP/s dense / 3.35 TB/s = 295 FLOP per byte, and a matmul of M
+# rows does about M), so idle rows are nearly free there and a bucket below 256 would only add
+# compile and capture time (each bucket compiles the layer once more).
+DECODE_BUCKET_FLOOR = (256,)
 # Memory kept back from the pool for the decode graphs' private pool: their activations per row
 # (residual, normed copy, attention output, MLP gate/up and product, logits), doubled for the
 # allocator's rounding, plus a fixed allowance for cuBLAS workspaces and Triton launch state.
@@ -204,7 +205,7 @@ class TorchServingEngine:
         default each request set's longest, which sizes the slots). quantization: weight-only
         scheme applied to the weights once drawn or loaded (build_model); int4_weight_only needs
         dtype bfloat16 on CUDA (ConfigError). cuda_graphs: on CUDA, replay decode steps as CUDA
-        graphs. compile_layers: compile the decode layer with torch.compile (default: on CUDA;
+        graphs (paged: only with compile_layers, else decode steps run eagerly). compile_layers: compile the decode layer with torch.compile (default: on CUDA;
         needed there for flex decoding's fused kernel). prefill_min_seqs: while more requests wait
         than rows are free, admit only once this many rows are free, so one step's weight read
         carries several prompts (default max(1, max_num_seqs // 16)). kv_layout: "paged" or
@@ -455,7 +456,9 @@ class PagedEngine:
         limit, _ = token_limit(arch)
         self.max_model_len = limit if max_model_len is None else min(max_model_len, limit)
         self.prefill_min_seqs = prefill_min_seqs
-        self.graphs = cuda_graphs
+        # The eager decode attention gathers as many table columns as the host says per step, which
+        # a captured graph would freeze: graphs replay the compiled layer only.
+        self.graphs = cuda_graphs and compile_layers
         self.compile_layers = compile_layers
         self.gpu_memory_utilization = gpu_memory_utilization
         self.block_size = block_size
@@ -475,7 +478,7 @@ class PagedEngine:
         self.num_blocks_source = ""
         self.pool_bytes_budget: int | None = None
         self.activation_bytes: int | None = None
-        self._capture_stream = torch.cuda.Stream(device) if cuda_graphs else None
+        self._capture_stream = torch.cuda.Stream(device) if self.graphs else None
         self._graph_pool = None
         if num_blocks is not None:
             self._make_pool(num_blocks, "num_blocks")
@@ -613,6 +616,12 @@ class PagedEngine:
         with torch.cuda.stream(stream), torch.no_grad():
             for _ in range(GRAPH_WARMUP_STEPS):
                 self._decode_body(b)
+            # the mixed steps' decode attention for these rows, compiled now, not in a timed window
+            q = torch.zeros(
+                b.rows, self.arch.num_heads, self.arch.head_dim,
+                dtype=TORCH_DTYPES[self.dtype], device=self.device,
+            )  # fmt: skip
+            self._attn_fn(q, *self.pool.layers[0], b.mask)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream, pool=self._graph_pool), torch.no_grad():
