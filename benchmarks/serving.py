@@ -368,7 +368,7 @@ def serving_stats(result: ServingResult, concurrency: int) -> dict:
         **{f"{kind}_step_ms": quantiles(v) for kind, v in ms.items()},
         **{f"time_in_{kind}_share": sum(v) / window_ms for kind, v in ms.items()},
         "gap_share": 1 - busy / window_ms,  # no step on the device: the host was late
-        "mean_batch": sum(len(s.request_ids) * (s.end_ns - s.start_ns) for s in steps) / busy,
+        "mean_batch": sum(len(s.request_ids) * (s.end_ns - s.start_ns) / 1e6 for s in steps) / busy,
         "ttft_s": quantiles(ttft),
         "tpot_s": quantiles(tpot),
         "itl_ms": quantiles(itl),
