@@ -65,14 +65,20 @@ def tiny(seen: dict, device: str) -> None:
     seen["paged_serve_s"] = time.monotonic() - t0
     graphs = {rows: b.graph for rows, b in paged.engine._buckets.items()}
     if device == "cuda":
-        check(all(g is not None for g in graphs.values()), f"decode graphs captured {list(graphs)}", seen)
+        check(
+            all(g is not None for g in graphs.values()),
+            f"decode graphs captured {list(graphs)}",
+            seen,
+        )
     diff = [rid for rid in want if result.token_ids[rid] != want[rid]]
     check(not diff, f"paged tokens equal the slot engine's (differ: {diff})", seen)
     preempted = sum(r.preemptions for r in result.requests)
     kinds = sorted({s.kind for s in result.steps})
     seen |= {"preemptions": preempted, "step_kinds": kinds, "describe": paged.describe()}
     check(preempted > 0, f"the small pool preempted ({preempted} preemptions)", seen)
-    check(kinds == ["decode", "mixed", "prefill"], f"decode, mixed and prefill steps ({kinds})", seen)
+    check(
+        kinds == ["decode", "mixed", "prefill"], f"decode, mixed and prefill steps ({kinds})", seen
+    )
     chunked = any(
         t < n for s in result.steps for rid, t in zip(s.request_ids, s.request_tokens)
         for n in [len(reqs[int(rid[1:])].prompt)] if t > 1
@@ -82,7 +88,11 @@ def tiny(seen: dict, device: str) -> None:
     check(free == total, f"every block back after serving ({free} of {total})", seen)
     again = paged.serve(list(reversed(reqs)))
     same = all(paged.engine._buckets[r].graph is g for r, g in graphs.items())
-    check(same and again.token_ids == want, "a second serve replays the same graphs, same tokens", seen)
+    check(
+        same and again.token_ids == want,
+        "a second serve replays the same graphs, same tokens",
+        seen,
+    )
     steps = result.steps
     tiled = all(a.end_ns <= b.start_ns and a.start_ns < a.end_ns for a, b in zip(steps, steps[1:]))
     check(tiled, "step timestamps (CUDA events) tile the window", seen)
@@ -100,7 +110,7 @@ def big(seen: dict) -> None:
     rng = np.random.default_rng(SEED)
     reqs = [
         Request(f"b{i}", tuple(rng.integers(0, arch.vocab_size, int(rng.integers(16, 600))).tolist()),
-                int(rng.integers(1, 65)))
+                int(rng.integers(1, 65)))  # fmt: skip
         for i in range(256)
     ]  # fmt: skip
     t0 = time.monotonic()

@@ -55,14 +55,21 @@ def comparison_table(records: list[tuple[Path, dict]], configs: list[dict]) -> p
         })  # fmt: skip
     for path, record in records:
         if record.get("benchmark") != "serving":
-            raise InputError(f"{path}: field 'benchmark' is {record.get('benchmark')!r}; expected 'serving'")
+            raise InputError(
+                f"{path}: field 'benchmark' is {record.get('benchmark')!r}; expected 'serving'"
+            )
         gpu = _gpu(record.get("machine", {}).get("device_name", "?"))
         for case in record.get("cases", []):
-            if case.get("engine") != "continuous" or "error" in case or case.get("n_requests", 9) <= 8:
+            if (
+                case.get("engine") != "continuous"
+                or "error" in case
+                or case.get("n_requests", 9) <= 8
+            ):
                 continue  # batch-1 decode probes (a few requests) are no serving points
             try:
                 stats = case["stats"]
-                series = f"ours ({case.get('kv_layout', 'slots')}), {gpu}, {case.get('request_set', 'synthetic')} set"
+                layout = case.get("kv_layout", "slots")
+                series = f"ours ({layout}), {gpu}, {case.get('request_set', 'synthetic')} set"
                 base = {"series": series, "source": "tokencarbon", "gpu": gpu,
                         "request_set": case.get("request_set", "synthetic"),
                         "max_num_seqs": case["concurrency"]}  # fmt: skip
@@ -95,8 +102,11 @@ def plot_comparison(df: pd.DataFrame) -> Figure:
     axes = fig.subplots(1, 2)
     series = list(dict.fromkeys(df["series"]))
     colors = dict(zip(series, [f"C{i}" for i in range(len(series))]))
-    for ax, metric, label in ((axes[0], "tok_per_s", "output tokens/s"),
-                              (axes[1], "itl_p50_ms", "median inter-token latency (ms)")):  # fmt: skip
+    panels = [
+        (axes[0], "tok_per_s", "output tokens/s"),
+        (axes[1], "itl_p50_ms", "median inter-token latency (ms)"),
+    ]
+    for ax, metric, label in panels:
         for (name, window), part in df.groupby(["series", "window"], sort=False):
             part = part.sort_values("max_num_seqs").dropna(subset=[metric])
             if part.empty:
@@ -107,8 +117,9 @@ def plot_comparison(df: pd.DataFrame) -> Figure:
                     label=f"{name}, {window}")  # fmt: skip
             for row in part.itertuples():
                 marker = "x" if row.dropped else "o"
+                fill = colors[name] if window == "steady" else "none"
                 ax.plot(row.j_per_token, getattr(row, metric), marker, color=colors[name],
-                        mfc=colors[name] if window == "steady" else "none", ms=6 if ours else 4)  # fmt: skip
+                        mfc=fill, ms=6 if ours else 4)  # fmt: skip
                 ax.annotate(str(row.max_num_seqs), (row.j_per_token, getattr(row, metric)),
                             textcoords="offset points", xytext=(4, 3), fontsize="x-small",
                             color=colors[name])  # fmt: skip

@@ -113,8 +113,8 @@ def request_set(
     (dummy weights: what a token says does not change the work)."""
     pairs = extract_pairs(synthetic_conversations(int(n * 1.25) + 64, seed))
     if max_tokens < MAX_TOKENS:  # the smoke run's tiny models: lengths scaled down
-        pairs["prompt"] = pairs["prompt"].str.split().str[: max_tokens].str.join(" ")
-        pairs["answer"] = pairs["answer"].str.split().str[: max_tokens].str.join(" ")
+        pairs["prompt"] = pairs["prompt"].str.split().str[:max_tokens].str.join(" ")
+        pairs["answer"] = pairs["answer"].str.split().str[:max_tokens].str.join(" ")
     prompt_n = pairs["prompt"].str.split().str.len().to_numpy()
     output_n = pairs["answer"].str.split().str.len().to_numpy()
     keep = np.flatnonzero(
@@ -156,10 +156,16 @@ def read_output_histogram(directory: Path) -> list[tuple[float, float, int]]:
                          "pass --mlenergy-dir") from exc  # fmt: skip
     need = ("bin_low_tokens", "bin_high_tokens", "count")
     if not rows or any(c not in rows[0] for c in need):
-        raise InputError(f"{path}: expected columns {list(need)}, found {list(rows[0]) if rows else []}")
+        raise InputError(
+            f"{path}: expected columns {list(need)}, found {list(rows[0]) if rows else []}"
+        )
     bins, previous = [], 0.0
     for i, row in enumerate(rows):
-        low, high, count = float(row["bin_low_tokens"]), float(row["bin_high_tokens"]), int(row["count"])
+        low, high, count = (
+            float(row["bin_low_tokens"]),
+            float(row["bin_high_tokens"]),
+            int(row["count"]),
+        )
         if not (previous <= low < high) or count < 0:
             raise InputError(f"{path}: row {i + 2}: bin [{low}, {high}) with count {count}; bins "
                              "must be non-empty, in order, with counts >= 0")  # fmt: skip
@@ -273,7 +279,12 @@ def quantiles(values: list[float]) -> dict:
     if not values:
         return {}
     q = np.percentile(values, [50, 90, 99])
-    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "mean": float(np.mean(values))}
+    return {
+        "p50": float(q[0]),
+        "p90": float(q[1]),
+        "p99": float(q[2]),
+        "mean": float(np.mean(values)),
+    }
 
 
 def new_tokens_of(step) -> tuple[int, ...]:
@@ -315,7 +326,9 @@ def steady_window(result: ServingResult, max_num_seqs: int) -> dict | None:
     tokens = sum(sum(new_tokens_of(s)) for s in inside)
     seconds = (end - start) / 1e9
     busy = sum(s.end_ns - s.start_ns for s in inside)
-    batch = sum(len(s.request_ids) * (s.end_ns - s.start_ns) for s in inside) / busy if busy else 0.0
+    batch = (
+        sum(len(s.request_ids) * (s.end_ns - s.start_ns) for s in inside) / busy if busy else 0.0
+    )
     itl = [
         (b - a) / 1e6
         for times in token_times(result).values()
@@ -379,7 +392,11 @@ def serving_stats(result: ServingResult, concurrency: int) -> dict:
 
 
 def energy_of(samples, windows: list[tuple[int, int]]) -> dict:
-    rec = windows_energy(samples, windows) if len(windows) > 1 else window_energy(samples, *windows[0])
+    rec = (
+        windows_energy(samples, windows)
+        if len(windows) > 1
+        else window_energy(samples, *windows[0])
+    )
     return {
         "energy_j": rec.energy_j,
         "method": rec.method,
@@ -430,11 +447,17 @@ def run_case(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     power = power_dir / f"{case.name}.power.parquet"
-    spec = {"kind": "nvml", "device_index": 0} if device.type == "cuda" else {"kind": "modeled_cpu", "tdp_w": 100.0}
+    spec = (
+        {"kind": "nvml", "device_index": 0}
+        if device.type == "cuda"
+        else {"kind": "modeled_cpu", "tdp_w": 100.0}
+    )
     with PowerSidecar(spec, power, interval_s=POWER_INTERVAL_S):
         time.sleep(2 * POWER_INTERVAL_S)  # a counter reading before the window opens
         if case.engine == "static":
-            batches = [reqs[i : i + case.concurrency] for i in range(0, len(reqs), case.concurrency)]
+            batches = [
+                reqs[i : i + case.concurrency] for i in range(0, len(reqs), case.concurrency)
+            ]
             results = [
                 engine.run_batch([list(r.prompt) for r in b], [r.output_len for r in b])
                 for b in batches
@@ -512,7 +535,13 @@ def profile_decode(engine: TorchServingEngine, prompt_len: int, seed: int, outs=
     for name, (calls, us) in long.items():
         c0, us0 = short.get(name, (0, 0.0))
         if calls > c0:
-            rows.append({"name": name[:160], "calls_per_step": (calls - c0) / steps, "us_per_step": (us - us0) / steps})
+            rows.append(
+                {
+                    "name": name[:160],
+                    "calls_per_step": (calls - c0) / steps,
+                    "us_per_step": (us - us0) / steps,
+                }
+            )
     rows.sort(key=lambda r: -r["us_per_step"])
     busy = sum(r["us_per_step"] for r in rows)
     for r in rows:
@@ -552,7 +581,9 @@ def read_mlenergy_configs(directory: Path) -> list[dict] | None:
         rows = list(csv.DictReader(f))
     missing = [c for c in MLENERGY_CONFIG_COLUMNS if not rows or c not in rows[0]]
     if missing:
-        raise InputError(f"{path}: missing column(s) {missing}; expected {list(MLENERGY_CONFIG_COLUMNS)}")
+        raise InputError(
+            f"{path}: missing column(s) {missing}; expected {list(MLENERGY_CONFIG_COLUMNS)}"
+        )
     return [
         {c: (r[c] if c == "gpu_model" else int(r[c]) if c == "max_num_seqs" else float(r[c]))
          for c in MLENERGY_CONFIG_COLUMNS}
@@ -602,7 +633,9 @@ def verdicts(results: dict[str, dict], device_name_: str) -> dict:
     """Issue 22's targets, whole-run window, on the card they were set for (TARGET_DEVICE)."""
     out = {}
     if TARGET_DEVICE not in device_name_:
-        return {"note": f"targets are set for one {TARGET_DEVICE}; this record's device is {device_name_}"}
+        return {
+            "note": f"targets are set for one {TARGET_DEVICE}; this record's device is {device_name_}"
+        }
     for name, levels in TARGETS.items():
         if name not in results or "output_tok_per_s" not in results[name]:
             continue
@@ -643,11 +676,15 @@ def line(r: dict) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="256 requests per engine, no transformers")
-    p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: the code path only")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny models on the CPU: the code path only"
+    )
     p.add_argument("--cases", nargs="+", help="case names (default: cb64 cb256 cb512 slots-cb64)")
     p.add_argument("--requests", type=int, default=2048, help="request set size (continuous)")
     p.add_argument("--static-requests", type=int, default=256, help="the first n, static engine")
-    p.add_argument("--transformers-requests", type=int, default=128, help="the first n, transformers")
+    p.add_argument(
+        "--transformers-requests", type=int, default=128, help="the first n, transformers"
+    )
     p.add_argument("--llama2-requests", type=int, default=512, help="the first n, Llama-2-7B")
     p.add_argument("--profile", action="store_true", help="kernel profile of the cb64 decode step")
     p.add_argument("--mlenergy-dir", type=Path, default=MLENERGY_DIR,
@@ -657,7 +694,9 @@ def parse_args(argv):
     p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="paged engine")
     p.add_argument("--no-mixed-steps", action="store_true", help="paged engine: prompt steps apart")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="record path (default: $OUT or benchmarks/results, <gpu>-serving.json)")
+    p.add_argument(
+        "--out", help="record path (default: $OUT or benchmarks/results, <gpu>-serving.json)"
+    )
     return p.parse_args(argv)
 
 
@@ -682,7 +721,9 @@ def main(argv=None) -> int:
         "mixed_steps": not args.no_mixed_steps,
     }
     suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
-    path = Path(args.out) if args.out else out_dir(None) / f"{gpu_slug(device)}-serving{suffix}.json"
+    path = (
+        Path(args.out) if args.out else out_dir(None) / f"{gpu_slug(device)}-serving{suffix}.json"
+    )
     power_dir = Path(tempfile.mkdtemp(prefix="tokencarbon-serving-power-"))  # raw samples stay here
     n_max = max(c.n_requests for c in todo)
     reference = read_mlenergy_configs(args.mlenergy_dir)

@@ -46,9 +46,11 @@ def hand_built() -> ServingResult:
     end = {"a": 2, "b": 4, "c": 6, "d": 8, "e": 9}
     first = {"a": 0, "b": 0, "c": 3, "d": 5, "e": 7}
     made = {"a": 3, "b": 5, "c": 4, "d": 4, "e": 3}
+    t_first = {rid: (10 * k + 10) * MS for rid, k in first.items()}
+    t_end = {rid: (10 * k + 10) * MS for rid, k in end.items()}
     reqs = tuple(
-        RequestRecord(rid, 1, made[rid], 0, (10 * first[rid] + 10) * MS, (10 * end[rid] + 10) * MS,
-                      10**9, (10 * first[rid] + 10) * MS + 10**9, (10 * end[rid] + 10) * MS + 10**9, 0)
+        RequestRecord(rid, 1, made[rid], 0, t_first[rid], t_end[rid],
+                      10**9, t_first[rid] + 10**9, t_end[rid] + 10**9, 0)
         for rid in "abcde"
     )  # fmt: skip
     return ServingResult(reqs, steps, 0, 100 * MS, 10**9, 10**9 + 100 * MS)
@@ -150,7 +152,9 @@ def test_comparison_table_puts_our_windows_beside_ml_energys_rows():
     table = plot_serving.comparison_table([(Path("r.json"), record)], configs)
     assert len(table) == 3  # ML.ENERGY's row; our whole run and steady window; static left out
     ours = table[table["source"] == "tokencarbon"].set_index("window")
-    assert ours.loc["steady", "tok_per_s"] == 6500.0 and ours.loc["whole run", "j_per_token"] == 0.09
+    assert (
+        ours.loc["steady", "tok_per_s"] == 6500.0 and ours.loc["whole run", "j_per_token"] == 0.09
+    )
     assert set(ours["gpu"]) == {"H100"} and not ours["dropped"].any()
     fig = plot_serving.plot_comparison(table)
     assert len(fig.axes) == 2

@@ -32,7 +32,8 @@ OUTPUTS = [6, 3, 5, 20, 1, 9, 12, 7]
 def requests(prompts=PROMPTS, outputs=OUTPUTS, arrivals=None) -> list[Request]:
     arrivals = arrivals or [0.0] * len(prompts)
     return [
-        Request(f"r{i}", tuple(p), n, a) for i, (p, n, a) in enumerate(zip(prompts, outputs, arrivals))
+        Request(f"r{i}", tuple(p), n, a)
+        for i, (p, n, a) in enumerate(zip(prompts, outputs, arrivals))
     ]
 
 
@@ -202,7 +203,9 @@ def test_arrivals_are_waited_for(layout):
 def test_bad_input_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="max_num_seqs=0"):
         engine(max_num_seqs=0)
-    with pytest.raises(ConfigError, match="prefill_min_seqs=5; must lie in \\[1, max_num_seqs 3\\]"):
+    with pytest.raises(
+        ConfigError, match="prefill_min_seqs=5; must lie in \\[1, max_num_seqs 3\\]"
+    ):
         engine(prefill_min_seqs=5)
     with pytest.raises(ConfigError, match="max_model_len=513"):
         engine(max_model_len=513)  # tiny-llama: max_positions 512

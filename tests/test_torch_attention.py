@@ -160,7 +160,7 @@ def test_compiled_paged_decode_and_flash_chunks_on_cuda():
     mask = PagedDecodeMask(4, (n_blocks + 1) * bs, bs, dev)
     mask.set(tables, lengths)
     # keys past a row's length inside its last block hold NaN too: mask_mod must hide them
-    k[:, :, 30 * bs + 2 :  31 * bs] = float("nan")
+    k[:, :, 30 * bs + 2 : 31 * bs] = float("nan")
     want = reference_paged(q[:3], k, v, tables[:3], lengths[:3], bs)
     compiled = torch.compile(paged_decode_attention, fullgraph=True, dynamic=False)
     got = compiled(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask).float()

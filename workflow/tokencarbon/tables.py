@@ -264,7 +264,8 @@ CELL_KEYS = [
 ]
 CELL_DIR_PREFIX = {"static": "bs", "continuous": "cb"}
 # Integer columns that may be null (read as pandas' nullable Int64).
-NULLABLE_INT_COLUMNS = ("quant_group_size", "preemptions")  # results/cells/{platform}/{model}/{prefix}{n}
+# results/cells/{platform}/{model}/{prefix}{n}; requests.parquet
+NULLABLE_INT_COLUMNS = ("quant_group_size", "preemptions")
 # Columns added to a schema after cells were written with it: a table without one reads with the
 # column null (REQUESTS.preemptions and STEPS.new_tokens, issue 22), so older cells stay readable.
 ADDED_COLUMNS = ("preemptions", "new_tokens")

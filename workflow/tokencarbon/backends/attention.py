@@ -74,8 +74,8 @@ class DecodeMask:
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: DecodeMask) -> Tensor:
     """q [rows, heads, head_dim] (one token per row) attending over keys [0, length) of its slot of
     k_cache/v_cache [rows, kv_heads, cache_len, head_dim], lengths as `mask` holds them; returns
-    [rows, heads, head_dim]. Under torch.compile: flex_attention with the block mask, which lowers to
-    flex decoding's kernel (grouped-query heads packed into one tile, only the row's blocks read).
+    [rows, heads, head_dim]. Under torch.compile: flex_attention with the block mask, which lowers
+    to flex decoding's kernel (grouped-query heads packed into one tile, only the row's blocks read).
     Eagerly (CPU, and the CUDA reference): SDPA over the whole cache with the same mask as a dense
     boolean, the same function computed plainly (eager flex_attention computes it densely too, at
     some 0.1 s of Python overhead per call)."""
@@ -129,7 +129,9 @@ class PagedDecodeMask:
         """last: an int64 [2, rows] buffer to hold last_page and last_len (the engine passes a
         view of its step input, so one copy fills them); default: its own."""
         if pool_tokens % block_size:
-            raise ValueError(f"pool_tokens {pool_tokens} must be a multiple of block_size {block_size}")
+            raise ValueError(
+                f"pool_tokens {pool_tokens} must be a multiple of block_size {block_size}"
+            )
         self.rows, self.block_size, self.pool_tokens = rows, block_size, pool_tokens
         self.width = pool_tokens // block_size
         self.cols = 0
@@ -243,9 +245,10 @@ def chunk_attention(
         n, m = qe - qs, ke - ks
         qi = q[qs:qe].transpose(0, 1).unsqueeze(0)
         ki, vi = (t[ks:ke].transpose(0, 1).unsqueeze(0) for t in (k, v))
-        allowed = torch.arange(m, device=q.device)[None, :] <= torch.arange(
-            m - n, m, device=q.device
-        )[:, None]
+        allowed = (
+            torch.arange(m, device=q.device)[None, :]
+            <= torch.arange(m - n, m, device=q.device)[:, None]
+        )
         yi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=allowed, enable_gqa=True)
         out.append(yi[0].transpose(0, 1))
     return torch.cat(out)

@@ -129,7 +129,11 @@ def max_num_seqs_fitting(
 
     Llama-2-7B float16, 40 GiB, blocks of 16, 1,000 + 1,000 tokens: 1,999 positions = 125 blocks,
     5,120 // 125 = 40 requests, 80,000 tokens in flight (tests/test_paged.py by hand)."""
-    if type(prompt_len) is not int or type(output_len) is not int or min(prompt_len, output_len) < 1:
+    if (
+        type(prompt_len) is not int
+        or type(output_len) is not int
+        or min(prompt_len, output_len) < 1
+    ):
         raise ConfigError(
             f"prompt_len={prompt_len!r}, output_len={output_len!r}; both must be integers >= 1"
         )
@@ -153,8 +157,8 @@ def pool_bytes_under_utilization(
     pool together): utilization x total_bytes - used_bytes - activation_bytes, where used_bytes is
     the device memory in use before the pool exists (weights, CUDA context and workspaces, anything
     else on the device) and activation_bytes the transient peak of the largest step (measured by a
-    profiling step). Raises ConfigError when utilization is outside (0, 1] or nothing is left, naming
-    the numbers."""
+    profiling step). Raises ConfigError when utilization is outside (0, 1] or nothing is left,
+    naming the numbers."""
     if not (isinstance(utilization, (int, float)) and 0 < utilization <= 1):
         raise ConfigError(f"gpu_memory_utilization={utilization!r}; must lie in (0, 1]")
     left = int(math.floor(utilization * total_bytes)) - used_bytes - activation_bytes

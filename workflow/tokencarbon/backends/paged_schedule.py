@@ -189,7 +189,12 @@ class Schedule:
         free_rows = self.max_num_seqs - len(self.running)
         if not self.waiting or free_rows <= 0 or budget <= 0:
             return budget
-        if busy and self.running and len(self.waiting) > free_rows and free_rows < self.prefill_min_seqs:
+        if (
+            busy
+            and self.running
+            and len(self.waiting) > free_rows
+            and free_rows < self.prefill_min_seqs
+        ):
             return budget
         while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             r = self.waiting[0]
@@ -252,7 +257,8 @@ class Schedule:
         return [start + n == self.p[r] + self.g[r] for r, start, n in step.chunks]
 
     def leaks(self) -> str:
-        """'' when every block and row is back (after the last request finished), else what is not."""
+        """'' when every block and row is back (after the last request finished), else what is
+        not."""
         problems = []
         if self.allocator.num_free != self.allocator.num_blocks:
             problems.append(

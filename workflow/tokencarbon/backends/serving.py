@@ -205,8 +205,9 @@ class TorchServingEngine:
         default each request set's longest, which sizes the slots). quantization: weight-only
         scheme applied to the weights once drawn or loaded (build_model); int4_weight_only needs
         dtype bfloat16 on CUDA (ConfigError). cuda_graphs: on CUDA, replay decode steps as CUDA
-        graphs (paged: only with compile_layers, else decode steps run eagerly). compile_layers: compile the decode layer with torch.compile (default: on CUDA;
-        needed there for flex decoding's fused kernel). prefill_min_seqs: while more requests wait
+        graphs (paged: only with compile_layers, else decode steps run eagerly). compile_layers:
+        compile the decode layer with torch.compile (default: on CUDA; needed there for flex
+        decoding's fused kernel). prefill_min_seqs: while more requests wait
         than rows are free, admit only once this many rows are free, so one step's weight read
         carries several prompts (default max(1, max_num_seqs // 16)). kv_layout: "paged" or
         "slots" (module docstring).
@@ -297,7 +298,10 @@ class TorchServingEngine:
     def describe(self) -> dict:
         """The settings a cell records beside its numbers (JSON-ready): kv_layout, max_num_seqs,
         and the layout's own (PagedEngine.describe, SlotEngine.describe)."""
-        return {"kv_layout": self.kv_layout, "max_num_seqs": self.max_num_seqs} | self.engine.describe()
+        return {
+            "kv_layout": self.kv_layout,
+            "max_num_seqs": self.max_num_seqs,
+        } | self.engine.describe()
 
 
 # ================================================================ the paged engine
@@ -503,7 +507,9 @@ class PagedEngine:
             self._buckets[rows] = _Bucket(
                 rows=rows,
                 ivec=ivec,
-                mask=PagedDecodeMask(rows, self.pool.tokens, self.block_size, self.device, ivec[4:6]),
+                mask=PagedDecodeMask(
+                    rows, self.pool.tokens, self.block_size, self.device, ivec[4:6]
+                ),
                 ids=torch.zeros(rows, **new),
                 next_tok=torch.zeros(rows, **new),
                 row0=torch.zeros(rows, **new),
@@ -573,7 +579,10 @@ class PagedEngine:
         pos = np.tile(np.arange(chunk), n_chunks)
         blocks_per = blocks_for(chunk, bs)
         slots = np.concatenate(
-            [(k * blocks_per + np.arange(chunk) // bs) * bs + np.arange(chunk) % bs for k in range(n_chunks)]
+            [
+                (k * blocks_per + np.arange(chunk) // bs) * bs + np.arange(chunk) % bs
+                for k in range(n_chunks)
+            ]
         )
         offsets = [k * chunk for k in range(n_chunks + 1)]
         sample = np.arange(tokens - min(self.max_num_seqs, tokens), tokens)
@@ -708,7 +717,9 @@ class PagedEngine:
                 sample_rows.append(n_dec + q_off[-1] - 1)
                 sample_out.append(goff[r] + s.g[r])
         rows = np.concatenate([np.arange(n_dec), np.asarray(sample_rows, dtype=np.int64)])
-        outs = np.concatenate([np.zeros(n_dec, dtype=np.int64), np.asarray(sample_out, dtype=np.int64)])
+        outs = np.concatenate(
+            [np.zeros(n_dec, dtype=np.int64), np.asarray(sample_out, dtype=np.int64)]
+        )
         parts = {
             "tok": np.concatenate(tok), "pos": np.concatenate(pos), "slot": np.concatenate(slot),
             "ctx": np.concatenate(ctx), "cu_q": np.asarray(q_off), "cu_k": np.asarray(k_off),
@@ -756,7 +767,9 @@ class PagedEngine:
         ids = [r.request_id for r in requests]
         # The token store: every prompt, then every request's generated tokens, then a trash slot.
         poff = np.concatenate([[0], np.cumsum(prompt_len)[:-1]]).astype(np.int64)
-        goff = int(prompt_len.sum()) + np.concatenate([[0], np.cumsum(output_len)[:-1]]).astype(np.int64)
+        goff = int(prompt_len.sum()) + np.concatenate([[0], np.cumsum(output_len)[:-1]]).astype(
+            np.int64
+        )
         trash = int(prompt_len.sum() + output_len.sum())
         host_store = np.zeros(trash + 1, dtype=np.int64)
         host_store[: prompt_len.sum()] = np.fromiter(
@@ -776,8 +789,10 @@ class PagedEngine:
             sched.arrive(time.monotonic_ns() - clock.start_ns)
             step = sched.next_step()
             if step is None:
-                wait = sched.next_arrival_ns() - (time.monotonic_ns() - clock.start_ns)
-                time.sleep(max(0, wait) / 1e9)
+                arrival_ns = sched.next_arrival_ns()
+                if arrival_ns is None:  # cannot happen: a request alone fits the pool (checked)
+                    raise RuntimeError("paged engine: requests wait that nothing can admit")
+                time.sleep(max(0, arrival_ns - (time.monotonic_ns() - clock.start_ns)) / 1e9)
                 continue
             k = len(steps)
             start = clock.mark()
@@ -829,7 +844,8 @@ class PagedEngine:
             start_wall_ns=clock.start_wall_ns,
             end_wall_ns=end_wall_ns,
             token_ids={
-                ids[i]: tuple(generated[goff[i] : goff[i] + output_len[i]].tolist()) for i in range(n)
+                ids[i]: tuple(generated[goff[i] : goff[i] + output_len[i]].tolist())
+                for i in range(n)
             },
         )
 
@@ -851,7 +867,9 @@ class PagedEngine:
             b.ivec.copy_(dev[: 6 * b.rows].view(6, b.rows))
             b.mask.num_blocks.copy_(dev[6 * b.rows : 7 * b.rows])
             at = 7 * b.rows
-            b.mask.table.view(b.rows, -1)[:, :cols].copy_(dev[at : at + b.rows * cols].view(b.rows, cols))
+            b.mask.table.view(b.rows, -1)[:, :cols].copy_(
+                dev[at : at + b.rows * cols].view(b.rows, cols)
+            )
             b.mask.cols = cols
             at += b.rows * cols
         if not step.chunks:
@@ -880,9 +898,11 @@ class PagedEngine:
             "block_size": self.block_size,
             "num_blocks": None if pool is None else pool.num_blocks,
             "pool_tokens": None if pool is None else pool.num_blocks * self.block_size,
-            "pool_bytes": None
-            if pool is None
-            else kv_bytes_per_token(self.arch, self.dtype) * self.block_size * pool.num_blocks,
+            "pool_bytes": (
+                None
+                if pool is None
+                else kv_bytes_per_token(self.arch, self.dtype) * self.block_size * pool.num_blocks
+            ),
             "num_blocks_source": self.num_blocks_source or None,
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "profiled_activation_bytes": self.activation_bytes,
@@ -998,9 +1018,7 @@ class SlotEngine:
         x, rope = model.embed_tokens(self._tokens, self._pos)
         rope = _rope_rows(rope)
         for layer, (k_cache, v_cache) in zip(model.layers, self._caches):
-            x = self._layer_fn(
-                layer, x, rope, self._rows, self._pos, k_cache, v_cache, self._mask
-            )
+            x = self._layer_fn(layer, x, rope, self._rows, self._pos, k_cache, v_cache, self._mask)
         next_token = model.lm_head(model.norm(x)).argmax(dim=-1)
         self._out[self._rows, self._n_gen] = next_token
         self._tokens.copy_(next_token)
@@ -1138,7 +1156,14 @@ class SlotEngine:
                 times = (t0, t1, w0, w1)
                 tokens_in = prompt_len[batch].tolist()
                 steps.append(
-                    _step(len(steps), "prefill", times, [ids[i] for i in batch], tokens_in, [1] * len(batch))
+                    _step(
+                        len(steps),
+                        "prefill",
+                        times,
+                        [ids[i] for i in batch],
+                        tokens_in,
+                        [1] * len(batch),
+                    )
                 )
                 first_ns[batch] = (t1, w1)
                 for s in done:
@@ -1160,7 +1185,14 @@ class SlotEngine:
                 t1, w1 = time.monotonic_ns(), time.time_ns()
                 live_ids = [ids[i] for i in slot_request[live]]
                 steps.append(
-                    _step(len(steps), "decode", (t0, t1, w0, w1), live_ids, [1] * len(live), [1] * len(live))
+                    _step(
+                        len(steps),
+                        "decode",
+                        (t0, t1, w0, w1),
+                        live_ids,
+                        [1] * len(live),
+                        [1] * len(live),
+                    )
                 )
                 remaining[live] -= 1
                 done = live[remaining[live] == 0].tolist()
