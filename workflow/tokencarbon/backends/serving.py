@@ -904,6 +904,10 @@ class PagedEngine:
                 else kv_bytes_per_token(self.arch, self.dtype) * self.block_size * pool.num_blocks
             ),
             "num_blocks_source": self.num_blocks_source or None,
+            # what gpu_memory_utilization left for the pool before rounding down to blocks (the
+            # bytes the OOM probe hands paged.max_num_seqs_fitting); None when not sized that way
+            "pool_bytes_budget": self.pool_bytes_budget,
+            "kv_bytes_per_token": kv_bytes_per_token(self.arch, self.dtype),
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "profiled_activation_bytes": self.activation_bytes,
             "max_num_batched_tokens": self.max_num_batched_tokens,
