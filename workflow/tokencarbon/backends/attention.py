@@ -118,20 +118,9 @@ class PagedDecodeMask:
     int64. cols (host int): columns of the table in use (the most blocks a row has), which the
     eager path gathers."""
 
-    def __init__(
-        self,
-        rows: int,
-        pool_tokens: int,
-        block_size: int,
-        device: torch.device,
-        last: Tensor | None = None,
-    ):
-        """last: an int64 [2, rows] buffer to hold last_page and last_len (the engine passes a
-        view of its step input, so one copy fills them); default: its own."""
+    def __init__(self, rows: int, pool_tokens: int, block_size: int, device: torch.device):
         if pool_tokens % block_size:
-            raise ValueError(
-                f"pool_tokens {pool_tokens} must be a multiple of block_size {block_size}"
-            )
+            raise ValueError(f"pool_tokens {pool_tokens} must be a multiple of block_size {block_size}")
         self.rows, self.block_size, self.pool_tokens = rows, block_size, pool_tokens
         self.width = pool_tokens // block_size
         self.cols = 0
@@ -139,10 +128,9 @@ class PagedDecodeMask:
         i64 = dict(dtype=torch.long, device=device)
         self.num_blocks = torch.zeros(rows, **i32)
         self.table = torch.zeros(rows, 1, 1, self.width, **i32)
-        if last is None:
-            last = torch.zeros(2, rows, **i64)
-            last[0] = -1
-        self.last_page, self.last_len = last[0], last[1]
+        # separate tensors (no two inputs of the compiled step share storage)
+        self.last_page = torch.full((rows,), -1, **i64)
+        self.last_len = torch.zeros(rows, **i64)
         last_page, last_len = self.last_page, self.last_len
 
         def keys_of_the_row(b, h, q_idx, kv_idx):

@@ -309,10 +309,10 @@ class TorchServingEngine:
 
 @dataclass
 class _Bucket:
-    """Static decode-step buffers for `rows` rows (one CUDA graph each): ivec [6, rows] int64
-    (token store index fed, store index of the sampled token, position, pool slot written, last
-    block, keys in the last block), the block mask over them, the token ids fed, the sampled
-    tokens, and zeros (the pool's batch row)."""
+    """Static decode-step buffers for `rows` rows (one CUDA graph each): ivec [4, rows] int64
+    (token store index fed, store index of the sampled token, position, pool slot written), the
+    block mask (block counts, tables, last block and the keys in it), the token ids fed, the
+    sampled tokens, and zeros (the pool's batch row)."""
 
     rows: int
     ivec: Tensor
@@ -503,13 +503,10 @@ class PagedEngine:
         self.num_blocks_source = source
         new = dict(dtype=torch.long, device=self.device)
         for rows in self.buckets:
-            ivec = torch.zeros(6, rows, **new)
             self._buckets[rows] = _Bucket(
                 rows=rows,
-                ivec=ivec,
-                mask=PagedDecodeMask(
-                    rows, self.pool.tokens, self.block_size, self.device, ivec[4:6]
-                ),
+                ivec=torch.zeros(4, rows, **new),
+                mask=PagedDecodeMask(rows, self.pool.tokens, self.block_size, self.device),
                 ids=torch.zeros(rows, **new),
                 next_tok=torch.zeros(rows, **new),
                 row0=torch.zeros(rows, **new),
@@ -614,7 +611,8 @@ class PagedEngine:
         """Every row idle: no keys, writes to the scratch block, position 0, token 0."""
         b.ivec.zero_()
         b.ivec[3].fill_(self.pool.scratch_slot)
-        b.ivec[4].fill_(-1)
+        b.mask.last_page.fill_(-1)
+        b.mask.last_len.zero_()
         b.mask.num_blocks.zero_()
         b.ids.zero_()
 
@@ -678,8 +676,9 @@ class PagedEngine:
     # ------------------------------------------------------------ step inputs
 
     def _decode_inputs(self, s: Schedule, dec: np.ndarray, rows: int, goff: np.ndarray):
-        """The int64 inputs of decode rows `dec` padded to `rows`: ivec [6, rows], num_blocks
-        [rows], table [rows, cols] (cols: the most blocks a row uses)."""
+        """The int64 inputs of decode rows `dec` padded to `rows`: [6, rows] (the bucket's ivec
+        rows, then the mask's last block and keys in it), num_blocks [rows], table [rows, cols]
+        (cols: the most blocks a row uses)."""
         bs, n = self.block_size, len(dec)
         ivec = np.zeros((6, rows), dtype=np.int64)
         ivec[3] = self.pool.scratch_slot
@@ -864,7 +863,9 @@ class PagedEngine:
         dev = upload(np.concatenate(arrays))
         at = 0
         if n_dec:
-            b.ivec.copy_(dev[: 6 * b.rows].view(6, b.rows))
+            b.ivec.copy_(dev[: 4 * b.rows].view(4, b.rows))
+            b.mask.last_page.copy_(dev[4 * b.rows : 5 * b.rows])
+            b.mask.last_len.copy_(dev[5 * b.rows : 6 * b.rows])
             b.mask.num_blocks.copy_(dev[6 * b.rows : 7 * b.rows])
             at = 7 * b.rows
             b.mask.table.view(b.rows, -1)[:, :cols].copy_(
