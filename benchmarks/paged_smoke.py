@@ -70,8 +70,12 @@ def tiny(seen: dict, device: str) -> None:
             f"decode graphs captured {list(graphs)}",
             seen,
         )
-    diff = [rid for rid in want if result.token_ids[rid] != want[rid]]
-    check(not diff, f"paged tokens equal the slot engine's (differ: {diff})", seen)
+    diff = {
+        rid: next(i for i, (a, b) in enumerate(zip(result.token_ids[rid], want[rid])) if a != b)
+        for rid in want
+        if result.token_ids[rid] != want[rid]
+    }
+    check(not diff, f"paged tokens equal the slot engine's (first differing index: {diff})", seen)
     preempted = sum(r.preemptions for r in result.requests)
     kinds = sorted({s.kind for s in result.steps})
     seen |= {"preemptions": preempted, "step_kinds": kinds, "describe": paged.describe()}
