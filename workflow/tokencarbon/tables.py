@@ -61,6 +61,7 @@ REQUESTS = pa.schema(
         ("arrival_wall_ns", pa.int64()),  # time.time_ns() at the same three points
         ("first_token_wall_ns", pa.int64()),
         ("finish_wall_ns", pa.int64()),
+        ("preemptions", pa.int64()),  # times its KV was given back to be recomputed; null: unknown
     ]
 )
 
@@ -78,6 +79,7 @@ STEPS = pa.schema(
         ("end_wall_ns", pa.int64()),
         ("request_ids", pa.list_(pa.string())),  # requests that had tokens in the step
         ("request_tokens", pa.list_(pa.int64())),  # tokens each of them processed in the step
+        ("new_tokens", pa.list_(pa.int64())),  # output tokens it generated for each; null: unknown
     ]
 )
 
@@ -263,7 +265,11 @@ CELL_KEYS = [
 ]
 CELL_DIR_PREFIX = {"static": "bs", "continuous": "cb"}
 # Integer columns that may be null (read as pandas' nullable Int64).
-NULLABLE_INT_COLUMNS = ("quant_group_size",)  # results/cells/{platform}/{model}/{prefix}{n}
+# results/cells/{platform}/{model}/{prefix}{n}; requests.parquet
+NULLABLE_INT_COLUMNS = ("quant_group_size", "preemptions")
+# Columns added to a schema after cells were written with it: a table without one reads with the
+# column null (REQUESTS.preemptions and STEPS.new_tokens, issue 22), so older cells stay readable.
+ADDED_COLUMNS = ("preemptions", "new_tokens")
 
 
 def with_cell_keys(schema: pa.Schema) -> pa.Schema:
@@ -272,7 +278,11 @@ def with_cell_keys(schema: pa.Schema) -> pa.Schema:
 
 
 def check(df: pd.DataFrame, schema: pa.Schema, where: str | Path) -> pd.DataFrame:
-    """Return df with its columns in schema order; raise SchemaError naming `where` otherwise."""
+    """Return df with its columns in schema order; raise SchemaError naming `where` otherwise.
+    A column of ADDED_COLUMNS that df lacks is added as null."""
+    added = [n for n in ADDED_COLUMNS if n in schema.names and n not in df.columns]
+    if added:
+        df = df.assign(**{n: None for n in added})
     missing = [n for n in schema.names if n not in df.columns]
     if missing:
         raise SchemaError(

@@ -60,11 +60,16 @@ class RequestRecord:
     arrival_wall_ns: int
     first_token_wall_ns: int
     finish_wall_ns: int
+    # times the engine preempted it (gave its KV blocks back to recompute later); None where the
+    # engine does not report preemptions (transformers' manager)
+    preemptions: int | None = None
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One engine step: tables.STEPS. request_tokens[i] tokens of request_ids[i] went through it."""
+    """One engine step: tables.STEPS. request_tokens[i] tokens of request_ids[i] went through it,
+    and it generated new_tokens[i] output tokens for it (1 for a decode row and for the chunk that
+    ends a prompt, 0 for an earlier chunk or a recomputed prefix; None where unknown)."""
 
     step_index: int
     kind: str  # "prefill", "decode" or "mixed"
@@ -74,6 +79,7 @@ class StepRecord:
     end_wall_ns: int
     request_ids: tuple[str, ...]
     request_tokens: tuple[int, ...]
+    new_tokens: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
