@@ -11,6 +11,7 @@
 # decode:  benchmarks/decode_roofline.py, every case in graph mode, compile at batch 1
 # profile: decode_roofline.py's kernel profile of the batch-1 and batch-256 graph steps
 # tests:   pytest -m gpu;   sidecar: benchmarks/sidecar_overhead.py
+# smoke:   benchmarks/paged_smoke.py;  serving: benchmarks/serving.py --cases $SERVING_CASES
 # probe:   benchmarks/probe_time.py, the six study models (probe_bisect: the search before, Llama-2-7B)
 # overhead: benchmarks/cell_overhead.py on Llama-2-7B bs8 and cb32 of config/paper-h200.yaml (this
 #          card as its platform, one repeat): this tree (a cold and a warm compilation cache), then
@@ -68,30 +69,40 @@ for m in c["models"]:
     tests) step tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/ ;;
     sidecar) step sidecar python3 benchmarks/sidecar_overhead.py ;;
     overhead)
-        python3 - "$platform" > /tmp/overhead.yaml <<'PY'
+        # OVERHEAD_PROMPTS / OVERHEAD_CONVERSATIONS shrink the workload (the fixed cost does not
+        # depend on it), OVERHEAD_CELLS picks the cells (default "bs8 cb32"), OVERHEAD_BEFORE=0
+        # skips the previous commit's run
+        python3 - "$platform" "${OVERHEAD_PROMPTS:-100}" "${OVERHEAD_CONVERSATIONS:-20000}" \
+            > /tmp/overhead.yaml <<'PY'
 import sys, yaml
 c = yaml.safe_load(open("config/paper-h200.yaml"))
 c["platforms"] = {sys.argv[1]: {}}
 c["models"] = {"llama-2-7b": c["models"]["llama-2-7b"]}
 c["run"]["repeats"] = 1
 c["sweep"] |= {"batch_sizes": [1, 8], "max_num_seqs": [32]}
+c["workload"] |= {"num_prompts": int(sys.argv[2]), "synthetic_conversations": int(sys.argv[3])}
 print(yaml.safe_dump(c))
 PY
-        targets=("results/cells/$platform/llama-2-7b/bs8/meta.json"
-                 "results/cells/$platform/llama-2-7b/cb32/meta.json")
+        targets=()
+        for cell in ${OVERHEAD_CELLS:-bs8 cb32}; do
+            targets+=("results/cells/$platform/llama-2-7b/$cell/meta.json")
+        done
         # this tree first (a cold and a warm compilation cache), then the previous commit's
         # workflow in .before/ on the same workload (copied: --setup-from)
         step overhead python3 benchmarks/cell_overhead.py --label after --passes 2 --cores 16 \
             --configfile /tmp/overhead.yaml --out "$OUT/$platform-cell-overhead-after.json" \
             --targets "${targets[@]}"
         tail -5 session-logs/overhead.log
-        if [ -d .before ]; then
+        if [ -d .before ] && [ "${OVERHEAD_BEFORE:-1}" != 0 ]; then
             step overhead_before python3 benchmarks/cell_overhead.py --repo .before --label before \
                 --setup-from . --passes 1 --cores 16 --configfile /tmp/overhead.yaml \
                 --out "$OUT/$platform-cell-overhead-before.json" --targets "${targets[@]}"
             tail -3 session-logs/overhead_before.log
         fi
         ;;
+    smoke) step smoke python3 benchmarks/paged_smoke.py; tail -5 session-logs/smoke.log ;;
+    serving) step serving python3 benchmarks/serving.py --cases ${SERVING_CASES:-cb64 cb256} \
+        --out "$OUT/$platform-serving-paged.json"; tail -25 session-logs/serving.log ;;
     probe) step probe python3 benchmarks/probe_time.py "$OUT/$platform-probe-time.json" --timeout-s 60 ;;
     probe_bisect) step probe_bisect python3 benchmarks/probe_time.py \
         "$OUT/$platform-probe-time-bisect.json" --method bisect --models llama-2-7b --timeout-s 75 ;;
