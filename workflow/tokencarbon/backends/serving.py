@@ -538,7 +538,10 @@ class PagedEngine:
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
-        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+        # the per-process cap (set_per_process_memory_fraction) of this device; the getter wants
+        # an index, not torch.device("cuda") (ValueError on torch 2.11, seen on an H100)
+        index = torch.cuda.current_device() if device.index is None else device.index
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(index)
         allowed_total = int(total * min(1.0, fraction))
         used = total - free
         tokens = self.max_num_batched_tokens
