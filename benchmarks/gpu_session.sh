@@ -79,7 +79,7 @@ c = yaml.safe_load(open("config/paper-h200.yaml"))
 c["platforms"] = {sys.argv[1]: {}}
 c["models"] = {"llama-2-7b": c["models"]["llama-2-7b"]}
 c["run"]["repeats"] = 1
-c["sweep"] |= {"batch_sizes": [1, 8], "max_num_seqs": [32]}
+c["sweep"] |= {"batch_sizes": [1, 8], "max_num_seqs": [min(32, int(sys.argv[2]))]}
 c["workload"] |= {"num_prompts": int(sys.argv[2]), "synthetic_conversations": int(sys.argv[3])}
 print(yaml.safe_dump(c))
 PY
