@@ -170,7 +170,7 @@ def _table_with(tmp_path, column, value):
 
 def test_bad_number_names_file_line_and_column(tmp_path):
     path = _table_with(tmp_path, "memory_gb_per_s", "1.5 TB/s")
-    with pytest.raises(InputError, match=rf"{path} line 3, column memory_gb_per_s: '1.5 TB/s'"):
+    with pytest.raises(InputError, match=rf"{path} line 3 \(platform 'v100s-pcie-32gb'\), column memory_gb_per_s: '1.5 TB/s'"):
         load_platforms(path)
 
 
@@ -209,7 +209,7 @@ def test_missing_column_named(tmp_path):
 def test_bad_values_name_file_line_and_column(tmp_path, column, value, message):
     # Issue 10 §8: a negative peak gave a negative MFU with exit 0; a zero one ZeroDivisionError.
     path = _table_with(tmp_path, column, value)  # line 3 is v100s-pcie-32gb
-    with pytest.raises(InputError, match=re.escape(f"{path} line 3, column {column}: {message}")):
+    with pytest.raises(InputError, match=re.escape(f"{path} line 3 (platform 'v100s-pcie-32gb'), column {column}: {message}")):
         load_platforms(path)
 
 
