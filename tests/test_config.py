@@ -470,7 +470,9 @@ def test_tensorrt_llm_on_a_cpu_platform_is_a_config_error(tmp_path):
 
 
 def test_auto_architecture_comes_from_the_checkpoint_and_reaches_the_params(tmp_path):
-    save_checkpoint(tmp_path / "ckpt", "qwen2")
+    # The builtin tokenizer's 4096 ids need a vocabulary of 4096 (the default's 128 is refused:
+    # test_a_vocabulary_smaller_than_the_builtin_tokenizers_is_refused)
+    save_checkpoint(tmp_path / "ckpt", "qwen2", vocab_size=4096)
     config = copy.deepcopy(_base())
     config["models"]["mine"] = {"architecture": "auto", "checkpoint": str(tmp_path / "ckpt"),
                                 "family": "tiny", "dtype": "float32"}  # fmt: skip
@@ -479,7 +481,7 @@ def test_auto_architecture_comes_from_the_checkpoint_and_reaches_the_params(tmp_
     arch = model_slice(config, "mine")["architecture"]
     # tiny_checkpoints.LLAMA_SHAPE, qwen2 (tied embeddings, q/k/v biases)
     assert (arch["hidden_size"], arch["num_layers"], arch["num_heads"], arch["num_kv_heads"]) == (64, 2, 4, 2)
-    assert (arch["vocab_size"], arch["max_positions"], arch["model_type"]) == (128, 256, "qwen2")
+    assert (arch["vocab_size"], arch["max_positions"], arch["model_type"]) == (4096, 256, "qwen2")
     assert model_slice(config, "tiny-llama")["architecture"] == "tiny-llama"  # named: a file input
 
 

@@ -71,7 +71,7 @@ def test_import_real_nvidia_smi_log_matches_an_independent_trapezoid(shared_data
                   for k, (s, e, b) in enumerate(windows))  # fmt: skip
     )
     out = tc("import", "--power", log_path, "--tz", "Europe/Berlin", "--timing", timing,
-             "--model", "m7b", "--platform", "gpu-x", "--out", tmp_path / "cells", "--json")  # fmt: skip
+             "--model", "m7b", "--platform", "h100-sxm-80gb", "--out", tmp_path / "cells", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert (report["power_field"], report["power_kind"]) == ("power.draw", "average")
@@ -85,7 +85,7 @@ def test_import_real_nvidia_smi_log_matches_an_independent_trapezoid(shared_data
     for c in cells.values():  # energy from a 1 s average is said to be so
         assert "integrated_from_1s_average" in c["qa_flags"] and c["energy_counter_j"] is None
     # The cell tree is in the measured cells' schemas.
-    d = tmp_path / "cells" / "gpu-x" / "m7b" / "bs4"
+    d = tmp_path / "cells" / "h100-sxm-80gb" / "m7b" / "bs4"
     batches = tables.read(d / "batches.parquet", tables.BATCHES)
     power = tables.read(d / "power.parquet", tables.POWER)
     meta = json.loads((d / "meta.json").read_text())
@@ -103,7 +103,7 @@ def test_import_real_nvidia_smi_log_matches_an_independent_trapezoid(shared_data
     assert not missing
     # A finished cell is never replaced by accident.
     again = tc("import", "--power", log_path, "--tz", "Europe/Berlin", "--timing", timing,
-               "--model", "m7b", "--platform", "gpu-x", "--out", tmp_path / "cells")  # fmt: skip
+               "--model", "m7b", "--platform", "h100-sxm-80gb", "--out", tmp_path / "cells")  # fmt: skip
     assert again.returncode == 2 and "already holds a finished cell" in again.stderr
 
 
@@ -114,7 +114,7 @@ def test_import_real_50ms_log_in_python(shared_data, tmp_path):
     timing = tmp_path / "t.csv"
     timing.write_text(f"start,end,output_tokens\n{start:.3f},{end:.3f},64\n")  # epoch seconds
     log = load_power_log(log_path, tz="Europe/Berlin")
-    windows = read_timing(timing, model="m", platform="p", batch_size=2)
+    windows = read_timing(timing, model="m", platform="h100-sxm-80gb", batch_size=2)
     cells = import_cells(log, windows, tmp_path / "cells", timing_path=timing)
     meas = cell_measurement(log, cells[0].windows, intensity=ConstantIntensity(100.0))
     # rel 1e-7: the test's epoch seconds are floats (~0.2 us steps at 1.7e9 s); tokencarbon's ns.
@@ -137,7 +137,7 @@ def test_two_gpu_log_refused_naming_the_devices_then_one_chosen(tmp_path):
     log.write_text(TWO_GPUS)
     timing = tmp_path / "t.csv"
     timing.write_text("start,end,output_tokens\n2025-01-15T12:00:00Z,2025-01-15T12:00:01Z,10\n")
-    common = ["--timing", timing, "--tz", "UTC", "--model", "m", "--platform", "p",
+    common = ["--timing", timing, "--tz", "UTC", "--model", "m", "--platform", "h100-sxm-80gb",
               "--batch-size", "1", "--out", tmp_path / "cells"]  # fmt: skip
     out = tc("import", "--power", log, *common)
     assert out.returncode == 2
@@ -150,7 +150,7 @@ def test_two_gpu_log_refused_naming_the_devices_then_one_chosen(tmp_path):
     # GPU 1: 80 W -> 82 W over 1 s: (80 + 82) / 2 = 81 J.
     assert json.loads(out.stdout)["cells"][0]["energy_j"] == pytest.approx(81.0)
     # The log says the GPU is an H100: importing it as an A100 platform is refused.
-    wrong = [a if a != "p" else "a100-sxm4-40gb" for a in common]
+    wrong = [a if a != "h100-sxm-80gb" else "a100-sxm4-40gb" for a in common]
     out = tc("import", "--power", log, "--gpu", "1", *wrong)
     assert out.returncode == 2
     assert (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,13 @@ def decode_text(path: Path, what: str) -> str:
         ) from None
 
 
-def read_csv_lines(path: str | Path, what: str, *, cut_last_line: bool = True) -> CsvLines:
+def read_csv_lines(
+    path: str | Path,
+    what: str,
+    *,
+    cut_last_line: bool = True,
+    check_header: Callable[[list[str]], None] | None = None,
+) -> CsvLines:
     """Read a CSV file whose first line is its header.
 
     what: the kind of file, for messages ("an nvidia-smi CSV log"). cut_last_line: the file is
@@ -63,7 +70,8 @@ def read_csv_lines(path: str | Path, what: str, *, cut_last_line: bool = True) -
     (timing files) pass False: their last line is kept.
     Raises InputError naming the file and line: bytes that are not UTF-8, a row with more or fewer
     fields than the header (with a hint where a comma decimal split a value), a second header.
-    Blank lines are skipped.
+    Blank lines are skipped. check_header, if given, is called with the header's fields before
+    any row is read (so that a missing or unknown column is named before a row's field count).
     """
     path = Path(path)
     text = decode_text(path, what)
@@ -89,6 +97,8 @@ def read_csv_lines(path: str | Path, what: str, *, cut_last_line: bool = True) -
         fields = [f.strip() for f in fields]
         if header is None:
             header = fields
+            if check_header is not None:
+                check_header(header)
             continue
         if fields == header:
             raise InputError(
