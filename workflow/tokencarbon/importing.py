@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tokencarbon import tables
+from tokencarbon.carbon import DEFAULT_MAX_FILL_S
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
 from tokencarbon.power.csvfile import read_csv_lines
 from tokencarbon.power.nvidia_smi import PowerLog
@@ -607,10 +608,12 @@ def import_cells(
 
 
 def cell_measurement(
-    log: PowerLog, windows: pd.DataFrame, *, intensity, pue: float = 1.0, fill=None
+    log: PowerLog, windows: pd.DataFrame, *, intensity, pue: float = 1.0, fill=None,
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
 ) -> Any:
     """The Measurement (tokencarbon.monitor) of one cell's windows: energy summed over them by
-    tokencarbon.energy, carbon by tokencarbon.carbon, per output token."""
+    tokencarbon.energy, carbon by tokencarbon.carbon (fill and max_fill_s, s, as carbon.fill and
+    carbon.max_fill_s), per output token."""
     from tokencarbon.monitor import measure_windows
 
     spans = [(int(s), int(e)) for s, e in zip(windows["start_wall_ns"], windows["end_wall_ns"])]
@@ -619,7 +622,7 @@ def cell_measurement(
     return measure_windows(
         log.samples, spans, name=key, device=str(log.device or log.path), intensity=intensity,
         pue=pue, fill=fill, tokens=int(windows["output_tokens"].sum()),
-        where=f"{log.path} (cell {key})",
+        where=f"{log.path} (cell {key})", max_fill_s=max_fill_s,
     )  # fmt: skip
 
 
