@@ -52,9 +52,10 @@ def detect_format(path: str | Path) -> str:
     """Which importer reads `path`, from its first lines; InputError naming what was seen."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        # Bytes that are not UTF-8 do not hide the format: the reader names their line.
+        with open(path, encoding="utf-8", errors="replace") as f:
             head = [line for _, line in zip(range(5), f)]
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise InputError(f"{path}: cannot be read as a text power log ({exc})") from exc
     text = "".join(head)
     first = head[0].strip() if head else ""

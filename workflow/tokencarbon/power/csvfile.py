@@ -21,7 +21,7 @@ import pandas as pd
 from tokencarbon.errors import InputError
 
 _DIGITS = re.compile(r"^[-+]?\d+$")
-_FRACTION = re.compile(r"^\d+(?: \S+)?$")
+_FRACTION = re.compile(r"^\d{1,6}(?: \S+)?$")  # a decimal comma's fraction, maybe with a unit
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def read_csv_lines(
 
 def _field_count_hint(fields: list[str], header: list[str]) -> str:
     if len(fields) > len(header):
-        for a, b in zip(fields, fields[1:]):
+        for a, b in reversed(list(zip(fields, fields[1:]))):  # values come after times
             if _DIGITS.match(a) and _FRACTION.match(b):
                 return (
                     f" ('{a},{b}' looks like a number written with a decimal comma; this file "
