@@ -195,7 +195,7 @@ def normalize_config_values(instance: Any, schema: dict[str, Any], path: str = "
         for key in instance:
             if not isinstance(key, str):
                 where = f"{path}.{key!r}" if path else repr(key)
-                word = "a boolean" if isinstance(key, bool) else f"a {type(key).__name__}"
+                word = "a boolean" if isinstance(key, bool) else "a number"
                 example = "'no': rather than no:" if isinstance(key, bool) else f"'{key}':"
                 raise ConfigError(
                     f"config key {where}: YAML read this key as {word} ({key!r}), not a name "
