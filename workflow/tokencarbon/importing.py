@@ -609,7 +609,12 @@ def import_cells(
 
 
 def cell_measurement(
-    log: PowerLog, windows: pd.DataFrame, *, intensity, pue: float = 1.0, fill=None,
+    log: PowerLog,
+    windows: pd.DataFrame,
+    *,
+    intensity,
+    pue: float = 1.0,
+    fill=None,
     max_fill_s: float | None = DEFAULT_MAX_FILL_S,
 ) -> Any:
     """The Measurement (tokencarbon.monitor) of one cell's windows: energy summed over them by
@@ -725,9 +730,7 @@ def check_imported_platform(config: dict, models: list[str], platform: str) -> N
     try:
         log = imported_power_log(config, platform)
         windows = imported_windows(config, models, platform)
-        device = cell_device_name(
-            log, platform, spec.get("device_name"), f"{key}.device_name"
-        )
+        device = cell_device_name(log, platform, spec.get("device_name"), f"{key}.device_name")
         idle = imported_idle(config, platform)
         for _, group in windows.groupby(["model", "batch_size"]):
             check_coverage(log, group, spec["timing"])

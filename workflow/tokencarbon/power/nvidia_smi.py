@@ -85,9 +85,7 @@ class PowerLog:
         return self.power_kind == "average"
 
 
-def _numbers(
-    raw: pd.Series, unit: str, where: str, *, power: bool = False
-) -> np.ndarray:
+def _numbers(raw: pd.Series, unit: str, where: str, *, power: bool = False) -> np.ndarray:
     """Values like '22.89 W' or '22.89' as floats; '[N/A]', '[Not Supported]' and kin as NaN.
 
     raw: the column's text, indexed by the file's line numbers. A column is written with its unit
