@@ -789,3 +789,21 @@ def test_a_trace_that_cannot_cover_this_runs_cells_stops_the_dry_run(tmp_path):
     assert proc.returncode != 0 and "Job stats" not in out
     assert ("config key carbon.trace: cells measured in this run (starting now): "
             f"{trace}: the intensity trace (zone DE") in out, out[-2000:]
+
+
+def test_a_trace_day_the_trace_does_not_give_is_refused(tmp_path):
+    # Figure 6a and the time shift read the 24 hours of carbon.trace_day; this trace gives
+    # 2024-01-01 00:00-02:00 only.
+    trace = _trace_2024(tmp_path / "trace.csv")
+    config = copy.deepcopy(_base())
+    config["carbon"].update(source="trace", trace=str(trace), fill=None, trace_day="2024-01-01")
+    with pytest.raises(ConfigError, match=r"config key carbon.trace_day: '2024-01-01': .* does not "
+                       r"cover 2024-01-01T02:00:00\+00:00 to 2024-01-02T00:00:00\+00:00"):
+        check_config(config)
+    # "nearest" fills the other 22 hours from 01:00's row: 22 h is more than max_fill_s (1 h),
+    # so that too is refused unless the limit is lifted.
+    config["carbon"].update(fill="nearest")
+    with pytest.raises(ConfigError, match="carbon.max_fill_s = 3600 s"):
+        check_config(config)
+    config["carbon"]["max_fill_s"] = None
+    check_config(config)

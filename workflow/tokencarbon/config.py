@@ -599,6 +599,19 @@ def _check_carbon(config: dict[str, Any]) -> None:
                 f"config key carbon.trace_day: {carbon['trace_day']!r} is no calendar day; give "
                 "a UTC day as YYYY-MM-DD, or null"
             ) from None
+    if carbon["source"] == "trace" and carbon["trace_day"] is not None:
+        # Figure 6a and the time-shift what-if read the trace's 24 hours of that day: a day the
+        # trace does not give (under carbon.fill) fails those jobs; refused here instead.
+        from tokencarbon.carbon import DEFAULT_MAX_FILL_S, intensity_for_day, load_trace
+        from tokencarbon.errors import InputError
+
+        try:
+            intensity_for_day(
+                load_trace(carbon["trace"], carbon["basis"]), carbon["trace_day"],
+                carbon["fill"], carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
+            )  # fmt: skip
+        except InputError as exc:
+            raise ConfigError(f"config key carbon.trace_day: {carbon['trace_day']!r}: {exc}") from None
 
 
 def _check_sweep(config: dict[str, Any]) -> None:
