@@ -661,33 +661,39 @@ def test_a_cells_params_hold_only_what_changes_its_measurement():
 
     base = _base()
     # The default's cpu spec, as its cells have always been planned (nothing reruns).
-    assert platform_slice(base, "cpu")["spec"] == {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}
-    corrected = []
-    for value in (51.0, 52.0):  # a bandwidth corrected: only metrics read it
+    default = slices(base)
+    assert default[0]["spec"] == {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}
+    for numbers in (dict(memory_gb_per_s=51.0), dict(memory_gb_per_s=52.0, lifetime_years=4,
+                    embodied_kg_co2e=3.0, peak_tflops_bf16=0.5, memory_gb=16.0)):  # fmt: skip
+        # Given or corrected, a number only metrics read (the bandwidth measure supplies too)
+        # leaves every measuring job's params as they were.
         config = copy.deepcopy(base)
-        config["platforms"]["cpu"]["spec"].update(memory_gb_per_s=value, lifetime_years=4,
-                                                  embodied_kg_co2e=value / 17)  # fmt: skip
-        corrected.append(slices(config))
-    assert corrected[0] == corrected[1]
-    assert corrected[0][0]["spec"] == {
-        "measure": True, "logical_cpus": 2, "tdp_w": 4.375,
-        "given_for_metrics": ["embodied_kg_co2e", "lifetime_years", "memory_gb_per_s"],
-    }  # fmt: skip
+        config["platforms"]["cpu"]["spec"].update(numbers)
+        assert slices(config) == default
+    # Without measure, the cpu row describes another CPU only with its peak and bandwidth given:
+    # the params name them (the hardware check counts them), and a corrected value changes nothing.
+    other = []
+    for peak in (0.3, 0.4):
+        config = copy.deepcopy(base)
+        config["platforms"]["cpu"]["spec"] = {"tdp_w": 4.375, "logical_cpus": 2,
+                                              "peak_tflops_fp32": peak, "memory_gb_per_s": 5.0}
+        other.append(slices(config))
+    assert other[0] == other[1]
+    assert other[0][0]["spec"] == {"logical_cpus": 2, "tdp_w": 4.375,
+                                   "given_for_metrics": ["memory_gb_per_s", "peak_tflops_fp32"]}
     # The TDP a cpu cell models its power with, and its CPUs, do change a measurement.
     config = copy.deepcopy(base)
     config["platforms"]["cpu"]["spec"]["tdp_w"] = 5.0
-    assert platform_slice(config, "cpu") != platform_slice(base, "cpu")
-    assert platform_slice(config, "cpu")["tdp_w"] == 5.0
-    # A GPU's power is read through NVML: its TDP in config changes no cell's params beyond the
-    # name that it is given (the row's 700 W stays), and a correction of it none.
+    assert platform_slice(config, "cpu") != default[0] and platform_slice(config, "cpu")["tdp_w"] == 5.0
+    # A GPU's power is read through NVML: no spec value of a GPU platform reaches its cells (the
+    # row's 700 W TDP stays), given or corrected.
     paper = _validated("paper.yaml")
-    gpu = []
+    bare = slices(paper, "h100-sxm-80gb")
     for tdp in (500, 600):
         config = copy.deepcopy(paper)
-        config["platforms"]["h100-sxm-80gb"]["spec"] = {"tdp_w": tdp}
-        gpu.append(slices(config, "h100-sxm-80gb"))
-    assert gpu[0] == gpu[1]
-    assert gpu[0][0]["tdp_w"] == 700.0 and gpu[0][0]["spec"] == {"given_for_metrics": ["tdp_w"]}
+        config["platforms"]["h100-sxm-80gb"]["spec"] = {"tdp_w": tdp, "memory_gb_per_s": 3000.0}
+        assert slices(config, "h100-sxm-80gb") == bare
+    assert bare[0]["tdp_w"] == 700.0 and "spec" not in bare[0]
 
 
 def _pool(path: Path, n: int) -> Path:

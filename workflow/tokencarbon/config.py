@@ -830,19 +830,26 @@ def model_slice(config: dict[str, Any], model: str, workflow_dir=None) -> dict[s
 def measuring_spec(config: dict[str, Any], platform: str) -> dict[str, Any]:
     """The part of platforms.<name>.spec that changes what a cell, probe or measure_platform job
     measures, as their params carry it: on a cpu platform `measure`, `logical_cpus` (the CPUs
-    leased and pinned) and `tdp_w` (modeled power) with their values; every other key config gives
-    (peaks, bandwidth, memory, embodied carbon, lifetime: read by metrics and figures only) by name
-    alone, under platforms.METRICS_ONLY_KEY, so that the job's hardware check still counts it as
-    given (a cpu row describing another CPU needs the peaks) while correcting its value reruns no
-    job that measures. A gpu platform's measurement depends on no spec value (NVML reads the
-    device): only the names. {} where config gives no spec."""
-    from tokencarbon.platforms import MEASURE_KEY, MEASURING_SPEC_FIELDS, METRICS_ONLY_KEY
+    leased and pinned) and `tdp_w` (modeled power) with their values, and, by name alone under
+    platforms.METRICS_ONLY_KEY, the peak and bandwidth a cpu row needs given to describe another
+    CPU (platforms.REQUIRED_FOR_OTHER_CPU; not those `measure` supplies), so that the job's
+    hardware check counts them while correcting their values reruns no job that measures. Every
+    other key (memory, embodied carbon, lifetime, other peaks: read by metrics and figures only) is
+    left out, and so is everything of a gpu platform, whose power NVML reads. {} where none."""
+    from tokencarbon.platforms import (
+        MEASURE_KEY, MEASURED_ALWAYS, MEASURING_SPEC_FIELDS, METRICS_ONLY_KEY,
+        REQUIRED_FOR_OTHER_CPU,
+    )  # fmt: skip
 
     overrides = platform_overrides(config, platform)
-    kind = platform_spec(config, platform).kind if overrides else None
-    keep = (MEASURE_KEY, *MEASURING_SPEC_FIELDS) if kind == "cpu" else (MEASURE_KEY,)
+    if not overrides or platform_spec(config, platform).kind != "cpu":
+        return {}
+    keep = (MEASURE_KEY, *MEASURING_SPEC_FIELDS)
+    measured = MEASURED_ALWAYS if overrides.get(MEASURE_KEY) else ()
     out = {k: v for k, v in overrides.items() if k in keep}
-    named = sorted(k for k in overrides if k not in keep)
+    named = sorted(
+        k for k in overrides if k in REQUIRED_FOR_OTHER_CPU and k not in keep and k not in measured
+    )
     if named:
         out[METRICS_ONLY_KEY] = named
     return out
@@ -851,7 +858,8 @@ def measuring_spec(config: dict[str, Any], platform: str) -> dict[str, Any]:
 def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the OOM probe needs of its platform: enough to check the hardware (with the part of
     config's spec that changes a measurement, measuring_spec, and the row a variant names in
-    `hardware`, each only where there is one, so that probes made without them are not rerun)."""
+    `hardware`, each only where there is one, so that probes made without them are not rerun).
+    Ignored: spec values only metrics read (correcting them reruns no probe or cell)."""
     from tokencarbon.platforms import get_platform
 
     row = platform_row(config, platform) if config is not None else platform
@@ -859,10 +867,10 @@ def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) ->
     out = {"name": platform, "kind": p.kind, "device_name_pattern": p.device_name_pattern}
     if row != platform:
         out["hardware"] = row
-    overrides = platform_overrides(config, platform) if config is not None else {}
-    if overrides:
+    measuring = measuring_spec(config, platform) if config is not None else {}
+    if measuring:  # only where some spec key changes a measurement: no key, no replanning
         spec = platform_spec(config, platform)
-        out |= {"spec": measuring_spec(config, platform), "logical_cpus": spec.logical_cpus}
+        out |= {"spec": measuring, "logical_cpus": spec.logical_cpus}
     return out
 
 
