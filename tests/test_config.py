@@ -624,8 +624,8 @@ def test_an_impossible_unquoted_date_names_file_line_and_key(tmp_path):
         (("  tiny-gpt2:\n", "  no:\n"), "config key models.False: YAML read this key as a boolean"),
         (("  intensity_g_per_kwh: 413\n", "  intensity_g_per_kwh: 4.13e2\n"),
          "invalid config at key carbon.intensity_g_per_kwh: '4.13e2' is not of type 'number'; YAML "
-         "1.1 reads '4.13e2' as text, not a number (its exponent needs a sign and its mantissa a "
-         "dot): write 413.0"),
+         "1.1 reads '4.13e2' as text, not a number (an exponent needs a sign and the mantissa a "
+         "dot, 4.13e+2): write 413.0"),
         (("seed: 0\n", "seed: 18446744073709551617\n"), "config key seed: 18446744073709551617 is beyond"),
     ],
 )  # fmt: skip

@@ -245,9 +245,8 @@ def schema_error_message(cause) -> str:
             number = None
         if number is not None and math.isfinite(number):
             hint = (
-                f"; YAML 1.1 reads {value!r} as text, not a number (its exponent needs a sign "
-                f"and its mantissa a dot): write {number!r} (or {value.lower().replace('e', 'e+')}"
-                " with a dot and a signed exponent)"
+                f"; YAML 1.1 reads {value!r} as text, not a number (an exponent needs a sign and "
+                f"the mantissa a dot, 4.13e+2): write {number!r}"
             )
     return (
         f"invalid config at key {key}: {cause.message}{hint} "
