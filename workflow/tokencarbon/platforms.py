@@ -406,22 +406,19 @@ def _matches(platform: Platform, device_name: str | None) -> bool:
     )
 
 
-# A cell's and probe's params (config.probe_platform_slice) carry only the spec values that change
-# what they measure (MEASURING_SPEC_FIELDS, on a cpu: modeled power, pinned CPUs); the other keys
-# config gives are only named, under this key, so that the hardware check still counts them as
-# given (a cpu row describing another CPU needs them), while correcting one (a bandwidth, an
-# embodied figure: only metrics read them) reruns no cell.
+# A cell's and probe's params (config.measuring_spec) carry only the spec values that change what
+# they measure (MEASURING_SPEC_FIELDS, on a cpu: modeled power, pinned CPUs); the peak and
+# bandwidth a cpu row needs given to describe another CPU are named under this key, without their
+# values, so that the hardware check (resolve_platform) still counts them as given while
+# correcting one (only metrics read it) reruns no cell.
 METRICS_ONLY_KEY = "given_for_metrics"
 MEASURING_SPEC_FIELDS = ("logical_cpus", "tdp_w")
 
 
 def split_measure(overrides: Mapping[str, object] | None) -> tuple[dict[str, object], bool]:
-    """Config's platforms.<name>.spec split into (the numbers it overrides, measure flag). A
-    METRICS_ONLY_KEY list (a cell's params) gives those fields as NaN: given, value unused."""
+    """Config's platforms.<name>.spec split into (the numbers it overrides, measure flag)."""
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
     measure = values.pop(MEASURE_KEY, False)
-    for key in values.pop(METRICS_ONLY_KEY, None) or ():
-        values.setdefault(str(key), math.nan)
     return values, measure
 
 
@@ -434,8 +431,6 @@ def _check_spec(
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise error(f"{where}.{key}: {value!r} is not a number")
         number = float(value)
-        if math.isnan(number) and where.startswith("config key"):
-            continue  # named in a cell's params (METRICS_ONLY_KEY): given, checked at DAG build
         problem = _number_problem(key, number, kind)
         if problem is None and key == "logical_cpus" and number != int(number):
             problem = "must be an integer >= 1"
@@ -491,6 +486,12 @@ def resolve_platform(
         raise ConfigError(f"{where}; valid rows of resources/platforms.csv: {', '.join(table)}")
     base = table[key]
     overrides, measure = split_measure(overrides)
+    # Fields a cell's params name without their values (config.measuring_spec): given in config,
+    # checked there when the DAG was built, read by metrics only; NaN here.
+    named = overrides.pop(METRICS_ONLY_KEY, None) or ()
+    unknown = [k for k in named if k not in SPEC_FIELDS]
+    if unknown:
+        raise ConfigError(f"{METRICS_ONLY_KEY} {unknown}: not platform spec fields")
     if measure not in (True, False):
         raise ConfigError(
             f"config key platforms.{name}.spec.{MEASURE_KEY}: {measure!r}; valid: true or false"
@@ -504,6 +505,8 @@ def resolve_platform(
     pending = measure and measured is None
     measured = dict(measured or {})
     _check_spec(overrides, SPEC_FIELDS, f"config key platforms.{name}.spec", ConfigError, base.kind)
+    for field in named:
+        overrides.setdefault(field, math.nan)
     _check_spec(
         measured, MEASURABLE_FIELDS, f"measured peaks of platform {name!r}", InputError, base.kind
     )
