@@ -470,9 +470,7 @@ def test_tensorrt_llm_on_a_cpu_platform_is_a_config_error(tmp_path):
 
 
 def test_auto_architecture_comes_from_the_checkpoint_and_reaches_the_params(tmp_path):
-    # The builtin tokenizer's 4096 ids need a vocabulary of 4096 (the default's 128 is refused:
-    # test_a_vocabulary_smaller_than_the_builtin_tokenizers_is_refused)
-    save_checkpoint(tmp_path / "ckpt", "qwen2", vocab_size=4096)
+    save_checkpoint(tmp_path / "ckpt", "qwen2")
     config = copy.deepcopy(_base())
     config["models"]["mine"] = {"architecture": "auto", "checkpoint": str(tmp_path / "ckpt"),
                                 "family": "tiny", "dtype": "float32"}  # fmt: skip
@@ -481,7 +479,7 @@ def test_auto_architecture_comes_from_the_checkpoint_and_reaches_the_params(tmp_
     arch = model_slice(config, "mine")["architecture"]
     # tiny_checkpoints.LLAMA_SHAPE, qwen2 (tied embeddings, q/k/v biases)
     assert (arch["hidden_size"], arch["num_layers"], arch["num_heads"], arch["num_kv_heads"]) == (64, 2, 4, 2)
-    assert (arch["vocab_size"], arch["max_positions"], arch["model_type"]) == (4096, 256, "qwen2")
+    assert (arch["vocab_size"], arch["max_positions"], arch["model_type"]) == (128, 256, "qwen2")
     assert model_slice(config, "tiny-llama")["architecture"] == "tiny-llama"  # named: a file input
 
 
@@ -642,14 +640,25 @@ def test_yaml_values_stop_the_dry_run_before_any_job(tmp_path, edit, message):
 def test_a_vocabulary_smaller_than_the_builtin_tokenizers_is_refused():
     # tiny-llama's vocabulary is 4096 (resources/models/tiny-llama.json); the builtin tokenizer
     # of 5000 would give ids 4096..4999 that every cell of the model refuses.
+    from tokencarbon.config import check_model_vocabulary
+
     config = copy.deepcopy(_base())
     config["workload"]["builtin_vocab_size"] = 5000
     with pytest.raises(ConfigError, match=re.escape(
         "config key workload.builtin_vocab_size: 5000 is more than the vocabulary of tiny-llama "
         "(4096, model tiny-llama, family tiny with the builtin tokenizer)")):  # fmt: skip
-        check_config(config)
+        check_model_vocabulary(config, "tiny-llama")
     config["workload"]["builtin_vocab_size"] = 4096
-    check_config(config)
+    check_model_vocabulary(config, "tiny-llama")
+
+
+def test_a_vocabulary_too_small_stops_the_dry_run_of_its_cells(tmp_path):
+    # The default's tiny models have 4096 ids; 5000 builtin ids would fail every cell.
+    project = _project(tmp_path)
+    proc = _dry_run(project, "--config", 'workload={"builtin_vocab_size": 5000}')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "config key workload.builtin_vocab_size: 5000 is more than the vocabulary" in out
 
 
 def test_a_cells_params_hold_only_what_changes_its_measurement():

@@ -15,6 +15,7 @@ from tokencarbon.config import (
     check_config,
     check_copied_cells,
     check_hardware,
+    check_model_vocabulary,
     check_pool_holds_num_prompts,
     coerce_cli_strings,
     measure_slice,
@@ -213,6 +214,10 @@ def family_pool(wildcards):
 
 
 def engine_manifest(wildcards):
+    """The engine a probe or cell of this model runs, its vocabulary first checked against the
+    builtin tokenizer's (config.check_model_vocabulary: the cells would refuse the token ids).
+    """
+    check_model_vocabulary(config, wildcards.model, workflow.basedir)
     return f"results/engines/{wildcards.platform}/{wildcards.model}/{BACKEND}/manifest.json"
 
 

@@ -501,16 +501,6 @@ def _check_models(config: dict[str, Any], workflow_dir) -> None:
             )
         arch = resolve_model_architecture(config, name, workflow_dir)
         _check_quantization(config, name, arch)
-        vocab = config["workload"]["builtin_vocab_size"]
-        if config["families"][model["family"]]["tokenizer"] == "builtin" and vocab > arch.vocab_size:
-            # A cell refuses a workload holding token ids outside the model's vocabulary; the
-            # builtin tokenizer's ids run up to builtin_vocab_size - 1.
-            raise ConfigError(
-                f"config key workload.builtin_vocab_size: {vocab} is more than the vocabulary of "
-                f"{arch.name} ({arch.vocab_size}, model {name}, family {model['family']} with the "
-                f"builtin tokenizer): its cells would refuse the workload's token ids; give at most "
-                f"{arch.vocab_size}"
-            )
         longest = 2 * config["families"][model["family"]]["max_tokens"]
         if longest > arch.max_positions:
             raise ConfigError(
@@ -519,6 +509,25 @@ def _check_models(config: dict[str, Any], workflow_dir) -> None:
                 f"max_positions {arch.max_positions} (model {name}); lower max_tokens to at most "
                 f"{arch.max_positions // 2}"
             )
+
+
+def check_model_vocabulary(config: dict[str, Any], name: str, workflow_dir=None) -> None:
+    """A model's cells (and its probe) refuse a workload holding token ids outside its vocabulary;
+    the builtin tokenizer's ids run up to workload.builtin_vocab_size - 1. Called when the DAG
+    plans a job that runs the model (common.smk: engine_manifest), so a DAG of figures 1 and 2a
+    alone is not refused. ConfigError naming the key, both sizes and the fix."""
+    model = config["models"][name]
+    vocab = config["workload"]["builtin_vocab_size"]
+    if config["families"][model["family"]]["tokenizer"] != "builtin":
+        return
+    arch = resolve_model_architecture(config, name, workflow_dir)
+    if vocab > arch.vocab_size:
+        raise ConfigError(
+            f"config key workload.builtin_vocab_size: {vocab} is more than the vocabulary of "
+            f"{arch.name} ({arch.vocab_size}, model {name}, family {model['family']} with the "
+            f"builtin tokenizer): its cells would refuse the workload's token ids; give at most "
+            f"{arch.vocab_size}"
+        )
 
 
 def _check_quantization(config: dict[str, Any], name: str, arch) -> None:
