@@ -355,3 +355,37 @@ def test_off_grid_row_empty_time_and_infinite_value_are_named(tmp_path):
         bad = write_trace(tmp_path / "bad.csv", OLDER_HEADER, [*TWO_HOURS, ("2023-01-01 02:00:00", text, 1)])
         with pytest.raises(InputError, match=f"line 4.*'{text}' is not an intensity"):
             load_trace(bad)
+
+
+# --- issue 21: a finished measurement is never lost to its carbon --------------------------------
+
+
+def test_an_uncovered_window_keeps_its_energy_and_says_why_carbon_is_missing(tmp_path):
+    from tokencarbon.carbon import CLI_NAMES, TraceCoverageError, first_uncovered
+    from tokencarbon.monitor import measure_windows
+
+    # A trace of 2022-12-31 23:00 and 2023-01-01 00:00: it covers 23:00 to 01:00.
+    trace = load_trace(write_trace(tmp_path / "t.csv", OLDER_HEADER, [
+        ("2022-12-31 23:00:00", 200, 250), ("2023-01-01 00:00:00", 200, 250)]))  # fmt: skip
+    window = [(t("00:40"), t("01:20"))]  # 100 W for 40 minutes: 100 x 2400 s = 240,000 J
+    with pytest.raises(TraceCoverageError) as err:
+        measure_windows(STEADY_100W, window, name="w", device="d", intensity=trace)
+    assert "set the fill policy (config carbon.fill)" in str(err.value)
+    assert "set the fill policy (--fill)" in err.value.message(CLI_NAMES)
+    m = measure_windows(STEADY_100W, window, name="w", device="d", intensity=trace,
+                        tokens=1000, keep_energy=True)  # fmt: skip
+    assert m.energy_j == pytest.approx(240_000.0) and m.j_per_token == pytest.approx(240.0)
+    assert m.carbon_g != m.carbon_g and m.g_per_token != m.g_per_token  # NaN: not 0 g
+    assert "does not cover 2023-01-01T01:00:00+00:00 to 2023-01-01T01:20:00+00:00" in m.carbon_missing
+    assert m.to_dict()["carbon_g"] is None
+    # Covered (fill "previous" carries 00:00's 200 g/kWh 20 minutes on, within max_fill_s 3600):
+    # 240,000 J = 0.0667 kWh x 200 = 13.333 g.
+    m = measure_windows(STEADY_100W, window, name="w", device="d", intensity=trace,
+                        fill="previous", keep_energy=True)  # fmt: skip
+    assert m.carbon_missing is None and m.carbon_g == pytest.approx(240_000 / 3.6e6 * 200)
+    # first_uncovered names the first window the trace cannot give an intensity, with its error;
+    # max_fill_s 600 s is less than the 20 minutes the fill would reach.
+    label, exc = first_uncovered(trace, [("a", t("00:10"), t("00:20")), ("b", *window[0])],
+                                 "previous", 600.0)  # fmt: skip
+    assert label == "b" and "more than --max-fill-s = 600 s" in exc.message(CLI_NAMES)
+    assert first_uncovered(ConstantIntensity(413.0), [("a", *window[0])]) is None

@@ -181,3 +181,98 @@ def test_run_dry_run_in_the_checkout():
 def test_run_outside_a_checkout(tmp_path):
     out = tc("run", "--directory", str(tmp_path), "-n")
     assert out.returncode == 2 and "no tokencarbon checkout" in out.stderr
+
+
+# --- issue 21: what measure and import can check before they start, and what they never drop -----
+
+TRACE_HEADER = (
+    "Datetime (UTC),Zone Id,Carbon Intensity gCO₂eq/kWh (direct),Carbon Intensity gCO₂eq/kWh (LCA)\n"
+)
+
+
+def _trace(path: Path, rows: list[tuple[str, float]]) -> Path:
+    path.write_text(TRACE_HEADER + "".join(f"{when},DE,{g},{g}\n" for when, g in rows), encoding="utf-8")
+    return path
+
+
+def test_measure_refuses_an_interval_or_pue_up_front_with_the_valid_range():
+    import time
+
+    start = time.monotonic()
+    out = tc("measure", "--tdp-w", "50", "--interval-s", "100", "--", "true")
+    assert out.returncode == 2
+    assert "--interval-s 100: give 0.01 to 10 s" in out.stderr
+    out = tc("measure", "--tdp-w", "50", "--interval-s", "0.001", "--", "true")
+    assert out.returncode == 2 and "--interval-s 0.001: give 0.01 to 10 s" in out.stderr
+    out = tc("measure", "--tdp-w", "50", "--pue", "0.5", "--", "true")
+    assert out.returncode == 2 and "--pue 0.5: must be >= 1" in out.stderr
+    assert time.monotonic() - start < 60  # was: 131 s of waiting, then no result
+
+
+def test_measure_checks_the_trace_before_the_command_starts(tmp_path):
+    # A 2024 trace (rows 00:00 and 01:00: it covers 2024-01-01 00:00-02:00), used today.
+    trace = _trace(tmp_path / "de.csv", [("2024-01-01 00:00:00", 400), ("2024-01-01 01:00:00", 300)])
+    marker = tmp_path / "ran"
+    cmd = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    out = tc("measure", "--tdp-w", "50", "--trace", str(trace), *cmd)
+    assert out.returncode == 2 and not marker.exists()  # nothing was run
+    assert f"--trace {trace} cannot give the command's time an intensity, so nothing was run" in out.stderr
+    assert "set the fill policy (--fill)" in out.stderr and "carbon.fill" not in out.stderr
+    out = tc("measure", "--tdp-w", "50", "--trace", str(trace), "--fill", "previous", *cmd)
+    assert out.returncode == 2 and not marker.exists()
+    assert "more than --max-fill-s = 3600 s" in out.stderr and "carbon.max_fill_s" not in out.stderr
+    # No limit: the last row's 300 g/kWh carried to today, as asked: carbon = J / 3.6e6 x 300.
+    out = tc("measure", "--tdp-w", "50", "--trace", str(trace), "--fill", "previous",
+             "--max-fill-s", "none", "--json", *cmd)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert marker.exists() and r["carbon_missing"] is None
+    assert r["carbon_g"] == pytest.approx(r["energy_j"] / 3.6e6 * 300)
+
+
+def test_measure_keeps_the_energy_when_the_trace_ends_during_the_command(tmp_path):
+    import time
+
+    # One-second rows from 10 s ago to 6 s from now (the trace covers until then), 100 g/kWh; the
+    # command runs until 9 s from now: its end lies past the trace.
+    t0 = int(time.time())
+    rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t0 + k)), 100) for k in range(-10, 6)]
+    trace = _trace(tmp_path / "live.csv", rows)
+    wait = f"import time; time.sleep(max(0.0, {t0 + 9} - time.time()))"
+    out = tc("measure", "--tdp-w", "50", "--interval-s", "0.1", "--trace", str(trace), "--json",
+             "--", sys.executable, "-c", wait)  # fmt: skip
+    assert out.returncode == 2, out.stderr  # the command succeeded; the carbon asked for is missing
+    r = json.loads(out.stdout)
+    # the window ran from the command's start to its end, about 9 s after the test began
+    assert r["exit_code"] == 0 and r["energy_method"] == "modeled" and r["time_s"] > 4.0
+    assert r["energy_j"] is not None and r["energy_j"] >= 0 and r["energy_integrated_j"] == r["energy_j"]
+    assert r["carbon_g"] is None and "does not cover" in r["carbon_missing"]
+    assert "(--fill)" in r["carbon_missing"] and "carbon.fill" not in r["carbon_missing"]
+    assert "the energy above is measured; its carbon is missing" in out.stderr
+
+
+def test_import_checks_the_trace_against_the_windows_before_writing(tmp_path):
+    trace = _trace(tmp_path / "de.csv", [("2024-01-01 00:00:00", 400), ("2024-01-01 01:00:00", 300)])
+    log = tmp_path / "smi.csv"
+    log.write_text("timestamp, power.draw.instant [W]\n"
+                   + "".join(f"2025-01-15T12:00:0{k}.000Z, 150.00 W\n" for k in range(5)))  # fmt: skip
+    timing = tmp_path / "t.csv"
+    timing.write_text("start,end,output_tokens\n2025-01-15T12:00:01Z,2025-01-15T12:00:03Z,10\n")
+    out = tc("import", "--power", str(log), "--timing", str(timing), "--model", "m",
+             "--batch-size", "1", "--platform", "h100-sxm-80gb", "--trace", str(trace),
+             "--out", str(tmp_path / "cells"))  # fmt: skip
+    assert out.returncode == 2 and not (tmp_path / "cells").exists()
+    assert f"--trace {trace}: nothing was written: {timing} row 1:" in out.stderr
+    assert "(--fill)" in out.stderr
+
+
+def test_run_reads_the_configfiles_before_snakemake(tmp_path):
+    # Snakemake's own loader ends an unquoted impossible date in a traceback naming no line.
+    text = (REPO / "config/config.yaml").read_text().replace(
+        "  intensity_g_per_kwh: 413\n", "  intensity_g_per_kwh: 413\n  trace_day: 2023-02-30\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    line = text.splitlines().index("  trace_day: 2023-02-30") + 1
+    out = tc("run", "-n", "--configfile", str(bad))
+    assert out.returncode == 2
+    assert f"{bad} line {line}, key trace_day: '2023-02-30' is no calendar date" in out.stderr

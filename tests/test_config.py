@@ -554,3 +554,271 @@ def test_the_measurement_depends_only_on_its_platform():
     assert measure_slice(config, "cpu") == before
     config["platforms"]["cpu"]["spec"]["measure"] = False
     assert platforms_to_measure(config) == []
+
+
+# --- issue 21: values YAML reads otherwise, refused (or understood) at the door -------------------
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        # a model named `no` (YAML 1.1: False) or `7` (an int): named before any name check
+        (lambda c: c["models"].update({False: c["models"]["tiny-llama"]}),
+         "config key models.False: YAML read this key as a boolean (False), not a name"),
+        (lambda c: c["models"].update({7: c["models"]["tiny-llama"]}),
+         "config key models.7: YAML read this key as a number (7), not a name"),
+        # JSON Schema's "integer" takes 8.0; a cell bs2.0 would never be found
+        (lambda c: c["workload"].update(num_prompts=8.0),
+         "config key workload.num_prompts: 8.0 is a whole number written with a decimal point; write 8"),
+        (lambda c: c["sweep"].update(batch_sizes=[1, 2.0]),
+         "config key sweep.batch_sizes[1]: 2.0 is a whole number written with a decimal point; write 2"),
+        (lambda c: c["workload"].update(num_prompts=8.5), "8.5 is not a whole number; give one"),
+        # 2^64 + 1 = 18446744073709551617 and 2^63 = 9223372036854775808: beyond 2^63 - 1
+        (lambda c: c.update(seed=2**64 + 1),
+         "config key seed: 18446744073709551617 is beyond 9223372036854775807 (2^63 - 1)"),
+        (lambda c: c["serving"].update(seed=2**63), "config key serving.seed: 9223372036854775808 is beyond"),
+        (lambda c: c["platforms"]["cpu"]["spec"].update(logical_cpus=2.0), "platforms.cpu.spec.logical_cpus: 2.0"),
+    ],
+)  # fmt: skip
+def test_yaml_values_are_refused_at_the_door_naming_key_value_and_fix(mutate, message):
+    from tokencarbon.config import normalize_config_values
+
+    config = copy.deepcopy(_base())
+    mutate(config)
+    with pytest.raises(ConfigError) as err:
+        normalize_config_values(config, SCHEMA)
+    assert message in str(err.value)
+
+
+def test_values_yaml_reads_as_dates_or_numbers_are_understood_where_unambiguous():
+    import datetime as dt
+
+    from tokencarbon.config import normalize_config_values
+
+    config = copy.deepcopy(_base())
+    config["carbon"]["trace_day"] = dt.date(2023, 2, 28)  # unquoted 2023-02-28 in YAML
+    config["carbon"]["pue"] = 1  # an int where a number goes is a number
+    out = normalize_config_values(config, SCHEMA)
+    assert out["carbon"]["trace_day"] == "2023-02-28" and out["carbon"]["pue"] == 1
+    assert out["seed"] == 0 and out["models"] == config["models"]
+
+
+def test_an_impossible_unquoted_date_names_file_line_and_key(tmp_path):
+    text = (REPO / "config/config.yaml").read_text()
+    text = text.replace("  intensity_g_per_kwh: 413\n", "  intensity_g_per_kwh: 413\n  trace_day: 2023-02-30\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    line = text.splitlines().index("  trace_day: 2023-02-30") + 1
+    with pytest.raises(ConfigError, match=re.escape(
+        f"{path} line {line}, key trace_day: '2023-02-30' is no calendar date (day is out of range "
+        "for month); YAML reads an unquoted YYYY-MM-DD as a date: give a day that exists, e.g. "
+        "'2023-02-28'")):  # fmt: skip
+        load_yaml_strict(path)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("  tiny-gpt2:\n", "  no:\n"), "config key models.False: YAML read this key as a boolean"),
+        (("  intensity_g_per_kwh: 413\n", "  intensity_g_per_kwh: 4.13e2\n"),
+         "invalid config at key carbon.intensity_g_per_kwh: '4.13e2' is not of type 'number'; YAML "
+         "1.1 reads '4.13e2' as text, not a number (an exponent needs a sign and the mantissa a "
+         "dot, 4.13e+2): write 413.0"),
+        (("seed: 0\n", "seed: 18446744073709551617\n"), "config key seed: 18446744073709551617 is beyond"),
+    ],
+)  # fmt: skip
+def test_yaml_values_stop_the_dry_run_before_any_job(tmp_path, edit, message):
+    text = (REPO / "config/config.yaml").read_text()
+    assert edit[0] in text
+    project = _project(tmp_path, text.replace(edit[0], edit[1], 1))
+    proc = _dry_run(project)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out and "TypeError" not in out
+    assert message in out, out[-2000:]
+
+
+def test_a_vocabulary_smaller_than_the_builtin_tokenizers_is_refused():
+    # tiny-llama's vocabulary is 4096 (resources/models/tiny-llama.json); the builtin tokenizer
+    # of 5000 would give ids 4096..4999 that every cell of the model refuses.
+    from tokencarbon.config import check_model_vocabulary
+
+    config = copy.deepcopy(_base())
+    config["workload"]["builtin_vocab_size"] = 5000
+    with pytest.raises(ConfigError, match=re.escape(
+        "config key workload.builtin_vocab_size: 5000 is more than the vocabulary of tiny-llama "
+        "(4096, model tiny-llama, family tiny with the builtin tokenizer)")):  # fmt: skip
+        check_model_vocabulary(config, "tiny-llama")
+    config["workload"]["builtin_vocab_size"] = 4096
+    check_model_vocabulary(config, "tiny-llama")
+
+
+def test_a_vocabulary_too_small_stops_the_dry_run_of_its_cells(tmp_path):
+    # The default's tiny models have 4096 ids; 5000 builtin ids would fail every cell.
+    project = _project(tmp_path)
+    proc = _dry_run(project, "--config", 'workload={"builtin_vocab_size": 5000}')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "config key workload.builtin_vocab_size: 5000 is more than the vocabulary" in out
+
+
+def test_a_cells_params_hold_only_what_changes_its_measurement():
+    from tokencarbon.config import measure_slice
+
+    def slices(config, name="cpu"):
+        return (platform_slice(config, name), probe_platform_slice(name, config),
+                measure_slice(config, name))  # fmt: skip
+
+    base = _base()
+    # The default's cpu spec, as its cells have always been planned (nothing reruns).
+    default = slices(base)
+    assert default[0]["spec"] == {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}
+    for numbers in (dict(memory_gb_per_s=51.0), dict(memory_gb_per_s=52.0, lifetime_years=4,
+                    embodied_kg_co2e=3.0, peak_tflops_bf16=0.5, memory_gb=16.0)):  # fmt: skip
+        # Given or corrected, a number only metrics read (the bandwidth measure supplies too)
+        # leaves every measuring job's params as they were.
+        config = copy.deepcopy(base)
+        config["platforms"]["cpu"]["spec"].update(numbers)
+        assert slices(config) == default
+    # Without measure, the cpu row describes another CPU only with its peak and bandwidth given:
+    # the params name them (the hardware check counts them), and a corrected value changes nothing.
+    other = []
+    for peak in (0.3, 0.4):
+        config = copy.deepcopy(base)
+        config["platforms"]["cpu"]["spec"] = {"tdp_w": 4.375, "logical_cpus": 2,
+                                              "peak_tflops_fp32": peak, "memory_gb_per_s": 5.0}
+        other.append(slices(config))
+    assert other[0] == other[1]
+    assert other[0][0]["spec"] == {"logical_cpus": 2, "tdp_w": 4.375,
+                                   "given_for_metrics": ["memory_gb_per_s", "peak_tflops_fp32"]}
+    # The TDP a cpu cell models its power with, and its CPUs, do change a measurement.
+    config = copy.deepcopy(base)
+    config["platforms"]["cpu"]["spec"]["tdp_w"] = 5.0
+    assert platform_slice(config, "cpu") != default[0] and platform_slice(config, "cpu")["tdp_w"] == 5.0
+    # A GPU's power is read through NVML: no spec value of a GPU platform reaches its cells (the
+    # row's 700 W TDP stays), given or corrected.
+    paper = _validated("paper.yaml")
+    bare = slices(paper, "h100-sxm-80gb")
+    for tdp in (500, 600):
+        config = copy.deepcopy(paper)
+        config["platforms"]["h100-sxm-80gb"]["spec"] = {"tdp_w": tdp, "memory_gb_per_s": 3000.0}
+        assert slices(config, "h100-sxm-80gb") == bare
+    assert bare[0]["tdp_w"] == 700.0 and "spec" not in bare[0]
+
+
+def _pool(path: Path, n: int) -> Path:
+    import pandas as pd
+
+    from tokencarbon import tables
+
+    rows = pd.DataFrame({"request_id": [str(k) for k in range(n)], "prompt": ["p"] * n,
+                         "prompt_tokens": [1] * n, "output_tokens": [1] * n,
+                         "prompt_token_ids": [[1]] * n})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tables.write(rows, path, tables.WORKLOAD)
+    return path
+
+
+def test_num_prompts_above_the_pool_on_disk_is_refused_before_the_workload_is_deleted(tmp_path):
+    from tokencarbon.config import check_pool_holds_num_prompts
+
+    pool = _pool(tmp_path / "results/dataset/tiny.parquet", 5)
+    config = copy.deepcopy(_base())
+    config["workload"]["num_prompts"] = 5
+    check_pool_holds_num_prompts(config, "tiny", pool)  # 5 of 5
+    check_pool_holds_num_prompts(config, "tiny", tmp_path / "absent.parquet")  # built later
+    config["workload"]["num_prompts"] = 6
+    with pytest.raises(ConfigError, match=re.escape(
+        f"config key workload.num_prompts: 6 requests, and the filtered pool of family tiny "
+        f"({pool}) holds 5")):  # fmt: skip
+        check_pool_holds_num_prompts(config, "tiny", pool)
+    # Through Snakemake: refused at DAG build, so the workload the cells ran on stays.
+    (tmp_path / "project").mkdir()
+    project = _project(tmp_path / "project")
+    _pool(project / "results/dataset/tiny.parquet", 20)  # the default's cb16 needs >= 16
+    workload = _pool(project / "results/workload/tiny-llama.parquet", 16)
+    before = workload.stat().st_mtime_ns
+    proc = _dry_run(project, "--config", 'workload={"num_prompts": 21}')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "config key workload.num_prompts: 21 requests" in out and "holds 20" in out, out[-2000:]
+    assert workload.stat().st_mtime_ns == before
+
+
+def _trace_2024(path: Path) -> Path:
+    path.write_text(
+        "Datetime (UTC),Zone Id,Carbon Intensity gCO₂eq/kWh (direct),Carbon Intensity gCO₂eq/kWh (LCA)\n"
+        "2024-01-01 00:00:00,DE,400,450\n2024-01-01 01:00:00,DE,300,350\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_the_trace_must_cover_the_cells_known_times(tmp_path):
+    import pandas as pd
+
+    from tokencarbon import tables
+    from tokencarbon.config import cell_windows, check_trace_coverage
+
+    trace = _trace_2024(tmp_path / "trace.csv")  # rows 00:00 and 01:00: it covers 00:00-02:00
+    config = copy.deepcopy(_base())
+    config["carbon"].update(source="trace", trace=str(trace), fill=None)
+    t = lambda hhmm: pd.Timestamp(f"2024-01-01 {hhmm}", tz="UTC").value  # noqa: E731
+    # A finished cell's windows from its batches.parquet: 00:30-00:40 and 01:50-02:10.
+    cell = tmp_path / "results/cells/cpu/tiny-llama/bs2"
+    cell.mkdir(parents=True)
+    row = {"repeat": 0, "n_requests": 2, "input_tokens": 8, "output_tokens": 8,
+           "padded_input_len": 4, "max_output_tokens": 4, "prompt_lens": [4, 4],
+           "output_lens": [4, 4]}  # fmt: skip
+    batches = pd.DataFrame([
+        {**row, "batch_index": k, "start_ns": s, "first_token_ns": s, "end_ns": e,
+         "start_wall_ns": s, "first_token_wall_ns": s, "end_wall_ns": e}
+        for k, (s, e) in enumerate([(t("00:30"), t("00:40")), (t("01:50"), t("02:10"))])
+    ])  # fmt: skip
+    tables.write(batches, cell / "batches.parquet", tables.BATCHES)
+    windows = cell_windows(cell)
+    assert windows == [("cell cpu/tiny-llama/bs2", t("00:30"), t("00:40")),
+                       ("cell cpu/tiny-llama/bs2", t("01:50"), t("02:10"))]  # fmt: skip
+    check_trace_coverage(config, windows[:1])
+    with pytest.raises(ConfigError, match=r"config key carbon.trace: cell cpu/tiny-llama/bs2: .* "
+                       r"does not cover 2024-01-01T02:00:00\+00:00 to 2024-01-01T02:10:00\+00:00 "
+                       r".*set the fill policy \(config carbon.fill\)"):
+        check_trace_coverage(config, windows)
+    # "previous" carries 01:00's value to 02:10: 10 minutes past its row's end is within 1 h.
+    config["carbon"]["fill"] = "previous"
+    check_trace_coverage(config, windows)
+    # A cell of 2026 lies far beyond: refused naming max_fill_s; no limit accepts it.
+    late = [("cells measured in this run (starting now)", t("00:00") + 2 * 365 * 86400 * 10**9,
+             t("00:00") + 2 * 365 * 86400 * 10**9 + 1)]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"cells measured in this run .* more than "
+                       r"carbon.max_fill_s = 3600 s"):
+        check_trace_coverage(config, late)
+    config["carbon"]["max_fill_s"] = None
+    check_trace_coverage(config, late)
+
+
+def test_a_trace_that_cannot_cover_this_runs_cells_stops_the_dry_run(tmp_path):
+    project = _project(tmp_path)
+    trace = _trace_2024(project / "trace.csv")
+    proc = _dry_run(project, "--config", f'carbon={{"source": "trace", "trace": "{trace}"}}')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert ("config key carbon.trace: cells measured in this run (starting now): "
+            f"{trace}: the intensity trace (zone DE") in out, out[-2000:]
+
+
+def test_a_trace_day_the_trace_does_not_give_is_refused(tmp_path):
+    # Figure 6a and the time shift read the 24 hours of carbon.trace_day; this trace gives
+    # 2024-01-01 00:00-02:00 only.
+    trace = _trace_2024(tmp_path / "trace.csv")
+    config = copy.deepcopy(_base())
+    config["carbon"].update(source="trace", trace=str(trace), fill=None, trace_day="2024-01-01")
+    with pytest.raises(ConfigError, match=r"config key carbon.trace_day: '2024-01-01': .* does not "
+                       r"cover 2024-01-01T02:00:00\+00:00 to 2024-01-02T00:00:00\+00:00"):
+        check_config(config)
+    # "nearest" fills the other 22 hours from 01:00's row: 22 h is more than max_fill_s (1 h),
+    # so that too is refused unless the limit is lifted.
+    config["carbon"].update(fill="nearest")
+    with pytest.raises(ConfigError, match="carbon.max_fill_s = 3600 s"):
+        check_config(config)
+    config["carbon"]["max_fill_s"] = None
+    check_config(config)

@@ -71,7 +71,7 @@ def test_import_real_nvidia_smi_log_matches_an_independent_trapezoid(shared_data
                   for k, (s, e, b) in enumerate(windows))  # fmt: skip
     )
     out = tc("import", "--power", log_path, "--tz", "Europe/Berlin", "--timing", timing,
-             "--model", "m7b", "--platform", "gpu-x", "--out", tmp_path / "cells", "--json")  # fmt: skip
+             "--model", "m7b", "--platform", "h100-sxm-80gb", "--out", tmp_path / "cells", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert (report["power_field"], report["power_kind"]) == ("power.draw", "average")
@@ -85,7 +85,7 @@ def test_import_real_nvidia_smi_log_matches_an_independent_trapezoid(shared_data
     for c in cells.values():  # energy from a 1 s average is said to be so
         assert "integrated_from_1s_average" in c["qa_flags"] and c["energy_counter_j"] is None
     # The cell tree is in the measured cells' schemas.
-    d = tmp_path / "cells" / "gpu-x" / "m7b" / "bs4"
+    d = tmp_path / "cells" / "h100-sxm-80gb" / "m7b" / "bs4"
     batches = tables.read(d / "batches.parquet", tables.BATCHES)
     power = tables.read(d / "power.parquet", tables.POWER)
     meta = json.loads((d / "meta.json").read_text())
@@ -103,7 +103,7 @@ def test_import_real_nvidia_smi_log_matches_an_independent_trapezoid(shared_data
     assert not missing
     # A finished cell is never replaced by accident.
     again = tc("import", "--power", log_path, "--tz", "Europe/Berlin", "--timing", timing,
-               "--model", "m7b", "--platform", "gpu-x", "--out", tmp_path / "cells")  # fmt: skip
+               "--model", "m7b", "--platform", "h100-sxm-80gb", "--out", tmp_path / "cells")  # fmt: skip
     assert again.returncode == 2 and "already holds a finished cell" in again.stderr
 
 
@@ -114,7 +114,7 @@ def test_import_real_50ms_log_in_python(shared_data, tmp_path):
     timing = tmp_path / "t.csv"
     timing.write_text(f"start,end,output_tokens\n{start:.3f},{end:.3f},64\n")  # epoch seconds
     log = load_power_log(log_path, tz="Europe/Berlin")
-    windows = read_timing(timing, model="m", platform="p", batch_size=2)
+    windows = read_timing(timing, model="m", platform="h100-sxm-80gb", batch_size=2)
     cells = import_cells(log, windows, tmp_path / "cells", timing_path=timing)
     meas = cell_measurement(log, cells[0].windows, intensity=ConstantIntensity(100.0))
     # rel 1e-7: the test's epoch seconds are floats (~0.2 us steps at 1.7e9 s); tokencarbon's ns.
@@ -137,7 +137,7 @@ def test_two_gpu_log_refused_naming_the_devices_then_one_chosen(tmp_path):
     log.write_text(TWO_GPUS)
     timing = tmp_path / "t.csv"
     timing.write_text("start,end,output_tokens\n2025-01-15T12:00:00Z,2025-01-15T12:00:01Z,10\n")
-    common = ["--timing", timing, "--tz", "UTC", "--model", "m", "--platform", "p",
+    common = ["--timing", timing, "--tz", "UTC", "--model", "m", "--platform", "h100-sxm-80gb",
               "--batch-size", "1", "--out", tmp_path / "cells"]  # fmt: skip
     out = tc("import", "--power", log, *common)
     assert out.returncode == 2
@@ -150,7 +150,7 @@ def test_two_gpu_log_refused_naming_the_devices_then_one_chosen(tmp_path):
     # GPU 1: 80 W -> 82 W over 1 s: (80 + 82) / 2 = 81 J.
     assert json.loads(out.stdout)["cells"][0]["energy_j"] == pytest.approx(81.0)
     # The log says the GPU is an H100: importing it as an A100 platform is refused.
-    wrong = [a if a != "p" else "a100-sxm4-40gb" for a in common]
+    wrong = [a if a != "h100-sxm-80gb" else "a100-sxm4-40gb" for a in common]
     out = tc("import", "--power", log, "--gpu", "1", *wrong)
     assert out.returncode == 2
     assert (
@@ -185,6 +185,29 @@ def test_window_outside_the_log_names_the_zone_mixup(shared_data, tmp_path):
          "carry no UTC offset"),
         ("start,end,output_tokens,input_tokens,n_requests\n1736942400,1736942401,5,3,4\n",
          "row 1: input_tokens 3 for 4 requests"),
+        # issue 21: counts no window can have (each request makes at least one token; a static
+        # batch of 1 holds one request; the longest request's share is between 20/1 and 20)
+        ("start,end,output_tokens,n_requests\n1736942400,1736942401,5,8\n",
+         "row 1: output_tokens 5 for 8 requests; every request generates at least one token"),
+        ("start,end,output_tokens,n_requests\n1736942400,1736942401,20,4\n",
+         "row 1: n_requests 4 in a window of batch size 1"),
+        ("start,end,output_tokens,max_output_tokens\n1736942400,1736942401,20,2\n",
+         "max_output_tokens 2 for 20 tokens over 1 requests; the longest request has at least 20"),
+        ("start,end,output_tokens,max_output_tokens\n1736942400,1736942401,20,30\n",
+         "max_output_tokens 30 with 20 tokens over 1 requests; the longest has at most 20"),
+        # huge, infinite and comma-decimal numbers: named, never an OverflowError
+        ("start,end,output_tokens\n1736942400,1736942401,1e30\n",
+         r"'output_tokens': '1e30' is beyond any count a cell can hold \(9223372036854775807"),
+        ("start,end,output_tokens\n1736942400,1736942401,Infinity\n",
+         "'output_tokens': 'Infinity' is not a whole number >= 1"),
+        ("start,end,output_tokens\n1736942400,1736942401,5,5\n",
+         r"line 2: 4 fields for the 3 columns.*'5,5' looks like a number written with a decimal comma"),
+        # a cut timestamp is blamed on its own row, not on row 1
+        ("start,end,output_tokens\n2025-01-15T12:00:00Z,2025-01-15T12:00:01Z,5\n"
+         "2025-01-15T12:00:02Z,2025-01-15T12:0,5\n",
+         "column 'end', row 2: timestamp '2025-01-15T12:0' is not .* as the log's other rows are"),
+        ("start,end,output_tokens\n2025-01-15T12:00:00Z,2025-01-15T12:00:01Z,5\n"
+         "2025-01-15T12:00:02Z,2025-01-15T12:00:03,5\n", "column 'end': rows mix .* row 2 differs"),
     ],
 )  # fmt: skip
 def test_bad_timing_files(tmp_path, text, message):
@@ -395,14 +418,14 @@ def test_imported_platform_source_builds_its_cells_in_the_workflow(tmp_path):
     # Steady 200 W instant power on GPU 1 of a 2-GPU log, every 0.5 s for 10 s from 12:00:00 UTC
     # (GPU 0 at 50 W); two windows of batch 2, [2 s, 4 s] and [6 s, 7 s]: 200 W x 3 s = 600 J for
     # 120 tokens, 5 J/token.
+    # The log names no device (no name column): platforms.<p>.imported.device_name does (issue
+    # 21: the schema refused that key, and compute_metrics stopped at 'unknown (imported)').
     rows = []
     for k in range(21):
         t = f"2025-01-15T12:00:{k // 2:02d}.{5 * (k % 2)}00Z"
-        rows.append(f"{t}, 0, NVIDIA A100-SXM4-40GB, 50.00 W\n")
-        rows.append(f"{t}, 1, NVIDIA A100-SXM4-40GB, 200.00 W\n")
-    (project / "smi.csv").write_text(
-        "timestamp, index, name, power.draw.instant [W]\n" + "".join(rows)
-    )
+        rows.append(f"{t}, 0, 50.00 W\n")
+        rows.append(f"{t}, 1, 200.00 W\n")
+    (project / "smi.csv").write_text("timestamp, index, power.draw.instant [W]\n" + "".join(rows))
     (project / "timing.csv").write_text(
         "start,end,output_tokens,input_tokens\n"
         "2025-01-15T12:00:02Z,2025-01-15T12:00:04Z,80,20\n"
@@ -412,7 +435,8 @@ def test_imported_platform_source_builds_its_cells_in_the_workflow(tmp_path):
         "platforms": {
             "a100-sxm4-40gb": {
                 "imported": {"power_log": "smi.csv", "timing": "timing.csv", "gpu": 1,
-                             "model": "tiny-llama", "batch_size": 2},
+                             "model": "tiny-llama", "batch_size": 2,
+                             "device_name": "NVIDIA A100-SXM4-40GB"},
             }
         },
         "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
@@ -431,6 +455,7 @@ def test_imported_platform_source_builds_its_cells_in_the_workflow(tmp_path):
         (project / "results/cells/a100-sxm4-40gb/tiny-llama/bs2/meta.json").read_text()
     )
     assert meta["imported"]["device"]["index"] == "1" and meta["dtype"] == "float16"
+    assert meta["device_name"] == "NVIDIA A100-SXM4-40GB"
     record = json.loads(
         (project / "results/export/cells/a100-sxm4-40gb/tiny-llama/bs2.json").read_text()
     )
@@ -511,3 +536,229 @@ def test_power_draw_only_log_and_unknown_first_token_through_metrics(tmp_path):
     assert np.isnan(bs4["ttft_s"]) and np.isnan(bs4["tpot_s"]) and np.isnan(bs4["ttft_p50_s"])
     assert FIRST_TOKEN_UNKNOWN_FLAG in bs4["qa_flags"].split(";")
     assert bs4["s_per_token_user"] == pytest.approx(0.05)
+
+
+# --- issue 21: the wrong hardware, impossible and truncated logs --------------------------------
+
+
+def _smi(tmp_path, text: str, name: str = "smi.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _steady(n: int, watts: str = "150.00 W", extra: str = "") -> str:
+    """n samples one second apart from 12:00:00 UTC on 15 Jan 2025 (1736942400 s)."""
+    return "".join(f"2025-01-15T12:00:{k:02d}.000Z, {extra}{watts}\n" for k in range(n))
+
+
+def test_a_log_naming_another_gpu_is_refused_for_the_platform(tmp_path):
+    # An RTX 4090's log with a name column and no index / uuid / pci.bus_id: the name is read.
+    log = _smi(tmp_path, "timestamp, name, power.draw [W]\n"
+               + _steady(10, extra="NVIDIA GeForce RTX 4090, "))  # fmt: skip
+    assert load_power_log(log).device == {"name": "NVIDIA GeForce RTX 4090"}
+    timing = tmp_path / "t.csv"
+    timing.write_text("start,end,output_tokens,batch_size\n"
+                      "2025-01-15T12:00:01Z,2025-01-15T12:00:03Z,200,4\n")  # fmt: skip
+    out = tc("import", "--power", log, "--timing", timing, "--model", "m",
+             "--platform", "a100-sxm4-40gb", "--out", tmp_path / "cells")  # fmt: skip
+    assert out.returncode == 2
+    assert f"device 'NVIDIA GeForce RTX 4090' ({log}) is not platform 'a100-sxm4-40gb'" in out.stderr
+    assert "no row matches it" in out.stderr and not (tmp_path / "cells").exists()
+    # A row that does not exist is refused, naming the rows that do.
+    out = tc("import", "--power", log, "--timing", timing, "--model", "m",
+             "--platform", "rtx-4090", "--out", tmp_path / "cells")  # fmt: skip
+    assert out.returncode == 2 and not (tmp_path / "cells").exists()
+    assert ("platform 'rtx-4090' is no row of resources/platforms.csv; valid rows: cpu, "
+            "v100s-pcie-32gb, a100-sxm4-40gb, a100-sxm4-80gb, h100-sxm-80gb, h200-141gb") in out.stderr
+    # nvidia-smi's other spelling of the column (gpu_name) is the same column.
+    alias = _smi(tmp_path, "timestamp, gpu_name, power.draw [W]\n"
+                 + _steady(3, extra="NVIDIA H200, "), "alias.csv")  # fmt: skip
+    assert load_power_log(alias).device == {"name": "NVIDIA H200"}
+
+
+def test_device_name_contradicting_the_log_is_refused(tmp_path):
+    log = _smi(tmp_path, "timestamp, name, power.draw [W]\n"
+               + _steady(10, extra="NVIDIA H100 80GB HBM3, "))  # fmt: skip
+    timing = tmp_path / "t.csv"
+    timing.write_text("start,end,output_tokens,batch_size\n"
+                      "2025-01-15T12:00:01Z,2025-01-15T12:00:03Z,200,4\n")  # fmt: skip
+    common = ["--power", log, "--timing", timing, "--model", "m", "--out", tmp_path / "cells"]
+    out = tc("import", *common, "--platform", "h200-141gb", "--device-name", "NVIDIA H200")
+    assert out.returncode == 2 and not (tmp_path / "cells").exists()
+    assert (f"--device-name 'NVIDIA H200' contradicts the power log {log}, whose device is "
+            "'NVIDIA H100 80GB HBM3'") in out.stderr  # fmt: skip
+    # The same name as the log's is no contradiction: 150 W x 2 s = 300 J.
+    out = tc("import", *common, "--platform", "h100-sxm-80gb",
+             "--device-name", "NVIDIA H100 80GB HBM3", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["cells"][0]["energy_j"] == pytest.approx(300.0)
+
+
+def test_other_columns_that_name_a_gpu_tell_gpus_apart(tmp_path):
+    # Two GPUs told apart by their board serial only: refused until one is chosen by it.
+    rows = "".join(
+        f"2025/01/15 12:00:0{k}.000, NVIDIA H100 80GB HBM3, {serial}, {w + 2 * k} W\n"
+        for k in range(2) for serial, w in (("1654922005021", 70), ("1654922005022", 80))
+    )
+    log = _smi(tmp_path, "timestamp, name, serial, power.draw.instant [W]\n" + rows)
+    with pytest.raises(InputError, match="holds 2 GPUs: serial 1654922005021"):
+        load_power_log(log, tz="UTC")
+    chosen = load_power_log(log, tz="UTC", gpu="1654922005022")
+    assert chosen.device == {"serial": "1654922005022", "name": "NVIDIA H100 80GB HBM3"}
+    windows = read_timing_text(tmp_path, "1736942400,1736942401,10")
+    # 80 W -> 82 W over 1 s: (80 + 82) / 2 = 81 J.
+    assert cell_measurement(chosen, windows, intensity=ConstantIntensity(0.0)).energy_j == (
+        pytest.approx(81.0)
+    )
+    # One index named two ways: logs of two machines in one file.
+    mixed = _smi(tmp_path, "timestamp, index, name, power.draw [W]\n"
+                 "2025/01/15 12:00:00.000, 0, NVIDIA H100 80GB HBM3, 70 W\n"
+                 "2025/01/15 12:00:01.000, 0, NVIDIA A100-SXM4-40GB, 70 W\n", "mixed.csv")  # fmt: skip
+    with pytest.raises(InputError, match=r"line 3: GPU index 0 \(name NVIDIA H100 80GB HBM3\) is "
+                       r"named 'NVIDIA A100-SXM4-40GB' here and 'NVIDIA H100 80GB HBM3' at line 2"):
+        load_power_log(mixed, tz="UTC")
+    # No identifying column, two names: two GPUs, refused.
+    named = _smi(tmp_path, "timestamp, name, power.draw [W]\n"
+                 "2025/01/15 12:00:00.000, NVIDIA H100 80GB HBM3, 70 W\n"
+                 "2025/01/15 12:00:01.000, NVIDIA H200, 70 W\n", "named.csv")  # fmt: skip
+    with pytest.raises(InputError, match=r"the 'name' column names 2 GPUs: 'NVIDIA H100 80GB HBM3' "
+                       r"\(line 2\); 'NVIDIA H200' \(line 3\)"):
+        load_power_log(named, tz="UTC")
+
+
+def test_a_line_cut_by_a_killed_logger_is_dropped_with_a_note(tmp_path):
+    # 150 W at 0..4 s; the logger was killed writing the 5 s line: '15' of '150.00 W', no newline.
+    log_path = _smi(tmp_path, "timestamp, power.draw.instant [W]\n" + _steady(5)
+                    + "2025-01-15T12:00:05.000Z, 15")  # fmt: skip
+    log = load_power_log(log_path)
+    assert len(log.samples) == 5 and log.samples["power_w"].tolist() == [150.0] * 5
+    assert "line 7 dropped: the file ends in the middle of it" in log.notes[-1]
+    # Inside the whole samples: 150 W x 3 s = 450 J.
+    inside = read_timing_text(tmp_path, "2025-01-15T12:00:00.5Z,2025-01-15T12:00:03.5Z,10")
+    assert cell_measurement(log, inside, intensity=ConstantIntensity(0.0)).energy_j == (
+        pytest.approx(450.0)
+    )
+    # A window past the last whole sample (4 s) is refused, naming the log's span (read as 15 W,
+    # the fragment gave this window 150 W x 3.5 s + (150 + 15) / 2 W x 1 s = 607.5 J, unflagged).
+    past = read_timing_text(tmp_path, "2025-01-15T12:00:00.5Z,2025-01-15T12:00:05Z,10")
+    with pytest.raises(InputError, match=r"row 1: window .* is not inside the power log .*"
+                       r"2025-01-15T12:00:04\+00:00\]"):
+        import_cells(log, past, tmp_path / "cells", timing_path=tmp_path / "timing.csv")
+    # The command line says so too.
+    timing = tmp_path / "t.csv"
+    timing.write_text("start,end,output_tokens\n2025-01-15T12:00:00.5Z,2025-01-15T12:00:03.5Z,10\n")
+    out = tc("import", "--power", log_path, "--timing", timing, "--model", "m", "--batch-size",
+             "1", "--platform", "h100-sxm-80gb", "--out", tmp_path / "cli")  # fmt: skip
+    assert out.returncode == 0 and "note            line 7 dropped" in out.stdout, out.stderr
+    # A cut line followed by more (the logger restarted, appending): refused naming it.
+    restarted = _smi(tmp_path, "timestamp, power.draw [W]\n" + _steady(2)
+                     + "2025-01-15T12:00:02.000Z, 15\n2025-01-15T12:00:03.000Z, 150.00 W\n",
+                     "restarted.csv")  # fmt: skip
+    with pytest.raises(InputError, match=r"line 4: value '15' has no unit, while the column's "
+                       r"values carry ' W' \(line 2: '150.00 W'\)"):
+        load_power_log(restarted)
+    # dmon and CodeCarbon logs: a cut last line is dropped the same way.
+    dmon = _smi(tmp_path, DMON + " 20250115   12:00:03      0    40", "dmon.log")
+    dlog = load_power_log(dmon, tz="UTC")
+    assert len(dlog.samples) == 3 and "line 8 dropped" in dlog.notes[-1]
+    cc = _smi(tmp_path, CODECARBON_HEADER
+              + "2024-05-27T11:31:35,cc,r1,300,0.01,0,42,330,31,0.003,0.0275,0.002,0.0325,1,1 x A100\n"
+              + "2024-05-27T11:41:35,cc,r2,300,0.01,0,42,33", "emissions.csv")  # fmt: skip
+    clog = load_power_log(cc, tz="UTC")
+    assert len(clog.samples) == 2 and "line 3 dropped" in clog.notes[-1]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("timestamp, power.draw [W]\n2025-01-15T12:00:00.000Z, 150,00 W\n",
+         r"line 2: 3 fields for the 2 columns .* \('150,00 W' looks like a number written with a "
+         r"decimal comma"),
+        ("timestamp, power.draw [W]\n2025-01-15T12:00:00.000Z, 1e400 W\n",
+         "line 2: value '1e400 W' is not a finite number"),
+        ("timestamp, power.draw [W]\n2025-01-15T12:00:00.000Z, -5.00 W\n",
+         r"line 2: value '-5.00 W' is not a power one GPU can draw \(0 to 10000 W\)"),
+        ("timestamp, power.draw [W]\n2025-01-15T12:00:00.000Z, 150000.00 W\n",
+         "line 2: value '150000.00 W' is not a power one GPU can draw"),
+        # a second header mid-file, and a timestamp cut mid-file: blamed on their own lines
+        ("timestamp, power.draw [W]\n2025/01/15 12:00:00.000, 1 W\n2025/01/15 12:00:01.000, 1 W\n"
+         "timestamp, power.draw [W]\n2025/01/15 12:00:02.000, 1 W\n",
+         "line 4: the header again"),
+        ("timestamp, power.draw [W]\n2025/01/15 12:00:00.000, 1 W\n2025/01/15 12:00:0, 1 W\n"
+         "2025/01/15 12:00:02.000, 1 W\n",
+         r"line 3: timestamp '2025/01/15 12:00:0' is not '%Y/%m/%d %H:%M:%S.%f' local time like the "
+         r"log's other rows \(e.g. '2025/01/15 12:00:00.000'\)"),
+        ("timestamp, power.draw [W]\n2025-01-15T12:00:00.000Z, 1 W\n2025-01-15T12:0, 1 W\n"
+         "2025-01-15T12:00:02.000Z, 1 W\n",
+         "line 3: timestamp '2025-01-15T12:0' is not .* as the log's other rows are"),
+        ("timestamp, power.draw [W]\n2025-01-15T12:00:00.000Z, 1 W\n2025-01-15T12:00:01.0, 1 W\n"
+         "2025-01-15T12:00:02.000Z, 1 W\n", "line 3 differs from most"),
+    ],
+)  # fmt: skip
+def test_impossible_values_in_a_log_name_file_line_and_value(tmp_path, text, message):
+    path = _smi(tmp_path, text)
+    with pytest.raises(InputError, match=message) as err:
+        load_power_log(path, tz="UTC")
+    assert str(err.value).startswith(str(path))
+
+
+def test_a_file_that_is_not_utf8_names_its_line_and_byte(tmp_path):
+    # 'é' saved as Latin-1 (0xe9) on line 3 of a log and line 2 of a timing file.
+    log = tmp_path / "smi.csv"
+    log.write_bytes("timestamp, name, power.draw [W]\n2025/01/15 12:00:00.000, GPU, 1 W\n"
+                    "2025/01/15 12:00:01.000, GPU é, 1 W\n".encode("latin-1"))  # fmt: skip
+    with pytest.raises(InputError, match=r"smi.csv, line 3: byte b'\\xe9' \(offset 95\) is not "
+                       r"UTF-8.*save it as UTF-8"):
+        load_power_log(log, tz="UTC")
+    timing = tmp_path / "t.csv"
+    timing.write_bytes("start,end,output_tokens,model\n1736942400,1736942401,5,café\n"
+                       .encode("latin-1"))  # fmt: skip
+    with pytest.raises(InputError, match=r"t.csv, line 2: byte b'\\xe9'"):
+        read_timing(timing, platform="p", batch_size=1)
+
+
+def _imported_config(tmp_path, log_text: str, timing_row: str, **spec) -> dict:
+    log = tmp_path / "power.log"
+    log.write_text(log_text)
+    timing = tmp_path / "timing.csv"
+    timing.write_text(f"start,end,output_tokens\n{timing_row}\n")
+    imported = {"power_log": str(log), "timing": str(timing), "model": "tiny-llama",
+                "batch_size": 1, **spec}  # fmt: skip
+    return {"platforms": {"a100-sxm4-40gb": {"imported": imported}}}
+
+
+def test_an_imported_platform_is_checked_when_the_dag_is_built(tmp_path):
+    from snakemake.utils import validate
+
+    from tokencarbon.importing import check_imported_platform
+
+    models = ["tiny-llama"]
+    # An nvidia-smi dmon log names no device: the key docs/import.md lists gives it, and the
+    # schema takes it.
+    config = _imported_config(tmp_path, DMON, "1736942400,1736942402,10", tz="UTC")
+    with pytest.raises(ConfigError) as err:
+        check_imported_platform(config, models, "a100-sxm4-40gb")
+    assert ("config key platforms.a100-sxm4-40gb.imported: the power log "
+            f"{tmp_path / 'power.log'} names no device (nvidia_smi_dmon: index 0)") in str(err.value)
+    assert "give config key platforms.a100-sxm4-40gb.imported.device_name" in str(err.value)
+    assert "'^NVIDIA A100-SXM4-40GB$'" in str(err.value)
+    config = _imported_config(tmp_path, DMON, "1736942400,1736942402,10", tz="UTC",
+                              device_name="NVIDIA A100-SXM4-40GB")  # fmt: skip
+    check_imported_platform(config, models, "a100-sxm4-40gb")
+    schema = str(Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    full = {"platforms": config["platforms"],
+            "families": {"tiny": {}}, "models": {"tiny-llama": {"architecture": "tiny-llama",
+                                                                 "family": "tiny"}}}  # fmt: skip
+    validate(full, schema)  # device_name is a key of platforms.<name>.imported
+    # Another GPU's name, a window past the log: refused before any job, naming the key.
+    config = _imported_config(tmp_path, DMON, "1736942400,1736942402,10", tz="UTC",
+                              device_name="NVIDIA H100 80GB HBM3")  # fmt: skip
+    with pytest.raises(ConfigError, match="device 'NVIDIA H100 80GB HBM3' "
+                       r"\(config key platforms.a100-sxm4-40gb.imported.device_name\) is not "
+                       "platform 'a100-sxm4-40gb'"):
+        check_imported_platform(config, models, "a100-sxm4-40gb")
+    config = _imported_config(tmp_path, DMON, "1736942400,1736942409,10", tz="UTC",
+                              device_name="NVIDIA A100-SXM4-40GB")  # fmt: skip
+    with pytest.raises(ConfigError, match="row 1: window .* is not inside the power log"):
+        check_imported_platform(config, models, "a100-sxm4-40gb")

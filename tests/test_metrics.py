@@ -642,3 +642,35 @@ def test_committed_h100_cells_from_their_raw_samples(repo, study, batch_size, j_
     assert row["flops"] == flops and row["bytes_moved"] == moved
     assert row["mfu"] == pytest.approx(flops / (window_s * 989.4e12), rel=1e-12)
     assert row["mbu"] == pytest.approx(moved / (window_s * 3350e9), rel=1e-12)
+
+
+# --- issue 21: impossible utilisation is flagged, a cell without samples says what helps ---------
+
+
+def test_utilisation_beyond_the_peak_is_flagged_never_silent():
+    cells, batches, power = _cell()
+    # The toy cell's work: 9,888 FLOPs and 15,200 bytes in 1 s (test_flops_and_mfu_by_hand,
+    # test_bytes_and_mbu_by_hand). Peaks of 9,000 FLOP/s and 15,000 B/s (9e-9 TFLOP/s,
+    # 1.5e-5 GB/s): MFU 9888 / 9000 = 1.0987 and MBU 15200 / 15000 = 1.0133, both above 100 %.
+    low = replace(PLATFORM, peak_tflops_fp32=9e-9, memory_gb_per_s=1.5e-5)
+    row = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": low},
+                      ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN).iloc[0]
+    assert row["mfu"] == pytest.approx(9888 / 9000) and row["mbu"] == pytest.approx(15200 / 15000)
+    assert row["qa_flags"].split(";") == ["mfu_above_100pct", "mbu_above_100pct"]
+    # At the platform's own peaks (1e4 FLOP/s, 2e4 B/s): MFU 0.9888, MBU 0.76, no flag (the
+    # module's `row` fixture: qa_flags "").
+    only_mbu = replace(PLATFORM, memory_gb_per_s=1.5e-5)
+    row = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": only_mbu},
+                      ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN).iloc[0]
+    assert row["mfu"] == pytest.approx(0.9888) and row["qa_flags"] == "mbu_above_100pct"
+
+
+def test_a_cell_without_power_samples_says_to_measure_it_again():
+    cells, batches, power = _cell()
+    with pytest.raises(InputError) as err:
+        all_metrics(cells, batches, power.iloc[:0], {"toy": ARCH}, {"toyplat": PLATFORM},
+                    ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN)  # fmt: skip
+    text = str(err.value)
+    assert "results/cells/toyplat/toy-model/bs1/power.parquet holds none" in text
+    assert "measure that cell again (delete results/cells/toyplat/toy-model/bs1/ and rerun" in text
+    assert "re-run aggregate_cells" not in text

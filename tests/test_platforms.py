@@ -1,6 +1,7 @@
 """Platform table against NVIDIA datasheets, and its loader's checks."""
 
 import csv
+import dataclasses
 import math
 import re
 
@@ -9,10 +10,15 @@ import pytest
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
 from tokencarbon.models import resources_dir
 from tokencarbon.platforms import (
+    KNOWN_DEVICE_NAMES,
+    METRICS_ONLY_KEY,
+    check_device,
     get_platform,
     load_platforms,
     peak_bandwidth_bytes_per_s,
     peak_flops,
+    resolve_platform,
+    rows_matching,
 )
 
 PLATFORMS = ["cpu", "v100s-pcie-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm-80gb", "h200-141gb"]
@@ -118,10 +124,10 @@ def test_memory_limit():
 #     "NVIDIA H100 NVL", "NVIDIA H800" (SubModel/docs references/gpu-types.md), and
 #     "NVIDIA A100-SXM4-40GB", "NVIDIA H200 NVL" (RunPod API schema gpuTypeIds).
 # "Tesla V100S-PCIE-32GB" follows the V100 PCIe's "Tesla V100-PCIE-32GB" (an NVSMI log's Product Name).
-# hardware.check_platform applies the pattern with re.search, as _matching does.
+# A pattern matches the whole name (platforms.rows_matching: re.fullmatch; every pattern is anchored).
 def _matching(device_name):
-    gpus = [p for p in load_platforms().values() if p.kind == "gpu"]
-    return [p.platform for p in gpus if re.search(p.device_name_pattern, device_name)]
+    gpus = {n: p for n, p in load_platforms().items() if p.kind == "gpu"}
+    return rows_matching(device_name, gpus)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +176,7 @@ def _table_with(tmp_path, column, value):
 
 def test_bad_number_names_file_line_and_column(tmp_path):
     path = _table_with(tmp_path, "memory_gb_per_s", "1.5 TB/s")
-    with pytest.raises(InputError, match=rf"{path} line 3, column memory_gb_per_s: '1.5 TB/s'"):
+    with pytest.raises(InputError, match=rf"{path} line 3 \(platform 'v100s-pcie-32gb'\), column memory_gb_per_s: '1.5 TB/s'"):
         load_platforms(path)
 
 
@@ -209,7 +215,7 @@ def test_missing_column_named(tmp_path):
 def test_bad_values_name_file_line_and_column(tmp_path, column, value, message):
     # Issue 10 §8: a negative peak gave a negative MFU with exit 0; a zero one ZeroDivisionError.
     path = _table_with(tmp_path, column, value)  # line 3 is v100s-pcie-32gb
-    with pytest.raises(InputError, match=re.escape(f"{path} line 3, column {column}: {message}")):
+    with pytest.raises(InputError, match=re.escape(f"{path} line 3 (platform 'v100s-pcie-32gb'), column {column}: {message}")):
         load_platforms(path)
 
 
@@ -399,3 +405,133 @@ def test_bad_measure_settings_and_measurements_are_named(tmp_path):
         resolve_platform("h100-sxm-80gb", "NVIDIA H100 80GB HBM3", {"measure": True})
     with pytest.raises(ConfigError, match=r"spec.measure: 'yes'; valid: true or false"):
         resolve_platform("cpu", XEON, {**spec, "measure": "yes"}, platforms=_epyc_table(tmp_path))
+
+
+# --- issue 21: patterns that claim the wrong device, and numbers beyond physics ------------------
+
+
+def _table_with_extra_row(tmp_path, **changes):
+    """The real table plus a user's row: a copy of h100-sxm-80gb's, with `changes`."""
+    with open(resources_dir() / "platforms.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    extra = dict(next(r for r in rows if r["platform"] == "h100-sxm-80gb"), **changes)
+    path = tmp_path / "platforms.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([*rows, extra])
+    return path  # the extra row is line 8 (header, then 6 rows)
+
+
+@pytest.mark.parametrize(
+    "pattern, message",
+    [
+        # unanchored: it would claim 'NVIDIA H100 80GB HBM3' (the SXM's row) and 'NVIDIA H100 PCIe'
+        ("NVIDIA H100", "'NVIDIA H100' is not anchored"),
+        ("^NVIDIA H100", "'^NVIDIA H100' is not anchored"),
+        # anchored but several products: SXM5, PCIe and NVL (KNOWN_DEVICE_NAMES)
+        ("^NVIDIA H100.*$", "matches the devices ['NVIDIA H100 80GB HBM3', 'NVIDIA H100 PCIe', "
+                            "'NVIDIA H100 NVL']"),
+        ("^.*$", "a row describes one product"),
+        ("^NVIDIA [BH]200$", "matches the devices ['NVIDIA H200', 'NVIDIA B200'] (B200, H200 SXM)"),
+        # one product, but the one the h100-sxm-80gb row already claims
+        ("^NVIDIA H100 80GB HBM3$", "the device name 'NVIDIA H100 80GB HBM3' matches the patterns "
+                                    "of rows h100-sxm-80gb (line 6), h100-pcie (line 8)"),
+    ],
+)  # fmt: skip
+def test_a_pattern_must_be_anchored_one_product_and_no_other_rows(tmp_path, pattern, message):
+    path = _table_with_extra_row(tmp_path, platform="h100-pcie", device_name_pattern=pattern)
+    with pytest.raises(InputError) as err:
+        load_platforms(path)
+    assert message in str(err.value)
+    # A PCIe row with its own exact name loads, and each name resolves to exactly one row.
+    ok = load_platforms(_table_with_extra_row(
+        tmp_path, platform="h100-pcie", device_name_pattern="^NVIDIA H100 PCIe$"))  # fmt: skip
+    assert rows_matching("NVIDIA H100 PCIe", ok) == ["h100-pcie"]
+    assert rows_matching("NVIDIA H100 80GB HBM3", ok) == ["h100-sxm-80gb"]
+
+
+def test_a_device_matching_two_rows_is_refused_when_resolved():
+    # A table built in memory, past the loader's checks: a second row whose pattern also takes
+    # the H100 SXM's name. The device must match exactly one row, whichever is asked for.
+    table = load_platforms()
+    table["h100-any"] = dataclasses.replace(table["h100-sxm-80gb"], platform="h100-any",
+                                            device_name_pattern="^NVIDIA H100.*$")  # fmt: skip
+    with pytest.raises(InputError, match=r"matches rows \['h100-sxm-80gb', 'h100-any'\]"):
+        resolve_platform("h100-sxm-80gb", "NVIDIA H100 80GB HBM3", platforms=table)
+    with pytest.raises(InputError, match="must match exactly one row"):
+        check_device("NVIDIA H100 80GB HBM3", "h100-any", table)
+    # Another device than the row's is a mismatch naming the row it is.
+    with pytest.raises(HardwareMismatchError, match="it is row 'h100-sxm-80gb'"):
+        check_device("NVIDIA H100 80GB HBM3", "a100-sxm4-40gb")
+    with pytest.raises(HardwareMismatchError, match="no row matches it"):
+        check_device("NVIDIA B200", "h200-141gb")
+    check_device("NVIDIA H200", "h200-141gb")  # the one row: no error
+
+
+def test_every_known_device_name_matches_at_most_one_shipped_row():
+    for name, product in KNOWN_DEVICE_NAMES.items():
+        assert len(rows_matching(name)) <= 1, (name, product)
+
+
+@pytest.mark.parametrize(
+    "column, value, message, source",
+    [
+        # H100 bf16 dense 989.4 TFLOP/s written in GFLOP/s; the B200's 4,500 int8 x 2 is the top
+        ("peak_tflops_bf16", "989400", "'989400' lies outside the plausible range 0.1 to 10000 for a gpu", "B200"),
+        # the H200's 4.8 TB/s written as 4.8 in a GB/s column
+        ("memory_gb_per_s", "4.8", "'4.8' lies outside the plausible range 20 to 20000 for a gpu", "Jetson Orin Nano"),
+        ("lifetime_years", "0.01", "'0.01' lies outside the plausible range 1 to 15 for a gpu", "LLMCarbon"),
+        ("memory_gb", "80000", "'80000' lies outside the plausible range 1 to 1000 for a gpu", "B300"),
+        ("tdp_w", "700000", "'700000' lies outside the plausible range 10 to 3000 for a gpu", "GB200"),
+    ],
+)  # fmt: skip
+def test_spec_numbers_beyond_physics_name_row_column_value_and_range(
+    tmp_path, column, value, message, source
+):
+    path = _table_with_row(tmp_path, "h100-sxm-80gb", column, value)  # line 6
+    with pytest.raises(InputError) as err:
+        load_platforms(path)
+    text = str(err.value)
+    assert f"{path} line 6 (platform 'h100-sxm-80gb'), column {column}: {message}" in text
+    assert "a unit slip?" in text and source in text  # the range's source is named
+
+
+def test_spec_ranges_apply_to_config_and_measurements_by_kind(tmp_path):
+    h100 = "NVIDIA H100 80GB HBM3"
+    with pytest.raises(ConfigError, match=r"spec.peak_tflops_bf16: 989400 lies outside the plausible range 0.1 to 10000 for a gpu"):
+        resolve_platform("h100-sxm-80gb", h100, {"peak_tflops_bf16": 989400})
+    with pytest.raises(ConfigError, match=r"spec.lifetime_years: 0.01 lies outside"):
+        resolve_platform("h100-sxm-80gb", h100, {"lifetime_years": 0.01})
+    # A CPU slice's 3.2 GB/s is plausible for a cpu (0.1 to 2000), not for a gpu (20 to 20000).
+    spec = {"measure": True, "tdp_w": 6.25, "logical_cpus": 2}
+    p = resolve_platform("cpu", XEON, spec, {"peak_tflops_fp32": 0.29, "memory_gb_per_s": 3.2},
+                         platforms=_epyc_table(tmp_path))  # fmt: skip
+    assert p.memory_gb_per_s == 3.2
+    with pytest.raises(InputError, match=r"measured peaks of platform 'cpu'.peak_tflops_fp32: 5000.0 lies outside the plausible range 0.001 to 1000 for a cpu"):
+        resolve_platform("cpu", XEON, spec, {"peak_tflops_fp32": 5000.0, "memory_gb_per_s": 51.0},
+                         platforms=_epyc_table(tmp_path))  # fmt: skip
+
+
+def test_a_table_that_is_not_utf8_names_file_line_and_byte(tmp_path):
+    text = (resources_dir() / "platforms.csv").read_text(encoding="utf-8")
+    # 'µ' in a source text, saved as Latin-1 (one byte 0xb5) on the v100s row, line 3
+    lines = text.splitlines(keepends=True)
+    lines[2] = lines[2].replace("V100S announced", "V100S µarch announced")
+    path = tmp_path / "platforms.csv"
+    path.write_bytes("".join(lines).encode("latin-1"))
+    with pytest.raises(InputError, match=re.escape(f"{path} line 3: byte b'\\xb5'") + ".*save it as UTF-8"):
+        load_platforms(path)
+
+
+def test_a_cells_params_name_metric_only_fields_without_their_values(tmp_path):
+    # A cpu row describing another CPU needs its peaks and bandwidth given; a cell's params carry
+    # only their names (config.measuring_spec), and the hardware check still counts them given.
+    table = _epyc_table(tmp_path)
+    named = {"tdp_w": 6.25, "logical_cpus": 2,
+             METRICS_ONLY_KEY: ["memory_gb_per_s", "peak_tflops_fp32"]}  # fmt: skip
+    p = resolve_platform("cpu", XEON, named, platforms=table)
+    assert p.tdp_w == 6.25 and math.isnan(p.peak_tflops_fp32) and math.isnan(p.memory_gb_per_s)
+    with pytest.raises(HardwareMismatchError, match="memory_gb_per_s"):
+        resolve_platform("cpu", XEON, {**named, METRICS_ONLY_KEY: ["peak_tflops_fp32"]},
+                         platforms=table)  # fmt: skip

@@ -169,7 +169,7 @@ def test_nvidia_smi_wrong_units_and_values(tmp_path):
     with pytest.raises(InputError, match=r"'memory.used \[MB\]' has unit 'MB'; expected 'MiB'"):
         read_nvidia_smi_csv(write_log(tmp_path, bad_header_unit), tz="UTC")
     bad_time = "timestamp, power.draw [W]\n15.01.2025 12:00, 1 W\n"
-    with pytest.raises(InputError, match="row 1: timestamp '15.01.2025 12:00' is not.*ISO-8601"):
+    with pytest.raises(InputError, match="line 2: timestamp '15.01.2025 12:00' is not.*ISO-8601"):
         read_nvidia_smi_csv(write_log(tmp_path, bad_time), tz="UTC")
 
 
@@ -198,7 +198,7 @@ def test_nvidia_smi_iso8601_timestamps(tmp_path):
         tmp_path,
         "timestamp, power.draw [W]\n2025-01-15T12:00:00Z, 70 W\n2025-01-15T12:00:01, 70 W\n",
     )
-    with pytest.raises(InputError, match="row 1: '2025-01-15T12:00:00Z'.*row 2"):
+    with pytest.raises(InputError, match="line 2: '2025-01-15T12:00:00Z'.*line 3"):
         read_nvidia_smi_csv(mixed, "UTC")
 
 
@@ -226,7 +226,7 @@ def test_nvidia_smi_repeated_dst_hour(tmp_path):
     with pytest.raises(InputError) as err:
         read_nvidia_smi_csv(path, tz="Europe/Berlin")
     msg = str(err.value)
-    assert "row 1: '2024/10/27 02:30:00.000' lies in the hour repeated" in msg
+    assert "line 2: '2024/10/27 02:30:00.000' lies in the hour repeated" in msg
     assert "tz='+02:00'" in msg and "tz='+01:00'" in msg and "fixed-offset" in msg
     # With the offset given: 02:30 at +01:00 = 01:30 UTC;
     # date -u -d '2024-10-27 01:30' +%s = 1729992600.

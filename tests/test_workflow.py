@@ -440,3 +440,20 @@ def test_trace_day_with_a_constant_intensity_draws_figure_6a(tmp_path):
     assert planned_jobs(project, target) == {"plot_fig6a": 1}
     snakemake(project, target)
     assert (project / target).stat().st_size > 10_000
+
+
+def test_correcting_a_spec_number_only_metrics_read_reruns_no_cell(built):
+    # issue 21: cells took the whole platforms.<name>.spec as params, so correcting a number only
+    # metrics read (a bandwidth, the lifetime) re-measured every cell. Now only metrics and what
+    # follows replan; the TDP a cpu cell models its power with reruns the cells.
+    def spec(**numbers):
+        return lambda c: c["platforms"]["cpu"]["spec"].update(numbers)
+
+    for name, edit in [("bw.yaml", spec(memory_gb_per_s=51.0)), ("life.yaml", spec(lifetime_years=4))]:
+        jobs = planned_jobs(built, "all", "--configfile", write_config(built, name, edit))
+        assert jobs.get("compute_metrics") == 1, jobs
+        for rule in ["run_cell", "run_continuous_cell", "probe_max_batch", "measure_platform",
+                     "build_torch_engine", "aggregate_cells", "sample_workload"]:  # fmt: skip
+            assert rule not in jobs, (name, jobs)
+    jobs = planned_jobs(built, "all", "--configfile", write_config(built, "tdp.yaml", spec(tdp_w=5.0)))
+    assert jobs["run_cell"] == 4 and jobs["run_continuous_cell"] == 2

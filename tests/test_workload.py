@@ -415,6 +415,17 @@ GOOD = {
             [{"id": "r0", "conversations": [{"from": "human", "value": 42}]}],
             ["record 0 (id 'r0'), turn 0: 'value' is a int", "expected a string"],
         ),
+        # issue 21: a lone UTF-16 surrogate (JSON "\ud800" without its pair) crashed Parquet
+        # with a UnicodeEncodeError naming no record
+        (
+            '[{"id": "r0", "conversations": [{"from": "human", "value": "hello \\ud800 there"},'
+            ' {"from": "gpt", "value": "a"}]}]',
+            ["record 0 (id 'r0'), turn 0: 'value' holds '\\ud800' at character 6", "lone UTF-16 surrogate"],
+        ),
+        (
+            '[{"id": "r\\udc00", "conversations": [{"from": "human", "value": "q"}]}]',
+            ["'id' holds '\\udc00' at character 1"],
+        ),
     ],
 )
 def test_bad_file_names_file_record_turn_and_what_is_expected(tmp_path, content, expected):

@@ -15,16 +15,20 @@ from tokencarbon.config import (
     check_config,
     check_copied_cells,
     check_hardware,
+    check_model_vocabulary,
+    check_pool_holds_num_prompts,
     coerce_cli_strings,
     measure_slice,
     measured_platforms,
     model_slice,
+    normalize_config_values,
     platforms_to_measure,
     platform_row,
     platform_slice,
     probe_platform_slice,
     resolve_model_architecture,
     run_slice,
+    schema_error_message,
     serving_slice,
 )
 from tokencarbon.errors import ConfigError
@@ -47,6 +51,8 @@ def _validate_config():
         (Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text()
     )
     config.update(coerce_cli_strings(dict(config), schema))
+    # keys and values YAML 1.1 reads otherwise (False for `no`, 8.0, dates), named at the door
+    config.update(normalize_config_values(dict(config), schema))
     try:
         validate(config, schema="../schemas/config.schema.yaml")
     except WorkflowError as exc:
@@ -54,15 +60,25 @@ def _validate_config():
         cause = exc.__context__
         if not hasattr(cause, "absolute_path"):
             raise
-        key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
-        raise ConfigError(
-            f"invalid config at key {key}: {cause.message} "
-            f"(schema: workflow/schemas/config.schema.yaml; keys: config/README.md)"
-        ) from None
+        raise ConfigError(schema_error_message(cause)) from None
     check_config(config, workflow.basedir)
 
 
 _validate_config()
+
+
+def _check_imported_sources():
+    """What rule import_cell would refuse (a log or timing file the job cannot use, a window
+    outside the log, a device that is not the platform's or is unnamed), refused here, before any
+    job (tokencarbon.importing.check_imported_platform)."""
+    from tokencarbon.importing import check_imported_platform
+
+    for name, spec in sorted(config["platforms"].items()):
+        if spec.get("imported"):
+            check_imported_platform(config, sorted(config["models"]), name)
+
+
+_check_imported_sources()
 
 PLATFORMS = sorted(config["platforms"])
 # Platforms measured on another machine: their cells are copied in, never run here.
@@ -189,10 +205,19 @@ def filter_params(wildcards):
 
 
 def family_pool(wildcards):
-    return f"results/dataset/{family_of(wildcards.model)}.parquet"
+    """sample_workload's pool, with num_prompts checked against the pool on disk first
+    (config.check_pool_holds_num_prompts: a failed sample job would delete the workload).
+    """
+    pool = f"results/dataset/{family_of(wildcards.model)}.parquet"
+    check_pool_holds_num_prompts(config, family_of(wildcards.model), pool)
+    return pool
 
 
 def engine_manifest(wildcards):
+    """The engine a probe or cell of this model runs, its vocabulary first checked against the
+    builtin tokenizer's (config.check_model_vocabulary: the cells would refuse the token ids).
+    """
+    check_model_vocabulary(config, wildcards.model, workflow.basedir)
     return f"results/engines/{wildcards.platform}/{wildcards.model}/{BACKEND}/manifest.json"
 
 
@@ -454,7 +479,73 @@ def measurement_files(wildcards=None):
     return [f"results/platforms/{p}/spec.json" for p in MEASURE] + copied
 
 
+def _sizes_on_disk(platform, model, mode):
+    """The cell sizes of (platform, model, mode) as known before any job runs: copied or imported
+    cells, an explicit sweep, or an auto sweep from a probe.json on disk; None where the probe
+    has yet to run (its cells are measured in this run)."""
+    if platform in IMPORTED:
+        return copied_cell_sizes(platform, model, mode)
+    if platform in IMPORTED_SOURCE:
+        return imported_source_batch_sizes(platform, model) if mode == STATIC else []
+    sizes = config["sweep"]["batch_sizes" if mode == STATIC else "max_num_seqs"]
+    if sizes != "auto":
+        return sorted(sizes)
+    probe = Path(f"results/cells/{platform}/{model}/probe.json")
+    if not probe.is_file():
+        return None
+    found = json.loads(probe.read_text())
+    key = "max_ok" if mode == STATIC else "max_num_seqs_ok"
+    if key not in found:
+        return None
+    return auto_batch_sizes(found[key], config["workload"]["num_prompts"])
+
+
+@functools.cache
+def _trace_covers_the_cells():
+    """carbon.source trace: the trace covers every cell metrics will read (config.
+    check_trace_coverage), checked when the DAG is built from what is known then: the windows of
+    finished cells (their batches.parquet), an imported platform's timing file, and the present
+    instant for cells this run will measure."""
+    if config["carbon"]["source"] != "trace":
+        return
+    import time
+
+    from tokencarbon.config import cell_windows, check_trace_coverage
+    from tokencarbon.importing import imported_windows
+
+    windows, measured_now = [], False
+    for p in PLATFORMS:
+        if p in IMPORTED_SOURCE:
+            w = imported_windows(config, MODELS, p)
+            windows += [
+                (
+                    f"imported platform {p}, timing row {r.row}",
+                    r.start_wall_ns,
+                    r.end_wall_ns,
+                )
+                for r in w.itertuples()
+            ]
+            continue
+        for m in MODELS:
+            for mode in (STATIC, CONTINUOUS):
+                sizes = _sizes_on_disk(p, m, mode)
+                if sizes is None:
+                    measured_now = True
+                    continue
+                for n in sizes:
+                    folder = Path(cell_dir(p, m, n, mode))
+                    if (folder / "meta.json").is_file():
+                        windows += cell_windows(folder)
+                    else:
+                        measured_now = measured_now or p in MEASURED
+    if measured_now:
+        now = time.time_ns()
+        windows.append(("cells measured in this run (starting now)", now, now + 1))
+    check_trace_coverage(config, windows)
+
+
 def metrics_inputs(wildcards):
+    _trace_covers_the_cells()
     inputs = {}
     if config["carbon"]["source"] == "trace":
         inputs["trace"] = config["carbon"]["trace"]

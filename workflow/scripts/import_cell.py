@@ -51,6 +51,7 @@ write_cell(
     dtype=spec["dtype"],
     idle=idle,
     device_name=imported.get("device_name"),
+    device_name_as=f"config key platforms.{platform}.imported.device_name",
     quantization=spec.get("quantization"),
     force=True,  # Snakemake removed the old outputs; this job owns the folder
 )

@@ -95,6 +95,39 @@ def _check_fill(fill: str | None) -> None:
         )
 
 
+# How the workflow's config names the fill settings; the command line passes its flags instead.
+CONFIG_NAMES = {"fill": "config carbon.fill", "max_fill_s": "carbon.max_fill_s"}
+CLI_NAMES = {"fill": "--fill", "max_fill_s": "--max-fill-s"}
+
+
+class TraceCoverageError(InputError):
+    """An intensity trace that does not give a window an intensity: part of the window lies
+    outside the trace and no fill policy is set, or a fill would reach further from the trace than
+    max_fill_s. str() names the config keys that settle it; message(names) names others (the
+    command line's flags, CLI_NAMES)."""
+
+    def __init__(self, path: str, window: str, problem: str, fill: str | None,
+                 max_fill_s: float | None) -> None:  # fmt: skip
+        self.path, self.window, self.problem = path, window, problem
+        self.fill, self.max_fill_s = fill, max_fill_s
+        super().__init__(self.message(CONFIG_NAMES))
+
+    def message(self, names: dict[str, str]) -> str:
+        """The error with the fill settings named as `names` ({"fill": ..., "max_fill_s": ...})."""
+        if self.fill is None:
+            fix = (
+                f"give a trace that covers it, or set the fill policy ({names['fill']}) to one of "
+                f"{FILL_POLICIES}"
+            )
+        else:
+            fix = (
+                f"more than {names['max_fill_s']} = {self.max_fill_s:g} s; give a trace that "
+                f"covers the run, or raise {names['max_fill_s']} (null / none: no limit) if that "
+                "fill is what you want"
+            )
+        return f"{self.path}: {self.problem}; {fix}"
+
+
 @dataclass(frozen=True)
 class ConstantIntensity:
     """One intensity for all time (the study's setting)."""
@@ -201,12 +234,12 @@ class IntensityTrace:
         if holes:
             shown = "; ".join(f"{utc(a)} to {utc(b)}" for a, b in holes[:3])
             more = f" and {len(holes) - 3} more" if len(holes) > 3 else ""
-            raise InputError(
-                f"{self.path}: the intensity trace ({self._described()}) does not cover "
-                f"{shown}{more} (UTC) of the window {utc(start_ns)} to {utc(end_ns)}; give a "
-                f"trace that covers it, or set the fill policy (config carbon.fill) to one of "
-                f"{FILL_POLICIES}"
-            )
+            raise TraceCoverageError(
+                self.path, f"{utc(start_ns)} to {utc(end_ns)}",
+                f"the intensity trace ({self._described()}) does not cover {shown}{more} (UTC) of "
+                f"the window {utc(start_ns)} to {utc(end_ns)}",
+                None, max_fill_s,
+            )  # fmt: skip
         filled, src = filled[inside], src[inside]
         # The farthest instant of a filled piece from its source edge is one of its own ends.
         distance_s = np.where(
@@ -214,14 +247,13 @@ class IntensityTrace:
         )
         if max_fill_s is not None and len(distance_s) and distance_s.max() > max_fill_s:
             k = int(np.argmax(distance_s))
-            raise InputError(
-                f"{self.path}: the window {utc(start_ns)} to {utc(end_ns)} lies up to "
-                f"{distance_s[k]:.0f} s from the intensity trace ({self._described()}): "
-                f"{utc(lo[k])} to {utc(hi[k])} would take {val[inside][k]:g} gCO2eq/kWh by fill "
-                f"policy {fill!r}, more than carbon.max_fill_s = {max_fill_s:g} s; give a trace "
-                "that covers the run, or raise carbon.max_fill_s (null: no limit) if that fill "
-                "is what you want"
-            )
+            raise TraceCoverageError(
+                self.path, f"{utc(start_ns)} to {utc(end_ns)}",
+                f"the window {utc(start_ns)} to {utc(end_ns)} lies up to {distance_s[k]:.0f} s "
+                f"from the intensity trace ({self._described()}): {utc(lo[k])} to {utc(hi[k])} "
+                f"would take {val[inside][k]:g} gCO2eq/kWh by fill policy {fill!r}",
+                fill, max_fill_s,
+            )  # fmt: skip
         return IntensitySegments(np.concatenate([lo, [end_ns]]), val[inside], filled, distance_s)
 
     def _described(self) -> str:
@@ -232,6 +264,24 @@ class IntensityTrace:
 
 
 IntensitySource = ConstantIntensity | IntensityTrace
+
+
+def first_uncovered(
+    intensity: IntensitySource,
+    windows,
+    fill: str | None = None,
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
+) -> tuple[str, TraceCoverageError] | None:
+    """The first of `windows` ((label, start_ns, end_ns), ...) the intensity does not cover under
+    the fill policy and max_fill_s, with the error metrics would raise for it; None when every
+    window is covered (always, for a constant intensity). Checked when the DAG is built from the
+    cells' known times, so that compute_metrics never fails on them after its inputs ran."""
+    for label, start_ns, end_ns in windows:
+        try:
+            intensity.segments(int(start_ns), int(end_ns), fill, max_fill_s)
+        except TraceCoverageError as exc:
+            return label, exc
+    return None
 
 
 def _find_column(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:

@@ -15,7 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+from tokencarbon.carbon import CLI_NAMES, DEFAULT_MAX_FILL_S
 from tokencarbon.errors import TokencarbonError
+
+# measure --interval-s: below 10 ms psutil's CPU times (10 ms ticks) make a modeled sample mostly
+# rounding, and NVML refreshes power no faster; above 10 s a command's window holds only a few
+# samples, and end_window waits for the first sample after the window (at most 30 s,
+# monitor._WAIT_TIMEOUT_S) before anything is printed.
+MEASURE_INTERVAL_S = (0.01, 10.0)
 
 EXAMPLES = {
     "run": """examples:
@@ -87,7 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="model CPU power at this TDP (W) even where a GPU is visible; default: "
         "the platforms.csv 'cpu' row's TDP per logical CPU x the CPUs available",
     )
-    m.add_argument("--interval-s", type=float, default=None, help="sampling interval (s)")
+    m.add_argument(
+        "--interval-s",
+        type=float,
+        default=None,
+        help=f"sampling interval (s), {MEASURE_INTERVAL_S[0]:g} to {MEASURE_INTERVAL_S[1]:g} "
+        "(default 0.05 on a GPU, 0.1 modeled)",
+    )
     m.add_argument("--json", action="store_true", help="one JSON object on stdout")
     m.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to measure")
 
@@ -191,7 +204,28 @@ def _carbon_args(p: argparse.ArgumentParser) -> None:
         choices=["previous", "nearest"],
         help="fill hours the trace lacks (default: refuse)",
     )
+    p.add_argument(
+        "--max-fill-s",
+        type=_fill_limit,
+        default=DEFAULT_MAX_FILL_S,
+        metavar="S",
+        help="with --fill: how far (s) a filled instant may lie from the trace's rows "
+        f"(default {DEFAULT_MAX_FILL_S:g}; 'none': no limit)",
+    )
     p.add_argument("--pue", type=float, default=1.0, help="power usage effectiveness (>= 1)")
+
+
+def _fill_limit(text: str) -> float | None:
+    """--max-fill-s: seconds >= 0, or 'none' for no limit."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds >= 0, or 'none' for no limit")
+    return value
 
 
 def _version() -> str:
@@ -231,6 +265,22 @@ _NO_RESULT = {"-n", "--dry-run", "--dryrun", "--lint", "--list-rules", "-l", "--
               "--report", "--help", "-h", "--version", "--cleanup-metadata", "--touch", "-t"}  # fmt: skip
 
 
+def _configfile_args(args: list[str]) -> list[str]:
+    """The files given to Snakemake with --configfile / --configfiles (several may follow one)."""
+    files, taking = [], False
+    for x in args:
+        if x in ("--configfile", "--configfiles"):
+            taking = True
+        elif x.startswith(("--configfile=", "--configfiles=")):
+            files.append(x.split("=", 1)[1])
+            taking = False
+        elif taking and not x.startswith("-"):
+            files.append(x)
+        else:
+            taking = False
+    return files
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     root = checkout_dir(a.directory)
     args = [x for x in a.snakemake_args if x != "--"]
@@ -238,6 +288,13 @@ def cmd_run(a: argparse.Namespace) -> int:
         x in ("-c", "--cores", "-j", "--jobs") or re.match(r"^(-c|-j)\d+$|^--(cores|jobs)=", x)
         for x in args
     )
+    # Snakemake reads a --configfile before any workflow code runs, and a YAML value it cannot
+    # construct (an unquoted impossible date, 2023-02-30) ends in a traceback naming no line:
+    # the files are read here first, with tokencarbon's loader, which names file, line and key.
+    from tokencarbon.config import check_config_files
+
+    check_config_files([root / f if not Path(f).is_absolute() else Path(f)
+                        for f in _configfile_args(args)])  # fmt: skip
     cmd = [sys.executable, "-m", "snakemake", *([] if has_cores else ["--cores", "1"]), *args]
     print(f"tokencarbon run: {shlex.join(cmd[2:])}  (in {root})", file=sys.stderr, flush=True)
     code = subprocess.run(cmd, cwd=root).returncode
@@ -274,7 +331,33 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def _intensity_kwargs(a: argparse.Namespace) -> dict:
     return {"intensity_g_per_kwh": a.intensity, "trace": a.trace, "basis": a.basis,
-            "fill": a.fill, "pue": a.pue}  # fmt: skip
+            "fill": a.fill, "pue": a.pue, "max_fill_s": a.max_fill_s}  # fmt: skip
+
+
+def _trace_problem(intensity, spans, a: argparse.Namespace) -> str | None:
+    """Why the trace cannot give these spans [(label, start_ns, end_ns), ...] an intensity under
+    --fill and --max-fill-s, naming those flags; None when it can (or the intensity is constant)."""
+    from tokencarbon.carbon import first_uncovered
+
+    found = first_uncovered(intensity, spans, a.fill, a.max_fill_s)
+    return None if found is None else f"{found[0]}: {found[1].message(CLI_NAMES)}"
+
+
+def _check_trace_now(a: argparse.Namespace) -> None:
+    """--trace: refuse before the command runs where the trace cannot cover its start (the
+    present instant); a trace that ends while the command runs is said after it, with the
+    energy."""
+    if a.trace is None:
+        return
+    from tokencarbon.carbon import load_trace
+
+    now = time.time_ns()
+    problem = _trace_problem(load_trace(a.trace, a.basis), [("now", now, now + 1)], a)
+    if problem:
+        raise TokencarbonError(
+            f"--trace {a.trace} cannot give the command's time an intensity, so nothing was run: "
+            f"{problem}"
+        )
 
 
 def _describe(meas, extra: list[str]) -> str:
@@ -285,8 +368,12 @@ def _describe(meas, extra: list[str]) -> str:
         + ("  MODELED, an estimate" if meas.modeled else ""),
         f"  counter       {_num(meas.energy_counter_j, 'J')}",
         f"  integral      {_num(meas.energy_integrated_j, 'J')}",
-        f"carbon          {_num(meas.carbon_g, 'gCO2eq')} at {meas.intensity_g_per_kwh:.4g} "
-        f"gCO2eq/kWh x PUE {meas.pue:g} (operational)",
+        (
+            f"carbon          {_num(meas.carbon_g, 'gCO2eq')} at {meas.intensity_g_per_kwh:.4g} "
+            f"gCO2eq/kWh x PUE {meas.pue:g} (operational)"
+            if meas.carbon_missing is None
+            else f"carbon          n/a: {meas.carbon_missing}"
+        ),
     ]
     if meas.tokens:
         lines.append(
@@ -305,6 +392,16 @@ def cmd_measure(a: argparse.Namespace) -> int:
         raise TokencarbonError("no command to measure: tokencarbon measure [options] -- CMD ...")
     if a.tokens is not None and a.tokens <= 0:
         raise TokencarbonError(f"--tokens {a.tokens}: a count of generated tokens must be > 0")
+    low, high = MEASURE_INTERVAL_S
+    if a.interval_s is not None and not low <= a.interval_s <= high:
+        raise TokencarbonError(
+            f"--interval-s {a.interval_s:g}: give {low:g} to {high:g} s (below {low:g} s the "
+            "readings repeat: CPU times tick at 10 ms and NVML refreshes no faster; above "
+            f"{high:g} s a command gets only a few samples and the window's end waits for one)"
+        )
+    if a.pue < 1.0 or not math.isfinite(a.pue):
+        raise TokencarbonError(f"--pue {a.pue:g}: must be >= 1 (facility energy / IT energy)")
+    _check_trace_now(a)
     monitor = Monitor(tdp_w=a.tdp_w, interval_s=a.interval_s, **_intensity_kwargs(a))
     try:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -313,10 +410,19 @@ def cmd_measure(a: argparse.Namespace) -> int:
             code = subprocess.run(cmd).returncode
         except OSError as exc:
             raise TokencarbonError(f"cannot run {shlex.join(cmd)}: {exc}") from exc
-        meas = monitor.end_window("command", tokens=a.tokens)
+        # The energy is kept even where the trace cannot give its carbon (it ended while the
+        # command ran): a finished measurement is never dropped.
+        meas = monitor.end_window("command", tokens=a.tokens, keep_energy=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         monitor.close()
+    if meas.carbon_missing is not None:
+        import dataclasses
+
+        why = _trace_problem(
+            monitor.intensity, [("the command's window", meas.start_wall_ns, meas.end_wall_ns)], a
+        )
+        meas = dataclasses.replace(meas, carbon_missing=why or meas.carbon_missing)
     # CPU seconds the kernel charged to the command's process tree (waited children only): an
     # account independent of the sidecar's sampled utilisation.
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -326,6 +432,13 @@ def cmd_measure(a: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(_describe(meas, [f"command         {shlex.join(cmd)} (exit {code})"]))
+    if meas.carbon_missing is not None:
+        print(
+            f"tokencarbon measure: the energy above is measured; its carbon is missing: "
+            f"{meas.carbon_missing}",
+            file=sys.stderr,
+        )
+        return code or 2  # the command's own failure first; else what was asked is incomplete
     return code
 
 
@@ -355,17 +468,24 @@ def cmd_import(a: argparse.Namespace) -> int:
     if a.idle:
         t = parse_times(pd.Series(a.idle), a.tz, "--idle")
         idle = (int(t[0]), int(t[1]))
-    cells = import_cells(
-        log, timing, a.out, timing_path=a.timing, tz=a.tz, architecture=a.architecture,
-        dtype=a.dtype, idle=idle, device_name=a.device_name, force=a.force,
-    )  # fmt: skip
     intensity = (
         load_trace(a.trace, a.basis) if a.trace
         else ConstantIntensity(DEFAULT_INTENSITY_G_PER_KWH if a.intensity is None else a.intensity)
     )  # fmt: skip
+    # The windows' times are known: a trace that cannot give them an intensity is refused before
+    # any cell is written.
+    spans = [(f"{a.timing} row {w.row}", w.start_wall_ns, w.end_wall_ns) for w in timing.itertuples()]
+    problem = _trace_problem(intensity, spans, a)
+    if problem:
+        raise TokencarbonError(f"--trace {a.trace}: nothing was written: {problem}")
+    cells = import_cells(
+        log, timing, a.out, timing_path=a.timing, tz=a.tz, architecture=a.architecture,
+        dtype=a.dtype, idle=idle, device_name=a.device_name, force=a.force,
+    )  # fmt: skip
     results = []
     for c in cells:
-        meas = cell_measurement(log, c.windows, intensity=intensity, pue=a.pue, fill=a.fill)
+        meas = cell_measurement(log, c.windows, intensity=intensity, pue=a.pue, fill=a.fill,
+                                max_fill_s=a.max_fill_s)  # fmt: skip
         results.append((c, meas))
     if a.json:
         print(json.dumps({
@@ -494,7 +614,7 @@ def diagnose(configfile: Path | None = None) -> dict:
     import yaml
 
     from tokencarbon.hardware import cpu_model_name
-    from tokencarbon.platforms import load_platforms
+    from tokencarbon.platforms import load_platforms, rows_matching
 
     found, why_no_gpu = gpus()
     cpu = cpu_model_name()
@@ -511,11 +631,11 @@ def diagnose(configfile: Path | None = None) -> dict:
     matches = []
     for name, p in platforms.items():
         if p.kind == "gpu":
-            hits = [g for g in found if re.search(p.device_name_pattern, g["name"])]
+            hits = [g for g in found if name in rows_matching(g["name"], platforms)]
             for g in hits:
                 matches.append({"platform": name, "why": f"pattern {p.device_name_pattern!r} "
                                 f"matches GPU {g['index']} {g['name']!r}"})  # fmt: skip
-        elif re.search(p.device_name_pattern, cpu):
+        elif name in rows_matching(cpu, platforms):
             vendor = next((v for v in ("AMD", "Intel", "Arm", "Apple") if v in cpu), None)
             described = next((v for v in ("AMD", "Intel", "Arm", "Apple") if v in p.source), None)
             other = (

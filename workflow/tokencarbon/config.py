@@ -57,12 +57,42 @@ def _loader_for(path: str):
                 seen[key] = line
             return super().construct_mapping(node, deep)
 
+        def construct_yaml_timestamp(self, node):
+            try:
+                return super().construct_yaml_timestamp(node)
+            except ValueError as e:
+                mark = node.start_mark
+                line = mark.buffer.splitlines()[mark.line] if mark.buffer else ""
+                key = re.match(r"^\s*-?\s*([^:#]+?)\s*:", line)
+                raise ConfigError(
+                    f"{path} line {mark.line + 1}"
+                    + (f", key {key.group(1)}" if key else "")
+                    + f": {node.value!r} is no calendar date ({e}); YAML reads an unquoted "
+                    "YYYY-MM-DD as a date: give a day that exists, e.g. "
+                    f"{_nearest_day(node.value)!r}"
+                ) from None
+
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp",
+                                    UniqueKeyLoader.construct_yaml_timestamp)  # fmt: skip
     return UniqueKeyLoader
+
+
+def _nearest_day(text: str) -> str:
+    """The last real day of a YYYY-MM-DD whose day is past its month's end ('2023-02-30' ->
+    '2023-02-28'); the text itself where it is not such a date."""
+    import calendar
+
+    m = re.match(r"^(\d{4})-(\d{1,2})-(\d{1,2})", text)
+    if not m or not 1 <= int(m[2]) <= 12:
+        return text
+    year, month = int(m[1]), int(m[2])
+    return f"{year:04d}-{month:02d}-{min(int(m[3]), calendar.monthrange(year, month)[1]):02d}"
 
 
 def load_yaml_strict(path: str | Path) -> Any:
     """A YAML file's content, refusing duplicate keys. Raises ConfigError naming the file and line
-    of a syntax error or of the second of two equal keys in one mapping."""
+    of a syntax error, of the second of two equal keys in one mapping, or of an unquoted date
+    that is no calendar day (`trace_day: 2023-02-30`: YAML 1.1 reads it as a date and fails)."""
     import yaml
 
     text = Path(path).read_text(encoding="utf-8")
@@ -122,6 +152,106 @@ def coerce_cli_strings(instance: Any, schema: dict[str, Any]) -> Any:
             return instance
         return instance if isinstance(parsed, str) else coerce_cli_strings(parsed, schema)
     return instance
+
+
+# ---------------------------------------------------------------- values YAML reads otherwise
+
+# The largest integer a config key may hold: seeds go to torch.Generator and numpy, counts to
+# int64 table columns and meta.json, both signed 64-bit.
+MAX_INT = 2**63 - 1
+# YAML 1.1 (PyYAML, Snakemake's loader) reads these unquoted words as booleans, so a model named
+# `no` becomes the key False.
+_YAML_BOOLEANS = "y, n, yes, no, on, off, true, false"
+
+
+def _is_integer_schema(schema: dict[str, Any]) -> bool:
+    types = _types(schema)
+    return "integer" in types and "number" not in types
+
+
+def _child_schema(schema: dict[str, Any], key) -> dict[str, Any]:
+    props = schema.get("properties", {})
+    if key in props:
+        return props[key]
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, dict) else {}
+
+
+def normalize_config_values(instance: Any, schema: dict[str, Any], path: str = "") -> Any:
+    """The config with the values YAML 1.1 reads as something else checked at the door, before
+    the schema (whose messages name neither the cause nor the fix):
+
+    - a mapping key that is not a string (a model named `no` or `7`: YAML made it False or 7):
+      ConfigError naming the key and the fix (quote it);
+    - a float where the schema wants an integer (`num_prompts: 8.0`, `batch_sizes: [1, 2.0]`;
+      JSON Schema counts 8.0 as an integer, and a cell bs2.0 would never be found): ConfigError;
+    - an integer beyond MAX_INT (a seed of 2^64 + 1): ConfigError;
+    - an unquoted date (`trace_day: 2023-02-28`, a datetime.date to YAML) where the schema takes
+      text: the date written as YYYY-MM-DD (an impossible one, 2023-02-30, is refused by
+      load_yaml_strict naming file and line).
+    Returns the config with dates as text; raises ConfigError naming the key path, value and fix.
+    """
+    if isinstance(instance, dict):
+        for key in instance:
+            if not isinstance(key, str):
+                where = f"{path}.{key!r}" if path else repr(key)
+                word = "a boolean" if isinstance(key, bool) else "a number"
+                example = "'no': rather than no:" if isinstance(key, bool) else f"'{key}':"
+                raise ConfigError(
+                    f"config key {where}: YAML read this key as {word} ({key!r}), not a name "
+                    f"(unquoted {_YAML_BOOLEANS} are booleans to YAML 1.1, digits numbers): "
+                    f"quote the name in the config file, e.g. {example}"
+                )
+        return {
+            k: normalize_config_values(v, _child_schema(schema, k), f"{path}.{k}" if path else k)
+            for k, v in instance.items()
+        }
+    if isinstance(instance, list):
+        array = next((a for a in schema.get("oneOf", []) + [schema] if "items" in a), {})
+        return [
+            normalize_config_values(v, array.get("items", {}), f"{path}[{i}]")
+            for i, v in enumerate(instance)
+        ]
+    if isinstance(instance, float) and _is_integer_schema(schema):
+        whole = instance.is_integer() and math.isfinite(instance)
+        raise ConfigError(
+            f"config key {path}: "
+            + (f"{instance!r} is a whole number written with a decimal point; write "
+               f"{int(instance)}" if whole else f"{instance!r} is not a whole number; give one")
+            + " (a count, size or seed: cells and files are named by it, bs2, not bs2.0)"
+        )  # fmt: skip
+    if isinstance(instance, int) and not isinstance(instance, bool) and _types(schema):
+        if abs(instance) > MAX_INT:
+            raise ConfigError(
+                f"config key {path}: {instance} is beyond {MAX_INT} (2^63 - 1), the largest "
+                "integer tokencarbon passes on (torch's and numpy's generators take seeds, the "
+                "tables and meta.json store counts, as signed 64-bit integers): give a smaller one"
+            )
+    if isinstance(instance, dt.date) and "string" in _types(schema):
+        return instance.isoformat()
+    return instance
+
+
+def schema_error_message(cause) -> str:
+    """The message of a jsonschema ValidationError, naming the key, with the fix where the cause is
+    YAML's: '4.13e2' is text to YAML 1.1 (an exponent needs a sign, a mantissa a dot)."""
+    key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
+    hint = ""
+    value = cause.instance
+    if cause.validator == "type" and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number):
+            hint = (
+                f"; YAML 1.1 reads {value!r} as text, not a number (an exponent needs a sign and "
+                f"the mantissa a dot, 4.13e+2): write {number!r}"
+            )
+    return (
+        f"invalid config at key {key}: {cause.message}{hint} "
+        f"(schema: workflow/schemas/config.schema.yaml; keys: config/README.md)"
+    )
 
 
 # ---------------------------------------------------------------- checks
@@ -381,6 +511,25 @@ def _check_models(config: dict[str, Any], workflow_dir) -> None:
             )
 
 
+def check_model_vocabulary(config: dict[str, Any], name: str, workflow_dir=None) -> None:
+    """A model's cells (and its probe) refuse a workload holding token ids outside its vocabulary;
+    the builtin tokenizer's ids run up to workload.builtin_vocab_size - 1. Called when the DAG
+    plans a job that runs the model (common.smk: engine_manifest), so a DAG of figures 1 and 2a
+    alone is not refused. ConfigError naming the key, both sizes and the fix."""
+    model = config["models"][name]
+    vocab = config["workload"]["builtin_vocab_size"]
+    if config["families"][model["family"]]["tokenizer"] != "builtin":
+        return
+    arch = resolve_model_architecture(config, name, workflow_dir)
+    if vocab > arch.vocab_size:
+        raise ConfigError(
+            f"config key workload.builtin_vocab_size: {vocab} is more than the vocabulary of "
+            f"{arch.name} ({arch.vocab_size}, model {name}, family {model['family']} with the "
+            f"builtin tokenizer): its cells would refuse the workload's token ids; give at most "
+            f"{arch.vocab_size}"
+        )
+
+
 def _check_quantization(config: dict[str, Any], name: str, arch) -> None:
     """models.<name>.quantization: a scheme torchao runs for this model, dtype, backend and every
     platform measured here (tokencarbon.quantization). int4_weight_only needs dtype bfloat16 and
@@ -458,6 +607,19 @@ def _check_carbon(config: dict[str, Any]) -> None:
                 f"config key carbon.trace_day: {carbon['trace_day']!r} is no calendar day; give "
                 "a UTC day as YYYY-MM-DD, or null"
             ) from None
+    if carbon["source"] == "trace" and carbon["trace_day"] is not None:
+        # Figure 6a and the time-shift what-if read the trace's 24 hours of that day: a day the
+        # trace does not give (under carbon.fill) fails those jobs; refused here instead.
+        from tokencarbon.carbon import DEFAULT_MAX_FILL_S, intensity_for_day, load_trace
+        from tokencarbon.errors import InputError
+
+        try:
+            intensity_for_day(
+                load_trace(carbon["trace"], carbon["basis"]), carbon["trace_day"],
+                carbon["fill"], carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
+            )  # fmt: skip
+        except InputError as exc:
+            raise ConfigError(f"config key carbon.trace_day: {carbon['trace_day']!r}: {exc}") from None
 
 
 def _check_sweep(config: dict[str, Any]) -> None:
@@ -673,10 +835,39 @@ def model_slice(config: dict[str, Any], model: str, workflow_dir=None) -> dict[s
     return out
 
 
+def measuring_spec(config: dict[str, Any], platform: str) -> dict[str, Any]:
+    """The part of platforms.<name>.spec that changes what a cell, probe or measure_platform job
+    measures, as their params carry it: on a cpu platform `measure`, `logical_cpus` (the CPUs
+    leased and pinned) and `tdp_w` (modeled power) with their values, and, by name alone under
+    platforms.METRICS_ONLY_KEY, the peak and bandwidth a cpu row needs given to describe another
+    CPU (platforms.REQUIRED_FOR_OTHER_CPU; not those `measure` supplies), so that the job's
+    hardware check counts them while correcting their values reruns no job that measures. Every
+    other key (memory, embodied carbon, lifetime, other peaks: read by metrics and figures only) is
+    left out, and so is everything of a gpu platform, whose power NVML reads. {} where none."""
+    from tokencarbon.platforms import (
+        MEASURE_KEY, MEASURED_ALWAYS, MEASURING_SPEC_FIELDS, METRICS_ONLY_KEY,
+        REQUIRED_FOR_OTHER_CPU,
+    )  # fmt: skip
+
+    overrides = platform_overrides(config, platform)
+    if not overrides or platform_spec(config, platform).kind != "cpu":
+        return {}
+    keep = (MEASURE_KEY, *MEASURING_SPEC_FIELDS)
+    measured = MEASURED_ALWAYS if overrides.get(MEASURE_KEY) else ()
+    out = {k: v for k, v in overrides.items() if k in keep}
+    named = sorted(
+        k for k in overrides if k in REQUIRED_FOR_OTHER_CPU and k not in keep and k not in measured
+    )
+    if named:
+        out[METRICS_ONLY_KEY] = named
+    return out
+
+
 def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the OOM probe needs of its platform: enough to check the hardware (with config's spec
-    overrides, and the row a variant names in `hardware`, each only where there is one, so that
-    probes made without them are not rerun)."""
+    """What the OOM probe needs of its platform: enough to check the hardware (with the part of
+    config's spec that changes a measurement, measuring_spec, and the row a variant names in
+    `hardware`, each only where there is one, so that probes made without them are not rerun).
+    Ignored: spec values only metrics read (correcting them reruns no probe or cell)."""
     from tokencarbon.platforms import get_platform
 
     row = platform_row(config, platform) if config is not None else platform
@@ -684,10 +875,10 @@ def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) ->
     out = {"name": platform, "kind": p.kind, "device_name_pattern": p.device_name_pattern}
     if row != platform:
         out["hardware"] = row
-    overrides = platform_overrides(config, platform) if config is not None else {}
-    if overrides:
+    measuring = measuring_spec(config, platform) if config is not None else {}
+    if measuring:  # only where some spec key changes a measurement: no key, no replanning
         spec = platform_spec(config, platform)
-        out |= {"spec": overrides, "logical_cpus": spec.logical_cpus}
+        out |= {"spec": measuring, "logical_cpus": spec.logical_cpus}
     return out
 
 
@@ -705,10 +896,15 @@ def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
     interval = config["power"]["interval_s"]
     if interval is None:
         interval = 0.1 if spec.kind == "cpu" else 0.05
+    # A GPU cell's power comes from NVML, not its TDP: its params take the row's TDP, never
+    # config's, so that a TDP correction (read by nothing but the doctor) reruns no GPU cell.
+    from tokencarbon.platforms import get_platform
+
+    tdp_w = spec.tdp_w if spec.kind == "cpu" else get_platform(platform_row(config, platform)).tdp_w
     out = {
         **probe_platform_slice(platform, config),
         "logical_cpus": spec.logical_cpus,
-        "tdp_w": float(spec.tdp_w),
+        "tdp_w": float(tdp_w),
         "power_interval_s": float(interval),
         "idle_s": float(config["power"]["idle_s"]),
     }
@@ -744,3 +940,75 @@ def serving_slice(config: dict[str, Any], max_num_seqs: int) -> dict[str, Any]:
         "request_rate_per_s": s["request_rate_per_s"] if s["arrival"] == "poisson" else None,
         "seed": s["seed"] if s["arrival"] == "poisson" else 0,
     }
+
+
+# ---------------------------------------------------------------- what metrics will need
+
+
+def cell_windows(cell_dir: str | Path) -> list[tuple[str, int, int]]:
+    """(label, start_wall_ns, end_wall_ns) of each measured window of a finished cell (its
+    batches.parquet), the windows metrics give carbon to."""
+    import pyarrow.parquet as pq
+
+    cell_dir = Path(cell_dir)
+    table = pq.read_table(cell_dir / "batches.parquet", columns=["start_wall_ns", "end_wall_ns"])
+    label = f"cell {'/'.join(cell_dir.parts[-3:])}"
+    return [
+        (label, int(s), int(e))
+        for s, e in zip(table["start_wall_ns"].to_pylist(), table["end_wall_ns"].to_pylist())
+    ]
+
+
+def check_trace_coverage(config: dict[str, Any], windows: Iterable[tuple[str, int, int]]) -> None:
+    """With carbon.source trace, every window (cells' known times, and the time cells measured in
+    this run start at) must get an intensity from the trace under carbon.fill and max_fill_s, as
+    compute_metrics will ask; else ConfigError naming carbon.trace, the cell, the window and the
+    fix. Checked when the DAG is built: a compute_metrics job failing on it would have Snakemake
+    delete the metrics table it replaces."""
+    carbon = config["carbon"]
+    if carbon["source"] != "trace":
+        return
+    from tokencarbon.carbon import DEFAULT_MAX_FILL_S, first_uncovered, load_trace
+    from tokencarbon.errors import InputError
+
+    try:
+        trace = load_trace(carbon["trace"], carbon["basis"])
+    except InputError as exc:
+        raise ConfigError(f"config key carbon.trace: {exc}") from None
+    max_fill_s = carbon.get("max_fill_s", DEFAULT_MAX_FILL_S)
+    found = first_uncovered(trace, windows, carbon["fill"], max_fill_s)
+    if found is not None:
+        label, exc = found
+        raise ConfigError(
+            f"config key carbon.trace: {label}: {exc} (metrics would refuse it after every cell "
+            "ran; checked before any job)"
+        )
+
+
+def check_pool_holds_num_prompts(config: dict[str, Any], family: str, pool: str | Path) -> None:
+    """workload.num_prompts against the filtered pool of `family` already on disk, when the DAG is
+    built: rule sample_workload would refuse more than the pool holds, and Snakemake deletes a
+    failed job's output, so the workload every cell was measured on would be gone and restoring
+    the config would re-measure every cell. The pool's size is known only once it is built: a
+    pool not yet built is not checked (its sample is made in the same run, after it). ConfigError
+    naming the key, the value, the pool's size and the fixes."""
+    import pyarrow.parquet as pq
+
+    pool = Path(pool)
+    if not pool.is_file():
+        return
+    n = config["workload"]["num_prompts"]
+    try:
+        size = pq.read_metadata(pool).num_rows
+    except Exception:  # a pool that cannot be read is rebuilt by its own rule's checks
+        return
+    if n > size:
+        f = config["families"][family]
+        raise ConfigError(
+            f"config key workload.num_prompts: {n} requests, and the filtered pool of family "
+            f"{family} ({pool}) holds {size}: sample_workload would refuse it after deleting the "
+            f"workload the cells were measured on. Give at most {size}, or let the filter keep more "
+            f"(families.{family}.min_tokens {f['min_tokens']} / max_tokens {f['max_tokens']}, "
+            "workload.synthetic_conversations, another workload.source); if this run rebuilds "
+            f"that pool with such a change, build it first: snakemake {pool}"
+        )

@@ -18,6 +18,7 @@ repeat.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -30,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from tokencarbon import tables
-from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.carbon import DEFAULT_MAX_FILL_S
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
+from tokencarbon.power.csvfile import read_csv_lines
 from tokencarbon.power.nvidia_smi import PowerLog
 from tokencarbon.power.timestamps import parse_times
 
@@ -49,9 +52,10 @@ def detect_format(path: str | Path) -> str:
     """Which importer reads `path`, from its first lines; InputError naming what was seen."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        # Bytes that are not UTF-8 do not hide the format: the reader names their line.
+        with open(path, encoding="utf-8", errors="replace") as f:
             head = [line for _, line in zip(range(5), f)]
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise InputError(f"{path}: cannot be read as a text power log ({exc})") from exc
     text = "".join(head)
     first = head[0].strip() if head else ""
@@ -119,20 +123,55 @@ def _times(raw: pd.Series, tz: str | None, where: str) -> np.ndarray:
     return parse_times(text, tz, where, local_format="%Y/%m/%d %H:%M:%S.%f")
 
 
+# The largest count a table column holds (int64), far beyond any real token count.
+MAX_COUNT = 2**63 - 1
+
+
 def _ints(raw: pd.Series, name: str, where: Path, minimum: int) -> np.ndarray:
+    """Whole numbers >= minimum (written '512', '512.0' or '5.12e2'); InputError naming the file,
+    row, column and value for anything else: text, a fraction, NaN, infinity, or a number beyond
+    MAX_COUNT."""
     out = np.empty(len(raw), dtype=np.int64)
     for i, v in enumerate(raw.astype(str).str.strip()):
         try:
             d = Decimal(v)
-            ok = d == d.to_integral_value() and d >= minimum
+            ok = d.is_finite() and d == d.to_integral_value() and d >= minimum
         except InvalidOperation:
             ok = False
         if not ok:
             raise InputError(
                 f"{where}, row {i + 1}, column {name!r}: {v!r} is not a whole number >= {minimum}"
             )
+        if d > MAX_COUNT:
+            raise InputError(
+                f"{where}, row {i + 1}, column {name!r}: {v!r} is beyond any count a cell can "
+                f"hold ({MAX_COUNT}, 2^63 - 1): a unit slip or a corrupted value? Correct it"
+            )
         out[i] = int(d)
     return out
+
+
+def _check_counts(out: pd.DataFrame, path: Path) -> None:
+    """Counts no window can have: fewer output tokens than requests (each request generates at
+    least one), more requests than the batch holds, a longest request shorter than the even share
+    or longer than what the others leave it (each of the other n - 1 has at least one token)."""
+    n, tokens, longest = out["n_requests"], out["output_tokens"], out["max_output_tokens"]
+    checks = [
+        (tokens < n, lambda r: f"output_tokens {r.output_tokens} for {r.n_requests} requests; "
+         "every request generates at least one token"),
+        (n > out["batch_size"], lambda r: f"n_requests {r.n_requests} in a window of batch size "
+         f"{r.batch_size}; a static batch holds at most batch_size requests"),
+        (longest * n < tokens, lambda r: f"max_output_tokens {r.max_output_tokens} for "
+         f"{r.output_tokens} tokens over {r.n_requests} requests; the longest request has at "
+         f"least {-(-r.output_tokens // r.n_requests)}"),
+        (longest > tokens - (n - 1), lambda r: f"max_output_tokens {r.max_output_tokens} with "
+         f"{r.output_tokens} tokens over {r.n_requests} requests; the longest has at most "
+         f"{r.output_tokens - r.n_requests + 1} (each other request at least 1)"),
+    ]  # fmt: skip
+    for bad, say in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{path}, row {i + 1}: {say(out.iloc[i])}")
 
 
 def read_timing(
@@ -149,26 +188,30 @@ def read_timing(
     start_wall_ns, end_wall_ns, first_token_wall_ns (-1 where unknown), input_tokens (-1 where
     unknown), output_tokens, max_output_tokens. model / platform / batch_size fill columns the
     file lacks (a file column wins only where the argument is None). Raises InputError naming the
-    file, row and column; windows of one cell that overlap are refused.
+    file, row and column: counts no window can have (_check_counts: fewer output tokens than
+    requests, ...), numbers beyond MAX_COUNT, a row with more fields than the header (a comma
+    decimal), bytes that are not UTF-8; windows of one cell that overlap are refused.
     """
     path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable timing CSV ({exc})") from exc
-    raw.columns = [c.strip() for c in raw.columns]
-    unknown = [c for c in raw.columns if c not in REQUIRED + OPTIONAL]
-    missing = [c for c in REQUIRED if c not in raw.columns]
-    if missing or unknown:
-        raise InputError(
-            f"{path}: timing columns "
-            + (f"missing {missing}" if missing else "")
-            + ("; " if missing and unknown else "")
-            + (f"unknown {unknown}" if unknown else "")
-            + f"; required {list(REQUIRED)}, optional {list(OPTIONAL)}"
-        )
+
+    def check_header(columns: list[str]) -> None:
+        unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing or unknown:
+            raise InputError(
+                f"{path}: timing columns "
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and unknown else "")
+                + (f"unknown {unknown}" if unknown else "")
+                + f"; required {list(REQUIRED)}, optional {list(OPTIONAL)}"
+            )
+
+    # People write timing files: a last line without a newline is kept (read_csv_lines).
+    raw = read_csv_lines(path, "a timing CSV", cut_last_line=False, check_header=check_header).rows
+    check_header(list(raw.columns))  # a file of no line at all has no header to check
     if raw.empty:
         raise InputError(f"{path}: a header but no windows")
+    raw = raw.reset_index(drop=True)  # rows are named 1-based, as the "row" column counts them
     out = pd.DataFrame({"row": np.arange(1, len(raw) + 1)})
     for name, given in (("model", model), ("platform", platform)):
         if given is not None:
@@ -224,6 +267,7 @@ def read_timing(
                 f"{int(out['n_requests'].iloc[i])} requests; every request has a prompt of at "
                 "least one token"
             )
+    _check_counts(out, path)
     bad = out["end_wall_ns"] <= out["start_wall_ns"]
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -366,27 +410,51 @@ def _sha256(path: str | Path) -> str:
 UNKNOWN_DEVICE = "unknown (imported)"
 
 
-def cell_device_name(log: PowerLog, platform: str, given: str | None = None) -> str:
-    """The device a cell of `platform` ran on: `given`, else the GPU name the log records
-    (nvidia-smi's `name` column, CodeCarbon's gpu_model without its "N x "), else UNKNOWN_DEVICE.
+def logged_device_name(log: PowerLog) -> str | None:
+    """The GPU name a log records: nvidia-smi's `name` column, CodeCarbon's gpu_model without its
+    "N x " prefix; None where the log names none (dmon and dcgmi logs, a CSV without `name`)."""
+    name = log.device.get("name") or log.device.get("gpu_model")
+    return re.sub(r"^\d+ x ", "", str(name).strip()) if name else None
 
-    Metrics judge a cell against its platform row by this name (tokencarbon.platforms), so a known
-    name that does not match a platform row of resources/platforms.csv is refused here, naming
-    both; an unknown one is accepted (the workflow then asks for it, a bare import does not).
+
+def cell_device_name(
+    log: PowerLog, platform: str, given: str | None = None, given_as: str = "--device-name"
+) -> str:
+    """The device a cell of `platform` ran on: `given` (where the log names none), else the GPU
+    name the log records (logged_device_name), else UNKNOWN_DEVICE.
+
+    platform must be a row of resources/platforms.csv (ConfigError naming the valid rows), and a
+    known name must match that row and no other (platforms.check_device: HardwareMismatchError
+    naming the device, the row's pattern and the row it is; InputError where rows are ambiguous):
+    metrics judge a cell against its row by this name. `given` contradicting the log's own name is
+    refused naming both (given_as: how it was given, "--device-name" or a config key). An unknown
+    name is accepted here (a bare import); the workflow asks for it (check_imported_platform).
     """
-    from tokencarbon.platforms import load_platforms
+    from tokencarbon.platforms import check_device, load_platforms
 
-    name = given or log.device.get("name") or log.device.get("gpu_model")
-    if name:
-        name = re.sub(r"^\d+ x ", "", str(name).strip())
-    row = load_platforms().get(platform)
-    if name and row is not None and not re.search(row.device_name_pattern, name):
-        raise InputError(
-            f"device {name!r} ({'--device-name' if given else log.path}) is not platform "
-            f"{platform!r}, whose rows match {row.device_name_pattern!r} (resources/platforms.csv); "
-            "choose the platform this device is, or add a row for it"
+    table = load_platforms()
+    if platform not in table:
+        raise ConfigError(
+            f"platform {platform!r} is no row of resources/platforms.csv; valid rows: "
+            f"{', '.join(table)} (a device without a row needs one: its peaks, memory, TDP and "
+            "embodied carbon)"
         )
+    logged = logged_device_name(log)
+    given = str(given).strip() if given else None
+    if given and logged and given != logged:
+        raise InputError(
+            f"{given_as} {given!r} contradicts the power log {log.path}, whose device is "
+            f"{logged!r} ({_device_fields(log)}); the log's own name is the device that was "
+            f"measured: leave {given_as} out, or import the log of that device"
+        )
+    name = given or logged
+    if name:
+        check_device(name, platform, table, where=given_as if given else str(log.path))
     return name or UNKNOWN_DEVICE
+
+
+def _device_fields(log: PowerLog) -> str:
+    return ", ".join(f"{k} {v}" for k, v in log.device.items()) or "no identifying column"
 
 
 @dataclass(frozen=True)
@@ -415,9 +483,11 @@ def write_cell(
     device_name: str | None = None,
     force: bool = False,
     quantization: Any = None,
+    device_name_as: str = "--device-name",
 ) -> Path:
     """Write one cell (batches.parquet, power.parquet, then meta.json, each atomically) from the
-    windows of one (platform, model, batch_size). device_name: see cell_device_name. quantization:
+    windows of one (platform, model, batch_size). device_name, device_name_as: see
+    cell_device_name (its `given` and `given_as`), checked before anything is written. quantization:
     the model's weight-only scheme as config gives it (models.<name>.quantization; None: none),
     recorded in meta.json as a measured cell records it. Refuses to replace a finished cell unless
     force.
@@ -434,6 +504,7 @@ def write_cell(
             "remove it, choose another --out, or pass --force"
         )
     platform, model, batch_size = (windows[c].iloc[0] for c in ("platform", "model", "batch_size"))
+    device_name = cell_device_name(log, str(platform), device_name, device_name_as)
     check_coverage(log, windows, timing_path)
     batches = cell_batches(windows)
     power = cell_power(log, windows, idle)
@@ -446,7 +517,6 @@ def write_cell(
     mem = power.loc[power["phase"] == "run", "mem_used_bytes"]
     tables.write(batches, directory / "batches.parquet", tables.BATCHES)
     tables.write(power, directory / "power.parquet", tables.POWER)
-    device_name = cell_device_name(log, str(platform), device_name)
     write_json(
         directory / "meta.json",
         {
@@ -540,10 +610,17 @@ def import_cells(
 
 
 def cell_measurement(
-    log: PowerLog, windows: pd.DataFrame, *, intensity, pue: float = 1.0, fill=None
+    log: PowerLog,
+    windows: pd.DataFrame,
+    *,
+    intensity,
+    pue: float = 1.0,
+    fill=None,
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
 ) -> Any:
     """The Measurement (tokencarbon.monitor) of one cell's windows: energy summed over them by
-    tokencarbon.energy, carbon by tokencarbon.carbon, per output token."""
+    tokencarbon.energy, carbon by tokencarbon.carbon (fill and max_fill_s, s, as carbon.fill and
+    carbon.max_fill_s), per output token."""
     from tokencarbon.monitor import measure_windows
 
     spans = [(int(s), int(e)) for s, e in zip(windows["start_wall_ns"], windows["end_wall_ns"])]
@@ -552,7 +629,7 @@ def cell_measurement(
     return measure_windows(
         log.samples, spans, name=key, device=str(log.device or log.path), intensity=intensity,
         pue=pue, fill=fill, tokens=int(windows["output_tokens"].sum()),
-        where=f"{log.path} (cell {key})",
+        where=f"{log.path} (cell {key})", max_fill_s=max_fill_s,
     )  # fmt: skip
 
 
@@ -609,3 +686,67 @@ def import_cell_params(config: dict, wildcards) -> dict:
     if model.get("quantization") not in (None, "none"):  # only where set: older params stay
         out["quantization"] = model["quantization"]
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_log(path: str, stamp: tuple, options: tuple) -> PowerLog:
+    return load_power_log(path, **dict(options))
+
+
+def imported_power_log(config: dict, platform: str) -> PowerLog:
+    """The power log of an imported platform, read with its platforms.<name>.imported options
+    (cached per file version: the DAG build reads it once)."""
+    spec = config["platforms"][platform]["imported"]
+    path = Path(spec["power_log"])
+    st = path.stat()
+    options = (
+        ("fmt", spec.get("format") or "auto"), ("tz", spec.get("tz")), ("gpu", spec.get("gpu")),
+        ("power_draw", spec.get("power_draw") or "average"),
+        ("component", spec.get("component") or "gpu"), ("all_gpus", bool(spec.get("all_gpus"))),
+        ("run_id", spec.get("run_id")), ("start", spec.get("start")),
+        ("delay_ms", spec.get("delay_ms")),
+    )  # fmt: skip
+    return _cached_log(str(path), (st.st_mtime_ns, st.st_size), options)
+
+
+def imported_idle(config: dict, platform: str) -> tuple[int, int] | None:
+    """platforms.<name>.imported.idle as (start, end) UTC ns, or None."""
+    spec = config["platforms"][platform]["imported"]
+    if not spec.get("idle"):
+        return None
+    t = parse_times(pd.Series(spec["idle"]), spec.get("tz"), f"platforms.{platform}.imported.idle")
+    return int(t[0]), int(t[1])
+
+
+def check_imported_platform(config: dict, models: list[str], platform: str) -> None:
+    """What rule import_cell would refuse, refused when the DAG is built (a failed job would have
+    Snakemake delete the cell it had built before): the power log and timing file read with the
+    platform's options; every window inside the log; the idle span (if any) valid; and a device
+    name, from the log or platforms.<name>.imported.device_name, that is the platform's row
+    (compute_metrics judges the cells against their row by it: without one it cannot).
+    Raises ConfigError naming the key and what would be valid.
+    """
+    key = f"config key platforms.{platform}.imported"
+    spec = config["platforms"][platform]["imported"]
+    try:
+        log = imported_power_log(config, platform)
+        windows = imported_windows(config, models, platform)
+        device = cell_device_name(log, platform, spec.get("device_name"), f"{key}.device_name")
+        idle = imported_idle(config, platform)
+        for _, group in windows.groupby(["model", "batch_size"]):
+            check_coverage(log, group, spec["timing"])
+            if idle is not None:
+                cell_power(log, group, idle)
+    except (InputError, HardwareMismatchError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if device == UNKNOWN_DEVICE:
+        from tokencarbon.platforms import get_platform
+
+        raise ConfigError(
+            f"{key}: the power log {spec['power_log']} names no device ({log.source}: "
+            f"{_device_fields(log)}), and compute_metrics judges imported cells against their "
+            f"platform row by the device's name; give {key}.device_name, the GPU's name as "
+            f"`nvidia-smi -L` prints it (row {platform!r} takes names matching "
+            f"{get_platform(platform).device_name_pattern!r}), or log with a name column "
+            "(--query-gpu=timestamp,name,power.draw,...)"
+        )

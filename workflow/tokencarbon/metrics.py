@@ -64,6 +64,12 @@ IDLE_SHARED_FLAG = "idle_shared"
 # while other processes used more than MAX_FOREIGN_CPU_SHARE of its CPUs: the peaks are low, so
 # MFU and MBU read high.
 PEAKS_UNDER_LOAD_FLAG = "peaks_measured_under_load"
+# QA flags of a cell whose MFU or MBU exceeds 1 (100 %): more FLOPs or bytes per second than the
+# platform's peak allows, which no device does; the peak (platforms.csv, config spec or a
+# measurement, see spec_source) or the work counted is wrong. The value is kept so that the size of
+# the error shows; the summary lists the cell among the flagged ones.
+MFU_ABOVE_PEAK_FLAG = "mfu_above_100pct"
+MBU_ABOVE_PEAK_FLAG = "mbu_above_100pct"
 
 
 @dataclass(frozen=True)
@@ -634,6 +640,12 @@ def cell_metrics(
     elif continuous:
         flags.append("bytes_from_static_schedule")
 
+    # Utilisation beyond the peak is no measurement: the platform's peak (or the work counted) is
+    # wrong, e.g. a peak written in the wrong unit or measured under load. Kept, flagged.
+    mfu = total_flops / (energy.window_s * peak_flops(platform, cell["dtype"]))
+    mbu = total_bytes / (energy.window_s * peak_bandwidth_bytes_per_s(platform))
+    flags += [flag for flag, value in ((MFU_ABOVE_PEAK_FLAG, mfu), (MBU_ABOVE_PEAK_FLAG, mbu))
+              if value > 1.0]  # fmt: skip
     out_tokens = int(batches["output_tokens"].sum())
     row = {
         "platform": cell["platform"],
@@ -681,9 +693,9 @@ def cell_metrics(
         "j_per_token_cv": j_per_token_cv,
         **steady,
         "flops": total_flops,
-        "mfu": total_flops / (energy.window_s * peak_flops(platform, cell["dtype"])),
+        "mfu": mfu,
         "bytes_moved": total_bytes,
-        "mbu": total_bytes / (energy.window_s * peak_bandwidth_bytes_per_s(platform)),
+        "mbu": mbu,
         "spec_source": platform.spec_source,
     }
     return CellMetrics(row, repeat_rows)
@@ -790,9 +802,19 @@ def compute_all(
         key = tuple(cell[k] for k in keys)
         name = _cell_name(cell)
         if key not in b_groups or key not in p_groups:
+            # Aggregation copies each cell's own files: rerunning it cannot add rows that the
+            # cell's file lacks. The cell itself has to be measured (or imported) again.
+            what, file = ("batches", "batches") if key not in b_groups else ("power samples", "power")
+            folder = (
+                f"results/cells/{cell['platform']}/{cell['model']}/"
+                f"{tables.CELL_DIR_PREFIX[cell.get('mode') or 'static']}{int(cell['batch_size'])}"
+            )
             raise InputError(
-                f"cell {name}: no {'batches' if key not in b_groups else 'power samples'} in the "
-                "aggregated tables; re-run aggregate_cells"
+                f"cell {name}: no {what} in the aggregated tables, so the cell's own "
+                f"{folder}/{file}.parquet holds none (a power sidecar that wrote no sample, a file "
+                "emptied or cut); nothing can be integrated: measure that cell again (delete "
+                f"{folder}/ and rerun; an imported cell: import it again), or leave it out of "
+                "the sweep"
             )
         result = cell_metrics(
             cell, b_groups[key], p_groups[key], archs[cell["architecture"]],

@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from tokencarbon.carbon import DEFAULT_MAX_FILL_S
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
 
 # How often the sidecar writes its samples to disk while running; end_window waits at most about
@@ -55,6 +56,8 @@ class Measurement:
     qa_flags: tokencarbon.energy's flags ("modeled", "fewer_than_10_samples", ...).
     carbon_g: operational carbon, energy x intensity x PUE (no embodied share).
     tokens, j_per_token, g_per_token: NaN / None when no token count was given.
+    carbon_missing: why carbon_g, intensity_g_per_kwh and g_per_token are NaN where the energy was
+      kept without them (measure_windows' keep_energy: a trace not covering the window); None.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Measurement:
     tokens: int | None = None
     j_per_token: float = math.nan
     g_per_token: float = math.nan
+    carbon_missing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe values (NaN -> None, flags as a list)."""
@@ -160,28 +164,45 @@ def measure_windows(
     fill: str | None = None,
     tokens: int | None = None,
     where: str = "power samples",
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
+    keep_energy: bool = False,
 ) -> Measurement:
     """A Measurement of disjoint windows [(start_ns, end_ns), ...] of one device's POWER samples:
     per window tokencarbon.carbon.window_carbon (energy by tokencarbon.energy, carbon by intensity
-    segment), combined by tokencarbon.energy.combine; time_s is the windows' summed length."""
-    from tokencarbon.carbon import window_carbon
-    from tokencarbon.energy import combine
+    segment), combined by tokencarbon.energy.combine; time_s is the windows' summed length.
+    A trace that does not cover a window (under fill and max_fill_s) raises its
+    carbon.TraceCoverageError; with keep_energy the energy is returned without carbon instead (NaN,
+    carbon_missing saying why): a finished measurement is never lost to its carbon."""
+    from tokencarbon.carbon import TraceCoverageError, window_carbon
+    from tokencarbon.energy import combine, window_energy
 
     if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
         raise ConfigError(f"tokens={tokens!r}: a count of generated tokens must be an int > 0")
     if not windows:
         raise ConfigError(f"{name}: no window to measure")
-    parts = [
-        window_carbon(samples, s, e, intensity, pue=pue, fill=fill, where=where) for s, e in windows
-    ]
-    energy = combine([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    carbon_g = sum(p[1].carbon_g for p in parts)
-    energies = [p[1].energy_j for p in parts]
-    intensities = [p[1].intensity_g_per_kwh for p in parts]
-    intensity_g_per_kwh = (
-        sum(i * e for i, e in zip(intensities, energies)) / sum(energies)
-        if sum(energies) > 0 else float(sum(intensities) / len(intensities))
-    )  # fmt: skip
+    carbon_missing = None
+    try:
+        parts = [
+            window_carbon(samples, s, e, intensity, pue=pue, fill=fill, max_fill_s=max_fill_s,
+                          where=where)
+            for s, e in windows
+        ]  # fmt: skip
+    except TraceCoverageError as exc:
+        if not keep_energy:
+            raise
+        carbon_missing = str(exc)
+        records = [window_energy(samples, s, e, where=where) for s, e in windows]
+        energy = combine(records) if len(records) > 1 else records[0]
+        carbon_g = intensity_g_per_kwh = math.nan
+    if carbon_missing is None:
+        energy = combine([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        carbon_g = sum(p[1].carbon_g for p in parts)
+        energies = [p[1].energy_j for p in parts]
+        intensities = [p[1].intensity_g_per_kwh for p in parts]
+        intensity_g_per_kwh = (
+            sum(i * e for i, e in zip(intensities, energies)) / sum(energies)
+            if sum(energies) > 0 else float(sum(intensities) / len(intensities))
+        )  # fmt: skip
     return Measurement(
         name=name,
         start_wall_ns=int(min(s for s, _ in windows)),
@@ -202,6 +223,7 @@ def measure_windows(
         tokens=tokens,
         j_per_token=energy.energy_j / tokens if tokens else math.nan,
         g_per_token=carbon_g / tokens if tokens else math.nan,
+        carbon_missing=carbon_missing,
     )
 
 
@@ -213,7 +235,8 @@ class Monitor:
       source, tokencarbon.power.DEFAULT_INTERVAL_S). target_pid: the process tree a modeled CPU
       source measures (default: this process and its children).
     intensity_g_per_kwh (default 413, the study's) or trace (an Electricity Maps CSV, basis
-      "direct" or "lifecycle", fill as the workflow's carbon.fill); pue >= 1.
+      "direct" or "lifecycle", fill and max_fill_s (s; None: no limit) as the workflow's
+      carbon.fill and carbon.max_fill_s); pue >= 1.
     Raises ConfigError for bad arguments; the sidecar's own errors (no GPU for nvml, ...).
     """
 
@@ -229,6 +252,7 @@ class Monitor:
         basis: str = "direct",
         fill: str | None = None,
         pue: float = 1.0,
+        max_fill_s: float | None = DEFAULT_MAX_FILL_S,
     ) -> None:
         from tokencarbon.power.sidecar import PowerSidecar
 
@@ -237,7 +261,7 @@ class Monitor:
         else:
             self.spec, self.device = dict(source), str(dict(source))
         self.intensity = _intensity(intensity_g_per_kwh, trace, basis)
-        self.fill, self.pue = fill, float(pue)
+        self.fill, self.pue, self.max_fill_s = fill, float(pue), max_fill_s
         self._dir = Path(tempfile.mkdtemp(prefix="tokencarbon-measure-"))
         self._out = self._dir / "power.parquet"
         self._open: dict[str, int] = {}
@@ -262,8 +286,12 @@ class Monitor:
             _synchronize()
         self._open[name] = time.time_ns()
 
-    def end_window(self, name: str, tokens: int | None = None, sync: bool = True) -> Measurement:
-        """End window `name` and return what it cost (waits for the sidecar's next flush)."""
+    def end_window(
+        self, name: str, tokens: int | None = None, sync: bool = True, *, keep_energy: bool = False
+    ) -> Measurement:
+        """End window `name` and return what it cost (waits for the sidecar's next flush).
+        keep_energy: a trace that does not cover the window gives the energy without carbon
+        (Measurement.carbon_missing says why) instead of raising (measure_windows)."""
         if name not in self._open:
             raise ConfigError(
                 f"window {name!r} was never begun; open windows: {sorted(self._open)}"
@@ -276,6 +304,7 @@ class Monitor:
         return measure_windows(
             samples, [(start_ns, end_ns)], name=name, device=self.device, intensity=self.intensity,
             pue=self.pue, fill=self.fill, tokens=tokens, where=f"power samples of window {name!r}",
+            max_fill_s=self.max_fill_s, keep_energy=keep_energy,
         )  # fmt: skip
 
     def _samples_after(self, end_ns: int) -> pd.DataFrame:

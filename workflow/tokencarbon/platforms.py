@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import re
 from collections.abc import Mapping
@@ -95,6 +96,62 @@ PENDING = "measured (pending)"
 REQUIRED_FOR_OTHER_CPU = ("tdp_w", "logical_cpus", "peak_tflops_fp32", "memory_gb_per_s")
 _RELEASE_YEARS = (1990, 2100)
 
+# Plausible ranges of the spec numbers, per kind of device: a value outside is a unit slip (a
+# bf16 peak of 989400 written in GFLOP/s, a bandwidth of 4.8 in TB/s, a lifetime of 0.01 years),
+# refused naming the row (or config key), column, value and range. Each range spans the devices
+# tokencarbon can describe with headroom on both sides; SPEC_RANGE_SOURCES says where the ends
+# come from.
+SPEC_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "peak_tflops": {"gpu": (0.1, 10_000.0), "cpu": (0.001, 1_000.0)},
+    "memory_gb_per_s": {"gpu": (20.0, 20_000.0), "cpu": (0.1, 2_000.0)},
+    "memory_gb": {"gpu": (1.0, 1_000.0), "cpu": (0.1, 65_536.0)},
+    "tdp_w": {"gpu": (10.0, 3_000.0), "cpu": (0.1, 2_000.0)},
+    "lifetime_years": {"gpu": (1.0, 15.0), "cpu": (1.0, 15.0)},
+}
+SPEC_RANGE_SOURCES = {
+    "peak_tflops": (
+        "TFLOP/s (TOP/s for int8), dense; gpu: the largest dense peak of a shipping GPU is the "
+        "B200's ~4,500 int8/fp8 (NVIDIA DGX B200: 72 PFLOPS fp8 for 8 GPUs, sparse), a Jetson-"
+        "class GPU ~0.5; cpu: one core's fp32 FMA units ~0.01 (the cpu row: 0.0784), a 2-socket "
+        "host with AMX bf16 tiles below 1,000"
+    ),
+    "memory_gb_per_s": (
+        "GB/s; gpu: 68 (Jetson Orin Nano) to 8,000 (B200 HBM3e, NVIDIA); cpu: one core's share "
+        "of DDR (the cpu row: 3.2) to a 2-socket 12-channel DDR5-6400 host's 1,229"
+    ),
+    "memory_gb": "GB (1e9 bytes); gpu: 4 to 288 (B300, NVIDIA); cpu: a slice's RAM to a host's TBs",
+    "tdp_w": (
+        "W; gpu: 40 (T4-class cards) to 2,700 (a GB200 superchip, NVIDIA); cpu: one core's TDP "
+        "share (the cpu row: 4.375) to two 500 W sockets"
+    ),
+    "lifetime_years": (
+        "years of service the embodied carbon is amortised over: LLMCarbon and ACT use 5, cloud "
+        "providers depreciate servers over 4 to 6"
+    ),
+}
+# Device names as the NVIDIA driver reports them (nvidia-smi's name, NVML's nvmlDeviceGetName),
+# each with the product it names; sources in tests/test_platforms.py. A row's pattern may claim
+# the names of one product only: a pattern matching two of them ('^NVIDIA [BH]200$') would give
+# one product's peaks, memory and embodied carbon to another.
+KNOWN_DEVICE_NAMES = {
+    "Tesla V100S-PCIE-32GB": "V100S PCIe",
+    "Tesla V100-PCIE-32GB": "V100 PCIe",
+    "Tesla V100-SXM2-32GB": "V100 SXM2",
+    "NVIDIA A100-SXM4-40GB": "A100 SXM4 40GB",
+    "NVIDIA A100-SXM4-80GB": "A100 SXM4 80GB",
+    "NVIDIA A100-PCIE-40GB": "A100 PCIe 40GB",
+    "NVIDIA A100 80GB PCIe": "A100 PCIe 80GB",
+    "NVIDIA H100 80GB HBM3": "H100 SXM5",
+    "NVIDIA H100 PCIe": "H100 PCIe",
+    "NVIDIA H100 NVL": "H100 NVL",
+    "NVIDIA H800": "H800",
+    "NVIDIA H200": "H200 SXM",
+    "NVIDIA H200 NVL": "H200 NVL",
+    "NVIDIA GH200 480GB": "GH200",
+    "NVIDIA GeForce RTX 4090": "GeForce RTX 4090",
+    "NVIDIA B200": "B200",
+}
+
 # float32 means plain fp32 FMA units, not TF32 tensor cores: torch keeps
 # torch.backends.cuda.matmul.allow_tf32 off by default, so fp32 matmuls run at the fp32 peak.
 _DTYPE_PEAK = {
@@ -105,8 +162,20 @@ _DTYPE_PEAK = {
 assert set(_DTYPE_PEAK) == set(DTYPE_BYTES)
 
 
-def _number_problem(col: str, value: float) -> str | None:
-    """Why value is not valid for col, or None."""
+def _range_key(col: str) -> str | None:
+    return "peak_tflops" if col.startswith("peak_tflops_") else col if col in SPEC_RANGES else None
+
+
+def spec_range(col: str, kind: str) -> tuple[float, float] | None:
+    """The plausible (low, high) of spec column `col` on a device of `kind` ("cpu" or "gpu"), or
+    None where none is set (SPEC_RANGES; SPEC_RANGE_SOURCES says where each end comes from)."""
+    key = _range_key(col)
+    return None if key is None else SPEC_RANGES[key].get(kind)
+
+
+def _number_problem(col: str, value: float, kind: str | None = None) -> str | None:
+    """Why value is not valid for col (on a device of `kind`, if known: plausible ranges), or
+    None."""
     if not math.isfinite(value):
         return "must be a finite number"
     if col == "release_year":
@@ -114,11 +183,35 @@ def _number_problem(col: str, value: float) -> str | None:
         return None if lo <= value <= hi else f"must be a year between {lo} and {hi}"
     if col == "logical_cpus":
         return None if value >= 1 else "must be an integer >= 1"
-    return None if value > 0 else "must be > 0"
+    if value <= 0:
+        return "must be > 0"
+    bounds = spec_range(col, kind) if kind is not None else None
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        return (
+            f"lies outside the plausible range {bounds[0]:g} to {bounds[1]:g} for a {kind} "
+            f"({SPEC_RANGE_SOURCES[_range_key(col)]}): a unit slip? correct it"
+        )
+    return None
+
+
+def _literal(pattern: str) -> str | None:
+    """The one name an anchored pattern matches when it is a plain (escaped) string, else None:
+    '^NVIDIA H100 80GB HBM3$' -> 'NVIDIA H100 80GB HBM3'; '^NVIDIA .*$' -> None."""
+    body = pattern[1:-1]
+    text = re.sub(r"\\(.)", r"\1", body)
+    if re.search(r"(?<!\\)[.^$*+?{}\[\]|()]", body) or re.fullmatch(pattern, text) is None:
+        return None
+    return text
+
+
+def anchored(pattern: str) -> bool:
+    """Whether a device name pattern is anchored at both ends ('^...$', the $ not escaped)."""
+    return pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$")
 
 
 def _parse(path: Path, row: dict[str, str], line: int) -> Platform:
     values: dict[str, object] = {}
+    at = f"{path} line {line} (platform {(row.get('platform') or '').strip()!r})"
     for col in _COLUMNS:
         raw = (row.get(col) or "").strip()
         if col in _TEXT:
@@ -132,52 +225,145 @@ def _parse(path: Path, row: dict[str, str], line: int) -> Platform:
         except ValueError:
             kind = "an integer" if col in _INTEGER else "a number"
             raise InputError(
-                f"{path} line {line}, column {col}: {raw!r} is not {kind}"
+                f"{at}, column {col}: {raw!r} is not {kind}"
                 + ("" if col not in _OPTIONAL else " (leave empty where the unit is absent)")
             ) from None
-        problem = _number_problem(col, value)
+        problem = _number_problem(col, value, str(values.get("kind")))
         if problem:
-            raise InputError(f"{path} line {line}, column {col}: {raw!r} {problem}")
+            raise InputError(
+                f"{at}, column {col}: {raw!r} {problem}"
+            )
         values[col] = value
     if values["kind"] not in ("cpu", "gpu"):
-        raise InputError(f"{path} line {line}, column kind: {values['kind']!r}; valid: 'cpu', 'gpu'")
+        raise InputError(f"{at}, column kind: {values['kind']!r}; valid: 'cpu', 'gpu'")
     if values["kind"] == "cpu" and values["logical_cpus"] is None:
         raise InputError(
-            f"{path} line {line}, column logical_cpus: a cpu platform needs the number of logical "
+            f"{at}, column logical_cpus: a cpu platform needs the number of logical "
             "CPUs its TDP and peaks describe (an integer >= 1)"
         )
     if values["embodied_kg_co2e_high"] < values["embodied_kg_co2e"]:  # type: ignore[operator]
         raise InputError(
-            f"{path} line {line}, column embodied_kg_co2e_high: {values['embodied_kg_co2e_high']} "
+            f"{at}, column embodied_kg_co2e_high: {values['embodied_kg_co2e_high']} "
             f"is below the low bound embodied_kg_co2e {values['embodied_kg_co2e']}"
         )
     for col in ("source", "embodied_high_source", "device_name_pattern"):
         if not values[col]:
-            raise InputError(f"{path} line {line}, column {col}: empty; every row needs one")
+            raise InputError(f"{at}, column {col}: empty; every row needs one")
+    pattern = str(values["device_name_pattern"])
     try:
-        re.compile(str(values["device_name_pattern"]))
+        re.compile(pattern)
     except re.error as e:
-        raise InputError(f"{path} line {line}, column device_name_pattern: bad regex ({e})") from None
+        raise InputError(f"{at}, column device_name_pattern: bad regex ({e})") from None
+    if not anchored(pattern):
+        raise InputError(
+            f"{at}, column device_name_pattern: "
+            f"{pattern!r} is not anchored; a pattern must match the whole device name, so that "
+            f"'NVIDIA H100' cannot claim 'NVIDIA H100 80GB HBM3' and 'NVIDIA H100 PCIe' alike: "
+            f"write it as '^...$', e.g. '^{pattern.strip('^$')}$' for exactly that name"
+        )
+    claimed = {
+        KNOWN_DEVICE_NAMES[n] for n in KNOWN_DEVICE_NAMES if re.fullmatch(pattern, n) is not None
+    }
+    if len(claimed) > 1:
+        names = [n for n in KNOWN_DEVICE_NAMES if re.fullmatch(pattern, n) is not None]
+        raise InputError(
+            f"{at}, column device_name_pattern: "
+            f"{pattern!r} matches the devices {names} ({', '.join(sorted(claimed))}); a row "
+            "describes one product (its peaks, memory, TDP and embodied carbon): narrow the "
+            "pattern to that product's name"
+        )
     return Platform(**values)  # type: ignore[arg-type]
 
 
+def _check_unambiguous(path: Path, platforms: Mapping[str, Platform], lines: Mapping[str, int]):
+    """No two rows claim one name: a row's literal name, or a known device name (KNOWN_DEVICE_
+    NAMES), matched by another row's pattern is refused naming both rows and the name."""
+    names = {n: None for n in KNOWN_DEVICE_NAMES}
+    for p in platforms.values():
+        literal = _literal(p.device_name_pattern)
+        if literal is not None:
+            names[literal] = None
+    for name in names:
+        rows = [p.platform for p in platforms.values() if _matches(p, name)]
+        if len(rows) > 1:
+            where = ", ".join(f"{r} (line {lines[r]})" for r in rows)
+            raise InputError(
+                f"{path}: the device name {name!r} matches the patterns of rows {where}; a device "
+                "must match exactly one row, or its cells would take either row's numbers: make "
+                "the patterns exclusive (anchored, '^...$', one product each)"
+            )
+
+
+def _decode(path: Path) -> str:
+    """A table's text as UTF-8; InputError naming the line and byte where it is not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{path} line {line}: byte {data[e.start:e.start + 1]!r} (offset {e.start}) is not "
+            f"UTF-8 ({e.reason}); the file was saved in another encoding (Latin-1, Windows-1252?): "
+            "save it as UTF-8"
+        ) from None
+
+
 def load_platforms(path: Path | str | None = None) -> dict[str, Platform]:
+    """The rows of resources/platforms.csv (or `path`), checked: every number finite, positive and
+    within its plausible range (SPEC_RANGES), patterns anchored and one product each, and no
+    device name matching two rows. Raises InputError naming the file, line, row and column."""
     path = Path(path) if path is not None else resources_dir() / "platforms.csv"
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {missing}; required: {_COLUMNS}")
-            platforms: dict[str, Platform] = {}
-            for line, row in enumerate(reader, start=2):
-                p = _parse(path, row, line)
-                if p.platform in platforms:
-                    raise InputError(f"{path} line {line}: platform {p.platform!r} appears twice")
-                platforms[p.platform] = p
+        text = _decode(path)
     except OSError as e:
         raise InputError(f"{path}: cannot read platform table ({e})") from e
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; required: {_COLUMNS}")
+    platforms: dict[str, Platform] = {}
+    lines: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num  # the row's last physical line (quoted fields may span lines)
+        p = _parse(path, row, line)
+        if p.platform in platforms:
+            raise InputError(f"{path} line {line}: platform {p.platform!r} appears twice")
+        platforms[p.platform] = p
+        lines[p.platform] = line
+    _check_unambiguous(path, platforms, lines)
     return platforms
+
+
+def rows_matching(device_name: str | None, platforms: Mapping[str, Platform] | None = None):
+    """Names of the rows whose pattern matches the whole of `device_name` (at most one in a table
+    load_platforms accepted, for the names it can check; more is refused by check_device)."""
+    table = platforms if platforms is not None else load_platforms()
+    return [p.platform for p in table.values() if _matches(p, device_name)]
+
+
+def check_device(
+    device_name: str, row: str, platforms: Mapping[str, Platform] | None = None, *, where: str = ""
+) -> None:
+    """Raise unless `device_name` matches row `row` and no other row of the table. where: what
+    named the device (a file, a flag), for the message. HardwareMismatchError when the device is
+    another row's or none's; InputError when several rows match it (ambiguous patterns)."""
+    table = platforms if platforms is not None else load_platforms()
+    if row not in table:
+        raise ConfigError(f"platform {row!r}; valid rows of resources/platforms.csv: {', '.join(table)}")
+    rows = rows_matching(device_name, table)
+    source = f" ({where})" if where else ""
+    if len(rows) > 1:
+        raise InputError(
+            f"device {device_name!r}{source} matches rows {rows} of resources/platforms.csv; a "
+            "device must match exactly one row: make their device_name_pattern exclusive"
+        )
+    if rows != [row]:
+        others = f"; it is row {rows[0]!r}" if rows else "; no row matches it"
+        raise HardwareMismatchError(
+            f"device {device_name!r}{source} is not platform {row!r}, whose pattern is "
+            f"{table[row].device_name_pattern!r} (resources/platforms.csv){others}: choose the "
+            "platform this device is, or add a row for it"
+        )
 
 
 def get_platform(name: str, memory_limit_gb: float | None = None) -> Platform:
@@ -213,7 +399,20 @@ def peak_bandwidth_bytes_per_s(platform: Platform) -> float:
 
 
 def _matches(platform: Platform, device_name: str | None) -> bool:
-    return device_name is not None and re.search(platform.device_name_pattern, device_name) is not None
+    """The row's pattern matches the whole device name (re.fullmatch; patterns are anchored)."""
+    return (
+        device_name is not None
+        and re.fullmatch(platform.device_name_pattern, device_name) is not None
+    )
+
+
+# A cell's and probe's params (config.measuring_spec) carry only the spec values that change what
+# they measure (MEASURING_SPEC_FIELDS, on a cpu: modeled power, pinned CPUs); the peak and
+# bandwidth a cpu row needs given to describe another CPU are named under this key, without their
+# values, so that the hardware check (resolve_platform) still counts them as given while
+# correcting one (only metrics read it) reruns no cell.
+METRICS_ONLY_KEY = "given_for_metrics"
+MEASURING_SPEC_FIELDS = ("logical_cpus", "tdp_w")
 
 
 def split_measure(overrides: Mapping[str, object] | None) -> tuple[dict[str, object], bool]:
@@ -223,12 +422,16 @@ def split_measure(overrides: Mapping[str, object] | None) -> tuple[dict[str, obj
     return values, measure
 
 
-def _check_spec(values: Mapping[str, object], allowed: tuple[str, ...], where: str, error) -> None:
+def _check_spec(
+    values: Mapping[str, object], allowed: tuple[str, ...], where: str, error, kind: str
+) -> None:
     for key, value in values.items():
         if key not in allowed:
             raise error(f"{where}.{key}: not a platform spec field; valid: {', '.join(allowed)}")
-        number = float(value)  # type: ignore[arg-type]
-        problem = _number_problem(key, number)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise error(f"{where}.{key}: {value!r} is not a number")
+        number = float(value)
+        problem = _number_problem(key, number, kind)
         if problem is None and key == "logical_cpus" and number != int(number):
             problem = "must be an integer >= 1"
         if problem:
@@ -283,6 +486,12 @@ def resolve_platform(
         raise ConfigError(f"{where}; valid rows of resources/platforms.csv: {', '.join(table)}")
     base = table[key]
     overrides, measure = split_measure(overrides)
+    # Fields a cell's params name without their values (config.measuring_spec): given in config,
+    # checked there when the DAG was built, read by metrics only; NaN here.
+    named = overrides.pop(METRICS_ONLY_KEY, None) or ()
+    unknown = [k for k in named if k not in SPEC_FIELDS]
+    if unknown:
+        raise ConfigError(f"{METRICS_ONLY_KEY} {unknown}: not platform spec fields")
     if measure not in (True, False):
         raise ConfigError(
             f"config key platforms.{name}.spec.{MEASURE_KEY}: {measure!r}; valid: true or false"
@@ -295,8 +504,12 @@ def resolve_platform(
         )
     pending = measure and measured is None
     measured = dict(measured or {})
-    _check_spec(overrides, SPEC_FIELDS, f"config key platforms.{name}.spec", ConfigError)
-    _check_spec(measured, MEASURABLE_FIELDS, f"measured peaks of platform {name!r}", InputError)
+    _check_spec(overrides, SPEC_FIELDS, f"config key platforms.{name}.spec", ConfigError, base.kind)
+    for field in named:
+        overrides.setdefault(field, math.nan)
+    _check_spec(
+        measured, MEASURABLE_FIELDS, f"measured peaks of platform {name!r}", InputError, base.kind
+    )
     lacking = [f for f in MEASURED_ALWAYS if measure and not pending and f not in measured]
     if lacking:
         raise InputError(
@@ -307,6 +520,14 @@ def resolve_platform(
     if pending:
         measured = {f: math.nan for f in MEASURED_ALWAYS}
     matches = _matches(base, detected_device_name)
+    if matches:
+        claimed = rows_matching(detected_device_name, table)
+        if len(claimed) > 1:
+            raise InputError(
+                f"device {detected_device_name!r} matches rows {claimed} of "
+                "resources/platforms.csv; a device must match exactly one row, or its cells "
+                "would take either row's numbers: make their device_name_pattern exclusive"
+            )
     source: dict[str, str] = {}
     values: dict[str, object] = {}
     if not matches:
@@ -361,7 +582,8 @@ def resolve_platform(
         source[key] = PENDING if pending else "measured"
     for key in sorted(overrides, key=SPEC_FIELDS.index):
         value = overrides[key]
-        values[key] = int(value) if key == "logical_cpus" else float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
+        values[key] = int(number) if key == "logical_cpus" and math.isfinite(number) else number
         source[key] = "config"
     platform = dataclasses.replace(base, **values)  # type: ignore[arg-type]
     low, high = platform.embodied_kg_co2e, platform.embodied_kg_co2e_high

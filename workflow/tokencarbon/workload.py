@@ -153,6 +153,8 @@ def _validate(records: list, where: str) -> None:
             )
         rid = record.get("id")
         label = f"record {i}" if rid is None else f"record {i} (id {rid!r})"
+        if isinstance(rid, str):
+            _check_utf8(rid, f"{where}: {label}: its 'id'")
         turns = record.get("conversations")
         if not isinstance(turns, list):
             got = (
@@ -179,6 +181,24 @@ def _validate(records: list, where: str) -> None:
                     raise InputError(
                         f"{where}: {label}, turn {j}: {key!r} {got}; expected a string"
                     )
+                _check_utf8(turn[key], f"{where}: {label}, turn {j}: {key!r}")
+
+
+def _check_utf8(text: str, where: str) -> None:
+    """Refuse text no UTF-8 file can hold: a lone UTF-16 surrogate, which JSON's "\\ud800" escape
+    without its pair gives (json.loads accepts it; the tokenizer and Parquet do not)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        around = text[max(exc.start - 20, 0) : exc.start + 20]
+        raise InputError(
+            f"{where} holds {text[exc.start]!r} at character {exc.start} (in {around!r}), a "
+            "lone UTF-16 surrogate (a JSON \\ud800-\\udfff escape without its pair): no UTF-8 "
+            "text holds it; remove or repair that escape (a pair such as \\ud83d\\ude00 is one "
+            "character)"
+        ) from None
 
 
 # Why extract_pairs drops a conversation (PoolReport counts them under these names).

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.power.csvfile import read_csv_lines
 from tokencarbon.power.nvidia_smi import PowerLog
 from tokencarbon.power.timestamps import parse_times
 from tokencarbon.tables import POWER, check
@@ -46,10 +47,8 @@ def import_codecarbon(
     path = Path(path)
     if component not in COMPONENTS:
         raise ConfigError(f"component={component!r}: one of {sorted(COMPONENTS)}")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable CodeCarbon emissions.csv ({exc})") from exc
+    lines = read_csv_lines(path, "a CodeCarbon emissions.csv")
+    raw = lines.rows  # text, indexed by the file's line numbers
     column = COMPONENTS[component]
     missing = [c for c in ("timestamp", "duration", column) if c not in raw.columns]
     if missing:
@@ -61,19 +60,27 @@ def import_codecarbon(
             raise InputError(f"{path}: no row with run_id {run_id!r}")
         raw = raw[raw["run_id"] == run_id]
     if raw.empty:
-        raise InputError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows" + "".join(f"; {n}" for n in lines.notes))
     if component == "gpu" and "gpu_count" in raw.columns and not all_gpus:
         counts = pd.to_numeric(raw["gpu_count"], errors="coerce")
         if (counts > 1).any():
             i = int(np.flatnonzero((counts > 1).to_numpy())[0])
             model = raw["gpu_model"].iloc[i] if "gpu_model" in raw.columns else "?"
             raise InputError(
-                f"{path}, row {i + 1}: gpu_energy is the sum over {int(counts.iloc[i])} GPUs "
+                f"{path}, line {raw.index[i]}: gpu_energy is the sum over {int(counts.iloc[i])} GPUs "
                 f"({model}); CodeCarbon keeps no per-GPU energy. Import it only if the measured "
                 "work used all of them (all_gpus=True, --all-gpus), else log one GPU with "
                 "nvidia-smi or NVML"
             )
-    end_ns = parse_times(raw["timestamp"], tz, f"{path}, column 'timestamp'")
+    if component == "gpu" and "gpu_model" in raw.columns:
+        models = raw["gpu_model"][raw["gpu_model"] != ""].drop_duplicates()
+        if len(models) > 1:
+            listing = "; ".join(f"{m!r} (line {line})" for line, m in models.items())
+            raise InputError(
+                f"{path}: rows name different GPUs in gpu_model: {listing}; a cell measures one "
+                "device: keep one machine's runs (run_id, --run-id), or split the file"
+            )
+    end_ns = parse_times(raw["timestamp"], tz, f"{path}, column 'timestamp'", lines=raw.index)
 
     def numbers(name: str) -> np.ndarray:
         values = pd.to_numeric(raw[name], errors="coerce").to_numpy(dtype=float)
@@ -81,7 +88,7 @@ def import_codecarbon(
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise InputError(
-                f"{path}, row {i + 1}, column {name!r}: {raw[name].iloc[i]!r} is not a finite "
+                f"{path}, line {raw.index[i]}, column {name!r}: {raw[name].iloc[i]!r} is not a finite "
                 "number >= 0"
             )
         return values
@@ -99,8 +106,8 @@ def import_codecarbon(
     overlap = np.flatnonzero(start_ns[1:] < end_ns[:-1])
     if len(overlap):
         raise InputError(
-            f"{path}: runs overlap in time (rows {int(order[overlap[0]]) + 1} and "
-            f"{int(order[overlap[0] + 1]) + 1}); their energies cannot share one counter: choose "
+            f"{path}: runs overlap in time (lines {raw.index[int(order[overlap[0]])]} and "
+            f"{raw.index[int(order[overlap[0] + 1])]}); their energies cannot share one counter: choose "
             "one run with run_id (--run-id)"
         )
     if (duration_s <= 0).any():
@@ -138,5 +145,6 @@ def import_codecarbon(
         notes=(
             f"CodeCarbon keeps one {column} total per run: a window inside a run gets the run's "
             "mean power",
+            *lines.notes,
         ),
     )  # fmt: skip

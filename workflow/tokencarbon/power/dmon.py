@@ -21,6 +21,7 @@ gives the start time and the -d delay and times are reconstructed (noted in Powe
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -28,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from tokencarbon.errors import ConfigError, InputError
-from tokencarbon.power.nvidia_smi import POWER_DRAW_KINDS, PowerLog
+from tokencarbon.power.csvfile import decode_text
+from tokencarbon.power.nvidia_smi import MAX_DEVICE_POWER_W, POWER_DRAW_KINDS, PowerLog
 from tokencarbon.power.timestamps import parse_times
 from tokencarbon.tables import POWER, check
 
@@ -64,13 +66,36 @@ def _power_column(power_draw: str) -> str:
     return "power_avg_w" if power_draw == "average" else "power_w"
 
 
-def _value(text: str, where: str) -> float:
+def _value(text: str, where: str, *, power: bool = False) -> float:
+    """A dmon value as a float ('-' and 'N/A' as NaN); InputError naming where for text, a value
+    that is not finite or below 0, and (power) above MAX_DEVICE_POWER_W."""
     if text in ("-", "N/A", "NA", "[N/A]"):
         return np.nan
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InputError(f"{where}: {text!r} is not a number (or '-' / 'N/A')") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"{where}: {text!r} is not a finite number >= 0")
+    if power and value > MAX_DEVICE_POWER_W:
+        raise InputError(
+            f"{where}: {text!r} W is not a power one GPU can draw (0 to {MAX_DEVICE_POWER_W:g} W)"
+        )
+    return value
+
+
+def _lines(path: Path, what: str) -> tuple[list[str], tuple[str, ...]]:
+    """The log's lines; a last line without its newline (the logger stopped mid-line) dropped,
+    with a note."""
+    text = decode_text(path, what)
+    lines = text.splitlines()
+    if lines and not text.endswith(("\n", "\r")) and len(lines) > 1:
+        note = (
+            f"line {len(lines)} dropped: the file ends in the middle of it "
+            f"({lines[-1][-60:]!r}, no newline): the logger was stopped while writing it"
+        )
+        return lines[:-1], (note,)
+    return lines, ()
 
 
 def _frame(rows: list[dict], power_column: str, source: str, path: Path) -> pd.DataFrame:
@@ -119,10 +144,7 @@ def import_nvidia_smi_dmon(
     """
     path = Path(path)
     power_column = _power_column(power_draw)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable nvidia-smi dmon log ({exc})") from exc
+    lines, cut = _lines(path, "an nvidia-smi dmon log")
     names: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
     for i, line in enumerate(lines, start=1):
@@ -158,20 +180,25 @@ def import_nvidia_smi_dmon(
     chosen = _choose([f"gpu {d}" for d in devices], gpu, path, "'gpu' (Idx) value")
     rows = [(i, t) for i, t in rows if f"gpu {t[col['gpu']]}" == chosen]
     stamps = pd.Series([f"{t[col['Date']]} {t[col['Time']]}" for _, t in rows])
-    t_ns = parse_times(stamps, tz, f"{path}, columns Date/Time", local_format="%Y%m%d %H:%M:%S")
+    t_ns = parse_times(
+        stamps, tz, f"{path}, columns Date/Time", local_format="%Y%m%d %H:%M:%S",
+        lines=[i for i, _ in rows],
+    )  # fmt: skip
     out = []
     for (i, t), ns in zip(rows, t_ns):
         row = {"line": i, "t_wall_ns": int(ns), "device_index": int(t[col["gpu"]])}
         for name, (column, factor) in _SMI_COLUMNS.items():
             if name in col:
-                row[column] = _value(t[col[name]], f"{path}, line {i}, column {name!r}") * factor
+                row[column] = factor * _value(
+                    t[col[name]], f"{path}, line {i}, column {name!r}", power=name == "pwr"
+                )
         out.append(row)
     samples = _frame(out, power_column, "nvidia_smi_dmon", path)
     return PowerLog(
         samples=samples, path=str(path), source="nvidia_smi_dmon", power_field="pwr",
         power_kind=power_draw, device={"index": chosen.split()[-1]},
         devices=tuple({"index": d} for d in devices),
-        notes=("nvidia-smi dmon timestamps have 1 s resolution",),
+        notes=("nvidia-smi dmon timestamps have 1 s resolution", *cut),
     )  # fmt: skip
 
 
@@ -197,10 +224,7 @@ def import_dcgmi_dmon(
     """
     path = Path(path)
     power_column = _power_column(power_draw)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable dcgmi dmon log ({exc})") from exc
+    lines, cut = _lines(path, "a dcgmi dmon log")
     names: list[str] | None = None
     rows = []  # (line, time text or None, entity, values)
     for i, line in enumerate(lines, start=1):
@@ -246,7 +270,7 @@ def import_dcgmi_dmon(
 
             t_ns = np.array([int(Decimal(s) * 10**9) for s in stamps], dtype=np.int64)
         else:
-            t_ns = parse_times(pd.Series(stamps), tz, where)
+            t_ns = parse_times(pd.Series(stamps), tz, where, lines=[r[0] for r in rows])
     elif any(s is not None for s in stamps):
         first = next(r[0] for r in rows if r[1] is None)
         raise InputError(f"{path}, line {first}: no time prefix, while other lines have one")
@@ -270,12 +294,14 @@ def import_dcgmi_dmon(
         for k, name in enumerate(names):
             if name in _DCGM_COLUMNS:
                 column, factor = _DCGM_COLUMNS[name]
-                row[column] = _value(values[k], f"{path}, line {i}, column {name!r}") * factor
+                row[column] = factor * _value(
+                    values[k], f"{path}, line {i}, column {name!r}", power=name == "POWER"
+                )
         out.append(row)
     samples = _frame(out, power_column, "dcgmi_dmon", path)
     return PowerLog(
         samples=samples, path=str(path), source="dcgmi_dmon",
         power_field="POWER",
         power_kind=power_draw, device={"entity": chosen},
-        devices=tuple({"entity": d} for d in devices), notes=tuple(notes),
+        devices=tuple({"entity": d} for d in devices), notes=(*notes, *cut),
     )  # fmt: skip

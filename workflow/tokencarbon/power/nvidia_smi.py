@@ -18,6 +18,7 @@ matters on windows of a few seconds (docs/reliability.md), so it is flagged down
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.power.csvfile import read_csv_lines
 from tokencarbon.power.timestamps import parse_times
 from tokencarbon.tables import POWER, check
 
@@ -44,9 +46,14 @@ _NUMERIC = {
     "clocks.current.memory": ("mem_clock_mhz", "MHz", 1.0),
 }
 _THROTTLE = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")  # hex bitmask
-# Columns that tell GPUs apart, in the order a refusal suggests them (index is shortest to type).
-DEVICE_COLUMNS = ("index", "pci.bus_id", "uuid")
-_DEVICE_ALIASES = {"gpu_bus_id": "pci.bus_id", "gpu_uuid": "uuid"}
+# Columns that tell GPUs apart, in the order a refusal suggests them (index is shortest to type);
+# `name` (nvidia-smi's product name) describes a GPU but two GPUs of a machine may share it.
+DEVICE_COLUMNS = ("index", "pci.bus_id", "uuid", "serial")
+# nvidia-smi --help-query-gpu gives each of these two names.
+_DEVICE_ALIASES = {"gpu_bus_id": "pci.bus_id", "gpu_uuid": "uuid", "gpu_serial": "serial",
+                   "gpu_name": "name"}  # fmt: skip
+# No single GPU draws this much: the largest rated part, a GB200 superchip, is 2.7 kW (NVIDIA).
+MAX_DEVICE_POWER_W = 10_000.0
 _TIMESTAMP_FORMAT = "%Y/%m/%d %H:%M:%S.%f"
 _HEADER = re.compile(r"^(?P<name>\S+)(?: \[(?P<unit>[^\]]*)\])?$")
 _VALUE = re.compile(r"^(?P<number>[-+0-9.eE]+)(?: (?P<unit>\S+))?$")
@@ -78,19 +85,47 @@ class PowerLog:
         return self.power_kind == "average"
 
 
-def _numbers(raw: pd.Series, unit: str, where: str) -> np.ndarray:
-    """Values like '22.89 W' or '22.89' as floats; '[N/A]', '[Not Supported]' and kin as NaN."""
+def _numbers(raw: pd.Series, unit: str, where: str, *, power: bool = False) -> np.ndarray:
+    """Values like '22.89 W' or '22.89' as floats; '[N/A]', '[Not Supported]' and kin as NaN.
+
+    raw: the column's text, indexed by the file's line numbers. A column is written with its unit
+    after every value (--format=csv) or after none (nounits): a value without the unit its
+    neighbours carry was cut or edited, and is refused naming its line, as is a value that is not
+    finite, or (power) negative or above MAX_DEVICE_POWER_W.
+    """
     out = np.full(len(raw), np.nan)
+    with_unit = None  # the first line whose value carries the unit
     for i, text in enumerate(raw):
         if text.startswith("["):
             continue
         m = _VALUE.match(text)
         if m is None or (m["unit"] is not None and m["unit"] != unit):
             raise InputError(
-                f"{where}, line {raw.index[i] + 2}: value {text!r} is not a number in "
+                f"{where}, line {raw.index[i]}: value {text!r} is not a number in "
                 f"{unit or 'no unit'}"
             )
-        out[i] = float(m["number"])
+        if m["unit"] is not None and with_unit is None:
+            with_unit = i
+        try:
+            value = float(m["number"])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (power and not 0 <= value <= MAX_DEVICE_POWER_W):
+            reason = (
+                "is not a finite number" if not math.isfinite(value)
+                else f"is not a power one GPU can draw (0 to {MAX_DEVICE_POWER_W:g} W)"
+            )  # fmt: skip
+            raise InputError(f"{where}, line {raw.index[i]}: value {text!r} {reason}")
+        out[i] = value
+    if with_unit is not None and unit:
+        for i, text in enumerate(raw):
+            if not text.startswith("[") and not text.endswith(f" {unit}"):
+                raise InputError(
+                    f"{where}, line {raw.index[i]}: value {text!r} has no unit, while the "
+                    f"column's values carry ' {unit}' (line {raw.index[with_unit]}: "
+                    f"{raw.iloc[with_unit]!r}): a line cut or edited in the middle? Correct or "
+                    "remove that line"
+                )
     return out
 
 
@@ -102,9 +137,11 @@ def _bitmasks(raw: pd.Series, where: str) -> np.ndarray:
             continue
         try:
             out[i] = int(text, 16)
-        except ValueError as exc:
+            if out[i] < 0:
+                raise ValueError(text)
+        except (ValueError, OverflowError) as exc:
             raise InputError(
-                f"{where}, line {raw.index[i] + 2}: {text!r} is not a hex bitmask"
+                f"{where}, line {raw.index[i]}: {text!r} is not a 64-bit hex bitmask"
             ) from exc
     return out
 
@@ -143,7 +180,8 @@ def _device_label(device: dict) -> str:
 
 def _match_device(value: str, device: dict) -> bool:
     """Does the user's choice name this GPU: its index, its PCI bus id (the domain may be left
-    out, any case), or its UUID (or a prefix of it, as CUDA_VISIBLE_DEVICES accepts)?"""
+    out, any case), its UUID (or a prefix of it, as CUDA_VISIBLE_DEVICES accepts) or its board
+    serial number?"""
     value = str(value).strip()
     if "index" in device and value == device["index"]:
         return True
@@ -151,36 +189,65 @@ def _match_device(value: str, device: dict) -> bool:
     if bus and ":" in value and bus.lower().endswith(value.lower()):
         return True
     uuid = device.get("uuid")
-    return bool(uuid and value.upper().startswith("GPU-") and uuid.startswith(value))
+    if uuid and value.upper().startswith("GPU-") and uuid.startswith(value):
+        return True
+    return bool(device.get("serial")) and value == device["serial"]
 
 
 def _select_device(
     raw: pd.DataFrame, headers: dict, gpu: str | int | None, path: Path
 ) -> tuple[pd.DataFrame, dict, tuple]:
-    """The rows of one GPU, its identifying fields and those of every GPU in the log."""
+    """The rows of one GPU, its identifying fields and those of every GPU in the log.
+
+    GPUs are told apart by the DEVICE_COLUMNS the log has; each GPU's fields (and its `name`)
+    must be the same on every one of its rows. Without such a column, a `name` column still names
+    the GPU (one name: one GPU; several names: several GPUs, refused).
+    """
     id_cols = [c for c in DEVICE_COLUMNS if c in headers]
     if not id_cols:
         ts = raw[headers["timestamp"][0]]
         repeated = ts[ts.duplicated(keep=False)]
         if len(repeated):
             raise InputError(
-                f"{path}, line {repeated.index[1] + 2}: timestamp {repeated.iloc[0]!r} appears "
+                f"{path}, line {repeated.index[1]}: timestamp {repeated.iloc[0]!r} appears "
                 f"{int((ts == repeated.iloc[0]).sum())} times: the log holds several GPUs but no "
                 f"column says which row is which; log again with --query-gpu=timestamp,index,"
                 f"power.draw,... (or one GPU with nvidia-smi -i <index>)"
+            )
+        names = raw[headers["name"][0]] if "name" in headers else None
+        if names is not None and names.nunique() > 1:
+            first = names.drop_duplicates()
+            listing = "; ".join(f"{n!r} (line {line})" for line, n in first.items())
+            raise InputError(
+                f"{path}: the 'name' column names {len(first)} GPUs: {listing}, and no "
+                f"{' / '.join(DEVICE_COLUMNS)} column says which row is which; energy is per GPU: "
+                "log one GPU (nvidia-smi -i <index>), or add index to --query-gpu and choose one"
             )
         if gpu is not None:
             raise InputError(
                 f"{path}: gpu={gpu!r} was chosen, but the log has no {' / '.join(DEVICE_COLUMNS)} "
                 f"column to find it by; the log holds one GPU: leave the choice out"
             )
-        return raw, {}, ()
+        if names is None:
+            return raw, {}, ()
+        device = {"name": str(names.iloc[0])}
+        return raw, device, (device,)
     key = raw[[headers[c][0] for c in id_cols]].astype(str).agg("|".join, axis=1)
     described = [c for c in (*id_cols, "name") if c in headers]
     devices = []
     for k in dict.fromkeys(key):  # file order
-        first = raw.loc[key == k].iloc[0]
+        rows = raw.loc[key == k]
+        first = rows.iloc[0]
         devices.append({c: str(first[headers[c][0]]) for c in described})
+        if "name" in headers:
+            names = rows[headers["name"][0]]
+            other = names[names != first[headers["name"][0]]]
+            if len(other):
+                raise InputError(
+                    f"{path}, line {other.index[0]}: GPU {_device_label(devices[-1])} is named "
+                    f"{other.iloc[0]!r} here and {first[headers['name'][0]]!r} at line "
+                    f"{rows.index[0]}: logs of two machines in one file? Split them"
+                )
     if gpu is None:
         if len(devices) == 1:
             return raw, devices[0], tuple(devices)
@@ -217,20 +284,21 @@ def import_nvidia_smi(
     tz: the zone of zone-less timestamps (nvidia-smi writes local 'YYYY/MM/DD HH:MM:SS.mmm'):
       an IANA name or a fixed offset '+01:00' (tokencarbon.power.timestamps); not needed when the
       timestamps are ISO-8601 with offsets.
-    gpu: which GPU of a multi-GPU log (its index, pci.bus_id or uuid); required when it holds more.
+    gpu: which GPU of a multi-GPU log (its index, pci.bus_id, uuid or serial); required when it
+      holds more. The chosen GPU's identifying fields, `name` included, are PowerLog.device.
     power_draw: what the log's `power.draw` is: "average" (default; Ampere and newer, except A100)
       or "instant" (A100 and older). power.draw.instant / .average columns need no such statement.
     Columns without a POWER counterpart (name, utilization.memory, ...) are dropped; fields the
     log lacks are NaN (throttle_reasons -1; device_index -1 without an 'index' column).
-    Raises InputError naming the file, line and column; ConfigError for tz or power_draw.
+    A last line without its newline (the logger stopped mid-line) is dropped, noted in
+    PowerLog.notes; windows past the last whole sample are then refused by the importer.
+    Raises InputError naming the file, line and column (a row with more fields than the header, a
+    second header, a value without the unit its column carries, a power that is not finite, >= 0
+    and below MAX_DEVICE_POWER_W, a GPU named two ways); ConfigError for tz or power_draw.
     """
     path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable nvidia-smi CSV log ({exc})") from exc
-    raw.columns = [c.strip() for c in raw.columns]
-    raw = raw.apply(lambda col: col.str.strip())
+    lines = read_csv_lines(path, "an nvidia-smi CSV log")
+    raw = lines.rows  # text, indexed by the file's line numbers
     headers = {}
     for column in raw.columns:
         m = _HEADER.match(column)
@@ -250,7 +318,9 @@ def import_nvidia_smi(
         )
     power = _power_columns(headers, power_draw, path)
     if raw.empty:
-        raise InputError(f"{path}: the log has a header but no samples")
+        raise InputError(
+            f"{path}: the log has a header but no samples" + "".join(f"; {n}" for n in lines.notes)
+        )
     raw, device, devices = _select_device(raw, headers, gpu, path)
 
     df = pd.DataFrame(index=raw.index)
@@ -259,6 +329,7 @@ def import_nvidia_smi(
         tz,
         f"{path}, column 'timestamp'",
         local_format=_TIMESTAMP_FORMAT,
+        lines=raw.index,
     )
     df["phase"] = "run"
     df["source"] = SOURCE
@@ -273,7 +344,10 @@ def import_nvidia_smi(
                 raise InputError(
                     f"{path}: column {header!r} has unit {header_unit!r}; expected {unit!r}"
                 )
-            df[column] = _numbers(raw[header], unit, f"{path}, column {header!r}") * factor
+            df[column] = (
+                _numbers(raw[header], unit, f"{path}, column {header!r}", power=unit == "W")
+                * factor
+            )
         elif column not in df:
             df[column] = np.nan
     for column in ("power_w", "power_avg_w"):
@@ -294,7 +368,7 @@ def import_nvidia_smi(
     if (steps <= 0).any():
         bad = df.index[1:][steps <= 0][0]
         raise InputError(
-            f"{path}, line {bad + 2}: timestamp {raw.loc[bad, headers['timestamp'][0]]!r} does "
+            f"{path}, line {bad}: timestamp {raw.loc[bad, headers['timestamp'][0]]!r} does "
             f"not come after the previous sample's"
             + (f" of GPU {_device_label(device)}" if device else "")
             + "; samples of one GPU must be in time order"
@@ -308,6 +382,7 @@ def import_nvidia_smi(
         power_kind="instant" if energy_column == "power_w" else "average",
         device=device,
         devices=devices,
+        notes=lines.notes,
     )
 
 

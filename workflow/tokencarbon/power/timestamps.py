@@ -54,14 +54,26 @@ def _offset_text(offset: dt.timedelta) -> str:
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def localize(local: pd.Series, tz: str | None, where: str, raw: pd.Series) -> pd.Series:
+def _labeller(lines):
+    """Row position -> "line N" (the file's line, where the caller knows it) or "row N"."""
+    if lines is None:
+        return lambda i: f"row {i + 1}"
+    lines = list(lines)
+    return lambda i: f"line {lines[i]}"
+
+
+def localize(
+    local: pd.Series, tz: str | None, where: str, raw: pd.Series, *, lines=None
+) -> pd.Series:
     """Zone-less wall-clock datetimes -> UTC datetimes, resolving the zone's DST transitions.
 
     A time inside the hour repeated when daylight-saving time ends is resolved from the log's own
     order (the clock steps back); a log lying wholly inside that hour cannot tell which of the two
     it is, and neither can a time the clocks skipped: both are refused, naming the fixed-offset
-    zones that would be unambiguous. `raw` (the text) and `where` (file, column) go into errors.
+    zones that would be unambiguous. `raw` (the text) and `where` (file, column) go into errors;
+    `lines`, the file's line of each time, makes them name lines instead of 1-based rows.
     """
+    label = _labeller(lines)
     if tz is None:
         raise ConfigError(
             f"{where}: timestamps like {raw.iloc[0]!r} carry no UTC offset; give the zone the "
@@ -85,14 +97,14 @@ def localize(local: pd.Series, tz: str | None, where: str, raw: pd.Series) -> pd
             ).replace(tzinfo=None)
             if roundtrip != naive:
                 raise InputError(
-                    f"{where}, row {i + 1}: {raw.iloc[i]!r} never happened in {tz} (the clocks "
+                    f"{where}, {label(i)}: {raw.iloc[i]!r} never happened in {tz} (the clocks "
                     f"skipped it for daylight-saving time); the log was written in another zone: "
                     f"give that zone as tz, e.g. a fixed offset tz={_offset_text(early)!r} or "
                     f"{_offset_text(late)!r}"
                 ) from exc
             if early != late:
                 raise InputError(
-                    f"{where}, row {i + 1}: {raw.iloc[i]!r} lies in the hour repeated when "
+                    f"{where}, {label(i)}: {raw.iloc[i]!r} lies in the hour repeated when "
                     f"daylight-saving time ends in {tz}, and the log never steps back through "
                     f"that hour, so which of the two it is cannot be told from the log; give a "
                     f"fixed-offset zone instead: tz={_offset_text(early)!r} (the first pass, "
@@ -102,47 +114,82 @@ def localize(local: pd.Series, tz: str | None, where: str, raw: pd.Series) -> pd
 
 
 def parse_times(
-    raw: pd.Series, tz: str | None, where: str, *, local_format: str | None = None
+    raw: pd.Series,
+    tz: str | None,
+    where: str,
+    *,
+    local_format: str | None = None,
+    lines=None,
 ) -> np.ndarray:
     """Text timestamps -> int64 UTC epoch ns.
 
     Accepted: `local_format` (a strptime format of zone-less local time, e.g. nvidia-smi's
     '%Y/%m/%d %H:%M:%S.%f'), ISO-8601 with an offset (no tz needed; tz, if given, is not used),
-    or ISO-8601 without one (local time in tz). All rows must share one kind. Raises InputError
-    naming the first row that fits none, or rows mixing offsets and none; ConfigError for tz.
+    or ISO-8601 without one (local time in tz). All rows must share one kind: the kind most rows
+    have, and the first row that is not of it is named (a line cut mid-timestamp, a second header
+    in the middle of a log), not a valid first row. lines: the file's line of each time, so that
+    errors name lines; without it they name 1-based rows. Raises InputError naming that row or
+    line, or rows mixing offsets and none; ConfigError for tz.
     """
     raw = raw.astype(str).str.strip()
+    label = _labeller(lines)
     if len(raw) == 0:
         return np.empty(0, dtype=np.int64)
+    iso = raw.str.match(_ISO).to_numpy()
     if local_format is not None:
         parsed = pd.to_datetime(raw, format=local_format, errors="coerce")
-        if parsed.notna().all():
-            return localize(parsed, tz, where, raw).dt.as_unit("ns").astype("int64").to_numpy()
-    iso = raw.str.match(_ISO)
+        ok = parsed.notna().to_numpy()
+        if ok.all():
+            return (
+                localize(parsed, tz, where, raw, lines=lines)
+                .dt.as_unit("ns").astype("int64").to_numpy()
+            )  # fmt: skip
+        if ok.sum() > iso.sum():  # a log of local times with some rows that are not
+            bad = int(np.flatnonzero(~ok)[0])
+            example = raw.iloc[int(np.flatnonzero(ok)[0])]
+            raise InputError(
+                f"{where}, {label(bad)}: timestamp {raw.iloc[bad]!r} is not {local_format!r} "
+                f"local time like the log's other rows (e.g. {example!r}): a line cut in the "
+                "middle, or another log's lines? Correct or remove it"
+            )
     if not iso.all():
-        bad = int(np.flatnonzero(~iso.to_numpy())[0])
+        bad = int(np.flatnonzero(~iso)[0])
         expected = "ISO-8601 ('2025-01-15T12:00:00.123+01:00')"
         if local_format is not None:
             example = dt.datetime(2025, 1, 15, 12, 0, 0, 123000).strftime(local_format)
             expected = f"{local_format!r} local time (e.g. {example!r}) or {expected}"
-        raise InputError(f"{where}, row {bad + 1}: timestamp {raw.iloc[bad]!r} is not {expected}")
+        raise InputError(
+            f"{where}, {label(bad)}: timestamp {raw.iloc[bad]!r} is not {expected}"
+            + (f", as the log's other rows are (e.g. {raw.iloc[int(np.flatnonzero(iso)[0])]!r})"
+               if iso.any() else "")
+        )  # fmt: skip
     has_offset = raw.str.contains(_ISO_OFFSET)
     if has_offset.any() and not has_offset.all():
         with_i = int(np.flatnonzero(has_offset.to_numpy())[0])
         without_i = int(np.flatnonzero(~has_offset.to_numpy())[0])
+        odd = without_i if has_offset.sum() >= (~has_offset).sum() else with_i
         raise InputError(
-            f"{where}: rows mix timestamps with a UTC offset (row {with_i + 1}: "
-            f"{raw.iloc[with_i]!r}) and without (row {without_i + 1}: {raw.iloc[without_i]!r}); "
-            "a log must use one kind"
+            f"{where}: rows mix timestamps with a UTC offset ({label(with_i)}: "
+            f"{raw.iloc[with_i]!r}) and without ({label(without_i)}: {raw.iloc[without_i]!r}); "
+            f"a log must use one kind: {label(odd)} differs from most (cut in the middle?)"
         )
+    text = raw.str.replace(",", ".", regex=False)
     try:
         if has_offset.all():
-            utc = pd.to_datetime(raw.str.replace(",", ".", regex=False), format="ISO8601", utc=True)
+            utc = pd.to_datetime(text, format="ISO8601", utc=True)
         else:
-            local = pd.to_datetime(raw.str.replace(",", ".", regex=False), format="ISO8601")
-            utc = localize(local, tz, where, raw)
+            local = pd.to_datetime(text, format="ISO8601")
+            utc = localize(local, tz, where, raw, lines=lines)
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InputError | ConfigError):
             raise
+        for i, value in enumerate(text):
+            try:
+                pd.to_datetime(value, format="ISO8601")
+            except (ValueError, TypeError):
+                raise InputError(
+                    f"{where}, {label(i)}: timestamp {raw.iloc[i]!r} is not a valid ISO-8601 "
+                    f"time ({exc}): a line cut in the middle? Correct or remove it"
+                ) from exc
         raise InputError(f"{where}: timestamps are not valid ISO-8601 ({exc})") from exc
     return utc.dt.as_unit("ns").astype("int64").to_numpy()
