@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -106,6 +107,17 @@ def test_compile_cache_folder_and_environment(tmp_path):
     (tmp_path / record["key"] / "inductor" / "x").parent.mkdir(parents=True)
     (tmp_path / record["key"] / "inductor" / "x").write_text("entry")
     assert configure(tmp_path, "AMD EPYC 7763 64-Core Processor", environ={})["warm"] is True
+    # configured() restores the environment after its block
+    import tokencarbon.compile_cache as cc
+
+    saved = os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    try:
+        with cc.configured(tmp_path / "ctx", "cpu") as rec:
+            assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(Path(rec["dir"]) / "inductor")
+        assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    finally:
+        if saved is not None:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
     # a folder the user set is kept
     mine = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}
     assert configure(tmp_path, "cpu", environ=mine)["set_by"] == "environment"
@@ -136,8 +148,10 @@ def test_warm_compile_cache_gives_the_same_tokens(tmp_path):
     # process compiles (cache miss) into a cold cache, the second loads it (cache hit); both give
     # the same greedy tokens, and the same as eager.
     def run():
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("TORCHINDUCTOR_", "TRITON_"))}  # fmt: skip
         out = subprocess.run([sys.executable, "-c", _COMPILED_DECODE, str(tmp_path)],
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+                             capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -35,7 +35,7 @@ import pandas as pd
 from tokencarbon import idle_share, tables
 from tokencarbon.arrivals import arrival_times_s
 from tokencarbon.backends import Request, ServingResult
-from tokencarbon.compile_cache import configure as configure_compile_cache
+from tokencarbon.compile_cache import configured as compile_cache_configured
 from tokencarbon.energy import idle_power
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.files import write_json
@@ -443,7 +443,9 @@ def run_cell(
             check_platform(platform, hardware)
             compile_cache = (
                 None if cache_root is None
-                else configure_compile_cache(Path(cache_root) / "compile", hardware["device_name"])
+                else stack.enter_context(
+                    compile_cache_configured(Path(cache_root) / "compile", hardware["device_name"])
+                )
             )  # fmt: skip
         device = "cpu" if platform["kind"] == "cpu" else "cuda"
         source = power_source_spec(platform)

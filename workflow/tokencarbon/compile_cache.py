@@ -17,8 +17,10 @@ where its cache was and whether it held anything when the cell began (meta.json 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -73,3 +75,20 @@ def configure(root: str | Path, device_name: str, environ: dict | None = None) -
     warm = folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
     folder.mkdir(parents=True, exist_ok=True)
     return {"dir": str(folder), "key": key, "warm": warm, "set_by": set_by}
+
+
+@contextlib.contextmanager
+def configured(root: str | Path, device_name: str) -> Iterator[dict[str, Any]]:
+    """configure() on os.environ for the block, the variables it set or changed restored after it
+    (a process that runs several cells, such as a test, never carries one cell's cache folder into
+    the next). Yields configure()'s record."""
+    names = [INDUCTOR_DIR_VAR, TRITON_DIR_VAR, *CACHE_SWITCHES]
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield configure(root, device_name)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
