@@ -55,7 +55,8 @@ class OneAtATimeEngine:
     arrival order, each waiting for its arrival, then run to completion by TorchEngine.run_batch
     (real tokens, real timings). Two steps per request: its prefill and its decode."""
 
-    def __init__(self, arch, model, run, device, max_num_seqs, options=None, max_model_len=None):
+    def __init__(self, arch, model, run, device, max_num_seqs, options=None, max_model_len=None,
+                 paged=None):  # fmt: skip
         assert max_num_seqs == 1
         self.engine = TorchEngine(arch, model["dtype"], device, seed=model["seed"])
 
@@ -256,10 +257,14 @@ def test_a_cell_on_a_cpu_its_row_does_not_describe_is_refused_before_measuring(t
 
 def test_serving_settings_of_old_and_new_params():
     assert serving_settings(None, 4)["mode"] == "static"
+    # older params (no paged settings) read with the paged engine's defaults, vLLM's 0.9 and
+    # 2048 and blocks of 64 tokens
     assert serving_settings({"mode": "continuous"}, 4) == {
         "mode": "continuous", "max_num_seqs": 4, "arrival": "offline",
-        "request_rate_per_s": None, "seed": 0,
+        "request_rate_per_s": None, "seed": 0, "gpu_memory_utilization": 0.9,
+        "block_size": 64, "max_num_batched_tokens": 2048,
     }  # fmt: skip
+    assert serving_settings({"mode": "continuous", "block_size": 16}, 4)["block_size"] == 16
 
 
 # ---------------------------------------------------------------- serving records checked

@@ -822,3 +822,13 @@ def test_a_trace_day_the_trace_does_not_give_is_refused(tmp_path):
         check_config(config)
     config["carbon"]["max_fill_s"] = None
     check_config(config)
+
+
+def test_a_step_budget_below_max_num_seqs_is_refused_at_the_door():
+    # 256 decode rows need 256 tokens of the step: a budget of 128 cannot hold them
+    cfg = copy.deepcopy(_base())
+    cfg["serving"]["max_num_batched_tokens"] = 128
+    cfg["sweep"]["max_num_seqs"] = [16, 256]
+    cfg["workload"]["num_prompts"] = 256
+    with pytest.raises(ConfigError, match="max_num_batched_tokens: 128 .* max_num_seqs 256 .* at least 256"):
+        check_config(cfg)

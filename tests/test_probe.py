@@ -13,7 +13,7 @@ import torch
 
 from tokencarbon.backends.static import TorchEngine
 from tokencarbon.errors import ConfigError
-from tokencarbon.models import architecture_to_dict, load_architecture
+from tokencarbon.models import activation_bytes, architecture_to_dict, load_architecture
 from tokencarbon.probe import (
     Calibration,
     CpuMeter,
@@ -268,15 +268,25 @@ def test_the_predicted_limit_runs_and_one_more_fails_under_a_real_cap(capped):
     assert five["fits"] and five["error"] is None and five["peak_bytes"] <= 113_000_000
     assert "can't allocate memory" in six["error"]
     assert (record["max_ok"], record["min_failed"]) == (5, 6)
-    # the continuous probe, in a fresh worker (the failed try left the first one unusable):
-    # engines of 1 and 2 slots calibrate (builds are cheap on the CPU), one of 5 slots serves 5
-    # requests at once, one of 6 fails
+    # the continuous probe, in a fresh worker (the failed try left the first one unusable): the
+    # paged engine of the continuous cells, its pool the budget less the calibrated fixed bytes and
+    # the activations of one step of prompts packed to 2048 tokens (256 prompts of 8), in blocks
+    # of 64 tokens x 4,096 B (2 x 4 layers x 2 kv heads x 64 x 4 B) = 262,144 B
     assert cap["workers_started"] == 2
     cont = record["continuous"]
-    assert cont["memory_model"]["predicted"] == 5 and cont["predicted"] == 5 and cont["confirmed"]
-    assert record["max_num_seqs_tried"] == [[1, True], [2, True], [5, True], [6, False]]
-    assert "can't allocate memory" in cont["tries"][3]["error"]
-    assert (record["max_num_seqs_ok"], record["max_num_seqs_min_failed"]) == (5, 6)
+    assert cont["method"] == "paged pool" and cont["fits"]
+    reserve = (2048 // 8) * activation_bytes(TL4K, 1, 8, "float32")
+    pool = (113_000_000 - static["calibration"]["fixed_bytes"] - reserve) // 262_144
+    fit = cont["fit"]
+    assert fit["pool_blocks"] == cont["engine"]["num_blocks"] == pool
+    # the workload's requests hold 8 + 10 - 1 = 17 positions (1 block) and 3 + 4088 - 1 = 4090
+    # (64 blocks): both fit together, so max_num_seqs is 2 (its requests), 65 x 64 tokens in flight
+    assert fit["workload"] == {"max_num_seqs": 2, "tokens_in_flight": 65 * 64, "requests": 2}
+    # requests of the longest prompt and output (8 + 4088 - 1 = 4095 positions, 64 blocks)
+    assert fit["longest"]["max_num_seqs"] == pool // 64
+    assert (record["max_num_seqs_ok"], record["max_num_seqs_min_failed"]) == (2, 3)
+    # the two were really served at once under the cap, none preempted
+    assert cont["served"] == 2 and cont["preemptions"] == 0 and cont["peak_bytes"] <= 113_000_000
     assert record["max_num_seqs_limit"] == 64 and record["reused_from"] is None
 
 
@@ -383,3 +393,38 @@ def test_limit_caps_the_doubling():
 def test_the_old_search_refuses_batch_one_clearly():
     with pytest.raises(ConfigError, match="even batch 1 does not fit \\(batch 1 > 0\\)"):
         probe_max_batch(fails_above(0), limit=8)
+
+
+def test_paged_fit_by_hand():
+    from tokencarbon.probe import paged_fit
+
+    # 100 blocks of 16; requests of 40, 30, 30 and 20 blocks: the 3 largest take 100 blocks, all 4
+    # would take 120; their mean is 30 blocks (3 of them); the longest prompt 8 + output 640 hold
+    # 647 positions = 41 blocks (2 of them)
+    fit = paged_fit(100, 16, 8, 640, [40, 30, 30, 20], limit=64)
+    assert fit["workload"] == {"max_num_seqs": 3, "tokens_in_flight": 100 * 16, "requests": 4}
+    assert fit["typical"]["max_num_seqs"] == 3 and fit["longest"]["max_num_seqs"] == 2
+    assert fit["max_num_seqs"] == 3 and fit["tokens_in_flight"] == 1600
+    assert paged_fit(100, 16, 8, 640, [40, 30, 30, 20], limit=2)["max_num_seqs"] == 2
+
+
+def test_paged_fit_is_where_the_real_engine_starts_to_preempt():
+    # The memory model of the paged pool against the engine itself: 7 blocks of 16 tokens; a
+    # request of 8 + 24 tokens holds 31 positions (2 blocks) at its end, so 3 fit at once (6
+    # blocks) and a 4th cannot: serving 3 at once preempts nothing, serving 4 preempts.
+    from tokencarbon.backends import Request
+    from tokencarbon.backends.serving import TorchServingEngine
+    from tokencarbon.probe import paged_fit
+
+    assert paged_fit(7, 16, 8, 24, [2, 2, 2, 2], limit=4)["longest"]["max_num_seqs"] == 3
+    engine = TorchServingEngine(load_architecture("tiny-llama"), "float32", "cpu", seed=0,
+                                max_num_seqs=4, num_blocks=7, block_size=16)  # fmt: skip
+
+    def preemptions(n: int) -> int:
+        requests = [Request(f"r{i}", tuple(range(1 + i, 9 + i)), 24) for i in range(n)]
+        result = engine.serve(requests)
+        assert [r.output_tokens for r in result.requests] == [24] * n
+        return sum(r.preemptions for r in result.requests)
+
+    assert preemptions(3) == 0
+    assert preemptions(4) >= 1

@@ -36,6 +36,7 @@ from tokencarbon import idle_share, tables
 from tokencarbon.arrivals import arrival_times_s
 from tokencarbon.backends import Request, ServingResult
 from tokencarbon.compile_cache import configured as compile_cache_configured
+from tokencarbon.config import PAGED_DEFAULTS
 from tokencarbon.energy import idle_power
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.files import write_json
@@ -63,14 +64,15 @@ def group_batches(workload: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]
 
 def serving_settings(serving: Mapping[str, Any] | None, batch_size: int) -> dict[str, Any]:
     """Params `serving` checked and completed: {"mode", "max_num_seqs", "arrival",
-    "request_rate_per_s", "seed"}. None (the params of cells made before continuous batching) and
+    "request_rate_per_s", "seed"} and, continuous, the paged engine's gpu_memory_utilization,
+    block_size and max_num_batched_tokens (config.PAGED_DEFAULTS where absent). None (the params of cells made before continuous batching) and
     {"mode": "static"} mean a static cell. A continuous cell's max_num_seqs is its batch_size (the
     cb{n} of its folder). Raises ConfigError naming the key and the valid values."""
     if serving is None:
         serving = {"mode": STATIC}
     if not isinstance(serving, Mapping):
         raise ConfigError(f"params serving: {serving!r}; expected a mapping with a 'mode' key")
-    known = {"mode", "max_num_seqs", "arrival", "request_rate_per_s", "seed"}
+    known = {"mode", "max_num_seqs", "arrival", "request_rate_per_s", "seed", *PAGED_DEFAULTS}
     unknown = sorted(set(serving) - known)
     if unknown:
         raise ConfigError(f"params serving: unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -93,8 +95,9 @@ def serving_settings(serving: Mapping[str, Any] | None, batch_size: int) -> dict
     rate = serving.get("request_rate_per_s")
     seed = serving.get("seed", 0)
     arrival_times_s(0, arrival, rate, seed)  # checks the three keys
+    paged = {key: serving.get(key, default) for key, default in PAGED_DEFAULTS.items()}
     return {"mode": CONTINUOUS, "max_num_seqs": batch_size, "arrival": arrival,
-            "request_rate_per_s": rate, "seed": seed}  # fmt: skip
+            "request_rate_per_s": rate, "seed": seed, **paged}  # fmt: skip
 
 
 def build_requests(workload: pd.DataFrame, settings: Mapping[str, Any]) -> list[Request]:
@@ -290,11 +293,14 @@ def default_serving_engine(
     max_num_seqs: int,
     options: dict | None = None,
     max_model_len: int | None = None,
+    paged: dict | None = None,
 ):
     """The continuous-batching engine of run["backend"]: torch's TorchServingEngine
     (tokencarbon.backends.serving; max_model_len: prompt + output tokens of the cell's longest
-    request, so its cache is sized once, before the warm-up) or transformers' (TransformersEngine
-    with max_num_seqs, its ContinuousBatchingManager) with the engine stage's options."""
+    request, so its cache is sized once, before the warm-up; paged: its gpu_memory_utilization,
+    block_size and max_num_batched_tokens, config.PAGED_DEFAULTS where absent) or transformers'
+    (TransformersEngine with max_num_seqs, its ContinuousBatchingManager) with the engine stage's
+    options."""
     if run["backend"] == "transformers":
         from tokencarbon.backends.transformers_backend import engine_for_cell
 
@@ -316,6 +322,7 @@ def default_serving_engine(
         max_model_len=max_model_len,
         cuda_graphs=run["cuda_graphs"],
         quantization=of_model(model),
+        **(PAGED_DEFAULTS | (paged or {})),
     )
 
 
@@ -469,7 +476,8 @@ def run_cell(
             options = backend_options(run, engine_manifest)
             if continuous:
                 engine = serving_engine(
-                    arch, model, run, device, batch_size, options=options, max_model_len=longest
+                    arch, model, run, device, batch_size, options=options, max_model_len=longest,
+                    paged={k: settings[k] for k in PAGED_DEFAULTS},
                 )
             else:
                 engine = _static_engine(arch, model, run, device, trt_engine, options, longest, stack)

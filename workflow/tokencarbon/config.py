@@ -672,6 +672,14 @@ def _check_sweep(config: dict[str, Any]) -> None:
     if backend == "transformers" and measured:
         _check_attention(config["backend"]["transformers"]["attn_implementation"])
     serving = config["serving"]
+    budget = serving.get("max_num_batched_tokens", PAGED_DEFAULTS["max_num_batched_tokens"])
+    largest = max(seqs) if seqs not in ("auto", None) and len(seqs) else 0
+    if largest > budget:
+        raise ConfigError(
+            f"config key serving.max_num_batched_tokens: {budget} tokens per step cannot hold "
+            f"sweep.max_num_seqs {largest} decode rows (one token each); raise it to at least "
+            f"{largest}"
+        )
     if serving["arrival"] == "poisson" and serving["request_rate_per_s"] is None:
         raise ConfigError(
             "config key serving.request_rate_per_s: arrival 'poisson' needs a rate (requests per "
@@ -929,17 +937,27 @@ def run_slice(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The paged engine's settings and their defaults (backends/serving.py; the schema's `serving`).
+PAGED_DEFAULTS = {"gpu_memory_utilization": 0.9, "block_size": 64, "max_num_batched_tokens": 2048}
+
+
 def serving_slice(config: dict[str, Any], max_num_seqs: int) -> dict[str, Any]:
     """Params `serving` of the continuous cell cb<max_num_seqs> (cell.serving_settings reads it);
     static cells have none, so a serving change never reruns them."""
     s = config["serving"]
-    return {
+    out = {
         "mode": CONTINUOUS,
         "max_num_seqs": int(max_num_seqs),
         "arrival": s["arrival"],
         "request_rate_per_s": s["request_rate_per_s"] if s["arrival"] == "poisson" else None,
         "seed": s["seed"] if s["arrival"] == "poisson" else 0,
     }
+    # the paged engine's settings, only where they differ from its defaults (so a cell measured
+    # with the defaults keeps its params)
+    for key, default in PAGED_DEFAULTS.items():
+        if s.get(key, default) != default:
+            out[key] = s[key]
+    return out
 
 
 # ---------------------------------------------------------------- what metrics will need

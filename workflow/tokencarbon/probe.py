@@ -660,6 +660,7 @@ class LocalTrials:
             engine = TorchServingEngine(
                 s.arch, s.dtype, s.device, seed=s.seed, checkpoint=s.checkpoint, max_num_seqs=n,
                 max_model_len=s.prompt_len + s.output_len, quantization=s.quantization,
+                kv_layout="slots",
             )  # fmt: skip
             build_s = time.monotonic() - t0
             engine.serve(requests)
@@ -671,13 +672,123 @@ class LocalTrials:
             peak, reserved = self.meter.peaks()
             if engine is not None:
                 engine.release()
-                if engine.compile_layers:
+                if getattr(engine.engine, "compile_layers", False):
                     # the next engine has another max_num_seqs, so another compiled decode step:
                     # nothing of this one's (its guards name this engine's modules) may stay
                     torch._dynamo.reset()
             del engine
             self.meter.cleanup(failed=True)  # the engine's modules: collect before the next build
         return Try(n, error is None, time.monotonic() - t0, peak, reserved, error, build_s=build_s)
+
+
+    def paged(self, limit: int, num_blocks: int | None, request_tokens: list[int]) -> dict[str, Any]:
+        """The paged engine (the continuous cells' own, kv_layout "paged") with max_num_seqs
+        `limit` rows: its pool sized as a cell's is (CUDA: gpu_memory_utilization of the device, or
+        of the cap; num_blocks on the CPU, from the budget). The largest max_num_seqs is pool
+        arithmetic on the pool it really allocated (paged_fit), confirmed by serving that many
+        requests of the longest prompt at once, PROBE_DECODE_STEPS output tokens each (the
+        prefill and decode steps at that many rows: activations and graphs). Returns
+        {"fits", "error", "seconds", "build_s", "peak_bytes", "engine": describe(), "fit",
+        "served", "preemptions"}; an out-of-memory error (building or serving) gives fits False."""
+        from tokencarbon.backends import Request
+        from tokencarbon.backends.serving import TorchServingEngine
+
+        s = self.setup
+        self.meter.cleanup()
+        self.meter.reset()
+        t0, error, build_s, engine, info = time.monotonic(), None, None, None, {}
+        try:
+            engine = TorchServingEngine(
+                s.arch, s.dtype, s.device, seed=s.seed, checkpoint=s.checkpoint,
+                max_num_seqs=limit, max_model_len=s.prompt_len + s.output_len,
+                quantization=s.quantization, kv_layout="paged", num_blocks=num_blocks,
+            )  # fmt: skip
+            build_s = time.monotonic() - t0
+            described = engine.describe()
+            fit = paged_fit(described["num_blocks"], described["block_size"], s.prompt_len,
+                            s.output_len, request_blocks_at(request_tokens, described["block_size"]),
+                            limit)  # fmt: skip
+            n = fit["max_num_seqs"]
+            prompt = tuple(s.prompt)
+            requests = [Request(f"probe{i}", prompt, self.decode_len, 0.0) for i in range(n)]
+            result = engine.serve(requests) if n else None
+            preemptions = 0 if result is None else sum(r.preemptions or 0 for r in result.requests)
+            info = {"engine": described, "fit": fit, "served": n, "preemptions": preemptions}
+        except Exception as exc:
+            if not self.meter.is_oom(exc):
+                raise
+            error = _first_line(exc)
+        finally:
+            peak, _ = self.meter.peaks()
+            if engine is not None:
+                engine.release()
+                if getattr(engine.engine, "compile_layers", False):
+                    torch._dynamo.reset()  # nothing of this engine's compiled step stays
+            del engine
+            self.meter.cleanup(failed=True)
+        return {"fits": error is None, "error": error, "seconds": time.monotonic() - t0,
+                "build_s": build_s, "peak_bytes": peak, **info}  # fmt: skip
+
+
+def request_blocks_at(request_tokens: list[int], block_size: int) -> list[int]:
+    """KV blocks each request holds at its end: blocks_for(kv positions) of its prompt + output
+    tokens (paged.kv_positions: every token but the last is written), largest first."""
+    from tokencarbon.backends.paged import blocks_for
+
+    return sorted((blocks_for(max(1, t - 1), block_size) for t in request_tokens), reverse=True)
+
+
+def paged_fit(
+    num_blocks: int,
+    block_size: int,
+    prompt_len: int,
+    output_len: int,
+    request_blocks: list[int],
+    limit: int,
+) -> dict[str, Any]:
+    """How many requests a paged pool of num_blocks blocks holds at once, each to its last token.
+
+    longest: requests of the longest prompt + the longest output (paged.max_num_seqs_fitting's
+    worst case); workload: the largest n such that the n largest requests of the workload
+    (request_blocks: KV blocks of each at its end, largest first) fit together, so that no
+    request of the cell can be preempted whatever the order of their steps; typical: requests of
+    the workload's mean blocks (how many of its typical request the pool holds, which may exceed
+    the workload's count). max_num_seqs: min(limit, workload) (a cell's max_num_seqs never
+    exceeds its requests). Tokens in flight are blocks x block_size at each count. Raises
+    ConfigError for an empty request list or lengths < 1.
+
+    By hand: 100 blocks of 16, requests of 40, 30, 30, 20 blocks: the 3 largest take 100 blocks,
+    the 4 take 120: workload 3; the mean is 30 blocks: typical 3; longest (prompt 8 + output
+    640 = 647 positions, 41 blocks): 2."""
+    from tokencarbon.backends.paged import blocks_for, kv_positions
+
+    if not request_blocks or min(prompt_len, output_len) < 1:
+        raise ConfigError(
+            f"paged fit: {len(request_blocks)} requests, prompt_len {prompt_len}, output_len "
+            f"{output_len}; needs requests and lengths >= 1"
+        )
+    longest_blocks = blocks_for(kv_positions(prompt_len, output_len), block_size)
+    used, workload = 0, 0
+    for blocks in sorted(request_blocks, reverse=True):
+        if used + blocks > num_blocks:
+            break
+        used, workload = used + blocks, workload + 1
+    mean_blocks = sum(request_blocks) / len(request_blocks)
+    typical = int(num_blocks // mean_blocks)
+    n = min(limit, workload)
+    return {
+        "pool_blocks": num_blocks,
+        "block_size": block_size,
+        "pool_tokens": num_blocks * block_size,
+        "longest": {"max_num_seqs": num_blocks // longest_blocks,
+                    "tokens_in_flight": (num_blocks // longest_blocks) * longest_blocks * block_size},
+        "workload": {"max_num_seqs": workload, "tokens_in_flight": used * block_size,
+                     "requests": len(request_blocks)},
+        "typical": {"max_num_seqs": typical, "mean_blocks": mean_blocks},
+        "limit": limit,
+        "max_num_seqs": n,
+        "tokens_in_flight": sum(sorted(request_blocks, reverse=True)[:n]) * block_size,
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------- the CPU worker
@@ -701,7 +812,7 @@ def _warm_up(setup: ProbeSetup, serving: bool) -> None:
     trials.static(2)
     trials.close_static()
     if serving:
-        trials.serving(2)
+        trials.paged(2, 8, [16, 16])  # the continuous probe's engine (paged, small pool)
     gc.collect()
 
 
@@ -755,6 +866,8 @@ def _worker_main() -> None:
                 out = {}
             elif op == "serving":
                 out = trials.serving(req["size"]).to_dict()
+            elif op == "paged":
+                out = trials.paged(req["size"], req["num_blocks"], req["request_tokens"])
             else:
                 raise ProbeError(f"probe worker: unknown op {op!r}")
             out["peak_measured"] = meter.peak_measured
@@ -900,6 +1013,14 @@ class WorkerTrials:
 
     def serving(self, n: int) -> Try:
         return self._try("serving", n)
+
+    def paged(self, limit: int, num_blocks: int | None, request_tokens: list[int]) -> dict[str, Any]:
+        self._fresh()
+        reply = self._call({"op": "paged", "size": limit, "num_blocks": num_blocks,
+                            "request_tokens": request_tokens})  # fmt: skip
+        self.peak_measured = reply.pop("peak_measured")
+        self._dirty = not reply["fits"]
+        return reply
 
 
 # ---------------------------------------------------------------- CUDA helpers
@@ -1098,10 +1219,16 @@ def _check_limits(limits: dict[str, Any]) -> None:
 
 
 def _measure(
-    setup: ProbeSetup, limits: dict[str, Any], method: str, say: Callable[[str], None]
+    setup: ProbeSetup,
+    limits: dict[str, Any],
+    method: str,
+    say: Callable[[str], None],
+    request_tokens: list[int] | None = None,
 ) -> dict[str, Any]:
     """Run the probe's tries (static, then continuous when limits["max_num_seqs"] is set); returns
-    the result keys of probe.json that do not name the job."""
+    the result keys of probe.json that do not name the job. request_tokens: prompt + output tokens
+    of each request of the workload (the continuous probe's paged fit; default: one request of the
+    longest prompt and output)."""
     t_start = time.monotonic()
     cap_gb, seqs_limit = limits["memory_limit_gb"], limits.get("max_num_seqs")
     static_model = static_memory_model(
@@ -1163,7 +1290,58 @@ def _measure(
                            "tries": [t.to_dict() for t in tries],
                            "seconds": round(sum(t.seconds for t in tries), 3)},
             }  # fmt: skip
-        if seqs_limit is not None:
+        if seqs_limit is not None and method == "calibrated":
+            # The continuous cells' engine is the paged one (backends/serving.py): its pool is
+            # allocated once, sized from memory, and requests take blocks from it, so the largest
+            # max_num_seqs is how many of the workload's requests that pool holds at once (no
+            # preemption whatever the order), confirmed by a real engine serving that many.
+            if setup.device == "cpu":
+                from tokencarbon.backends.paged import DEFAULT_BLOCK_SIZE, pool_size
+                from tokencarbon.backends.serving import DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+                # the budget less the engine's fixed bytes (the static calibration's) and the
+                # activations of its largest step: prompts of the longest packed up to
+                # max_num_batched_tokens, models.activation_bytes per prompt (attention is per
+                # prompt), as the CUDA engine's profiling step reserves them there
+                packed = max(1, DEFAULT_MAX_NUM_BATCHED_TOKENS // setup.prompt_len)
+                reserve = packed * activation_bytes(setup.arch, 1, setup.prompt_len, setup.dtype)
+                pool_bytes = max(0, int(budget - static.calibration.fixed_bytes - reserve))
+                num_blocks = pool_size(
+                    setup.arch, setup.dtype, pool_bytes, DEFAULT_BLOCK_SIZE
+                ).num_blocks
+            else:
+                num_blocks = None  # gpu_memory_utilization of the device (or of the cap)
+            tokens = request_tokens or [setup.prompt_len + setup.output_len]
+            paged = trials.paged(seqs_limit, num_blocks, tokens)
+            if not paged["fits"]:
+                raise ConfigError(
+                    f"OOM probe: the paged serving engine did not fit ({paged['error']}); use a "
+                    "platform with more memory or a smaller model"
+                )
+            fit = paged["fit"]
+            n = fit["max_num_seqs"]
+            if n < 1:
+                raise ConfigError(
+                    f"OOM probe: the paged pool ({fit['pool_blocks']} blocks of "
+                    f"{fit['block_size']}) holds no request of the workload's largest; use a "
+                    "platform with more memory, or shorter requests"
+                )
+            out |= {
+                "max_num_seqs_ok": n,
+                "max_num_seqs_min_failed": n + 1 if n < seqs_limit else None,
+                "max_num_seqs_limit": seqs_limit,
+                "max_num_seqs_tried": [[n, True]],
+                "continuous": {"method": "paged pool", **paged},
+            }
+            say(
+                f"continuous (paged): pool of {fit['pool_blocks']} blocks x {fit['block_size']} "
+                f"tokens holds {fit['workload']['max_num_seqs']} of the workload's "
+                f"{fit['workload']['requests']} requests at once ({fit['longest']['max_num_seqs']} "
+                f"of the longest, {fit['typical']['max_num_seqs']} of its mean); max_num_seqs "
+                f"{n}, {fit['tokens_in_flight']} tokens in flight; served {paged['served']} with "
+                f"{paged['preemptions']} preemptions in {paged['seconds']:.1f} s"
+            )
+        elif seqs_limit is not None:
             if method == "calibrated":
                 # The static tries measured the engine's fixed memory (weights, tables, workspaces):
                 # the serving prediction starts from it; each engine that fits refits it. On CUDA
@@ -1257,6 +1435,14 @@ def run_probe(
         platform=platform, hardware=hardware, limits=limits, arch=arch, model=model,
         prompt_len=prompt_len, output_len=output_len, method=method,
     )  # fmt: skip
+    # the continuous probe's paged fit reads every request's length: part of the key
+    request_tokens = [
+        len(ids) + int(n) for ids, n in zip(workload["prompt_token_ids"], workload["output_tokens"])
+    ]
+    if limits.get("max_num_seqs") is not None:
+        key["request_tokens_sha256"] = hashlib.sha256(
+            ",".join(map(str, sorted(request_tokens))).encode()
+        ).hexdigest()
     cache = ProbeCache(cache_dir, key) if cache_dir is not None else None
     with cache.lock() if cache is not None else contextlib.nullcontext():
         entry = cache.read() if cache is not None else None
@@ -1285,7 +1471,7 @@ def run_probe(
             # the weights as stored (models.weight_bytes), part of every engine's fixed bytes
             "weight_bytes": weight_bytes(arch, model["dtype"], quantization),
             "method": method,
-            **_measure(setup, limits, method, say),
+            **_measure(setup, limits, method, say, request_tokens),
         }
         record = {
             **result,
