@@ -830,5 +830,5 @@ def test_a_step_budget_below_max_num_seqs_is_refused_at_the_door():
     cfg["serving"]["max_num_batched_tokens"] = 128
     cfg["sweep"]["max_num_seqs"] = [16, 256]
     cfg["workload"]["num_prompts"] = 256
-    with pytest.raises(ConfigError, match="max_num_batched_tokens: 128 .* max_num_seqs 256 .* at least 256"):
+    with pytest.raises(ConfigError, match="max_num_batched_tokens: 128 .*max_num_seqs 256 .* at least 256"):
         check_config(cfg)
