@@ -36,6 +36,14 @@ with contextlib.ExitStack() as stack:
     stack.enter_context(
         cell_leases(platform, cell=cell, log=lambda text: print(text, file=sys.stderr))
     )
+    # the serving engine compiles its decode step: from and into the study's compilation cache,
+    # as the cells do (tokencarbon/compile_cache.py; the key names torch and the device)
+    from tokencarbon.compile_cache import configured
+    from tokencarbon.hardware import detect
+
+    stack.enter_context(
+        configured("results/.cache/compile", detect(platform["kind"])["device_name"] or "unknown")
+    )
     result = run_probe(
         model=snakemake.params.model,
         platform=platform,
