@@ -76,7 +76,8 @@ def write_record(path: Path, record: dict) -> Path:
 def metrics_table(path: Path, rows: list[dict]) -> Path:
     """A METRICS table with neutral values except the columns a row spells out."""
     blank = {
-        f.name: "" if pa.types.is_string(f.type) else 0 if pa.types.is_integer(f.type) else 0.0
+        f.name: "" if pa.types.is_string(f.type) else False if pa.types.is_boolean(f.type)
+        else 0 if pa.types.is_integer(f.type) else 0.0
         for f in tables.METRICS
     }
     tables.write(pd.DataFrame([blank | {"mode": "static"} | r for r in rows]), path, tables.METRICS)
