@@ -395,13 +395,14 @@ class DoctorCheck:
 
 def doctor(raw: Mapping[str, Any] | None, environ: Mapping[str, str] = os.environ,
            platform_kind: str = "gpu", imported_power_log: str | None = None,
-           ) -> list[DoctorCheck]:  # fmt: skip
+           tokenizer: str | None = None) -> list[DoctorCheck]:  # fmt: skip
     """The checks `tokencarbon doctor` prints for a server backend, each a DoctorCheck, in order:
     settings (the schema and server_settings), api key (api_key_env set), endpoint (the server
     answers /v1/models), model (listed there), prompt and lengths (probe_server), energy (the
     host is this one and its GPUs are named, or a power log is imported: check_server_host), GPUs
     (resolved through NVML) and server processes (found). A failed check stops the checks that
-    need it. Never raises for what it checks: every failure is a DoctorCheck with ok False."""
+    need it. tokenizer: the model family's, to write the text probe as the cell would (else
+    PROBE_TEXT). Never raises for what it checks: every failure is a DoctorCheck with ok False."""
     from tokencarbon.backends import server_gpus
 
     checks: list[DoctorCheck] = []
@@ -421,7 +422,8 @@ def doctor(raw: Mapping[str, Any] | None, environ: Mapping[str, str] = os.enviro
         checks.append(DoctorCheck("endpoint", True, f"{settings.url('/models')} answers "
                                   f"(server: {info.server_header})"))  # fmt: skip
         checks.append(DoctorCheck("model", True, f"{settings.model!r} among {list(info.model_ids)}"))
-        info = probe_server(settings, key)
+        text = PROBE_TEXT if tokenizer is None else text_decoder(tokenizer)(list(PROBE_IDS))
+        info = probe_server(settings, key, text=text or PROBE_TEXT)
         checks.append(DoctorCheck("prompt and lengths", True,
                                   f"prompts as {info.prompt_form}, length_control "
                                   f"{settings.length_control!r} accepted"))  # fmt: skip
@@ -465,7 +467,7 @@ class _Stream:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     events: int = 0
-    text_chars: int = 0
+    text: list[str] = field(default_factory=list)
     done: bool = False  # [DONE] seen
 
 
@@ -577,6 +579,7 @@ class OpenAIServerEngine:
             prompt_exact=self.info.prompt_form == "token_ids",
         )
         self.details: list[dict[str, Any]] = []  # per request of the last serve()
+        self.texts: dict[str, str] = {}  # per request id, the text the last serve() streamed
 
     # ------------------------------------------------------------ serving
 
@@ -610,7 +613,7 @@ class OpenAIServerEngine:
             )
         prompts = {r.request_id: self._prompt(r) for r in requests}  # decoded before the window
         streams, (start_ns, start_wall_ns) = asyncio.run(self._serve(requests, prompts))
-        records, details, short = [], [], 0
+        records, details = [], []
         for r in requests:
             s = streams[r.request_id]
             prompt_tokens = int(s.usage["prompt_tokens"])
@@ -620,7 +623,6 @@ class OpenAIServerEngine:
                 r.request_id, prompt_tokens, output_tokens, s.arrival[0], first[0], s.finish[0],
                 s.arrival[1], first[1], s.finish[1], preemptions=None,
             ))  # fmt: skip
-            short += output_tokens < r.output_len
             details.append({
                 "request_id": r.request_id,
                 "prompt_tokens_sent": len(r.prompt),
@@ -629,7 +631,7 @@ class OpenAIServerEngine:
                 "output_tokens_served": output_tokens,
                 "finish_reason": s.finish_reason,
                 "events": s.events,
-                "text_chars": s.text_chars,
+                "text_chars": sum(map(len, s.text)),
                 "first_token_from_finish": s.first is None,
                 # how late the request went out after its arrival (waiting for a slot)
                 "queued_ns": s.sent[0] - s.arrival[0],
@@ -637,6 +639,7 @@ class OpenAIServerEngine:
                 "arrival_lag_ns": s.arrival[0] - start_ns - round(r.arrival_s * 1e9),
             })  # fmt: skip
         self.details = details
+        self.texts = {r.request_id: "".join(streams[r.request_id].text) for r in requests}
         records.sort(key=lambda rec: (rec.arrival_ns, rec.request_id))
         end = max(records, key=lambda rec: rec.finish_ns)
         return ServingResult(
@@ -745,7 +748,7 @@ class OpenAIServerEngine:
                     for choice in data.get("choices") or ():
                         text = _event_text(choice, endpoint)
                         if text:
-                            st.text_chars += len(text)
+                            st.text.append(text)
                             if st.first is None:
                                 st.first = now
                         if choice.get("finish_reason") is not None:
@@ -839,20 +842,31 @@ def check_server_result(result: ServingResult, requests: Sequence[Request], wher
     }
 
 
+def text_decoder(tokenizer: str) -> Callable[[Sequence[int]], str]:
+    """token ids -> text by `tokenizer` (a local Hugging Face tokenizer directory or a cached hub
+    id, offline), every id kept (special tokens too) and no spaces cleaned up, so the server gets
+    the text the ids stand for. Raises ConfigError naming the tokenizer when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"tokenizer {str(tokenizer)!r}: not a local tokenizer directory nor a model id in the "
+            f"Hugging Face cache ({exc}); prompts sent as text need the model family's tokenizer"
+        ) from exc
+
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    return decode
+
+
 def engine_for_cell(options: Mapping[str, Any] | None, *, max_num_seqs: int,
                     tokenizer: str | None = None) -> OpenAIServerEngine:  # fmt: skip
     """The engine a server cell runs: options = config backend.openai_server (server_settings
     checks it), max_num_seqs = the cell's cb{n}, tokenizer = the model family's tokenizer (a
-    Hugging Face directory or cached hub id, loaded offline) for text prompts."""
+    Hugging Face directory or cached hub id, loaded offline) for text prompts (text_decoder)."""
     settings = server_settings(options)
-    decode = None
-    if tokenizer is not None:
-        from tokencarbon.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(tokenizer)
-
-        def decode(ids: Sequence[int]) -> str:
-            return tok.decode(list(ids), skip_special_tokens=False,
-                              clean_up_tokenization_spaces=False)  # fmt: skip
-
+    decode = None if tokenizer is None else text_decoder(tokenizer)
     return OpenAIServerEngine(settings, max_num_seqs=max_num_seqs, decode=decode)
