@@ -120,10 +120,13 @@ class TinyServer:
         exe = Path(sys.executable).with_name("transformers")
         args = [str(exe), "serve", str(self.checkpoint), "--device", "cpu", "--dtype", "float32",
                 "--host", "127.0.0.1", "--port", str(self.port), "--continuous-batching",
-                "--cb-num-blocks", "64", "--cb-block-size", "32", "--cb-max-batch-tokens", "256"]  # fmt: skip
+                "--cb-num-blocks", "64", "--cb-block-size", "32",
+                "--cb-max-batch-tokens", "256"]  # fmt: skip
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -252,8 +255,8 @@ def test_settings_take_the_schema_defaults_and_name_the_key_at_fault():
     with pytest.raises(ConfigError, match="holds credentials.*api_key_env"):
         server_settings({"base_url": "http://me:secret@localhost:8000/v1", "model": "m"})
     with pytest.raises(ConfigError, match=r"extra_body: sets \['ignore_eos', 'max_tokens'\]"):
-        server_settings({"base_url": "http://x:1/v1", "model": "m",
-                         "extra_body": {"max_tokens": 3, "ignore_eos": False, "seed": 1}})  # fmt: skip
+        extra = {"max_tokens": 3, "ignore_eos": False, "seed": 1}
+        server_settings({"base_url": "http://x:1/v1", "model": "m", "extra_body": extra})
     with pytest.raises(ConfigError, match="server_pid .* and server_cgroup"):
         server_settings({"base_url": "http://x:1/v1", "model": "m", "server_pid": 1,
                          "server_cgroup": "/sys/fs/cgroup"})  # fmt: skip
@@ -293,7 +296,9 @@ def test_reported_lengths_against_the_policy_by_hand():
     req = Request("a", (1, 2, 3), 10)
     forced, free = LengthPolicy(True, True), LengthPolicy(False, False)
     assert check_lengths(req, 3, 10, forced) is False
-    with pytest.raises(ServerError, match=r"request 'a': asked 10 .* reported 7 \(finish_reason 'stop'\)"):
+    with pytest.raises(
+        ServerError, match=r"request 'a': asked 10 .* reported 7 \(finish_reason 'stop'\)"
+    ):
         check_lengths(req, 3, 7, forced, "stop")
     with pytest.raises(ServerError, match="reported 4 prompt tokens for the 3 token ids sent"):
         check_lengths(req, 4, 10, forced)
@@ -310,7 +315,9 @@ def test_gpu_entries_match_indices_and_uuid_prefixes_by_hand():
     devices = [("GPU-aa11", "H100"), ("GPU-bb22", "H100"), ("GPU-bb33", "H100")]
     got = sg.match_gpus([2, "GPU-aa", "1"], devices)
     assert [(g.index, g.uuid) for g in got] == [(2, "GPU-bb33"), (0, "GPU-aa11"), (1, "GPU-bb22")]
-    with pytest.raises(ConfigError, match=r"GPU index 3 does not exist here; valid: indices 0\.\.2"):
+    with pytest.raises(
+        ConfigError, match=r"GPU index 3 does not exist here; valid: indices 0\.\.2"
+    ):
         sg.match_gpus([3], devices)
     with pytest.raises(ConfigError, match="'GPU-bb' names 2 GPU"):
         sg.match_gpus(["GPU-bb"], devices)
@@ -356,7 +363,10 @@ def test_every_server_gpu_is_leased_and_released(tmp_path):
 def test_energy_source_by_where_the_server_runs():
     local = "http://127.0.0.1:8000/v1"
     assert sg.check_server_host(local, [0], None) == "nvml"
-    assert sg.check_server_host("http://localhost:8000/v1", [], None, platform_kind="cpu") == "modeled_cpu"
+    assert (
+        sg.check_server_host("http://localhost:8000/v1", [], None, platform_kind="cpu")
+        == "modeled_cpu"
+    )
     with pytest.raises(ConfigError, match=r"backend\.openai_server\.gpus: empty for the local"):
         sg.check_server_host(local, [], None)
     # 192.0.2.0/24 is TEST-NET-1 (RFC 5737), never this host; nothing is sent to it
@@ -422,8 +432,13 @@ def test_length_fields_the_server_refuses_are_a_config_error_before_work(server)
 def test_a_request_set_is_served_end_to_end(tiny, server, endpoint, monkeypatch):
     _, model, _ = tiny
     monkeypatch.setenv("TC_TEST_KEY", "sk-secret-77")  # sent as a Bearer token, recorded nowhere
-    options = {"base_url": server.base_url, "model": server.model, "endpoint": endpoint,
-               "length_control": "transformers", "api_key_env": "TC_TEST_KEY"}
+    options = {
+        "base_url": server.base_url,
+        "model": server.model,
+        "endpoint": endpoint,
+        "length_control": "transformers",
+        "api_key_env": "TC_TEST_KEY",
+    }
     # the cell's way in: the model family's tokenizer (here the checkpoint's) decodes the prompts
     engine = engine_for_cell(options, max_num_seqs=2, tokenizer=server.model)
     # transformers serve takes text only: auto falls back to the word tokenizer's text
@@ -440,12 +455,16 @@ def test_a_request_set_is_served_end_to_end(tiny, server, endpoint, monkeypatch)
         assert rec.arrival_ns <= rec.first_token_ns <= rec.finish_ns
         assert rec.arrival_wall_ns <= rec.first_token_wall_ns <= rec.finish_wall_ns
         # the tokens are transformers' own greedy answer, EOS ignored
-        assert engine.texts[req.request_id].split() == words(_greedy(model, req.prompt,
-                                                                     req.output_len)).split()
+        assert (
+            engine.texts[req.request_id].split()
+            == words(_greedy(model, req.prompt, req.output_len)).split()
+        )
     # never more than max_num_seqs requests between sending and finishing
     spans = [(d["queued_ns"] + rec.arrival_ns, rec.finish_ns) for d, rec in zip(
         engine.details, sorted(result.requests, key=lambda r: int(r.request_id[1:])))]  # fmt: skip
-    events = sorted([(a, 1) for a, _ in spans] + [(f, -1) for _, f in spans], key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(a, 1) for a, _ in spans] + [(f, -1) for _, f in spans], key=lambda e: (e[0], e[1])
+    )
     running = most = 0
     for _, change in events:
         running += change
@@ -487,8 +506,12 @@ def test_unforced_lengths_are_recorded_and_the_relaxed_check_flags_them(tiny, se
 
 def test_a_request_the_server_refuses_fails_the_serve_naming_it(server):
     engine = _engine(server, max_num_seqs=2)
-    too_long = Request("long", tuple(i % VOCAB for i in range(300)), 4)  # the model has 256 positions
-    with pytest.raises(ServerError, match=r"request 'long' to .*/completions: HTTP 400: .*300 tokens"):
+    too_long = Request(
+        "long", tuple(i % VOCAB for i in range(300)), 4
+    )  # the model has 256 positions
+    with pytest.raises(
+        ServerError, match=r"request 'long' to .*/completions: HTTP 400: .*300 tokens"
+    ):
         engine.serve([*_requests(2), too_long])
 
 
@@ -497,13 +520,17 @@ def test_a_stalled_server_times_out(server):
     os.kill(server.proc.pid, signal.SIGSTOP)  # the API server: connections queue, nothing answers
     try:
         start = time.monotonic()
-        with pytest.raises(ServerError, match=r"request 'r0' .* no answer for .*read_timeout_s = 1\.0"):
+        with pytest.raises(
+            ServerError, match=r"request 'r0' .* no answer for .*read_timeout_s = 1\.0"
+        ):
             engine.serve(_requests(2))
         assert time.monotonic() - start < 10
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
     slow = _engine(server, max_num_seqs=1, request_timeout_s=0.05)
-    with pytest.raises(ServerError, match=r"request 'x' .* not finished within .*request_timeout_s"):
+    with pytest.raises(
+        ServerError, match=r"request 'x' .* not finished within .*request_timeout_s"
+    ):
         slow.serve([Request("x", PROMPT_A, 1500)])
 
 
@@ -526,8 +553,11 @@ def test_a_server_dying_mid_stream_fails_the_serve(tiny, server):
     timer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))  # mid-way through 1,900 tokens
     timer.start()
     try:
-        with pytest.raises(ServerError, match=r"request 'long' .* error mid-stream, after \d+ "
-                           r"events: The model's process crashed .* nothing of this serve is kept"):
+        with pytest.raises(
+            ServerError,
+            match=r"request 'long' .* error mid-stream, after \d+ "
+            r"events: The model's process crashed .* nothing of this serve is kept",
+        ):
             engine.serve([Request("long", PROMPT_A, 1900), Request("short", PROMPT_A, 1)])
     finally:
         timer.cancel()

@@ -380,8 +380,8 @@ def probe_server(settings: ServerSettings, key: str | None = None,
             f"{settings.url(ENDPOINT_PATHS[settings.endpoint])}: a 1-token probe got HTTP "
             f"{response.status_code}: {_quote(response.text)}"
         )
-    return dataclasses.replace(info, prompt_form=form,
-                               length_fields_accepted=settings.length_control != "none")  # fmt: skip
+    accepted = settings.length_control != "none"
+    return dataclasses.replace(info, prompt_form=form, length_fields_accepted=accepted)
 
 
 @dataclass(frozen=True)
@@ -421,7 +421,9 @@ def doctor(raw: Mapping[str, Any] | None, environ: Mapping[str, str] = os.enviro
         info = list_models(settings, key)
         checks.append(DoctorCheck("endpoint", True, f"{settings.url('/models')} answers "
                                   f"(server: {info.server_header})"))  # fmt: skip
-        checks.append(DoctorCheck("model", True, f"{settings.model!r} among {list(info.model_ids)}"))
+        checks.append(
+            DoctorCheck("model", True, f"{settings.model!r} among {list(info.model_ids)}")
+        )
         text = PROBE_TEXT if tokenizer is None else text_decoder(tokenizer)(list(PROBE_IDS))
         info = probe_server(settings, key, text=text or PROBE_TEXT)
         checks.append(DoctorCheck("prompt and lengths", True,
@@ -540,6 +542,14 @@ def check_lengths(request: Request, prompt_tokens: int, output_tokens: int, poli
     return got < asked
 
 
+def _needs_decode(settings: ServerSettings, why: str) -> str:
+    return (
+        f"{KEY}.prompt: prompts go to {settings.base_url} as text ({why}), which needs the model "
+        "family's tokenizer to decode the workload's ids: give the engine decode= (engine_for_cell"
+        "'s tokenizer, families.<family>.tokenizer)"
+    )
+
+
 class OpenAIServerEngine:
     """A running OpenAI-compatible server as a ServingEngine (module docstring): serve() sends a
     request set with up to max_num_seqs requests in flight and returns a ServingResult of
@@ -565,15 +575,14 @@ class OpenAIServerEngine:
             raise ConfigError(f"max_num_seqs={max_num_seqs!r}; expected a whole number >= 1")
         self.settings, self.max_num_seqs, self._decode = settings, max_num_seqs, decode
         self._key = api_key(settings, environ)
+        text_only = settings.endpoint == "chat" or settings.prompt == "text"
+        if text_only and decode is None:
+            raise ConfigError(_needs_decode(settings, "endpoint chat" if settings.endpoint ==
+                                            "chat" else "prompt text"))  # fmt: skip
         probe_text = decode(list(PROBE_IDS)) if decode is not None else PROBE_TEXT
         self.info = probe_server(settings, self._key, text=probe_text or PROBE_TEXT)
         if self.info.prompt_form == "text" and decode is None:
-            raise ConfigError(
-                f"{KEY}.prompt: prompts go to {settings.base_url} as text "
-                f"({'endpoint chat' if settings.endpoint == 'chat' else 'the server refused token ids'}),"
-                " which needs the model family's tokenizer to decode the workload's ids; give the "
-                "engine decode= (families.<family>.tokenizer)"
-            )
+            raise ConfigError(_needs_decode(settings, "the server refused token ids"))
         self.policy = LengthPolicy(
             output_exact=settings.length_control != "none",
             prompt_exact=self.info.prompt_form == "token_ids",
@@ -597,6 +606,7 @@ class OpenAIServerEngine:
         Raises ServerError naming the request for any failure (nothing is returned), ConfigError
         for an empty or duplicated request set, TokencarbonError when called inside a running
         event loop."""
+        self.details, self.texts = [], {}  # a failed serve leaves nothing of an earlier one
         if not requests:
             raise ConfigError("serve(): an empty request set; a cell serves at least one request")
         ids = [r.request_id for r in requests]
@@ -790,7 +800,8 @@ class OpenAIServerEngine:
             "http_client": f"httpx2 {httpx2.__version__}",
             "last_serve": None if not d else {
                 "requests": len(d),
-                "requests_short": sum(x["output_tokens_served"] < x["output_tokens_asked"] for x in d),
+                "requests_short": sum(
+                    x["output_tokens_served"] < x["output_tokens_asked"] for x in d),
                 "first_token_from_finish": sum(x["first_token_from_finish"] for x in d),
                 "max_queued_s": max(x["queued_ns"] for x in d) / 1e9,
                 "max_arrival_lag_s": max(x["arrival_lag_ns"] for x in d) / 1e9,
@@ -827,7 +838,9 @@ def check_server_result(result: ServingResult, requests: Sequence[Request], wher
                 short += check_lengths(req, rec.input_tokens, rec.output_tokens, policy)
             except ServerError as exc:
                 raise TokencarbonError(f"{where}: {exc}") from exc
-            rec = dataclasses.replace(rec, input_tokens=len(req.prompt), output_tokens=req.output_len)
+            rec = dataclasses.replace(
+                rec, input_tokens=len(req.prompt), output_tokens=req.output_len
+            )
         normal.append(rec)
     check_serving_result(dataclasses.replace(result, requests=tuple(normal)), requests, where)
     served = [rec for rec in result.requests if rec.request_id in by_id]

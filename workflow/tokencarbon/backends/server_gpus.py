@@ -3,7 +3,7 @@ samples and watches them as a cell of our own engines does (tokencarbon.lease, t
 tokencarbon.occupancy).
 
     gpus = resolve_gpus([0, "GPU-5f1c"])             # NVML: index, UUID and name of each
-    own = server_processes(gpus, pid=4242)            # the server's process tree (or cgroup, or NVML)
+    own = server_processes(gpus, pid=4242)            # its process tree (or cgroup, or NVML)
     with lease_server_gpus(lock_dir, gpus, cell=...):  # no other cell measures on them meanwhile
         specs = sidecar_specs(gpus)                   # one nvml power source per GPU
         watch = ServerGpuWatch(gpus, own); watch.start() ... foreign = watch.stop()
@@ -76,7 +76,12 @@ def _nvml_devices() -> list[tuple[str, str]]:
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(handle)
-            out.append((pynvml.nvmlDeviceGetUUID(handle), name.decode() if isinstance(name, bytes) else name))
+            out.append(
+                (
+                    pynvml.nvmlDeviceGetUUID(handle),
+                    name.decode() if isinstance(name, bytes) else name,
+                )
+            )
         return out
     finally:
         pynvml.nvmlShutdown()
@@ -101,10 +106,10 @@ def match_gpus(entries: Sequence[int | str], devices: Sequence[tuple[str, str]])
         else:
             found = [i for i, (u, _) in enumerate(devices) if u.startswith(text)]
             if not text.startswith("GPU-") or len(found) != 1:
+                count = len(found) if text.startswith("GPU-") else "no"
                 raise ConfigError(
-                    f"{KEY}.gpus: entry {text!r} names {len(found) if text.startswith('GPU-') else 'no'} "
-                    f"GPU(s); expected an index or one UUID (or unique prefix, 'GPU-...'); {valid}; "
-                    "MIG instances are not supported"
+                    f"{KEY}.gpus: entry {text!r} names {count} GPU(s); expected an index or one "
+                    f"UUID (or unique prefix, 'GPU-...'); {valid}; MIG instances are not supported"
                 )
             index = found[0]
         if any(g.index == index for g in out):
@@ -215,7 +220,8 @@ def server_processes(
     found = listed - own
     if not found:
         raise ConfigError(
-            f"{KEY}.gpus: NVML lists no process on GPU(s) {[g.index for g in gpus]} but this one's; "
+            f"{KEY}.gpus: NVML lists no process on GPU(s) {[g.index for g in gpus]} but this "
+            "one's; "
             "start the server (with its model loaded) before the cell, check the indices "
             f"(nvidia-smi), or name its processes with {KEY}.server_pid or server_cgroup"
         )
@@ -254,9 +260,7 @@ def sidecar_specs(
     CUDA_VISIBLE_DEVICES (`visible`; None: unset), so d is the GPU's position among the visible
     ones (its NVML index where none is set). `uuids`: NVML's, by index. Raises
     HardwareMismatchError naming the variable when a server GPU is not visible to this process."""
-    order = (
-        list(range(len(uuids))) if visible is None else _parse_visible(visible, list(uuids))
-    )
+    order = list(range(len(uuids))) if visible is None else _parse_visible(visible, list(uuids))
     specs = []
     for gpu in gpus:
         if gpu.index not in order:
