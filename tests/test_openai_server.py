@@ -37,6 +37,7 @@ from tokencarbon.backends.openai_server import (
     LengthPolicy,
     OpenAIServerEngine,
     ServerError,
+    Stream,
     ServerUnavailableError,
     api_key,
     check_lengths,
@@ -45,6 +46,7 @@ from tokencarbon.backends.openai_server import (
     engine_for_cell,
     request_body,
     server_settings,
+    take_event,
 )
 from tokencarbon.errors import ConfigError, HardwareMismatchError, TokencarbonError
 from tokencarbon.lease import LeaseTimeoutError
@@ -306,6 +308,42 @@ def test_reported_lengths_against_the_policy_by_hand():
     for bad in (0, 11):
         with pytest.raises(ServerError, match=f"reported {bad} output tokens for max_tokens 10"):
             check_lengths(req, 3, bad, free)
+
+
+def test_stream_events_of_each_server_shape_by_hand():
+    # TGI's completions: finish_reason "" on every event but the last, usage on the last
+    st = Stream(Request("t", (1,), 2))
+    take_event(
+        st,
+        {"choices": [{"index": 0, "text": " a", "finish_reason": ""}]},
+        (1, 10),
+        "completions",
+        "t",
+    )
+    assert (st.first, st.finish) == ((1, 10), None)
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    last = {"choices": [{"index": 0, "text": " b", "finish_reason": "length"}], "usage": usage}
+    take_event(st, last, (2, 20), "completions", "t")
+    assert (st.first, st.finish, st.finish_reason, st.usage, st.text) == (
+        (1, 10), (2, 20), "length", usage, [" a", " b"])  # fmt: skip
+    # chat (vLLM, transformers serve): a first event with the role only is no token
+    chat = Stream(Request("c", (1,), 2))
+    take_event(chat, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+               (1, 10), "chat", "c")  # fmt: skip
+    take_event(chat, {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]},
+               (3, 30), "chat", "c")  # fmt: skip
+    assert chat.first == (3, 30) and chat.finish is None
+    take_event(chat, {"choices": [], "usage": usage}, (4, 40), "chat", "c")  # usage-only event
+    assert chat.usage == usage and chat.finish is None
+    # errors: transformers serve's {"error": text}, vLLM's {"error": {...}}, an ErrorResponse
+    for event, text in [({"error": "boom"}, "boom"),
+                        ({"error": {"message": "out of memory", "code": 500}}, "out of memory"),
+                        ({"object": "error", "message": "bad", "code": 400}, "bad")]:  # fmt: skip
+        with pytest.raises(ServerError, match=f"error mid-stream, after 0 events: {text}"):
+            # the first event of its stream (the reader counts an event before taking it)
+            take_event(Stream(Request("e", (1,), 1), events=1), event, (1, 1), "completions", "e")
+    with pytest.raises(ServerError, match="is not a JSON object"):
+        take_event(Stream(Request("e", (1,), 1)), [1, 2], (1, 1), "completions", "e")
 
 
 # ---------------------------------------------------------------- GPUs, processes, hosts

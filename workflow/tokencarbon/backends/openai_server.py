@@ -458,8 +458,9 @@ def doctor(raw: Mapping[str, Any] | None, environ: Mapping[str, str] = os.enviro
 
 
 @dataclass
-class _Stream:
-    """One request's stream as it is read."""
+class Stream:
+    """One request's stream as it is read: its times (monotonic, wall ns) of arrival, sending,
+    first token and finish, finish_reason, usage, events read, streamed text pieces."""
 
     request: Request
     arrival: tuple[int, int] = (0, 0)
@@ -497,6 +498,32 @@ def _error_text(event: Mapping[str, Any]) -> str | None:
     if event.get("object") == "error":
         return str(event.get("message", event))
     return None
+
+
+def take_event(st: Stream, data: Any, now: tuple[int, int], endpoint: str, what: str) -> None:
+    """One parsed stream event into the request's record: `now` (monotonic, wall ns) becomes its
+    first token at the first choice carrying generated text (_event_text), its finish at the
+    choice carrying a finish_reason (a non-empty one: TGI sends "" until the last event); a usage
+    object is kept (the last one wins). Raises ServerError for an event that is no JSON object or
+    reports an error (_error_text)."""
+    if not isinstance(data, Mapping):
+        raise ServerError(f"{what}: event {st.events} is not a JSON object: {_quote(str(data))}")
+    error = _error_text(data)
+    if error is not None:
+        raise ServerError(
+            f"{what}: the server reported an error mid-stream, after {st.events - 1} events: "
+            f"{_quote(error)}"
+        )
+    for choice in data.get("choices") or ():
+        text = _event_text(choice, endpoint)
+        if text:
+            st.text.append(text)
+            if st.first is None:
+                st.first = now
+        if choice.get("finish_reason"):
+            st.finish, st.finish_reason = now, str(choice["finish_reason"])
+    if data.get("usage"):
+        st.usage = data["usage"]
 
 
 @dataclass(frozen=True)
@@ -669,7 +696,7 @@ class OpenAIServerEngine:
         async with httpx2.AsyncClient(headers=_headers(self._key), timeout=_timeout(s),
                                       limits=limits, trust_env=s.trust_env) as client:  # fmt: skip
             gate = asyncio.Semaphore(self.max_num_seqs)
-            streams = {r.request_id: _Stream(r) for r in requests}
+            streams = {r.request_id: Stream(r) for r in requests}
             start = _stamp()
             tasks = [
                 asyncio.create_task(self._one(client, gate, streams[r.request_id],
@@ -692,7 +719,7 @@ class OpenAIServerEngine:
                 raise first
         return streams, start
 
-    async def _one(self, client: httpx2.AsyncClient, gate: asyncio.Semaphore, st: _Stream,
+    async def _one(self, client: httpx2.AsyncClient, gate: asyncio.Semaphore, st: Stream,
                    prompt, start_ns: int) -> None:  # fmt: skip
         s, r = self.settings, st.request
         due_ns = start_ns + round(r.arrival_s * 1e9)
@@ -728,7 +755,7 @@ class OpenAIServerEngine:
                               "completion_tokens") from exc  # fmt: skip
         check_lengths(r, prompt_tokens, output_tokens, self.policy, st.finish_reason)
 
-    async def _stream(self, client, url: str, body: dict, st: _Stream, what: str) -> None:
+    async def _stream(self, client, url: str, body: dict, st: Stream, what: str) -> None:
         endpoint = self.settings.endpoint
         try:
             async with client.stream("POST", url, json=body) as response:
@@ -747,24 +774,7 @@ class OpenAIServerEngine:
                         raise ServerError(
                             f"{what}: event {st.events} is not JSON: {_quote(event.data)}"
                         ) from exc
-                    if not isinstance(data, Mapping):
-                        raise ServerError(f"{what}: event {st.events} is not a JSON object")
-                    error = _error_text(data)
-                    if error is not None:
-                        raise ServerError(
-                            f"{what}: the server reported an error mid-stream, after "
-                            f"{st.events - 1} events: {_quote(error)}"
-                        )
-                    for choice in data.get("choices") or ():
-                        text = _event_text(choice, endpoint)
-                        if text:
-                            st.text.append(text)
-                            if st.first is None:
-                                st.first = now
-                        if choice.get("finish_reason") is not None:
-                            st.finish, st.finish_reason = now, str(choice["finish_reason"])
-                    if data.get("usage"):
-                        st.usage = data["usage"]
+                    take_event(st, data, now, endpoint, what)
         except httpx2.TimeoutException as exc:
             raise ServerError(
                 f"{what}: no answer for {KEY}.read_timeout_s = {self.settings.read_timeout_s} s "
