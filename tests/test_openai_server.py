@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from helpers import gpu_present
 
 from tokencarbon.arrivals import arrival_times_s
 from tokencarbon.backends import Request
@@ -99,8 +100,8 @@ def _greedy(model, prompt, n: int) -> list[int]:
 class TinyServer:
     """`transformers serve` of the module's checkpoint, as a process group of its own."""
 
-    def __init__(self, checkpoint: Path, log: Path):
-        self.checkpoint, self.log = checkpoint, log
+    def __init__(self, checkpoint: Path, log: Path, device: str = "cpu"):
+        self.checkpoint, self.log, self.device = checkpoint, log, device
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -120,7 +121,8 @@ class TinyServer:
 
         self.port = _free_port()
         exe = Path(sys.executable).with_name("transformers")
-        args = [str(exe), "serve", str(self.checkpoint), "--device", "cpu", "--dtype", "float32",
+        args = [str(exe), "serve", str(self.checkpoint), "--device", self.device,
+                "--dtype", "float32",
                 "--host", "127.0.0.1", "--port", str(self.port), "--continuous-batching",
                 "--cb-num-blocks", "64", "--cb-block-size", "32",
                 "--cb-max-batch-tokens", "256"]  # fmt: skip
@@ -185,19 +187,20 @@ def _children_from_proc(pid: int) -> set[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(TinyServer, reference model, EOS id). Skips where transformers' serving extras are
-    missing, fails under CI (CI=true) instead."""
+def _require_serving() -> None:
     if not _serving_available():
         message = ("transformers serve needs fastapi, uvicorn and openai (transformers[serving]); "
                    "install them to run the server tests")  # fmt: skip
         if os.environ.get("CI", "").lower() in ("1", "true", "yes", "on"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+def _tiny_checkpoint(root: Path):
+    """(checkpoint directory, the model loaded by transformers, EOS id): tiny_checkpoints' llama
+    with the word-level tokenizer, its EOS the third token of PROMPT_A's greedy answer."""
     import tiny_checkpoints
 
-    root = tmp_path_factory.mktemp("openai_server")
     checkpoint = tiny_checkpoints.save_checkpoint(root / "tiny-llama", "llama")
     _save_tokenizer(checkpoint)
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
@@ -208,6 +211,16 @@ def tiny(tmp_path_factory):
         data = json.loads((checkpoint / name).read_text())
         data["eos_token_id"] = eos
         (checkpoint / name).write_text(json.dumps(data))
+    return checkpoint, model, eos
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(TinyServer, reference model, EOS id). Skips where transformers' serving extras are
+    missing, fails under CI (CI=true) instead."""
+    _require_serving()
+    root = tmp_path_factory.mktemp("openai_server")
+    checkpoint, model, eos = _tiny_checkpoint(root)
     server = TinyServer(checkpoint, root / "serve.log")
     server.start()
     yield server, model, eos
@@ -581,6 +594,57 @@ def test_doctor_reports_a_working_server(server):
     assert "prompts as text" in checks[4].detail and "modeled_cpu" in checks[5].detail
     wrong = doctor(raw | {"model": "nope"}, platform_kind="cpu")
     assert ("model", False) in [(c.name, c.ok) for c in wrong]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_present(), reason="no NVIDIA GPU and driver")
+def test_a_server_on_the_gpu_is_found_leased_sampled_and_watched(tmp_path):
+    """transformers serve on GPU 0 (NVML index 0, whatever CUDA_VISIBLE_DEVICES says to CUDA):
+    NVML finds its model process there, the watch counts it as the server's (not foreign), the
+    lease takes the GPU, and its power sidecar samples while a request set is served."""
+    from tokencarbon.energy import cell_energy
+    from tokencarbon.lease import cuda_device_nvml_index
+    from tokencarbon.power.sidecar import PowerSidecar, read_samples
+
+    _require_serving()
+    checkpoint, _, _ = _tiny_checkpoint(tmp_path)
+    uuids = sg.nvml_uuids_here()
+    visible = sg.visible_devices()
+    first = cuda_device_nvml_index(0, uuids)  # the GPU `--device cuda:0` puts the server on
+    server = TinyServer(checkpoint, tmp_path / "serve.log", device="cuda:0")
+    server.start()
+    try:
+        gpus = sg.resolve_gpus([first])
+        assert gpus[0].uuid == uuids[first] and gpus[0].name
+        by_nvml = sg.server_processes(gpus)  # no pid given: whatever NVML lists there but us
+        processes = sg.server_processes(gpus, pid=server.proc.pid)
+        spec = sg.sidecar_specs(gpus, uuids, visible)[0]
+        engine = _engine(server, max_num_seqs=4)
+        requests = _requests(8)
+        with sg.lease_server_gpus(tmp_path / "leases", gpus, cell="gpu-test", timeout_s=5):
+            watch = sg.ServerGpuWatch(gpus, processes, interval_s=0.2)
+            watch.start()
+            with PowerSidecar(spec, tmp_path / "power.parquet", 0.05):
+                result = engine.serve(requests)
+            foreign = watch.stop()
+        samples = read_samples(tmp_path / "power.parquet")
+        energy = cell_energy(samples, result.start_wall_ns, result.end_wall_ns, 0.0)
+        print(json.dumps({"gpu": gpus[0].name, "energy": energy.__dict__, "watch": foreign,
+                          "nvml_pids": sorted(by_nvml.pids()),
+                          "server_tree": sorted(processes.pids())}, default=str))  # fmt: skip
+        from tokencarbon.cell import check_serving_result
+
+        check_serving_result(result, requests, "gpu")
+        assert energy.energy_j > 0 and energy.n_samples > 0
+        model_pid = server.model_process()
+        if not by_nvml.pids() & processes.pids():
+            pytest.skip(f"NVML lists pids {sorted(by_nvml.pids())} of another pid namespace (a "
+                        f"container): none is the server's {sorted(processes.pids())}")  # fmt: skip
+        assert model_pid in by_nvml.pids()
+        assert foreign["pids_mapped"] and foreign["foreign_gpu_processes"] == 0, foreign
+        assert {p["pid"]: p for p in foreign["processes"]}[model_pid]["server"] is True
+    finally:
+        server.stop()
 
 
 def test_a_server_dying_mid_stream_fails_the_serve(tiny, server):

@@ -18,8 +18,8 @@ with other work. How they are told apart, in this order:
   workers started later count too;
 - `cgroup`: every process of a cgroup directory and its sub-cgroups (cgroup.procs), e.g.
   /sys/fs/cgroup/system.slice/docker-<id>.scope for a container;
-- neither: the processes NVML lists on the server's GPUs when the cell starts (any process found
-  there then is taken as the server's; one started later is foreign).
+- neither: the processes NVML lists on the server's GPUs when the cell starts, but the cell's own
+  process (any process found there then is taken as the server's; one started later is foreign).
 Inside a container NVML may list the host's pids, which match none of ours: as GpuWatch does, the
 watch then says pids_mapped False.
 """
@@ -193,11 +193,12 @@ def server_processes(
     gpus: Sequence[ServerGpu], pid: int | None = None, cgroup: str | None = None
 ) -> ServerProcesses:
     """The server's processes: the tree of `pid`, or the processes of the cgroup directory
-    `cgroup`, or (neither given) every process NVML lists on `gpus` now but this process's own tree.
+    `cgroup`, or (neither given) every process NVML lists on `gpus` now but this process.
 
     Raises ConfigError when both pid and cgroup are given, when the pid does not run or the cgroup
     is no cgroup directory, and (NVML identification) when no process is on the GPUs: a server
-    that has not loaded its model yet, or GPUs that are not the server's."""
+    that has not loaded its model yet, or GPUs that are not the server's. NVML identification
+    takes every process there but this one, children included (a server this process started)."""
     if pid is not None and cgroup is not None:
         raise ConfigError(
             f"{KEY}: server_pid ({pid}) and server_cgroup ({cgroup!r}) both given; name the "
@@ -216,13 +217,13 @@ def server_processes(
             listed |= set(gpu_process_pids(gpu.index))
     finally:
         pynvml.nvmlShutdown()
-    _, own = tree_cpu_s()
-    found = listed - own
+    # Only this process is left out: the client holds no CUDA context, its sidecar none either,
+    # and a server it started itself (a test, a cell that launches its server) is a child of it.
+    found = listed - {os.getpid()}
     if not found:
         raise ConfigError(
             f"{KEY}.gpus: NVML lists no process on GPU(s) {[g.index for g in gpus]} but this "
-            "one's; "
-            "start the server (with its model loaded) before the cell, check the indices "
+            "one; start the server (with its model loaded) before the cell, check the indices "
             f"(nvidia-smi), or name its processes with {KEY}.server_pid or server_cgroup"
         )
     return ServerProcesses("nvml", found_at_start=frozenset(found))
