@@ -652,8 +652,19 @@ def test_a_server_dying_mid_stream_fails_the_serve(tiny, server):
     would start a new one for a test after it)."""
     engine = _engine(server, max_num_seqs=2)
     victim = server.model_process()
-    timer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))  # mid-way through 1,900 tokens
-    timer.start()
+    posts = server.log.read_text().count("POST /v1/completions")
+    stop = threading.Event()
+
+    def kill_once_streaming() -> None:
+        # uvicorn logs a POST when its streamed answer starts; 1,900 tokens take ~3 s on a
+        # 2-core CPU, so 0.3 s after that the answer is under way
+        while not stop.is_set() and server.log.read_text().count("POST /v1/completions") <= posts:
+            time.sleep(0.01)
+        if not stop.wait(0.3):
+            os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_streaming, daemon=True)
+    killer.start()
     try:
         with pytest.raises(
             ServerError,
@@ -662,5 +673,6 @@ def test_a_server_dying_mid_stream_fails_the_serve(tiny, server):
         ):
             engine.serve([Request("long", PROMPT_A, 1900), Request("short", PROMPT_A, 1)])
     finally:
-        timer.cancel()
+        stop.set()
+        killer.join()
     assert engine.details == []  # nothing recorded as served
