@@ -120,8 +120,10 @@ class TinyServer:
         import httpx2
 
         self.port = _free_port()
-        exe = Path(sys.executable).with_name("transformers")
-        args = [str(exe), "serve", str(self.checkpoint), "--device", self.device,
+        # `transformers serve` of this interpreter's transformers (its CLI module, as the
+        # `transformers` script runs it)
+        args = [sys.executable, "-m", "transformers.cli.transformers", "serve",
+                str(self.checkpoint), "--device", self.device,
                 "--dtype", "float32",
                 "--host", "127.0.0.1", "--port", str(self.port), "--continuous-batching",
                 "--cb-num-blocks", "64", "--cb-block-size", "32",
