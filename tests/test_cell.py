@@ -128,7 +128,7 @@ def test_static_cell_with_two_repeats(tmp_path):
     # The sidecar brackets every window of every repeat.
     assert run_power["t_wall_ns"].min() <= batches["start_wall_ns"].min()
     assert run_power["t_wall_ns"].max() >= batches["end_wall_ns"].max()
-    assert not (out / "requests.parquet").exists() and not (out / ".run_power.parquet").exists()
+    assert not (out / "requests.parquet").exists() and not (out / ".power.parquet").exists()
     # meta.json last: no file is written after it.
     assert all((out / f).stat().st_mtime_ns <= (out / "meta.json").stat().st_mtime_ns
                for f in ["batches.parquet", "power.parquet"])  # fmt: skip

@@ -99,8 +99,9 @@ def test_snakemake_sigkilled_mid_cell_leaves_no_orphan_and_the_rerun_is_true(bui
                             stderr=subprocess.DEVNULL)  # fmt: skip
     lock = where / "leases" / f"cpu{min(os.sched_getaffinity(0))}.lock"
     deadline = time.time() + 300
-    # mid-run: the sidecar's samples flowing, the cell holding its CPU lease
-    while not list(cell.glob(".run_power.parquet.parts/part-*.parquet")):
+    # mid-cell: the sidecar's samples flowing (its one process samples the idle and the run
+    # windows into .power.parquet.parts), the cell holding its CPU lease
+    while not list(cell.glob(".power.parquet.parts/part-*.parquet")):
         assert proc.poll() is None and time.time() < deadline, "the cell ended before the kill"
         time.sleep(0.05)
     cell_pid = holder_pid(lock)

@@ -245,7 +245,7 @@ def test_killed_cell_is_rerun_cleanly(tmp_path):
         cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.time() + 120
-    while not list(cell.glob(".run_power.parquet.parts/part-*.parquet")):  # mid-run: samples flowing
+    while not list(cell.glob(".power.parquet.parts/part-*.parquet")):  # mid-run: samples flowing
         assert proc.poll() is None and time.time() < deadline, "the cell ended before it could be killed"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -257,7 +257,7 @@ def test_killed_cell_is_rerun_cleanly(tmp_path):
     snakemake(project, "--unlock")
     snakemake(project, str(cell.relative_to(project) / "meta.json"))
     meta = yaml.safe_load((cell / "meta.json").read_text())
-    assert meta["n_batches"] == 24 and not (cell / ".run_power.parquet.parts").exists()
+    assert meta["n_batches"] == 24 and not (cell / ".power.parquet.parts").exists()
 
 
 def test_report_holds_every_figure_with_its_caption(built):
