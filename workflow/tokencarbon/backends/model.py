@@ -3,7 +3,7 @@ weights: seeded dummy weights drawn on the device, or a Hugging Face checkpoint 
 
 The modules hold weights; Decoder.forward is the static engine's path (a static [batch, kv_heads,
 cache_len, head_dim] cache per layer, SDPA with an additive mask). The continuous-batching engine
-runs the same modules through its own functions (serving.py, attention.py)."""
+runs the same modules through its own functions (serving_steps.py, attention.py)."""
 
 from __future__ import annotations
 

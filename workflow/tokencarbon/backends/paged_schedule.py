@@ -1,8 +1,9 @@
 """The paged engine's schedule, on the host only (no tensors): which requests are admitted, which
-blocks each holds, what each step computes, who is preempted. The engine (serving.PagedEngine) asks
-it for the next step, launches that step on the device without waiting for it, and tells it the
-step was launched; since every request generates exactly its output length (greedy, EOS ignored),
-the schedule never needs a token's value, so it runs ahead of the device.
+blocks each holds, what each step computes, who is preempted. The engine
+(paged_engine.PagedEngine) asks it for the next step, launches that step on the device without
+waiting for it, and tells it the step was launched; since every request generates exactly its
+output length (greedy, EOS ignored), the schedule never needs a token's value, so it runs ahead of
+the device.
 
 Terms. A request's known tokens are its prompt and the tokens generated so far (p + g); its
 computed positions are those whose K and V are in its blocks (c). A step computes, for each request
