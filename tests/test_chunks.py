@@ -281,7 +281,7 @@ TINY = {
             "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375},
         }
     },
-    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 64}},
+    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
     "models": {"tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"}},
     "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
     "sweep": {"batch_sizes": "auto", "max_batch": 4, "max_num_seqs": [2]},
