@@ -6,7 +6,8 @@ restores the cells committed under benchmarks/results/paper-<gpu>/ (--pack), run
 OOM probes that are missing, plans the cells not yet measured from Snakemake's dry run, prints
 each one's expected device time, then measures them one Snakemake call per cell in priority order
 (batch 1 and the largest batch first, continuous after static, quantized models last) while each
-next cell's estimate fits what is left of --budget, packing every finished cell for commit.
+next cell's estimate fits what is left of --budget, packing every finished cell into a copy of
+the pack under results/chunks/ (--out; --update-pack copies it back for commit).
 SIGINT or SIGTERM stops it cleanly: the running cell is discarded, every finished one is kept.
 tokencarbon/chunks.py holds the logic and explains the choices.
 
@@ -48,8 +49,20 @@ def main(argv: list[str] | None = None) -> int:
         "--pack",
         type=Path,
         default=None,
-        help="where finished cells are packed and restored from "
+        help="the committed pack whose cells are restored "
         "(default: benchmarks/results/paper-<first measured platform's prefix>)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where this run grows its copy of the pack (default: results/chunks/<pack's "
+        "name>, ignored by git, so cells record a clean commit); copy it over --pack to commit",
+    )
+    p.add_argument(
+        "--update-pack",
+        action="store_true",
+        help="at the end, copy --out over --pack (then commit it)",
     )
     p.add_argument(
         "--remeasure",
@@ -98,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             config=a.config,
             cores=a.cores,
             pack_dir=a.pack,
+            out_dir=a.out,
+            update_pack=a.update_pack,
             remeasure=a.remeasure,
             plan_only=a.plan_only,
             tar=a.tar,

@@ -263,6 +263,13 @@ def test_a_pack_restores_byte_identical_files_and_refuses_altered_ones(tmp_path)
     for f in [*files, *logs]:
         assert (there / f).read_bytes() == (here / f).read_bytes()
     assert chunks.Pack.open(tmp_path / "pack").restore(there) == []  # already there, equal
+    # a run's own copy of the committed pack takes its entries, file for file
+    staging = chunks.Pack.open(tmp_path / "staging")
+    assert staging.take_from(chunks.Pack.open(tmp_path / "pack")) == ["cell cpu/m/bs1"]
+    assert (
+        tmp_path / "staging/cells/cpu/m/bs1/batches.parquet"
+    ).read_bytes() == b"\x00measured\xff"
+    assert staging.take_from(chunks.Pack.open(tmp_path / "pack")) == []
     (there / files[0]).write_bytes(b"other")
     with pytest.raises(InputError, match="differs from the packed"):
         chunks.Pack.open(tmp_path / "pack").restore(there)
@@ -297,6 +304,7 @@ RUN = [
     "--cores",
     "2",
     "--no-progress",
+    "--update-pack",
 ]
 
 

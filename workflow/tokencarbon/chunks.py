@@ -943,10 +943,31 @@ class Pack:
         self.manifest[kind][name] = entry
         self.save()
 
-    def forget(self, kind: str, name: str) -> None:
-        """Drop an entry from the manifest (its files stay until a new entry replaces them)."""
-        self.manifest[kind].pop(name, None)
+    def take_from(self, other: Pack) -> list[str]:
+        """Take into this pack every entry of `other` it lacks (files checked against other's
+        manifest, copied), and other's runs where this pack has none yet; saves. Returns the
+        names taken. Raises InputError for a file of `other` that is missing or altered."""
+        taken = []
+        for kind, name, entry in other._entries():
+            if name in self.manifest[kind]:
+                continue
+            pairs = [(PACK_CELLS / Path(rel), info) for rel, info in entry["files"].items()]
+            pairs += [(_packed_log(log), info) for log, info in entry.get("logs", {}).items()]
+            for rel, info in pairs:
+                src, dst = other.folder / rel, self.folder / rel
+                if not src.is_file() or sha256_file(src) != info["sha256"]:
+                    raise InputError(
+                        f"{src}: missing or not the file the manifest recorded "
+                        f"(sha256 {info['sha256']}); restore the pack from git"
+                    )
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            self.manifest[kind][name] = json.loads(json.dumps(entry))
+            taken.append(f"{kind[:-1]} {name}")
+        if not self.manifest["runs"]:
+            self.manifest["runs"] = json.loads(json.dumps(other.manifest["runs"]))
         self.save()
+        return taken
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
@@ -1072,6 +1093,8 @@ class Options:
     config: Sequence[str] = ()
     cores: int = 1
     pack_dir: Path | None = None
+    out_dir: Path | None = None
+    update_pack: bool = False
     remeasure: Sequence[str] = ()
     plan_only: bool = False
     tar: Path | None = None
@@ -1095,89 +1118,114 @@ def _plan_table(rows: Sequence[tuple[Cell, Estimate]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class _Run:
+    """The state of one run: its options, the study's config, the pack it grows, Snakemake."""
+
+    opts: Options
+    workdir: Path
+    config: dict
+    pack: Pack
+    smk: Snakemake
+    record: dict
+    started: float
+    kept_probe_logs: dict = field(default_factory=dict)  # probe.json -> its job's logs
+
+    @property
+    def run_index(self) -> int:
+        return len(self.pack.manifest["runs"]) - 1
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def save(self) -> None:
+        self.pack.save()
+        if self.opts.tar:
+            self.pack.write_tar(self.opts.tar)
+
+
 def run(opts: Options) -> int:
     """One chunk of the study (module docstring): returns 0 when every planned cell that fitted
-    ran (or none was left), 1 when a cell failed, 130 when stopped by SIGINT/SIGTERM."""
+    ran (or none was left), 1 when a cell failed, 130 when stopped by SIGINT/SIGTERM.
+
+    The committed pack (opts.pack_dir, default benchmarks/results/paper-<gpu>) is read only; the
+    run grows a copy of it in opts.out_dir (default results/chunks/paper-<gpu>, which git
+    ignores), so that the checkout stays clean and every cell records a commit without
+    '+dirty'. opts.update_pack copies it over the committed pack at the end."""
     started = time.monotonic()
     workdir = opts.workdir.resolve()
     config = study_config(workdir, opts.configfile, opts.config)
-    pack = Pack.open((opts.pack_dir or default_pack_dir(workdir, config)).resolve())
-    records = (opts.records_dir or workdir / "benchmarks/results").resolve()
-    repeats = _number_setting(config, "run", "repeats", 1)
-    idle_s = _number_setting(config, "power", "idle_s", 3.0)
-    idle_share = _number_setting(config, "power", "idle_share_s", 0.0) > 0
-    order = {
-        name: i
-        for i, name in enumerate([*(config.get("platforms") or {}), *(config.get("models") or {})])
-    }
-    run_record: dict[str, Any] = {
+    committed = (opts.pack_dir or default_pack_dir(workdir, config)).resolve()
+    out = (opts.out_dir or workdir / "results/chunks" / committed.name).resolve()
+    pack = Pack.open(out)
+    taken = pack.take_from(Pack.open(committed))
+    configfile = opts.configfile or "config/config.yaml"
+    record: dict[str, Any] = {
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
         "git_commit": git_head(workdir),
-        "configfile": opts.configfile or "config/config.yaml",
+        "configfile": configfile,
         "config": list(opts.config),
-        "config_sha256": sha256_file(workdir / (opts.configfile or "config/config.yaml")),
+        "config_sha256": sha256_file(workdir / configfile),
         "budget_s": opts.budget_s,
         "measured": [],
         "failed": [],
         "left": [],
         "stopped": None,
     }
-    pack.manifest["runs"].append(run_record)
+    pack.manifest["runs"].append(record)
     log_dir = workdir / "logs/chunks" / time.strftime("%Y%m%dT%H%M%S")
-
     with StopSignals(opts.grace_s) as signals:
         smk = Snakemake(
             workdir, opts.snakemake, opts.configfile, opts.config, opts.cores, signals, log_dir
         )
+        state = _Run(opts, workdir, config, pack, smk, record, started)
         try:
-            return _run(
-                opts,
-                workdir,
-                config,
-                pack,
-                records,
-                repeats,
-                idle_s,
-                idle_share,
-                order,
-                run_record,
-                smk,
-                signals,
-                started,
+            restored = pack.restore(workdir)
+            _say(
+                f"[chunks] pack {committed} ({len(taken)} entries taken into {out}): "
+                f"{len(pack.manifest['cells'])} cells, {len(pack.manifest['probes'])} probes; "
+                f"restored here: {len(restored)}"
             )
+            overheads = _chunk0(state)
+            todo, estimates = _plan(state, overheads)
+            if opts.plan_only:
+                record["stopped"] = "plan only"
+                status = 0
+            else:
+                status = _measure(state, todo, estimates)
         except Interrupted as exc:
-            run_record["stopped"] = "interrupted"
-            pack.save()
-            _say(f"[chunks] {exc}: finished cells are packed in {pack.folder}")
-            return EXIT_INTERRUPTED
-
-
-def _run(
-    opts,
-    workdir,
-    config,
-    pack,
-    records,
-    repeats,
-    idle_s,
-    idle_share,
-    order,
-    run_record,
-    smk,
-    signals,
-    started,
-) -> int:
-    from tqdm import tqdm
-
-    restored = pack.restore(workdir)
+            record["stopped"] = "interrupted"
+            _say(f"[chunks] {exc}")
+            status = EXIT_INTERRUPTED
+        except TokencarbonError as exc:
+            record["stopped"] = f"error: {str(exc)[:500]}"
+            raise
+        finally:
+            state.save()
+    size = pack.size_bytes()
     _say(
-        f"[chunks] pack {pack.folder}: {len(pack.manifest['cells'])} cells, "
-        f"{len(pack.manifest['probes'])} probes; restored here: {len(restored)}"
+        f"[chunks] measured {len(record['measured'])}, failed {len(record['failed'])}, "
+        f"left {len(record['left'])}; pack {out} {size / 2**20:.1f} MiB"
+        + (
+            f" (above {PACK_WARN_BYTES / 2**20:.0f} MiB: the device machine's 64 MiB working "
+            "tree carries it with the wheels and a clean clone)"
+            if size > PACK_WARN_BYTES
+            else ""
+        )
     )
+    if opts.update_pack:
+        shutil.copytree(out, committed, dirs_exist_ok=True)
+        _say(f"[chunks] copied into {committed}: commit it")
+    else:
+        _say(f"[chunks] to commit: copy {out}/ over {committed}/ (or --update-pack)")
+    return status
 
-    # Chunk 0: setup and missing probes; existing probes kept
-    jobs = setup_jobs(smk, opts.target)
+
+def _chunk0(state: _Run) -> Overheads:
+    """Setup and the missing probes in one Snakemake call; existing probes kept (touched)."""
+    workdir, pack = state.workdir, state.pack
+    jobs = setup_jobs(state.smk, state.opts.target)
     probes = [j for j in jobs if j.rule == PROBE_RULE]
     # a probe is rerun only where its output is missing or Snakemake marked it incomplete
     missing = [
@@ -1188,16 +1236,15 @@ def _run(
     ]
     kept = [j for j in probes if j not in missing]
     setup = [j for j in jobs if j.rule != PROBE_RULE]
-    device_rows = {p: platform_device(config, p) for p in measured_platforms(config)}
-    first_row = next((r for r in device_rows.values() if r is not None), None)
+    row = next((r for r in _device_rows(state.config).values() if r is not None), None)
     overheads = load_overheads(
-        records,
-        first_row.device_name_pattern if first_row else None,
-        first_row.kind if first_row else "gpu",
+        (state.opts.records_dir or workdir / "benchmarks/results").resolve(),
+        row.device_name_pattern if row else None,
+        row.kind if row else "gpu",
     )
     if setup or missing:
         expected = [overheads.setup_s if setup else 0.0] + [
-            overheads.probe(_probe_architecture(j, workdir, config)) for j in missing
+            overheads.probe(_probe_architecture(j, workdir, state.config)) for j in missing
         ]
         known = [e for e in expected if e is not None]
         _say(
@@ -1206,36 +1253,37 @@ def _run(
             + (" (+ some not estimated)" if len(known) < len(expected) else "")
             + f"; {'; '.join(overheads.sources) or 'no committed records'}"
         )
-        result = smk.call([o for j in [*setup, *missing] for o in j.outputs], [], "chunk0-setup")
+        result = state.smk.call(
+            [o for j in [*setup, *missing] for o in j.outputs], [], "chunk0-setup"
+        )
         if result.interrupted:
             raise Interrupted("stopped during setup and probes")
         if result.returncode != 0:
             raise InputError(_failure("setup and probes", result))
         for j in missing:
             name = Path(j.outputs[0]).parent.relative_to(RESULTS_CELLS).as_posix()
-            pack.add(
-                "probes",
-                name,
-                j.outputs,
-                j.logs,
-                workdir,
-                {
-                    **probe_facts(workdir / j.outputs[0]),
-                    "seconds": result.seconds,
-                    "run": len(pack.manifest["runs"]) - 1,
-                },
-            )
-        if missing and opts.tar:
-            pack.write_tar(opts.tar)
+            facts = probe_facts(workdir / j.outputs[0])
+            facts |= {"seconds": round(result.seconds, 3), "run": state.run_index}
+            pack.add("probes", name, j.outputs, j.logs, workdir, facts)
+        state.save()
     if kept:
         _say(
-            f"[chunks] kept {len(kept)} probe(s) Snakemake would rerun (inputs newer than them); "
-            "marking them up to date (snakemake --touch)"
+            f"[chunks] kept {len(kept)} probe(s) Snakemake would rerun (inputs newer than "
+            "them); marking them up to date (snakemake --touch)"
         )
-        touch_kept_probes(smk, kept)
+        touch_kept_probes(state.smk, kept)
+    state.kept_probe_logs = {j.outputs[0]: j.logs for j in kept}
+    return overheads
 
-    # Plan
-    grid = [Cell.from_job(j) for j in grid_jobs(smk, opts.target)]
+
+def _device_rows(config) -> dict[str, Any]:
+    return {p: platform_device(config, p) for p in measured_platforms(config)}
+
+
+def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Estimate]]:
+    """The grid from the dry run, cells to measure in run order, their estimates, printed."""
+    workdir, pack, opts, config = state.workdir, state.pack, state.opts, state.config
+    grid = [Cell.from_job(j) for j in grid_jobs(state.smk, opts.target)]
     names = {c.name for c in grid}
     unknown = sorted(set(opts.remeasure) - names)
     if unknown:
@@ -1248,95 +1296,75 @@ def _run(
             for o in cell.outputs:
                 (workdir / o).unlink(missing_ok=True)
             _say(f"[chunks] {cell.name}: removed here to be measured again (--remeasure)")
+    order = {n: i for i, n in enumerate([*(config.get("platforms") or {}), *config["models"]])}
     quantized = {c.model: _quantized(c, workdir) for c in grid}
     ordered = order_cells(grid, quantized, order)
     done = [c for c in ordered if is_done(c, workdir)]
     todo = [c for c in ordered if not is_done(c, workdir)]
-    rates_by_device = _rates(records, workdir, device_rows, config)
-    estimates = {}
-    for i, cell in enumerate(todo):
-        row = device_rows.get(cell.platform)
-        rates = rates_by_device.get(cell.platform)
-        if rates is None and row is not None:
-            rates = _datasheet(row, cell, workdir)
-        estimates[cell.name] = estimate_cell(
-            cell, workdir, rates, overheads, repeats, 0.0 if idle_share and i else idle_s
-        )
-    # probes and cells found finished but not packed (measured here before): packed too
-    probe_logs = {j.outputs[0]: j.logs for j in kept}
+    # probes and cells found finished here but not in the pack (measured before): packed too
     for platform, model in sorted({(c.platform, c.model) for c in grid}):
         probe = (RESULTS_CELLS / platform / model / "probe.json").as_posix()
         if (workdir / probe).is_file() and f"{platform}/{model}" not in pack.manifest["probes"]:
-            pack.add(
-                "probes",
-                f"{platform}/{model}",
-                [probe],
-                probe_logs.get(probe, ()),
-                workdir,
-                {
-                    **probe_facts(workdir / probe),
-                    "seconds": None,
-                    "run": len(pack.manifest["runs"]) - 1,
-                    "note": "found on disk",
-                },
-            )
+            logs = state.kept_probe_logs.get(probe, ())
+            facts = {**probe_facts(workdir / probe), "seconds": None, "run": state.run_index}
+            pack.add("probes", f"{platform}/{model}", [probe], logs, workdir, facts)
     for cell in done:
         if cell.name not in pack.manifest["cells"]:
-            pack.add(
-                "cells",
-                cell.name,
-                cell.outputs,
-                cell.logs,
-                workdir,
-                {
-                    **cell_facts(cell, workdir),
-                    "seconds": None,
-                    "estimate_s": None,
-                    "run": len(pack.manifest["runs"]) - 1,
-                    "note": "found finished on disk",
-                },
-            )
+            facts = {**cell_facts(cell, workdir), "seconds": None, "estimate_s": None}
+            facts |= {"run": state.run_index, "note": "found finished on disk"}
+            pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts)
+    repeats = _number_setting(config, "run", "repeats", 1)
+    idle_s = _number_setting(config, "power", "idle_s", 3.0)
+    idle_share = _number_setting(config, "power", "idle_share_s", 0.0) > 0
+    rows = _device_rows(config)
+    records = (opts.records_dir or workdir / "benchmarks/results").resolve()
+    rates_by_platform = _rates([records, pack.folder], rows, config)
+    estimates = {}
+    for i, cell in enumerate(todo):
+        rates = rates_by_platform.get(cell.platform)
+        if rates is None and rows.get(cell.platform) is not None:
+            rates = _datasheet(rows[cell.platform], cell, workdir)
+        idle = 0.0 if idle_share and i else idle_s
+        estimates[cell.name] = estimate_cell(cell, workdir, rates, overheads, repeats, idle)
     known = [e.seconds for e in estimates.values() if e.seconds is not None]
     _say(
         f"[chunks] grid: {len(grid)} cells, {len(done)} done, {len(todo)} to measure; expected "
         f"device time {format_seconds(sum(known))}"
         + (f" (+ {len(todo) - len(known)} not estimated)" if len(known) < len(todo) else "")
-        + f"; budget {format_seconds(opts.budget_s)}, "
-        + f"{format_seconds(time.monotonic() - started)} spent"
+        + f"; budget {format_seconds(opts.budget_s)}, {format_seconds(state.elapsed())} spent"
     )
     if todo:
         _say(_plan_table([(c, estimates[c.name]) for c in todo]))
         sources = sorted({s for e in estimates.values() for s in e.sources})
         _say("[chunks] estimate sources:\n" + "\n".join(f"  - {s}" for s in sources))
-    if opts.plan_only:
-        run_record["stopped"] = "plan only"
-        pack.save()
-        return 0
+    return todo, estimates
 
-    # Run
-    actual_total = estimated_total = 0.0
-    failed = False
+
+def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate]) -> int:
+    """One Snakemake call per cell while its estimate (scaled by this run's actual/estimated
+    seconds so far) fits the budget left; each finished cell packed at once. Raises
+    Interrupted on a stop signal (the running cell discarded)."""
+    from tqdm import tqdm
+
+    workdir, record, opts = state.workdir, state.record, state.opts
+    known = [e.seconds for e in estimates.values() if e.seconds is not None]
+    actual_total = estimated_total = done_est = 0.0
     # a terminal redraws the bar every second; a log file (a device machine's output) gets a
     # line every 30 s at most
     bar = tqdm(
-        total=max(1, round(sum(known))),
-        unit="s",
-        desc="cells (est. device s)",
-        disable=not opts.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
+        total=max(1, round(sum(known))), unit="s", desc="cells (est. device s)",
+        disable=not opts.progress, file=sys.stderr, dynamic_ncols=True,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
-    )
-    done_est = 0.0
+    )  # fmt: skip
     with bar:
         for cell in todo:
-            if signals.received:
+            if state.smk.signals.received:
                 raise Interrupted("stopped between cells")
             est = estimates[cell.name].seconds
             scale = actual_total / estimated_total if estimated_total else 1.0
-            left = opts.budget_s - (time.monotonic() - started)
+            left = opts.budget_s - state.elapsed()
             if est is not None and est * scale > left:
-                run_record["left"].append(cell.name)
+                record["left"].append(cell.name)
                 bar.total = max(1, bar.total - round(est))
                 _say(
                     f"[chunks] {cell.name}: expected {format_seconds(est * scale)}, "
@@ -1351,48 +1379,26 @@ def _run(
                     if target > bar.n:
                         bar.update(target - bar.n)
 
-            result = smk.call(cell.outputs, [], cell.name, on_tick=tick)
+            result = state.smk.call(cell.outputs, [], cell.name, on_tick=tick)
             if result.interrupted:
-                leftovers = [o for o in cell.outputs if (workdir / o).exists()]
-                for o in leftovers:
-                    (workdir / o).unlink()
-                run_record["left"].append(cell.name)
-                raise Interrupted(
-                    f"stopped during {cell.name}; it is discarded ("
-                    + (
-                        f"removed what Snakemake left of its outputs: {', '.join(leftovers)}"
-                        if leftovers
-                        else "no output of it was left"
-                    )
-                    + ") and left to redo"
-                )
+                _discard(state, cell)
             if result.returncode != 0 or not is_done(cell, workdir):
-                failed = True
-                run_record["failed"].append(cell.name)
+                record["failed"].append(cell.name)
                 _say(
                     f"[chunks] {cell.name} FAILED after {format_seconds(result.seconds)}:\n"
                     + _failure(cell.name, result)
                 )
-                pack.save()
+                state.save()
                 continue
             facts = cell_facts(cell, workdir)
-            pack.add(
-                "cells",
-                cell.name,
-                cell.outputs,
-                cell.logs,
-                workdir,
-                {
-                    **facts,
-                    "seconds": round(result.seconds, 3),
-                    "estimate_s": None if est is None else round(est, 3),
-                    "run": len(pack.manifest["runs"]) - 1,
-                },
-            )
-            run_record["measured"].append(cell.name)
-            pack.save()
-            if opts.tar:
-                pack.write_tar(opts.tar)
+            facts |= {
+                "seconds": round(result.seconds, 3),
+                "estimate_s": None if est is None else round(est, 3),
+                "run": state.run_index,
+            }
+            state.pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts)
+            record["measured"].append(cell.name)
+            state.save()
             if est is not None:
                 actual_total += result.seconds
                 estimated_total += est
@@ -1404,22 +1410,26 @@ def _run(
                 f"{format_seconds(est)}), commit {str(facts['git_commit'])[:12]}, "
                 f"{facts['device_name']}"
             )
-    run_record["stopped"] = "failed" if failed else ("budget" if run_record["left"] else "done")
-    pack.save()
-    if opts.tar:
-        pack.write_tar(opts.tar)
-    size = pack.size_bytes()
-    _say(
-        f"[chunks] measured {len(run_record['measured'])}, failed {len(run_record['failed'])}, "
-        f"left {len(run_record['left'])}; pack {pack.folder} {size / 2**20:.1f} MiB"
+    record["stopped"] = "failed" if record["failed"] else ("budget" if record["left"] else "done")
+    return 1 if record["failed"] else 0
+
+
+def _discard(state: _Run, cell: Cell) -> None:
+    """The cell a stop signal interrupted: what Snakemake left of its outputs is removed (it
+    removes them itself; checked), and the run stops. Raises Interrupted."""
+    leftovers = [o for o in cell.outputs if (state.workdir / o).exists()]
+    for o in leftovers:
+        (state.workdir / o).unlink()
+    state.record["left"].append(cell.name)
+    raise Interrupted(
+        f"stopped during {cell.name}: discarded ("
         + (
-            f" (above {PACK_WARN_BYTES / 2**20:.0f} MiB: the device machine's 64 MiB working tree "
-            "carries it with the wheels and a clean clone)"
-            if size > PACK_WARN_BYTES
-            else ""
+            f"removed what was left of its outputs: {', '.join(leftovers)}"
+            if leftovers
+            else "no output of it was left"
         )
+        + "), left to redo; every finished cell is packed"
     )
-    return 1 if failed else 0
 
 
 def _probe_architecture(job: Job, workdir: Path, config) -> str:
@@ -1434,14 +1444,16 @@ def _quantized(cell: Cell, workdir: Path) -> bool:
     return False
 
 
-def _rates(records: Path, workdir: Path, device_rows, config) -> dict[str, Rates]:
-    """Rates per measured platform: fitted over the committed static cells of its device (the
-    records folder's cells and this pack's), for the config's backend."""
-    backend = (config.get("backend") or {}).get("name", "torch")
+def _rates(folders: Sequence[Path], device_rows, config) -> dict[str, Rates]:
+    """Rates per measured platform: fitted over the committed static cells of its device (in
+    the records folder and in this pack), for the config's backend."""
     from tokencarbon.tables import CELL_DIR_PREFIX
 
+    backend = (config.get("backend") or {}).get("name", "torch")
     static = CELL_DIR_PREFIX["static"]
-    metas = sorted(records.glob(f"**/{RESULTS_CELLS.name}/*/*/{static}*/meta.json"))
+    metas = sorted(
+        {m for f in folders for m in f.glob(f"**/{RESULTS_CELLS.name}/*/*/{static}*/meta.json")}
+    )
     points = committed_cell_points(metas, backend)
     out = {}
     for platform, row in device_rows.items():
