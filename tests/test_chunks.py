@@ -290,7 +290,7 @@ TINY = {
     },
     "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
     "models": {"tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"}},
-    "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
+    "workload": {"num_prompts": 2, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
     "sweep": {"batch_sizes": "auto", "max_batch": 4, "max_num_seqs": [2]},
     "power": {"interval_s": 0.05, "idle_s": 0.2},
 }
@@ -348,29 +348,27 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     _git(first, "commit", "-qm", "A")
     commit_a = _git(first, "rev-parse", "HEAD")
 
-    # Chunk 1: the grid is bs1, bs2, bs4 (probe: 4 fit under 0.06 GB) and cb2, run bs1, bs4, bs2,
-    # cb2 (batch 1 and the largest first); SIGINT once bs2's job has started (its log exists).
+    # Chunk 1: the grid is bs1 and bs2 (auto: the 2 prompts cap what the probe found to fit) and
+    # cb2, run in that order (batch 1 and the largest first, continuous after
+    # static); SIGINT once bs2's job has started (its log exists).
     pack = first / "benchmarks/results/paper-cpu"
     with open(tmp_path / "first.log", "w") as out:
         proc = subprocess.Popen(RUN, cwd=first, stdout=out, stderr=subprocess.STDOUT)
+    log = lambda: (tmp_path / "first.log").read_text()[-4000:]  # noqa: E731
     deadline = time.time() + 420
     while not (first / "logs/run_cell/cpu/tiny-gpt2/bs2.log").exists():
-        assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[
-            -4000:
-        ]
+        assert proc.poll() is None and time.time() < deadline, log()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the runner
-    assert proc.wait(timeout=180) == chunks.EXIT_INTERRUPTED, (tmp_path / "first.log").read_text()[
-        -4000:
-    ]
+    assert proc.wait(timeout=180) == chunks.EXIT_INTERRUPTED, log()
     manifest = json.loads((pack / "manifest.json").read_text())
-    assert sorted(manifest["cells"]) == ["cpu/tiny-gpt2/bs1", "cpu/tiny-gpt2/bs4"]
+    assert sorted(manifest["cells"]) == ["cpu/tiny-gpt2/bs1"]
     assert manifest["runs"][-1]["stopped"] == "interrupted"
     running = first / "results/cells/cpu/tiny-gpt2/bs2"
     assert not any(
         (running / f).exists() for f in ("batches.parquet", "power.parquet", "meta.json")
     )
-    kept = _cell_bytes(first, ["cpu/tiny-gpt2/bs1", "cpu/tiny-gpt2/bs4"])
+    kept = _cell_bytes(first, ["cpu/tiny-gpt2/bs1"])
     probe = (first / "results/cells/cpu/tiny-gpt2/probe.json").read_bytes()
 
     # The pack committed, then a package module edited and committed (commit B): the code input
@@ -389,17 +387,17 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
     manifest = json.loads((fresh / "benchmarks/results/paper-cpu/manifest.json").read_text())
     assert manifest["runs"][-1]["measured"] == ["cpu/tiny-gpt2/bs2", "cpu/tiny-gpt2/cb2"]
-    assert sorted(manifest["cells"]) == [f"cpu/tiny-gpt2/{c}" for c in ("bs1", "bs2", "bs4", "cb2")]
-    assert _cell_bytes(fresh, ["cpu/tiny-gpt2/bs1", "cpu/tiny-gpt2/bs4"]) == kept
+    assert sorted(manifest["cells"]) == [f"cpu/tiny-gpt2/{c}" for c in ("bs1", "bs2", "cb2")]
+    assert _cell_bytes(fresh, ["cpu/tiny-gpt2/bs1"]) == kept
     assert (fresh / "results/cells/cpu/tiny-gpt2/probe.json").read_bytes() == probe
     # which commit measured each cell: the restored ones A, the new ones B (the clone's HEAD)
     commits = {
         c: json.loads((fresh / f"results/cells/cpu/tiny-gpt2/{c}/meta.json").read_text())[
             "git_commit"
         ]
-        for c in ("bs1", "bs4", "bs2", "cb2")
+        for c in ("bs1", "bs2", "cb2")
     }
-    assert commits == {"bs1": commit_a, "bs4": commit_a, "bs2": commit_b, "cb2": commit_b}
+    assert commits == {"bs1": commit_a, "bs2": commit_b, "cb2": commit_b}
     assert {c: e["git_commit"] for c, e in manifest["cells"].items()} == {
         f"cpu/tiny-gpt2/{c}": commit for c, commit in commits.items()
     }
