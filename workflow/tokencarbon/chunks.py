@@ -319,6 +319,10 @@ class StopSignals:
             except ProcessLookupError:
                 pass
 
+    def forward(self) -> None:
+        """Send SIGINT to the running call's group (for a signal that came before it began)."""
+        self._signal_child(signal.SIGINT)
+
     def check_grace(self) -> None:
         """SIGKILL the running call's group once grace_s has passed since the first signal."""
         if self._at is not None and time.monotonic() - self._at > self.grace_s:
@@ -388,6 +392,8 @@ class Snakemake:
                 start_new_session=True,
             )
         self.signals.child = proc
+        if self.signals.received:  # a signal that came while the call was starting
+            self.signals.forward()
         try:
             while True:
                 try:
@@ -504,7 +510,8 @@ def committed_cell_points(meta_paths: Iterable[Path], backend: str = "torch") ->
     batch, prefill s per batch)] of committed static cells run by `backend`, from their
     meta.json and batches.parquet: per batch, the decode step at the middle of its context
     (padded prompt + half the longest output) for every row, and the prefill of the padded
-    prompts; per cell, step-weighted means. Cells without decode steps are left out."""
+    prompts; per cell, step-weighted means. Cells without decode steps, or whose architecture
+    resources/models does not name (a user's checkpoint), are left out."""
     import numpy as np
     import pandas as pd
 
@@ -517,8 +524,11 @@ def committed_cell_points(meta_paths: Iterable[Path], backend: str = "torch") ->
         meta = json.loads(Path(meta_path).read_text())
         if meta.get("backend") != backend or "batch_size" not in meta:
             continue
-        arch = load_architecture(meta["architecture"])
-        quant = from_columns(meta.get("quantization"), meta.get("quant_group_size"))
+        try:
+            arch = load_architecture(meta["architecture"])
+            quant = from_columns(meta.get("quantization"), meta.get("quant_group_size"))
+        except TokencarbonError:
+            continue
         b = pd.read_parquet(Path(meta_path).parent / "batches.parquet")
         steps = (b["max_output_tokens"] - 1).clip(lower=0).to_numpy()
         if steps.sum() == 0:
@@ -1380,9 +1390,10 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
                         bar.update(target - bar.n)
 
             result = state.smk.call(cell.outputs, [], cell.name, on_tick=tick)
-            if result.interrupted:
+            finished = result.returncode == 0 and is_done(cell, workdir)
+            if result.interrupted and not finished:
                 _discard(state, cell)
-            if result.returncode != 0 or not is_done(cell, workdir):
+            if not finished:
                 record["failed"].append(cell.name)
                 _say(
                     f"[chunks] {cell.name} FAILED after {format_seconds(result.seconds)}:\n"
@@ -1410,6 +1421,8 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
                 f"{format_seconds(est)}), commit {str(facts['git_commit'])[:12]}, "
                 f"{facts['device_name']}"
             )
+            if result.interrupted:  # the signal came as the cell finished: kept, then stop
+                raise Interrupted(f"stopped after {cell.name}; every finished cell is packed")
     record["stopped"] = "failed" if record["failed"] else ("budget" if record["left"] else "done")
     return 1 if record["failed"] else 0
 
