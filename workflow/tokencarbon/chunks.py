@@ -1343,6 +1343,12 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
         + (f" (+ {len(todo) - len(known)} not estimated)" if len(known) < len(todo) else "")
         + f"; budget {format_seconds(opts.budget_s)}, {format_seconds(state.elapsed())} spent"
     )
+    too_long = [c.name for c in todo if (estimates[c.name].seconds or 0) > opts.budget_s]
+    if too_long:
+        _say(
+            f"[chunks] {len(too_long)} cell(s) are expected to take longer than the whole budget "
+            f"and never start in chunks of {format_seconds(opts.budget_s)}: " + ", ".join(too_long)
+        )
     if todo:
         _say(_plan_table([(c, estimates[c.name]) for c in todo]))
         sources = sorted({s for e in estimates.values() for s in e.sources})
