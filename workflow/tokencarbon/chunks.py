@@ -22,7 +22,10 @@ measures only what is missing. benchmarks/run_chunks.py is the command; docs/chu
 5. Run: one Snakemake call per cell, its targets the job's own outputs as the dry run listed
    them. A cell is run only if its estimate (scaled by this run's measured/estimated ratio so
    far) fits what is left of the budget; one that does not is left for the next chunk and
-   smaller ones after it may still run. Each finished cell is packed at once.
+   smaller ones after it may still run. Each finished cell is packed at once, into the run's
+   copy of the pack under results/chunks/ (git ignores it: while the pack grows, the checkout
+   stays clean and each cell's meta.json records its commit without '+dirty'); it is copied
+   over the committed pack for commit (--update-pack, or by hand).
 
 **Priority** (`priority_key`): unquantized models before quantized ones (the WQ4bit cells last);
 then static batch 1 and each model's largest static batch (the study's headline pair, with the
