@@ -1,0 +1,403 @@
+"""tokencarbon.chunks and benchmarks/run_chunks.py: the dry-run parser, the run order, the time
+estimates (worked by hand, and against committed cells left out of the fit), packs, and (slow) a
+chunked run stopped by SIGINT then resumed in a fresh clone (issue 23's must-show)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tokencarbon import chunks
+from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.models import load_architecture
+from tokencarbon.quantization import NONE, from_columns
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "benchmarks/results"
+
+# Snakemake 9.27.1's dry-run text for two jobs of the default workflow (input lists shortened).
+DRY_RUN = """\
+Building DAG of jobs...
+Job stats:
+job                    count
+-------------------  -------
+run_cell                   1
+total                      2
+
+[Mon Dec  7 10:00:56 2026]
+rule run_cell:
+    input: results/engines/cpu/tiny-gpt2/torch/manifest.json, results/workload/tiny-gpt2.parquet, workflow/tokencarbon/cell.py
+    output: results/cells/cpu/tiny-gpt2/bs4/batches.parquet, results/cells/cpu/tiny-gpt2/bs4/power.parquet, results/cells/cpu/tiny-gpt2/bs4/meta.json
+    log: logs/run_cell/cpu/tiny-gpt2/bs4.log
+    jobid: 29
+    reason: Forced execution
+    wildcards: platform=cpu, model=tiny-gpt2, batch=4
+    resources: tmpdir=/tmp, gpu=0
+Shell command: None
+
+[Mon Dec  7 10:00:56 2026]
+localcheckpoint probe_max_batch:
+    input: results/engines/cpu/tiny-gpt2/torch/manifest.json, results/workload/tiny-gpt2.parquet
+    output: results/cells/cpu/tiny-gpt2/probe.json
+    log: logs/probe_max_batch/cpu/tiny-gpt2.log
+    jobid: 6
+    reason: Input files updated by another job: results/workload/tiny-gpt2.parquet
+    wildcards: platform=cpu, model=tiny-gpt2
+    resources: tmpdir=/tmp, gpu=0
+Shell command: None
+This was a dry-run (flag -n). The order of jobs does not reflect the order of execution.
+"""
+
+
+def test_dry_run_jobs_are_parsed_with_their_files_and_wildcards():
+    cell_job, probe_job = chunks.parse_dry_run(DRY_RUN)
+    assert cell_job.rule == "run_cell" and probe_job.rule == "probe_max_batch"
+    assert cell_job.outputs[2] == "results/cells/cpu/tiny-gpt2/bs4/meta.json"
+    assert probe_job.logs == ("logs/probe_max_batch/cpu/tiny-gpt2.log",)
+    assert probe_job.reason.startswith("Input files updated by another job")
+    cell = chunks.Cell.from_job(cell_job)
+    assert (cell.name, cell.platform, cell.model, cell.mode, cell.n) == (
+        "cpu/tiny-gpt2/bs4",
+        "cpu",
+        "tiny-gpt2",
+        "static",
+        4,
+    )
+    assert cell.meta.endswith("bs4/meta.json")
+    assert (
+        chunks.parse_dry_run(
+            "Building DAG of jobs...\nNothing to be done (all requested files are present and up "
+            "to date)."
+        )
+        == []
+    )
+    with pytest.raises(InputError, match="not a cell"):
+        chunks.Cell.from_job(probe_job)
+
+
+def _cell(platform, model, mode, n):
+    prefix = "bs" if mode == "static" else "cb"
+    out = f"results/cells/{platform}/{model}/{prefix}{n}/meta.json"
+    return chunks.Cell(f"{platform}/{model}/{prefix}{n}", platform, model, mode, n, (out,), (), ())
+
+
+def test_run_order_puts_batch_1_and_the_largest_first_continuous_after_static_quantized_last():
+    grid = [
+        _cell("h200", m, mode, n)
+        for m in ("7b", "13b", "7b-wq4")
+        for mode, sizes in (("static", (1, 2, 4, 8, 16)), ("continuous", (1, 4, 16)))
+        for n in sizes
+    ]
+    order = {"h200": 0, "7b": 1, "13b": 2, "7b-wq4": 3}
+    ranked = [c.name for c in chunks.order_cells(grid, {"7b-wq4": True}, order)]
+    # by hand: tier 0 (bs1 and the largest, 16) model by model, then the other static cells,
+    # then cb1 and cb16, then cb4; the quantized model's cells after all others, same tiers
+    expected = (
+        ["h200/7b/bs1", "h200/7b/bs16", "h200/13b/bs1", "h200/13b/bs16"]
+        + [f"h200/{m}/bs{n}" for m in ("7b", "13b") for n in (2, 4, 8)]
+        + ["h200/7b/cb1", "h200/7b/cb16", "h200/13b/cb1", "h200/13b/cb16"]
+        + ["h200/7b/cb4", "h200/13b/cb4"]
+        + [
+            "h200/7b-wq4/bs1",
+            "h200/7b-wq4/bs16",
+            "h200/7b-wq4/bs2",
+            "h200/7b-wq4/bs4",
+            "h200/7b-wq4/bs8",
+            "h200/7b-wq4/cb1",
+            "h200/7b-wq4/cb16",
+            "h200/7b-wq4/cb4",
+        ]
+    )
+    assert ranked == expected
+
+
+def test_slots_are_taken_first_come_first_served():
+    # by hand, 2 slots: request 0 (3 steps) and 1 (1 step) start at 0; 2 takes slot 1 at step 1
+    # and ends at 3; 3 (2 steps) takes the first slot free at 3
+    assert chunks.slot_schedule([3, 1, 2, 2], 2) == [(0, 3), (0, 1), (1, 3), (3, 5)]
+    assert chunks.slot_schedule([5, 5], 8) == [(0, 5), (0, 5)]
+    with pytest.raises(InputError):
+        chunks.slot_schedule([1], 0)
+
+
+# tiny-gpt2 (resources/models/tiny-gpt2.json) in float32, counted by hand: per layer qkv 256 x 768
+# + 768, out 256 x 256 + 256, fc 256 x 1024 + 1024, proj 1024 x 256 + 256, two LayerNorms 4 x 256
+# = 789,760; four layers, token embeddings 4096 x 256 (tied head), positions 512 x 256, final
+# LayerNorm 512: 4,339,200 parameters, 17,356,800 bytes. K and V per token: 2 x 4 layers x 4 heads
+# x 64 x 4 B = 8,192 bytes.
+WEIGHTS, KV = 17_356_800, 8_192
+RATES = chunks.Rates(
+    step_fixed_s=1e-3, bytes_per_s=1e9, prefill_fixed_s=0.5, flops_per_s=math.inf, source="by hand"
+)
+
+
+def test_static_estimate_by_hand():
+    arch = load_architecture("tiny-gpt2")
+    # one batch of 2: prompts padded to 10, the longest output 5 -> 4 decode steps of 2 rows at
+    # context 10 + 5 // 2 = 12, each reading the weights and (12 + 1) x 2 positions of K/V
+    step = 1e-3 + (WEIGHTS + 26 * KV) / 1e9
+    expected = 0.5 + 4 * step
+    got = chunks.static_measured_s(arch, "float32", NONE, [10, 6], [5, 3], 2, RATES)
+    assert got == pytest.approx(expected, rel=1e-12)
+    # batch 1: two batches; the second has 2 decode steps at context 6 + 1 -> (7 + 1) positions
+    one = 0.5 + 4 * (1e-3 + (WEIGHTS + 13 * KV) / 1e9) + 0.5 + 2 * (1e-3 + (WEIGHTS + 8 * KV) / 1e9)
+    assert chunks.static_measured_s(
+        arch, "float32", NONE, [10, 6], [5, 3], 1, RATES
+    ) == pytest.approx(one)
+
+
+def test_continuous_estimate_by_hand():
+    arch = load_architecture("tiny-gpt2")
+    # 2 slots, outputs [5, 3, 2]: the third request starts at step 3, ends at 5 -> 5 steps, each
+    # one weight read; K/V: (o - 1) x (p + o // 2) positions per request: 4 x 12 + 2 x 7 + 1 x 5
+    expected = 5 * (1e-3 + WEIGHTS / 1e9) + (48 + 14 + 5) * KV / 1e9
+    got = chunks.continuous_measured_s(arch, "float32", NONE, [10, 6, 4], [5, 3, 2], 2, RATES)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_line_through_exact_points_is_recovered():
+    a, b = chunks._fit_line([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])  # y = 1 + 2x
+    assert (a, b) == (pytest.approx(1.0), pytest.approx(2.0))
+
+
+@pytest.mark.parametrize(
+    "train, test, tolerance",
+    [
+        ("gpu-study/cells/h100-sxm-80gb", "gpu-large-batch/cells/h100-sxm-80gb", 0.15),
+        ("gpu-study/cells/h200-141gb", "h200-models/torch/cells/h200-141gb", 0.25),
+    ],
+)
+def test_estimates_of_committed_cells_left_out_of_the_fit_are_near_what_they_measured(
+    train, test, tolerance
+):
+    # Rates fitted on one study's cells predict another study's cells on the same GPU (Llama-2-7B
+    # batch 1..64 on the H100; Llama-3.1-8B static 1 and 8 and continuous 8 on the H200) from
+    # their own request lengths; measured: the sum of their windows (batches.parquet).
+    ((device, points),) = chunks.committed_cell_points(
+        sorted(RECORDS.glob(f"{train}/*/bs*/meta.json"))
+    ).items()
+    rates = chunks.fit_rates(points, device)
+    cells = sorted(RECORDS.glob(f"{test}/*/*/meta.json"))
+    assert len(cells) >= 3
+    for meta_path in cells:
+        meta = json.loads(meta_path.read_text())
+        b = pd.read_parquet(meta_path.parent / "batches.parquet")
+        prompts = [int(x) for lens in b["prompt_lens"] for x in lens]
+        outputs = [int(x) for lens in b["output_lens"] for x in lens]
+        static = meta_path.parent.name.startswith("bs")
+        estimate = (chunks.static_measured_s if static else chunks.continuous_measured_s)(
+            load_architecture(meta["architecture"]),
+            meta["dtype"],
+            from_columns(meta.get("quantization"), meta.get("quant_group_size")),
+            prompts,
+            outputs,
+            meta["batch_size"],
+            rates,
+        )
+        measured = (b["end_ns"] - b["start_ns"]).sum() / 1e9
+        assert estimate == pytest.approx(measured, rel=tolerance), meta_path
+
+
+def test_overheads_come_from_the_devices_own_records_else_another_of_its_kind():
+    from tokencarbon.platforms import load_platforms
+
+    rows = load_platforms()
+    h100 = chunks.load_overheads(RECORDS, rows["h100-sxm-80gb"].device_name_pattern, "gpu")
+    # h100-cell-overhead-bs8-static.json: fixed 8.992 s + Snakemake's call 83.795 s - the job's
+    # 78.547 s; -cb16-paged.json: 33.820 + 53.483 - 44.018
+    assert h100.cell_fixed_s["static"] == pytest.approx(8.992 + 83.795 - 78.547, abs=2e-3)
+    assert h100.cell_fixed_s["continuous"] == pytest.approx(33.820 + 53.483 - 44.018, abs=2e-3)
+    assert h100.probe("llama-2-13b") == pytest.approx(25.111)  # h100-probe-time.json
+    h200 = chunks.load_overheads(RECORDS, rows["h200-141gb"].device_name_pattern, "gpu")
+    assert h200.cell_fixed_s == h100.cell_fixed_s
+    assert any("another GPU" in s for s in h200.sources)
+
+
+def test_budget_and_durations_read_and_print_as_people_write_them():
+    assert chunks.parse_budget("900") == 900 and chunks.parse_budget("25m") == 1500
+    assert chunks.parse_budget("1h30m") == 5400 and chunks.parse_budget("2h") == 7200
+    for bad in ("", "soon", "5x"):
+        with pytest.raises(ConfigError, match="budget"):
+            chunks.parse_budget(bad)
+    assert [chunks.format_seconds(s) for s in (42, 545, 9660, None)] == [
+        "42 s",
+        "9 min 05 s",
+        "2 h 41 min",
+        "?",
+    ]
+
+
+def _finished_cell(workdir: Path, name: str, payload: bytes) -> tuple[list[str], list[str]]:
+    folder = workdir / "results/cells" / name
+    folder.mkdir(parents=True)
+    (folder / "batches.parquet").write_bytes(payload)
+    (folder / "meta.json").write_text(json.dumps({"git_commit": "abc", "device_name": "cpu"}))
+    log = workdir / "logs/run_cell" / f"{name}.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("measured\n")
+    return (
+        [f"results/cells/{name}/batches.parquet", f"results/cells/{name}/meta.json"],
+        [f"logs/run_cell/{name}.log"],
+    )
+
+
+def test_a_pack_restores_byte_identical_files_and_refuses_altered_ones(tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    files, logs = _finished_cell(here, "cpu/m/bs1", b"\x00measured\xff")
+    pack = chunks.Pack.open(tmp_path / "pack")
+    pack.add("cells", "cpu/m/bs1", files, logs, here, {"git_commit": "abc"})
+    # a pack as git carries it: job logs outside any folder named logs/ (.gitignore)
+    assert (tmp_path / "pack/job-logs/run_cell/cpu/m/bs1.log").is_file()
+    assert chunks.Pack.open(tmp_path / "pack").restore(there) == ["cell cpu/m/bs1"]
+    for f in [*files, *logs]:
+        assert (there / f).read_bytes() == (here / f).read_bytes()
+    assert chunks.Pack.open(tmp_path / "pack").restore(there) == []  # already there, equal
+    # a run's own copy of the committed pack takes its entries, file for file
+    staging = chunks.Pack.open(tmp_path / "staging")
+    assert staging.take_from(chunks.Pack.open(tmp_path / "pack")) == ["cell cpu/m/bs1"]
+    assert (
+        tmp_path / "staging/cells/cpu/m/bs1/batches.parquet"
+    ).read_bytes() == b"\x00measured\xff"
+    assert staging.take_from(chunks.Pack.open(tmp_path / "pack")) == []
+    (there / files[0]).write_bytes(b"other")
+    with pytest.raises(InputError, match="differs from the packed"):
+        chunks.Pack.open(tmp_path / "pack").restore(there)
+    (tmp_path / "pack/cells/cpu/m/bs1/batches.parquet").write_bytes(b"tampered")
+    with pytest.raises(InputError, match="not the file the manifest recorded"):
+        chunks.Pack.open(tmp_path / "pack").restore(tmp_path / "elsewhere")
+
+
+# --------------------------------------------------------------------------------------------
+# The must-show run (slow): stopped by SIGINT mid-grid, resumed in a fresh clone
+
+TINY = {
+    "platforms": {
+        "cpu": {
+            "memory_limit_gb": 0.06,
+            "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375},
+        }
+    },
+    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
+    "models": {"tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"}},
+    "workload": {"num_prompts": 2, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
+    "sweep": {"batch_sizes": "auto", "max_batch": 4, "max_num_seqs": [2]},
+    "power": {"interval_s": 0.05, "idle_s": 0.2},
+}
+RUN = [
+    sys.executable,
+    "benchmarks/run_chunks.py",
+    "--configfile",
+    "config/tiny.yaml",
+    "--budget",
+    "20m",
+    "--cores",
+    "2",
+    "--no-progress",
+    "--update-pack",
+]
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+def _cell_bytes(repo: Path, cells: list[str]) -> dict[str, bytes]:
+    root = repo / "results/cells"
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for c in cells
+        for p in sorted((root / c).iterdir())
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only_the_missing_cells(
+    tmp_path,
+):
+    # A repository of this checkout's tracked files plus the tiny study, committed (commit A).
+    first = tmp_path / "first"
+    first.mkdir()
+    for rel in _git(REPO, "ls-files").splitlines():
+        if (REPO / rel).is_file():
+            (first / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, first / rel)
+    (first / "config/tiny.yaml").write_text(yaml.safe_dump(TINY))
+    _git(first, "init", "-q")
+    _git(first, "add", "-A")
+    _git(first, "commit", "-qm", "A")
+    commit_a = _git(first, "rev-parse", "HEAD")
+
+    # Chunk 1: the grid is bs1 and bs2 (auto: the 2 prompts cap what the probe found to fit) and
+    # cb2, run in that order (batch 1 and the largest first, continuous after
+    # static); SIGINT once bs2's job has started (its log exists).
+    pack = first / "benchmarks/results/paper-cpu"
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(RUN, cwd=first, stdout=out, stderr=subprocess.STDOUT)
+    log = lambda: (tmp_path / "first.log").read_text()[-4000:]  # noqa: E731
+    deadline = time.time() + 420
+    while not (first / "logs/run_cell/cpu/tiny-gpt2/bs2.log").exists():
+        assert proc.poll() is None and time.time() < deadline, log()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the runner
+    assert proc.wait(timeout=180) == chunks.EXIT_INTERRUPTED, log()
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert sorted(manifest["cells"]) == ["cpu/tiny-gpt2/bs1"]
+    assert manifest["runs"][-1]["stopped"] == "interrupted"
+    running = first / "results/cells/cpu/tiny-gpt2/bs2"
+    assert not any(
+        (running / f).exists() for f in ("batches.parquet", "power.parquet", "meta.json")
+    )
+    kept = _cell_bytes(first, ["cpu/tiny-gpt2/bs1"])
+    probe = (first / "results/cells/cpu/tiny-gpt2/probe.json").read_bytes()
+
+    # The pack committed, then a package module edited and committed (commit B): the code input
+    # of every cell and probe changes.
+    _git(first, "add", "benchmarks/results/paper-cpu")
+    _git(first, "commit", "-qm", "chunk 1")
+    with open(first / "workflow/tokencarbon/cell.py", "a") as f:
+        f.write("# edited between chunks\n")
+    _git(first, "commit", "-qam", "B")
+    commit_b = _git(first, "rev-parse", "HEAD")
+
+    # Chunk 2 on a fresh clone: restores the packed cells and measures exactly bs2 and cb2.
+    fresh = tmp_path / "fresh"
+    subprocess.run(["git", "clone", "-q", str(first), str(fresh)], check=True)
+    done = subprocess.run(RUN, cwd=fresh, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
+    manifest = json.loads((fresh / "benchmarks/results/paper-cpu/manifest.json").read_text())
+    assert manifest["runs"][-1]["measured"] == ["cpu/tiny-gpt2/bs2", "cpu/tiny-gpt2/cb2"]
+    assert sorted(manifest["cells"]) == [f"cpu/tiny-gpt2/{c}" for c in ("bs1", "bs2", "cb2")]
+    assert _cell_bytes(fresh, ["cpu/tiny-gpt2/bs1"]) == kept
+    assert (fresh / "results/cells/cpu/tiny-gpt2/probe.json").read_bytes() == probe
+    # which commit measured each cell: the restored ones A, the new ones B (the clone's HEAD)
+    commits = {
+        c: json.loads((fresh / f"results/cells/cpu/tiny-gpt2/{c}/meta.json").read_text())[
+            "git_commit"
+        ]
+        for c in ("bs1", "bs2", "cb2")
+    }
+    assert commits == {"bs1": commit_a, "bs2": commit_b, "cb2": commit_b}
+    assert {c: e["git_commit"] for c, e in manifest["cells"].items()} == {
+        f"cpu/tiny-gpt2/{c}": commit for c, commit in commits.items()
+    }
