@@ -103,3 +103,48 @@ def test_measure_with_a_trace(shared_data):
     with pytest.raises(InputError, match="US-MIDW-MISO_2023_hourly.csv.*does not cover"):
         with tokencarbon.measure(tdp_w=TDP_W, interval_s=INTERVAL_S, trace=trace):
             spin(0.3)
+
+
+def test_default_fill_limit_is_carbons():
+    # monitor (and the CLI) read it without importing pandas; the value is carbon's
+    from tokencarbon.carbon import DEFAULT_MAX_FILL_S
+    from tokencarbon.monitor import DEFAULT_MAX_FILL_S as MONITOR_DEFAULT
+
+    assert MONITOR_DEFAULT == DEFAULT_MAX_FILL_S == 3600.0
+
+
+def test_a_window_shorter_than_an_interval_and_what_the_monitor_keeps():
+    with Monitor(tdp_w=TDP_W, interval_s=0.05) as monitor:
+        time.sleep(0.5)
+        # no window open: only the latest sample is kept (it brackets the next window's start)
+        assert len(monitor._sidecar.samples()) == 1
+        monitor.begin_window("short")
+        short = monitor.end_window("short")  # no sample inside: bracketed by the one before
+        # its start and the one end_window asks for
+        assert 0 < short.time_s < 0.05 and short.n_samples <= 1
+        assert math.isfinite(short.energy_j) and short.energy_j >= 0
+        assert "fewer_than_10_samples" in short.qa_flags
+        monitor.begin_window("long")
+        time.sleep(0.5)
+        monitor._sidecar.mark()  # everything sampled so far is here
+        kept = monitor._sidecar.samples()
+        # an open window keeps everything from the sample before its start: ~10 at 0.05 s, and
+        # the mark's; fewer where a loaded machine starves the sampler
+        assert len(kept) >= 6
+        monitor.end_window("long")
+        assert len(monitor._sidecar.samples()) == 1
+
+
+def test_default_source_here_says_what_it_read_or_why_nothing():
+    from tokencarbon.monitor import default_source
+    from tokencarbon.power.rapl import rapl_state
+
+    spec, description = default_source()
+    if spec["kind"] == "modeled_cpu":
+        # nothing readable: labelled MODELED, with why NVML and RAPL could not be read
+        assert "MODELED" in description and "nothing to read here: NVML" in description
+        assert "RAPL: " in description and not rapl_state().startswith("readable")
+    elif spec["kind"] == "rapl":
+        assert description.startswith("RAPL package-0") and "whole machine" in description
+    spec, description = default_source(tdp_w=65.0)
+    assert spec == {"kind": "modeled_cpu", "tdp_w": 65.0} and "65 W TDP (given)" in description

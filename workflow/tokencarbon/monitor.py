@@ -2,7 +2,7 @@
 
     import tokencarbon
 
-    with tokencarbon.measure() as m:          # NVML where a GPU is visible, modeled CPU otherwise
+    with tokencarbon.measure() as m:          # the best source this machine has (default_source)
         outputs = model.generate(...)
         m.tokens = n_generated                 # optional: J/token and gCO2/token
     print(m.result.energy_j, m.result.carbon_g, m.result.j_per_token)
@@ -13,9 +13,12 @@
     record = monitor.end_window("prefill", tokens=128)
     monitor.close()
 
-Power comes from tokencarbon's power sidecar (a separate process sampling into Parquet,
-tokencarbon.power.sidecar); energy and carbon from tokencarbon.energy / tokencarbon.carbon, the
-same functions the workflow's metrics use. Nothing is integrated here.
+Power comes from tokencarbon's power sidecar (a separate process sampling on its own schedule,
+tokencarbon.power.sidecar), streaming its samples back over a pipe: begin_window notes the time,
+end_window has the sidecar take one more sample and integrates the window's samples. Energy and
+carbon come from tokencarbon.energy / tokencarbon.carbon, the same functions the workflow's
+metrics use; nothing is integrated here. Importing this module loads no pandas: the Monitor loads
+it while its sidecar starts.
 """
 
 from __future__ import annotations
@@ -23,24 +26,25 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from tokencarbon.carbon import DEFAULT_MAX_FILL_S
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
+from tokencarbon.units import S_PER_HOUR
 
-# How often the sidecar writes its samples to disk while running; end_window waits at most about
-# this long (plus one sampling interval) for the first sample after the window to be readable.
-FLUSH_S = 0.2
-_WAIT_TIMEOUT_S = 30.0
+if TYPE_CHECKING:
+    import pandas as pd
+
+# How often the sidecar sends what it sampled to the Monitor's process (a window's end does not
+# wait for it: end_window asks for a last sample and gets everything up to it).
+FLUSH_S = 0.5
+# tokencarbon.carbon.DEFAULT_MAX_FILL_S (one hour), without importing pandas to read it;
+# test_measure checks the two agree.
+DEFAULT_MAX_FILL_S: float | None = float(S_PER_HOUR)
 
 
 @dataclass(frozen=True)
@@ -108,26 +112,60 @@ def cpu_tdp_w(n_cpus: int | None = None) -> tuple[float, str]:
 
 
 def default_source(tdp_w: float | None = None) -> tuple[dict, str]:
-    """(power source spec, its description): NVML GPU 0 (as CUDA_VISIBLE_DEVICES numbers it) where
-    NVML sees a GPU and tdp_w is not given, else modeled CPU power at tdp_w (default:
-    cpu_tdp_w())."""
+    """(power source spec, its description): the first of these this machine can read, unless
+    tdp_w is given (then modeled CPU power at tdp_w, as asked):
+
+    1. NVML GPU 0 (as CUDA_VISIBLE_DEVICES numbers it): an NVIDIA GPU's energy counter and power;
+    2. where the `zeus` package is installed, an AMD GPU (0, as HIP numbers it) or Apple silicon
+       through Zeus's device layer (tokencarbon.power.zeusdev);
+    3. RAPL: CPU package and DRAM energy counters of the whole machine (tokencarbon.power.rapl);
+    4. else modeled CPU power, cpu_tdp_w() x CPU utilisation of the measured process tree: an
+       estimate, labelled MODELED, with why nothing could be read.
+    """
+    if tdp_w is not None:
+        return _modeled(float(tdp_w), "given", None)
     from tokencarbon.power.nvml import describe_gpu
 
     try:
         gpu = describe_gpu(0)
-    except HardwareMismatchError:  # no driver, no GPU, or none visible
-        gpu = None
-    if gpu is not None and tdp_w is None:
-        return {"kind": "nvml", "device_index": 0}, f"{gpu['name']} ({gpu['uuid']}), NVML"
-    if tdp_w is None:
-        tdp_w, why = cpu_tdp_w()
+    except HardwareMismatchError as exc:  # no driver, no GPU, or none visible
+        why_not = [f"NVML: {exc}".split(";")[0]]
     else:
-        why = "given"
+        return {"kind": "nvml", "device_index": 0}, f"{gpu['name']} ({gpu['uuid']}), NVML"
+    from tokencarbon.power import zeusdev
+
+    if zeusdev.zeus_installed() and (zeusdev.amd_gpu_present() or zeusdev.apple_silicon_here()):
+        amd = zeusdev.amd_gpu_present()
+        try:
+            source = zeusdev.ZeusGpuSource(0) if amd else zeusdev.ZeusSocSource()
+        except HardwareMismatchError as exc:
+            why_not.append(f"Zeus: {exc}")
+        else:
+            spec = {"kind": "zeus_gpu", "device_index": 0} if amd else {"kind": "zeus_soc"}
+            description = source.describe()
+            source.close()
+            return spec, description
+    from tokencarbon.power.rapl import RaplSource
+
+    try:
+        rapl = RaplSource()
+    except (HardwareMismatchError, InputError) as exc:
+        why_not.append(f"RAPL: {exc}")
+    else:
+        return {"kind": "rapl"}, (
+            f"{rapl.describe()}: CPU packages and DRAM of the whole machine (every process on it)"
+        )
+    tdp_w, why = cpu_tdp_w()
+    return _modeled(tdp_w, why, why_not)
+
+
+def _modeled(tdp_w: float, why: str, why_not: list[str] | None) -> tuple[dict, str]:
     from tokencarbon.hardware import cpu_model_name
 
-    return {"kind": "modeled_cpu", "tdp_w": float(tdp_w)}, (
+    return {"kind": "modeled_cpu", "tdp_w": tdp_w}, (
         f"{cpu_model_name()}, MODELED: {tdp_w:g} W TDP ({why}) x CPU utilisation of the measured "
-        f"process tree; an estimate, not a reading"
+        "process tree; an estimate, not a reading"
+        + (f" (nothing to read here: {'; '.join(why_not)})" if why_not else "")
     )
 
 
@@ -230,14 +268,21 @@ def measure_windows(
 class Monitor:
     """Power sampled from construction to close(); energy and carbon of named windows.
 
-    source: a power source spec ({"kind": "nvml", "device_index": 0} or {"kind": "modeled_cpu",
-      "tdp_w": 65.0}); default: default_source(tdp_w). interval_s: sampling interval (default per
-      source, tokencarbon.power.DEFAULT_INTERVAL_S). target_pid: the process tree a modeled CPU
-      source measures (default: this process and its children).
+    source: a power source spec (tokencarbon.power: {"kind": "nvml", "device_index": 0},
+      {"kind": "rapl"}, {"kind": "modeled_cpu", "tdp_w": 65.0}, ...); default: default_source(tdp_w).
+      interval_s: sampling interval (default per source, tokencarbon.power.DEFAULT_INTERVAL_S).
+      target_pid: the process tree a modeled CPU source measures (default: this process and its
+      children).
     intensity_g_per_kwh (default 413, the study's) or trace (an Electricity Maps CSV, basis
       "direct" or "lifecycle", fill and max_fill_s (s; None: no limit) as the workflow's
       carbon.fill and carbon.max_fill_s); pue >= 1.
-    Raises ConfigError for bad arguments; the sidecar's own errors (no GPU for nvml, ...).
+    Raises ConfigError for bad arguments; the sidecar's own errors (HardwareMismatchError where the
+    source cannot be read, ...).
+
+    Cost: construction starts the sidecar process (about 0.1 s, overlapped with loading pandas
+    and the trace); begin_window notes the time; end_window asks the sidecar for one more sample
+    (a pipe round trip) and integrates the window's samples (benchmarks/meter_overhead.py).
+    The Monitor keeps only the samples its open windows need.
     """
 
     def __init__(
@@ -256,23 +301,31 @@ class Monitor:
     ) -> None:
         from tokencarbon.power.sidecar import PowerSidecar
 
+        if trace is not None and intensity_g_per_kwh is not None:
+            raise ConfigError(
+                "give either intensity_g_per_kwh (a constant) or trace (an Electricity Maps CSV), "
+                "not both"
+            )
         if source is None:
             self.spec, self.device = default_source(tdp_w)
         else:
-            self.spec, self.device = dict(source), str(dict(source))
-        self.intensity = _intensity(intensity_g_per_kwh, trace, basis)
-        self.fill, self.pue, self.max_fill_s = fill, float(pue), max_fill_s
-        self._dir = Path(tempfile.mkdtemp(prefix="tokencarbon-measure-"))
-        self._out = self._dir / "power.parquet"
+            self.spec, self.device = dict(source), None
         self._open: dict[str, int] = {}
+        self._closed = True
         self._sidecar = PowerSidecar(
-            self.spec, self._out, interval_s, phase="run", target_pid=target_pid, flush_s=FLUSH_S
+            self.spec, None, interval_s, phase="run", target_pid=target_pid, flush_s=FLUSH_S
         )
+        # The child imports and opens its source while this process loads pandas and the trace.
+        self._sidecar.launch()
         try:
-            self._sidecar.start()
+            self.intensity = _intensity(intensity_g_per_kwh, trace, basis)
+            self.fill, self.pue, self.max_fill_s = fill, float(pue), max_fill_s
+            self._sidecar.begin("run")
         except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self._sidecar.kill()
             raise
+        self._sidecar.keep_from(sys.maxsize)  # no window open: the latest sample is enough
+        self.device = self.device or self._sidecar.device or str(self.spec)
         self.interval_s = self._sidecar.interval_s
         self._closed = False
 
@@ -285,11 +338,13 @@ class Monitor:
         if sync:
             _synchronize()
         self._open[name] = time.time_ns()
+        self._sidecar.keep_from(min(self._open.values()))
 
     def end_window(
         self, name: str, tokens: int | None = None, sync: bool = True, *, keep_energy: bool = False
     ) -> Measurement:
-        """End window `name` and return what it cost (waits for the sidecar's next flush).
+        """End window `name` and return what it cost: the sidecar takes one more sample, after
+        the window's end, and the window's samples are integrated (measure_windows).
         keep_energy: a trace that does not cover the window gives the energy without carbon
         (Measurement.carbon_missing says why) instead of raising (measure_windows)."""
         if name not in self._open:
@@ -300,40 +355,30 @@ class Monitor:
             _synchronize()
         end_ns = time.time_ns()
         start_ns = self._open.pop(name)
-        samples = self._samples_after(end_ns)
+        self._sidecar.mark()
+        samples = self._sidecar.samples(since_ns=start_ns)
+        self._sidecar.keep_from(min(self._open.values(), default=sys.maxsize))
+        last_ns = int(samples["t_wall_ns"].iloc[-1]) if len(samples) else None
+        if last_ns is None or last_ns < end_ns:
+            raise TokencarbonError(
+                f"power sidecar {self.spec}: its last sample ({last_ns} ns) is not after the end "
+                f"of window {name!r} ({end_ns} ns); was the system clock set back?"
+            )
         return measure_windows(
             samples, [(start_ns, end_ns)], name=name, device=self.device, intensity=self.intensity,
             pue=self.pue, fill=self.fill, tokens=tokens, where=f"power samples of window {name!r}",
             max_fill_s=self.max_fill_s, keep_energy=keep_energy,
         )  # fmt: skip
 
-    def _samples_after(self, end_ns: int) -> pd.DataFrame:
-        from tokencarbon.power.sidecar import read_samples
-
-        deadline = time.monotonic() + _WAIT_TIMEOUT_S
-        while True:
-            try:
-                samples = read_samples(self._out, allow_partial=True)
-            except InputError:  # no part written yet
-                samples = None
-            if samples is not None and int(samples["t_wall_ns"].max()) >= end_ns:
-                return samples
-            if time.monotonic() > deadline:
-                raise TokencarbonError(
-                    f"power sidecar {self.spec} wrote no sample after the window's end within "
-                    f"{_WAIT_TIMEOUT_S:g} s; is the machine overloaded?"
-                )
-            time.sleep(FLUSH_S / 2)
-
     def close(self) -> None:
-        """Stop the sidecar and delete its samples (idempotent)."""
+        """Stop the sidecar and drop its samples (idempotent)."""
         if self._closed:
             return
         self._closed = True
         try:
             self._sidecar.stop()
         finally:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self._sidecar.keep_from(sys.maxsize)
 
     def __enter__(self) -> Monitor:
         return self
