@@ -10,6 +10,7 @@ import pytest
 import tokencarbon
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.monitor import Measurement, Monitor, cpu_tdp_w
+from tokencarbon.power import DEFAULT_INTERVAL_S
 
 TDP_W = 100.0
 INTERVAL_S = 0.1
@@ -146,5 +147,9 @@ def test_default_source_here_says_what_it_read_or_why_nothing():
         assert "RAPL: " in description and not rapl_state().startswith("readable")
     elif spec["kind"] == "rapl":
         assert description.startswith("RAPL package-0") and "whole machine" in description
+    # A Monitor without a source has its sidecar find it in its own process: the same one
+    with Monitor() as monitor:
+        assert monitor.spec == spec and monitor.device == description
+        assert monitor.interval_s == DEFAULT_INTERVAL_S[spec["kind"]]
     spec, description = default_source(tdp_w=65.0)
     assert spec == {"kind": "modeled_cpu", "tdp_w": 65.0} and "65 W TDP (given)" in description

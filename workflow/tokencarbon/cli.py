@@ -534,6 +534,7 @@ def cmd_import(a: argparse.Namespace) -> int:
         load_power_log,
         read_timing,
     )
+
     # The timing file's own parser: --idle takes every form a timing file's start and end take
     # (epoch seconds, ISO-8601 with or without an offset, nvidia-smi's local time).
     from tokencarbon.importing import _times as timing_times
@@ -557,7 +558,9 @@ def cmd_import(a: argparse.Namespace) -> int:
     )  # fmt: skip
     # The windows' times are known: a trace that cannot give them an intensity is refused before
     # any cell is written.
-    spans = [(f"{a.timing} row {w.row}", w.start_wall_ns, w.end_wall_ns) for w in timing.itertuples()]
+    spans = [
+        (f"{a.timing} row {w.row}", w.start_wall_ns, w.end_wall_ns) for w in timing.itertuples()
+    ]
     problem = _trace_problem(intensity, spans, a)
     if problem:
         raise TokencarbonError(f"--trace {a.trace}: nothing was written: {problem}")
@@ -658,7 +661,9 @@ def _verdict(name: str, spec: dict, row, found: list[dict], why_no_gpu: str | No
         errors = []
         for g in found:
             try:
-                resolve_platform(name, g["name"], overrides, memory_limit_gb=limit, row=row.platform)
+                resolve_platform(
+                    name, g["name"], overrides, memory_limit_gb=limit, row=row.platform
+                )
                 return {
                     "can_run": True,
                     "why": f"GPU {g['index']} {g['name']!r} matches {row.device_name_pattern!r}",

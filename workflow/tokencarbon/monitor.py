@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
+from tokencarbon.errors import ConfigError, TokencarbonError
 from tokencarbon.units import S_PER_HOUR
 
 if TYPE_CHECKING:
@@ -94,79 +94,26 @@ class Measurement:
 
 
 def cpu_tdp_w(n_cpus: int | None = None) -> tuple[float, str]:
-    """The TDP the modeled CPU source multiplies utilisation by, and where it came from.
-
-    resources/platforms.csv's 'cpu' row gives tdp_w for its logical_cpus (a 2-vCPU slice of an
-    AMD EPYC 7763: 280 W / 64 cores, the row's source); scaled to the n_cpus this process may run
-    on (default: its CPU affinity). Pass tdp_w to Monitor / measure for the CPU you actually have.
+    """The TDP the modeled CPU source multiplies utilisation by, and where it came from
+    (tokencarbon.power.modeled.default_tdp_w): resources/platforms.csv's 'cpu' row (a 2-vCPU
+    slice of an AMD EPYC 7763: 280 W / 64 cores) scaled to n_cpus (default: this process's CPU
+    affinity). Pass tdp_w to Monitor / measure for the CPU you actually have.
     """
-    from tokencarbon.platforms import get_platform
+    from tokencarbon.power.modeled import default_tdp_w
 
-    row = get_platform("cpu")
-    n = len(os.sched_getaffinity(0)) if n_cpus is None else n_cpus
-    per_cpu_w = row.tdp_w / row.logical_cpus
-    return per_cpu_w * n, (
-        f"{per_cpu_w:g} W per logical CPU (resources/platforms.csv row 'cpu': {row.tdp_w:g} W for "
-        f"{row.logical_cpus}) x {n} logical CPUs"
-    )
+    return default_tdp_w(n_cpus)
 
 
 def default_source(tdp_w: float | None = None) -> tuple[dict, str]:
-    """(power source spec, its description): the first of these this machine can read, unless
-    tdp_w is given (then modeled CPU power at tdp_w, as asked):
+    """(power source spec, its description) of what a Monitor without a source reads here: the
+    first of NVML GPU 0, an AMD GPU or Apple silicon through Zeus (where installed), RAPL, and
+    modeled CPU power (labelled MODELED, saying why nothing could be read); modeled at tdp_w when
+    tdp_w is given (tokencarbon.power.open_default, which the sidecar runs in its own process)."""
+    from tokencarbon.power import open_default
 
-    1. NVML GPU 0 (as CUDA_VISIBLE_DEVICES numbers it): an NVIDIA GPU's energy counter and power;
-    2. where the `zeus` package is installed, an AMD GPU (0, as HIP numbers it) or Apple silicon
-       through Zeus's device layer (tokencarbon.power.zeusdev);
-    3. RAPL: CPU package and DRAM energy counters of the whole machine (tokencarbon.power.rapl);
-    4. else modeled CPU power, cpu_tdp_w() x CPU utilisation of the measured process tree: an
-       estimate, labelled MODELED, with why nothing could be read.
-    """
-    if tdp_w is not None:
-        return _modeled(float(tdp_w), "given", None)
-    from tokencarbon.power.nvml import describe_gpu
-
-    try:
-        gpu = describe_gpu(0)
-    except HardwareMismatchError as exc:  # no driver, no GPU, or none visible
-        why_not = [f"NVML: {exc}".split(";")[0]]
-    else:
-        return {"kind": "nvml", "device_index": 0}, f"{gpu['name']} ({gpu['uuid']}), NVML"
-    from tokencarbon.power import zeusdev
-
-    if zeusdev.zeus_installed() and (zeusdev.amd_gpu_present() or zeusdev.apple_silicon_here()):
-        amd = zeusdev.amd_gpu_present()
-        try:
-            source = zeusdev.ZeusGpuSource(0) if amd else zeusdev.ZeusSocSource()
-        except HardwareMismatchError as exc:
-            why_not.append(f"Zeus: {exc}")
-        else:
-            spec = {"kind": "zeus_gpu", "device_index": 0} if amd else {"kind": "zeus_soc"}
-            description = source.describe()
-            source.close()
-            return spec, description
-    from tokencarbon.power.rapl import RaplSource
-
-    try:
-        rapl = RaplSource()
-    except (HardwareMismatchError, InputError) as exc:
-        why_not.append(f"RAPL: {exc}")
-    else:
-        return {"kind": "rapl"}, (
-            f"{rapl.describe()}: CPU packages and DRAM of the whole machine (every process on it)"
-        )
-    tdp_w, why = cpu_tdp_w()
-    return _modeled(tdp_w, why, why_not)
-
-
-def _modeled(tdp_w: float, why: str, why_not: list[str] | None) -> tuple[dict, str]:
-    from tokencarbon.hardware import cpu_model_name
-
-    return {"kind": "modeled_cpu", "tdp_w": tdp_w}, (
-        f"{cpu_model_name()}, MODELED: {tdp_w:g} W TDP ({why}) x CPU utilisation of the measured "
-        "process tree; an estimate, not a reading"
-        + (f" (nothing to read here: {'; '.join(why_not)})" if why_not else "")
-    )
+    source, spec, description = open_default(os.getpid(), tdp_w)
+    source.close()
+    return spec, description
 
 
 def _intensity(intensity_g_per_kwh: float | None, trace: str | Path | None, basis: str):
@@ -306,10 +253,12 @@ class Monitor:
                 "give either intensity_g_per_kwh (a constant) or trace (an Electricity Maps CSV), "
                 "not both"
             )
-        if source is None:
-            self.spec, self.device = default_source(tdp_w)
-        else:
-            self.spec, self.device = dict(source), None
+        if source is not None:
+            self.spec = dict(source)
+        elif tdp_w is not None:
+            self.spec = {"kind": "modeled_cpu", "tdp_w": float(tdp_w)}
+        else:  # the sidecar finds the source itself (open_default), while this process goes on
+            self.spec = {"kind": "auto"}
         self._open: dict[str, int] = {}
         self._closed = True
         self._sidecar = PowerSidecar(
@@ -325,7 +274,8 @@ class Monitor:
             self._sidecar.kill()
             raise
         self._sidecar.keep_from(sys.maxsize)  # no window open: the latest sample is enough
-        self.device = self.device or self._sidecar.device or str(self.spec)
+        self.spec = self._sidecar.spec  # as resolved
+        self.device = self._sidecar.device or str(self.spec)
         self.interval_s = self._sidecar.interval_s
         self._closed = False
 

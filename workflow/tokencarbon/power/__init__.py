@@ -8,6 +8,8 @@ Specs are plain (picklable, JSON-able) so a sidecar process can open the source 
   {"kind": "zeus_soc"}                       Apple silicon through Zeus (tokencarbon.power.zeusdev)
   {"kind": "modeled_cpu", "tdp_w": 65.0}     an ESTIMATE, TDP x CPU utilisation of a process tree,
                                              where nothing can be read (tokencarbon.power.modeled)
+  {"kind": "auto"}                           the first of these this machine can read
+                                             (open_default); a sidecar resolves it in its process
 
 Importing this package loads no source library (pynvml, psutil, zeus) nor pandas/pyarrow: the
 sidecar process starts on what its one source needs.
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from tokencarbon.errors import ConfigError
+from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
 from tokencarbon.power.base import PowerSample
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "PowerSource",
     "check_spec",
     "describe_gpu",
+    "open_default",
     "open_source",
     "read_nvidia_smi_csv",
     "samples_table",
@@ -39,6 +42,7 @@ __all__ = [
 DEFAULT_INTERVAL_S = {
     "nvml": 0.05, "zeus_gpu": 0.05, "rapl": 0.1, "zeus_soc": 0.1, "modeled_cpu": 0.1
 }  # fmt: skip
+# A sidecar of kind "auto" takes the interval of the kind it resolves to.
 
 _KEYS = {
     "nvml": {"kind", "device_index"},
@@ -46,6 +50,7 @@ _KEYS = {
     "rapl": {"kind"},
     "zeus_soc": {"kind"},
     "modeled_cpu": {"kind", "tdp_w"},
+    "auto": {"kind"},
 }
 
 
@@ -81,6 +86,8 @@ def open_source(spec: Mapping, target_pid: int) -> PowerSource:
     Raises ConfigError for a bad spec, HardwareMismatchError where the device cannot be read."""
     spec = check_spec(spec)
     kind = spec["kind"]
+    if kind == "auto":
+        return open_default(target_pid)[0]
     if kind == "nvml":
         from tokencarbon.power.nvml import NvmlSource
 
@@ -100,6 +107,65 @@ def open_source(spec: Mapping, target_pid: int) -> PowerSource:
     from tokencarbon.power.modeled import ModeledCpuSource
 
     return ModeledCpuSource(spec["tdp_w"], target_pid)
+
+
+def open_default(target_pid: int, tdp_w: float | None = None) -> tuple[PowerSource, dict, str]:
+    """(the opened source, its spec, a description of the device) for the first source this
+    machine can read, unless tdp_w is given (then modeled CPU power at tdp_w, as asked):
+
+    1. NVML GPU 0 (as CUDA_VISIBLE_DEVICES numbers it): an NVIDIA GPU's energy counter and power;
+    2. where the `zeus` package is installed, an AMD GPU (0, as HIP numbers it) or Apple silicon
+       through Zeus's device layer (tokencarbon.power.zeusdev);
+    3. RAPL: CPU package and DRAM energy counters of the whole machine (tokencarbon.power.rapl);
+    4. else modeled CPU power, modeled.default_tdp_w() x CPU utilisation of target_pid's process
+       tree: an estimate, labelled MODELED, its description saying why nothing could be read.
+    """
+    from tokencarbon.power import modeled
+
+    if tdp_w is not None:
+        return _open_modeled(float(tdp_w), "given", None, target_pid)
+    from tokencarbon.power.nvml import NvmlSource
+
+    try:
+        source = NvmlSource(0)
+    except HardwareMismatchError as exc:  # no driver, no GPU, or none visible
+        why_not = [f"NVML: {str(exc).split(';')[0]}"]
+    else:
+        return source, {"kind": "nvml", "device_index": 0}, source.describe()
+    from tokencarbon.power import zeusdev
+
+    if zeusdev.zeus_installed() and (zeusdev.amd_gpu_present() or zeusdev.apple_silicon_here()):
+        amd = zeusdev.amd_gpu_present()
+        try:
+            source = zeusdev.ZeusGpuSource(0) if amd else zeusdev.ZeusSocSource()
+        except HardwareMismatchError as exc:
+            why_not.append(f"Zeus: {exc}")
+        else:
+            spec = {"kind": "zeus_gpu", "device_index": 0} if amd else {"kind": "zeus_soc"}
+            return source, spec, source.describe()
+    from tokencarbon.power.rapl import RaplSource
+
+    try:
+        source = RaplSource()
+    except (HardwareMismatchError, InputError) as exc:
+        why_not.append(f"RAPL: {exc}")
+    else:
+        whole = f"{source.describe()}: CPU packages and DRAM of the whole machine (every process)"
+        return source, {"kind": "rapl"}, whole
+    tdp_w, why = modeled.default_tdp_w()
+    return _open_modeled(tdp_w, why, why_not, target_pid)
+
+
+def _open_modeled(
+    tdp_w: float, why: str, why_not: list[str] | None, target_pid: int
+) -> tuple[PowerSource, dict, str]:
+    from tokencarbon.power.modeled import ModeledCpuSource
+
+    source = ModeledCpuSource(tdp_w, target_pid, why)
+    description = source.describe() + (
+        f" (nothing to read here: {'; '.join(why_not)})" if why_not else ""
+    )
+    return source, {"kind": "modeled_cpu", "tdp_w": tdp_w}, description
 
 
 def __getattr__(name: str):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import tokencarbon
 from tokencarbon import errors
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
-from tokencarbon.power import DEFAULT_INTERVAL_S, check_spec, open_source
+from tokencarbon.power import DEFAULT_INTERVAL_S, check_spec, open_default, open_source
 from tokencarbon.power.base import as_row, samples_frame
 
 if TYPE_CHECKING:
@@ -87,10 +87,12 @@ class PowerSidecar:
     ) -> None:
         self.spec = check_spec(source_spec)
         self.out_path = None if out_path is None else Path(out_path)
+        # An "auto" spec is resolved by the child (spec, interval_s and device set once ready).
         self.interval_s = (
-            DEFAULT_INTERVAL_S[self.spec["kind"]] if interval_s is None else interval_s
-        )
-        if not self.interval_s > 0 or not flush_s > 0:
+            interval_s if interval_s is not None or self.spec["kind"] == "auto"
+            else DEFAULT_INTERVAL_S[self.spec["kind"]]
+        )  # fmt: skip
+        if not (interval_s is None or interval_s > 0) or not flush_s > 0:
             raise ConfigError(
                 f"power sidecar: interval_s={interval_s!r} and flush_s={flush_s!r} must be > 0 s"
             )
@@ -142,7 +144,7 @@ class PowerSidecar:
             sys.executable, "-m", "tokencarbon.power.sidecar",
             "--spec", json.dumps(self.spec),
             *(["--out", str(self.out_path)] if self.out_path is not None else ["--stream"]),
-            "--interval-s", repr(self.interval_s),
+            *(["--interval-s", repr(self.interval_s)] if self.interval_s is not None else []),
             "--flush-s", repr(self.flush_s),
             "--target-pid", str(self.target_pid),
         ]  # fmt: skip
@@ -200,12 +202,15 @@ class PowerSidecar:
         self._phase = phase
 
     def wait_ready(self) -> None:
-        """Wait until the child has opened its source (after launch()); sets .device. Raises
+        """Wait until the child has opened its source (after launch()); sets .device (and .spec and
+        .interval_s where the spec was "auto"). Raises
         the child's error (HardwareMismatchError where the device cannot be read, ...)."""
         if self._proc is None:
             raise TokencarbonError(f"power sidecar for {self._where}: launch() it first")
         if not self._ready:
-            self.device = self._message(_START_TIMEOUT_S, "start").get("device")
+            ready = self._message(_START_TIMEOUT_S, "start")
+            self.device, self.spec = ready.get("device"), ready.get("spec", self.spec)
+            self.interval_s = ready.get("interval_s", self.interval_s)
             self._ready = True
 
     def start(self) -> None:
@@ -418,7 +423,7 @@ class _Parts:
 def _sample(
     spec: dict,
     out_path: Path | None,
-    interval_s: float,
+    interval_s: float | None,
     flush_s: float,
     target_pid: int,
     say: Callable[[dict], None],
@@ -426,8 +431,16 @@ def _sample(
     """The child's loop: standby until the first "begin <phase>" line on stdin, then sample on an
     absolute schedule, each sample tagged with the phase begun last, until stdin closes; a "mark"
     line takes a sample at once and, streaming, sends everything up to it before replying.
-    Returns the number of samples kept."""
-    source = open_source(spec, target_pid)
+    Returns the number of samples kept. An "auto" spec is resolved here (open_default), and
+    interval_s None is the resolved kind's DEFAULT_INTERVAL_S."""
+    if spec["kind"] == "auto":
+        source, spec, description = open_default(target_pid)
+    else:
+        source = open_source(spec, target_pid)
+        describe = getattr(source, "describe", None)
+        description = describe() if describe else None
+    if interval_s is None:
+        interval_s = DEFAULT_INTERVAL_S[spec["kind"]]
     opened = time.monotonic()
     commands: queue.SimpleQueue[str] = queue.SimpleQueue()
     wake, stopped = threading.Event(), threading.Event()
@@ -441,8 +454,7 @@ def _sample(
 
     threading.Thread(target=listen, daemon=True).start()
     parts = _Parts(out_path) if out_path is not None else None
-    describe = getattr(source, "describe", None)
-    say({"ready": True, "device": describe() if describe else None})
+    say({"ready": True, "device": description, "spec": spec, "interval_s": interval_s})
 
     phase: str | None = None  # None: standby, polling without keeping
     samples: list = []  # kept since the last flush
@@ -522,7 +534,7 @@ def main() -> int:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path)
     where.add_argument("--stream", action="store_true")
-    parser.add_argument("--interval-s", required=True, type=float)
+    parser.add_argument("--interval-s", type=float, default=None)
     parser.add_argument("--flush-s", required=True, type=float)
     parser.add_argument("--target-pid", required=True, type=int)
     a = parser.parse_args()
