@@ -321,14 +321,14 @@ class Monitor:
         )  # fmt: skip
 
     def close(self) -> None:
-        """Stop the sidecar and drop its samples (idempotent)."""
+        """End the sidecar and drop its samples (idempotent). Windows still open are dropped too.
+        The sidecar is killed, not stopped: it streams to this process and writes nothing, so a
+        last sample and an orderly exit (tens of ms) would buy nothing."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._sidecar.stop()
-        finally:
-            self._sidecar.keep_from(sys.maxsize)
+        self._sidecar.kill()
+        self._sidecar.keep_from(sys.maxsize)
 
     def __enter__(self) -> Monitor:
         return self
