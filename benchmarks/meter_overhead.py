@@ -160,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     trees = {"after": REPO / "workflow"}
     tmp = Path(tempfile.mkdtemp(prefix="meter-baseline-"))
     try:
+        baseline_note = None
         if a.baseline != "none":
-            trees["before"] = extract(a.baseline, tmp)
+            try:
+                trees["before"] = extract(a.baseline, tmp)
+            except (OSError, subprocess.CalledProcessError) as exc:  # a copy without .git
+                baseline_note = f"no baseline: git archive {a.baseline} failed ({exc})"
+                print(baseline_note, file=sys.stderr)
         script = Path(sys.executable).with_name("tokencarbon")
         cli = [str(script)] if script.exists() else [sys.executable, "-m", "tokencarbon.cli"]
         true_cmd = [shutil.which("true") or "/bin/true"]
@@ -172,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             "logical_cpus": os.cpu_count(),
             "python": pyplatform.python_version(),
             "git_commit": _git("rev-parse", "HEAD"),
-            "baseline_commit": _git("rev-parse", a.baseline) if a.baseline != "none" else None,
+            "baseline_commit": _git("rev-parse", a.baseline) if "before" in trees else None,
+            "baseline_note": baseline_note,
             "cli": " ".join(cli[-3:] if len(cli) > 1 else [Path(cli[0]).name]),
             "window_work_s": WINDOW_WORK_S,
             "loadavg_start": loadavg(),

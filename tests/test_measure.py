@@ -153,3 +153,46 @@ def test_default_source_here_says_what_it_read_or_why_nothing():
         assert monitor.interval_s == DEFAULT_INTERVAL_S[spec["kind"]]
     spec, description = default_source(tdp_w=65.0)
     assert spec == {"kind": "modeled_cpu", "tdp_w": 65.0} and "65 W TDP (given)" in description
+
+
+@pytest.mark.gpu
+def test_nvml_windows_agree_with_the_counter_read_in_process():
+    # On a GPU: the Monitor's window energy (its sidecar's samples, tokencarbon.energy) against
+    # NVML's total-energy counter read in this process right before begin_window and right after
+    # end_window, as Zeus's monitor reads it. The counter moves about every 100 ms on an H100, so
+    # each edge may differ by up to one step: 0.1 s at the window's mean power, twice.
+    from helpers import gpu_present
+
+    if not gpu_present():
+        pytest.skip("no NVIDIA GPU and driver")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    import pynvml
+
+    from tokencarbon.power.nvml import _handle
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    pynvml.nvmlInit()
+    try:
+        handle = _handle(0)
+        with Monitor() as monitor:
+            assert monitor.spec == {"kind": "nvml", "device_index": 0}
+            torch.cuda.synchronize()
+            before_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            monitor.begin_window("matmul")
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                for _ in range(10):
+                    a @ a
+                torch.cuda.synchronize()
+            m = monitor.end_window("matmul")
+            after_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    finally:
+        pynvml.nvmlShutdown()
+    direct_j = (after_mj - before_mj) / 1e3
+    mean_w = m.energy_j / m.time_s
+    assert m.energy_method == "counter" and m.source == "nvml" and not m.modeled
+    assert not set(m.qa_flags) & {"counter_frozen", "counter_jump", "counter_decreasing"}
+    assert abs(m.energy_j - direct_j) <= 2 * 0.1 * mean_w, (m.energy_j, direct_j, mean_w)
+    assert 30 <= m.n_samples <= 45  # 2 s at 0.05 s, give or take the edges

@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "of the whole machine); else modeled CPU power (TDP x CPU utilisation of CMD's process "
         "tree, labelled MODELED). Prints the energy (energy counter and integral of power), "
         "operational carbon, and J/token and gCO2/token when --tokens is given. Exits with "
-        "CMD's exit code. Overhead: about 0.5 s per call (benchmarks/meter_overhead.py).",
+        "CMD's exit code. Its overhead is mostly Python loading numpy and pandas (docs/meter.md).",
         epilog=EXAMPLES["measure"], formatter_class=fmt,
     )  # fmt: skip
     m.add_argument(
