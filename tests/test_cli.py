@@ -310,6 +310,12 @@ def test_closing_note_says_where_the_results_are_and_whether_this_run_wrote_them
     note = closing_note(summary, report, started, tmp_path)
     written = time.strftime("%Y-%m-%d %H:%M", time.localtime(started - 3600))
     assert f"  {report}  the report" in note and f"NOT rebuilt by this run (written {written})" in note
+    # a run of some targets builds no report: the note says so, and that the file is older
+    note = closing_note(summary, report, started, tmp_path, "this run built targets (x)")
+    assert (
+        f"  {report}  NOT built by this run: this run built targets (x); the file there is from "
+        f"an earlier run ({written})"
+    ) in note
 
 
 def test_import_idle_takes_the_timing_files_time_formats(tmp_path):

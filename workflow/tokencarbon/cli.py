@@ -301,7 +301,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     check_config_files([root / f if not Path(f).is_absolute() else Path(f)
                         for f in _configfile_args(args)])  # fmt: skip
-    check_snakemake_args(args)
+    targets = check_snakemake_args(args)
     cmd = [sys.executable, "-m", "snakemake", *([] if has_cores else ["--cores", "1"]), *args]
     print(f"tokencarbon run: {shlex.join(cmd[2:])}  (in {root})", file=sys.stderr, flush=True)
     started = time.time()
@@ -310,7 +310,17 @@ def cmd_run(a: argparse.Namespace) -> int:
         return code
     summary = root / "results" / "summary.md"
     report = root / "results" / "report.html"
-    if not a.no_report:
+    if a.no_report:
+        why_no_report = "--no-report"
+    elif targets:
+        # The report shows the whole study; after a run of some targets it would stop on the
+        # study's files that do not exist.
+        why_no_report = (
+            f"this run built targets ({' '.join(targets)}), and the report shows the whole study "
+            "(`tokencarbon run` without targets builds both)"
+        )
+    else:
+        why_no_report = None
         config_args, taking = [], False  # the report must see the same study
         for x in args:
             if x in ("--configfile", "--configfiles", "--config"):
@@ -327,27 +337,38 @@ def cmd_run(a: argparse.Namespace) -> int:
             [sys.executable, "-m", "snakemake", "--report", str(report), *config_args], cwd=root
         )
         if rep.returncode != 0:
-            print(f"tokencarbon run: the report failed (exit {rep.returncode})", file=sys.stderr)
-    print(closing_note(summary, report, started, root))
+            why_no_report = (
+                f"`snakemake --report` failed (exit {rep.returncode}; its error is above)"
+            )
+    print(closing_note(summary, report, started, root, why_no_report))
     return 0
 
 
-def closing_note(summary: Path, report: Path, started: float, root: Path) -> str:
+def closing_note(
+    summary: Path, report: Path, started: float, root: Path, why_no_report: str | None = None
+) -> str:
     """What `tokencarbon run` prints last: where the summary (headlines) and the report (every
-    figure and table) are, paths relative to the current folder where they lie under it; a file
-    this run did not write (older than `started`, epoch s) is said to be from an earlier run, a
-    missing one is said to be missing."""
+    figure and table) are, paths relative to the current folder where they lie under it. A file
+    this run did not write (older than `started`, epoch s) is said to be from an earlier run, with
+    its time; a missing one is said to be missing; why_no_report says why the report was not
+    built (--no-report, targets, its failure)."""
 
-    def where(path: Path, what: str) -> str:
+    def where(path: Path, what: str, why_not: str | None = None) -> str:
         try:
             shown = path.resolve().relative_to(Path.cwd().resolve())
         except ValueError:
             shown = path
+        written = path.exists() and path.stat().st_mtime >= started
+        when = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+            if path.exists() else None
+        )  # fmt: skip
+        if why_not is not None:
+            old = f"; the file there is from an earlier run ({when})" if when else ""
+            return f"  {shown}  NOT built by this run: {why_not}{old}"
         if not path.exists():
-            return f"  {shown}  not built by this run (it builds with `tokencarbon run` and no targets)"
-        mtime = path.stat().st_mtime
-        if mtime < started:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime))
+            return f"  {shown}  not built by this run (`tokencarbon run` without targets builds it)"
+        if not written:
             return f"  {shown}  {what}; NOT rebuilt by this run (written {when})"
         return f"  {shown}  {what}"
 
@@ -357,7 +378,7 @@ def closing_note(summary: Path, report: Path, started: float, root: Path) -> str
         where(summary, "the headlines: tables of energy, carbon and latency per token "
                        "(also summary.html)"),
         where(report, "the report: every figure and table with its caption and provenance "
-                      "(open it in a browser)"),
+                      "(open it in a browser)", why_no_report),
     ])  # fmt: skip
 
 
@@ -365,14 +386,14 @@ class _RefusedBySnakemake(Exception):
     pass
 
 
-def check_snakemake_args(args: list[str]) -> None:
-    """Refuse, before Snakemake starts, what Snakemake's own parser would refuse with its
-    100-line usage text: raises TokencarbonError naming the argument, the option it was likely
-    meant to be, and where Snakemake's options are listed. Parsed with Snakemake's parser
-    (snakemake.cli.get_argument_parser); arguments that print and exit (--help, --version) are
-    left to Snakemake."""
+def check_snakemake_args(args: list[str]) -> list[str] | None:
+    """The targets among Snakemake arguments `args` (positional arguments, [] for none), parsed
+    with Snakemake's own parser (snakemake.cli.get_argument_parser); what that parser would refuse
+    with its 100-line usage text is refused here instead: TokencarbonError naming the argument,
+    the option it was likely meant to be, and where Snakemake's options are listed. None for
+    arguments that print and exit (--help, --version), left to Snakemake."""
     if any(x in ("-h", "--help", "-v", "--version") for x in args):
-        return
+        return None
     import difflib
 
     from snakemake.cli import get_argument_parser
@@ -385,13 +406,13 @@ def check_snakemake_args(args: list[str]) -> None:
 
     parser.error = refuse
     try:
-        parser.parse_args(args)
+        parsed = parser.parse_args(args)
     except (_RefusedBySnakemake, CliException) as exc:  # CliException: a value Snakemake parses
         message = str(exc).strip().rstrip(".")
     except SystemExit:  # an action that prints and exits: Snakemake will do the same
-        return
+        return None
     else:
-        return
+        return list(parsed.targets or [])
     options = [o for action in parser._actions for o in action.option_strings]
     unknown = re.match(r"unrecognized arguments: (.*)", message)
     if unknown:
