@@ -117,6 +117,7 @@ def test_default_fill_limit_is_carbons():
 def test_a_window_shorter_than_an_interval_and_what_the_monitor_keeps():
     with Monitor(tdp_w=TDP_W, interval_s=0.05) as monitor:
         time.sleep(0.5)
+        monitor._sidecar.mark()  # everything sampled so far is here (else sent every 0.5 s)
         # no window open: only the latest sample is kept (it brackets the next window's start)
         assert len(monitor._sidecar.samples()) == 1
         monitor.begin_window("short")

@@ -110,6 +110,7 @@ class PowerSidecar:
         # Streamed samples (out_path None), appended by the reader thread: rows in FIELDS order,
         # their phases and times; rows before _keep_from_ns's bracketing sample are dropped.
         self._lock = threading.Lock()
+        self._mark_lock = threading.Lock()
         self._rows: list[list] = []
         self._phases: list[str] = []
         self._times: list[int] = []
@@ -227,8 +228,9 @@ class PowerSidecar:
             raise TokencarbonError(f"power sidecar for {self._where}: mark() needs out_path=None")
         if self._proc is None or self._phase is None:
             raise TokencarbonError("power sidecar: mark() while no phase is being kept")
-        self._send("mark")
-        self._message(_MARK_TIMEOUT_S, "mark")
+        with self._mark_lock:  # one mark in flight: each caller gets the reply to its own
+            self._send("mark")
+            self._message(_MARK_TIMEOUT_S, "mark")
 
     def samples(self, since_ns: int | None = None) -> pd.DataFrame:
         """Streamed samples as a POWER DataFrame: all kept, or from the last at or before
