@@ -125,12 +125,14 @@ class PowerSidecar:
 
     @property
     def _where(self) -> str:
-        return str(self.out_path) if self.out_path is not None else "its parent (streaming)"
+        return (
+            f"writing {self.out_path}" if self.out_path is not None else "streaming to its parent"
+        )
 
     def launch(self) -> None:
         """Start the sidecar process in standby and return at once (no sample kept yet)."""
         if self._proc is not None:
-            raise TokencarbonError(f"power sidecar for {self._where} is already started")
+            raise TokencarbonError(f"power sidecar {self._where} is already started")
         if self.out_path is not None:
             # A previous run's output or parts must never be merged with, or taken for, this one's.
             shutil.rmtree(parts_dir(self.out_path), ignore_errors=True)
@@ -204,11 +206,11 @@ class PowerSidecar:
         self._phase = phase
 
     def wait_ready(self) -> None:
-        """Wait until the child has opened its source (after launch()); sets .device (and .spec and
-        .interval_s where the spec was "auto"). Raises
-        the child's error (HardwareMismatchError where the device cannot be read, ...)."""
+        """Wait until the child has opened its source (after launch()); sets .device (and .spec
+        and .interval_s where the spec was "auto"). Raises the child's error
+        (HardwareMismatchError where the device cannot be read, ...)."""
         if self._proc is None:
-            raise TokencarbonError(f"power sidecar for {self._where}: launch() it first")
+            raise TokencarbonError(f"power sidecar {self._where}: launch() it first")
         if not self._ready:
             ready = self._message(_START_TIMEOUT_S, "start")
             self.device, self.spec = ready.get("device"), ready.get("spec", self.spec)
@@ -225,7 +227,7 @@ class PowerSidecar:
         in samples(); its time is after this call began. Raises TokencarbonError when no phase is
         being kept or the sidecar died."""
         if self.out_path is not None:
-            raise TokencarbonError(f"power sidecar for {self._where}: mark() needs out_path=None")
+            raise TokencarbonError(f"power sidecar {self._where}: mark() needs out_path=None")
         if self._proc is None or self._phase is None:
             raise TokencarbonError("power sidecar: mark() while no phase is being kept")
         with self._mark_lock:  # one mark in flight: each caller gets the reply to its own
@@ -236,7 +238,7 @@ class PowerSidecar:
         """Streamed samples as a POWER DataFrame: all kept, or from the last at or before
         since_ns (the one that brackets a window starting then) on. Streaming only."""
         if self.out_path is not None:
-            raise TokencarbonError(f"power sidecar for {self._where}: read_samples() it instead")
+            raise TokencarbonError(f"power sidecar {self._where}: read_samples() it instead")
         with self._lock:
             first = 0
             if since_ns is not None:
@@ -256,7 +258,7 @@ class PowerSidecar:
         """Take a last sample; with out_path, merge the parts into it. Returns the number of
         samples."""
         if self._proc is None:
-            raise TokencarbonError(f"power sidecar for {self._where} is not running")
+            raise TokencarbonError(f"power sidecar {self._where} is not running")
         try:
             if not self._ready:  # stopped in standby: it still reports, once ready
                 self.wait_ready()
@@ -274,7 +276,7 @@ class PowerSidecar:
         """After stop(): every sample kept (POWER rows, phases as tagged), and the sidecar's
         files (or streamed rows) removed."""
         if self._proc is not None:
-            raise TokencarbonError(f"power sidecar for {self._where}: stop() before collect()")
+            raise TokencarbonError(f"power sidecar {self._where}: stop() before collect()")
         if self.out_path is None:
             samples = self.samples()
             with self._lock:
@@ -316,7 +318,7 @@ class PowerSidecar:
                 else message["broken"] if message else "no reply"
             )  # fmt: skip
             raise TokencarbonError(
-                f"power sidecar {self.spec} writing {self._where} died at {when} (exit code "
+                f"power sidecar {self.spec} {self._where} died at {when} (exit code "
                 f"{code}, {why}); its traceback is on stderr"
                 + (
                     f"; samples taken so far stay readable with read_samples("
