@@ -17,9 +17,10 @@ measured work) and end_window, each call timed on its own; then closes it (timed
 --reps runs of the `tokencarbon` console script (`measure -- true`) and of `true`, each a fresh
 process: overhead = median(measure -- true) - median(true), wall clock; the CPU seconds the kernel
 charged to each run (its process tree, the sidecar included) are recorded beside it, a measure
-that other tenants' load on a shared machine does not inflate the way it inflates wall time. The source is whatever
-tokencarbon.monitor.default_source picks here (NVML on a GPU; modeled CPU power on this CPU
-machine): the record says which. Targets: begin/end_window <= 10 ms, measure overhead <= 0.5 s.
+that other tenants' load on a shared machine does not inflate the way it inflates wall time.
+The source is whatever tokencarbon.monitor.default_source picks here (NVML on a GPU; modeled CPU
+power on this CPU machine): the record says which. Targets (issue 24): begin/end_window <= 10 ms,
+measure overhead <= 0.5 s.
 
 Record: $OUT/<label>-meter-overhead.json when $OUT is set (the GPU machine's returned folder),
 else benchmarks/results/<label>-meter-overhead.json; <label> is h100/h200/... from the GPU name,

@@ -295,7 +295,8 @@ def test_nvidia_smi_several_gpus_without_a_device_column(tmp_path):
     [
         (
             {"kind": "ipmi"},
-            r"'kind' must be one of \['auto', 'modeled_cpu', 'nvml', 'rapl', 'zeus_gpu', 'zeus_soc'\]",
+            r"'kind' must be one of "
+            r"\['auto', 'modeled_cpu', 'nvml', 'rapl', 'zeus_gpu', 'zeus_soc'\]",
         ),
         ({"kind": "rapl", "device_index": 0}, r"takes exactly the keys \['kind'\]"),
         ({"kind": "nvml"}, r"takes exactly the keys \['device_index', 'kind'\]"),

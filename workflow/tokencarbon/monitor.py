@@ -216,7 +216,8 @@ class Monitor:
     """Power sampled from construction to close(); energy and carbon of named windows.
 
     source: a power source spec (tokencarbon.power: {"kind": "nvml", "device_index": 0},
-      {"kind": "rapl"}, {"kind": "modeled_cpu", "tdp_w": 65.0}, ...); default: default_source(tdp_w).
+      {"kind": "rapl"}, {"kind": "modeled_cpu", "tdp_w": 65.0}, ...); default: what
+      default_source(tdp_w) picks, found by the sidecar in its own process.
       interval_s: sampling interval (default per source, tokencarbon.power.DEFAULT_INTERVAL_S).
       target_pid: the process tree a modeled CPU source measures (default: this process and its
       children).
