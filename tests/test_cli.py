@@ -276,3 +276,68 @@ def test_run_reads_the_configfiles_before_snakemake(tmp_path):
     out = tc("run", "-n", "--configfile", str(bad))
     assert out.returncode == 2
     assert f"{bad} line {line}, key trace_day: '2023-02-30' is no calendar date" in out.stderr
+
+
+# --- issue 24 item 7: what `run` prints, and --idle ----------------------------------------------
+
+
+def test_run_refuses_an_unknown_snakemake_option_in_one_line():
+    out = tc("run", "--coress", "1")
+    assert out.returncode == 2
+    assert "Snakemake has no option --coress (did you mean --cores?). Nothing was run" in out.stderr
+    assert "`snakemake --help` lists Snakemake's options" in out.stderr
+    # was: Snakemake's 101-line usage text; now the error alone
+    assert "usage:" not in out.stderr and len(out.stderr.splitlines()) <= 2, out.stderr
+    out = tc("run", "--cores", "many")
+    assert out.returncode == 2 and "--cores, -c): must be integer or 'all'" in out.stderr
+
+
+def test_closing_note_says_where_the_results_are_and_whether_this_run_wrote_them(tmp_path):
+    import time
+
+    from tokencarbon.cli import closing_note
+
+    summary, report = tmp_path / "results" / "summary.md", tmp_path / "results" / "report.html"
+    summary.parent.mkdir()
+    started = time.time() - 60
+    summary.write_text("# headlines\n")  # written by this run (after it started)
+    note = closing_note(summary, report, started, tmp_path)
+    assert f"tokencarbon run: done (in {tmp_path}). The results:" in note
+    assert f"  {summary}  the headlines" in note and "NOT rebuilt" not in note.splitlines()[2]
+    assert f"  {report}  not built by this run" in note
+    report.write_text("<html></html>")
+    os.utime(report, (started - 3600, started - 3600))  # left by an earlier run
+    note = closing_note(summary, report, started, tmp_path)
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(started - 3600))
+    assert f"  {report}  the report" in note
+    assert f"NOT rebuilt by this run (written {written})" in note
+    # a run of some targets builds no report: the note says so, and that the file is older
+    note = closing_note(summary, report, started, tmp_path, "this run built targets (x)")
+    assert (
+        f"  {report}  NOT built by this run: this run built targets (x); the file there is from "
+        f"an earlier run ({written})"
+    ) in note
+
+
+def test_import_idle_takes_the_timing_files_time_formats(tmp_path):
+    # 150 W from 12:00:00 to 12:00:03, 60 W from 12:00:04 to 12:00:06 (UTC); the device idled in
+    # the last 2 s: idle power = 60 W x 2 s / 2 s = 60 W, however the span is written.
+    log = tmp_path / "smi.csv"
+    rows = [f"2025-01-15T12:00:0{k}.000Z, {150 if k <= 3 else 60}.00 W\n" for k in range(7)]
+    log.write_text("timestamp, power.draw.instant [W]\n" + "".join(rows))
+    timing = tmp_path / "t.csv"
+    timing.write_text("start,end,output_tokens\n2025-01-15T12:00:01Z,2025-01-15T12:00:03Z,10\n")
+    # 2025-01-15T12:00:04Z is 1,736,942,404 s after the epoch
+    spans = {
+        "epoch seconds": ["1736942404", "1736942406.0"],
+        "nvidia-smi local time": ["2025/01/15 12:00:04.000", "2025/01/15 12:00:06.000"],
+        "ISO-8601": ["2025-01-15T12:00:04Z", "2025-01-15T12:00:06+00:00"],
+    }
+    for k, (kind, (start, end)) in enumerate(spans.items()):
+        out_dir = tmp_path / f"cells{k}"
+        out = tc("import", "--power", str(log), "--timing", str(timing), "--model", "m",
+                 "--batch-size", "1", "--platform", "h100-sxm-80gb", "--tz", "UTC",
+                 "--idle", start, end, "--out", str(out_dir))  # fmt: skip
+        assert out.returncode == 0, (kind, out.stderr)
+        (meta,) = out_dir.rglob("meta.json")
+        assert json.loads(meta.read_text())["idle_power_w"] == pytest.approx(60.0), kind

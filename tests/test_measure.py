@@ -10,6 +10,7 @@ import pytest
 import tokencarbon
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.monitor import Measurement, Monitor, cpu_tdp_w
+from tokencarbon.power import DEFAULT_INTERVAL_S
 
 TDP_W = 100.0
 INTERVAL_S = 0.1
@@ -103,3 +104,96 @@ def test_measure_with_a_trace(shared_data):
     with pytest.raises(InputError, match="US-MIDW-MISO_2023_hourly.csv.*does not cover"):
         with tokencarbon.measure(tdp_w=TDP_W, interval_s=INTERVAL_S, trace=trace):
             spin(0.3)
+
+
+def test_default_fill_limit_is_carbons():
+    # monitor (and the CLI) read it without importing pandas; the value is carbon's
+    from tokencarbon.carbon import DEFAULT_MAX_FILL_S
+    from tokencarbon.monitor import DEFAULT_MAX_FILL_S as MONITOR_DEFAULT
+
+    assert MONITOR_DEFAULT == DEFAULT_MAX_FILL_S == 3600.0
+
+
+def test_a_window_shorter_than_an_interval_and_what_the_monitor_keeps():
+    with Monitor(tdp_w=TDP_W, interval_s=0.05) as monitor:
+        time.sleep(0.5)
+        monitor._sidecar.mark()  # everything sampled so far is here (else sent every 0.5 s)
+        # no window open: only the latest sample is kept (it brackets the next window's start)
+        assert len(monitor._sidecar.samples()) == 1
+        monitor.begin_window("short")
+        short = monitor.end_window("short")  # no sample inside: bracketed by the one before
+        # its start and the one end_window asks for
+        assert 0 < short.time_s < 0.05 and short.n_samples <= 1
+        assert math.isfinite(short.energy_j) and short.energy_j >= 0
+        assert "fewer_than_10_samples" in short.qa_flags
+        monitor.begin_window("long")
+        time.sleep(0.5)
+        monitor._sidecar.mark()  # everything sampled so far is here
+        kept = monitor._sidecar.samples()
+        # an open window keeps everything from the sample before its start: ~10 at 0.05 s, and
+        # the mark's; fewer where a loaded machine starves the sampler
+        assert len(kept) >= 6
+        monitor.end_window("long")
+        assert len(monitor._sidecar.samples()) == 1
+
+
+def test_default_source_here_says_what_it_read_or_why_nothing():
+    from tokencarbon.monitor import default_source
+    from tokencarbon.power.rapl import rapl_state
+
+    spec, description = default_source()
+    if spec["kind"] == "modeled_cpu":
+        # nothing readable: labelled MODELED, with why NVML and RAPL could not be read
+        assert "MODELED" in description and "nothing to read here: NVML" in description
+        assert "RAPL: " in description and not rapl_state().startswith("readable")
+    elif spec["kind"] == "rapl":
+        assert description.startswith("RAPL package-0") and "whole machine" in description
+    # A Monitor without a source has its sidecar find it in its own process: the same one
+    with Monitor() as monitor:
+        assert monitor.spec == spec and monitor.device == description
+        assert monitor.interval_s == DEFAULT_INTERVAL_S[spec["kind"]]
+    spec, description = default_source(tdp_w=65.0)
+    assert spec == {"kind": "modeled_cpu", "tdp_w": 65.0} and "65 W TDP (given)" in description
+
+
+@pytest.mark.gpu
+def test_nvml_windows_agree_with_the_counter_read_in_process():
+    # On a GPU: the Monitor's window energy (its sidecar's samples, tokencarbon.energy) against
+    # NVML's total-energy counter read in this process right before begin_window and right after
+    # end_window, as Zeus's monitor reads it. The counter moves about every 100 ms on an H100, so
+    # each edge may differ by up to one step: 0.1 s at the window's mean power, twice.
+    from helpers import gpu_present
+
+    if not gpu_present():
+        pytest.skip("no NVIDIA GPU and driver")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    import pynvml
+
+    from tokencarbon.power.nvml import _handle
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    pynvml.nvmlInit()
+    try:
+        handle = _handle(0)
+        with Monitor() as monitor:
+            assert monitor.spec == {"kind": "nvml", "device_index": 0}
+            torch.cuda.synchronize()
+            before_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            monitor.begin_window("matmul")
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                for _ in range(10):
+                    a @ a
+                torch.cuda.synchronize()
+            m = monitor.end_window("matmul")
+            after_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    finally:
+        pynvml.nvmlShutdown()
+    direct_j = (after_mj - before_mj) / 1e3
+    mean_w = m.energy_j / m.time_s
+    assert m.energy_method == "counter" and m.source == "nvml" and not m.modeled
+    assert not set(m.qa_flags) & {"counter_frozen", "counter_jump", "counter_decreasing"}
+    assert abs(m.energy_j - direct_j) <= 2 * 0.1 * mean_w, (m.energy_j, direct_j, mean_w)
+    assert 30 <= m.n_samples <= 45  # 2 s at 0.05 s, give or take the edges

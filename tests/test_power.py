@@ -293,7 +293,12 @@ def test_nvidia_smi_several_gpus_without_a_device_column(tmp_path):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"kind": "rapl"}, r"'kind' must be one of \['modeled_cpu', 'nvml'\]"),
+        (
+            {"kind": "ipmi"},
+            r"'kind' must be one of "
+            r"\['auto', 'modeled_cpu', 'nvml', 'rapl', 'zeus_gpu', 'zeus_soc'\]",
+        ),
+        ({"kind": "rapl", "device_index": 0}, r"takes exactly the keys \['kind'\]"),
         ({"kind": "nvml"}, r"takes exactly the keys \['device_index', 'kind'\]"),
         ({"kind": "nvml", "device_index": 0, "tdp_w": 5}, "takes exactly the keys"),
         ({"kind": "nvml", "device_index": -1}, "device_index must be an int >= 0"),

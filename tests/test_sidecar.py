@@ -149,7 +149,7 @@ def test_sidecar_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="interval_s=0"):
         PowerSidecar(CPU, tmp_path / "p.parquet", interval_s=0)
     with pytest.raises(ConfigError, match="'kind' must be one of"):
-        PowerSidecar({"kind": "rapl"}, tmp_path / "p.parquet")
+        PowerSidecar({"kind": "ipmi"}, tmp_path / "p.parquet")
 
 
 @pytest.mark.skipif(GPU, reason="checks the error where no NVIDIA driver is installed")
@@ -194,3 +194,66 @@ def test_nvml_sidecar_under_load(tmp_path):
     # starting on the step cuts off, hence the looser bound.
     assert abs(span.relative_difference) < 0.05
     assert abs(record.relative_difference) < 0.10
+
+
+def test_streaming_sidecar_marks_and_keeps_what_is_asked(tmp_path):
+    # out_path None: no file; samples arrive over the pipe. mark() returns once a sample taken
+    # after the call is here, with every sample before it.
+    sidecar = PowerSidecar(CPU, None, interval_s=0.05, flush_s=0.3)
+    sidecar.start()
+    try:
+        started_ns = time.time_ns()
+        time.sleep(0.5)
+        asked_ns = time.time_ns()
+        sidecar.mark()
+        samples = sidecar.samples()
+        t = samples["t_wall_ns"].to_numpy()
+        # the first sample is before start() returned, the mark's after mark() was called
+        assert t[0] <= started_ns and t[-1] >= asked_ns
+        assert (np.diff(t) > 0).all() and (samples["phase"] == "run").all()
+        # 0.5 s at 0.05 s: about 10 slots, plus the first sample and the mark's; a starved
+        # sampler on a loaded 2-core machine may skip a few slots
+        assert 7 <= len(samples) <= 14
+        # samples(since_ns) starts at the sample bracketing since_ns
+        mid = int(t[len(t) // 2]) + 1
+        since = sidecar.samples(since_ns=mid)["t_wall_ns"].to_numpy()
+        assert since[0] == t[len(t) // 2] and since[-1] == t[-1]
+        # keep_from drops what came before the bracketing sample, for good
+        sidecar.keep_from(mid)
+        assert sidecar.samples()["t_wall_ns"].iloc[0] == t[len(t) // 2]
+        sidecar.keep_from(sys.maxsize)
+        assert len(sidecar.samples()) == 1  # the latest only
+        sidecar.keep_from(None)
+    finally:
+        n_samples = sidecar.stop()
+    assert list(tmp_path.iterdir()) == []  # no file anywhere near
+    # the one kept since keep_from(sys.maxsize), plus every sample taken after it
+    collected = sidecar.collect()
+    assert 2 <= len(collected) <= n_samples and collected["t_wall_ns"].iloc[-1] > t[-1]
+    assert len(sidecar.collect()) == 0  # collect() empties the store
+
+
+def test_streamed_rows_equal_what_parquet_gives(tmp_path):
+    # What the child streams (as_row, through JSON) becomes the same DataFrame as the Parquet
+    # a writing sidecar leaves: values (NaN and -1 included), numeric dtypes and column order
+    # (strings are Python str there, pandas' "str" from Parquet).
+    import pyarrow.parquet as pq
+
+    from tokencarbon.power.base import PowerSample, as_row, samples_frame, samples_table
+    from tokencarbon.tables import POWER, read
+
+    samples = [
+        PowerSample(1_700_000_000_000_000_001, "nvml", False, 0, 301.25, 299.5, 1234.567, 87.0,
+                    3.2e10, 61.0, 1980.0, 2619.0, 4),
+        PowerSample(1_700_000_000_050_000_002, "nvml", False, 0, 310.0),
+    ]  # fmt: skip
+    pq.write_table(samples_table(samples, ["idle", "run"]), tmp_path / "p.parquet")
+    rows = json.loads(json.dumps([as_row(s) + [p] for s, p in zip(samples, ["idle", "run"])]))
+    frame = samples_frame([r[:-1] for r in rows], [r[-1] for r in rows])
+    import pandas as pd
+
+    parquet = read(tmp_path / "p.parquet", POWER)
+    pd.testing.assert_frame_equal(frame, parquet, check_dtype=False)
+    assert list(frame.columns) == POWER.names
+    numeric = [c for c in POWER.names if c not in ("phase", "source")]
+    assert (frame[numeric].dtypes == parquet[numeric].dtypes).all()

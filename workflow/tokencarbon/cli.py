@@ -15,8 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from tokencarbon.carbon import CLI_NAMES, DEFAULT_MAX_FILL_S
 from tokencarbon.errors import TokencarbonError
+
+# carbon.DEFAULT_MAX_FILL_S, read without importing pandas: `tokencarbon measure` loads pandas
+# while its power sidecar starts, not before (tokencarbon.monitor).
+from tokencarbon.monitor import DEFAULT_MAX_FILL_S
 
 # measure --interval-s: below 10 ms psutil's CPU times (10 ms ticks) make a modeled sample mostly
 # rounding, and NVML refreshes power no faster; above 10 s a command's window holds only a few
@@ -76,11 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "measure", help="measure the energy and carbon of any command",
-        description="Run CMD with tokencarbon's power sidecar beside it: NVML (GPU 0 as "
-        "CUDA_VISIBLE_DEVICES numbers it) where a GPU is visible, else modeled CPU power (TDP x "
-        "CPU utilisation of CMD's process tree, labelled MODELED). Prints the energy (energy "
-        "counter and integral of power), operational carbon, and J/token and gCO2/token when "
-        "--tokens is given. Exits with CMD's exit code.",
+        description="Run CMD with tokencarbon's power sidecar beside it, reading the first of: "
+        "NVML (GPU 0 as CUDA_VISIBLE_DEVICES numbers it); an AMD GPU or Apple silicon through "
+        "Zeus's device layer (where the zeus package is installed); RAPL (CPU packages and DRAM "
+        "of the whole machine); else modeled CPU power (TDP x CPU utilisation of CMD's process "
+        "tree, labelled MODELED). Prints the energy (energy counter and integral of power), "
+        "operational carbon, and J/token and gCO2/token when --tokens is given. Exits with "
+        "CMD's exit code. Its overhead is mostly Python loading numpy and pandas (docs/meter.md).",
         epilog=EXAMPLES["measure"], formatter_class=fmt,
     )  # fmt: skip
     m.add_argument(
@@ -156,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar=("START", "END"),
         default=None,
-        help="a span of the log when the device ran nothing: idle power",
+        help="a span of the log when the device ran nothing: idle power; times as in the "
+        "timing file (epoch seconds, ISO-8601, or local time in --tz)",
     )
     i.add_argument("--out", type=Path, default=Path("results/cells"), help="cells go here")
     i.add_argument("--force", action="store_true", help="replace cells that already exist")
@@ -295,14 +301,26 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     check_config_files([root / f if not Path(f).is_absolute() else Path(f)
                         for f in _configfile_args(args)])  # fmt: skip
+    targets = check_snakemake_args(args)
     cmd = [sys.executable, "-m", "snakemake", *([] if has_cores else ["--cores", "1"]), *args]
     print(f"tokencarbon run: {shlex.join(cmd[2:])}  (in {root})", file=sys.stderr, flush=True)
+    started = time.time()
     code = subprocess.run(cmd, cwd=root).returncode
     if code != 0 or any(x in _NO_RESULT for x in args):
         return code
     summary = root / "results" / "summary.md"
     report = root / "results" / "report.html"
-    if not a.no_report:
+    if a.no_report:
+        why_no_report = "--no-report"
+    elif targets:
+        # The report shows the whole study; after a run of some targets it would stop on the
+        # study's files that do not exist.
+        why_no_report = (
+            f"this run built targets ({' '.join(targets)}), and the report shows the whole study "
+            "(`tokencarbon run` without targets builds both)"
+        )
+    else:
+        why_no_report = None
         config_args, taking = [], False  # the report must see the same study
         for x in args:
             if x in ("--configfile", "--configfiles", "--config"):
@@ -319,11 +337,95 @@ def cmd_run(a: argparse.Namespace) -> int:
             [sys.executable, "-m", "snakemake", "--report", str(report), *config_args], cwd=root
         )
         if rep.returncode != 0:
-            print(f"tokencarbon run: the report failed (exit {rep.returncode})", file=sys.stderr)
-    print("")
-    print(f"summary: {summary}" if summary.exists() else "summary: not built by this run")
-    print(f"report:  {report}" if report.exists() else "report:  not built")
+            why_no_report = (
+                f"`snakemake --report` failed (exit {rep.returncode}; its error is above)"
+            )
+    print(closing_note(summary, report, started, root, why_no_report))
     return 0
+
+
+def closing_note(
+    summary: Path, report: Path, started: float, root: Path, why_no_report: str | None = None
+) -> str:
+    """What `tokencarbon run` prints last: where the summary (headlines) and the report (every
+    figure and table) are, paths relative to the current folder where they lie under it. A file
+    this run did not write (older than `started`, epoch s) is said to be from an earlier run, with
+    its time; a missing one is said to be missing; why_no_report says why the report was not
+    built (--no-report, targets, its failure)."""
+
+    def where(path: Path, what: str, why_not: str | None = None) -> str:
+        try:
+            shown = path.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            shown = path
+        written = path.exists() and path.stat().st_mtime >= started
+        when = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+            if path.exists() else None
+        )  # fmt: skip
+        if why_not is not None:
+            old = f"; the file there is from an earlier run ({when})" if when else ""
+            return f"  {shown}  NOT built by this run: {why_not}{old}"
+        if not path.exists():
+            return f"  {shown}  not built by this run (`tokencarbon run` without targets builds it)"
+        if not written:
+            return f"  {shown}  {what}; NOT rebuilt by this run (written {when})"
+        return f"  {shown}  {what}"
+
+    return "\n".join([
+        "",
+        f"tokencarbon run: done (in {root}). The results:",
+        where(summary, "the headlines: tables of energy, carbon and latency per token "
+                       "(also summary.html)"),
+        where(report, "the report: every figure and table with its caption and provenance "
+                      "(open it in a browser)", why_no_report),
+    ])  # fmt: skip
+
+
+class _RefusedBySnakemake(Exception):
+    pass
+
+
+def check_snakemake_args(args: list[str]) -> list[str] | None:
+    """The targets among Snakemake arguments `args` (positional arguments, [] for none), parsed
+    with Snakemake's own parser (snakemake.cli.get_argument_parser); what that parser would refuse
+    with its 100-line usage text is refused here instead: TokencarbonError naming the argument,
+    the option it was likely meant to be, and where Snakemake's options are listed. None for
+    arguments that print and exit (--help, --version), left to Snakemake."""
+    if any(x in ("-h", "--help", "-v", "--version") for x in args):
+        return None
+    import difflib
+
+    from snakemake.cli import get_argument_parser
+    from snakemake.exceptions import CliException
+
+    parser = get_argument_parser()
+
+    def refuse(message: str):
+        raise _RefusedBySnakemake(message)
+
+    parser.error = refuse
+    try:
+        parsed = parser.parse_args(args)
+    except (_RefusedBySnakemake, CliException) as exc:  # CliException: a value Snakemake parses
+        message = str(exc).strip().rstrip(".")
+    except SystemExit:  # an action that prints and exits: Snakemake will do the same
+        return None
+    else:
+        return list(parsed.targets or [])
+    options = [o for action in parser._actions for o in action.option_strings]
+    unknown = re.match(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        bad = [x for x in unknown.group(1).split() if x.startswith("-")]
+        hints = []
+        for x in bad:
+            close = difflib.get_close_matches(x.split("=", 1)[0], options, n=1)
+            hints.append(f"{x} (did you mean {close[0]}?)" if close else x)
+        message = f"Snakemake has no option {', '.join(hints) or unknown.group(1)}"
+    raise TokencarbonError(
+        f"{message}. Nothing was run. `snakemake --help` lists Snakemake's options (every one "
+        "is passed through), `tokencarbon run --help` this command's own"
+    )
 
 
 # --- measure -----------------------------------------------------------------------------------
@@ -337,7 +439,7 @@ def _intensity_kwargs(a: argparse.Namespace) -> dict:
 def _trace_problem(intensity, spans, a: argparse.Namespace) -> str | None:
     """Why the trace cannot give these spans [(label, start_ns, end_ns), ...] an intensity under
     --fill and --max-fill-s, naming those flags; None when it can (or the intensity is constant)."""
-    from tokencarbon.carbon import first_uncovered
+    from tokencarbon.carbon import CLI_NAMES, first_uncovered
 
     found = first_uncovered(intensity, spans, a.fill, a.max_fill_s)
     return None if found is None else f"{found[0]}: {found[1].message(CLI_NAMES)}"
@@ -453,7 +555,10 @@ def cmd_import(a: argparse.Namespace) -> int:
         load_power_log,
         read_timing,
     )
-    from tokencarbon.power.timestamps import parse_times
+
+    # The timing file's own parser: --idle takes every form a timing file's start and end take
+    # (epoch seconds, ISO-8601 with or without an offset, nvidia-smi's local time).
+    from tokencarbon.importing import _times as timing_times
 
     import pandas as pd
 
@@ -466,7 +571,7 @@ def cmd_import(a: argparse.Namespace) -> int:
     )
     idle = None
     if a.idle:
-        t = parse_times(pd.Series(a.idle), a.tz, "--idle")
+        t = timing_times(pd.Series(a.idle), a.tz, "--idle")
         idle = (int(t[0]), int(t[1]))
     intensity = (
         load_trace(a.trace, a.basis) if a.trace
@@ -474,7 +579,9 @@ def cmd_import(a: argparse.Namespace) -> int:
     )  # fmt: skip
     # The windows' times are known: a trace that cannot give them an intensity is refused before
     # any cell is written.
-    spans = [(f"{a.timing} row {w.row}", w.start_wall_ns, w.end_wall_ns) for w in timing.itertuples()]
+    spans = [
+        (f"{a.timing} row {w.row}", w.start_wall_ns, w.end_wall_ns) for w in timing.itertuples()
+    ]
     problem = _trace_problem(intensity, spans, a)
     if problem:
         raise TokencarbonError(f"--trace {a.trace}: nothing was written: {problem}")
@@ -575,7 +682,9 @@ def _verdict(name: str, spec: dict, row, found: list[dict], why_no_gpu: str | No
         errors = []
         for g in found:
             try:
-                resolve_platform(name, g["name"], overrides, memory_limit_gb=limit, row=row.platform)
+                resolve_platform(
+                    name, g["name"], overrides, memory_limit_gb=limit, row=row.platform
+                )
                 return {
                     "can_run": True,
                     "why": f"GPU {g['index']} {g['name']!r} matches {row.device_name_pattern!r}",
@@ -619,14 +728,26 @@ def diagnose(configfile: Path | None = None) -> dict:
     found, why_no_gpu = gpus()
     cpu = cpu_model_name()
     n_cpus = len(os.sched_getaffinity(0))
-    rapl = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
-    rapl_state = (
-        "readable" if rapl.exists() and os.access(rapl, os.R_OK)
-        else "present but not readable (root only)" if rapl.exists() else "absent"
+    from tokencarbon.power import zeusdev
+    from tokencarbon.power.rapl import rapl_state as read_rapl_state
+
+    rapl_state = read_rapl_state()
+    sources = (["nvml (GPU energy counter and power readings)"] if found else []) + (
+        ["rapl (CPU package and DRAM energy counters of the whole machine)"]
+        if rapl_state.startswith("readable") else []
     )  # fmt: skip
-    sources = (["nvml (GPU energy counter and power readings)"] if found else []) + [
-        "modeled_cpu (an estimate: TDP x CPU utilisation of the measured process tree)"
-    ]
+    if zeusdev.amd_gpu_present() or zeusdev.apple_silicon_here():
+        what = "AMD GPU" if zeusdev.amd_gpu_present() else "Apple silicon"
+        sources.append(
+            f"zeus_{'gpu' if what == 'AMD GPU' else 'soc'} ({what} through Zeus's device layer)"
+            if zeusdev.zeus_installed()
+            else f"none for the {what} here: install Zeus's device layer (pip install --no-deps "
+            "zeus httpx httpcore) to read it"
+        )
+    sources.append(
+        "modeled_cpu (an estimate: TDP x CPU utilisation of the measured process tree; what "
+        "`tokencarbon measure` uses only where nothing above can be read)"
+    )
     platforms = load_platforms()
     matches = []
     for name, p in platforms.items():

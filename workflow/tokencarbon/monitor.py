@@ -2,7 +2,7 @@
 
     import tokencarbon
 
-    with tokencarbon.measure() as m:          # NVML where a GPU is visible, modeled CPU otherwise
+    with tokencarbon.measure() as m:          # the best source this machine has (default_source)
         outputs = model.generate(...)
         m.tokens = n_generated                 # optional: J/token and gCO2/token
     print(m.result.energy_j, m.result.carbon_g, m.result.j_per_token)
@@ -13,9 +13,12 @@
     record = monitor.end_window("prefill", tokens=128)
     monitor.close()
 
-Power comes from tokencarbon's power sidecar (a separate process sampling into Parquet,
-tokencarbon.power.sidecar); energy and carbon from tokencarbon.energy / tokencarbon.carbon, the
-same functions the workflow's metrics use. Nothing is integrated here.
+Power comes from tokencarbon's power sidecar (a separate process sampling on its own schedule,
+tokencarbon.power.sidecar), streaming its samples back over a pipe: begin_window notes the time,
+end_window has the sidecar take one more sample and integrates the window's samples. Energy and
+carbon come from tokencarbon.energy / tokencarbon.carbon, the same functions the workflow's
+metrics use; nothing is integrated here. Importing this module loads no pandas: the Monitor loads
+it while its sidecar starts.
 """
 
 from __future__ import annotations
@@ -23,24 +26,25 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from tokencarbon.errors import ConfigError, TokencarbonError
+from tokencarbon.units import S_PER_HOUR
 
-from tokencarbon.carbon import DEFAULT_MAX_FILL_S
-from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
+if TYPE_CHECKING:
+    import pandas as pd
 
-# How often the sidecar writes its samples to disk while running; end_window waits at most about
-# this long (plus one sampling interval) for the first sample after the window to be readable.
-FLUSH_S = 0.2
-_WAIT_TIMEOUT_S = 30.0
+# How often the sidecar sends what it sampled to the Monitor's process (a window's end does not
+# wait for it: end_window asks for a last sample and gets everything up to it).
+FLUSH_S = 0.5
+# tokencarbon.carbon.DEFAULT_MAX_FILL_S (one hour), without importing pandas to read it;
+# test_measure checks the two agree.
+DEFAULT_MAX_FILL_S: float | None = float(S_PER_HOUR)
 
 
 @dataclass(frozen=True)
@@ -90,45 +94,26 @@ class Measurement:
 
 
 def cpu_tdp_w(n_cpus: int | None = None) -> tuple[float, str]:
-    """The TDP the modeled CPU source multiplies utilisation by, and where it came from.
-
-    resources/platforms.csv's 'cpu' row gives tdp_w for its logical_cpus (a 2-vCPU slice of an
-    AMD EPYC 7763: 280 W / 64 cores, the row's source); scaled to the n_cpus this process may run
-    on (default: its CPU affinity). Pass tdp_w to Monitor / measure for the CPU you actually have.
+    """The TDP the modeled CPU source multiplies utilisation by, and where it came from
+    (tokencarbon.power.modeled.default_tdp_w): resources/platforms.csv's 'cpu' row (a 2-vCPU
+    slice of an AMD EPYC 7763: 280 W / 64 cores) scaled to n_cpus (default: this process's CPU
+    affinity). Pass tdp_w to Monitor / measure for the CPU you actually have.
     """
-    from tokencarbon.platforms import get_platform
+    from tokencarbon.power.modeled import default_tdp_w
 
-    row = get_platform("cpu")
-    n = len(os.sched_getaffinity(0)) if n_cpus is None else n_cpus
-    per_cpu_w = row.tdp_w / row.logical_cpus
-    return per_cpu_w * n, (
-        f"{per_cpu_w:g} W per logical CPU (resources/platforms.csv row 'cpu': {row.tdp_w:g} W for "
-        f"{row.logical_cpus}) x {n} logical CPUs"
-    )
+    return default_tdp_w(n_cpus)
 
 
 def default_source(tdp_w: float | None = None) -> tuple[dict, str]:
-    """(power source spec, its description): NVML GPU 0 (as CUDA_VISIBLE_DEVICES numbers it) where
-    NVML sees a GPU and tdp_w is not given, else modeled CPU power at tdp_w (default:
-    cpu_tdp_w())."""
-    from tokencarbon.power.nvml import describe_gpu
+    """(power source spec, its description) of what a Monitor without a source reads here: the
+    first of NVML GPU 0, an AMD GPU or Apple silicon through Zeus (where installed), RAPL, and
+    modeled CPU power (labelled MODELED, saying why nothing could be read); modeled at tdp_w when
+    tdp_w is given (tokencarbon.power.open_default, which the sidecar runs in its own process)."""
+    from tokencarbon.power import open_default
 
-    try:
-        gpu = describe_gpu(0)
-    except HardwareMismatchError:  # no driver, no GPU, or none visible
-        gpu = None
-    if gpu is not None and tdp_w is None:
-        return {"kind": "nvml", "device_index": 0}, f"{gpu['name']} ({gpu['uuid']}), NVML"
-    if tdp_w is None:
-        tdp_w, why = cpu_tdp_w()
-    else:
-        why = "given"
-    from tokencarbon.hardware import cpu_model_name
-
-    return {"kind": "modeled_cpu", "tdp_w": float(tdp_w)}, (
-        f"{cpu_model_name()}, MODELED: {tdp_w:g} W TDP ({why}) x CPU utilisation of the measured "
-        f"process tree; an estimate, not a reading"
-    )
+    source, spec, description = open_default(os.getpid(), tdp_w)
+    source.close()
+    return spec, description
 
 
 def _intensity(intensity_g_per_kwh: float | None, trace: str | Path | None, basis: str):
@@ -230,14 +215,22 @@ def measure_windows(
 class Monitor:
     """Power sampled from construction to close(); energy and carbon of named windows.
 
-    source: a power source spec ({"kind": "nvml", "device_index": 0} or {"kind": "modeled_cpu",
-      "tdp_w": 65.0}); default: default_source(tdp_w). interval_s: sampling interval (default per
-      source, tokencarbon.power.DEFAULT_INTERVAL_S). target_pid: the process tree a modeled CPU
-      source measures (default: this process and its children).
+    source: a power source spec (tokencarbon.power: {"kind": "nvml", "device_index": 0},
+      {"kind": "rapl"}, {"kind": "modeled_cpu", "tdp_w": 65.0}, ...); default: what
+      default_source(tdp_w) picks, found by the sidecar in its own process.
+      interval_s: sampling interval (default per source, tokencarbon.power.DEFAULT_INTERVAL_S).
+      target_pid: the process tree a modeled CPU source measures (default: this process and its
+      children).
     intensity_g_per_kwh (default 413, the study's) or trace (an Electricity Maps CSV, basis
       "direct" or "lifecycle", fill and max_fill_s (s; None: no limit) as the workflow's
       carbon.fill and carbon.max_fill_s); pue >= 1.
-    Raises ConfigError for bad arguments; the sidecar's own errors (no GPU for nvml, ...).
+    Raises ConfigError for bad arguments; the sidecar's own errors (HardwareMismatchError where the
+    source cannot be read, ...).
+
+    Cost: construction starts the sidecar process (about 0.1 s, overlapped with loading pandas
+    and the trace); begin_window notes the time; end_window asks the sidecar for one more sample
+    (a pipe round trip) and integrates the window's samples (benchmarks/meter_overhead.py).
+    The Monitor keeps only the samples its open windows need.
     """
 
     def __init__(
@@ -256,23 +249,34 @@ class Monitor:
     ) -> None:
         from tokencarbon.power.sidecar import PowerSidecar
 
-        if source is None:
-            self.spec, self.device = default_source(tdp_w)
-        else:
-            self.spec, self.device = dict(source), str(dict(source))
-        self.intensity = _intensity(intensity_g_per_kwh, trace, basis)
-        self.fill, self.pue, self.max_fill_s = fill, float(pue), max_fill_s
-        self._dir = Path(tempfile.mkdtemp(prefix="tokencarbon-measure-"))
-        self._out = self._dir / "power.parquet"
+        if trace is not None and intensity_g_per_kwh is not None:
+            raise ConfigError(
+                "give either intensity_g_per_kwh (a constant) or trace (an Electricity Maps CSV), "
+                "not both"
+            )
+        if source is not None:
+            self.spec = dict(source)
+        elif tdp_w is not None:
+            self.spec = {"kind": "modeled_cpu", "tdp_w": float(tdp_w)}
+        else:  # the sidecar finds the source itself (open_default), while this process goes on
+            self.spec = {"kind": "auto"}
         self._open: dict[str, int] = {}
+        self._closed = True
         self._sidecar = PowerSidecar(
-            self.spec, self._out, interval_s, phase="run", target_pid=target_pid, flush_s=FLUSH_S
+            self.spec, None, interval_s, phase="run", target_pid=target_pid, flush_s=FLUSH_S
         )
+        # The child imports and opens its source while this process loads pandas and the trace.
+        self._sidecar.launch()
         try:
-            self._sidecar.start()
+            self.intensity = _intensity(intensity_g_per_kwh, trace, basis)
+            self.fill, self.pue, self.max_fill_s = fill, float(pue), max_fill_s
+            self._sidecar.begin("run")
         except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self._sidecar.kill()
             raise
+        self._sidecar.keep_from(sys.maxsize)  # no window open: the latest sample is enough
+        self.spec = self._sidecar.spec  # as resolved
+        self.device = self._sidecar.device or str(self.spec)
         self.interval_s = self._sidecar.interval_s
         self._closed = False
 
@@ -285,11 +289,13 @@ class Monitor:
         if sync:
             _synchronize()
         self._open[name] = time.time_ns()
+        self._sidecar.keep_from(min(self._open.values()))
 
     def end_window(
         self, name: str, tokens: int | None = None, sync: bool = True, *, keep_energy: bool = False
     ) -> Measurement:
-        """End window `name` and return what it cost (waits for the sidecar's next flush).
+        """End window `name` and return what it cost: the sidecar takes one more sample, after
+        the window's end, and the window's samples are integrated (measure_windows).
         keep_energy: a trace that does not cover the window gives the energy without carbon
         (Measurement.carbon_missing says why) instead of raising (measure_windows)."""
         if name not in self._open:
@@ -300,40 +306,30 @@ class Monitor:
             _synchronize()
         end_ns = time.time_ns()
         start_ns = self._open.pop(name)
-        samples = self._samples_after(end_ns)
+        self._sidecar.mark()
+        samples = self._sidecar.samples(since_ns=start_ns)
+        self._sidecar.keep_from(min(self._open.values(), default=sys.maxsize))
+        last_ns = int(samples["t_wall_ns"].iloc[-1]) if len(samples) else None
+        if last_ns is None or last_ns < end_ns:
+            raise TokencarbonError(
+                f"power sidecar {self.spec}: its last sample ({last_ns} ns) is not after the end "
+                f"of window {name!r} ({end_ns} ns); was the system clock set back?"
+            )
         return measure_windows(
             samples, [(start_ns, end_ns)], name=name, device=self.device, intensity=self.intensity,
             pue=self.pue, fill=self.fill, tokens=tokens, where=f"power samples of window {name!r}",
             max_fill_s=self.max_fill_s, keep_energy=keep_energy,
         )  # fmt: skip
 
-    def _samples_after(self, end_ns: int) -> pd.DataFrame:
-        from tokencarbon.power.sidecar import read_samples
-
-        deadline = time.monotonic() + _WAIT_TIMEOUT_S
-        while True:
-            try:
-                samples = read_samples(self._out, allow_partial=True)
-            except InputError:  # no part written yet
-                samples = None
-            if samples is not None and int(samples["t_wall_ns"].max()) >= end_ns:
-                return samples
-            if time.monotonic() > deadline:
-                raise TokencarbonError(
-                    f"power sidecar {self.spec} wrote no sample after the window's end within "
-                    f"{_WAIT_TIMEOUT_S:g} s; is the machine overloaded?"
-                )
-            time.sleep(FLUSH_S / 2)
-
     def close(self) -> None:
-        """Stop the sidecar and delete its samples (idempotent)."""
+        """End the sidecar and drop its samples (idempotent). Windows still open are dropped too.
+        The sidecar is killed, not stopped: it streams to this process and writes nothing, so a
+        last sample and an orderly exit (tens of ms) would buy nothing."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._sidecar.stop()
-        finally:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        self._sidecar.kill()
+        self._sidecar.keep_from(sys.maxsize)
 
     def __enter__(self) -> Monitor:
         return self

@@ -30,7 +30,7 @@ class ModeledCpuSource:
 
     source = "modeled_cpu"
 
-    def __init__(self, tdp_w: float, target_pid: int) -> None:
+    def __init__(self, tdp_w: float, target_pid: int, why: str | None = None) -> None:
         try:
             self._root = psutil.Process(target_pid)
         except psutil.Error as exc:
@@ -39,6 +39,7 @@ class ModeledCpuSource:
                 f"({exc})"
             ) from exc
         self.tdp_w = float(tdp_w)
+        self.why = why  # where tdp_w came from, for describe()
         # Utilisation is relative to the CPUs the measured process may run on (a cpu-platform cell
         # pins itself to the platform's logical CPUs), not to every CPU of the host.
         try:
@@ -71,6 +72,15 @@ class ModeledCpuSource:
                 continue  # exited between listing and reading: its last interval is lost
         return cpu_percent, rss_bytes
 
+    def describe(self) -> str:
+        from tokencarbon.hardware import cpu_model_name
+
+        return (
+            f"{cpu_model_name()}, MODELED: {self.tdp_w:g} W TDP"
+            + (f" ({self.why})" if self.why else "")
+            + " x CPU utilisation of the measured process tree; an estimate, not a reading"
+        )
+
     def read(self) -> PowerSample:
         now = time.monotonic()
         if now - self._last[0] >= _MIN_SPAN_S:
@@ -89,6 +99,22 @@ class ModeledCpuSource:
 
     def close(self) -> None:
         self._procs = {}
+
+
+def default_tdp_w(n_cpus: int | None = None) -> tuple[float, str]:
+    """The TDP the modeled CPU source multiplies utilisation by where none is given, and where it
+    came from: resources/platforms.csv's 'cpu' row gives tdp_w for its logical_cpus (a 2-vCPU
+    slice of an AMD EPYC 7763: 280 W / 64 cores, the row's source), scaled to n_cpus (default:
+    the CPUs this process may run on). A guess for any other CPU: give its TDP instead."""
+    from tokencarbon.platforms import get_platform
+
+    row = get_platform("cpu")
+    n = len(os.sched_getaffinity(0)) if n_cpus is None else n_cpus
+    per_cpu_w = row.tdp_w / row.logical_cpus
+    return per_cpu_w * n, (
+        f"{per_cpu_w:g} W per logical CPU (resources/platforms.csv row 'cpu': {row.tdp_w:g} W for "
+        f"{row.logical_cpus}) x {n} logical CPUs"
+    )
 
 
 def cpu_state(cpus: list[int]) -> dict:

@@ -94,6 +94,13 @@ class NvmlSource:
             pynvml.nvmlShutdown()
             raise
 
+    def describe(self) -> str:
+        """The GPU's name and UUID, as NVML gives them."""
+        return (
+            f"{pynvml.nvmlDeviceGetName(self._handle)} "
+            f"({pynvml.nvmlDeviceGetUUID(self._handle)}), NVML"
+        )
+
     def _read_fields(self) -> tuple[float, float]:
         instant, average = pynvml.nvmlDeviceGetFieldValues(
             self._handle, [pynvml.NVML_FI_DEV_POWER_INSTANT, pynvml.NVML_FI_DEV_POWER_AVERAGE]

@@ -1,17 +1,28 @@
-"""Power sampling in a separate process, written to Parquet as it goes so a crash keeps the samples.
+"""Power sampling in a separate process, on an absolute schedule, away from the measured work.
+
+Two ways to get the samples back:
 
     with PowerSidecar({"kind": "nvml", "device_index": 0}, "power.parquet") as sc:
         ...  # the measured work
     samples = read_samples("power.parquet")
 
-The sidecar writes a Parquet part into <out>.parts/ about every second and merges the parts into
-<out> when stopped; `read_samples(out, allow_partial=True)` reads the parts of a run that died.
-It stops when asked or when its parent dies (its stdin closes), so it is never orphaned.
+writes Parquet as it goes, so a crash keeps the samples: a part into <out>.parts/ about every
+flush_s, merged into <out> when stopped; `read_samples(out, allow_partial=True)` reads the parts of
+a run that died. With out_path=None the samples stream to the parent over the sidecar's stdout
+instead (no file, no pyarrow in the child): the parent keeps them in memory, mark() takes a sample
+now and returns once every sample up to it has arrived, and samples() gives them as a POWER
+DataFrame; what tokencarbon.Monitor uses, so a window's end costs a round trip, not a flush and a
+Parquet read.
+
+The child imports only what its source needs (no pandas, no pyarrow unless it writes Parquet), so
+it is sampling about 0.1 s after launch. It stops when asked or when its parent dies (its stdin
+closes), so it is never orphaned.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -20,26 +31,25 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 import tokencarbon
 from tokencarbon import errors
-from tokencarbon.energy import cell_energy
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
-from tokencarbon.power import DEFAULT_INTERVAL_S, check_spec, open_source, samples_table
-from tokencarbon.tables import POWER, check, read
+from tokencarbon.power import DEFAULT_INTERVAL_S, check_spec, open_default, open_source
+from tokencarbon.power.base import as_row, samples_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PHASES = ("idle", "run")
-_START_TIMEOUT_S = 120.0  # a cold start imports pandas and pyarrow, slow on a loaded CI runner
+_START_TIMEOUT_S = 120.0  # a cold start of a loaded CI runner, or NVML waking a GPU
 _STOP_TIMEOUT_S = 120.0
+_MARK_TIMEOUT_S = 30.0  # one sample and a pipe round trip; far more only on a starved machine
 
 
 def parts_dir(out_path: str | Path) -> Path:
@@ -54,7 +64,9 @@ class PowerSidecar:
     The first sample is taken before start() returns and a last one when stop() is called, so
     any window between the two is bracketed by samples. interval_s defaults per source kind
     (DEFAULT_INTERVAL_S); target_pid (default: the caller) is the process tree a modeled_cpu
-    source measures.
+    source measures. out_path: the Parquet file the samples go to; None: they stream to this
+    process instead (mark(), samples(), keep_from()). flush_s: how often a part is written, or
+    in streaming mode how often the child sends what it sampled.
 
     One process can also sample several phases of a cell, its start paid while the caller does
     other work: launch() starts the process without waiting (it imports and opens its source in
@@ -68,18 +80,20 @@ class PowerSidecar:
     def __init__(
         self,
         source_spec: Mapping,
-        out_path: str | Path,
+        out_path: str | Path | None,
         interval_s: float | None = None,
         phase: str = "run",
         target_pid: int | None = None,
         flush_s: float = 1.0,
     ) -> None:
         self.spec = check_spec(source_spec)
-        self.out_path = Path(out_path)
+        self.out_path = None if out_path is None else Path(out_path)
+        # An "auto" spec is resolved by the child (spec, interval_s and device set once ready).
         self.interval_s = (
-            DEFAULT_INTERVAL_S[self.spec["kind"]] if interval_s is None else interval_s
-        )
-        if not self.interval_s > 0 or not flush_s > 0:
+            interval_s if interval_s is not None or self.spec["kind"] == "auto"
+            else DEFAULT_INTERVAL_S[self.spec["kind"]]
+        )  # fmt: skip
+        if not (interval_s is None or interval_s > 0) or not flush_s > 0:
             raise ConfigError(
                 f"power sidecar: interval_s={interval_s!r} and flush_s={flush_s!r} must be > 0 s"
             )
@@ -88,9 +102,19 @@ class PowerSidecar:
         self.phase = phase
         self.target_pid = os.getpid() if target_pid is None else target_pid
         self.flush_s = flush_s
+        self.device: str | None = None  # the source's own description, once the child is ready
         self._proc: subprocess.Popen | None = None
         self._ready = False
         self._phase: str | None = None  # the phase being kept, None in standby
+        self._messages: queue.SimpleQueue = queue.SimpleQueue()
+        # Streamed samples (out_path None), appended by the reader thread: rows in FIELDS order,
+        # their phases and times; rows before _keep_from_ns's bracketing sample are dropped.
+        self._lock = threading.Lock()
+        self._mark_lock = threading.Lock()
+        self._rows: list[list] = []
+        self._phases: list[str] = []
+        self._times: list[int] = []
+        self._keep_from_ns: int | None = None
 
     @property
     def pid(self) -> int:
@@ -99,13 +123,20 @@ class PowerSidecar:
             raise TokencarbonError("power sidecar is not started")
         return self._proc.pid
 
+    @property
+    def _where(self) -> str:
+        return (
+            f"writing {self.out_path}" if self.out_path is not None else "streaming to its parent"
+        )
+
     def launch(self) -> None:
         """Start the sidecar process in standby and return at once (no sample kept yet)."""
         if self._proc is not None:
-            raise TokencarbonError(f"power sidecar for {self.out_path} is already started")
-        # A previous run's output or parts must never be merged with, or mistaken for, this run's.
-        shutil.rmtree(parts_dir(self.out_path), ignore_errors=True)
-        self.out_path.unlink(missing_ok=True)
+            raise TokencarbonError(f"power sidecar {self._where} is already started")
+        if self.out_path is not None:
+            # A previous run's output or parts must never be merged with, or taken for, this one's.
+            shutil.rmtree(parts_dir(self.out_path), ignore_errors=True)
+            self.out_path.unlink(missing_ok=True)
         # The child imports the same tokencarbon as this process, installed or not.
         package_root = str(Path(tokencarbon.__file__).resolve().parents[1])
         env = os.environ | {
@@ -116,8 +147,8 @@ class PowerSidecar:
         args = [
             sys.executable, "-m", "tokencarbon.power.sidecar",
             "--spec", json.dumps(self.spec),
-            "--out", str(self.out_path),
-            "--interval-s", repr(self.interval_s),
+            *(["--out", str(self.out_path)] if self.out_path is not None else ["--stream"]),
+            *(["--interval-s", repr(self.interval_s)] if self.interval_s is not None else []),
             "--flush-s", repr(self.flush_s),
             "--target-pid", str(self.target_pid),
         ]  # fmt: skip
@@ -126,6 +157,39 @@ class PowerSidecar:
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
         )
         self._ready, self._phase = False, None
+        self._messages = queue.SimpleQueue()
+        threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True).start()
+
+    def _read(self, stdout) -> None:
+        """The reader thread: streamed samples into the store, every other line to _messages,
+        None at the end of the child's output."""
+        try:
+            for line in stdout:
+                message = json.loads(line)
+                if "s" in message:
+                    self._store(message["s"])
+                else:
+                    self._messages.put(message)
+        except (ValueError, OSError) as exc:  # a garbled line, or the pipe closed under us
+            self._messages.put({"broken": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self._messages.put(None)
+
+    def _store(self, rows: list[list]) -> None:
+        with self._lock:
+            for row in rows:
+                self._phases.append(row.pop())
+                self._rows.append(row)
+                self._times.append(row[0])
+            self._prune()
+
+    def _prune(self) -> None:
+        """Drop streamed rows before the last one at or before _keep_from_ns (lock held)."""
+        if self._keep_from_ns is None:
+            return
+        cut = bisect.bisect_right(self._times, self._keep_from_ns) - 1
+        if cut > 0:
+            del self._rows[:cut], self._phases[:cut], self._times[:cut]
 
     def begin(self, phase: str) -> None:
         """Keep samples tagged `phase` from now on ("idle" or "run"): closes the phase being kept
@@ -136,29 +200,68 @@ class PowerSidecar:
             raise ConfigError(f"power sidecar: phase={phase!r}; expected one of {PHASES}")
         if self._proc is None:
             self.launch()
-        if not self._ready:
-            self._message(_START_TIMEOUT_S, "start")
-            self._ready = True
-        try:
-            self._proc.stdin.write(f"begin {phase}\n")
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # it died; _message reports how
+        self.wait_ready()
+        self._send(f"begin {phase}")
         self._message(_START_TIMEOUT_S, f"begin {phase}")
         self._phase = phase
+
+    def wait_ready(self) -> None:
+        """Wait until the child has opened its source (after launch()); sets .device (and .spec
+        and .interval_s where the spec was "auto"). Raises the child's error
+        (HardwareMismatchError where the device cannot be read, ...)."""
+        if self._proc is None:
+            raise TokencarbonError(f"power sidecar {self._where}: launch() it first")
+        if not self._ready:
+            ready = self._message(_START_TIMEOUT_S, "start")
+            self.device, self.spec = ready.get("device"), ready.get("spec", self.spec)
+            self.interval_s = ready.get("interval_s", self.interval_s)
+            self._ready = True
 
     def start(self) -> None:
         """launch() and begin(self.phase): sampling, the first sample taken, when it returns."""
         self.launch()
         self.begin(self.phase)
 
+    def mark(self) -> None:
+        """Streaming only: take a sample now and return once it, and every sample before it, is
+        in samples(); its time is after this call began. Raises TokencarbonError when no phase is
+        being kept or the sidecar died."""
+        if self.out_path is not None:
+            raise TokencarbonError(f"power sidecar {self._where}: mark() needs out_path=None")
+        if self._proc is None or self._phase is None:
+            raise TokencarbonError("power sidecar: mark() while no phase is being kept")
+        with self._mark_lock:  # one mark in flight: each caller gets the reply to its own
+            self._send("mark")
+            self._message(_MARK_TIMEOUT_S, "mark")
+
+    def samples(self, since_ns: int | None = None) -> pd.DataFrame:
+        """Streamed samples as a POWER DataFrame: all kept, or from the last at or before
+        since_ns (the one that brackets a window starting then) on. Streaming only."""
+        if self.out_path is not None:
+            raise TokencarbonError(f"power sidecar {self._where}: read_samples() it instead")
+        with self._lock:
+            first = 0
+            if since_ns is not None:
+                first = max(bisect.bisect_right(self._times, since_ns) - 1, 0)
+            rows, phases = self._rows[first:], self._phases[first:]
+        return samples_frame(rows, phases)
+
+    def keep_from(self, t_ns: int | None) -> None:
+        """Streaming: keep only samples from the last at or before t_ns on (a window's start);
+        None keeps everything, sys.maxsize only the latest sample. Bounds the memory of a
+        long-lived Monitor."""
+        with self._lock:
+            self._keep_from_ns = t_ns
+            self._prune()
+
     def stop(self) -> int:
-        """Take a last sample, merge the parts into out_path; return the number of samples."""
+        """Take a last sample; with out_path, merge the parts into it. Returns the number of
+        samples."""
         if self._proc is None:
-            raise TokencarbonError(f"power sidecar for {self.out_path} is not running")
+            raise TokencarbonError(f"power sidecar {self._where} is not running")
         try:
             if not self._ready:  # stopped in standby: it still reports, once ready
-                self._message(_START_TIMEOUT_S, "start")
+                self.wait_ready()
             self._proc.stdin.close()  # the child's signal to stop
         except BrokenPipeError:
             pass  # it died already; _message reports how
@@ -171,9 +274,14 @@ class PowerSidecar:
 
     def collect(self) -> pd.DataFrame:
         """After stop(): every sample kept (POWER rows, phases as tagged), and the sidecar's
-        files removed. Raises InputError when there is nothing to read."""
+        files (or streamed rows) removed."""
         if self._proc is not None:
-            raise TokencarbonError(f"power sidecar for {self.out_path}: stop() before collect()")
+            raise TokencarbonError(f"power sidecar {self._where}: stop() before collect()")
+        if self.out_path is None:
+            samples = self.samples()
+            with self._lock:
+                self._rows, self._phases, self._times = [], [], []
+            return samples
         samples = read_samples(self.out_path) if self.out_path.exists() else _empty_samples()
         self.out_path.unlink(missing_ok=True)
         shutil.rmtree(parts_dir(self.out_path), ignore_errors=True)
@@ -187,21 +295,38 @@ class PowerSidecar:
             self._proc.wait()
             self._proc = None
 
+    def _send(self, command: str) -> None:
+        try:
+            self._proc.stdin.write(command + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died; _message reports how
+
     def _message(self, timeout_s: float, when: str) -> dict:
-        """The child's next protocol line; raise the child's own error class if it reports one."""
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
-        line = self._proc.stdout.readline() if ready else ""
-        if not line:
-            if not ready:
+        """The child's next protocol message; raise the child's own error class if it reports
+        one, TokencarbonError if it died or timed out."""
+        try:
+            message = self._messages.get(timeout=timeout_s)
+        except queue.Empty:
+            message = {"timeout": True}
+        if message is None or "timeout" in message or "broken" in message:
+            if message is not None:
                 self._proc.kill()
             code = self._proc.wait()
+            why = (
+                f"timed out after {timeout_s} s" if message and "timeout" in message
+                else message["broken"] if message else "no reply"
+            )  # fmt: skip
             raise TokencarbonError(
-                f"power sidecar {self.spec} writing {self.out_path} died at {when} (exit code "
-                f"{code}, {'timed out after ' + str(timeout_s) + ' s' if not ready else 'no reply'}"
-                f"); its traceback is on stderr; samples taken so far stay readable with "
-                f"read_samples({str(self.out_path)!r}, allow_partial=True)"
+                f"power sidecar {self.spec} {self._where} died at {when} (exit code "
+                f"{code}, {why}); its traceback is on stderr"
+                + (
+                    f"; samples taken so far stay readable with read_samples("
+                    f"{str(self.out_path)!r}, allow_partial=True)"
+                    if self.out_path is not None
+                    else ""
+                )
             )
-        message = json.loads(line)
         if "error" in message:
             self._proc.wait()
             raise getattr(errors, message["error"], TokencarbonError)(message["message"])
@@ -216,11 +341,18 @@ class PowerSidecar:
 
 
 def _empty_samples() -> pd.DataFrame:
+    from tokencarbon.tables import POWER
+
     return POWER.empty_table().to_pandas()
 
 
 def read_samples(out_path: str | Path, allow_partial: bool = False) -> pd.DataFrame:
     """The POWER samples a sidecar wrote to out_path; with allow_partial, a dead sidecar's parts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tokencarbon.tables import POWER, check, read
+
     out_path = Path(out_path)
     if out_path.exists():
         return read(out_path, POWER)
@@ -245,54 +377,99 @@ def measure_idle(
     The mean is energy over the sampled span divided by its length, so it uses the energy
     counter where the source has one, exactly as the cell's own energy does.
     """
-    with tempfile.TemporaryDirectory(prefix="tokencarbon-idle-") as tmp:
-        out_path = Path(tmp) / "idle.parquet"
-        with PowerSidecar(source_spec, out_path, interval_s, phase="idle"):
-            time.sleep(seconds)
-        samples = read_samples(out_path)
+    from tokencarbon.energy import cell_energy
+
+    sidecar = PowerSidecar(source_spec, None, interval_s, phase="idle")
+    with sidecar:
+        time.sleep(seconds)
+    samples = sidecar.collect()
     start_ns, end_ns = int(samples["t_wall_ns"].iloc[0]), int(samples["t_wall_ns"].iloc[-1])
     record = cell_energy(samples, start_ns, end_ns, idle_power_w=math.nan)
     return samples, record.energy_j / record.window_s
 
 
-def _write_part(samples: list, phases: list[str], parts: Path, index: int) -> None:
-    tmp = parts / f"part-{index:06d}.parquet.tmp"
-    pq.write_table(samples_table(samples, phases), tmp)
-    tmp.replace(parts / f"part-{index:06d}.parquet")  # a part is whole or absent
+class _Parts:
+    """The child's Parquet parts (out_path mode): a part every flush, merged at the end."""
+
+    def __init__(self, out_path: Path) -> None:
+        # Loaded before the child says it is ready: an import in the sampling loop would stall
+        # it for as long (about 0.5 s) at the first flush.
+        import pyarrow.parquet  # noqa: F401
+
+        import tokencarbon.tables  # noqa: F401
+
+        self.out_path, self.dir, self.count = out_path, parts_dir(out_path), 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, samples: list, phases: list[str]) -> None:
+        import pyarrow.parquet as pq
+
+        from tokencarbon.power.base import samples_table
+
+        tmp = self.dir / f"part-{self.count:06d}.parquet.tmp"
+        pq.write_table(samples_table(samples, phases), tmp)
+        tmp.replace(self.dir / f"part-{self.count:06d}.parquet")  # a part is whole or absent
+        self.count += 1
+
+    def merge(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from tokencarbon.tables import POWER
+
+        tables = [pq.read_table(p, schema=POWER) for p in sorted(self.dir.glob("part-*.parquet"))]
+        if tables:
+            tmp = self.out_path.with_name(self.out_path.name + ".tmp")
+            pq.write_table(pa.concat_tables(tables), tmp)
+            tmp.replace(self.out_path)
+        shutil.rmtree(self.dir)
 
 
 def _sample(
     spec: dict,
-    out_path: Path,
-    interval_s: float,
+    out_path: Path | None,
+    interval_s: float | None,
     flush_s: float,
     target_pid: int,
     say: Callable[[dict], None],
 ) -> int:
     """The child's loop: standby until the first "begin <phase>" line on stdin, then sample on an
-    absolute schedule, each sample tagged with the phase begun last, until stdin closes; return
-    the number of samples kept."""
-    source = open_source(spec, target_pid)
+    absolute schedule, each sample tagged with the phase begun last, until stdin closes; a "mark"
+    line takes a sample at once and, streaming, sends everything up to it before replying.
+    Returns the number of samples kept. An "auto" spec is resolved here (open_default), and
+    interval_s None is the resolved kind's DEFAULT_INTERVAL_S."""
+    if spec["kind"] == "auto":
+        source, spec, description = open_default(target_pid)
+    else:
+        source = open_source(spec, target_pid)
+        describe = getattr(source, "describe", None)
+        description = describe() if describe else None
+    if interval_s is None:
+        interval_s = DEFAULT_INTERVAL_S[spec["kind"]]
     opened = time.monotonic()
-    commands: queue.SimpleQueue[str] = queue.SimpleQueue()
-    wake, stopped = threading.Event(), threading.Event()
+    # Commands are read in this loop itself (select on stdin, no listener thread): a "mark" wakes
+    # the one thread that takes the sample, one scheduling hop fewer on a loaded machine.
+    stdin_fd, pending, stopped = sys.stdin.fileno(), b"", False
 
-    def listen() -> None:
-        for line in sys.stdin:
-            commands.put(line.strip())
-            wake.set()
-        stopped.set()
-        wake.set()
+    def commands_within(timeout_s: float) -> list[str]:
+        """The whole command lines that arrive within timeout_s (none: the slot is due)."""
+        nonlocal pending, stopped
+        if not select.select([stdin_fd], [], [], timeout_s)[0]:
+            return []
+        chunk = os.read(stdin_fd, 65536)
+        if not chunk:  # stdin closed: the parent's stop, or its death
+            stopped = True
+            return []
+        *lines, pending = (pending + chunk).split(b"\n")
+        return [line.decode().strip() for line in lines]
 
-    threading.Thread(target=listen, daemon=True).start()
-    parts = parts_dir(out_path)
-    parts.mkdir(parents=True, exist_ok=True)
-    say({"ready": True})
+    parts = _Parts(out_path) if out_path is not None else None
+    say({"ready": True, "device": description, "spec": spec, "interval_s": interval_s})
 
     phase: str | None = None  # None: standby, polling without keeping
-    samples: list = []
+    samples: list = []  # kept since the last flush
     phases: list[str] = []
-    n_samples, n_parts, last_flush = 0, 0, time.monotonic()
+    n_samples, last_flush = 0, time.monotonic()
 
     def keep(tag: str) -> None:
         nonlocal n_samples
@@ -300,58 +477,72 @@ def _sample(
         phases.append(tag)
         n_samples += 1
 
+    def flush() -> None:
+        nonlocal samples, phases, last_flush
+        if samples:
+            if parts is not None:
+                parts.write(samples, phases)
+            else:
+                say({"s": [as_row(s) + [p] for s, p in zip(samples, phases)]})
+        samples, phases, last_flush = [], [], time.monotonic()
+
     # Slots at t0 + k * interval on the monotonic clock: the cost of a poll never accumulates as
     # drift, and a slot missed while starved is skipped, not made up in a burst.
     t0 = time.monotonic()
     while True:
         now = time.monotonic()
         next_slot = t0 + interval_s * math.floor((now - t0) / interval_s + 1)
-        wake.wait(max(0.0, next_slot - now))
-        wake.clear()
-        began = not commands.empty()
-        while not commands.empty():
-            command = commands.get()
+        commands = commands_within(max(0.0, next_slot - now))
+        sampled = False  # a command took a sample: this slot's would follow it within microseconds
+        for command in commands:
             verb, _, tag = command.partition(" ")
+            if command == "mark" and phase is not None:
+                keep(phase)
+                if parts is None:
+                    flush()
+                say({"marked": n_samples})
+                sampled = True
+                continue
             if verb != "begin" or tag not in PHASES:
-                raise ConfigError(f"power sidecar: command {command!r}; expected 'begin <phase>'")
-            # A modeled first sample spans at least one interval since the source opened.
+                raise ConfigError(
+                    f"power sidecar: command {command!r}; expected 'begin <phase>', or 'mark' "
+                    "once a phase is kept"
+                )
+            # A modeled first sample spans at least one interval since the source opened (and a
+            # RAPL or SoC one has a counter step to divide).
             time.sleep(max(0.0, opened + interval_s - time.monotonic()))
             if phase is not None:
                 keep(phase)  # closes the phase being kept
             phase = tag
             keep(phase)  # opens the new one
             t0 = time.monotonic()
+            sampled = True
             say({"began": phase})
-        if stopped.is_set():
+        if stopped:
             break
-        if not began and time.monotonic() >= next_slot:
+        if not sampled and time.monotonic() >= next_slot:
             if phase is None:
                 source.read()  # standby: keeps a modeled source's utilisation span short
             else:
                 keep(phase)
         if samples and time.monotonic() - last_flush >= flush_s:
-            _write_part(samples, phases, parts, n_parts)
-            samples, phases, n_parts, last_flush = [], [], n_parts + 1, time.monotonic()
+            flush()
     if phase is not None:
         keep(phase)  # brackets the end of the caller's last window
-    if samples:
-        _write_part(samples, phases, parts, n_parts)
+    flush()
     source.close()
-
-    tables = [pq.read_table(p, schema=POWER) for p in sorted(parts.glob("part-*.parquet"))]
-    if tables:
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        pq.write_table(pa.concat_tables(tables), tmp)
-        tmp.replace(out_path)
-    shutil.rmtree(parts)
+    if parts is not None:
+        parts.merge()
     return n_samples
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, type=json.loads)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--interval-s", required=True, type=float)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path)
+    where.add_argument("--stream", action="store_true")
+    parser.add_argument("--interval-s", type=float, default=None)
     parser.add_argument("--flush-s", required=True, type=float)
     parser.add_argument("--target-pid", required=True, type=int)
     a = parser.parse_args()
