@@ -31,7 +31,6 @@ __all__ = [
     "describe_gpu",
     "open_default",
     "open_source",
-    "read_nvidia_smi_csv",
     "samples_table",
 ]
 
@@ -178,8 +177,4 @@ def __getattr__(name: str):
         from tokencarbon.power.nvml import describe_gpu
 
         return describe_gpu
-    if name == "read_nvidia_smi_csv":
-        from tokencarbon.power.nvidia_smi import read_nvidia_smi_csv
-
-        return read_nvidia_smi_csv
     raise AttributeError(f"module 'tokencarbon.power' has no attribute {name!r}")
