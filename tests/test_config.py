@@ -14,16 +14,8 @@ import yaml
 from helpers import gpu_present
 from tiny_checkpoints import save_checkpoint
 
-from tokencarbon.config import (
-    auto_batch_sizes,
-    check_config,
-    check_hardware,
-    coerce_cli_strings,
-    load_yaml_strict,
-    model_slice,
-    platform_slice,
-    probe_platform_slice,
-)
+from tokencarbon.config import check_config, check_hardware, coerce_cli_strings, load_yaml_strict
+from tokencarbon.plan import auto_batch_sizes, model_slice, platform_slice, probe_platform_slice
 from tokencarbon.errors import ConfigError, HardwareMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -541,7 +533,8 @@ def test_measure_is_refused_where_this_machine_did_not_run_the_cells_or_is_no_cp
 
 def test_the_measurement_depends_only_on_its_platform():
     # rule measure_platform's params: changing power, models or the sweep never re-measures
-    from tokencarbon.config import measure_slice, platforms_to_measure
+    from tokencarbon.config import platforms_to_measure
+    from tokencarbon.plan import measure_slice
 
     config = _validated("config.yaml")
     assert platforms_to_measure(config) == ["cpu"]
@@ -662,7 +655,7 @@ def test_a_vocabulary_too_small_stops_the_dry_run_of_its_cells(tmp_path):
 
 
 def test_a_cells_params_hold_only_what_changes_its_measurement():
-    from tokencarbon.config import measure_slice
+    from tokencarbon.plan import measure_slice
 
     def slices(config, name="cpu"):
         return (platform_slice(config, name), probe_platform_slice(name, config),

@@ -14,10 +14,12 @@ from tokencarbon.export import EXPORT_SCHEMA_VERSION, cell_file, export
 
 
 def blank_row(schema: pa.Schema) -> dict:
-    """A row of `schema` with NaN floats, 0 ints, "" strings: every column present."""
+    """A row of `schema` with NaN floats, 0 ints, False booleans, "" strings: every column."""
     row = {}
     for f in schema:
-        if pa.types.is_floating(f.type):
+        if pa.types.is_boolean(f.type):
+            row[f.name] = False
+        elif pa.types.is_floating(f.type):
             row[f.name] = math.nan
         elif pa.types.is_integer(f.type):
             row[f.name] = 0

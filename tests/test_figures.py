@@ -52,6 +52,7 @@ from tokencarbon.figures.registry import (
     targets,
 )
 from tokencarbon.figures.summary import metrics_table, write_metrics_html, write_timeshift_tables
+from tokencarbon.plan import Plan
 from tokencarbon.models import Architecture, load_architecture
 from tokencarbon.quantization import Quantization
 from tokencarbon.timeshift import JobProfile, day_start_ns, timeshift
@@ -820,7 +821,7 @@ def test_fig6a_with_trace_day_and_a_constant_intensity_needs_no_cells():
 def study_of(repo: Path, config_file: str) -> Study:
     config = yaml.safe_load((repo / config_file).read_text())
     validate(config, str(repo / "workflow/schemas/config.schema.yaml"))  # fills the defaults
-    return Study(config)
+    return Study(Plan(config))
 
 
 def test_registry_names_rules_captions_and_targets(repo):
@@ -858,10 +859,10 @@ def test_auto_architectures_are_drawn_in_figures_1_and_2a_and_split_by_family(re
 
     llama = save_checkpoint(tmp_path / "my-llama", "llama")
     gpt2 = save_checkpoint(tmp_path / "my-gpt2", "gpt2")
-    study = Study(own_checkpoint_config(repo, {
+    study = Study(Plan(own_checkpoint_config(repo, {
         "my-llama": {"architecture": "auto", "checkpoint": str(llama), "family": "mine", "dtype": "float32"},
         "my-gpt2": {"architecture": "auto", "checkpoint": str(gpt2), "family": "mine"},
-    }))  # fmt: skip
+    })))  # fmt: skip
     assert study.models_of("llama") == ["my-llama"] and study.models_of("gpt2") == ["my-gpt2"]
     got = set(targets(study))
     for name in ["fig4a", "fig4b", "fig6b", "fig6c"]:
@@ -902,10 +903,10 @@ def test_two_architectures_of_one_name_are_refused_naming_both_models(repo, tmp_
     from tiny_checkpoints import save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "gpt2", "gpt2")
-    study = Study(own_checkpoint_config(repo, {
+    study = Study(Plan(own_checkpoint_config(repo, {
         "gpt2": {"architecture": "auto", "checkpoint": str(ckpt), "family": "mine"},
         "theirs": {"architecture": "gpt2", "family": "mine"},
-    }))  # fmt: skip
+    })))  # fmt: skip
     with pytest.raises(ConfigError, match=r"models\.gpt2\.architecture and models\.theirs\.architecture.*'gpt2'"):
         study.analytic_architectures()
 
@@ -1022,7 +1023,7 @@ def default_run(tmp_path_factory, repo) -> Path:
 def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
     config = yaml.safe_load((default_run / "config/config.yaml").read_text())
     validate(config, str(repo / "workflow/schemas/config.schema.yaml"))
-    study = Study(config)
+    study = Study(Plan(config))
     drawn = []
     for artifact in ARTIFACTS:
         if not artifact.wanted(study):

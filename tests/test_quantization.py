@@ -357,7 +357,7 @@ def test_tensorrt_llm_runs_no_torchao_scheme():
 
 
 def test_quantization_enters_the_model_slice_only_where_set():
-    from tokencarbon.config import model_slice
+    from tokencarbon.plan import model_slice
 
     config = {
         "seed": 0,

@@ -43,11 +43,11 @@ from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect, software_versions
 from tokencarbon.lease import CELL_LEASE_TIMEOUT_S, cell_leases
 from tokencarbon.models import resolve_architecture
+from tokencarbon.layout import CONTINUOUS, MODE_PREFIX, STATIC, CellKey
 from tokencarbon.quantization import of_model
 from tokencarbon.quantization import record as quantization_record
 from tokencarbon.timeline import Timeline
 
-STATIC, CONTINUOUS = "static", "continuous"
 # Progress on the console: a line when a repeat starts and ends, and at most one per this many
 # seconds in between, so long cells show they are alive without burying Snakemake's messages.
 PROGRESS_INTERVAL_S = 10.0
@@ -77,10 +77,8 @@ def serving_settings(serving: Mapping[str, Any] | None, batch_size: int) -> dict
     if unknown:
         raise ConfigError(f"params serving: unknown key(s) {unknown}; expected some of {sorted(known)}")
     mode = serving.get("mode", STATIC)
-    if mode not in tables.CELL_DIR_PREFIX:
-        raise ConfigError(
-            f"serving.mode: {mode!r}; expected one of {sorted(tables.CELL_DIR_PREFIX)}"
-        )
+    if mode not in MODE_PREFIX:
+        raise ConfigError(f"serving.mode: {mode!r}; expected one of {sorted(MODE_PREFIX)}")
     if mode == STATIC:
         # every request of a batch is there when it starts: offline, in the serving sense
         return {"mode": STATIC, "max_num_seqs": None, "arrival": "offline",
@@ -382,7 +380,7 @@ def run_cell(
         )
     if len(workload) == 0:
         raise InputError("the workload holds no request; a cell needs at least one")
-    cell = f"{platform['name']}/{model['name']}/{tables.CELL_DIR_PREFIX[settings['mode']]}{batch_size}"
+    cell = CellKey(platform["name"], model["name"], settings["mode"], batch_size).name
     say = progress or Progress(cell)
     arch = resolve_architecture(model)
     quantization = of_model(model)

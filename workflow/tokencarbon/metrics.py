@@ -20,6 +20,7 @@ from tokencarbon.carbon import DEFAULT_MAX_FILL_S, embodied_carbon_g, operationa
 from tokencarbon.energy import EnergyRecord, combine, idle_power, select_device, window_energy
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.models import Architecture, kv_cache_bytes, weight_bytes
+from tokencarbon.layout import CellKey
 from tokencarbon.quantization import from_columns
 from tokencarbon.platforms import (
     MEASURE_KEY,
@@ -411,8 +412,7 @@ def _rates(windows: list[_Window], s_per_token_user: float) -> dict[str, Any]:
 
 
 def _cell_name(cell: Mapping[str, Any]) -> str:
-    prefix = tables.CELL_DIR_PREFIX.get(cell["mode"], cell["mode"])
-    return f"{cell['platform']}/{cell['model']}/{prefix}{cell['batch_size']}"
+    return CellKey.of(cell).name
 
 
 def _idle(cell: Mapping[str, Any], power: pd.DataFrame, where: str) -> tuple[float, list[str]]:
@@ -805,10 +805,7 @@ def compute_all(
             # Aggregation copies each cell's own files: rerunning it cannot add rows that the
             # cell's file lacks. The cell itself has to be measured (or imported) again.
             what, file = ("batches", "batches") if key not in b_groups else ("power samples", "power")
-            folder = (
-                f"results/cells/{cell['platform']}/{cell['model']}/"
-                f"{tables.CELL_DIR_PREFIX[cell.get('mode') or 'static']}{int(cell['batch_size'])}"
-            )
+            folder = CellKey.of(cell).folder()
             raise InputError(
                 f"cell {name}: no {what} in the aggregated tables, so the cell's own "
                 f"{folder}/{file}.parquet holds none (a power sidecar that wrote no sample, a file "

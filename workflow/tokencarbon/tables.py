@@ -256,16 +256,15 @@ TIMESHIFT = pa.schema(
     ]
 )
 
-# A cell is (platform, model, mode, batch_size); batch_size is max_num_seqs for continuous cells.
+# A cell is (platform, model, mode, batch_size); batch_size is max_num_seqs for continuous cells
+# (plan.CellKey: its name and folder).
 CELL_KEYS = [
     ("platform", pa.string()),
     ("model", pa.string()),
     ("mode", pa.string()),
     ("batch_size", pa.int64()),
 ]
-CELL_DIR_PREFIX = {"static": "bs", "continuous": "cb"}
 # Integer columns that may be null (read as pandas' nullable Int64).
-# results/cells/{platform}/{model}/{prefix}{n}; requests.parquet
 NULLABLE_INT_COLUMNS = ("quant_group_size", "preemptions")
 # Columns added to a schema after cells were written with it: a table without one reads with the
 # column null (REQUESTS.preemptions and STEPS.new_tokens, issue 22), so older cells stay readable.
