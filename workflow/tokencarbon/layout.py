@@ -87,7 +87,8 @@ class CellKey:
 
 
 def cell_pattern(mode: str, stem: str) -> str:
-    """The rule output pattern of a cell file: results/cells/{platform}/{model}/<prefix>{batch}/..."""
+    """The rule output pattern of a cell's file `stem` (results/cells/{platform}/{model}/bs{batch}/
+    batches.parquet, ...)."""
     folder = f"{RESULTS}/cells/{{platform}}/{{model}}/{MODE_PREFIX[mode]}{{batch}}"
     return f"{folder}/{CELL_FILES[mode][stem]}"
 

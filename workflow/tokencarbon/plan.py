@@ -639,7 +639,8 @@ def measure_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
     """What rule measure_platform needs of its platform: the hardware check's fields (config's
     spec, `measure` included) and the logical CPUs to lease and measure on. Neither power nor
     models: changing them never re-measures."""
-    return {**probe_platform_slice(platform, config), "logical_cpus": platform_spec(config, platform).logical_cpus}
+    cpus = platform_spec(config, platform).logical_cpus
+    return {**probe_platform_slice(platform, config), "logical_cpus": cpus}
 
 
 def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
