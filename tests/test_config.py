@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness import Project
 from helpers import gpu_present
 from tiny_checkpoints import save_checkpoint
 
@@ -241,20 +242,13 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
 
 
 def _project(tmp_path: Path, config_text: str | None = None) -> Path:
-    """A working copy of the workflow with code and resources linked (as tests/test_workflow.py)."""
-    for name in ["Snakefile", "workflow", "resources", "profiles"]:
-        (tmp_path / name).symlink_to(REPO / name)
-    (tmp_path / "config").mkdir()
-    text = config_text if config_text is not None else (REPO / "config/config.yaml").read_text()
-    (tmp_path / "config/config.yaml").write_text(text)
-    return tmp_path
+    """A working copy of the workflow (tests/harness.py), config/config.yaml the embedded default
+    unless config_text is given."""
+    return Project.make(tmp_path, config_text).path
 
 
 def _dry_run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1", *args],
-        cwd=project, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return Project(project).run("--dry-run", *args, cores=1, timeout=300, check=False)
 
 
 def test_duplicate_keys_in_a_configfile_stop_snakemake_before_any_job(tmp_path):

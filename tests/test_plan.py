@@ -14,7 +14,7 @@ import pytest
 from harness import REPO, TEST_CONFIGS, TEST_DIR, Project, tiny_study
 
 from tokencarbon.config import prepare_config
-from tokencarbon.errors import ConfigError
+from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.layout import CONTINUOUS, STATIC, CellKey, probe_path
 from tokencarbon.plan import Plan
 
@@ -59,7 +59,9 @@ def test_an_auto_sweep_waits_for_its_probe_then_takes_powers_of_two(tmp_path):
     probe = Path(probe_path("cpu", "tiny-llama", tmp_path))
     probe.parent.mkdir(parents=True)
     # 13 fit, capped at the 4 prompts: 1, 2, 4; 3 sequences fit: 1, 2 and 3 itself
-    probe.write_text(json.dumps({"max_ok": 13, "max_num_seqs_ok": 3}))
+    record = {"platform": "cpu", "model": "tiny-llama", "max_ok": 13, "min_failed": 14,
+              "memory_limit_gb": 0.06}  # fmt: skip
+    probe.write_text(json.dumps(record | {"max_num_seqs_ok": 3}))
     assert plan.pending() == []
     assert [k.name for k in plan.cells()] == [
         "cpu/tiny-llama/bs1", "cpu/tiny-llama/bs2", "cpu/tiny-llama/bs4",
@@ -67,8 +69,11 @@ def test_an_auto_sweep_waits_for_its_probe_then_takes_powers_of_two(tmp_path):
     ]  # fmt: skip
     # the DAG's reader (the checkpoint) wins over the disk
     assert plan.sizes("cpu", "tiny-llama", STATIC, lambda p, m: {"max_ok": 2}) == [1, 2]
-    probe.write_text(json.dumps({"max_ok": 13}))  # probed without the continuous search
+    probe.write_text(json.dumps(record))  # probed without the continuous search
     with pytest.raises(ConfigError, match="sweep.max_num_seqs: 'auto' reads max_num_seqs_ok"):
+        plan.cells()
+    probe.write_text(json.dumps({k: v for k, v in record.items() if k != "min_failed"}))
+    with pytest.raises(InputError, match=r"probe.json: probe result lacks keys \['min_failed'\]"):
         plan.cells()
 
 

@@ -3,14 +3,13 @@
 # path (PKG_ROOT) and the config files' YAML checks come first, in setup.smk.
 import copy
 import functools
-import json
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from tokencarbon.config import prepare_config
 from tokencarbon.layout import CONTINUOUS, PROBE_PATTERN, STATIC, cell_log, cell_outputs
 from tokencarbon.plan import Plan, choices, workdir_path
+from tokencarbon.records import read_probe
 
 if workflow.overwrite_configfiles:
     # A --configfile is a whole study (config/paper.yaml): it replaces the embedded default
@@ -67,8 +66,9 @@ def measured_here(wildcards):
 
 def probe_record(platform, model):
     """An `auto` sweep's probe, through the checkpoint (its only reader)."""
-    path = checkpoints.probe_max_batch.get(platform=platform, model=model).output[0]
-    return json.loads(Path(path).read_text())
+    return read_probe(
+        checkpoints.probe_max_batch.get(platform=platform, model=model).output[0]
+    )
 
 
 # --- inputs

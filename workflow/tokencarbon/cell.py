@@ -39,10 +39,10 @@ from tokencarbon.compile_cache import configured as compile_cache_configured
 from tokencarbon.config import PAGED_DEFAULTS
 from tokencarbon.energy import idle_power
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
-from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect, software_versions
 from tokencarbon.lease import CELL_LEASE_TIMEOUT_S, cell_leases
 from tokencarbon.models import resolve_architecture
+from tokencarbon.records import CellMeta
 from tokencarbon.layout import CONTINUOUS, MODE_PREFIX, STATIC, CellKey
 from tokencarbon.quantization import of_model
 from tokencarbon.quantization import record as quantization_record
@@ -681,14 +681,14 @@ def run_cell(
             tables.write(
                 pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER
             )
-        meta = _meta(
+        meta = CellMeta.of(_meta(
             cell, repeats, hardware=hardware, lease=lease, engine=engine, warmup=warmup,
             idle_power_w=idle_power_w, shared=shared, samples=(len(idle_samples), len(run_samples)),
             foreign=foreign, states=(state_start, state_end), versions=versions,
             compile_cache=compile_cache, timeline=timeline,
-        )  # fmt: skip
-        write_json(out_meta, meta)
-        return meta
+        ))  # fmt: skip
+        meta.write(out_meta)
+        return meta.to_json()
 
 
 def _compile_cache(cache_root, hardware: Mapping[str, Any], stack: contextlib.ExitStack):
@@ -763,7 +763,7 @@ def _say_foreign(say: Progress, foreign: Mapping[str, Any]) -> None:
 def _meta(cell: _Cell, repeats: Sequence[Repeat], *, hardware, lease, engine, warmup,
           idle_power_w, shared, samples, foreign, states, versions, compile_cache,
           timeline) -> dict[str, Any]:  # fmt: skip
-    """What meta.json holds of a measured cell."""
+    """What meta.json holds of a measured cell (records.CellMeta: the CELLS keys and the rest)."""
     settings, platform, model, run = cell.settings, cell.platform, cell.model, cell.run
     batch_rows = [row for r in repeats for row in r.batch_rows]
     return {

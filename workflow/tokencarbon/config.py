@@ -609,14 +609,11 @@ def _check_carbon(config: dict[str, Any]) -> None:
     if carbon["source"] == "trace" and carbon["trace_day"] is not None:
         # Figure 6a and the time-shift what-if read the trace's 24 hours of that day: a day the
         # trace does not give (under carbon.fill) fails those jobs; refused here instead.
-        from tokencarbon.carbon import DEFAULT_MAX_FILL_S, intensity_for_day, load_trace
+        from tokencarbon.carbon import CarbonAccounting
         from tokencarbon.errors import InputError
 
         try:
-            intensity_for_day(
-                load_trace(carbon["trace"], carbon["basis"]), carbon["trace_day"],
-                carbon["fill"], carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
-            )  # fmt: skip
+            CarbonAccounting.from_config(carbon).day(carbon["trace_day"])
         except InputError as exc:
             raise ConfigError(f"config key carbon.trace_day: {carbon['trace_day']!r}: {exc}") from None
 
@@ -864,15 +861,14 @@ def check_trace_coverage(config: dict[str, Any], windows: Iterable[tuple[str, in
     carbon = config["carbon"]
     if carbon["source"] != "trace":
         return
-    from tokencarbon.carbon import DEFAULT_MAX_FILL_S, first_uncovered, load_trace
+    from tokencarbon.carbon import CarbonAccounting
     from tokencarbon.errors import InputError
 
     try:
-        trace = load_trace(carbon["trace"], carbon["basis"])
+        accounting = CarbonAccounting.from_config(carbon)
     except InputError as exc:
         raise ConfigError(f"config key carbon.trace: {exc}") from None
-    max_fill_s = carbon.get("max_fill_s", DEFAULT_MAX_FILL_S)
-    found = first_uncovered(trace, windows, carbon["fill"], max_fill_s)
+    found = accounting.first_uncovered(windows)
     if found is not None:
         label, exc = found
         raise ConfigError(

@@ -34,6 +34,7 @@ from tokencarbon import tables
 from tokencarbon.carbon import DEFAULT_MAX_FILL_S
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
 from tokencarbon.layout import STATIC, CellKey
+from tokencarbon.records import CellMeta
 from tokencarbon.power.csvfile import read_csv_lines
 from tokencarbon.power.nvidia_smi import PowerLog
 from tokencarbon.power.timestamps import parse_times
@@ -497,7 +498,6 @@ def write_cell(
     """
     from tokencarbon.quantization import parse_quantization, record
     from tokencarbon.energy import idle_power
-    from tokencarbon.files import write_json
     from tokencarbon.hardware import git_commit
 
     directory = Path(directory)
@@ -520,8 +520,7 @@ def write_cell(
     mem = power.loc[power["phase"] == "run", "mem_used_bytes"]
     tables.write(batches, directory / "batches.parquet", tables.BATCHES)
     tables.write(power, directory / "power.parquet", tables.POWER)
-    write_json(
-        directory / "meta.json",
+    CellMeta.of(
         {
             "platform": str(platform),
             "model": str(model),
@@ -569,8 +568,8 @@ def write_cell(
                 "input_tokens_known": bool((windows["input_tokens"] >= 0).all()),
                 "per_request_lengths": "window totals split evenly over its requests",
             },
-        },
-    )
+        }
+    ).write(directory / "meta.json")
     return directory
 
 

@@ -3,8 +3,9 @@ which parameters, answered once from a validated config.
 
 The DAG (workflow/rules/*.smk: thin input functions over one Plan), the figure registry
 (figures/registry.Study), `tokencarbon doctor`, a chunked study runner and the tests all ask a Plan;
-nothing else spells a cell's name or folder, a probe's path, or the slice of the config a job
-depends on.
+nothing else decides which cells and probes a study has, or the slice of the config a job depends
+on (tokencarbon.layout spells their names and paths). No job imports this module, so editing it
+replans no job (code inputs follow the scripts' imports).
 
 A cell is a CellKey (platform, model, mode, n): static cells (`bs{n}`, the workload in batches of
 n, the study's method) and continuous-batching cells (`cb{n}`, at most n requests in flight). A
@@ -16,7 +17,6 @@ imported from an external power log and timing file (platforms.<name>.imported, 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -48,6 +48,7 @@ from tokencarbon.layout import (
     CellKey,
     probe_path,
 )
+from tokencarbon.records import CellMeta, read_probe
 
 # Where a platform's cells come from.
 MEASURED, COPIED, IMPORTED = "measured", "copied", "imported"
@@ -134,7 +135,7 @@ class Plan:
     def read_probe(self, platform: str, model: str) -> Mapping[str, Any] | None:
         """probe.json of (platform, model) under root, or None where it is not there yet."""
         path = Path(probe_path(platform, model, self.root))
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_probe(path) if path.is_file() else None
 
     def copied_sizes(self, platform: str, model: str, mode: str) -> list[int]:
         """The n of the finished cells of `mode` found under root/cells/<platform>/<model>/."""
@@ -345,7 +346,7 @@ class Plan:
             path = Path(self.root, "platforms", p, "spec.json")
             measured = read_measurement(str(path), p)["measured"] if path.is_file() else None
             devices = [
-                json.loads(meta.read_text())["device_name"]
+                CellMeta.read(meta).device_name
                 for meta in Path(self.root, "cells", p).glob("*/*/meta.json")
             ]
             check_copied_cells(self.config, p, devices, measured)

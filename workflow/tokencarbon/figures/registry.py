@@ -370,20 +370,21 @@ def _draw_fig5(inputs, params):
 
 
 def intensity_series(carbon: Mapping[str, Any], cells_path: str | Path | None):
-    """Figure 6a's 24-hour intensity series and its day: the trace's configured day (its first
+    """Figure 6a's 24-hour intensity series and its day, under the config's carbon accounting
+    (carbon.CarbonAccounting: source, fill, max_fill_s): the trace's configured day (its first
     day when trace_day is null), or, for a constant intensity, trace_day when set, else the UTC
     day the first cell ran (read from cells_path)."""
     import pandas as pd
 
-    from tokencarbon.carbon import ConstantIntensity, intensity_for_day, load_trace
+    from tokencarbon.carbon import CarbonAccounting
     from tokencarbon.figures.inputs import read_cells
 
+    accounting = CarbonAccounting.from_config(carbon)
     day = carbon.get("trace_day")
     if carbon["source"] == "trace":
-        trace = load_trace(carbon["trace"], carbon["basis"])
-        series = intensity_for_day(trace, day, carbon["fill"])
+        series = accounting.day(day)
         if day is None:
-            day = str(pd.Timestamp(int(trace.start_ns[0]), unit="ns").date())
+            day = str(pd.Timestamp(int(accounting.intensity.start_ns[0]), unit="ns").date())
         return series, day
     if day is None:
         if cells_path is None:
@@ -395,7 +396,7 @@ def intensity_series(carbon: Mapping[str, Any], cells_path: str | Path | None):
         if cells.empty:
             raise InputError(f"fig6a: {cells_path} holds no cells to take the day from")
         day = str(pd.Timestamp(int(cells["window_start_wall_ns"].min()), unit="ns").date())
-    return intensity_for_day(ConstantIntensity(carbon["intensity_g_per_kwh"]), day), day
+    return accounting.day(day), day
 
 
 def _draw_fig6a(inputs, params):
@@ -476,7 +477,7 @@ def _require_trace(params, name):
 
 
 def _draw_timeshift(inputs, params):
-    from tokencarbon.carbon import intensity_for_day, load_trace
+    from tokencarbon.carbon import CarbonAccounting
     from tokencarbon.figures.carbon_analysis import timeshift_day
     from tokencarbon.figures.inputs import read_timeshift
 
@@ -484,8 +485,7 @@ def _draw_timeshift(inputs, params):
     carbon = params["carbon"]
     shifts = read_timeshift(inputs["timeshift"])
     day = shifts["day"].iloc[0] if len(shifts) else carbon.get("trace_day")
-    series = intensity_for_day(load_trace(inputs["trace"], carbon["basis"]), day, carbon["fill"])
-    return timeshift_day(shifts, series)
+    return timeshift_day(shifts, CarbonAccounting.from_config(carbon, inputs["trace"]).day(day))
 
 
 def _build_timeshift_table(inputs, params, outputs):

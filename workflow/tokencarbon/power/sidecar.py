@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 import tokencarbon
 from tokencarbon import errors
-from tokencarbon.energy import cell_energy
+from tokencarbon.energy import idle_power
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.power import DEFAULT_INTERVAL_S, check_spec, open_source, samples_table
 from tokencarbon.tables import POWER, check, read
@@ -242,17 +242,16 @@ def measure_idle(
 ) -> tuple[pd.DataFrame, float]:
     """Sample an idle device for `seconds`: (samples with phase "idle", mean idle power in W).
 
-    The mean is energy over the sampled span divided by its length, so it uses the energy
-    counter where the source has one, exactly as the cell's own energy does.
+    The mean is energy.idle_power's (the one place idle power is computed, as metrics compute a
+    cell's): energy over the sampled span divided by its length, with the energy counter where the
+    source has one.
     """
     with tempfile.TemporaryDirectory(prefix="tokencarbon-idle-") as tmp:
         out_path = Path(tmp) / "idle.parquet"
         with PowerSidecar(source_spec, out_path, interval_s, phase="idle"):
             time.sleep(seconds)
         samples = read_samples(out_path)
-    start_ns, end_ns = int(samples["t_wall_ns"].iloc[0]), int(samples["t_wall_ns"].iloc[-1])
-    record = cell_energy(samples, start_ns, end_ns, idle_power_w=math.nan)
-    return samples, record.energy_j / record.window_s
+    return samples, idle_power(samples, where=f"idle samples of {source_spec['kind']}")[0]
 
 
 def _write_part(samples: list, phases: list[str], parts: Path, index: int) -> None:
