@@ -404,6 +404,7 @@ class StaticMode:
         return warm_up(engine, run, [], self.batches, self.n)
 
     def repeat(self, engine, repeat: int, label: str, cell: _Cell) -> Repeat:
+        """One repeat of the measured work: every batch in workload order, each its window."""
         say = cell.say
         say(f"{label}: {len(self.batches)} batches of up to {self.n}")
         rows, tokens, most, ids = [], 0, 0, []
@@ -449,6 +450,8 @@ class ContinuousMode:
         return warm_up(engine, run, self.requests, [], self.n)
 
     def repeat(self, engine, repeat: int, label: str, cell: _Cell) -> Repeat:
+        """One repeat: the whole request set served, its result checked (check_serving_result)
+        before any row of it is kept."""
         cell.say(f"{label}: serving {len(self.requests)} requests ({self.settings['arrival']})")
         result = engine.serve(self.requests)
         check_serving_result(result, self.requests, f"{cell.name} {label}")

@@ -215,8 +215,8 @@ class Plan:
         return out
 
     def has_continuous_cells(self) -> bool:
-        """Whether the study has continuous cells, decidable before any probe: a measured platform
-        with a continuous sweep (`auto` always gives at least cb1), or copied cb cells."""
+        """Whether the study has continuous cells, decidable before any probe: the config lists a
+        continuous sweep (`auto` always gives at least cb1), or copied cb cells are there."""
         sweep = self.config["sweep"][SWEEP_KEY[CONTINUOUS]]
         return bool(sweep) or any(
             self.copied_sizes(p, m, CONTINUOUS) for p in self.copied for m in self.models
