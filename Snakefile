@@ -30,4 +30,4 @@ include: "workflow/rules/export.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        PLAN.targets(),

@@ -69,3 +69,17 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return locate_shared_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny CPU study (.test/config-cpu: tests/harness.py) run through Snakemake once per test
+    session: `all`, every table, figure and the export (slow: minutes on 2 cores). Tests read it,
+    dry-run variants of its config and build reports in it; none changes its results. Its code is
+    a copy: a module edited in the checkout while the tests run would (rightly) replan the jobs
+    importing it."""
+    from harness import Project, tiny_study
+
+    project = Project.make(tmp_path_factory.mktemp("tiny-run") / "p", tiny_study(), copy_code=True)
+    project.run("all", timeout=1800)
+    return project

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from tokencarbon import tables
-from tokencarbon.aggregate import aggregate, read_meta
+from tokencarbon.aggregate import aggregate
+from tokencarbon.records import CellMeta
 from tokencarbon.errors import InputError, SchemaError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,13 +128,13 @@ def test_no_cells_and_bad_meta_are_clear_errors(tmp_path):
     d = old_static_cell(tmp_path)
     (d / "meta.json").write_text(json.dumps({k: v for k, v in OLD_META.items() if k != "dtype"}))
     with pytest.raises(InputError, match=r"lacks keys \['dtype'\]; rerun the cell"):
-        read_meta(d / "meta.json")
+        CellMeta.read(d / "meta.json")
     (d / "meta.json").write_text("{not json")
     with pytest.raises(InputError, match="not a readable cell meta.json"):
-        read_meta(d / "meta.json")
+        CellMeta.read(d / "meta.json")
     (d / "meta.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="one JSON object, not list"):
-        read_meta(d / "meta.json")
+        CellMeta.read(d / "meta.json")
 
 
 def test_a_batches_file_breaking_its_schema_is_named(tmp_path):
@@ -152,3 +153,14 @@ def test_the_committed_gpu_cells_still_aggregate():
     assert (gpt2_bs4["n_requests"], gpt2_bs4["max_batch_requests"], gpt2_bs4["repeats"]) == (16, 4, 1)
     assert gpt2_bs4["mode"] == "static" and gpt2_bs4["foreign_gpu_processes"] == -1
     assert (out.batches["repeat"] == 0).all() and len(out.requests) == 0
+
+
+def test_the_cell_meta_record_is_the_cells_schema():
+    # One schema: CellMeta's fields are the CELLS columns, in order; the rest of meta.json is
+    # details, kept through a read and a write.
+    from dataclasses import fields
+
+    assert [f.name for f in fields(CellMeta) if f.name != "details"] == tables.CELLS.names
+    record = dict(zip(tables.CELLS.names, range(len(tables.CELLS.names)))) | {"timeline": {"x": 1}}
+    meta = CellMeta.of(record)
+    assert meta.details == {"timeline": {"x": 1}} and meta.to_json() == record

@@ -1,17 +1,20 @@
 """Carbon: intensity traces (both Electricity Maps headers, real exports), hour alignment,
 fill, PUE, embodied amortisation. Each expected value is worked out by hand beside it."""
 
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tokencarbon.carbon import (
+    CarbonAccounting,
     ConstantIntensity,
     carbon_from_energy,
     embodied_carbon_g,
     intensity_for_day,
     load_trace,
+    mean_intensity,
     window_carbon,
 )
 from tokencarbon.errors import ConfigError, InputError
@@ -389,3 +392,28 @@ def test_an_uncovered_window_keeps_its_energy_and_says_why_carbon_is_missing(tmp
                                  "previous", 600.0)  # fmt: skip
     assert label == "b" and "more than --max-fill-s = 600 s" in exc.message(CLI_NAMES)
     assert first_uncovered(ConstantIntensity(413.0), [("a", *window[0])]) is None
+
+
+def test_one_mean_intensity_with_one_answer_at_zero_energy():
+    # 100 J at 200 gCO2/kWh and 300 J at 400: (100 x 200 + 300 x 400) / 400 = 350
+    assert mean_intensity([200.0, 400.0], [100.0, 300.0], [3.0, 1.0]) == 350.0
+    # no energy: the time-weighted mean, 1 s at 200 and 3 s at 400: (200 + 1200) / 4 = 350
+    assert mean_intensity([200.0, 400.0], [0.0, 0.0], [1.0, 3.0]) == 350.0
+    assert math.isnan(mean_intensity([], [], []))
+
+
+def test_the_carbon_accounting_is_chosen_once_from_the_config(tmp_path):
+    constant = CarbonAccounting.from_config(
+        {"source": "constant", "intensity_g_per_kwh": 250, "pue": 1.2, "fill": None,
+         "max_fill_s": None}
+    )  # fmt: skip
+    assert constant.intensity == ConstantIntensity(250.0) and constant.pue == 1.2
+    assert constant.max_fill_s is None
+    # absent keys take the schema's defaults: the study's 413 g/kWh, PUE 1, no fill, 1 h
+    default = CarbonAccounting.from_config({})
+    assert (default.intensity, default.pue, default.fill, default.max_fill_s) == (
+        ConstantIntensity(413.0), 1.0, None, 3600.0)
+    with pytest.raises(ConfigError, match="carbon pue 0.9: must be >= 1.0"):
+        CarbonAccounting(ConstantIntensity(413.0), pue=0.9)
+    with pytest.raises(ConfigError, match="carbon fill policy 'linear'"):
+        CarbonAccounting(ConstantIntensity(413.0), fill="linear")

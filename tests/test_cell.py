@@ -240,7 +240,7 @@ def test_a_cell_on_a_cpu_its_row_does_not_describe_is_refused_before_measuring(t
     # default config's spec (measure, logical_cpus, an assumed tdp_w) it would run.
     import re
 
-    from tokencarbon.config import platform_slice
+    from tokencarbon.plan import platform_slice
     from tokencarbon.errors import HardwareMismatchError
     from tokencarbon.hardware import check_platform, cpu_model_name, detect
 

@@ -137,6 +137,15 @@ def test_doctor_judges_the_cpu_default_as_its_cells_do(tmp_path):
     out = tc("doctor")
     report = json.loads(tc("doctor", "--json").stdout)
     (verdict,) = [v for v in report["study"]["platforms"] if v["platform"] == "cpu"]
+    # the cells as the DAG plans them (tokencarbon.plan): config/config.yaml lists max_num_seqs
+    # [4, 16] for its three models; its static sweep is `auto`, waiting for each model's probe
+    # unless a run here has probed already
+    plan = report["study"]["plan"]
+    models = ["tiny-gpt2", "tiny-llama", "tiny-llama-int8"]
+    assert {f"cpu/{m}/cb{n}" for m in models for n in (4, 16)} <= set(plan["cells"])
+    assert plan["probes"] == [f"results/cells/cpu/{m}/probe.json" for m in models]
+    for m in models:
+        assert f"cpu/{m} static" in plan["pending"] or f"cpu/{m}/bs1" in plan["cells"]
     if len(allowed) >= 2:
         assert out.returncode == 0 and "cpu: can run here" in out.stdout, out.stdout
         assert verdict["can_run"] is True and "config: tdp_w, logical_cpus" in verdict["why"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from harness import Project, tiny_study
 
 from tokencarbon.codedeps import package_modules
 
@@ -124,17 +124,10 @@ def test_modulefinder_and_the_ast_walk_agree_on_every_script():
 
 # --- through Snakemake -------------------------------------------------------------------------
 
-TINY = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}},
-    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
-    "models": {
-        "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
-        "tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"},
-    },
-    "workload": {"num_prompts": 2, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
-    "sweep": {"batch_sizes": [1], "max_batch": 2},
-    "power": {"interval_s": 0.05, "idle_s": 0.1},
-}
+# The tiny CPU study (.test/config-cpu), made smaller: two models, 2 prompts, batch 1 alone.
+TINY = tiny_study(models=["tiny-gpt2", "tiny-llama"], workload={"num_prompts": 2},
+                  sweep={"batch_sizes": [1], "max_batch": 2, "max_num_seqs": []},
+                  power={"idle_s": 0.1}, run={"repeats": 1})  # fmt: skip
 
 
 RULE_SCRIPTS = """
@@ -239,16 +232,7 @@ def test_editing_any_package_module_replans_exactly_the_rules_importing_it(tmp_p
 def copied_project(tmp_path: Path, config: dict) -> Path:
     """A second checkout: Snakefile and workflow/ copied (the venv's editable install points at
     the repository's), resources/ and profiles/ linked."""
-    project = tmp_path / "p"
-    project.mkdir()
-    shutil.copy(REPO / "Snakefile", project / "Snakefile")
-    shutil.copytree(REPO / "workflow", project / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    for name in ["resources", "profiles"]:
-        (project / name).symlink_to(REPO / name)
-    (project / "config").mkdir()
-    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
-    return project
+    return Project.make(tmp_path / "p", config, copy_code=True).path
 
 
 @pytest.mark.slow

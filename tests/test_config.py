@@ -11,19 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness import Project
 from helpers import gpu_present
 from tiny_checkpoints import save_checkpoint
 
-from tokencarbon.config import (
-    auto_batch_sizes,
-    check_config,
-    check_hardware,
-    coerce_cli_strings,
-    load_yaml_strict,
-    model_slice,
-    platform_slice,
-    probe_platform_slice,
-)
+from tokencarbon.config import check_config, check_hardware, coerce_cli_strings, load_yaml_strict
+from tokencarbon.plan import auto_batch_sizes, model_slice, platform_slice, probe_platform_slice
 from tokencarbon.errors import ConfigError, HardwareMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,20 +242,13 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
 
 
 def _project(tmp_path: Path, config_text: str | None = None) -> Path:
-    """A working copy of the workflow with code and resources linked (as tests/test_workflow.py)."""
-    for name in ["Snakefile", "workflow", "resources", "profiles"]:
-        (tmp_path / name).symlink_to(REPO / name)
-    (tmp_path / "config").mkdir()
-    text = config_text if config_text is not None else (REPO / "config/config.yaml").read_text()
-    (tmp_path / "config/config.yaml").write_text(text)
-    return tmp_path
+    """A working copy of the workflow (tests/harness.py), config/config.yaml the embedded default
+    unless config_text is given."""
+    return Project.make(tmp_path, config_text).path
 
 
 def _dry_run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1", *args],
-        cwd=project, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return Project(project).run("--dry-run", *args, cores=1, timeout=300, check=False)
 
 
 def test_duplicate_keys_in_a_configfile_stop_snakemake_before_any_job(tmp_path):
@@ -541,7 +527,8 @@ def test_measure_is_refused_where_this_machine_did_not_run_the_cells_or_is_no_cp
 
 def test_the_measurement_depends_only_on_its_platform():
     # rule measure_platform's params: changing power, models or the sweep never re-measures
-    from tokencarbon.config import measure_slice, platforms_to_measure
+    from tokencarbon.config import platforms_to_measure
+    from tokencarbon.plan import measure_slice
 
     config = _validated("config.yaml")
     assert platforms_to_measure(config) == ["cpu"]
@@ -662,7 +649,7 @@ def test_a_vocabulary_too_small_stops_the_dry_run_of_its_cells(tmp_path):
 
 
 def test_a_cells_params_hold_only_what_changes_its_measurement():
-    from tokencarbon.config import measure_slice
+    from tokencarbon.plan import measure_slice
 
     def slices(config, name="cpu"):
         return (platform_slice(config, name), probe_platform_slice(name, config),

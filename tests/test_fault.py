@@ -10,30 +10,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from harness import SNAKEMAKE, Project, tiny_study
 
 pytestmark = pytest.mark.slow
 
-CONFIG = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}},
-    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
-    "models": {"tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"}},
-    "workload": {"num_prompts": 16, "synthetic_conversations": 2000, "builtin_vocab_size": 2048},
-    "sweep": {"batch_sizes": [1, 2], "max_batch": 8},
-    "power": {"interval_s": 0.05, "idle_s": 0.2},
-    # Two repeats in one process: each cell's time per token is their mean.
-    "run": {"repeats": 2},
-}
+# The tiny CPU study (.test/config-cpu) on one model, 16 prompts, static batches 1 and 2, two
+# repeats in one process (each cell's time per token is their mean).
+CONFIG = tiny_study(models=["tiny-llama"], workload={"num_prompts": 16, "synthetic_conversations": 2000},
+                    sweep={"max_num_seqs": []}, run={"repeats": 2})  # fmt: skip
 CELL = "results/cells/cpu/tiny-llama/bs1"
 # A cell is flagged as disturbed when other processes took more than this share of its CPUs
 # (the value HA's QA flag uses is its own; this test only needs "clearly disturbed").
@@ -41,18 +31,12 @@ FLAG_SHARE = 0.05
 
 
 def project(tmp: Path) -> tuple[Path, dict]:
-    for name in ["Snakefile", "workflow", "resources", "profiles"]:
-        (tmp / name).symlink_to(REPO / name)
-    (tmp / "config").mkdir()
-    (tmp / "config/config.yaml").write_text(yaml.safe_dump(CONFIG))
-    env = os.environ | {"TOKENCARBON_LEASE_DIR": str(tmp / "leases")}
-    return tmp, env
+    where = Project.make(tmp, CONFIG).path
+    return where, os.environ | {"TOKENCARBON_LEASE_DIR": str(where / "leases")}
 
 
 def snakemake(where: Path, env: dict, *args: str) -> None:
-    proc = subprocess.run(SNAKEMAKE + ["--cores", "2", *args], cwd=where, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    Project(where).run(*args, env=env)
 
 
 def s_per_token(cell: Path) -> list[float]:

@@ -3,9 +3,6 @@ schemas); asserted values are worked out by hand beside each assertion."""
 
 import json
 import math
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +10,7 @@ import pyarrow as pa
 import pytest
 import yaml
 from matplotlib.container import ErrorbarContainer
+from harness import Project
 from snakemake.utils import validate
 
 from tokencarbon import tables
@@ -52,6 +50,7 @@ from tokencarbon.figures.registry import (
     targets,
 )
 from tokencarbon.figures.summary import metrics_table, write_metrics_html, write_timeshift_tables
+from tokencarbon.plan import Plan
 from tokencarbon.models import Architecture, load_architecture
 from tokencarbon.quantization import Quantization
 from tokencarbon.timeshift import JobProfile, day_start_ns, timeshift
@@ -820,7 +819,7 @@ def test_fig6a_with_trace_day_and_a_constant_intensity_needs_no_cells():
 def study_of(repo: Path, config_file: str) -> Study:
     config = yaml.safe_load((repo / config_file).read_text())
     validate(config, str(repo / "workflow/schemas/config.schema.yaml"))  # fills the defaults
-    return Study(config)
+    return Study(Plan(config))
 
 
 def test_registry_names_rules_captions_and_targets(repo):
@@ -858,10 +857,10 @@ def test_auto_architectures_are_drawn_in_figures_1_and_2a_and_split_by_family(re
 
     llama = save_checkpoint(tmp_path / "my-llama", "llama")
     gpt2 = save_checkpoint(tmp_path / "my-gpt2", "gpt2")
-    study = Study(own_checkpoint_config(repo, {
+    study = Study(Plan(own_checkpoint_config(repo, {
         "my-llama": {"architecture": "auto", "checkpoint": str(llama), "family": "mine", "dtype": "float32"},
         "my-gpt2": {"architecture": "auto", "checkpoint": str(gpt2), "family": "mine"},
-    }))  # fmt: skip
+    })))  # fmt: skip
     assert study.models_of("llama") == ["my-llama"] and study.models_of("gpt2") == ["my-gpt2"]
     got = set(targets(study))
     for name in ["fig4a", "fig4b", "fig6b", "fig6c"]:
@@ -902,10 +901,10 @@ def test_two_architectures_of_one_name_are_refused_naming_both_models(repo, tmp_
     from tiny_checkpoints import save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "gpt2", "gpt2")
-    study = Study(own_checkpoint_config(repo, {
+    study = Study(Plan(own_checkpoint_config(repo, {
         "gpt2": {"architecture": "auto", "checkpoint": str(ckpt), "family": "mine"},
         "theirs": {"architecture": "gpt2", "family": "mine"},
-    }))  # fmt: skip
+    })))  # fmt: skip
     with pytest.raises(ConfigError, match=r"models\.gpt2\.architecture and models\.theirs\.architecture.*'gpt2'"):
         study.analytic_architectures()
 
@@ -916,18 +915,13 @@ def test_a_changed_checkpoint_redraws_figures_1_and_2a(repo, tmp_path):
     from tiny_checkpoints import save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "my-llama", "llama")
-    project = tmp_path / "p"
-    project.mkdir()
-    shutil.copy(repo / "Snakefile", project / "Snakefile")
-    for name in ["workflow", "resources", "profiles"]:  # copied: an edit elsewhere cannot replan
-        shutil.copytree(repo / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "config").mkdir()
     config = {
         "platforms": {"cpu": {}},
         "families": {"mine": {"tokenizer": "builtin", "max_tokens": 64}},
         "models": {"my-llama": {"architecture": "auto", "checkpoint": str(ckpt), "family": "mine"}},
     }
-    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
+    # the code copied: an edit of the checkout while this runs cannot replan
+    project = Project.make(tmp_path / "p", config, copy_code=True)
     figures = ["results/figures/fig1_flops_vs_seqlen.png", "results/figures/fig2a_memory_vs_seqlen.png"]
     _snakemake(project, *figures)
     assert "Nothing to be done" in _snakemake(project, "--dry-run", *figures)
@@ -940,14 +934,7 @@ def test_a_changed_checkpoint_redraws_figures_1_and_2a(repo, tmp_path):
 
 
 def test_snakemake_has_one_rule_per_registry_entry(repo, tmp_path):
-    for name in ["Snakefile", "workflow", "resources", "profiles", "config"]:
-        (tmp_path / name).symlink_to(repo / name)
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--list-rules"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    listed = set(proc.stdout.split())
+    listed = set(Project.make(tmp_path / "p").run("--list-rules").stdout.split())
     assert {a.rule for a in ARTIFACTS} <= listed
     # the figure rules are generated, not written out: figures.smk names none of them
     assert "plot_fig7" not in (repo / "workflow/rules/figures.smk").read_text()
@@ -975,54 +962,27 @@ def test_every_figure_draws_cleanly_on_a_committed_gpu_study(repo, study_name, t
     assert "pareto_carbon_latency" in built and "summary" in built
 
 
-# --- end to end: every figure on a default run, and the report (slow) -------------------------
-
-# The embedded default, made smaller: two tiny models on the CPU, 4 prompts, batch 1 and 2, each
-# cell repeated three times (issue 14: the CPU default with run.repeats 3) so that intervals exist.
-DEFAULT_SMALL = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}}},
-    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
-    "models": {
-        "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
-        "tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"},
-        # issue 16: the default's quantized model (int8 weight-only has a CPU kernel) draws fig 4c
-        "tiny-llama-int8": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32",
-                            "quantization": "int8_weight_only"},  # fmt: skip
-    },
-    "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
-    "sweep": {"batch_sizes": [1, 2], "max_batch": 8},
-    "power": {"interval_s": 0.05, "idle_s": 0.2},
-    "run": {"repeats": 3},
-    "summary": {"latency_slos_s_per_token": [0.001, 0.002, 0.005]},
-}
+# --- end to end: every figure on the tiny study's run, and the report (slow) ---------------------
 
 
-def _snakemake(project: Path, *args: str) -> str:
+def _snakemake(project, *args: str) -> str:
     """Runs Snakemake in project; its stdout and stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=project, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    return project.output(*args, timeout=1800)
 
 
 @pytest.fixture(scope="module")
-def default_run(tmp_path_factory, repo) -> Path:
-    project = tmp_path_factory.mktemp("figures-wf")
-    for name in ["Snakefile", "workflow", "resources", "profiles"]:
-        (project / name).symlink_to(repo / name)
-    (project / "config").mkdir()
-    (project / "config/config.yaml").write_text(yaml.safe_dump(DEFAULT_SMALL))
-    _snakemake(project, "all")
-    return project
+def default_run(tiny_run):
+    """The tiny CPU study (.test/config-cpu, its run shared with test_workflow.py): three tiny
+    models on the CPU, tiny-llama's int8 weights among them (issue 16: figure 4c), 4 prompts,
+    batch 1 and 2, each cell repeated three times (issue 14) so that intervals exist."""
+    return tiny_run
 
 
 @pytest.mark.slow
 def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
     config = yaml.safe_load((default_run / "config/config.yaml").read_text())
     validate(config, str(repo / "workflow/schemas/config.schema.yaml"))
-    study = Study(config)
+    study = Study(Plan(config))
     drawn = []
     for artifact in ARTIFACTS:
         if not artifact.wanted(study):
@@ -1068,12 +1028,14 @@ def test_report_shows_the_headlines_tables_and_figures(default_run):
     _snakemake(default_run, "--report", "report.html")
     html = (default_run / "report.html").read_text(errors="replace")
     for name in ["summary.html", "metrics.html", "table3_max_batch.html", "table4_max_batch.html",
-                 "pareto_carbon_latency.png", "fig7_carbon_per_token.png"]:  # fmt: skip
+                 "pareto_carbon_latency.png", "fig7_carbon_per_token.png", "fig1_flops_vs_seqlen",
+                 "fig2b_gpu_generations", "fig4a_throughput_latency", "fig6a_intensity_day"]:  # fmt: skip
         assert name in html, name
     for category in ["Headlines", "Study figures", "Carbon analysis", "Tables"]:
         assert category in html, category
-    caption = (Path(__file__).resolve().parents[1] / "workflow/report/summary.rst").read_text()
-    assert " ".join(caption.split()[:8]) in html
+    for caption in ["summary.rst", "fig7_carbon_per_token.rst"]:
+        text = (Path(__file__).resolve().parents[1] / "workflow/report" / caption).read_text()
+        assert " ".join(text.split()[:6]) in html, caption
 
 
 def test_metrics_table_in_display_units_with_intervals_and_only_present_columns(tmp_path):

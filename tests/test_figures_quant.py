@@ -21,6 +21,7 @@ from tokencarbon.figures.quantized import (
     with_quantization,
 )
 from tokencarbon.figures.registry import BY_NAME, Study, targets
+from tokencarbon.plan import Plan
 from tokencarbon.figures.summary import max_batch_markdown, quantization_blocks
 from test_figures import _blank  # a row of neutral values per column (tests/ is on sys.path)
 
@@ -166,7 +167,7 @@ MODELS = {
 
 
 def test_table3_orders_each_model_before_its_quantized_sibling_with_its_weights(repo, tmp_path):
-    info = Study(study_config(repo, MODELS)).model_info()
+    info = Study(Plan(study_config(repo, MODELS))).model_info()
     assert info["llama-2-13b-wq4"] == {"architecture": "llama-2-13b", "dtype": "bfloat16",
                                        "quantization": "int4_weight_only", "quant_group_size": 128}  # fmt: skip
     table = max_batch_table(PROBES, model_info=info)
@@ -196,7 +197,7 @@ def test_table3_orders_each_model_before_its_quantized_sibling_with_its_weights(
 
 
 def test_table3_without_quantized_models_keeps_its_columns(repo):
-    info = Study(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-13b")})).model_info()
+    info = Study(Plan(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-13b")}))).model_info()
     plain = [p for p in PROBES if p["model"] in ("llama-2-7b", "llama-2-13b")]
     table = max_batch_table(plain, model_info=info)
     assert list(table.columns) == ["h200-32gb", "h200-40gb"]  # no weights column
@@ -209,11 +210,11 @@ def test_table3_without_quantized_models_keeps_its_columns(repo):
 
 
 def test_fig4c_is_wanted_iff_a_quantized_model_is_configured(repo):
-    with_wq4 = Study(study_config(repo, MODELS))
+    with_wq4 = Study(Plan(study_config(repo, MODELS)))
     assert with_wq4.quantized_models() == ["llama-2-13b-wq4", "llama-2-7b-wq4"]
     assert with_wq4.unquantized_siblings() == ["llama-2-13b", "llama-2-7b"]
     assert "results/figures/fig4c_throughput_latency.png" in targets(with_wq4)
-    plain = Study(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-13b")}))
+    plain = Study(Plan(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-13b")})))
     got = targets(plain)
     assert "results/figures/fig4a_throughput_latency.png" in got
     assert not any("fig4c" in t for t in got)
@@ -222,7 +223,7 @@ def test_fig4c_is_wanted_iff_a_quantized_model_is_configured(repo):
 def test_fig4c_draws_quantized_models_with_their_sibling_faded_and_no_layout_problem(repo, tmp_path):
     path = tmp_path / "metrics.parquet"
     metrics(CELLS).to_parquet(path)
-    study = Study(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-7b-wq4")}))
+    study = Study(Plan(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-7b-wq4")})))
     artifact = BY_NAME["fig4c_throughput_latency"]
     params = artifact.params(study)
     assert params["models"] == ["llama-2-7b-wq4"] and params["references"] == ["llama-2-7b"]
@@ -249,7 +250,7 @@ def test_fig4c_without_rows_of_its_quantized_models_is_an_error(repo, tmp_path):
 
     path = tmp_path / "metrics.parquet"
     metrics([c for c in CELLS if c["quantization"] == "none"]).to_parquet(path)
-    study = Study(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-7b-wq4")}))
+    study = Study(Plan(study_config(repo, {m: MODELS[m] for m in ("llama-2-7b", "llama-2-7b-wq4")})))
     artifact = BY_NAME["fig4c_throughput_latency"]
     with pytest.raises(InputError, match="fig4_throughput_latency.*llama-2-7b-wq4"):
         artifact.draw({"metrics": str(path)}, artifact.params(study))
@@ -257,7 +258,7 @@ def test_fig4c_without_rows_of_its_quantized_models_is_an_error(repo, tmp_path):
 
 def test_table3_and_summary_artifacts_build_from_the_registry(repo, tmp_path):
     # The rules' own path: params from the Study, probes and metrics from files.
-    study = Study(study_config(repo, MODELS))
+    study = Study(Plan(study_config(repo, MODELS)))
     probes = []
     for i, p in enumerate(PROBES):
         f = tmp_path / f"probe{i}.json"
@@ -287,7 +288,8 @@ def test_two_capped_variants_of_one_card_are_two_columns_and_two_fig2a_levels(re
         "h200-32gb": {"hardware": "h200-141gb", "memory_limit_gb": 32.0},
         "h200-40gb": {"hardware": "h200-141gb", "memory_limit_gb": 40.0},
     }
-    study = Study(config)
+    validate(config, str(repo / "workflow/schemas/config.schema.yaml"))  # the platforms' defaults
+    study = Study(Plan(config))
     assert study.platform_hardware() == {"h200-32gb": "h200-141gb", "h200-40gb": "h200-141gb"}
     fig2a = BY_NAME["fig2a_memory_vs_seqlen"]
     fig = fig2a.draw(fig2a.inputs(study), fig2a.params(study))
@@ -302,4 +304,4 @@ def test_two_capped_variants_of_one_card_are_two_columns_and_two_fig2a_levels(re
     assert "| llama-2-7b | float16 | 14 | 22 |" in md
     assert "| llama-2-7b-wq4 | int4 g128, torchao 0.18.0 | 22 | 30 |" in md
     # without `hardware`, fig2a's params are as before (no rerun of figure 2a)
-    assert "platform_hardware" not in fig2a.params(Study(study_config(repo, MODELS)))
+    assert "platform_hardware" not in fig2a.params(Study(Plan(study_config(repo, MODELS))))

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from helpers import gpu_present
 
-from tokencarbon.config import platform_slice
+from tokencarbon.plan import platform_slice
 from tokencarbon.errors import HardwareMismatchError
 from tokencarbon.hardware import check_platform, detect, git_commit, visible_devices
 

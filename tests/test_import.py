@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from harness import Project, study_config
 
 from tokencarbon import tables
-from tokencarbon.carbon import ConstantIntensity
+from tokencarbon.carbon import CarbonAccounting, ConstantIntensity
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.importing import (
     cell_measurement,
@@ -353,21 +354,13 @@ def test_unknown_log_format(tmp_path):
 
 @pytest.mark.slow
 def test_imported_cells_through_metrics_and_export(tmp_path):
-    import yaml
-
-    repo = Path(__file__).resolve().parents[1]
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ["Snakefile", "workflow", "resources", "profiles"]:
-        (project / name).symlink_to(repo / name)
-    (project / "config").mkdir()
     config = {
         "platforms": {"a100-sxm4-40gb": {"import_only": True}},
         "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
         "models": {"tiny-llama": {"architecture": "tiny-llama", "family": "tiny",
                                   "dtype": "float16"}},  # fmt: skip
     }
-    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
+    project = Project.make(tmp_path / "project", config).path
     # A steady 150 W (instant power) sampled every 0.1 s for 10 s from 12:00:00 UTC; two windows
     # of batch 4: [1 s, 3 s] and [5 s, 6 s] after the start: 150 W x 3 s = 450 J for 300 tokens,
     # 1.5 J/token; carbon at 413 g/kWh: 450 / 3.6e6 x 413 = 0.051625 g.
@@ -408,59 +401,28 @@ def test_imported_cells_through_metrics_and_export(tmp_path):
 
 @pytest.mark.slow
 def test_imported_platform_source_builds_its_cells_in_the_workflow(tmp_path):
-    import yaml
-
-    repo = Path(__file__).resolve().parents[1]
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ["Snakefile", "workflow", "resources", "profiles"]:
-        (project / name).symlink_to(repo / name)
-    # Steady 200 W instant power on GPU 1 of a 2-GPU log, every 0.5 s for 10 s from 12:00:00 UTC
-    # (GPU 0 at 50 W); two windows of batch 2, [2 s, 4 s] and [6 s, 7 s]: 200 W x 3 s = 600 J for
-    # 120 tokens, 5 J/token.
-    # The log names no device (no name column): platforms.<p>.imported.device_name does (issue
-    # 21: the schema refused that key, and compute_metrics stopped at 'unknown (imported)').
-    rows = []
-    for k in range(21):
-        t = f"2025-01-15T12:00:{k // 2:02d}.{5 * (k % 2)}00Z"
-        rows.append(f"{t}, 0, 50.00 W\n")
-        rows.append(f"{t}, 1, 200.00 W\n")
-    (project / "smi.csv").write_text("timestamp, index, power.draw.instant [W]\n" + "".join(rows))
-    (project / "timing.csv").write_text(
-        "start,end,output_tokens,input_tokens\n"
-        "2025-01-15T12:00:02Z,2025-01-15T12:00:04Z,80,20\n"
-        "2025-01-15T12:00:06Z,2025-01-15T12:00:07Z,40,10\n"
-    )
-    config = {
-        "platforms": {
-            "a100-sxm4-40gb": {
-                "imported": {"power_log": "smi.csv", "timing": "timing.csv", "gpu": 1,
-                             "model": "tiny-llama", "batch_size": 2,
-                             "device_name": "NVIDIA A100-SXM4-40GB"},
-            }
-        },
-        "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
-        "models": {"tiny-llama": {"architecture": "tiny-llama", "family": "tiny",
-                                  "dtype": "float16"}},
-    }  # fmt: skip
-    (project / "config").mkdir()
-    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "results/export/metrics.csv"],
-        cwd=project, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "import_cell" in run.stdout + run.stderr and "run_cell" not in run.stdout + run.stderr
+    # .test/config-imported: a cpu platform measured here beside an A100 imported from its logs.
+    # The log (.test/data/imported/smi.csv): steady 200 W instant power on GPU 1 of 2, every 0.5 s
+    # for 10 s from 12:00:00 UTC (GPU 0 at 50 W); two windows of batch 2 in the timing file,
+    # [2 s, 4 s] and [6 s, 7 s]: 200 W x 3 s = 600 J for 120 tokens, 5 J/token. The log names no
+    # device (no name column): platforms.<p>.imported.device_name does (issue 21: the schema
+    # refused that key, and compute_metrics stopped at 'unknown (imported)').
+    project = Project.make(tmp_path / "project", study_config("imported"))
+    out = project.output("results/export/metrics.csv")
+    assert "import_cell" in out and "run_cell" in out  # its cells imported, the cpu's measured
     meta = json.loads(
         (project / "results/cells/a100-sxm4-40gb/tiny-llama/bs2/meta.json").read_text()
     )
-    assert meta["imported"]["device"]["index"] == "1" and meta["dtype"] == "float16"
-    assert meta["device_name"] == "NVIDIA A100-SXM4-40GB"
+    assert meta["imported"]["device"]["index"] == "1" and meta["dtype"] == "float32"
+    assert meta["device_name"] == "NVIDIA A100-SXM4-40GB" and meta["backend"] == "imported"
     record = json.loads(
         (project / "results/export/cells/a100-sxm4-40gb/tiny-llama/bs2.json").read_text()
     )
     assert record["energy"]["total_energy_joules"] == pytest.approx(600.0)
     assert record["energy"]["energy_per_token_joules"] == pytest.approx(5.0)
+    # the measured platform's cell beside it, in the same tables
+    cells = pd.read_parquet(project / "results/tables/cells.parquet")
+    assert sorted(zip(cells.platform, cells.batch_size)) == [("a100-sxm4-40gb", 2), ("cpu", 1)]
 
 
 # --- imported cells through aggregate and metrics, in this process ---------------------------
@@ -514,7 +476,7 @@ def test_power_draw_only_log_and_unknown_first_token_through_metrics(tmp_path):
     t = aggregate(dirs)
     metrics, _ = compute_all(
         t.cells, t.batches, t.power, {"tiny-llama": load_architecture("tiny-llama")},
-        resolve_cell_platforms(t.cells), ConstantIntensity(413.0), pue=1.0, fill=None,
+        resolve_cell_platforms(t.cells), CarbonAccounting(ConstantIntensity(413.0)),
     )  # fmt: skip
     rows = {int(r["batch_size"]): r for r in metrics.to_dict("records")}
     bs2, bs4 = rows[2], rows[4]

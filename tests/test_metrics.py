@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tokencarbon import tables
-from tokencarbon.carbon import ConstantIntensity
+from tokencarbon.carbon import DEFAULT_MAX_FILL_S, CarbonAccounting, ConstantIntensity
 from tokencarbon.errors import InputError
 from tokencarbon.metrics import MetricsSettings, all_metrics, compute_all
 
@@ -31,6 +31,9 @@ PLATFORM = Platform(
 )
 T0 = 1_700_000_000_000_000_000  # wall clock of the batch start (ns)
 S = 1_000_000_000
+
+# the study's accounting: 413 gCO2/kWh (Lim et al. 2024), PUE 1, no fill
+CONSTANT_413 = CarbonAccounting(ConstantIntensity(413.0))
 
 
 def _defaults(schema, rows):
@@ -87,7 +90,7 @@ def _cell():
 def row():
     cells, batches, power = _cell()
     df = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": PLATFORM},
-                     ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN)
+                     CONSTANT_413, settings=NO_MIN)
     tables.check(df, tables.METRICS, "metrics")
     return df.iloc[0]
 
@@ -144,8 +147,10 @@ def test_latency_by_hand(row):
 
 def _metrics(cells, batches, power, intensity=ConstantIntensity(413.0), platform=PLATFORM, **kw):
     kw.setdefault("settings", NO_MIN)
+    accounting = CarbonAccounting(intensity, 1.0, kw.pop("fill", None),
+                                  kw.pop("max_fill_s", DEFAULT_MAX_FILL_S))  # fmt: skip
     df, repeats = compute_all(cells, batches, power, {"toy": ARCH}, {"toyplat": platform},
-                              intensity, pue=1.0, fill=kw.pop("fill", None), **kw)
+                              accounting, **kw)
     tables.check(repeats, tables.METRICS_REPEATS, "metrics_repeats")
     return tables.check(df, tables.METRICS, "metrics")
 
@@ -271,8 +276,8 @@ def test_repeats_intervals_and_cv_by_hand():
     # power changes at 10 r + 5 s, outside every window): J/token 100/3, 110/3, 120/3.
     power_at = lambda t: 100.0 if t < 5 else 110.0 if t < 15 else 120.0  # noqa: E731
     cell = _build([(r, 0, 10.0 * r, 1.0, 3) for r in range(3)], power_at)
-    df, repeats = compute_all(*cell, {"toy": ARCH}, {"toyplat": PLATFORM}, ConstantIntensity(413.0),
-                              pue=1.0, fill=None, settings=NO_MIN)  # fmt: skip
+    df, repeats = compute_all(*cell, {"toy": ARCH}, {"toyplat": PLATFORM}, CONSTANT_413,
+                              settings=NO_MIN)  # fmt: skip
     assert repeats["energy_j"].tolist() == pytest.approx([100.0, 110.0, 120.0])
     assert repeats["j_per_token"].tolist() == pytest.approx([100 / 3, 110 / 3, 120 / 3])
     row = df.iloc[0]
@@ -571,7 +576,7 @@ def test_a_platform_flag_reaches_every_metrics_row():
     cells, batches, power = _cell()
     flagged = replace(PLATFORM, qa_flags=(PEAKS_UNDER_LOAD_FLAG,))
     df = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": flagged},
-                     ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN)  # fmt: skip
+                     CONSTANT_413, settings=NO_MIN)  # fmt: skip
     assert df.iloc[0]["qa_flags"] == PEAKS_UNDER_LOAD_FLAG  # the toy cell has no other flag
 
 
@@ -631,7 +636,7 @@ def test_committed_h100_cells_from_their_raw_samples(repo, study, batch_size, j_
     t = aggregate([cell_dir])
     row = all_metrics(
         t.cells, t.batches, t.power, {"llama-2-7b": load_architecture("llama-2-7b")},
-        resolve_cell_platforms(t.cells), ConstantIntensity(413.0), pue=1.0, fill=None,
+        resolve_cell_platforms(t.cells), CONSTANT_413,
     ).iloc[0]  # fmt: skip
     energy_j, tokens, window_s, flops, moved = _by_hand_from_raw(cell_dir)
     assert row["energy_method"] == "counter" and row["output_tokens"] == tokens
@@ -654,14 +659,14 @@ def test_utilisation_beyond_the_peak_is_flagged_never_silent():
     # 1.5e-5 GB/s): MFU 9888 / 9000 = 1.0987 and MBU 15200 / 15000 = 1.0133, both above 100 %.
     low = replace(PLATFORM, peak_tflops_fp32=9e-9, memory_gb_per_s=1.5e-5)
     row = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": low},
-                      ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN).iloc[0]
+                      CONSTANT_413, settings=NO_MIN).iloc[0]
     assert row["mfu"] == pytest.approx(9888 / 9000) and row["mbu"] == pytest.approx(15200 / 15000)
     assert row["qa_flags"].split(";") == ["mfu_above_100pct", "mbu_above_100pct"]
     # At the platform's own peaks (1e4 FLOP/s, 2e4 B/s): MFU 0.9888, MBU 0.76, no flag (the
     # module's `row` fixture: qa_flags "").
     only_mbu = replace(PLATFORM, memory_gb_per_s=1.5e-5)
     row = all_metrics(cells, batches, power, {"toy": ARCH}, {"toyplat": only_mbu},
-                      ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN).iloc[0]
+                      CONSTANT_413, settings=NO_MIN).iloc[0]
     assert row["mfu"] == pytest.approx(0.9888) and row["qa_flags"] == "mbu_above_100pct"
 
 
@@ -669,7 +674,7 @@ def test_a_cell_without_power_samples_says_to_measure_it_again():
     cells, batches, power = _cell()
     with pytest.raises(InputError) as err:
         all_metrics(cells, batches, power.iloc[:0], {"toy": ARCH}, {"toyplat": PLATFORM},
-                    ConstantIntensity(413.0), pue=1.0, fill=None, settings=NO_MIN)  # fmt: skip
+                    CONSTANT_413, settings=NO_MIN)  # fmt: skip
     text = str(err.value)
     assert "results/cells/toyplat/toy-model/bs1/power.parquet holds none" in text
     assert "measure that cell again (delete results/cells/toyplat/toy-model/bs1/ and rerun" in text

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import Project
 
 from tokencarbon.backends.model import build_model
 from tokencarbon.backends.static import TorchEngine
@@ -291,12 +292,10 @@ def test_transformers_checkpoint_quantized_through_torchao_config(tmp_path):
 
 
 def _project(tmp_path: Path, extra: str) -> Path:
-    for name in ["Snakefile", "workflow", "resources", "profiles"]:
-        (tmp_path / name).symlink_to(REPO / name)
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config/config.yaml").write_text((REPO / "config/config.yaml").read_text())
-    (tmp_path / "config/bad.yaml").write_text(extra)
-    return tmp_path
+    """The embedded default's project (tests/harness.py) with config/bad.yaml = extra."""
+    project = Project.make(tmp_path, None).path
+    (project / "config/bad.yaml").write_text(extra)
+    return project
 
 
 @pytest.mark.parametrize(
@@ -357,7 +356,7 @@ def test_tensorrt_llm_runs_no_torchao_scheme():
 
 
 def test_quantization_enters_the_model_slice_only_where_set():
-    from tokencarbon.config import model_slice
+    from tokencarbon.plan import model_slice
 
     config = {
         "seed": 0,

@@ -34,7 +34,8 @@ from tokencarbon.backends.tensorrt_llm import (
     require_tensorrt_llm,
 )
 from tokencarbon.cell import run_cell
-from tokencarbon.config import check_config, platform_slice
+from tokencarbon.config import check_config
+from tokencarbon.plan import platform_slice
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError, TokencarbonError
 from tokencarbon.models import load_architecture
 

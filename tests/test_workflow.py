@@ -9,79 +9,43 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from harness import REPO, SNAKEMAKE, Project, study_config, tiny_study
 from helpers import gpu_present
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 pytestmark = pytest.mark.slow
 
+# The tiny CPU study (.test/config-cpu): three tiny models, static batches 1 and 2, continuous
+# max_num_seqs 2, each cell repeated 3 times; `built` is its run, shared with test_figures.py.
+MODELS = ["tiny-gpt2", "tiny-llama", "tiny-llama-int8"]
 # The default config's cpu platform (config/config.yaml): this CPU's peaks measured, 2 logical CPUs,
 # an assumed TDP share; the cpu row alone describes only an AMD EPYC 7763.
-MEASURED_CPU = {"measure": True, "logical_cpus": 2, "tdp_w": 4.375}
-# A small grid: two tiny models, short prompts, an explicit sweep, short idle sampling.
-SMALL = {
-    "platforms": {"cpu": {"memory_limit_gb": 0.06, "spec": MEASURED_CPU}},
-    "families": {"tiny": {"tokenizer": "builtin", "min_tokens": 4, "max_tokens": 128}},
-    "models": {
-        "tiny-llama": {"architecture": "tiny-llama", "family": "tiny", "dtype": "float32"},
-        "tiny-gpt2": {"architecture": "tiny-gpt2", "family": "tiny", "dtype": "float32"},
-    },
-    "workload": {"num_prompts": 4, "synthetic_conversations": 600, "builtin_vocab_size": 2048},
-    "sweep": {"batch_sizes": [1, 2], "max_batch": 8, "max_num_seqs": [2]},
-    "power": {"interval_s": 0.05, "idle_s": 0.2},
-}
+MEASURED_CPU = study_config("cpu")["platforms"]["cpu"]["spec"]
 
 
-def make_project(tmp: Path, config: dict) -> Path:
-    """A working copy of the workflow, config written fresh. Code and resources are copied, not
-    linked: a module edited in the checkout while a test runs would (rightly) replan the jobs
-    importing it, and jobs run the copy's package (PYTHONPATH, setup.smk)."""
-    shutil.copy(REPO / "Snakefile", tmp / "Snakefile")
-    for name in ["workflow", "resources", "profiles"]:
-        shutil.copytree(REPO / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp / "config").mkdir()
-    (tmp / "config/config.yaml").write_text(yaml.safe_dump(config))
-    return tmp
+def snakemake(project: Project, *args: str, timeout: int = 600):
+    return project.run(*args, timeout=timeout)
 
 
-def snakemake(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        SNAKEMAKE + ["--cores", "2", *args], cwd=project, capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def planned_jobs(project: Project, *args: str) -> dict[str, int]:
+    return project.planned_jobs(*args)
 
 
-def planned_jobs(project: Path, *args: str) -> dict[str, int]:
-    """Jobs a dry run plans, by rule (Snakemake's 'Job stats' table)."""
-    out = snakemake(project, "--dry-run", *args)
-    text = out.stdout + out.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
-    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m[0] != "total"}
+def planned_outputs(project: Project, pattern: str, *args: str) -> set[str]:
+    return project.planned_outputs(pattern, *args)
 
 
-def planned_outputs(project: Path, pattern: str, *args: str) -> set[str]:
-    """The `pattern` group of every job output a dry run plans (e.g. the models of planned cells)."""
-    out = snakemake(project, "--dry-run", *args)
-    return set(re.findall(r"output: " + pattern, out.stdout + out.stderr))
+def write_config(project: Project, name: str, edit) -> str:
+    return project.write_config(name, edit)
 
 
-def write_config(project: Path, name: str, edit) -> str:
-    """A variant of the project's config: `edit` changes a copy, written to config/<name>."""
-    config = yaml.safe_load((project / "config/config.yaml").read_text())
-    edit(config)
-    (project / "config" / name).write_text(yaml.safe_dump(config))
-    return f"config/{name}"
+def make_project(tmp: Path, config: dict) -> Project:
+    return Project.make(tmp / "p", config)
 
 
 CELL_OUT = r"results/cells/cpu/([\w-]+)/bs\d+/batches.parquet"
@@ -89,24 +53,22 @@ ENGINE_OUT = r"results/engines/cpu/([\w-]+)/torch/manifest.json"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    project = make_project(tmp_path_factory.mktemp("wf"), SMALL)
-    snakemake(project, "all")
-    return project
+def built(tiny_run) -> Project:
+    return tiny_run
 
 
 def test_all_builds_every_table_and_figure(built):
     cells = pd.read_parquet(built / "results/tables/cells.parquet")
-    # 2 models x (static batch sizes [1, 2] + continuous max_num_seqs [2]) on one platform = 6 cells
+    # 3 models x (static batch sizes [1, 2] + continuous max_num_seqs [2]) on one platform = 9 cells
     assert sorted(zip(cells.model, cells["mode"], cells.batch_size)) == [
-        ("tiny-gpt2", "continuous", 2), ("tiny-gpt2", "static", 1), ("tiny-gpt2", "static", 2),
-        ("tiny-llama", "continuous", 2), ("tiny-llama", "static", 1), ("tiny-llama", "static", 2),
-    ]  # fmt: skip
+        (m, mode, n) for m in MODELS for mode, n in [("continuous", 2), ("static", 1), ("static", 2)]
+    ]
     batches = pd.read_parquet(built / "results/tables/batches.parquet")
-    # 4 prompts: 4 batches at bs1, 2 at bs2, and one row (the request set) for cb2, per model
-    assert len(batches) == 2 * (4 + 2 + 1)
+    # 4 prompts: 4 batches at bs1, 2 at bs2, and one row (the request set) for cb2, per model and
+    # repeat: 3 models x 3 repeats x 7
+    assert len(batches) == 3 * 3 * (4 + 2 + 1)
     requests = pd.read_parquet(built / "results/tables/requests.parquet")
-    assert len(requests) == 2 * 4  # every prompt once per continuous cell (one repeat)
+    assert len(requests) == 3 * 3 * 4  # every prompt once per continuous cell and repeat
     for fig in ["fig1_flops_vs_seqlen", "fig4a_throughput_latency", "fig6c_power_over_time", "fig7_carbon_per_token"]:
         assert (built / f"results/figures/{fig}.png").stat().st_size > 10_000
     assert "tiny-llama" in (built / "results/summary.md").read_text()
@@ -126,24 +88,24 @@ def test_changing_carbon_intensity_reruns_no_cell_probe_or_engine(built):
 
 def test_serving_changes_rerun_only_continuous_cells(built):
     jobs = planned_jobs(built, "all", "--config", 'serving={"arrival": "poisson", "request_rate_per_s": 50}')
-    assert jobs["run_continuous_cell"] == 2 and "run_cell" not in jobs, jobs
+    assert jobs["run_continuous_cell"] == 3 and "run_cell" not in jobs, jobs
     cells = planned_outputs(built, r"results/cells/cpu/([\w-]+/\w+)/batches.parquet", "all", "--config",
                             'serving={"arrival": "poisson", "request_rate_per_s": 50}')  # fmt: skip
-    assert cells == {"tiny-gpt2/cb2", "tiny-llama/cb2"}
+    assert cells == {f"{m}/cb2" for m in MODELS}
 
 
 def test_adding_continuous_cells_reruns_no_cell(built):
     variant = write_config(built, "more_cb.yaml", lambda c: c["sweep"].update(max_num_seqs=[2, 4]))
     cells = planned_outputs(built, r"results/cells/cpu/([\w-]+/\w+)/batches.parquet", "all", "--configfile", variant)
-    assert cells == {"tiny-gpt2/cb4", "tiny-llama/cb4"}
+    assert cells == {f"{m}/cb4" for m in MODELS}
 
 
-def test_repeats_left_at_one_keep_every_cell_and_two_rerun_them(built):
-    variant = write_config(built, "repeats1.yaml", lambda c: c.update(run={"repeats": 1}))
-    assert planned_jobs(built, "all", "--configfile", variant) == {}
+def test_other_repeats_rerun_every_cell_and_nothing_before_them(built):
+    # (run.repeats 1, the default, is no param at all: tests/test_plan.py, so that cells measured
+    # before repeats existed are not rerun by it)
     variant = write_config(built, "repeats2.yaml", lambda c: c.update(run={"repeats": 2}))
     jobs = planned_jobs(built, "all", "--configfile", variant)
-    assert jobs["run_cell"] == 4 and jobs["run_continuous_cell"] == 2
+    assert jobs["run_cell"] == 6 and jobs["run_continuous_cell"] == 3
     assert "build_torch_engine" not in jobs and "sample_workload" not in jobs
 
 
@@ -151,7 +113,7 @@ def test_adding_one_batch_size_runs_exactly_one_new_cell(built):
     # One model, so one new batch size is one new cell (dropping a model from the config reruns
     # nothing of the other: its cells' params are its own slice).
     def one_model_one_more_batch(config):
-        del config["models"]["tiny-gpt2"]
+        del config["models"]["tiny-gpt2"], config["models"]["tiny-llama-int8"]
         config["sweep"]["batch_sizes"] = [1, 2, 3]
 
     variant = write_config(built, "one_more.yaml", one_model_one_more_batch)
@@ -183,18 +145,18 @@ def test_quantizing_one_model_reruns_only_that_model_and_none_keeps_every_job(bu
 
 
 def test_one_figure_target_builds_only_its_upstream(built, tmp_path):
-    project = make_project(tmp_path, SMALL)
+    project = make_project(tmp_path, tiny_study())
     jobs = planned_jobs(project, "results/figures/fig2b_gpu_generations.png")
     assert jobs == {"plot_fig2b": 1}  # analytic: no workload, no cell
     jobs = planned_jobs(project, "results/figures/fig7_carbon_per_token.png")
-    assert jobs["run_cell"] == 4 and jobs["compute_metrics"] == 1 and jobs["plot_fig7"] == 1
+    assert jobs["run_cell"] == 6 and jobs["compute_metrics"] == 1 and jobs["plot_fig7"] == 1
     for unrelated in ["plot_fig1", "plot_fig5", "tabulate_table3", "summarize_headlines"]:
         assert unrelated not in jobs
 
 
 def test_auto_sweep_reads_the_probe(tmp_path):
-    config = dict(SMALL, models={"tiny-llama": SMALL["models"]["tiny-llama"]},
-                  sweep={"batch_sizes": "auto", "max_batch": 4, "max_num_seqs": "auto"})
+    config = tiny_study(models=["tiny-llama"], run={"repeats": 1},
+                        sweep={"batch_sizes": "auto", "max_batch": 4, "max_num_seqs": "auto"})
     project = make_project(tmp_path, config)
     snakemake(project, "results/tables/cells.parquet")
     probe = yaml.safe_load((project / "results/cells/cpu/tiny-llama/probe.json").read_text())
@@ -216,7 +178,7 @@ def test_a_capped_variant_of_a_platform_is_its_own_column_of_cells_and_probes(tm
     spec = {"logical_cpus": 2, "tdp_w": 4.375, "peak_tflops_fp32": 0.25, "memory_gb_per_s": 40.0}
     platforms = {"cpu": {"memory_limit_gb": 0.06, "spec": spec},
                  "cpu-30mb": {"hardware": "cpu", "memory_limit_gb": 0.03, "spec": spec}}  # fmt: skip
-    config = dict(SMALL, platforms=platforms, models={"tiny-llama": SMALL["models"]["tiny-llama"]})
+    config = tiny_study(models=["tiny-llama"]) | {"platforms": platforms}
     project = make_project(tmp_path, config)
     cells = planned_outputs(project, r"results/cells/([\w-]+)/tiny-llama/bs\d+/batches.parquet", "all")
     assert cells == {"cpu", "cpu-30mb"}  # each platform's cells under its own name
@@ -235,8 +197,8 @@ def test_a_capped_variant_of_a_platform_is_its_own_column_of_cells_and_probes(tm
 
 
 def test_killed_cell_is_rerun_cleanly(tmp_path):
-    config = dict(SMALL, models={"tiny-llama": SMALL["models"]["tiny-llama"]},
-                  workload=dict(SMALL["workload"], num_prompts=24, synthetic_conversations=2000), power={"interval_s": 0.05, "idle_s": 0.1})
+    config = tiny_study(models=["tiny-llama"], workload={"num_prompts": 24, "synthetic_conversations": 2000},
+                        power={"idle_s": 0.1}, run={"repeats": 1})
     project = make_project(tmp_path, config)
     cell = project / "results/cells/cpu/tiny-llama/bs1"
     snakemake(project, "results/workload/tiny-llama.parquet", "results/engines/cpu/tiny-llama/torch/manifest.json")
@@ -260,16 +222,6 @@ def test_killed_cell_is_rerun_cleanly(tmp_path):
     assert meta["n_batches"] == 24 and not (cell / ".power.parquet.parts").exists()
 
 
-def test_report_holds_every_figure_with_its_caption(built):
-    snakemake(built, "--report", "report.html")
-    html = (built / "report.html").read_text(errors="replace")
-    for name in ["fig1_flops_vs_seqlen", "fig2b_gpu_generations", "fig4a_throughput_latency",
-                 "fig6a_intensity_day", "fig7_carbon_per_token", "table3_max_batch"]:
-        assert name in html, name
-    caption = (REPO / "workflow/report/fig7_carbon_per_token.rst").read_text().split()[:6]
-    assert " ".join(caption) in html
-
-
 def dag_jobs(project: Path, *targets: str) -> dict[str, int]:
     """Jobs by rule in Snakemake's --dag (the DAG without an executor: no hardware check, so a GPU
     platform's DAG can be looked at on this CPU machine)."""
@@ -279,8 +231,8 @@ def dag_jobs(project: Path, *targets: str) -> dict[str, int]:
 
 
 # TensorRT-LLM runs on GPUs only: its DAG on an H100 platform, read without running anything.
-TRT = dict(SMALL, platforms={"h100-sxm-80gb": {}}, backend={"name": "tensorrt_llm"},
-           sweep=dict(SMALL["sweep"], max_num_seqs=[]))  # fmt: skip
+TRT = tiny_study(models=["tiny-gpt2", "tiny-llama"], backend={"name": "tensorrt_llm"},
+                 sweep={"max_num_seqs": []}) | {"platforms": {"h100-sxm-80gb": {}}}  # fmt: skip
 
 
 def test_tensorrt_llm_backend_selects_its_engine_rule(tmp_path):
@@ -297,7 +249,7 @@ def test_tensorrt_llm_all_needs_no_torch_probe(tmp_path):
     jobs = dag_jobs(make_project(tmp_path, TRT), "all")
     assert "probe_max_batch" not in jobs
     assert "tabulate_table3" not in jobs and "tabulate_table4" not in jobs
-    n_cells = len(SMALL["models"]) * len(SMALL["sweep"]["batch_sizes"])
+    n_cells = len(TRT["models"]) * len(TRT["sweep"]["batch_sizes"])
     assert jobs["run_cell"] == n_cells and jobs["summarize_headlines"] == 1
 
 
@@ -313,7 +265,7 @@ def test_bad_source_fails_its_job_and_leaves_no_output(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"id": "x", "conversations": [{"from": "human"}]}]')  # a turn without "value"
     (tmp_path / "p").mkdir()
-    project = make_project(tmp_path / "p", dict(SMALL, workload=dict(SMALL["workload"], source=str(bad))))
+    project = make_project(tmp_path / "p", tiny_study(workload={"source": str(bad)}))
     proc = subprocess.run(SNAKEMAKE + ["--cores", "1", "results/dataset/tiny.parquet"], cwd=project,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
@@ -328,7 +280,7 @@ def test_cells_measured_elsewhere_merge_without_rerunning(built, tmp_path):
     # Another machine's cells (here: `built`'s) copied in, their platform marked import_only, with
     # that machine's measured peaks (results/platforms/cpu/spec.json) and its TDP and CPUs in spec.
     spec = {"tdp_w": MEASURED_CPU["tdp_w"], "logical_cpus": MEASURED_CPU["logical_cpus"]}
-    config = dict(SMALL, platforms={"cpu": {"import_only": True, "spec": spec}})
+    config = tiny_study() | {"platforms": {"cpu": {"import_only": True, "spec": spec}}}
     project = make_project(tmp_path, config)
     shutil.copytree(built / "results/cells", project / "results/cells")
     if built_on_the_cpu_row(built):
@@ -363,7 +315,7 @@ def built_on_the_cpu_row(project: Path) -> bool:
 
 
 def test_an_imported_platform_without_cells_is_a_clear_error(tmp_path):
-    project = make_project(tmp_path, dict(SMALL, platforms={"cpu": {"import_only": True}}))
+    project = make_project(tmp_path, tiny_study() | {"platforms": {"cpu": {"import_only": True}}})
     proc = subprocess.run(SNAKEMAKE + ["--cores", "1", "--dry-run", "all"], cwd=project,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -371,7 +323,8 @@ def test_an_imported_platform_without_cells_is_a_clear_error(tmp_path):
 
 
 def test_dtype_change_under_auto_sweep_reruns_only_that_models_probe(tmp_path):
-    project = make_project(tmp_path, dict(SMALL, sweep={"batch_sizes": "auto", "max_batch": 2}))
+    config = tiny_study(models=["tiny-gpt2", "tiny-llama"], run={"repeats": 1})
+    project = make_project(tmp_path, config | {"sweep": {"batch_sizes": "auto", "max_batch": 2}})
     snakemake(project, "results/tables/cells.parquet")
     variant = write_config(project, "changed.yaml", lambda c: c["models"]["tiny-llama"].update(dtype="bfloat16"))
     args = ("results/tables/cells.parquet", "--configfile", variant)
@@ -397,7 +350,7 @@ def test_your_own_checkpoint_runs_the_whole_dag_on_the_first_try(tmp_path):
     from tokencarbon.synthetic import synthetic_conversations
     from tokencarbon.tokenizer import train_builtin_tokenizer
 
-    project = make_project(tmp_path, SMALL)  # config/config.yaml unused: --configfile replaces it
+    project = make_project(tmp_path, tiny_study())  # config/config.yaml unused: --configfile replaces it
     ckpt = save_checkpoint(project / "my-model", "llama", vocab_size=4096, max_position_embeddings=512)
     texts = (t["value"] for c in synthetic_conversations(600, seed=1) for t in c["conversations"])
     train_builtin_tokenizer(texts, 4096, tmp_path / "tok")
@@ -435,7 +388,7 @@ def test_your_own_checkpoint_runs_the_whole_dag_on_the_first_try(tmp_path):
 def test_trace_day_with_a_constant_intensity_draws_figure_6a(tmp_path):
     # issue 10 §5: trace_day set with source constant crashed figure 6a (a TypeError in render),
     # so `all` failed. The constant is drawn over that day; no cell is needed for it.
-    project = make_project(tmp_path, dict(SMALL, carbon={"source": "constant", "trace_day": "2023-07-15"}))
+    project = make_project(tmp_path, tiny_study(carbon={"source": "constant", "trace_day": "2023-07-15"}))
     target = "results/figures/fig6a_intensity_day.png"
     assert planned_jobs(project, target) == {"plot_fig6a": 1}
     snakemake(project, target)
@@ -456,4 +409,4 @@ def test_correcting_a_spec_number_only_metrics_read_reruns_no_cell(built):
                      "build_torch_engine", "aggregate_cells", "sample_workload"]:  # fmt: skip
             assert rule not in jobs, (name, jobs)
     jobs = planned_jobs(built, "all", "--configfile", write_config(built, "tdp.yaml", spec(tdp_w=5.0)))
-    assert jobs["run_cell"] == 4 and jobs["run_continuous_cell"] == 2
+    assert jobs["run_cell"] == 6 and jobs["run_continuous_cell"] == 3

@@ -19,7 +19,7 @@ rule generate_synthetic_sharegpt:
 
 rule train_tokenizer:
     input:
-        corpus=tokenizer_corpus,
+        corpus=PLAN.tokenizer_corpus(),
         code=code_inputs("train_tokenizer"),
     output:
         directory("results/tokenizer/builtin"),
@@ -50,7 +50,7 @@ rule filter_sharegpt:
 
 rule sample_workload:
     input:
-        pool=family_pool,
+        pool=workload_pool,
         code=code_inputs("sample_workload"),
     output:
         "results/workload/{model}.parquet",

@@ -11,11 +11,11 @@ rule build_torch_engine:
     log:
         "logs/build_torch_engine/{platform}/{model}.log",
     wildcard_constraints:
-        platform=MEASURED_PATTERN,
+        platform=choices(PLAN.measured),
     conda:
         "../envs/tokencarbon.yaml"
     params:
-        model=engine_params,
+        model=model_params,
     script:
         "../scripts/build_torch_engine.py"
 
@@ -29,12 +29,12 @@ rule build_transformers_engine:
     log:
         "logs/build_transformers_engine/{platform}/{model}.log",
     wildcard_constraints:
-        platform=MEASURED_PATTERN,
+        platform=choices(PLAN.measured),
     conda:
         "../envs/tokencarbon.yaml"
     params:
-        model=engine_params,
-        options=transformers_options(),
+        model=model_params,
+        options=PLAN.transformers_options(),
     script:
         "../scripts/build_transformers_engine.py"
 
@@ -49,11 +49,11 @@ rule build_trtllm_engine:
     log:
         "logs/build_trtllm_engine/{platform}/{model}.log",
     wildcard_constraints:
-        platform=MEASURED_PATTERN,
+        platform=choices(PLAN.measured),
     conda:
         "../envs/tokencarbon.yaml"
     params:
-        model=engine_params,
+        model=model_params,
         build=trtllm_build_params,
     script:
         "../scripts/build_trtllm_engine.py"

@@ -1,20 +1,9 @@
 # Figures, tables and the summary: one rule per entry of the registry
 # (workflow/tokencarbon/figures/registry.py: name, inputs, params, caption, report category), so
 # no figure is listed here by hand. Captions in workflow/report/.
-from tokencarbon.figures.registry import ARTIFACTS, Study, targets
+from tokencarbon.figures.registry import ARTIFACTS, Study
 
-FIGURE_STUDY = Study(
-    config,
-    arch_family=arch_family,
-    model_architecture=model_architecture,
-    probe_files=probe_files,
-    resource_file=resource_file,
-)
-
-
-def figure_targets():
-    """Every figure, table and summary `all` builds for this config (registry.targets)."""
-    return targets(FIGURE_STUDY)
+FIGURE_STUDY = Study(PLAN)
 
 
 def figure_outputs(artifact):

@@ -1,7 +1,8 @@
 # Cells, per (platform, model, n), with the power sidecar sampling alongside: static cells run the
 # workload in batches of n (bs{n}, the study's method); continuous cells serve it with at most n
 # requests at once (cb{n}, max_num_seqs). Cells never read the probe's output (it would tie every
-# cell to it); static cells take no serving params, so a serving change never reruns them.
+# cell to it); static cells take no serving params, so a serving change never reruns them. Their
+# folders and files: tokencarbon.plan (CellKey, CELL_FILES).
 
 
 rule run_cell:
@@ -11,20 +12,18 @@ rule run_cell:
         measured=measured_here,
         code=code_inputs("run_cell"),
     output:
-        batches="results/cells/{platform}/{model}/bs{batch}/batches.parquet",
-        power="results/cells/{platform}/{model}/bs{batch}/power.parquet",
-        meta="results/cells/{platform}/{model}/bs{batch}/meta.json",
+        **cell_outputs(STATIC),
     log:
-        "logs/run_cell/{platform}/{model}/bs{batch}.log",
+        cell_log("run_cell", STATIC),
     wildcard_constraints:
-        platform=MEASURED_PATTERN,
+        platform=choices(PLAN.measured),
     conda:
         "../envs/tokencarbon.yaml"
     resources:
         gpu=gpu_count,
     params:
-        model=engine_params,
-        platform=cell_platform_params,
+        model=model_params,
+        platform=platform_params,
         run=run_params,
     script:
         "../scripts/run_cell.py"
@@ -37,22 +36,18 @@ rule run_continuous_cell:
         measured=measured_here,
         code=code_inputs("run_cell"),
     output:
-        batches="results/cells/{platform}/{model}/cb{batch}/batches.parquet",
-        requests="results/cells/{platform}/{model}/cb{batch}/requests.parquet",
-        steps="results/cells/{platform}/{model}/cb{batch}/steps.parquet",
-        power="results/cells/{platform}/{model}/cb{batch}/power.parquet",
-        meta="results/cells/{platform}/{model}/cb{batch}/meta.json",
+        **cell_outputs(CONTINUOUS),
     log:
-        "logs/run_continuous_cell/{platform}/{model}/cb{batch}.log",
+        cell_log("run_continuous_cell", CONTINUOUS),
     wildcard_constraints:
-        platform=MEASURED_PATTERN,
+        platform=choices(PLAN.measured),
     conda:
         "../envs/tokencarbon.yaml"
     resources:
         gpu=gpu_count,
     params:
-        model=engine_params,
-        platform=cell_platform_params,
+        model=model_params,
+        platform=platform_params,
         run=run_params,
         serving=serving_params,
     script:

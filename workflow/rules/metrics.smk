@@ -13,7 +13,7 @@ rule compute_metrics:
         # peaks rule measure_platform measured (platforms.<name>.spec.measure), if any
         measurements=measurement_files,
         code=code_inputs("compute_metrics"),
-        platforms=resource_file("platforms.csv"),
+        platforms=PLAN.resource("platforms.csv"),
     output:
         metrics="results/tables/metrics.parquet",
         repeats="results/tables/metrics_repeats.parquet",
@@ -21,17 +21,11 @@ rule compute_metrics:
         "logs/compute_metrics.log",
     conda:
         "../envs/tokencarbon.yaml"
+    # carbon, `metrics` (tokencarbon.metrics.MetricsSettings), per platform its config spec
+    # overrides and its row of resources/platforms.csv, and {architecture name: fields} of every
+    # configured model (an `auto` one has no file in resources/models): Plan.metrics_params
     params:
-        carbon=carbon_params,
-        # config `metrics` (tokencarbon.metrics.MetricsSettings; the schema fills its defaults)
-        metrics=config["metrics"],
-        # per platform, config overrides of its spec row (platforms.<name>.spec)
-        platform_specs={n: p["spec"] for n, p in config["platforms"].items()},
-        # per platform, its row of resources/platforms.csv (platforms.<name>.hardware, or its name)
-        platform_rows={n: platform_row(config, n) for n in config["platforms"]},
-        # {architecture name: fields} of every configured model: an `auto` one has no file in
-        # resources/models (cells of models not configured here are loaded from there by name)
-        architectures=architecture_params,
+        **PLAN.metrics_params(),
     script:
         "../scripts/compute_metrics.py"
 
@@ -51,6 +45,6 @@ rule compute_timeshift:
     conda:
         "../envs/tokencarbon.yaml"
     params:
-        carbon=fig6a_params,
+        carbon=PLAN.carbon_params(trace_day=True),
     script:
         "../scripts/compute_timeshift.py"

@@ -1,5 +1,5 @@
 # OOM probe, per (platform, model): the largest batch that runs the workload's longest prompt plus
-# longest output. A checkpoint: the sweep's input function (common.smk: batch_sizes) is its only reader.
+# longest output. A checkpoint: the sweep's input function (common.smk: cell_files, through the plan) is its only reader.
 # A probe of an equal key measured before (results/.cache/probe, not an output) is reused; the job
 # still writes its own probe.json, saying reused_from (docs/architecture.md).
 
@@ -11,20 +11,20 @@ checkpoint probe_max_batch:
         measured=measured_here,
         code=code_inputs("probe_max_batch"),
     output:
-        "results/cells/{platform}/{model}/probe.json",
+        PROBE_PATTERN,
     log:
         "logs/probe_max_batch/{platform}/{model}.log",
     wildcard_constraints:
-        platform=MEASURED_PATTERN,
+        platform=choices(PLAN.measured),
     conda:
         "../envs/tokencarbon.yaml"
     resources:
         gpu=gpu_count,
     params:
-        model=engine_params,
+        model=model_params,
         platform=probe_platform_params,
         limits=probe_limits,
-        backend=BACKEND,
+        backend=PLAN.backend,
     script:
         "../scripts/probe_max_batch.py"
 
@@ -42,7 +42,7 @@ rule measure_platform:
     log:
         "logs/measure_platform/{platform}.log",
     wildcard_constraints:
-        platform=MEASURE_PATTERN,
+        platform=choices(PLAN.to_measure),
     conda:
         "../envs/tokencarbon.yaml"
     threads: measure_threads

@@ -1,5 +1,5 @@
 """Adapter for rule build_transformers_engine (workflow/rules/engine.smk): params.model is the
-model slice (config.model_slice), params.options the transformers backend options
+model slice (plan.model_slice), params.options the transformers backend options
 (engine.TRANSFORMERS_OPTIONS); the output is the engine manifest (JSON)."""
 
 import sys

@@ -7,16 +7,14 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 from pathlib import Path
 
 from tokencarbon import tables
-from tokencarbon.carbon import DEFAULT_MAX_FILL_S, ConstantIntensity, load_trace
+from tokencarbon.carbon import CarbonAccounting
 from tokencarbon.metrics import MetricsSettings, compute_all, resolve_cell_platforms
 from tokencarbon.models import architecture_from_dict, load_architecture
 from tokencarbon.peak import read_measurement
 
-carbon = snakemake.params.carbon
-if carbon["source"] == "trace":
-    intensity = load_trace(snakemake.input.trace, carbon["basis"])
-else:
-    intensity = ConstantIntensity(carbon["intensity_g_per_kwh"])
+accounting = CarbonAccounting.from_config(
+    snakemake.params.carbon, getattr(snakemake.input, "trace", None)
+)
 cells = tables.read(snakemake.input.cells, tables.CELLS)
 # Configured models' architectures come as params (an `auto` one, read from its checkpoint, has
 # no file in resources/models); cells of models not configured here (copied in) by name.
@@ -47,11 +45,7 @@ metrics, repeats = compute_all(
     archs,
     resolve_cell_platforms(cells, snakemake.params.platform_specs, measurements=measurements,
                            rows=snakemake.params.platform_rows),  # fmt: skip
-    intensity,
-    pue=carbon["pue"],
-    fill=carbon["fill"],
-    # carbon.max_fill_s (seconds, null = no limit); the default until the config schema has it.
-    max_fill_s=carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
+    accounting,
     settings=MetricsSettings.from_params(snakemake.params.metrics),
     **serving,
 )

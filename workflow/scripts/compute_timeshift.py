@@ -5,17 +5,18 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 from tokencarbon import tables
-from tokencarbon.carbon import DEFAULT_MAX_FILL_S, load_trace
+from tokencarbon.carbon import CarbonAccounting
 from tokencarbon.timeshift import study_timeshift
 
 carbon = snakemake.params.carbon
+accounting = CarbonAccounting.from_config(carbon, snakemake.input.trace)
 df = study_timeshift(
     tables.read(snakemake.input.metrics, tables.METRICS),
     tables.read(snakemake.input.cells, tables.CELLS),
-    load_trace(snakemake.input.trace, carbon["basis"]),
+    accounting.intensity,
     carbon["trace_day"],
-    pue=carbon["pue"],
-    fill=carbon["fill"],
-    max_fill_s=carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
+    pue=accounting.pue,
+    fill=accounting.fill,
+    max_fill_s=accounting.max_fill_s,
 )
 tables.write(df, snakemake.output[0], tables.TIMESHIFT)

@@ -4,11 +4,10 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-import json
 from pathlib import Path
 
 from tokencarbon import tables
-from tokencarbon.aggregate import read_meta
+from tokencarbon.records import CellMeta
 from tokencarbon.export import export
 from tokencarbon.platforms import load_platforms
 
@@ -17,7 +16,7 @@ cells = tables.read(snakemake.input.cells, tables.CELLS)
 keys = [name for name, _ in tables.CELL_KEYS]
 metas = {}
 for path in snakemake.input.meta:
-    meta = read_meta(path)
+    meta = CellMeta.read(path).to_json()
     metas[tuple(meta[k] for k in keys)] = meta
 kinds = {name: p.kind for name, p in load_platforms().items()}
 out_dir = Path(snakemake.output.csv).parent

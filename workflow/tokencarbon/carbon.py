@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -266,6 +267,70 @@ class IntensityTrace:
 IntensitySource = ConstantIntensity | IntensityTrace
 
 
+def mean_intensity(intensity_g_per_kwh, energy_j, duration_s) -> float:
+    """The energy-weighted mean intensity (gCO2eq/kWh) of pieces of a run (intensity segments, or
+    windows with their own means), each with its energy (J) and duration (s): sum(i x e) / sum(e).
+    With no energy at all the energy-weighted mean is undefined, and the time-weighted one,
+    sum(i x t) / sum(t), is the answer (the one answer at zero energy, wherever a mean intensity is
+    reported: a window's, a cell's, a time-shifted job's). NaN only where no piece has a duration.
+    """
+    # Summed in order, piece by piece (Python floats), as every caller summed before this was one
+    # function: the committed studies' tables read back to the same bits.
+    pieces = [(float(i), float(e), float(t))
+              for i, e, t in zip(intensity_g_per_kwh, energy_j, duration_s)]  # fmt: skip
+    total_j = sum(e for _, e, _ in pieces)
+    if total_j > 0:
+        return sum(i * e for i, e, _ in pieces) / total_j
+    total_s = sum(t for _, _, t in pieces)
+    return sum(i * t for i, _, t in pieces) / total_s if total_s > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class CarbonAccounting:
+    """How operational carbon is counted, chosen once (from_config) for metrics, the time-shift
+    what-if, figure 6a and the DAG's coverage checks: the intensity source (a constant, or an
+    Electricity Maps trace on its basis), PUE, the fill policy for what the trace does not cover and
+    how far a fill may reach (max_fill_s, s; None: no limit)."""
+
+    intensity: IntensitySource
+    pue: float = 1.0
+    fill: str | None = None
+    max_fill_s: float | None = DEFAULT_MAX_FILL_S
+
+    def __post_init__(self) -> None:
+        _check_pue(self.pue)
+        _check_fill(self.fill)
+
+    @classmethod
+    def from_config(
+        cls, carbon: Mapping[str, Any], trace: str | Path | None = None
+    ) -> CarbonAccounting:
+        """The accounting of config `carbon` (its schema's keys: source, intensity_g_per_kwh,
+        trace, basis, pue, fill, max_fill_s; an absent key has the schema's default); `trace`: the
+        trace file where a job reads it from its input rather than the config. Raises ConfigError
+        / InputError (load_trace)."""
+        if carbon.get("source", "constant") == "trace":
+            path = trace or carbon["trace"]
+            intensity: IntensitySource = load_trace(path, carbon.get("basis", "direct"))
+        else:
+            value = carbon.get("intensity_g_per_kwh", DEFAULT_INTENSITY_G_PER_KWH)
+            intensity = ConstantIntensity(float(value))
+        return cls(intensity, float(carbon.get("pue", 1.0)), carbon.get("fill"),
+                   carbon.get("max_fill_s", DEFAULT_MAX_FILL_S))  # fmt: skip
+
+    def segments(self, start_ns: int, end_ns: int) -> IntensitySegments:
+        """The window cut where the intensity changes, under the fill policy."""
+        return self.intensity.segments(start_ns, end_ns, self.fill, self.max_fill_s)
+
+    def first_uncovered(self, windows) -> tuple[str, TraceCoverageError] | None:
+        """first_uncovered of `windows` under this accounting."""
+        return first_uncovered(self.intensity, windows, self.fill, self.max_fill_s)
+
+    def day(self, day: str | dt.date | None) -> pd.Series:
+        """intensity_for_day of one UTC day under this accounting."""
+        return intensity_for_day(self.intensity, day, self.fill, self.max_fill_s)
+
+
 def first_uncovered(
     intensity: IntensitySource,
     windows,
@@ -450,8 +515,6 @@ def operational_carbon(
     carbon_g = energy_kwh(energy_j) * segments.intensity_g_per_kwh * pue
     widths_ns = np.diff(segments.edges_ns)
     total_j = float(energy_j.sum())
-    # With no energy the energy-weighted mean is undefined; the time-weighted one is then reported.
-    weights = energy_j if total_j > 0 else widths_ns.astype(float)
     parts = tuple(
         CarbonSegment(int(a), int(b), float(e), float(i), bool(f), float(c))
         for a, b, e, i, f, c in zip(
@@ -466,7 +529,8 @@ def operational_carbon(
     return CarbonRecord(
         energy_j=total_j,
         energy_kwh=energy_kwh(total_j),
-        intensity_g_per_kwh=float(np.average(segments.intensity_g_per_kwh, weights=weights)),
+        intensity_g_per_kwh=mean_intensity(segments.intensity_g_per_kwh, energy_j,
+                                           widths_ns / NS_PER_S),  # fmt: skip
         pue=pue,
         carbon_g=float(carbon_g.sum()),
         filled_s=float(widths_ns[segments.filled].sum() / NS_PER_S),

@@ -39,15 +39,15 @@ from tokencarbon.compile_cache import configured as compile_cache_configured
 from tokencarbon.config import PAGED_DEFAULTS
 from tokencarbon.energy import idle_power
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
-from tokencarbon.files import write_json
 from tokencarbon.hardware import check_platform, detect, software_versions
 from tokencarbon.lease import CELL_LEASE_TIMEOUT_S, cell_leases
 from tokencarbon.models import resolve_architecture
+from tokencarbon.records import CellMeta
+from tokencarbon.layout import CONTINUOUS, MODE_PREFIX, STATIC, CellKey
 from tokencarbon.quantization import of_model
 from tokencarbon.quantization import record as quantization_record
 from tokencarbon.timeline import Timeline
 
-STATIC, CONTINUOUS = "static", "continuous"
 # Progress on the console: a line when a repeat starts and ends, and at most one per this many
 # seconds in between, so long cells show they are alive without burying Snakemake's messages.
 PROGRESS_INTERVAL_S = 10.0
@@ -77,10 +77,8 @@ def serving_settings(serving: Mapping[str, Any] | None, batch_size: int) -> dict
     if unknown:
         raise ConfigError(f"params serving: unknown key(s) {unknown}; expected some of {sorted(known)}")
     mode = serving.get("mode", STATIC)
-    if mode not in tables.CELL_DIR_PREFIX:
-        raise ConfigError(
-            f"serving.mode: {mode!r}; expected one of {sorted(tables.CELL_DIR_PREFIX)}"
-        )
+    if mode not in MODE_PREFIX:
+        raise ConfigError(f"serving.mode: {mode!r}; expected one of {sorted(MODE_PREFIX)}")
     if mode == STATIC:
         # every request of a batch is there when it starts: offline, in the serving sense
         return {"mode": STATIC, "max_num_seqs": None, "arrival": "offline",
@@ -219,28 +217,72 @@ class Progress:
             print(line, file=stream, flush=True)
 
 
-def power_source_spec(platform: dict[str, Any]) -> dict[str, Any]:
-    if platform["kind"] == "cpu":
+# ---------------------------------------------------------------- devices
+
+
+class CpuDevice:
+    """A CPU platform's cell: the platform's logical CPUs leased and every thread pinned to them,
+    power modeled (TDP x CPU utilisation of the cell's process tree), other processes' CPU time
+    and the hypervisor's steal on those CPUs watched."""
+
+    kind, torch_device = "cpu", "cpu"
+
+    def power_source(self, platform: Mapping[str, Any]) -> dict[str, Any]:
         return {"kind": "modeled_cpu", "tdp_w": platform["tdp_w"]}
-    # CUDA_VISIBLE_DEVICES (set by the scheduler or a lease) makes the cell's GPU device 0.
-    return {"kind": "nvml", "device_index": 0}
 
-
-def _device_state(platform: dict[str, Any], lease: dict[str, Any]) -> dict[str, Any]:
-    """Power limit, clocks and throttle reasons (GPU) or CPU frequencies, now."""
-    if platform["kind"] == "cpu":
+    def state(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """CPU frequencies of the leased CPUs, now."""
         from tokencarbon.power.modeled import cpu_state
 
         return cpu_state(lease["cpus"])
-    from tokencarbon.power.nvml import gpu_state
 
-    return gpu_state(0)
+    def watch(self, lease: Mapping[str, Any]):
+        from tokencarbon.occupancy import CpuWatch
+
+        return CpuWatch(lease["cpus"])
+
+    def use(self, lease: Mapping[str, Any], stack: contextlib.ExitStack) -> None:
+        """torch's threads on the leased CPUs while the cell runs (restored after it)."""
+        import torch
+
+        stack.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(len(lease["cpus"]))
+
+    def leases(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        return {"gpu_lease": None, "cpu_lease": lease}
 
 
-def _watch(platform: dict[str, Any], lease: dict[str, Any]):
-    from tokencarbon.occupancy import CpuWatch, GpuWatch
+class GpuDevice:
+    """A GPU platform's cell: one GPU leased (CUDA_VISIBLE_DEVICES set before CUDA starts, so it
+    is device 0), power and energy read through NVML, other processes on it watched."""
 
-    return CpuWatch(lease["cpus"]) if platform["kind"] == "cpu" else GpuWatch(lease["gpu_index"])
+    kind, torch_device = "gpu", "cuda"
+
+    def power_source(self, platform: Mapping[str, Any]) -> dict[str, Any]:
+        return {"kind": "nvml", "device_index": 0}
+
+    def state(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Power limit, clocks and throttle reasons of the GPU, now."""
+        from tokencarbon.power.nvml import gpu_state
+
+        return gpu_state(0)
+
+    def watch(self, lease: Mapping[str, Any]):
+        from tokencarbon.occupancy import GpuWatch
+
+        return GpuWatch(lease["gpu_index"])
+
+    def use(self, lease: Mapping[str, Any], stack: contextlib.ExitStack) -> None:
+        pass
+
+    def leases(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        return {"gpu_lease": lease, "cpu_lease": None}
+
+
+DEVICES = {"cpu": CpuDevice(), "gpu": GpuDevice()}
+
+
+# ---------------------------------------------------------------- engines
 
 
 def backend_options(run: dict[str, Any], engine_manifest: str | Path) -> dict[str, Any]:
@@ -326,6 +368,223 @@ def default_serving_engine(
     )
 
 
+# ---------------------------------------------------------------- modes
+
+
+@dataclasses.dataclass
+class Repeat:
+    """What one repeat of a cell's measured work recorded: its BATCHES rows, REQUESTS and STEPS
+    rows (continuous), the most requests served at once, its output tokens and the token ids it
+    generated, request by request in workload order (None where the engine returns none)."""
+
+    batch_rows: list[dict[str, Any]]
+    request_rows: list[dict[str, Any]]
+    step_rows: list[dict[str, Any]]
+    most_at_once: int
+    tokens: int
+    token_ids: list | None
+
+
+class StaticMode:
+    """Static cells (bs{n}, the study's method): the workload cut into batches of n, each batch
+    running until its longest request ends; one BATCHES row per batch."""
+
+    name = STATIC
+
+    def __init__(self, workload: pd.DataFrame, n: int) -> None:
+        self.n = n
+        self.batches = group_batches(workload, n)
+        self.n_windows = len(self.batches)  # measured windows per repeat (meta.json n_batches)
+
+    def engine(self, cell: _Cell, device: str, options: dict, stack: contextlib.ExitStack):
+        return _static_engine(cell.arch, cell.model, cell.run, device, cell.trt_engine, options,
+                              cell.longest, stack)  # fmt: skip
+
+    def warm_up(self, engine, run: dict[str, Any]) -> dict[str, Any]:
+        return warm_up(engine, run, [], self.batches, self.n)
+
+    def repeat(self, engine, repeat: int, label: str, cell: _Cell) -> Repeat:
+        """One repeat of the measured work: every batch in workload order, each its window."""
+        say = cell.say
+        say(f"{label}: {len(self.batches)} batches of up to {self.n}")
+        rows, tokens, most, ids = [], 0, 0, []
+        for i, batch in enumerate(self.batches):
+            r = run_static_batch(engine, batch)
+            rows.append({
+                "repeat": repeat, "batch_index": i, **_batch_record(r),
+                "prompt_lens": [len(x) for x in batch["prompt_token_ids"]],
+                "output_lens": [int(n) for n in batch["output_tokens"]],
+            })  # fmt: skip
+            most = max(most, r.n_requests)
+            tokens += r.output_tokens
+            returned = ids is not None and getattr(r, "token_ids", None)
+            ids = ids + list(r.token_ids) if returned else None
+            say(f"{label}: batch {i + 1}/{len(self.batches)}", force=False)
+        return Repeat(rows, [], [], most, tokens, ids)
+
+    def write(self, repeats: Sequence[Repeat], outputs: Mapping[str, Any]) -> None:
+        pass  # a static cell has no table beyond batches and power
+
+
+class ContinuousMode:
+    """Continuous-batching cells (cb{n}): the whole workload served as one request set with at
+    most n requests in flight (the engine's serve()), arrivals as serving settings say; one
+    BATCHES row per repeat (the request set's window), and REQUESTS and STEPS rows."""
+
+    name = CONTINUOUS
+    n_windows = 1
+
+    def __init__(self, workload: pd.DataFrame, n: int, settings: Mapping[str, Any],
+                 serving_engine: Callable[..., Any]) -> None:  # fmt: skip
+        self.n, self.settings, self.serving_engine = n, settings, serving_engine
+        self.requests = build_requests(workload, settings)
+
+    def engine(self, cell: _Cell, device: str, options: dict, stack: contextlib.ExitStack):
+        paged = {k: self.settings[k] for k in PAGED_DEFAULTS}
+        return self.serving_engine(
+            cell.arch, cell.model, cell.run, device, self.n, options=options,
+            max_model_len=cell.longest, paged=paged,
+        )  # fmt: skip
+
+    def warm_up(self, engine, run: dict[str, Any]) -> dict[str, Any]:
+        return warm_up(engine, run, self.requests, [], self.n)
+
+    def repeat(self, engine, repeat: int, label: str, cell: _Cell) -> Repeat:
+        """One repeat: the whole request set served, its result checked (check_serving_result)
+        before any row of it is kept."""
+        cell.say(f"{label}: serving {len(self.requests)} requests ({self.settings['arrival']})")
+        result = engine.serve(self.requests)
+        check_serving_result(result, self.requests, f"{cell.name} {label}")
+        ids = result.token_ids
+        return Repeat(
+            [_window_row(repeat, result, self.requests)],
+            [{"repeat": repeat, **dataclasses.asdict(r)} for r in result.requests],
+            [{"repeat": repeat, **dataclasses.asdict(s)} for s in result.steps],
+            max_concurrent_requests(result),
+            sum(r.output_tokens for r in result.requests),
+            None if ids is None else [ids[r.request_id] for r in self.requests],
+        )
+
+    def write(self, repeats: Sequence[Repeat], outputs: Mapping[str, Any]) -> None:
+        requests = [row for rep in repeats for row in rep.request_rows]
+        steps = [row for rep in repeats for row in rep.step_rows]
+        for rows, schema, name in ((requests, tables.REQUESTS, "requests"),
+                                   (steps, tables.STEPS, "steps")):  # fmt: skip
+            tables.write(pd.DataFrame(rows, columns=schema.names), outputs[name], schema)
+
+
+# ---------------------------------------------------------------- one cell
+
+
+@dataclasses.dataclass
+class _Cell:
+    """A cell checked before any device work: its slices, serving settings, mode and device."""
+
+    name: str
+    model: dict[str, Any]
+    platform: dict[str, Any]
+    run: dict[str, Any]
+    settings: dict[str, Any]
+    repeats: int
+    arch: Any  # models.Architecture
+    quantization: Any  # quantization.Quantization
+    n_requests: int
+    mode: StaticMode | ContinuousMode
+    device: CpuDevice | GpuDevice
+    longest: int  # prompt + output tokens of the longest request: the engines' caches
+    trt_engine: dict[str, Any] | None  # what meta.json records of a TensorRT-LLM engine
+    share_s: float  # power.idle_share_s
+    say: Progress
+
+
+def _checked_cell(model, platform, run, batch_size, workload, engine_manifest, serving,
+                  outputs, cache_root, serving_engine, progress) -> _Cell:  # fmt: skip
+    """The cell's settings and workload checked (ConfigError / InputError naming the key or value,
+    before any device work), its mode, device, longest request and TensorRT-LLM engine."""
+    settings = serving_settings(serving, batch_size)
+    repeats = run.get("repeats", 1)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"run.repeats: {repeats!r}; expected a whole number >= 1")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size {batch_size!r}; expected a whole number >= 1")
+    continuous = settings["mode"] == CONTINUOUS
+    if continuous and (outputs.get("requests") is None or outputs.get("steps") is None):
+        raise ConfigError(
+            "a continuous cell writes requests.parquet and steps.parquet: pass out_requests and "
+            "out_steps"
+        )
+    if len(workload) == 0:
+        raise InputError("the workload holds no request; a cell needs at least one")
+    name = CellKey(platform["name"], model["name"], settings["mode"], batch_size).name
+    say = progress or Progress(name)
+    arch = resolve_architecture(model)
+    quantization = of_model(model)
+    if quantization.quantized and run["backend"] == "tensorrt_llm":
+        raise ConfigError(
+            f"models.{model['name']}.quantization: {quantization.label()!r} is applied through "
+            "torchao, which the tensorrt_llm backend does not run; use backend.name torch or "
+            "transformers"
+        )
+    too_large = [
+        max(ids) for ids in workload["prompt_token_ids"] if len(ids) and max(ids) >= arch.vocab_size
+    ]
+    if too_large:
+        raise ConfigError(
+            f"model {model['name']!r}: the workload holds token id {max(too_large)}, outside "
+            f"{arch.name}'s vocabulary of {arch.vocab_size}; use a tokenizer whose vocabulary fits "
+            "(families.<family>.tokenizer, or workload.builtin_vocab_size)"
+        )
+    if batch_size > len(workload):
+        say(
+            f"batch size {batch_size} > {len(workload)} requests: no batch holds {batch_size} "
+            "requests; meta.json and cells.parquet record max_batch_requests"
+        )
+    trt_engine = _tensorrt_engine(model, platform, run, batch_size, workload, engine_manifest,
+                                  continuous)  # fmt: skip
+    mode = (ContinuousMode(workload, batch_size, settings, serving_engine) if continuous
+            else StaticMode(workload, batch_size))  # fmt: skip
+    share_s = float(platform.get("idle_share_s", 0.0))
+    if share_s > 0 and cache_root is None:
+        raise ConfigError(
+            f"power.idle_share_s: {share_s} shares idle windows through the study's cache folder; "
+            "pass cache_root (the workflow passes results/.cache), or set it to 0"
+        )
+    # The longest request (prompt + output) sizes the engines' caches up front, so the warm-up
+    # allocates and captures what the measured work uses.
+    longest = int((workload["prompt_token_ids"].map(len) + workload["output_tokens"]).max())
+    return _Cell(name, model, platform, run, settings, repeats, arch, quantization, len(workload),
+                 mode, DEVICES[platform["kind"]], longest, trt_engine, share_s, say)  # fmt: skip
+
+
+def _tensorrt_engine(model, platform, run, batch_size, workload, engine_manifest, continuous):
+    """What meta.json records of the TensorRT-LLM engine the cell runs (its manifest checked
+    against the cell: tensorrt_llm.engine_for_cell), None for the other backends."""
+    if run["backend"] != "tensorrt_llm":
+        return None
+    from tokencarbon.backends import tensorrt_llm as trtllm_backend
+
+    if platform["kind"] != "gpu":
+        raise ConfigError(
+            f"config key backend.name: 'tensorrt_llm' runs on GPU platforms only, and platform "
+            f"{platform['name']!r} is a CPU; measure it with backend.name: torch"
+        )
+    if continuous:
+        raise ConfigError(
+            "backend.name: 'tensorrt_llm' has no continuous-batching engine wired into cells; "
+            "continuous cells (sweep.max_num_seqs) run with backend.name: torch"
+        )
+    trt_engine = trtllm_backend.engine_for_cell(
+        engine_manifest,
+        model=model,
+        platform=platform,
+        batch_size=batch_size,
+        longest_prompt=int(workload["prompt_token_ids"].map(len).max()),
+        longest_output=int(workload["output_tokens"].max()),
+    )
+    trtllm_backend.require_tensorrt_llm()
+    return trt_engine
+
+
 def run_cell(
     *,
     model: dict[str, Any],
@@ -349,7 +608,7 @@ def run_cell(
 ) -> dict[str, Any]:
     """Measure one cell and write its files; returns what meta.json holds.
 
-    model, platform, run: the config slices of tokencarbon.config (run: backend, cuda_graphs,
+    model, platform, run: the config slices of tokencarbon.plan (run: backend, cuda_graphs,
     compile_decode, warmup_batches, optional repeats >= 1, default 1). serving: params `serving`
     (serving_settings); a continuous cell also needs out_requests and out_steps. engine_manifest:
     the engine stage's manifest (the tensorrt_llm backend runs the engine it names; the torch
@@ -361,286 +620,213 @@ def run_cell(
     platform["idle_share_s"] to be 0. script_start_wall_ns: when the job's script began, for the
     timeline meta.json records (tokencarbon.timeline).
 
+    Events in the module docstring's order, each a phase of the timeline; the measured work is
+    the mode's (StaticMode, ContinuousMode), the device's interface CpuDevice or GpuDevice.
     Raises ConfigError or InputError before any device work for bad settings or workloads,
     HardwareMismatchError for the wrong hardware, LeaseTimeoutError when the devices stay taken.
     """
     timeline = Timeline(script_start_wall_ns)
-    from tokencarbon.backends import tensorrt_llm as trtllm_backend
     from tokencarbon.power.sidecar import PowerSidecar
 
-    settings = serving_settings(serving, batch_size)
-    continuous = settings["mode"] == CONTINUOUS
-    repeats = run.get("repeats", 1)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"run.repeats: {repeats!r}; expected a whole number >= 1")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size {batch_size!r}; expected a whole number >= 1")
-    if continuous and (out_requests is None or out_steps is None):
-        raise ConfigError(
-            "a continuous cell writes requests.parquet and steps.parquet: pass out_requests and "
-            "out_steps"
-        )
-    if len(workload) == 0:
-        raise InputError("the workload holds no request; a cell needs at least one")
-    cell = f"{platform['name']}/{model['name']}/{tables.CELL_DIR_PREFIX[settings['mode']]}{batch_size}"
-    say = progress or Progress(cell)
-    arch = resolve_architecture(model)
-    quantization = of_model(model)
-    if quantization.quantized and run["backend"] == "tensorrt_llm":
-        raise ConfigError(
-            f"models.{model['name']}.quantization: {quantization.label()!r} is applied through "
-            "torchao, which the tensorrt_llm backend does not run; use backend.name torch or "
-            "transformers"
-        )
-    too_large = [
-        max(ids) for ids in workload["prompt_token_ids"] if len(ids) and max(ids) >= arch.vocab_size
-    ]
-    if too_large:
-        raise ConfigError(
-            f"model {model['name']!r}: the workload holds token id {max(too_large)}, outside "
-            f"{arch.name}'s vocabulary of {arch.vocab_size}; use a tokenizer whose vocabulary fits "
-            "(families.<family>.tokenizer, or workload.builtin_vocab_size)"
-        )
-    if batch_size > len(workload):
-        say(
-            f"batch size {batch_size} > {len(workload)} requests: no batch holds {batch_size} "
-            "requests; meta.json and cells.parquet record max_batch_requests"
-        )
-    trt_engine = None  # what meta.json records of a TensorRT-LLM engine
-    if run["backend"] == "tensorrt_llm":
-        if platform["kind"] != "gpu":
-            raise ConfigError(
-                f"config key backend.name: 'tensorrt_llm' runs on GPU platforms only, and platform "
-                f"{platform['name']!r} is a CPU; measure it with backend.name: torch"
-            )
-        if continuous:
-            raise ConfigError(
-                "backend.name: 'tensorrt_llm' has no continuous-batching engine wired into cells; "
-                "continuous cells (sweep.max_num_seqs) run with backend.name: torch"
-            )
-        trt_engine = trtllm_backend.engine_for_cell(
-            engine_manifest,
-            model=model,
-            platform=platform,
-            batch_size=batch_size,
-            longest_prompt=int(workload["prompt_token_ids"].map(len).max()),
-            longest_output=int(workload["output_tokens"].max()),
-        )
-        trtllm_backend.require_tensorrt_llm()
-    requests = build_requests(workload, settings) if continuous else []
-    batches = [] if continuous else group_batches(workload, batch_size)
-    # The longest request (prompt + output) sizes the engines' caches up front, so the warm-up
-    # allocates and captures what the measured work uses.
-    longest = int((workload["prompt_token_ids"].map(len) + workload["output_tokens"]).max())
-    share_s = float(platform.get("idle_share_s", 0.0))
-    if share_s > 0 and cache_root is None:
-        raise ConfigError(
-            f"power.idle_share_s: {share_s} shares idle windows through the study's cache folder; "
-            "pass cache_root (the workflow passes results/.cache), or set it to 0"
-        )
+    outputs = {"batches": out_batches, "power": out_power, "meta": out_meta,
+               "requests": out_requests, "steps": out_steps}  # fmt: skip
+    cell = _checked_cell(model, platform, run, batch_size, workload, engine_manifest, serving,
+                         outputs, cache_root, serving_engine, progress)  # fmt: skip
     timeline.since_last("checks")
 
     with contextlib.ExitStack() as stack:
         with timeline.phase("lease"):
-            lease = stack.enter_context(
-                cell_leases(platform, cell=cell, lock_dir=lock_dir, timeout_s=lease_timeout_s, log=say)
-            )
+            leases = cell_leases(platform, cell=cell.name, lock_dir=lock_dir,
+                                 timeout_s=lease_timeout_s, log=cell.say)  # fmt: skip
+            lease = stack.enter_context(leases)
         with timeline.phase("hardware_check"):
             hardware = detect(platform["kind"])
             check_platform(platform, hardware)
-            compile_cache = (
-                None if cache_root is None
-                else stack.enter_context(
-                    compile_cache_configured(Path(cache_root) / "compile", hardware["device_name"])
-                )
-            )  # fmt: skip
-        device = "cpu" if platform["kind"] == "cpu" else "cuda"
-        source = power_source_spec(platform)
-        interval_s = platform["power_interval_s"]
+            compile_cache = _compile_cache(cache_root, hardware, stack)
         with timeline.phase("sidecar_start"):
             # One sidecar for the idle and the run windows, started now so that its start-up (a
             # Python process importing pyarrow and opening NVML) overlaps the engine's build. It
             # samples the cell's process tree (modeled CPU) or the cell's GPU (NVML).
             sidecar = PowerSidecar(
-                source, Path(out_power).with_name(".power.parquet"), interval_s,
-                target_pid=os.getpid(),
+                cell.device.power_source(platform), Path(out_power).with_name(".power.parquet"),
+                platform["power_interval_s"], target_pid=os.getpid(),
             )  # fmt: skip
             sidecar.launch()
             stack.callback(sidecar.kill)  # a cell failing part-way leaves no sampler behind
         with timeline.phase("engine_build"):
-            if device == "cpu":
-                import torch
-
-                stack.callback(torch.set_num_threads, torch.get_num_threads())
-                torch.set_num_threads(len(lease["cpus"]))
-            options = backend_options(run, engine_manifest)
-            if continuous:
-                engine = serving_engine(
-                    arch, model, run, device, batch_size, options=options, max_model_len=longest,
-                    paged={k: settings[k] for k in PAGED_DEFAULTS},
-                )
-            else:
-                engine = _static_engine(arch, model, run, device, trt_engine, options, longest, stack)
-            if hasattr(engine, "close"):  # transformers' manager thread stops, also on failure
-                stack.callback(engine.close)
+            engine = _build_engine(cell, lease, engine_manifest, stack)
         with timeline.phase("warmup"):
-            warmup = warm_up(engine, run, requests, batches, batch_size)
-
+            warmup = cell.mode.warm_up(engine, run)
         with timeline.phase("idle_window"):
             device_key = idle_share.device_key(platform["name"], lease)
-            shared = idle_share.lookup(cache_root, device_key, share_s) if share_s > 0 else None
-            if shared is None:
-                sidecar.begin("idle")
-                time.sleep(platform["idle_s"])
-
-        batch_rows, request_rows, step_rows = [], [], []
-        generated: list[list] = []  # per repeat: the token ids of each request, in workload order
-        most_at_once = 0
-        state_start = _device_state(platform, lease)
-        watch = _watch(platform, lease)
+            shared = _idle_window(cell, sidecar, cache_root, device_key)
+        state_start = cell.device.state(lease)
+        watch = cell.device.watch(lease)
         watch.start()
         with timeline.phase("measured"):
             sidecar.begin("run")
-            for repeat in range(repeats):
-                label = f"repeat {repeat + 1}/{repeats}"
-                start = time.monotonic()
-                if continuous:
-                    say(f"{label}: serving {len(requests)} requests ({settings['arrival']})")
-                    result = engine.serve(requests)
-                    check_serving_result(result, requests, f"{cell} {label}")
-                    batch_rows.append(_window_row(repeat, result, requests))
-                    request_rows += [
-                        {"repeat": repeat, **dataclasses.asdict(r)} for r in result.requests
-                    ]
-                    step_rows += [
-                        {"repeat": repeat, **dataclasses.asdict(s)} for s in result.steps
-                    ]
-                    most_at_once = max(most_at_once, max_concurrent_requests(result))
-                    tokens = sum(r.output_tokens for r in result.requests)
-                    ids = result.token_ids
-                    generated.append(None if ids is None else [ids[r.request_id] for r in requests])
-                else:
-                    say(f"{label}: {len(batches)} batches of up to {batch_size}")
-                    tokens = 0
-                    generated.append([])
-                    for i, batch in enumerate(batches):
-                        r = run_static_batch(engine, batch)
-                        batch_rows.append(
-                            {
-                                "repeat": repeat,
-                                "batch_index": i,
-                                **_batch_record(r),
-                                "prompt_lens": [len(ids) for ids in batch["prompt_token_ids"]],
-                                "output_lens": [int(n) for n in batch["output_tokens"]],
-                            }
-                        )
-                        most_at_once = max(most_at_once, r.n_requests)
-                        tokens += r.output_tokens
-                        if generated[-1] is not None and getattr(r, "token_ids", None):
-                            generated[-1] += list(r.token_ids)
-                        else:
-                            generated[-1] = None
-                        say(f"{label}: batch {i + 1}/{len(batches)}", force=False)
-                elapsed_s = time.monotonic() - start
-                say(f"{label} done: {tokens} output tokens in {elapsed_s:.1f} s "
-                    f"({tokens / elapsed_s:.1f} tok/s)")  # fmt: skip
+            repeats = [_repeat(cell, engine, k) for k in range(cell.repeats)]
         with timeline.phase("sidecar_stop"):
             sidecar.stop()
             samples = sidecar.collect()
         with timeline.phase("finish"):
             foreign = watch.stop()
-            state_end = _device_state(platform, lease)
-            if shared is None:
-                idle_samples = samples[samples["phase"] == "idle"]
-                if share_s > 0:
-                    idle_share.store(cache_root, device_key, idle_samples, cell)
-            else:
-                idle_samples = shared[0]
+            state_end = cell.device.state(lease)
+            idle_samples = _idle_samples(cell, samples, shared, cache_root, device_key)
             run_samples = samples[samples["phase"] == "run"]
-            idle_power_w, _ = idle_power(idle_samples, where=f"{cell} idle window")
+            idle_power_w, _ = idle_power(idle_samples, where=f"{cell.name} idle window")
             versions = software_versions()
-
-        foreign_cpu_share = foreign.get("foreign_cpu_share", math.nan)
-        cpu_steal_share = foreign.get("cpu_steal_share", math.nan)
-        foreign_gpu_processes = foreign.get("foreign_gpu_processes", -1)
-        if foreign_cpu_share > FOREIGN_NOTE_SHARE or foreign_gpu_processes > 0:
-            say(
-                f"other processes ran on this cell's devices: foreign CPU share "
-                f"{foreign_cpu_share:.3f}, {foreign_gpu_processes} other GPU process(es); "
-                f"meta.json foreign_use names them"
-            )
-        if cpu_steal_share > FOREIGN_NOTE_SHARE:
-            say(f"the hypervisor gave this cell's CPUs to other guests for a share of "
-                f"{cpu_steal_share:.3f} of its window (steal time): its timings include that")  # fmt: skip
+        _say_foreign(cell.say, foreign)
         with timeline.phase("write"):
-            if continuous:
-                tables.write(pd.DataFrame(request_rows, columns=tables.REQUESTS.names), out_requests, tables.REQUESTS)
-                tables.write(pd.DataFrame(step_rows, columns=tables.STEPS.names), out_steps, tables.STEPS)
-            tables.write(pd.DataFrame(batch_rows), out_batches, tables.BATCHES)
+            cell.mode.write(repeats, outputs)
+            tables.write(pd.DataFrame([row for r in repeats for row in r.batch_rows]), out_batches,
+                         tables.BATCHES)  # fmt: skip
             tables.write(
                 pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER
             )
-        meta = {
-            "platform": platform["name"],
-            "model": model["name"],
-            "mode": settings["mode"],
-            "batch_size": batch_size,
-            "architecture": arch.name,
-            "dtype": model["dtype"],
-            # weight-only quantization: scheme, group size (null: none/int8), "torchao 0.18.0"
-            **quantization_record(quantization),
-            "backend": run["backend"],
-            # tensorrt_llm: manifest, engine_dir, limits, version, build GPU; null for torch
-            "engine": trt_engine,
-            "device_name": hardware["device_name"],
-            "serving": settings,
-            "arrival": settings["arrival"],
-            "request_rate_per_s": (
-                math.nan if settings["request_rate_per_s"] is None
-                else float(settings["request_rate_per_s"])
-            ),  # fmt: skip
-            "n_requests": len(workload),
-            "n_batches": 1 if continuous else len(batches),
-            "repeats": repeats,
-            "max_batch_requests": most_at_once,
-            "warmup_batches": run["warmup_batches"],
-            # what the warm-up ran: passes and output tokens per request (None: whole outputs)
-            "warmup": warmup,
-            "window_start_wall_ns": batch_rows[0]["start_wall_ns"],
-            "window_end_wall_ns": batch_rows[-1]["end_wall_ns"],
-            "idle_power_w": idle_power_w,
-            "idle_shared": shared is not None,
-            # own or shared idle window (power.idle_share_s; tokencarbon.idle_share)
-            "idle_window": idle_share.describe(shared and shared[1], platform["idle_s"], share_s),
-            "power_source": source["kind"],
-            "power_interval_s": interval_s,
-            "peak_memory_bytes": float(engine.peak_memory_bytes()),
-            # what ran, where the engine says (transformers: versions, attention, cache settings)
-            "engine_description": engine.describe() if hasattr(engine, "describe") else None,
-            "git_commit": versions["git_commit"],
-            "hardware": hardware,
-            "gpu_lease": lease if platform["kind"] == "gpu" else None,
-            "cpu_lease": lease if platform["kind"] == "cpu" else None,
-            "foreign_cpu_share": foreign_cpu_share,
-            "cpu_steal_share": cpu_steal_share,
-            "foreign_gpu_processes": foreign_gpu_processes,
-            "foreign_use": foreign,
-            "device_state": {"start": state_start, "end": state_end},
-            "versions": versions,
-            "config": {"model": model, "platform": platform, "run": run, "serving": settings},
-            "seeds": {"weights": model["seed"], "arrivals": settings["seed"]},
-            "n_power_samples": {"idle": len(idle_samples), "run": len(run_samples)},
-            # per repeat, a digest of the tokens generated (None where the engine does not return
-            # them): equal digests, equal outputs (token_digest)
-            "token_digests": [token_digest(g) for g in generated],
-            # the compilation cache this cell used (tokencarbon.compile_cache)
-            "compile_cache": compile_cache,
-            # where the job's time went, phase by phase (tokencarbon.timeline)
-            "timeline": timeline.record(),
-            "finished_wall_ns": time.time_ns(),
-        }
-        write_json(out_meta, meta)
-        return meta
+        meta = CellMeta.of(_meta(
+            cell, repeats, hardware=hardware, lease=lease, engine=engine, warmup=warmup,
+            idle_power_w=idle_power_w, shared=shared, samples=(len(idle_samples), len(run_samples)),
+            foreign=foreign, states=(state_start, state_end), versions=versions,
+            compile_cache=compile_cache, timeline=timeline,
+        ))  # fmt: skip
+        meta.write(out_meta)
+        return meta.to_json()
+
+
+def _compile_cache(cache_root, hardware: Mapping[str, Any], stack: contextlib.ExitStack):
+    """torch's compilation caches pointed at the study's cache folder for this device while the
+    cell runs (compile_cache.configured: what meta.json records), or None without a cache_root."""
+    if cache_root is None:
+        return None
+    folder = Path(cache_root) / "compile"
+    return stack.enter_context(compile_cache_configured(folder, hardware["device_name"]))
+
+
+def _build_engine(cell: _Cell, lease: Mapping[str, Any], engine_manifest, stack):
+    """The cell's engine (its mode's) on its device, torch's threads on the leased CPUs; an engine
+    with close() (transformers' manager thread) is closed when the cell ends, also on failure."""
+    cell.device.use(lease, stack)
+    options = backend_options(cell.run, engine_manifest)
+    engine = cell.mode.engine(cell, cell.device.torch_device, options, stack)
+    if hasattr(engine, "close"):
+        stack.callback(engine.close)
+    return engine
+
+
+def _idle_window(cell: _Cell, sidecar, cache_root, device_key: str):
+    """The idle window: a shared one the device sampled less than idle_share_s before
+    (idle_share.lookup: (samples, whose)), or None after sampling the cell's own for idle_s."""
+    shared = idle_share.lookup(cache_root, device_key, cell.share_s) if cell.share_s > 0 else None
+    if shared is None:
+        sidecar.begin("idle")
+        time.sleep(cell.platform["idle_s"])
+    return shared
+
+
+def _idle_samples(cell: _Cell, samples: pd.DataFrame, shared, cache_root, device_key: str):
+    """The cell's phase "idle" samples: its own (stored for later cells where idle windows are
+    shared), or the shared window's."""
+    if shared is not None:
+        return shared[0]
+    idle_samples = samples[samples["phase"] == "idle"]
+    if cell.share_s > 0:
+        idle_share.store(cache_root, device_key, idle_samples, cell.name)
+    return idle_samples
+
+
+def _repeat(cell: _Cell, engine, k: int) -> Repeat:
+    """Repeat k of the measured work (the mode's), timed for the console."""
+    label = f"repeat {k + 1}/{cell.repeats}"
+    start = time.monotonic()
+    rep = cell.mode.repeat(engine, k, label, cell)
+    elapsed_s = time.monotonic() - start
+    cell.say(f"{label} done: {rep.tokens} output tokens in {elapsed_s:.1f} s "
+             f"({rep.tokens / elapsed_s:.1f} tok/s)")  # fmt: skip
+    return rep
+
+
+def _say_foreign(say: Progress, foreign: Mapping[str, Any]) -> None:
+    """Console notes when other processes used the cell's devices, or the hypervisor stole its
+    CPUs, for more than FOREIGN_NOTE_SHARE of its window (metrics flags them by their own
+    thresholds)."""
+    share = foreign.get("foreign_cpu_share", math.nan)
+    steal = foreign.get("cpu_steal_share", math.nan)
+    processes = foreign.get("foreign_gpu_processes", -1)
+    if share > FOREIGN_NOTE_SHARE or processes > 0:
+        say(
+            f"other processes ran on this cell's devices: foreign CPU share {share:.3f}, "
+            f"{processes} other GPU process(es); meta.json foreign_use names them"
+        )
+    if steal > FOREIGN_NOTE_SHARE:
+        say(f"the hypervisor gave this cell's CPUs to other guests for a share of {steal:.3f} of "
+            "its window (steal time): its timings include that")  # fmt: skip
+
+
+def _meta(cell: _Cell, repeats: Sequence[Repeat], *, hardware, lease, engine, warmup,
+          idle_power_w, shared, samples, foreign, states, versions, compile_cache,
+          timeline) -> dict[str, Any]:  # fmt: skip
+    """What meta.json holds of a measured cell (records.CellMeta: the CELLS keys and the rest)."""
+    settings, platform, model, run = cell.settings, cell.platform, cell.model, cell.run
+    batch_rows = [row for r in repeats for row in r.batch_rows]
+    return {
+        "platform": platform["name"],
+        "model": model["name"],
+        "mode": settings["mode"],
+        "batch_size": cell.mode.n,
+        "architecture": cell.arch.name,
+        "dtype": model["dtype"],
+        # weight-only quantization: scheme, group size (null: none/int8), "torchao 0.18.0"
+        **quantization_record(cell.quantization),
+        "backend": run["backend"],
+        # tensorrt_llm: manifest, engine_dir, limits, version, build GPU; null for torch
+        "engine": cell.trt_engine,
+        "device_name": hardware["device_name"],
+        "serving": settings,
+        "arrival": settings["arrival"],
+        "request_rate_per_s": (
+            math.nan if settings["request_rate_per_s"] is None
+            else float(settings["request_rate_per_s"])
+        ),  # fmt: skip
+        "n_requests": cell.n_requests,
+        "n_batches": cell.mode.n_windows,
+        "repeats": cell.repeats,
+        "max_batch_requests": max(r.most_at_once for r in repeats),
+        "warmup_batches": run["warmup_batches"],
+        # what the warm-up ran: passes and output tokens per request (None: whole outputs)
+        "warmup": warmup,
+        "window_start_wall_ns": batch_rows[0]["start_wall_ns"],
+        "window_end_wall_ns": batch_rows[-1]["end_wall_ns"],
+        "idle_power_w": idle_power_w,
+        "idle_shared": shared is not None,
+        # own or shared idle window (power.idle_share_s; tokencarbon.idle_share)
+        "idle_window": idle_share.describe(shared and shared[1], platform["idle_s"], cell.share_s),
+        "power_source": cell.device.power_source(platform)["kind"],
+        "power_interval_s": platform["power_interval_s"],
+        "peak_memory_bytes": float(engine.peak_memory_bytes()),
+        # what ran, where the engine says (transformers: versions, attention, cache settings)
+        "engine_description": engine.describe() if hasattr(engine, "describe") else None,
+        "git_commit": versions["git_commit"],
+        "hardware": hardware,
+        **cell.device.leases(lease),
+        "foreign_cpu_share": foreign.get("foreign_cpu_share", math.nan),
+        "cpu_steal_share": foreign.get("cpu_steal_share", math.nan),
+        "foreign_gpu_processes": foreign.get("foreign_gpu_processes", -1),
+        "foreign_use": foreign,
+        "device_state": {"start": states[0], "end": states[1]},
+        "versions": versions,
+        "config": {"model": model, "platform": platform, "run": run, "serving": settings},
+        "seeds": {"weights": model["seed"], "arrivals": settings["seed"]},
+        "n_power_samples": {"idle": samples[0], "run": samples[1]},
+        # per repeat, a digest of the tokens generated (None where the engine does not return
+        # them): equal digests, equal outputs (token_digest)
+        "token_digests": [token_digest(r.token_ids) for r in repeats],
+        # the compilation cache this cell used (tokencarbon.compile_cache)
+        "compile_cache": compile_cache,
+        # where the job's time went, phase by phase (tokencarbon.timeline)
+        "timeline": timeline.record(),
+        "finished_wall_ns": time.time_ns(),
+    }
 
 
 # Output tokens per request in the warm-up of the engines that reach their steady kernels within

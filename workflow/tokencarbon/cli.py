@@ -809,6 +809,8 @@ def diagnose(configfile: Path | None = None) -> dict:
             verdicts.append(v)  # fmt: skip
         study["platforms"] = verdicts
         study["can_run"] = bool(verdicts) and all(v["can_run"] for v in verdicts)
+        if root is not None and "error" not in study:
+            study["plan"] = _plan(path, root)
     return {
         "gpus": found,
         "gpu_note": why_no_gpu,
@@ -823,6 +825,16 @@ def diagnose(configfile: Path | None = None) -> dict:
         "platform_matches": matches,
         "study": study,
     }
+
+
+def _plan(configfile: Path, root: Path) -> dict:
+    """The study's cells as the DAG plans them (tokencarbon.plan), or why they cannot be planned."""
+    from tokencarbon.plan import Plan
+
+    try:
+        return Plan.from_configfile(configfile, root).describe()
+    except TokencarbonError as exc:
+        return {"error": str(exc)}
 
 
 def cmd_doctor(a: argparse.Namespace) -> int:
@@ -854,6 +866,12 @@ def cmd_doctor(a: argparse.Namespace) -> int:
         for v in study["platforms"]:
             print(f"  {v['platform']}: {'can run here' if v['can_run'] else 'CANNOT run here'}"
                   f" ({v['why']})")  # fmt: skip
+        plan = study.get("plan", {})
+        if "error" in plan:
+            print(f"  plan: {plan['error']}")
+        elif plan:
+            print(f"  cells planned: {len(plan['cells'])} ({', '.join(plan['cells']) or 'none yet'})"
+                  + (f"; waiting for a probe: {', '.join(plan['pending'])}" if plan["pending"] else ""))  # fmt: skip
     return 0 if study["can_run"] in (True, None) else 1
 
 

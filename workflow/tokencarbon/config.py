@@ -1,10 +1,10 @@
-"""Config checks the JSON schema cannot express, and the per-job config slices rules pass as params.
+"""Config checks the JSON schema cannot express.
 
-The schema (workflow/schemas/config.schema.yaml) checks types and keys; here, when the DAG is
-built (common.smk), we check the config files' YAML (syntax and duplicate keys, naming file and
-line), names against resources/, cross-key consistency, that every configured path exists, and
-that each platform measured here is the hardware visible here; and we cut the plain-builtin slices
-each job depends on, so that changing one key reruns only the jobs that read it. A bad value stops
+The schema (workflow/schemas/config.schema.yaml) checks types and keys; here, when the DAG is built
+(common.smk: prepare_config), we check the config files' YAML (syntax and duplicate keys, naming
+file and line), names against resources/, cross-key consistency, that every configured path
+exists, and that each platform measured here is the hardware visible here. What each job depends
+on (the plain-builtin slices its params carry) is the plan's (tokencarbon.plan). A bad value stops
 Snakemake before any job runs: a failed job would have its old outputs deleted by Snakemake, so a
 typo must never reach one (issue 10 §7).
 """
@@ -26,7 +26,6 @@ from tokencarbon.errors import ConfigError, HardwareMismatchError
 # Snakemake wildcard value, so no "/", no regex or glob characters, no spaces.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
-STATIC, CONTINUOUS = "static", "continuous"
 # What AutoTokenizer reads from a local folder (fast tokenizer, or the slow ones' vocabularies).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 WEIGHT_FILES = ("*.safetensors", "*.bin")
@@ -514,7 +513,7 @@ def _check_models(config: dict[str, Any], workflow_dir) -> None:
 def check_model_vocabulary(config: dict[str, Any], name: str, workflow_dir=None) -> None:
     """A model's cells (and its probe) refuse a workload holding token ids outside its vocabulary;
     the builtin tokenizer's ids run up to workload.builtin_vocab_size - 1. Called when the DAG
-    plans a job that runs the model (common.smk: engine_manifest), so a DAG of figures 1 and 2a
+    plans a job that runs the model (Plan.engine_manifest), so a DAG of figures 1 and 2a
     alone is not refused. ConfigError naming the key, both sizes and the fix."""
     model = config["models"][name]
     vocab = config["workload"]["builtin_vocab_size"]
@@ -610,16 +609,17 @@ def _check_carbon(config: dict[str, Any]) -> None:
     if carbon["source"] == "trace" and carbon["trace_day"] is not None:
         # Figure 6a and the time-shift what-if read the trace's 24 hours of that day: a day the
         # trace does not give (under carbon.fill) fails those jobs; refused here instead.
-        from tokencarbon.carbon import DEFAULT_MAX_FILL_S, intensity_for_day, load_trace
+        from tokencarbon.carbon import CarbonAccounting
         from tokencarbon.errors import InputError
 
         try:
-            intensity_for_day(
-                load_trace(carbon["trace"], carbon["basis"]), carbon["trace_day"],
-                carbon["fill"], carbon.get("max_fill_s", DEFAULT_MAX_FILL_S),
-            )  # fmt: skip
+            CarbonAccounting.from_config(carbon).day(carbon["trace_day"])
         except InputError as exc:
             raise ConfigError(f"config key carbon.trace_day: {carbon['trace_day']!r}: {exc}") from None
+
+
+# The paged engine's settings and their defaults (backends/serving.py; the schema's `serving`).
+PAGED_DEFAULTS = {"gpu_memory_utilization": 0.9, "block_size": 64, "max_num_batched_tokens": 2048}
 
 
 def _check_sweep(config: dict[str, Any]) -> None:
@@ -723,6 +723,43 @@ def check_config(config: dict[str, Any], workflow_dir: str | Path | None = None)
     _check_sweep(config)
 
 
+SCHEMA = Path("workflow/schemas/config.schema.yaml")
+
+
+def prepare_config(config: Mapping[str, Any], workflow_dir: str | Path) -> dict[str, Any]:
+    """The config as every job reads it: --config strings turned into the schema's types
+    (coerce_cli_strings), YAML 1.1's misreadings refused (normalize_config_values), validated
+    against workflow/schemas/config.schema.yaml under workflow_dir with its defaults filled in
+    (snakemake.utils.validate), then check_config. What common.smk does when the DAG is built, and
+    what a tool outside Snakemake (doctor, a chunked study runner) does to plan the same study.
+    Raises ConfigError naming the key (schema_error_message) and what would be valid."""
+    import copy
+
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema_path = Path(workflow_dir) / SCHEMA
+    schema = yaml.safe_load(schema_path.read_text())
+    out = normalize_config_values(coerce_cli_strings(copy.deepcopy(dict(config)), schema), schema)
+    try:
+        validate(out, schema=str(schema_path))
+    except WorkflowError as exc:
+        # snakemake.utils.validate raises inside its `except ValidationError` block
+        cause = exc.__context__
+        if not hasattr(cause, "absolute_path"):
+            raise
+        raise ConfigError(schema_error_message(cause)) from None
+    check_config(out, workflow_dir)
+    return out
+
+
+def load_config(path: str | Path, workflow_dir: str | Path) -> dict[str, Any]:
+    """A config file as the DAG reads it with --configfile: load_yaml_strict, then
+    prepare_config. Raises ConfigError naming the file, line or key."""
+    return prepare_config(load_yaml_strict(path) or {}, workflow_dir)
+
+
 # ---------------------------------------------------------------- hardware
 
 
@@ -796,168 +833,6 @@ def check_copied_cells(
             ) from None
 
 
-# ---------------------------------------------------------------- sweeps
-
-
-def auto_batch_sizes(max_ok: int, cap: int | None = None) -> list[int]:
-    """Powers of two up to the probed maximum, plus the maximum itself; the maximum first capped
-    at `cap` (workload.num_prompts: a batch larger than the workload never fills)."""
-    top = max_ok if cap is None else min(max_ok, cap)
-    sizes = []
-    b = 1
-    while b <= top:
-        sizes.append(b)
-        b *= 2
-    if sizes[-1] != top:
-        sizes.append(top)
-    return sizes
-
-
-# ---------------------------------------------------------------- slices (params)
-
-
-def model_slice(config: dict[str, Any], model: str, workflow_dir=None) -> dict[str, Any]:
-    """What the engine, probe and cells of `model` depend on (plain builtins). An `auto`
-    architecture is passed resolved (models.architecture_to_dict), so a changed config.json is a
-    params change of every job that uses it. A weight-only quantization other than none is
-    included as {"scheme", "group_size"} (quantization.Quantization.to_dict), so changing it
-    re-plans the model's engine, probe and cells."""
-    from tokencarbon.models import architecture_to_dict
-    from tokencarbon.quantization import parse_quantization
-
-    m = config["models"][model]
-    architecture = m["architecture"]
-    if architecture == "auto":
-        architecture = architecture_to_dict(resolve_model_architecture(config, model, workflow_dir))
-    out = {
-        "name": model,
-        "architecture": architecture,
-        "dtype": m["dtype"],
-        "checkpoint": m["checkpoint"],
-        "seed": config["seed"],
-    }
-    # Only where set: jobs of unquantized models keep the params they were planned with.
-    quantization = parse_quantization(m.get("quantization"), f"models.{model}.quantization")
-    if quantization.quantized:
-        out["quantization"] = quantization.to_dict()
-    return out
-
-
-def measuring_spec(config: dict[str, Any], platform: str) -> dict[str, Any]:
-    """The part of platforms.<name>.spec that changes what a cell, probe or measure_platform job
-    measures, as their params carry it: on a cpu platform `measure`, `logical_cpus` (the CPUs
-    leased and pinned) and `tdp_w` (modeled power) with their values, and, by name alone under
-    platforms.METRICS_ONLY_KEY, the peak and bandwidth a cpu row needs given to describe another
-    CPU (platforms.REQUIRED_FOR_OTHER_CPU; not those `measure` supplies), so that the job's
-    hardware check counts them while correcting their values reruns no job that measures. Every
-    other key (memory, embodied carbon, lifetime, other peaks: read by metrics and figures only) is
-    left out, and so is everything of a gpu platform, whose power NVML reads. {} where none."""
-    from tokencarbon.platforms import (
-        MEASURE_KEY, MEASURED_ALWAYS, MEASURING_SPEC_FIELDS, METRICS_ONLY_KEY,
-        REQUIRED_FOR_OTHER_CPU,
-    )  # fmt: skip
-
-    overrides = platform_overrides(config, platform)
-    if not overrides or platform_spec(config, platform).kind != "cpu":
-        return {}
-    keep = (MEASURE_KEY, *MEASURING_SPEC_FIELDS)
-    measured = MEASURED_ALWAYS if overrides.get(MEASURE_KEY) else ()
-    out = {k: v for k, v in overrides.items() if k in keep}
-    named = sorted(
-        k for k in overrides if k in REQUIRED_FOR_OTHER_CPU and k not in keep and k not in measured
-    )
-    if named:
-        out[METRICS_ONLY_KEY] = named
-    return out
-
-
-def probe_platform_slice(platform: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the OOM probe needs of its platform: enough to check the hardware (with the part of
-    config's spec that changes a measurement, measuring_spec, and the row a variant names in
-    `hardware`, each only where there is one, so that probes made without them are not rerun).
-    Ignored: spec values only metrics read (correcting them reruns no probe or cell)."""
-    from tokencarbon.platforms import get_platform
-
-    row = platform_row(config, platform) if config is not None else platform
-    p = get_platform(row)
-    out = {"name": platform, "kind": p.kind, "device_name_pattern": p.device_name_pattern}
-    if row != platform:
-        out["hardware"] = row
-    measuring = measuring_spec(config, platform) if config is not None else {}
-    if measuring:  # only where some spec key changes a measurement: no key, no replanning
-        spec = platform_spec(config, platform)
-        out |= {"spec": measuring, "logical_cpus": spec.logical_cpus}
-    return out
-
-
-def measure_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
-    """What rule measure_platform needs of its platform: the hardware check's fields (config's
-    spec, `measure` included) and the logical CPUs to lease and measure on. Neither power nor
-    models: changing them never re-measures."""
-    return {**probe_platform_slice(platform, config), "logical_cpus": platform_spec(config, platform).logical_cpus}
-
-
-def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
-    """What a cell needs of its platform: the spec row with config's overrides (to check the
-    hardware, model CPU power, pin CPUs) and the sidecar's settings."""
-    spec = platform_spec(config, platform)
-    interval = config["power"]["interval_s"]
-    if interval is None:
-        interval = 0.1 if spec.kind == "cpu" else 0.05
-    # A GPU cell's power comes from NVML, not its TDP: its params take the row's TDP, never
-    # config's, so that a TDP correction (read by nothing but the doctor) reruns no GPU cell.
-    from tokencarbon.platforms import get_platform
-
-    tdp_w = spec.tdp_w if spec.kind == "cpu" else get_platform(platform_row(config, platform)).tdp_w
-    out = {
-        **probe_platform_slice(platform, config),
-        "logical_cpus": spec.logical_cpus,
-        "tdp_w": float(tdp_w),
-        "power_interval_s": float(interval),
-        "idle_s": float(config["power"]["idle_s"]),
-    }
-    # only where set, so cells measured before the key existed keep their params
-    if config["power"].get("idle_share_s", 0):
-        out["idle_share_s"] = float(config["power"]["idle_share_s"])
-    return out
-
-
-def run_slice(config: dict[str, Any]) -> dict[str, Any]:
-    """What a cell runs with: the backend and its static-engine options, and run.repeats where it
-    is not 1 (so cells measured before repeats existed are not rerun by its default)."""
-    backend = config["backend"]
-    out = {
-        "backend": backend["name"],
-        "cuda_graphs": backend["cuda_graphs"],
-        "compile_decode": backend["compile_decode"],
-        "warmup_batches": backend["warmup_batches"],
-    }
-    if config["run"]["repeats"] != 1:
-        out["repeats"] = config["run"]["repeats"]
-    return out
-
-
-# The paged engine's settings and their defaults (backends/serving.py; the schema's `serving`).
-PAGED_DEFAULTS = {"gpu_memory_utilization": 0.9, "block_size": 64, "max_num_batched_tokens": 2048}
-
-
-def serving_slice(config: dict[str, Any], max_num_seqs: int) -> dict[str, Any]:
-    """Params `serving` of the continuous cell cb<max_num_seqs> (cell.serving_settings reads it);
-    static cells have none, so a serving change never reruns them."""
-    s = config["serving"]
-    out = {
-        "mode": CONTINUOUS,
-        "max_num_seqs": int(max_num_seqs),
-        "arrival": s["arrival"],
-        "request_rate_per_s": s["request_rate_per_s"] if s["arrival"] == "poisson" else None,
-        "seed": s["seed"] if s["arrival"] == "poisson" else 0,
-    }
-    # the paged engine's settings, only where they differ from its defaults (so a cell measured
-    # with the defaults keeps its params)
-    for key, default in PAGED_DEFAULTS.items():
-        if s.get(key, default) != default:
-            out[key] = s[key]
-    return out
 
 
 # ---------------------------------------------------------------- what metrics will need
@@ -986,15 +861,14 @@ def check_trace_coverage(config: dict[str, Any], windows: Iterable[tuple[str, in
     carbon = config["carbon"]
     if carbon["source"] != "trace":
         return
-    from tokencarbon.carbon import DEFAULT_MAX_FILL_S, first_uncovered, load_trace
+    from tokencarbon.carbon import CarbonAccounting
     from tokencarbon.errors import InputError
 
     try:
-        trace = load_trace(carbon["trace"], carbon["basis"])
+        accounting = CarbonAccounting.from_config(carbon)
     except InputError as exc:
         raise ConfigError(f"config key carbon.trace: {exc}") from None
-    max_fill_s = carbon.get("max_fill_s", DEFAULT_MAX_FILL_S)
-    found = first_uncovered(trace, windows, carbon["fill"], max_fill_s)
+    found = accounting.first_uncovered(windows)
     if found is not None:
         label, exc = found
         raise ConfigError(

@@ -73,7 +73,7 @@ def _common(model: dict[str, Any], backend: str) -> dict[str, Any]:
 
 
 def torch_manifest(model: dict[str, Any]) -> dict[str, Any]:
-    """The torch backend's manifest of a model slice (config.model_slice)."""
+    """The torch backend's manifest of a model slice (plan.model_slice)."""
     return _common(model, "torch")
 
 

@@ -45,7 +45,9 @@ def _plain(value: Any) -> Any:
 
 def cell_file(platform: str, model: str, mode: str, batch_size: int) -> str:
     """Where a cell's JSON goes, relative to results/export/cells/ (the cell tree's layout)."""
-    return f"{platform}/{model}/{tables.CELL_DIR_PREFIX[mode]}{batch_size}.json"
+    from tokencarbon.layout import CellKey
+
+    return f"{CellKey(platform, model, mode, int(batch_size)).name}.json"
 
 
 def cell_record(metrics: dict[str, Any], cell: dict[str, Any], meta: dict | None = None) -> dict:
@@ -202,8 +204,3 @@ def export(
 
 # The export stage's outputs, for `all` (workflow/rules/export.smk).
 EXPORT_TARGETS = ("results/export/metrics.csv", "results/export/cells")
-
-
-def meta_inputs(all_cell_files, wildcards) -> list[str]:
-    """Every cell's meta.json, from the workflow's all_cell_files input function."""
-    return all_cell_files(wildcards)["meta"]

@@ -80,7 +80,7 @@ def visible_devices() -> dict[str, Any]:
 def check_platform(platform: dict[str, Any], hardware: dict[str, Any]) -> None:
     """Raise HardwareMismatchError unless the detected device is the platform's.
 
-    platform: a platform slice (config.platform_slice / probe_platform_slice; "spec" holds config's
+    platform: a platform slice (plan.platform_slice / probe_platform_slice; "spec" holds config's
     overrides of the row, "hardware" the row a variant names, if any). The check is platforms.resolve_platform's: the row's device
     name pattern, or, for a cpu row, config overrides that describe the detected CPU.
     """

@@ -33,6 +33,8 @@ import pandas as pd
 from tokencarbon import tables
 from tokencarbon.carbon import DEFAULT_MAX_FILL_S
 from tokencarbon.errors import ConfigError, HardwareMismatchError, InputError
+from tokencarbon.layout import STATIC, CellKey
+from tokencarbon.records import CellMeta
 from tokencarbon.power.csvfile import read_csv_lines
 from tokencarbon.power.nvidia_smi import PowerLog
 from tokencarbon.power.timestamps import parse_times
@@ -285,8 +287,9 @@ def read_timing(
         )
         if len(overlap):
             a, b = w["row"].iloc[overlap[0]], w["row"].iloc[overlap[0] + 1]
+            cell = CellKey(key[0], key[1], STATIC, int(key[2])).name
             raise InputError(
-                f"{path}: rows {a} and {b} of cell {key[0]}/{key[1]}/bs{key[2]} overlap in time; "
+                f"{path}: rows {a} and {b} of cell {cell} overlap in time; "
                 "a cell's windows must be disjoint (their energies are summed)"
             )
     return out
@@ -467,7 +470,8 @@ class ImportedCell:
 
 
 def cell_directory(out_dir: str | Path, platform: str, model: str, batch_size: int) -> Path:
-    return Path(out_dir) / platform / model / f"{tables.CELL_DIR_PREFIX['static']}{batch_size}"
+    """A static cell's folder under out_dir, a results/cells tree (plan.CellKey)."""
+    return Path(out_dir) / CellKey(str(platform), str(model), STATIC, int(batch_size)).name
 
 
 def write_cell(
@@ -494,7 +498,6 @@ def write_cell(
     """
     from tokencarbon.quantization import parse_quantization, record
     from tokencarbon.energy import idle_power
-    from tokencarbon.files import write_json
     from tokencarbon.hardware import git_commit
 
     directory = Path(directory)
@@ -517,8 +520,7 @@ def write_cell(
     mem = power.loc[power["phase"] == "run", "mem_used_bytes"]
     tables.write(batches, directory / "batches.parquet", tables.BATCHES)
     tables.write(power, directory / "power.parquet", tables.POWER)
-    write_json(
-        directory / "meta.json",
+    CellMeta.of(
         {
             "platform": str(platform),
             "model": str(model),
@@ -566,8 +568,8 @@ def write_cell(
                 "input_tokens_known": bool((windows["input_tokens"] >= 0).all()),
                 "per_request_lengths": "window totals split evenly over its requests",
             },
-        },
-    )
+        }
+    ).write(directory / "meta.json")
     return directory
 
 
@@ -625,7 +627,7 @@ def cell_measurement(
 
     spans = [(int(s), int(e)) for s, e in zip(windows["start_wall_ns"], windows["end_wall_ns"])]
     first = windows.iloc[0]
-    key = f"{first['platform']}/{first['model']}/bs{first['batch_size']}"
+    key = CellKey(str(first["platform"]), str(first["model"]), STATIC, int(first["batch_size"])).name
     return measure_windows(
         log.samples, spans, name=key, device=str(log.device or log.path), intensity=intensity,
         pue=pue, fill=fill, tokens=int(windows["output_tokens"].sum()),
@@ -633,12 +635,7 @@ def cell_measurement(
     )  # fmt: skip
 
 
-# --- the workflow's imported platforms (workflow/rules/imported.smk binds these to its config) ---
-
-
-def imported_platforms(config: dict) -> list[str]:
-    """Configured platforms whose cells come from an external log (platforms.<name>.imported)."""
-    return sorted(p for p, spec in config["platforms"].items() if (spec or {}).get("imported"))
+# --- the workflow's imported platforms (tokencarbon.plan reads them for the DAG) ---------------
 
 
 def imported_windows(config: dict, models: list[str], platform: str) -> pd.DataFrame:
@@ -660,32 +657,6 @@ def imported_windows(config: dict, models: list[str], platform: str) -> pd.DataF
             "(architecture and dtype) or fix the timing file"
         )
     return windows
-
-
-def imported_batch_sizes(config: dict, models: list[str], platform: str, model: str) -> list[int]:
-    """Batch sizes of `model` in an imported platform's timing file."""
-    windows = imported_windows(config, models, platform)
-    return sorted(int(b) for b in set(windows.loc[windows["model"] == model, "batch_size"]))
-
-
-def import_cell_inputs(config: dict, code: list[str], wildcards) -> dict:
-    """Rule import_cell's inputs: the platform's power log and timing file, and its code."""
-    spec = config["platforms"][wildcards.platform]["imported"]
-    return {"power_log": spec["power_log"], "timing": spec["timing"], "code": code}
-
-
-def import_cell_params(config: dict, wildcards) -> dict:
-    """What an imported cell depends on: the platform's imported slice and the model's
-    architecture, dtype and (where set) quantization (plain builtins)."""
-    model = config["models"][wildcards.model]
-    out = {
-        "imported": dict(config["platforms"][wildcards.platform]["imported"]),
-        "architecture": model["architecture"],
-        "dtype": model["dtype"],
-    }
-    if model.get("quantization") not in (None, "none"):  # only where set: older params stay
-        out["quantization"] = model["quantization"]
-    return out
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,10 +16,17 @@ import numpy as np
 import pandas as pd
 
 from tokencarbon import flops, tables
-from tokencarbon.carbon import DEFAULT_MAX_FILL_S, embodied_carbon_g, operational_carbon
+from tokencarbon.carbon import (
+    CarbonAccounting,
+    CarbonRecord,
+    embodied_carbon_g,
+    mean_intensity,
+    operational_carbon,
+)
 from tokencarbon.energy import EnergyRecord, combine, idle_power, select_device, window_energy
 from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.models import Architecture, kv_cache_bytes, weight_bytes
+from tokencarbon.layout import CellKey
 from tokencarbon.quantization import from_columns
 from tokencarbon.platforms import (
     MEASURE_KEY,
@@ -357,19 +364,21 @@ class _Window:
 
     row: pd.Series
     energy: EnergyRecord
-    operational_g: float
-    filled_s: float
-    intensity_energy_j: float  # sum of intensity x energy, for the energy-weighted mean
+    carbon: CarbonRecord
     tile_energy_j: np.ndarray | None = None  # continuous: energy per step tile
+
+    @property
+    def operational_g(self) -> float:
+        return self.carbon.carbon_g
 
 
 def _measure_window(
-    run: pd.DataFrame, row: pd.Series, intensity: Any, *, pue: float, fill: str | None,
-    max_fill_s: float | None, idle_power_w: float, where: str, tiles_ns: np.ndarray | None,
-) -> _Window:
+    run: pd.DataFrame, row: pd.Series, accounting: CarbonAccounting, *, idle_power_w: float,
+    where: str, tiles_ns: np.ndarray | None,
+) -> _Window:  # fmt: skip
     """Energy from energy.py over the union of intensity and step cuts; carbon per intensity piece."""
     start, end = int(row["start_wall_ns"]), int(row["end_wall_ns"])
-    segs = intensity.segments(start, end, fill, max_fill_s)
+    segs = accounting.segments(start, end)
     cuts = set(segs.edges_ns[1:-1].tolist())
     if tiles_ns is not None:
         cuts |= set(tiles_ns[1:-1].tolist())
@@ -380,15 +389,12 @@ def _measure_window(
     # Every piece lies in one intensity segment and one step tile: sum the pieces of each.
     seg_of = np.searchsorted(segs.edges_ns, piece_start, side="right") - 1
     seg_j = np.bincount(seg_of, weights=pieces_j, minlength=len(segs.intensity_g_per_kwh))
-    carbon = operational_carbon(segs, np.clip(seg_j, 0.0, None), pue)
+    carbon = operational_carbon(segs, np.clip(seg_j, 0.0, None), accounting.pue)
     tile_j = None
     if tiles_ns is not None:
         tile_of = np.searchsorted(tiles_ns, piece_start, side="right") - 1
         tile_j = np.bincount(tile_of, weights=pieces_j, minlength=len(tiles_ns) - 1)
-    return _Window(
-        row, energy, carbon.carbon_g, carbon.filled_s,
-        carbon.intensity_g_per_kwh * carbon.energy_j, tile_j,
-    )  # fmt: skip
+    return _Window(row, energy, carbon, tile_j)
 
 
 def _rates(windows: list[_Window], s_per_token_user: float) -> dict[str, Any]:
@@ -411,8 +417,7 @@ def _rates(windows: list[_Window], s_per_token_user: float) -> dict[str, Any]:
 
 
 def _cell_name(cell: Mapping[str, Any]) -> str:
-    prefix = tables.CELL_DIR_PREFIX.get(cell["mode"], cell["mode"])
-    return f"{cell['platform']}/{cell['model']}/{prefix}{cell['batch_size']}"
+    return CellKey.of(cell).name
 
 
 def _idle(cell: Mapping[str, Any], power: pd.DataFrame, where: str) -> tuple[float, list[str]]:
@@ -453,17 +458,235 @@ class CellMetrics:
     repeats: list[dict[str, Any]]
 
 
+# ---------------------------------------------------------------- by mode
+
+
+class StaticMetrics:
+    """What differs in a static cell's (bs{n}) metrics: windows are batches; every request of a
+    batch shares its batch's latency (the study's user-perceived s/token per batch); energy per
+    request is the cell's over its requests; steady state is the batches after each repeat's
+    start-up transient; bytes follow the static schedule (batch_work)."""
+
+    def __init__(self, cell: Mapping[str, Any], batches: pd.DataFrame, run: pd.DataFrame,
+                 flags: list[str]) -> None:  # fmt: skip
+        self.cell, self.batches, self.run, self.flags = cell, batches, run, flags
+        self.name = _cell_name(cell)
+
+    def tiles(self, row: pd.Series) -> np.ndarray | None:
+        """Cut points of a window's energy beyond the intensity's: none."""
+        return None
+
+    def latency(self) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
+        """(s_per_token_user, {"ttft_s", "tpot_s"} means, per-request arrays for percentiles)."""
+        where = f"batches of {self.name}"
+        lat = static_request_latencies(self.batches, where)
+        study = latency_metrics(self.batches, where)
+        if not first_token_known(self.batches).all():
+            self.flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
+        means = {"ttft_s": study["ttft_s"], "tpot_s": study["tpot_s"]}
+        return study["s_per_token_user"], means, lat
+
+    def j_per_request(self, windows: list[_Window], energy: EnergyRecord) -> float:
+        return energy.energy_j / int(self.batches["n_requests"].sum())
+
+    def repeat_s_per_token_user(self, repeat: int, rows: np.ndarray) -> float:
+        return latency_metrics(self.batches.iloc[rows])["s_per_token_user"]
+
+    def steady(self, windows: list[_Window]) -> tuple[float, float, float]:
+        """(J, s, output tokens) of the steady windows: after each repeat's transient, not
+        throttled (_steady_static)."""
+        keep = _steady_static(self.batches, [w.energy for w in windows], self.run)
+        return (
+            float(sum(w.energy.energy_j for w, k in zip(windows, keep) if k)),
+            float(sum(w.energy.window_s for w, k in zip(windows, keep) if k)),
+            float(self.batches["output_tokens"].to_numpy()[keep].sum()),
+        )
+
+    def bytes_moved(self, arch: Architecture, dtype: str, quantization, per_batch: list) -> float:
+        """Bytes the cell moved at least: the static schedule's per batch (batch_work)."""
+        return float(sum(per_batch, 0.0))
+
+
+class ContinuousMetrics(StaticMetrics):
+    """What differs in a continuous cell's (cb{n}) metrics: one window per repeat, cut at its
+    engine steps (step_tiles); latency per request from REQUESTS (TTFT from arrival); energy per
+    request by each step's tile shared by the tokens it processed; steady state the steps where
+    the engine ran max_num_seqs requests; bytes from the steps (steps_bytes). Without requests or
+    steps (an older or imported cell) the static rules apply, flagged."""
+
+    def __init__(self, cell, batches, run, flags, requests: pd.DataFrame,
+                 steps: pd.DataFrame) -> None:  # fmt: skip
+        super().__init__(cell, batches, run, flags)
+        self.requests, self.steps = requests, steps
+
+    def _steps_of(self, repeat) -> pd.DataFrame:
+        return self.steps[self.steps["repeat"] == repeat] if len(self.steps) else self.steps
+
+    def tiles(self, row: pd.Series) -> np.ndarray | None:
+        steps = self._steps_of(row["repeat"])
+        if not len(steps):
+            return None
+        return step_tiles(steps, int(row["start_wall_ns"]), int(row["end_wall_ns"]))
+
+    def latency(self) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
+        if not len(self.requests):
+            self.flags.append("no_requests_latency_from_windows")
+            return super().latency()
+        lat = request_latencies(self.requests, f"requests of {self.name}")
+        out = self.requests["output_tokens"].to_numpy(dtype=float)
+        means = {name: float(np.nanmean(lat[key])) if np.isfinite(lat[key]).any() else float("nan")
+                 for name, key in (("ttft_s", "ttft"), ("tpot_s", "tpot"))}  # fmt: skip
+        if not first_token_known(self.requests).all():
+            self.flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
+        return float(np.mean(lat["e2e"] / out)), means, lat
+
+    def j_per_request(self, windows: list[_Window], energy: EnergyRecord) -> float:
+        if not len(self.requests):
+            return super().j_per_request(windows, energy)
+        per_request = []
+        for w in windows:
+            rep = int(w.row["repeat"])
+            rep_requests = self.requests[self.requests["repeat"] == rep]
+            rep_steps = self._steps_of(rep)
+            if w.tile_energy_j is not None and len(rep_steps):
+                per_request.append(attribute_step_energy(rep_steps, w.tile_energy_j, rep_requests))
+            else:
+                tokens = rep_requests["input_tokens"] + rep_requests["output_tokens"]
+                weight = tokens.to_numpy(float)
+                per_request.append(pd.Series(w.energy.energy_j * weight / weight.sum()))
+                if "no_steps_energy_by_tokens" not in self.flags:
+                    self.flags.append("no_steps_energy_by_tokens")
+        return float(pd.concat(per_request).mean())
+
+    def repeat_s_per_token_user(self, repeat: int, rows: np.ndarray) -> float:
+        if not len(self.requests):
+            return super().repeat_s_per_token_user(repeat, rows)
+        r = self.requests[self.requests["repeat"] == repeat]
+        return float(np.mean(request_latencies(r)["e2e"] / r["output_tokens"].to_numpy(float)))
+
+    def steady(self, windows: list[_Window]) -> tuple[float, float, float]:
+        """(J, s, output tokens) of the steps where the engine ran max_num_seqs requests
+        (saturated), not throttled; nothing without steps or requests."""
+        steady_j = steady_s = steady_tokens = 0.0
+        if not (len(self.steps) and len(self.requests)):
+            return steady_j, steady_s, steady_tokens
+        for w in windows:
+            rep_steps = self._steps_of(w.row["repeat"]).sort_values("step_index")
+            if w.tile_energy_j is None or not len(rep_steps):
+                continue
+            tiles = step_tiles(rep_steps, int(w.row["start_wall_ns"]), int(w.row["end_wall_ns"]))
+            saturated = rep_steps["request_ids"].map(len).to_numpy() >= int(self.cell["batch_size"])
+            throttled = _throttled_windows(
+                pd.DataFrame({"start_wall_ns": tiles[:-1], "end_wall_ns": tiles[1:]}), self.run
+            )
+            keep = saturated & ~throttled
+            rep_requests = self.requests[self.requests["repeat"] == w.row["repeat"]]
+            produced = _tokens_per_step(rep_steps, rep_requests)
+            steady_j += float(w.tile_energy_j[keep].sum())
+            steady_s += float(np.diff(tiles)[keep].sum() / NS_PER_S)
+            steady_tokens += float(produced[keep].sum())
+        return steady_j, steady_s, steady_tokens
+
+    def bytes_moved(self, arch: Architecture, dtype: str, quantization, per_batch: list) -> float:
+        if not len(self.steps):
+            self.flags.append("bytes_from_static_schedule")
+            return super().bytes_moved(arch, dtype, quantization, per_batch)
+        return sum(
+            steps_bytes(arch, s.sort_values("step_index"), dtype, quantization)
+            for _, s in self.steps.groupby("repeat")
+        )
+
+
+def _mode_metrics(cell, batches, run, flags, requests, steps) -> StaticMetrics:
+    if cell["mode"] == "continuous":
+        return ContinuousMetrics(cell, batches, run, flags,
+                                 requests if requests is not None else pd.DataFrame(),
+                                 steps if steps is not None else pd.DataFrame())  # fmt: skip
+    return StaticMetrics(cell, batches, run, flags)
+
+
+# ---------------------------------------------------------------- shared steps
+
+
+def _carbon(windows: list[_Window], energy: EnergyRecord, pue: float) -> dict[str, float]:
+    """Operational carbon over the windows, their energy-weighted mean intensity (carbon.
+    mean_intensity of each window's mean by its energy) and the share of the measured time whose
+    intensity a fill policy supplied."""
+    return {
+        "intensity_g_per_kwh": mean_intensity(
+            [w.carbon.intensity_g_per_kwh for w in windows], [w.energy.energy_j for w in windows],
+            [w.energy.window_s for w in windows],
+        ),
+        "filled_share": sum(w.carbon.filled_s for w in windows) / energy.window_s,
+        "pue": pue,
+        "operational_g": sum(w.operational_g for w in windows),
+    }  # fmt: skip
+
+
+def _repeats(cell, mode: StaticMetrics, windows: list[_Window],
+             settings: MetricsSettings) -> tuple[list[dict], dict[str, float]]:  # fmt: skip
+    """METRICS_REPEATS rows (the same figures per repeat), the bootstrap intervals of CI_METRICS
+    over them and the CV of J/token (flagged above settings.max_j_per_token_cv)."""
+    rows = []
+    for rep, idx in mode.batches.groupby("repeat").indices.items():
+        rep_windows = [windows[i] for i in sorted(idx)]
+        rows.append({
+            **{k: cell[k] for k, _ in tables.CELL_KEYS}, "repeat": int(rep),
+            **_rates(rep_windows, mode.repeat_s_per_token_user(rep, sorted(idx))),
+        })  # fmt: skip
+    out: dict[str, float] = {}
+    for name in CI_METRICS:
+        low, high = bootstrap_ci(
+            [r[name] for r in rows], confidence=settings.confidence,
+            n_resamples=settings.n_resamples, seed=settings.seed,
+        )  # fmt: skip
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    out["j_per_token_cv"] = coefficient_of_variation([r["j_per_token"] for r in rows])
+    if out["j_per_token_cv"] > settings.max_j_per_token_cv:  # False for NaN (one repeat)
+        mode.flags.append("j_per_token_cv_high")
+    return rows, out
+
+
+def _steady(mode: StaticMetrics, windows: list[_Window], settings: MetricsSettings) -> dict:
+    """The steady-state figures (the mode's steady windows), throttled and short flags."""
+    if any(_throttled_windows(mode.batches, mode.run)):
+        mode.flags.append("throttled")
+    steady_j, steady_s, steady_tokens = mode.steady(windows)
+    if steady_s < settings.min_steady_s:
+        mode.flags.append("steady_window_short")
+    return {
+        "steady_window_s": steady_s,
+        "j_per_token_steady": steady_j / steady_tokens if steady_tokens > 0 else float("nan"),
+        "tokens_per_s_steady": steady_tokens / steady_s if steady_s > 0 else float("nan"),
+    }
+
+
+def _work(mode: StaticMetrics, arch: Architecture, platform: Platform, quantization,
+          window_s: float) -> dict[str, float]:  # fmt: skip
+    """FLOPs per request and bytes by the engine's schedule (the mode's), MFU and MBU against the
+    platform's peaks. Utilisation beyond the peak is no measurement (the peak, or the work counted,
+    is wrong: a unit slip, peaks measured under load): kept, flagged."""
+    batches, dtype = mode.batches, mode.cell["dtype"]
+    if any(input_tokens_unknown(b) for _, b in batches.iterrows()):
+        mode.flags.append(INPUT_TOKENS_UNKNOWN_FLAG)  # FLOPs and MFU NaN (and MBU of static cells)
+    work = [batch_work(arch, b, dtype, quantization) for _, b in batches.iterrows()]
+    total_flops = sum((f for f, _ in work), 0.0)
+    total_bytes = mode.bytes_moved(arch, dtype, quantization, [moved for _, moved in work])
+    mfu = total_flops / (window_s * peak_flops(platform, dtype))
+    mbu = total_bytes / (window_s * peak_bandwidth_bytes_per_s(platform))
+    above = ((MFU_ABOVE_PEAK_FLAG, mfu), (MBU_ABOVE_PEAK_FLAG, mbu))
+    mode.flags.extend(flag for flag, value in above if value > 1.0)
+    return {"flops": total_flops, "mfu": mfu, "bytes_moved": total_bytes, "mbu": mbu}
+
+
 def cell_metrics(
     cell: Mapping[str, Any],
     batches: pd.DataFrame,
     power: pd.DataFrame,
     arch: Architecture,
     platform: Platform,
-    intensity: Any,
+    accounting: CarbonAccounting,
     *,
-    pue: float,
-    fill: str | None,
-    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
     requests: pd.DataFrame | None = None,
     steps: pd.DataFrame | None = None,
     settings: MetricsSettings = MetricsSettings(),
@@ -471,182 +694,54 @@ def cell_metrics(
     """The METRICS row and METRICS_REPEATS rows of one cell.
 
     batches, power (both phases), requests and steps (continuous cells; None or empty otherwise):
-    the cell's rows of the aggregated tables. Raises InputError where the power samples hold
-    several devices (the cell measured one), do not span a window, or the intensity trace does not
-    cover a window (within carbon.max_fill_s under a fill policy). A counter that is not plausible
-    over a window never raises: that window's energy is the integral, flagged (tokencarbon.energy).
+    the cell's rows of the aggregated tables; accounting: intensity, PUE and fill policy. The
+    mode's parts are StaticMetrics' or ContinuousMetrics'. Raises InputError where the power
+    samples hold several devices (the cell measured one), do not span a window, or the intensity
+    trace does not cover a window (within max_fill_s under a fill policy). A counter that is not
+    plausible over a window never raises: that window's energy is the integral, flagged
+    (tokencarbon.energy).
     """
     where = f"power samples of {_cell_name(cell)}"
     select_device(power, None, where)
     quantization = from_columns(cell.get("quantization"), cell.get("quant_group_size"))
     idle_power_w, idle_flags = _idle(cell, power, where)
-    run = power[power["phase"] == "run"]
     batches = batches.sort_values(["repeat", "batch_index"]).reset_index(drop=True)
-    continuous = cell["mode"] == "continuous"
-    requests = requests if requests is not None else pd.DataFrame()
-    steps = steps if steps is not None else pd.DataFrame()
-    flags: list[str] = []
-    windows = []
+    mode = _mode_metrics(cell, batches, power[power["phase"] == "run"], [], requests, steps)
     # Energy, carbon and rates count the windows' own time: engine set-up between static batches
     # (cache allocation, graph capture or compilation for a new shape) is excluded.
-    for _, row in batches.iterrows():
-        tiles = None
-        if continuous and len(steps):
-            rep_steps = steps[steps["repeat"] == row["repeat"]]
-            if len(rep_steps):
-                tiles = step_tiles(rep_steps, int(row["start_wall_ns"]), int(row["end_wall_ns"]))
-        windows.append(_measure_window(
-            run, row, intensity, pue=pue, fill=fill, max_fill_s=max_fill_s,
-            idle_power_w=idle_power_w, where=where, tiles_ns=tiles,
-        ))  # fmt: skip
+    windows = [
+        _measure_window(mode.run, row, accounting, idle_power_w=idle_power_w, where=where,
+                        tiles_ns=mode.tiles(row))
+        for _, row in batches.iterrows()
+    ]  # fmt: skip
     energy = combine([w.energy for w in windows], idle_power_w)
-    operational_g = sum(w.operational_g for w in windows)
-    intensity_g_per_kwh = (
-        sum(w.intensity_energy_j for w in windows) / energy.energy_j
-        if energy.energy_j > 0 else float("nan")
-    )
-    if not math.isfinite(intensity_g_per_kwh):  # no energy: the time-weighted mean
-        segs = [intensity.segments(int(w.row["start_wall_ns"]), int(w.row["end_wall_ns"]), fill,
-                                   max_fill_s) for w in windows]  # fmt: skip
-        widths = np.concatenate([np.diff(s.edges_ns) for s in segs]).astype(float)
-        intensity_g_per_kwh = float(np.average(np.concatenate(
-            [s.intensity_g_per_kwh for s in segs]), weights=widths))  # fmt: skip
-    filled_share = sum(w.filled_s for w in windows) / energy.window_s
-    flags += list(energy.qa_flags) + idle_flags
-    if filled_share > 0:
-        flags.append("intensity_filled")
-    flags += foreign_use_flags(cell)
-    flags += list(platform.qa_flags)  # e.g. peaks measured under load (resolve_cell_platforms)
-
-    # Latency: per request (continuous: REQUESTS; static: each request shares its batch's figures).
-    if continuous and len(requests):
-        lat = request_latencies(requests, f"requests of {_cell_name(cell)}")
-        out = requests["output_tokens"].to_numpy(dtype=float)
-        s_per_token_user = float(np.mean(lat["e2e"] / out))
-        means = {name: float(np.nanmean(lat[key])) if np.isfinite(lat[key]).any() else float("nan")
-                 for name, key in (("ttft_s", "ttft"), ("tpot_s", "tpot"))}  # fmt: skip
-        if not first_token_known(requests).all():
-            flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
-    else:
-        if continuous:
-            flags.append("no_requests_latency_from_windows")
-        lat = static_request_latencies(batches, f"batches of {_cell_name(cell)}")
-        study = latency_metrics(batches, f"batches of {_cell_name(cell)}")
-        if not first_token_known(batches).all():
-            flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
-        s_per_token_user = study["s_per_token_user"]
-        means = {"ttft_s": study["ttft_s"], "tpot_s": study["tpot_s"]}
-    percentiles = {
-        **_percentiles("ttft", lat["ttft"]),
-        **_percentiles("tpot", lat["tpot"]),
-        **_percentiles("e2e", lat["e2e"]),
-    }
-
-    # Energy per request: steps' tiles shared by tokens (continuous), else energy / requests.
-    n_request_runs = int(batches["n_requests"].sum())
-    if continuous and len(requests):
-        per_request = []
-        for w in windows:
-            rep = int(w.row["repeat"])
-            rep_requests = requests[requests["repeat"] == rep]
-            rep_steps = steps[steps["repeat"] == rep] if len(steps) else steps
-            if w.tile_energy_j is not None and len(rep_steps):
-                per_request.append(attribute_step_energy(rep_steps, w.tile_energy_j, rep_requests))
-            else:
-                weight = (rep_requests["input_tokens"] + rep_requests["output_tokens"]).to_numpy(float)
-                per_request.append(pd.Series(w.energy.energy_j * weight / weight.sum()))
-                if "no_steps_energy_by_tokens" not in flags:
-                    flags.append("no_steps_energy_by_tokens")
-        j_per_request = float(pd.concat(per_request).mean())
-    else:
-        j_per_request = energy.energy_j / n_request_runs
-
-    # Repeats: the same figures per repeat, and intervals over them.
-    repeat_rows = []
-    for rep, idx in batches.groupby("repeat").indices.items():
-        rep_windows = [windows[i] for i in sorted(idx)]
-        if continuous and len(requests):
-            r = requests[requests["repeat"] == rep]
-            rep_user = float(np.mean(request_latencies(r)["e2e"] / r["output_tokens"].to_numpy(float)))
-        else:
-            rep_user = latency_metrics(batches.iloc[sorted(idx)])["s_per_token_user"]
-        repeat_rows.append({
-            **{k: cell[k] for k, _ in tables.CELL_KEYS}, "repeat": int(rep),
-            **_rates(rep_windows, rep_user),
-        })  # fmt: skip
-    intervals: dict[str, float] = {}
-    for name in CI_METRICS:
-        low, high = bootstrap_ci(
-            [r[name] for r in repeat_rows], confidence=settings.confidence,
-            n_resamples=settings.n_resamples, seed=settings.seed,
-        )  # fmt: skip
-        intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"] = low, high
-    j_per_token_cv = coefficient_of_variation([r["j_per_token"] for r in repeat_rows])
-    if j_per_token_cv > settings.max_j_per_token_cv:  # False for NaN (one repeat)
-        flags.append("j_per_token_cv_high")
-
-    # Steady state: static batches after their repeat's transient, not throttled; continuous
-    # steps where the engine ran max_num_seqs requests (saturated), not throttled.
-    if any(_throttled_windows(batches, run)):
-        flags.append("throttled")
-    steady_j = steady_s = steady_tokens = 0.0
-    if continuous and len(steps) and len(requests):
-        for w in windows:
-            rep_steps = steps[steps["repeat"] == w.row["repeat"]].sort_values("step_index")
-            if w.tile_energy_j is None or not len(rep_steps):
-                continue
-            tiles = step_tiles(rep_steps, int(w.row["start_wall_ns"]), int(w.row["end_wall_ns"]))
-            saturated = rep_steps["request_ids"].map(len).to_numpy() >= int(cell["batch_size"])
-            throttled = _throttled_windows(
-                pd.DataFrame({"start_wall_ns": tiles[:-1], "end_wall_ns": tiles[1:]}), run
-            )
-            keep = saturated & ~throttled
-            produced = _tokens_per_step(rep_steps, requests[requests["repeat"] == w.row["repeat"]])
-            steady_j += float(w.tile_energy_j[keep].sum())
-            steady_s += float(np.diff(tiles)[keep].sum() / NS_PER_S)
-            steady_tokens += float(produced[keep].sum())
-    elif not continuous:
-        keep = _steady_static(batches, [w.energy for w in windows], run)
-        steady_j = float(sum(w.energy.energy_j for w, k in zip(windows, keep) if k))
-        steady_s = float(sum(w.energy.window_s for w, k in zip(windows, keep) if k))
-        steady_tokens = float(batches["output_tokens"].to_numpy()[keep].sum())
-    if steady_s < settings.min_steady_s:
-        flags.append("steady_window_short")
-    steady = {
-        "steady_window_s": steady_s,
-        "j_per_token_steady": steady_j / steady_tokens if steady_tokens > 0 else float("nan"),
-        "tokens_per_s_steady": steady_tokens / steady_s if steady_s > 0 else float("nan"),
-    }
-
+    carbon = _carbon(windows, energy, accounting.pue)
+    mode.flags.extend(list(energy.qa_flags) + idle_flags)
+    if carbon["filled_share"] > 0:
+        mode.flags.append("intensity_filled")
+    mode.flags.extend(foreign_use_flags(cell) + list(platform.qa_flags))
+    s_per_token_user, means, lat = mode.latency()
+    percentiles = {**_percentiles("ttft", lat["ttft"]), **_percentiles("tpot", lat["tpot"]),
+                   **_percentiles("e2e", lat["e2e"])}  # fmt: skip
+    j_per_request = mode.j_per_request(windows, energy)
+    repeat_rows, intervals = _repeats(cell, mode, windows, settings)
+    steady = _steady(mode, windows, settings)
     # Embodied carbon: the device's share over the window, low (dies + memory) and high (PCF).
-    low_kg, high_kg = platform.embodied_range_kg_co2e
-    embodied_g = embodied_carbon_g(low_kg, platform.lifetime_years, energy.window_s)
-    embodied_g_high = embodied_carbon_g(high_kg, platform.lifetime_years, energy.window_s)
+    embodied = [embodied_carbon_g(kg, platform.lifetime_years, energy.window_s)
+                for kg in platform.embodied_range_kg_co2e]  # fmt: skip
+    work = _work(mode, arch, platform, quantization, energy.window_s)
+    row = _row(cell, batches, quantization, energy, carbon, embodied, idle_power_w, mode.flags,
+               s_per_token_user, {**means, **percentiles, "j_per_request": j_per_request,
+               **intervals, **steady, **work}, platform, len(repeat_rows))  # fmt: skip
+    return CellMetrics(row, repeat_rows)
 
-    # Work: FLOPs per request; bytes by the engine's schedule (static batches or steps).
-    total_flops = total_bytes = 0.0
-    if any(input_tokens_unknown(b) for _, b in batches.iterrows()):
-        flags.append(INPUT_TOKENS_UNKNOWN_FLAG)  # FLOPs and MFU NaN (and MBU of static cells)
-    for _, b in batches.iterrows():
-        f, moved = batch_work(arch, b, cell["dtype"], quantization)
-        total_flops += f
-        if not (continuous and len(steps)):
-            total_bytes += moved
-    if continuous and len(steps):
-        total_bytes = sum(
-            steps_bytes(arch, s.sort_values("step_index"), cell["dtype"], quantization)
-            for _, s in steps.groupby("repeat")
-        )
-    elif continuous:
-        flags.append("bytes_from_static_schedule")
 
-    # Utilisation beyond the peak is no measurement: the platform's peak (or the work counted) is
-    # wrong, e.g. a peak written in the wrong unit or measured under load. Kept, flagged.
-    mfu = total_flops / (energy.window_s * peak_flops(platform, cell["dtype"]))
-    mbu = total_bytes / (energy.window_s * peak_bandwidth_bytes_per_s(platform))
-    flags += [flag for flag, value in ((MFU_ABOVE_PEAK_FLAG, mfu), (MBU_ABOVE_PEAK_FLAG, mbu))
-              if value > 1.0]  # fmt: skip
+def _row(cell, batches, quantization, energy: EnergyRecord, carbon: dict, embodied: list,
+         idle_power_w: float, flags: list[str], s_per_token_user: float, figures: dict,
+         platform: Platform, n_repeats: int) -> dict[str, Any]:  # fmt: skip
+    """The METRICS row, in the table's column order."""
     out_tokens = int(batches["output_tokens"].sum())
+    operational_g, (embodied_g, embodied_g_high) = carbon["operational_g"], embodied
     row = {
         "platform": cell["platform"],
         "model": cell["model"],
@@ -658,7 +753,7 @@ def cell_metrics(
         "quant_group_size": quantization.group_size,
         "quant_library": cell.get("quant_library") or "",
         "n_requests": int(cell["n_requests"]),
-        "n_repeats": len(repeat_rows),
+        "n_repeats": n_repeats,
         "input_tokens": int(batches["input_tokens"].sum()),
         "output_tokens": out_tokens,
         "window_s": energy.window_s,
@@ -672,9 +767,9 @@ def cell_metrics(
         "idle_power_w": idle_power_w,
         "idle_energy_j": energy.idle_energy_j,
         "above_idle_energy_j": energy.above_idle_energy_j,
-        "intensity_g_per_kwh": intensity_g_per_kwh,
-        "filled_share": filled_share,
-        "pue": pue,
+        "intensity_g_per_kwh": carbon["intensity_g_per_kwh"],
+        "filled_share": carbon["filled_share"],
+        "pue": carbon["pue"],
         "operational_g": operational_g,
         "embodied_g": embodied_g,
         "embodied_g_high": embodied_g_high,
@@ -686,19 +781,10 @@ def cell_metrics(
         "embodied_g_per_token_high": embodied_g_high / out_tokens,
         "tokens_per_s": out_tokens / energy.window_s,
         "s_per_token_user": s_per_token_user,
-        **means,
-        **percentiles,
-        "j_per_request": j_per_request,
-        **intervals,
-        "j_per_token_cv": j_per_token_cv,
-        **steady,
-        "flops": total_flops,
-        "mfu": mfu,
-        "bytes_moved": total_bytes,
-        "mbu": mbu,
+        **figures,
         "spec_source": platform.spec_source,
     }
-    return CellMetrics(row, repeat_rows)
+    return {name: row[name] for name in tables.METRICS.names}
 
 
 def resolve_cell_platforms(
@@ -779,11 +865,8 @@ def compute_all(
     power: pd.DataFrame,
     archs: Mapping[str, Architecture],
     platforms: Mapping[str, Platform],
-    intensity: Any,
+    accounting: CarbonAccounting,
     *,
-    pue: float,
-    fill: str | None,
-    max_fill_s: float | None = DEFAULT_MAX_FILL_S,
     requests: pd.DataFrame | None = None,
     steps: pd.DataFrame | None = None,
     settings: MetricsSettings = MetricsSettings(),
@@ -792,7 +875,8 @@ def compute_all(
 
     cells: CELLS; batches, power, requests, steps: the aggregated tables (cell keys in front;
     requests and steps may be None where no continuous cell exists). platforms: by platform name,
-    already resolved for the detected device (platforms.resolve_platform).
+    already resolved for the detected device (platforms.resolve_platform). accounting: the carbon
+    accounting (carbon.CarbonAccounting.from_config).
     """
     keys = [name for name, _ in tables.CELL_KEYS]
     b_groups, p_groups = _groups(batches, keys), _groups(power, keys)
@@ -800,17 +884,13 @@ def compute_all(
     rows, repeats = [], []
     for cell in cells.to_dict("records"):
         key = tuple(cell[k] for k in keys)
-        name = _cell_name(cell)
         if key not in b_groups or key not in p_groups:
             # Aggregation copies each cell's own files: rerunning it cannot add rows that the
             # cell's file lacks. The cell itself has to be measured (or imported) again.
             what, file = ("batches", "batches") if key not in b_groups else ("power samples", "power")
-            folder = (
-                f"results/cells/{cell['platform']}/{cell['model']}/"
-                f"{tables.CELL_DIR_PREFIX[cell.get('mode') or 'static']}{int(cell['batch_size'])}"
-            )
+            folder = CellKey.of(cell).folder()
             raise InputError(
-                f"cell {name}: no {what} in the aggregated tables, so the cell's own "
+                f"cell {_cell_name(cell)}: no {what} in the aggregated tables, so the cell's own "
                 f"{folder}/{file}.parquet holds none (a power sidecar that wrote no sample, a file "
                 "emptied or cut); nothing can be integrated: measure that cell again (delete "
                 f"{folder}/ and rerun; an imported cell: import it again), or leave it out of "
@@ -818,8 +898,8 @@ def compute_all(
             )
         result = cell_metrics(
             cell, b_groups[key], p_groups[key], archs[cell["architecture"]],
-            platforms[cell["platform"]], intensity, pue=pue, fill=fill, max_fill_s=max_fill_s,
-            requests=r_groups.get(key), steps=s_groups.get(key), settings=settings,
+            platforms[cell["platform"]], accounting, requests=r_groups.get(key),
+            steps=s_groups.get(key), settings=settings,
         )  # fmt: skip
         rows.append(result.row)
         repeats += result.repeats
@@ -828,8 +908,6 @@ def compute_all(
 
 def all_metrics(cells: pd.DataFrame, batches: pd.DataFrame, power: pd.DataFrame,
                 archs: Mapping[str, Architecture], platforms: Mapping[str, Platform],
-                intensity: Any, *, pue: float, fill: str | None,
-                max_fill_s: float | None = DEFAULT_MAX_FILL_S, **kw: Any) -> pd.DataFrame:
+                accounting: CarbonAccounting, **kw: Any) -> pd.DataFrame:
     """METRICS rows of every cell (compute_all without the per-repeat table)."""
-    return compute_all(cells, batches, power, archs, platforms, intensity, pue=pue, fill=fill,
-                       max_fill_s=max_fill_s, **kw)[0]
+    return compute_all(cells, batches, power, archs, platforms, accounting, **kw)[0]

@@ -73,7 +73,7 @@ def measure_platform(
     """Rule measure_platform: this machine's peaks for a cpu platform with spec.measure, written
     to `out` (JSON, atomically) and returned.
 
-    platform: config.measure_slice ({"name", "kind", "device_name_pattern", "spec",
+    platform: plan.measure_slice ({"name", "kind", "device_name_pattern", "spec",
     "logical_cpus"}). The platform's logical CPUs are leased as a cell leases them (never beside a
     cell on the same CPUs) and the detected CPU is checked as a cell checks it; then
     measure_cpu_peaks on that many threads, with the foreign CPU use of those CPUs meanwhile

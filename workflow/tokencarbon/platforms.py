@@ -406,7 +406,7 @@ def _matches(platform: Platform, device_name: str | None) -> bool:
     )
 
 
-# A cell's and probe's params (config.measuring_spec) carry only the spec values that change what
+# A cell's and probe's params (plan.measuring_spec) carry only the spec values that change what
 # they measure (MEASURING_SPEC_FIELDS, on a cpu: modeled power, pinned CPUs); the peak and
 # bandwidth a cpu row needs given to describe another CPU are named under this key, without their
 # values, so that the hardware check (resolve_platform) still counts them as given while
@@ -486,7 +486,7 @@ def resolve_platform(
         raise ConfigError(f"{where}; valid rows of resources/platforms.csv: {', '.join(table)}")
     base = table[key]
     overrides, measure = split_measure(overrides)
-    # Fields a cell's params name without their values (config.measuring_spec): given in config,
+    # Fields a cell's params name without their values (plan.measuring_spec): given in config,
     # checked there when the DAG was built, read by metrics only; NaN here.
     named = overrides.pop(METRICS_ONLY_KEY, None) or ()
     unknown = [k for k in named if k not in SPEC_FIELDS]

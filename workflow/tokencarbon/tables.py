@@ -256,20 +256,20 @@ TIMESHIFT = pa.schema(
     ]
 )
 
-# A cell is (platform, model, mode, batch_size); batch_size is max_num_seqs for continuous cells.
+# A cell is (platform, model, mode, batch_size); batch_size is max_num_seqs for continuous cells
+# (plan.CellKey: its name and folder).
 CELL_KEYS = [
     ("platform", pa.string()),
     ("model", pa.string()),
     ("mode", pa.string()),
     ("batch_size", pa.int64()),
 ]
-CELL_DIR_PREFIX = {"static": "bs", "continuous": "cb"}
 # Integer columns that may be null (read as pandas' nullable Int64).
-# results/cells/{platform}/{model}/{prefix}{n}; requests.parquet
 NULLABLE_INT_COLUMNS = ("quant_group_size", "preemptions")
-# Columns added to a schema after cells were written with it: a table without one reads with the
-# column null (REQUESTS.preemptions and STEPS.new_tokens, issue 22), so older cells stay readable.
-ADDED_COLUMNS = ("preemptions", "new_tokens")
+# Columns added to a schema after cells were written with it, and what a table without one means:
+# BATCHES.repeat (run.repeats: older cells ran their batches once, repeat 0), REQUESTS.preemptions
+# and STEPS.new_tokens (issue 22: null, unknown), so older cells stay readable.
+ADDED_COLUMNS = {"repeat": 0, "preemptions": None, "new_tokens": None}
 
 
 def with_cell_keys(schema: pa.Schema) -> pa.Schema:
@@ -279,10 +279,10 @@ def with_cell_keys(schema: pa.Schema) -> pa.Schema:
 
 def check(df: pd.DataFrame, schema: pa.Schema, where: str | Path) -> pd.DataFrame:
     """Return df with its columns in schema order; raise SchemaError naming `where` otherwise.
-    A column of ADDED_COLUMNS that df lacks is added as null."""
+    A column of ADDED_COLUMNS that df lacks is added with its value there."""
     added = [n for n in ADDED_COLUMNS if n in schema.names and n not in df.columns]
     if added:
-        df = df.assign(**{n: None for n in added})
+        df = df.assign(**{n: ADDED_COLUMNS[n] for n in added})
     missing = [n for n in schema.names if n not in df.columns]
     if missing:
         raise SchemaError(

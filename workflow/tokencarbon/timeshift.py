@@ -20,6 +20,7 @@ from tokencarbon.carbon import (
     DEFAULT_MAX_FILL_S,
     IntensityTrace,
     carbon_from_energy,
+    mean_intensity,
     utc,
 )
 from tokencarbon.errors import ConfigError, InputError
@@ -78,16 +79,17 @@ def job_carbon_g(
     fill: str | None = None,
     max_fill_s: float | None = DEFAULT_MAX_FILL_S,
 ) -> tuple[float, float]:
-    """(carbon g, energy-weighted intensity g/kWh) of the job started at start_ns (UTC ns)."""
+    """(carbon g, energy-weighted intensity g/kWh: carbon.mean_intensity) of the job started at
+    start_ns (UTC ns)."""
     carbon_g = 0.0
-    weighted = 0.0
+    intensities = []
     for off, dur, e_j in zip(profile.offsets_s, profile.durations_s, profile.energies_j):
         a = int(start_ns + round(off * NS_PER_S))
         b = int(a + round(dur * NS_PER_S))
         rec = carbon_from_energy(e_j, intensity, pue, a, b, fill, max_fill_s)
         carbon_g += rec.carbon_g
-        weighted += rec.intensity_g_per_kwh * e_j
-    return carbon_g, weighted / profile.energy_j if profile.energy_j > 0 else float("nan")
+        intensities.append(rec.intensity_g_per_kwh)
+    return carbon_g, mean_intensity(intensities, profile.energies_j, profile.durations_s)
 
 
 def day_start_ns(day: str | dt.date) -> int:

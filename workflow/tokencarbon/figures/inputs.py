@@ -9,7 +9,6 @@ it come from the versions that ran static batches only (cell folders bs{n}).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokencarbon import tables
-from tokencarbon.errors import InputError, SchemaError
+from tokencarbon.errors import SchemaError
 
 # Columns of the metrics table that per-cell intervals and repeats add (tokencarbon.metrics);
 # each value column X has X_ci_low and X_ci_high (bootstrap 95 % interval over repeats).
@@ -112,14 +111,10 @@ def read_cells(path: str | Path) -> pd.DataFrame:
 
 
 def read_probes(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The OOM probes' JSON results (results/cells/{platform}/{model}/probe.json)."""
-    out = []
-    for p in paths:
-        try:
-            out.append(json.loads(Path(p).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{p}: not a readable probe result ({exc}); rerun its probe") from exc
-    return out
+    """The OOM probes' JSON results (results/cells/{platform}/{model}/probe.json; records.read_probe)."""
+    from tokencarbon.records import read_probe
+
+    return [read_probe(p) for p in paths]
 
 
 def has_columns(df: pd.DataFrame, columns: Iterable[str]) -> bool:

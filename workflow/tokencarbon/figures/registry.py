@@ -8,7 +8,7 @@ targets(); the adapter scripts call build(). Nothing else lists figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,67 +43,42 @@ def _is_resource_name(architecture: Any) -> bool:
 
 @dataclass(frozen=True)
 class Study:
-    """What the figure rules need to know of the configured study (a validated config, defaults
-    filled). The DAG's own answers can be passed in (figures.smk passes common.smk's), so that the
-    figures follow any change there; the defaults answer the same for today's config keys.
+    """What the figure rules need to know of the configured study: its plan (tokencarbon.plan.Plan,
+    the one answerer of which models, families, probes and resources the study has, for the DAG
+    and everything else) and the figure-specific views of it below."""
 
-    model_architecture(model) -> models.Architecture (a resources/models name, `auto` read from the
-    model's checkpoint, or fields given inline); arch_family(model) -> "llama" | "gpt2";
-    probe_files(family or None) -> probe.json paths; resource_file(*parts) -> path of a file under
-    resources/.
-    """
+    # a tokencarbon.plan.Plan; not imported here, so that a planner edit reruns no figure job
+    # (code inputs follow imports: tokencarbon/codedeps.py)
+    plan: Any
 
-    config: Mapping[str, Any]
-    arch_family: Callable[[str], str] | None = None
-    probe_files: Callable[[str | None], list[str]] | None = None
-    resource_file: Callable[..., str] | None = None
-    model_architecture: Callable[[str], Architecture] | None = None
-    # architectures resolved so far (an `auto` one reads its checkpoint's config.json)
-    _resolved: dict[str, Architecture] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self.plan.config
 
     @property
     def models(self) -> list[str]:
-        return sorted(self.config["models"])
+        return self.plan.models
 
     @property
     def platforms(self) -> list[str]:
-        return sorted(self.config["platforms"])
+        return self.plan.platforms
 
     def architecture(self, model: str) -> Architecture:
-        """The configured model's Architecture: model_architecture(model) when given, else
-        models.resolve_architecture of its config entry (ConfigError naming the key at fault)."""
-        if model not in self._resolved:
-            if self.model_architecture is not None:
-                arch = self.model_architecture(model)
-            else:
-                from tokencarbon.models import resolve_architecture
-
-                arch = resolve_architecture(dict(self.config["models"][model], name=model))
-            self._resolved[model] = arch
-        return self._resolved[model]
+        """The configured model's Architecture (Plan.architecture: a resources/models name, `auto`
+        read from its checkpoint, or fields given inline)."""
+        return self.plan.architecture(model)
 
     def family(self, model: str) -> str:
-        if self.arch_family is not None:
-            return self.arch_family(model)
-        return self.architecture(model).family
+        return self.plan.family(model)
 
     def models_of(self, family: str) -> list[str]:
-        return [m for m in self.models if self.family(m) == family]
+        return self.plan.models_of(family)
 
     def probes(self, family: str | None) -> list[str]:
-        if self.probe_files is not None:
-            return list(self.probe_files(family))
-        models = self.models if family is None else self.models_of(family)
-        imported = [p for p in self.platforms if self.config["platforms"][p].get("import_only")]
-        platforms = self.platforms if self.config["backend"]["name"] == "torch" else imported
-        return [f"results/cells/{p}/{m}/probe.json" for p in platforms for m in models]
+        return self.plan.probes(family)
 
     def resource(self, *parts: str) -> str:
-        if self.resource_file is not None:
-            return self.resource_file(*parts)
-        return str(Path("resources", *parts))
+        return self.plan.resource(*parts)
 
     def configured_architectures(self) -> dict[str, str]:
         """architecture name -> dtype of every configured model (the first model's dtype where
@@ -395,20 +370,21 @@ def _draw_fig5(inputs, params):
 
 
 def intensity_series(carbon: Mapping[str, Any], cells_path: str | Path | None):
-    """Figure 6a's 24-hour intensity series and its day: the trace's configured day (its first
+    """Figure 6a's 24-hour intensity series and its day, under the config's carbon accounting
+    (carbon.CarbonAccounting: source, fill, max_fill_s): the trace's configured day (its first
     day when trace_day is null), or, for a constant intensity, trace_day when set, else the UTC
     day the first cell ran (read from cells_path)."""
     import pandas as pd
 
-    from tokencarbon.carbon import ConstantIntensity, intensity_for_day, load_trace
+    from tokencarbon.carbon import CarbonAccounting
     from tokencarbon.figures.inputs import read_cells
 
+    accounting = CarbonAccounting.from_config(carbon)
     day = carbon.get("trace_day")
     if carbon["source"] == "trace":
-        trace = load_trace(carbon["trace"], carbon["basis"])
-        series = intensity_for_day(trace, day, carbon["fill"])
+        series = accounting.day(day)
         if day is None:
-            day = str(pd.Timestamp(int(trace.start_ns[0]), unit="ns").date())
+            day = str(pd.Timestamp(int(accounting.intensity.start_ns[0]), unit="ns").date())
         return series, day
     if day is None:
         if cells_path is None:
@@ -420,7 +396,7 @@ def intensity_series(carbon: Mapping[str, Any], cells_path: str | Path | None):
         if cells.empty:
             raise InputError(f"fig6a: {cells_path} holds no cells to take the day from")
         day = str(pd.Timestamp(int(cells["window_start_wall_ns"].min()), unit="ns").date())
-    return intensity_for_day(ConstantIntensity(carbon["intensity_g_per_kwh"]), day), day
+    return accounting.day(day), day
 
 
 def _draw_fig6a(inputs, params):
@@ -501,7 +477,7 @@ def _require_trace(params, name):
 
 
 def _draw_timeshift(inputs, params):
-    from tokencarbon.carbon import intensity_for_day, load_trace
+    from tokencarbon.carbon import CarbonAccounting
     from tokencarbon.figures.carbon_analysis import timeshift_day
     from tokencarbon.figures.inputs import read_timeshift
 
@@ -509,8 +485,7 @@ def _draw_timeshift(inputs, params):
     carbon = params["carbon"]
     shifts = read_timeshift(inputs["timeshift"])
     day = shifts["day"].iloc[0] if len(shifts) else carbon.get("trace_day")
-    series = intensity_for_day(load_trace(inputs["trace"], carbon["basis"]), day, carbon["fill"])
-    return timeshift_day(shifts, series)
+    return timeshift_day(shifts, CarbonAccounting.from_config(carbon, inputs["trace"]).day(day))
 
 
 def _build_timeshift_table(inputs, params, outputs):

@@ -374,18 +374,17 @@ def measure_idle(
 ) -> tuple[pd.DataFrame, float]:
     """Sample an idle device for `seconds`: (samples with phase "idle", mean idle power in W).
 
-    The mean is energy over the sampled span divided by its length, so it uses the energy
-    counter where the source has one, exactly as the cell's own energy does.
+    The mean is energy.idle_power's (the one place idle power is computed, as metrics compute a
+    cell's): energy over the sampled span divided by its length, with the energy counter where the
+    source has one.
     """
-    from tokencarbon.energy import cell_energy
+    from tokencarbon.energy import idle_power  # analysis, loaded only where idle is measured
 
     sidecar = PowerSidecar(source_spec, None, interval_s, phase="idle")
     with sidecar:
         time.sleep(seconds)
     samples = sidecar.collect()
-    start_ns, end_ns = int(samples["t_wall_ns"].iloc[0]), int(samples["t_wall_ns"].iloc[-1])
-    record = cell_energy(samples, start_ns, end_ns, idle_power_w=math.nan)
-    return samples, record.energy_j / record.window_s
+    return samples, idle_power(samples, where=f"idle samples of {source_spec['kind']}")[0]
 
 
 class _Parts:

@@ -1,0 +1,202 @@
+"""The study's plan (tokencarbon.plan): cell keys and names, sweeps from the config, a probe or the
+disk, params of measuring jobs, and (slow) the DAG's own lists of cells, probes and figures against
+the plan's for every committed config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import REPO, TEST_CONFIGS, TEST_DIR, Project, tiny_study
+
+from tokencarbon.config import prepare_config
+from tokencarbon.errors import ConfigError, InputError
+from tokencarbon.layout import CONTINUOUS, STATIC, CellKey, probe_path
+from tokencarbon.plan import Plan
+
+
+def plan_of(config: dict, root: Path | str = "results") -> Plan:
+    return Plan(prepare_config(config, REPO), REPO, root=root)
+
+
+# --- cell keys ----------------------------------------------------------------------------------
+
+
+def test_a_cells_name_folder_and_files():
+    key = CellKey("h100-sxm-80gb", "llama-2-7b", CONTINUOUS, 16)
+    assert key.name == "h100-sxm-80gb/llama-2-7b/cb16"
+    assert key.folder() == "results/cells/h100-sxm-80gb/llama-2-7b/cb16"
+    assert list(key.files("r")) == ["batches", "power", "meta", "requests", "steps"]
+    assert key.files("r")["meta"] == "r/cells/h100-sxm-80gb/llama-2-7b/cb16/meta.json"
+    assert list(CellKey("cpu", "m", STATIC, 1).files()) == ["batches", "power", "meta"]
+    assert CellKey.parse("results/cells/cpu/tiny-gpt2/bs8/") == CellKey("cpu", "tiny-gpt2", STATIC, 8)
+    assert CellKey.parse(key.name) == key
+    # a meta.json or CELLS row of before modes existed is static
+    assert CellKey.of({"platform": "cpu", "model": "m", "batch_size": 4}) == CellKey("cpu", "m", STATIC, 4)
+    assert probe_path("cpu", "m") == "results/cells/cpu/m/probe.json"
+
+
+@pytest.mark.parametrize("name", ["cpu/m/xb4", "cpu/m/bs", "m/bs4", "cpu/m/bs4x"])
+def test_what_is_no_cell_is_refused_naming_the_form(name):
+    with pytest.raises(ConfigError, match="is no cell: a cell is <platform>/<model>/<prefix><n>"):
+        CellKey.parse(name)
+    with pytest.raises(ConfigError, match="cell mode 'server'"):
+        CellKey("cpu", "m", "server", 1)
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+
+
+def test_an_auto_sweep_waits_for_its_probe_then_takes_powers_of_two(tmp_path):
+    plan = plan_of(tiny_study(models=["tiny-llama"], workload={"num_prompts": 4},
+                              sweep={"batch_sizes": "auto", "max_num_seqs": "auto"}), tmp_path)  # fmt: skip
+    assert plan.cells() == [] and plan.pending() == [("cpu", "tiny-llama", STATIC),
+                                                     ("cpu", "tiny-llama", CONTINUOUS)]  # fmt: skip
+    probe = Path(probe_path("cpu", "tiny-llama", tmp_path))
+    probe.parent.mkdir(parents=True)
+    # 13 fit, capped at the 4 prompts: 1, 2, 4; 3 sequences fit: 1, 2 and 3 itself
+    record = {"platform": "cpu", "model": "tiny-llama", "max_ok": 13, "min_failed": 14,
+              "memory_limit_gb": 0.06}  # fmt: skip
+    probe.write_text(json.dumps(record | {"max_num_seqs_ok": 3}))
+    assert plan.pending() == []
+    assert [k.name for k in plan.cells()] == [
+        "cpu/tiny-llama/bs1", "cpu/tiny-llama/bs2", "cpu/tiny-llama/bs4",
+        "cpu/tiny-llama/cb1", "cpu/tiny-llama/cb2", "cpu/tiny-llama/cb3",
+    ]  # fmt: skip
+    # the DAG's reader (the checkpoint) wins over the disk
+    assert plan.sizes("cpu", "tiny-llama", STATIC, lambda p, m: {"max_ok": 2}) == [1, 2]
+    probe.write_text(json.dumps(record))  # probed without the continuous search
+    with pytest.raises(ConfigError, match="sweep.max_num_seqs: 'auto' reads max_num_seqs_ok"):
+        plan.cells()
+    probe.write_text(json.dumps({k: v for k, v in record.items() if k != "min_failed"}))
+    with pytest.raises(InputError, match=r"probe.json: probe result lacks keys \['min_failed'\]"):
+        plan.cells()
+
+
+def test_copied_cells_are_the_finished_ones_on_disk(tmp_path):
+    plan = plan_of(tiny_study(models=["tiny-llama"], platforms={"cpu": {"import_only": True,
+                              "spec": {"measure": None}}}), tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match="platforms.cpu.import_only: no cells of tiny-llama"):
+        plan.cells()
+    for name in ["bs1", "bs4", "cb2"]:
+        (tmp_path / "cells/cpu/tiny-llama" / name).mkdir(parents=True)
+        (tmp_path / "cells/cpu/tiny-llama" / name / "meta.json").write_text("{}")
+    (tmp_path / "cells/cpu/tiny-llama/bs8").mkdir()  # killed before its meta.json: not a cell
+    assert [k.name for k in plan.cells()] == ["cpu/tiny-llama/bs1", "cpu/tiny-llama/bs4",
+                                               "cpu/tiny-llama/cb2"]  # fmt: skip
+    assert plan.has_continuous_cells()  # copied cb cells, though the config lists none
+    assert list(plan.aggregate_outputs()) == ["batches", "power", "cells", "requests", "steps"]
+
+
+def test_a_measured_and_an_imported_platform(monkeypatch):
+    # Issue 20: the figures' fallback listed a probe.json for the imported platform that the DAG
+    # excluded. One plan: the imported platform's cells come from its timing file (batch 2, its
+    # model), and it has no probe.
+    monkeypatch.chdir(TEST_DIR)  # the .test configs' files are relative to .test/
+    plan = Plan.from_configfile(TEST_DIR / "config-imported/config.yaml", REPO)
+    assert plan.measured == ["cpu"] and plan.imported == ["a100-sxm4-40gb"]
+    assert [k.name for k in plan.cells()] == ["a100-sxm4-40gb/tiny-llama/bs2", "cpu/tiny-llama/bs1"]
+    assert plan.probes() == ["results/cells/cpu/tiny-llama/probe.json"]
+    assert plan.probes("gpt2") == [] and plan.probes("llama") == plan.probes()
+    from tokencarbon.figures.registry import Study
+
+    assert Study(plan).probes(None) == plan.probes()
+    # the import job's inputs and params: the platform's files and the model's slice
+    assert plan.import_inputs("a100-sxm4-40gb") == {"power_log": "data/imported/smi.csv",
+                                                     "timing": "data/imported/timing.csv"}  # fmt: skip
+    assert plan.import_params("a100-sxm4-40gb", "tiny-llama")["dtype"] == "float32"
+
+
+def test_cells_params_carry_serving_only_for_continuous_cells():
+    plan = plan_of(tiny_study())
+    static = plan.cell_params(CellKey("cpu", "tiny-llama", STATIC, 2))
+    continuous = plan.cell_params(CellKey("cpu", "tiny-llama", CONTINUOUS, 2))
+    assert list(static) == ["model", "platform", "run"]
+    assert continuous["serving"] == {"mode": "continuous", "max_num_seqs": 2, "arrival": "offline",
+                                     "request_rate_per_s": None, "seed": 0}  # fmt: skip
+    assert static["run"]["repeats"] == 3 and static["model"]["name"] == "tiny-llama"
+    assert "repeats" not in plan_of(tiny_study(run={"repeats": 1})).run_params()
+    assert plan.table_targets() == [f"results/tables/{t}.parquet" for t in
+                                    ("batches", "power", "cells", "metrics", "requests", "steps",
+                                     "metrics_repeats")]  # fmt: skip
+
+
+# --- the DAG's lists against the plan's, every committed config (slow) -------------------------
+
+DAG_LISTS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile"),
+                      config_settings=ConfigSettings(configfiles=[Path(sys.argv[1])]),
+                      workdir=Path("."))
+    wf.dag(dag_settings=DAGSettings(targets={"all"}))
+    workflow = wf._workflow
+    workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True)
+    workflow._build_dag()
+    jobs = {}
+    for job in workflow.dag.jobs:
+        named = {n: getattr(job.input, n) for n in job.input._names}
+        jobs.setdefault(job.rule.name, []).append(
+            {"input": {n: [str(f) for f in (v if isinstance(v, list) else [v])] for n, v in named.items()},
+             "files": [str(f) for f in job.input], "output": [str(f) for f in job.output]})
+    print("DAG-LISTS " + json.dumps(jobs))
+"""
+
+COMMITTED = [f"config/{p.name}" for p in sorted((REPO / "config").glob("*.yaml"))] + [
+    f".test/config-{name}/config.yaml" for name in TEST_CONFIGS
+]
+
+
+def dag_lists(project: Project, configfile: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", DAG_LISTS, configfile], cwd=project.path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("DAG-LISTS "))
+    return json.loads(line.removeprefix("DAG-LISTS "))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("configfile", COMMITTED)
+def test_the_dags_cells_probes_and_figures_are_the_plans(configfile, tmp_path, monkeypatch):
+    project = Project.make(tmp_path / "p")
+    shutil.copy(REPO / configfile, project / "study.yaml")
+    study = REPO / "benchmarks/results" / Path(configfile).stem
+    if (study / "cells").is_dir():  # a GPU study's committed cells, copied in (gpu_study.sh)
+        shutil.copytree(study / "cells", project / "results/cells")
+    jobs = dag_lists(project, "study.yaml")
+    monkeypatch.chdir(project.path)
+    plan = Plan.from_configfile("study.yaml", REPO)
+
+    (aggregate,) = jobs["aggregate_cells"]
+    code = set(aggregate["input"]["code"])
+    inputs = [f for f in aggregate["files"] if f not in code]
+    waiting = sorted(f for f in inputs if f.endswith("/probe.json"))
+    if plan.pending():
+        # the DAG waits for a probe the plan waits for (the checkpoint raises at the first)
+        assert waiting and set(waiting) <= {probe_path(p, m) for p, m, _ in plan.pending()}
+    else:
+        assert not waiting
+        assert sorted({CellKey.parse(Path(f).parent) for f in inputs}) == sorted(plan.cells())
+        assert aggregate["input"]["meta"] == [k.files()["meta"] for k in plan.cells()]
+    # the probes the tables and the summary read
+    for rule, family in [("summarize_headlines", None), ("tabulate_table3", "llama"),
+                         ("tabulate_table4", "gpt2")]:  # fmt: skip
+        if rule in jobs:
+            assert jobs[rule][0]["input"]["probes"] == plan.probes(family), rule
+        else:
+            assert family is not None and not (plan.probes(family) and plan.models_of(family))
+    # every figure, table and summary file `all` builds
+    from tokencarbon.figures.registry import ARTIFACTS
+
+    rules = {a.rule for a in ARTIFACTS}
+    made = sorted(f for r in rules for j in jobs.get(r, []) for f in j["output"])
+    assert made == sorted(plan.figure_targets())
+    (everything,) = jobs["all"]
+    assert sorted(everything["files"]) == sorted(plan.targets())
