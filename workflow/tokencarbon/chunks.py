@@ -699,7 +699,7 @@ def load_overheads(records_dir: Path, pattern: str | None, kind: str) -> Overhea
     (calibrated method), preferring records of the device `pattern` matches, else of `kind`."""
     import numpy as np
 
-    from tokencarbon.tables import CELL_DIR_PREFIX
+    from tokencarbon.layout import MODE_PREFIX
 
     sources: list[str] = []
     rows = []
@@ -708,7 +708,7 @@ def load_overheads(records_dir: Path, pattern: str | None, kind: str) -> Overhea
         if record.get("label") == "before":  # the cost before issue 19's changes, kept to compare
             continue
         for c in record.get("cells", []):
-            continuous = Path(c["cell"]).name.startswith(CELL_DIR_PREFIX["continuous"])
+            continuous = Path(c["cell"]).name.startswith(MODE_PREFIX["continuous"])
             mode = "continuous" if continuous else "static"
             rows.append(
                 (
@@ -1469,10 +1469,10 @@ def _quantized(cell: Cell, workdir: Path) -> bool:
 def _rates(folders: Sequence[Path], device_rows, config) -> dict[str, Rates]:
     """Rates per measured platform: fitted over the committed static cells of its device (in
     the records folder and in this pack), for the config's backend."""
-    from tokencarbon.tables import CELL_DIR_PREFIX
+    from tokencarbon.layout import MODE_PREFIX
 
     backend = (config.get("backend") or {}).get("name", "torch")
-    static = CELL_DIR_PREFIX["static"]
+    static = MODE_PREFIX["static"]
     metas = sorted(
         {m for f in folders for m in f.glob(f"**/{RESULTS_CELLS.name}/*/*/{static}*/meta.json")}
     )
