@@ -33,6 +33,14 @@ def test_a_different_gpu_is_refused_naming_both(platform, device):
     assert platform in str(err.value) and device in str(err.value)
 
 
+def test_the_pattern_must_match_the_whole_device_name():
+    # A slice whose pattern is unanchored ("NVIDIA H100", as a hand-written row might carry) must not
+    # pass an H100 PCIe (another row: 2,000 GB/s, 350 W) for the SXM card by matching a prefix.
+    platform = platform_slice(CONFIG, "h100-sxm-80gb") | {"device_name_pattern": "NVIDIA H100"}
+    with pytest.raises(HardwareMismatchError, match="NVIDIA H100 PCIe"):
+        check_platform(platform, {"device_name": "NVIDIA H100 PCIe"})
+
+
 def test_a_gpu_platform_without_a_gpu_is_refused():
     with pytest.raises(HardwareMismatchError, match="no CUDA device is visible"):
         check_platform(platform_slice(CONFIG, "h100-sxm-80gb"), {"device_name": None})

@@ -93,8 +93,8 @@ def check_platform(platform: dict[str, Any], hardware: dict[str, Any]) -> None:
             f"{platform['device_name_pattern']!r}, but no CUDA device is visible here; run its cells "
             "on such a machine, or measure platform 'cpu' here"
         )
-    if re.search(platform["device_name_pattern"], name):
-        return
+    if re.fullmatch(platform["device_name_pattern"], name):
+        return  # the whole name, as platforms.rows_matching matches rows
     resolve_platform(platform["name"], name, platform.get("spec"), row=platform.get("hardware"))
 
 
