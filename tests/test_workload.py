@@ -2,8 +2,10 @@
 ShareGPT-format files in ../shared/data/sharegpt and on bad files written here."""
 
 import json
+import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tokencarbon import tables
@@ -270,6 +272,41 @@ def test_report_counts_read_dropped_by_reason_and_kept(builtin, tmp_path):
     }
     assert report.text().startswith(f"{source}: read 7 conversations, dropped 6 (1 fewer than 2")
     assert report.text().endswith("kept 1")
+
+
+def test_a_synthetic_pool_grows_along_its_seeded_stream_until_it_holds_num_prompts(builtin, tmp_path):
+    # Issue 24 item 4: a tokenizer with more tokens per synthetic word than the builtin one (a real
+    # one), or tight bounds, kept fewer pairs than num_prompts, and sample_workload failed after
+    # the filter. Here the bounds [4, 200] keep 5 of a 40-conversation corpus (seed 3).
+    from tokencarbon.workload import synthetic_pool_report
+
+    corpus = tmp_path / "synthetic_sharegpt.json"
+    corpus.write_text(json.dumps(synthetic_conversations(40, seed=3)), encoding="utf-8")
+    small = build_pool(str(corpus), builtin, min_tokens=4, max_tokens=200)
+    kept = len(small)
+    assert kept == 5  # answers (lognormal, median ~ShareGPT's) mostly run past 200 tokens
+    needed = kept + 3
+    pool, report = synthetic_pool_report(corpus, builtin, min_tokens=4, max_tokens=200,
+                                         needed=needed, seed=3)  # fmt: skip
+    # one growth step: ceil(1.25 x needed / (kept / 40)) conversations, at least 2 x 40
+    total = max(80, math.ceil(1.25 * needed * 40 / kept))
+    assert (report.extended_from, report.read) == (40, total)
+    assert f"the file's 40 and the next {total - 40} of its seeded synthetic stream" in report.text()
+    assert len(pool) >= needed
+    # the same pool as a corpus of `total` conversations written at once (the stream only appends),
+    # the file's own pairs first
+    whole = tmp_path / "whole.json"
+    whole.write_text(json.dumps(synthetic_conversations(total, seed=3)), encoding="utf-8")
+    pd.testing.assert_frame_equal(pool, build_pool(str(whole), builtin, min_tokens=4, max_tokens=200))
+    assert list(pool["request_id"][:kept]) == list(small["request_id"])
+    # a pool that already holds num_prompts is the file's alone
+    _, plain = synthetic_pool_report(corpus, builtin, min_tokens=4, max_tokens=200, needed=kept, seed=3)
+    assert (plain.extended_from, plain.read) == (None, 40)
+    # bounds no growth can meet: refused naming the keys to change
+    with pytest.raises(InputError, match=r"fewer than the 1000 of workload.num_prompts: raise the "
+                                         r"family's max_tokens"):  # fmt: skip
+        synthetic_pool_report(corpus, builtin, min_tokens=4, max_tokens=200, needed=1000, seed=3,
+                              limit=200)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

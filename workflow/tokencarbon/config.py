@@ -903,4 +903,6 @@ def check_pool_holds_num_prompts(config: dict[str, Any], family: str, pool: str 
             f"(families.{family}.min_tokens {f['min_tokens']} / max_tokens {f['max_tokens']}, "
             "workload.synthetic_conversations, another workload.source); if this run rebuilds "
             f"that pool with such a change, build it first: snakemake {pool}"
+            + (" (a synthetic pool grows to hold num_prompts when it is rebuilt)"
+               if config["workload"]["source"] == "synthetic" else "")  # fmt: skip
         )

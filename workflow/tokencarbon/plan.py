@@ -436,6 +436,9 @@ class Plan:
             "tokenizer": f["tokenizer"],
             "min_tokens": f["min_tokens"],
             "max_tokens": f["max_tokens"],
+            # the synthetic stream grows until the pool holds num_prompts (synthetic_pool_report)
+            **({"needed": self.config["workload"]["num_prompts"], "seed": self.config["seed"]}
+               if source == "synthetic" else {}),  # fmt: skip
         }
 
     def transformers_options(self) -> dict[str, Any]:

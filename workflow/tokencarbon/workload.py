@@ -7,8 +7,9 @@ The synthetic ShareGPT-like generator lives in tokencarbon.synthetic (re-exporte
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +345,7 @@ class PoolReport:
     dropped: dict[str, int] = field(default_factory=dict)
     by_characters: int = 0
     max_token_bytes: int | None = None
+    extended_from: int | None = None  # synthetic: the file's conversations, before the extension
 
     def text(self) -> str:
         reasons = ", ".join(f"{n} {why}" for why, n in self.dropped.items() if n) or "none"
@@ -353,8 +355,14 @@ class PoolReport:
             if self.by_characters
             else ""
         )
+        grown = (
+            f" (the file's {self.extended_from} and the next {self.read - self.extended_from} of "
+            "its seeded synthetic stream, so that the pool holds workload.num_prompts)"
+            if self.extended_from is not None
+            else ""
+        )
         return (
-            f"{self.source}: read {self.read} conversations, dropped "
+            f"{self.source}: read {self.read} conversations{grown}, dropped "
             f"{sum(self.dropped.values())} ({reasons}){note}, kept {self.kept}"
         )
 
@@ -378,7 +386,8 @@ def _bound_reasons(prompt_n: np.ndarray, output_n: np.ndarray, lo: int, hi: int)
 
 
 def build_pool_report(
-    source: str, tokenizer, *, min_tokens: int, max_tokens: int, split: str = "train"
+    source: str, tokenizer, *, min_tokens: int, max_tokens: int, split: str = "train",
+    conversations: list[dict] | None = None,
 ) -> tuple[pd.DataFrame, PoolReport]:
     """The filtered pool of one tokenizer family, and what was read, dropped and kept.
 
@@ -389,7 +398,7 @@ def build_pool_report(
     a pair is dropped without tokenizing it (one 10 MB prompt would otherwise take minutes and GBs
     to tokenize only to be dropped). Tokenizers for which that bound does not hold (WordPiece,
     Unigram, slow ones) tokenize everything. Raises InputError when nothing is kept, with the
-    report.
+    report. conversations: already loaded and validated (`source` then only names them).
     """
     from tokencarbon.tokenizer import max_token_bytes, normalized_bytes
 
@@ -398,7 +407,8 @@ def build_pool_report(
             f"token bounds min_tokens={min_tokens}, max_tokens={max_tokens}: expected "
             "1 <= min_tokens <= max_tokens (a request generates at least one token)"
         )
-    conversations = load_sharegpt(source, split=split)
+    if conversations is None:
+        conversations = load_sharegpt(source, split=split)
     pairs, dropped = extract_pairs_counted(conversations)
     order = (DROP_FEWER_THAN_2_TURNS, DROP_NO_ANSWERED_USER_TURN)
     dropped = Counter({k: dropped[k] for k in order})
@@ -467,6 +477,51 @@ def build_pool(
     return build_pool_report(
         source, tokenizer, min_tokens=min_tokens, max_tokens=max_tokens, split=split
     )[0]
+
+
+# The most conversations the synthetic stream is extended to (synthetic_pool_report): 50 x the
+# default 2,000; generating and filtering them takes seconds, and a bound that keeps fewer than
+# 1 in 50,000 pairs is a config to change, not a workload to grow.
+SYNTHETIC_STREAM_LIMIT = 100_000
+
+
+def synthetic_pool_report(
+    path: str | Path, tokenizer, *, min_tokens: int, max_tokens: int, needed: int, seed: int,
+    limit: int = SYNTHETIC_STREAM_LIMIT,
+) -> tuple[pd.DataFrame, PoolReport]:
+    """The filtered pool of the synthetic corpus at `path`, grown until it holds `needed` requests.
+
+    The corpus is the first N conversations of one seeded stream (synthetic.synthetic_conversations
+    (N, seed): a larger N only appends). Its lengths are ShareGPT's in words; a family's bounds are
+    in its tokenizer's tokens, so a real tokenizer (more tokens per synthetic word than the builtin
+    one trained on the corpus) with tight bounds can keep fewer pairs than workload.num_prompts.
+    Then the pool is rebuilt over the file's conversations and the stream's next ones, to
+    ceil(1.25 x needed / kept share) conversations (at least 2 N), repeated while short, at most
+    `limit`; the report's extended_from says so. Raises InputError naming the bounds, the keep
+    rate and the keys to change when `limit` conversations still hold fewer than `needed`.
+    """
+    conversations = load_sharegpt(str(path))
+    first = len(conversations)
+
+    def build(convs: list[dict]) -> tuple[pd.DataFrame, PoolReport]:
+        return build_pool_report(str(path), tokenizer, min_tokens=min_tokens,
+                                 max_tokens=max_tokens, conversations=convs)  # fmt: skip
+
+    pool, report = build(conversations)
+    while len(pool) < needed:
+        if len(conversations) >= limit:
+            raise InputError(
+                f"{path}: {len(pool)} of {len(conversations)} synthetic conversations (the file's "
+                f"{first} and its seeded stream's next) fit [{min_tokens}, {max_tokens}] tokens, "
+                f"fewer than the {needed} of workload.num_prompts: raise the family's max_tokens "
+                "(or lower min_tokens), or lower workload.num_prompts"
+            )
+        share = len(pool) / len(conversations)
+        total = min(limit, max(2 * len(conversations), math.ceil(1.25 * needed / share)))
+        conversations = conversations + synthetic_conversations(total, seed)[len(conversations) :]
+        pool, report = build(conversations)
+        report = replace(report, extended_from=first)
+    return pool, report
 
 
 def sample_workload(pool: pd.DataFrame, n: int, seed: int, source: str) -> pd.DataFrame:
