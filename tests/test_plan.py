@@ -200,3 +200,21 @@ def test_the_dags_cells_probes_and_figures_are_the_plans(configfile, tmp_path, m
     assert made == sorted(plan.figure_targets())
     (everything,) = jobs["all"]
     assert sorted(everything["files"]) == sorted(plan.targets())
+
+
+def test_a_sweeps_smallest_and_largest_cells_take_repeats_at_ends():
+    # Issue 23's grid: 3 repeats at batch 1 and at the largest batch, 1 elsewhere.
+    from tokencarbon.plan import cell_repeats
+
+    run = {"repeats": 1, "repeats_at_ends": 3}
+    assert [cell_repeats(run, n, [1, 2, 4, 8]) for n in (1, 2, 4, 8)] == [3, 1, 1, 3]
+    assert cell_repeats(run, 4, [4]) == 3  # one cell is both ends
+    assert cell_repeats({"repeats": 2, "repeats_at_ends": None}, 8, [1, 8]) == 2
+    with pytest.raises(ConfigError, match=r"cell size 3 is not in its sweep \[1, 2\]"):
+        cell_repeats(run, 3, [2, 1])
+    # in a cell's params: its own count, absent where 1 (as cells measured before repeats had)
+    plan = plan_of(tiny_study(sweep={"batch_sizes": [1, 2, 4], "max_num_seqs": [2]},
+                              run={"repeats": 1, "repeats_at_ends": 3}))  # fmt: skip
+    runs = {n: plan.cell_params(CellKey("cpu", "tiny-llama", STATIC, n))["run"] for n in (1, 2, 4)}
+    assert (runs[1]["repeats"], "repeats" in runs[2], runs[4]["repeats"]) == (3, False, 3)
+    assert plan.cell_params(CellKey("cpu", "tiny-llama", CONTINUOUS, 2))["run"]["repeats"] == 3

@@ -1326,7 +1326,7 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
             facts = {**cell_facts(cell, workdir), "seconds": None, "estimate_s": None}
             facts |= {"run": state.run_index, "note": "found finished on disk"}
             pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts)
-    repeats = _number_setting(config, "run", "repeats", 1)
+    repeats = _cell_repeats(config, grid)
     idle_s = _number_setting(config, "power", "idle_s", 3.0)
     idle_share = _number_setting(config, "power", "idle_share_s", 0.0) > 0
     rows = _device_rows(config)
@@ -1338,7 +1338,9 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
         if rates is None and rows.get(cell.platform) is not None:
             rates = _datasheet(rows[cell.platform], cell, workdir)
         idle = 0.0 if idle_share and i else idle_s
-        estimates[cell.name] = estimate_cell(cell, workdir, rates, overheads, repeats, idle)
+        estimates[cell.name] = estimate_cell(
+            cell, workdir, rates, overheads, repeats[cell.name], idle
+        )
     known = [e.seconds for e in estimates.values() if e.seconds is not None]
     _say(
         f"[chunks] grid: {len(grid)} cells, {len(done)} done, {len(todo)} to measure; expected "
@@ -1464,6 +1466,19 @@ def _quantized(cell: Cell, workdir: Path) -> bool:
     if manifest and (workdir / manifest).is_file():
         return json.loads((workdir / manifest).read_text()).get("quantization", "none") != "none"
     return False
+
+
+def _cell_repeats(config: Mapping[str, Any], grid: Sequence[Cell]) -> dict[str, int]:
+    """Each cell's repeats (plan.cell_repeats over its sweep: the grid's sizes of its platform,
+    model and mode)."""
+    from tokencarbon.plan import cell_repeats
+
+    run = {"repeats": _number_setting(config, "run", "repeats", 1),
+           "repeats_at_ends": (config.get("run") or {}).get("repeats_at_ends")}  # fmt: skip
+    sweeps: dict[tuple[str, str, str], list[int]] = {}
+    for c in grid:
+        sweeps.setdefault((c.platform, c.model, c.mode), []).append(c.n)
+    return {c.name: cell_repeats(run, c.n, sweeps[(c.platform, c.model, c.mode)]) for c in grid}
 
 
 def _rates(folders: Sequence[Path], device_rows, config) -> dict[str, Rates]:

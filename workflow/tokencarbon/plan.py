@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -387,12 +387,17 @@ class Plan:
         return serving_slice(self.config, n)
 
     def cell_params(self, key: CellKey) -> dict[str, Any]:
-        """A measured cell's params: model, platform, run and, continuous, serving (static cells
-        take none, so a serving change never reruns them)."""
+        """A measured cell's params: model, platform, run (its own repeats: cell_repeats) and,
+        continuous, serving (static cells take none, so a serving change never reruns them)."""
+        run = {k: v for k, v in self.run_params().items() if k != "repeats"}
+        sizes = self.sizes(key.platform, key.model, key.mode) or [key.n]
+        repeats = cell_repeats(self.config["run"], key.n, sizes)
+        if repeats != 1:  # as run_slice: absent at 1, so cells measured before repeats stay
+            run["repeats"] = repeats
         out = {
             "model": self.model_params(key.model),
             "platform": self.platform_params(key.platform),
-            "run": self.run_params(),
+            "run": run,
         }
         if key.mode == CONTINUOUS:
             out["serving"] = self.serving_params(key.n)
@@ -670,6 +675,19 @@ def platform_slice(config: dict[str, Any], platform: str) -> dict[str, Any]:
     if config["power"].get("idle_share_s", 0):
         out["idle_share_s"] = float(config["power"]["idle_share_s"])
     return out
+
+
+def cell_repeats(run: Mapping[str, Any], n: int, sizes: Sequence[int]) -> int:
+    """Times a cell of size n (batch size or max_num_seqs) repeats its measured work, in a sweep of
+    `sizes` (its platform's, model's and mode's): run.repeats_at_ends for the sweep's smallest and
+    largest n (the paper's headline pair, batch 1 and the largest batch, where the intervals
+    matter most), where set; run.repeats otherwise. Raises ConfigError when n is not in sizes."""
+    if n not in sizes:
+        raise ConfigError(f"cell size {n} is not in its sweep {sorted(sizes)}")
+    at_ends = run.get("repeats_at_ends")
+    if at_ends is not None and n in (min(sizes), max(sizes)):
+        return int(at_ends)
+    return int(run["repeats"])
 
 
 def run_slice(config: dict[str, Any]) -> dict[str, Any]:
