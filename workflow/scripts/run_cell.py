@@ -28,8 +28,9 @@ run_cell(
     run=snakemake.params.run,
     batch_size=int(snakemake.wildcards.batch),
     serving=getattr(snakemake.params, "serving", None),  # absent: a static cell
+    server=getattr(snakemake.params, "server", None),  # backend openai_server only
     workload=tables.read(snakemake.input.workload, tables.WORKLOAD),
-    engine_manifest=snakemake.input.engine,
+    engine_manifest=getattr(snakemake.input, "engine", None),  # absent: a server cell
     out_batches=snakemake.output.batches,
     out_power=snakemake.output.power,
     out_meta=snakemake.output.meta,
