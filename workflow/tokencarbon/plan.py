@@ -223,6 +223,15 @@ class Plan:
             self.copied_sizes(p, m, CONTINUOUS) for p in self.copied for m in self.models
         )
 
+    def has_static_cells(self) -> bool:
+        """Whether the study has static cells, decidable before any probe: copied platforms
+        (their bs cells are required) and imported ones (the timing file's batches) have them;
+        measured platforms unless sweep.batch_sizes is [] (backend openai_server: continuous
+        cells only)."""
+        if self.copied or self.imported:
+            return True
+        return bool(self.measured) and self.config["sweep"]["batch_sizes"] != []
+
     def probes(self, family: str | None = None) -> list[str]:
         """probe.json of every (platform, model) that has one, for tables 3/4 and the summary:
         measured platforms with the torch backend (the probe drives it) and copied platforms (the
