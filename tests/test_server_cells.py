@@ -23,10 +23,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import transformers
+import yaml
 from harness import Project, tiny_study
 
+from tokencarbon.errors import ConfigError
+
 # the running server and its tokenizer, as tests/test_openai_server.py makes them
-from test_openai_server import TinyServer, _free_port, _require_serving, _save_tokenizer
+from test_openai_server import (
+    TinyServer,
+    _children_from_proc,
+    _free_port,
+    _require_serving,
+    _save_tokenizer,
+)
 
 PROMPT_WORDS = (3, 4, 5, 6)
 ANSWER_WORDS = (4, 6, 8, 10)
@@ -128,13 +137,26 @@ def test_server_cells_are_cells_of_the_study(study, served):
         assert meta["server"]["prompt_tokens_exact"] is False
         assert meta["server"]["requests_short"] == 0
         assert meta["power_source"] == "modeled_cpu"
-        # the server's processes are the cell's own: its CPU time is in own_cpu_s, not foreign
-        assert meta["foreign_use"]["own_cpu_s"] > 0
-        assert not any(p["pid"] == server.proc.pid for p in meta["foreign_use"]["foreign_processes"])
-    metrics = pd.read_parquet(study / "results/tables/metrics.parquet")
-    served_rows = metrics[metrics["backend"] == "openai_server"] if "backend" in metrics else metrics
-    assert sorted(served_rows["batch_size"]) == [1, 2]
-    assert (served_rows["output_tokens"] == 28).all() if "output_tokens" in metrics else True
+        # the server's processes (its API process and spawned model process) are the cell's own:
+        # none is among the foreign ones
+        server_pids = {server.proc.pid} | _children_from_proc(server.proc.pid)
+        foreign = {p["pid"] for p in meta["foreign_use"]["foreign_processes"]}
+        assert len(server_pids) >= 2 and not server_pids & foreign
+        exported = json.loads((study / f"results/export/cells/cpu/tiny-served/cb{n}.json").read_text())
+        assert exported["cell"]["backend"] == "openai_server"
+        assert exported["workload"]["total_output_tokens"] == 28
+        assert exported["provenance"]["server"] == {
+            "model": server.model, "base_url": server.base_url, "lengths_forced": True,
+            "prompt_tokens_exact": False, "requests_short": 0}  # fmt: skip
+    metrics = pd.read_parquet(study / "results/tables/metrics.parquet").sort_values("batch_size")
+    assert metrics[["mode", "batch_size", "n_requests", "input_tokens", "output_tokens"]].values.tolist() == [
+        ["continuous", 1, 4, 18, 28], ["continuous", 2, 4, 18, 28]]  # fmt: skip
+    # energy per token is the cell's energy over the 28 tokens the server generated
+    assert (metrics["j_per_token"] - metrics["energy_j"] / 28).abs().max() < 1e-12
+    assert (metrics["energy_j"] > 0).all()
+    # a server's steps are not visible: its energy is shared among requests by tokens, flagged
+    assert metrics["qa_flags"].str.contains("no_steps_energy_by_tokens").all()
+    assert not (study / "results/figures/fig5_mfu_batch1.png").exists()  # static cells only
 
 
 @pytest.mark.slow
@@ -149,3 +171,108 @@ def test_no_engine_or_probe_jobs_and_the_key_is_in_no_file(study, key):
                 hits.append(str(path))
     assert hits == [], hits
     assert logs  # the run wrote logs, and they were searched
+
+
+# ---------------------------------------------------------------- refused before any job
+
+
+def _refused(tmp_path: Path, config: dict, env: dict) -> str:
+    """Snakemake's output for `all` on `config`, which must fail with no job started (no results/
+    folder: not even the dataset stage ran)."""
+    project = Project.make(tmp_path / "p", config)
+    proc = project.run("all", env=os.environ | env, check=False, timeout=300)
+    assert proc.returncode != 0
+    assert not (project / "results").exists(), "a job ran"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_server_down_a_wrong_model_or_no_key_is_refused_before_any_job(served, key, tmp_path):
+    server, source = served
+    down = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    text = _refused(tmp_path / "down", server_study(server, source, base_url=down), {KEY_VAR: key})
+    assert f"no OpenAI-compatible server answers at {down}" in text
+    text = _refused(tmp_path / "model", server_study(server, source, model="llama-9000"),
+                    {KEY_VAR: key})  # fmt: skip
+    assert f"'llama-9000' is not served at {server.base_url}; it serves ['{server.model}']" in text
+    text = _refused(tmp_path / "key", server_study(server, source), {KEY_VAR: ""})
+    assert f"names the environment variable {KEY_VAR}, which is empty here" in text
+    assert key not in text
+
+
+def test_doctor_checks_the_server_of_the_study(served, key, tmp_path, monkeypatch):
+    from tokencarbon.cli import diagnose
+
+    server, source = served
+    monkeypatch.setenv(KEY_VAR, key)
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump(server_study(server, source)))
+    checks = {c["name"]: c for c in diagnose(path)["study"]["server"]}
+    assert [n for n, c in checks.items() if c["ok"]] == [
+        "settings", "api key", "endpoint", "model", "prompt and lengths", "energy"]  # fmt: skip
+    assert checks["api key"]["detail"] == f"from ${KEY_VAR}"
+    # transformers serve refuses token ids: prompts go as text; its power: the modeled CPU source
+    assert "prompts as text, length_control 'transformers' accepted" in checks["prompt and lengths"]["detail"]
+    assert checks["energy"]["detail"] == "power from modeled_cpu"
+    path.write_text(yaml.safe_dump(server_study(server, source, model="llama-9000")))
+    report = diagnose(path)["study"]
+    model = next(c for c in report["server"] if c["name"] == "model")
+    assert not model["ok"] and f"it serves ['{server.model}']" in model["detail"]
+    assert report["can_run"] is False
+
+
+# ---------------------------------------------------------------- the config's door (no server)
+
+
+def _config(**options):
+    base = {"base_url": "http://127.0.0.1:8000/v1", "model": "m", "server_pid": 1}
+    return tiny_study(models=["tiny-llama"], sweep={"batch_sizes": [], "max_num_seqs": [1, 2]},
+                      backend={"name": "openai_server", "openai_server": base | options})  # fmt: skip
+
+
+def _prepare(config):
+    from tokencarbon.config import prepare_config
+    from harness import REPO
+
+    return prepare_config(config, REPO)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sweep": {"batch_sizes": "auto", "max_num_seqs": [1]}},
+         r"sweep\.batch_sizes: 'auto' with backend\.name 'openai_server'.*set sweep\.batch_sizes: \[\]"),
+        ({"sweep": {"batch_sizes": [], "max_num_seqs": "auto"}},
+         r"sweep\.max_num_seqs: 'auto' with backend\.name 'openai_server'; 'auto' reads the OOM probe"),
+        ({"sweep": {"batch_sizes": [], "max_num_seqs": []}}, r"sweep\.max_num_seqs: \[\] with"),
+        ({"openai_server": {"server_pid": None}},
+         r"backend\.openai_server\.server_pid: null on the CPU platform 'cpu'"),
+        ({"openai_server": {"gpus": [0]}},
+         r"backend\.openai_server\.gpus: \[0\] on the CPU platform 'cpu'"),
+        ({"openai_server": {"base_url": "http://10.255.255.1:8000/v1"}},
+         r"'http://10\.255\.255\.1:8000/v1' is a server on another host.*"
+         r"platforms\.cpu\.imported\.power_log"),
+        ({"openai_server": {"length_control": "maybe"}},
+         r"key backend\.openai_server\.length_control: 'maybe' is not one of"),
+        ({"openai_server": None}, r"backend\.openai_server: missing"),
+    ],
+)  # fmt: skip
+def test_server_config_is_refused_at_the_door_naming_key_and_value(change, message):
+    config = _config()
+    if "models" in change:
+        config["models"] = {m: tiny_study()["models"][m] for m in change["models"]}
+    if "sweep" in change:
+        config["sweep"] = change["sweep"]
+    if "openai_server" in change:
+        if change["openai_server"] is None:
+            del config["backend"]["openai_server"]
+        else:
+            config["backend"]["openai_server"] |= change["openai_server"]
+    with pytest.raises(ConfigError, match=message):
+        _prepare(config)
+
+
+def test_static_batches_stay_required_for_our_engines():
+    with pytest.raises(ConfigError, match=r"sweep\.batch_sizes: \[\] with backend\.name 'torch'"):
+        _prepare(tiny_study(sweep={"batch_sizes": []}))
+    assert _prepare(_config())["backend"]["name"] == "openai_server"  # a local CPU server: accepted
