@@ -173,6 +173,18 @@ def test_no_engine_or_probe_jobs_and_the_key_is_in_no_file(study, key):
     assert logs  # the run wrote logs, and they were searched
 
 
+@pytest.mark.slow
+def test_a_restarted_server_reruns_no_cell_and_its_settings_rerun_both(study, key, monkeypatch):
+    monkeypatch.setenv(KEY_VAR, key)  # the dry runs check the server as a run does
+    # another pid (this test's process stands in for a restarted server): not a param
+    moved = study.write_config("moved.yaml", lambda c: c["backend"]["openai_server"].update(
+        server_pid=os.getpid()))  # fmt: skip
+    assert study.planned_jobs("all", "--configfile", moved) == {}
+    greedy = study.write_config("hot.yaml", lambda c: c["backend"]["openai_server"].update(
+        temperature=0.5))  # fmt: skip
+    assert study.planned_jobs("all", "--configfile", greedy)["run_continuous_cell"] == 2
+
+
 # ---------------------------------------------------------------- refused before any job
 
 

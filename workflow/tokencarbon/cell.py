@@ -623,6 +623,8 @@ class ServerMode(ContinuousMode):
             "backend": "openai_server",
             "model": s.model,
             "base_url": s.base_url,  # server_settings refuses credentials in it
+            "server_pid": s.server_pid,
+            "server_cgroup": s.server_cgroup,
             "lengths_forced": first["lengths_forced"],
             "prompt_tokens_exact": first["prompt_tokens_exact"],
             "requests_short": sum(c["requests_short"] for c in self.checked),
@@ -782,6 +784,7 @@ def run_cell(
     cache_root: str | Path | None = None,
     script_start_wall_ns: int | None = None,
     server: Mapping[str, Any] | None = None,
+    server_runtime: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure one cell and write its files; returns what meta.json holds.
 
@@ -795,9 +798,11 @@ def run_cell(
     study's cache folder (results/.cache: compilation caches, tokencarbon.compile_cache; shared
     idle windows, tokencarbon.idle_share); None leaves torch's caches as they are and needs
     platform["idle_share_s"] to be 0. script_start_wall_ns: when the job's script began, for the
-    timeline meta.json records (tokencarbon.timeline). server: a server cell's params (backend openai_server,
-    Plan.server_params: {"settings": backend.openai_server, "tokenizer": the family's}); such a
-    cell has no engine manifest (None) and runs as ServerMode on a server device.
+    timeline meta.json records (tokencarbon.timeline).
+    server: a server cell's params (backend openai_server, Plan.server_params: {"settings":
+    backend.openai_server, "tokenizer": the family's}), server_runtime: its server_pid and
+    server_cgroup (not params); such a cell has no engine manifest (None) and runs as ServerMode
+    on a server device.
 
     Events in the module docstring's order, each a phase of the timeline; the measured work is
     the mode's (StaticMode, ContinuousMode), the device's interface CpuDevice or GpuDevice.
@@ -809,6 +814,8 @@ def run_cell(
 
     outputs = {"batches": out_batches, "power": out_power, "meta": out_meta,
                "requests": out_requests, "steps": out_steps}  # fmt: skip
+    if server is not None:
+        server = {**server, "settings": {**server["settings"], **(server_runtime or {})}}
     cell = _checked_cell(model, platform, run, batch_size, workload, engine_manifest, serving,
                          outputs, cache_root, serving_engine, progress, server)  # fmt: skip
     timeline.since_last("checks")

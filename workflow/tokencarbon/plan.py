@@ -51,6 +51,8 @@ from tokencarbon.layout import (
 )
 from tokencarbon.records import CellMeta, read_probe
 
+# backend.openai_server keys a server cell reads at run time but that are not its params.
+SERVER_RUNTIME_KEYS = ("server_pid", "server_cgroup")
 # Where a platform's cells come from.
 MEASURED, COPIED, IMPORTED = "measured", "copied", "imported"
 
@@ -341,14 +343,18 @@ class Plan:
         """A server cell's params `server` (backend openai_server): {"settings": backend.
         openai_server with every default spelled (ServerSettings.record: the API key's variable
         name, never a key), "tokenizer": the model family's tokenizer (results/tokenizer/builtin,
-        a local folder or a hub id), which decodes prompts sent as text}. Raises ConfigError for
-        settings server_settings refuses."""
+        a local folder or a hub id), which decodes prompts sent as text}, without server_pid and
+        server_cgroup (SERVER_RUNTIME_KEYS: a restarted server has another pid, and reruns no
+        cell; the job reads them from the config, run_cell's `server_runtime`). Raises ConfigError
+        for settings server_settings refuses."""
         from tokencarbon.backends.openai_server import server_settings
 
         tokenizer = self.config["families"][self.data_family(model)]["tokenizer"]
         if tokenizer == "builtin":
             tokenizer = f"{RESULTS}/tokenizer/builtin"
         settings = server_settings(self.config["backend"].get("openai_server")).record()
+        for key in SERVER_RUNTIME_KEYS:  # which process is the server: not what a cell measures
+            settings.pop(key)
         return {"settings": settings, "tokenizer": tokenizer}
 
     def engine_inputs(self, model: str) -> dict[str, Any]:
