@@ -64,6 +64,26 @@ def measured_here(wildcards):
     return []
 
 
+@functools.cache
+def _server_checked():
+    """backend openai_server: the server answers at base_url, serves the model and takes the key
+    (config.check_server_reachable), checked once where cells run here, as the hardware is (a
+    local run or a dry run: before any job)."""
+    plugin = workflow.executor_plugin
+    if plugin is None or not workflow.local_exec or not workflow.is_main_process:
+        return
+    from tokencarbon.config import check_server_reachable
+
+    check_server_reachable(config)
+
+
+def server_measured_here(wildcards):
+    """No input: measured_here, and the server checked (_server_checked), for server cells."""
+    _hardware_checked()
+    _server_checked()
+    return []
+
+
 def probe_record(platform, model):
     """An `auto` sweep's probe, through the checkpoint (its only reader)."""
     return read_probe(
@@ -74,6 +94,14 @@ def probe_record(platform, model):
 # --- inputs
 def cell_files(wildcards):
     return PLAN.cell_files(probe_record)
+
+
+def cell_inputs(wildcards):
+    return PLAN.cell_inputs(wildcards.platform, wildcards.model)
+
+
+def server_params(wildcards):
+    return PLAN.server_params(wildcards.model)
 
 
 def filter_inputs(wildcards):

@@ -29,26 +29,57 @@ rule run_cell:
         "../scripts/run_cell.py"
 
 
-rule run_continuous_cell:
-    input:
-        engine=engine_manifest,
-        workload="results/workload/{model}.parquet",
-        measured=measured_here,
-        code=code_inputs("run_cell"),
-    output:
-        **cell_outputs(CONTINUOUS),
-    log:
-        cell_log("run_continuous_cell", CONTINUOUS),
-    wildcard_constraints:
-        platform=choices(PLAN.measured),
-    conda:
-        "../envs/tokencarbon.yaml"
-    resources:
-        gpu=gpu_count,
-    params:
-        model=model_params,
-        platform=platform_params,
-        run=run_params,
-        serving=serving_params,
-    script:
-        "../scripts/run_cell.py"
+if PLAN.backend == "openai_server":
+
+    # A server cell: a continuous cell (cb{n}) whose engine is an OpenAI-compatible server already
+    # running (backend.openai_server, docs/server.md): no engine job, the server checked when the
+    # DAG is built (server_measured_here), params `server` its settings (no key) and tokenizer.
+    rule run_continuous_cell:
+        input:
+            unpack(cell_inputs),
+            measured=server_measured_here,
+            code=code_inputs("run_cell"),
+        output:
+            **cell_outputs(CONTINUOUS),
+        log:
+            cell_log("run_continuous_cell", CONTINUOUS),
+        wildcard_constraints:
+            platform=choices(PLAN.measured),
+        conda:
+            "../envs/tokencarbon.yaml"
+        resources:
+            gpu=gpu_count,
+        params:
+            model=model_params,
+            platform=platform_params,
+            run=run_params,
+            serving=serving_params,
+            server=server_params,
+        script:
+            "../scripts/run_cell.py"
+
+else:
+
+    rule run_continuous_cell:
+        input:
+            engine=engine_manifest,
+            workload="results/workload/{model}.parquet",
+            measured=measured_here,
+            code=code_inputs("run_cell"),
+        output:
+            **cell_outputs(CONTINUOUS),
+        log:
+            cell_log("run_continuous_cell", CONTINUOUS),
+        wildcard_constraints:
+            platform=choices(PLAN.measured),
+        conda:
+            "../envs/tokencarbon.yaml"
+        resources:
+            gpu=gpu_count,
+        params:
+            model=model_params,
+            platform=platform_params,
+            run=run_params,
+            serving=serving_params,
+        script:
+            "../scripts/run_cell.py"

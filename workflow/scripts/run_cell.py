@@ -28,8 +28,12 @@ run_cell(
     run=snakemake.params.run,
     batch_size=int(snakemake.wildcards.batch),
     serving=getattr(snakemake.params, "serving", None),  # absent: a static cell
+    server=getattr(snakemake.params, "server", None),  # backend openai_server only
+    # which processes are the server's: from the config, not params (a restart reruns no cell)
+    server_runtime={k: (snakemake.config["backend"].get("openai_server") or {}).get(k)
+                    for k in ("server_pid", "server_cgroup")},
     workload=tables.read(snakemake.input.workload, tables.WORKLOAD),
-    engine_manifest=snakemake.input.engine,
+    engine_manifest=getattr(snakemake.input, "engine", None),  # absent: a server cell
     out_batches=snakemake.output.batches,
     out_power=snakemake.output.power,
     out_meta=snakemake.output.meta,

@@ -251,6 +251,15 @@ class CpuDevice:
     def leases(self, lease: Mapping[str, Any]) -> dict[str, Any]:
         return {"gpu_lease": None, "cpu_lease": lease}
 
+    def lease(self, platform: Mapping[str, Any], cell: str, lock_dir, timeout_s: float, log):
+        """The cell's devices leased for a with-block (lease.cell_leases): the platform's CPUs,
+        this process pinned to them; yields {"cpus": [...]}."""
+        return cell_leases(platform, cell=cell, lock_dir=lock_dir, timeout_s=timeout_s, log=log)
+
+    def target_pid(self) -> int:
+        """The process tree the modeled CPU power source samples: the cell's own."""
+        return os.getpid()
+
 
 class GpuDevice:
     """A GPU platform's cell: one GPU leased (CUDA_VISIBLE_DEVICES set before CUDA starts, so it
@@ -278,8 +287,100 @@ class GpuDevice:
     def leases(self, lease: Mapping[str, Any]) -> dict[str, Any]:
         return {"gpu_lease": lease, "cpu_lease": None}
 
+    def lease(self, platform: Mapping[str, Any], cell: str, lock_dir, timeout_s: float, log):
+        """A free GPU leased and made CUDA device 0 (lease.cell_leases); yields {"gpu_index",
+        "gpu_uuid"}."""
+        return cell_leases(platform, cell=cell, lock_dir=lock_dir, timeout_s=timeout_s, log=log)
+
+    def target_pid(self) -> int:
+        return os.getpid()
+
 
 DEVICES = {"cpu": CpuDevice(), "gpu": GpuDevice()}
+
+
+class ServerCpuDevice(CpuDevice):
+    """A server cell on a CPU platform (backend openai_server): the platform's CPUs leased as for
+    our CPU cells (no other CPU cell measures beside it), power modeled from the CPU time of the
+    server's process tree (server_pid: the server does the work, the cell only sends requests),
+    and the server's processes counted as the cell's own, not as foreign use of the CPUs."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = int(server_pid)
+
+    def target_pid(self) -> int:
+        return self.server_pid
+
+    def watch(self, lease: Mapping[str, Any]):
+        from tokencarbon.occupancy import CpuWatch
+
+        return CpuWatch(lease["cpus"], also_own=self.server_pid)
+
+    def use(self, lease: Mapping[str, Any], stack: contextlib.ExitStack) -> None:
+        pass  # the cell runs no torch: the server computes
+
+
+class ServerGpuDevice(GpuDevice):
+    """A server cell on a GPU platform (backend openai_server): the server's one GPU (gpus in its
+    settings, resolved through NVML) leased without touching CUDA_VISIBLE_DEVICES (the client
+    starts no CUDA), sampled by the power sidecar through NVML, and watched with the server's
+    processes (server_pid, server_cgroup, or those on the GPU at the start) as the cell's own
+    (server_gpus.ServerGpuWatch). Not run here yet: no GPU on the machines this was written on."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.gpus: list = []
+        self.spec: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def lease(self, platform: Mapping[str, Any], cell: str, lock_dir, timeout_s: float, log):
+        """Yields {"gpu_index", "gpu_uuid", "server_gpus": [...]} while the server's GPU is leased
+        (server_gpus.lease_server_gpus)."""
+        from tokencarbon.backends import server_gpus
+        from tokencarbon.lease import default_lock_dir
+
+        self.gpus = server_gpus.resolve_gpus(self.settings.gpus)
+        uuids = server_gpus.nvml_uuids_here()
+        self.spec = server_gpus.sidecar_specs(self.gpus, uuids, server_gpus.visible_devices())[0]
+        lock_dir = default_lock_dir() if lock_dir is None else lock_dir
+        with server_gpus.lease_server_gpus(lock_dir, self.gpus, cell=cell, timeout_s=timeout_s):
+            gpu = self.gpus[0]
+            log(f"{cell}: leased the server's GPU {gpu.index} ({gpu.uuid}) in {lock_dir}")
+            yield {"gpu_index": gpu.index, "gpu_uuid": gpu.uuid,
+                   "server_gpus": [vars(g) for g in self.gpus]}  # fmt: skip
+
+    def power_source(self, platform: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self.spec) if self.spec is not None else {"kind": "nvml", "device_index": 0}
+
+    def state(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        from tokencarbon.power.nvml import gpu_state
+
+        return gpu_state(self.power_source({})["device_index"])
+
+    def watch(self, lease: Mapping[str, Any]):
+        from tokencarbon.backends import server_gpus
+
+        s = self.settings
+        own = server_gpus.server_processes(self.gpus, s.server_pid, s.server_cgroup)
+        return server_gpus.ServerGpuWatch(self.gpus, own)
+
+
+def server_device(platform: Mapping[str, Any], settings):
+    """The device of a server cell on `platform` (ServerCpuDevice, ServerGpuDevice). Raises
+    ConfigError naming the key where the settings do not say how its energy is read."""
+    if platform["kind"] == "cpu":
+        if settings.server_pid is None:
+            raise ConfigError(
+                f"backend.openai_server.server_pid: null on the CPU platform {platform['name']!r};"
+                " its power is modeled from the server's process tree: name its main process"
+            )
+        return ServerCpuDevice(settings.server_pid)
+    if len(settings.gpus) != 1:
+        raise ConfigError(
+            f"backend.openai_server.gpus: {list(settings.gpus)}; a server cell on a GPU platform "
+            "samples exactly one GPU, the server's: name it (NVML index or UUID)"
+        )
+    return ServerGpuDevice(settings)
 
 
 # ---------------------------------------------------------------- engines
@@ -425,6 +526,10 @@ class StaticMode:
     def write(self, repeats: Sequence[Repeat], outputs: Mapping[str, Any]) -> None:
         pass  # a static cell has no table beyond batches and power
 
+    def meta(self) -> dict[str, Any]:
+        """What the mode adds to meta.json: nothing."""
+        return {}
+
 
 class ContinuousMode:
     """Continuous-batching cells (cb{n}): the whole workload served as one request set with at
@@ -449,12 +554,20 @@ class ContinuousMode:
     def warm_up(self, engine, run: dict[str, Any]) -> dict[str, Any]:
         return warm_up(engine, run, self.requests, [], self.n)
 
+    def check(self, result: ServingResult, engine, where: str) -> None:
+        """The served result checked before any row of it is kept (check_serving_result)."""
+        check_serving_result(result, self.requests, where)
+
+    def meta(self) -> dict[str, Any]:
+        """What the mode adds to meta.json: nothing for our engines' cells."""
+        return {}
+
     def repeat(self, engine, repeat: int, label: str, cell: _Cell) -> Repeat:
-        """One repeat: the whole request set served, its result checked (check_serving_result)
-        before any row of it is kept."""
+        """One repeat: the whole request set served, its result checked (check) before any row
+        of it is kept."""
         cell.say(f"{label}: serving {len(self.requests)} requests ({self.settings['arrival']})")
         result = engine.serve(self.requests)
-        check_serving_result(result, self.requests, f"{cell.name} {label}")
+        self.check(result, engine, f"{cell.name} {label}")
         ids = result.token_ids
         return Repeat(
             [_window_row(repeat, result, self.requests)],
@@ -473,6 +586,52 @@ class ContinuousMode:
             tables.write(pd.DataFrame(rows, columns=schema.names), outputs[name], schema)
 
 
+class ServerMode(ContinuousMode):
+    """A continuous-batching cell (cb{n}) whose engine is an OpenAI-compatible server already
+    running (backend openai_server, tokencarbon.backends.openai_server): the request set sent with
+    at most n requests in flight. Its result is checked by check_server_result (the exact-length
+    check, relaxed only where the server could not force lengths or take token ids), and meta.json
+    records under "server" what the server is and what its lengths were:
+    {"backend", "model", "base_url", "lengths_forced", "prompt_tokens_exact", "requests_short"
+    (summed over repeats), "per_repeat": check_server_result's record of each repeat}."""
+
+    def __init__(self, workload: pd.DataFrame, n: int, settings: Mapping[str, Any],
+                 server: Mapping[str, Any]) -> None:  # fmt: skip
+        super().__init__(workload, n, settings, serving_engine=None)
+        from tokencarbon.backends.openai_server import server_settings
+
+        self.server = server
+        self.server_settings = server_settings(server["settings"])
+        self.checked: list[dict[str, Any]] = []
+
+    def engine(self, cell: _Cell, device: str, options: dict, stack: contextlib.ExitStack):
+        """openai_server.engine_for_cell: the server checked (answers, serves the model, takes
+        the length fields) before the warm-up; text prompts decoded by the family's tokenizer."""
+        from tokencarbon.backends.openai_server import engine_for_cell
+
+        return engine_for_cell(self.server["settings"], max_num_seqs=self.n,
+                               tokenizer=self.server.get("tokenizer"))  # fmt: skip
+
+    def check(self, result: ServingResult, engine, where: str) -> None:
+        from tokencarbon.backends.openai_server import check_server_result
+
+        self.checked.append(check_server_result(result, self.requests, where, engine.policy))
+
+    def meta(self) -> dict[str, Any]:
+        s, first = self.server_settings, self.checked[0]
+        return {"server": {
+            "backend": "openai_server",
+            "model": s.model,
+            "base_url": s.base_url,  # server_settings refuses credentials in it
+            "server_pid": s.server_pid,
+            "server_cgroup": s.server_cgroup,
+            "lengths_forced": first["lengths_forced"],
+            "prompt_tokens_exact": first["prompt_tokens_exact"],
+            "requests_short": sum(c["requests_short"] for c in self.checked),
+            "per_repeat": list(self.checked),
+        }}  # fmt: skip
+
+
 # ---------------------------------------------------------------- one cell
 
 
@@ -489,8 +648,8 @@ class _Cell:
     arch: Any  # models.Architecture
     quantization: Any  # quantization.Quantization
     n_requests: int
-    mode: StaticMode | ContinuousMode
-    device: CpuDevice | GpuDevice
+    mode: StaticMode | ContinuousMode | ServerMode
+    device: CpuDevice | GpuDevice | ServerCpuDevice | ServerGpuDevice
     longest: int  # prompt + output tokens of the longest request: the engines' caches
     trt_engine: dict[str, Any] | None  # what meta.json records of a TensorRT-LLM engine
     share_s: float  # power.idle_share_s
@@ -498,7 +657,7 @@ class _Cell:
 
 
 def _checked_cell(model, platform, run, batch_size, workload, engine_manifest, serving,
-                  outputs, cache_root, serving_engine, progress) -> _Cell:  # fmt: skip
+                  outputs, cache_root, serving_engine, progress, server=None) -> _Cell:  # fmt: skip
     """The cell's settings and workload checked (ConfigError / InputError naming the key or value,
     before any device work), its mode, device, longest request and TensorRT-LLM engine."""
     settings = serving_settings(serving, batch_size)
@@ -541,8 +700,8 @@ def _checked_cell(model, platform, run, batch_size, workload, engine_manifest, s
         )
     trt_engine = _tensorrt_engine(model, platform, run, batch_size, workload, engine_manifest,
                                   continuous)  # fmt: skip
-    mode = (ContinuousMode(workload, batch_size, settings, serving_engine) if continuous
-            else StaticMode(workload, batch_size))  # fmt: skip
+    mode, device = _mode_and_device(workload, batch_size, settings, serving_engine, run, server,
+                                    platform)  # fmt: skip
     share_s = float(platform.get("idle_share_s", 0.0))
     if share_s > 0 and cache_root is None:
         raise ConfigError(
@@ -553,7 +712,26 @@ def _checked_cell(model, platform, run, batch_size, workload, engine_manifest, s
     # allocates and captures what the measured work uses.
     longest = int((workload["prompt_token_ids"].map(len) + workload["output_tokens"]).max())
     return _Cell(name, model, platform, run, settings, repeats, arch, quantization, len(workload),
-                 mode, DEVICES[platform["kind"]], longest, trt_engine, share_s, say)  # fmt: skip
+                 mode, device, longest, trt_engine, share_s, say)  # fmt: skip
+
+
+def _mode_and_device(workload, n, settings, serving_engine, run, server, platform):
+    """The cell's mode and device: a server cell's (ServerMode, server_device) for backend
+    openai_server, which must be continuous and have its `server` params; else StaticMode or
+    ContinuousMode on the platform's device. Raises ConfigError naming what is missing."""
+    continuous = settings["mode"] == CONTINUOUS
+    if run["backend"] != "openai_server":
+        mode = (ContinuousMode(workload, n, settings, serving_engine) if continuous
+                else StaticMode(workload, n))  # fmt: skip
+        return mode, DEVICES[platform["kind"]]
+    if not continuous or server is None:
+        raise ConfigError(
+            "backend.name 'openai_server': a server cell is continuous (cb<n>: serving params "
+            "with mode continuous) and needs its server params (settings, tokenizer); got "
+            f"mode {settings['mode']!r}, server {'absent' if server is None else 'given'}"
+        )
+    mode = ServerMode(workload, n, settings, server)
+    return mode, server_device(platform, mode.server_settings)
 
 
 def _tensorrt_engine(model, platform, run, batch_size, workload, engine_manifest, continuous):
@@ -605,6 +783,8 @@ def run_cell(
     progress: Progress | None = None,
     cache_root: str | Path | None = None,
     script_start_wall_ns: int | None = None,
+    server: Mapping[str, Any] | None = None,
+    server_runtime: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure one cell and write its files; returns what meta.json holds.
 
@@ -619,6 +799,10 @@ def run_cell(
     idle windows, tokencarbon.idle_share); None leaves torch's caches as they are and needs
     platform["idle_share_s"] to be 0. script_start_wall_ns: when the job's script began, for the
     timeline meta.json records (tokencarbon.timeline).
+    server: a server cell's params (backend openai_server, Plan.server_params: {"settings":
+    backend.openai_server, "tokenizer": the family's}), server_runtime: its server_pid and
+    server_cgroup (not params); such a cell has no engine manifest (None) and runs as ServerMode
+    on a server device.
 
     Events in the module docstring's order, each a phase of the timeline; the measured work is
     the mode's (StaticMode, ContinuousMode), the device's interface CpuDevice or GpuDevice.
@@ -630,14 +814,15 @@ def run_cell(
 
     outputs = {"batches": out_batches, "power": out_power, "meta": out_meta,
                "requests": out_requests, "steps": out_steps}  # fmt: skip
+    if server is not None:
+        server = {**server, "settings": {**server["settings"], **(server_runtime or {})}}
     cell = _checked_cell(model, platform, run, batch_size, workload, engine_manifest, serving,
-                         outputs, cache_root, serving_engine, progress)  # fmt: skip
+                         outputs, cache_root, serving_engine, progress, server)  # fmt: skip
     timeline.since_last("checks")
 
     with contextlib.ExitStack() as stack:
         with timeline.phase("lease"):
-            leases = cell_leases(platform, cell=cell.name, lock_dir=lock_dir,
-                                 timeout_s=lease_timeout_s, log=cell.say)  # fmt: skip
+            leases = cell.device.lease(platform, cell.name, lock_dir, lease_timeout_s, cell.say)
             lease = stack.enter_context(leases)
         with timeline.phase("hardware_check"):
             hardware = detect(platform["kind"])
@@ -649,7 +834,7 @@ def run_cell(
             # samples the cell's process tree (modeled CPU) or the cell's GPU (NVML).
             sidecar = PowerSidecar(
                 cell.device.power_source(platform), Path(out_power).with_name(".power.parquet"),
-                platform["power_interval_s"], target_pid=os.getpid(),
+                platform["power_interval_s"], target_pid=cell.device.target_pid(),
             )  # fmt: skip
             sidecar.launch()
             stack.callback(sidecar.kill)  # a cell failing part-way leaves no sampler behind
@@ -815,7 +1000,8 @@ def _meta(cell: _Cell, repeats: Sequence[Repeat], *, hardware, lease, engine, wa
         "foreign_use": foreign,
         "device_state": {"start": states[0], "end": states[1]},
         "versions": versions,
-        "config": {"model": model, "platform": platform, "run": run, "serving": settings},
+        "config": {"model": model, "platform": platform, "run": run, "serving": settings,
+                   **({"server": cell.mode.server} if isinstance(cell.mode, ServerMode) else {})},
         "seeds": {"weights": model["seed"], "arrivals": settings["seed"]},
         "n_power_samples": {"idle": samples[0], "run": samples[1]},
         # per repeat, a digest of the tokens generated (None where the engine does not return
@@ -826,6 +1012,8 @@ def _meta(cell: _Cell, repeats: Sequence[Repeat], *, hardware, lease, engine, wa
         # where the job's time went, phase by phase (tokencarbon.timeline)
         "timeline": timeline.record(),
         "finished_wall_ns": time.time_ns(),
+        # a server cell: the server, its lengths (ServerMode.meta)
+        **cell.mode.meta(),
     }
 
 

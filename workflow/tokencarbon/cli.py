@@ -809,6 +809,9 @@ def diagnose(configfile: Path | None = None) -> dict:
             verdicts.append(v)  # fmt: skip
         study["platforms"] = verdicts
         study["can_run"] = bool(verdicts) and all(v["can_run"] for v in verdicts)
+        if (config.get("backend") or {}).get("name") == "openai_server":
+            study["server"] = server_checks(config, root)
+            study["can_run"] = study["can_run"] and all(c["ok"] for c in study["server"])
         if root is not None and "error" not in study:
             study["plan"] = _plan(path, root)
     return {
@@ -825,6 +828,35 @@ def diagnose(configfile: Path | None = None) -> dict:
         "platform_matches": matches,
         "study": study,
     }
+
+
+def server_checks(config: dict, root: Path | None) -> list[dict]:
+    """backend.name openai_server: openai_server.doctor's checks as [{"name", "ok", "detail"}]
+    (settings, API key variable, endpoint, model, prompt form and length control, energy, GPUs,
+    server processes), for the first platform measured here (its kind: cpu or gpu), or with the
+    first imported platform's power log where none is measured. The probe's text is decoded by
+    the first model family's tokenizer where it is a folder or hub id (the builtin one is made by
+    the workflow, so the server's own "Hello" goes instead). Never raises for what it checks."""
+    from tokencarbon.backends.openai_server import doctor
+
+    platforms = config.get("platforms") or {}
+    measured = [n for n, p in platforms.items()
+                if not (p or {}).get("import_only") and not (p or {}).get("imported")]  # fmt: skip
+    kind, log = "gpu", None
+    if measured:
+        from tokencarbon.config import platform_row
+        from tokencarbon.platforms import load_platforms
+
+        row = load_platforms().get(platform_row(config, measured[0]))
+        kind = row.kind if row is not None else "gpu"
+    else:
+        imported = [p["imported"] for p in platforms.values() if (p or {}).get("imported")]
+        log = imported[0].get("power_log") if imported else None
+    tokenizers = [f.get("tokenizer") for f in (config.get("families") or {}).values() if f]
+    tokenizer = tokenizers[0] if tokenizers and tokenizers[0] not in (None, "builtin") else None
+    checks = doctor((config.get("backend") or {}).get("openai_server"), platform_kind=kind,
+                    imported_power_log=log, tokenizer=tokenizer)  # fmt: skip
+    return [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]
 
 
 def _plan(configfile: Path, root: Path) -> dict:
@@ -866,6 +898,10 @@ def cmd_doctor(a: argparse.Namespace) -> int:
         for v in study["platforms"]:
             print(f"  {v['platform']}: {'can run here' if v['can_run'] else 'CANNOT run here'}"
                   f" ({v['why']})")  # fmt: skip
+        if "server" in study:
+            print("server (backend.openai_server)")
+            for c in study["server"]:
+                print(f"  {c['name']}: {'ok' if c['ok'] else 'FAILED'}: {c['detail']}")
         plan = study.get("plan", {})
         if "error" in plan:
             print(f"  plan: {plan['error']}")

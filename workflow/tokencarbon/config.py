@@ -626,7 +626,13 @@ def _check_sweep(config: dict[str, Any]) -> None:
     sweep, backend = config["sweep"], config["backend"]["name"]
     n_prompts = config["workload"]["num_prompts"]
     batches, seqs = sweep["batch_sizes"], sweep["max_num_seqs"]
-    if batches != "auto":
+    if batches == [] and backend != "openai_server":
+        raise ConfigError(
+            f"config key sweep.batch_sizes: [] with backend.name {backend!r}; list the batch "
+            "sizes to measure (1 among them) or 'auto' ([] is for backend.name openai_server, "
+            "whose cells are all continuous)"
+        )
+    if batches != "auto" and batches:
         if max(batches) > sweep["max_batch"]:
             raise ConfigError(
                 f"config key sweep.batch_sizes: {max(batches)} exceeds sweep.max_batch "
@@ -720,7 +726,97 @@ def check_config(config: dict[str, Any], workflow_dir: str | Path | None = None)
     _check_models(config, workflow_dir)
     _check_workload(config)
     _check_carbon(config)
+    if config["backend"]["name"] == "openai_server":
+        check_server_config(config)  # before the sweep's checks, whose advice is for our engines
     _check_sweep(config)
+
+
+SERVER_KEY = "backend.openai_server"
+
+
+def check_server_config(config: dict[str, Any]):
+    """backend.name openai_server: its options (openai_server.server_settings: the schema and
+    what a schema cannot say) and how its cells fit the study, before any job; returns the
+    ServerSettings.
+
+    Refused, by ConfigError naming the key, the value and what is valid: sweep.batch_sizes other
+    than [] (a server has no static batches); sweep.max_num_seqs 'auto' (no OOM probe measures a
+    server) or []; a quantized model (the server loads its own weights); for each platform measured
+    here, a server on another host (server_gpus.check_server_host: its energy needs an imported
+    power log), a CPU platform without server_pid (the modeled CPU power source samples the
+    server's process tree) or with gpus, a GPU platform whose server does not run on exactly one
+    named GPU (one sidecar per cell: several GPUs are not wired yet). No connection is made
+    (check_server_reachable does, where jobs will run)."""
+    from tokencarbon.backends.openai_server import server_settings
+    from tokencarbon.backends.server_gpus import check_server_host
+
+    settings = server_settings(config["backend"].get("openai_server"))
+    sweep = config["sweep"]
+    if sweep["batch_sizes"] != []:
+        raise ConfigError(
+            f"config key sweep.batch_sizes: {sweep['batch_sizes']!r} with backend.name "
+            "'openai_server'; a server is measured by continuous-batching cells only (cb<n>): set "
+            "sweep.batch_sizes: [] and list sweep.max_num_seqs"
+        )
+    if sweep["max_num_seqs"] in ("auto", []):
+        raise ConfigError(
+            f"config key sweep.max_num_seqs: {sweep['max_num_seqs']!r} with backend.name "
+            "'openai_server'; 'auto' reads the OOM probe, which cannot measure a server: list the "
+            "requests in flight to measure, e.g. [1, 4, 16], each at most the server's own limit "
+            "(vLLM --max-num-seqs, trtllm-serve --max_batch_size)"
+        )
+    for name, m in config["models"].items():
+        if m.get("quantization") not in (None, "none"):
+            raise ConfigError(
+                f"config key models.{name}.quantization: {m['quantization']!r} with backend.name "
+                "'openai_server'; the server runs the weights it loaded: remove the key (quantize "
+                "on the server) and name its checkpoint's architecture"
+            )
+    for platform in measured_platforms(config):
+        kind = platform_spec(config, platform).kind
+        check_server_host(settings.base_url, settings.gpus, None, platform, kind)
+        _check_server_devices(settings, platform, kind)
+    return settings
+
+
+def _check_server_devices(settings, platform: str, kind: str) -> None:
+    """A server cell's devices on a platform measured here (check_server_config)."""
+    if kind == "cpu" and settings.gpus:
+        raise ConfigError(
+            f"config key {SERVER_KEY}.gpus: {list(settings.gpus)} on the CPU platform "
+            f"{platform!r}; a CPU platform's server runs on its CPUs: set gpus: [] (or measure a "
+            "GPU platform)"
+        )
+    if kind == "cpu" and settings.server_pid is None:
+        raise ConfigError(
+            f"config key {SERVER_KEY}.server_pid: null on the CPU platform {platform!r}; its power "
+            "is modeled from the CPU time of the server's process tree, so name the server's main "
+            "process (e.g. `pgrep -f 'transformers serve'`)"
+        )
+    if kind == "gpu" and len(settings.gpus) != 1:
+        raise ConfigError(
+            f"config key {SERVER_KEY}.gpus: {list(settings.gpus)} on the GPU platform "
+            f"{platform!r}; a server cell samples one GPU (one power sidecar per cell): name the "
+            "one GPU the server runs on (NVML index or UUID); servers over several GPUs are not "
+            "wired into cells yet (docs/server.md)"
+        )
+
+
+def check_server_reachable(config: dict[str, Any], environ: Mapping[str, str] | None = None) -> None:
+    """Where server cells will run: the server answers at base_url, serves `model`, takes the API
+    key (from the variable api_key_env names), and server_pid runs. Raises ServerUnavailableError
+    naming base_url, ConfigError naming the key (a model not served, listing the served ones; an
+    unset key variable; a pid that does not run), ServerError for an answer that is no model
+    list. One GET of base_url/models, before any job."""
+    import os
+
+    from tokencarbon.backends.openai_server import api_key, list_models, server_settings
+    from tokencarbon.backends.server_gpus import process_tree
+
+    settings = server_settings(config["backend"].get("openai_server"))
+    list_models(settings, api_key(settings, os.environ if environ is None else environ))
+    if settings.server_pid is not None:
+        process_tree(settings.server_pid)
 
 
 SCHEMA = Path("workflow/schemas/config.schema.yaml")

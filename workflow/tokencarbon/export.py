@@ -50,6 +50,16 @@ def cell_file(platform: str, model: str, mode: str, batch_size: int) -> str:
     return f"{CellKey(platform, model, mode, int(batch_size)).name}.json"
 
 
+def _server(meta: dict | None) -> dict | None:
+    """A server cell's (backend openai_server) record of its server, for provenance: model,
+    base_url, lengths_forced, prompt_tokens_exact, requests_short; None for other cells."""
+    server = (meta or {}).get("server")
+    if not server:
+        return None
+    keep = ("model", "base_url", "lengths_forced", "prompt_tokens_exact", "requests_short")
+    return {k: server.get(k) for k in keep}
+
+
 def cell_record(metrics: dict[str, Any], cell: dict[str, Any], meta: dict | None = None) -> dict:
     """The export record of one cell from its METRICS row, its CELLS row and (optionally) its
     meta.json. Missing METRICS columns (an older table) become null."""
@@ -160,6 +170,7 @@ def cell_record(metrics: dict[str, Any], cell: dict[str, Any], meta: dict | None
                 "window_end_wall_ns": cell.get("window_end_wall_ns"),
                 "git_commit": cell.get("git_commit"),
                 "imported": imported,
+                "server": _server(meta),
             },
             "metrics": m,
         }

@@ -15,8 +15,8 @@ from tokencarbon.errors import ConfigError
 
 STATIC, CONTINUOUS = "static", "continuous"
 # A cell's folder prefix per mode, results/cells/<platform>/<model>/<prefix><n>; in this order the
-# cells of one (platform, model) are listed. A new kind of cell (an OpenAI-compatible server, issue
-# 25) is one more row here, and one more in SWEEP_KEY, PROBE_KEY and CELL_FILES.
+# cells of one (platform, model) are listed. A server cell (backend openai_server, issue 25) is a
+# continuous cell whose engine is the server (cell.ServerMode), not a mode of its own.
 MODE_PREFIX = {STATIC: "bs", CONTINUOUS: "cb"}
 MODES = tuple(MODE_PREFIX)
 # The config key under `sweep` listing each mode's n, and the probe.json key an `auto` sweep reads.

@@ -129,12 +129,21 @@ class CpuWatch:
     here, and steal is where a hypervisor's share of it shows.
     """
 
-    def __init__(self, cpus: Sequence[int]) -> None:
+    def __init__(self, cpus: Sequence[int], also_own: int | None = None) -> None:
+        """also_own: another process whose tree is the cell's own too (an OpenAI-compatible
+        server the cell measures: its CPU time is the cell's work, not foreign use)."""
         self.cpus = sorted(cpus)
+        self.also_own = also_own
         self._start: CpuSnapshot | None = None
 
     def _snapshot(self) -> CpuSnapshot:
         own_s, own_pids = tree_cpu_s()
+        if self.also_own is not None:
+            try:
+                other_s, other_pids = tree_cpu_s(self.also_own)
+            except psutil.Error:
+                other_s, other_pids = 0.0, set()  # it ended: its time is no one's any more
+            own_s, own_pids = own_s + other_s, own_pids | other_pids
         procs = _process_cpu_s(set(self.cpus), own_pids)
         busy, steal = read_cpu_busy_s(), read_cpu_steal_s()
         return CpuSnapshot(time.monotonic_ns(), busy, steal, own_s, procs)

@@ -8,7 +8,8 @@ on (tokencarbon.layout spells their names and paths). No job imports this module
 replans no job (code inputs follow the scripts' imports).
 
 A cell is a CellKey (platform, model, mode, n): static cells (`bs{n}`, the workload in batches of
-n, the study's method) and continuous-batching cells (`cb{n}`, at most n requests in flight). A
+n, the study's method) and continuous-batching cells (`cb{n}`, at most n requests in flight; with
+backend openai_server every cell is one, its engine a server already running, docs/server.md). A
 platform's cells come from one of three sources: measured here (rules run_cell and
 run_continuous_cell), copied from the machine that measured them (platforms.<name>.import_only), or
 imported from an external power log and timing file (platforms.<name>.imported, rule import_cell).
@@ -50,6 +51,8 @@ from tokencarbon.layout import (
 )
 from tokencarbon.records import CellMeta, read_probe
 
+# backend.openai_server keys a server cell reads at run time but that are not its params.
+SERVER_RUNTIME_KEYS = ("server_pid", "server_cgroup")
 # Where a platform's cells come from.
 MEASURED, COPIED, IMPORTED = "measured", "copied", "imported"
 
@@ -222,6 +225,15 @@ class Plan:
             self.copied_sizes(p, m, CONTINUOUS) for p in self.copied for m in self.models
         )
 
+    def has_static_cells(self) -> bool:
+        """Whether the study has static cells, decidable before any probe: copied platforms
+        (their bs cells are required) and imported ones (the timing file's batches) have them;
+        measured platforms unless sweep.batch_sizes is [] (backend openai_server: continuous
+        cells only)."""
+        if self.copied or self.imported:
+            return True
+        return bool(self.measured) and self.config["sweep"]["batch_sizes"] != []
+
     def probes(self, family: str | None = None) -> list[str]:
         """probe.json of every (platform, model) that has one, for tables 3/4 and the summary:
         measured platforms with the torch backend (the probe drives it) and copied platforms (the
@@ -314,6 +326,36 @@ class Plan:
         builtin tokenizer's (config.check_model_vocabulary: the cells would refuse the ids)."""
         check_model_vocabulary(self.config, model, self.workflow_dir)
         return f"{RESULTS}/engines/{platform}/{model}/{self.backend}/manifest.json"
+
+    def cell_inputs(self, platform: str, model: str) -> dict[str, str]:
+        """A measured cell's data inputs: its model's workload and the engine it runs
+        (engine_manifest); a server cell (backend openai_server) has no engine job, and reads the
+        builtin tokenizer where its family uses it (prompts sent as text are decoded by it)."""
+        inputs = {"workload": f"{RESULTS}/workload/{model}.parquet"}
+        if self.backend != "openai_server":
+            return {"engine": self.engine_manifest(platform, model)} | inputs
+        check_model_vocabulary(self.config, model, self.workflow_dir)
+        if self.config["families"][self.data_family(model)]["tokenizer"] == "builtin":
+            inputs["tokenizer"] = f"{RESULTS}/tokenizer/builtin"
+        return inputs
+
+    def server_params(self, model: str) -> dict[str, Any]:
+        """A server cell's params `server` (backend openai_server): {"settings": backend.
+        openai_server with every default spelled (ServerSettings.record: the API key's variable
+        name, never a key), "tokenizer": the model family's tokenizer (results/tokenizer/builtin,
+        a local folder or a hub id), which decodes prompts sent as text}, without server_pid and
+        server_cgroup (SERVER_RUNTIME_KEYS: a restarted server has another pid, and reruns no
+        cell; the job reads them from the config, run_cell's `server_runtime`). Raises ConfigError
+        for settings server_settings refuses."""
+        from tokencarbon.backends.openai_server import server_settings
+
+        tokenizer = self.config["families"][self.data_family(model)]["tokenizer"]
+        if tokenizer == "builtin":
+            tokenizer = f"{RESULTS}/tokenizer/builtin"
+        settings = server_settings(self.config["backend"].get("openai_server")).record()
+        for key in SERVER_RUNTIME_KEYS:  # which process is the server: not what a cell measures
+            settings.pop(key)
+        return {"settings": settings, "tokenizer": tokenizer}
 
     def engine_inputs(self, model: str) -> dict[str, Any]:
         """What an engine reads besides params: the architecture file of a named architecture,

@@ -524,6 +524,12 @@ def _has_probes(family):
     return wanted
 
 
+def _has_static_cells(study):
+    """Figures of static cells (MFU at batch 1) only where the study has some (Plan.
+    has_static_cells: a server study's cells are all continuous)."""
+    return study.plan.has_static_cells()
+
+
 def _has_quantized(study):
     return bool(study.quantized_models())
 
@@ -680,6 +686,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
         "plot_fig5",
         _draw_fig5,
         inputs=lambda study: {"metrics": METRICS, "cells": CELLS},
+        wanted=_has_static_cells,
     ),
     figure(
         "fig6a_intensity_day",
