@@ -98,7 +98,7 @@ def test_defaults_fill_missing_sections():
     assert config["platforms"] == {
         "cpu": {"hardware": None, "memory_limit_gb": None, "import_only": False, "spec": {}}
     }
-    assert config["run"] == {"repeats": 1} and config["sweep"]["max_num_seqs"] == []
+    assert config["run"] == {"repeats": 1, "repeats_at_ends": None} and config["sweep"]["max_num_seqs"] == []
 
 
 @pytest.mark.parametrize(
