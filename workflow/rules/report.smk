@@ -42,6 +42,8 @@ rule build_report:
     params:
         study=report_study_name(),
         config=PLAN.config,
-        slos_s_per_token=[float(s) for s in config["summary"]["latency_slos_s_per_token"]],
+        slos_s_per_token=[
+            float(s) for s in config["summary"]["latency_slos_s_per_token"]
+        ],
     script:
         "../scripts/build_report.py"
