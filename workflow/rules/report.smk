@@ -1,15 +1,10 @@
 # The study's report (tokencarbon.report): one self-contained HTML page to explore, the headline
 # table beside the paper's, interactive charts with a latency-SLO slider, every cell, the figures
-# `all` draws (their PNGs and captions) and the provenance (each cell's meta.json). Its path is
-# the plan's (Plan.report_target); the study is named after its --configfile.
+# `all` draws (their PNGs and captions) and the provenance (each cell's meta.json, with the config
+# slices it ran with). Its path is the plan's (Plan.report_target). Its params are slices other
+# jobs already depend on (the carbon accounting, the SLOs), so a config change that changes no
+# number reruns no report.
 from pathlib import Path
-
-
-def report_study_name():
-    """The --configfile's name (config/gpu-study.yaml -> gpu-study); "default" for the embedded
-    config/config.yaml."""
-    files = workflow.overwrite_configfiles
-    return Path(files[-1]).stem if files else "default"
 
 
 def report_figures():
@@ -40,8 +35,7 @@ rule build_report:
     conda:
         "../envs/tokencarbon.yaml"
     params:
-        study=report_study_name(),
-        config=PLAN.config,
+        carbon=PLAN.carbon_params(),
         slos_s_per_token=[
             float(s) for s in config["summary"]["latency_slos_s_per_token"]
         ],

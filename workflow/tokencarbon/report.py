@@ -67,14 +67,14 @@ pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.85em}
 @dataclass
 class ReportInputs:
     """What one study's report is made of: its metrics and cells tables, each cell's meta.json
-    (records.CellMeta.to_json), its figures (name -> PNG path) with their captions (name -> text),
-    its config, its latency SLOs (s/token) and its name."""
+    (records.CellMeta.to_json: the versions and config slices it ran with), the carbon accounting
+    its metrics were computed with (the config's `carbon`), its latency SLOs (s/token), and its
+    figures (name -> PNG path) with their captions (name -> text)."""
 
     metrics: pd.DataFrame
     cells: pd.DataFrame
     metas: Sequence[Mapping[str, Any]]
-    config: Mapping[str, Any]
-    study: str
+    carbon: Mapping[str, Any] = field(default_factory=dict)
     slos_s_per_token: Sequence[float] = ()
     figures: Mapping[str, str] = field(default_factory=dict)
     captions: Mapping[str, str] = field(default_factory=dict)
@@ -246,11 +246,33 @@ def cell_provenance_rows(cells: pd.DataFrame, metas: Sequence[Mapping[str, Any]]
     return rows
 
 
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(value, default=str)), sort_keys=False)
+
+
+def config_groups(metas: Sequence[Mapping[str, Any]]) -> list[tuple[list[str], str]]:
+    """The config slices the cells ran with (meta.json's `config`: model, platform, run, serving),
+    as YAML, each with the names of the cells that ran with it; cells recording none left out."""
+    groups: dict[str, list[str]] = {}
+    for meta in metas:
+        if meta.get("config"):
+            groups.setdefault(_yaml(meta["config"]), []).append(CellKey.of(meta).name)
+    return [(sorted(names), text) for text, names in sorted(groups.items(), key=lambda g: sorted(g[1]))]
+
+
+def _config_details(inputs: ReportInputs) -> list[str]:
+    parts = ["<h3>Config</h3>",
+             f"<p>The carbon accounting of the metrics:</p><pre id='carbon-config'>{_e(_yaml(dict(inputs.carbon)))}</pre>"]  # fmt: skip
+    for names, text in config_groups(inputs.metas):
+        parts.append(f"<details><summary>config slices of {_e(', '.join(names))}</summary>"
+                     f"<pre>{_e(text)}</pre></details>")  # fmt: skip
+    return parts
+
+
 def provenance_section(inputs: ReportInputs) -> str:
     """Where the numbers come from: the report's commit and packages, the devices, each cell's
-    commit and versions, and the study's config as it was planned."""
+    commit and versions, the carbon accounting and the config slices each cell ran with."""
     commits = sorted(inputs.cells["git_commit"].astype(str).unique())
-    config = yaml.safe_dump(json.loads(json.dumps(inputs.config, default=str)), sort_keys=False)
     versions = package_versions()
     return "\n".join([
         "<h2 id='provenance'>Provenance</h2>",
@@ -263,8 +285,7 @@ def provenance_section(inputs: ReportInputs) -> str:
         "<h3>Each cell</h3>",
         _table(["cell", "device", "git commit", "measured from (UTC)", *CELL_VERSIONS],
                cell_provenance_rows(inputs.cells, inputs.metas), table_id="cell-provenance"),
-        "<h3>Config</h3>",
-        f"<details><summary>the study's config, as planned</summary><pre>{_e(config)}</pre></details>",
+        *_config_details(inputs),
     ])  # fmt: skip
 
 
@@ -302,11 +323,12 @@ def page(inputs: ReportInputs) -> str:
     from plotly.offline import get_plotlyjs
 
     metrics = inputs.metrics if "mode" in inputs.metrics.columns else inputs.metrics.assign(mode=STATIC)
-    title = f"tokencarbon report: {inputs.study}"
     platforms = sorted(metrics["platform"].unique())
+    models = sorted(metrics["model"].unique())
+    title = f"tokencarbon report: {', '.join(models)} on {', '.join(platforms)}"
     body = [
         f"<h1>{_e(title)}</h1>",
-        f"<p>{len(metrics)} cells of {metrics['model'].nunique()} model(s) on {_e(', '.join(platforms))}. "
+        f"<p>{len(metrics)} cells of {len(models)} model(s) on {_e(', '.join(platforms))}. "
         "Every number is recomputed from the study's tables (results/tables/metrics.parquet; "
         "docs/metrics.md gives each formula).</p>",
         "<nav><a href='#headline'>headline</a><a href='#charts'>charts</a><a href='#cells'>cells</a>"
