@@ -121,7 +121,8 @@ def test_the_slo_slider_stars_the_least_carbon_cell_meeting_it(browser, metrics)
     _click(browser, right - 1, y)  # the loosest step: every cell's own latency is a step
     stars = browser.wait_js(f"({STARS}).length === 3 && {STARS}")
     least = metrics.loc[metrics.groupby("model")["g_per_token"].idxmin()]
-    names = {f"cpu/{r.model}/{'bs' if r.mode == 'static' else 'cb'}{r.batch_size}" for r in least.itertuples()}
+    prefix = {"static": "bs", "continuous": "cb"}
+    names = {f"cpu/{r.model}/{prefix[r.mode]}{r.batch_size}" for r in least.itertuples()}
     assert set(stars) == names
     _click(browser, left + 1, y)  # the tightest step: 1 ms/token (config) or the fastest cell
     tightest = min(0.001, metrics["s_per_token_user"].min())

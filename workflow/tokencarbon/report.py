@@ -123,7 +123,7 @@ def headline_rows(metrics: pd.DataFrame) -> list[list[str]]:
     rows = []
     for i, p in enumerate(pairs.itertuples()):
         mfu = getattr(p, "mfu_1", float("nan"))
-        methods = sorted({str(getattr(p, "energy_method_1", "")), str(getattr(p, "energy_method_max", ""))} - {""})
+        methods = {str(getattr(p, f"energy_method_{end}", "")) for end in ("1", "max")} - {""}
         rows.append([
             p.model, p.platform, f"{p.batch_size_1} → {p.batch_size_max}",
             f"{p.g_per_token_1 * 1e3:.3g}", f"{p.g_per_token_max * 1e3:.3g}",
@@ -131,7 +131,7 @@ def headline_rows(metrics: pd.DataFrame) -> list[list[str]]:
             _ratio(p.s_per_token_user_max, p.s_per_token_user_1, *latency.iloc[i], digits=2),
             PAPER["latency_ratio"],
             "n/a" if pd.isna(mfu) else f"{mfu * 100:.2f} %", PAPER["mfu_batch1"],
-            "; ".join(methods),
+            "; ".join(sorted(methods)),
         ])  # fmt: skip
     return rows
 
@@ -261,8 +261,9 @@ def config_groups(metas: Sequence[Mapping[str, Any]]) -> list[tuple[list[str], s
 
 
 def _config_details(inputs: ReportInputs) -> list[str]:
+    carbon = _e(_yaml(dict(inputs.carbon)))
     parts = ["<h3>Config</h3>",
-             f"<p>The carbon accounting of the metrics:</p><pre id='carbon-config'>{_e(_yaml(dict(inputs.carbon)))}</pre>"]  # fmt: skip
+             f"<p>The carbon accounting of the metrics:</p><pre id='carbon-config'>{carbon}</pre>"]
     for names, text in config_groups(inputs.metas):
         parts.append(f"<details><summary>config slices of {_e(', '.join(names))}</summary>"
                      f"<pre>{_e(text)}</pre></details>")  # fmt: skip

@@ -98,7 +98,8 @@ def _errors(df: pd.DataFrame, column: str, scale: float) -> dict | None:
 
 def groups(metrics: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The cells by (model, platform, mode), each sorted by batch size, with the group's label."""
-    df = metrics.assign(mode=metrics["mode"].fillna(STATIC)) if "mode" in metrics else metrics.assign(mode=STATIC)
+    mode = metrics["mode"].fillna(STATIC) if "mode" in metrics.columns else STATIC
+    df = metrics.assign(mode=mode)
     out = []
     for (model, platform, mode), cells in df.groupby(["model", "platform", "mode"], sort=True):
         out.append((f"{model} on {platform}, {mode}", cells.sort_values("batch_size")))
@@ -113,9 +114,10 @@ def _axis(values: pd.Series, title: str) -> dict:
 
 def cell_traces(metrics: pd.DataFrame, x: str, y: str, x_scale: float = 1.0,
                 y_scale: float = 1.0) -> list[go.Scatter]:  # fmt: skip
-    """One line-and-marker trace per (model, platform, mode), a point per cell in batch order
-    (a colour per model and platform; static solid circles, continuous dotted squares), error bars from the cells' intervals, hover from hover_text, points carrying a flag of their
-    own (not every cell's) outlined red."""
+    """One line-and-marker trace per (model, platform, mode), a point per cell in batch order (a
+    colour per model and platform; static: solid, circles; continuous: dotted, squares), error
+    bars from the cells' intervals, hover from hover_text, points carrying a flag of their own
+    (not every cell's) outlined red."""
     common = study_flags(metrics)
     pairs = sorted(set(zip(metrics["model"], metrics["platform"])))
     traces = []
