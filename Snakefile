@@ -25,6 +25,7 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

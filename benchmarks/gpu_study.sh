@@ -4,6 +4,7 @@
 # clean copy of the workflow (config/<study>.yaml: import_only, so nothing is rerun), aggregated
 # there, and the small tables and figures copied back:
 #   benchmarks/results/<study>/{tables/*.parquet,summary.md}   docs/figures/<study>/*.png
+#   docs/reports/<study>.html (the study's self-contained report, tokencarbon/report.py)
 #
 #   bash benchmarks/gpu_study.sh [STUDY...]   (default: gpu-study; make gpu-study runs every study;
 #                                               CPU only, about 30 s each)
@@ -11,6 +12,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 snakemake=${SNAKEMAKE:-$root/.venv/bin/snakemake}
 work=$(mktemp -d)
+# The copy is no git checkout: the report names the commit it was built from through this.
+TOKENCARBON_SOURCE_COMMIT=$(git -C "$root" rev-parse HEAD)$(git -C "$root" diff --quiet HEAD -- || echo +dirty)
+export TOKENCARBON_SOURCE_COMMIT
 trap 'rm -rf "$work"' EXIT
 
 for name in "${@:-gpu-study}" ; do
@@ -19,9 +23,10 @@ for name in "${@:-gpu-study}" ; do
     git -C "$root" ls-files -z | (cd "$root" && xargs -0 cp --parents -t "$work")
     cp -r "$study/cells" "$work/results/cells"
     (cd "$work" && "$snakemake" --cores 2 all --configfile "config/$name.yaml" --quiet rules)
-    mkdir -p "$study/tables" "$root/docs/figures/$name"
+    mkdir -p "$study/tables" "$root/docs/figures/$name" "$root/docs/reports"
     cp "$work"/results/tables/*.parquet "$study/tables/"
     cp "$work/results/summary.md" "$study/summary.md"
     cp "$work"/results/figures/*.png "$root/docs/figures/$name/"
-    echo "$name: tables in $study/tables, figures in docs/figures/$name"
+    cp "$work/results/report.html" "$root/docs/reports/$name.html"
+    echo "$name: tables in $study/tables, figures in docs/figures/$name, report docs/reports/$name.html"
 done

@@ -282,8 +282,8 @@ class Plan:
         return targets(Study(self))
 
     def targets(self) -> list[str]:
-        """What `all` builds: every model's workload, the tables, the figures' registry and the
-        export."""
+        """What `all` builds: every model's workload, the tables, the figures' registry, the
+        export and the report."""
         from tokencarbon.export import EXPORT_TARGETS
 
         return (
@@ -291,7 +291,12 @@ class Plan:
             + self.table_targets()
             + self.figure_targets()
             + list(EXPORT_TARGETS)
+            + [self.report_target()]
         )
+
+    def report_target(self) -> str:
+        """The study's HTML report (rule build_report, tokencarbon.report)."""
+        return f"{RESULTS}/report.html"
 
     # ------------------------------------------------------------------ inputs of jobs
 

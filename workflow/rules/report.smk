@@ -1,0 +1,43 @@
+# The study's report (tokencarbon.report): one self-contained HTML page to explore, the headline
+# table beside the paper's, interactive charts with a latency-SLO slider, every cell, the figures
+# `all` draws (their PNGs and captions) and the provenance (each cell's meta.json, with the config
+# slices it ran with). Its path is the plan's (Plan.report_target). Its params are slices other
+# jobs already depend on (the carbon accounting, the SLOs), so a config change that changes no
+# number reruns no report.
+from pathlib import Path
+
+
+def report_figures():
+    """The PNG of every figure `all` draws, in the registry's order."""
+    return [p for p in PLAN.figure_targets() if p.endswith(".png")]
+
+
+def report_captions():
+    """Each figure's caption, workflow/report/<figure>.rst."""
+    return [
+        workdir_path(PKG_ROOT.parent / "workflow/report" / f"{Path(p).stem}.rst")
+        for p in report_figures()
+    ]
+
+
+rule build_report:
+    input:
+        metrics="results/tables/metrics.parquet",
+        cells="results/tables/cells.parquet",
+        meta=cell_metas,
+        figures=report_figures(),
+        captions=report_captions(),
+        code=code_inputs("build_report"),
+    output:
+        html=PLAN.report_target(),
+    log:
+        "logs/build_report.log",
+    conda:
+        "../envs/tokencarbon.yaml"
+    params:
+        carbon=PLAN.carbon_params(),
+        slos_s_per_token=[
+            float(s) for s in config["summary"]["latency_slos_s_per_token"]
+        ],
+    script:
+        "../scripts/build_report.py"
