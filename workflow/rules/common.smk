@@ -3,6 +3,7 @@
 # path (PKG_ROOT) and the config files' YAML checks come first, in setup.smk.
 import copy
 import functools
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -192,3 +193,16 @@ def measure_threads(wildcards):
         return workflow.cores
     except WorkflowError:  # no --cores: a cluster executor
         return PLAN.measure_params(wildcards.platform)["logical_cpus"]
+
+
+def report_figures():
+    """The PNG of every figure `all` draws, in the registry's order."""
+    return [p for p in PLAN.figure_targets() if p.endswith(".png")]
+
+
+def report_captions():
+    """Each figure's caption, workflow/report/<figure>.rst."""
+    return [
+        workdir_path(PKG_ROOT.parent / "workflow/report" / f"{Path(p).stem}.rst")
+        for p in report_figures()
+    ]

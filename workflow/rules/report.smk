@@ -4,22 +4,6 @@
 # slices it ran with). Its path is the plan's (Plan.report_target). Its params are slices other
 # jobs already depend on (the carbon accounting, the SLOs), so a config change that changes no
 # number reruns no report.
-from pathlib import Path
-
-
-def report_figures():
-    """The PNG of every figure `all` draws, in the registry's order."""
-    return [p for p in PLAN.figure_targets() if p.endswith(".png")]
-
-
-def report_captions():
-    """Each figure's caption, workflow/report/<figure>.rst."""
-    return [
-        workdir_path(PKG_ROOT.parent / "workflow/report" / f"{Path(p).stem}.rst")
-        for p in report_figures()
-    ]
-
-
 rule build_report:
     input:
         metrics="results/tables/metrics.parquet",
