@@ -83,18 +83,19 @@ def test_profile_repeats_the_default_profile():
 
 def rules_on_their_platform() -> set[str]:
     """Rules whose jobs run on their platform's hardware: those taking common.smk's measured_here
-    input (the hardware check every measuring job makes: cells, probe, platform measurement), and
-    the TensorRT-LLM engine build (it compiles for the GPU it runs on)."""
+    input (the hardware check every measuring job makes: cells, probe, platform measurement; a
+    server cell's server_measured_here, defined under an `if` and so indented), and the
+    TensorRT-LLM engine build (it compiles for the GPU it runs on)."""
     smk = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
-    blocks = re.split(r"^(?:rule|checkpoint) (\w+):", smk, flags=re.M)[1:]
-    rules = dict(zip(blocks[::2], blocks[1::2]))
-    return {r for r, body in rules.items() if "measured=measured_here" in body} | {"build_trtllm_engine"}
+    blocks = re.split(r"^\s*(?:rule|checkpoint) (\w+):", smk, flags=re.M)[1:]
+    on = re.compile(r"measured=(server_)?measured_here\b")
+    return {r for r, body in zip(blocks[::2], blocks[1::2]) if on.search(body)} | {"build_trtllm_engine"}
 
 
 def test_set_resources_name_rules_that_exist():
     # Snakemake ignores set-resources of an unknown rule: a typo would silently drop the GPU request.
     smk = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
-    defined = set(re.findall(r"^(?:rule|checkpoint) (\w+):", smk, flags=re.M))
+    defined = set(re.findall(r"^\s*(?:rule|checkpoint) (\w+):", smk, flags=re.M))
     named = set(yaml.safe_load(PROFILE.read_text())["set-resources"])
     assert named <= defined, named - defined
 
