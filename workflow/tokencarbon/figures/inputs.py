@@ -22,7 +22,7 @@ from tokencarbon.errors import SchemaError
 
 # Columns of the metrics table that per-cell intervals and repeats add (tokencarbon.metrics);
 # each value column X has X_ci_low and X_ci_high (bootstrap 95 % interval over repeats).
-CI_VALUES = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user")
+CI_VALUES = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user", "e2e_s_per_token")
 STATIC = "static"
 CONTINUOUS = "continuous"
 MODES = (STATIC, CONTINUOUS)
@@ -40,6 +40,7 @@ OPTIONAL_METRICS = pa.schema(
         ("j_per_token_steady", pa.float64()),
         ("tokens_per_s_steady", pa.float64()),
         ("j_per_request", pa.float64()),
+        ("e2e_s_per_token", pa.float64()),
     ]
     + [
         (f"{what}_{q}_s", pa.float64())
