@@ -208,6 +208,7 @@ LLAMA_CELLS = [
         "batch_size": b,
         "tokens_per_s": tps,
         "s_per_token_user": lat,
+        "e2e_s_per_token": lat,
     }
     for b, tps, lat in [(1, 50.0, 0.020), (4, 180.0, 0.022), (16, 600.0, 0.027)]
 ]
@@ -219,6 +220,7 @@ GPT2_CELLS = [
         "batch_size": b,
         "tokens_per_s": tps,
         "s_per_token_user": lat,
+        "e2e_s_per_token": lat,
     }
     for b, tps, lat in [(1, 300.0, 0.003), (8, 2000.0, 0.004)]
 ]
@@ -256,7 +258,7 @@ def test_fig4_draws_every_cell_labelled_with_its_batch_size():
     assert sorted(texts(ax)) == ["1", "1", "16", "4", "8"]
     legend = legend_texts(ax.get_legend())
     assert {"llama-2-7b", "gpt2", "h100-sxm-80gb"} <= set(legend)
-    assert ax.get_xlabel() == "user-perceived latency (ms/token)"
+    assert ax.get_xlabel() == "E2E latency per output token (ms/token)"
     assert ax.get_ylabel() == "throughput (output tokens/s)"
 
 
@@ -651,8 +653,12 @@ def test_carbon_optimal_batch_under_a_latency_slo():
 
 
 def _repeated(rows: list[dict]) -> list[dict]:
-    """Cells repeated 3 times, each with the interval columns tokencarbon.metrics writes."""
-    return [{"n_repeats": 3} | r for r in rows]
+    """Cells repeated 3 times, each with the interval columns tokencarbon.metrics writes; the E2E
+    latency per token (and its interval) equal to the study's batch latency per token, so one
+    expected value serves figures on either (the test of the one latency axis sets them apart)."""
+    lat = ("s_per_token_user", "s_per_token_user_ci_low", "s_per_token_user_ci_high")
+    return [{"n_repeats": 3} | r | {k.replace("s_per_token_user", "e2e_s_per_token"): r[k]
+                                    for k in lat if k in r} for r in rows]  # fmt: skip
 
 
 STATIC_AND_CONTINUOUS = _repeated(
