@@ -758,9 +758,11 @@ def test_summary_names_the_operating_point_filled_intensity_embodied_range_and_f
     assert "for 1 of 3 cells" in md and "up to 25% of a window" in md
     # embodied at bs1 0.1-0.3 mg, at bs8 0.02-0.06 mg (g x 1000)
     assert "| m | p | 0.1–0.3 | 0.02–0.06 |" in md and "Boundary:" in md
-    # "modeled" restates the energy column: only the warning is listed, only for its cell
+    # "modeled" restates the energy column (the study's tier, said once): only the warning is
+    # listed among the suspect cells, only for its cell
     assert "| m | p | continuous | 8 | j_per_token_cv_high |" in md
-    assert "| m | p | static | 1 |" not in md.split("### Flagged cells")[1]
+    assert "| m | p | static | 1 |" not in md.split("### Suspect cells")[1]
+    assert "modeled (2 of 3 cells:" in md
 
 
 def test_summary_of_an_old_table_has_no_intervals_and_no_notes(repo):
@@ -1054,11 +1056,49 @@ def test_metrics_table_in_display_units_with_intervals_and_only_present_columns(
     cells = dict(zip(table.header, table.rows[0]))
     assert cells["J/token"] == "0.5 [0.4, 0.6]"
     assert cells["operational mgCO2e/token"] == "0.2 [0.18, 0.22]"  # g x 1000
-    assert cells["user-perceived ms/token"] == "12"  # 0.012 s, no interval given
-    assert cells["MFU (%)"] == "1.23" and cells["QA flags"] == "throttled"
+    assert cells["the study's batch ms/token (no queueing)"] == "12"  # 0.012 s, no interval given
+    assert cells["MFU (%)"] == "1.23" and cells["suspect-cell QA flags"] == "throttled"
     # an old table: only the columns it has
     old = pd.DataFrame({"platform": ["p"], "model": ["m"], "batch_size": [1], "j_per_token": [2.0]})
     assert metrics_table(old).header == ["platform", "model", "batch size / max_num_seqs", "J/token"]
     write_metrics_html(metrics([row | {"model": "<m>"}]), tmp_path / "metrics.html")
     html = (tmp_path / "metrics.html").read_text()
     assert "<td>&lt;m&gt;</td>" in html and "<th>J/token</th>" in html
+
+
+def test_every_latency_axis_and_the_slo_read_e2e_latency_per_token():
+    from tokencarbon.errors import SchemaError
+    from tokencarbon.figures.inputs import latency_axis
+
+    # Issue 24: static bs8 at 4 ms/token E2E (its requests queue for batches) but 2 ms/token by
+    # the study's batch measure; cb8 at 6 ms/token on both (finish - arrival per token).
+    rows = [
+        {"model": "m", "architecture": "llama-2-7b", "platform": "p", "mode": "static",
+         "batch_size": 8, "g_per_token": 5.0e-4, "tokens_per_s": 200.0,
+         "s_per_token_user": 0.002, "e2e_s_per_token": 0.004},
+        {"model": "m", "architecture": "llama-2-7b", "platform": "p", "mode": "continuous",
+         "batch_size": 8, "g_per_token": 3.0e-4, "tokens_per_s": 320.0,
+         "s_per_token_user": 0.006, "e2e_s_per_token": 0.006},
+    ]  # fmt: skip
+    df = metrics(rows)
+    ax = fig4_throughput_latency(df).axes[0]
+    xs = sorted(x for line in data_lines(ax) for x in line.get_xdata())
+    assert xs == pytest.approx([4.0, 6.0])  # ms, E2E: never the static cell's 2.0
+    assert ax.get_xlabel() == "E2E latency per output token (ms/token)"
+    assert "(finish - arrival)" in " ".join(ax.get_title().split())
+    fig = pareto_carbon_latency(df, [0.005])
+    assert fig.axes[0].get_xlabel() == "E2E latency per output token (ms/token)"
+    # SLO 5 ms: only the static cell meets it on E2E (4 ms); on the study's measure cb8 (6 ms)
+    # would not either, but at 7 ms the continuous cell's 0.3 mg beats the static 0.5 mg.
+    best = carbon_optimal_points(df, [0.005, 0.007])
+    assert best["mode"].tolist() == ["static", "continuous"]
+    assert best["latency_s_per_token"].tolist() == pytest.approx([0.004, 0.006])
+    assert set(best["latency_column"]) == {"e2e_s_per_token"}
+    md = summary_markdown(df, [], [0.005])
+    assert "| m | p | 5 | static batch 8 | 0.5 | 4 |" in md
+    # A table written before the column: static cells alone are drawn on the study's measure,
+    # labelled so; with a continuous cell there is no shared definition, and it is refused.
+    old = df.drop(columns=["e2e_s_per_token"])
+    assert latency_axis(old[old["mode"] == "static"], "f")[1].startswith("the study's batch")
+    with pytest.raises(SchemaError, match="e2e_s_per_token"):
+        fig4_throughput_latency(old)
