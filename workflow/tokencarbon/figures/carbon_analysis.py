@@ -193,6 +193,22 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
         ax.set_title(f"{model} on {platform}", fontsize="medium")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
+    handles = _pareto_handles(df, colours)
+    # Three legend columns need two panels' width; one panel takes two.
+    fig.legend(handles=handles, loc="outside lower center", ncols=3 if ncols > 1 else 2, fontsize="small")
+    bars = "; bars: 95 % intervals" if xerr is not None or yerr is not None else ""
+    title = (f"Carbon per token vs E2E latency per token, every cell\n{_carbon_basis(df)}{bars}"
+             f"\nx: {latency_note}")
+    fig.suptitle(wrap_to_width(title, fig.get_figwidth() - 0.3, 14.4))  # "large" in the theme
+    if not panels:
+        raise InputError(f"{figure}: no (model, platform) to draw")
+    declutter(fig, labels)
+    return fig
+
+
+def _pareto_handles(df: pd.DataFrame, colours: dict) -> list[Line2D]:
+    """The Pareto figure's legend: each mode drawn, the front, the SLO line, the star, and the
+    suspect-cell ring where a cell is suspect (df["suspect"]: its CELL-tier flags)."""
     handles = [
         Line2D([], [], color=colours[m], marker=MODE_STYLE[m]["marker"], label=MODE_STYLE[m]["label"])
         for m in (STATIC, CONTINUOUS)
@@ -205,16 +221,7 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
     ]
     if (df["suspect"] != "").any():
         handles.append(suspect_handle(df.loc[df["suspect"] != "", "suspect"]))
-    # Three legend columns need two panels' width; one panel takes two.
-    fig.legend(handles=handles, loc="outside lower center", ncols=3 if ncols > 1 else 2, fontsize="small")
-    bars = "; bars: 95 % intervals" if xerr is not None or yerr is not None else ""
-    title = (f"Carbon per token vs E2E latency per token, every cell\n{_carbon_basis(df)}{bars}"
-             f"\nx: {latency_note}")
-    fig.suptitle(wrap_to_width(title, fig.get_figwidth() - 0.3, 14.4))  # "large" in the theme
-    if not panels:
-        raise InputError(f"{figure}: no (model, platform) to draw")
-    declutter(fig, labels)
-    return fig
+    return handles
 
 
 # ------------------------------------------------------------------ the time-shift what-if

@@ -193,21 +193,8 @@ def fig4_throughput_latency(
             )
     suspect = df[df["suspect"] != ""]
     mark_suspect(ax, suspect["ms_per_token"], suspect["tokens_per_s"])
-    handles = [Patch(color=colours[p], label=p) for p in colours]
-    handles += [
-        Line2D(
-            [], [], color="0.3", marker=markers[m], ls="none", label=names[m],
-            alpha=REFERENCE_ALPHA if m in faded else 1.0,
-        )  # fmt: skip
-        for m in markers
-    ]
     modes = sorted(df["mode"].unique())
-    if len(modes) > 1 or modes != [STATIC]:
-        handles += [
-            Line2D([], [], color="0.3", ls=MODE_DASHES[m], label=f"{m} batching") for m in modes
-        ]
-    if len(suspect):
-        handles.append(suspect_handle(suspect["suspect"]))
+    handles = _fig4_handles(colours, markers, names, faded, modes, suspect["suspect"])
     ax.legend(handles=handles, fontsize="small", **OUTSIDE_RIGHT)
     readable_axis(ax, "x", df["ms_per_token"])
     readable_axis(ax, "y", df["tokens_per_s"])
@@ -227,6 +214,27 @@ def fig4_throughput_latency(
     )
     declutter(fig, point_labels)
     return fig
+
+
+def _fig4_handles(colours, markers, names, faded, modes, suspect: pd.Series) -> list:
+    """Figure 4's legend: platforms (colours), models (markers; references faded), the modes'
+    dashes where a continuous cell is drawn, and the suspect-cell ring where `suspect` (the
+    CELL-tier flags of the suspect cells) holds any."""
+    handles = [Patch(color=colours[p], label=p) for p in colours]
+    handles += [
+        Line2D(
+            [], [], color="0.3", marker=markers[m], ls="none", label=names[m],
+            alpha=REFERENCE_ALPHA if m in faded else 1.0,
+        )  # fmt: skip
+        for m in markers
+    ]
+    if len(modes) > 1 or modes != [STATIC]:
+        handles += [
+            Line2D([], [], color="0.3", ls=MODE_DASHES[m], label=f"{m} batching") for m in modes
+        ]
+    if len(suspect):
+        handles.append(suspect_handle(suspect))
+    return handles
 
 
 def smallest_static_cells(metrics: pd.DataFrame) -> pd.DataFrame:
