@@ -125,20 +125,13 @@ def read_probes(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 # request of a repeat arriving when the repeat starts, averaged over requests.
 LATENCY = "e2e_s_per_token"
 LATENCY_LABEL = "E2E latency per output token (ms/token)"
-LATENCY_NOTE = (
-    "E2E latency per output token: per request (finish - arrival) / its output tokens, every "
-    "request arriving when its repeat starts (a static batch's requests wait for the batches "
-    "before theirs)"
-)
+LATENCY_NOTE = "per request (finish - arrival) / output tokens, all arriving as the repeat starts"
 # The study's (Lim et al. 2024) batch latency per token: static cells' batch time over the tokens
 # of each request, no queueing. Only figures and ratios of static cells against the study's own
 # numbers use it (figure 7, the summary's headline ratios), and a table that predates LATENCY.
 STUDY_LATENCY = "s_per_token_user"
 STUDY_LATENCY_LABEL = "the study's batch latency per token (ms/token)"
-STUDY_LATENCY_NOTE = (
-    "the study's batch latency per token (batch time / tokens, no queueing; this table predates "
-    "E2E latency per output token)"
-)
+STUDY_LATENCY_NOTE = "the study's batch time / tokens, no queueing (a table older than E2E per token)"
 
 
 def latency_axis(df: pd.DataFrame, figure: str) -> tuple[str, str, str]:

@@ -580,7 +580,7 @@ def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
 
 def _slo_blocks(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> list[Block]:
     best = carbon_optimal_points(metrics, slos_s_per_token)
-    _, _, note = latency_axis(metrics, "summary_markdown (SLO)")
+    _, label, note = latency_axis(metrics, "summary_markdown (SLO)")
     header = [
         "model",
         "platform",
@@ -607,8 +607,9 @@ def _slo_blocks(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> lis
             "p",
             "Among every measured cell (static batch sizes and continuous-batching max_num_seqs) "
             f"whose latency meets the SLO, the one with the least operational carbon per token; "
-            "it lies on the Pareto front of the carbon-vs-latency figure. Latency: "
-            f"{note}.",
+            f"it lies on the Pareto front of the carbon-vs-latency figure. Latency, {label}: "
+            f"{note}; a static batch's requests wait for the batches before theirs "
+            "(docs/metrics.md).",
         ),
         ("table", Table(header, rows)),
     ]
