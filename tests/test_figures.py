@@ -208,6 +208,7 @@ LLAMA_CELLS = [
         "batch_size": b,
         "tokens_per_s": tps,
         "s_per_token_user": lat,
+        "e2e_s_per_token": lat,
     }
     for b, tps, lat in [(1, 50.0, 0.020), (4, 180.0, 0.022), (16, 600.0, 0.027)]
 ]
@@ -219,6 +220,7 @@ GPT2_CELLS = [
         "batch_size": b,
         "tokens_per_s": tps,
         "s_per_token_user": lat,
+        "e2e_s_per_token": lat,
     }
     for b, tps, lat in [(1, 300.0, 0.003), (8, 2000.0, 0.004)]
 ]
@@ -256,7 +258,7 @@ def test_fig4_draws_every_cell_labelled_with_its_batch_size():
     assert sorted(texts(ax)) == ["1", "1", "16", "4", "8"]
     legend = legend_texts(ax.get_legend())
     assert {"llama-2-7b", "gpt2", "h100-sxm-80gb"} <= set(legend)
-    assert ax.get_xlabel() == "user-perceived latency (ms/token)"
+    assert ax.get_xlabel() == "E2E latency per output token (ms/token)"
     assert ax.get_ylabel() == "throughput (output tokens/s)"
 
 
@@ -651,8 +653,12 @@ def test_carbon_optimal_batch_under_a_latency_slo():
 
 
 def _repeated(rows: list[dict]) -> list[dict]:
-    """Cells repeated 3 times, each with the interval columns tokencarbon.metrics writes."""
-    return [{"n_repeats": 3} | r for r in rows]
+    """Cells repeated 3 times, each with the interval columns tokencarbon.metrics writes; the E2E
+    latency per token (and its interval) equal to the study's batch latency per token, so one
+    expected value serves figures on either (the test of the one latency axis sets them apart)."""
+    lat = ("s_per_token_user", "s_per_token_user_ci_low", "s_per_token_user_ci_high")
+    return [{"n_repeats": 3} | r | {k.replace("s_per_token_user", "e2e_s_per_token"): r[k]
+                                    for k in lat if k in r} for r in rows]  # fmt: skip
 
 
 STATIC_AND_CONTINUOUS = _repeated(
@@ -752,9 +758,11 @@ def test_summary_names_the_operating_point_filled_intensity_embodied_range_and_f
     assert "for 1 of 3 cells" in md and "up to 25% of a window" in md
     # embodied at bs1 0.1-0.3 mg, at bs8 0.02-0.06 mg (g x 1000)
     assert "| m | p | 0.1–0.3 | 0.02–0.06 |" in md and "Boundary:" in md
-    # "modeled" restates the energy column: only the warning is listed, only for its cell
+    # "modeled" restates the energy column (the study's tier, said once): only the warning is
+    # listed among the suspect cells, only for its cell
     assert "| m | p | continuous | 8 | j_per_token_cv_high |" in md
-    assert "| m | p | static | 1 |" not in md.split("### Flagged cells")[1]
+    assert "| m | p | static | 1 |" not in md.split("### Suspect cells")[1]
+    assert "modeled (2 of 3 cells:" in md
 
 
 def test_summary_of_an_old_table_has_no_intervals_and_no_notes(repo):
@@ -1048,11 +1056,49 @@ def test_metrics_table_in_display_units_with_intervals_and_only_present_columns(
     cells = dict(zip(table.header, table.rows[0]))
     assert cells["J/token"] == "0.5 [0.4, 0.6]"
     assert cells["operational mgCO2e/token"] == "0.2 [0.18, 0.22]"  # g x 1000
-    assert cells["user-perceived ms/token"] == "12"  # 0.012 s, no interval given
-    assert cells["MFU (%)"] == "1.23" and cells["QA flags"] == "throttled"
+    assert cells["the study's batch ms/token (no queueing)"] == "12"  # 0.012 s, no interval given
+    assert cells["MFU (%)"] == "1.23" and cells["suspect-cell QA flags"] == "throttled"
     # an old table: only the columns it has
     old = pd.DataFrame({"platform": ["p"], "model": ["m"], "batch_size": [1], "j_per_token": [2.0]})
     assert metrics_table(old).header == ["platform", "model", "batch size / max_num_seqs", "J/token"]
     write_metrics_html(metrics([row | {"model": "<m>"}]), tmp_path / "metrics.html")
     html = (tmp_path / "metrics.html").read_text()
     assert "<td>&lt;m&gt;</td>" in html and "<th>J/token</th>" in html
+
+
+def test_every_latency_axis_and_the_slo_read_e2e_latency_per_token():
+    from tokencarbon.errors import SchemaError
+    from tokencarbon.figures.inputs import latency_axis
+
+    # Issue 24: static bs8 at 4 ms/token E2E (its requests queue for batches) but 2 ms/token by
+    # the study's batch measure; cb8 at 6 ms/token on both (finish - arrival per token).
+    rows = [
+        {"model": "m", "architecture": "llama-2-7b", "platform": "p", "mode": "static",
+         "batch_size": 8, "g_per_token": 5.0e-4, "tokens_per_s": 200.0,
+         "s_per_token_user": 0.002, "e2e_s_per_token": 0.004},
+        {"model": "m", "architecture": "llama-2-7b", "platform": "p", "mode": "continuous",
+         "batch_size": 8, "g_per_token": 3.0e-4, "tokens_per_s": 320.0,
+         "s_per_token_user": 0.006, "e2e_s_per_token": 0.006},
+    ]  # fmt: skip
+    df = metrics(rows)
+    ax = fig4_throughput_latency(df).axes[0]
+    xs = sorted(x for line in data_lines(ax) for x in line.get_xdata())
+    assert xs == pytest.approx([4.0, 6.0])  # ms, E2E: never the static cell's 2.0
+    assert ax.get_xlabel() == "E2E latency per output token (ms/token)"
+    assert "(finish - arrival)" in " ".join(ax.get_title().split())
+    fig = pareto_carbon_latency(df, [0.005])
+    assert fig.axes[0].get_xlabel() == "E2E latency per output token (ms/token)"
+    # SLO 5 ms: only the static cell meets it on E2E (4 ms); on the study's measure cb8 (6 ms)
+    # would not either, but at 7 ms the continuous cell's 0.3 mg beats the static 0.5 mg.
+    best = carbon_optimal_points(df, [0.005, 0.007])
+    assert best["mode"].tolist() == ["static", "continuous"]
+    assert best["latency_s_per_token"].tolist() == pytest.approx([0.004, 0.006])
+    assert set(best["latency_column"]) == {"e2e_s_per_token"}
+    md = summary_markdown(df, [], [0.005])
+    assert "| m | p | 5 | static batch 8 | 0.5 | 4 |" in md
+    # A table written before the column: static cells alone are drawn on the study's measure,
+    # labelled so; with a continuous cell there is no shared definition, and it is refused.
+    old = df.drop(columns=["e2e_s_per_token"])
+    assert latency_axis(old[old["mode"] == "static"], "f")[1].startswith("the study's batch")
+    with pytest.raises(SchemaError, match="e2e_s_per_token"):
+        fig4_throughput_latency(old)

@@ -679,3 +679,47 @@ def test_a_cell_without_power_samples_says_to_measure_it_again():
     assert "results/cells/toyplat/toy-model/bs1/power.parquet holds none" in text
     assert "measure that cell again (delete results/cells/toyplat/toy-model/bs1/ and rerun" in text
     assert "re-run aggregate_cells" not in text
+
+
+def test_static_and_continuous_cells_share_one_latency_definition_by_hand():
+    # One study serves the same two requests twice, every request arriving when the repeat
+    # starts: r0 (3 prompt, 4 output tokens) and r1 (2 prompt, 3 output tokens).
+    # Static bs1: batch 0 is r0 over [0, 1.0] s, batch 1 is r1 over [1.2, 1.8] s (0.2 s of engine
+    # set-up between them, outside every window).
+    static = _build([(0, 0, 0.0, 1.0, 4), (0, 1, 1.2, 0.6, 3)], lambda t: 100.0, n_requests=2)
+    # Continuous cb2 (_continuous_cell): both run at once; r0 finishes at 1.0 s, r1 at 0.75 s.
+    cells, batches, power, requests, steps = _continuous_cell()
+    both = [pd.concat([a, b], ignore_index=True) for a, b in zip(static, (cells, batches, power))]
+    df = _metrics(*both, requests=requests, steps=steps)
+    st = df[df["mode"] == "static"].iloc[0]
+    cb = df[df["mode"] == "continuous"].iloc[0]
+    # E2E per output token, static: r0 waits for nothing and ends with batch 0: 1.0 s / 4 =
+    # 0.25 s/token; r1 waits for batch 0 (1.0 s) and then its own (0.6 s; the set-up gap is not
+    # counted, as tokens/s does not count it): 1.6 s / 3 = 0.5333 s/token. Mean 0.391667.
+    assert st["e2e_s_per_token"] == pytest.approx((1.0 / 4 + 1.6 / 3) / 2)
+    # Continuous: (finish - arrival) / output tokens: r0 1.0 / 4 = 0.25, r1 0.75 / 3 = 0.25.
+    assert cb["e2e_s_per_token"] == pytest.approx(0.25)
+    # On this axis the continuous cell is the faster one (it serves both requests at once) ...
+    assert cb["e2e_s_per_token"] < st["e2e_s_per_token"]
+    # ... while the study's batch latency per token, kept as its own column, has no queueing:
+    # static mean(1.0 / 4, 0.6 / 3) = 0.225 s/token, below the continuous cell's 0.25.
+    assert st["s_per_token_user"] == pytest.approx((1.0 / 4 + 0.6 / 3) / 2)
+    assert cb["s_per_token_user"] == pytest.approx(0.25)
+    # One repeat: its row holds the same figure, with no interval.
+    _, repeats = compute_all(*both, {"toy": ARCH}, {"toyplat": PLATFORM}, CONSTANT_413,
+                             requests=requests, steps=steps, settings=NO_MIN)  # fmt: skip
+    rep = repeats.set_index("mode")["e2e_s_per_token"]
+    assert (rep["static"], rep["continuous"]) == pytest.approx((0.391667, 0.25), abs=1e-6)
+    assert np.isnan(st["e2e_s_per_token_ci_low"])
+
+
+def test_static_e2e_per_token_restarts_the_queue_each_repeat():
+    from tokencarbon.metrics import static_e2e_per_token
+
+    # Two repeats of two 1 s batches (outputs 2 and 4 tokens): each repeat's second batch waits
+    # 1 s, never the earlier repeat's 2 s: [1/2, 2/4] per repeat -> [0.5, 0.5, 0.5, 0.5].
+    _, batches, _ = _build([(r, i, 3.0 * r + 1.5 * i, 1.0, 2 + 2 * i) for r in (0, 1)
+                            for i in (0, 1)], lambda t: 100.0)  # fmt: skip
+    assert static_e2e_per_token(batches) == pytest.approx([0.5, 0.5, 0.5, 0.5])
+    with pytest.raises(InputError, match="output_lens"):
+        static_e2e_per_token(batches.assign(n_requests=2))

@@ -146,6 +146,7 @@ def cell_record(metrics: dict[str, Any], cell: dict[str, Any], meta: dict | None
                 "unit": "s",
                 "duration_seconds": g("window_s"),
                 "s_per_token_user": g("s_per_token_user"),
+                "e2e_s_per_token": g("e2e_s_per_token"),
                 "ttft": {"mean": g("ttft_s"), "p50": g("ttft_p50_s"), "p90": g("ttft_p90_s"),
                          "p99": g("ttft_p99_s")},
                 "tpot": {"mean": g("tpot_s"), "p50": g("tpot_p50_s"), "p90": g("tpot_p90_s"),

@@ -45,7 +45,7 @@ THROTTLE_MASK = 0x8 | 0x20 | 0x40 | 0x80
 # A repeat's start-up transient: its leading static batches whose mean power is below this share
 # of the median batch's mean power in the repeat.
 TRANSIENT_POWER_SHARE = 0.9
-CI_METRICS = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user")
+CI_METRICS = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user", "e2e_s_per_token")
 PERCENTILES = (50, 90, 99)
 # BATCHES / REQUESTS first_token_ns (and first_token_wall_ns) of a window or request whose first
 # token time is unknown (an imported timing file without it): TTFT and TPOT are NaN there.
@@ -223,6 +223,35 @@ def latency_metrics(batches: pd.DataFrame, where: str = "batches") -> dict[str, 
     }
 
 
+def static_e2e_per_token(batches: pd.DataFrame, where: str = "batches") -> np.ndarray:
+    """Per request of static batches: its E2E latency per output token (s/token), the one latency
+    both modes share (docs/metrics.md, "One latency axis").
+
+    Every request of a repeat arrives when the repeat starts (the offline request set a
+    continuous cell serves, arrivals at t = 0) and waits for the batches before its own: a request
+    of batch k finishes when batch k ends (a static batch returns all its requests together), so
+    E2E = the durations (end_ns - start_ns) of batches 0..k of its repeat summed. The engine's
+    set-up between batches is left out, as window_s and tokens/s leave it out. Divided by the
+    request's own output tokens (BATCHES.output_lens). One value per request, batches in
+    (repeat, batch_index) order. Raises InputError where a batch's output_lens does not hold one
+    length per request (n_requests) or holds a length below 1.
+    """
+    out = []
+    ordered = batches.sort_values(["repeat", "batch_index"])
+    for _, rep in ordered.groupby("repeat", sort=True):
+        finish_s = np.cumsum((rep["end_ns"] - rep["start_ns"]).to_numpy(dtype=float)) / NS_PER_S
+        for done_s, (i, batch) in zip(finish_s, rep.iterrows()):
+            lens = np.asarray(batch["output_lens"], dtype=float)
+            if len(lens) != int(batch["n_requests"]) or (lens < 1).any():
+                raise InputError(
+                    f"{where}, repeat {int(batch['repeat'])} batch {int(batch['batch_index'])}: "
+                    f"output_lens {lens.astype(int).tolist()} must hold one length >= 1 per "
+                    f"request (n_requests {int(batch['n_requests'])})"
+                )
+            out.append(done_s / lens)
+    return np.concatenate(out) if out else np.array([], dtype=float)
+
+
 def _percentiles(prefix: str, values: np.ndarray) -> dict[str, float]:
     values = values[np.isfinite(values)]
     return {
@@ -397,7 +426,7 @@ def _measure_window(
     return _Window(row, energy, carbon, tile_j)
 
 
-def _rates(windows: list[_Window], s_per_token_user: float) -> dict[str, Any]:
+def _rates(windows: list[_Window], s_per_token_user: float, e2e_s_per_token: float) -> dict[str, Any]:
     energy = combine([w.energy for w in windows])
     out_tokens = int(sum(int(w.row["output_tokens"]) for w in windows))
     operational_g = sum(w.operational_g for w in windows)
@@ -413,6 +442,7 @@ def _rates(windows: list[_Window], s_per_token_user: float) -> dict[str, Any]:
         "g_per_token": operational_g / out_tokens,
         "tokens_per_s": out_tokens / energy.window_s,
         "s_per_token_user": s_per_token_user,
+        "e2e_s_per_token": e2e_s_per_token,
     }
 
 
@@ -477,20 +507,25 @@ class StaticMetrics:
         return None
 
     def latency(self) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
-        """(s_per_token_user, {"ttft_s", "tpot_s"} means, per-request arrays for percentiles)."""
+        """(s_per_token_user, {"ttft_s", "tpot_s", "e2e_s_per_token"} means, per-request arrays
+        for percentiles). e2e_s_per_token: the mean over requests of static_e2e_per_token."""
         where = f"batches of {self.name}"
         lat = static_request_latencies(self.batches, where)
         study = latency_metrics(self.batches, where)
         if not first_token_known(self.batches).all():
             self.flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
-        means = {"ttft_s": study["ttft_s"], "tpot_s": study["tpot_s"]}
+        means = {"ttft_s": study["ttft_s"], "tpot_s": study["tpot_s"],
+                 "e2e_s_per_token": float(np.mean(static_e2e_per_token(self.batches, where)))}
         return study["s_per_token_user"], means, lat
 
     def j_per_request(self, windows: list[_Window], energy: EnergyRecord) -> float:
         return energy.energy_j / int(self.batches["n_requests"].sum())
 
-    def repeat_s_per_token_user(self, repeat: int, rows: np.ndarray) -> float:
-        return latency_metrics(self.batches.iloc[rows])["s_per_token_user"]
+    def repeat_latency(self, repeat: int, rows: np.ndarray) -> tuple[float, float]:
+        """(s_per_token_user, e2e_s_per_token) of one repeat (its BATCHES rows)."""
+        batches = self.batches.iloc[rows]
+        return (latency_metrics(batches)["s_per_token_user"],
+                float(np.mean(static_e2e_per_token(batches, f"batches of {self.name}"))))
 
     def steady(self, windows: list[_Window]) -> tuple[float, float, float]:
         """(J, s, output tokens) of the steady windows: after each repeat's transient, not
@@ -538,7 +573,10 @@ class ContinuousMetrics(StaticMetrics):
                  for name, key in (("ttft_s", "ttft"), ("tpot_s", "tpot"))}  # fmt: skip
         if not first_token_known(self.requests).all():
             self.flags.append(FIRST_TOKEN_UNKNOWN_FLAG)
-        return float(np.mean(lat["e2e"] / out)), means, lat
+        # Both latencies are (finish - arrival) / output tokens per request here: the study's
+        # batch latency has no meaning without batches, and E2E per token is this by definition.
+        means["e2e_s_per_token"] = float(np.mean(lat["e2e"] / out))
+        return means["e2e_s_per_token"], means, lat
 
     def j_per_request(self, windows: list[_Window], energy: EnergyRecord) -> float:
         if not len(self.requests):
@@ -558,11 +596,12 @@ class ContinuousMetrics(StaticMetrics):
                     self.flags.append("no_steps_energy_by_tokens")
         return float(pd.concat(per_request).mean())
 
-    def repeat_s_per_token_user(self, repeat: int, rows: np.ndarray) -> float:
+    def repeat_latency(self, repeat: int, rows: np.ndarray) -> tuple[float, float]:
         if not len(self.requests):
-            return super().repeat_s_per_token_user(repeat, rows)
+            return super().repeat_latency(repeat, rows)
         r = self.requests[self.requests["repeat"] == repeat]
-        return float(np.mean(request_latencies(r)["e2e"] / r["output_tokens"].to_numpy(float)))
+        e2e = float(np.mean(request_latencies(r)["e2e"] / r["output_tokens"].to_numpy(float)))
+        return e2e, e2e
 
     def steady(self, windows: list[_Window]) -> tuple[float, float, float]:
         """(J, s, output tokens) of the steps where the engine ran max_num_seqs requests
@@ -632,7 +671,7 @@ def _repeats(cell, mode: StaticMetrics, windows: list[_Window],
         rep_windows = [windows[i] for i in sorted(idx)]
         rows.append({
             **{k: cell[k] for k, _ in tables.CELL_KEYS}, "repeat": int(rep),
-            **_rates(rep_windows, mode.repeat_s_per_token_user(rep, sorted(idx))),
+            **_rates(rep_windows, *mode.repeat_latency(rep, sorted(idx))),
         })  # fmt: skip
     out: dict[str, float] = {}
     for name in CI_METRICS:

@@ -179,8 +179,11 @@ METRICS = pa.schema(
         ("embodied_g_per_token_high", pa.float64()),
         ("tokens_per_s", pa.float64()),  # output tokens / window_s
         ("s_per_token_user", pa.float64()),  # the study's user-perceived latency: mean over batches of
-        # batch time / generated tokens per request (prefill included); continuous: mean over requests
-        # of (finish - arrival) / output_tokens
+        # batch time / generated tokens per request (prefill included, no queueing); continuous: mean
+        # over requests of (finish - arrival) / output_tokens
+        ("e2e_s_per_token", pa.float64()),  # the latency figures compare across modes: mean over
+        # requests of E2E latency / its output tokens, every request of a repeat arriving at its start
+        # (static: the batches before its own and its own; docs/metrics.md "One latency axis")
         ("ttft_s", pa.float64()),  # mean time to first token
         ("tpot_s", pa.float64()),  # mean time per output token after the first
         ("ttft_p50_s", pa.float64()),  # percentiles over requests
@@ -201,6 +204,8 @@ METRICS = pa.schema(
         ("tokens_per_s_ci_high", pa.float64()),
         ("s_per_token_user_ci_low", pa.float64()),
         ("s_per_token_user_ci_high", pa.float64()),
+        ("e2e_s_per_token_ci_low", pa.float64()),
+        ("e2e_s_per_token_ci_high", pa.float64()),
         ("j_per_token_cv", pa.float64()),  # coefficient of variation of J/token over repeats
         ("steady_window_s", pa.float64()),  # time in steady state (docs/metrics.md's rule)
         ("j_per_token_steady", pa.float64()),
@@ -232,6 +237,7 @@ METRICS_REPEATS = pa.schema(
         ("g_per_token", pa.float64()),
         ("tokens_per_s", pa.float64()),
         ("s_per_token_user", pa.float64()),
+        ("e2e_s_per_token", pa.float64()),
     ]
 )
 

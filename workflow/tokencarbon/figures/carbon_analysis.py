@@ -18,7 +18,10 @@ from tokencarbon.figures.common import (
     MG_PER_G,
     MS_PER_S,
     energy_text,
+    mark_suspect,
     new_figure,
+    suspect_flags,
+    suspect_handle,
     wrap_to_width,
     readable_axis,
     require_columns,
@@ -26,13 +29,12 @@ from tokencarbon.figures.common import (
     require_rows,
     themed,
 )
-from tokencarbon.figures.inputs import CONTINUOUS, STATIC, interval_errors
+from tokencarbon.figures.inputs import CONTINUOUS, STATIC, interval_errors, latency_axis
 from tokencarbon.figures.layout import declutter
 from tokencarbon.figures.measured import _carbon_basis, point_label
 
 CARBON = "g_per_token"  # operational carbon per output token (g)
-LATENCY = "s_per_token_user"  # user-perceived latency per output token (s), both modes
-POINT = ["platform", "model", "mode", "batch_size", CARBON, LATENCY]
+# Latency: inputs.latency_axis (E2E latency per output token, the one both modes share).
 
 
 def _with_mode(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,18 +56,21 @@ def pareto_mask(latency_s: Sequence[float], carbon_g: Sequence[float]) -> np.nda
 
 
 def carbon_optimal_points(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> pd.DataFrame:
-    """Per (model, platform) and latency SLO: the cell, static batch or continuous max_num_seqs,
-    with the least carbon per token (g_per_token) among those whose user-perceived latency per
-    token (s_per_token_user) meets the SLO (<=). Columns: model, platform, slo_s_per_token, mode,
-    batch_size (<NA> where no cell meets the SLO), g_per_token, s_per_token_user. Ties on carbon
-    go to the lower latency. The chosen cell always lies on the Pareto front (pareto_mask)."""
-    require_columns(metrics, ["platform", "model", "batch_size", CARBON, LATENCY], "carbon_optimal_points")
+    """Per (model, platform) and latency SLO (s/token): the cell, static batch or continuous
+    max_num_seqs, with the least carbon per token (g_per_token) among those whose E2E latency per
+    output token (inputs.latency_axis) meets the SLO (<=). Columns: model, platform,
+    slo_s_per_token, mode, batch_size (<NA> where no cell meets the SLO), g_per_token,
+    latency_s_per_token (the chosen cell's latency), latency_column (the METRICS column it is).
+    Ties on carbon go to the lower latency. The chosen cell always lies on the Pareto front
+    (pareto_mask). Raises SchemaError as latency_axis does."""
     metrics = _with_mode(metrics)
+    latency = latency_axis(metrics, "carbon_optimal_points")[0]
+    require_columns(metrics, ["platform", "model", "batch_size", CARBON, latency], "carbon_optimal_points")
     rows = []
     for (model, platform), cells in metrics.groupby(["model", "platform"], sort=True):
         for slo in slos_s_per_token:
-            ok = cells[cells[LATENCY] <= slo].dropna(subset=[CARBON])
-            best = ok.sort_values([CARBON, LATENCY]).iloc[0] if len(ok) else None
+            ok = cells[cells[latency] <= slo].dropna(subset=[CARBON])
+            best = ok.sort_values([CARBON, latency]).iloc[0] if len(ok) else None
             rows.append(
                 {
                     "model": model,
@@ -74,10 +79,12 @@ def carbon_optimal_points(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
                     "mode": None if best is None else best["mode"],
                     "batch_size": pd.NA if best is None else int(best["batch_size"]),
                     CARBON: math.nan if best is None else float(best[CARBON]),
-                    LATENCY: math.nan if best is None else float(best[LATENCY]),
+                    "latency_s_per_token": math.nan if best is None else float(best[latency]),
+                    "latency_column": latency,
                 }
             )
-    columns = ["model", "platform", "slo_s_per_token", "mode", "batch_size", CARBON, LATENCY]
+    columns = ["model", "platform", "slo_s_per_token", "mode", "batch_size", CARBON,
+               "latency_s_per_token", "latency_column"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns).astype({"batch_size": "Int64"})
 
 
@@ -90,20 +97,23 @@ MODE_STYLE = {
 @themed
 def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[float] = ()) -> Figure:
     """One panel per (model, platform): every cell's operational carbon per output token (mgCO2e)
-    against its user-perceived latency per output token (ms), static batches (circles) and
-    continuous-batching cells (squares) each joined in batch order, the Pareto front (cells no
-    other beats on both) as a grey step line, each latency SLO dotted and the cell recommended
-    under it (least carbon meeting it: carbon_optimal_points) starred. Error bars: bootstrap
-    95 % intervals where the table has them."""
+    against its E2E latency per output token (ms; inputs.latency_axis, the one definition both
+    modes share), static batches (circles) and continuous-batching cells (squares) each joined
+    in batch order, the Pareto front (cells no other beats on both) as a grey step line, each
+    latency SLO dotted and the cell recommended under it (least carbon meeting it:
+    carbon_optimal_points) starred; suspect cells (a CELL-tier QA flag, tokencarbon.qa) ringed in
+    red. Error bars: bootstrap 95 % intervals where the table has them."""
     figure = "pareto_carbon_latency"
-    require_columns(metrics, ["platform", "model", "batch_size", CARBON, LATENCY], figure)
     df = _with_mode(metrics)
+    latency, latency_label, latency_note = latency_axis(df, figure)
+    require_columns(df, ["platform", "model", "batch_size", CARBON, latency], figure)
     require_rows(df, figure, "in the metrics table")
     require_one_row_per_cell(df, figure)
     df = df.sort_values(["model", "platform", "mode", "batch_size"]).reset_index(drop=True)
-    df["ms"] = df[LATENCY] * MS_PER_S
+    df["ms"] = df[latency] * MS_PER_S
     df["mg"] = df[CARBON] * MG_PER_G
-    xerr = interval_errors(df, LATENCY, MS_PER_S)
+    df["suspect"] = suspect_flags(df)
+    xerr = interval_errors(df, latency, MS_PER_S)
     yerr = interval_errors(df, CARBON, MG_PER_G)
     best = carbon_optimal_points(df, slos_s_per_token)
     panels = sorted(df.groupby(["model", "platform"]).groups)
@@ -132,6 +142,8 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
                     capsize=2,
                     zorder=2,
                 )
+        suspect = d[d["suspect"] != ""]
+        mark_suspect(ax, suspect["ms"], suspect["mg"])
         readable_axis(ax, "x", d["ms"])
         readable_axis(ax, "y", d["mg"])
         ax.margins(x=0.08, y=0.12)
@@ -176,11 +188,27 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
             notes.append(f"SLO {', '.join(beyond)} ms right of the axis")
         if notes:
             ax.text(0.01, 0.02, "; ".join(notes), transform=ax.transAxes, fontsize="x-small", va="bottom")
-        ax.set_xlabel("user-perceived latency (ms/token)")
+        ax.set_xlabel(latency_label)
         ax.set_ylabel("carbon per token (mgCO2e)")
         ax.set_title(f"{model} on {platform}", fontsize="medium")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
+    handles = _pareto_handles(df, colours)
+    # Three legend columns need two panels' width; one panel takes two.
+    fig.legend(handles=handles, loc="outside lower center", ncols=3 if ncols > 1 else 2, fontsize="small")
+    bars = "; bars: 95 % intervals" if xerr is not None or yerr is not None else ""
+    title = (f"Carbon per token vs E2E latency per token, every cell\n{_carbon_basis(df)}{bars}"
+             f"\nx: {latency_note}")
+    fig.suptitle(wrap_to_width(title, fig.get_figwidth() - 0.3, 14.4))  # "large" in the theme
+    if not panels:
+        raise InputError(f"{figure}: no (model, platform) to draw")
+    declutter(fig, labels)
+    return fig
+
+
+def _pareto_handles(df: pd.DataFrame, colours: dict) -> list[Line2D]:
+    """The Pareto figure's legend: each mode drawn, the front, the SLO line, the star, and the
+    suspect-cell ring where a cell is suspect (df["suspect"]: its CELL-tier flags)."""
     handles = [
         Line2D([], [], color=colours[m], marker=MODE_STYLE[m]["marker"], label=MODE_STYLE[m]["label"])
         for m in (STATIC, CONTINUOUS)
@@ -191,15 +219,9 @@ def pareto_carbon_latency(metrics: pd.DataFrame, slos_s_per_token: Sequence[floa
         Line2D([], [], color="0.35", ls=":", label="latency SLO"),
         Line2D([], [], marker="*", ms=12, color="gold", mec="0.2", ls="none", label="least carbon meeting the SLO"),
     ]
-    # Three legend columns need two panels' width; one panel takes two.
-    fig.legend(handles=handles, loc="outside lower center", ncols=3 if ncols > 1 else 2, fontsize="small")
-    bars = "; bars: 95 % intervals" if xerr is not None or yerr is not None else ""
-    title = f"Carbon per token vs latency per token, every cell\n{_carbon_basis(df)}{bars}"
-    fig.suptitle(wrap_to_width(title, fig.get_figwidth() - 0.3, 14.4))  # "large" in the theme
-    if not panels:
-        raise InputError(f"{figure}: no (model, platform) to draw")
-    declutter(fig, labels)
-    return fig
+    if (df["suspect"] != "").any():
+        handles.append(suspect_handle(df.loc[df["suspect"] != "", "suspect"]))
+    return handles
 
 
 # ------------------------------------------------------------------ the time-shift what-if

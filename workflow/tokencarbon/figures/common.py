@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
+from tokencarbon import qa
 from tokencarbon.errors import ConfigError, InputError, SchemaError
 
 PNG_DPI = 200
@@ -89,6 +90,33 @@ def require_one_row_per_cell(df: pd.DataFrame, figure: str) -> None:
             f"mode={first['mode']}, batch_size={first['batch_size']}) appears more than once; the metrics table must "
             "hold one row per cell"
         )
+
+
+# A suspect cell's point (a CELL-tier QA flag, tokencarbon.qa): a red ring around it.
+SUSPECT_STYLE = {"marker": "o", "ms": 15, "mfc": "none", "mec": "#d62728", "mew": 1.8, "ls": "none"}
+
+
+def suspect_flags(df: pd.DataFrame) -> pd.Series:
+    """Per row, its CELL-tier QA flags ";"-joined (qa.cell_flags), "" where none or where the
+    table has no qa_flags column."""
+    if "qa_flags" not in df.columns:
+        return pd.Series("", index=df.index, dtype=object)
+    return df["qa_flags"].map(lambda v: ";".join(qa.cell_flags(v)))
+
+
+def mark_suspect(ax: Axes, x: Iterable[float], y: Iterable[float]) -> None:
+    """Ring the points (x, y) of suspect cells (SUSPECT_STYLE), above their own markers."""
+    x, y = list(x), list(y)
+    if x:
+        ax.plot(x, y, zorder=4.5, **SUSPECT_STYLE)
+
+
+def suspect_handle(flags: Iterable[str]):
+    """The legend entry of the suspect-cell ring, naming the flags seen (";"-joined values)."""
+    from matplotlib.lines import Line2D
+
+    names = sorted({f for v in flags for f in qa.split(v)})
+    return Line2D([], [], label="suspect cell: " + ", ".join(names), **SUSPECT_STYLE)
 
 
 def log_scale_if_wide(ax: Axes, axis: str, values: Iterable[float]) -> bool:

@@ -22,7 +22,7 @@ from tokencarbon.errors import SchemaError
 
 # Columns of the metrics table that per-cell intervals and repeats add (tokencarbon.metrics);
 # each value column X has X_ci_low and X_ci_high (bootstrap 95 % interval over repeats).
-CI_VALUES = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user")
+CI_VALUES = ("j_per_token", "g_per_token", "tokens_per_s", "s_per_token_user", "e2e_s_per_token")
 STATIC = "static"
 CONTINUOUS = "continuous"
 MODES = (STATIC, CONTINUOUS)
@@ -40,6 +40,7 @@ OPTIONAL_METRICS = pa.schema(
         ("j_per_token_steady", pa.float64()),
         ("tokens_per_s_steady", pa.float64()),
         ("j_per_request", pa.float64()),
+        ("e2e_s_per_token", pa.float64()),
     ]
     + [
         (f"{what}_{q}_s", pa.float64())
@@ -115,6 +116,41 @@ def read_probes(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     from tokencarbon.records import read_probe
 
     return [read_probe(p) for p in paths]
+
+
+# ------------------------------------------------------------------ the one latency axis
+
+# What every latency axis, caption and SLO compares across modes (tokencarbon.metrics;
+# docs/metrics.md, "One latency axis"): per request, E2E latency over its output tokens, every
+# request of a repeat arriving when the repeat starts, averaged over requests.
+LATENCY = "e2e_s_per_token"
+LATENCY_LABEL = "E2E latency per output token (ms/token)"
+LATENCY_NOTE = "per request (finish - arrival) / output tokens, all arriving as the repeat starts"
+# The study's (Lim et al. 2024) batch latency per token: static cells' batch time over the tokens
+# of each request, no queueing. Only figures and ratios of static cells against the study's own
+# numbers use it (figure 7, the summary's headline ratios), and a table that predates LATENCY.
+STUDY_LATENCY = "s_per_token_user"
+STUDY_LATENCY_LABEL = "the study's batch latency per token (ms/token)"
+STUDY_LATENCY_NOTE = "the study's batch time / tokens, no queueing (a table older than E2E per token)"
+
+
+def latency_axis(df: pd.DataFrame, figure: str) -> tuple[str, str, str]:
+    """(column, axis label, note for a title or caption) of the latency a figure draws from a
+    METRICS table: LATENCY where the table holds it (a finite value in its column). A table
+    written before LATENCY existed is drawn on STUDY_LATENCY, labelled as such, only while it
+    holds static cells alone (that column means something else for continuous cells, so the two
+    would share an axis without sharing a definition). Raises SchemaError for a table with
+    continuous cells and no LATENCY, or with neither column."""
+    if LATENCY in df.columns and df[LATENCY].notna().any():
+        return LATENCY, LATENCY_LABEL, LATENCY_NOTE
+    modes = set(df["mode"]) if "mode" in df.columns else {STATIC}
+    if STUDY_LATENCY in df.columns and modes <= {STATIC}:
+        return STUDY_LATENCY, STUDY_LATENCY_LABEL, STUDY_LATENCY_NOTE
+    raise SchemaError(
+        f"{figure}: the metrics table lacks column {LATENCY!r} (E2E latency per output token, "
+        "tokencarbon.metrics); static and continuous cells share no other latency: recompute "
+        "the metrics (rule compute_metrics) with this tokencarbon"
+    )
 
 
 def has_columns(df: pd.DataFrame, columns: Iterable[str]) -> bool:

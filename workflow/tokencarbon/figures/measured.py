@@ -26,12 +26,15 @@ from tokencarbon.figures.common import (
     NS_PER_S,
     OUTSIDE_RIGHT,
     PCT_PER_FRACTION,
+    mark_suspect,
     new_figure,
     readable_axis,
     require_columns,
     require_one_row_per_cell,
     require_rows,
     select_models,
+    suspect_flags,
+    suspect_handle,
     themed,
     wrap_to_width,
 )
@@ -41,6 +44,7 @@ from tokencarbon.figures.inputs import (
     energy_is_modeled,
     interval_columns,
     interval_errors,
+    latency_axis,
     one_value,
 )
 from tokencarbon.figures.layout import declutter
@@ -118,10 +122,12 @@ def fig4_throughput_latency(
     references: Sequence[str] = (),
     labels: Mapping[str, str] | None = None,
 ) -> Figure:
-    """Output tokens/s vs user-perceived ms/token, one line per (platform: colour, model: marker,
-    mode: solid static / dashed continuous) through its batch sizes (max_num_seqs), each point
-    labelled with its batch size (cb<n> for continuous). Error bars: bootstrap 95 % intervals where
-    the table has them. models picks a subset (4a, 4b; 4c: the quantized models).
+    """Output tokens/s vs E2E latency per output token (ms/token; inputs.latency_axis: the one
+    definition static and continuous cells share), one line per (platform: colour, model:
+    marker, mode: solid static / dashed continuous) through its batch sizes (max_num_seqs), each
+    point labelled with its batch size (cb<n> for continuous); suspect cells (a CELL-tier QA
+    flag, tokencarbon.qa) ringed in red, their flags in the legend. Error bars: bootstrap 95 %
+    intervals where the table has them. models picks a subset (4a, 4b; 4c: the quantized models).
 
     references: models drawn beside `models` as faded, thinner lines (figure 4c: each quantized
     model's unquantized sibling), named "(reference)" in the legend; the figure needs rows of
@@ -129,7 +135,8 @@ def fig4_throughput_latency(
     "llama-2-7b-wq4 (int4 g128, torchao 0.18.0)"); where absent the model's name, and
     "<name> (reference)" for a reference."""
     figure = "fig4_throughput_latency"
-    columns = CELL + ["tokens_per_s", "s_per_token_user"]
+    latency, latency_label, latency_note = latency_axis(metrics, figure)
+    columns = CELL + ["tokens_per_s", latency]
     references = [r for r in references if models is None or r not in models]
     if references:
         select_models(metrics, models, columns, figure)  # the figure's own models have rows
@@ -137,7 +144,8 @@ def fig4_throughput_latency(
     df = select_models(_with_mode(metrics), wanted, columns, figure)
     require_one_row_per_cell(df, figure)
     df = df.sort_values(CELL).reset_index(drop=True)
-    df["ms_per_token"] = df["s_per_token_user"] * MS_PER_S
+    df["ms_per_token"] = df[latency] * MS_PER_S
+    df["suspect"] = suspect_flags(df)
     colours = platform_colours(df["platform"])
     markers = dict(zip(sorted(df["model"].unique()), MARKERS * 3))
     faded = set(references) & set(df["model"])
@@ -145,7 +153,7 @@ def fig4_throughput_latency(
     names = {m: labels.get(m, m + (" (reference)" if m in faded else "")) for m in markers}
     fig = new_figure(8.5 if not labels else 10.0, 5.2)
     ax = fig.subplots()
-    xerr = interval_errors(df, "s_per_token_user", MS_PER_S)
+    xerr = interval_errors(df, latency, MS_PER_S)
     yerr = interval_errors(df, "tokens_per_s")
     point_labels = []
     for (platform, model, mode), d in df.groupby(["platform", "model", "mode"], sort=True):
@@ -183,6 +191,35 @@ def fig4_throughput_latency(
                     alpha=REFERENCE_ALPHA if model in faded else 1.0,
                 )
             )
+    suspect = df[df["suspect"] != ""]
+    mark_suspect(ax, suspect["ms_per_token"], suspect["tokens_per_s"])
+    modes = sorted(df["mode"].unique())
+    handles = _fig4_handles(colours, markers, names, faded, modes, suspect["suspect"])
+    ax.legend(handles=handles, fontsize="small", **OUTSIDE_RIGHT)
+    readable_axis(ax, "x", df["ms_per_token"])
+    readable_axis(ax, "y", df["tokens_per_s"])
+    ax.set_xlabel(latency_label)
+    ax.set_ylabel("throughput (output tokens/s)")
+    numbers = "batch size" if modes == [STATIC] else "batch size; cb<n>: max_num_seqs n"
+    bars = "; bars: 95 % interval" if xerr is not None or yerr is not None else ""
+    reference = "; faded: unquantized reference" if faded else ""
+    # The legend takes about 2.5 in beside the axes (labels with weights: about 4 in).
+    ax.set_title(
+        wrap_to_width(
+            f"{title}\n(x: {latency_note}; numbers at the points: {numbers}{bars}{reference})",
+            fig.get_figwidth() - (3.0 if not labels else 4.5),
+            12.0,
+        ),
+        fontsize="medium",
+    )
+    declutter(fig, point_labels)
+    return fig
+
+
+def _fig4_handles(colours, markers, names, faded, modes, suspect: pd.Series) -> list:
+    """Figure 4's legend: platforms (colours), models (markers; references faded), the modes'
+    dashes where a continuous cell is drawn, and the suspect-cell ring where `suspect` (the
+    CELL-tier flags of the suspect cells) holds any."""
     handles = [Patch(color=colours[p], label=p) for p in colours]
     handles += [
         Line2D(
@@ -191,30 +228,13 @@ def fig4_throughput_latency(
         )  # fmt: skip
         for m in markers
     ]
-    modes = sorted(df["mode"].unique())
     if len(modes) > 1 or modes != [STATIC]:
         handles += [
             Line2D([], [], color="0.3", ls=MODE_DASHES[m], label=f"{m} batching") for m in modes
         ]
-    ax.legend(handles=handles, fontsize="small", **OUTSIDE_RIGHT)
-    readable_axis(ax, "x", df["ms_per_token"])
-    readable_axis(ax, "y", df["tokens_per_s"])
-    ax.set_xlabel("user-perceived latency (ms/token)")
-    ax.set_ylabel("throughput (output tokens/s)")
-    numbers = "batch size" if modes == [STATIC] else "batch size; cb<n>: max_num_seqs n"
-    bars = "; bars: 95 % interval" if xerr is not None or yerr is not None else ""
-    reference = "; faded: unquantized reference" if faded else ""
-    # The legend takes about 2.5 in beside the axes (labels with weights: about 4 in).
-    ax.set_title(
-        wrap_to_width(
-            f"{title}\n(numbers at the points: {numbers}{bars}{reference})",
-            fig.get_figwidth() - (3.0 if not labels else 4.5),
-            12.0,
-        ),
-        fontsize="medium",
-    )
-    declutter(fig, point_labels)
-    return fig
+    if len(suspect):
+        handles.append(suspect_handle(suspect))
+    return handles
 
 
 def smallest_static_cells(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -444,7 +464,9 @@ def fig7_carbon_per_token(
 ) -> Figure:
     """Per (model, platform), on a linear axis: the carbon-per-token ratio smallest batch / largest
     batch (operational carbon per output token) beside the latency-per-token ratio largest /
-    smallest (user-perceived s/token), the study's ~11x and ~2x dashed. Tick labels give the batch
+    smallest (the study's batch latency per token, s_per_token_user: batch time / tokens, no
+    queueing, the measure the study's ~2x is in; static cells only, so no mixed definitions),
+    the study's ~11x and ~2x dashed. Tick labels give the batch
     sizes and both mgCO2e/token values; the subtitle the grid intensity and PUE; "(modeled)" marks
     pairs whose energy is modeled. Error bars: conservative intervals from the cells' 95 %
     intervals (ratio_interval), where the table has them."""
@@ -472,7 +494,7 @@ def fig7_carbon_per_token(
     pairs["latency_ratio"] = pairs["s_per_token_user_max"] / pairs["s_per_token_user_1"]
     pairs["pair"] = _pair_labels(pairs)
     carbon_name = "carbon per token: smallest / largest batch"
-    latency_name = "latency per token: largest / smallest batch"
+    latency_name = "the study's batch latency per token: largest / smallest batch"
     bars = pd.concat(
         [
             pd.DataFrame({"pair": pairs["pair"], "ratio": carbon_name, "x": pairs["carbon_ratio"]}),

@@ -23,7 +23,8 @@ from tokencarbon.figures.common import (
     energy_text,
     require_columns,
 )
-from tokencarbon.figures.inputs import STATIC, has_columns
+from tokencarbon import qa
+from tokencarbon.figures.inputs import STATIC, has_columns, latency_axis
 from tokencarbon.figures.measured import batch1_vs_max, ratio_interval
 from tokencarbon.figures.quantized import (
     NONE,
@@ -360,7 +361,8 @@ METRICS_TABLE = (
     ("j_per_token", "J/token", 1.0, True),
     ("g_per_token", "operational mgCO2e/token", MG_PER_G, True),
     ("tokens_per_s", "output tokens/s", 1.0, True),
-    ("s_per_token_user", "user-perceived ms/token", MS_PER_S, True),
+    ("e2e_s_per_token", "E2E latency ms/output token", MS_PER_S, True),
+    ("s_per_token_user", "the study's batch ms/token (no queueing)", MS_PER_S, True),
     ("j_per_token_cv", "J/token CV over repeats", 1.0, False),
     ("ttft_s", "mean TTFT (ms)", MS_PER_S, False),
     ("ttft_p50_s", "TTFT p50 (ms)", MS_PER_S, False),
@@ -381,7 +383,7 @@ METRICS_TABLE = (
     ("intensity_g_per_kwh", "gCO2/kWh", 1.0, False),
     ("filled_share", "intensity filled (share)", 1.0, False),
     ("pue", "PUE", 1.0, False),
-    ("qa_flags", "QA flags", None, False),
+    ("qa_flags", "suspect-cell QA flags", None, False),
 )
 
 
@@ -391,6 +393,8 @@ def metrics_table(metrics: pd.DataFrame) -> Table:
     their values as "value [low, high]"."""
     present = [c for c in METRICS_TABLE if c[0] in metrics.columns]
     sort = [c for c in ["platform", "model", "mode", "batch_size"] if c in metrics.columns]
+    if "qa_flags" in metrics.columns:  # the CELL tier only: the study's are said once, above
+        metrics = metrics.assign(qa_flags=metrics["qa_flags"].map(lambda v: ";".join(qa.cell_flags(v))))
     rows = []
     for _, row in metrics.sort_values(sort).iterrows():
         rows.append(
@@ -410,10 +414,15 @@ def write_metrics_html(metrics: pd.DataFrame, path: str | Path) -> None:
         (
             "p",
             "Every cell of results/tables/metrics.parquet (docs/metrics.md gives each formula). "
-            "Intervals in brackets: bootstrap 95 % intervals over the cell's repeats.",
+            "Intervals in brackets: bootstrap 95 % intervals over the cell's repeats. E2E "
+            "latency per output token is the latency static and continuous cells share (every "
+            "request arriving when its repeat starts); the study's batch latency per token has "
+            "no queueing and means that only for static cells. The QA flags column lists what "
+            "marks a suspect cell; what holds for the whole study is said once, below.",
         ),
         ("table", metrics_table(metrics)),
     ]
+    blocks += study_flag_blocks(metrics)
     write_text(path, to_html(blocks, "Metrics per cell"))
 
 
@@ -523,7 +532,7 @@ def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
         "mgCO2e/token at the smallest",
         "at the largest",
         f"carbon/token ratio (study {STUDY['carbon_ratio']})",
-        f"latency ratio, s/token (study {STUDY['latency_ratio']})",
+        f"the study's batch latency/token ratio (study {STUDY['latency_ratio']})",
         f"MFU at the smallest (study {STUDY['mfu_batch1']})",
         "energy",
     ]
@@ -545,6 +554,13 @@ def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
             ]
         )
     blocks: list[Block] = [("table", Table(header, rows))]
+    blocks.append((
+        "p",
+        "The latency ratio is the study's own measure (batch time / tokens per request, no "
+        "queueing), so that it compares with the study's ~2x; the SLO analysis below and every "
+        "latency axis use E2E latency per output token instead, which static and continuous "
+        "cells share (docs/metrics.md).",
+    ))  # fmt: skip
     if (pairs["batch_size_1"] != 1).any():
         blocks.append(
             ("p", "Where batch 1 was not measured, the smallest measured batch stands in for it.")
@@ -564,6 +580,7 @@ def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
 
 def _slo_blocks(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> list[Block]:
     best = carbon_optimal_points(metrics, slos_s_per_token)
+    _, label, note = latency_axis(metrics, "summary_markdown (SLO)")
     header = [
         "model",
         "platform",
@@ -582,16 +599,17 @@ def _slo_blocks(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> lis
                 if r.mode == STATIC
                 else f"continuous, max_num_seqs {r.batch_size}"
             )
-            g, s = f"{r.g_per_token * MG_PER_G:.3g}", f"{r.s_per_token_user * MS_PER_S:.3g}"
+            g, s = f"{r.g_per_token * MG_PER_G:.3g}", f"{r.latency_s_per_token * MS_PER_S:.3g}"
         rows.append([r.model, r.platform, f"{r.slo_s_per_token * MS_PER_S:g}", point, g, s])
     return [
         ("h3", "Carbon-optimal operating point under a latency SLO"),
         (
             "p",
             "Among every measured cell (static batch sizes and continuous-batching max_num_seqs) "
-            "whose user-perceived latency per token meets the SLO, the one with the least "
-            "operational carbon per token; it lies on the Pareto front of the carbon-vs-latency "
-            "figure.",
+            f"whose latency meets the SLO, the one with the least operational carbon per token; "
+            f"it lies on the Pareto front of the carbon-vs-latency figure. Latency, {label}: "
+            f"{note}; a static batch's requests wait for the batches before theirs "
+            "(docs/metrics.md).",
         ),
         ("table", Table(header, rows)),
     ]
@@ -732,25 +750,44 @@ def quantization_blocks(metrics: pd.DataFrame) -> list[Block]:
     return blocks
 
 
-# Flags that restate how a cell was measured (its energy column says "modeled") rather than warn.
-DESCRIPTIVE_FLAGS = frozenset({"modeled"})
+def study_flag_blocks(metrics: pd.DataFrame) -> list[Block]:
+    """The STUDY-tier QA flags (tokencarbon.qa), said once for the study: each with how many
+    cells carry it and what it says. [] where no cell carries one."""
+    if "qa_flags" not in metrics.columns:
+        return []
+    counts = qa.study_flag_counts(metrics["qa_flags"])
+    if not counts:
+        return []
+    items = "; ".join(
+        f"{flag} ({'every cell' if n == len(metrics) else f'{n} of {len(metrics)} cells'}: "
+        f"{qa.meaning(flag) or 'see docs/metrics.md'})"
+        for flag, n in counts.items()
+    )
+    return [
+        ("h3", "How this study measured (flags of the whole study)"),
+        ("p", f"Said once here rather than on every cell (docs/metrics.md, QA flags): {items}."),
+    ]
 
 
 def _flag_blocks(metrics: pd.DataFrame) -> list[Block]:
+    """The study's flags once (study_flag_blocks), then the suspect cells: those with a
+    CELL-tier QA flag, each with its flags."""
     if "qa_flags" not in metrics.columns:
         return []
     rows = []
     for r in metrics.sort_values(["model", "platform", "batch_size"]).itertuples():
-        flags = [f for f in str(r.qa_flags or "").split(";") if f and f not in DESCRIPTIVE_FLAGS]
+        flags = qa.cell_flags(r.qa_flags)
         if flags:
             rows.append([r.model, r.platform, getattr(r, "mode", STATIC), str(r.batch_size), "; ".join(flags)])
-    if not rows:
-        return []
-    return [
-        ("h3", "Flagged cells"),
-        ("p", "These cells carry QA flags (docs/metrics.md explains each); read their numbers with care."),
-        ("table", Table(["model", "platform", "mode", "batch size", "QA flags"], rows)),
-    ]
+    blocks = study_flag_blocks(metrics)
+    if rows:
+        blocks += [
+            ("h3", "Suspect cells"),
+            ("p", "These cells carry QA flags that mark a suspect measurement (docs/metrics.md "
+                  "explains each; red rings in the figures); read their numbers with care."),
+            ("table", Table(["model", "platform", "mode", "batch size", "QA flags"], rows)),
+        ]  # fmt: skip
+    return blocks
 
 
 def summary_blocks(
