@@ -23,13 +23,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tokencarbon import qa
 from tokencarbon.files import write_text
 from tokencarbon.layout import RESULTS, STATIC, CellKey
+from tokencarbon.report_charts import latency as latency_column
 from tokencarbon.report_charts import (
     carbon_latency_chart,
     cell_name,
     energy_batch_chart,
-    flag_list,
     study_flags,
     throughput_latency_chart,
 )
@@ -173,14 +174,16 @@ def _cell_value(row: pd.Series, column: str, scale: float) -> str:
 def cells_section(metrics: pd.DataFrame) -> str:
     """Every cell's numbers with their intervals and its own flags (those not every cell has)."""
     common = set(study_flags(metrics))
+    latency = latency_column(metrics)[0]
     rows = []
     for _, r in metrics.sort_values(["model", "platform", "mode", "batch_size"]).iterrows():
-        own = [f for f in flag_list(r.get("qa_flags")) if f not in common]
+        own = [f for f in qa.split(r.get("qa_flags")) if f not in common]
         rows.append([cell_name(r), _cell_value(r, "j_per_token", 1.0), _cell_value(r, "g_per_token", 1e3),
-                     _cell_value(r, "s_per_token_user", 1e3), _cell_value(r, "tokens_per_s", 1.0),
-                     _cell_value(r, "mfu", 100.0), str(r.get("energy_method", "")),
-                     "; ".join(own)])  # fmt: skip
-    header = ["cell", "J/token", "mgCO2e/token", "ms/token", "tokens/s", "MFU %", "energy", "flags"]
+                     _cell_value(r, latency, 1e3), _cell_value(r, "s_per_token_user", 1e3),
+                     _cell_value(r, "tokens_per_s", 1.0), _cell_value(r, "mfu", 100.0),
+                     str(r.get("energy_method", "")), "; ".join(own)])  # fmt: skip
+    header = ["cell", "J/token", "mgCO2e/token", "E2E ms/token", "batch ms/token (the study's)",
+              "tokens/s", "MFU %", "energy", "flags"]  # fmt: skip
     return "<h2 id='cells'>Every cell</h2>\n" + _table(header, rows, table_id="cells-table")
 
 
@@ -309,9 +312,10 @@ def charts_section(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> 
     parts = ["<h2 id='charts'>Explore the cells</h2>"]
     common = study_flags(metrics)
     if common:
-        parts.append("<p id='study-flags'>Every cell of this study carries these QA flags "
-                     f"(docs/metrics.md), so they are said once here: <span class='flags'>"
-                     f"{_e('; '.join(common))}</span>.</p>")  # fmt: skip
+        parts.append("<p id='study-flags'>QA flags of the study's machine rather than of a cell "
+                     "(docs/metrics.md, their two tiers), said once here: <span class='flags'>"
+                     f"{_e('; '.join(common))}</span>. A point outlined red carries a flag that "
+                     "marks its cell as suspect.</p>")  # fmt: skip
     config = {"displaylogo": False, "responsive": True}
     for (div_id, caption), fig in zip(CHARTS, figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=config))

@@ -11,12 +11,13 @@ cell traces carry meta "cells", the SLO's stars meta "optimum" (tests/test_repor
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from tokencarbon import qa
+from tokencarbon.figures.inputs import latency_axis
 from tokencarbon.layout import STATIC, CellKey
 
 CELLS_META = "cells"
@@ -29,7 +30,8 @@ FADED = 0.2
 # (column, scale to the shown unit, unit, label) of the values a hover names
 VALUES = {
     "g_per_token": (1e3, "mgCO2e/token", "carbon"),
-    "s_per_token_user": (1e3, "ms/token", "latency"),
+    "e2e_s_per_token": (1e3, "ms/token", "E2E latency per output token"),
+    "s_per_token_user": (1e3, "ms/token", "the study's batch latency per token"),
     "j_per_token": (1.0, "J/token", "energy"),
     "tokens_per_s": (1.0, "tokens/s", "throughput"),
 }
@@ -42,18 +44,11 @@ def cell_name(row: pd.Series) -> str:
     return CellKey.of(row).name
 
 
-def flag_list(value: object) -> list[str]:
-    """A metrics row's qa_flags (";"-joined) as a list; empty for none or a missing value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    return [f for f in str(value).split(";") if f]
-
-
 def study_flags(metrics: pd.DataFrame) -> list[str]:
-    """Flags every cell of the study carries: what holds of the machine rather than marks a cell,
-    said once for the study; the other flags mark their cells' points."""
-    sets = [set(flag_list(v)) for v in metrics.get("qa_flags", pd.Series([], dtype=object))]
-    return sorted(set.intersection(*sets)) if sets else []
+    """The study-tier QA flags (tokencarbon.qa: what holds of the machine, not of a cell) any
+    cell carries, said once for the study as summary.md says them; a cell-tier flag marks its
+    cell's point (outlined red) and its hover."""
+    return list(qa.study_flag_counts(metrics.get("qa_flags", pd.Series([], dtype=object))))
 
 
 def _fmt(value: float) -> str:
@@ -79,7 +74,7 @@ def hover_text(row: pd.Series, common: Sequence[str] = ()) -> str:
     if "mfu" in row.index:
         lines.append(f"MFU: {_fmt(row['mfu'] * 100)} %")
     lines.append(f"energy method: {html.escape(str(row.get('energy_method', 'n/a')))}")
-    flags = flag_list(row.get("qa_flags"))
+    flags = qa.split(row.get("qa_flags"))
     own = [f for f in flags if f not in common]
     lines.append("flags: " + ("; ".join(own) if own else "none of its own"))
     if common:
@@ -116,15 +111,15 @@ def cell_traces(metrics: pd.DataFrame, x: str, y: str, x_scale: float = 1.0,
                 y_scale: float = 1.0) -> list[go.Scatter]:  # fmt: skip
     """One line-and-marker trace per (model, platform, mode), a point per cell in batch order (a
     colour per model and platform; static: solid, circles; continuous: dotted, squares), error
-    bars from the cells' intervals, hover from hover_text, points carrying a flag of their own
-    (not every cell's) outlined red."""
+    bars from the cells' intervals, hover from hover_text, points carrying a cell-tier QA flag
+    (tokencarbon.qa: a suspect cell, as the figures ring it) outlined red."""
     common = study_flags(metrics)
     pairs = sorted(set(zip(metrics["model"], metrics["platform"])))
     traces = []
     for label, cells in groups(metrics):
         mode = cells["mode"].iloc[0]
         color = PALETTE[pairs.index((cells["model"].iloc[0], cells["platform"].iloc[0])) % len(PALETTE)]
-        suspect = [bool(set(flag_list(f)) - set(common)) for f in cells["qa_flags"]]
+        suspect = [bool(qa.cell_flags(f)) for f in cells["qa_flags"]]
         traces.append(go.Scatter(
             x=(cells[x] * x_scale).tolist(), y=(cells[y] * y_scale).tolist(), name=label,
             mode="lines+markers", meta=CELLS_META,
@@ -146,10 +141,18 @@ def _layout(title: str, x_axis: dict, y_axis: dict) -> dict:
             "margin": {"t": 60, "r": 20}}  # fmt: skip
 
 
+def latency(metrics: pd.DataFrame) -> tuple[str, str]:
+    """(column, axis label) of the latency every chart and the SLO slider use: the figures' one
+    latency axis (figures.inputs.latency_axis: E2E latency per output token, static and
+    continuous cells on one definition; an old static-only table on the study's column)."""
+    column, label, _ = latency_axis(metrics, "report")
+    return column, label
+
+
 def slo_steps(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> list[float]:
     """The slider's SLOs (s/token): the configured ones and each cell's own latency (where a cell
     starts to meet it), ascending; thinned to MAX_SLO_STEPS keeping the configured ones."""
-    cells = sorted(float(v) for v in metrics["s_per_token_user"].dropna())
+    cells = sorted(float(v) for v in metrics[latency(metrics)[0]].dropna())
     configured = sorted({float(s) for s in slos_s_per_token})
     if len(cells) + len(configured) > MAX_SLO_STEPS:
         keep = max(MAX_SLO_STEPS - len(configured), 2)
@@ -160,8 +163,9 @@ def slo_steps(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> list[
 def optimum(metrics: pd.DataFrame, slo_s: float) -> pd.DataFrame:
     """Per (model, platform): the cell with the least carbon per token among those whose latency
     per token meets slo_s (<=); ties on carbon to the lower latency. No row where none meets it."""
-    ok = metrics[metrics["s_per_token_user"] <= slo_s].dropna(subset=["g_per_token"])
-    ok = ok.sort_values(["g_per_token", "s_per_token_user"])
+    column = latency(metrics)[0]
+    ok = metrics[metrics[column] <= slo_s].dropna(subset=["g_per_token"])
+    ok = ok.sort_values(["g_per_token", column])
     return ok.groupby(["model", "platform"], sort=True).head(1)
 
 
@@ -175,12 +179,12 @@ def _slo_state(metrics: pd.DataFrame, traces: Sequence[go.Scatter], slo: float) 
     names = [cell_name(r) for _, r in best.iterrows()]
     restyle = {
         "marker.opacity": opacity + [1.0],
-        "x": [list(t.x) for t in traces] + [(best["s_per_token_user"] * scale).tolist()],
+        "x": [list(t.x) for t in traces] + [(best[latency(metrics)[0]] * scale).tolist()],
         "y": [list(t.y) for t in traces] + [(best["g_per_token"] * scale).tolist()],
         "hovertext": [list(t.hovertext) for t in traces]
         + [[f"<b>{n}</b><br>least carbon meeting {slo * scale:.3g} ms/token" for n in names]],
     }
-    meets = int((metrics["s_per_token_user"] <= slo).sum())
+    meets = int((metrics[latency(metrics)[0]] <= slo).sum())
     relayout = {
         "shapes": [{"type": "line", "xref": "x", "yref": "paper", "x0": slo * scale,
                     "x1": slo * scale, "y0": 0, "y1": 1, "line": {"dash": "dash", "color": "#555"}}],
@@ -201,7 +205,8 @@ def _apply(fig: go.Figure, restyle: dict, relayout: dict) -> None:
 def carbon_latency_chart(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> go.Figure:
     """Carbon (mgCO2e/token) against latency (ms/token) per cell, with the SLO slider; it starts
     at the loosest configured SLO (else the loosest step)."""
-    traces = cell_traces(metrics, "s_per_token_user", "g_per_token", 1e3, 1e3)
+    column, label = latency(metrics)
+    traces = cell_traces(metrics, column, "g_per_token", 1e3, 1e3)
     star = go.Scatter(x=[], y=[], mode="markers", name="least carbon meeting the SLO",
                       meta=OPTIMUM_META, hovertext=[], hovertemplate="%{hovertext}<extra></extra>",
                       marker={"symbol": "star", "size": 18, "color": "gold",
@@ -209,7 +214,7 @@ def carbon_latency_chart(metrics: pd.DataFrame, slos_s_per_token: Sequence[float
     fig = go.Figure(traces + [star])
     fig.update_layout(_layout(
         "Carbon vs latency per token",
-        _axis(metrics["s_per_token_user"], "user-perceived latency per token (ms)"),
+        _axis(metrics[column], label),
         _axis(metrics["g_per_token"], "operational carbon per token (mgCO2e)"),
     ))  # fmt: skip
     steps = slo_steps(metrics, slos_s_per_token)
@@ -240,10 +245,11 @@ def energy_batch_chart(metrics: pd.DataFrame) -> go.Figure:
 
 def throughput_latency_chart(metrics: pd.DataFrame) -> go.Figure:
     """Throughput (output tokens/s) against latency per token (ms): the study's figure 4."""
-    fig = go.Figure(cell_traces(metrics, "s_per_token_user", "tokens_per_s", 1e3))
+    column, label = latency(metrics)
+    fig = go.Figure(cell_traces(metrics, column, "tokens_per_s", 1e3))
     fig.update_layout(_layout(
         "Throughput vs latency per token",
-        _axis(metrics["s_per_token_user"], "user-perceived latency per token (ms)"),
+        _axis(metrics[column], label),
         _axis(metrics["tokens_per_s"], "throughput (output tokens/s)"),
     ))  # fmt: skip
     return fig
