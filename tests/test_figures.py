@@ -1037,8 +1037,9 @@ def test_report_shows_the_headlines_tables_and_figures(default_run):
     html = (default_run / "report.html").read_text(errors="replace")
     for name in ["summary.html", "metrics.html", "table3_max_batch.html", "table4_max_batch.html",
                  "pareto_carbon_latency.png", "fig7_carbon_per_token.png", "fig1_flops_vs_seqlen",
-                 "fig2b_gpu_generations", "fig4a_throughput_latency", "fig6a_intensity_day"]:  # fmt: skip
+                 "fig2b_gpu_generations", "fig4a_throughput_latency", "fig6b_power_over_time"]:  # fmt: skip
         assert name in html, name
+    assert "fig6a_intensity_day" not in html  # a constant intensity: no flat day drawn
     for category in ["Headlines", "Study figures", "Carbon analysis", "Tables"]:
         assert category in html, category
     for caption in ["summary.rst", "fig7_carbon_per_token.rst"]:
