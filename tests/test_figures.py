@@ -766,7 +766,7 @@ def test_summary_names_the_operating_point_filled_intensity_embodied_range_and_f
 
 
 def test_summary_of_an_old_table_has_no_intervals_and_no_notes(repo):
-    m = read_metrics(repo / "benchmarks/results/gpu-study/tables/metrics.parquet")
+    m = read_metrics(repo / "tests/data/metrics-gpu-study-4db09b7.parquet")  # tests/data/README.md
     assert set(m["mode"]) == {"static"} and "n_repeats" not in m.columns
     md = summary_markdown(m, [], [0.008])
     assert "[" not in md.split("### Carbon-optimal")[0]  # no interval invented

@@ -79,7 +79,7 @@ def test_weights_labels_name_scheme_group_and_library():
 
 
 def test_a_table_without_quantization_columns_reads_as_unquantized(repo):
-    m = read_metrics(repo / "benchmarks/results/gpu-study/tables/metrics.parquet")
+    m = read_metrics(repo / "tests/data/metrics-gpu-study-4db09b7.parquet")  # tests/data/README.md
     assert "quantization" not in m.columns  # committed before quantization existed
     filled = with_quantization(m)
     assert set(filled["quantization"]) == {"none"} and filled["quant_group_size"].isna().all()
