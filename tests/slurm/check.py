@@ -13,7 +13,10 @@ import pyarrow.parquet as pq
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_workflow import SMALL, make_project  # noqa: E402  (the same small grid as the DAG tests)
+from harness import Project, tiny_study  # noqa: E402  (the DAG tests' tiny study, .test/config-cpu)
+
+# Its two unquantized models, one repeat: a small grid that still has static and continuous cells.
+SMALL = tiny_study(models=["tiny-llama", "tiny-gpt2"], run={"repeats": 1})
 
 # Snakemake's line for each job the slurm executor submitted (snakemake-executor-plugin-slurm 2.8.0).
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
@@ -131,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "make":
         args.project.mkdir(parents=True, exist_ok=True)
-        make_project(args.project, SMALL)
+        Project.make(args.project, SMALL, copy_code=True)  # jobs run the copy's package
     elif args.command == "compare":
         compare(args.local, args.slurm)
     elif args.command == "evidence":
