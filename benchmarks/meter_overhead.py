@@ -147,6 +147,8 @@ def label_of(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tokencarbon.hardware import cpu_model_name  # the cells' own CPU name
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--windows", type=int, default=50, help="begin/end_window pairs per tree")
     p.add_argument("--reps", type=int, default=10, help="measure() blocks and CLI runs per tree")
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         record: dict = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": pyplatform.node(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model_name(),
             "logical_cpus": os.cpu_count(),
             "python": pyplatform.python_version(),
             "git_commit": _git("rev-parse", "HEAD"),
@@ -249,16 +251,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{title:28s}" + "".join(f"{get(t):16.4g}" for t in record["trees"].values()))
     print(f"record: {out_path}")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return pyplatform.processor()
 
 
 def _git(*args: str) -> str | None:
