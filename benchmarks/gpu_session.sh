@@ -12,7 +12,7 @@
 # profile: decode_roofline.py's kernel profile of the batch-1 and batch-256 graph steps
 # tests:   pytest -m gpu;   sidecar: benchmarks/sidecar_overhead.py
 # smoke:   benchmarks/paged_smoke.py;  serving: benchmarks/serving.py --cases $SERVING_CASES
-# probe:   benchmarks/probe_time.py, the six study models (probe_bisect: the search before, Llama-2-7B)
+# probe:   benchmarks/probe_time.py, the six study models (PROBE_MODELS: some of them) (probe_bisect: the search before, Llama-2-7B)
 # overhead: benchmarks/cell_overhead.py on Llama-2-7B bs8 and cb32 of config/paper-h200.yaml (this
 #          card as its platform, one repeat): this tree (a cold and a warm compilation cache), then
 #          the previous commit's workflow where a copy of it lies in .before/ (one pass)
@@ -71,7 +71,7 @@ for m in c["models"]:
     overhead)
         # OVERHEAD_PROMPTS / OVERHEAD_CONVERSATIONS shrink the workload (the fixed cost does not
         # depend on it), OVERHEAD_CELLS picks the cells (default "bs8 cb32"), OVERHEAD_BEFORE=0
-        # skips the previous commit's run
+        # skips the previous commit's run, OVERHEAD_PASSES (2) the passes of this tree (the first cold)
         python3 - "$platform" "${OVERHEAD_PROMPTS:-100}" "${OVERHEAD_CONVERSATIONS:-20000}" \
             > /tmp/overhead.yaml <<'PY'
 import sys, yaml
@@ -79,6 +79,7 @@ c = yaml.safe_load(open("config/paper-h200.yaml"))
 c["platforms"] = {sys.argv[1]: {}}
 c["models"] = {"llama-2-7b": c["models"]["llama-2-7b"]}
 c["run"]["repeats"] = 1
+c["run"].pop("repeats_at_ends", None)  # one repeat at every size (and a key older trees refuse)
 c["sweep"] |= {"batch_sizes": [1, 8], "max_num_seqs": [min(32, int(sys.argv[2]))]}
 c["workload"] |= {"num_prompts": int(sys.argv[2]), "synthetic_conversations": int(sys.argv[3])}
 print(yaml.safe_dump(c))
@@ -89,7 +90,7 @@ PY
         done
         # this tree first (a cold and a warm compilation cache), then the previous commit's
         # workflow in .before/ on the same workload (copied: --setup-from)
-        step overhead python3 benchmarks/cell_overhead.py --label after --passes 2 --cores 16 \
+        step overhead python3 benchmarks/cell_overhead.py --label after --passes "${OVERHEAD_PASSES:-2}" --cores 16 \
             --configfile /tmp/overhead.yaml --out "$OUT/$platform-cell-overhead-after.json" \
             --targets "${targets[@]}"
         tail -5 session-logs/overhead.log
@@ -103,7 +104,8 @@ PY
     smoke) step smoke python3 benchmarks/paged_smoke.py; tail -5 session-logs/smoke.log ;;
     serving) step serving python3 benchmarks/serving.py --cases ${SERVING_CASES:-cb64 cb256} \
         --out "$OUT/$platform-serving-paged.json"; tail -25 session-logs/serving.log ;;
-    probe) step probe python3 benchmarks/probe_time.py "$OUT/$platform-probe-time.json" --timeout-s 60 ;;
+    probe) step probe python3 benchmarks/probe_time.py "$OUT/$platform-probe-time.json" --timeout-s 60 \
+        ${PROBE_MODELS:+--models $PROBE_MODELS} ;;
     probe_bisect) step probe_bisect python3 benchmarks/probe_time.py \
         "$OUT/$platform-probe-time-bisect.json" --method bisect --models llama-2-7b --timeout-s 75 ;;
     *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead probe probe_bisect)" >&2 ;;

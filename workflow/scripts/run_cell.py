@@ -1,5 +1,6 @@
 """Adapter for rule run_cell (workflow/rules/inference.smk)."""
 
+import os
 import time
 
 script_start_wall_ns = time.time_ns()  # the cell's timeline: Python and Snakemake's preamble end
@@ -44,3 +45,11 @@ run_cell(
     cache_root=Path(snakemake.output.meta).parents[4] / ".cache",
     script_start_wall_ns=script_start_wall_ns,
 )
+# Every file is written and closed (meta.json last): leave without the interpreter's teardown.
+# Destroying the CUDA context, torch's compile workers and loaded Triton modules took 0.7-3.4 s
+# per job on an H100 (benchmarks/results/h100-cell-overhead-*.json, "exit_after_meta_s"), time
+# in which the card measures nothing and the next cell cannot start.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
+
