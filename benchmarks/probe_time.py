@@ -7,8 +7,12 @@ included), each model probed in a fresh process as a Snakemake job would, with n
     python benchmarks/probe_time.py OUT.json --smoke             # CPU: tiny models, a 0.05 GB cap
 
 Models and lengths as config/paper-h200.yaml's study: Llama-2-7B, Llama-2-13B (fp16) and
-Llama-3.1-8B (bf16) at the longest prompt and output of 4..1000 tokens (1000 / 1000), GPT-2 124M,
-774M and 1.5B (fp16) at 4..500 (500 / 500); dummy weights; sweep limits max_batch 1024 and
+Llama-3.1-8B (bf16) within 4..1000 tokens, GPT-2 124M, 774M and 1.5B (fp16) within 4..500; the
+workload is 100 requests of the synthetic ShareGPT-like set within those bounds (serving.py's
+request_set: at 4..1000 the longest prompt is 893 and the longest output 853 tokens, at 4..500
+both 500), so the static probe runs at its longest prompt and output and the paged pool fit reads
+every request, as the workflow's probe does (records before 2026-12-07 15:30 UTC probed one
+request of 1000 / 1000 or 500 / 500); dummy weights; sweep limits max_batch 1024 and
 max_num_seqs 100 (min(max_batch, num_prompts 100): what `max_num_seqs: auto` probes up to); the
 whole card (no memory cap) unless --memory-limit-gb. torch.compile's inductor cache starts empty
 (a fresh folder, as on a new machine) unless --inductor-cache names one.
@@ -50,6 +54,7 @@ STUDY = {
 }
 SMOKE = {"tiny-llama": ("float32", 64, 64), "tiny-gpt2": ("float32", 64, 64)}
 PHASES = ("calibration", "confirmation", "search")
+WORKLOAD_REQUESTS = 100  # config/paper-h200.yaml workload.num_prompts
 
 
 def log(message: str) -> None:
@@ -60,6 +65,10 @@ def phase_times(part: dict | None) -> dict | None:
     """{phase: {"seconds", "sizes"}} of one search's tries, plus the serving builds' seconds."""
     if not part:
         return None
+    if "tries" not in part:  # the paged pool fit (method "paged pool"): one engine, one serve
+        return {"paged_pool": {"seconds": round(part["seconds"], 3),
+                               "engine_build_s": round(part["build_s"] or 0.0, 3),
+                               "served": part.get("served"), "fits": part["fits"]}}  # fmt: skip
     out = {}
     for phase in PHASES + ("",):
         tries = [t for t in part["tries"] if t["phase"] == phase]
@@ -81,7 +90,19 @@ def one(args: argparse.Namespace) -> int:
     from tokencarbon.probe import run_probe
 
     dtype, prompt_len, output_len = (SMOKE if args.smoke else STUDY)[args.one]
-    workload = pd.DataFrame({"prompt_token_ids": [[1] * prompt_len], "output_tokens": [output_len]})
+    if args.smoke:
+        workload = pd.DataFrame({"prompt_token_ids": [[1] * prompt_len],
+                                 "output_tokens": [output_len]})  # fmt: skip
+    else:
+        # what the workflow's probe gets: the study's 100 requests within the family's bounds
+        # (serving.request_set: the synthetic ShareGPT-like set), whose longest prompt and output
+        # size the static probe and whose lengths the paged pool fit reads
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from serving import request_set
+
+        requests, _ = request_set(WORKLOAD_REQUESTS, 0, 32000, max_tokens=prompt_len)
+        workload = pd.DataFrame({"prompt_token_ids": [list(r.prompt) for r in requests],
+                                 "output_tokens": [r.output_len for r in requests]})  # fmt: skip
     kind = "cpu" if args.smoke else "gpu"
     limits = {"memory_limit_gb": args.memory_limit_gb, "max_batch": args.max_batch}
     if args.max_num_seqs:
