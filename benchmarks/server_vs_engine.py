@@ -31,8 +31,9 @@ Steps, each capped (seconds; the whole run within --budget-s):
    (tokencarbon.aggregate; energy through tokencarbon.energy, as rule compute_metrics does), ITL
    from the engine's steps.parquet (a server's stream does not time its tokens one by one:
    openai_server's docstring), the ratios server / engine, versions and the device; written to
-   $OUT/<gpu>-server-vs-engine.json when OUT is set, else benchmarks/results/ (`cpu-` with
-   --smoke), and a short table printed last.
+   $OUT/<gpu>-server-vs-engine.json when OUT is set (and beside it -cells.tar.gz: both cells'
+   folders, workloads and logs, to commit), else benchmarks/results/ (`cpu-` with --smoke), and a
+   short table printed last.
 
 Expected on one H100 with the defaults (192 requests of the synthetic set within 4..256 tokens a
 side, ~35,000 output tokens, max_num_seqs 64): checkpoint ~60 s (16 GB written), server start
@@ -54,6 +55,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -72,7 +74,7 @@ SMOKE_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, intermediate_size=96, vocab_size=2048,
                    max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False)  # fmt: skip
 # Caps of the steps, seconds (GPU, smoke); the whole run is also held within --budget-s.
-CAPS = {"checkpoint": (150, 120), "server_start": (180, 240), "server_cell": (300, 420),
+CAPS = {"checkpoint": (150, 120), "server_start": (180, 240), "server_cell": (330, 420),
         "engine_cell": (240, 420)}  # fmt: skip
 POLL_S = 0.5
 
@@ -391,7 +393,7 @@ def same_request_set(a, b) -> dict[str, Any]:
     x = a[key].sort_values("request_id").reset_index(drop=True)
     y = b[key].sort_values("request_id").reset_index(drop=True)
     return {"requests": [len(x), len(y)], "ids_equal": list(x["request_id"]) == list(y["request_id"]),
-            "input_tokens_equal": x.equals(y) or list(x["input_tokens"]) == list(y["input_tokens"]),
+            "input_tokens_equal": list(x["input_tokens"]) == list(y["input_tokens"]),
             "output_tokens_equal": list(x["output_tokens"]) == list(y["output_tokens"])}  # fmt: skip
 
 
@@ -460,6 +462,20 @@ def detect_device(smoke: bool, gpu_index: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 
 
+def serving_versions() -> dict[str, str]:
+    """Installed versions of what `transformers serve` runs on (transformers[serving])."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("transformers", "fastapi", "uvicorn", "starlette", "openai", "pydantic",
+                 "huggingface_hub", "tokenizers"):  # fmt: skip
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 class Budget:
     """The run's deadline: cap(step) is the step's cap, cut to what is left."""
 
@@ -487,7 +503,7 @@ def run(a) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": device,
         "host": {"python": pyplatform.python_version(), "cpus": os.cpu_count()},
-        "versions": software_versions(),
+        "versions": software_versions() | {"serving": serving_versions()},
         "git_commit": git_commit(),
         "workload": {"source": "synthetic (tokencarbon.synthetic, seed 0)",
                      "num_prompts": a.num_prompts, "tokens_per_side": [4, a.max_tokens],
@@ -530,6 +546,9 @@ def run(a) -> dict[str, Any]:
         print(f"server cell in {timings['server_cell']:.1f} s", flush=True)
         server_cell = cell_record(p_server, p_server / cell)
         server.stop()
+        # kept now: a failed engine step leaves the server's numbers in the record
+        forced = bool(server_cell["meta"]["server"]["lengths_forced"])
+        record["server"] = summarize(server_cell, lengths_forced=forced)
 
         p_engine = make_project(work / "engine", study_config(
             a, device, snapshot, {"name": "torch"}))  # fmt: skip
@@ -538,8 +557,6 @@ def run(a) -> dict[str, Any]:
         print(f"engine cell in {timings['engine_cell']:.1f} s", flush=True)
         engine_cell = cell_record(p_engine, p_engine / cell)
 
-        forced = bool(server_cell["meta"]["server"]["lengths_forced"])
-        record["server"] = summarize(server_cell, lengths_forced=forced)
         record["engine"] = summarize(engine_cell, lengths_forced=True)
         record["ratios"] = ratios(record["server"], record["engine"])
         record["same_request_set"] = same_request_set(server_cell["requests"],
@@ -551,6 +568,16 @@ def run(a) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
+        if a.cells_tar:  # the cells as measured (meta.json, parquet files) and the logs
+            with tarfile.open(a.cells_tar, "w:gz") as tar:
+                for part in ("server", "engine"):
+                    for sub in ("results/cells", "results/workload", "logs"):
+                        if (work / part / sub).exists():
+                            tar.add(work / part / sub, arcname=f"{part}/{sub}")
+                for log in ("serve.log", "server.log", "engine.log"):
+                    if (work / log).exists():
+                        tar.add(work / log, arcname=log)
+            record["cells_tar"] = str(a.cells_tar)
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -579,10 +606,13 @@ def main() -> int:
                           ("budget_s", 470.0, 900.0)):  # fmt: skip
         if getattr(a, key) is None:
             setattr(a, key, cpu if a.smoke else gpu)
-    record = run(a)
-    name = f"{record['device']['prefix']}-server-vs-engine.json"
-    out = Path(a.out) if a.out else Path(os.environ.get("OUT") or HERE / "results") / name
+    prefix = detect_device(a.smoke, a.gpu)["prefix"]
+    folder = Path(os.environ.get("OUT") or HERE / "results")
+    out = Path(a.out) if a.out else folder / f"{prefix}-server-vs-engine.json"
+    # the cells come back beside the record where OUT is set (the GPU machine's returned folder)
+    a.cells_tar = out.with_name(out.stem + "-cells.tar.gz") if os.environ.get("OUT") else None
     out.parent.mkdir(parents=True, exist_ok=True)
+    record = run(a)
     out.write_text(json.dumps(record, indent=1, default=str))
     print(f"record: {out}")
     if record["error"]:
