@@ -70,12 +70,24 @@ HUB_ORG = "tokencarbon"
 SNAPSHOT = "0" * 40  # the cache layout's commit hash (any 40 hex digits; refs/main names it)
 # --smoke's model: 2 layers, hidden 64, 4 heads of 16, 2 KV heads, MLP 96; 2,048 words hold the
 # synthetic vocabulary's 2,000 (tokencarbon.synthetic.VOCAB_WORDS)
-SMOKE_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, intermediate_size=96, vocab_size=2048,
-                   max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False)  # fmt: skip
+SMOKE_SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=96,
+    vocab_size=2048,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
 # Caps of the steps, seconds (GPU, smoke); the whole run is also held within --budget-s.
-CAPS = {"checkpoint": (150, 120), "server_start": (180, 240), "server_cell": (330, 420),
-        "engine_cell": (240, 420)}  # fmt: skip
+CAPS = {
+    "checkpoint": (150, 120),
+    "server_start": (180, 240),
+    "server_cell": (330, 420),
+    "engine_cell": (240, 420),
+}
 POLL_S = 0.5
 
 
@@ -135,9 +147,14 @@ def save_checkpoint(snapshot: Path, smoke: bool) -> dict[str, Any]:
     save_tokenizer(snapshot, config.vocab_size)
     (snapshot.parents[1] / "refs").mkdir(parents=True, exist_ok=True)
     (snapshot.parents[1] / "refs" / "main").write_text(snapshot.name)
-    return {"parameters": params, "dtype": str(dtype).removeprefix("torch."), "made_on": device,
-            "made_s": made_s, "saved_s": time.monotonic() - t0 - made_s,
-            "bytes": sum(f.stat().st_size for f in snapshot.iterdir())}  # fmt: skip
+    return {
+        "parameters": params,
+        "dtype": str(dtype).removeprefix("torch."),
+        "made_on": device,
+        "made_s": made_s,
+        "saved_s": time.monotonic() - t0 - made_s,
+        "bytes": sum(f.stat().st_size for f in snapshot.iterdir()),
+    }
 
 
 # ---------------------------------------------------------------- step 2: the server
@@ -153,7 +170,13 @@ class Server:
     """`transformers serve` of one model, started as a process group of its own."""
 
     def __init__(self, model_id: str, hub: Path, log: Path, device: dict[str, Any], smoke: bool):
-        self.model_id, self.hub, self.log, self.device, self.smoke = model_id, hub, log, device, smoke
+        self.model_id, self.hub, self.log, self.device, self.smoke = (
+            model_id,
+            hub,
+            log,
+            device,
+            smoke,
+        )
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -163,16 +186,37 @@ class Server:
 
     def command(self) -> list[str]:
         """The serve command (its flags exist in transformers 5.17 and 5.25)."""
-        args = [sys.executable, "-m", "transformers.cli.transformers", "serve", self.model_id,
-                "--continuous-batching", "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            self.model_id,
+            "--continuous-batching",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.smoke:  # a small KV pool for the CPU (transformers sizes it from GPU memory)
-            return args + ["--device", "cpu", "--dtype", "float32", "--cb-num-blocks", "64",
-                           "--cb-block-size", "32", "--cb-max-batch-tokens", "256"]  # fmt: skip
+            return args + [
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--cb-num-blocks",
+                "64",
+                "--cb-block-size",
+                "32",
+                "--cb-max-batch-tokens",
+                "256",
+            ]
         return args + ["--device", "cuda:0", "--dtype", "bfloat16"]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, HF_HUB_CACHE=str(self.hub), HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1")  # fmt: skip
+        env = dict(
+            os.environ, HF_HUB_CACHE=str(self.hub), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
+        )
         if self.device["kind"] == "gpu":  # the measured card only, by UUID
             env["CUDA_VISIBLE_DEVICES"] = self.device["uuid"]
         return env
@@ -184,13 +228,19 @@ class Server:
 
         t0 = time.monotonic()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env(),
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+                start_new_session=True,
+            )
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited ({self.proc.returncode}): "
-                                   f"{self.tail()}")  # fmt: skip
+                raise RuntimeError(
+                    f"transformers serve exited ({self.proc.returncode}): " f"{self.tail()}"
+                )
             try:
                 r = httpx2.get(f"{self.base_url}/models", timeout=5)
                 if r.status_code == 200 and self.model_id in {m["id"] for m in r.json()["data"]}:
@@ -198,8 +248,10 @@ class Server:
             except (httpx2.TransportError, ValueError, KeyError):
                 pass
             time.sleep(POLL_S)
-        raise RuntimeError(f"transformers serve did not list {self.model_id} in {timeout_s:.0f} s:"
-                           f" {self.tail()}")  # fmt: skip
+        raise RuntimeError(
+            f"transformers serve did not list {self.model_id} in {timeout_s:.0f} s:"
+            f" {self.tail()}"
+        )
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
@@ -226,27 +278,47 @@ def study_config(a, device: dict[str, Any], snapshot: Path, backend: dict[str, A
     if device["kind"] == "cpu":
         # this CPU's peaks measured (rule measure_platform); the TDP share is the default
         # config's assumption (config/config.yaml: an EPYC 7763's 280 W x 2/128 threads)
-        pconf = {"memory_limit_gb": 0.5, "spec": {"measure": True, "logical_cpus": os.cpu_count(),
-                                                 "tdp_w": 4.375 * os.cpu_count() / 2}}  # fmt: skip
+        pconf = {
+            "memory_limit_gb": 0.5,
+            "spec": {
+                "measure": True,
+                "logical_cpus": os.cpu_count(),
+                "tdp_w": 4.375 * os.cpu_count() / 2,
+            },
+        }
     else:
         pconf = {}
     return {
         "seed": 0,
         "platforms": {platform: pconf},
-        "families": {"words": {"tokenizer": str(snapshot), "min_tokens": 4,
-                               "max_tokens": a.max_tokens}},  # fmt: skip
-        "models": {MODEL_KEY: {"architecture": "auto" if a.smoke else "llama-3.1-8b",
-                               "checkpoint": str(snapshot), "family": "words",
-                               "dtype": "float32" if a.smoke else "bfloat16"}},  # fmt: skip
-        "workload": {"source": "synthetic", "num_prompts": a.num_prompts,
-                     "synthetic_conversations": 2000},  # fmt: skip
+        "families": {
+            "words": {"tokenizer": str(snapshot), "min_tokens": 4, "max_tokens": a.max_tokens}
+        },
+        "models": {
+            MODEL_KEY: {
+                "architecture": "auto" if a.smoke else "llama-3.1-8b",
+                "checkpoint": str(snapshot),
+                "family": "words",
+                "dtype": "float32" if a.smoke else "bfloat16",
+            }
+        },
+        "workload": {
+            "source": "synthetic",
+            "num_prompts": a.num_prompts,
+            "synthetic_conversations": 2000,
+        },
         "backend": backend,
-        "sweep": {"batch_sizes": [] if backend["name"] == "openai_server" else [1],
-                  "max_batch": max(1, a.max_num_seqs), "max_num_seqs": [a.max_num_seqs]},  # fmt: skip
+        "sweep": {
+            "batch_sizes": [] if backend["name"] == "openai_server" else [1],
+            "max_batch": max(1, a.max_num_seqs),
+            "max_num_seqs": [a.max_num_seqs],
+        },
         "serving": {"arrival": "offline"},
         "run": {"repeats": 1},
-        "power": {"interval_s": 0.05 if device["kind"] == "gpu" else 0.1,
-                  "idle_s": 5.0 if device["kind"] == "gpu" else 1.0},  # fmt: skip
+        "power": {
+            "interval_s": 0.05 if device["kind"] == "gpu" else 0.1,
+            "idle_s": 5.0 if device["kind"] == "gpu" else 1.0,
+        },
         "carbon": {"source": "constant", "intensity_g_per_kwh": 413, "pue": 1.0},
     }
 
@@ -264,15 +336,24 @@ def make_project(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def snakemake(project: Path, targets: list[str], timeout_s: float, log: Path) -> float:
-    """`snakemake --cores N targets` in `project`, output to `log`; returns its seconds. Raises
-    RuntimeError with the log's tail on failure or past timeout_s (its process group killed)."""
+def snakemake(
+    project: Path, targets: list[str], timeout_s: float, log: Path, env: dict[str, str]
+) -> float:
+    """`snakemake --cores N targets` in `project` with `env` added to this environment, output to
+    `log`; returns its seconds. Raises RuntimeError with the log's tail on failure or past
+    timeout_s (its process group killed)."""
     cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(os.cpu_count() or 1)]
     target = " ".join(targets)
     t0 = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | env,
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -282,11 +363,14 @@ def snakemake(project: Path, targets: list[str], timeout_s: float, log: Path) ->
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            raise RuntimeError(f"snakemake {target} passed its cap of {timeout_s:.0f} s: "
-                               f"{log.read_text(errors='replace')[-2000:]}") from None  # fmt: skip
+            raise RuntimeError(
+                f"snakemake {target} passed its cap of {timeout_s:.0f} s: "
+                f"{log.read_text(errors='replace')[-2000:]}"
+            ) from None
     if rc != 0:
-        raise RuntimeError(f"snakemake {target} failed ({rc}): "
-                           f"{log.read_text(errors='replace')[-3000:]}")  # fmt: skip
+        raise RuntimeError(
+            f"snakemake {target} failed ({rc}): " f"{log.read_text(errors='replace')[-3000:]}"
+        )
     return time.monotonic() - t0
 
 
@@ -308,22 +392,36 @@ def cell_record(project: Path, cell_dir: Path) -> dict[str, Any]:
     params = plan.metrics_params()
     t = aggregate([cell_dir])
     archs = {a: architecture_from_dict(d, a) for a, d in params["architectures"].items()}
-    measured = {p.parent.name: read_measurement(p, p.parent.name)
-                for p in (project / "results/platforms").glob("*/spec.json")}  # fmt: skip
-    platforms = resolve_cell_platforms(t.cells, params["platform_specs"], measurements=measured,
-                                       rows=params["platform_rows"])  # fmt: skip
+    measured = {
+        p.parent.name: read_measurement(p, p.parent.name)
+        for p in (project / "results/platforms").glob("*/spec.json")
+    }
+    platforms = resolve_cell_platforms(
+        t.cells, params["platform_specs"], measurements=measured, rows=params["platform_rows"]
+    )
     metrics, _ = compute_all(
-        t.cells, t.batches, t.power, archs, platforms,
+        t.cells,
+        t.batches,
+        t.power,
+        archs,
+        platforms,
         CarbonAccounting.from_config(params["carbon"], None),
-        requests=t.requests, steps=t.steps,
+        requests=t.requests,
+        steps=t.steps,
         settings=MetricsSettings.from_params(params["metrics"]),
-    )  # fmt: skip
+    )
     row = metrics.iloc[0].to_dict()
     meta = json.loads((cell_dir / "meta.json").read_text())
     steps = tables.read(cell_dir / "steps.parquet", tables.STEPS)
     requests = tables.read(cell_dir / "requests.parquet", tables.REQUESTS)
-    return {"row": row, "meta": meta, "itl_s": itl_quantiles(steps), "requests": requests,
-            "steps": len(steps), "flops_known": pd.notna(row.get("flops"))}  # fmt: skip
+    return {
+        "row": row,
+        "meta": meta,
+        "itl_s": itl_quantiles(steps),
+        "requests": requests,
+        "steps": len(steps),
+        "flops_known": pd.notna(row.get("flops")),
+    }
 
 
 def itl_quantiles(steps) -> dict[str, float] | None:
@@ -342,17 +440,38 @@ def itl_quantiles(steps) -> dict[str, float] | None:
     gaps = np.array([b - a for t in times.values() for a, b in zip(t, t[1:])], dtype=float) / 1e9
     if not len(gaps):
         return None
-    return {"p50": float(np.percentile(gaps, 50)), "p99": float(np.percentile(gaps, 99)),
-            "n": int(len(gaps))}  # fmt: skip
+    return {
+        "p50": float(np.percentile(gaps, 50)),
+        "p99": float(np.percentile(gaps, 99)),
+        "n": int(len(gaps)),
+    }
 
 
 # ---------------------------------------------------------------- the record
 
 
-FIELDS = ("n_requests", "input_tokens", "output_tokens", "window_s", "energy_j", "energy_method",
-          "idle_power_w", "tokens_per_s", "j_per_token", "tokens_per_s_steady",
-          "j_per_token_steady", "steady_window_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
-          "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "g_per_token", "qa_flags")  # fmt: skip
+FIELDS = (
+    "n_requests",
+    "input_tokens",
+    "output_tokens",
+    "window_s",
+    "energy_j",
+    "energy_method",
+    "idle_power_w",
+    "tokens_per_s",
+    "j_per_token",
+    "tokens_per_s_steady",
+    "j_per_token_steady",
+    "steady_window_s",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p99_s",
+    "e2e_p50_s",
+    "e2e_p99_s",
+    "g_per_token",
+    "qa_flags",
+)
 
 
 def summarize(cell: dict[str, Any], lengths_forced: bool) -> dict[str, Any]:
@@ -373,8 +492,19 @@ def summarize(cell: dict[str, Any], lengths_forced: bool) -> dict[str, Any]:
     )
     out["lengths_forced"] = lengths_forced
     out["engine_steps"] = cell["steps"]
-    for key in ("backend", "mode", "batch_size", "device_name", "power_source", "versions",
-                "foreign_use", "server", "engine_description", "warmup", "peak_memory_bytes"):  # fmt: skip
+    for key in (
+        "backend",
+        "mode",
+        "batch_size",
+        "device_name",
+        "power_source",
+        "versions",
+        "foreign_use",
+        "server",
+        "engine_description",
+        "warmup",
+        "peak_memory_bytes",
+    ):
         if key in meta:
             out[key] = meta[key]
     return out
@@ -392,16 +522,29 @@ def same_request_set(a, b) -> dict[str, Any]:
     key = ["request_id", "input_tokens", "output_tokens"]
     x = a[key].sort_values("request_id").reset_index(drop=True)
     y = b[key].sort_values("request_id").reset_index(drop=True)
-    return {"requests": [len(x), len(y)], "ids_equal": list(x["request_id"]) == list(y["request_id"]),
-            "input_tokens_equal": list(x["input_tokens"]) == list(y["input_tokens"]),
-            "output_tokens_equal": list(x["output_tokens"]) == list(y["output_tokens"])}  # fmt: skip
+    return {
+        "requests": [len(x), len(y)],
+        "ids_equal": list(x["request_id"]) == list(y["request_id"]),
+        "input_tokens_equal": list(x["input_tokens"]) == list(y["input_tokens"]),
+        "output_tokens_equal": list(x["output_tokens"]) == list(y["output_tokens"]),
+    }
 
 
 def ratios(server: dict[str, Any], engine: dict[str, Any]) -> dict[str, float | None]:
     """server / engine for each number both have."""
     out = {}
-    for k in ("tokens_per_s", "j_per_token", "mean_power_w", "ttft_p50_s", "ttft_p99_s",
-              "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "window_s"):  # fmt: skip
+    for k in (
+        "tokens_per_s",
+        "j_per_token",
+        "mean_power_w",
+        "ttft_p50_s",
+        "ttft_p99_s",
+        "tpot_p50_s",
+        "tpot_p99_s",
+        "e2e_p50_s",
+        "e2e_p99_s",
+        "window_s",
+    ):
         s, e = server.get(k), engine.get(k)
         out[k] = s / e if isinstance(s, float | int) and isinstance(e, float | int) and e else None
     return out
@@ -414,11 +557,18 @@ def table(record: dict[str, Any]) -> str:
     def f(v, spec):
         return "-" if v is None else format(v, spec)
 
-    for key, spec, label in (("tokens_per_s", ".1f", "output tok/s"), ("j_per_token", ".4g", "J/token"),
-                             ("mean_power_w", ".1f", "mean W"), ("ttft_p50_s", ".3g", "TTFT p50 s"),
-                             ("ttft_p99_s", ".3g", "TTFT p99 s"), ("tpot_p50_s", ".3g", "TPOT p50 s"),
-                             ("tpot_p99_s", ".3g", "TPOT p99 s"), ("itl_p50_s", ".3g", "ITL p50 s"),
-                             ("itl_p99_s", ".3g", "ITL p99 s"), ("window_s", ".1f", "window s")):  # fmt: skip
+    for key, spec, label in (
+        ("tokens_per_s", ".1f", "output tok/s"),
+        ("j_per_token", ".4g", "J/token"),
+        ("mean_power_w", ".1f", "mean W"),
+        ("ttft_p50_s", ".3g", "TTFT p50 s"),
+        ("ttft_p99_s", ".3g", "TTFT p99 s"),
+        ("tpot_p50_s", ".3g", "TPOT p50 s"),
+        ("tpot_p99_s", ".3g", "TPOT p99 s"),
+        ("itl_p50_s", ".3g", "ITL p50 s"),
+        ("itl_p99_s", ".3g", "ITL p99 s"),
+        ("window_s", ".1f", "window s"),
+    ):
         rows.append((label, f(s.get(key), spec), f(e.get(key), spec), f(r.get(key), ".3g")))
     width = [max(len(x[i]) for x in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, width)) for x in rows)
@@ -436,8 +586,14 @@ def detect_device(smoke: bool, gpu_index: int) -> dict[str, Any]:
     from tokencarbon.platforms import rows_matching
 
     if smoke:
-        return {"kind": "cpu", "name": cpu_model_name(), "platform": "cpu", "index": None,
-                "uuid": None, "prefix": "cpu"}  # fmt: skip
+        return {
+            "kind": "cpu",
+            "name": cpu_model_name(),
+            "platform": "cpu",
+            "index": None,
+            "uuid": None,
+            "prefix": "cpu",
+        }
     import pynvml
 
     try:
@@ -453,10 +609,18 @@ def detect_device(smoke: bool, gpu_index: int) -> dict[str, Any]:
     uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
     rows = rows_matching(name)
     if len(rows) != 1:
-        raise SystemExit(f"GPU {gpu_index} {name!r} matches rows {rows} of resources/platforms.csv;"
-                         " one row is needed for the cells' platform")  # fmt: skip
-    return {"kind": "gpu", "name": name, "platform": rows[0], "index": gpu_index, "uuid": uuid,
-            "prefix": rows[0].split("-")[0]}  # fmt: skip
+        raise SystemExit(
+            f"GPU {gpu_index} {name!r} matches rows {rows} of resources/platforms.csv;"
+            " one row is needed for the cells' platform"
+        )
+    return {
+        "kind": "gpu",
+        "name": name,
+        "platform": rows[0],
+        "index": gpu_index,
+        "uuid": uuid,
+        "prefix": rows[0].split("-")[0],
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -467,8 +631,16 @@ def serving_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for name in ("transformers", "fastapi", "uvicorn", "starlette", "openai", "pydantic",
-                 "huggingface_hub", "tokenizers"):  # fmt: skip
+    for name in (
+        "transformers",
+        "fastapi",
+        "uvicorn",
+        "starlette",
+        "openai",
+        "pydantic",
+        "huggingface_hub",
+        "tokenizers",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -505,19 +677,32 @@ def run(a) -> dict[str, Any]:
         "host": {"python": pyplatform.python_version(), "cpus": os.cpu_count()},
         "versions": software_versions() | {"serving": serving_versions()},
         "git_commit": git_commit(),
-        "workload": {"source": "synthetic (tokencarbon.synthetic, seed 0)",
-                     "num_prompts": a.num_prompts, "tokens_per_side": [4, a.max_tokens],
-                     "arrival": "offline", "max_num_seqs": a.max_num_seqs,
-                     "tokenizer": "word-level over the synthetic words (exact round trip)"},  # fmt: skip
-        "server_command": None, "server": None, "engine": None, "ratios": None,
-        "same_request_set": None, "timings_s": timings, "error": None, "work_dir": str(work),
-    }  # fmt: skip
+        "workload": {
+            "source": "synthetic (tokencarbon.synthetic, seed 0)",
+            "num_prompts": a.num_prompts,
+            "tokens_per_side": [4, a.max_tokens],
+            "arrival": "offline",
+            "max_num_seqs": a.max_num_seqs,
+            "tokenizer": "word-level over the synthetic words (exact round trip)",
+        },
+        "server_command": None,
+        "server": None,
+        "engine": None,
+        "ratios": None,
+        "same_request_set": None,
+        "timings_s": timings,
+        "error": None,
+        "work_dir": str(work),
+    }
     server = None
     try:
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, __file__, "_save", str(snapshot)]
-                              + (["--smoke"] if a.smoke else []), capture_output=True, text=True,
-                              timeout=budget.cap("checkpoint"))  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, __file__, "_save", str(snapshot)] + (["--smoke"] if a.smoke else []),
+            capture_output=True,
+            text=True,
+            timeout=budget.cap("checkpoint"),
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"saving the checkpoint failed: {proc.stderr[-3000:]}")
         record["checkpoint"] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -530,19 +715,31 @@ def run(a) -> dict[str, Any]:
         timings["server_start"] = server.start(budget.cap("server_start"))
         print(f"server ready in {timings['server_start']:.1f} s", flush=True)
 
-        options = {"base_url": server.base_url, "model": model_id, "prompt": "text",
-                   "length_control": "transformers", "server_pid": server.proc.pid,
-                   "read_timeout_s": 120.0}  # fmt: skip
+        options = {
+            "base_url": server.base_url,
+            "model": model_id,
+            "prompt": "text",
+            "length_control": "transformers",
+            "server_pid": server.proc.pid,
+            "read_timeout_s": 120.0,
+        }
         if device["kind"] == "gpu":
             options["gpus"] = [device["index"]]
         cell = f"results/cells/{device['platform']}/{MODEL_KEY}/cb{a.max_num_seqs}"
+        # both cells on the server's card: the engine cell leases a visible GPU, and the server
+        # cell's sidecar reads its card as CUDA device 0 under this (server_gpus.sidecar_specs)
+        env = {"CUDA_VISIBLE_DEVICES": device["uuid"]} if device["kind"] == "gpu" else {}
         # the CPU's peaks, measured (its spec's measure: true), for the metrics' MFU and MBU
         targets = [f"{cell}/meta.json"] + (
-            [f"results/platforms/{device['platform']}/spec.json"] if a.smoke else [])
-        p_server = make_project(work / "server", study_config(
-            a, device, snapshot, {"name": "openai_server", "openai_server": options}))  # fmt: skip
-        timings["server_cell"] = snakemake(p_server, targets,
-                                           budget.cap("server_cell"), work / "server.log")  # fmt: skip
+            [f"results/platforms/{device['platform']}/spec.json"] if a.smoke else []
+        )
+        p_server = make_project(
+            work / "server",
+            study_config(a, device, snapshot, {"name": "openai_server", "openai_server": options}),
+        )
+        timings["server_cell"] = snakemake(
+            p_server, targets, budget.cap("server_cell"), work / "server.log", env
+        )
         print(f"server cell in {timings['server_cell']:.1f} s", flush=True)
         server_cell = cell_record(p_server, p_server / cell)
         server.stop()
@@ -550,17 +747,20 @@ def run(a) -> dict[str, Any]:
         forced = bool(server_cell["meta"]["server"]["lengths_forced"])
         record["server"] = summarize(server_cell, lengths_forced=forced)
 
-        p_engine = make_project(work / "engine", study_config(
-            a, device, snapshot, {"name": "torch"}))  # fmt: skip
-        timings["engine_cell"] = snakemake(p_engine, targets,
-                                           budget.cap("engine_cell"), work / "engine.log")  # fmt: skip
+        p_engine = make_project(
+            work / "engine", study_config(a, device, snapshot, {"name": "torch"})
+        )
+        timings["engine_cell"] = snakemake(
+            p_engine, targets, budget.cap("engine_cell"), work / "engine.log", env
+        )
         print(f"engine cell in {timings['engine_cell']:.1f} s", flush=True)
         engine_cell = cell_record(p_engine, p_engine / cell)
 
         record["engine"] = summarize(engine_cell, lengths_forced=True)
         record["ratios"] = ratios(record["server"], record["engine"])
-        record["same_request_set"] = same_request_set(server_cell["requests"],
-                                                      engine_cell["requests"])  # fmt: skip
+        record["same_request_set"] = same_request_set(
+            server_cell["requests"], engine_cell["requests"]
+        )
     except Exception as exc:  # noqa: BLE001 - the record says what failed; the server is stopped
         record["error"] = f"{type(exc).__name__}: {exc}"
         if server is not None:
@@ -591,8 +791,12 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="the CPU and a tiny Llama")
     p.add_argument("--num-prompts", type=int, default=None, help="requests (192; --smoke 8)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="in flight (64; --smoke 4)")
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="prompt and output tokens at most (256; --smoke 128)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="prompt and output tokens at most (256; --smoke 128)",
+    )
     p.add_argument("--gpu", type=int, default=0, help="NVML index of the card")
     p.add_argument("--budget-s", type=float, default=None, help="the whole run (470; --smoke 900)")
     p.add_argument("--work-dir", default=None, help="parent of the temporary folder")
@@ -602,8 +806,12 @@ def main() -> int:
     if a.what == "_save":
         print(json.dumps(save_checkpoint(Path(a.snapshot), a.smoke)))
         return 0
-    for key, gpu, cpu in (("num_prompts", 192, 8), ("max_num_seqs", 64, 4), ("max_tokens", 256, 128),
-                          ("budget_s", 470.0, 900.0)):  # fmt: skip
+    for key, gpu, cpu in (
+        ("num_prompts", 192, 8),
+        ("max_num_seqs", 64, 4),
+        ("max_tokens", 256, 128),
+        ("budget_s", 470.0, 900.0),
+    ):
         if getattr(a, key) is None:
             setattr(a, key, cpu if a.smoke else gpu)
     prefix = detect_device(a.smoke, a.gpu)["prefix"]
@@ -620,9 +828,11 @@ def main() -> int:
         return 1
     print(table(record))
     same = record["same_request_set"]
-    print(f"same request set: {same}; lengths forced on the server: "
-          f"{record['server']['lengths_forced']}; timings: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in record["timings_s"].items()))  # fmt: skip
+    print(
+        f"same request set: {same}; lengths forced on the server: "
+        f"{record['server']['lengths_forced']}; timings: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in record["timings_s"].items())
+    )
     return 0
 
 
