@@ -16,17 +16,20 @@ Steps, each capped (seconds; the whole run within --budget-s):
    generated id decodes to text (each stream event carries its token). GPU: Llama-3.1-8B
    (resources/models/llama-3.1-8b.json through models.to_hf_config), bf16, made on the GPU;
    --smoke: a 2-layer Llama of hidden size 64 and a 2,048-word vocabulary, float32.
-2. server: `transformers serve <model> --continuous-batching` (this interpreter's transformers),
+2. engine cell: a Snakemake project (this checkout's Snakefile, workflow/ and resources/ linked)
+   whose config measures the checkpoint with backend torch, cell cb<max_num_seqs> only
+   (TorchServingEngine, paged): `snakemake results/cells/<platform>/<model>/cb<n>/meta.json`.
+   First, because its time is the better known: a server cut by the budget leaves its numbers.
+3. server: `transformers serve <model> --continuous-batching` (this interpreter's transformers),
    the card its only visible device, ready when /v1/models lists the model.
-3. server cell: a Snakemake project (this checkout's Snakefile, workflow/ and resources/ linked)
-   whose config has backend openai_server pointing at the server (server_pid, and on a GPU
-   gpus: [index]), cells cb<max_num_seqs>; `snakemake results/cells/<platform>/<model>/cb<n>/
-   meta.json` measures it as every server cell is measured (lease, idle window, power sidecar,
-   warm-up, the request set with at most max_num_seqs in flight, lengths forced through
-   length_control transformers and checked). Then the server is stopped.
-4. engine cell: the same config with backend torch in a second project: the same workload (same
-   seed, tokenizer, bounds and num_prompts, so the same request set: checked request by request
-   below), the same checkpoint, cell cb<max_num_seqs> (TorchServingEngine, paged).
+4. server cell: the same config in a second project but backend openai_server pointing at the
+   server (server_pid, and on a GPU gpus: [index]) and sweep.batch_sizes [] (the torch config
+   lists batch 1, as every torch sweep must; no static cell is asked for): the same workload
+   (same seed, tokenizer, bounds and num_prompts, so the same request set: checked request by
+   request below), measured as every server cell is (lease, idle window, power sidecar, warm-up,
+   the request set with at most max_num_seqs in flight, lengths forced through length_control
+   transformers and checked). Then the server is stopped. Both Snakemake calls see only the
+   card (CUDA_VISIBLE_DEVICES = its UUID).
 5. record: each cell's metrics row computed by tokencarbon.metrics.compute_all on its own files
    (tokencarbon.aggregate; energy through tokencarbon.energy, as rule compute_metrics does), ITL
    from the engine's steps.parquet (a server's stream does not time its tokens one by one:
@@ -36,12 +39,24 @@ Steps, each capped (seconds; the whole run within --budget-s):
    short table printed last.
 
 Expected on one H100 with the defaults (192 requests of the synthetic set within 4..256 tokens a
-side, ~35,000 output tokens, max_num_seqs 64): checkpoint ~60 s (16 GB written), server start
-~60 s, server cell ~150 s (transformers' continuous batching measured 365 tok/s at 64 in process
-on an H200, docs/architecture.md; its warm-up serves the first 64 requests whole), engine cell
-~90 s (checkpoint load, graph capture, ~10 s of serving): about 6-7 minutes, --budget-s 470 caps
-it (a step that would pass the budget is cut and the record says so).
+side, ~35,000 output tokens, max_num_seqs 64): checkpoint ~60 s (16 GB made on the GPU and
+written), engine cell ~90 s (workload stages, checkpoint load, graph capture, ~10 s of serving),
+server start ~60 s, server cell ~180 s (transformers 5.17's continuous batching measured 365 tok/s
+at 64 in process on an H200, docs/architecture.md: ~100 s of serving, and its warm-up serves the
+first 64 requests whole, ~45 s): about 6.5 minutes. --budget-s 470 caps the whole run (a step is
+cut where it would pass it, and the record says which); a server at half that rate would be cut:
+then --num-prompts 128.
 --smoke on a 2-core CPU: about 2-3 minutes.
+
+The GPU machine (no network; torch 2.11, transformers 5.17) lacks transformers[serving]'s extras:
+they travel as wheels in .whl-serve/ (fastapi, uvicorn, starlette, openai, jiter, sniffio,
+opentelemetry-api; pydantic and httpx2 are in .whl/), built here with
+`WHEELHOUSE=.whl-serve ../shared/device/wheelhouse.sh fastapi uvicorn "openai>=1.98.0" starlette
+pydantic==2.14.4 pydantic-core==2.50.5` less the wheels .whl/ holds, and installed with .whl/:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/*.whl .whl-serve/*.whl && export PYTHONPATH=/tmp/site:$PWD/workflow \
+        PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 && python3 benchmarks/server_vs_engine.py
 """
 
 from __future__ import annotations
@@ -648,6 +663,25 @@ def serving_versions() -> dict[str, str]:
     return out
 
 
+def check_serving() -> None:
+    """Fail before any device work where `transformers serve` cannot start: its extra packages
+    (fastapi, uvicorn, openai, pydantic: transformers[serving]) missing or not importable with
+    this transformers. Raises RuntimeError naming what failed."""
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        raise RuntimeError(
+            f"transformers serve needs fastapi, uvicorn, openai and pydantic "
+            f"(transformers[serving]); found {serving_versions()}: install them (on the GPU "
+            "machine: the wheels of .whl-serve/, this script's docstring)"
+        )
+    try:
+        import transformers.cli.serving.completion  # noqa: F401  (fastapi and openai's types)
+        import uvicorn  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import error stops the run here
+        raise RuntimeError(f"transformers serve's modules do not import: {exc!r}") from exc
+
+
 class Budget:
     """The run's deadline: cap(step) is the step's cap, cut to what is left."""
 
@@ -696,6 +730,7 @@ def run(a) -> dict[str, Any]:
     }
     server = None
     try:
+        check_serving()
         t0 = time.monotonic()
         proc = subprocess.run(
             [sys.executable, __file__, "_save", str(snapshot)] + (["--smoke"] if a.smoke else []),
@@ -710,11 +745,32 @@ def run(a) -> dict[str, Any]:
         timings["checkpoint"] = time.monotonic() - t0
         print(f"checkpoint saved in {timings['checkpoint']:.1f} s", flush=True)
 
+        cell = f"results/cells/{device['platform']}/{MODEL_KEY}/cb{a.max_num_seqs}"
+        # both cells on the server's card: the engine cell leases a visible GPU, and the server
+        # cell's sidecar reads its card as CUDA device 0 under this (server_gpus.sidecar_specs)
+        env = {"CUDA_VISIBLE_DEVICES": device["uuid"]} if device["kind"] == "gpu" else {}
+        # the CPU's peaks, measured (its spec's measure: true), for the metrics' MFU and MBU
+        targets = [f"{cell}/meta.json"] + (
+            [f"results/platforms/{device['platform']}/spec.json"] if a.smoke else []
+        )
+
+        # the engine first (a minute or two on a GPU, the server's time is the less certain): a
+        # server cut by the budget still leaves the engine's numbers in the record
+        p_engine = make_project(
+            work / "engine", study_config(a, device, snapshot, {"name": "torch"})
+        )
+        timings["engine_cell"] = snakemake(
+            p_engine, targets, budget.cap("engine_cell"), work / "engine.log", env
+        )
+        print(f"engine cell in {timings['engine_cell']:.1f} s", flush=True)
+        engine_cell = cell_record(p_engine, p_engine / cell)
+        record["engine"] = summarize(engine_cell, lengths_forced=True)
+
+        # the server starts once the engine cell's process has ended (the card is free)
         server = Server(model_id, hub, work / "serve.log", device, a.smoke)
         record["server_command"] = " ".join(server.command()[1:])
         timings["server_start"] = server.start(budget.cap("server_start"))
         print(f"server ready in {timings['server_start']:.1f} s", flush=True)
-
         options = {
             "base_url": server.base_url,
             "model": model_id,
@@ -725,14 +781,6 @@ def run(a) -> dict[str, Any]:
         }
         if device["kind"] == "gpu":
             options["gpus"] = [device["index"]]
-        cell = f"results/cells/{device['platform']}/{MODEL_KEY}/cb{a.max_num_seqs}"
-        # both cells on the server's card: the engine cell leases a visible GPU, and the server
-        # cell's sidecar reads its card as CUDA device 0 under this (server_gpus.sidecar_specs)
-        env = {"CUDA_VISIBLE_DEVICES": device["uuid"]} if device["kind"] == "gpu" else {}
-        # the CPU's peaks, measured (its spec's measure: true), for the metrics' MFU and MBU
-        targets = [f"{cell}/meta.json"] + (
-            [f"results/platforms/{device['platform']}/spec.json"] if a.smoke else []
-        )
         p_server = make_project(
             work / "server",
             study_config(a, device, snapshot, {"name": "openai_server", "openai_server": options}),
@@ -743,20 +791,8 @@ def run(a) -> dict[str, Any]:
         print(f"server cell in {timings['server_cell']:.1f} s", flush=True)
         server_cell = cell_record(p_server, p_server / cell)
         server.stop()
-        # kept now: a failed engine step leaves the server's numbers in the record
         forced = bool(server_cell["meta"]["server"]["lengths_forced"])
         record["server"] = summarize(server_cell, lengths_forced=forced)
-
-        p_engine = make_project(
-            work / "engine", study_config(a, device, snapshot, {"name": "torch"})
-        )
-        timings["engine_cell"] = snakemake(
-            p_engine, targets, budget.cap("engine_cell"), work / "engine.log", env
-        )
-        print(f"engine cell in {timings['engine_cell']:.1f} s", flush=True)
-        engine_cell = cell_record(p_engine, p_engine / cell)
-
-        record["engine"] = summarize(engine_cell, lengths_forced=True)
         record["ratios"] = ratios(record["server"], record["engine"])
         record["same_request_set"] = same_request_set(
             server_cell["requests"], engine_cell["requests"]
