@@ -174,8 +174,7 @@ def device_samples(
         present = (samples.source, samples.device_index)
         if device is not None and (str(device[0]), int(device[1])) != present:
             raise InputError(
-                f"{where}: device {tuple(device)} is not among the devices present "
-                f"{[present]}"
+                f"{where}: device {tuple(device)} is not among the devices present {[present]}"
             )
         return samples
     s = select_device(samples, device, where)

@@ -32,6 +32,8 @@ def powercap_root() -> Path:
     """The powercap root read when none is given: $TOKENCARBON_POWERCAP where set, else
     /sys/class/powercap."""
     return Path(os.environ.get(POWERCAP_ENV) or POWERCAP)
+
+
 _UJ_PER_J = 1e6
 _NS_PER_S = 1e9
 
