@@ -3,12 +3,16 @@
 
     python benchmarks/meter_overhead.py                       # this checkout, and the baseline
     python benchmarks/meter_overhead.py --baseline none       # this checkout only (no git here)
+    python benchmarks/meter_overhead.py --baseline c65539d,9be5bfe   # several older commits
 
 Each measurement runs in fresh processes with PYTHONPATH set to one tree's workflow/ folder: this
-checkout's ("after") and, unless --baseline none, the package of an older commit extracted with
-`git archive` ("before"; default c65539d, the meter before the streaming sidecar). Runs of the two
-trees alternate, so both see the same load on a shared machine; the load average is recorded
-before and after, and the niceness (run it under `nice -n -10` on a machine others load).
+checkout's ("after") and, unless --baseline none, the package of each older commit extracted with
+`git archive` (named by its commit; default c65539d, the meter before the streaming sidecar).
+Every tree's bytecode is compiled first (compileall, as `pip install` does), so that no tree pays
+for compiling its sources (with PYTHONDONTWRITEBYTECODE set, an uncompiled tree would pay on
+every run). Runs of the trees alternate, so all see the same load on a shared machine; the load
+average is recorded before and after, and the niceness (run it under `nice -n -10` on a machine
+others load).
 
 Per tree, a worker process: imports tokencarbon.monitor (timed), builds a Monitor with the default
 source (timed: it starts the sidecar), then --windows times begin_window, a 20 ms sleep (the
@@ -133,6 +137,7 @@ def extract(commit: str, into: Path) -> Path:
         ["git", "-C", str(REPO), "archive", commit, "workflow", "resources"],
         capture_output=True, check=True,
     )  # fmt: skip
+    into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into / "workflow"
 
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--windows", type=int, default=50, help="begin/end_window pairs per tree")
     p.add_argument("--reps", type=int, default=10, help="measure() blocks and CLI runs per tree")
-    p.add_argument("--baseline", default=BASELINE, help="commit to compare with, or 'none'")
+    p.add_argument("--baseline", default=BASELINE,
+                   help="commit(s) to compare with, comma-separated, or 'none'")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="the record (default: see docstring)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -164,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meter-baseline-"))
     try:
         baseline_note = None
-        if a.baseline != "none":
+        baselines = [] if a.baseline == "none" else a.baseline.split(",")
+        for commit in baselines:
             try:
-                trees["before"] = extract(a.baseline, tmp)
+                trees[commit] = extract(commit, tmp / commit)
             except (OSError, subprocess.CalledProcessError) as exc:  # a copy without .git
-                baseline_note = f"no baseline: git archive {a.baseline} failed ({exc})"
+                baseline_note = f"no baseline: git archive {commit} failed ({exc})"
                 print(baseline_note, file=sys.stderr)
+        for tree in trees.values():  # bytecode, as an installed package has it
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "tokencarbon")],
+                           check=True, stdout=subprocess.DEVNULL)  # fmt: skip
         script = Path(sys.executable).with_name("tokencarbon")
         cli = [str(script)] if script.exists() else [sys.executable, "-m", "tokencarbon.cli"]
         true_cmd = [shutil.which("true") or "/bin/true"]
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "logical_cpus": os.cpu_count(),
             "python": pyplatform.python_version(),
             "git_commit": _git("rev-parse", "HEAD"),
-            "baseline_commit": _git("rev-parse", a.baseline) if "before" in trees else None,
+            "baseline_commits": {c: _git("rev-parse", c) for c in trees if c != "after"},
             "baseline_note": baseline_note,
             "cli": " ".join(cli[-3:] if len(cli) > 1 else [Path(cli[0]).name]),
             "window_work_s": WINDOW_WORK_S,

@@ -14,10 +14,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from tokencarbon.energy import EnergyRecord, window_energy
 from tokencarbon.errors import ConfigError, InputError
@@ -30,6 +29,9 @@ from tokencarbon.units import (
     S_PER_YEAR,
     energy_kwh,
 )
+
+if TYPE_CHECKING:  # pandas is loaded where a trace is read, not for a constant intensity
+    import pandas as pd
 
 # The study's Wisconsin value from Electricity Maps (Lim, Pan, Zhou 2024).
 DEFAULT_INTENSITY_G_PER_KWH = 413.0
@@ -67,6 +69,8 @@ _FAR_FUTURE_NS = np.iinfo(np.int64).max
 
 
 def utc(t_ns: int) -> str:
+    import pandas as pd
+
     return pd.Timestamp(int(t_ns), unit="ns", tz="UTC").isoformat()
 
 
@@ -359,6 +363,8 @@ def load_trace(path: str | Path, basis: str = "direct") -> IntensityTrace:
 
     A blank intensity cell is a gap, like a missing row.
     """
+    import pandas as pd
+
     path = Path(path)
     if basis not in BASES:
         raise ConfigError(f"carbon basis {basis!r}: use one of {BASES}")
@@ -441,6 +447,8 @@ def _row_ends(start_ns: np.ndarray, path: Path, lines: np.ndarray) -> tuple[np.n
     error naming its line: taking the shortest step as the period would turn every hour into a
     half-hour row followed by a gap, and report coverage errors that point elsewhere.
     """
+    import pandas as pd
+
     steps = np.diff(start_ns)
     t = pd.DatetimeIndex(start_ns.astype("datetime64[ns]"))
     if steps.min() >= 28 * S_PER_DAY * NS_PER_S and (t == t.to_period("M").to_timestamp()).all():
@@ -605,6 +613,8 @@ def intensity_for_day(
 
     day is a date or "YYYY-MM-DD"; None takes the first day of a trace.
     """
+    import pandas as pd
+
     if day is None:
         if not isinstance(intensity, IntensityTrace):
             raise ConfigError("intensity_for_day: a constant intensity needs an explicit day")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tokencarbon.errors import TokencarbonError
 
-# carbon.DEFAULT_MAX_FILL_S, read without importing pandas: `tokencarbon measure` loads pandas
-# while its power sidecar starts, not before (tokencarbon.monitor).
+# carbon.DEFAULT_MAX_FILL_S, read without importing numpy: `tokencarbon measure` loads numpy (and
+# never pandas, unless --trace is read) while its power sidecar starts (tokencarbon.monitor).
 from tokencarbon.monitor import DEFAULT_MAX_FILL_S
 
 # measure --interval-s: below 10 ms psutil's CPU times (10 ms ticks) make a modeled sample mostly

@@ -22,12 +22,15 @@ Contracts (docs/metrics.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from tokencarbon.errors import InputError
 from tokencarbon.units import NS_PER_S
+
+if TYPE_CHECKING:  # no pandas at run time: a Monitor's window is integrated without loading it
+    import pandas as pd
 
 # Threshold of the QA flag "counter_vs_integral_gt_5pct".
 MAX_RELATIVE_DIFFERENCE = 0.05
@@ -116,6 +119,76 @@ def select_device(
     return samples[keep]
 
 
+@dataclass(frozen=True, eq=False)
+class DeviceSamples:
+    """One device's POWER samples as numpy columns, in time order: what window_energy integrates.
+
+    t_wall_ns: int64 (n,), UTC epoch ns; power_w, energy_counter_j: float64 (n,) in W and J, NaN
+    where not read; power_avg_w: float64 (n,) in W, or None where the samples have no such column;
+    modeled: bool (n,). source, device_index: the device ("" and -1 when there are no samples).
+    Rows are put in time order (a stable sort) when built. Raises InputError when the columns'
+    lengths differ. Built by device_samples (from a POWER DataFrame) or by
+    tokencarbon.power.base.streamed_samples (a sidecar's streamed rows, without pandas).
+    """
+
+    source: str
+    device_index: int
+    t_wall_ns: np.ndarray
+    power_w: np.ndarray
+    power_avg_w: np.ndarray | None
+    energy_counter_j: np.ndarray
+    modeled: np.ndarray
+
+    def __post_init__(self) -> None:
+        columns = {
+            "t_wall_ns": np.asarray(self.t_wall_ns, dtype=np.int64),
+            "power_w": np.asarray(self.power_w, dtype=np.float64),
+            "energy_counter_j": np.asarray(self.energy_counter_j, dtype=np.float64),
+            "modeled": np.asarray(self.modeled, dtype=bool),
+        }
+        if self.power_avg_w is not None:
+            columns["power_avg_w"] = np.asarray(self.power_avg_w, dtype=np.float64)
+        lengths = {name: len(v) for name, v in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise InputError(f"samples of {self.source} {self.device_index}: column lengths differ "
+                             f"{lengths}; each sample needs a value in every column")  # fmt: skip
+        t_ns = columns["t_wall_ns"]
+        if len(t_ns) > 1 and (np.diff(t_ns) < 0).any():
+            order = np.argsort(t_ns, kind="stable")
+            columns = {name: v[order] for name, v in columns.items()}
+        for name, v in columns.items():
+            object.__setattr__(self, name, v)
+
+    def __len__(self) -> int:
+        return len(self.t_wall_ns)
+
+
+def device_samples(
+    samples: pd.DataFrame | DeviceSamples,
+    device: tuple[str, int] | None = None,
+    where: str = "power samples",
+) -> DeviceSamples:
+    """One device's samples (select_device's choice and errors) as DeviceSamples, time-sorted.
+    DeviceSamples are returned as they are (InputError when `device` names another device)."""
+    if isinstance(samples, DeviceSamples):
+        present = (samples.source, samples.device_index)
+        if device is not None and (str(device[0]), int(device[1])) != present:
+            raise InputError(
+                f"{where}: device {tuple(device)} is not among the devices present {[present]}"
+            )
+        return samples
+    s = select_device(samples, device, where)
+    return DeviceSamples(
+        source=str(s["source"].iloc[0]) if len(s) else "",
+        device_index=int(s["device_index"].iloc[0]) if len(s) else -1,
+        t_wall_ns=s["t_wall_ns"].to_numpy(dtype=np.int64),
+        power_w=s["power_w"].to_numpy(dtype=float),
+        power_avg_w=s["power_avg_w"].to_numpy(dtype=float) if "power_avg_w" in s else None,
+        energy_counter_j=s["energy_counter_j"].to_numpy(dtype=float),
+        modeled=s["modeled"].to_numpy(dtype=bool),
+    )
+
+
 def _span(t_ns: np.ndarray, start_ns: int, end_ns: int) -> slice:
     """Indices of sorted t_ns from the last sample at or before start to the first at or after end."""
     lo = int(np.searchsorted(t_ns, start_ns, side="right")) - 1
@@ -147,30 +220,30 @@ def _check_window(start_ns: int, end_ns: int, cuts_ns: np.ndarray) -> None:
         )
 
 
-def power_column(samples: pd.DataFrame) -> str:
+def power_column(samples: pd.DataFrame | DeviceSamples) -> str:
     """The POWER column integrated for one device's samples: "power_w" (instant power), or
     "power_avg_w" (the driver's 1 s average) where no power_w sample is finite and some
     power_avg_w sample is; such windows are flagged AVERAGE_FLAG. Samples with neither finite
     power_w nor a power_avg_w column keep "power_w" (and its error: no finite sample)."""
-    if np.isfinite(samples["power_w"].to_numpy(dtype=float)).any():
+    d = device_samples(samples)
+    if np.isfinite(d.power_w).any():
         return "power_w"
-    if "power_avg_w" in samples and np.isfinite(samples["power_avg_w"].to_numpy(dtype=float)).any():
+    if d.power_avg_w is not None and np.isfinite(d.power_avg_w).any():
         return "power_avg_w"
     return "power_w"
 
 
-def _power_series(samples: pd.DataFrame, start_ns: int, end_ns: int, where: str):
-    """(t_ns, power W, flags, sorted samples, column) of the finite, non-negative samples of the
-    column power_column picks; span checks."""
-    s = samples.sort_values("t_wall_ns", kind="stable")
-    t_all = s["t_wall_ns"].to_numpy(dtype=np.int64)
+def _power_series(d: DeviceSamples, start_ns: int, end_ns: int, where: str):
+    """(t_ns, power W, flags, column name, the column's values over all samples) of the finite,
+    non-negative samples of the column power_column picks; span checks."""
+    t_all = d.t_wall_ns
     if (np.diff(t_all) == 0).any():
         dup = int(t_all[np.flatnonzero(np.diff(t_all) == 0)[0]])
         raise InputError(
             f"{where}: t_wall_ns {dup} appears twice for one device; each sample needs its own time"
         )
-    column = power_column(s)
-    p_all = s[column].to_numpy(dtype=float)
+    column = power_column(d)
+    p_all = d.power_avg_w if column == "power_avg_w" else d.power_w
     valid = np.isfinite(p_all) & (p_all >= 0)
     flags = [AVERAGE_FLAG] if column == "power_avg_w" else []
     span = _span(t_all, start_ns, end_ns)
@@ -191,15 +264,15 @@ def _power_series(samples: pd.DataFrame, start_ns: int, end_ns: int, where: str)
     gaps_s = np.diff(t_ns[span]) / NS_PER_S
     if len(gaps_s) and gaps_s.max() > max(MIN_GAP_S, GAP_FACTOR * np.median(gaps_s)):
         flags.append("power_gap")
-    return t_ns, p_w, flags, s, column
+    return t_ns, p_w, flags, column, p_all
 
 
 def _counter(
-    s: pd.DataFrame, start_ns: int, edges_ns: np.ndarray, integrated_j: float, max_power_w: float
+    d: DeviceSamples, start_ns: int, edges_ns: np.ndarray, integrated_j: float, max_power_w: float
 ) -> tuple[np.ndarray | None, float, list[str]]:
     """(counter energies at edges relative to the start or None if rejected, raw delta, flags)."""
-    c_all = s["energy_counter_j"].to_numpy(dtype=float)
-    t_all = s["t_wall_ns"].to_numpy(dtype=np.int64)
+    c_all = d.energy_counter_j
+    t_all = d.t_wall_ns
     finite = np.isfinite(c_all)
     if not finite.any():
         return None, float("nan"), []
@@ -228,7 +301,7 @@ def _counter(
 
 
 def window_energy(
-    samples: pd.DataFrame,
+    samples: pd.DataFrame | DeviceSamples,
     start_ns: int,
     end_ns: int,
     idle_power_w: float = float("nan"),
@@ -240,7 +313,7 @@ def window_energy(
     """Energy of [start_ns, end_ns] from one device's POWER samples, and how it was measured.
 
     samples: POWER rows (t_wall_ns, source, device_index, modeled, power_w, energy_counter_j; any
-    phase). cuts_ns: strictly increasing times inside the window where the energy is split
+    phase), as a DataFrame or as DeviceSamples (the same integration; no pandas needed). cuts_ns: strictly increasing times inside the window where the energy is split
     (segment_energy_j has len(cuts_ns) + 1 values). idle_power_w: for idle_energy_j =
     idle_power_w x window_s (NaN when unknown). Raises InputError when the finite power samples do
     not span the window, a time repeats, or several devices are present and `device` is None.
@@ -249,10 +322,10 @@ def window_energy(
     interval above COUNTER_JUMP_FACTOR x the highest power reading) or does not span the window is
     not used: energy_j is the integral and qa_flags names the reason.
     """
-    samples = select_device(samples, device, where)
+    d = device_samples(samples, device, where)
     cuts = np.asarray(cuts_ns, dtype=np.int64)
     _check_window(start_ns, end_ns, cuts)
-    t_ns, p_w, flags, s, column = _power_series(samples, start_ns, end_ns, where)
+    t_ns, p_w, flags, column, p_all = _power_series(d, start_ns, end_ns, where)
     edges_ns = np.concatenate([[start_ns], cuts, [end_ns]]).astype(np.int64)
     window_s = (end_ns - start_ns) / NS_PER_S
     t_s = (t_ns - start_ns) / NS_PER_S
@@ -262,12 +335,12 @@ def window_energy(
     integrated_j = float(cum_j[-1] - cum_j[0])
     span = _span(t_ns, start_ns, end_ns)
     counter_at, counter_j, counter_flags = _counter(
-        s, start_ns, edges_ns, integrated_j, float(p_w[span].max())
+        d, start_ns, edges_ns, integrated_j, float(p_w[span].max())
     )
     flags += counter_flags
-    in_window = s["t_wall_ns"].between(start_ns, end_ns)
-    sample_span = _span(s["t_wall_ns"].to_numpy(dtype=np.int64), start_ns, end_ns)
-    modeled = bool(s["modeled"].to_numpy(dtype=bool)[sample_span].any())
+    in_window = (d.t_wall_ns >= start_ns) & (d.t_wall_ns <= end_ns)
+    sample_span = _span(d.t_wall_ns, start_ns, end_ns)
+    modeled = bool(d.modeled[sample_span].any())
     if modeled:
         method = "modeled"
     elif counter_at is not None:
@@ -281,7 +354,7 @@ def window_energy(
         rel = (integrated_j - counter_j) / counter_j
         if abs(rel) > MAX_RELATIVE_DIFFERENCE:
             flags.append("counter_vs_integral_gt_5pct")
-    n_samples = int((in_window & np.isfinite(s[column]) & (s[column] >= 0)).sum())
+    n_samples = int((in_window & np.isfinite(p_all) & (p_all >= 0)).sum())
     if n_samples < MIN_SAMPLES:
         flags.append("fewer_than_10_samples")
     if modeled:
@@ -388,9 +461,9 @@ def idle_power(
     length, from the first to the last sample. Returns (idle_power_w, the idle window's record,
     whose qa_flags metrics keeps as "idle_<flag>"). Raises InputError with fewer than 2 samples.
     """
-    samples = select_device(samples, device, where)
-    t_ns = samples["t_wall_ns"].to_numpy(dtype=np.int64)
+    d = device_samples(samples, device, where)
+    t_ns = d.t_wall_ns
     if len(t_ns) < 2 or t_ns.min() == t_ns.max():
         raise InputError(f"{where}: {len(t_ns)} sample(s); idle power needs at least 2 in time")
-    record = window_energy(samples, int(t_ns.min()), int(t_ns.max()), where=where)
+    record = window_energy(d, int(t_ns.min()), int(t_ns.max()), where=where)
     return record.energy_j / record.window_s, record

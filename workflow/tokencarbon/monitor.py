@@ -17,8 +17,9 @@ Power comes from tokencarbon's power sidecar (a separate process sampling on its
 tokencarbon.power.sidecar), streaming its samples back over a pipe: begin_window notes the time,
 end_window has the sidecar take one more sample and integrates the window's samples. Energy and
 carbon come from tokencarbon.energy / tokencarbon.carbon, the same functions the workflow's
-metrics use; nothing is integrated here. Importing this module loads no pandas: the Monitor loads
-it while its sidecar starts.
+metrics use; nothing is integrated here. Neither importing this module nor measuring loads
+pandas: a window's samples reach tokencarbon.energy as numpy columns (energy.DeviceSamples), and
+numpy is loaded while the sidecar starts.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from tokencarbon.units import S_PER_HOUR
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tokencarbon.energy import DeviceSamples
+
 # How often the sidecar sends what it sampled to the Monitor's process (a window's end does not
 # wait for it: end_window asks for a last sample and gets everything up to it).
 FLUSH_S = 0.5
@@ -52,8 +55,10 @@ class Measurement:
     """What one window cost, and how it was measured.
 
     Times are UTC epoch ns (time.time_ns()); energy in J; carbon in gCO2eq.
-    source: "nvml" (an NVIDIA GPU: energy counter and power readings) or "modeled_cpu" (an
-      estimate: TDP x CPU utilisation of the measured process tree; modeled=True).
+    source: "nvml" (an NVIDIA GPU: energy counter and power readings), "zeus_gpu" / "zeus_soc"
+      (an AMD GPU / Apple silicon through Zeus's device layer), "rapl" (CPU packages and DRAM
+      of the whole machine: energy counters), or "modeled_cpu" (an estimate where nothing can be
+      read: TDP x CPU utilisation of the measured process tree; modeled=True, device says MODELED).
     energy_j: the energy to use: the NVML counter delta where it is plausible, else the trapezoid
       integral of power (energy_method says which; tokencarbon.energy decides).
     energy_counter_j: the counter delta (NaN without a counter); energy_integrated_j: the integral.
@@ -139,7 +144,7 @@ def _synchronize() -> None:
 
 
 def measure_windows(
-    samples: pd.DataFrame,
+    samples: pd.DataFrame | DeviceSamples,
     windows: list[tuple[int, int]],
     *,
     name: str,
@@ -152,19 +157,21 @@ def measure_windows(
     max_fill_s: float | None = DEFAULT_MAX_FILL_S,
     keep_energy: bool = False,
 ) -> Measurement:
-    """A Measurement of disjoint windows [(start_ns, end_ns), ...] of one device's POWER samples:
+    """A Measurement of disjoint windows [(start_ns, end_ns), ...] of one device's POWER samples
+    (a DataFrame, or energy.DeviceSamples):
     per window tokencarbon.carbon.window_carbon (energy by tokencarbon.energy, carbon by intensity
     segment), combined by tokencarbon.energy.combine; time_s is the windows' summed length.
     A trace that does not cover a window (under fill and max_fill_s) raises its
     carbon.TraceCoverageError; with keep_energy the energy is returned without carbon instead (NaN,
     carbon_missing saying why): a finished measurement is never lost to its carbon."""
     from tokencarbon.carbon import TraceCoverageError, window_carbon
-    from tokencarbon.energy import combine, window_energy
+    from tokencarbon.energy import combine, device_samples, window_energy
 
     if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
         raise ConfigError(f"tokens={tokens!r}: a count of generated tokens must be an int > 0")
     if not windows:
         raise ConfigError(f"{name}: no window to measure")
+    samples = device_samples(samples, None, where)  # one device, in time order, numpy columns
     carbon_missing = None
     try:
         parts = [
@@ -193,9 +200,9 @@ def measure_windows(
         start_wall_ns=int(min(s for s, _ in windows)),
         end_wall_ns=int(max(e for _, e in windows)),
         time_s=energy.window_s,
-        source=str(samples["source"].iloc[0]),
+        source=samples.source,
         device=device,
-        modeled=bool(samples["modeled"].any()),
+        modeled=bool(samples.modeled.any()),
         n_samples=energy.n_samples,
         energy_j=energy.energy_j,
         energy_method=energy.method,
@@ -227,8 +234,8 @@ class Monitor:
     Raises ConfigError for bad arguments; the sidecar's own errors (HardwareMismatchError where the
     source cannot be read, ...).
 
-    Cost: construction starts the sidecar process (about 0.1 s, overlapped with loading pandas
-    and the trace); begin_window notes the time; end_window asks the sidecar for one more sample
+    Cost: construction starts the sidecar process (about 0.1 s, overlapped with loading numpy
+    and the trace; no pandas unless a trace is read); begin_window notes the time; end_window asks the sidecar for one more sample
     (a pipe round trip) and integrates the window's samples (benchmarks/meter_overhead.py).
     The Monitor keeps only the samples its open windows need.
     """
@@ -307,9 +314,9 @@ class Monitor:
         end_ns = time.time_ns()
         start_ns = self._open.pop(name)
         self._sidecar.mark()
-        samples = self._sidecar.samples(since_ns=start_ns)
+        samples = self._sidecar.device_samples(since_ns=start_ns)
         self._sidecar.keep_from(min(self._open.values(), default=sys.maxsize))
-        last_ns = int(samples["t_wall_ns"].iloc[-1]) if len(samples) else None
+        last_ns = int(samples.t_wall_ns[-1]) if len(samples) else None
         if last_ns is None or last_ns < end_ns:
             raise TokencarbonError(
                 f"power sidecar {self.spec}: its last sample ({last_ns} ns) is not after the end "

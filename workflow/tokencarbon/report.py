@@ -1,6 +1,6 @@
 """One HTML page per study to explore rather than read (issue 24, item 5): the headline table
 beside the paper's, interactive charts (tokencarbon.report_charts: hover names the cell, its flags
-and intervals; a latency-SLO slider), every cell's numbers, the study's figures and the
+and intervals; a latency-SLO slider and an energy-budget slider), every cell's numbers, the study's figures and the
 provenance (commits, config, package versions, devices, each cell's commit and versions).
 
 Self-contained: plotly.js, the figures (PNG as data: URIs) and the styles are inlined; the page
@@ -31,6 +31,7 @@ from tokencarbon.report_charts import (
     carbon_latency_chart,
     cell_name,
     energy_batch_chart,
+    energy_latency_chart,
     study_flags,
     throughput_latency_chart,
 )
@@ -298,6 +299,10 @@ CHARTS = (
      "for each model and platform a star marks the cell with the least carbon per token among those "
      "meeting it. Hover a point for its cell, values with their 95 % intervals over repeats, and its "
      "QA flags; a red outline marks a cell with a flag of its own."),
+    ("chart-energy-latency", "Drag the slider to set an energy budget in J per output token (as "
+     "ML.ENERGY's leaderboard does): cells using more fade, and for each model and platform a star "
+     "marks the fastest cell (the lowest latency per token; on a tie, the lower energy) among "
+     "those within the budget. It starts at the loosest budget, where every cell fits."),
     ("chart-energy-batch", "Energy per output token against the batch size (static, solid) or "
      "max_num_seqs (continuous batching, dotted)."),
     ("chart-throughput-latency", "Throughput against latency per token (the paper's figure 4): "
@@ -306,9 +311,9 @@ CHARTS = (
 
 
 def charts_section(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> str:
-    """The three interactive charts as plotly divs (plotly.js itself is inlined once, in page())."""
-    figures = [carbon_latency_chart(metrics, slos_s_per_token), energy_batch_chart(metrics),
-               throughput_latency_chart(metrics)]  # fmt: skip
+    """The interactive charts as plotly divs (plotly.js itself is inlined once, in page())."""
+    figures = [carbon_latency_chart(metrics, slos_s_per_token), energy_latency_chart(metrics),
+               energy_batch_chart(metrics), throughput_latency_chart(metrics)]  # fmt: skip
     parts = ["<h2 id='charts'>Explore the cells</h2>"]
     common = study_flags(metrics)
     if common:

@@ -2,10 +2,13 @@
 cell, its hover text naming the cell, its values with their bootstrap intervals and its QA flags;
 the carbon-latency chart carries a latency-SLO slider (plotly's own slider, no hand-written
 script) that fades the cells over the SLO and stars, per model and platform, the one with the
-least carbon per token among those meeting it.
+least carbon per token among those meeting it; the energy-latency chart carries an energy-budget
+slider (J/token, as ML.ENERGY's leaderboard has one) that fades the cells over the budget and
+stars, per model and platform, the fastest (lowest latency per token) among those within it.
 
 Every chart is an SVG scatter (not WebGL), so a browser's DOM holds one `path.point` per cell;
-cell traces carry meta "cells", the SLO's stars meta "optimum" (tests/test_report.py counts them).
+cell traces carry meta "cells", the SLO's stars meta "optimum", the budget's stars meta "fastest"
+(tests/test_report.py counts them).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tokencarbon.layout import STATIC, CellKey
 
 CELLS_META = "cells"
 OPTIMUM_META = "optimum"
+FASTEST_META = "fastest"
 MODE_SYMBOL = {STATIC: "circle"}  # continuous (and any later mode): square
 SUSPECT_LINE = {"color": "#d62728", "width": 2.5}  # outline of a point carrying a cell flag
 LOG_SPAN = 20.0  # an axis whose values span more than this factor is drawn logarithmic
@@ -149,15 +153,27 @@ def latency(metrics: pd.DataFrame) -> tuple[str, str]:
     return column, label
 
 
-def slo_steps(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> list[float]:
-    """The slider's SLOs (s/token): the configured ones and each cell's own latency (where a cell
-    starts to meet it), ascending; thinned to MAX_SLO_STEPS keeping the configured ones."""
-    cells = sorted(float(v) for v in metrics[latency(metrics)[0]].dropna())
-    configured = sorted({float(s) for s in slos_s_per_token})
+def _steps(values: pd.Series, configured: Sequence[float] = ()) -> list[float]:
+    """A slider's steps: the configured values and each cell's own value (where a cell starts to
+    pass), ascending; thinned to MAX_SLO_STEPS keeping the configured ones."""
+    cells = sorted(float(v) for v in values.dropna())
+    configured = sorted({float(s) for s in configured})
     if len(cells) + len(configured) > MAX_SLO_STEPS:
         keep = max(MAX_SLO_STEPS - len(configured), 2)
         cells = [cells[round(i * (len(cells) - 1) / (keep - 1))] for i in range(keep)]
     return sorted(set(cells) | set(configured))
+
+
+def slo_steps(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> list[float]:
+    """The slider's SLOs (s/token): the configured ones and each cell's own latency (where a cell
+    starts to meet it), ascending; thinned to MAX_SLO_STEPS keeping the configured ones."""
+    return _steps(metrics[latency(metrics)[0]], slos_s_per_token)
+
+
+def budget_steps(metrics: pd.DataFrame) -> list[float]:
+    """The energy-budget slider's budgets (J/token): each cell's own energy per output token
+    (where that cell starts to fit), ascending, thinned to MAX_SLO_STEPS; empty without any."""
+    return _steps(metrics["j_per_token"])
 
 
 def optimum(metrics: pd.DataFrame, slo_s: float) -> pd.DataFrame:
@@ -166,6 +182,16 @@ def optimum(metrics: pd.DataFrame, slo_s: float) -> pd.DataFrame:
     column = latency(metrics)[0]
     ok = metrics[metrics[column] <= slo_s].dropna(subset=["g_per_token"])
     ok = ok.sort_values(["g_per_token", column])
+    return ok.groupby(["model", "platform"], sort=True).head(1)
+
+
+def fastest_within(metrics: pd.DataFrame, budget_j_per_token: float) -> pd.DataFrame:
+    """Per (model, platform): the cell with the lowest latency per token (the report's one latency
+    axis, `latency`) among those whose energy per output token is within the budget (j_per_token
+    <= budget_j_per_token); ties on latency to the lower energy. No row where none fits."""
+    column = latency(metrics)[0]
+    ok = metrics[metrics["j_per_token"] <= budget_j_per_token].dropna(subset=[column])
+    ok = ok.sort_values([column, "j_per_token"])
     return ok.groupby(["model", "platform"], sort=True).head(1)
 
 
@@ -200,6 +226,59 @@ def _apply(fig: go.Figure, restyle: dict, relayout: dict) -> None:
         for key, values in restyle.items():
             trace[tuple(key.split("."))] = values[i]
     fig.update_layout({"shapes": relayout["shapes"], "title": {"text": relayout["title.text"]}})
+
+
+def _budget_state(metrics: pd.DataFrame, traces: Sequence[go.Scatter],
+                  budget: float) -> tuple[dict, dict]:  # fmt: skip
+    """(restyle, relayout) of the energy chart at one budget (J/token), as _slo_state: opacities
+    (cells over the budget faded), the stars (fastest_within), the budget line, the title."""
+    column = latency(metrics)[0]
+    best = fastest_within(metrics, budget)
+    opacity = [[1.0 if y <= budget else FADED for y in t.y] for t in traces]
+    names = [cell_name(r) for _, r in best.iterrows()]
+    restyle = {
+        "marker.opacity": opacity + [1.0],
+        "x": [list(t.x) for t in traces] + [(best[column] * 1e3).tolist()],
+        "y": [list(t.y) for t in traces] + [best["j_per_token"].tolist()],
+        "hovertext": [list(t.hovertext) for t in traces]
+        + [[f"<b>{n}</b><br>fastest within {budget:.3g} J/token" for n in names]],
+    }
+    fits = int((metrics["j_per_token"] <= budget).sum())
+    relayout = {
+        "shapes": [{"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": budget,
+                    "y1": budget, "line": {"dash": "dash", "color": "#555"}}],
+        "title.text": f"Energy vs latency per token: {fits} of {len(metrics)} cells within "
+                      f"{budget:.3g} J/token; stars: the fastest within it",
+    }  # fmt: skip
+    return restyle, relayout
+
+
+def energy_latency_chart(metrics: pd.DataFrame) -> go.Figure:
+    """Energy per output token (J) against latency per token (ms) per cell, with the energy-budget
+    slider (budget_steps); it starts at the loosest budget, where every cell fits."""
+    column, label = latency(metrics)
+    traces = cell_traces(metrics, column, "j_per_token", 1e3, 1.0)
+    star = go.Scatter(x=[], y=[], mode="markers", name="fastest within the energy budget",
+                      meta=FASTEST_META, hovertext=[], hovertemplate="%{hovertext}<extra></extra>",
+                      marker={"symbol": "star", "size": 18, "color": "gold",
+                              "line": {"color": "black", "width": 1}})  # fmt: skip
+    fig = go.Figure(traces + [star])
+    fig.update_layout(_layout(
+        "Energy vs latency per token",
+        _axis(metrics[column], label),
+        _axis(metrics["j_per_token"], "energy per output token (J)"),
+    ))  # fmt: skip
+    steps = budget_steps(metrics)
+    if not steps:
+        return fig
+    slider_steps = [{"method": "update", "label": f"{b:.3g}", "args": list(_budget_state(
+        metrics, traces, b))} for b in steps]  # fmt: skip
+    _apply(fig, *_budget_state(metrics, traces, steps[-1]))
+    fig.update_layout(sliders=[{
+        "active": len(steps) - 1, "steps": slider_steps, "pad": {"t": 60},
+        "currentvalue": {"prefix": "energy budget (J/token): "},
+    }], height=640)  # fmt: skip
+    return fig
 
 
 def carbon_latency_chart(metrics: pd.DataFrame, slos_s_per_token: Sequence[float]) -> go.Figure:

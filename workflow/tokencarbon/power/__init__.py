@@ -25,6 +25,7 @@ from tokencarbon.power.base import PowerSample
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
+    "FIRST_SPAN_S",
     "PowerSample",
     "PowerSource",
     "check_spec",
@@ -42,6 +43,16 @@ DEFAULT_INTERVAL_S = {
     "nvml": 0.05, "zeus_gpu": 0.05, "rapl": 0.1, "zeus_soc": 0.1, "modeled_cpu": 0.1
 }  # fmt: skip
 # A sidecar of kind "auto" takes the interval of the kind it resolves to.
+
+# How long after a source opens its first kept sample may be taken (s), at most one interval:
+# a GPU's readings are instant (and its counter absolute), so none; a RAPL or SoC counter needs a
+# step to divide (updates about every 1 ms: 20 ms resolves the mean power to about 5 %); modeled
+# CPU power needs two 10 ms clock ticks of CPU time (modeled._MIN_SPAN_S: a sooner read repeats
+# the last). The first sample precedes any window; waiting a whole interval for it only delayed
+# a Monitor's start (0.1 s of `tokencarbon measure`'s overhead).
+FIRST_SPAN_S = {
+    "nvml": 0.0, "zeus_gpu": 0.0, "rapl": 0.02, "zeus_soc": 0.02, "modeled_cpu": 0.02
+}  # fmt: skip
 
 _KEYS = {
     "nvml": {"kind", "device_index"},

@@ -14,6 +14,7 @@ A RAPL reading is of whole packages: every process on the machine, not only the 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,17 @@ from tokencarbon.errors import HardwareMismatchError, InputError
 from tokencarbon.power.base import PowerSample
 
 POWERCAP = Path("/sys/class/powercap")
+# Where the powercap tree is read from instead, where set: a container that mounts the host's
+# /sys elsewhere, or a test's own tree in the kernel's layout (tests/test_meter_rapl.py).
+POWERCAP_ENV = "TOKENCARBON_POWERCAP"
+
+
+def powercap_root() -> Path:
+    """The powercap root read when none is given: $TOKENCARBON_POWERCAP where set, else
+    /sys/class/powercap."""
+    return Path(os.environ.get(POWERCAP_ENV) or POWERCAP)
+
+
 _UJ_PER_J = 1e6
 _NS_PER_S = 1e9
 
@@ -84,14 +96,15 @@ def counter_step_uj(previous_uj: int, now_uj: int, max_energy_range_uj: int) -> 
     return max_energy_range_uj - previous_uj + now_uj
 
 
-def rapl_zones(root: str | Path = POWERCAP) -> list[RaplZone]:
-    """The package and dram zones under a powercap root, sorted by directory name.
+def rapl_zones(root: str | Path | None = None) -> list[RaplZone]:
+    """The package and dram zones under a powercap root (default powercap_root()), sorted by
+    directory name.
 
     Zones are the `intel-rapl:<p>` and `intel-rapl:<p>:<s>` directories of `root` (the kernel
     lists subzones there too); kept: package-level zones named "package-*" and zones named
     "dram". Raises HardwareMismatchError when root holds none, or one of them cannot be read.
     """
-    root = Path(root)
+    root = powercap_root() if root is None else Path(root)
     zones = []
     for d in sorted(root.glob("intel-rapl:*")):
         try:
@@ -111,7 +124,7 @@ def rapl_zones(root: str | Path = POWERCAP) -> list[RaplZone]:
     return zones
 
 
-def rapl_state(root: str | Path = POWERCAP) -> str:
+def rapl_state(root: str | Path | None = None) -> str:
     """'readable' where every package and dram zone can be read, else why not (for doctor)."""
     try:
         zones = rapl_zones(root)
@@ -132,7 +145,7 @@ class RaplSource:
 
     source = "rapl"
 
-    def __init__(self, root: str | Path = POWERCAP) -> None:
+    def __init__(self, root: str | Path | None = None) -> None:
         self.zones = rapl_zones(root)
         self._last_uj = [read_uj(z.energy_path) for z in self.zones]
         self._last_ns = time.time_ns()

@@ -40,11 +40,19 @@ from typing import TYPE_CHECKING
 import tokencarbon
 from tokencarbon import errors
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
-from tokencarbon.power import DEFAULT_INTERVAL_S, check_spec, open_default, open_source
+from tokencarbon.power import (
+    DEFAULT_INTERVAL_S,
+    FIRST_SPAN_S,
+    check_spec,
+    open_default,
+    open_source,
+)
 from tokencarbon.power.base import as_row, samples_frame
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from tokencarbon.energy import DeviceSamples
 
 PHASES = ("idle", "run")
 _START_TIMEOUT_S = 120.0  # a cold start of a loaded CI runner, or NVML waking a GPU
@@ -246,6 +254,20 @@ class PowerSidecar:
             rows, phases = self._rows[first:], self._phases[first:]
         return samples_frame(rows, phases)
 
+    def device_samples(self, since_ns: int | None = None) -> DeviceSamples:
+        """samples(since_ns) as tokencarbon.energy.DeviceSamples (numpy columns, no pandas): what
+        a Monitor's window is integrated from. Streaming only."""
+        from tokencarbon.power.base import streamed_samples
+
+        if self.out_path is not None:
+            raise TokencarbonError(f"power sidecar {self._where}: read_samples() it instead")
+        with self._lock:
+            first = 0
+            if since_ns is not None:
+                first = max(bisect.bisect_right(self._times, since_ns) - 1, 0)
+            rows = self._rows[first:]
+        return streamed_samples(rows, where=f"power sidecar {self.spec} samples")
+
     def keep_from(self, t_ns: int | None) -> None:
         """Streaming: keep only samples from the last at or before t_ns on (a window's start);
         None keeps everything, sys.maxsize only the latest sample. Bounds the memory of a
@@ -445,6 +467,7 @@ def _sample(
         description = describe() if describe else None
     if interval_s is None:
         interval_s = DEFAULT_INTERVAL_S[spec["kind"]]
+    first_span_s = min(interval_s, FIRST_SPAN_S[spec["kind"]])
     opened = time.monotonic()
     # Commands are read in this loop itself (select on stdin, no listener thread): a "mark" wakes
     # the one thread that takes the sample, one scheduling hop fewer on a loaded machine.
@@ -507,9 +530,9 @@ def _sample(
                     f"power sidecar: command {command!r}; expected 'begin <phase>', or 'mark' "
                     "once a phase is kept"
                 )
-            # A modeled first sample spans at least one interval since the source opened (and a
-            # RAPL or SoC one has a counter step to divide).
-            time.sleep(max(0.0, opened + interval_s - time.monotonic()))
+            # The first sample spans at least FIRST_SPAN_S since the source opened: two clock
+            # ticks of a modeled source's CPU times, a RAPL or SoC counter step to divide.
+            time.sleep(max(0.0, opened + first_span_s - time.monotonic()))
             if phase is not None:
                 keep(phase)  # closes the phase being kept
             phase = tag
