@@ -256,6 +256,10 @@ class CpuDevice:
         this process pinned to them; yields {"cpus": [...]}."""
         return cell_leases(platform, cell=cell, lock_dir=lock_dir, timeout_s=timeout_s, log=log)
 
+    def hardware(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """meta.json's "hardware": hardware.detect of this device's kind."""
+        return detect(self.kind)
+
     def target_pid(self) -> int:
         """The process tree the modeled CPU power source samples: the cell's own."""
         return os.getpid()
@@ -294,6 +298,11 @@ class GpuDevice:
 
     def target_pid(self) -> int:
         return os.getpid()
+
+    def hardware(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """meta.json's "hardware": hardware.detect of this device's kind (CUDA device 0 is the
+        leased GPU: lease.apply made it so)."""
+        return detect(self.kind)
 
 
 DEVICES = {"cpu": CpuDevice(), "gpu": GpuDevice()}
@@ -356,6 +365,20 @@ class ServerGpuDevice(GpuDevice):
         from tokencarbon.power.nvml import gpu_state
 
         return gpu_state(self.power_source({})["device_index"])
+
+    def hardware(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """meta.json's "hardware": the host (hardware.detect("cpu")) and the server's GPU read
+        through NVML, as the sidecar reads it: not hardware.detect("gpu"), which starts CUDA in
+        this client (a context on CUDA device 0) and describes CUDA device 0, another card than
+        the server's where several are visible."""
+        from tokencarbon.power.nvml import describe_gpu
+
+        gpu = self.gpus[0]
+        return detect("cpu") | {
+            "device_name": gpu.name,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpu": describe_gpu(self.power_source({})["device_index"]),
+        }
 
     def watch(self, lease: Mapping[str, Any]):
         from tokencarbon.backends import server_gpus
@@ -825,7 +848,7 @@ def run_cell(
             leases = cell.device.lease(platform, cell.name, lock_dir, lease_timeout_s, cell.say)
             lease = stack.enter_context(leases)
         with timeline.phase("hardware_check"):
-            hardware = detect(platform["kind"])
+            hardware = cell.device.hardware(lease)
             check_platform(platform, hardware)
             compile_cache = _compile_cache(cache_root, hardware, stack)
         with timeline.phase("sidecar_start"):
