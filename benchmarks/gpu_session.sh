@@ -11,7 +11,12 @@
 # decode:  benchmarks/decode_roofline.py, every case in graph mode, compile at batch 1
 # profile: decode_roofline.py's kernel profile of the batch-1 and batch-256 graph steps
 # tests:   pytest -m gpu;   sidecar: benchmarks/sidecar_overhead.py
-# smoke:   benchmarks/paged_smoke.py;  serving: benchmarks/serving.py --cases $SERVING_CASES
+# smoke:   benchmarks/paged_smoke.py;  serving: benchmarks/serving.py --cases $SERVING_CASES (the mle-*
+#          cases read ML.ENERGY's histogram: ../shared does not travel to the GPU machine, so carry it
+#          through an ignored link in the checkout, e.g. `ln -s ../shared/data/mlenergy .mlenergy` and
+#          carry [".mlenergy/<file>", ...], then MLENERGY_DIR=.mlenergy)
+# server_engine: benchmarks/server_vs_engine.py (transformers serve beside the in-process engine;
+#          carry .whl-serve/ too, CAP_SERVER_ENGINE_S=500)
 # probe:   benchmarks/probe_time.py, the six study models (PROBE_MODELS: some of them) (probe_bisect: the search before, Llama-2-7B)
 # overhead: benchmarks/cell_overhead.py on Llama-2-7B bs8 and cb32 of config/paper-h200.yaml (this
 #          card as its platform, one repeat): this tree (a cold and a warm compilation cache), then
@@ -19,7 +24,8 @@
 # Each step is capped (CAP_<STEP>_S); logs and records land in $OUT (at most 8 files come back, so
 # the step logs travel inside one tarball).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    $(ls .whl-serve/*.whl 2>/dev/null)  # .whl-serve/: transformers serve's wheels (server_vs_engine.py)
 export PYTHONPATH=/tmp/site:$PWD/workflow PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results/session}
 STUDY=${STUDY:-gpu-study}
@@ -103,12 +109,15 @@ PY
         ;;
     smoke) step smoke python3 benchmarks/paged_smoke.py; tail -5 session-logs/smoke.log ;;
     serving) step serving python3 benchmarks/serving.py --cases ${SERVING_CASES:-cb64 cb256} \
-        --out "$OUT/$platform-serving-paged.json"; tail -25 session-logs/serving.log ;;
+        ${MLENERGY_DIR:+--mlenergy-dir "$MLENERGY_DIR"} --out "$OUT/$platform-serving-paged.json"
+        tail -25 session-logs/serving.log ;;
+    server_engine) step server_engine python3 benchmarks/server_vs_engine.py
+        tail -16 session-logs/server_engine.log ;;
     probe) step probe python3 benchmarks/probe_time.py "$OUT/$platform-probe-time.json" --timeout-s 60 \
         ${PROBE_MODELS:+--models $PROBE_MODELS} ;;
     probe_bisect) step probe_bisect python3 benchmarks/probe_time.py \
         "$OUT/$platform-probe-time-bisect.json" --method bisect --models llama-2-7b --timeout-s 75 ;;
-    *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead probe probe_bisect)" >&2 ;;
+    *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead smoke serving server_engine probe probe_bisect)" >&2 ;;
     esac
 done
 tar czf "$OUT/cells-$STUDY-$platform.tar.gz" session-logs $(ls -d "results/cells/$platform" logs 2>/dev/null)
