@@ -121,6 +121,17 @@ def one(args: argparse.Namespace) -> int:
     return 0
 
 
+def early_device_name(smoke: bool) -> str | None:
+    """The device's name without starting CUDA: the CPU's model (smoke) or the first GPU NVML
+    shows this process (hardware.visible_devices); None where NVML sees none."""
+    from tokencarbon.hardware import cpu_model_name, visible_devices
+
+    if smoke:
+        return cpu_model_name()
+    gpus = visible_devices()["gpus"]
+    return gpus[0] if gpus else None
+
+
 def machine(smoke: bool) -> dict:
     """The device and software, from the project's own description (benchmarks/decode_roofline)."""
     import torch
@@ -180,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         "inductor_cache": {"dir": cache, "fresh": args.inductor_cache is None},
         "target_s_per_model": 15.0,
         "results": [],
+        # the device's name now, from NVML (no CUDA context beside the probes), so a run cut
+        # short still says where it ran; the full description replaces it at the end
+        "machine": {"device_name": early_device_name(args.smoke), "partial": True},
     }  # fmt: skip
     t_all = time.monotonic()
     for name in models:
