@@ -26,16 +26,17 @@ PLAN = Plan(config, workflow.basedir)
 PLAN.check_imported_sources()
 
 # Every output of this study lies in its folder, results/<study>/ (PLAN.root; tokencarbon.layout);
-# the folder's record (study.json, rule record_study) names the config file it was made from: a
-# second config file naming the same study is refused here, before any job (tokencarbon.study).
+# the folder's record (study.json, rule record_study) names the config file it was made from and
+# the files `all` makes; what another config, or an older version of this one, left there is said
+# here, before any job (tokencarbon.study).
 STUDY_RECORD = study_record(
     PLAN.study,
     config,
     config_files(workflow.overwrite_configfiles or ["config/config.yaml"], Path.cwd()),
+    [str(Path(p).relative_to(PLAN.root)) for p in PLAN.targets()],
 )
 if workflow.is_main_process:
-    _note = check_study_folder(PLAN.study_record(), STUDY_RECORD)
-    if _note:
+    for _note in check_study_folder(PLAN.study_record(), STUDY_RECORD):
         print(f"tokencarbon: {_note}", file=sys.stderr)
 
 
