@@ -35,7 +35,7 @@ def test_a_study_is_named_by_its_config_and_lies_in_its_own_folder():
     plan = Plan(prepare_config(tiny_study(study="alpha"), REPO), REPO)
     assert plan.root == "results/alpha"
     assert plan.report_target() == "results/alpha/report.html"
-    assert plan.study_record() == "results/alpha/study.json"
+    assert plan.study_record() == "results/alpha/study.json"  # written on success, no target
     # every file `all` makes lies in the folder: none in another study's, none at results/ itself
     assert all(t.startswith("results/alpha/") for t in plan.targets())
     assert "results/alpha/tables/metrics.parquet" in plan.targets()
@@ -146,7 +146,8 @@ def test_two_configs_run_one_after_the_other_leave_two_complete_unmixed_folders(
     project.run("all", "--configfile", b_file)
 
     results = project.path / "results"
-    assert sorted(p.name for p in results.iterdir()) == [".cache", "alpha", "beta"]
+    # two study folders beside the shared caches, nothing else
+    assert {p.name for p in results.iterdir()} - {".cache"} == {"alpha", "beta"}
     a, b = _files(results / "alpha"), _files(results / "beta")
     # each folder holds its own cells and nothing of the other's model or cell
     assert {f for f in a if f.startswith("cells/") and f.endswith("meta.json")} == {
@@ -179,6 +180,9 @@ def test_two_configs_run_one_after_the_other_leave_two_complete_unmixed_folders(
     out = project.output("all", "--dry-run", "--configfile", gamma)
     assert "made from config/config.yaml, this run reads config/gamma.yaml" in out
     assert "figures/fig6b_power_over_time.png" in out  # alpha's, no output of gamma
+    # a dry run writes no record: alpha's still names the file that made it
+    record = json.loads((results / "alpha/study.json").read_text())
+    assert record["config_files"] == ["config/config.yaml"]
 
 
 def test_tokencarbon_run_points_at_the_study_folder_of_its_config(tmp_path):

@@ -328,7 +328,8 @@ class Plan:
 
     def targets(self) -> list[str]:
         """What `all` builds, all in the study's folder: every model's workload, the tables, the
-        figures' registry, the export, the report and the study's record (study.json)."""
+        figures' registry, the export and the report (the folder's record, study.json, is written
+        after a successful run: workflow/rules/study.smk)."""
         from tokencarbon.export import EXPORT_TARGETS
 
         return (
@@ -336,7 +337,7 @@ class Plan:
             + self.table_targets()
             + self.figure_targets()
             + self.in_study(list(EXPORT_TARGETS))
-            + [self.report_target(), self.study_record()]
+            + [self.report_target()]
         )
 
     def report_target(self) -> str:

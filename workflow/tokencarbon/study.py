@@ -2,8 +2,8 @@
 config, or an older version of this one, left files there.
 
 Every output of a study lies under results/<study>/ (tokencarbon.layout): two configs with two
-study names never share a file. Its record, results/<study>/study.json (rule record_study, in
-`all`), holds the study's name, the config file(s) it was made from (relative to the working
+study names never share a file. Its record, results/<study>/study.json (written after every
+successful run that ran jobs: workflow/rules/study.smk), holds the study's name, the config file(s) it was made from (relative to the working
 directory), the SHA-256 of the config as the workflow read it (defaults filled, --config overrides
 applied), that config, and the files `all` makes for it (relative to the folder). When the DAG is
 built, check_study_folder compares the record with this run and says on stderr:
@@ -16,8 +16,9 @@ built, check_study_folder compares the record with this run and says on stderr:
 - a figure, table, summary or report in the folder that this config does not make (listed).
 
 It does not refuse: a variant of a study with --configfile (what would rerun if ...) is a use of
-one folder by two files that the tests and users make on purpose. Once `all` has run, study.json
-names this run's config and its files, so a file of the folder not listed there is no output of it.
+one folder by two files that the tests and users make on purpose. After a run, study.json names
+that run's config and the files `all` makes for it, so a file of the folder not listed there is
+no output of it.
 """
 
 from __future__ import annotations
