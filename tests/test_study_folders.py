@@ -113,7 +113,8 @@ def test_another_config_file_an_edit_and_left_over_files_are_said(tmp_path):
     folder = _folder(tmp_path, ["figures/fig6b.png", "figures/fig7.png", "tables/cells.parquet"])
     write_record(folder / "study.json",
                  study_record("s", {"k": 1}, ["config/a.yaml"], ["figures/fig6b.png"]))  # fmt: skip
-    other = study_record("s", {"k": 2}, ["config/b.yaml"], ["figures/fig7.png", "tables/cells.parquet"])
+    other = study_record("s", {"k": 2}, ["config/b.yaml"],
+                         ["figures/fig7.png", "tables/cells.parquet"])  # fmt: skip
     notes = check_study_folder(folder / "study.json", other)
     assert len(notes) == 2
     assert "made from config/a.yaml, this run reads config/b.yaml" in notes[0]
@@ -194,7 +195,8 @@ def test_tokencarbon_run_points_at_the_study_folder_of_its_config(tmp_path):
     (tmp_path / "config/unnamed.yaml").write_text("seed: 1\n")
     assert study_folder(tmp_path, ["all"]) == tmp_path / "results/default"
     assert study_folder(tmp_path, ["--configfile", "config/mine.yaml"]) == tmp_path / "results/mine"
-    assert study_folder(tmp_path, ["--configfile=config/unnamed.yaml"]) == tmp_path / "results/default"
+    unnamed = ["--configfile=config/unnamed.yaml"]
+    assert study_folder(tmp_path, unnamed) == tmp_path / "results/default"
     over = ["--configfile", "config/mine.yaml", "--config", "seed=2", "study=other"]
     assert study_folder(tmp_path, over) == tmp_path / "results/other"
     with pytest.raises(ConfigError, match="config key study"):

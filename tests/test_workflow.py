@@ -266,7 +266,8 @@ def test_bad_source_fails_its_job_and_leaves_no_output(tmp_path):
     bad.write_text('[{"id": "x", "conversations": [{"from": "human"}]}]')  # a turn without "value"
     (tmp_path / "p").mkdir()
     project = make_project(tmp_path / "p", tiny_study(workload={"source": str(bad)}))
-    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", project.in_study("results/dataset/tiny.parquet")], cwd=project,
+    pool = project.in_study("results/dataset/tiny.parquet")
+    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", pool], cwd=project,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     # The builtin tokenizer learns the source's text, so its job is the first to read the file.

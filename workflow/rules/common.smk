@@ -26,9 +26,9 @@ PLAN = Plan(config, workflow.basedir)
 PLAN.check_imported_sources()
 
 # Every output of this study lies in its folder, results/<study>/ (PLAN.root; tokencarbon.layout);
-# the folder's record (study.json, written on success: study.smk) names the config file it was made from and
-# the files `all` makes; what another config, or an older version of this one, left there is said
-# here, before any job (tokencarbon.study).
+# the folder's record (study.json, written on success: study.smk) names the config file it was
+# made from and the files `all` makes; what another config, or an older version of this one, left
+# there is said here, before any job (tokencarbon.study).
 STUDY_RECORD = study_record(
     PLAN.study,
     config,

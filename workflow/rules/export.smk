@@ -1,6 +1,6 @@
-# Results out: one JSON per cell and metrics.csv under results/<study>/export/ (docs/export.md gives the
-# schema, versioned, its field names close to ML.ENERGY's and optimum-benchmark's results). Every
-# cell's meta.json is an input (imported cells' provenance goes into their JSON).
+# Results out: one JSON per cell and metrics.csv under results/<study>/export/ (docs/export.md gives
+# the schema, versioned, its field names close to ML.ENERGY's and optimum-benchmark's results).
+# Every cell's meta.json is an input (imported cells' provenance goes into their JSON).
 
 
 rule export_results:

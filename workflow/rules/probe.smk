@@ -1,7 +1,8 @@
 # OOM probe, per (platform, model): the largest batch that runs the workload's longest prompt plus
 # longest output. A checkpoint: the sweep's input function (common.smk: cell_files, through the plan) is its only reader.
-# A probe of an equal key measured before (results/.cache/probe, shared by every study; not an output) is reused; the job
-# still writes its own probe.json, saying reused_from (docs/architecture.md).
+# A probe of an equal key measured before (results/.cache/probe, shared by every study; not an
+# output) is reused; the job still writes its own probe.json, saying reused_from
+# (docs/architecture.md).
 
 
 checkpoint probe_max_batch:

@@ -53,8 +53,8 @@ where nothing can rerun; `CELLS.git_commit` (from each meta.json) says which com
 cell, and the manifest repeats it with the device and the seconds each cell took.
 
 **Estimates** (`estimate_cell`): measured seconds + the cell's fixed cost + its idle window.
-- Measured seconds from the workload each cell serves (`results/<study>/workload/<model>.parquet`) and
-  two per-device rates fitted over the committed static cells of that device
+- Measured seconds from the workload each cell serves (`results/<study>/workload/<model>.parquet`)
+  and two per-device rates fitted over the committed static cells of that device
   (`benchmarks/results/**/cells/*/*/bs*/`, torch backend): a decode step costs
   t0 + decode_step_bytes / BW (the weights as stored and each row's KV cache read: a memory
   roofline with a fixed launch cost, fitted on relative error), a prefill p0 + FLOPs / F. Static
@@ -200,8 +200,9 @@ def parse_dry_run(text: str) -> list[Job]:
 @dataclass(frozen=True)
 class Cell:
     """A cell of the grid as its Snakemake job names it. name: its folder under the study's
-    results/<study>/cells (`platform/model/bs4`); outputs: the job's output files (what a call targets and a pack
-    carries); logs: the job's log files; inputs: the job's inputs (engine manifest, workload)."""
+    results/<study>/cells (`platform/model/bs4`); outputs: the job's output files (what a call
+    targets and a pack carries); logs: the job's log files; inputs: the job's inputs (engine
+    manifest, workload)."""
 
     name: str
     platform: str
@@ -1335,7 +1336,8 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
         if (workdir / probe).is_file() and f"{platform}/{model}" not in pack.manifest["probes"]:
             logs = state.kept_probe_logs.get(probe, ())
             facts = {**probe_facts(workdir / probe), "seconds": None, "run": state.run_index}
-            pack.add("probes", f"{platform}/{model}", [probe], logs, workdir, facts, cells_dir(config))
+            pack.add("probes", f"{platform}/{model}", [probe], logs, workdir, facts,
+                     cells_dir(config))  # fmt: skip
     for cell in done:
         if cell.name not in pack.manifest["cells"]:
             facts = {**cell_facts(cell, workdir), "seconds": None, "estimate_s": None}

@@ -20,9 +20,9 @@ from typing import Any
 from tokencarbon.errors import ConfigError
 
 STATIC, CONTINUOUS = "static", "continuous"
-# A cell's folder prefix per mode, results/<study>/cells/<platform>/<model>/<prefix><n>; in this order the
-# cells of one (platform, model) are listed. A server cell (backend openai_server, issue 25) is a
-# continuous cell whose engine is the server (cell.ServerMode), not a mode of its own.
+# A cell's folder prefix per mode, results/<study>/cells/<platform>/<model>/<prefix><n>; in this
+# order the cells of one (platform, model) are listed. A server cell (backend openai_server, issue
+# 25) is a continuous cell whose engine is the server (cell.ServerMode), not a mode of its own.
 MODE_PREFIX = {STATIC: "bs", CONTINUOUS: "cb"}
 MODES = tuple(MODE_PREFIX)
 # The config key under `sweep` listing each mode's n, and the probe.json key an `auto` sweep reads.

@@ -279,7 +279,7 @@ class Plan:
         return cell_log(rule, mode, self.root)
 
     def probe_pattern(self) -> str:
-        """The OOM probe checkpoint's output pattern (<root>/cells/{platform}/{model}/probe.json)."""
+        """The OOM probe checkpoint's output pattern, <root>/cells/{platform}/{model}/probe.json."""
         return probe_path("{platform}", "{model}", self.root)
 
     def in_study(self, paths: Any) -> Any:

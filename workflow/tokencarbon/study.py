@@ -1,12 +1,13 @@
 """A study folder's record of the config it was made from, and the check that says when another
 config, or an older version of this one, left files there.
 
-Every output of a study lies under results/<study>/ (tokencarbon.layout): two configs with two
-study names never share a file. Its record, results/<study>/study.json (written after every
-successful run that ran jobs: workflow/rules/study.smk), holds the study's name, the config file(s) it was made from (relative to the working
-directory), the SHA-256 of the config as the workflow read it (defaults filled, --config overrides
-applied), that config, and the files `all` makes for it (relative to the folder). When the DAG is
-built, check_study_folder compares the record with this run and says on stderr:
+Every output of a study lies under results/<study>/ (tokencarbon.layout): two configs with two study
+names never share a file. Its record, results/<study>/study.json (written after every successful run
+that ran jobs: workflow/rules/study.smk), holds the study's name, the config file(s) it was made
+from (relative to the working directory), the SHA-256 of the config as the workflow read it
+(defaults filled, --config overrides applied), that config, and the files `all` makes for it
+(relative to the folder). When the DAG is built, check_study_folder compares the record with this
+run and says on stderr:
 
 - another config file naming the same study (a copy of a config whose `study` was not renamed, or
   a variant given with --configfile): its outputs go into the same folder; Snakemake's params
