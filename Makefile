@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The default study (config/config.yaml, `study: default`): every output in results/default/.
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all
+	@echo "make run: the default study's outputs are in results/default/ (summary.md, report.html)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -46,5 +48,6 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all
 	$(BIN)/snakemake --report report.html
 
+# Every study's folder (results/<study>/), the shared caches (results/.cache) and Snakemake's state.
 clean:
 	rm -rf results logs .snakemake report.html

@@ -44,7 +44,8 @@ def main() -> None:
             (project / name).symlink_to(REPO / name)
         full_s = timed(snakemake, project)
         noop_s = timed(snakemake, project)
-        cells = len(list((project / "results/cells").glob("*/*/*/meta.json")))  # bs and cb
+        # the default study's folder (config/config.yaml: study default)
+        cells = len(list((project / "results/default/cells").glob("*/*/*/meta.json")))  # bs and cb
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     record = {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rebuilds a GPU study's tables and figures from its committed cells: the H100 and H200 cells that
 # benchmarks/gpu_session.sh measured (benchmarks/results/<study>/cells/<platform>/), imported into a
-# clean copy of the workflow (config/<study>.yaml: import_only, so nothing is rerun), aggregated
-# there, and the small tables and figures copied back:
+# clean copy of the workflow (config/<study>.yaml: import_only, so nothing is rerun; its `study` is
+# <study>, so the copy's folder is results/<study>/), aggregated there, and the small tables and
+# figures copied back:
 #   benchmarks/results/<study>/{tables/*.parquet,summary.md}   docs/figures/<study>/*.png
 #   docs/reports/<study>.html (the study's self-contained report, tokencarbon/report.py)
 #
@@ -19,14 +20,19 @@ trap 'rm -rf "$work"' EXIT
 
 for name in "${@:-gpu-study}" ; do
     study=$root/benchmarks/results/$name
-    rm -rf "$work" && mkdir -p "$work/results"
+    if ! grep -qx "study: $name" "$root/config/$name.yaml"; then
+        echo "config/$name.yaml: its study key must be $name (its outputs: results/$name/)" >&2
+        exit 1
+    fi
+    out=$work/results/$name  # the study's folder in the copy (tokencarbon/layout.py)
+    rm -rf "$work" && mkdir -p "$out"
     git -C "$root" ls-files -z | (cd "$root" && xargs -0 cp --parents -t "$work")
-    cp -r "$study/cells" "$work/results/cells"
+    cp -r "$study/cells" "$out/cells"
     (cd "$work" && "$snakemake" --cores 2 all --configfile "config/$name.yaml" --quiet rules)
     mkdir -p "$study/tables" "$root/docs/figures/$name" "$root/docs/reports"
-    cp "$work"/results/tables/*.parquet "$study/tables/"
-    cp "$work/results/summary.md" "$study/summary.md"
-    cp "$work"/results/figures/*.png "$root/docs/figures/$name/"
-    cp "$work/results/report.html" "$root/docs/reports/$name.html"
+    cp "$out"/tables/*.parquet "$study/tables/"
+    cp "$out/summary.md" "$study/summary.md"
+    cp "$out"/figures/*.png "$root/docs/figures/$name/"
+    cp "$out/report.html" "$root/docs/reports/$name.html"
     echo "$name: tables in $study/tables, figures in docs/figures/$name, report docs/reports/$name.html"
 done

@@ -2,7 +2,8 @@
 
     python benchmarks/run_chunks.py --configfile config/paper-h200.yaml --budget 25m --cores 16
 
-restores the cells committed under benchmarks/results/paper-<gpu>/ (--pack), runs the setup and the
+restores the cells committed under benchmarks/results/paper-<gpu>/ (--pack) into the study's folder
+(results/<study>/cells/, the config's `study`), runs the setup and the
 OOM probes that are missing, plans the cells not yet measured from Snakemake's dry run, prints
 each one's expected device time, then measures them one Snakemake call per cell in priority order
 (batch 1 and the largest batch first, continuous after static, quantized models last) while each

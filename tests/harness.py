@@ -5,6 +5,14 @@ and profiles/ linked to this checkout (or copied, where a test edits code or mus
 the checkout is edited), .test/data linked as data/ (the .test configs' files), and a config written
 as config/config.yaml. The tiny CPU study is .test/config-cpu/config.yaml (what CI runs, as
 snakemake-workflows run their .test configs); tiny_study(...) is it with changes merged in.
+
+Every output of a study lies in its folder, results/<study>/ (tokencarbon.layout; the config's
+`study`, .test/config-cpu's `test-cpu`). Tests spell a study's file as results/<rel>, as the
+figure registry does: `project / "results/tables/cells.parquet"`, a target "results/figures/x.png"
+given to run() and a planned_outputs pattern "results/cells/..." all mean the file in the project's
+study folder (Project.results: results/<study>/<rel>), and "logs/<rel>" its log,
+results/<study>/logs/<rel>. results/.cache (shared by every study) is not moved; a test of the
+layout itself names paths through project.path.
 """
 
 from __future__ import annotations
@@ -65,7 +73,38 @@ class Project:
         self.path = Path(path)
 
     def __truediv__(self, other: str | Path) -> Path:
-        return self.path / other
+        """The project's path of `other`, a study's file spelled results/<rel> or logs/<rel>
+        placed in its study folder (see the module docstring)."""
+        return self.path / self.in_study(other)
+
+    @property
+    def study(self) -> str:
+        """The study of config/config.yaml (its `study`, else the default's name)."""
+        from tokencarbon.layout import study_name
+
+        return study_name(yaml.safe_load((self.path / "config/config.yaml").read_text()) or {})
+
+    @property
+    def results(self) -> Path:
+        """The study's folder, results/<study>/."""
+        from tokencarbon.layout import study_root
+
+        return self.path / study_root(self.study)
+
+    def in_study(self, rel: str | Path) -> str:
+        """`rel` relative to the project with results/<rel> and logs/<rel> moved into the study's
+        folder (tokencarbon.layout.in_study); results/.cache and other paths as they are."""
+        from tokencarbon.layout import CACHE, in_study, study_root
+
+        text = Path(rel).as_posix()
+        root = study_root(self.study)
+        if text == "results":
+            return root
+        if text == "logs" or text.startswith("logs/"):
+            return f"{root}/{text}"
+        if text == CACHE or text.startswith(f"{CACHE}/"):
+            return text
+        return in_study(text, root)
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -102,6 +141,7 @@ class Project:
             check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
         """snakemake --cores N ARGS here; asserts success (with the output's tail) unless not
         check."""
+        args = [self.in_study(a) if a.startswith(("results/", "logs/")) else a for a in args]
         proc = subprocess.run(SNAKEMAKE + ["--cores", str(cores), *args], cwd=self.path,
                               env=None if env is None else dict(env), capture_output=True,
                               text=True, timeout=timeout)  # fmt: skip
@@ -124,7 +164,13 @@ class Project:
                 if m[0] != "total"}  # fmt: skip
 
     def planned_outputs(self, pattern: str, *args: str) -> set[str]:
-        """The `pattern` group of every job output a dry run plans."""
+        """The `pattern` group of every job output a dry run plans; a pattern starting results/
+        matches in the study's folder."""
+        if pattern.startswith("results/"):
+            pattern = re.escape(f"{self.in_study('results')}/") + pattern.removeprefix("results/")
+        elif pattern.startswith("(results/"):
+            prefix = re.escape(f"{self.in_study('results')}/")
+            pattern = f"({prefix}" + pattern.removeprefix("(results/")
         return set(re.findall(r"output: " + pattern, self.output("--dry-run", *args)))
 
     def write_config(self, name: str, edit: Callable[[dict], Any]) -> str:

@@ -2,13 +2,13 @@
 
     python tests/readback.py build TREE OUT [STUDY ...]   # gpu_study.sh's steps on TREE's committed
                                                           # files, outputs to OUT/<study>/
-    python tests/readback.py cells TREE OUT CELLS         # a folder of cells (results/cells of a
+    python tests/readback.py cells TREE OUT CELLS         # a folder of cells (results/<study>/cells of a
                                                           # finished CPU run) aggregated, metrics,
                                                           # figures and export, as import_only
     python tests/readback.py compare BEFORE AFTER         # file by file: bytes, else values
 
 `build` runs benchmarks/gpu_study.sh's steps (a clean copy of TREE's tracked files, the study's
-committed cells under results/cells, `snakemake all --configfile config/<study>.yaml`) with the
+committed cells under the study's folder, `snakemake all --configfile config/<study>.yaml`) with the
 snakemake beside this Python, and keeps every table, the summary, the figures and the export.
 `compare` says for each file of BEFORE whether AFTER has it byte for byte, or, for a Parquet table
 whose bytes differ, value for value (pandas.testing.assert_frame_equal, exact), and exits 1 on any
@@ -51,12 +51,21 @@ def _run(work: Path, configfile: str) -> None:
         raise SystemExit(f"snakemake failed in {work} ({configfile})")
 
 
-def _keep(work: Path, out: Path) -> None:
+def _folder(work: Path, configfile: str) -> Path:
+    """The study's folder in work: results/<study>/ (`study` the config's, else "default") where
+    work's layout has study folders (since issue 24), else results/ (a tree from before them)."""
+    if "def study_root" not in (work / "workflow/tokencarbon/layout.py").read_text():
+        return work / "results"
+    study = (yaml.safe_load((work / configfile).read_text()) or {}).get("study", "default")
+    return work / "results" / study
+
+
+def _keep(folder: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in ("results/tables/*", "results/summary.md", "results/figures/*.png"):
-        for f in work.glob(pattern):
+    for pattern in ("tables/*", "summary.md", "figures/*.png"):
+        for f in folder.glob(pattern):
             shutil.copy2(f, out / f.name)
-    shutil.copytree(work / "results/export", out / "export")
+    shutil.copytree(folder / "export", out / "export")
 
 
 def build(tree: Path, out: Path, studies: list[str]) -> None:
@@ -64,15 +73,18 @@ def build(tree: Path, out: Path, studies: list[str]) -> None:
         with tempfile.TemporaryDirectory(prefix="readback-") as tmp:
             work = Path(tmp)
             _copy_tree(tree, work)
-            shutil.copytree(tree / "benchmarks/results" / study / "cells", work / "results/cells")
+            folder = _folder(work, f"config/{study}.yaml")
+            shutil.copytree(tree / "benchmarks/results" / study / "cells", folder / "cells")
             _run(work, f"config/{study}.yaml")
-            _keep(work, out / study)
+            _keep(folder, out / study)
 
 
 def cells(tree: Path, out: Path, cells_dir: Path) -> None:
-    """A finished CPU run's cells (and its measured peaks, results/platforms) through aggregation,
-    metrics, figures and export: its config with every platform import_only, measure dropped."""
-    run = cells_dir.parent.parent  # <run>/results/cells
+    """A finished CPU run's cells (and its measured peaks, <study folder>/platforms) through
+    aggregation, metrics, figures and export: its config with every platform import_only, measure
+    dropped."""
+    # <run>/results/<study>/cells, or <run>/results/cells before study folders
+    run = next(p for p in cells_dir.parents if (p / "config/config.yaml").is_file())
     config = yaml.safe_load((run / "config/config.yaml").read_text())
     for spec in config["platforms"].values():
         spec["import_only"] = True
@@ -80,12 +92,13 @@ def cells(tree: Path, out: Path, cells_dir: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="readback-") as tmp:
         work = Path(tmp)
         _copy_tree(tree, work)
-        shutil.copytree(cells_dir, work / "results/cells")
-        if (run / "results/platforms").is_dir():
-            shutil.copytree(run / "results/platforms", work / "results/platforms")
         (work / "config/readback.yaml").write_text(yaml.safe_dump(config))
+        folder = _folder(work, "config/readback.yaml")
+        shutil.copytree(cells_dir, folder / "cells")
+        if (cells_dir.parent / "platforms").is_dir():
+            shutil.copytree(cells_dir.parent / "platforms", folder / "platforms")
         _run(work, "config/readback.yaml")
-        _keep(work, out / "cells")
+        _keep(folder, out / "cells")
 
 
 def compare(before: Path, after: Path) -> int:

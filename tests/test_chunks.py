@@ -4,6 +4,7 @@ chunked run stopped by SIGINT then resumed in a fresh clone (issue 23's must-sho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -37,9 +38,9 @@ total                      2
 
 [Mon Dec  7 10:00:56 2026]
 rule run_cell:
-    input: results/engines/cpu/tiny-gpt2/torch/manifest.json, results/workload/tiny-gpt2.parquet, workflow/tokencarbon/cell.py
-    output: results/cells/cpu/tiny-gpt2/bs4/batches.parquet, results/cells/cpu/tiny-gpt2/bs4/power.parquet, results/cells/cpu/tiny-gpt2/bs4/meta.json
-    log: logs/run_cell/cpu/tiny-gpt2/bs4.log
+    input: results/s/engines/cpu/tiny-gpt2/torch/manifest.json, results/s/workload/tiny-gpt2.parquet, workflow/tokencarbon/cell.py
+    output: results/s/cells/cpu/tiny-gpt2/bs4/batches.parquet, results/s/cells/cpu/tiny-gpt2/bs4/power.parquet, results/s/cells/cpu/tiny-gpt2/bs4/meta.json
+    log: results/s/logs/run_cell/cpu/tiny-gpt2/bs4.log
     jobid: 29
     reason: Forced execution
     wildcards: platform=cpu, model=tiny-gpt2, batch=4
@@ -48,11 +49,11 @@ Shell command: None
 
 [Mon Dec  7 10:00:56 2026]
 localcheckpoint probe_max_batch:
-    input: results/engines/cpu/tiny-gpt2/torch/manifest.json, results/workload/tiny-gpt2.parquet
-    output: results/cells/cpu/tiny-gpt2/probe.json
-    log: logs/probe_max_batch/cpu/tiny-gpt2.log
+    input: results/s/engines/cpu/tiny-gpt2/torch/manifest.json, results/s/workload/tiny-gpt2.parquet
+    output: results/s/cells/cpu/tiny-gpt2/probe.json
+    log: results/s/logs/probe_max_batch/cpu/tiny-gpt2.log
     jobid: 6
-    reason: Input files updated by another job: results/workload/tiny-gpt2.parquet
+    reason: Input files updated by another job: results/s/workload/tiny-gpt2.parquet
     wildcards: platform=cpu, model=tiny-gpt2
     resources: tmpdir=/tmp, gpu=0
 Shell command: None
@@ -63,8 +64,8 @@ This was a dry-run (flag -n). The order of jobs does not reflect the order of ex
 def test_dry_run_jobs_are_parsed_with_their_files_and_wildcards():
     cell_job, probe_job = chunks.parse_dry_run(DRY_RUN)
     assert cell_job.rule == "run_cell" and probe_job.rule == "probe_max_batch"
-    assert cell_job.outputs[2] == "results/cells/cpu/tiny-gpt2/bs4/meta.json"
-    assert probe_job.logs == ("logs/probe_max_batch/cpu/tiny-gpt2.log",)
+    assert cell_job.outputs[2] == "results/s/cells/cpu/tiny-gpt2/bs4/meta.json"
+    assert probe_job.logs == ("results/s/logs/probe_max_batch/cpu/tiny-gpt2.log",)
     assert probe_job.reason.startswith("Input files updated by another job")
     cell = chunks.Cell.from_job(cell_job)
     assert (cell.name, cell.platform, cell.model, cell.mode, cell.n) == (
@@ -84,11 +85,17 @@ def test_dry_run_jobs_are_parsed_with_their_files_and_wildcards():
     )
     with pytest.raises(InputError, match="not a cell"):
         chunks.Cell.from_job(probe_job)
+    stray = dataclasses.replace(cell_job, outputs=("results/s/bs4/meta.json",))
+    with pytest.raises(InputError, match="outside a cells/<platform>/<model>/<cell> folder"):
+        chunks.Cell.from_job(stray)
+    # the study's cell tree: results/<study>/cells (no `study`: the default's)
+    assert chunks.cells_dir({"study": "paper"}) == Path("results/paper/cells")
+    assert chunks.cells_dir({}) == Path("results/default/cells")
 
 
 def _cell(platform, model, mode, n):
     prefix = "bs" if mode == "static" else "cb"
-    out = f"results/cells/{platform}/{model}/{prefix}{n}/meta.json"
+    out = f"results/s/cells/{platform}/{model}/{prefix}{n}/meta.json"
     return chunks.Cell(f"{platform}/{model}/{prefix}{n}", platform, model, mode, n, (out,), (), ())
 
 
@@ -244,17 +251,20 @@ def test_budget_and_durations_read_and_print_as_people_write_them():
     ]
 
 
+CELLS = Path("results/s/cells")  # a study's cell tree (chunks.cells_dir)
+
+
 def _finished_cell(workdir: Path, name: str, payload: bytes) -> tuple[list[str], list[str]]:
-    folder = workdir / "results/cells" / name
+    folder = workdir / CELLS / name
     folder.mkdir(parents=True)
     (folder / "batches.parquet").write_bytes(payload)
     (folder / "meta.json").write_text(json.dumps({"git_commit": "abc", "device_name": "cpu"}))
-    log = workdir / "logs/run_cell" / f"{name}.log"
+    log = workdir / "results/s/logs/run_cell" / f"{name}.log"
     log.parent.mkdir(parents=True)
     log.write_text("measured\n")
     return (
-        [f"results/cells/{name}/batches.parquet", f"results/cells/{name}/meta.json"],
-        [f"logs/run_cell/{name}.log"],
+        [f"{CELLS}/{name}/batches.parquet", f"{CELLS}/{name}/meta.json"],
+        [f"results/s/logs/run_cell/{name}.log"],
     )
 
 
@@ -262,13 +272,17 @@ def test_a_pack_restores_byte_identical_files_and_refuses_altered_ones(tmp_path)
     here, there = tmp_path / "here", tmp_path / "there"
     files, logs = _finished_cell(here, "cpu/m/bs1", b"\x00measured\xff")
     pack = chunks.Pack.open(tmp_path / "pack")
-    pack.add("cells", "cpu/m/bs1", files, logs, here, {"git_commit": "abc"})
-    # a pack as git carries it: job logs outside any folder named logs/ (.gitignore)
+    pack.add("cells", "cpu/m/bs1", files, logs, here, {"git_commit": "abc"}, CELLS)
+    # a pack as git carries it: job logs outside any folder named logs/ (.gitignore), cells
+    # relative to the study's cell tree
     assert (tmp_path / "pack/job-logs/run_cell/cpu/m/bs1.log").is_file()
-    assert chunks.Pack.open(tmp_path / "pack").restore(there) == ["cell cpu/m/bs1"]
+    assert (tmp_path / "pack/cells/cpu/m/bs1/meta.json").is_file()
+    # a log of a pack made before study folders (logs/...) lies in the same place
+    assert chunks._packed_log("logs/run_cell/cpu/m/bs1.log") == Path("job-logs/run_cell/cpu/m/bs1.log")
+    assert chunks.Pack.open(tmp_path / "pack").restore(there, CELLS) == ["cell cpu/m/bs1"]
     for f in [*files, *logs]:
         assert (there / f).read_bytes() == (here / f).read_bytes()
-    assert chunks.Pack.open(tmp_path / "pack").restore(there) == []  # already there, equal
+    assert chunks.Pack.open(tmp_path / "pack").restore(there, CELLS) == []  # already there, equal
     # a run's own copy of the committed pack takes its entries, file for file
     staging = chunks.Pack.open(tmp_path / "staging")
     assert staging.take_from(chunks.Pack.open(tmp_path / "pack")) == ["cell cpu/m/bs1"]
@@ -278,10 +292,10 @@ def test_a_pack_restores_byte_identical_files_and_refuses_altered_ones(tmp_path)
     assert staging.take_from(chunks.Pack.open(tmp_path / "pack")) == []
     (there / files[0]).write_bytes(b"other")
     with pytest.raises(InputError, match="differs from the packed"):
-        chunks.Pack.open(tmp_path / "pack").restore(there)
+        chunks.Pack.open(tmp_path / "pack").restore(there, CELLS)
     (tmp_path / "pack/cells/cpu/m/bs1/batches.parquet").write_bytes(b"tampered")
     with pytest.raises(InputError, match="not the file the manifest recorded"):
-        chunks.Pack.open(tmp_path / "pack").restore(tmp_path / "elsewhere")
+        chunks.Pack.open(tmp_path / "pack").restore(tmp_path / "elsewhere", CELLS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +342,7 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def _cell_bytes(repo: Path, cells: list[str]) -> dict[str, bytes]:
-    root = repo / "results/cells"
+    root = repo / "results/default/cells"  # TINY names no study: the default's folder
     return {
         str(p.relative_to(root)): p.read_bytes()
         for c in cells
@@ -362,7 +376,7 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
         proc = subprocess.Popen(RUN, cwd=first, stdout=out, stderr=subprocess.STDOUT)
     log = lambda: (tmp_path / "first.log").read_text()[-4000:]  # noqa: E731
     deadline = time.time() + 420
-    while not (first / "logs/run_cell/cpu/tiny-gpt2/bs2.log").exists():
+    while not (first / "results/default/logs/run_cell/cpu/tiny-gpt2/bs2.log").exists():
         assert proc.poll() is None and time.time() < deadline, log()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the runner
@@ -370,12 +384,12 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     manifest = json.loads((pack / "manifest.json").read_text())
     assert sorted(manifest["cells"]) == ["cpu/tiny-gpt2/bs1"]
     assert manifest["runs"][-1]["stopped"] == "interrupted"
-    running = first / "results/cells/cpu/tiny-gpt2/bs2"
+    running = first / "results/default/cells/cpu/tiny-gpt2/bs2"
     assert not any(
         (running / f).exists() for f in ("batches.parquet", "power.parquet", "meta.json")
     )
     kept = _cell_bytes(first, ["cpu/tiny-gpt2/bs1"])
-    probe = (first / "results/cells/cpu/tiny-gpt2/probe.json").read_bytes()
+    probe = (first / "results/default/cells/cpu/tiny-gpt2/probe.json").read_bytes()
 
     # The pack committed, then a package module edited and committed (commit B): the code input
     # of every cell and probe changes.
@@ -395,10 +409,10 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     assert manifest["runs"][-1]["measured"] == ["cpu/tiny-gpt2/bs2", "cpu/tiny-gpt2/cb2"]
     assert sorted(manifest["cells"]) == [f"cpu/tiny-gpt2/{c}" for c in ("bs1", "bs2", "cb2")]
     assert _cell_bytes(fresh, ["cpu/tiny-gpt2/bs1"]) == kept
-    assert (fresh / "results/cells/cpu/tiny-gpt2/probe.json").read_bytes() == probe
+    assert (fresh / "results/default/cells/cpu/tiny-gpt2/probe.json").read_bytes() == probe
     # which commit measured each cell: the restored ones A, the new ones B (the clone's HEAD)
     commits = {
-        c: json.loads((fresh / f"results/cells/cpu/tiny-gpt2/{c}/meta.json").read_text())[
+        c: json.loads((fresh / f"results/default/cells/cpu/tiny-gpt2/{c}/meta.json").read_text())[
             "git_commit"
         ]
         for c in ("bs1", "bs2", "cb2")

@@ -143,7 +143,7 @@ def test_doctor_judges_the_cpu_default_as_its_cells_do(tmp_path):
     plan = report["study"]["plan"]
     models = ["tiny-gpt2", "tiny-llama", "tiny-llama-int8"]
     assert {f"cpu/{m}/cb{n}" for m in models for n in (4, 16)} <= set(plan["cells"])
-    assert plan["probes"] == [f"results/cells/cpu/{m}/probe.json" for m in models]
+    assert plan["probes"] == [f"results/default/cells/cpu/{m}/probe.json" for m in models]
     for m in models:
         assert f"cpu/{m} static" in plan["pending"] or f"cpu/{m}/bs1" in plan["cells"]
     if len(allowed) >= 2:

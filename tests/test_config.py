@@ -723,8 +723,8 @@ def test_num_prompts_above_the_pool_on_disk_is_refused_before_the_workload_is_de
     # Through Snakemake: refused at DAG build, so the workload the cells ran on stays.
     (tmp_path / "project").mkdir()
     project = _project(tmp_path / "project")
-    _pool(project / "results/dataset/tiny.parquet", 20)  # the default's cb16 needs >= 16
-    workload = _pool(project / "results/workload/tiny-llama.parquet", 16)
+    _pool(Project(project) / "results/dataset/tiny.parquet", 20)  # the default's cb16 needs >= 16
+    workload = _pool(Project(project) / "results/workload/tiny-llama.parquet", 16)
     before = workload.stat().st_mtime_ns
     proc = _dry_run(project, "--config", 'workload={"num_prompts": 21}')
     out = proc.stdout + proc.stderr

@@ -824,10 +824,11 @@ def test_fig6a_with_trace_day_and_a_constant_intensity_needs_no_cells():
 # --- the registry, and every figure on the committed GPU studies -----------------------------
 
 
-def study_of(repo: Path, config_file: str) -> Study:
+def study_of(repo: Path, config_file: str, root: Path | None = None) -> Study:
+    """root: the study's folder (default: results/<study>, relative)."""
     config = yaml.safe_load((repo / config_file).read_text())
     validate(config, str(repo / "workflow/schemas/config.schema.yaml"))  # fills the defaults
-    return Study(Plan(config))
+    return Study(Plan(config, root=root))
 
 
 def test_registry_names_rules_captions_and_targets(repo):
@@ -950,8 +951,8 @@ def test_snakemake_has_one_rule_per_registry_entry(repo, tmp_path):
 
 @pytest.mark.parametrize("study_name", ["gpu-study", "gpu-large-batch"])
 def test_every_figure_draws_cleanly_on_a_committed_gpu_study(repo, study_name, tmp_path):
-    study = study_of(repo, f"config/{study_name}.yaml")
     root = repo / "benchmarks/results" / study_name
+    study = study_of(repo, f"config/{study_name}.yaml", root)
     built = []
     for artifact in ARTIFACTS:
         if not artifact.wanted(study):
@@ -990,7 +991,7 @@ def default_run(tiny_run):
 def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
     config = yaml.safe_load((default_run / "config/config.yaml").read_text())
     validate(config, str(repo / "workflow/schemas/config.schema.yaml"))
-    study = Study(Plan(config))
+    study = Study(Plan(config, root=default_run.results))
     drawn = []
     for artifact in ARTIFACTS:
         if not artifact.wanted(study):
@@ -998,7 +999,7 @@ def test_every_figure_draws_cleanly_on_a_default_run(default_run, repo):
         for path in artifact.outputs.values():  # `all` built it
             assert (default_run / path).stat().st_size > 0, path
         if artifact.draw is not None:
-            inputs = inputs_under(artifact.inputs(study), default_run / "results")
+            inputs = inputs_under(artifact.inputs(study), default_run.results)
             fig = artifact.draw(inputs, artifact.params(study))
             assert layout_problems(fig) == [], artifact.name
             drawn.append(artifact.name)

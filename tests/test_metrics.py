@@ -676,8 +676,8 @@ def test_a_cell_without_power_samples_says_to_measure_it_again():
         all_metrics(cells, batches, power.iloc[:0], {"toy": ARCH}, {"toyplat": PLATFORM},
                     CONSTANT_413, settings=NO_MIN)  # fmt: skip
     text = str(err.value)
-    assert "results/cells/toyplat/toy-model/bs1/power.parquet holds none" in text
-    assert "measure that cell again (delete results/cells/toyplat/toy-model/bs1/ and rerun" in text
+    assert "results/<study>/cells/toyplat/toy-model/bs1/power.parquet holds none" in text
+    assert "measure that cell again (delete results/<study>/cells/toyplat/toy-model/bs1/ and rerun" in text
     assert "re-run aggregate_cells" not in text
 
 

@@ -15,11 +15,11 @@ from harness import REPO, TEST_CONFIGS, TEST_DIR, Project, tiny_study
 
 from tokencarbon.config import prepare_config
 from tokencarbon.errors import ConfigError, InputError
-from tokencarbon.layout import CONTINUOUS, STATIC, CellKey, probe_path
+from tokencarbon.layout import CONTINUOUS, STATIC, CellKey, probe_path, study_root
 from tokencarbon.plan import Plan
 
 
-def plan_of(config: dict, root: Path | str = "results") -> Plan:
+def plan_of(config: dict, root: Path | str | None = None) -> Plan:
     return Plan(prepare_config(config, REPO), REPO, root=root)
 
 
@@ -29,7 +29,8 @@ def plan_of(config: dict, root: Path | str = "results") -> Plan:
 def test_a_cells_name_folder_and_files():
     key = CellKey("h100-sxm-80gb", "llama-2-7b", CONTINUOUS, 16)
     assert key.name == "h100-sxm-80gb/llama-2-7b/cb16"
-    assert key.folder() == "results/cells/h100-sxm-80gb/llama-2-7b/cb16"
+    assert key.folder("results/paper") == "results/paper/cells/h100-sxm-80gb/llama-2-7b/cb16"
+    assert key.folder() == "results/<study>/cells/h100-sxm-80gb/llama-2-7b/cb16"  # for messages
     assert list(key.files("r")) == ["batches", "power", "meta", "requests", "steps"]
     assert key.files("r")["meta"] == "r/cells/h100-sxm-80gb/llama-2-7b/cb16/meta.json"
     assert list(CellKey("cpu", "m", STATIC, 1).files()) == ["batches", "power", "meta"]
@@ -37,7 +38,7 @@ def test_a_cells_name_folder_and_files():
     assert CellKey.parse(key.name) == key
     # a meta.json or CELLS row of before modes existed is static
     assert CellKey.of({"platform": "cpu", "model": "m", "batch_size": 4}) == CellKey("cpu", "m", STATIC, 4)
-    assert probe_path("cpu", "m") == "results/cells/cpu/m/probe.json"
+    assert probe_path("cpu", "m", "results/s") == "results/s/cells/cpu/m/probe.json"
 
 
 @pytest.mark.parametrize("name", ["cpu/m/xb4", "cpu/m/bs", "m/bs4", "cpu/m/bs4x"])
@@ -100,7 +101,7 @@ def test_a_measured_and_an_imported_platform(monkeypatch):
     plan = Plan.from_configfile(TEST_DIR / "config-imported/config.yaml", REPO)
     assert plan.measured == ["cpu"] and plan.imported == ["a100-sxm4-40gb"]
     assert [k.name for k in plan.cells()] == ["a100-sxm4-40gb/tiny-llama/bs2", "cpu/tiny-llama/bs1"]
-    assert plan.probes() == ["results/cells/cpu/tiny-llama/probe.json"]
+    assert plan.probes() == ["results/test-imported/cells/cpu/tiny-llama/probe.json"]
     assert plan.probes("gpt2") == [] and plan.probes("llama") == plan.probes()
     from tokencarbon.figures.registry import Study
 
@@ -120,7 +121,7 @@ def test_cells_params_carry_serving_only_for_continuous_cells():
                                      "request_rate_per_s": None, "seed": 0}  # fmt: skip
     assert static["run"]["repeats"] == 3 and static["model"]["name"] == "tiny-llama"
     assert "repeats" not in plan_of(tiny_study(run={"repeats": 1})).run_params()
-    assert plan.table_targets() == [f"results/tables/{t}.parquet" for t in
+    assert plan.table_targets() == [f"results/test-cpu/tables/{t}.parquet" for t in
                                     ("batches", "power", "cells", "metrics", "requests", "steps",
                                      "metrics_repeats")]  # fmt: skip
 
@@ -169,7 +170,7 @@ def test_the_dags_cells_probes_and_figures_are_the_plans(configfile, tmp_path, m
     shutil.copy(REPO / configfile, project / "study.yaml")
     study = REPO / "benchmarks/results" / Path(configfile).stem
     if (study / "cells").is_dir():  # a GPU study's committed cells, copied in (gpu_study.sh)
-        shutil.copytree(study / "cells", project / "results/cells")
+        shutil.copytree(study / "cells", project.path / study_root(Path(configfile).stem) / "cells")
     jobs = dag_lists(project, "study.yaml")
     monkeypatch.chdir(project.path)
     plan = Plan.from_configfile("study.yaml", REPO)
@@ -180,11 +181,11 @@ def test_the_dags_cells_probes_and_figures_are_the_plans(configfile, tmp_path, m
     waiting = sorted(f for f in inputs if f.endswith("/probe.json"))
     if plan.pending():
         # the DAG waits for a probe the plan waits for (the checkpoint raises at the first)
-        assert waiting and set(waiting) <= {probe_path(p, m) for p, m, _ in plan.pending()}
+        assert waiting and set(waiting) <= {probe_path(p, m, plan.root) for p, m, _ in plan.pending()}
     else:
         assert not waiting
         assert sorted({CellKey.parse(Path(f).parent) for f in inputs}) == sorted(plan.cells())
-        assert aggregate["input"]["meta"] == [k.files()["meta"] for k in plan.cells()]
+        assert aggregate["input"]["meta"] == [k.files(plan.root)["meta"] for k in plan.cells()]
     # the probes the tables and the summary read
     for rule, family in [("summarize_headlines", None), ("tabulate_table3", "llama"),
                          ("tabulate_table4", "gpt2")]:  # fmt: skip

@@ -118,7 +118,7 @@ def test_adding_one_batch_size_runs_exactly_one_new_cell(built):
 
     variant = write_config(built, "one_more.yaml", one_model_one_more_batch)
     cells = planned_outputs(built, r"(results/cells/\S+)/batches.parquet", "all", "--configfile", variant)
-    assert cells == {"results/cells/cpu/tiny-llama/bs3"}
+    assert cells == {"results/test-cpu/cells/cpu/tiny-llama/bs3"}  # .test/config-cpu's study
     jobs = planned_jobs(built, "all", "--configfile", variant)
     assert jobs["run_cell"] == 1
     assert "build_torch_engine" not in jobs and "probe_max_batch" not in jobs
@@ -266,7 +266,8 @@ def test_bad_source_fails_its_job_and_leaves_no_output(tmp_path):
     bad.write_text('[{"id": "x", "conversations": [{"from": "human"}]}]')  # a turn without "value"
     (tmp_path / "p").mkdir()
     project = make_project(tmp_path / "p", tiny_study(workload={"source": str(bad)}))
-    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", "results/dataset/tiny.parquet"], cwd=project,
+    pool = project.in_study("results/dataset/tiny.parquet")
+    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", pool], cwd=project,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     # The builtin tokenizer learns the source's text, so its job is the first to read the file.
@@ -358,26 +359,29 @@ def test_your_own_checkpoint_runs_the_whole_dag_on_the_first_try(tmp_path):
         shutil.copy(f, ckpt / f.name)
     (project / "my-model.yaml").write_text(readme_config("Your own model"))
     snakemake(project, "all", "--configfile", "my-model.yaml", timeout=1200)
-    manifest = yaml.safe_load((project / "results/engines/cpu/my-model/transformers/manifest.json").read_text())
+    # its own study folder (the block's `study`), beside nothing of config/config.yaml's study
+    out = project.path / "results/my-model"
+    assert {p.name for p in (project.path / "results").iterdir()} - {".cache"} == {"my-model"}
+    manifest = yaml.safe_load((out / "engines/cpu/my-model/transformers/manifest.json").read_text())
     # tiny_checkpoints.LLAMA_SHAPE with vocab 4096, by hand: per layer q 64x64 + k, v 64x32 each +
     # o 64x64 = 12,288, MLP 3 x 64 x 96 = 18,432, 2 norms x 64 -> 30,848; x 2 layers = 61,696;
     # final norm 64; embedding and untied head 2 x 4096 x 64 = 524,288. Total 586,048.
     assert manifest["param_count"] == 586_048
     assert manifest["architecture"]["hidden_size"] == 64 and manifest["architecture"]["num_kv_heads"] == 2
-    metrics = pd.read_parquet(project / "results/tables/metrics.parquet")
+    metrics = pd.read_parquet(out / "tables/metrics.parquet")
     assert sorted(metrics.batch_size) == [1, 4] and set(metrics.model) == {"my-model"}
     assert (metrics.j_per_token > 0).all()
     # 16 prompts (the README's num_prompts) served in each cell, none lost
-    cells = pd.read_parquet(project / "results/tables/cells.parquet")
+    cells = pd.read_parquet(out / "tables/cells.parquet")
     assert (cells.n_requests == 16).all()
-    assert (project / "results/summary.md").is_file()
+    assert (out / "summary.md").is_file()
     # issue 10 §4: this CPU described by the README's spec, every number labelled where it came from
     assert set(metrics.spec_source) == {
         "datasheet; row of another device (cpu): memory_gb, embodied_kg_co2e, embodied_kg_co2e_high, "
         "lifetime_years; measured: peak_tflops_fp32, peak_tflops_fp16, peak_tflops_bf16, "
         "memory_gb_per_s; config: tdp_w, logical_cpus"
     } or cells.device_name.eq("AMD EPYC 7763 64-Core Processor").all()
-    measured = yaml.safe_load((project / "results/platforms/cpu/spec.json").read_text())
+    measured = yaml.safe_load((out / "platforms/cpu/spec.json").read_text())
     assert measured["device_name"] == cells.device_name.iloc[0] and measured["logical_cpus"] == 2
     # measuring again reruns metrics and what reads them, never a cell
     jobs = planned_jobs(project, "all", "--configfile", "my-model.yaml", "--forcerun", "measure_platform")

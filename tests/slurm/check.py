@@ -30,7 +30,8 @@ def fail(message: str) -> NoReturn:
 
 
 def outputs(project: Path) -> dict[str, list[str] | None]:
-    """Every file under results/ by relative path, with its column names where it is a table."""
+    """Every file under results/ (the study's folder, results/<study>/; .cache left out) by
+    relative path, with its column names where it is a table."""
     found: dict[str, list[str] | None] = {}
     for path in sorted((project / "results").rglob("*")):
         if path.is_file() and not any(part.startswith(".") for part in path.parts):
@@ -40,7 +41,8 @@ def outputs(project: Path) -> dict[str, list[str] | None]:
 
 
 def cells(project: Path) -> set[tuple[str, str, int]]:
-    table = pq.read_table(project / "results/tables/cells.parquet", columns=["platform", "model", "batch_size"])
+    table = pq.read_table(Project(project).results / "tables/cells.parquet",
+                          columns=["platform", "model", "batch_size"])  # fmt: skip
     return set(zip(*(table.column(c).to_pylist() for c in ["platform", "model", "batch_size"])))
 
 

@@ -211,7 +211,9 @@ check_cpu_workflow() {
 # Check 2: a GPU-platform cell goes out with the profile's GPU mapping (partition gpu, --gpus=h100:1),
 # SLURM schedules it on the stand-in H100, and the cell refuses the CPU it really got.
 check_gpu_cell() {
-    local cell=results/cells/h100-sxm-80gb/tiny-llama/bs1 job
+    # the small grid's study folder: .test/config-cpu's `study` (tests/harness.py)
+    local study=results/test-cpu
+    local cell=$study/cells/h100-sxm-80gb/tiny-llama/bs1 job
     if (cd "$WORK/slurm" && "$PYTHON" -m snakemake --workflow-profile profiles/slurm \
         --slurm-init-seconds-before-status-checks "$STATUS_S" \
         "$cell/meta.json" --config 'platforms={"h100-sxm-80gb": {}}' >"$WORK/gpu.log" 2>&1); then
@@ -221,7 +223,7 @@ check_gpu_cell() {
     job=$(sed -n 's/.*rule_run_cell.*\/\([0-9]*\)\.log).*/\1/p' "$WORK/gpu.log" | head -1)
     scontrol show job "${job:-none}" >"$WORK/gpu_job.txt"
     "$PYTHON" tests/slurm/check.py gpu-cell "$WORK/gpu.log" "$WORK/gpu_job.txt" \
-        "$WORK/slurm/logs/run_cell/h100-sxm-80gb/tiny-llama/bs1.log"
+        "$WORK/slurm/$study/logs/run_cell/h100-sxm-80gb/tiny-llama/bs1.log"
 }
 
 run_check() { # run_check NAME: a failed check is counted, and the next one still runs

@@ -9,7 +9,7 @@ rule aggregate_cells:
     output:
         **PLAN.aggregate_outputs(),
     log:
-        "logs/aggregate_cells.log",
+        PLAN.log("aggregate_cells.log"),
     conda:
         "../envs/tokencarbon.yaml"
     script:

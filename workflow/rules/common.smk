@@ -3,14 +3,16 @@
 # path (PKG_ROOT) and the config files' YAML checks come first, in setup.smk.
 import copy
 import functools
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from tokencarbon.config import prepare_config
-from tokencarbon.layout import CONTINUOUS, PROBE_PATTERN, STATIC, cell_log, cell_outputs
+from tokencarbon.layout import CONTINUOUS, STATIC
 from tokencarbon.plan import Plan, choices, workdir_path
 from tokencarbon.records import read_probe
+from tokencarbon.study import check_study_folder, config_files, study_record
 
 if workflow.overwrite_configfiles:
     # A --configfile is a whole study (config/paper.yaml): it replaces the embedded default
@@ -22,6 +24,20 @@ config.update(prepare_config(config, workflow.basedir))
 
 PLAN = Plan(config, workflow.basedir)
 PLAN.check_imported_sources()
+
+# Every output of this study lies in its folder, results/<study>/ (PLAN.root; tokencarbon.layout);
+# the folder's record (study.json, written on success: study.smk) names the config file it was
+# made from and the files `all` makes; what another config, or an older version of this one, left
+# there is said here, before any job (tokencarbon.study).
+STUDY_RECORD = study_record(
+    PLAN.study,
+    config,
+    config_files(workflow.overwrite_configfiles or ["config/config.yaml"], Path.cwd()),
+    [str(Path(p).relative_to(PLAN.root)) for p in PLAN.targets()],
+)
+if workflow.is_main_process:
+    for _note in check_study_folder(PLAN.study_record(), STUDY_RECORD):
+        print(f"tokencarbon: {_note}", file=sys.stderr)
 
 
 wildcard_constraints:

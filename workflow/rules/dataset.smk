@@ -5,9 +5,9 @@ rule generate_synthetic_sharegpt:
     input:
         code=code_inputs("generate_synthetic_sharegpt"),
     output:
-        "results/dataset/synthetic_sharegpt.json",
+        PLAN.out("dataset/synthetic_sharegpt.json"),
     log:
-        "logs/generate_synthetic_sharegpt.log",
+        PLAN.log("generate_synthetic_sharegpt.log"),
     conda:
         "../envs/tokencarbon.yaml"
     params:
@@ -22,9 +22,9 @@ rule train_tokenizer:
         corpus=PLAN.tokenizer_corpus(),
         code=code_inputs("train_tokenizer"),
     output:
-        directory("results/tokenizer/builtin"),
+        directory(PLAN.out("tokenizer/builtin")),
     log:
-        "logs/train_tokenizer.log",
+        PLAN.log("train_tokenizer.log"),
     conda:
         "../envs/tokencarbon.yaml"
     params:
@@ -37,9 +37,9 @@ rule filter_sharegpt:
     input:
         unpack(filter_inputs),
     output:
-        "results/dataset/{family}.parquet",
+        PLAN.out("dataset/{family}.parquet"),
     log:
-        "logs/filter_sharegpt/{family}.log",
+        PLAN.log("filter_sharegpt/{family}.log"),
     conda:
         "../envs/tokencarbon.yaml"
     params:
@@ -53,9 +53,9 @@ rule sample_workload:
         pool=workload_pool,
         code=code_inputs("sample_workload"),
     output:
-        "results/workload/{model}.parquet",
+        PLAN.out("workload/{model}.parquet"),
     log:
-        "logs/sample_workload/{model}.log",
+        PLAN.log("sample_workload/{model}.log"),
     conda:
         "../envs/tokencarbon.yaml"
     params:

@@ -7,9 +7,9 @@ rule build_torch_engine:
         unpack(engine_inputs),
         code=code_inputs("build_torch_engine"),
     output:
-        "results/engines/{platform}/{model}/torch/manifest.json",
+        PLAN.out("engines/{platform}/{model}/torch/manifest.json"),
     log:
-        "logs/build_torch_engine/{platform}/{model}.log",
+        PLAN.log("build_torch_engine/{platform}/{model}.log"),
     wildcard_constraints:
         platform=choices(PLAN.measured),
     conda:
@@ -25,9 +25,9 @@ rule build_transformers_engine:
         unpack(engine_inputs),
         code=code_inputs("build_transformers_engine"),
     output:
-        "results/engines/{platform}/{model}/transformers/manifest.json",
+        PLAN.out("engines/{platform}/{model}/transformers/manifest.json"),
     log:
-        "logs/build_transformers_engine/{platform}/{model}.log",
+        PLAN.log("build_transformers_engine/{platform}/{model}.log"),
     wildcard_constraints:
         platform=choices(PLAN.measured),
     conda:
@@ -44,10 +44,10 @@ rule build_trtllm_engine:
         unpack(engine_inputs),
         code=code_inputs("build_trtllm_engine"),
     output:
-        manifest="results/engines/{platform}/{model}/tensorrt_llm/manifest.json",
-        engine=directory("results/engines/{platform}/{model}/tensorrt_llm/engine"),
+        manifest=PLAN.out("engines/{platform}/{model}/tensorrt_llm/manifest.json"),
+        engine=directory(PLAN.out("engines/{platform}/{model}/tensorrt_llm/engine")),
     log:
-        "logs/build_trtllm_engine/{platform}/{model}.log",
+        PLAN.log("build_trtllm_engine/{platform}/{model}.log"),
     wildcard_constraints:
         platform=choices(PLAN.measured),
     conda:

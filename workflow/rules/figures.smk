@@ -7,8 +7,9 @@ FIGURE_STUDY = Study(PLAN)
 
 
 def figure_outputs(artifact):
-    """The artifact's outputs, the one the report shows marked with its caption and category."""
-    outputs = dict(artifact.outputs)
+    """The artifact's outputs in the study's folder (the registry spells them results/<rel>:
+    Plan.in_study), the one the report shows marked with its caption and category."""
+    outputs = PLAN.in_study(dict(artifact.outputs))
     outputs[artifact.shown] = report(
         outputs[artifact.shown],
         caption=f"../report/{artifact.caption}",
@@ -23,12 +24,12 @@ for _artifact in ARTIFACTS:
         name:
             _artifact.rule
         input:
-            **_artifact.inputs(FIGURE_STUDY),
+            **PLAN.in_study(_artifact.inputs(FIGURE_STUDY)),
             code=code_inputs(_artifact.script),
         output:
             **figure_outputs(_artifact),
         log:
-            f"logs/{_artifact.rule}.log",
+            PLAN.log(f"{_artifact.rule}.log"),
         conda:
             "../envs/tokencarbon.yaml"
         params:

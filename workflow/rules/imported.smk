@@ -9,9 +9,9 @@ rule import_cell:
     input:
         unpack(import_inputs),
     output:
-        **cell_outputs(STATIC),
+        **PLAN.cell_outputs(STATIC),
     log:
-        cell_log("import_cell", STATIC),
+        PLAN.cell_log("import_cell", STATIC),
     wildcard_constraints:
         platform=choices(PLAN.imported),
     conda:

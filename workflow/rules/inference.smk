@@ -8,13 +8,13 @@
 rule run_cell:
     input:
         engine=engine_manifest,
-        workload="results/workload/{model}.parquet",
+        workload=PLAN.out("workload/{model}.parquet"),
         measured=measured_here,
         code=code_inputs("run_cell"),
     output:
-        **cell_outputs(STATIC),
+        **PLAN.cell_outputs(STATIC),
     log:
-        cell_log("run_cell", STATIC),
+        PLAN.cell_log("run_cell", STATIC),
     wildcard_constraints:
         platform=choices(PLAN.measured),
     conda:
@@ -40,9 +40,9 @@ if PLAN.backend == "openai_server":
             measured=server_measured_here,
             code=code_inputs("run_cell"),
         output:
-            **cell_outputs(CONTINUOUS),
+            **PLAN.cell_outputs(CONTINUOUS),
         log:
-            cell_log("run_continuous_cell", CONTINUOUS),
+            PLAN.cell_log("run_continuous_cell", CONTINUOUS),
         wildcard_constraints:
             platform=choices(PLAN.measured),
         conda:
@@ -63,13 +63,13 @@ else:
     rule run_continuous_cell:
         input:
             engine=engine_manifest,
-            workload="results/workload/{model}.parquet",
+            workload=PLAN.out("workload/{model}.parquet"),
             measured=measured_here,
             code=code_inputs("run_cell"),
         output:
-            **cell_outputs(CONTINUOUS),
+            **PLAN.cell_outputs(CONTINUOUS),
         log:
-            cell_log("run_continuous_cell", CONTINUOUS),
+            PLAN.cell_log("run_continuous_cell", CONTINUOUS),
         wildcard_constraints:
             platform=choices(PLAN.measured),
         conda:

@@ -7,18 +7,18 @@
 rule compute_metrics:
     input:
         unpack(metrics_inputs),
-        batches="results/tables/batches.parquet",
-        power="results/tables/power.parquet",
-        cells="results/tables/cells.parquet",
+        batches=PLAN.out("tables/batches.parquet"),
+        power=PLAN.out("tables/power.parquet"),
+        cells=PLAN.out("tables/cells.parquet"),
         # peaks rule measure_platform measured (platforms.<name>.spec.measure), if any
         measurements=measurement_files,
         code=code_inputs("compute_metrics"),
         platforms=PLAN.resource("platforms.csv"),
     output:
-        metrics="results/tables/metrics.parquet",
-        repeats="results/tables/metrics_repeats.parquet",
+        metrics=PLAN.out("tables/metrics.parquet"),
+        repeats=PLAN.out("tables/metrics_repeats.parquet"),
     log:
-        "logs/compute_metrics.log",
+        PLAN.log("compute_metrics.log"),
     conda:
         "../envs/tokencarbon.yaml"
     # carbon, `metrics` (tokencarbon.metrics.MetricsSettings), per platform its config spec
@@ -35,13 +35,13 @@ rule compute_metrics:
 rule compute_timeshift:
     input:
         unpack(metrics_inputs),
-        metrics="results/tables/metrics.parquet",
-        cells="results/tables/cells.parquet",
+        metrics=PLAN.out("tables/metrics.parquet"),
+        cells=PLAN.out("tables/cells.parquet"),
         code=code_inputs("compute_timeshift"),
     output:
-        "results/tables/timeshift.parquet",
+        PLAN.out("tables/timeshift.parquet"),
     log:
-        "logs/compute_timeshift.log",
+        PLAN.log("compute_timeshift.log"),
     conda:
         "../envs/tokencarbon.yaml"
     params:

@@ -1,19 +1,20 @@
 # OOM probe, per (platform, model): the largest batch that runs the workload's longest prompt plus
 # longest output. A checkpoint: the sweep's input function (common.smk: cell_files, through the plan) is its only reader.
-# A probe of an equal key measured before (results/.cache/probe, not an output) is reused; the job
-# still writes its own probe.json, saying reused_from (docs/architecture.md).
+# A probe of an equal key measured before (results/.cache/probe, shared by every study; not an
+# output) is reused; the job still writes its own probe.json, saying reused_from
+# (docs/architecture.md).
 
 
 checkpoint probe_max_batch:
     input:
         engine=engine_manifest,
-        workload="results/workload/{model}.parquet",
+        workload=PLAN.out("workload/{model}.parquet"),
         measured=measured_here,
         code=code_inputs("probe_max_batch"),
     output:
-        PROBE_PATTERN,
+        PLAN.probe_pattern(),
     log:
-        "logs/probe_max_batch/{platform}/{model}.log",
+        PLAN.log("probe_max_batch/{platform}/{model}.log"),
     wildcard_constraints:
         platform=choices(PLAN.measured),
     conda:
@@ -38,9 +39,9 @@ rule measure_platform:
         measured=measured_here,
         code=code_inputs("measure_platform"),
     output:
-        "results/platforms/{platform}/spec.json",
+        PLAN.out("platforms/{platform}/spec.json"),
     log:
-        "logs/measure_platform/{platform}.log",
+        PLAN.log("measure_platform/{platform}.log"),
     wildcard_constraints:
         platform=choices(PLAN.to_measure),
     conda:

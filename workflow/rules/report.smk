@@ -6,8 +6,8 @@
 # number reruns no report.
 rule build_report:
     input:
-        metrics="results/tables/metrics.parquet",
-        cells="results/tables/cells.parquet",
+        metrics=PLAN.out("tables/metrics.parquet"),
+        cells=PLAN.out("tables/cells.parquet"),
         meta=cell_metas,
         figures=report_figures(),
         captions=report_captions(),
@@ -15,7 +15,7 @@ rule build_report:
     output:
         html=PLAN.report_target(),
     log:
-        "logs/build_report.log",
+        PLAN.log("build_report.log"),
     conda:
         "../envs/tokencarbon.yaml"
     params:

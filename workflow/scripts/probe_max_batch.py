@@ -12,11 +12,13 @@ import contextlib
 
 from tokencarbon import tables
 from tokencarbon.errors import ConfigError
+from tokencarbon.layout import CACHE
 from tokencarbon.lease import cell_leases
 from tokencarbon.probe import run_probe
 
-# Under the working directory, beside the results it serves; `make clean` removes it with them.
-PROBE_CACHE = "results/.cache/probe"
+# Under the working directory, beside the study folders it serves and shared by them (its key is
+# everything that changes a probe); `make clean` removes it with them.
+PROBE_CACHE = f"{CACHE}/probe"
 
 platform = dict(snakemake.params.platform)
 if platform["kind"] == "cpu" and "logical_cpus" not in platform:
@@ -42,7 +44,7 @@ with contextlib.ExitStack() as stack:
     from tokencarbon.hardware import detect
 
     stack.enter_context(
-        configured("results/.cache/compile", detect(platform["kind"])["device_name"] or "unknown")
+        configured(f"{CACHE}/compile", detect(platform["kind"])["device_name"] or "unknown")
     )
     result = run_probe(
         model=snakemake.params.model,

@@ -20,6 +20,7 @@ print(f"this cell ends when any of {watched} exits", file=sys.stderr)
 
 from tokencarbon import tables
 from tokencarbon.cell import run_cell
+from tokencarbon.layout import CACHE
 
 # The cell leases its devices itself (tokencarbon.lease: a GPU, or the platform's logical CPUs),
 # before CUDA starts; the lease goes to the log and meta.json, never to params.
@@ -40,9 +41,9 @@ run_cell(
     out_meta=snakemake.output.meta,
     out_requests=getattr(snakemake.output, "requests", None),
     out_steps=getattr(snakemake.output, "steps", None),
-    # results/cells/<platform>/<model>/<cell>/meta.json -> results/.cache: compilation caches and
-    # shared idle windows survive between the study's jobs
-    cache_root=Path(snakemake.output.meta).parents[4] / ".cache",
+    # results/.cache (layout.CACHE, beside every study's folder, shared by them): compilation
+    # caches and shared idle windows survive between jobs and studies
+    cache_root=Path(CACHE),
     script_start_wall_ns=script_start_wall_ns,
 )
 # Every file is written and closed (meta.json last): leave without the interpreter's teardown.

@@ -6,7 +6,8 @@ measures only what is missing. benchmarks/run_chunks.py is the command; docs/chu
 
 **Order of a run.**
 1. Restore: the pack's cells, probes and job logs (`benchmarks/results/paper-<gpu>/`, each file
-   checked against the manifest's SHA-256) are copied into `results/cells/` and `logs/`; a file
+   checked against the manifest's SHA-256) are copied into the study's folder (`results/<study>/
+   cells/` and `results/<study>/logs/`, tokencarbon.layout; `study` the config's); a file
    already there must be byte-identical, else the run stops naming it.
 2. Chunk 0, setup and probes: `snakemake -n all --until probe_max_batch` lists the jobs the OOM
    probes need (dataset, tokenizer, workload, engines) and the probes; the ones whose output is
@@ -52,8 +53,8 @@ where nothing can rerun; `CELLS.git_commit` (from each meta.json) says which com
 cell, and the manifest repeats it with the device and the seconds each cell took.
 
 **Estimates** (`estimate_cell`): measured seconds + the cell's fixed cost + its idle window.
-- Measured seconds from the workload each cell serves (`results/workload/<model>.parquet`) and
-  two per-device rates fitted over the committed static cells of that device
+- Measured seconds from the workload each cell serves (`results/<study>/workload/<model>.parquet`)
+  and two per-device rates fitted over the committed static cells of that device
   (`benchmarks/results/**/cells/*/*/bs*/`, torch backend): a decode step costs
   t0 + decode_step_bytes / BW (the weights as stored and each row's KV cache read: a memory
   roofline with a fixed launch cost, fitted on relative error), a prefill p0 + FLOPs / F. Static
@@ -100,11 +101,19 @@ PROBE_RULE = "probe_max_batch"
 MODE_OF_RULE = {"run_cell": "static", "run_continuous_cell": "continuous"}
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "tokencarbon.chunks v1"
-# Inside a pack: cells and probes under cells/ (the results/cells/ tree, as benchmarks/gpu_study.sh
-# copies it), the jobs' Snakemake logs under job-logs/ (the repository's .gitignore ignores every
-# folder named logs/).
+# Inside a pack: cells and probes under cells/ (a study's results/<study>/cells/ tree, as
+# benchmarks/gpu_study.sh copies it), the jobs' Snakemake logs under job-logs/ (the repository's
+# .gitignore ignores every folder named logs/).
 PACK_CELLS, PACK_LOGS = "cells", "job-logs"
-RESULTS_CELLS = Path("results/cells")
+
+
+def cells_dir(config: Mapping[str, Any]) -> Path:
+    """The study's cell tree, results/<study>/cells (tokencarbon.layout; `study` the config's).
+    Raises ConfigError for a `study` that is no study name."""
+    from tokencarbon.layout import study_name, study_root
+
+    return Path(study_root(study_name(config))) / "cells"
+
 # What the device machine returns and carries (../shared/device/README.md): the working tree that
 # travels is at most 64 MiB, wheels (~30 MiB) and a clean clone of the repository included, so a
 # pack holds less than a third of what is left; a pack above this is reported.
@@ -190,9 +199,10 @@ def parse_dry_run(text: str) -> list[Job]:
 
 @dataclass(frozen=True)
 class Cell:
-    """A cell of the grid as its Snakemake job names it. name: its folder under results/cells
-    (`platform/model/bs4`); outputs: the job's output files (what a call targets and a pack
-    carries); logs: the job's log files; inputs: the job's inputs (engine manifest, workload)."""
+    """A cell of the grid as its Snakemake job names it. name: its folder under the study's
+    results/<study>/cells (`platform/model/bs4`); outputs: the job's output files (what a call
+    targets and a pack carries); logs: the job's log files; inputs: the job's inputs (engine
+    manifest, workload)."""
 
     name: str
     platform: str
@@ -206,17 +216,19 @@ class Cell:
     @classmethod
     def from_job(cls, job: Job) -> Cell:
         """The cell of a run_cell / run_continuous_cell job. Raises InputError for another rule or
-        outputs outside one folder of results/cells (the rules' declared layout)."""
+        outputs outside one folder of a cells/ tree (the rules' declared layout)."""
         if job.rule not in MODE_OF_RULE:
             raise InputError(f"job of rule {job.rule!r} is not a cell; cell rules: {CELL_RULES}")
         folders = {Path(o).parent for o in job.outputs}
         if len(folders) != 1:
             raise InputError(f"{job.rule} job's outputs lie in several folders: {job.outputs}")
         folder = folders.pop()
-        try:
-            name = folder.relative_to(RESULTS_CELLS).as_posix()
-        except ValueError:
-            raise InputError(f"{job.rule} job's outputs are outside {RESULTS_CELLS}: {folder}")
+        if len(folder.parts) < 4 or folder.parts[-4] != "cells":
+            raise InputError(
+                f"{job.rule} job's outputs are outside a cells/<platform>/<model>/<cell> folder: "
+                f"{folder}"
+            )
+        name = Path(*folder.parts[-3:]).as_posix()
         return cls(
             name=name,
             platform=job.wildcard("platform"),
@@ -230,7 +242,7 @@ class Cell:
 
     @property
     def folder(self) -> Path:
-        return RESULTS_CELLS / self.name
+        return Path(self.meta).parent
 
     @property
     def meta(self) -> str:
@@ -783,8 +795,8 @@ def estimate_cell(
     sources = list(overheads.sources)
     fixed = overheads.cell_fixed_s.get(cell.mode)
     measured = None
-    manifest_path = cell.input_matching(r"(^|/)results/engines/.*manifest\.json$")
-    workload_path = cell.input_matching(r"(^|/)results/workload/[^/]+\.parquet$")
+    manifest_path = cell.input_matching(r"(^|/)engines/.*manifest\.json$")
+    workload_path = cell.input_matching(r"(^|/)workload/[^/]+\.parquet$")
     if rates is None:
         sources.append("measured window: no rates for this device")
     elif not (
@@ -888,15 +900,16 @@ class Pack:
             for name, entry in self.manifest[kind].items():
                 yield kind, name, entry
 
-    def restore(self, workdir: Path) -> list[str]:
-        """Copy every packed cell, probe and log into workdir (results/cells/..., logs/...),
+    def restore(self, workdir: Path, cells: Path) -> list[str]:
+        """Copy every packed cell, probe and log into workdir (cells: the study's cell tree,
+        cells_dir(); logs where the manifest names them, results/<study>/logs/...),
         each file first checked against its SHA-256; a file already in workdir must be equal
         (then it is left as it is). Returns the names restored. Raises InputError naming the
         file for a packed file that is missing or altered, or a differing local file."""
         restored = []
         for kind, name, entry in self._entries():
             copies = [
-                (self.folder / PACK_CELLS / rel, workdir / RESULTS_CELLS / rel, info)
+                (self.folder / PACK_CELLS / rel, workdir / cells / rel, info)
                 for rel, info in entry["files"].items()
             ]
             copies += [
@@ -932,14 +945,16 @@ class Pack:
         logs: Sequence[str],
         workdir: Path,
         facts: Mapping[str, Any],
+        cells: Path,
     ) -> None:
         """Copy a finished cell's (kind "cells") or probe's ("probes") files (paths under
-        results/cells/) and logs (under logs/) from workdir into the pack, record them with
+        `cells`, the study's cell tree) and logs (under a logs/ folder) from workdir into the
+        pack, record them with
         `facts`, and save the manifest. An entry of the same name is replaced (its old record
         kept under "replaced")."""
         entry: dict[str, Any] = {"files": {}, "logs": {}, **facts}
         for f in files:
-            rel = Path(f).relative_to(RESULTS_CELLS)
+            rel = Path(f).relative_to(cells)
             dst = self.folder / PACK_CELLS / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(workdir / f, dst)
@@ -996,9 +1011,10 @@ class Pack:
 
 
 def _packed_log(log: str) -> Path:
-    """Where a job's log (a path under the workflow's logs/) lies in a pack: under job-logs/."""
+    """Where a job's log (a path under a logs/ folder: results/<study>/logs/..., or logs/... of
+    packs made before study folders) lies in a pack: under job-logs/, the part after logs/."""
     parts = Path(log).parts
-    return Path(PACK_LOGS, *(parts[1:] if parts[:1] == ("logs",) else parts))
+    return Path(PACK_LOGS, *(parts[parts.index("logs") + 1:] if "logs" in parts else parts))
 
 
 def cell_facts(cell: Cell, workdir: Path) -> dict[str, Any]:
@@ -1194,7 +1210,7 @@ def run(opts: Options) -> int:
         )
         state = _Run(opts, workdir, config, pack, smk, record, started)
         try:
-            restored = pack.restore(workdir)
+            restored = pack.restore(workdir, cells_dir(config))
             _say(
                 f"[chunks] pack {committed} ({len(taken)} entries taken into {out}): "
                 f"{len(pack.manifest['cells'])} cells, {len(pack.manifest['probes'])} probes; "
@@ -1274,10 +1290,10 @@ def _chunk0(state: _Run) -> Overheads:
         if result.returncode != 0:
             raise InputError(_failure("setup and probes", result))
         for j in missing:
-            name = Path(j.outputs[0]).parent.relative_to(RESULTS_CELLS).as_posix()
+            name = Path(j.outputs[0]).parent.relative_to(cells_dir(state.config)).as_posix()
             facts = probe_facts(workdir / j.outputs[0])
             facts |= {"seconds": round(result.seconds, 3), "run": state.run_index}
-            pack.add("probes", name, j.outputs, j.logs, workdir, facts)
+            pack.add("probes", name, j.outputs, j.logs, workdir, facts, cells_dir(state.config))
         state.save()
     if kept:
         _say(
@@ -1316,16 +1332,17 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
     todo = [c for c in ordered if not is_done(c, workdir)]
     # probes and cells found finished here but not in the pack (measured before): packed too
     for platform, model in sorted({(c.platform, c.model) for c in grid}):
-        probe = (RESULTS_CELLS / platform / model / "probe.json").as_posix()
+        probe = (cells_dir(config) / platform / model / "probe.json").as_posix()
         if (workdir / probe).is_file() and f"{platform}/{model}" not in pack.manifest["probes"]:
             logs = state.kept_probe_logs.get(probe, ())
             facts = {**probe_facts(workdir / probe), "seconds": None, "run": state.run_index}
-            pack.add("probes", f"{platform}/{model}", [probe], logs, workdir, facts)
+            pack.add("probes", f"{platform}/{model}", [probe], logs, workdir, facts,
+                     cells_dir(config))  # fmt: skip
     for cell in done:
         if cell.name not in pack.manifest["cells"]:
             facts = {**cell_facts(cell, workdir), "seconds": None, "estimate_s": None}
             facts |= {"run": state.run_index, "note": "found finished on disk"}
-            pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts)
+            pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts, cells_dir(config))
     repeats = _cell_repeats(config, grid)
     idle_s = _number_setting(config, "power", "idle_s", 3.0)
     idle_share = _number_setting(config, "power", "idle_share_s", 0.0) > 0
@@ -1418,7 +1435,8 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
                 "estimate_s": None if est is None else round(est, 3),
                 "run": state.run_index,
             }
-            state.pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts)
+            state.pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts,
+                           cells_dir(state.config))  # fmt: skip
             record["measured"].append(cell.name)
             state.save()
             if est is not None:
@@ -1462,7 +1480,7 @@ def _probe_architecture(job: Job, workdir: Path, config) -> str:
 
 
 def _quantized(cell: Cell, workdir: Path) -> bool:
-    manifest = cell.input_matching(r"(^|/)results/engines/.*manifest\.json$")
+    manifest = cell.input_matching(r"(^|/)engines/.*manifest\.json$")
     if manifest and (workdir / manifest).is_file():
         return json.loads((workdir / manifest).read_text()).get("quantization", "none") != "none"
     return False
@@ -1489,7 +1507,7 @@ def _rates(folders: Sequence[Path], device_rows, config) -> dict[str, Rates]:
     backend = (config.get("backend") or {}).get("name", "torch")
     static = MODE_PREFIX["static"]
     metas = sorted(
-        {m for f in folders for m in f.glob(f"**/{RESULTS_CELLS.name}/*/*/{static}*/meta.json")}
+        {m for f in folders for m in f.glob(f"**/cells/*/*/{static}*/meta.json")}
     )
     points = committed_cell_points(metas, backend)
     out = {}
@@ -1504,7 +1522,7 @@ def _rates(folders: Sequence[Path], device_rows, config) -> dict[str, Rates]:
 
 
 def _datasheet(row, cell: Cell, workdir: Path) -> Rates | None:
-    manifest = cell.input_matching(r"(^|/)results/engines/.*manifest\.json$")
+    manifest = cell.input_matching(r"(^|/)engines/.*manifest\.json$")
     if not (manifest and (workdir / manifest).is_file()):
         return None
     try:

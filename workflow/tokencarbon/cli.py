@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tokencarbon.errors import TokencarbonError
+from tokencarbon.layout import DEFAULT_STUDY, study_name, study_root
 
 # carbon.DEFAULT_MAX_FILL_S, read without importing numpy: `tokencarbon measure` loads numpy (and
 # never pandas, unless --trace is read) while its power sidecar starts (tokencarbon.monitor).
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the workflow (Snakefile, config/config.yaml and profiles/default of the "
         "checkout) with Snakemake; arguments after `run` go to Snakemake unchanged (--cores 1 "
         "is added when no -c/--cores/-j is given). After a full run it builds the report and "
-        "prints where results/summary.md and the report are.",
+        "prints where the study's summary.md and report are (results/<study>/, the config's "
+        "`study`).",
         epilog=EXAMPLES["run"], formatter_class=fmt,
     )  # fmt: skip
     r.add_argument("--directory", type=Path, default=None,
@@ -111,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser(
         "import", help="turn an external power log plus a timing file into cells",
-        description="Build cells (results/cells/<platform>/<model>/bs<n>/: batches.parquet, "
+        description="Build cells (<cells>/<platform>/<model>/bs<n>/: batches.parquet, "
         "power.parquet, meta.json, the measured cells' schemas) from a power log (an nvidia-smi "
         "--query-gpu CSV with any columns, units or nounits, local or ISO-8601 times; CodeCarbon's "
         "emissions.csv; `nvidia-smi dmon -o DT` or `dcgmi dmon` text) and a timing CSV (start, "
@@ -164,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a span of the log when the device ran nothing: idle power; times as in the "
         "timing file (epoch seconds, ISO-8601, or local time in --tz)",
     )
-    i.add_argument("--out", type=Path, default=Path("results/cells"), help="cells go here")
+    i.add_argument("--out", type=Path, default=Path(study_root(DEFAULT_STUDY)) / "cells",
+                   help="cells go here: a study's cell tree, results/<study>/cells (default: "
+                   "the default study's)")  # fmt: skip
     i.add_argument("--force", action="store_true", help="replace cells that already exist")
     _carbon_args(i)
     i.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -287,6 +291,41 @@ def _configfile_args(args: list[str]) -> list[str]:
     return files
 
 
+def _config_args(args: list[str]) -> list[str]:
+    """The key=value entries given to Snakemake with --config (several may follow one)."""
+    values, taking = [], False
+    for x in args:
+        if x == "--config":
+            taking = True
+        elif x.startswith("--config="):
+            values.append(x.split("=", 1)[1])
+            taking = False
+        elif taking and not x.startswith("-"):
+            values.append(x)
+        else:
+            taking = False
+    return values
+
+
+def study_folder(root: Path, args: list[str]) -> Path:
+    """The folder of the study Snakemake `args` run in checkout root: root/results/<study>
+    (tokencarbon.layout), `study` that of the --configfile(s) (the last that names one; none:
+    config/config.yaml), a --config study=... on top. Raises ConfigError for a name that is no
+    study name."""
+    import yaml
+
+    study = None
+    for f in _configfile_args(args) or ["config/config.yaml"]:
+        path = root / f if not Path(f).is_absolute() else Path(f)
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if isinstance(data, dict) and "study" in data:
+            study = data["study"]
+    for entry in _config_args(args):
+        if entry.startswith("study="):
+            study = entry.split("=", 1)[1]
+    return root / study_root(study_name({} if study is None else {"study": study}))
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     root = checkout_dir(a.directory)
     args = [x for x in a.snakemake_args if x != "--"]
@@ -308,8 +347,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     code = subprocess.run(cmd, cwd=root).returncode
     if code != 0 or any(x in _NO_RESULT for x in args):
         return code
-    summary = root / "results" / "summary.md"
-    report = root / "results" / "report.html"
+    folder = study_folder(root, args)
+    summary = folder / "summary.md"
+    report = folder / "report.html"
     if a.no_report:
         why_no_report = "--no-report"
     elif targets:

@@ -1,6 +1,12 @@
-"""Where a study's files lie: a cell's key (platform, model, mode, n), its name
-`<platform>/<model>/<prefix><n>` and folder, the files it holds, and the OOM probe's path. The one
-place these are spelled; small and stable, since jobs import it (a change here reruns them).
+"""Where a study's files lie: its folder results/<study>/ (the config's `study` key), a cell's
+key (platform, model, mode, n), its name `<platform>/<model>/<prefix><n>` and folder, the files it
+holds, the OOM probe's path and the jobs' logs. The one place these are spelled; small and stable,
+since jobs import it (a change here reruns them).
+
+Every output of a study lies under results/<study>/ (cells/, tables/, figures/, summary.md,
+report.html, export/, the workload, engines and logs/), so two configs never write into one
+folder; results/.cache/ (compilation and probe caches, keyed by what changes them) is shared by
+all studies on purpose (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from typing import Any
 from tokencarbon.errors import ConfigError
 
 STATIC, CONTINUOUS = "static", "continuous"
-# A cell's folder prefix per mode, results/cells/<platform>/<model>/<prefix><n>; in this order the
-# cells of one (platform, model) are listed. A server cell (backend openai_server, issue 25) is a
-# continuous cell whose engine is the server (cell.ServerMode), not a mode of its own.
+# A cell's folder prefix per mode, results/<study>/cells/<platform>/<model>/<prefix><n>; in this
+# order the cells of one (platform, model) are listed. A server cell (backend openai_server, issue
+# 25) is a continuous cell whose engine is the server (cell.ServerMode), not a mode of its own.
 MODE_PREFIX = {STATIC: "bs", CONTINUOUS: "cb"}
 MODES = tuple(MODE_PREFIX)
 # The config key under `sweep` listing each mode's n, and the probe.json key an `auto` sweep reads.
@@ -34,14 +40,59 @@ CELL_FILES = {
     },
 }
 RESULTS = "results"
-TABLES = f"{RESULTS}/tables"
+# Shared by every study: caches keyed by what changes their content (tokencarbon.compile_cache,
+# tokencarbon.probe.cache), so a second study reuses the first's compilations and probes.
+CACHE = f"{RESULTS}/.cache"
+# The study a config without a `study` key writes (config/config.yaml names it).
+DEFAULT_STUDY = "default"
+# A study's name: a folder name that is no file or folder of the layout itself (a study named
+# "tables" would lie at results/tables, where an old layout's tables were). The schema
+# (workflow/schemas/config.schema.yaml, key `study`) spells the same rule.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+RESERVED_STUDY_NAMES = frozenset(
+    {"cells", "tables", "figures", "export", "dataset", "tokenizer", "workload", "engines",
+     "platforms", "logs", "chunks", "cache"}
+)  # fmt: skip
+# A study folder's name where the study is not known (a message of a module that has only a cell).
+ANY_STUDY = f"{RESULTS}/<study>"
+# The record a study folder holds of the config it was made from (tokencarbon.study).
+STUDY_RECORD = "study.json"
+
+
+def study_name(config: Mapping[str, Any]) -> str:
+    """The config's `study` (DEFAULT_STUDY where absent). Raises ConfigError for a name that is no
+    plain folder name or is one of RESERVED_STUDY_NAMES."""
+    name = config.get("study", DEFAULT_STUDY)
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or name in RESERVED_STUDY_NAMES:
+        raise ConfigError(
+            f"config key study: {name!r} is no study name; use letters, digits, '-' and '_' "
+            f"(starting with a letter or digit), none of {sorted(RESERVED_STUDY_NAMES)}"
+        )
+    return name
+
+
+def study_root(study: str) -> str:
+    """The folder of study `study`'s outputs, relative to the working directory: results/<study>."""
+    return f"{RESULTS}/{study}"
+
+
+def in_study(path: str, root: str) -> str:
+    """`path` as it lies in the study folder `root`: a study-relative path spelled results/<rel>
+    (the figure registry's and export's names, tokencarbon.figures.registry) becomes <root>/<rel>;
+    a path already under root, or not under results/ (a config's trace, resources/...), is
+    returned as it is."""
+    path = str(path)
+    if path == root or path.startswith(f"{root}/") or not path.startswith(f"{RESULTS}/"):
+        return path
+    return f"{root}/{path.removeprefix(f'{RESULTS}/')}"
 
 
 @dataclass(frozen=True, order=True)
 class CellKey:
     """One cell of a study: (platform, model, mode, n), n the batch size of a static cell or the
     max_num_seqs of a continuous one (the CELLS table's batch_size). Its name is
-    `<platform>/<model>/<prefix><n>` (MODE_PREFIX), its folder results/cells/<name>."""
+    `<platform>/<model>/<prefix><n>` (MODE_PREFIX), its folder <root>/cells/<name>, root a study
+    folder (study_root)."""
 
     platform: str
     model: str
@@ -56,10 +107,12 @@ class CellKey:
     def name(self) -> str:
         return f"{self.platform}/{self.model}/{MODE_PREFIX[self.mode]}{self.n}"
 
-    def folder(self, root: str | Path = RESULTS) -> str:
+    def folder(self, root: str | Path = ANY_STUDY) -> str:
+        """<root>/cells/<name>; without root, spelled for any study (results/<study>/cells/...),
+        for messages."""
         return f"{root}/cells/{self.name}"
 
-    def files(self, root: str | Path = RESULTS) -> dict[str, str]:
+    def files(self, root: str | Path = ANY_STUDY) -> dict[str, str]:
         """stem -> path of each file the finished cell holds (CELL_FILES)."""
         return {stem: f"{self.folder(root)}/{name}" for stem, name in CELL_FILES[self.mode].items()}
 
@@ -86,26 +139,28 @@ class CellKey:
         return cls(parts[0], parts[1], mode, int(m[2]))
 
 
-def cell_pattern(mode: str, stem: str) -> str:
-    """The rule output pattern of a cell's file `stem` (results/cells/{platform}/{model}/bs{batch}/
-    batches.parquet, ...)."""
-    folder = f"{RESULTS}/cells/{{platform}}/{{model}}/{MODE_PREFIX[mode]}{{batch}}"
+def cell_pattern(mode: str, stem: str, root: str) -> str:
+    """The rule output pattern of a cell's file `stem` in study folder `root`
+    (<root>/cells/{platform}/{model}/bs{batch}/batches.parquet, ...)."""
+    folder = f"{root}/cells/{{platform}}/{{model}}/{MODE_PREFIX[mode]}{{batch}}"
     return f"{folder}/{CELL_FILES[mode][stem]}"
 
 
-def cell_outputs(mode: str) -> dict[str, str]:
+def cell_outputs(mode: str, root: str) -> dict[str, str]:
     """stem -> output pattern of every file a cell of `mode` writes (a rule's outputs)."""
-    return {stem: cell_pattern(mode, stem) for stem in CELL_FILES[mode]}
+    return {stem: cell_pattern(mode, stem, root) for stem in CELL_FILES[mode]}
 
 
-def cell_log(rule: str, mode: str) -> str:
-    return f"logs/{rule}/{{platform}}/{{model}}/{MODE_PREFIX[mode]}{{batch}}.log"
+def log_path(root: str, name: str) -> str:
+    """A job's log in study folder `root`: <root>/logs/<name> (name e.g. "aggregate_cells.log")."""
+    return f"{root}/logs/{name}"
 
 
-def probe_path(platform: str, model: str, root: str | Path = RESULTS) -> str:
+def cell_log(rule: str, mode: str, root: str) -> str:
+    return log_path(root, f"{rule}/{{platform}}/{{model}}/{MODE_PREFIX[mode]}{{batch}}.log")
+
+
+def probe_path(platform: str, model: str, root: str | Path) -> str:
     """Where the OOM probe of (platform, model) lies: inside the cell tree, so that copying
-    results/cells/<platform>/ carries it (docs/architecture.md)."""
+    <root>/cells/<platform>/ carries it (docs/architecture.md)."""
     return f"{root}/cells/{platform}/{model}/probe.json"
-
-
-PROBE_PATTERN = probe_path("{platform}", "{model}")

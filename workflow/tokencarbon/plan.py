@@ -42,12 +42,16 @@ from tokencarbon.layout import (
     MODE_PREFIX,
     MODES,
     PROBE_KEY,
-    RESULTS,
     STATIC,
     SWEEP_KEY,
-    TABLES,
     CellKey,
+    cell_log,
+    cell_outputs,
+    in_study,
+    log_path,
     probe_path,
+    study_name,
+    study_root,
 )
 from tokencarbon.records import CellMeta, read_probe
 
@@ -79,14 +83,17 @@ ProbeReader = Callable[[str, str], Mapping[str, Any] | None]
 class Plan:
     """A validated config (defaults filled: config.prepare_config, or Snakemake's validate) as the
     study it plans. workflow_dir: the workflow's folder (resources/, `auto` architectures' relative
-    checkpoints); root: the results folder cells and probes lie under, relative to the working
-    directory."""
+    checkpoints); root: the study's folder, where every output of the study lies (cells, probes,
+    tables, figures, logs), relative to the working directory; default results/<study>
+    (layout.study_root of the config's `study`), another for a committed study's folder
+    (benchmarks/results/<study>). Raises ConfigError for a `study` that is no study name."""
 
     def __init__(self, config: Mapping[str, Any], workflow_dir: str | Path | None = None,
-                 root: str | Path = RESULTS) -> None:  # fmt: skip
+                 root: str | Path | None = None) -> None:  # fmt: skip
         self.config = config
         self.workflow_dir = workflow_dir
-        self.root = str(root)
+        self.study = study_name(config)
+        self.root = str(root) if root is not None else study_root(self.study)
         self.platforms = sorted(config["platforms"])
         self.models = sorted(config["models"])
         self.families = sorted({config["models"][m]["family"] for m in self.models})
@@ -253,6 +260,44 @@ class Plan:
             "probes": self.probes(),
         }
 
+    # ------------------------------------------------------------------ the study's folder
+
+    def out(self, rel: str) -> str:
+        """The path of `rel` (e.g. "tables/metrics.parquet") in the study's folder."""
+        return f"{self.root}/{rel}"
+
+    def log(self, name: str) -> str:
+        """A job's log in the study's folder (<root>/logs/<name>)."""
+        return log_path(self.root, name)
+
+    def cell_outputs(self, mode: str) -> dict[str, str]:
+        """A cell rule's output patterns in the study's folder (layout.cell_outputs)."""
+        return cell_outputs(mode, self.root)
+
+    def cell_log(self, rule: str, mode: str) -> str:
+        """A cell rule's log pattern in the study's folder (layout.cell_log)."""
+        return cell_log(rule, mode, self.root)
+
+    def probe_pattern(self) -> str:
+        """The OOM probe checkpoint's output pattern, <root>/cells/{platform}/{model}/probe.json."""
+        return probe_path("{platform}", "{model}", self.root)
+
+    def in_study(self, paths: Any) -> Any:
+        """A path, or a list of paths, or a dict of either, with study-relative names spelled
+        results/<rel> (the figure registry's, export's) moved into the study's folder
+        (layout.in_study); other paths as they are."""
+        if isinstance(paths, Mapping):
+            return {k: self.in_study(v) for k, v in paths.items()}
+        if isinstance(paths, list | tuple):
+            return [in_study(p, self.root) for p in paths]
+        return in_study(paths, self.root)
+
+    def study_record(self) -> str:
+        """The study folder's record of the config it was made from (tokencarbon.study)."""
+        from tokencarbon.layout import STUDY_RECORD
+
+        return self.out(STUDY_RECORD)
+
     # ------------------------------------------------------------------ tables and targets
 
     def aggregate_outputs(self) -> dict[str, str]:
@@ -260,7 +305,7 @@ class Plan:
         names = ["batches", "power", "cells"]
         if self.has_continuous_cells():
             names += ["requests", "steps"]
-        return {n: f"{TABLES}/{n}.parquet" for n in names}
+        return {n: self.out(f"tables/{n}.parquet") for n in names}
 
     def uses_trace(self) -> bool:
         return self.config["carbon"]["source"] == "trace"
@@ -273,37 +318,38 @@ class Plan:
         names.append("metrics_repeats")
         if self.uses_trace():
             names.append("timeshift")
-        return [f"{TABLES}/{n}.parquet" for n in names]
+        return [self.out(f"tables/{n}.parquet") for n in names]
 
     def figure_targets(self) -> list[str]:
         """Every figure, table and summary file of the registry `all` wants (registry.targets)."""
         from tokencarbon.figures.registry import Study, targets
 
-        return targets(Study(self))
+        return self.in_study(targets(Study(self)))
 
     def targets(self) -> list[str]:
-        """What `all` builds: every model's workload, the tables, the figures' registry, the
-        export and the report."""
+        """What `all` builds, all in the study's folder: every model's workload, the tables, the
+        figures' registry, the export and the report (the folder's record, study.json, is written
+        after a successful run: workflow/rules/study.smk)."""
         from tokencarbon.export import EXPORT_TARGETS
 
         return (
-            [f"{RESULTS}/workload/{m}.parquet" for m in self.models]
+            [self.out(f"workload/{m}.parquet") for m in self.models]
             + self.table_targets()
             + self.figure_targets()
-            + list(EXPORT_TARGETS)
+            + self.in_study(list(EXPORT_TARGETS))
             + [self.report_target()]
         )
 
     def report_target(self) -> str:
         """The study's HTML report (rule build_report, tokencarbon.report)."""
-        return f"{RESULTS}/report.html"
+        return self.out("report.html")
 
     # ------------------------------------------------------------------ inputs of jobs
 
     def tokenizer_corpus(self) -> str:
         """What the builtin tokenizer learns: the synthetic corpus or the workload source file."""
         source = self.config["workload"]["source"]
-        return f"{RESULTS}/dataset/synthetic_sharegpt.json" if source == "synthetic" else source
+        return self.out("dataset/synthetic_sharegpt.json") if source == "synthetic" else source
 
     def filter_inputs(self, family: str) -> dict[str, str]:
         """filter_sharegpt's data inputs: the source file (not for an "hf:" dataset) and the
@@ -311,18 +357,18 @@ class Plan:
         inputs = {}
         source = self.config["workload"]["source"]
         if source == "synthetic":
-            inputs["source"] = f"{RESULTS}/dataset/synthetic_sharegpt.json"
+            inputs["source"] = self.out("dataset/synthetic_sharegpt.json")
         elif not source.startswith("hf:"):
             inputs["source"] = source
         if self.config["families"][family]["tokenizer"] == "builtin":
-            inputs["tokenizer"] = f"{RESULTS}/tokenizer/builtin"
+            inputs["tokenizer"] = self.out("tokenizer/builtin")
         return inputs
 
     def workload_pool(self, model: str) -> str:
         """sample_workload's pool, num_prompts first checked against the pool on disk
         (config.check_pool_holds_num_prompts: a failed sample job would delete the workload)."""
         family = self.data_family(model)
-        pool = f"{RESULTS}/dataset/{family}.parquet"
+        pool = self.out(f"dataset/{family}.parquet")
         check_pool_holds_num_prompts(self.config, family, pool)
         return pool
 
@@ -330,24 +376,24 @@ class Plan:
         """The engine a probe or cell of this model runs, its vocabulary first checked against the
         builtin tokenizer's (config.check_model_vocabulary: the cells would refuse the ids)."""
         check_model_vocabulary(self.config, model, self.workflow_dir)
-        return f"{RESULTS}/engines/{platform}/{model}/{self.backend}/manifest.json"
+        return self.out(f"engines/{platform}/{model}/{self.backend}/manifest.json")
 
     def cell_inputs(self, platform: str, model: str) -> dict[str, str]:
         """A measured cell's data inputs: its model's workload and the engine it runs
         (engine_manifest); a server cell (backend openai_server) has no engine job, and reads the
         builtin tokenizer where its family uses it (prompts sent as text are decoded by it)."""
-        inputs = {"workload": f"{RESULTS}/workload/{model}.parquet"}
+        inputs = {"workload": self.out(f"workload/{model}.parquet")}
         if self.backend != "openai_server":
             return {"engine": self.engine_manifest(platform, model)} | inputs
         check_model_vocabulary(self.config, model, self.workflow_dir)
         if self.config["families"][self.data_family(model)]["tokenizer"] == "builtin":
-            inputs["tokenizer"] = f"{RESULTS}/tokenizer/builtin"
+            inputs["tokenizer"] = self.out("tokenizer/builtin")
         return inputs
 
     def server_params(self, model: str) -> dict[str, Any]:
         """A server cell's params `server` (backend openai_server): {"settings": backend.
         openai_server with every default spelled (ServerSettings.record: the API key's variable
-        name, never a key), "tokenizer": the model family's tokenizer (results/tokenizer/builtin,
+        name, never a key), "tokenizer": the model family's tokenizer (<root>/tokenizer/builtin,
         a local folder or a hub id), which decodes prompts sent as text}, without server_pid and
         server_cgroup (SERVER_RUNTIME_KEYS: a restarted server has another pid, and reruns no
         cell; the job reads them from the config, run_cell's `server_runtime`). Raises ConfigError
@@ -356,7 +402,7 @@ class Plan:
 
         tokenizer = self.config["families"][self.data_family(model)]["tokenizer"]
         if tokenizer == "builtin":
-            tokenizer = f"{RESULTS}/tokenizer/builtin"
+            tokenizer = self.out("tokenizer/builtin")
         settings = server_settings(self.config["backend"].get("openai_server")).record()
         for key in SERVER_RUNTIME_KEYS:  # which process is the server: not what a cell measures
             settings.pop(key)
@@ -409,7 +455,7 @@ class Plan:
         if self.uses_trace():
             inputs["trace"] = self.config["carbon"]["trace"]
         if self.has_continuous_cells():
-            inputs |= {n: f"{TABLES}/{n}.parquet" for n in ("requests", "steps")}
+            inputs |= {n: self.out(f"tables/{n}.parquet") for n in ("requests", "steps")}
         return inputs
 
     # ------------------------------------------------------------------ params of jobs
