@@ -2,8 +2,8 @@
 process start to its exit, against its measured windows.
 
     python benchmarks/cell_overhead.py --out benchmarks/results/cpu-cell-overhead.json \
-        --label after --targets results/cells/cpu/tiny-llama/bs4/meta.json \
-                                results/cells/cpu/tiny-llama/cb4/meta.json
+        --label after --targets results/default/cells/cpu/tiny-llama/bs4/meta.json \
+                                results/default/cells/cpu/tiny-llama/cb4/meta.json
 
 For each target the script first runs Snakemake once to make what the cells need and not the cells
 (`--omit-from` the cell rules: dataset, workload, engine manifest; timed as "setup"; --setup-from
@@ -163,6 +163,19 @@ def cell_facts(cell_dir: Path, job: dict) -> dict:
     }
 
 
+def study_folder(checkout: Path, configfile: str | None, study: str | None = None) -> Path:
+    """Where `checkout` puts the study's outputs: results/<study>/ (`study`, else the config's
+    `study`, else "default") where its layout has study folders (tokencarbon/study.py exists,
+    from issue 24), else results/ (older trees, e.g. a .before/ copy)."""
+    if not (checkout / "workflow" / "tokencarbon" / "study.py").exists():
+        return checkout / "results"
+    if study is None and configfile:
+        import yaml
+
+        study = (yaml.safe_load(Path(configfile).read_text()) or {}).get("study")
+    return checkout / "results" / (study or "default")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", nargs="+", required=True, help="cells' meta.json paths")
@@ -175,7 +188,9 @@ def main() -> int:
     p.add_argument("--cores", type=int, default=1)
     p.add_argument("--snakemake", default=shutil.which("snakemake") or "snakemake")
     p.add_argument("--setup-from", type=Path, default=None,
-                   help="a checkout whose results/{dataset,tokenizer,workload,engines} to copy")
+                   help="a checkout whose study folder's dataset, tokenizer, workload, engines to copy")
+    p.add_argument("--setup-from-study", default=None,
+                   help="the study folder to copy from in --setup-from (default: this config's)")
     a = p.parse_args()
 
     repo = a.repo.resolve()
@@ -197,9 +212,9 @@ def main() -> int:
     # Setup: everything the cells need, not the cells.
     if a.setup_from is not None:
         for part in ("dataset", "tokenizer", "workload", "engines"):
-            src = a.setup_from.resolve() / "results" / part
+            src = study_folder(a.setup_from.resolve(), a.configfile, a.setup_from_study) / part
             if src.exists():
-                shutil.copytree(src, repo / "results" / part, dirs_exist_ok=True)
+                shutil.copytree(src, study_folder(repo, a.configfile) / part, dirs_exist_ok=True)
     setup_s, _ = snakemake(  # targets first: --configfile and --config take every word after them
         repo, [*a.targets, *common, "--omit-from", "run_cell", "run_continuous_cell"], a.snakemake
     )

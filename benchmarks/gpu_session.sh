@@ -56,9 +56,9 @@ for s in "$@"; do
         mapfile -t targets < <(python3 -c 'import sys, yaml
 c = yaml.safe_load(open(sys.argv[1]))
 for m in c["models"]:
-    print(f"results/cells/{sys.argv[2]}/{m}/probe.json")
+    print(f"results/{c['study']}/cells/{sys.argv[2]}/{m}/probe.json")
     for b in c["sweep"]["batch_sizes"]:
-        print(f"results/cells/{sys.argv[2]}/{m}/bs{b}/meta.json")' "config/$STUDY.yaml" "$platform")
+        print(f"results/{c['study']}/cells/{sys.argv[2]}/{m}/bs{b}/meta.json")' "config/$STUDY.yaml" "$platform")
         # targets first: --config takes every word after it
         step grid python3 -m snakemake "${targets[@]}" --cores 16 --resources gpu="$ngpu" \
             --configfile "config/$STUDY.yaml" \
@@ -66,7 +66,7 @@ for m in c["models"]:
         tail -4 session-logs/grid.log
         ;;
     oom) step oom python3 benchmarks/oom_table.py --memory-limit-gb 40 none ;;
-    lease) step lease python3 benchmarks/lease_check.py "results/cells/$platform" \
+    lease) step lease python3 benchmarks/lease_check.py "results/$STUDY/cells/$platform" \
         --out "$OUT/$platform-x$ngpu-lease.json"; cat session-logs/lease.log ;;
     decode) step decode python3 benchmarks/decode_roofline.py --modes graph compile \
         --compile-max-batch 1 ;;
@@ -84,15 +84,19 @@ import sys, yaml
 c = yaml.safe_load(open("config/paper-h200.yaml"))
 c["platforms"] = {sys.argv[1]: {}}
 c["models"] = {"llama-2-7b": c["models"]["llama-2-7b"]}
+c["study"] = "overhead"  # its own folder, results/overhead/ (older trees refuse the key: below)
 c["run"]["repeats"] = 1
 c["run"].pop("repeats_at_ends", None)  # one repeat at every size (and a key older trees refuse)
 c["sweep"] |= {"batch_sizes": [1, 8], "max_num_seqs": [min(32, int(sys.argv[2]))]}
 c["workload"] |= {"num_prompts": int(sys.argv[2]), "synthetic_conversations": int(sys.argv[3])}
 print(yaml.safe_dump(c))
 PY
-        targets=()
+        # the same config for a tree from before study folders (results/cells/...): no `study` key
+        grep -v '^study: ' /tmp/overhead.yaml > /tmp/overhead-before.yaml
+        targets=() before_targets=()
         for cell in ${OVERHEAD_CELLS:-bs8 cb32}; do
-            targets+=("results/cells/$platform/llama-2-7b/$cell/meta.json")
+            targets+=("results/overhead/cells/$platform/llama-2-7b/$cell/meta.json")
+            before_targets+=("results/cells/$platform/llama-2-7b/$cell/meta.json")
         done
         # this tree first (a cold and a warm compilation cache), then the previous commit's
         # workflow in .before/ on the same workload (copied: --setup-from)
@@ -102,8 +106,8 @@ PY
         tail -5 session-logs/overhead.log
         if [ -d .before ] && [ "${OVERHEAD_BEFORE:-1}" != 0 ]; then
             step overhead_before python3 benchmarks/cell_overhead.py --repo .before --label before \
-                --setup-from . --passes 1 --cores 16 --configfile /tmp/overhead.yaml \
-                --out "$OUT/$platform-cell-overhead-before.json" --targets "${targets[@]}"
+                --setup-from . --setup-from-study overhead --passes 1 --cores 16 --configfile /tmp/overhead-before.yaml \
+                --out "$OUT/$platform-cell-overhead-before.json" --targets "${before_targets[@]}"
             tail -3 session-logs/overhead_before.log
         fi
         ;;
@@ -120,5 +124,6 @@ PY
     *) echo "unknown step $s (valid: grid oom lease decode profile tests sidecar overhead smoke serving server_engine probe probe_bisect)" >&2 ;;
     esac
 done
-tar czf "$OUT/cells-$STUDY-$platform.tar.gz" session-logs $(ls -d "results/cells/$platform" logs 2>/dev/null)
+tar czf "$OUT/cells-$STUDY-$platform.tar.gz" session-logs $(ls -d "results/$STUDY/cells/$platform" \
+    "results/$STUDY/logs" results/overhead/cells results/overhead/logs 2>/dev/null)
 for f in session-logs/*.log; do echo "== $f"; tail -n 15 "$f" | cut -c1-300; done

@@ -17,7 +17,7 @@ run_grid() {  # run_grid NAME CAP_S [--config ...]: all cells of the config in i
     for f in Snakefile workflow resources profiles; do ln -sfn "$PWD/$f" "grid-$name/$f"; done
     cp config/h200-models.yaml "grid-$name/config/config.yaml"
     (cd "grid-$name" && timeout -k 10 "$cap" python3 -m snakemake \
-        results/tables/metrics.parquet --cores 16 --resources gpu=1 "$@" > "../$name.log" 2>&1)
+        results/h200-models/tables/metrics.parquet --cores 16 --resources gpu=1 "$@" > "../$name.log" 2>&1)
     echo "grid $name: exit $? after $((SECONDS - t0)) s"; tail -5 "$name.log"
 }
 run_grid transformers "${CAP_TRANSFORMERS_S:-300}"
@@ -26,5 +26,5 @@ t0=$SECONDS
 timeout -k 10 "${CAP_TESTS_S:-120}" python3 -m pytest -q -m gpu -p no:cacheprovider tests \
     > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests: exit $? after $((SECONDS - t0)) s"; tail -3 "$OUT/gpu-tests.log"
-tar czf "$OUT/cells.tar.gz" transformers.log torch.log grid-*/results/cells grid-*/results/tables grid-*/logs 2>/dev/null
+tar czf "$OUT/cells.tar.gz" transformers.log torch.log grid-*/results/h200-models/cells grid-*/results/h200-models/tables grid-*/results/h200-models/logs 2>/dev/null
 ls -la "$OUT"

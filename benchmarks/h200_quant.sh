@@ -27,13 +27,13 @@ extra=()
 if grep -q '"cuda_graphs": false' "$OUT"/*-quant.json 2>/dev/null; then
     extra=(--config 'backend={"cuda_graphs": false}')
 fi
-pack() { tar czf "$OUT/cells.tar.gz" ./*.log grid/results/cells grid/logs 2>/dev/null; }
+pack() { tar czf "$OUT/cells.tar.gz" ./*.log grid/results/h200-wq4/cells grid/results/h200-wq4/logs 2>/dev/null; }
 # one Snakemake call per model, 7B first: a call cut short keeps the earlier model's cells
 for m in llama-2-7b-wq4 llama-2-13b-wq4; do
     t0=$SECONDS
     (cd grid && timeout -k 10 "${CAP_GRID_S:-110}" python3 -m snakemake \
-        "results/cells/h200-141gb/$m/probe.json" "results/cells/h200-141gb/$m/bs1/meta.json" \
-        "results/cells/h200-141gb/$m/bs16/meta.json" --cores 16 --resources gpu=1 --keep-going \
+        "results/h200-wq4/cells/h200-141gb/$m/probe.json" "results/h200-wq4/cells/h200-141gb/$m/bs1/meta.json" \
+        "results/h200-wq4/cells/h200-141gb/$m/bs16/meta.json" --cores 16 --resources gpu=1 --keep-going \
         "${extra[@]}" > "../grid-$m.log" 2>&1)
     echo "grid $m: exit $? after $((SECONDS - t0)) s"; tail -3 "grid-$m.log"
     pack

@@ -318,7 +318,7 @@ def test_closing_note_says_where_the_results_are_and_whether_this_run_wrote_them
     os.utime(report, (started - 3600, started - 3600))  # left by an earlier run
     note = closing_note(summary, report, started, tmp_path)
     written = time.strftime("%Y-%m-%d %H:%M", time.localtime(started - 3600))
-    assert f"  {report}  the report" in note
+    assert f"  {report}  Snakemake's report" in note
     assert f"NOT rebuilt by this run (written {written})" in note
     # a run of some targets builds no report: the note says so, and that the file is older
     note = closing_note(summary, report, started, tmp_path, "this run built targets (x)")
@@ -326,6 +326,14 @@ def test_closing_note_says_where_the_results_are_and_whether_this_run_wrote_them
         f"  {report}  NOT built by this run: this run built targets (x); the file there is from "
         f"an earlier run ({written})"
     ) in note
+    # the DAG's own report.html beside Snakemake's, each its own file
+    interactive = tmp_path / "results" / "study-report.html"
+    note = closing_note(summary, report, started, tmp_path, None, interactive)
+    assert f"  {interactive}  not built by this run" in note
+    interactive.write_text("<html></html>")
+    assert f"  {interactive}  the study's report" in closing_note(
+        summary, report, started, tmp_path, None, interactive
+    )
 
 
 def test_import_idle_takes_the_timing_files_time_formats(tmp_path):

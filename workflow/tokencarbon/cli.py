@@ -349,7 +349,11 @@ def cmd_run(a: argparse.Namespace) -> int:
         return code
     folder = study_folder(root, args)
     summary = folder / "summary.md"
-    report = folder / "report.html"
+    # The DAG's own report (rule build_report: results/<study>/report.html, interactive) and
+    # Snakemake's (`snakemake --report`: every figure with its caption) are two files: writing
+    # Snakemake's to report.html would replace the DAG's.
+    interactive = folder / "report.html"
+    report = folder / "snakemake-report.html"
     if a.no_report:
         why_no_report = "--no-report"
     elif targets:
@@ -380,18 +384,24 @@ def cmd_run(a: argparse.Namespace) -> int:
             why_no_report = (
                 f"`snakemake --report` failed (exit {rep.returncode}; its error is above)"
             )
-    print(closing_note(summary, report, started, root, why_no_report))
+    print(closing_note(summary, report, started, root, why_no_report, interactive))
     return 0
 
 
 def closing_note(
-    summary: Path, report: Path, started: float, root: Path, why_no_report: str | None = None
+    summary: Path,
+    report: Path,
+    started: float,
+    root: Path,
+    why_no_report: str | None = None,
+    interactive: Path | None = None,
 ) -> str:
     """What `tokencarbon run` prints last: where the summary (headlines) and the report (every
     figure and table) are, paths relative to the current folder where they lie under it. A file
     this run did not write (older than `started`, epoch s) is said to be from an earlier run, with
     its time; a missing one is said to be missing; why_no_report says why the report was not
-    built (--no-report, targets, its failure)."""
+    built (--no-report, targets, its failure); interactive: the study's report.html (rule
+    build_report), listed too where given."""
 
     def where(path: Path, what: str, why_not: str | None = None) -> str:
         try:
@@ -417,8 +427,11 @@ def closing_note(
         f"tokencarbon run: done (in {root}). The results:",
         where(summary, "the headlines: tables of energy, carbon and latency per token "
                        "(also summary.html)"),
-        where(report, "the report: every figure and table with its caption and provenance "
-                      "(open it in a browser)", why_no_report),
+        *([where(interactive, "the study's report: headlines beside the paper's, charts to "
+                              "explore, every cell (open it in a browser)")]
+          if interactive is not None else []),
+        where(report, "Snakemake's report: every figure and table with its caption and "
+                      "provenance (open it in a browser)", why_no_report),
     ])  # fmt: skip
 
 

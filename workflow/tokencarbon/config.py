@@ -417,7 +417,7 @@ def _check_platforms(config: dict[str, Any]) -> None:
                     f"config key platforms.{name}.spec.measure: the cells of platform {name!r} "
                     f"ran on another machine ({'import_only' if p['import_only'] else 'imported'}), "
                     "so this machine's peaks would not describe them; give that machine's numbers "
-                    f"in platforms.{name}.spec (its results/platforms/{name}/spec.json holds them "
+                    f"in platforms.{name}.spec (its results/<study>/platforms/{name}/spec.json holds them "
                     "where it measured them), or drop measure"
                 )
             if spec.kind != "cpu":
@@ -910,7 +910,7 @@ def check_copied_cells(
 ) -> None:
     """Raise ConfigError unless import_only platform `name` describes every device its copied
     cells ran on (their meta.json device_name), as compute_metrics will resolve it: config's spec
-    and, where copied in with the cells, the other machine's measurement (results/platforms/
+    and, where copied in with the cells, the other machine's measurement (results/<study>/platforms/
     <name>/spec.json, its "measured" peaks). Called when the DAG is built, so a cpu platform
     measured on another CPU fails before any job, naming the device and the keys to give."""
     from tokencarbon.platforms import resolve_platform
@@ -921,9 +921,9 @@ def check_copied_cells(
             resolve_platform(name, device, overrides, measured, row=platform_row(config, name))
         except (HardwareMismatchError, ConfigError) as e:
             raise ConfigError(
-                f"config key platforms.{name}: its copied cells (results/cells/{name}/) ran on "
+                f"config key platforms.{name}: its copied cells (results/<study>/cells/{name}/) ran on "
                 f"{device!r}, which the platform does not describe here: {e}. For cells measured "
-                f"with spec.measure elsewhere, copy that machine's results/platforms/{name}/"
+                f"with spec.measure elsewhere, copy that machine's results/<study>/platforms/{name}/"
                 f"spec.json beside them (its peaks are used) and give its tdp_w and logical_cpus "
                 f"in platforms.{name}.spec"
             ) from None

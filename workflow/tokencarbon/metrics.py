@@ -861,7 +861,7 @@ def resolve_cell_platforms(
             if others:
                 raise InputError(
                     f"platform {name!r}: its peaks were measured on {record['device_name']!r} "
-                    f"(results/platforms/{name}/spec.json), and its cells ran on {others}; measure "
+                    f"(results/<study>/platforms/{name}/spec.json), and its cells ran on {others}; measure "
                     "on the machine of the cells (delete that spec.json there), or give each "
                     "machine its own platform in config"
                 )
@@ -872,7 +872,7 @@ def resolve_cell_platforms(
         elif spec.get(MEASURE_KEY) and peaks is None:
             raise InputError(
                 f"config key platforms.{name}.spec.measure is true, and no measurement of platform "
-                f"{name!r} was given (rule measure_platform's results/platforms/{name}/spec.json); "
+                f"{name!r} was given (rule measure_platform's results/<study>/platforms/{name}/spec.json); "
                 "MFU and MBU would have no peak to divide by"
             )
         resolved = {

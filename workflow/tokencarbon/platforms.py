@@ -514,7 +514,7 @@ def resolve_platform(
     if lacking:
         raise InputError(
             f"measured peaks of platform {name!r} lack {', '.join(lacking)}; a measurement "
-            f"(rule measure_platform, results/platforms/{name}/spec.json) holds "
+            f"(rule measure_platform, results/<study>/platforms/{name}/spec.json) holds "
             f"{', '.join(MEASURED_ALWAYS)}: delete that file to measure again"
         )
     if pending:

@@ -36,7 +36,6 @@ from tokencarbon.report_charts import (
     throughput_latency_chart,
 )
 
-REPORT = f"{RESULTS}/report.html"
 # The paper's headlines (Lim, Pan, Zhou 2024, "Characterizing the Carbon Impact of LLM Inference":
 # TensorRT-LLM on V100 and A100 GPUs, Llama-2 and GPT-2 models): batch 1 -> the largest batch cut
 # carbon per token about 11x for about 2x the latency per token; batch 1 reaches about 2 % MFU.
