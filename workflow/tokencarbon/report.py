@@ -338,7 +338,7 @@ def page(inputs: ReportInputs) -> str:
     body = [
         f"<h1>{_e(title)}</h1>",
         f"<p>{len(metrics)} cells of {len(models)} model(s) on {_e(', '.join(platforms))}. "
-        "Every number is recomputed from the study's tables (results/tables/metrics.parquet; "
+        "Every number is recomputed from the study's tables (tables/metrics.parquet in its folder; "
         "docs/metrics.md gives each formula).</p>",
         "<nav><a href='#headline'>headline</a><a href='#charts'>charts</a><a href='#cells'>cells</a>"
         "<a href='#figures'>figures</a><a href='#provenance'>provenance</a></nav>",

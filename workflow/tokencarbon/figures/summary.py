@@ -813,8 +813,8 @@ def summary_blocks(
         (
             "p",
             "The smallest (batch 1) against the largest static batch measured for each model and "
-            "platform, recomputed from results/tables/metrics.parquet, beside Lim, Pan, Zhou 2024 "
-            "(TensorRT-LLM on V100/A100: batch 1 -> largest batch cut carbon per token ~11x for "
+            "platform, recomputed from the study's tables/metrics.parquet, beside Lim, Pan, Zhou "
+            "2024 (TensorRT-LLM on V100/A100: batch 1 -> largest batch cut carbon per token ~11x for "
             "~2x the latency per token; MFU ~2 % at batch 1). Carbon is operational (energy x "
             "PUE x grid intensity). Ratios: carbon = smallest / largest batch; latency = largest "
             "/ smallest batch.",
