@@ -246,7 +246,7 @@ def test_jobs_run_the_package_of_the_workflow_they_belong_to(tmp_path):
     init.write_text(init.read_text() + "\nimport sys\n"
                     f"with open({str(marker)!r}, 'a') as f:\n    print(sys.argv[0], __file__, file=f)\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1",
-                           "results/dataset/synthetic_sharegpt.json"],
+                           Project(project).in_study("results/dataset/synthetic_sharegpt.json")],
                           cwd=project, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [line.split() for line in marker.read_text().splitlines() if ".snakemake/scripts/" in line]
@@ -265,7 +265,7 @@ def test_an_architecture_file_of_the_checkout_is_found_by_its_jobs(tmp_path):
     arch.update(name="my-arch", num_layers=3)
     (project / "resources/models/my-arch.json").write_text(json.dumps(arch))
     assert not (REPO / "resources/models/my-arch.json").exists()
-    target = "results/engines/cpu/mine/torch/manifest.json"
+    target = Project(project).in_study("results/engines/cpu/mine/torch/manifest.json")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", target], cwd=project,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,13 +18,17 @@ import psutil
 import pytest
 from harness import SNAKEMAKE, Project, tiny_study
 
+from tokencarbon.layout import study_name, study_root
+
 pytestmark = pytest.mark.slow
 
 # The tiny CPU study (.test/config-cpu) on one model, 16 prompts, static batches 1 and 2, two
 # repeats in one process (each cell's time per token is their mean).
 CONFIG = tiny_study(models=["tiny-llama"], workload={"num_prompts": 16, "synthetic_conversations": 2000},
                     sweep={"max_num_seqs": []}, run={"repeats": 2})  # fmt: skip
-CELL = "results/cells/cpu/tiny-llama/bs1"
+# the study's folder (results/<study>/, tokencarbon.layout): where its cells lie
+ROOT = study_root(study_name(CONFIG))
+CELL = f"{ROOT}/cells/cpu/tiny-llama/bs1"
 # A cell is flagged as disturbed when other processes took more than this share of its CPUs
 # (the value HA's QA flag uses is its own; this test only needs "clearly disturbed").
 FLAG_SHARE = 0.05
@@ -124,9 +128,9 @@ def test_snakemake_sigkilled_mid_cell_leaves_no_orphan_and_the_rerun_is_true(bui
 
 def test_two_cpu_cells_under_cores_2_never_share_a_cpu_at_once(built):
     where, env = built
-    snakemake(where, env, f"{CELL}/meta.json", "results/cells/cpu/tiny-llama/bs2/meta.json",
+    snakemake(where, env, f"{CELL}/meta.json", f"{ROOT}/cells/cpu/tiny-llama/bs2/meta.json",
               "--forcerun", "run_cell")  # fmt: skip
-    metas = [json.loads((where / f"results/cells/cpu/tiny-llama/bs{b}/meta.json").read_text())
+    metas = [json.loads((where / f"{ROOT}/cells/cpu/tiny-llama/bs{b}/meta.json").read_text())
              for b in (1, 2)]  # fmt: skip
     a, b = metas
     overlap_ns = min(a["window_end_wall_ns"], b["window_end_wall_ns"]) - max(

@@ -360,7 +360,8 @@ def test_imported_cells_through_metrics_and_export(tmp_path):
         "models": {"tiny-llama": {"architecture": "tiny-llama", "family": "tiny",
                                   "dtype": "float16"}},  # fmt: skip
     }
-    project = Project.make(tmp_path / "project", config).path
+    made = Project.make(tmp_path / "project", config)
+    project, study = made.path, made.results  # the study's folder, results/<study>/
     # A steady 150 W (instant power) sampled every 0.1 s for 10 s from 12:00:00 UTC; two windows
     # of batch 4: [1 s, 3 s] and [5 s, 6 s] after the start: 150 W x 3 s = 450 J for 300 tokens,
     # 1.5 J/token; carbon at 413 g/kWh: 450 / 3.6e6 x 413 = 0.051625 g.
@@ -377,17 +378,17 @@ def test_imported_cells_through_metrics_and_export(tmp_path):
     )
     out = tc("import", "--power", log, "--timing", timing, "--model", "tiny-llama",
              "--platform", "a100-sxm4-40gb", "--architecture", "tiny-llama", "--dtype", "float16",
-             "--device-name", "NVIDIA A100-SXM4-40GB", "--out", project / "results" / "cells")  # fmt: skip
+             "--device-name", "NVIDIA A100-SXM4-40GB", "--out", study / "cells")  # fmt: skip
     assert out.returncode == 0, out.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "results/export/metrics.csv"],
+        [sys.executable, "-m", "snakemake", "--cores", "1", made.in_study("results/export/metrics.csv")],
         cwd=project, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # Nothing was measured here: only aggregation, metrics and export ran.
     assert "run_cell" not in run.stdout + run.stderr
     record = json.loads(
-        (project / "results/export/cells/a100-sxm4-40gb/tiny-llama/bs4.json").read_text()
+        (study / "export/cells/a100-sxm4-40gb/tiny-llama/bs4.json").read_text()
     )
     assert record["energy"]["total_energy_joules"] == pytest.approx(450.0)
     assert record["energy"]["energy_per_token_joules"] == pytest.approx(1.5)
@@ -395,7 +396,7 @@ def test_imported_cells_through_metrics_and_export(tmp_path):
     assert record["cell"]["backend"] == "imported"
     assert record["provenance"]["imported"]["power_field"] == "power.draw.instant"
     assert record["workload"]["total_output_tokens"] == 300
-    csv = pd.read_csv(project / "results/export/metrics.csv")
+    csv = pd.read_csv(study / "export/metrics.csv")
     assert csv["energy_j"].tolist() == pytest.approx([450.0])
 
 

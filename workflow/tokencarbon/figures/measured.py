@@ -211,6 +211,9 @@ def fig4_throughput_latency(
             12.0,
         ),
         fontsize="medium",
+        # a top y tick label stands half its height above the axes: matplotlib's 6 pt pad let
+        # it touch the title's last line (layout_problems, seen on a tiny CPU run's fig4b)
+        pad=12,
     )
     declutter(fig, point_labels)
     return fig
