@@ -915,15 +915,18 @@ def check_copied_cells(
     measured on another CPU fails before any job, naming the device and the keys to give."""
     from tokencarbon.platforms import resolve_platform
 
+    from tokencarbon.layout import study_name, study_root
+
+    root = study_root(study_name(config))
     overrides = platform_overrides(config, name)
     for device in sorted(set(devices)):
         try:
             resolve_platform(name, device, overrides, measured, row=platform_row(config, name))
         except (HardwareMismatchError, ConfigError) as e:
             raise ConfigError(
-                f"config key platforms.{name}: its copied cells (results/<study>/cells/{name}/) ran on "
+                f"config key platforms.{name}: its copied cells ({root}/cells/{name}/) ran on "
                 f"{device!r}, which the platform does not describe here: {e}. For cells measured "
-                f"with spec.measure elsewhere, copy that machine's results/<study>/platforms/{name}/"
+                f"with spec.measure elsewhere, copy that machine's {root}/platforms/{name}/"
                 f"spec.json beside them (its peaks are used) and give its tdp_w and logical_cpus "
                 f"in platforms.{name}.spec"
             ) from None
