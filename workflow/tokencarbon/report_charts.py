@@ -253,15 +253,21 @@ def _budget_state(metrics: pd.DataFrame, traces: Sequence[go.Scatter],
     return restyle, relayout
 
 
+def _star_trace(name: str, meta: str) -> go.Scatter:
+    """The empty gold-star trace a slider fills with its chosen cells (named `name`, tagged `meta`
+    for the page's script)."""
+    return go.Scatter(x=[], y=[], mode="markers", name=name, meta=meta, hovertext=[],
+                      hovertemplate="%{hovertext}<extra></extra>",
+                      marker={"symbol": "star", "size": 18, "color": "gold",
+                              "line": {"color": "black", "width": 1}})  # fmt: skip
+
+
 def energy_latency_chart(metrics: pd.DataFrame) -> go.Figure:
     """Energy per output token (J) against latency per token (ms) per cell, with the energy-budget
     slider (budget_steps); it starts at the loosest budget, where every cell fits."""
     column, label = latency(metrics)
     traces = cell_traces(metrics, column, "j_per_token", 1e3, 1.0)
-    star = go.Scatter(x=[], y=[], mode="markers", name="fastest within the energy budget",
-                      meta=FASTEST_META, hovertext=[], hovertemplate="%{hovertext}<extra></extra>",
-                      marker={"symbol": "star", "size": 18, "color": "gold",
-                              "line": {"color": "black", "width": 1}})  # fmt: skip
+    star = _star_trace("fastest within the energy budget", FASTEST_META)
     fig = go.Figure(traces + [star])
     fig.update_layout(_layout(
         "Energy vs latency per token",
@@ -286,10 +292,7 @@ def carbon_latency_chart(metrics: pd.DataFrame, slos_s_per_token: Sequence[float
     at the loosest configured SLO (else the loosest step)."""
     column, label = latency(metrics)
     traces = cell_traces(metrics, column, "g_per_token", 1e3, 1e3)
-    star = go.Scatter(x=[], y=[], mode="markers", name="least carbon meeting the SLO",
-                      meta=OPTIMUM_META, hovertext=[], hovertemplate="%{hovertext}<extra></extra>",
-                      marker={"symbol": "star", "size": 18, "color": "gold",
-                              "line": {"color": "black", "width": 1}})  # fmt: skip
+    star = _star_trace("least carbon meeting the SLO", OPTIMUM_META)
     fig = go.Figure(traces + [star])
     fig.update_layout(_layout(
         "Carbon vs latency per token",

@@ -245,27 +245,26 @@ class PowerSidecar:
     def samples(self, since_ns: int | None = None) -> pd.DataFrame:
         """Streamed samples as a POWER DataFrame: all kept, or from the last at or before
         since_ns (the one that brackets a window starting then) on. Streaming only."""
+        rows, phases = self._streamed(since_ns)
+        return samples_frame(rows, phases)
+
+    def _streamed(self, since_ns: int | None) -> tuple[list, list]:
+        """The streamed rows and their phases from the last sample at or before since_ns (all
+        where None) on. Raises TokencarbonError for a sidecar writing a file instead."""
         if self.out_path is not None:
             raise TokencarbonError(f"power sidecar {self._where}: read_samples() it instead")
         with self._lock:
             first = 0
             if since_ns is not None:
                 first = max(bisect.bisect_right(self._times, since_ns) - 1, 0)
-            rows, phases = self._rows[first:], self._phases[first:]
-        return samples_frame(rows, phases)
+            return self._rows[first:], self._phases[first:]
 
     def device_samples(self, since_ns: int | None = None) -> DeviceSamples:
         """samples(since_ns) as tokencarbon.energy.DeviceSamples (numpy columns, no pandas): what
         a Monitor's window is integrated from. Streaming only."""
         from tokencarbon.power.base import streamed_samples
 
-        if self.out_path is not None:
-            raise TokencarbonError(f"power sidecar {self._where}: read_samples() it instead")
-        with self._lock:
-            first = 0
-            if since_ns is not None:
-                first = max(bisect.bisect_right(self._times, since_ns) - 1, 0)
-            rows = self._rows[first:]
+        rows, _ = self._streamed(since_ns)
         return streamed_samples(rows, where=f"power sidecar {self.spec} samples")
 
     def keep_from(self, t_ns: int | None) -> None:
