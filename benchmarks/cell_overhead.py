@@ -151,6 +151,7 @@ def cell_facts(cell_dir: Path, job: dict) -> dict:
         "j_per_token": energy_j / tokens,
         "token_digests": meta.get("token_digests"),
         "compile_cache": meta.get("compile_cache"),
+        "engine_parts_s": meta.get("engine_parts_s"),
         "warmup": meta.get("warmup"),
         "phases_s": (
             None if timeline is None

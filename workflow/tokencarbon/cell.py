@@ -1014,6 +1014,9 @@ def _meta(cell: _Cell, repeats: Sequence[Repeat], *, hardware, lease, engine, wa
         "peak_memory_bytes": float(engine.peak_memory_bytes()),
         # what ran, where the engine says (transformers: versions, attention, cache settings)
         "engine_description": engine.describe() if hasattr(engine, "describe") else None,
+        # the engine's build and graph capture in parts (seconds; in the timeline's engine_build
+        # and warmup phases): the weights, the KV pool's activation profile, compile + capture
+        "engine_parts_s": dict(getattr(engine, "build_s", None) or {}) or None,
         "git_commit": versions["git_commit"],
         "hardware": hardware,
         **cell.device.leases(lease),

@@ -169,6 +169,8 @@ class PagedEngine:
         self.activation_bytes: int | None = None
         self._capture_stream = torch.cuda.Stream(device) if self.graphs else None
         self._graph_pool = None
+        # seconds of the build's parts (TorchServingEngine.build_s; meta.json "engine_parts_s")
+        self.build_s: dict[str, float] = {"activation_profile": 0.0, "graph_capture": 0.0}
         if num_blocks is not None:
             self._make_pool(num_blocks, "num_blocks")
         elif device.type == "cuda":
@@ -197,9 +199,11 @@ class PagedEngine:
                 row0=torch.zeros(rows, **new),
             )
         if self.graphs and capture:
+            start = time.perf_counter()
             self._graph_pool = torch.cuda.graph_pool_handle()
             for bucket in self._buckets.values():
-                self._capture(bucket)
+                self._capture(bucket)  # compiles the layer for the bucket's rows, then captures
+            self.build_s["graph_capture"] += time.perf_counter() - start
 
     def release(self) -> None:
         """Drop the pool, the decode buffers and graphs."""
@@ -233,11 +237,13 @@ class PagedEngine:
         chunk = min(tokens, self.max_model_len)
         n_chunks = -(-tokens // chunk)
         blocks = n_chunks * blocks_for(chunk, self.block_size)
+        start = time.perf_counter()
         self._make_pool(blocks, "profile", capture=False)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         self._profile_step(n_chunks, chunk)
         torch.cuda.synchronize(device)
+        self.build_s["activation_profile"] += time.perf_counter() - start
         self.activation_bytes = torch.cuda.max_memory_allocated(device) - before
         self.release()
         gc.collect()

@@ -23,6 +23,7 @@ Every name other modules import from here stays importable from here.
 from __future__ import annotations
 
 import resource
+import time
 
 import torch
 
@@ -165,7 +166,9 @@ class TorchServingEngine:
             )
         elif max_prefill_tokens < 1:
             raise ConfigError(f"max_prefill_tokens={max_prefill_tokens!r}; must be >= 1")
+        start = time.perf_counter()
         self.model: Decoder = build_model(arch, dtype, self.device, seed, checkpoint, quantization)
+        model_s = time.perf_counter() - start
         if compile_layers:
             _raise_compile_cache()
         common = dict(
@@ -187,6 +190,11 @@ class TorchServingEngine:
                 self.model, arch, dtype, self.device, **common,
                 max_prefill_tokens=max_prefill_tokens,
             )  # fmt: skip
+        # where the build time goes (seconds; meta.json "engine_parts_s", issue 19): the weights,
+        # then the KV layout's own parts (PagedEngine.build_s), the rest of its constructor "other"
+        kv_s = time.perf_counter() - start - model_s
+        parts = dict(getattr(self.engine, "build_s", {}))
+        self.build_s = {"model": model_s, **parts, "kv_other": kv_s - sum(parts.values())}
 
     @torch.no_grad()
     def serve(self, requests: list[Request]) -> ServingResult:

@@ -80,7 +80,10 @@ class TorchEngine:
         self.pad_token_id = pad_token_id
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.quantization = quantization
+        start = time.perf_counter()
         self.model = build_model(arch, dtype, self.device, seed, checkpoint, quantization)
+        # where the build and capture time goes (seconds; meta.json "engine_parts_s", issue 19)
+        self.build_s: dict[str, float] = {"model": time.perf_counter() - start, "graph_capture": 0.0}
         self.compile_decode = compile_decode
         self._step_fn = self._decode_step
         if compile_decode:
@@ -208,8 +211,10 @@ class TorchEngine:
             # With a reservation (the OOM probe, a cell's warm-up), every bucket the reserved output
             # reaches: the probe's memory peak, and no capture left for the measured batch.
             needed = {self.key_bucket(padded_len + i) for i in range(max(max_out, reserved) - 1)}
+            start = time.perf_counter()
             for keys in sorted(needed - set(self._graphs)):
                 self._capture(keys)
+            self.build_s["graph_capture"] += time.perf_counter() - start
 
         tokens = torch.tensor(
             [[self.pad_token_id] * (padded_len - k) + p for p, k in zip(prompts, lens)],
