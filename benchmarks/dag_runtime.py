@@ -1,9 +1,14 @@
 """How long the embedded default's DAG takes on this machine, and a no-op rerun.
 
 Runs `snakemake --cores 1 all` in a fresh copy of the project (installation excluded: the venv
-exists), then again with nothing changed. Targets (issue: inference cells): <= 180 s for the first
-run on a 2-core machine, <= 5 s for the no-op rerun. Appends a record to
-benchmarks/results/dag_runtime.jsonl and prints the figures.
+exists), then again with nothing changed. Targets (issue 19): <= 240 s for the first run on a 2-core
+machine, <= 5 s for the no-op rerun (records before 2026-12-07 evening held the earlier 180 s).
+Appends a record to benchmarks/results/dag_runtime.jsonl and prints the figures.
+
+The record names the Snakemake executor plugins installed: Snakemake imports every one when it
+starts, and the SLURM plugin (the `slurm` extra, `make test-slurm`) runs `scontrol show config`
+while it is imported, which waits 9 s on a machine whose SLURM controller is down (seen here): each
+Snakemake start pays that, a no-op rerun included.
 
     .venv/bin/python benchmarks/dag_runtime.py
 """
@@ -17,11 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "benchmarks/results/dag_runtime.jsonl"
-TARGETS_S = {"full_run_s": 180.0, "noop_rerun_s": 5.0}
+TARGETS_S = {"full_run_s": 240.0, "noop_rerun_s": 5.0}
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
@@ -52,6 +58,10 @@ def main() -> None:
         "git_commit": git.stdout.strip(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
         "cells": cells,
+        "executor_plugins": sorted(
+            d.metadata["Name"] for d in metadata.distributions()
+            if (d.metadata["Name"] or "").lower().startswith("snakemake-executor-plugin-")
+        ),
         "full_run_s": round(full_s, 2),
         "noop_rerun_s": round(noop_s, 2),
         "targets_s": TARGETS_S,
