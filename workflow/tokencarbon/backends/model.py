@@ -253,7 +253,7 @@ def build_model(
     with torch.device("meta"):  # no memory until the weights are materialised on the device
         model = Decoder(arch).to(TORCH_DTYPES[dtype])
     if checkpoint is None:
-        model.to_empty(device=device)
+        _materialize(model, device)
         model.tie()
         _init_dummy(model, seed)
     else:
@@ -264,6 +264,24 @@ def build_model(
     model.requires_grad_(False).eval()
     quantize_module(model, quantization)
     return model
+
+
+def _materialize(model: nn.Module, device: torch.device) -> None:
+    """Every parameter and buffer of a meta-device model allocated, uninitialised, on `device`:
+    what Module.to_empty does, without its torch.empty_like on meta tensors. That call runs torch's
+    Python reference kernels, whose first use in a process imports torch.fx's symbolic shapes and
+    sympy: 2.4-4.4 s of every GPU cell's engine build on the project's H100 machine, where those
+    modules are compiled from source in each process (benchmarks/results/
+    h100-engine-build-profile.json: GPT-2 124M built in 4.40 s, 4.10 s of it in that import)."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                module._parameters[name] = nn.Parameter(
+                    torch.empty(p.shape, dtype=p.dtype, device=device), p.requires_grad
+                )
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
 
 
 @torch.no_grad()
