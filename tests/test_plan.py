@@ -146,7 +146,8 @@ with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
         named = {n: getattr(job.input, n) for n in job.input._names}
         jobs.setdefault(job.rule.name, []).append(
             {"input": {n: [str(f) for f in (v if isinstance(v, list) else [v])] for n, v in named.items()},
-             "files": [str(f) for f in job.input], "output": [str(f) for f in job.output]})
+             "files": [str(f) for f in job.input], "output": [str(f) for f in job.output],
+             "wildcards": dict(job.wildcards_dict), "run": getattr(job.params, "run", None)})
     print("DAG-LISTS " + json.dumps(jobs))
 """
 
@@ -161,6 +162,21 @@ def dag_lists(project: Project, configfile: str) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("DAG-LISTS "))
     return json.loads(line.removeprefix("DAG-LISTS "))
+
+
+@pytest.mark.slow
+def test_the_dags_cells_repeat_as_their_sweep_position_says(tmp_path):
+    # run.repeats_at_ends reaches the cell jobs' params (it once reached only the plan and the chunk
+    # runner's estimate, and every cell of the paper configs ran once): a sweep of batch 1, 2, 4
+    # and max_num_seqs 2, 4 with 1 repeat and 2 at the ends
+    config = tiny_study(models=["tiny-llama"], sweep={"batch_sizes": [1, 2, 4], "max_num_seqs": [2, 4]},
+                        run={"repeats": 1, "repeats_at_ends": 2})  # fmt: skip
+    project = Project.make(tmp_path / "p", config)
+    jobs = dag_lists(project, "config/config.yaml")
+    runs = {(rule, int(j["wildcards"]["batch"])): (j["run"] or {}).get("repeats", 1)
+            for rule in ("run_cell", "run_continuous_cell") for j in jobs[rule]}  # fmt: skip
+    assert runs == {("run_cell", 1): 2, ("run_cell", 2): 1, ("run_cell", 4): 2,
+                    ("run_continuous_cell", 2): 2, ("run_continuous_cell", 4): 2}  # fmt: skip
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tokencarbon.config import prepare_config
-from tokencarbon.layout import CONTINUOUS, STATIC
+from tokencarbon.layout import CONTINUOUS, STATIC, CellKey
 from tokencarbon.plan import Plan, choices, workdir_path
 from tokencarbon.records import read_probe
 from tokencarbon.study import check_study_folder, config_files, study_record
@@ -177,8 +177,17 @@ def platform_params(wildcards):
     return PLAN.platform_params(wildcards.platform)
 
 
-def run_params(wildcards):
-    return PLAN.run_params()
+def static_cell_run(wildcards):
+    """The static cell's run params: its own repeats (plan.cell_repeats: run.repeats_at_ends at
+    its sweep's smallest and largest batch)."""
+    key = CellKey(wildcards.platform, wildcards.model, STATIC, int(wildcards.batch))
+    return PLAN.cell_params(key)["run"]
+
+
+def continuous_cell_run(wildcards):
+    """The continuous cell's run params, its own repeats as static_cell_run's."""
+    key = CellKey(wildcards.platform, wildcards.model, CONTINUOUS, int(wildcards.batch))
+    return PLAN.cell_params(key)["run"]
 
 
 def serving_params(wildcards):
