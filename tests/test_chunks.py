@@ -421,3 +421,20 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     assert {c: e["git_commit"] for c, e in manifest["cells"].items()} == {
         f"cpu/tiny-gpt2/{c}": commit for c, commit in commits.items()
     }
+
+
+def test_finished_cells_measured_under_another_repeat_count_are_named(tmp_path):
+    # The first H100 chunks ran every cell once while the config asked 3 at the sweep's ends: the
+    # runner keeps such cells and names them (with the count each ran and the config's)
+    done = [_cell("h100", "llama-2-7b", mode, n)
+            for mode, n in [("static", 1), ("static", 2), ("static", 4), ("continuous", 4)]]
+    ran = {"h100/llama-2-7b/bs1": 1, "h100/llama-2-7b/bs2": 1, "h100/llama-2-7b/cb4": 3}
+    for name, r in ran.items():
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "meta.json").write_text(json.dumps({"repeats": r}))
+    (tmp_path / "h100/llama-2-7b/bs4").mkdir(parents=True)
+    (tmp_path / "h100/llama-2-7b/bs4/meta.json").write_text("{}")  # before repeats: ran once
+    wanted = {"h100/llama-2-7b/bs1": 3, "h100/llama-2-7b/bs2": 1, "h100/llama-2-7b/bs4": 3,
+              "h100/llama-2-7b/cb4": 3}  # fmt: skip
+    assert chunks.other_repeats(done, wanted, tmp_path) == [
+        "h100/llama-2-7b/bs1 (ran 1, config 3)", "h100/llama-2-7b/bs4 (ran 1, config 3)"]

@@ -1344,6 +1344,7 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
             facts |= {"run": state.run_index, "note": "found finished on disk"}
             pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts, cells_dir(config))
     repeats = _cell_repeats(config, grid)
+    _say_other_repeats(done, repeats, workdir, cells_dir(config))
     idle_s = _number_setting(config, "power", "idle_s", 3.0)
     idle_share = _number_setting(config, "power", "idle_share_s", 0.0) > 0
     rows = _device_rows(config)
@@ -1484,6 +1485,29 @@ def _quantized(cell: Cell, workdir: Path) -> bool:
     if manifest and (workdir / manifest).is_file():
         return json.loads((workdir / manifest).read_text()).get("quantization", "none") != "none"
     return False
+
+
+def other_repeats(done: Sequence[Cell], repeats: Mapping[str, int], cells: Path) -> list[str]:
+    """The finished cells (under `cells`, the study's cell tree) whose meta.json "repeats" is not
+    the count the config gives them now (repeats: _cell_repeats), as 'name (ran r, config n)'. A
+    cell measured under another count is kept, never measured again on its own; this says which."""
+    out = []
+    for cell in done:
+        meta = cells / cell.name / "meta.json"
+        ran = json.loads(meta.read_text()).get("repeats", 1) if meta.is_file() else None
+        if ran is not None and ran != repeats[cell.name]:
+            out.append(f"{cell.name} (ran {ran}, config {repeats[cell.name]})")
+    return out
+
+
+def _say_other_repeats(done, repeats, workdir: Path, cells: Path) -> None:
+    other = other_repeats(done, repeats, workdir / cells)
+    if other:
+        _say(
+            f"[chunks] {len(other)} finished cell(s) ran another number of repeats than the "
+            f"config asks now; kept as measured (to measure them again: --remeasure NAME ...): "
+            + ", ".join(other)
+        )
 
 
 def _cell_repeats(config: Mapping[str, Any], grid: Sequence[Cell]) -> dict[str, int]:
