@@ -100,6 +100,19 @@ def persistence_mode() -> str | None:
     return "enabled" if mode == pynvml.NVML_FEATURE_ENABLED else "disabled"
 
 
+def bytecode_state() -> dict:
+    """sys.dont_write_bytecode, PYTHONPYCACHEPREFIX, and whether torch/__init__.py has a cached
+    .pyc for this Python where the import system would look (importlib.util.cache_from_source)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    pyc = None
+    if spec is not None and spec.origin:
+        pyc = Path(importlib.util.cache_from_source(spec.origin)).is_file()
+    return {"dont_write_bytecode": sys.dont_write_bytecode,
+            "pycache_prefix": sys.pycache_prefix, "torch_init_pyc_cached": pyc}  # fmt: skip
+
+
 def condition(runs: int, hold: bool) -> list[dict]:
     """`runs` fresh processes, with an NVML holder process alive around them when `hold`."""
     holder = None
@@ -139,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         "persistence_mode": persistence_mode(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # whether this Python may cache bytecode, and whether torch's own is cached: the H100
+        # machine's processes compiled torch.fx and sympy from source on every start
+        # (h100-engine-build-profile.json: 3.1 s in builtins.compile)
+        "bytecode": bytecode_state(),
         "conditions": {},
     }
     # alone first, then held, then alone again: a first-ever start (driver load) shows as an
