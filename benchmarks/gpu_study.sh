@@ -12,6 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 snakemake=${SNAKEMAKE:-$root/.venv/bin/snakemake}
+python=$(dirname "$snakemake")/python
 work=$(mktemp -d)
 # The copy is no git checkout: the report names the commit it was built from through this.
 TOKENCARBON_SOURCE_COMMIT=$(git -C "$root" rev-parse HEAD)$(git -C "$root" diff --quiet HEAD -- || echo +dirty)
@@ -28,6 +29,21 @@ for name in "${@:-gpu-study}" ; do
     rm -rf "$work" && mkdir -p "$out"
     git -C "$root" ls-files -z | (cd "$root" && xargs -0 cp --parents -t "$work")
     cp -r "$study/cells" "$out/cells"
+    # The copy's config: every platform import_only (the paper configs measure theirs; here their
+    # cells are only read) and, for a study still being measured in chunks, only the models with
+    # static cells committed (each left out is named)
+    "$python" - "$work/config/$name.yaml" "$out/cells" <<'PY'
+import sys, yaml
+from pathlib import Path
+path, cells = Path(sys.argv[1]), Path(sys.argv[2])
+c = yaml.safe_load(path.read_text())
+c["platforms"] = {p: {**(v or {}), "import_only": True} for p, v in c["platforms"].items()}
+have = {m for m in c["models"] if any(cells.glob(f"*/{m}/bs*/meta.json"))}
+for m in sorted(set(c["models"]) - have):
+    print(f"{path.name}: {m} left out (no static cell committed yet)", file=sys.stderr)
+c["models"] = {m: v for m, v in c["models"].items() if m in have}
+path.write_text(yaml.safe_dump(c, sort_keys=False))
+PY
     (cd "$work" && "$snakemake" --cores 2 all --configfile "config/$name.yaml" --quiet rules)
     mkdir -p "$study/tables" "$root/docs/figures/$name" "$root/docs/reports"
     cp "$out"/tables/*.parquet "$study/tables/"
