@@ -102,7 +102,6 @@ def open_zeus_gpu(gpu_index: int) -> tuple[Any, dict[str, Any]]:
     try:
         import zeus
         from zeus.device import get_gpus
-        from zeus.exception import ZeusBaseError
     except ImportError as exc:
         raise BesideError(
             f"record reads the GPU through Zeus's device layer, and `zeus` cannot be imported here "
@@ -110,9 +109,10 @@ def open_zeus_gpu(gpu_index: int) -> tuple[Any, dict[str, Any]]:
         ) from exc
     try:
         gpus = get_gpus()
-    except (ZeusBaseError, ImportError, ValueError) as exc:
-        # ImportError: Zeus refuses an unofficial pynvml; ValueError: CUDA_VISIBLE_DEVICES that
-        # is not integer indices (Zeus reads only those)
+    except Exception as exc:
+        # ZeusBaseError (no NVML/AMDSMI, an NVML error), ImportError (Zeus refuses an unofficial
+        # pynvml), ValueError (CUDA_VISIBLE_DEVICES that is not integer indices), AttributeError
+        # (an nvidia-ml-py older than the calls Zeus makes): all mean Zeus cannot read a GPU here
         raise BesideError(
             f"Zeus {zeus.__version__} finds no GPU to read here ({type(exc).__name__}: {exc}); "
             "record runs on a machine with an NVIDIA GPU and its driver (NVML), "
