@@ -16,9 +16,13 @@
 #   ZEUS=1     record Zeus's energy counter beside the chunk (benchmarks/zeus_beside.py record, Zeus in
 #              /tmp/zeus from .whl-zeus), then compare every packed cell inside its log
 #              ($OUT/<gpu>-zeus-beside.json)
-#   PYCACHE=1  cache bytecode in /tmp/pycache (PYTHONPYCACHEPREFIX, PYTHONDONTWRITEBYTECODE unset)
-#              for every process of the chunk: the GPU machine's Python compiled torch.fx and sympy
-#              from source in each process (benchmarks/results/h100-engine-build-profile.json)
+#   PYCACHE=0  do not cache bytecode in /tmp/pycache (default 1: PYTHONPYCACHEPREFIX set,
+#              PYTHONDONTWRITEBYTECODE unset, for every process of the chunk). The GPU machine's
+#              Python compiled torch.fx and sympy from source in each process
+#              (benchmarks/results/h100-engine-build-profile.json: 3.1 s of builtins.compile in one
+#              engine build), and each cell's Snakemake call spent ~9 s outside its job (the pack's
+#              manifest seconds minus the cell's timeline). The wheels are installed compiled
+#              (no --no-compile) for the same reason.
 #   START=1    time CUDA's start first (benchmarks/cuda_start.py --runs 1, $OUT/<gpu>-cuda-start.json)
 #
 # Files back: chunk.log, <study>.tar.gz (the pack, rewritten after each cell), and with ZEUS=1
@@ -28,7 +32,7 @@ budget=${1:?usage: paper_chunk.sh BUDGET [run_chunks.py options...]}
 shift
 OUT=${OUT:?OUT must name the folder whose files come back}
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .whl/*.whl \
     || { echo "pip install of .whl/ failed" >&2; exit 2; }
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 if [ -d .snap/git ]; then
@@ -46,7 +50,7 @@ esac
 study=paper-$gpu
 echo "GPU: $name; config/$study.yaml"
 
-if [ "${PYCACHE:-0}" = 1 ]; then
+if [ "${PYCACHE:-1}" = 1 ]; then
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX=/tmp/pycache
 fi
@@ -57,7 +61,7 @@ fi
 
 zpid=
 if [ "${ZEUS:-0}" = 1 ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/zeus \
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/zeus \
         .whl-zeus/*.whl || { echo "pip install of .whl-zeus/ failed" >&2; exit 2; }
     PYTHONPATH=/tmp/zeus python3 benchmarks/zeus_beside.py record --out "$OUT/$gpu-zeus.csv" \
         > "$OUT/zeus.log" 2>&1 &
