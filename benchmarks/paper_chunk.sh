@@ -24,6 +24,9 @@
 #              manifest seconds minus the cell's timeline). The wheels are installed compiled
 #              (no --no-compile) for the same reason.
 #   START=1    time CUDA's start first (benchmarks/cuda_start.py --runs 1, $OUT/<gpu>-cuda-start.json)
+#   SMK_PROFILE=1  after the chunk, where a Snakemake call's own time goes: cProfile of a dry run
+#              of the grid's first cell (its 40 largest cumulative entries appended to chunk.log);
+#              each cell's call spent 7.7-10.0 s outside its job on the H100 machine
 #
 # Files back: chunk.log, <study>.tar.gz (the pack, rewritten after each cell), and with ZEUS=1
 # <gpu>-zeus.csv, <gpu>-zeus.json, <gpu>-zeus-beside.json, zeus.log; with START=1 <gpu>-cuda-start.json.
@@ -75,6 +78,16 @@ python3 benchmarks/run_chunks.py --configfile "config/$study.yaml" --budget "$bu
 rc=$?
 echo "run_chunks exit $rc"
 grep '^\[chunks\]' "$OUT/chunk.log" | grep -v 'for the next chunk' | tail -25
+
+if [ "${SMK_PROFILE:-0}" = 1 ]; then
+    cell=$(ls -d results/$study/cells/*/*/bs*/ 2>/dev/null | head -1)
+    if [ -n "$cell" ]; then
+        { echo "== cProfile: snakemake -n ${cell}meta.json"
+          timeout -k 5 120 python3 -m cProfile -s cumtime -m snakemake -n --cores 16 \
+              --configfile "config/$study.yaml" "${cell}meta.json" 2>&1 \
+              | grep -A40 'Ordered by'; } >> "$OUT/chunk.log"
+    fi
+fi
 
 if [ -n "$zpid" ]; then
     kill -TERM "$zpid"
