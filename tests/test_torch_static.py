@@ -9,7 +9,7 @@ import torch
 from hf_checkpoints import KINDS, OUTPUTS, PROMPTS, generate, save_checkpoint
 
 from tokencarbon.backends.static import TorchEngine
-from tokencarbon.errors import InputError
+from tokencarbon.errors import ConfigError, InputError
 from tokencarbon.models import load_architecture
 
 gpu = pytest.mark.gpu
@@ -53,6 +53,38 @@ def test_decode_across_key_buckets_matches_transformers_generate(checkpoint):
     for prompt, n_out, got in zip(PROMPTS, outputs, result.token_ids):
         want = generate(hf, prompt, n_out)
         assert list(got) == want
+
+
+def test_one_cache_for_every_batch_with_min_cache_len_same_tokens_and_key_buckets(checkpoint):
+    # A static cell passes its batches' largest need (min_cache_len): the batches of one size then
+    # run in one cache allocated once (its graphs kept, on a GPU), decode over the same key buckets
+    # as a cache sized per batch (key_bucket of the batch's own span), and give transformers' tokens.
+    arch, hf, path = checkpoint
+    plain = TorchEngine(arch, "float32", "cpu", seed=0, checkpoint=str(path))
+    shared = TorchEngine(arch, "float32", "cpu", seed=0, checkpoint=str(path), min_cache_len=600)
+    keys = {plain: [], shared: []}  # the key span of every decode step each engine ran
+    for engine in keys:
+        step = engine._step_fn
+        engine._step_fn = lambda k, step=step, seen=keys[engine]: (seen.append(k), step(k))[1]
+    batches = [(PROMPTS, [90, 40, 70]), (PROMPTS, [5, 9, 3])]
+    caches = []
+    for prompts, outputs in batches:
+        a, b = plain.run_batch(prompts, outputs), shared.run_batch(prompts, outputs)
+        caches.append(shared.model.layers[0].attn.k_cache)
+        assert shared._shape == (3, 640)  # 600 rounded up to CACHE_ALIGN (64): 10 blocks
+        for prompt, n_out, got, alone in zip(prompts, outputs, b.token_ids, a.token_ids):
+            assert list(got) == list(alone) == generate(hf, prompt, n_out)
+    assert caches[0] is caches[1]  # not allocated again for the second batch
+    # every step attended over the slots a per-batch cache gives: 7 + 90 slots -> 128, in 64-slot
+    # buckets (steps feeding slots 7..63 over 64, 64..95 over 128); then 7 + 9 -> 64. (The
+    # 640-slot cache's own buckets are 128 slots: 640 / 8 = 80, rounded up to 64s.)
+    assert keys[shared] == keys[plain] == [64] * 57 + [128] * 32 + [64] * 8
+    assert [shared.key_bucket(s, 128) for s in (7, 63, 64, 96)] == [64, 64, 128, 128]
+    assert [shared.key_bucket(s) for s in (7, 127, 128)] == [128, 128, 256]  # the cache's own
+    # 2048 slots of span: 256-slot buckets whatever the cache (as test_key_buckets_by_hand)
+    assert shared.key_bucket(300, 2048) == 512
+    with pytest.raises(ConfigError, match=r"min_cache_len=0; expected a whole number >= 1"):
+        TorchEngine(arch, "float32", "cpu", seed=0, checkpoint=str(path), min_cache_len=0)
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])

@@ -425,7 +425,8 @@ def backend_options(run: dict[str, Any], engine_manifest: str | Path) -> dict[st
         ) from exc
 
 
-def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len, stack):
+def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len, stack,
+                   batch_cache_len=None):  # fmt: skip
     if trt_engine is not None:
         from tokencarbon.backends import tensorrt_llm as trtllm_backend
 
@@ -448,6 +449,7 @@ def _static_engine(arch, model, run, device, trt_engine, options, max_cache_len,
         cuda_graphs=run["cuda_graphs"],
         compile_decode=run["compile_decode"] and device == "cuda",
         quantization=of_model(model),
+        min_cache_len=batch_cache_len,
     )
 
 
@@ -519,10 +521,16 @@ class StaticMode:
         self.n = n
         self.batches = group_batches(workload, n)
         self.n_windows = len(self.batches)  # measured windows per repeat (meta.json n_batches)
+        # the KV slots the longest batch needs (its longest prompt, padded to, + longest output):
+        # the torch engine's cache for every batch (TorchEngine min_cache_len)
+        self.cache_need = max(
+            int(b["prompt_token_ids"].map(len).max()) + int(b["output_tokens"].max())
+            for b in self.batches
+        )
 
     def engine(self, cell: _Cell, device: str, options: dict, stack: contextlib.ExitStack):
         return _static_engine(cell.arch, cell.model, cell.run, device, cell.trt_engine, options,
-                              cell.longest, stack)  # fmt: skip
+                              cell.longest, stack, self.cache_need)  # fmt: skip
 
     def warm_up(self, engine, run: dict[str, Any]) -> dict[str, Any]:
         return warm_up(engine, run, [], self.batches, self.n)

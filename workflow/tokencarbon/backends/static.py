@@ -58,6 +58,7 @@ class TorchEngine:
         cuda_graphs: bool = True,
         compile_decode: bool = False,
         quantization: Quantization = NONE,
+        min_cache_len: int | None = None,
     ):
         """cuda_graphs: on CUDA, replay the decode step as a graph. compile_decode: get that graph
         from torch.compile(mode="reduce-overhead") instead of a manual capture. Compiling costs
@@ -65,7 +66,14 @@ class TorchEngine:
         Measured on an H100, Llama-2-7B bf16, batch 1, 128-token prompt: manual 151 tok/s,
         compiled 187 tok/s (the fusion of the small elementwise kernels makes the difference).
         quantization: weight-only scheme applied to the weights once drawn or loaded (build_model;
-        tokencarbon.quantization); int4_weight_only needs dtype bfloat16 on CUDA (ConfigError)."""
+        tokencarbon.quantization); int4_weight_only needs dtype bfloat16 on CUDA (ConfigError).
+        min_cache_len: allocate the KV cache at least this many tokens long (a static cell passes its
+        batches' largest prompt + output), so that every batch of one size runs in one cache and
+        replays the graphs captured for it, where a cache sized per batch was allocated and its
+        graphs captured again for almost every batch (the first GPU chunk's GPT-2 Large batch-1
+        cell spent 35 s of its 95 s measured phase capturing, benchmarks/results/paper-h100). The
+        decode steps attend over the same key buckets either way (key_bucket of the batch's own
+        span), so the work measured is the same. Raises ConfigError below 1."""
         self.arch, self.dtype, self.device = arch, dtype, torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
@@ -78,6 +86,9 @@ class TorchEngine:
                 f"pad_token_id {pad_token_id} outside the vocabulary [0, {arch.vocab_size})"
             )
         self.pad_token_id = pad_token_id
+        if min_cache_len is not None and (isinstance(min_cache_len, bool) or min_cache_len < 1):
+            raise ConfigError(f"min_cache_len={min_cache_len!r}; expected a whole number >= 1")
+        self.min_cache_len = min_cache_len or 0
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.quantization = quantization
         start = time.perf_counter()
@@ -121,15 +132,17 @@ class TorchEngine:
                 torch._dynamo.mark_static_address(t)
             self._capture(None)
 
-    def key_bucket(self, slot: int) -> int | None:
+    def key_bucket(self, slot: int, span: int | None = None) -> int | None:
         """Cache slots a decode step feeding the token at `slot` attends over: the smallest multiple
-        of the bucket size above `slot` (buckets: CACHE_ALIGN multiples, at most MAX_KEY_BUCKETS
-        per cache). None (the whole cache) under compile_decode: one compiled shape per cache."""
+        of the bucket size above `slot`, at most `span` (buckets: CACHE_ALIGN multiples, at most
+        MAX_KEY_BUCKETS per span). span: the batch's own prompt + output slots, CACHE_ALIGN-rounded
+        (default: the allocated cache, which min_cache_len may make longer). None (the whole cache)
+        under compile_decode: one compiled shape per cache."""
         if self.compile_decode:
             return None
-        cache_len = self._shape[1]
-        size = -(-cache_len // MAX_KEY_BUCKETS // CACHE_ALIGN) * CACHE_ALIGN
-        return min(cache_len, (slot // size + 1) * size)
+        span = self._shape[1] if span is None else span
+        size = -(-span // MAX_KEY_BUCKETS // CACHE_ALIGN) * CACHE_ALIGN
+        return min(span, (slot // size + 1) * size)
 
     def _capture(self, keys: int | None) -> None:
         # Warm-up and capture run on junk state: the cache slots they write are either overwritten
@@ -203,14 +216,17 @@ class TorchEngine:
         n, lens = len(prompts), [len(p) for p in prompts]
         padded_len, max_out = max(lens), max(output_lengths)
         reserved = max(max_out, reserve_output_len)
-        cache_len = -(-(padded_len + reserved) // CACHE_ALIGN) * CACHE_ALIGN
+        span = -(-(padded_len + reserved) // CACHE_ALIGN) * CACHE_ALIGN
+        # one cache for every batch of this size where min_cache_len covers them (its graphs kept)
+        cache_len = max(span, -(-self.min_cache_len // CACHE_ALIGN) * CACHE_ALIGN)
         self._allocate(n, cache_len)
         # decode step i feeds the token at slot padded_len + i
-        step_keys = [self.key_bucket(padded_len + i) for i in range(max_out - 1)]
+        step_keys = [self.key_bucket(padded_len + i, span) for i in range(max_out - 1)]
         if self.graphs and not self.compile_decode:
             # With a reservation (the OOM probe, a cell's warm-up), every bucket the reserved output
             # reaches: the probe's memory peak, and no capture left for the measured batch.
-            needed = {self.key_bucket(padded_len + i) for i in range(max(max_out, reserved) - 1)}
+            needed = {self.key_bucket(padded_len + i, span)
+                      for i in range(max(max_out, reserved) - 1)}  # fmt: skip
             start = time.perf_counter()
             for keys in sorted(needed - set(self._graphs)):
                 self._capture(keys)
