@@ -177,17 +177,15 @@ def platform_params(wildcards):
     return PLAN.platform_params(wildcards.platform)
 
 
-def static_cell_run(wildcards):
-    """The static cell's run params: its own repeats (plan.cell_repeats: run.repeats_at_ends at
-    its sweep's smallest and largest batch)."""
-    key = CellKey(wildcards.platform, wildcards.model, STATIC, int(wildcards.batch))
-    return PLAN.cell_params(key)["run"]
+def cell_run(mode):
+    """Params `run` of a cell rule of `mode`: each cell's own (plan.cell_params: its repeats,
+    run.repeats_at_ends at its sweep's smallest and largest n)."""
 
+    def run(wildcards):
+        key = CellKey(wildcards.platform, wildcards.model, mode, int(wildcards.batch))
+        return PLAN.cell_params(key)["run"]
 
-def continuous_cell_run(wildcards):
-    """The continuous cell's run params, its own repeats as static_cell_run's."""
-    key = CellKey(wildcards.platform, wildcards.model, CONTINUOUS, int(wildcards.batch))
-    return PLAN.cell_params(key)["run"]
+    return run
 
 
 def serving_params(wildcards):

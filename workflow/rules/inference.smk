@@ -24,7 +24,7 @@ rule run_cell:
     params:
         model=model_params,
         platform=platform_params,
-        run=static_cell_run,
+        run=cell_run(STATIC),
     script:
         "../scripts/run_cell.py"
 
@@ -52,7 +52,7 @@ if PLAN.backend == "openai_server":
         params:
             model=model_params,
             platform=platform_params,
-            run=continuous_cell_run,
+            run=cell_run(CONTINUOUS),
             serving=serving_params,
             server=server_params,
         script:
@@ -79,7 +79,7 @@ else:
         params:
             model=model_params,
             platform=platform_params,
-            run=continuous_cell_run,
+            run=cell_run(CONTINUOUS),
             serving=serving_params,
         script:
             "../scripts/run_cell.py"
