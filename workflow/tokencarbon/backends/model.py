@@ -270,9 +270,10 @@ def _materialize(model: nn.Module, device: torch.device) -> None:
     """Every parameter and buffer of a meta-device model allocated, uninitialised, on `device`:
     what Module.to_empty does, without its torch.empty_like on meta tensors. That call runs torch's
     Python reference kernels, whose first use in a process imports torch.fx's symbolic shapes and
-    sympy: 2.4-4.4 s of every GPU cell's engine build on the project's H100 machine, where those
-    modules are compiled from source in each process (benchmarks/results/
-    h100-engine-build-profile.json: GPT-2 124M built in 4.40 s, 4.10 s of it in that import)."""
+    sympy: the weights took 2.4-4.0 s to build in every GPU cell of the first H100 chunks
+    (benchmarks/results/paper-h100, meta.json engine_parts_s), where those modules are compiled
+    from source in each process (h100-engine-build-profile.json: GPT-2 124M built in 4.40 s, 4.10 s
+    of it in that import)."""
     for module in model.modules():
         for name, p in module._parameters.items():
             if p is not None:
