@@ -178,14 +178,14 @@ def platform_params(wildcards):
 
 
 def cell_run(mode):
-    """Params `run` of a cell rule of `mode`: each cell's own (plan.cell_params: its repeats,
+    """Params `run` of the cells of `mode`, each cell's own (plan.cell_params; its repeats are
     run.repeats_at_ends at its sweep's smallest and largest n)."""
 
-    def run(wildcards):
+    def of_cell(wildcards):
         key = CellKey(wildcards.platform, wildcards.model, mode, int(wildcards.batch))
         return PLAN.cell_params(key)["run"]
 
-    return run
+    return of_cell
 
 
 def serving_params(wildcards):
