@@ -23,6 +23,9 @@
 #              engine build), and each cell's Snakemake call spent ~9 s outside its job (the pack's
 #              manifest seconds minus the cell's timeline). The wheels are installed compiled
 #              (no --no-compile) for the same reason.
+#   PREFLIGHT=0  skip the GPU tests of the static engine run before the chunk (default 1: `pytest -m
+#              gpu tests/test_torch_static.py`, ~30 s; if they fail, no cell runs and the call ends
+#              with their output in chunk.log, instead of every cell failing until the budget ends)
 #   START=1    time CUDA's start first (benchmarks/cuda_start.py --runs 1, $OUT/<gpu>-cuda-start.json)
 #   SMK_PROFILE=1  after the chunk, where a Snakemake call's own time goes: cProfile of a dry run
 #              of the grid's first cell (its 40 largest cumulative entries appended to chunk.log);
@@ -62,11 +65,20 @@ if [ "${START:-0}" = 1 ]; then
         | tail -12
 fi
 
+if [ "${PREFLIGHT:-1}" = 1 ]; then
+    PYTHONPATH=/tmp/site:$PWD/workflow timeout -k 5 150 python3 -m pytest -q -m gpu -p no:cacheprovider \
+        tests/test_torch_static.py \
+        > "$OUT/chunk.log" 2>&1
+    prc=$?
+    tail -3 "$OUT/chunk.log"
+    [ "$prc" = 0 ] || { echo "preflight: the static engine's GPU tests failed (exit $prc): no chunk"; exit 3; }
+fi
+
 zpid=
 if [ "${ZEUS:-0}" = 1 ]; then
     python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/zeus \
         .whl-zeus/*.whl || { echo "pip install of .whl-zeus/ failed" >&2; exit 2; }
-    PYTHONPATH=/tmp/zeus python3 benchmarks/zeus_beside.py record --out "$OUT/$gpu-zeus.csv" \
+    PYTHONPATH=/tmp/zeus:/tmp/site python3 benchmarks/zeus_beside.py record --out "$OUT/$gpu-zeus.csv" \
         > "$OUT/zeus.log" 2>&1 &
     zpid=$!
     sleep 2
@@ -74,7 +86,7 @@ if [ "${ZEUS:-0}" = 1 ]; then
 fi
 
 python3 benchmarks/run_chunks.py --configfile "config/$study.yaml" --budget "$budget" --cores 16 \
-    --no-progress --tar "$OUT/$study.tar.gz" "$@" > "$OUT/chunk.log" 2>&1
+    --no-progress --tar "$OUT/$study.tar.gz" "$@" >> "$OUT/chunk.log" 2>&1
 rc=$?
 echo "run_chunks exit $rc"
 grep '^\[chunks\]' "$OUT/chunk.log" | grep -v 'for the next chunk' | tail -25

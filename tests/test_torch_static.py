@@ -165,6 +165,27 @@ def test_cuda_graph_decode_matches_eager(name):
 
 @gpu
 @needs_cuda
+def test_cuda_graphs_in_one_cache_for_every_batch_match_eager():
+    # A static cell's engine (min_cache_len: one 640-slot cache for every batch of 3) replays the
+    # graphs captured for the first batch on the later ones, with the tokens of an eager engine
+    # whose cache is sized per batch: 7 + 90 slots -> key buckets 64 and 128; 7 + 9 -> 64.
+    arch = load_architecture("tiny-llama")
+    graphed = TorchEngine(arch, "float32", "cuda", seed=0, min_cache_len=600)
+    eager = TorchEngine(arch, "float32", "cuda", seed=0, cuda_graphs=False)
+    first = graphed.run_batch(PROMPTS, [90, 40, 70]).token_ids
+    assert first == eager.run_batch(PROMPTS, [90, 40, 70]).token_ids
+    assert graphed._shape == (3, 640) and sorted(graphed._graphs) == [64, 128]
+    graphs, cache = dict(graphed._graphs), graphed.model.layers[0].attn.k_cache
+    for prompts, outputs in [([[9, 9, 9], [1], [2, 3]], [9, 5, 2]), (PROMPTS, [5, 9, 3])]:
+        want = eager.run_batch(prompts, outputs).token_ids
+        assert graphed.run_batch(prompts, outputs).token_ids == want
+    assert graphed.model.layers[0].attn.k_cache is cache  # allocated once
+    assert graphed._graphs == graphs  # nothing captured again
+    assert graphed.build_s["graph_capture"] > 0
+
+
+@gpu
+@needs_cuda
 def test_compiled_decode_matches_eager():
     arch = load_architecture("tiny-llama")
     compiled = TorchEngine(arch, "float32", "cuda", seed=0, compile_decode=True)
