@@ -31,11 +31,16 @@ for name in "${@:-gpu-study}" ; do
     cp -r "$study/cells" "$out/cells"
     # The copy's config: every platform import_only (the paper configs measure theirs; here their
     # cells are only read) and, for a study still being measured in chunks, only the models with
-    # static cells committed (each left out is named)
-    partial=$("$python" - "$work/config/$name.yaml" "$out/cells" <<'PY'
-import sys, yaml
+    # static cells committed (each left out is named); a study whose chunk runner's last run left
+    # cells to measure (its pack's manifest.json) is partial as well
+    partial=$("$python" - "$work/config/$name.yaml" "$out/cells" "$study/manifest.json" <<'PY'
+import json, sys, yaml
 from pathlib import Path
-path, cells = Path(sys.argv[1]), Path(sys.argv[2])
+path, cells, manifest = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+runs = json.loads(manifest.read_text())["runs"] if manifest.is_file() else []
+unmeasured = runs[-1]["left"] + runs[-1]["failed"] if runs else []
+if unmeasured:
+    print(f"{manifest}: {len(unmeasured)} cell(s) not measured yet", file=sys.stderr)
 c = yaml.safe_load(path.read_text())
 c["platforms"] = {p: {**(v or {}), "import_only": True} for p, v in c["platforms"].items()}
 have = {m for m in c["models"] if any(cells.glob(f"*/{m}/bs*/meta.json"))}
@@ -44,7 +49,7 @@ for m in left:
     print(f"{path.name}: {m} left out (no static cell committed yet)", file=sys.stderr)
 c["models"] = {m: v for m, v in c["models"].items() if m in have}
 path.write_text(yaml.safe_dump(c, sort_keys=False))
-print("partial" if left else "")
+print("partial" if left or unmeasured else "")
 PY
 )
     (cd "$work" && "$snakemake" --cores 2 all --configfile "config/$name.yaml" --quiet rules)
@@ -55,7 +60,7 @@ PY
     if [ -z "$partial" ]; then
         cp "$out/report.html" "$root/docs/reports/$name.html"
         echo "$name: tables in $study/tables, figures in docs/figures/$name, report docs/reports/$name.html"
-    else  # a report of some models is ~7 MB of the 64 MiB that travels to the GPU machine
-        echo "$name: tables in $study/tables, figures in docs/figures/$name; no report until every model has cells"
+    else  # a report is ~8 MB of the 64 MiB that travels to the GPU machine
+        echo "$name: tables in $study/tables, figures in docs/figures/$name; no report until every cell is measured"
     fi
 done

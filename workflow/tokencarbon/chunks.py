@@ -56,8 +56,12 @@ cell, and the manifest repeats it with the device and the seconds each cell took
 - Measured seconds from the workload each cell serves (`results/<study>/workload/<model>.parquet`)
   and two per-device rates fitted over the committed static cells of that device
   (`benchmarks/results/**/cells/*/*/bs*/`, torch backend): a decode step costs
-  t0 + decode_step_bytes / BW (the weights as stored and each row's KV cache read: a memory
-  roofline with a fixed launch cost, fitted on relative error), a prefill p0 + FLOPs / F. Static
+  t0 + L x tL + decode_step_bytes / BW (the weights as stored and each row's KV cache read: a
+  memory roofline with a fixed cost per step and one per layer, fitted on relative error; the
+  layer term where the cells span at least two depths, else 0), a prefill p0 + FLOPs / F. The
+  layer term is what small models pay: the first H100 paper cells at batch 1 took 0.62, 2.05 and
+  3.23 ms per step for GPT-2 (12 layers), Large (36) and XL (48), ~45 us per layer beyond their
+  weights' read, which a step-only fixed cost, fitted mostly on Llama cells, put at 1.5x less. Static
   cells: per batch of n consecutive requests, a prefill of the padded prompts and
   (longest output - 1) steps at the middle of the batch's context. Continuous cells: requests
   admitted first come, first served into n slots, each holding its slot for its output length
@@ -493,15 +497,21 @@ def touch_kept_probes(smk: Snakemake, probes: Sequence[Job]) -> None:
 
 @dataclass(frozen=True)
 class Rates:
-    """Per-device decode and prefill rates: a decode step costs step_fixed_s + bytes /
-    bytes_per_s, a prefill prefill_fixed_s + FLOPs / flops_per_s. source says where they come
-    from (fitted over named committed cells, or a datasheet row)."""
+    """Per-device decode and prefill rates: a decode step of an architecture of L layers costs
+    step_fixed_s + L x step_layer_s + bytes / bytes_per_s (seconds; bytes/s), a prefill
+    prefill_fixed_s + FLOPs / flops_per_s. source says where they come from (fitted over named
+    committed cells, or a datasheet row)."""
 
     step_fixed_s: float
     bytes_per_s: float
     prefill_fixed_s: float
     flops_per_s: float
     source: str
+    step_layer_s: float = 0.0
+
+    def step_s(self, num_layers: int, step_bytes: float) -> float:
+        """Seconds of one decode step of `num_layers` layers reading `step_bytes` bytes."""
+        return self.step_fixed_s + num_layers * self.step_layer_s + step_bytes / self.bytes_per_s
 
 
 def _fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -520,9 +530,27 @@ def _fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _fit_plane(
+    layers: Sequence[float], x: Sequence[float], y: Sequence[float]
+) -> tuple[float, float, float]:
+    """(a, c, b) of y = a + c L + b x minimising the squared relative error, as _fit_line; where
+    the points span fewer than two depths L, or the fit gives a negative term, (a, 0, b) of
+    _fit_line. Raises InputError with fewer than 2 points."""
+    import numpy as np
+
+    if len(set(layers)) >= 2 and len(y) >= 3:
+        L, x, y = (np.asarray(v, float) for v in (layers, x, y))
+        design = np.vstack([np.ones_like(x), L, x]).T / y[:, None]
+        a, c, b = np.linalg.lstsq(design, np.ones_like(y), rcond=None)[0]
+        if a >= 0 and c >= 0 and b > 0:
+            return float(a), float(c), float(b)
+    a, b = _fit_line(x, y)
+    return a, 0.0, b
+
+
 def committed_cell_points(meta_paths: Iterable[Path], backend: str = "torch") -> dict[str, list]:
     """device_name -> [(cell folder, decode bytes per step, decode s per step, prefill FLOPs per
-    batch, prefill s per batch)] of committed static cells run by `backend`, from their
+    batch, prefill s per batch, layers)] of committed static cells run by `backend`, from their
     meta.json and batches.parquet: per batch, the decode step at the middle of its context
     (padded prompt + half the longest output) for every row, and the prefill of the padded
     prompts; per cell, step-weighted means. Cells without decode steps, or whose architecture
@@ -565,14 +593,16 @@ def committed_cell_points(meta_paths: Iterable[Path], backend: str = "torch") ->
                 float(decode_s / steps.sum()),
                 float(np.mean(flops)),
                 float(np.mean(prefill_s)),
+                int(arch.num_layers),
             )
         )
     return points
 
 
 def fit_rates(points: Sequence[tuple], device: str) -> Rates:
-    """Rates fitted over one device's committed_cell_points (at least 2 cells)."""
-    a, b = _fit_line([p[1] for p in points], [p[2] for p in points])
+    """Rates fitted over one device's committed_cell_points (at least 2 cells; the per-layer
+    step term needs 3 cells of at least 2 depths, _fit_plane)."""
+    a, c, b = _fit_plane([p[5] for p in points], [p[1] for p in points], [p[2] for p in points])
     pa, pb = _fit_line([p[3] for p in points], [p[4] for p in points])
     return Rates(
         step_fixed_s=a,
@@ -580,6 +610,7 @@ def fit_rates(points: Sequence[tuple], device: str) -> Rates:
         prefill_fixed_s=pa,
         flops_per_s=1 / pb,
         source=f"fitted over {len(points)} committed static cells on {device}",
+        step_layer_s=c,
     )
 
 
@@ -623,7 +654,7 @@ def static_measured_s(
             + batch_prefill_flops(arch, [padded] * len(prompts)) / rates.flops_per_s
         )
         step = decode_step_bytes(arch, [padded + longest // 2] * len(prompts), dtype, quant)
-        total += (longest - 1) * (rates.step_fixed_s + step / rates.bytes_per_s)
+        total += (longest - 1) * rates.step_s(arch.num_layers, step)
     return total
 
 
@@ -662,7 +693,7 @@ def continuous_measured_s(
     kv_per_token = kv_cache_bytes(arch, 1, 1, dtype)
     kv = sum((o - 1) * (p + o // 2) * kv_per_token for p, o in zip(prompt_lens, output_lens))
     weights = weight_bytes(arch, dtype, quant)
-    decode = steps * (rates.step_fixed_s + weights / rates.bytes_per_s) + kv / rates.bytes_per_s
+    decode = steps * rates.step_s(arch.num_layers, weights) + kv / rates.bytes_per_s
     prefill = sum(prefill_flops(arch, int(p)) for p in prompt_lens) / rates.flops_per_s
     return decode + prefill
 
