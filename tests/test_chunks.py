@@ -463,3 +463,23 @@ def test_finished_cells_measured_under_another_repeat_count_are_named(tmp_path):
               "h100/llama-2-7b/cb4": 3}  # fmt: skip
     assert chunks.other_repeats(done, wanted, tmp_path) == [
         "h100/llama-2-7b/bs1 (ran 1, config 3)", "h100/llama-2-7b/bs4 (ran 1, config 3)"]
+
+
+def test_sweeps_measured_on_several_cards_are_named(tmp_path):
+    # gpt2 bs2 ran on one H100 (idle 114 W), bs1 and bs4 on another (124-132 W): the sweep is named
+    # with each card's cells; llama's sweep (one card) and a CPU cell (no UUID) are not
+    def meta(name, uuid):
+        (tmp_path / name).mkdir(parents=True)
+        gpu = {"gpu": {"uuid": uuid}} if uuid else {}
+        (tmp_path / name / "meta.json").write_text(json.dumps({"hardware": gpu}))
+
+    done = [_cell("h100", "gpt2", "static", n) for n in (1, 2, 4)]
+    done += [_cell("h100", "llama-2-7b", "static", n) for n in (1, 2)]
+    done += [_cell("cpu", "tiny", "static", 1), _cell("h100", "gpt2", "continuous", 1)]
+    for name, uuid in [("h100/gpt2/bs1", "GPU-aa-7901c5"), ("h100/gpt2/bs2", "GPU-bb-480db6"),
+                       ("h100/gpt2/bs4", "GPU-aa-7901c5"), ("h100/llama-2-7b/bs1", "GPU-bb-480db6"),
+                       ("h100/llama-2-7b/bs2", "GPU-bb-480db6"), ("cpu/tiny/bs1", None),
+                       ("h100/gpt2/cb1", "GPU-bb-480db6")]:  # fmt: skip
+        meta(name, uuid)
+    assert chunks.sweeps_on_several_cards(done, tmp_path) == [
+        "h100/gpt2 static: 2 cards (...7901c5: bs1, bs4; ...480db6: bs2)"]

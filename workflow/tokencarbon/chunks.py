@@ -61,9 +61,10 @@ cell, and the manifest repeats it with the device and the seconds each cell took
   layer term where the cells span at least two depths, else 0), a prefill p0 + FLOPs / F. The
   layer term is what small models pay: the first H100 paper cells at batch 1 took 0.62, 2.05 and
   3.23 ms per step for GPT-2 (12 layers), Large (36) and XL (48), ~45 us per layer beyond their
-  weights' read, which a step-only fixed cost, fitted mostly on Llama cells, put at 1.5x less. Static
-  cells: per batch of n consecutive requests, a prefill of the padded prompts and
-  (longest output - 1) steps at the middle of the batch's context. Continuous cells: requests
+  weights' read; a step-only fixed cost, fitted mostly on Llama cells, put their batch-1 and
+  batch-2 windows at 0.57x what they measured. Static cells: per batch of n consecutive
+  requests, a prefill of the padded prompts and (longest output - 1) steps at the middle of the
+  batch's context. Continuous cells: requests
   admitted first come, first served into n slots, each holding its slot for its output length
   (offline arrivals); the steps that schedule takes, each at its rows' mean context, and every
   prompt's prefill FLOPs. Devices without committed cells use their platforms.csv row's datasheet
@@ -1049,9 +1050,17 @@ def _packed_log(log: str) -> Path:
 
 
 def cell_facts(cell: Cell, workdir: Path) -> dict[str, Any]:
-    """What a finished cell says of itself (meta.json): the commit and device that measured it."""
+    """What a finished cell says of itself (meta.json): the commit and device that measured it,
+    and the GPU's UUID (None for a CPU cell or a meta.json without one)."""
     meta = json.loads((workdir / cell.meta).read_text())
-    return {"git_commit": meta.get("git_commit"), "device_name": meta.get("device_name")}
+    return {"git_commit": meta.get("git_commit"), "device_name": meta.get("device_name"),
+            "gpu_uuid": _gpu_uuid(meta)}  # fmt: skip
+
+
+def _gpu_uuid(meta: Mapping[str, Any]) -> str | None:
+    """The GPU UUID a cell's meta.json records (hardware.gpu.uuid), else None."""
+    gpu = (meta.get("hardware") or {}).get("gpu") or {}
+    return gpu.get("uuid") or None
 
 
 def probe_facts(path: Path) -> dict[str, Any]:
@@ -1376,6 +1385,8 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
             pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts, cells_dir(config))
     repeats = _cell_repeats(config, grid)
     _say_other_repeats(done, repeats, workdir, cells_dir(config))
+    for line in sweeps_on_several_cards(done, workdir / cells_dir(config)):
+        _say(f"[chunks] sweep measured on several GPUs, whose idle power may differ: {line}")
     idle_s = _number_setting(config, "power", "idle_s", 3.0)
     idle_share = _number_setting(config, "power", "idle_share_s", 0.0) > 0
     rows = _device_rows(config)
@@ -1529,6 +1540,35 @@ def other_repeats(done: Sequence[Cell], repeats: Mapping[str, int], cells: Path)
         if ran is not None and ran != repeats[cell.name]:
             out.append(f"{cell.name} (ran {ran}, config {repeats[cell.name]})")
     return out
+
+
+def sweeps_on_several_cards(done: Sequence[Cell], cells: Path) -> list[str]:
+    """The sweeps (platform, model, mode) whose finished cells (under `cells`) were measured on
+    more than one GPU (meta.json hardware.gpu.uuid), as 'platform/model static: 2 cards (...7901c5:
+    bs1, bs4; ...480db6: bs2)', each card by its UUID's last 6 characters and its cells by folder.
+    J/token counts the whole board, so cards of one model differ by their idle power (114 and
+    124-132 W among the H100s of 2026-12-07, docs/results.md): a ratio across such cells carries
+    that difference. Cells without a UUID (CPU, older records) are left out."""
+    by_sweep: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    for cell in done:
+        meta = cells / cell.name / "meta.json"
+        uuid = _gpu_uuid(json.loads(meta.read_text())) if meta.is_file() else None
+        if uuid:
+            cards = by_sweep.setdefault((cell.platform, cell.model, cell.mode), {})
+            cards.setdefault(uuid, []).append(cell)
+    out = []
+    for (platform, model, mode), cards in sorted(by_sweep.items()):
+        if len(cards) > 1:
+            parts = [
+                f"...{uuid[-6:]}: " + ", ".join(Path(c.name).name for c in sorted(cs, key=_n))
+                for uuid, cs in sorted(cards.items(), key=lambda kv: -len(kv[1]))
+            ]
+            out.append(f"{platform}/{model} {mode}: {len(cards)} cards ({'; '.join(parts)})")
+    return out
+
+
+def _n(cell: Cell) -> int:
+    return cell.n
 
 
 def _say_other_repeats(done, repeats, workdir: Path, cells: Path) -> None:
