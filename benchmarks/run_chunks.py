@@ -83,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also write the pack as one .tar.gz after each cell (e.g. $OUT/paper-h200.tar.gz)",
     )
-    p.add_argument("--target", default="all", help="the DAG target whose cells are planned")
+    p.add_argument(
+        "--target",
+        nargs="+",
+        default=["all"],
+        help="the DAG target(s) whose cells are planned, e.g. cells' meta.json files: with --config "
+        "run='{\"repeats_at_ends\": 1}', cells too long for a call at their config's repeats "
+        "(docs/chunks.md)",
+    )
     p.add_argument(
         "--records",
         type=Path,
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             remeasure=a.remeasure,
             plan_only=a.plan_only,
             tar=a.tar,
-            target=a.target,
+            target=tuple(a.target),
             records_dir=a.records,
             grace_s=a.grace_s,
             progress=not a.no_progress,

@@ -483,3 +483,40 @@ def test_sweeps_measured_on_several_cards_are_named(tmp_path):
         meta(name, uuid)
     assert chunks.sweeps_on_several_cards(done, tmp_path) == [
         "h100/gpt2 static: 2 cards (...7901c5: bs1, bs4; ...480db6: bs2)"]
+
+
+@pytest.mark.slow
+def test_a_cell_too_long_for_a_call_runs_alone_with_fewer_repeats_and_is_kept_so(tmp_path):
+    # docs/chunks.md's recipe for the Llama batch-1 cells that need 3.5-6.3 min a repeat (three do
+    # not fit a 10-minute call): --target the cell's meta.json with --config run='{...: 1}'. Only
+    # that cell runs, once; a later plain run measures the rest at the config's repeats, keeps it
+    # byte for byte and names it as measured under another count.
+    repo = tmp_path / "repo"
+    for rel in _git(REPO, "ls-files").splitlines():
+        if (REPO / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, repo / rel)
+    config = {**TINY, "sweep": {"batch_sizes": [1, 2], "max_num_seqs": []},
+              "run": {"repeats": 1, "repeats_at_ends": 2}}  # fmt: skip
+    (repo / "config/tiny.yaml").write_text(yaml.safe_dump(config))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "A")
+    cells = repo / "results/default/cells/cpu/tiny-gpt2"
+    alone = [*RUN, "--target", "results/default/cells/cpu/tiny-gpt2/bs1/meta.json",
+             "--config", 'run={"repeats": 1, "repeats_at_ends": 1}']  # fmt: skip
+    first = subprocess.run(alone, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-4000:]
+    manifest = json.loads((repo / "benchmarks/results/paper-cpu/manifest.json").read_text())
+    assert manifest["runs"][-1]["measured"] == ["cpu/tiny-gpt2/bs1"]
+    assert json.loads((cells / "bs1/meta.json").read_text())["repeats"] == 1
+    assert not (cells / "bs2").exists()
+    kept = _cell_bytes(repo, ["cpu/tiny-gpt2/bs1"])
+
+    rest = subprocess.run(RUN, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-4000:]
+    manifest = json.loads((repo / "benchmarks/results/paper-cpu/manifest.json").read_text())
+    assert manifest["runs"][-1]["measured"] == ["cpu/tiny-gpt2/bs2"]
+    assert json.loads((cells / "bs2/meta.json").read_text())["repeats"] == 2
+    assert _cell_bytes(repo, ["cpu/tiny-gpt2/bs1"]) == kept
+    assert "cpu/tiny-gpt2/bs1 (ran 1, config 2)" in rest.stdout + rest.stderr

@@ -449,18 +449,22 @@ def _failure(what: str, result: CallResult) -> str:
     return f"{what} failed (exit {result.returncode}; log {result.log}):\n{text}{hint}"
 
 
-def setup_jobs(smk: Snakemake, target: str = "all") -> list[Job]:
-    """What the OOM probes need and the probes themselves, as a dry run of `target` up to rule
-    probe_max_batch lists them (jobs Snakemake would run now)."""
-    return smk.dry_run([target], ["--until", PROBE_RULE], "plan-setup")
+def setup_jobs(smk: Snakemake, target: str | Sequence[str] = "all") -> list[Job]:
+    """What the OOM probes need and the probes themselves, as a dry run of `target` (one DAG
+    target or several) up to rule probe_max_batch lists them (jobs Snakemake would run now)."""
+    return smk.dry_run(_targets(target), ["--until", PROBE_RULE], "plan-setup")
 
 
-def grid_jobs(smk: Snakemake, target: str = "all") -> list[Job]:
+def _targets(target: str | Sequence[str]) -> list[str]:
+    return [target] if isinstance(target, str) else list(target)
+
+
+def grid_jobs(smk: Snakemake, target: str | Sequence[str] = "all") -> list[Job]:
     """The one enumeration of cells: every cell job of `target`'s DAG, from a dry run with the
     cell rules forced (so finished cells are listed too), once the probes exist and are up to
     date (their checkpoint answers the sweeps). Raises InputError if a probe would run: the
     grid of an `auto` sweep is not known until it has."""
-    jobs = smk.dry_run([target], ["--forcerun", *CELL_RULES], "plan-grid")
+    jobs = smk.dry_run(_targets(target), ["--forcerun", *CELL_RULES], "plan-grid")
     probes = [j for j in jobs if j.rule == PROBE_RULE]
     if probes:
         raise InputError(
@@ -1167,7 +1171,7 @@ class Options:
     remeasure: Sequence[str] = ()
     plan_only: bool = False
     tar: Path | None = None
-    target: str = "all"
+    target: str | Sequence[str] = "all"  # DAG target(s) whose cells are planned
     records_dir: Path | None = None
     snakemake: Sequence[str] = (sys.executable, "-m", "snakemake")
     grace_s: float = 120.0
