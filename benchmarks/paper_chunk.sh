@@ -38,8 +38,15 @@ budget=${1:?usage: paper_chunk.sh BUDGET [run_chunks.py options...]}
 shift
 OUT=${OUT:?OUT must name the folder whose files come back}
 
-python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .whl/*.whl \
-    || { echo "pip install of .whl/ failed" >&2; exit 2; }
+# A machine held from the call before still has /tmp/site: install again only if the wheels differ
+# (pip into an existing --target only warns, once per file).
+stamp=$(stat -c '%n %s' .whl/*.whl | sha256sum | cut -c1-16)  # names and sizes (copies get new mtimes)
+if [ "$(cat /tmp/site/.wheels 2>/dev/null)" != "$stamp" ]; then
+    rm -rf /tmp/site
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .whl/*.whl \
+        || { echo "pip install of .whl/ failed" >&2; exit 2; }
+    echo "$stamp" > /tmp/site/.wheels
+fi
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 if [ -d .snap/git ]; then
     rm -rf .git && mv .snap/git .git && git config core.bare false && git config core.fileMode false \
@@ -76,8 +83,10 @@ fi
 
 zpid=
 if [ "${ZEUS:-0}" = 1 ]; then
-    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/zeus \
-        .whl-zeus/*.whl || { echo "pip install of .whl-zeus/ failed" >&2; exit 2; }
+    if [ ! -d /tmp/zeus/zeus ]; then
+        python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/zeus \
+            .whl-zeus/*.whl || { echo "pip install of .whl-zeus/ failed" >&2; exit 2; }
+    fi
     PYTHONPATH=/tmp/zeus:/tmp/site python3 benchmarks/zeus_beside.py record --out "$OUT/$gpu-zeus.csv" \
         > "$OUT/zeus.log" 2>&1 &
     zpid=$!
