@@ -269,7 +269,7 @@ def test_fig4_subset_keeps_only_the_named_models():
     line = next(line for line in ax.lines if len(line.get_xdata()) == 2)
     # batch 1 then batch 8, as given; 0.003 and 0.004 s/token drawn in ms
     assert list(line.get_xdata()) == pytest.approx([3.0, 4.0])
-    assert ax.get_title().startswith("GPT-2")
+    assert ax.get_title(loc="left").startswith("GPT-2")
 
 
 def test_fig5_draws_one_bar_per_batch1_cell_in_percent():
@@ -1087,7 +1087,7 @@ def test_every_latency_axis_and_the_slo_read_e2e_latency_per_token():
     xs = sorted(x for line in data_lines(ax) for x in line.get_xdata())
     assert xs == pytest.approx([4.0, 6.0])  # ms, E2E: never the static cell's 2.0
     assert ax.get_xlabel() == "E2E latency per output token (ms/token)"
-    assert "(finish - arrival)" in " ".join(ax.get_title().split())
+    assert "(finish - arrival)" in " ".join(ax.get_title(loc="left").split())
     fig = pareto_carbon_latency(df, [0.005])
     assert fig.axes[0].get_xlabel() == "E2E latency per output token (ms/token)"
     # SLO 5 ms: only the static cell meets it on E2E (4 ms); on the study's measure cb8 (6 ms)

@@ -239,7 +239,7 @@ def test_fig4c_draws_quantized_models_with_their_sibling_faded_and_no_layout_pro
     assert "llama-2-7b-wq4 (int4 g128, torchao 0.18.0)" in legend
     assert "llama-2-7b (float16, unquantized reference)" in legend
     assert "llama-2-13b-wq4" not in " ".join(legend)  # not in this study's models
-    assert "faded: unquantized reference" in " ".join(ax.get_title().split())
+    assert "faded: unquantized reference" in " ".join(ax.get_title(loc="left").split())
     # ms/token of the int4 batch-1 point: 0.017 s = 17 ms at 60 tokens/s
     q = next(line for line in lines if len(line.get_xdata()) == 3)
     assert (q.get_xdata()[0], q.get_ydata()[0]) == pytest.approx((17.0, 60.0))

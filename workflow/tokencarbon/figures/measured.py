@@ -214,6 +214,9 @@ def fig4_throughput_latency(
         # a top y tick label stands half its height above the axes: matplotlib's 6 pt pad let
         # it touch the title's last line (layout_problems, seen on a tiny CPU run's fig4b)
         pad=12,
+        # from the axes' left edge: centred on axes that the legend and wide tick labels left
+        # 3.7 in wide, the 4.95 in title began 4 px left of the canvas (a tiny CPU run, 2026-12-08)
+        loc="left",
     )
     declutter(fig, point_labels)
     return fig
