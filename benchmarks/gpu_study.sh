@@ -31,14 +31,15 @@ for name in "${@:-gpu-study}" ; do
     cp -r "$study/cells" "$out/cells"
     # The copy's config: every platform import_only (the paper configs measure theirs; here their
     # cells are only read) and, for a study still being measured in chunks, only the models with
-    # static cells committed (each left out is named); a study whose chunk runner's last run left
-    # cells to measure (its pack's manifest.json) is partial as well
+    # static cells committed (each left out is named); a study whose chunk runs left or failed
+    # cells not in its pack yet (its manifest.json, every run: a run of a few --target cells lists
+    # only those) is partial as well
     partial=$("$python" - "$work/config/$name.yaml" "$out/cells" "$study/manifest.json" <<'PY'
 import json, sys, yaml
 from pathlib import Path
 path, cells, manifest = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-runs = json.loads(manifest.read_text())["runs"] if manifest.is_file() else []
-unmeasured = runs[-1]["left"] + runs[-1]["failed"] if runs else []
+packed = json.loads(manifest.read_text()) if manifest.is_file() else {"runs": [], "cells": {}}
+unmeasured = {c for r in packed["runs"] for c in r["left"] + r["failed"]} - set(packed["cells"])
 if unmeasured:
     print(f"{manifest}: {len(unmeasured)} cell(s) not measured yet", file=sys.stderr)
 c = yaml.safe_load(path.read_text())

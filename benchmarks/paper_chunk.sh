@@ -24,7 +24,7 @@
 #              manifest seconds minus the cell's timeline). The wheels are installed compiled
 #              (no --no-compile) for the same reason.
 #   PREFLIGHT=0  skip the GPU tests of the static engine run before the chunk (default 1: `pytest -m
-#              gpu tests/test_torch_static.py`, ~30 s; if they fail, no cell runs and the call ends
+#              gpu tests/test_torch_static.py`, 49 s on an H100; if they fail, no cell runs and the call ends
 #              with their output in chunk.log, instead of every cell failing until the budget ends)
 #   START=1    time CUDA's start first (benchmarks/cuda_start.py --runs 1, $OUT/<gpu>-cuda-start.json)
 #   SMK_PROFILE=1  after the chunk, where a Snakemake call's own time goes: cProfile of a dry run

@@ -96,6 +96,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -449,22 +450,18 @@ def _failure(what: str, result: CallResult) -> str:
     return f"{what} failed (exit {result.returncode}; log {result.log}):\n{text}{hint}"
 
 
-def setup_jobs(smk: Snakemake, target: str | Sequence[str] = "all") -> list[Job]:
-    """What the OOM probes need and the probes themselves, as a dry run of `target` (one DAG
-    target or several) up to rule probe_max_batch lists them (jobs Snakemake would run now)."""
-    return smk.dry_run(_targets(target), ["--until", PROBE_RULE], "plan-setup")
+def setup_jobs(smk: Snakemake, targets: Sequence[str] = ("all",)) -> list[Job]:
+    """What the OOM probes need and the probes themselves, as a dry run of `targets` (DAG
+    targets) up to rule probe_max_batch lists them (jobs Snakemake would run now)."""
+    return smk.dry_run(list(targets), ["--until", PROBE_RULE], "plan-setup")
 
 
-def _targets(target: str | Sequence[str]) -> list[str]:
-    return [target] if isinstance(target, str) else list(target)
-
-
-def grid_jobs(smk: Snakemake, target: str | Sequence[str] = "all") -> list[Job]:
-    """The one enumeration of cells: every cell job of `target`'s DAG, from a dry run with the
+def grid_jobs(smk: Snakemake, targets: Sequence[str] = ("all",)) -> list[Job]:
+    """The one enumeration of cells: every cell job of the `targets`' DAG, from a dry run with the
     cell rules forced (so finished cells are listed too), once the probes exist and are up to
     date (their checkpoint answers the sweeps). Raises InputError if a probe would run: the
     grid of an `auto` sweep is not known until it has."""
-    jobs = smk.dry_run(_targets(target), ["--forcerun", *CELL_RULES], "plan-grid")
+    jobs = smk.dry_run(list(targets), ["--forcerun", *CELL_RULES], "plan-grid")
     probes = [j for j in jobs if j.rule == PROBE_RULE]
     if probes:
         raise InputError(
@@ -1171,7 +1168,7 @@ class Options:
     remeasure: Sequence[str] = ()
     plan_only: bool = False
     tar: Path | None = None
-    target: str | Sequence[str] = "all"  # DAG target(s) whose cells are planned
+    targets: Sequence[str] = ("all",)  # the DAG targets whose cells are planned
     records_dir: Path | None = None
     snakemake: Sequence[str] = (sys.executable, "-m", "snakemake")
     grace_s: float = 120.0
@@ -1298,7 +1295,7 @@ def run(opts: Options) -> int:
 def _chunk0(state: _Run) -> Overheads:
     """Setup and the missing probes in one Snakemake call; existing probes kept (touched)."""
     workdir, pack = state.workdir, state.pack
-    jobs = setup_jobs(state.smk, state.opts.target)
+    jobs = setup_jobs(state.smk, state.opts.targets)
     probes = [j for j in jobs if j.rule == PROBE_RULE]
     # a probe is rerun only where its output is missing or Snakemake marked it incomplete
     missing = [
@@ -1356,7 +1353,7 @@ def _device_rows(config) -> dict[str, Any]:
 def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Estimate]]:
     """The grid from the dry run, cells to measure in run order, their estimates, printed."""
     workdir, pack, opts, config = state.workdir, state.pack, state.opts, state.config
-    grid = [Cell.from_job(j) for j in grid_jobs(state.smk, opts.target)]
+    grid = [Cell.from_job(j) for j in grid_jobs(state.smk, opts.targets)]
     names = {c.name for c in grid}
     unknown = sorted(set(opts.remeasure) - names)
     if unknown:
@@ -1553,7 +1550,7 @@ def sweeps_on_several_cards(done: Sequence[Cell], cells: Path) -> list[str]:
     J/token counts the whole board, so cards of one model differ by their idle power (114 and
     124-132 W among the H100s of 2026-12-07, docs/results.md): a ratio across such cells carries
     that difference. Cells without a UUID (CPU, older records) are left out."""
-    by_sweep: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    by_sweep: dict[tuple[str, str, str], dict[str, list[Cell]]] = {}
     for cell in done:
         meta = cells / cell.name / "meta.json"
         uuid = _gpu_uuid(json.loads(meta.read_text())) if meta.is_file() else None
@@ -1564,15 +1561,11 @@ def sweeps_on_several_cards(done: Sequence[Cell], cells: Path) -> list[str]:
     for (platform, model, mode), cards in sorted(by_sweep.items()):
         if len(cards) > 1:
             parts = [
-                f"...{uuid[-6:]}: " + ", ".join(Path(c.name).name for c in sorted(cs, key=_n))
+                f"...{uuid[-6:]}: " + ", ".join(Path(c.name).name for c in sorted(cs, key=attrgetter("n")))
                 for uuid, cs in sorted(cards.items(), key=lambda kv: -len(kv[1]))
             ]
             out.append(f"{platform}/{model} {mode}: {len(cards)} cards ({'; '.join(parts)})")
     return out
-
-
-def _n(cell: Cell) -> int:
-    return cell.n
 
 
 def _say_other_repeats(done, repeats, workdir: Path, cells: Path) -> None:
