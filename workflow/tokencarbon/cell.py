@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from tokencarbon import idle_share, tables
+from tokencarbon import idle_share, parts, tables
 from tokencarbon.arrivals import arrival_times_s
 from tokencarbon.backends import Request, ServingResult
 from tokencarbon.compile_cache import configured as compile_cache_configured
@@ -509,6 +509,12 @@ class Repeat:
     most_at_once: int
     tokens: int
     token_ids: list | None
+    # token_digest(token_ids), where a repeat kept by an earlier job (tokencarbon.parts) has only it
+    digest: str | None = None
+
+    def token_digest(self) -> str | None:
+        """SHA-256 of the tokens generated (token_digest), None where the engine returned none."""
+        return self.digest if self.token_ids is None else token_digest(self.token_ids)
 
 
 class StaticMode:
@@ -876,12 +882,13 @@ def run_cell(
         with timeline.phase("idle_window"):
             device_key = idle_share.device_key(platform["name"], lease)
             shared = _idle_window(cell, sidecar, cache_root, device_key)
+        kept, key = _kept_parts(cell, hardware, workload, engine_manifest, out_meta)
         state_start = cell.device.state(lease)
         watch = cell.device.watch(lease)
         watch.start()
         with timeline.phase("measured"):
             sidecar.begin("run")
-            repeats = [_repeat(cell, engine, k) for k in range(cell.repeats)]
+            mine, seconds = _measure(cell, engine, kept)
         with timeline.phase("sidecar_stop"):
             sidecar.stop()
             samples = sidecar.collect()
@@ -893,6 +900,32 @@ def run_cell(
             idle_power_w, _ = idle_power(idle_samples, where=f"{cell.name} idle window")
             versions = software_versions()
         _say_foreign(cell.say, foreign)
+        records = [{
+            "repeat": r.batch_rows[0]["repeat"], "most_at_once": r.most_at_once, "tokens": r.tokens,
+            "token_digest": r.token_digest(), "seconds": s,
+            "window_wall_ns": [r.batch_rows[0]["start_wall_ns"], r.batch_rows[-1]["end_wall_ns"]],
+        } for r, s in zip(mine, seconds[len(seconds) - len(mine):])]  # fmt: skip
+        job = parts.job_facts(records, key, versions["git_commit"], idle_samples, idle_power_w,
+                              (state_start, state_end), foreign, float(engine.peak_memory_bytes()),
+                              timeline.record())  # fmt: skip
+        done = sum(len(p.repeats) for p in kept) + len(mine)
+        if done < cell.repeats:
+            where = parts.save(parts.parts_dir(out_meta), parts.Part(
+                parts.rows_of(mine), pd.concat([idle_samples, run_samples], ignore_index=True),
+                records, job), key)  # fmt: skip
+            raise parts.RepeatsKept(
+                f"{cell.name}: the next repeat ({max(seconds):.0f} s, the longest so far) would end "
+                f"after the job's deadline ({parts.DEADLINE_ENV}): kept repeats {done - len(mine) + 1}"
+                f"-{done} of {cell.repeats} in {where}; the next job of this cell on this device "
+                f"with this code measures repeats {done + 1}-{cell.repeats}"
+            )
+        repeats = [*(r for p in kept for r in parts.repeats_of(p, Repeat)), *mine]
+        if kept:  # the cell's idle window is its first job's, as a cell of one job has it
+            idle_samples = kept[0].power[kept[0].power["phase"] == "idle"]
+            idle_power_w, _ = idle_power(idle_samples, where=f"{cell.name} first part's idle window")
+            run_samples = pd.concat([*(p.power[p.power["phase"] == "run"] for p in kept),
+                                     run_samples], ignore_index=True)  # fmt: skip
+            state_start = kept[0].facts["device_state"]["start"]
         with timeline.phase("write"):
             cell.mode.write(repeats, outputs)
             tables.write(pd.DataFrame([row for r in repeats for row in r.batch_rows]), out_batches,
@@ -900,14 +933,55 @@ def run_cell(
             tables.write(
                 pd.concat([idle_samples, run_samples], ignore_index=True), out_power, tables.POWER
             )
-        meta = CellMeta.of(_meta(
+        record = _meta(
             cell, repeats, hardware=hardware, lease=lease, engine=engine, warmup=warmup,
             idle_power_w=idle_power_w, shared=shared, samples=(len(idle_samples), len(run_samples)),
             foreign=foreign, states=(state_start, state_end), versions=versions,
             compile_cache=compile_cache, timeline=timeline,
-        ))  # fmt: skip
+        )  # fmt: skip
+        meta = CellMeta.of(parts.merged_meta(record, kept, job))
         meta.write(out_meta)
+        if kept:
+            parts.clear(parts.parts_dir(out_meta))
         return meta.to_json()
+
+
+def _kept_parts(cell: _Cell, hardware, workload, engine_manifest, out_meta):
+    """(the parts this cell's earlier jobs kept that are valid here, their key: tokencarbon.parts).
+    A server cell keeps none (its repeats depend on a server outside the job)."""
+    if isinstance(cell.mode, ServerMode):
+        return [], {}
+    settings = {"name": cell.name, "model": cell.model, "platform": cell.platform, "run": cell.run,
+                "serving": cell.settings, "repeats": cell.repeats}  # fmt: skip
+    key = {"device": parts.device_identity(hardware), "code": parts.code_digest(),
+           "cell": parts.cell_fingerprint(settings, workload, engine_manifest)}  # fmt: skip
+    kept = parts.load(parts.parts_dir(out_meta), key, cell.say)
+    if sum(len(p.repeats) for p in kept) >= cell.repeats:  # only a job that stops keeps a part
+        cell.say(f"kept parts hold {sum(len(p.repeats) for p in kept)} repeats of "
+                 f"{cell.repeats}: removed, every repeat measured again")  # fmt: skip
+        parts.clear(parts.parts_dir(out_meta))
+        kept = []
+    if kept:
+        n = sum(len(p.repeats) for p in kept)
+        cell.say(f"{n} of {cell.repeats} repeats kept by {len(kept)} earlier job(s) on this device: "
+                 f"measuring repeats {n + 1}-{cell.repeats}")  # fmt: skip
+    return kept, key
+
+
+def _measure(cell: _Cell, engine, kept) -> tuple[list[Repeat], list[float]]:
+    """The repeats this job measures, from the first not kept, each started only while the
+    longest repeat timed so far (kept ones included) would end before the job's deadline
+    (parts.fits; a job always runs one); with every repeat's seconds, kept ones first."""
+    deadline = None if isinstance(cell.mode, ServerMode) else parts.deadline()
+    seconds = [float(r["seconds"]) for p in kept for r in p.repeats]
+    mine: list[Repeat] = []
+    for k in range(sum(len(p.repeats) for p in kept), cell.repeats):
+        if mine and not parts.fits(deadline, seconds):
+            break
+        start = time.monotonic()
+        mine.append(_repeat(cell, engine, k))
+        seconds.append(time.monotonic() - start)
+    return mine, seconds
 
 
 def _compile_cache(cache_root, hardware: Mapping[str, Any], stack: contextlib.ExitStack):
@@ -1040,7 +1114,7 @@ def _meta(cell: _Cell, repeats: Sequence[Repeat], *, hardware, lease, engine, wa
         "n_power_samples": {"idle": samples[0], "run": samples[1]},
         # per repeat, a digest of the tokens generated (None where the engine does not return
         # them): equal digests, equal outputs (token_digest)
-        "token_digests": [token_digest(r.token_ids) for r in repeats],
+        "token_digests": [r.token_digest() for r in repeats],
         # the compilation cache this cell used (tokencarbon.compile_cache)
         "compile_cache": compile_cache,
         # where the job's time went, phase by phase (tokencarbon.timeline)
