@@ -520,3 +520,51 @@ def test_a_cell_too_long_for_a_call_runs_alone_with_fewer_repeats_and_is_kept_so
     assert json.loads((cells / "bs2/meta.json").read_text())["repeats"] == 2
     assert _cell_bytes(repo, ["cpu/tiny-gpt2/bs1"]) == kept
     assert "cpu/tiny-gpt2/bs1 (ran 1, config 2)" in rest.stdout + rest.stderr
+
+
+@pytest.mark.slow
+def test_a_cell_longer_than_the_budget_runs_in_parts_over_chunks_on_one_machine(tmp_path):
+    # The runner gives each cell job the budget's end as its deadline (tokencarbon.parts): a job
+    # starts a repeat only while it would end by then, keeps its finished repeats otherwise, and
+    # the next chunk on the same machine with the same code measures the rest. Here no record
+    # gives an estimate (--records of an empty folder: every cell starts) and the budget is spent
+    # by the setup, so chunks 1 and 2 each measure one repeat of bs1's three; chunk 3 (a budget
+    # to spare) measures the third and packs the cell.
+    repo = tmp_path / "repo"
+    for rel in _git(REPO, "ls-files").splitlines():
+        if (REPO / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, repo / rel)
+    config = {**TINY, "sweep": {"batch_sizes": [1], "max_num_seqs": []},
+              "run": {"repeats": 3, "repeats_at_ends": 3}}  # fmt: skip
+    (repo / "config/tiny.yaml").write_text(yaml.safe_dump(config))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "A")
+    (tmp_path / "no-records").mkdir()
+    short = [*RUN, "--records", str(tmp_path / "no-records"), "--budget", "1s"]
+    cell = repo / "results/default/cells/cpu/tiny-gpt2/bs1"
+    manifest = repo / "benchmarks/results/paper-cpu/manifest.json"
+    for chunk in (1, 2):
+        done = subprocess.run(short, cwd=repo, capture_output=True, text=True, timeout=600)
+        text = done.stdout[-3000:] + done.stderr[-4000:]
+        assert done.returncode == 0, text
+        assert f"cpu/tiny-gpt2/bs1: {chunk} of 3 repeats kept after" in text, text
+        assert "FAILED" not in text
+        run = json.loads(manifest.read_text())["runs"][-1]
+        assert run["partial"] == {"cpu/tiny-gpt2/bs1": chunk} and run["left"] == ["cpu/tiny-gpt2/bs1"]
+        assert run["measured"] == [] and not (cell / "meta.json").exists()
+        assert sorted(p.name for p in (cell / ".parts").iterdir()) == [
+            f"part-{k}" for k in range(chunk)]
+    done = subprocess.run(RUN, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
+    packed = json.loads(manifest.read_text())
+    assert packed["runs"][-1]["measured"] == ["cpu/tiny-gpt2/bs1"]
+    assert "cpu/tiny-gpt2/bs1" in packed["cells"]
+    meta = json.loads((cell / "meta.json").read_text())
+    assert meta["repeats"] == 3 and [p["repeats"] for p in meta["parts"]] == [[0], [1], [2]]
+    assert {p["git_commit"] for p in meta["parts"]} == {_git(repo, "rev-parse", "HEAD")}
+    assert not (cell / ".parts").exists()
+    batches = pd.read_parquet(cell / "batches.parquet")
+    # 2 prompts at batch 1: 2 windows a repeat
+    assert batches["repeat"].tolist() == [0, 0, 1, 1, 2, 2]

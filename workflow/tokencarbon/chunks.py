@@ -394,9 +394,11 @@ class Snakemake:
         options: Sequence[str],
         log_name: str,
         on_tick: Callable[[float], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> CallResult:
-        """Run one Snakemake call; returns its exit status, wall seconds and log. Raises
-        Interrupted when a stop signal arrived before it started."""
+        """Run one Snakemake call (in `env`, None: this process's environment); returns its exit
+        status, wall seconds and log. Raises Interrupted when a stop signal arrived before it
+        started."""
         if self.signals.received:
             raise Interrupted("stopped before the next Snakemake call")
         log = self.log_dir / f"{log_name}.log"
@@ -411,6 +413,7 @@ class Snakemake:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=None if env is None else dict(env),
             )
         self.signals.child = proc
         if self.signals.received:  # a signal that came while the call was starting
@@ -807,6 +810,18 @@ class Estimate:
     fixed_s: float | None
     idle_s: float
     sources: tuple[str, ...]
+    repeats: int = 1  # the repeats measured_s covers
+
+    def left_s(self, kept: int) -> float | None:
+        """Seconds of the job that measures the repeats left after `kept` kept ones (fixed cost,
+        idle window and repeats - kept repeats); None where unknown."""
+        if self.seconds is None or self.measured_s is None:
+            return self.seconds
+        return self.fixed_s + self.idle_s + self.measured_s * (self.repeats - kept) / self.repeats
+
+    def one_repeat_s(self) -> float | None:
+        """Seconds of a job that measures one repeat; None where unknown."""
+        return self.left_s(self.repeats - 1)
 
 
 def estimate_cell(
@@ -857,7 +872,7 @@ def estimate_cell(
             f"repeat(s), rates {rates.source}"
         )
     seconds = None if measured is None or fixed is None else measured + fixed + idle_s
-    return Estimate(seconds, measured, fixed, idle_s, tuple(sources))
+    return Estimate(seconds, measured, fixed, idle_s, tuple(sources), repeats)
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -1409,11 +1424,20 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
         + (f" (+ {len(todo) - len(known)} not estimated)" if len(known) < len(todo) else "")
         + f"; budget {format_seconds(opts.budget_s)}, {format_seconds(state.elapsed())} spent"
     )
-    too_long = [c.name for c in todo if (estimates[c.name].seconds or 0) > opts.budget_s]
+    longer = [c for c in todo if (estimates[c.name].seconds or 0) > opts.budget_s]
+    too_long = [c.name for c in longer if (estimates[c.name].one_repeat_s() or 0) > opts.budget_s
+                or estimates[c.name].repeats < 2]  # fmt: skip
     if too_long:
         _say(
             f"[chunks] {len(too_long)} cell(s) are expected to take longer than the whole budget "
             f"and never start in chunks of {format_seconds(opts.budget_s)}: " + ", ".join(too_long)
+        )
+    in_parts = [c.name for c in longer if c.name not in too_long]
+    if in_parts:
+        _say(
+            f"[chunks] {len(in_parts)} cell(s) take longer than the budget but one repeat fits: "
+            "each runs in parts over chunks on one machine (the same GPU and code; "
+            "tokencarbon.parts): " + ", ".join(in_parts)
         )
     if todo:
         _say(_plan_table([(c, estimates[c.name]) for c in todo]))
@@ -1427,6 +1451,8 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
     seconds so far) fits the budget left; each finished cell packed at once. Raises
     Interrupted on a stop signal (the running cell discarded)."""
     from tqdm import tqdm
+
+    from tokencarbon import parts
 
     workdir, record, opts = state.workdir, state.record, state.opts
     known = [e.seconds for e in estimates.values() if e.seconds is not None]
@@ -1442,17 +1468,28 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
         for cell in todo:
             if state.smk.signals.received:
                 raise Interrupted("stopped between cells")
-            est = estimates[cell.name].seconds
+            estimate = estimates[cell.name]
+            kept_at = parts.parts_dir(workdir / cell.meta)
+            kept = parts.kept_repeats(kept_at)
+            est = estimate.left_s(kept)
             scale = actual_total / estimated_total if estimated_total else 1.0
             left = opts.budget_s - state.elapsed()
             if est is not None and est * scale > left:
-                record["left"].append(cell.name)
-                bar.total = max(1, bar.total - round(est))
+                one = estimate.one_repeat_s()
+                if estimate.repeats - kept < 2 or one is None or one * scale > left:
+                    record["left"].append(cell.name)
+                    bar.total = max(1, bar.total - round(est))
+                    _say(
+                        f"[chunks] {cell.name}: expected {format_seconds(est * scale)}, "
+                        f"{format_seconds(left)} left: for the next chunk"
+                    )
+                    continue
                 _say(
-                    f"[chunks] {cell.name}: expected {format_seconds(est * scale)}, "
-                    f"{format_seconds(left)} left: for the next chunk"
+                    f"[chunks] {cell.name}: expected {format_seconds(est * scale)} for repeats "
+                    f"{kept + 1}-{estimate.repeats}, {format_seconds(left)} left: started in "
+                    "parts (the repeats that end by the budget's end are kept for the next chunk "
+                    "on this machine, tokencarbon.parts)"
                 )
-                continue
             bar.set_postfix_str(cell.name)
 
             def tick(elapsed, base=done_est, est=est):
@@ -1461,10 +1498,23 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
                     if target > bar.n:
                         bar.update(target - bar.n)
 
-            result = state.smk.call(cell.outputs, [], cell.name, on_tick=tick)
+            # the job starts a repeat only while it would end by the budget's end
+            env = {**os.environ, parts.DEADLINE_ENV: f"{time.time() + left:.3f}"}
+            result = state.smk.call(cell.outputs, [], cell.name, on_tick=tick, env=env)
             finished = result.returncode == 0 and is_done(cell, workdir)
             if result.interrupted and not finished:
                 _discard(state, cell)
+            now_kept = 0 if finished else parts.kept_repeats(kept_at)
+            if not finished and now_kept > kept:
+                record["left"].append(cell.name)
+                record.setdefault("partial", {})[cell.name] = now_kept
+                _say(
+                    f"[chunks] {cell.name}: {now_kept} of {estimate.repeats} repeats kept after "
+                    f"{format_seconds(result.seconds)} ({kept_at}); the next chunk on this machine "
+                    "(the same GPU, the same code) measures the rest"
+                )
+                state.save()
+                continue
             if not finished:
                 record["failed"].append(cell.name)
                 _say(

@@ -266,6 +266,18 @@ def merged_meta(record: dict[str, Any], kept: Sequence[Part], job: Mapping[str, 
     return out
 
 
+def kept_repeats(folder: Path) -> int:
+    """How many repeats the parts under `folder` hold (their part.json files; whether they are
+    valid on this device is the cell job's to decide: load); 0 where there are none."""
+    n = 0
+    for record in sorted(Path(folder).glob(f"part-*[0-9]/{PART_FILE}")):
+        try:
+            n += len(json.loads(record.read_text())["repeats"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return n
+
+
 def clear(folder: Path) -> None:
     """Remove a cell's parts once its files hold every repeat."""
     shutil.rmtree(folder, ignore_errors=True)
