@@ -109,8 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         default=120.0,
         help="seconds a stopped Snakemake call gets before SIGKILL",
     )
+    p.add_argument(
+        "--cells-per-call",
+        type=int,
+        default=8,
+        help="cells expected to take at most 2 min each share one Snakemake call, up to this many "
+        "(default 8; 1: a call per cell): each call costs seconds beside its job",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if a.cells_per_call < 1:
+        p.error(f"--cells-per-call {a.cells_per_call}: expected a whole number >= 1")
     try:
         opts = chunks.Options(
             workdir=a.workdir,
@@ -128,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             records_dir=a.records,
             grace_s=a.grace_s,
             progress=not a.no_progress,
+            cells_per_call=a.cells_per_call,
         )
         return chunks.run(opts)
     except TokencarbonError as exc:

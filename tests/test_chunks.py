@@ -397,8 +397,9 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     # cb2, run in that order (batch 1 and the largest first, continuous after
     # static); SIGINT once bs2's job has started (its log exists).
     pack = first / "benchmarks/results/paper-cpu"
-    with open(tmp_path / "first.log", "w") as out:
-        proc = subprocess.Popen(RUN, cwd=first, stdout=out, stderr=subprocess.STDOUT)
+    with open(tmp_path / "first.log", "w") as out:  # a Snakemake call per cell, as before groups
+        proc = subprocess.Popen([*RUN, "--cells-per-call", "1"], cwd=first, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
     log = lambda: (tmp_path / "first.log").read_text()[-4000:]  # noqa: E731
     deadline = time.time() + 420
     while not (first / "results/default/logs/run_cell/cpu/tiny-gpt2/bs2.log").exists():
@@ -568,3 +569,55 @@ def test_a_cell_longer_than_the_budget_runs_in_parts_over_chunks_on_one_machine(
     batches = pd.read_parquet(cell / "batches.parquet")
     # 2 prompts at batch 1: 2 windows a repeat
     assert batches["repeat"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.slow
+def test_small_cells_share_one_snakemake_call_and_a_stop_keeps_the_finished_ones(tmp_path):
+    # bs1, bs2 and cb2 of the tiny grid, each expected well under GROUP_CELL_S, go to one
+    # Snakemake call (one job at a time); each is packed as soon as its meta.json is there. SIGINT
+    # once one is packed: the finished one is kept, the others discarded; the next chunk measures
+    # exactly those two, again in one call.
+    repo = tmp_path / "repo"
+    for rel in _git(REPO, "ls-files").splitlines():
+        if (REPO / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, repo / rel)
+    # idle windows of 3 s: a cell lasts several seconds after the one before it is packed
+    config = {**TINY, "power": {"interval_s": 0.05, "idle_s": 3.0}}
+    (repo / "config/tiny.yaml").write_text(yaml.safe_dump(config))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "A")
+    manifest = repo / "benchmarks/results/paper-cpu/manifest.json"
+    grid = {f"cpu/tiny-gpt2/{c}" for c in ("bs1", "bs2", "cb2")}
+    growing = repo / "results/chunks/paper-cpu/manifest.json"  # the run's own pack, saved per cell
+
+    def packed(path=manifest):
+        return set(json.loads(path.read_text())["cells"]) if path.exists() else set()
+
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(RUN, cwd=repo, stdout=out, stderr=subprocess.STDOUT)
+    log = lambda: (tmp_path / "first.log").read_text()  # noqa: E731
+    deadline = time.time() + 420
+    while not packed(growing):
+        assert proc.poll() is None and time.time() < deadline, log()[-4000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=180) == chunks.EXIT_INTERRUPTED, log()[-4000:]
+    assert "one Snakemake call for 3 cells" in log(), log()[-4000:]
+    first = packed()
+    assert len(first) == 1 and first < grid, log()[-4000:]
+    for name in grid - first:
+        cell = repo / "results/default/cells" / name
+        assert not any((cell / f).exists() for f in ("meta.json", "batches.parquet", "power.parquet"))
+    kept = _cell_bytes(repo, sorted(first))
+    done = subprocess.run(RUN, cwd=repo, capture_output=True, text=True, timeout=600)
+    text = done.stdout[-3000:] + done.stderr[-4000:]
+    assert done.returncode == 0, text
+    assert "one Snakemake call for 2 cells" in text, text
+    record = json.loads(manifest.read_text())
+    assert set(record["runs"][-1]["measured"]) == grid - first and packed() == grid
+    assert _cell_bytes(repo, sorted(first)) == kept
+    # each cell's seconds: the call's, from the cell finished before it; together the call's
+    seconds = [record["cells"][c]["seconds"] for c in record["runs"][-1]["measured"]]
+    assert all(s > 0 for s in seconds)

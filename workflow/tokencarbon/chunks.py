@@ -381,12 +381,15 @@ class Snakemake:
         self.configfile, self.config = configfile, list(config)
         self.signals, self.log_dir = signals, log_dir
 
-    def args(self, targets: Sequence[str], options: Sequence[str]) -> list[str]:
-        """Targets first: --configfile and --config take every word after them."""
+    def args(self, targets: Sequence[str], options: Sequence[str],
+             cores: int | None = None) -> list[str]:  # fmt: skip
+        """Targets first: --configfile and --config take every word after them. cores: this
+        call's --cores (None: the runner's)."""
         tail = ["--configfile", self.configfile] if self.configfile else []
         if self.config:
             tail += ["--config", *self.config]
-        return [*self.command, *targets, "--cores", str(self.cores), *options, *tail]
+        cores = self.cores if cores is None else cores
+        return [*self.command, *targets, "--cores", str(cores), *options, *tail]
 
     def call(
         self,
@@ -395,6 +398,7 @@ class Snakemake:
         log_name: str,
         on_tick: Callable[[float], None] | None = None,
         env: Mapping[str, str] | None = None,
+        cores: int | None = None,
     ) -> CallResult:
         """Run one Snakemake call (in `env`, None: this process's environment); returns its exit
         status, wall seconds and log. Raises Interrupted when a stop signal arrived before it
@@ -405,10 +409,10 @@ class Snakemake:
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         with open(log, "w") as out:
-            out.write("$ " + " ".join(self.args(targets, options)) + "\n")
+            out.write("$ " + " ".join(self.args(targets, options, cores)) + "\n")
             out.flush()
             proc = subprocess.Popen(
-                self.args(targets, options),
+                self.args(targets, options, cores),
                 cwd=self.workdir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -1188,6 +1192,7 @@ class Options:
     snakemake: Sequence[str] = (sys.executable, "-m", "snakemake")
     grace_s: float = 120.0
     progress: bool = True
+    cells_per_call: int = 8  # cells of at most GROUP_CELL_S in one Snakemake call; 1: one each
 
 
 def _say(text: str) -> None:
@@ -1446,17 +1451,27 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
     return todo, estimates
 
 
+# Cells expected to take at most this many seconds share a Snakemake call with the cells after
+# them in the run order (Options.cells_per_call): each call cost 4.2-5.9 s beside its job on the
+# H100 machine (docs/results.md, 2026-12-07 night), 10-20 % of a GPT-2 cell; a call of several
+# cells pays it once (benchmarks/results/cpu-chunk-calls.json). Longer cells, and cells of unknown
+# estimate, get a call of their own.
+GROUP_CELL_S = 120.0
+
+
 def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate]) -> int:
-    """One Snakemake call per cell while its estimate (scaled by this run's actual/estimated
-    seconds so far) fits the budget left; each finished cell packed at once. Raises
-    Interrupted on a stop signal (the running cell discarded)."""
+    """The cells in order while each one's estimate (scaled by this run's actual/estimated
+    seconds so far) fits the budget left, a cell longer than that started in parts when one
+    repeat fits (tokencarbon.parts); cells of at most GROUP_CELL_S share one Snakemake call, up
+    to opts.cells_per_call, while their estimates together fit. Each finished cell is packed at
+    once (seen from the call's ticks). Returns 1 if a cell failed, else 0. Raises Interrupted on
+    a stop signal (the cells of the running call that did not finish discarded)."""
     from tqdm import tqdm
 
     from tokencarbon import parts
 
     workdir, record, opts = state.workdir, state.record, state.opts
     known = [e.seconds for e in estimates.values() if e.seconds is not None]
-    actual_total = estimated_total = done_est = 0.0
     # a terminal redraws the bar every second; a log file (a device machine's output) gets a
     # line every 30 s at most
     bar = tqdm(
@@ -1464,16 +1479,21 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
         disable=not opts.progress, file=sys.stderr, dynamic_ncols=True,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )  # fmt: skip
+    progress = _Progress(bar)
+
+    def left_s(cell: Cell) -> tuple[int, float | None]:
+        kept = parts.kept_repeats(parts.parts_dir(workdir / cell.meta))
+        return kept, estimates[cell.name].left_s(kept)
+
     with bar:
-        for cell in todo:
+        i = 0
+        while i < len(todo):
             if state.smk.signals.received:
                 raise Interrupted("stopped between cells")
-            estimate = estimates[cell.name]
-            kept_at = parts.parts_dir(workdir / cell.meta)
-            kept = parts.kept_repeats(kept_at)
-            est = estimate.left_s(kept)
-            scale = actual_total / estimated_total if estimated_total else 1.0
-            left = opts.budget_s - state.elapsed()
+            cell, estimate = todo[i], estimates[todo[i].name]
+            kept, est = left_s(cell)
+            scale, left = progress.scale(), opts.budget_s - state.elapsed()
+            i += 1
             if est is not None and est * scale > left:
                 one = estimate.one_repeat_s()
                 if estimate.repeats - kept < 2 or one is None or one * scale > left:
@@ -1490,79 +1510,141 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
                     "parts (the repeats that end by the budget's end are kept for the next chunk "
                     "on this machine, tokencarbon.parts)"
                 )
-            bar.set_postfix_str(cell.name)
-
-            def tick(elapsed, base=done_est, est=est):
-                if est is not None:  # the bar moves through the cell's estimate, never past it
-                    target = round(base + min(elapsed, 0.99 * est))
-                    if target > bar.n:
-                        bar.update(target - bar.n)
-
-            # the job starts a repeat only while it would end by the budget's end
-            env = {**os.environ, parts.DEADLINE_ENV: f"{time.time() + left:.3f}"}
-            result = state.smk.call(cell.outputs, [], cell.name, on_tick=tick, env=env)
-            finished = result.returncode == 0 and is_done(cell, workdir)
-            if result.interrupted and not finished:
-                _discard(state, cell)
-            now_kept = 0 if finished else parts.kept_repeats(kept_at)
-            if not finished and now_kept > kept:
-                record["left"].append(cell.name)
-                record.setdefault("partial", {})[cell.name] = now_kept
-                _say(
-                    f"[chunks] {cell.name}: {now_kept} of {estimate.repeats} repeats kept after "
-                    f"{format_seconds(result.seconds)} ({kept_at}); the next chunk on this machine "
-                    "(the same GPU, the same code) measures the rest"
-                )
-                state.save()
-                continue
-            if not finished:
-                record["failed"].append(cell.name)
-                _say(
-                    f"[chunks] {cell.name} FAILED after {format_seconds(result.seconds)}:\n"
-                    + _failure(cell.name, result)
-                )
-                state.save()
-                continue
-            facts = cell_facts(cell, workdir)
-            facts |= {
-                "seconds": round(result.seconds, 3),
-                "estimate_s": None if est is None else round(est, 3),
-                "run": state.run_index,
-            }
-            state.pack.add("cells", cell.name, cell.outputs, cell.logs, workdir, facts,
-                           cells_dir(state.config))  # fmt: skip
-            record["measured"].append(cell.name)
-            state.save()
-            if est is not None:
-                actual_total += result.seconds
-                estimated_total += est
-                done_est += est
-            if round(done_est) > bar.n:
-                bar.update(round(done_est) - bar.n)
-            _say(
-                f"[chunks] {cell.name}: {format_seconds(result.seconds)} (expected "
-                f"{format_seconds(est)}), commit {str(facts['git_commit'])[:12]}, "
-                f"{facts['device_name']}"
-            )
-            if result.interrupted:  # the signal came as the cell finished: kept, then stop
-                raise Interrupted(f"stopped after {cell.name}; every finished cell is packed")
+            group = [(cell, kept, est)]
+            if est is not None and est <= GROUP_CELL_S and est * scale <= left:
+                total = est * scale
+                while i < len(todo) and len(group) < opts.cells_per_call:
+                    k, e = left_s(todo[i])
+                    if e is None or e > GROUP_CELL_S or total + e * scale > left:
+                        break
+                    group.append((todo[i], k, e))
+                    total += e * scale
+                    i += 1
+            _call(state, group, left, progress, {c.name: estimates[c.name].repeats for c, _, _ in group})
     record["stopped"] = "failed" if record["failed"] else ("budget" if record["left"] else "done")
     return 1 if record["failed"] else 0
 
 
-def _discard(state: _Run, cell: Cell) -> None:
-    """The cell a stop signal interrupted: what Snakemake left of its outputs is removed (it
-    removes them itself; checked), and the run stops. Raises Interrupted."""
-    leftovers = [o for o in cell.outputs if (state.workdir / o).exists()]
+class _Progress:
+    """The run's progress bar and its actual/estimated seconds of the cells measured so far."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self.actual_s, self.estimated_s, self.done_est = bar, 0.0, 0.0, 0.0
+
+    def scale(self) -> float:
+        return self.actual_s / self.estimated_s if self.estimated_s else 1.0
+
+    def advance(self, target: float) -> None:
+        if round(target) > self.bar.n:
+            self.bar.update(round(target) - self.bar.n)
+
+    def measured(self, seconds: float, est: float | None) -> None:
+        if est is not None:
+            self.actual_s += seconds
+            self.estimated_s += est
+            self.done_est += est
+        self.advance(self.done_est)
+
+
+def _call(state: _Run, group: Sequence[tuple[Cell, int, float | None]], left: float,
+          progress: _Progress, repeats: Mapping[str, int]) -> None:  # fmt: skip
+    """One Snakemake call of the group's cells ((cell, repeats kept, estimate s) in run order;
+    --keep-going when several), their jobs' deadline the budget's end (tokencarbon.parts). Each
+    cell is packed as soon as its meta.json is there; its seconds are the call's from the cell
+    finished before it (or the call's start). After the call: a cell unfinished whose job kept
+    more repeats is partial, one that did not is failed. Raises Interrupted on a stop signal."""
+    from tokencarbon import parts
+
+    workdir, record = state.workdir, state.record
+    names = ", ".join(c.name for c, _, _ in group)
+    progress.bar.set_postfix_str(names if len(group) == 1 else f"{group[0][0].name} +{len(group) - 1}")
+    if len(group) > 1:
+        _say(f"[chunks] one Snakemake call for {len(group)} cells: {names}")
+    pending = {c.name: (c, est) for c, _, est in group}
+    last = [0.0]  # call seconds when the last packed cell was seen finished
+    total_est = sum(est or 0.0 for _, _, est in group)
+    base = progress.done_est
+
+    def pack_finished(elapsed: float) -> None:
+        for name, (cell, est) in list(pending.items()):
+            if is_done(cell, workdir):
+                del pending[name]
+                _pack_cell(state, cell, elapsed - last[0], est, progress)
+                last[0] = elapsed
+
+    def tick(elapsed: float) -> None:
+        pack_finished(elapsed)
+        progress.advance(base + min(elapsed, 0.99 * total_est))  # never past the group's estimate
+
+    # each job starts a repeat only while it would end by the budget's end
+    env = {**os.environ, parts.DEADLINE_ENV: f"{time.time() + left:.3f}"}
+    targets = [o for c, _, _ in group for o in c.outputs]
+    # several cells: one job at a time (--cores 1; a cell job declares no threads and leases its
+    # own devices), the others run when one fails
+    options = ["--keep-going"] if len(group) > 1 else []
+    log_name = group[0][0].name + (f"+{len(group) - 1}" if len(group) > 1 else "")
+    result = state.smk.call(targets, options, log_name, on_tick=tick, env=env,
+                            cores=1 if len(group) > 1 else None)  # fmt: skip
+    pack_finished(result.seconds)
+    if result.interrupted and pending:
+        _discard(state, [c for c, _ in pending.values()])
+    kept_before = {c.name: k for c, k, _ in group}
+    for name, (cell, _) in pending.items():
+        now_kept = parts.kept_repeats(parts.parts_dir(workdir / cell.meta))
+        if now_kept > kept_before[name]:
+            record["left"].append(name)
+            record.setdefault("partial", {})[name] = now_kept
+            _say(
+                f"[chunks] {name}: {now_kept} of {repeats[name]} repeats kept after "
+                f"{format_seconds(result.seconds - last[0])} "
+                f"({parts.parts_dir(workdir / cell.meta)}); the next chunk on this machine (the "
+                "same GPU, the same code) measures the rest"
+            )
+        else:
+            record["failed"].append(name)
+            _say(
+                f"[chunks] {name} FAILED after {format_seconds(result.seconds)} (the call's "
+                f"seconds):\n" + _failure(name, result)
+            )
+        state.save()
+    if result.interrupted:  # the signal came as the last cell finished: kept, then stop
+        raise Interrupted(f"stopped after {group[-1][0].name}; every finished cell is packed")
+
+
+def _pack_cell(state: _Run, cell: Cell, seconds: float, est: float | None,
+               progress: _Progress) -> None:  # fmt: skip
+    """A finished cell into the pack (its facts, the seconds the call spent on it)."""
+    facts = cell_facts(cell, state.workdir)
+    facts |= {
+        "seconds": round(seconds, 3),
+        "estimate_s": None if est is None else round(est, 3),
+        "run": state.run_index,
+    }
+    state.pack.add("cells", cell.name, cell.outputs, cell.logs, state.workdir, facts,
+                   cells_dir(state.config))  # fmt: skip
+    state.record["measured"].append(cell.name)
+    state.save()
+    progress.measured(seconds, est)
+    _say(
+        f"[chunks] {cell.name}: {format_seconds(seconds)} (expected {format_seconds(est)}), "
+        f"commit {str(facts['git_commit'])[:12]}, {facts['device_name']}"
+    )
+
+
+def _discard(state: _Run, cells: Sequence[Cell]) -> None:
+    """The cells of the call a stop signal interrupted that did not finish: what Snakemake left
+    of their outputs is removed (it removes them itself; checked), and the run stops. Raises
+    Interrupted."""
+    leftovers = [o for c in cells for o in c.outputs if (state.workdir / o).exists()]
     for o in leftovers:
         (state.workdir / o).unlink()
-    state.record["left"].append(cell.name)
+    state.record["left"].extend(c.name for c in cells)
     raise Interrupted(
-        f"stopped during {cell.name}: discarded ("
+        f"stopped during {', '.join(c.name for c in cells)}: discarded ("
         + (
-            f"removed what was left of its outputs: {', '.join(leftovers)}"
+            f"removed what was left of their outputs: {', '.join(leftovers)}"
             if leftovers
-            else "no output of it was left"
+            else "no output of them was left"
         )
         + "), left to redo; every finished cell is packed"
     )
