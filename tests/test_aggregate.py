@@ -153,6 +153,16 @@ def test_the_committed_gpu_cells_still_aggregate():
     assert (gpt2_bs4["n_requests"], gpt2_bs4["max_batch_requests"], gpt2_bs4["repeats"]) == (16, 4, 1)
     assert gpt2_bs4["mode"] == "static" and gpt2_bs4["foreign_gpu_processes"] == -1
     assert (out.batches["repeat"] == 0).all() and len(out.requests) == 0
+    # written before CELLS had gpu_uuid: the UUID comes from each cell's hardware record
+    meta = json.loads((GPU_STUDY / "gpt2/bs4/meta.json").read_text())
+    assert "gpu_uuid" not in meta and meta["hardware"]["gpu"]["uuid"].startswith("GPU-")
+    assert gpt2_bs4["gpu_uuid"] == meta["hardware"]["gpu"]["uuid"]
+    assert out.cells["gpu_uuid"].notna().all()
+
+
+def test_a_cpu_cell_has_no_gpu_uuid(tmp_path):
+    cells = aggregate([old_static_cell(tmp_path)]).cells
+    assert cells["gpu_uuid"].isna().all()
 
 
 def test_the_cell_meta_record_is_the_cells_schema():

@@ -586,6 +586,25 @@ def test_summary_markdown_recomputes_the_ratios_beside_the_study():
     assert "| llama-2-7b | 512" not in md and "| gpt2 | 512 | — |" in md  # the probe table
 
 
+def test_summary_names_a_ratio_whose_two_cells_ran_on_different_cards():
+    # llama's batch 1 on one H100 (idle 131 W), its batch 16 on another (idle 114 W): its ratio is
+    # marked and the note names both cards by their UUIDs' last 6 characters; gpt2's two cells
+    # ran on one card, a cell without a UUID (CPU, older tables) never counts as apart.
+    uuid_a, uuid_b = "GPU-1a06d298-a08a-e45c-f2b3-0fbf337901c5", "GPU-77aa-0000-480db6"
+    cards = {("llama-2-7b", 1): (uuid_a, 131.0), ("llama-2-7b", 16): (uuid_b, 114.0),
+             ("gpt2", 1): (uuid_a, 130.0), ("gpt2", 8): (uuid_a, 130.0)}  # fmt: skip
+    rows = [r | dict(zip(("gpu_uuid", "idle_power_w"), cards.get((r["model"], r["batch_size"]),
+                                                                  (None, float("nan")))))
+            for r in CARBON_CELLS]  # fmt: skip
+    md = summary_markdown(metrics(rows), PROBES)
+    assert "| llama-2-7b | a100-sxm4-40gb | 1 → 16 † | 2.2 | 0.2 | 11.0x |" in md
+    assert "| gpt2 | a100-sxm4-40gb | 1 → 8 | 0.1 |" in md
+    assert ("† Its two cells ran on different GPUs of the same model: llama-2-7b on "
+            "a100-sxm4-40gb: batch 1 on ...7901c5 (idle 131 W), batch 16 on ...480db6 (idle "
+            "114 W).") in md  # fmt: skip
+    assert "†" not in summary_markdown(metrics(CARBON_CELLS), PROBES)  # no UUIDs: no mark
+
+
 # --- empty inputs and save -------------------------------------------------------------------
 
 

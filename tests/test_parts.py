@@ -103,6 +103,7 @@ def test_a_static_cell_measured_in_three_jobs(tmp_path, monkeypatch):
 def test_a_cell_in_one_job_records_no_parts(tmp_path):
     _, meta, _ = cell(tmp_path, work=workload(3), batch_size=3, run=RUN | {"repeats": 2})
     assert meta["parts"] is None and meta["repeats"] == 2
+    assert meta["gpu_uuid"] is None  # a CPU cell (CELLS gpu_uuid: the card, on GPUs)
 
 
 def test_parts_measured_elsewhere_or_for_another_cell_are_measured_again(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ from tokencarbon.errors import ConfigError, InputError, TokencarbonError
 from tokencarbon.hardware import check_platform, detect, software_versions
 from tokencarbon.lease import CELL_LEASE_TIMEOUT_S, cell_leases
 from tokencarbon.models import resolve_architecture
-from tokencarbon.records import CellMeta
+from tokencarbon.records import CellMeta, gpu_uuid
 from tokencarbon.layout import CONTINUOUS, MODE_PREFIX, STATIC, CellKey
 from tokencarbon.quantization import of_model
 from tokencarbon.quantization import record as quantization_record
@@ -1072,6 +1072,7 @@ def _meta(cell: _Cell, repeats: Sequence[Repeat], *, hardware, lease, engine, wa
         # tensorrt_llm: manifest, engine_dir, limits, version, build GPU; null for torch
         "engine": cell.trt_engine,
         "device_name": hardware["device_name"],
+        "gpu_uuid": gpu_uuid(hardware),
         "serving": settings,
         "arrival": settings["arrival"],
         "request_rate_per_s": (

@@ -101,6 +101,7 @@ from pathlib import Path
 from typing import Any
 
 from tokencarbon.errors import ConfigError, InputError, TokencarbonError
+from tokencarbon.records import gpu_uuid
 
 CELL_RULES = ("run_cell", "run_continuous_cell")
 PROBE_RULE = "probe_max_batch"
@@ -1074,13 +1075,7 @@ def cell_facts(cell: Cell, workdir: Path) -> dict[str, Any]:
     and the GPU's UUID (None for a CPU cell or a meta.json without one)."""
     meta = json.loads((workdir / cell.meta).read_text())
     return {"git_commit": meta.get("git_commit"), "device_name": meta.get("device_name"),
-            "gpu_uuid": _gpu_uuid(meta)}  # fmt: skip
-
-
-def _gpu_uuid(meta: Mapping[str, Any]) -> str | None:
-    """The GPU UUID a cell's meta.json records (hardware.gpu.uuid), else None."""
-    gpu = (meta.get("hardware") or {}).get("gpu") or {}
-    return gpu.get("uuid") or None
+            "gpu_uuid": gpu_uuid(meta.get("hardware"))}  # fmt: skip
 
 
 def probe_facts(path: Path) -> dict[str, Any]:
@@ -1685,7 +1680,7 @@ def sweeps_on_several_cards(done: Sequence[Cell], cells: Path) -> list[str]:
     by_sweep: dict[tuple[str, str, str], dict[str, list[Cell]]] = {}
     for cell in done:
         meta = cells / cell.name / "meta.json"
-        uuid = _gpu_uuid(json.loads(meta.read_text())) if meta.is_file() else None
+        uuid = gpu_uuid(json.loads(meta.read_text()).get("hardware")) if meta.is_file() else None
         if uuid:
             cards = by_sweep.setdefault((cell.platform, cell.model, cell.mode), {})
             cards.setdefault(uuid, []).append(cell)

@@ -532,6 +532,7 @@ def write_cell(
             "backend": BACKEND,
             "engine": None,
             "device_name": device_name,
+            "gpu_uuid": None,  # a power log names no card's UUID
             "arrival": "offline",
             "request_rate_per_s": None,
             # Requests of one repeat; windows per repeat (a timing file's repeats need not be

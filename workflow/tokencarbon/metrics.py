@@ -791,6 +791,7 @@ def _row(cell, batches, quantization, energy: EnergyRecord, carbon: dict, embodi
         "quantization": quantization.scheme,
         "quant_group_size": quantization.group_size,
         "quant_library": cell.get("quant_library") or "",
+        "gpu_uuid": cell["gpu_uuid"] if isinstance(cell.get("gpu_uuid"), str) else None,
         "n_requests": int(cell["n_requests"]),
         "n_repeats": n_repeats,
         "input_tokens": int(batches["input_tokens"].sum()),

@@ -48,6 +48,7 @@ import pandas as pd
 from tokencarbon import tables
 from tokencarbon.errors import ConfigError, TokencarbonError
 from tokencarbon.files import write_json
+from tokencarbon.records import gpu_uuid
 
 # The job's deadline, Unix seconds (time.time()); unset or empty: no deadline, every repeat runs.
 DEADLINE_ENV = "TOKENCARBON_CELL_DEADLINE"
@@ -94,7 +95,7 @@ def fits(deadline_s: float | None, repeat_seconds: Sequence[float], now: float |
 def device_identity(hardware: Mapping[str, Any]) -> str:
     """Which device measured a part: 'gpu <UUID>' for a GPU (hardware.describe_gpu's uuid), else
     'cpu <hostname> boot <boot id>' (/proc/sys/kernel/random/boot_id where Linux has it)."""
-    uuid = (hardware.get("gpu") or {}).get("uuid")
+    uuid = gpu_uuid(hardware)
     if uuid:
         return f"gpu {uuid}"
     try:

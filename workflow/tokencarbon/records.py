@@ -58,6 +58,7 @@ class CellMeta:
     quant_library: str
     backend: str
     device_name: str
+    gpu_uuid: str | None
     arrival: str
     request_rate_per_s: float | None
     n_requests: int
@@ -114,6 +115,11 @@ class CellMeta:
         return cls.of(upgrade_meta(raw, path))
 
 
+def gpu_uuid(hardware: Mapping[str, Any] | None) -> str | None:
+    """The GPU's UUID in a cell's hardware record (hardware.detect: gpu.uuid), else None."""
+    return ((hardware or {}).get("gpu") or {}).get("uuid") or None
+
+
 def upgrade_meta(raw: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     """A meta.json of any version as this version reads it: the keys added later as META_ADDED
     says, max_batch_requests, where absent, the largest batch of the cell's own batches.parquet
@@ -122,6 +128,8 @@ def upgrade_meta(raw: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     from tokencarbon import tables
 
     meta = {**raw, **{k: v for k, v in META_ADDED.items() if k not in raw}}
+    if "gpu_uuid" not in meta:  # cells before the column: the UUID their hardware record holds
+        meta["gpu_uuid"] = gpu_uuid(meta.get("hardware"))
     if meta.get("max_batch_requests") is None:  # (SchemaError naming a broken batches file)
         batches = tables.read(Path(path).with_name("batches.parquet"), tables.BATCHES)
         meta["max_batch_requests"] = int(batches["n_requests"].max())

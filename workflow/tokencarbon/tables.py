@@ -117,6 +117,9 @@ CELLS = pa.schema(
         ("quant_library", pa.string()),  # "torchao 0.18.0"; "" for none
         ("backend", pa.string()),
         ("device_name", pa.string()),
+        # the GPU's UUID (NVML, meta.json hardware.gpu.uuid): cards of one model differ (idle power
+        # 114 and 124-132 W among the H100s of 2026-12-07); null on CPUs and imported cells
+        ("gpu_uuid", pa.string()),
         ("arrival", pa.string()),  # "offline" (static cells, offline cb) or "poisson"
         ("request_rate_per_s", pa.float64()),  # Poisson arrivals' rate; NaN otherwise
         ("n_requests", pa.int64()),  # requests in the workload, served once per repeat
@@ -150,6 +153,7 @@ METRICS = pa.schema(
         ("quantization", pa.string()),  # as CELLS: the model's weight-only scheme, "none" default
         ("quant_group_size", pa.int64()),  # null for none and int8
         ("quant_library", pa.string()),
+        ("gpu_uuid", pa.string()),  # as CELLS: the card that measured the cell; null on CPUs
         ("n_requests", pa.int64()),
         ("n_repeats", pa.int64()),  # repeats measured (rows of METRICS_REPEATS)
         ("input_tokens", pa.int64()),
@@ -274,8 +278,9 @@ CELL_KEYS = [
 NULLABLE_INT_COLUMNS = ("quant_group_size", "preemptions")
 # Columns added to a schema after cells were written with it, and what a table without one means:
 # BATCHES.repeat (run.repeats: older cells ran their batches once, repeat 0), REQUESTS.preemptions
-# and STEPS.new_tokens (issue 22: null, unknown), so older cells stay readable.
-ADDED_COLUMNS = {"repeat": 0, "preemptions": None, "new_tokens": None}
+# and STEPS.new_tokens (issue 22: null, unknown), CELLS and METRICS gpu_uuid (null: not in the
+# table; a cell's meta.json has it under hardware.gpu.uuid), so older tables stay readable.
+ADDED_COLUMNS = {"repeat": 0, "preemptions": None, "new_tokens": None, "gpu_uuid": None}
 
 
 def with_cell_keys(schema: pa.Schema) -> pa.Schema:

@@ -513,6 +513,23 @@ def _ratio_text(value: float, interval: pd.Series, digits: int) -> str:
     return text
 
 
+def _cards_apart(pairs: pd.DataFrame) -> dict[int, str]:
+    """The pairs (batch1_vs_max rows, by position) whose two cells name different GPU UUIDs
+    (METRICS gpu_uuid; a cell without one is never counted apart), each as text: 'gpt2 on
+    h100-sxm-80gb: batch 1 on ...7901c5 (idle 131 W), batch 100 on ...480db6 (idle 114 W)'."""
+    if "gpu_uuid_1" not in pairs.columns or "gpu_uuid_max" not in pairs.columns:
+        return {}
+    out = {}
+    for i, p in enumerate(pairs.itertuples()):
+        a, b = p.gpu_uuid_1, p.gpu_uuid_max
+        if isinstance(a, str) and isinstance(b, str) and a and b and a != b:
+            idle = [getattr(p, f"idle_power_w_{s}", float("nan")) for s in ("1", "max")]
+            watts = [f" (idle {w:.0f} W)" if pd.notna(w) else "" for w in idle]
+            out[i] = (f"{p.model} on {p.platform}: batch {p.batch_size_1} on ...{a[-6:]}{watts[0]}, "
+                      f"batch {p.batch_size_max} on ...{b[-6:]}{watts[1]}")  # fmt: skip
+    return out
+
+
 def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
     pairs = batch1_vs_max(metrics, "summary_markdown")
     if pairs.empty:
@@ -537,13 +554,14 @@ def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
         "energy",
     ]
     rows = []
+    cards = _cards_apart(pairs)
     for i, p in enumerate(pairs.itertuples()):
         methods = sorted({getattr(p, "energy_method_1", ""), getattr(p, "energy_method_max", "")} - {""})
         rows.append(
             [
                 p.model,
                 p.platform,
-                f"{p.batch_size_1} → {p.batch_size_max}",
+                f"{p.batch_size_1} → {p.batch_size_max}" + (" †" if i in cards else ""),
                 f"{p.g_per_token_1 * MG_PER_G:.3g}",
                 f"{p.g_per_token_max * MG_PER_G:.3g}",
                 _ratio_text(p.g_per_token_1 / p.g_per_token_max, carbon_ci.iloc[i], 1),
@@ -561,6 +579,11 @@ def _headline_blocks(metrics: pd.DataFrame) -> list[Block]:
         "latency axis use E2E latency per output token instead, which static and continuous "
         "cells share (docs/metrics.md).",
     ))  # fmt: skip
+    if cards:
+        blocks.append(("p", "† Its two cells ran on different GPUs of the same model: " + "; ".join(
+            cards.values()) + ". Energy counts the whole board, so a ratio across two cards "
+            "carries their difference as well as the batch's (idle power differed by 10-18 W "
+            "among the H100s of 2026-12-07, docs/results.md)."))  # fmt: skip
     if (pairs["batch_size_1"] != 1).any():
         blocks.append(
             ("p", "Where batch 1 was not measured, the smallest measured batch stands in for it.")
