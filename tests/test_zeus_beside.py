@@ -93,7 +93,7 @@ def write_cell(pack: Path, batch_size: int, windows_s: list[tuple[float, float]]
     CellMeta(
         platform="h100-sxm-80gb", model="gpt2", mode="static", batch_size=batch_size,
         architecture="gpt2", dtype="float16", quantization="none", quant_group_size=None,
-        quant_library="", backend="torch", device_name=H100, arrival="offline",
+        quant_library="", backend="torch", device_name=H100, gpu_uuid=UUID, arrival="offline",
         request_rate_per_s=float("nan"), n_requests=2 * len(windows_s), n_batches=len(windows_s),
         repeats=1, max_batch_requests=2, warmup_batches=1, window_start_wall_ns=ns(start),
         window_end_wall_ns=ns(end), idle_power_w=100.0, idle_shared=False, power_source="nvml",
