@@ -1,6 +1,6 @@
 """A study's grid run in chunks that resume on another machine (issue 23): plan the cells not yet
-measured from Snakemake's own DAG, estimate their device time, run them one Snakemake call per
-cell in a stated priority order until a time budget is spent, stop cleanly on SIGINT/SIGTERM, and
+measured from Snakemake's own DAG, estimate their device time, run them in a stated priority
+order until a time budget is spent, stop cleanly on SIGINT/SIGTERM, and
 pack every finished cell for commit, so that a later run on a fresh clone restores them and
 measures only what is missing. benchmarks/run_chunks.py is the command; docs/chunks.md the guide.
 
@@ -20,13 +20,18 @@ measures only what is missing. benchmarks/run_chunks.py is the command; docs/chu
    run_cell run_continuous_cell` lists every cell job of the grid, the probes' checkpoint
    answering the sweeps; a cell whose `meta.json` exists (written last by the cell) is done.
 4. Estimate every planned cell (below) and print the plan before any cell job starts.
-5. Run: one Snakemake call per cell, its targets the job's own outputs as the dry run listed
-   them. A cell is run only if its estimate (scaled by this run's measured/estimated ratio so
-   far) fits what is left of the budget; one that does not is left for the next chunk and
-   smaller ones after it may still run. Each finished cell is packed at once, into the run's
-   copy of the pack under results/chunks/ (git ignores it: while the pack grows, the checkout
-   stays clean and each cell's meta.json records its commit without '+dirty'); it is copied
-   over the committed pack for commit (--update-pack, or by hand).
+5. Run: a Snakemake call per cell, its targets the job's own outputs as the dry run listed
+   them; cells expected to take at most GROUP_CELL_S share one call with the cells after them
+   (Options.cells_per_call, --cores 1, --keep-going), which pays Snakemake's start once. A cell
+   is run only if its estimate (scaled by this run's measured/estimated ratio so far) fits what
+   is left of the budget; one that does not is left for the next chunk and smaller ones after
+   it may still run. Every cell job's deadline is the budget's end (tokencarbon.parts: a job
+   starts a repeat only while it would end by then, else keeps the repeats it finished), so a
+   cell longer than the budget whose one repeat fits is started and measured in parts over the
+   chunks of one machine. Each finished cell is packed as soon as its meta.json is there, into
+   the run's copy of the pack under results/chunks/ (git ignores it: while the pack grows, the
+   checkout stays clean and each cell's meta.json records its commit without '+dirty'); it is
+   copied over the committed pack for commit (--update-pack, or by hand).
 
 **Priority** (`priority_key`): unquantized models before quantized ones (the WQ4bit cells last);
 then static batch 1 and each model's largest static batch (the study's headline pair, with the
