@@ -449,6 +449,43 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     }
 
 
+# Snakemake 9.27.1's output while running two cell jobs, the first finished (input lists shortened)
+RUN_LOG = """\
+[Tue Dec  8 03:16:35 2026]
+localrule run_cell:
+    input: results/default/engines/cpu/tiny-gpt2/torch/manifest.json, workflow/tokencarbon/units.py
+    output: results/default/cells/cpu/tiny-gpt2/bs2/batches.parquet, results/default/cells/cpu/tiny-gpt2/bs2/power.parquet, results/default/cells/cpu/tiny-gpt2/bs2/meta.json
+    log: results/default/logs/run_cell/cpu/tiny-gpt2/bs2.log
+    jobid: 2
+    reason: Missing output files: results/default/cells/cpu/tiny-gpt2/bs2/meta.json
+    wildcards: platform=cpu, model=tiny-gpt2, batch=2
+    resources: tmpdir=/tmp, gpu=0
+[tokencarbon] cpu/tiny-gpt2/bs2: repeat 1/1 done: 20 output tokens in 0.4 s (50.0 tok/s)
+[Tue Dec  8 03:18:18 2026]
+Finished jobid: 2 (Rule: run_cell)
+1 of 2 steps (50%) done
+Select jobs to execute...
+Execute 1 jobs...
+
+[Tue Dec  8 03:18:19 2026]
+localrule run_cell:
+    input: results/default/engines/cpu/tiny-gpt2/torch/manifest.json, workflow/tokencarbon/units.py
+    output: results/default/cells/cpu/tiny-gpt2/bs4/batches.parquet, results/default/cells/cpu/tiny-gpt2/bs4/power.parquet, results/default/cells/cpu/tiny-gpt2/bs4/meta.json
+    log: results/default/logs/run_cell/cpu/tiny-gpt2/bs4.log
+    jobid: 1
+    reason: Missing output files: results/default/cells/cpu/tiny-gpt2/bs4/meta.json
+"""
+
+
+def test_a_cell_is_packed_once_snakemake_reports_its_job_finished():
+    # bs2's job is reported finished (its process exited, its outputs checked); bs4's is running,
+    # even if its meta.json were already there
+    done = chunks.finished_outputs(RUN_LOG)
+    assert done == {f"results/default/cells/cpu/tiny-gpt2/bs2/{f}"
+                    for f in ("batches.parquet", "power.parquet", "meta.json")}  # fmt: skip
+    assert chunks.finished_outputs("") == set()
+
+
 def test_finished_cells_measured_under_another_repeat_count_are_named(tmp_path):
     # The first H100 chunks ran every cell once while the config asked 3 at the sweep's ends: the
     # runner keeps such cells and names them (with the count each ran and the config's)
@@ -550,7 +587,7 @@ def test_a_cell_longer_than_the_budget_runs_in_parts_over_chunks_on_one_machine(
         done = subprocess.run(short, cwd=repo, capture_output=True, text=True, timeout=600)
         text = done.stdout[-3000:] + done.stderr[-4000:]
         assert done.returncode == 0, text
-        assert f"cpu/tiny-gpt2/bs1: {chunk} of 3 repeats kept after" in text, text
+        assert f"cpu/tiny-gpt2/bs1: {chunk} of 3 repeats kept (" in text, text
         assert "FAILED" not in text
         run = json.loads(manifest.read_text())["runs"][-1]
         assert run["partial"] == {"cpu/tiny-gpt2/bs1": chunk} and run["left"] == ["cpu/tiny-gpt2/bs1"]

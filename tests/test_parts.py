@@ -100,6 +100,35 @@ def test_a_static_cell_measured_in_three_jobs(tmp_path, monkeypatch):
         meta["parts"][0]["device_state"]["start"])
 
 
+def test_a_job_started_after_its_start_by_time_measures_nothing(tmp_path, monkeypatch):
+    assert parts.check_start({}) is None and parts.check_start(
+        {parts.START_BY_ENV: "100.0"}, now=100.0) is None  # fmt: skip
+    with pytest.raises(parts.DeadlinePassed, match="started 5 s after"):
+        parts.check_start({parts.START_BY_ENV: "100.0"}, now=105.0)
+    monkeypatch.setenv(parts.START_BY_ENV, str(time.time() - 1))
+    with pytest.raises(parts.DeadlinePassed, match="nothing measured"):
+        cell(tmp_path, work=workload(3), batch_size=3)
+    assert not (tmp_path / "cell").exists()
+
+
+def test_a_cell_in_parts_keeps_its_first_jobs_idle_window_facts(tmp_path, monkeypatch):
+    # Idle windows shared for 10 min through the cache: job 1 samples its own, job 2 reuses it.
+    # The cell's idle window is job 1's, so meta.json says it was the cell's own (not shared).
+    from test_cell import PLATFORM
+
+    platform = PLATFORM | {"idle_share_s": 600.0}
+    args = dict(work=workload(3), batch_size=3, run=RUN | {"repeats": 2}, platform=platform,
+                cache_root=tmp_path / "cache")  # fmt: skip
+    monkeypatch.setenv(parts.DEADLINE_ENV, str(time.time()))
+    with pytest.raises(parts.RepeatsKept):
+        cell(tmp_path, **args)
+    monkeypatch.delenv(parts.DEADLINE_ENV)
+    _, meta, _ = cell(tmp_path, **args)
+    first, last = meta["parts"]
+    assert first["idle_window"]["shared"] is False and last["idle_window"]["shared"] is True
+    assert meta["idle_shared"] is False and meta["idle_window"] == first["idle_window"]
+
+
 def test_a_cell_in_one_job_records_no_parts(tmp_path):
     _, meta, _ = cell(tmp_path, work=workload(3), batch_size=3, run=RUN | {"repeats": 2})
     assert meta["parts"] is None and meta["repeats"] == 2

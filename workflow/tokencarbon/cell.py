@@ -844,7 +844,10 @@ def run_cell(
     Events in the module docstring's order, each a phase of the timeline; the measured work is
     the mode's (StaticMode, ContinuousMode), the device's interface CpuDevice or GpuDevice.
     Raises ConfigError or InputError before any device work for bad settings or workloads,
-    HardwareMismatchError for the wrong hardware, LeaseTimeoutError when the devices stay taken.
+    HardwareMismatchError for the wrong hardware, LeaseTimeoutError when the devices stay taken,
+    parts.DeadlinePassed (nothing measured) when the job starts after parts.START_BY_ENV's time,
+    parts.RepeatsKept (its finished repeats kept for the next job) when the next repeat would end
+    after parts.DEADLINE_ENV's (tokencarbon.parts).
     """
     timeline = Timeline(script_start_wall_ns)
     from tokencarbon.power.sidecar import PowerSidecar
@@ -855,6 +858,7 @@ def run_cell(
         server = {**server, "settings": {**server["settings"], **(server_runtime or {})}}
     cell = _checked_cell(model, platform, run, batch_size, workload, engine_manifest, serving,
                          outputs, cache_root, serving_engine, progress, server)  # fmt: skip
+    parts.check_start()  # a job of a grouped chunk call started after the budget's end
     timeline.since_last("checks")
 
     with contextlib.ExitStack() as stack:
@@ -905,9 +909,10 @@ def run_cell(
             "token_digest": r.token_digest(), "seconds": s,
             "window_wall_ns": [r.batch_rows[0]["start_wall_ns"], r.batch_rows[-1]["end_wall_ns"]],
         } for r, s in zip(mine, seconds[len(seconds) - len(mine):])]  # fmt: skip
+        idle_window = idle_share.describe(shared and shared[1], cell.platform["idle_s"], cell.share_s)
         job = parts.job_facts(records, key, versions["git_commit"], idle_samples, idle_power_w,
                               (state_start, state_end), foreign, float(engine.peak_memory_bytes()),
-                              timeline.record())  # fmt: skip
+                              timeline.record(), idle_window)  # fmt: skip
         done = sum(len(p.repeats) for p in kept) + len(mine)
         if done < cell.repeats:
             where = parts.save(parts.parts_dir(out_meta), parts.Part(

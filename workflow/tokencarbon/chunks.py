@@ -1385,6 +1385,7 @@ def _plan(state: _Run, overheads: Overheads) -> tuple[list[Cell], dict[str, Esti
         if cell.name in opts.remeasure:
             for o in cell.outputs:
                 (workdir / o).unlink(missing_ok=True)
+            parts_clear(workdir / cell.meta)  # repeats kept by an earlier job are not remeasured
             _say(f"[chunks] {cell.name}: removed here to be measured again (--remeasure)")
     order = {n: i for i, n in enumerate([*(config.get("platforms") or {}), *config["models"]])}
     quantized = {c.model: _quantized(c, workdir) for c in grid}
@@ -1482,8 +1483,11 @@ def _measure(state: _Run, todo: Sequence[Cell], estimates: Mapping[str, Estimate
     progress = _Progress(bar)
 
     def left_s(cell: Cell) -> tuple[int, float | None]:
-        kept = parts.kept_repeats(parts.parts_dir(workdir / cell.meta))
-        return kept, estimates[cell.name].left_s(kept)
+        # repeats kept on disk, as the estimate counts them (the job decides whether they are
+        # valid here; at most all but one: a job measures at least one)
+        estimate = estimates[cell.name]
+        kept = min(parts.kept_repeats(parts.parts_dir(workdir / cell.meta)), estimate.repeats - 1)
+        return kept, estimate.left_s(kept)
 
     with bar:
         i = 0
@@ -1546,60 +1550,109 @@ class _Progress:
         self.advance(self.done_est)
 
 
+def finished_outputs(log_text: str) -> set[str]:
+    """The output files of the jobs a Snakemake call's log reports finished: each job block's
+    `output:` and `jobid:` fields (Snakemake 9's format, as parse_dry_run reads it), joined with
+    its 'Finished jobid: N' line. A job is reported finished after its process exited and its
+    outputs were checked, so nothing of it (its log included) changes after."""
+    outputs: dict[str, tuple[str, ...]] = {}
+    finished, current = set(), {}
+    for line in log_text.splitlines():
+        if _JOB_HEADER.match(line):
+            current = {}
+            continue
+        field_ = _JOB_FIELD.match(line)
+        if field_:
+            current[field_.group(1)] = field_.group(2)
+            if "jobid" in current and "output" in current:
+                outputs[current["jobid"].strip()] = _split(current["output"])
+            continue
+        done = _FINISHED.match(line.strip())
+        if done:
+            finished.add(done.group(1))
+    return {o for jobid in finished for o in outputs.get(jobid, ())}
+
+
+_FINISHED = re.compile(r"^Finished jobid: (\d+)")
+
+
+def _job_seconds(cell: Cell, workdir: Path) -> float:
+    """The seconds of a finished cell's job by its own timeline (meta.json: first phase's start,
+    process start, to the last's end)."""
+    phases = json.loads((workdir / cell.meta).read_text())["timeline"]["phases"]
+    return (phases[-1]["end_wall_ns"] - phases[0]["start_wall_ns"]) / 1e9
+
+
 def _call(state: _Run, group: Sequence[tuple[Cell, int, float | None]], left: float,
           progress: _Progress, repeats: Mapping[str, int]) -> None:  # fmt: skip
-    """One Snakemake call of the group's cells ((cell, repeats kept, estimate s) in run order;
-    --keep-going when several), their jobs' deadline the budget's end (tokencarbon.parts). Each
-    cell is packed as soon as its meta.json is there; its seconds are the call's from the cell
-    finished before it (or the call's start). After the call: a cell unfinished whose job kept
-    more repeats is partial, one that did not is failed. Raises Interrupted on a stop signal."""
+    """One Snakemake call of the group's cells ((cell, repeats kept, estimate s) in run order),
+    each job's deadline the budget's end (tokencarbon.parts). Several cells: one job at a time,
+    --keep-going, and a job that would start after the budget's end measures nothing (parts'
+    START_BY_ENV; the cell is left for the next chunk). Each cell is packed as soon as Snakemake
+    reports its job finished; its seconds are the call's (one cell) or its job's own timeline
+    (several: what Snakemake spends between them is shared). After the call: a cell unfinished
+    whose job kept repeats during the call is partial, one whose job started too late is left, any
+    other is failed. Raises Interrupted on a stop signal."""
     from tokencarbon import parts
 
     workdir, record = state.workdir, state.record
+    several = len(group) > 1
     names = ", ".join(c.name for c, _, _ in group)
-    progress.bar.set_postfix_str(names if len(group) == 1 else f"{group[0][0].name} +{len(group) - 1}")
-    if len(group) > 1:
+    progress.bar.set_postfix_str(f"{group[0][0].name} +{len(group) - 1}" if several else names)
+    if several:
         _say(f"[chunks] one Snakemake call for {len(group)} cells: {names}")
     pending = {c.name: (c, est) for c, _, est in group}
-    last = [0.0]  # call seconds when the last packed cell was seen finished
     total_est = sum(est or 0.0 for _, _, est in group)
     base = progress.done_est
+    log_name = group[0][0].name + (f"+{len(group) - 1}" if several else "")
+    log = state.smk.log_dir / f"{log_name}.log"  # Snakemake.call's
 
-    def pack_finished(elapsed: float) -> None:
+    def pack_finished(elapsed: float, call_over: bool) -> None:
+        if not pending:
+            return
+        text = "" if call_over or not log.is_file() else log.read_text(errors="replace")
+        reported = finished_outputs(text)
         for name, (cell, est) in list(pending.items()):
-            if is_done(cell, workdir):
+            if is_done(cell, workdir) and (call_over or cell.meta in reported):
                 del pending[name]
-                _pack_cell(state, cell, elapsed - last[0], est, progress)
-                last[0] = elapsed
+                seconds = _job_seconds(cell, workdir) if several else elapsed
+                _pack_cell(state, cell, seconds, est, progress)
 
     def tick(elapsed: float) -> None:
-        pack_finished(elapsed)
+        pack_finished(elapsed, call_over=False)
         progress.advance(base + min(elapsed, 0.99 * total_est))  # never past the group's estimate
 
-    # each job starts a repeat only while it would end by the budget's end
-    env = {**os.environ, parts.DEADLINE_ENV: f"{time.time() + left:.3f}"}
+    deadline = time.time() + left
+    env = {**os.environ, parts.DEADLINE_ENV: f"{deadline:.3f}"}
+    if several:
+        env[parts.START_BY_ENV] = f"{deadline:.3f}"
     targets = [o for c, _, _ in group for o in c.outputs]
     # several cells: one job at a time (--cores 1; a cell job declares no threads and leases its
     # own devices), the others run when one fails
-    options = ["--keep-going"] if len(group) > 1 else []
-    log_name = group[0][0].name + (f"+{len(group) - 1}" if len(group) > 1 else "")
-    result = state.smk.call(targets, options, log_name, on_tick=tick, env=env,
-                            cores=1 if len(group) > 1 else None)  # fmt: skip
-    pack_finished(result.seconds)
+    started = time.time()
+    result = state.smk.call(targets, ["--keep-going"] if several else [], log_name, on_tick=tick,
+                            env=env, cores=1 if several else None)  # fmt: skip
+    pack_finished(result.seconds, call_over=True)
     if result.interrupted and pending:
         _discard(state, [c for c, _ in pending.values()])
-    kept_before = {c.name: k for c, k, _ in group}
     for name, (cell, _) in pending.items():
-        now_kept = parts.kept_repeats(parts.parts_dir(workdir / cell.meta))
-        if now_kept > kept_before[name]:
+        folder = parts.parts_dir(workdir / cell.meta)
+        job_log = workdir / cell.logs[0] if cell.logs else None
+        late = (several and job_log is not None and job_log.is_file()
+                and job_log.stat().st_mtime >= started
+                and "DeadlinePassed" in job_log.read_text(errors="replace"))  # fmt: skip
+        if parts.written_since(folder, started):
+            kept = parts.kept_repeats(folder)
             record["left"].append(name)
-            record.setdefault("partial", {})[name] = now_kept
+            record.setdefault("partial", {})[name] = kept
             _say(
-                f"[chunks] {name}: {now_kept} of {repeats[name]} repeats kept after "
-                f"{format_seconds(result.seconds - last[0])} "
-                f"({parts.parts_dir(workdir / cell.meta)}); the next chunk on this machine (the "
-                "same GPU, the same code) measures the rest"
+                f"[chunks] {name}: {kept} of {repeats[name]} repeats kept ({folder}); the next "
+                "chunk on this machine (the same GPU, the same code) measures the rest"
             )
+        elif late:
+            record["left"].append(name)
+            _say(f"[chunks] {name}: its job started after the budget's end and measured "
+                 "nothing: for the next chunk")  # fmt: skip
         else:
             record["failed"].append(name)
             _say(
@@ -1611,9 +1664,16 @@ def _call(state: _Run, group: Sequence[tuple[Cell, int, float | None]], left: fl
         raise Interrupted(f"stopped after {group[-1][0].name}; every finished cell is packed")
 
 
+def parts_clear(meta: Path) -> None:
+    """Remove the parts (tokencarbon.parts) beside a cell's meta.json."""
+    from tokencarbon import parts
+
+    parts.clear(parts.parts_dir(meta))
+
+
 def _pack_cell(state: _Run, cell: Cell, seconds: float, est: float | None,
                progress: _Progress) -> None:  # fmt: skip
-    """A finished cell into the pack (its facts, the seconds the call spent on it)."""
+    """A finished cell into the pack (its facts, its seconds: _call's)."""
     facts = cell_facts(cell, state.workdir)
     facts |= {
         "seconds": round(seconds, 3),

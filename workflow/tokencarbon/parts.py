@@ -11,8 +11,8 @@ the job fails with RepeatsKept. The next job of the cell loads the parts that ar
 measures only the repeats left; the cell's files then hold every repeat, as one job's would.
 
 A part is valid only where it was measured: on the same device (the GPU's UUID; on a CPU the
-host and its boot), by the same code (SHA-256 of the tokencarbon package's sources and the
-commit) and for the same cell (its settings, workload and engine manifest). Parts that do not
+host and its boot), by the same code (SHA-256 of the tokencarbon package's Python sources: a
+commit that changes none of them keeps the parts valid) and for the same cell (its settings, workload and engine manifest). Parts that do not
 match are removed, saying why, and their repeats measured again: energy per token depends on the
 card (the idle power of two H100s differed by 10-18 W, docs/results.md), so repeats of one cell
 never mix cards.
@@ -22,8 +22,10 @@ What the cell's files hold when it ran in parts (tokencarbon.cell writes them):
 - power: the first part's idle window (the cell's idle power, as a cell in one job has it) and
   every part's run samples; the run samples of two parts are minutes apart and no BATCHES window
   spans the gap;
-- meta.json: as one job's, with device_state's start from the first part, foreign use the most any
-  part saw, and "parts": one entry per job ({"repeats", "device", "git_commit", "idle_power_w",
+- meta.json: as one job's, with the idle window's facts (idle_power_w, idle_shared, idle_window)
+  and device_state's start from the first part, the foreign-use shares (foreign_cpu_share,
+  cpu_steal_share, foreign_gpu_processes) the most any job saw (the foreign_use record is the last
+  job's; each job's is in its entry), and "parts": one entry per job ({"repeats", "device", "git_commit", "idle_power_w",
   "idle_window_wall_ns", "window_start_wall_ns", "window_end_wall_ns", "device_state",
   "foreign_use", "peak_memory_bytes", "timeline", "repeat_seconds"}); a cell measured in one job
   has "parts": null.
@@ -52,6 +54,10 @@ from tokencarbon.records import gpu_uuid
 
 # The job's deadline, Unix seconds (time.time()); unset or empty: no deadline, every repeat runs.
 DEADLINE_ENV = "TOKENCARBON_CELL_DEADLINE"
+# Unix seconds after which a job measures nothing at all (DeadlinePassed, before its engine is
+# built): run_chunks sets it for the cells of a call of several, whose later jobs start whenever
+# the earlier ones end, possibly after the budget's end; unset: every job runs its first repeat.
+START_BY_ENV = "TOKENCARBON_CELL_START_BY"
 # Under the cell's folder; Snakemake removes only a job's declared outputs, so parts outlive a
 # failed job.
 PARTS_DIR = ".parts"
@@ -60,15 +66,34 @@ _TABLES = {"batches": tables.BATCHES, "requests": tables.REQUESTS, "steps": tabl
            "power": tables.POWER}  # fmt: skip
 
 
+class DeadlinePassed(TokencarbonError):
+    """A job started after START_BY_ENV's time: it measured nothing and kept nothing; the cell is
+    left for the next chunk."""
+
+
+def check_start(environ: Mapping[str, str] = os.environ, now: float | None = None) -> None:
+    """Raise DeadlinePassed when START_BY_ENV is set and its time has passed (ConfigError for a
+    value that is not a finite number)."""
+    start_by = deadline(environ, START_BY_ENV)
+    now = time.time() if now is None else now
+    if start_by is not None and now > start_by:
+        raise DeadlinePassed(
+            f"this job started {now - start_by:.0f} s after {START_BY_ENV} (the chunk's budget "
+            "ended while the cells before it in its Snakemake call ran): nothing measured, the "
+            "cell is left for the next chunk"
+        )
+
+
 class RepeatsKept(TokencarbonError):
     """A job stopped at its deadline after keeping its finished repeats as a part: the next job of
     the cell, on the same device with the same code, measures the repeats left."""
 
 
-def deadline(environ: Mapping[str, str] = os.environ) -> float | None:
-    """The job's deadline in Unix seconds from DEADLINE_ENV, or None where it is unset or empty.
-    Raises ConfigError naming the variable for a value that is not a finite number."""
-    raw = environ.get(DEADLINE_ENV, "").strip()
+def deadline(environ: Mapping[str, str] = os.environ, name: str = DEADLINE_ENV) -> float | None:
+    """The job's deadline in Unix seconds from the variable `name` (DEADLINE_ENV, or
+    START_BY_ENV), or None where it is unset or empty. Raises ConfigError naming the variable for
+    a value that is not a finite number."""
+    raw = environ.get(name, "").strip()
     if not raw:
         return None
     try:
@@ -77,7 +102,7 @@ def deadline(environ: Mapping[str, str] = os.environ) -> float | None:
         value = math.nan
     if not math.isfinite(value):
         raise ConfigError(
-            f"environment variable {DEADLINE_ENV}={raw!r}: expected the job's deadline as Unix "
+            f"environment variable {name}={raw!r}: expected the job's deadline as Unix "
             "seconds (e.g. the output of `date +%s`), or unset for none"
         )
     return value
@@ -223,7 +248,7 @@ def repeats_of(part: Part, repeat_type: Callable[..., Any]) -> list[Any]:
 def job_facts(repeat_records: Sequence[Mapping[str, Any]], key: Mapping[str, str],
               git_commit: str, idle_samples: pd.DataFrame, idle_power_w: float,
               states: tuple[Any, Any], foreign: Mapping[str, Any], peak_memory_bytes: float,
-              timeline: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+              timeline: Mapping[str, Any], idle_window: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
     """What meta.json's "parts" entry records of one job: the repeats it measured (indices), its
     device (device_identity), commit, idle window (W; first and last sample, wall ns), measured
     windows (first and last BATCHES row of its repeats, wall ns, from repeat_records'
@@ -236,6 +261,7 @@ def job_facts(repeat_records: Sequence[Mapping[str, Any]], key: Mapping[str, str
         "git_commit": git_commit,
         "idle_power_w": float(idle_power_w),
         "idle_window_wall_ns": [int(t.min()), int(t.max())] if len(t) else None,
+        "idle_window": dict(idle_window),  # meta.json's idle_window (idle_share.describe)
         "window_start_wall_ns": int(repeat_records[0]["window_wall_ns"][0]),
         "window_end_wall_ns": int(repeat_records[-1]["window_wall_ns"][1]),
         "device_state": {"start": states[0], "end": states[1]},
@@ -258,6 +284,9 @@ def merged_meta(record: dict[str, Any], kept: Sequence[Part], job: Mapping[str, 
         return {**record, "parts": None}
     facts = [*(p.facts for p in kept), dict(job)]
     out = {**record, "parts": facts}
+    # the cell's idle window (POWER's idle rows, idle_power_w) is its first job's
+    out["idle_window"] = facts[0]["idle_window"]
+    out["idle_shared"] = bool(facts[0]["idle_window"].get("shared", False))
     for k in _FOREIGN_KEYS:
         values = [f["foreign_use"].get(k) for f in facts if f["foreign_use"].get(k) is not None]
         finite = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
@@ -277,6 +306,13 @@ def kept_repeats(folder: Path) -> int:
         except (OSError, KeyError, ValueError):
             continue
     return n
+
+
+def written_since(folder: Path, since_wall_s: float) -> bool:
+    """Whether a part under `folder` was completed (its part.json written) at or after
+    `since_wall_s` (Unix seconds): a job of the call that began then kept repeats."""
+    return any(p.stat().st_mtime >= since_wall_s
+               for p in Path(folder).glob(f"part-*[0-9]/{PART_FILE}"))  # fmt: skip
 
 
 def clear(folder: Path) -> None:
