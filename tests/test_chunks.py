@@ -366,6 +366,20 @@ def _git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def _committed_repo(repo: Path, config: dict) -> Path:
+    """A repository at `repo` of this checkout's tracked files plus `config` as config/tiny.yaml,
+    committed as "A"."""
+    for rel in _git(REPO, "ls-files").splitlines():
+        if (REPO / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, repo / rel)
+    (repo / "config/tiny.yaml").write_text(yaml.safe_dump(config))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "A")
+    return repo
+
+
 def _cell_bytes(repo: Path, cells: list[str]) -> dict[str, bytes]:
     root = repo / "results/default/cells"  # TINY names no study: the default's folder
     return {
@@ -381,16 +395,7 @@ def test_a_chunked_run_stopped_by_sigint_resumes_in_a_fresh_clone_measuring_only
     tmp_path,
 ):
     # A repository of this checkout's tracked files plus the tiny study, committed (commit A).
-    first = tmp_path / "first"
-    first.mkdir()
-    for rel in _git(REPO, "ls-files").splitlines():
-        if (REPO / rel).is_file():
-            (first / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, first / rel)
-    (first / "config/tiny.yaml").write_text(yaml.safe_dump(TINY))
-    _git(first, "init", "-q")
-    _git(first, "add", "-A")
-    _git(first, "commit", "-qm", "A")
+    first = _committed_repo(tmp_path / "first", TINY)
     commit_a = _git(first, "rev-parse", "HEAD")
 
     # Chunk 1: the grid is bs1 and bs2 (auto: the 2 prompts cap what the probe found to fit) and
@@ -530,17 +535,9 @@ def test_a_cell_too_long_for_a_call_runs_alone_with_fewer_repeats_and_is_kept_so
     # not fit a 10-minute call): --target the cell's meta.json with --config run='{...: 1}'. Only
     # that cell runs, once; a later plain run measures the rest at the config's repeats, keeps it
     # byte for byte and names it as measured under another count.
-    repo = tmp_path / "repo"
-    for rel in _git(REPO, "ls-files").splitlines():
-        if (REPO / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, repo / rel)
     config = {**TINY, "sweep": {"batch_sizes": [1, 2], "max_num_seqs": []},
               "run": {"repeats": 1, "repeats_at_ends": 2}}  # fmt: skip
-    (repo / "config/tiny.yaml").write_text(yaml.safe_dump(config))
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "A")
+    repo = _committed_repo(tmp_path / "repo", config)
     cells = repo / "results/default/cells/cpu/tiny-gpt2"
     alone = [*RUN, "--target", "results/default/cells/cpu/tiny-gpt2/bs1/meta.json",
              "--config", 'run={"repeats": 1, "repeats_at_ends": 1}']  # fmt: skip
@@ -569,17 +566,9 @@ def test_a_cell_longer_than_the_budget_runs_in_parts_over_chunks_on_one_machine(
     # gives an estimate (--records of an empty folder: every cell starts) and the budget is spent
     # by the setup, so chunks 1 and 2 each measure one repeat of bs1's three; chunk 3 (a budget
     # to spare) measures the third and packs the cell.
-    repo = tmp_path / "repo"
-    for rel in _git(REPO, "ls-files").splitlines():
-        if (REPO / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, repo / rel)
     config = {**TINY, "sweep": {"batch_sizes": [1], "max_num_seqs": []},
               "run": {"repeats": 3, "repeats_at_ends": 3}}  # fmt: skip
-    (repo / "config/tiny.yaml").write_text(yaml.safe_dump(config))
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "A")
+    repo = _committed_repo(tmp_path / "repo", config)
     (tmp_path / "no-records").mkdir()
     short = [*RUN, "--records", str(tmp_path / "no-records"), "--budget", "1s"]
     cell = repo / "results/default/cells/cpu/tiny-gpt2/bs1"
@@ -615,17 +604,9 @@ def test_small_cells_share_one_snakemake_call_and_a_stop_keeps_the_finished_ones
     # Snakemake call (one job at a time); each is packed as soon as its meta.json is there. SIGINT
     # once one is packed: the finished one is kept, the others discarded; the next chunk measures
     # exactly those two, again in one call.
-    repo = tmp_path / "repo"
-    for rel in _git(REPO, "ls-files").splitlines():
-        if (REPO / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, repo / rel)
     # idle windows of 3 s: a cell lasts several seconds after the one before it is packed
     config = {**TINY, "power": {"interval_s": 0.05, "idle_s": 3.0}}
-    (repo / "config/tiny.yaml").write_text(yaml.safe_dump(config))
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "A")
+    repo = _committed_repo(tmp_path / "repo", config)
     manifest = repo / "benchmarks/results/paper-cpu/manifest.json"
     grid = {f"cpu/tiny-gpt2/{c}" for c in ("bs1", "bs2", "cb2")}
     growing = repo / "results/chunks/paper-cpu/manifest.json"  # the run's own pack, saved per cell

@@ -28,7 +28,8 @@ measures only what is missing. benchmarks/run_chunks.py is the command; docs/chu
    it may still run. Every cell job's deadline is the budget's end (tokencarbon.parts: a job
    starts a repeat only while it would end by then, else keeps the repeats it finished), so a
    cell longer than the budget whose one repeat fits is started and measured in parts over the
-   chunks of one machine. Each finished cell is packed as soon as its meta.json is there, into
+   chunks of one machine. Each finished cell is packed as soon as Snakemake reports its job
+   finished (its process ended: nothing of it changes after), into
    the run's copy of the pack under results/chunks/ (git ignores it: while the pack grows, the
    checkout stays clean and each cell's meta.json records its commit without '+dirty'); it is
    copied over the committed pack for commit (--update-pack, or by hand).

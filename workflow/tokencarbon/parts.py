@@ -12,10 +12,10 @@ measures only the repeats left; the cell's files then hold every repeat, as one 
 
 A part is valid only where it was measured: on the same device (the GPU's UUID; on a CPU the
 host and its boot), by the same code (SHA-256 of the tokencarbon package's Python sources: a
-commit that changes none of them keeps the parts valid) and for the same cell (its settings, workload and engine manifest). Parts that do not
-match are removed, saying why, and their repeats measured again: energy per token depends on the
-card (the idle power of two H100s differed by 10-18 W, docs/results.md), so repeats of one cell
-never mix cards.
+commit that changes none of them keeps the parts valid) and for the same cell (its settings,
+workload and engine manifest). Parts that do not match are removed, saying why, and their
+repeats measured again: energy per token depends on the card (the idle power of two H100s
+differed by 10-18 W, docs/results.md), so repeats of one cell never mix cards.
 
 What the cell's files hold when it ran in parts (tokencarbon.cell writes them):
 - batches, requests, steps: every repeat's rows, repeat indices 0..repeats-1 in the order run;
@@ -25,10 +25,10 @@ What the cell's files hold when it ran in parts (tokencarbon.cell writes them):
 - meta.json: as one job's, with the idle window's facts (idle_power_w, idle_shared, idle_window)
   and device_state's start from the first part, the foreign-use shares (foreign_cpu_share,
   cpu_steal_share, foreign_gpu_processes) the most any job saw (the foreign_use record is the last
-  job's; each job's is in its entry), and "parts": one entry per job ({"repeats", "device", "git_commit", "idle_power_w",
-  "idle_window_wall_ns", "window_start_wall_ns", "window_end_wall_ns", "device_state",
-  "foreign_use", "peak_memory_bytes", "timeline", "repeat_seconds"}); a cell measured in one job
-  has "parts": null.
+  job's; each job's is in its entry), and "parts": one entry per job (job_facts: "repeats",
+  "device", "git_commit", "idle_power_w", "idle_window_wall_ns", "idle_window",
+  "window_start_wall_ns", "window_end_wall_ns", "device_state", "foreign_use",
+  "peak_memory_bytes", "timeline", "repeat_seconds"); a cell measured in one job has "parts": null.
 """
 
 from __future__ import annotations
